@@ -1,0 +1,1 @@
+"""Pure checkpoint logic on the storage protocol: no Metaflow, no torch."""

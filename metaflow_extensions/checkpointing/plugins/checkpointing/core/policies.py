@@ -1,0 +1,90 @@
+"""Which checkpoint a task starts from: the load policies of design.md section 2.
+
+* ``fresh``: the latest (``latest=True``) checkpoint of this task from earlier attempts; else,
+  for a task re-executed by ``resume``, the latest of its counterpart (same step and foreach
+  path) in the origin run, following older origins in turn.
+* ``eager``: as ``fresh``; if that finds nothing, the latest of the same step and foreach path
+  from any run in the namespace.
+* ``none``: nothing.
+
+Each lookup is one prefix listing (see :mod:`.scope`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..errors import CheckpointConfigError
+from ..storage.base import Storage
+from .manifest import ManifestHeader, is_manifest_key, parse_key
+from .scope import Scope
+
+POLICIES = ("fresh", "eager", "none")
+
+
+def validate_policy(policy: object) -> str:
+    if policy not in POLICIES:
+        raise CheckpointConfigError(
+            "@checkpoint(load_policy=%r) is not supported: use one of %s."
+            % (policy, ", ".join(repr(p) for p in POLICIES))
+        )
+    return policy  # type: ignore[return-value]
+
+
+def list_headers(storage: Storage, prefix: str) -> list[ManifestHeader]:
+    """Headers of every committed manifest under ``prefix``, newest first."""
+    headers = [parse_key(o.key) for o in storage.list(prefix) if is_manifest_key(o.key)]
+    headers.sort(key=lambda h: h.order, reverse=True)
+    return headers
+
+
+def newest(
+    headers: Sequence[ManifestHeader], *, within_task: bool = False
+) -> Optional[ManifestHeader]:
+    """The newest header flagged ``latest``, or None."""
+    marked = [h for h in headers if h.latest]
+    if not marked:
+        return None
+    return max(marked, key=(lambda h: h.task_order) if within_task else (lambda h: h.order))
+
+
+@dataclass
+class Resolution:
+    """The outcome of a load policy: the checkpoint to load (or None) and why, for the log."""
+
+    header: Optional[ManifestHeader]
+    reason: str
+
+
+def resolve(
+    storage: Storage,
+    policy: str,
+    scope: Scope,
+    origin_runs: Callable[[], Sequence[str]] = lambda: (),
+) -> Resolution:
+    """Apply ``policy`` for a task starting in ``scope``.
+
+    ``origin_runs`` returns the origin run ids of a ``resume`` chain, nearest first; it is called
+    only when the task has no checkpoint of its own.
+    """
+    validate_policy(policy)
+    if policy == "none":
+        return Resolution(None, "load_policy='none': nothing is loaded automatically")
+    if scope.attempt > 0:
+        h = newest(list_headers(storage, scope.task_prefix()), within_task=True)
+        if h is not None:
+            return Resolution(h, "latest checkpoint of this task (retry attempt %d)" % scope.attempt)
+    for run in origin_runs():
+        h = newest(list_headers(storage, scope.run_prefix(run)))
+        if h is not None:
+            return Resolution(h, "latest checkpoint of this step in origin run %s (resume)" % run)
+    if policy == "eager":
+        h = newest(list_headers(storage, scope.lineage_prefix()))
+        if h is not None:
+            return Resolution(h, "latest checkpoint of this step from an earlier run (eager)")
+        return Resolution(None, "no earlier checkpoint of this step in namespace %s" % scope.namespace)
+    if scope.attempt > 0:
+        return Resolution(None, "no checkpoint saved by earlier attempts of this task")
+    return Resolution(None, "first attempt of a new run (load_policy='fresh')")

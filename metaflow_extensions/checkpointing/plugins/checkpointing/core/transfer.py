@@ -1,0 +1,447 @@
+"""Moving bytes: files -> hashed, deduplicated blobs (save) and blobs -> verified files (load).
+
+Save reads every byte exactly once: each read buffer is hashed (BLAKE3) and, unless a blob with
+that hash is already stored, uploaded from the same buffer.  Large files are split into fixed-size
+chunks; files smaller than ``small_size`` are concatenated into *packs* of up to ``chunk_size``
+bytes so that many tiny files cost a few requests, not one each.  Work runs on a thread pool
+(hashing, file I/O and network calls release the GIL) with at most ``inflight`` buffers alive,
+so memory stays bounded by ``inflight * (chunk_size + small_size)`` whatever the checkpoint size.
+
+Load fetches each blob once, verifies its hash (fetching again once on a mismatch: a flip in
+transit is not corruption at rest), writes its slices into temp files beside their final
+names, and renames every file into place only when all of them are complete.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import blake3
+
+from ..errors import (
+    CheckpointConfigError,
+    CheckpointIncomplete,
+    CheckpointIntegrityError,
+    StorageNotFound,
+)
+from ..storage.base import Storage
+from .manifest import ChunkRef, FileEntry, Manifest, safe_relpath
+from .scope import blob_key
+
+_TMP_SUFFIX = ".mfckpt-part-"
+
+
+def digest(data) -> str:
+    """BLAKE3-256 hex digest of a buffer."""
+    return blake3.blake3(data).hexdigest()
+
+
+@dataclass
+class TransferOptions:
+    """Knobs of both pipelines.
+
+    Parameters
+    ----------
+    chunk_size : int
+        Size of the chunks large files are split into, and the target size of packs.
+    small_size : int
+        Files smaller than this are packed together.
+    workers : int
+        Threads doing I/O, hashing and network calls.
+    inflight : int
+        Buffers alive at once (bounds memory).  Defaults to ``workers``.
+    """
+
+    chunk_size: int = 16 << 20
+    small_size: int = 1 << 20
+    workers: int = 8
+    inflight: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 4096:
+            raise CheckpointConfigError("chunk_size must be at least 4096 bytes.")
+        self.small_size = max(0, min(self.small_size, self.chunk_size))
+        self.workers = max(1, int(self.workers))
+        self.inflight = max(1, int(self.inflight or self.workers))
+
+
+@dataclass
+class SaveStats:
+    """What one save did; stored in the manifest."""
+
+    files: int = 0
+    bytes_read: int = 0
+    bytes_uploaded: int = 0
+    bytes_deduplicated: int = 0
+    blobs_uploaded: int = 0
+    blobs_deduplicated: int = 0
+    seconds: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "files": self.files,
+            "bytes_read": self.bytes_read,
+            "bytes_uploaded": self.bytes_uploaded,
+            "bytes_deduplicated": self.bytes_deduplicated,
+            "blobs_uploaded": self.blobs_uploaded,
+            "blobs_deduplicated": self.blobs_deduplicated,
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+        }
+
+
+@dataclass
+class _File:
+    rel: str
+    abs: str
+    size: int
+    mode: int
+
+
+# ---------------------------------------------------------------------------------------- scan
+def scan(src: str) -> tuple[list[_File], list[str], str]:
+    """List the regular files and empty directories of ``src`` (a file or a directory).
+
+    Symlinks to files are saved as the file they point to; symlinked directories are followed
+    once (a cycle is skipped).  Returns (files, empty dirs, "file" | "dir").
+    """
+    if not os.path.exists(src):
+        raise CheckpointConfigError(
+            "Cannot save %r: no such file or directory. Pass an existing path, or write your "
+            "files into current.checkpoint.directory and call save() without a path." % src
+        )
+    if os.path.isfile(src):
+        st = os.stat(src)
+        return [_File(os.path.basename(src), src, st.st_size, stat.S_IMODE(st.st_mode))], [], "file"
+    if not os.path.isdir(src):
+        raise CheckpointConfigError("Cannot save %r: not a regular file or directory." % src)
+    files: list[_File] = []
+    empty: list[str] = []
+    seen = {os.path.realpath(src)}
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        rel_dir = os.path.relpath(dirpath, src)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        regular = 0
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue  # dangling symlink or deleted while scanning
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            regular += 1
+            files.append(_File(rel_dir + name, path, st.st_size, stat.S_IMODE(st.st_mode)))
+        if rel_dir and not regular and not dirnames:
+            empty.append(rel_dir.rstrip("/"))
+    files.sort(key=lambda f: f.rel)
+    return files, sorted(empty), "dir"
+
+
+# ------------------------------------------------------------------------------ bounded runner
+def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int) -> None:
+    """Run callables on a thread pool with at most ``inflight`` submitted and unfinished.
+
+    Jobs are pulled lazily from ``jobs``; after the first failure nothing new is started, the
+    running ones finish, and the first error is raised.
+    """
+    slots = threading.Semaphore(inflight)
+    failed = threading.Event()
+    futures: list[Future] = []
+
+    def done(fut: Future) -> None:
+        if fut.exception() is not None:
+            failed.set()
+        slots.release()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mfckpt") as pool:
+        for job in jobs:
+            slots.acquire()
+            if failed.is_set():
+                break
+            fut = pool.submit(job)
+            futures.append(fut)
+            fut.add_done_callback(done)
+    for fut in futures:
+        if fut.exception() is not None:
+            raise fut.exception()
+
+
+class _BufferPool:
+    """Reusable read buffers: allocating and page-faulting a fresh 16 MiB per chunk is slow."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self._size)
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+
+def _read_into(path: str, offset: int, view: memoryview) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = 0
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                raise CheckpointConfigError(
+                    "%s shrank while it was being saved; do not modify files during save()." % path
+                )
+            got += n
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------- save
+class BlobWriter:
+    """Uploads buffers as content-addressed blobs, skipping those already stored.
+
+    ``known`` is a set of hashes known to be stored (shared across saves of one process) so that
+    repeated saves do not even ask the store whether a blob exists.
+    """
+
+    def __init__(self, storage: Storage, known: Optional[set] = None):
+        self.storage = storage
+        self.known = known if known is not None else set()
+        self._lock = threading.Lock()
+
+    def put(self, data: memoryview, stats: SaveStats) -> str:
+        h = digest(data)
+        key = blob_key(h)
+        if h in self.known or self.storage.exists(key):
+            with self._lock:
+                stats.bytes_deduplicated += len(data)
+                stats.blobs_deduplicated += 1
+                self.known.add(h)
+            return h
+        self.storage.put_bytes(key, data)
+        with self._lock:
+            stats.bytes_uploaded += len(data)
+            stats.blobs_uploaded += 1
+            self.known.add(h)
+        return h
+
+
+def _plan(files: list[_File], opts: TransferOptions) -> Iterator[tuple[str, object]]:
+    """Yield ('chunk', (file index, offset, length)) and ('pack', [file indices]) work units."""
+    pack: list[int] = []
+    pack_bytes = 0
+    for i, f in enumerate(files):
+        if f.size == 0:
+            continue
+        if f.size < opts.small_size:
+            if pack and pack_bytes + f.size > opts.chunk_size:
+                yield "pack", pack
+                pack, pack_bytes = [], 0
+            pack.append(i)
+            pack_bytes += f.size
+            continue
+        for off in range(0, f.size, opts.chunk_size):
+            yield "chunk", (i, off, min(opts.chunk_size, f.size - off))
+    if pack:
+        yield "pack", pack
+
+
+def upload_tree(
+    files: list[_File], writer: BlobWriter, opts: TransferOptions, stats: SaveStats
+) -> list[FileEntry]:
+    """Hash and upload every byte of ``files``; return their manifest entries."""
+    chunks: list[dict[int, ChunkRef]] = [{} for _ in files]
+    digests: dict[int, str] = {}
+    pool = _BufferPool(opts.chunk_size + opts.small_size)
+    lock = threading.Lock()
+
+    def do_chunk(i: int, off: int, length: int) -> None:
+        buf = pool.take()
+        try:
+            view = memoryview(buf)[:length]
+            _read_into(files[i].abs, off, view)
+            h = writer.put(view, stats)
+            with lock:
+                chunks[i][off] = ChunkRef(h, 0, length)
+                stats.bytes_read += length
+        finally:
+            pool.give(buf)
+
+    def do_pack(indices: list[int]) -> None:
+        buf = pool.take()
+        try:
+            pos = 0
+            layout = []
+            for i in indices:
+                size = files[i].size
+                view = memoryview(buf)[pos : pos + size]
+                _read_into(files[i].abs, 0, view)
+                layout.append((i, pos, size, digest(view)))
+                pos += size
+            h = writer.put(memoryview(buf)[:pos], stats)
+            with lock:
+                for i, start, size, d in layout:
+                    chunks[i][0] = ChunkRef(h, start, size)
+                    digests[i] = d
+                stats.bytes_read += pos
+        finally:
+            pool.give(buf)
+
+    def jobs() -> Iterator[Callable[[], None]]:
+        for kind, arg in _plan(files, opts):
+            if kind == "chunk":
+                yield lambda a=arg: do_chunk(*a)
+            else:
+                yield lambda a=arg: do_pack(a)
+
+    _run_bounded(jobs(), opts.workers, opts.inflight)
+    stats.files = len(files)
+    return [
+        FileEntry(
+            path=f.rel,
+            size=f.size,
+            mode=f.mode,
+            chunks=[chunks[i][off] for off in sorted(chunks[i])],
+            digest=digests.get(i),
+        )
+        for i, f in enumerate(files)
+    ]
+
+
+# ---------------------------------------------------------------------------------------- load
+def _fetch_verified(storage: Storage, manifest: Manifest, blob: str, what: str) -> bytes:
+    key = blob_key(blob)
+    for attempt in (0, 1):
+        try:
+            data = storage.get_bytes(key)
+        except StorageNotFound as exc:
+            raise CheckpointIncomplete(
+                "Checkpoint %s is incomplete: blob %s (data of %s) is missing from %s."
+                % (manifest.key, blob, what, storage.url)
+            ) from exc
+        if digest(data) == blob:
+            return data
+        if attempt == 0:
+            continue  # a flip in transit is not corruption at rest: fetch once more
+    raise CheckpointIntegrityError(
+        "Checkpoint %s: file %s failed verification (blob %s does not match its BLAKE3 hash). "
+        "The stored data is corrupt; load another checkpoint." % (manifest.key, what, blob)
+    )
+
+
+def target_path(dest: str, rel: str) -> str:
+    """Join a validated manifest path to ``dest``, refusing anything that escapes it."""
+    safe_relpath(rel)
+    path = os.path.join(dest, *rel.split("/"))
+    root = os.path.realpath(dest)
+    real = os.path.realpath(path)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        from ..errors import ManifestError
+
+        raise ManifestError(
+            "Manifest path %r would be written outside %s (through a symlink?); refusing." % (rel, dest)
+        )
+    return path
+
+
+def download_tree(
+    storage: Storage, manifest: Manifest, dest: str, opts: TransferOptions
+) -> int:
+    """Materialise ``manifest`` under the directory ``dest``; return bytes written.
+
+    Files are written to temp names and renamed into place only after every blob has been
+    fetched and verified, so a failed load leaves no partially written file behind.
+    """
+    os.makedirs(dest, exist_ok=True)
+    for d in manifest.dirs:
+        os.makedirs(target_path(dest, d), exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    temps: list[tuple[str, str, FileEntry]] = []
+    by_blob: dict[str, list[tuple[str, FileEntry, int, ChunkRef]]] = {}
+    try:
+        for entry in manifest.files:
+            final = target_path(dest, entry.path)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            tmp = final + _TMP_SUFFIX + token
+            with open(tmp, "wb") as f:
+                if entry.size:
+                    f.truncate(entry.size)
+            temps.append((tmp, final, entry))
+            pos = 0
+            for c in entry.chunks:
+                by_blob.setdefault(c.blob, []).append((tmp, entry, pos, c))
+                pos += c.length
+
+        written = [0]
+        lock = threading.Lock()
+
+        def fetch(blob: str, uses: list) -> None:
+            data = _fetch_verified(storage, manifest, blob, uses[0][1].path)
+            view = memoryview(data)
+            for tmp, entry, file_pos, c in uses:
+                piece = view[c.offset : c.offset + c.length]
+                if len(piece) != c.length:
+                    raise CheckpointIntegrityError(
+                        "Checkpoint %s: blob %s is shorter than the manifest says (file %s)."
+                        % (manifest.key, blob, entry.path)
+                    )
+                if entry.digest is not None and digest(piece) != entry.digest:
+                    raise CheckpointIntegrityError(
+                        "Checkpoint %s: file %s does not match its recorded hash."
+                        % (manifest.key, entry.path)
+                    )
+                fd = os.open(tmp, os.O_WRONLY)
+                try:
+                    done = 0
+                    while done < len(piece):
+                        done += os.pwrite(fd, piece[done:], file_pos + done)
+                finally:
+                    os.close(fd)
+                with lock:
+                    written[0] += c.length
+
+        jobs = (lambda b=b, u=u: fetch(b, u) for b, u in by_blob.items())
+        _run_bounded(jobs, opts.workers, opts.inflight)
+        for tmp, final, entry in temps:
+            os.chmod(tmp, entry.mode & 0o7777 or 0o644)
+            os.replace(tmp, final)
+        temps = []
+        return written[0]
+    finally:
+        for tmp, _final, _entry in temps:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def timed(stats: SaveStats, phase: str):
+    """Context manager adding the elapsed seconds of a block to ``stats.seconds[phase]``."""
+
+    class _T:
+        def __enter__(self):
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            stats.seconds[phase] = stats.seconds.get(phase, 0.0) + time.perf_counter() - self.t
+
+    return _T()

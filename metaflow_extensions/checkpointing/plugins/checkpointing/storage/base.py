@@ -1,0 +1,240 @@
+"""The storage protocol every checkpoint backend implements.
+
+A backend is rooted at one URL and addresses objects by ``/``-separated keys relative to that
+root.  It provides five primitives (``_put_bytes``, ``_get_bytes``, ``_exists``, ``_list``,
+``_delete``) and says which of its exceptions are transient (``_classify``).  The public methods
+here add what every backend needs exactly once: error translation into :mod:`..errors`, bounded
+retries with tenacity (count *and* total time), and key validation.
+
+Guarantees a backend must give (checked by the conformance suite in ``tests/storage``):
+
+* ``put_bytes`` is atomic: a reader sees the whole new object or nothing (or the old one);
+* ``get_bytes`` of a missing key raises :class:`StorageNotFound`;
+* ``list(prefix)`` is recursive and matches raw string prefixes, like S3;
+* ``delete`` of a missing key is not an error.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Callable, Optional, TypeVar, Union
+
+import tenacity
+
+from ..errors import StorageError, StorageNotFound
+
+T = TypeVar("T")
+Buffer = Union[bytes, bytearray, memoryview]
+
+TRANSIENT = "transient"
+NOT_FOUND = "not_found"
+PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key (relative to the backend root), size and modification time."""
+
+    key: str
+    size: int
+    mtime: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds for retrying transient storage errors.
+
+    Parameters
+    ----------
+    attempts : int
+        Total tries of one call, the first included.
+    max_seconds : float
+        Give up once this much time has passed since the first try.
+    backoff : float
+        First wait between tries in seconds; doubles up to ``max_backoff``.
+    max_backoff : float
+        Longest single wait.
+    """
+
+    attempts: int = 6
+    max_seconds: float = 120.0
+    backoff: float = 0.2
+    max_backoff: float = 10.0
+
+
+class _Transient(Exception):
+    """Internal marker: the wrapped backend error may succeed on a later try."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that could escape the root or that backends disagree on."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise StorageError("Invalid storage key %r: keys are non-empty relative '/' paths." % key)
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise StorageError("Invalid storage key %r: empty, '.' or '..' path components." % key)
+    return key
+
+
+class Storage(abc.ABC):
+    """Base class of every backend: public API with retries and error translation.
+
+    Parameters
+    ----------
+    url : str
+        The root of this store (a local path or a URL such as ``s3://bucket/prefix``).
+    retry : RetryPolicy, optional
+        Bounds for retrying transient errors.
+    """
+
+    #: Short backend name used in messages and in the conformance suite.
+    TYPE = "abstract"
+
+    def __init__(self, url: str, retry: Optional[RetryPolicy] = None):
+        self.url = url.rstrip("/") if "://" in url else url
+        self.retry = retry or RetryPolicy()
+
+    # ------------------------------------------------------------------ primitives (backends)
+    @abc.abstractmethod
+    def _put_bytes(self, key: str, data: Buffer) -> None: ...
+
+    @abc.abstractmethod
+    def _get_bytes(self, key: str, start: int, length: Optional[int]) -> bytes: ...
+
+    @abc.abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    @abc.abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    def _classify(self, exc: BaseException) -> str:
+        """Return TRANSIENT, NOT_FOUND or PERMANENT for a backend exception."""
+        if isinstance(exc, FileNotFoundError):
+            return NOT_FOUND
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return TRANSIENT
+        return PERMANENT
+
+    # ------------------------------------------------------------------ derived, overridable
+    def _put_file(self, key: str, local_path: str) -> None:
+        with open(local_path, "rb") as f:
+            self._put_bytes(key, f.read())
+
+    def _get_file(self, key: str, local_path: str) -> None:
+        data = self._get_bytes(key, 0, None)
+        with open(local_path, "wb") as f:
+            f.write(data)
+
+    # ------------------------------------------------------------------ public API
+    def full_url(self, key: str) -> str:
+        """The URL or path of ``key`` as a user would type it."""
+        return "%s/%s" % (self.url, key)
+
+    def put_bytes(self, key: str, data: Buffer) -> None:
+        """Store ``data`` under ``key`` atomically (replacing any previous object)."""
+        validate_key(key)
+        self._call("put", key, lambda: self._put_bytes(key, data))
+
+    def put_file(self, key: str, local_path: str) -> None:
+        """Upload the local file ``local_path`` to ``key`` atomically."""
+        validate_key(key)
+        self._call("put", key, lambda: self._put_file(key, local_path))
+
+    def get_bytes(self, key: str, start: int = 0, length: Optional[int] = None) -> bytes:
+        """Read an object, or ``length`` bytes of it from ``start``.
+
+        Raises
+        ------
+        StorageNotFound
+            If ``key`` does not exist.
+        """
+        validate_key(key)
+        return self._call("get", key, lambda: self._get_bytes(key, start, length))
+
+    def get_file(self, key: str, local_path: str) -> None:
+        """Download ``key`` to the local file ``local_path``."""
+        validate_key(key)
+        self._call("get", key, lambda: self._get_file(key, local_path))
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+        validate_key(key)
+        return self._call("stat", key, lambda: self._exists(key))
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (recursive), in no particular order."""
+        if prefix:
+            validate_key(prefix.rstrip("/") or "x")
+        return self._call("list", prefix or "<root>", lambda: list(self._list(prefix)))
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+        validate_key(key)
+        self._call("delete", key, lambda: self._delete(key))
+
+    # ------------------------------------------------------------------ retries + translation
+    def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        def attempt() -> T:
+            try:
+                return fn()
+            except StorageError:
+                raise
+            except Exception as exc:  # translated right here, in one place
+                kind = self._classify(exc)
+                if kind == NOT_FOUND:
+                    raise StorageNotFound(
+                        "%s: no object at %s" % (op, self.full_url(key))
+                    ) from exc
+                if kind == TRANSIENT:
+                    raise _Transient(exc) from exc
+                raise StorageError(
+                    "%s of %s failed: %s: %s"
+                    % (op, self.full_url(key), type(exc).__name__, exc)
+                ) from exc
+
+        policy = self.retry
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Transient),
+            stop=tenacity.stop_after_attempt(max(1, policy.attempts))
+            | tenacity.stop_after_delay(policy.max_seconds),
+            wait=tenacity.wait_exponential(
+                multiplier=policy.backoff, max=policy.max_backoff
+            ),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Transient as exc:
+            raise StorageError(
+                "%s of %s still failing after %d tries / %.0f s (%s: %s). The store at %s looks "
+                "unavailable; check connectivity and credentials, or raise "
+                "METAFLOW_CHECKPOINT_RETRY_ATTEMPTS / METAFLOW_CHECKPOINT_RETRY_SECONDS."
+                % (
+                    op,
+                    self.full_url(key),
+                    policy.attempts,
+                    policy.max_seconds,
+                    type(exc.original).__name__,
+                    exc.original,
+                    self.url,
+                )
+            ) from exc.original
+
+
+def join_key(*parts: str) -> str:
+    """Join key components with '/', ignoring empty ones."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def default_workers() -> int:
+    """Transfer concurrency that scales with the machine: 4 per core, between 4 and 64."""
+    return max(4, min(64, 4 * (os.cpu_count() or 1)))

@@ -1,0 +1,115 @@
+"""Local filesystem backend (Metaflow's local datastore, NFS mounts, any directory)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Optional
+
+from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, Storage
+
+# Temp files of in-flight writes start with this; listings never show them.
+_TMP_PREFIX = ".mfckpt-tmp-"
+
+
+class LocalStorage(Storage):
+    """Objects are files under ``root``; writes go to a temp file and are renamed into place.
+
+    Parameters
+    ----------
+    root : str
+        Directory that holds the store (created on first write).
+    fsync : bool
+        Flush file data to disk before the rename.  Off by default, like Metaflow's own local
+        datastore: a process crash never leaves a torn object either way (rename is atomic); an
+        OS crash or power loss can lose unsynced data without ``fsync``.
+    """
+
+    TYPE = "local"
+
+    def __init__(self, root: str, fsync: bool = False, **kwargs):
+        super().__init__(os.path.abspath(os.path.expanduser(root)), **kwargs)
+        self.root = self.url
+        self.fsync = fsync
+
+    def full_url(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _classify(self, exc: BaseException) -> str:
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            return NOT_FOUND
+        if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EINTR, errno.ESTALE):
+            return TRANSIENT
+        return PERMANENT
+
+    def _atomic(self, key: str, write) -> None:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def _put_bytes(self, key: str, data: Buffer) -> None:
+        self._atomic(key, lambda f: f.write(data))
+
+    def _put_file(self, key: str, local_path: str) -> None:
+        with open(local_path, "rb") as src:
+            self._atomic(key, lambda f: shutil.copyfileobj(src, f, 8 << 20))
+
+    def _get_bytes(self, key: str, start: int, length: Optional[int]) -> bytes:
+        with open(self._path(key), "rb") as f:
+            if start:
+                f.seek(start)
+            return f.read() if length is None else f.read(length)
+
+    def _get_file(self, key: str, local_path: str) -> None:
+        shutil.copyfile(self._path(key), local_path)
+
+    def _exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Walk the deepest directory the prefix names, then filter on the raw prefix.
+        base = prefix if prefix.endswith("/") or not prefix else prefix.rsplit("/", 1)[0] + "/"
+        if "/" not in prefix.rstrip("/") and not prefix.endswith("/"):
+            base = ""
+        top = self._path(base.rstrip("/")) if base else self.root
+        for dirpath, _dirs, files in os.walk(top):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            for name in files:
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                key = rel_dir + name
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def _delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass

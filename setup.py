@@ -1,0 +1,41 @@
+"""Packaging for metaflow-checkpointing.
+
+All code lives under ``metaflow_extensions/`` so Metaflow ships it in the code package of remote
+tasks.  ``metaflow_extensions`` itself must be listed: with only ``metaflow_extensions.*`` a PEP 660
+editable install maps nothing and Metaflow finds no extension.
+"""
+
+from setuptools import find_namespace_packages, setup
+
+setup(
+    name="metaflow-checkpointing",
+    version="0.1.0",
+    description="Checkpoints you can trust for Metaflow steps: @checkpoint, current.checkpoint, "
+    "content-addressed manifests on the flow's datastore.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_namespace_packages(include=["metaflow_extensions", "metaflow_extensions.*"]),
+    install_requires=[
+        "metaflow>=2.19.20,<2.20",
+        "blake3>=1.0",
+        "tenacity>=8.2",
+        "fsspec>=2023.1",
+    ],
+    extras_require={
+        "s3": ["boto3>=1.28"],
+        # On the build machines a CPU build of exactly this torch lies on disk; other specs pull CUDA.
+        "torch": ["torch==2.13.0", "safetensors>=0.4"],
+        "test": [
+            "boto3>=1.28",
+            "moto[server]>=5.0",
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "pytest-timeout>=2.3",
+            "psutil>=5.9",
+            "ruff>=0.6",
+        ],
+        "docs": ["mkdocs>=1.6"],
+    },
+    classifiers=["Programming Language :: Python :: 3", "Framework :: Metaflow"],
+)
