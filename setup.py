@@ -24,7 +24,7 @@ setup(
     ],
     extras_require={
         "s3": ["boto3>=1.28"],
-        # On the build machines a CPU build of exactly this torch lies on disk; other specs pull CUDA.
+        # A CPU build of exactly this torch lies on the build machines; other specs pull CUDA.
         "torch": ["torch==2.13.0", "safetensors>=0.4"],
         "test": [
             "boto3>=1.28",

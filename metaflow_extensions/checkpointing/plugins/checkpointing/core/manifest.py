@@ -283,7 +283,8 @@ def loads(data: bytes, key: str) -> Manifest:
         ) from exc
     if manifest.key != key:
         raise ManifestError(
-            "Manifest stored at %s describes %s; it was moved or tampered with." % (key, manifest.key)
+            "Manifest stored at %s describes %s; it was moved or tampered with."
+            % (key, manifest.key)
         )
     return manifest
 

@@ -75,7 +75,9 @@ def resolve(
     if scope.attempt > 0:
         h = newest(list_headers(storage, scope.task_prefix()), within_task=True)
         if h is not None:
-            return Resolution(h, "latest checkpoint of this task (retry attempt %d)" % scope.attempt)
+            return Resolution(
+                h, "latest checkpoint of this task (retry attempt %d)" % scope.attempt
+            )
     for run in origin_runs():
         h = newest(list_headers(storage, scope.run_prefix(run)))
         if h is not None:
@@ -84,7 +86,9 @@ def resolve(
         h = newest(list_headers(storage, scope.lineage_prefix()))
         if h is not None:
             return Resolution(h, "latest checkpoint of this step from an earlier run (eager)")
-        return Resolution(None, "no earlier checkpoint of this step in namespace %s" % scope.namespace)
+        return Resolution(
+            None, "no earlier checkpoint of this step in namespace %s" % scope.namespace
+        )
     if scope.attempt > 0:
         return Resolution(None, "no checkpoint saved by earlier attempts of this task")
     return Resolution(None, "first attempt of a new run (load_policy='fresh')")

@@ -358,14 +358,13 @@ def target_path(dest: str, rel: str) -> str:
         from ..errors import ManifestError
 
         raise ManifestError(
-            "Manifest path %r would be written outside %s (through a symlink?); refusing." % (rel, dest)
+            "Manifest path %r would be written outside %s (through a symlink?); refusing."
+            % (rel, dest)
         )
     return path
 
 
-def download_tree(
-    storage: Storage, manifest: Manifest, dest: str, opts: TransferOptions
-) -> int:
+def download_tree(storage: Storage, manifest: Manifest, dest: str, opts: TransferOptions) -> int:
     """Materialise ``manifest`` under the directory ``dest``; return bytes written.
 
     Files are written to temp names and renamed into place only after every blob has been

@@ -191,14 +191,11 @@ class Storage(abc.ABC):
             except Exception as exc:  # translated right here, in one place
                 kind = self._classify(exc)
                 if kind == NOT_FOUND:
-                    raise StorageNotFound(
-                        "%s: no object at %s" % (op, self.full_url(key))
-                    ) from exc
+                    raise StorageNotFound("%s: no object at %s" % (op, self.full_url(key))) from exc
                 if kind == TRANSIENT:
                     raise _Transient(exc) from exc
                 raise StorageError(
-                    "%s of %s failed: %s: %s"
-                    % (op, self.full_url(key), type(exc).__name__, exc)
+                    "%s of %s failed: %s: %s" % (op, self.full_url(key), type(exc).__name__, exc)
                 ) from exc
 
         policy = self.retry
@@ -206,9 +203,7 @@ class Storage(abc.ABC):
             retry=tenacity.retry_if_exception_type(_Transient),
             stop=tenacity.stop_after_attempt(max(1, policy.attempts))
             | tenacity.stop_after_delay(policy.max_seconds),
-            wait=tenacity.wait_exponential(
-                multiplier=policy.backoff, max=policy.max_backoff
-            ),
+            wait=tenacity.wait_exponential(multiplier=policy.backoff, max=policy.max_backoff),
             reraise=True,
         )
         try:
