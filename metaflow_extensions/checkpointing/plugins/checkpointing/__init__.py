@@ -8,3 +8,7 @@ Layers (imports point down only)::
 Nothing here may import torch or boto3 at module import time: decorator modules are imported by
 every ``import metaflow``.
 """
+
+# Metaflow first: errors.py subclasses metaflow.exception, and importing that before metaflow is
+# initialised re-enters this package half-loaded through Metaflow's plugin loading.
+import metaflow  # noqa: E402,F401

@@ -1,8 +1,162 @@
-"""Placeholder replaced below in this commit series."""
+"""``@checkpoint``: the step decorator that installs ``current.checkpoint``.
+
+Thin by design: it validates attributes before any task runs (``step_init``), builds the runtime
+from the flow's datastore in ``task_pre_step`` (loading the checkpoint the load policy picks) and
+cleans up in ``task_finished``.  It is the only module that knows about retries, ``resume`` and
+foreach.  This module is imported by every ``import metaflow``: it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Optional
 
 from metaflow.decorators import StepDecorator
+from metaflow.metaflow_current import current
+
+from .core.policies import validate_policy
+from .errors import CheckpointConfigError
+
+#: Environment variable pointing subprocesses at ``current.checkpoint.directory``.
+DIRECTORY_ENV = "METAFLOW_CHECKPOINT_DIR"
+# How many older origins of a resume chain to follow looking for a checkpoint.
+_MAX_ORIGIN_DEPTH = 8
 
 
 class CheckpointDecorator(StepDecorator):
+    """Save and reload intermediate state of a step, e.g. across ``@retry`` attempts.
+
+    Parameters
+    ----------
+    load_policy : str, default "fresh"
+        What ``current.checkpoint.directory`` holds when the step's code starts:
+        ``"fresh"``: nothing on the first attempt; on a retry, the latest checkpoint of this
+        task's earlier attempts; on ``resume``, the latest checkpoint of the same step and
+        foreach split in the origin run.  ``"eager"``: as ``"fresh"``, falling back to the latest
+        checkpoint of this step and foreach split from any earlier run in the namespace.
+        ``"none"``: nothing; use ``current.checkpoint.list()`` and ``load()``.
+    temp_dir_root : str, optional
+        Parent directory of ``current.checkpoint.directory`` (default: the system temp dir).
+
+    MF Add To Current
+    -----------------
+    checkpoint -> metaflow_extensions.checkpointing.plugins.checkpointing.runtime.CheckpointRuntime
+        Save, list and load checkpoints of this task.
+
+        @@ Returns
+        -------
+        CheckpointRuntime
+            The task's checkpoint object.
+    """
+
     name = "checkpoint"
     defaults = {"load_policy": "fresh", "temp_dir_root": None}
+
+    def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
+        # Runs in the launcher before any task: bad attributes fail the run here, with no I/O.
+        policy = self.attributes["load_policy"]
+        try:
+            validate_policy(policy)
+        except CheckpointConfigError as exc:
+            raise CheckpointConfigError("Step '%s': %s" % (step_name, exc.message)) from None
+        root = self.attributes["temp_dir_root"]
+        if root is not None and (not isinstance(root, str) or not root):
+            raise CheckpointConfigError(
+                "Step '%s': @checkpoint(temp_dir_root=%r) must be a directory path (a string)."
+                % (step_name, root)
+            )
+        self._step_name = step_name
+        self._directory: Optional[str] = None
+
+    def task_pre_step(
+        self,
+        step_name,
+        task_datastore,
+        metadata,
+        run_id,
+        task_id,
+        flow,
+        graph,
+        retry_count,
+        max_user_code_retries,
+        ubf_context,
+        inputs,
+    ):
+        if retry_count > max_user_code_retries:
+            return  # the @catch fallback attempt runs no user code
+        from .core.scope import Scope, foreach_path
+        from .runtime import CheckpointRuntime
+        from .settings import build_store
+
+        flow_datastore = task_datastore.parent_datastore
+        store = build_store(flow_datastore.TYPE, flow_datastore.datastore_root)
+        scope = Scope(
+            namespace=current.namespace,
+            flow=flow.name,
+            step=step_name,
+            foreach=foreach_path(_foreach_indices(flow)),
+            run=str(run_id),
+            task=str(task_id),
+            attempt=int(retry_count),
+        )
+        temp_root = self.attributes["temp_dir_root"]
+        if temp_root:
+            os.makedirs(temp_root, exist_ok=True)
+        self._directory = tempfile.mkdtemp(prefix="mfckpt-%s-" % step_name, dir=temp_root)
+        runtime = CheckpointRuntime(store, scope, self._directory, log=_log)
+        origin = current.origin_run_id
+        resolution = store.resolve(
+            self.attributes["load_policy"],
+            scope,
+            origin_runs=lambda: list(_origin_chain(flow.name, step_name, origin)),
+        )
+        runtime.load_initial(resolution)
+        current._update_env({"checkpoint": runtime})
+        os.environ[DIRECTORY_ENV] = self._directory
+
+    def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
+        if self._directory:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stdout, flush=True)
+
+
+def _foreach_indices(flow) -> list[int]:
+    """Index of every enclosing foreach split, outermost first."""
+    stack = getattr(flow, "_foreach_stack", None) or []
+    return [int(frame.index) for frame in stack]
+
+
+def _origin_chain(flow_name: str, step_name: str, origin: Optional[str]) -> Iterator[str]:
+    """The origin run of a ``resume``, then that run's own origin, and so on.
+
+    Older origins come from the ``origin-run-id`` metadata of the step's tasks in the previous
+    origin; if the client cannot tell (e.g. metadata unavailable), the chain just stops.
+    """
+    seen = set()
+    for _ in range(_MAX_ORIGIN_DEPTH):
+        if not origin or origin in seen:
+            return
+        seen.add(origin)
+        yield origin
+        origin = _origin_of(flow_name, step_name, origin)
+
+
+def _origin_of(flow_name: str, step_name: str, run_id: str) -> Optional[str]:
+    try:
+        from metaflow import Step
+
+        for task in Step("%s/%s/%s" % (flow_name, run_id, step_name), _namespace_check=False):
+            value = task.metadata_dict.get("origin-run-id")
+            if value and value != "None":
+                return str(value)
+    except Exception:  # noqa: BLE001 - the chain is best effort beyond the first origin
+        return None
+    return None

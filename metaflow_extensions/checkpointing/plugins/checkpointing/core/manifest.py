@@ -81,8 +81,13 @@ class ManifestHeader:
 
     @property
     def task_order(self) -> tuple:
-        """Sort key within one task: later attempts win regardless of clock skew."""
-        return (self.scope.attempt, self.seq, self.created_ms, self.id)
+        """Sort key within one task: later attempts win regardless of clock skew.
+
+        Within an attempt time decides, then the per-process sequence: ``seq`` is only ordered
+        within one process, and several processes (a subprocess, a torchrun worker) may save
+        for the same attempt.
+        """
+        return (self.scope.attempt, self.created_ms, self.seq, self.id)
 
 
 @dataclass
@@ -230,6 +235,24 @@ def safe_relpath(path: str) -> str:
     return path
 
 
+def _check_no_conflicts(key: str, files: list[str], dirs: list[str]) -> None:
+    """Reject a file listed twice, or a file that is also a directory (listed or implied)."""
+    seen: set[str] = set()
+    for p in files:
+        if p in seen:
+            raise ManifestError("Manifest %s lists the file %r twice." % (key, p))
+        seen.add(p)
+    for p in files + dirs:
+        parts = p.split("/")
+        for i in range(1, len(parts) + (p in dirs)):
+            parent = "/".join(parts[:i])
+            if parent in seen:
+                raise ManifestError(
+                    "Manifest %s lists %r both as a file and as a directory (for %r)."
+                    % (key, parent, p)
+                )
+
+
 def loads(data: bytes, key: str) -> Manifest:
     """Parse and validate manifest bytes read from ``key``.
 
@@ -240,6 +263,8 @@ def loads(data: bytes, key: str) -> Manifest:
     """
     try:
         d = json.loads(data.decode("utf-8"))
+        if not isinstance(d, dict):
+            raise TypeError("expected a JSON object, got %s" % type(d).__name__)
         if d.get("format") != FORMAT:
             raise ManifestError(
                 "Manifest %s has format %r; this version of metaflow-checkpointing reads %r."
@@ -260,6 +285,8 @@ def loads(data: bytes, key: str) -> Manifest:
                 raise ManifestError(
                     "Manifest %s: chunks of %s do not add up to its size." % (key, f.path)
                 )
+        dirs = [safe_relpath(p) for p in d.get("dirs", [])]
+        _check_no_conflicts(key, [f.path for f in files], dirs)
         manifest = Manifest(
             id=str(d["id"]),
             name=validate_name(d["name"]),
@@ -269,7 +296,7 @@ def loads(data: bytes, key: str) -> Manifest:
             seq=int(d["seq"]),
             metadata=dict(d.get("metadata") or {}),
             files=files,
-            dirs=[safe_relpath(p) for p in d.get("dirs", [])],
+            dirs=dirs,
             source=dict(d.get("source") or {}),
             stats=dict(d.get("stats") or {}),
             chunk_size=int(d.get("chunk_size", 0)),

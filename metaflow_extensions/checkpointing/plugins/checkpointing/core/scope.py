@@ -34,7 +34,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 def encode(component: str) -> str:
     """Percent-encode one key component (no '/', never empty)."""
-    return quote(str(component), safe="") or "%00"
+    encoded = quote(str(component), safe="") or "%00"
+    # '.' and '..' are left alone by quote() but are not valid key components anywhere.
+    return "%2E" * len(encoded) if encoded in (".", "..") else encoded
 
 
 def decode(component: str) -> str:
@@ -59,7 +61,7 @@ def validate_name(name: object) -> str:
             "Checkpoint name %r... is %d characters long; the limit is %d."
             % (name[:20], len(name), MAX_NAME_LENGTH)
         )
-    if ".." in name or not _NAME_RE.match(name):
+    if ".." in name or not _NAME_RE.fullmatch(name):
         raise CheckpointConfigError(
             "Checkpoint name %r is invalid: use letters, digits, '_', '-' and '.', starting with a "
             "letter, digit or '_', without '/', '..', spaces or control characters." % name

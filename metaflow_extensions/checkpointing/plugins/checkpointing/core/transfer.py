@@ -370,15 +370,17 @@ def download_tree(storage: Storage, manifest: Manifest, dest: str, opts: Transfe
     Files are written to temp names and renamed into place only after every blob has been
     fetched and verified, so a failed load leaves no partially written file behind.
     """
+    # Validate every target before touching the destination: a bad path writes nothing.
+    dirs = [target_path(dest, d) for d in manifest.dirs]
+    finals = [target_path(dest, entry.path) for entry in manifest.files]
     os.makedirs(dest, exist_ok=True)
-    for d in manifest.dirs:
-        os.makedirs(target_path(dest, d), exist_ok=True)
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     temps: list[tuple[str, str, FileEntry]] = []
     by_blob: dict[str, list[tuple[str, FileEntry, int, ChunkRef]]] = {}
     try:
-        for entry in manifest.files:
-            final = target_path(dest, entry.path)
+        for entry, final in zip(manifest.files, finals):
             os.makedirs(os.path.dirname(final), exist_ok=True)
             tmp = final + _TMP_SUFFIX + token
             with open(tmp, "wb") as f:

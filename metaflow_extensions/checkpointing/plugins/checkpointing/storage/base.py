@@ -147,6 +147,11 @@ class Storage(abc.ABC):
     def put_file(self, key: str, local_path: str) -> None:
         """Upload the local file ``local_path`` to ``key`` atomically."""
         validate_key(key)
+        if not os.path.isfile(local_path):
+            # Else backends report the missing *source* as a missing key (StorageNotFound).
+            raise StorageError(
+                "put_file of %s: %r is not a file." % (self.full_url(key), local_path)
+            )
         self._call("put", key, lambda: self._put_file(key, local_path))
 
     def get_bytes(self, key: str, start: int = 0, length: Optional[int] = None) -> bytes:

@@ -42,7 +42,7 @@ class LocalStorage(Storage):
         return os.path.join(self.root, *key.split("/"))
 
     def _classify(self, exc: BaseException) -> str:
-        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             return NOT_FOUND
         if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EINTR, errno.ESTALE):
             return TRANSIENT

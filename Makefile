@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with Python 3.11:  make demo  |  make test
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Metaflow refuses to run as root without a user name (CI containers).
+export METAFLOW_USER ?= $(if $(filter root,$(shell id -un)),demo,$(shell id -un))
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e ".[torch,s3]"
+	touch $@
+
+$(VENV)/.test-installed: setup.py $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[torch,s3,test]"
+	touch $@
+
+demo: $(VENV)/.installed  ## train a tiny model that crashes once and resumes from its checkpoint
+	$(BIN)/python examples/run_demo.py
+
+test: $(VENV)/.test-installed  ## lint + the whole test suite (starts its own local S3 server)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 -q tests
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(VENV)/.test-installed  ## speed and memory targets (prints a table)
+	$(BIN)/python benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) .demo .bench

@@ -1,0 +1,285 @@
+"""The object behind ``current.checkpoint``.
+
+It is built by the decorator from a store, a scope and a directory, and never looks up Metaflow
+globals itself, so it is unit-testable and reusable from subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Callable, Optional, Union
+
+from .core.manifest import Manifest, is_manifest_key
+from .core.policies import Resolution
+from .core.scope import DEFAULT_NAME, Scope, step_prefix
+from .core.store import CheckpointStore
+from .errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
+from .reference import CheckpointReference
+
+Reference = Union[CheckpointReference, dict, str, Any]
+
+
+def _pathspec_of(task: Any) -> str:
+    """A task pathspec from a string or a Metaflow ``Task`` object."""
+    pathspec = getattr(task, "pathspec", task)
+    if not isinstance(pathspec, str) or len(pathspec.strip("/").split("/")) != 4:
+        raise CheckpointConfigError(
+            "task=%r is not a task: pass a Metaflow Task or a pathspec 'Flow/run_id/step/task_id'."
+            % (task,)
+        )
+    return pathspec.strip("/")
+
+
+class CheckpointRuntime:
+    """Save, list and load checkpoints of one running task (``current.checkpoint``).
+
+    Parameters
+    ----------
+    store : CheckpointStore
+        Where checkpoints live.
+    scope : Scope
+        The running task's scope (namespace, flow, step, foreach path, run, task, attempt).
+    directory : str
+        The task's checkpoint directory (``current.checkpoint.directory``).
+    log : callable, optional
+        Where one-line status messages go.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        scope: Scope,
+        directory: str,
+        log: Callable[[str], None] = print,
+    ):
+        self._store = store
+        self._scope = scope
+        self._directory = directory
+        self._log = log
+        self._info: Optional[CheckpointReference] = None
+        self._saved: list[CheckpointReference] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def directory(self) -> str:
+        """Local directory holding the loaded checkpoint; ``save()`` saves it by default."""
+        return self._directory
+
+    @property
+    def is_loaded(self) -> bool:
+        """True if a checkpoint was loaded into :attr:`directory` when the task started."""
+        return self._info is not None
+
+    @property
+    def info(self) -> Optional[CheckpointReference]:
+        """The checkpoint loaded at task start (``pathspec``, ``attempt``, ``key``, ``name``,
+        ``created_on``, ``metadata``, ``url``), or None."""
+        return self._info
+
+    @property
+    def scope(self) -> Scope:
+        return self._scope
+
+    # ------------------------------------------------------------------ save
+    def save(
+        self,
+        path: Optional[str] = None,
+        metadata: Optional[dict] = None,
+        name: str = DEFAULT_NAME,
+        latest: bool = True,
+    ) -> CheckpointReference:
+        """Save a directory or file as a checkpoint and return its reference.
+
+        Parameters
+        ----------
+        path : str, optional
+            Directory or file to save; defaults to :attr:`directory`.
+        metadata : dict, optional
+            JSON-serialisable metadata stored with the checkpoint (at most 64 KiB as JSON).
+        name : str
+            Series name; several series can live in one task.  Default ``"mfchckpt"``.
+        latest : bool
+            Whether this checkpoint may be loaded automatically on retry / resume.
+
+        Returns
+        -------
+        CheckpointReference
+            Picklable reference (a dict with attribute access); store it as an artifact and
+            ``load()`` it in a later step or run.  Returned only once the checkpoint is committed.
+        """
+        src = self._directory if path is None else os.fspath(path)
+        manifest = self._store.save(src, self._scope, name=name, metadata=metadata, latest=latest)
+        ref = self._reference(manifest)
+        self._saved.append(ref)
+        return ref
+
+    # ------------------------------------------------------------------ list
+    def list(
+        self,
+        name: Optional[str] = None,
+        task: Any = None,
+        attempt: Optional[int] = None,
+        within_task: bool = True,
+        full_namespace: Optional[bool] = None,
+    ) -> list[CheckpointReference]:
+        """Checkpoints of this step in this task's namespace, newest first.
+
+        Parameters
+        ----------
+        name : str, optional
+            Only checkpoints of this series name.
+        task : str or metaflow.Task, optional
+            Only checkpoints written by this task (pathspec ``Flow/run/step/task`` or object).
+        attempt : int, optional
+            Only checkpoints written by this attempt.
+        within_task : bool
+            Only checkpoints of the running task (default).  ``False`` lists every task and run
+            of this step in the namespace.
+        full_namespace : bool, optional
+            Another spelling of ``within_task=False`` used by existing code.
+        """
+        if full_namespace:
+            within_task = False
+        scope = self._scope
+        flow, step, run, task_id = scope.flow, scope.step, None, None
+        if task is not None:
+            flow, run, step, task_id = _pathspec_of(task).split("/")
+        elif within_task:
+            run, task_id = scope.run, scope.task
+        headers = self._store.headers(
+            step_prefix(scope.namespace, flow, step),
+            name=name,
+            run=run,
+            task=task_id,
+            attempt=attempt,
+        )
+        manifests = self._store.read_many([h.key for h in headers])
+        return [self._reference(m) for m in manifests]
+
+    # ------------------------------------------------------------------ load
+    def load(
+        self,
+        reference: Reference,
+        path: Optional[str] = None,
+        namespace_check: bool = True,
+    ) -> str:
+        """Load a checkpoint into a local directory and return that directory.
+
+        Parameters
+        ----------
+        reference : CheckpointReference, dict, str or metaflow.Task
+            A reference returned by ``save()``/``list()`` (or its ``["key"]``), or a task
+            (pathspec ``Flow/run/step/task`` or object) whose latest checkpoint to load.
+        path : str, optional
+            Target directory (created if needed; same-named files are replaced, others left).
+            Default: :attr:`directory`, which is emptied first so it holds exactly the checkpoint.
+        namespace_check : bool
+            Refuse checkpoints of another namespace or flow (default).  Pass False to load one
+            deliberately.
+        """
+        manifest = self._resolve_reference(reference)
+        if namespace_check:
+            self._check_scope(manifest)
+        if path is None:
+            target = self._directory
+            _empty_directory(target)
+        else:
+            target = os.path.abspath(os.fspath(path))
+            if os.path.exists(target) and not os.path.isdir(target):
+                raise CheckpointConfigError(
+                    "Cannot load into %s: it exists and is not a directory." % target
+                )
+        self._store.load(manifest, target)
+        return target
+
+    # ------------------------------------------------------------------ used by the decorator
+    def load_initial(self, resolution: Resolution) -> Optional[CheckpointReference]:
+        """Load the checkpoint a load policy chose into :attr:`directory`; log what happened."""
+        if resolution.header is None:
+            self._log("[@checkpoint] No checkpoint loaded: %s." % resolution.reason)
+            return None
+        manifest = self._store.read(resolution.header.key)
+        self._store.load(manifest, self._directory)
+        self._info = self._reference(manifest)
+        self._log(
+            "[@checkpoint] Loaded checkpoint %r (%s, attempt %d, saved %s; %s) into %s"
+            % (
+                manifest.name,
+                manifest.scope.pathspec,
+                manifest.scope.attempt,
+                manifest.created_on,
+                resolution.reason,
+                self._directory,
+            )
+        )
+        return self._info
+
+    # ------------------------------------------------------------------ helpers
+    def _reference(self, manifest: Manifest) -> CheckpointReference:
+        url = self._store.storage.full_url(manifest.key)
+        return CheckpointReference.from_manifest(manifest, self._store.url, url)
+
+    def _resolve_reference(self, reference: Reference) -> Manifest:
+        if isinstance(reference, dict):
+            key = reference.get("key")
+            if not isinstance(key, str):
+                raise CheckpointConfigError(
+                    "Cannot load %r: a reference mapping needs a 'key' entry." % (reference,)
+                )
+            root = reference.get("root")
+            if root and root != self._store.url:
+                raise CheckpointScopeError(
+                    "Checkpoint %s lives in the store %s, but this task uses %s. Load it with "
+                    "the client or set METAFLOW_CHECKPOINT_ROOT to that store."
+                    % (key, root, self._store.url)
+                )
+            return self._store.read(key)
+        if isinstance(reference, str) and is_manifest_key(reference):
+            return self._store.read(reference)
+        if isinstance(reference, str) and reference.startswith(self._store.url + "/"):
+            return self._store.read(reference[len(self._store.url) + 1 :])
+        if hasattr(reference, "pathspec") or (
+            isinstance(reference, str) and len(reference.strip("/").split("/")) == 4
+        ):
+            return self._latest_of_task(_pathspec_of(reference))
+        raise CheckpointConfigError(
+            "Cannot load %r: pass a reference returned by save() or list(), its 'key', or a task "
+            "pathspec 'Flow/run_id/step/task_id'." % (reference,)
+        )
+
+    def _latest_of_task(self, pathspec: str) -> Manifest:
+        flow, run, step, task = pathspec.split("/")
+        headers = self._store.headers(
+            step_prefix(self._scope.namespace, flow, step), run=run, task=task
+        )
+        if not headers:
+            raise CheckpointNotFound(
+                "Task %s has no checkpoint in namespace %s." % (pathspec, self._scope.namespace)
+            )
+        marked = [h for h in headers if h.latest] or headers
+        return self._store.read(max(marked, key=lambda h: h.task_order).key)
+
+    def _check_scope(self, manifest: Manifest) -> None:
+        theirs, ours = manifest.scope, self._scope
+        if theirs.namespace != ours.namespace:
+            raise CheckpointScopeError(
+                "Checkpoint %s belongs to namespace %r but this task runs in %r; pass "
+                "namespace_check=False to load it anyway."
+                % (manifest.key, theirs.namespace, ours.namespace)
+            )
+        if theirs.flow != ours.flow:
+            raise CheckpointScopeError(
+                "Checkpoint %s belongs to flow %r, not %r; pass namespace_check=False to load it "
+                "anyway." % (manifest.key, theirs.flow, ours.flow)
+            )
+
+
+def _empty_directory(path: str) -> None:
+    """Remove the contents of ``path`` (the managed checkpoint directory), keeping it."""
+    os.makedirs(path, exist_ok=True)
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)

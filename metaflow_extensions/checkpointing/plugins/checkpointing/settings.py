@@ -1,0 +1,82 @@
+"""Turn ``METAFLOW_CHECKPOINT_*`` settings and a datastore into a :class:`CheckpointStore`.
+
+Shared by the decorator, the client and the CLI so that every entry point finds the same root
+with the same options.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .core.store import CheckpointStore
+from .core.transfer import TransferOptions
+from .errors import CheckpointConfigError
+from .storage.base import RetryPolicy, default_workers
+
+
+def _setting(name: str, default=None):
+    from metaflow import metaflow_config
+
+    value = getattr(metaflow_config, name, None)
+    return default if value is None or value == "" else value
+
+
+def _int(name: str, default: Optional[int]) -> Optional[int]:
+    value = _setting(name, default)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise CheckpointConfigError("METAFLOW_%s=%r is not an integer." % (name, value)) from None
+
+
+def _bool(name: str) -> bool:
+    value = _setting(name, False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def transfer_options() -> TransferOptions:
+    """Chunking and concurrency from settings (workers default to 4 per core)."""
+    workers = _int("CHECKPOINT_WORKERS", None) or default_workers()
+    chunk = _int("CHECKPOINT_CHUNK_SIZE", 16 << 20)
+    small = _int("CHECKPOINT_SMALL_FILE_SIZE", 1 << 20)
+    # Memory bound: at most 256 MiB of buffers in flight, at least 2 buffers.
+    inflight = max(2, min(workers, (256 << 20) // max(chunk + small, 1)))
+    return TransferOptions(chunk_size=chunk, small_size=small, workers=workers, inflight=inflight)
+
+
+def retry_policy() -> RetryPolicy:
+    return RetryPolicy(
+        attempts=_int("CHECKPOINT_RETRY_ATTEMPTS", 6),
+        max_seconds=float(_int("CHECKPOINT_RETRY_SECONDS", 120)),
+    )
+
+
+def checkpoint_root(ds_type: str, ds_root: str) -> str:
+    """``METAFLOW_CHECKPOINT_ROOT``, else ``<datastore root>/mf.checkpointing``."""
+    from .storage.factory import root_for_datastore
+
+    return _setting("CHECKPOINT_ROOT") or root_for_datastore(ds_type, ds_root)
+
+
+def store_for_url(url: str) -> CheckpointStore:
+    """A store on ``url`` (path or URL) with the configured options."""
+    from .storage.factory import storage_for_url
+
+    options = transfer_options()
+    storage = storage_for_url(
+        url,
+        retry=retry_policy(),
+        workers=options.workers,
+        timeout=float(_int("CHECKPOINT_TIMEOUT_SECONDS", 60)),
+        fsync=_bool("CHECKPOINT_FSYNC"),
+    )
+    return CheckpointStore(storage, options)
+
+
+def build_store(ds_type: str, ds_root: str) -> CheckpointStore:
+    """The store of a flow whose datastore is ``ds_type`` rooted at ``ds_root``."""
+    return store_for_url(checkpoint_root(ds_type, ds_root))

@@ -1,0 +1,144 @@
+"""Pick a storage backend for a root URL, and derive the root from a Metaflow datastore.
+
+Only :mod:`.base`, :mod:`.local` and this module are imported eagerly; the S3 and fsspec
+backends (and boto3, fsspec implementations) load when a URL needs them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+from urllib.parse import urlparse
+
+from ..errors import CheckpointConfigError
+from .base import RetryPolicy, Storage
+from .local import LocalStorage
+
+#: Directory under a flow datastore's root that holds every checkpoint of that datastore.
+CHECKPOINT_DIRNAME = "mf.checkpointing"
+
+_AZURE_SCHEMES = frozenset({"az", "abfs", "abfss"})
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def _local_path(url: str) -> str:
+    """The path of a plain path or ``file://`` URL, absolute."""
+    if _scheme(url) in ("file", "local"):
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            # file://relative/dir: netloc is the first path component, not a host.
+            path = parsed.netloc + parsed.path
+        else:
+            path = parsed.path
+    else:
+        path = url
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _azure_options() -> dict:
+    """adlfs options from Metaflow's Azure settings, so ``az://`` finds the same account."""
+    if os.environ.get("AZURE_STORAGE_ACCOUNT_NAME") or os.environ.get(
+        "AZURE_STORAGE_CONNECTION_STRING"
+    ):
+        return {}  # adlfs reads these itself
+    from metaflow import metaflow_config
+
+    endpoint = getattr(metaflow_config, "AZURE_STORAGE_BLOB_SERVICE_ENDPOINT", None)
+    host = urlparse(endpoint).hostname if endpoint else None
+    if not host:
+        return {}
+    return {"account_name": host.split(".", 1)[0], "account_host": host}
+
+
+def storage_for_url(
+    url: str,
+    *,
+    retry: Optional[RetryPolicy] = None,
+    workers: Optional[int] = None,
+    timeout: Optional[float] = None,
+    fsync: bool = False,
+) -> Storage:
+    """The backend for a checkpoint root.
+
+    Parameters
+    ----------
+    url : str
+        A local path, ``file://...``, ``s3://bucket/prefix``, ``memory://root`` or any other
+        fsspec URL (``gs://`` needs gcsfs, ``az://`` needs adlfs).
+    retry : RetryPolicy, optional
+        Bounds for retrying transient errors.
+    workers : int, optional
+        Concurrent transfers the caller will run (sizes S3's connection pool).
+    timeout : float, optional
+        Per-request timeout of network backends, seconds.
+    fsync : bool
+        fsync local files before renaming them into place.
+
+    Returns
+    -------
+    Storage
+        ``LocalStorage``, ``S3Storage`` or ``FsspecStorage``.
+
+    Raises
+    ------
+    CheckpointConfigError
+        For an empty or unsupported URL, or when the package its scheme needs is missing
+        (the message names the URL and the package to install).
+    """
+    if not url or not str(url).strip():
+        raise CheckpointConfigError("Empty checkpoint root: give a local path or a URL.")
+    url = str(url).strip()
+    scheme = _scheme(url)
+    if scheme in ("", "file", "local"):
+        return LocalStorage(_local_path(url), fsync=fsync, retry=retry)
+    if scheme == "s3":
+        from .s3 import S3Storage
+
+        return S3Storage(url, retry=retry, workers=workers, timeout=timeout)
+    from .fsspec_store import FsspecStorage
+
+    options = _azure_options() if scheme in _AZURE_SCHEMES else None
+    return FsspecStorage(url, retry=retry, storage_options=options)
+
+
+def root_for_datastore(ds_type: str, ds_root: str) -> str:
+    """The checkpoint root of a Metaflow datastore: ``<ds_root>/mf.checkpointing``.
+
+    Parameters
+    ----------
+    ds_type : str
+        The datastore's ``TYPE`` (``local``, ``s3``, ``gs``, ``azure``, or an extension's type
+        whose root is a URL), e.g. from a task's ``ds-type`` metadata.
+    ds_root : str
+        The datastore root (``ds-root`` metadata).  Metaflow's Azure roots are
+        ``container/prefix`` without a scheme and map to ``az://container/prefix``.
+
+    Returns
+    -------
+    str
+        A path or URL accepted by :func:`storage_for_url`.
+
+    Raises
+    ------
+    CheckpointConfigError
+        For a missing root or a datastore type whose root is neither a URL nor a local path.
+    """
+    if not ds_root:
+        raise CheckpointConfigError(
+            "The %r datastore has no root configured; set its sysroot or "
+            "METAFLOW_CHECKPOINT_ROOT." % ds_type
+        )
+    if "://" in ds_root:
+        return ds_root.rstrip("/") + "/" + CHECKPOINT_DIRNAME
+    if ds_type == "azure":
+        return "az://%s/%s" % (ds_root.strip("/"), CHECKPOINT_DIRNAME)
+    if ds_type in ("local", "spin"):
+        return os.path.join(ds_root, CHECKPOINT_DIRNAME)
+    raise CheckpointConfigError(
+        "Cannot place checkpoints in the %r datastore rooted at %r: its root is not a URL. "
+        "Set METAFLOW_CHECKPOINT_ROOT (or the decorator's root) to a path or URL."
+        % (ds_type, ds_root)
+    )

@@ -1,0 +1,250 @@
+"""fsspec backend: any URL fsspec understands (``gs://``, ``az://``, ``memory://``, ``file://``).
+
+Object stores (GCS, Azure Blob) make a single upload visible atomically, so a put is one
+``pipe_file``/``put_file``.  Filesystem-like implementations (``file``) write a temp file next to
+the target and rename it into place; ``memory`` swaps the whole object in one assignment.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, Optional
+
+from ..errors import CheckpointConfigError
+from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, RetryPolicy, Storage
+from .local import _TMP_PREFIX
+
+# errno values that usually clear up on their own (network filesystems, busy servers).
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.ESTALE,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+    }
+)
+# Connection-level exceptions of the HTTP stacks under fsspec backends (aiohttp for gcsfs,
+# azure-core for adlfs), matched by name so none of them has to be imported.
+_TRANSIENT_NAMES = frozenset(
+    {
+        "ServerDisconnectedError",
+        "ClientConnectionError",
+        "ClientConnectorError",
+        "ClientOSError",
+        "ClientPayloadError",
+        "ServerTimeoutError",
+        "ServiceRequestError",
+        "ServiceResponseError",
+        "IncompleteRead",
+    }
+)
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def open_fs(url: str, storage_options: Optional[dict] = None) -> tuple[Any, str]:
+    """``fsspec.core.url_to_fs`` with errors a user can act on.
+
+    Raises
+    ------
+    CheckpointConfigError
+        If the scheme is unknown to fsspec or the package implementing it is not installed;
+        the message names the URL and the package to install.
+    """
+    import fsspec
+    from fsspec.core import url_to_fs
+    from fsspec.registry import known_implementations
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+    try:
+        return url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:
+        impl = known_implementations.get(scheme, {})
+        package = impl.get("class", scheme).split(".", 1)[0]
+        hint = impl.get("err") or str(exc)
+        if package == "fsspec":  # built into fsspec, but needs other packages (named in hint)
+            raise CheckpointConfigError(
+                "Checkpoint root %r needs optional packages for %s:// URLs: %s"
+                % (url, scheme, hint)
+            ) from exc
+        raise CheckpointConfigError(
+            "Checkpoint root %r needs the package %r for %s:// URLs: pip install %s (%s)"
+            % (url, package, scheme, package, hint)
+        ) from exc
+    except ValueError as exc:
+        if scheme in fsspec.available_protocols():
+            raise CheckpointConfigError("Invalid checkpoint root %r: %s" % (url, exc)) from exc
+        raise CheckpointConfigError(
+            "Unsupported checkpoint root %r: no storage backend for %s:// URLs. Use a local "
+            "path, s3://, gs:// (gcsfs), az:// (adlfs) or another fsspec protocol." % (url, scheme)
+        ) from exc
+
+
+def _mtime(info: dict) -> Optional[float]:
+    """Modification time in epoch seconds from an fsspec info dict, whatever the backend."""
+    for field in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(field)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+class FsspecStorage(Storage):
+    """Objects under any fsspec URL.
+
+    Parameters
+    ----------
+    url : str
+        Root URL, e.g. ``gs://bucket/prefix``, ``az://container/prefix``, ``memory://root``.
+    retry : RetryPolicy, optional
+        Bounds for retrying transient errors.
+    storage_options : dict, optional
+        Passed to the fsspec filesystem (credentials, project, account name...).
+    """
+
+    TYPE = "fsspec"
+
+    def __init__(
+        self,
+        url: str,
+        retry: Optional[RetryPolicy] = None,
+        storage_options: Optional[dict] = None,
+    ):
+        super().__init__(url, retry=retry)
+        self.fs, root = open_fs(self.url, storage_options)
+        self.root = root.rstrip("/")
+        protocols = self.fs.protocol
+        protocols = {protocols} if isinstance(protocols, str) else set(protocols)
+        self._local = bool(protocols & _LOCAL_PROTOCOLS)
+        self._memory = "memory" in protocols
+
+    def _path(self, key: str) -> str:
+        return "%s/%s" % (self.root, key)
+
+    # ------------------------------------------------------------------ primitives
+    def _atomic(self, key: str, write) -> None:
+        """Local-like filesystems: write a temp file in the target's directory, then rename."""
+        path = self._path(key)
+        parent, name = path.rsplit("/", 1)
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = "%s/%s%s-%s" % (parent, _TMP_PREFIX, uuid.uuid4().hex[:12], name)
+        try:
+            write(tmp)
+            self.fs.mv(tmp, path)
+        except BaseException:
+            try:
+                self.fs.rm_file(tmp)
+            except OSError:
+                pass
+            raise
+
+    def _put_bytes(self, key: str, data: Buffer) -> None:
+        if self._local:
+
+            def write(tmp: str) -> None:
+                with self.fs.open(tmp, "wb") as f:
+                    f.write(data)  # a memoryview is written without a copy
+
+            self._atomic(key, write)
+        else:
+            # One upload is atomic on object stores; their clients expect bytes.
+            self.fs.pipe_file(self._path(key), data if isinstance(data, bytes) else bytes(data))
+
+    def _put_file(self, key: str, local_path: str) -> None:
+        if self._local:
+            self._atomic(key, lambda tmp: self.fs.put_file(local_path, tmp))
+        else:
+            self.fs.put_file(local_path, self._path(key))
+
+    def _get_bytes(self, key: str, start: int, length: Optional[int]) -> bytes:
+        end = None if length is None else start + length
+        try:
+            return self.fs.cat_file(self._path(key), start=start or None, end=end)
+        except (IsADirectoryError, NotADirectoryError) as exc:
+            # A key that is a "directory" (prefix of other keys) is no object.
+            raise FileNotFoundError(self._path(key)) from exc
+
+    def _get_file(self, key: str, local_path: str) -> None:
+        # Download next to the target and rename, so a failed download leaves nothing behind.
+        directory = os.path.dirname(os.path.abspath(local_path))
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+        os.close(fd)
+        try:
+            if self._memory:
+                # memory fs hands every reader the same file object: concurrent reads of one
+                # key would share its position; cat_file copies the buffer instead.
+                with open(tmp, "wb") as f:
+                    f.write(self._get_bytes(key, 0, None))
+            else:
+                if not self.fs.isfile(self._path(key)):
+                    raise FileNotFoundError(self._path(key))
+                self.fs.get_file(self._path(key), tmp)
+            os.replace(tmp, local_path)
+        except BaseException:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def _exists(self, key: str) -> bool:
+        return self.fs.isfile(self._path(key))
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # find() walks directories; start at the deepest one the raw prefix names, then filter.
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = self._path(head) if head else self.root
+        base = self.root + "/"
+        found = self.fs.find(top, withdirs=False, detail=True)
+        for path, info in found.items():
+            if info.get("type", "file") != "file" or path.endswith("/"):
+                continue  # directory entries and "folder" placeholders are not objects
+            if not path.startswith(base):
+                continue
+            key = path[len(base) :]
+            if not key.startswith(prefix) or key.rsplit("/", 1)[-1].startswith(_TMP_PREFIX):
+                continue  # outside the prefix, or a write in flight
+            yield ObjectInfo(key, int(info.get("size") or 0), _mtime(info))
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------------ errors
+    def _classify(self, exc: BaseException) -> str:
+        if isinstance(exc, FileNotFoundError):
+            return NOT_FOUND
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return TRANSIENT
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+            return TRANSIENT
+        if type(exc).__name__ in _TRANSIENT_NAMES:
+            return TRANSIENT
+        # HTTP errors of gcsfs/adlfs carry a status: throttling and 5xx are worth a retry.
+        status = getattr(exc, "code", None) or getattr(exc, "status", None)
+        if isinstance(status, int) and (status in (408, 429) or 500 <= status < 600):
+            return TRANSIENT
+        return PERMANENT

@@ -1,0 +1,13 @@
+"""Names this extension adds to ``metaflow`` (``from metaflow import Checkpoint``).
+
+This is the one place public top-level names are declared; ``tests/test_public_api.py`` locks
+the list.  Loaded on every ``import metaflow``: keep it light.
+"""
+
+from ..plugins.checkpointing.client import Checkpoint
+from ..plugins.checkpointing.reference import CheckpointReference
+
+__mf_extensions__ = "checkpointing"
+__version__ = "0.1.0"
+
+__all__ = ["Checkpoint", "CheckpointReference"]

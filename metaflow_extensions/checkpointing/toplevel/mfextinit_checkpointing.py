@@ -1,0 +1,3 @@
+"""Tells Metaflow which module holds this extension's top-level names."""
+
+toplevel = "checkpointing_toplevel"
