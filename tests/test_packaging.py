@@ -1,0 +1,193 @@
+"""Installation, registration, import weight and the locked public API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = "metaflow_extensions.checkpointing.plugins.checkpointing"
+
+
+def _python(code: str, env: dict | None = None, cwd: str | None = None) -> str:
+    full_env = dict(os.environ, USER="tester", METAFLOW_USER="tester")
+    full_env.update(env or {})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def test_import_metaflow_stays_light(tmp_path):
+    """`import metaflow` loads the decorator but never torch, boto3, botocore or safetensors."""
+    code = (
+        "import sys, metaflow\n"
+        "from metaflow import checkpoint, Checkpoint\n"
+        "heavy = [m for m in ('torch', 'boto3', 'botocore', 's3transfer', 'safetensors', "
+        "'numpy', 'fsspec') if m in sys.modules]\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    assert _python(code, cwd=str(tmp_path)).strip() == "none"
+
+
+def test_editable_install_registers_the_extension(tmp_path):
+    """The development install (`pip install -e .`) is what Metaflow loads, from this checkout."""
+    dist = metadata.distribution("metaflow-checkpointing")
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    assert direct.get("dir_info", {}).get("editable") is True
+    code = (
+        "import metaflow, inspect\n"
+        "from metaflow import checkpoint\n"
+        "from %s import decorator\n"
+        "print(inspect.getfile(decorator))\n" % PKG
+    )
+    path = _python(code, cwd=str(tmp_path)).strip()
+    assert path.startswith(str(REPO)), path
+
+
+@pytest.mark.timeout(300)
+def test_regular_install_registers_the_extension(tmp_path):
+    """A normal (non-editable) install from a built wheel registers decorator and toplevel."""
+    wheel_dir = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(wheel_dir.glob("metaflow_checkpointing-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import inspect, metaflow\n"
+        "from metaflow import checkpoint, Checkpoint\n"
+        "print(inspect.getfile(Checkpoint))\n"
+    )
+    # Only the wheel's copy may be considered, not the editable checkout.
+    env = {"PYTHONPATH": str(target), "METAFLOW_EXTENSIONS_SEARCH_DIRS": str(target)}
+    path = _python(code, env=env, cwd=str(tmp_path)).strip()
+    assert path.startswith(str(target)), path
+
+
+def test_public_api_is_locked():
+    """The names users import and the attributes they call are exactly the declared ones."""
+    import metaflow
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing import errors
+    from metaflow_extensions.checkpointing.plugins.checkpointing.decorator import (
+        CheckpointDecorator,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.runtime import (
+        CheckpointRuntime,
+    )
+    from metaflow_extensions.checkpointing.toplevel import checkpointing_toplevel as top
+
+    assert top.__all__ == ["Checkpoint", "CheckpointReference"]
+    for name in top.__all__:
+        assert getattr(metaflow, name) is getattr(top, name)
+    assert CheckpointDecorator.name == "checkpoint"
+    assert CheckpointDecorator.defaults == {"load_policy": "fresh", "temp_dir_root": None}
+    public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
+    assert public == [
+        "directory",
+        "info",
+        "is_loaded",
+        "list",
+        "load",
+        "load_initial",
+        "save",
+        "scope",
+    ]
+    public_client = sorted(n for n in dir(metaflow.Checkpoint) if not n.startswith("_"))
+    assert public_client == ["list", "load"]
+    assert sorted(errors.__all__) == [
+        "CheckpointConfigError",
+        "CheckpointException",
+        "CheckpointIncomplete",
+        "CheckpointIntegrityError",
+        "CheckpointNotFound",
+        "CheckpointScopeError",
+        "ManifestError",
+        "StorageError",
+        "StorageNotFound",
+    ]
+    from metaflow.exception import MetaflowException
+
+    assert all(issubclass(getattr(errors, n), MetaflowException) for n in errors.__all__)
+
+
+def test_invalid_load_policy_names_the_problem_before_any_task(tmp_path):
+    """A bad attribute on the command line (`--with checkpoint:load_policy=x`) fails at start."""
+    flow = tmp_path / "plain_flow.py"
+    flow.write_text(
+        "from metaflow import FlowSpec, step\n"
+        "class PlainFlow(FlowSpec):\n"
+        "    @step\n"
+        "    def start(self):\n"
+        "        self.next(self.end)\n"
+        "    @step\n"
+        "    def end(self):\n"
+        "        pass\n"
+        "if __name__ == '__main__':\n"
+        "    PlainFlow()\n"
+    )
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import flow_environment
+
+    (tmp_path / "home").mkdir()
+    env = dict(os.environ, **flow_environment(tmp_path))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(flow),
+            "--no-pylint",
+            "run",
+            "--with",
+            "checkpoint:load_policy=sometimes",
+        ],
+        env=env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0
+    assert "load_policy='sometimes'" in out.stderr + out.stdout
+    assert "'fresh', 'eager', 'none'" in out.stderr + out.stdout
+    assert not (tmp_path / ".metaflow" / "PlainFlow").exists() or not any(
+        (tmp_path / ".metaflow" / "PlainFlow").glob("*/start")
+    )
