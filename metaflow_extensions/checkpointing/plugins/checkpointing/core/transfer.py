@@ -103,6 +103,12 @@ class _File:
     abs: str
     size: int
     mode: int
+    # What identifies unchanged content for the stat cache (see StatCache).
+    fingerprint: tuple = ()
+
+
+def _fingerprint(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # ---------------------------------------------------------------------------------------- scan
@@ -119,7 +125,10 @@ def scan(src: str) -> tuple[list[_File], list[str], str]:
         )
     if os.path.isfile(src):
         st = os.stat(src)
-        return [_File(os.path.basename(src), src, st.st_size, stat.S_IMODE(st.st_mode))], [], "file"
+        entry = _File(
+            os.path.basename(src), src, st.st_size, stat.S_IMODE(st.st_mode), _fingerprint(st)
+        )
+        return [entry], [], "file"
     if not os.path.isdir(src):
         raise CheckpointConfigError("Cannot save %r: not a regular file or directory." % src)
     files: list[_File] = []
@@ -145,7 +154,9 @@ def scan(src: str) -> tuple[list[_File], list[str], str]:
             if not stat.S_ISREG(st.st_mode):
                 continue
             regular += 1
-            files.append(_File(rel_dir + name, path, st.st_size, stat.S_IMODE(st.st_mode)))
+            files.append(
+                _File(rel_dir + name, path, st.st_size, stat.S_IMODE(st.st_mode), _fingerprint(st))
+            )
         if rel_dir and not regular and not dirnames:
             empty.append(rel_dir.rstrip("/"))
     files.sort(key=lambda f: f.rel)
@@ -216,6 +227,38 @@ def _read_into(path: str, offset: int, view: memoryview) -> None:
 
 
 # ---------------------------------------------------------------------------------------- save
+class StatCache:
+    """Chunk lists of large files this process saved, keyed by path and stat fingerprint.
+
+    A re-save of an unchanged large file (same device, inode, size, mtime and ctime) reuses the
+    chunk list instead of reading and hashing the file again, as rsync and restic do.  ctime
+    cannot be set by user code, so ``touch -d`` cannot fool it.  An entry is recorded only if the
+    file's mtime and ctime are older than the start of the save that read it by more than
+    :data:`RACY_NS`: a write in the same timestamp tick as our read could otherwise go unseen
+    (git's "racily clean" problem).  Such files are simply hashed again next time.
+    """
+
+    RACY_NS = 100_000_000  # 100 ms, far beyond the coarse filesystem timestamp tick
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], tuple[tuple, list[ChunkRef]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, f: _File, chunk_size: int) -> Optional[list[ChunkRef]]:
+        with self._lock:
+            hit = self._entries.get((f.abs, chunk_size))
+        if hit is None or hit[0] != f.fingerprint:
+            return None
+        return hit[1]
+
+    def put(self, f: _File, chunk_size: int, chunks: list[ChunkRef], start_ns: int) -> None:
+        _dev, _ino, _size, mtime_ns, ctime_ns = f.fingerprint
+        if max(mtime_ns, ctime_ns) >= start_ns - self.RACY_NS:
+            return
+        with self._lock:
+            self._entries[(f.abs, chunk_size)] = (f.fingerprint, chunks)
+
+
 class BlobWriter:
     """Uploads buffers as content-addressed blobs, skipping those already stored.
 
@@ -226,6 +269,7 @@ class BlobWriter:
     def __init__(self, storage: Storage, known: Optional[set] = None):
         self.storage = storage
         self.known = known if known is not None else set()
+        self.stat_cache = StatCache()
         self._lock = threading.Lock()
 
     def put(self, data: memoryview, stats: SaveStats) -> str:
@@ -245,12 +289,14 @@ class BlobWriter:
         return h
 
 
-def _plan(files: list[_File], opts: TransferOptions) -> Iterator[tuple[str, object]]:
+def _plan(
+    files: list[_File], opts: TransferOptions, skip: set[int]
+) -> Iterator[tuple[str, object]]:
     """Yield ('chunk', (file index, offset, length)) and ('pack', [file indices]) work units."""
     pack: list[int] = []
     pack_bytes = 0
     for i, f in enumerate(files):
-        if f.size == 0:
+        if f.size == 0 or i in skip:
             continue
         if f.size < opts.small_size:
             if pack and pack_bytes + f.size > opts.chunk_size:
@@ -268,9 +314,22 @@ def _plan(files: list[_File], opts: TransferOptions) -> Iterator[tuple[str, obje
 def upload_tree(
     files: list[_File], writer: BlobWriter, opts: TransferOptions, stats: SaveStats
 ) -> list[FileEntry]:
-    """Hash and upload every byte of ``files``; return their manifest entries."""
+    """Hash and upload every byte of ``files``; return their manifest entries.
+
+    Large files unchanged since this process last saved them (see :class:`StatCache`) reuse
+    their chunk list: their blobs are known to be stored, so they count as deduplicated.
+    """
+    start_ns = time.time_ns()
     chunks: list[dict[int, ChunkRef]] = [{} for _ in files]
     digests: dict[int, str] = {}
+    cached: set[int] = set()
+    for i, f in enumerate(files):
+        hit = writer.stat_cache.get(f, opts.chunk_size) if f.size >= opts.small_size else None
+        if hit is not None and all(c.blob in writer.known for c in hit):
+            chunks[i] = {n: c for n, c in enumerate(hit)}
+            cached.add(i)
+            stats.bytes_deduplicated += f.size
+            stats.blobs_deduplicated += len(hit)
     pool = _BufferPool(opts.chunk_size + opts.small_size)
     lock = threading.Lock()
 
@@ -307,7 +366,7 @@ def upload_tree(
             pool.give(buf)
 
     def jobs() -> Iterator[Callable[[], None]]:
-        for kind, arg in _plan(files, opts):
+        for kind, arg in _plan(files, opts, cached):
             if kind == "chunk":
                 yield lambda a=arg: do_chunk(*a)
             else:
@@ -315,6 +374,10 @@ def upload_tree(
 
     _run_bounded(jobs(), opts.workers, opts.inflight)
     stats.files = len(files)
+    for i, f in enumerate(files):
+        if f.size >= opts.small_size and i not in cached:
+            ordered = [chunks[i][off] for off in sorted(chunks[i])]
+            writer.stat_cache.put(f, opts.chunk_size, ordered, start_ns)
     return [
         FileEntry(
             path=f.rel,
