@@ -121,7 +121,11 @@ def test_public_api_is_locked():
     for name in top.__all__:
         assert getattr(metaflow, name) is getattr(top, name)
     assert CheckpointDecorator.name == "checkpoint"
-    assert CheckpointDecorator.defaults == {"load_policy": "fresh", "temp_dir_root": None}
+    assert CheckpointDecorator.defaults == {
+        "load_policy": "fresh",
+        "temp_dir_root": None,
+        "root": None,
+    }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [
         "directory",

@@ -1,6 +1,6 @@
 """Names this extension adds to ``metaflow`` (``from metaflow import Checkpoint``).
 
-This is the one place public top-level names are declared; ``tests/test_public_api.py`` locks
+This is the one place public top-level names are declared; ``tests/test_packaging.py`` locks
 the list.  Loaded on every ``import metaflow``: keep it light.
 """
 

@@ -15,6 +15,7 @@ from .core.scope import MANIFESTS, flow_prefix, step_prefix
 from .core.store import CheckpointStore
 from .errors import CheckpointConfigError, CheckpointNotFound
 from .reference import CheckpointReference
+from .settings import ROOT_METADATA
 
 
 def _parse_target(target: Any) -> list[str]:
@@ -30,18 +31,29 @@ def _parse_target(target: Any) -> list[str]:
     return parts
 
 
-def _datastore_of(parts: list[str]) -> tuple[str, str]:
-    """(ds-type, ds-root) of a run, from its task metadata; else the configured default."""
+def _root_of(parts: list[str]) -> str:
+    """The checkpoint root of a run: the ``checkpoint-root`` its @checkpoint tasks registered,
+    else derived from its datastore (``ds-type``/``ds-root`` metadata), else the default."""
+    from .settings import checkpoint_root
+
     if len(parts) >= 2:
         from metaflow import Run
 
         try:
             run = Run("/".join(parts[:2]), _namespace_check=False)
+            fallback = None
             for step in run:
+                if len(parts) >= 3 and step.id != parts[2]:
+                    continue
                 for task in step:
                     md = task.metadata_dict
-                    if md.get("ds-type") and md.get("ds-root"):
-                        return md["ds-type"], md["ds-root"]
+                    if md.get(ROOT_METADATA):
+                        return md[ROOT_METADATA]
+                    if fallback is None and md.get("ds-type") and md.get("ds-root"):
+                        fallback = checkpoint_root(md["ds-type"], md["ds-root"])
+                    break  # one task per step tells
+            if fallback:
+                return fallback
         except Exception as exc:  # noqa: BLE001 - re-raised as a one-line named error
             raise CheckpointNotFound(
                 "Cannot find run %s: %s" % ("/".join(parts[:2]), exc)
@@ -59,7 +71,7 @@ def _datastore_of(parts: list[str]) -> tuple[str, str]:
             "METAFLOW_DATASTORE_SYSROOT_%s."
             % (DEFAULT_DATASTORE, os.getcwd(), DEFAULT_DATASTORE.upper())
         )
-    return DEFAULT_DATASTORE, root
+    return checkpoint_root(DEFAULT_DATASTORE, root)
 
 
 class Checkpoint:
@@ -76,9 +88,9 @@ class Checkpoint:
         self._stores: dict[str, CheckpointStore] = {}
 
     def _store(self, parts: list[str]) -> CheckpointStore:
-        from .settings import checkpoint_root, store_for_url
+        from .settings import store_for_url
 
-        url = self._root or checkpoint_root(*_datastore_of(parts))
+        url = self._root or _root_of(parts)
         if url not in self._stores:
             self._stores[url] = store_for_url(url)
         return self._stores[url]
@@ -109,7 +121,7 @@ class Checkpoint:
 
         parts = _parse_target(target)
         flow, run = parts[0], parts[1] if len(parts) > 1 else None
-        step, task = (parts + [None, None])[2:4]
+        step, task = (parts + [None] * 3)[2:4]
         store = self._store(parts)
         ns = get_namespace()
         if ns is None:

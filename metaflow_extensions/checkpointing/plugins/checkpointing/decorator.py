@@ -41,6 +41,11 @@ class CheckpointDecorator(StepDecorator):
         ``"none"``: nothing; use ``current.checkpoint.list()`` and ``load()``.
     temp_dir_root : str, optional
         Parent directory of ``current.checkpoint.directory`` (default: the system temp dir).
+    root : str, optional
+        Checkpoint store root (path or URL such as ``s3://bucket/ckpt``).  Default:
+        ``METAFLOW_CHECKPOINT_ROOT`` if set where the task runs, else
+        ``<datastore root>/mf.checkpointing``.  Unlike an environment variable, this attribute
+        travels with the flow to remote tasks.
 
     MF Add To Current
     -----------------
@@ -54,7 +59,7 @@ class CheckpointDecorator(StepDecorator):
     """
 
     name = "checkpoint"
-    defaults = {"load_policy": "fresh", "temp_dir_root": None}
+    defaults = {"load_policy": "fresh", "temp_dir_root": None, "root": None}
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         # Runs in the launcher before any task: bad attributes fail the run here, with no I/O.
@@ -63,12 +68,13 @@ class CheckpointDecorator(StepDecorator):
             validate_policy(policy)
         except CheckpointConfigError as exc:
             raise CheckpointConfigError("Step '%s': %s" % (step_name, exc.message)) from None
-        root = self.attributes["temp_dir_root"]
-        if root is not None and (not isinstance(root, str) or not root):
-            raise CheckpointConfigError(
-                "Step '%s': @checkpoint(temp_dir_root=%r) must be a directory path (a string)."
-                % (step_name, root)
-            )
+        for attr in ("temp_dir_root", "root"):
+            value = self.attributes[attr]
+            if value is not None and (not isinstance(value, str) or not value):
+                raise CheckpointConfigError(
+                    "Step '%s': @checkpoint(%s=%r) must be a non-empty path or URL string."
+                    % (step_name, attr, value)
+                )
         self._step_name = step_name
         self._directory: Optional[str] = None
 
@@ -93,7 +99,10 @@ class CheckpointDecorator(StepDecorator):
         from .settings import build_store
 
         flow_datastore = task_datastore.parent_datastore
-        store = build_store(flow_datastore.TYPE, flow_datastore.datastore_root)
+        store = build_store(
+            flow_datastore.TYPE, flow_datastore.datastore_root, self.attributes["root"]
+        )
+        _register_root(metadata, run_id, step_name, task_id, retry_count, store.url)
         scope = Scope(
             namespace=current.namespace,
             flow=flow.name,
@@ -122,6 +131,27 @@ class CheckpointDecorator(StepDecorator):
         if self._directory:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
+
+
+def _register_root(metadata, run_id, step_name, task_id, attempt, url) -> None:
+    """Record the store root as task metadata so the client finds checkpoints of any root."""
+    from metaflow.metadata_provider import MetaDatum
+
+    from .settings import ROOT_METADATA
+
+    metadata.register_metadata(
+        run_id,
+        step_name,
+        task_id,
+        [
+            MetaDatum(
+                field=ROOT_METADATA,
+                value=url,
+                type=ROOT_METADATA,
+                tags=["attempt_id:%d" % attempt],
+            )
+        ],
+    )
 
 
 def _log(message: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core.manifest import Manifest, ManifestHeader, iso_time
+from .core.manifest import Manifest
 
 #: Fields every reference carries.
 FIELDS = (
@@ -38,8 +38,8 @@ class CheckpointReference(dict):
     Keys/attributes: ``key`` (manifest key relative to ``root``), ``url`` (full URL of the
     manifest), ``root`` (checkpoint store root), ``name``, ``pathspec`` (``Flow/run/step/task``
     of the writer), ``attempt``, ``created_on`` (ISO-8601 UTC), ``metadata`` (user dict),
-    ``latest``, ``size`` (bytes of files, ``None`` when built from a listing without reading
-    the manifest), ``namespace``, ``flow``, ``step``, ``foreach``, ``run``, ``task``.
+    ``latest``, ``size`` (bytes of files), ``namespace``, ``flow``, ``step``, ``foreach``,
+    ``run``, ``task``.
     """
 
     __slots__ = ()
@@ -69,19 +69,6 @@ class CheckpointReference(dict):
             metadata=dict(manifest.metadata),
             latest=manifest.latest,
             size=manifest.size,
-        )
-        return ref
-
-    @classmethod
-    def from_header(cls, header: ManifestHeader, root: str, url: str) -> CheckpointReference:
-        """Build from a listing entry (no metadata, no size)."""
-        ref = cls._from_parts(header.key, header.scope, root, url)
-        ref.update(
-            name=header.name,
-            created_on=iso_time(header.created_ms),
-            metadata={},
-            latest=header.latest,
-            size=None,
         )
         return ref
 

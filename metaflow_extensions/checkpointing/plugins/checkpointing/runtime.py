@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from typing import Any, Callable, Optional, Union
 
 from .core.manifest import Manifest, is_manifest_key
@@ -173,7 +174,8 @@ class CheckpointRuntime:
             (pathspec ``Flow/run/step/task`` or object) whose latest checkpoint to load.
         path : str, optional
             Target directory (created if needed; same-named files are replaced, others left).
-            Default: :attr:`directory`, which is emptied first so it holds exactly the checkpoint.
+            Default: :attr:`directory`, which then holds exactly the checkpoint (its previous
+            contents are replaced only once the download has been verified).
         namespace_check : bool
             Refuse checkpoints of another namespace or flow (default).  Pass False to load one
             deliberately.
@@ -181,17 +183,24 @@ class CheckpointRuntime:
         manifest = self._resolve_reference(reference)
         if namespace_check:
             self._check_scope(manifest)
-        if path is None:
-            target = self._directory
-            _empty_directory(target)
-        else:
+        if path is not None:
             target = os.path.abspath(os.fspath(path))
             if os.path.exists(target) and not os.path.isdir(target):
                 raise CheckpointConfigError(
                     "Cannot load into %s: it exists and is not a directory." % target
                 )
-        self._store.load(manifest, target)
-        return target
+            self._store.load(manifest, target)
+            return target
+        # Download beside the managed directory, then swap: a failed load leaves it unchanged.
+        staging = tempfile.mkdtemp(prefix=".mfckpt-load-", dir=os.path.dirname(self._directory))
+        try:
+            self._store.load(manifest, staging)
+            _empty_directory(self._directory)
+            for entry in os.listdir(staging):
+                os.replace(os.path.join(staging, entry), os.path.join(self._directory, entry))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self._directory
 
     # ------------------------------------------------------------------ used by the decorator
     def load_initial(self, resolution: Resolution) -> Optional[CheckpointReference]:

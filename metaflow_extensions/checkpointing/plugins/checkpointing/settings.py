@@ -13,6 +13,9 @@ from .core.transfer import TransferOptions
 from .errors import CheckpointConfigError
 from .storage.base import RetryPolicy, default_workers
 
+#: Task metadata field naming the checkpoint root a @checkpoint task used (found by the client).
+ROOT_METADATA = "checkpoint-root"
+
 
 def _setting(name: str, default=None):
     from metaflow import metaflow_config
@@ -55,11 +58,11 @@ def retry_policy() -> RetryPolicy:
     )
 
 
-def checkpoint_root(ds_type: str, ds_root: str) -> str:
+def checkpoint_root(ds_type: str, ds_root: str, override: Optional[str] = None) -> str:
     """``METAFLOW_CHECKPOINT_ROOT``, else ``<datastore root>/mf.checkpointing``."""
     from .storage.factory import root_for_datastore
 
-    return _setting("CHECKPOINT_ROOT") or root_for_datastore(ds_type, ds_root)
+    return override or _setting("CHECKPOINT_ROOT") or root_for_datastore(ds_type, ds_root)
 
 
 def store_for_url(url: str) -> CheckpointStore:
@@ -77,6 +80,10 @@ def store_for_url(url: str) -> CheckpointStore:
     return CheckpointStore(storage, options)
 
 
-def build_store(ds_type: str, ds_root: str) -> CheckpointStore:
-    """The store of a flow whose datastore is ``ds_type`` rooted at ``ds_root``."""
-    return store_for_url(checkpoint_root(ds_type, ds_root))
+def build_store(ds_type: str, ds_root: str, override: Optional[str] = None) -> CheckpointStore:
+    """The store of a flow whose datastore is ``ds_type`` rooted at ``ds_root``.
+
+    ``override`` (the decorator's ``root`` attribute) wins over ``METAFLOW_CHECKPOINT_ROOT``,
+    which wins over ``<datastore root>/mf.checkpointing``.
+    """
+    return store_for_url(checkpoint_root(ds_type, ds_root, override))
