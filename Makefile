@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Metaflow refuses to run as root without a user name (CI containers).
 export METAFLOW_USER ?= $(if $(filter root,$(shell id -un)),demo,$(shell id -un))
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(VENV)/.test-installed  ## lint + the whole test suite (starts its own lo
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+docs: $(VENV)/.test-installed  ## build the mkdocs site strictly (broken links fail)
+	$(BIN)/mkdocs build --strict -d site
 
 bench: $(VENV)/.test-installed  ## speed and memory targets (prints a table)
 	$(BIN)/python benchmarks/bench.py

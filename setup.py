@@ -34,6 +34,7 @@ setup(
             "pytest-timeout>=2.3",
             "psutil>=5.9",
             "ruff>=0.6",
+            "mkdocs>=1.6",
         ],
         "docs": ["mkdocs>=1.6"],
     },
