@@ -74,6 +74,10 @@ def s3_env(s3_server, monkeypatch):
     params["endpoint_url"] = s3_server["endpoint"]
     monkeypatch.setattr(metaflow_config, "DATATOOLS_CLIENT_PARAMS", params)
     monkeypatch.setattr(metaflow_config, "S3_ENDPOINT_URL", s3_server["endpoint"])
+    # Metaflow's S3 helper keeps its own copy of the client params from its first import.
+    from metaflow.plugins.datatools.s3 import s3util
+
+    monkeypatch.setattr(s3util, "DATATOOLS_CLIENT_PARAMS", params, raising=False)
     return s3_server
 
 

@@ -1,0 +1,52 @@
+"""Bad input fails early and clearly (design.md sections 2 and 4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .flowrun import FLOWS, run_flow, run_subprocess, single_task
+
+pytestmark = pytest.mark.flow
+
+
+def test_invalid_load_policy_fails_the_run_before_any_task(flow_env):
+    env, tmp = flow_env
+    proc = run_subprocess([FLOWS / "bad_policy_flow.py", "--no-pylint", "run"], env, tmp)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "Invalid checkpoint configuration" in output
+    assert (
+        "Step 'train': @checkpoint(load_policy='bogus') is not supported: "
+        "use one of 'fresh', 'eager', 'none'." in output
+    ), output
+    assert "Traceback" not in output  # a named one-line error, not an internal error
+    assert "Task is starting" not in output
+    # No run was started: nothing in the datastore for this flow.
+    assert not (tmp / ".metaflow" / "BadPolicyFlow").exists()
+    assert not (tmp / ".metaflow" / "mf.checkpointing").exists()
+
+
+def test_invalid_save_arguments_raise_named_errors_and_commit_nothing(flow_env):
+    env, tmp = flow_env
+    result = run_flow(FLOWS / "save_errors_flow.py", env, tmp)
+    task = single_task(result.run, "work")
+    errors = task.data.errors
+
+    for label, error in errors.items():
+        assert error is not None, "%s did not raise" % label
+        assert error["type"] == "CheckpointConfigError", (label, error)
+        assert error["metaflow_exception"] is True, label
+
+    assert "'bad name/with slash' is invalid" in errors["bad_name"]["message"]
+    assert "letters, digits" in errors["bad_name"]["message"]
+    assert "non-empty string" in errors["empty_name"]["message"]
+    assert "not JSON-serialisable" in errors["non_json_metadata"]["message"]
+    assert "must be a dict, got list" in errors["metadata_not_dict"]["message"]
+    message = errors["missing_path"]["message"]
+    assert "'/nonexistent/checkpoint/dir'" in message and "no such file" in message
+
+    # Nothing was committed by the failed calls; a valid save afterwards works.
+    assert task.data.committed_after_errors == 0
+    assert task.data.committed_at_end == 1
+    assert task.data.good_ref.name == "good"
+    assert task.data.good_ref.metadata == {"ok": True}
