@@ -43,9 +43,10 @@ def test_import_metaflow_stays_light(tmp_path):
 
 def test_editable_install_registers_the_extension(tmp_path):
     """The development install (`pip install -e .`) is what Metaflow loads, from this checkout."""
-    dist = metadata.distribution("metaflow-checkpointing")
-    direct = json.loads(dist.read_text("direct_url.json") or "{}")
-    assert direct.get("dir_info", {}).get("editable") is True
+    # A source checkout may also hold a metadata-only *.egg-info; look at every distribution.
+    dists = [d for d in metadata.distributions() if d.metadata["Name"] == "metaflow-checkpointing"]
+    directs = [json.loads(d.read_text("direct_url.json") or "{}") for d in dists]
+    assert any(d.get("dir_info", {}).get("editable") is True for d in directs), directs
     code = (
         "import metaflow, inspect\n"
         "from metaflow import checkpoint\n"

@@ -76,8 +76,9 @@ class ManifestHeader:
 
     @property
     def order(self) -> tuple:
-        """Sort key, oldest first: time, then attempt and per-process sequence as tie-breaks."""
-        return (self.created_ms, self.scope.attempt, self.seq, self.id)
+        """Sort key, oldest first: time, then the per-process save sequence as tie-break (saves
+        of one process in the same millisecond keep their order)."""
+        return (self.created_ms, self.seq, self.scope.attempt, self.id)
 
     @property
     def task_order(self) -> tuple:
