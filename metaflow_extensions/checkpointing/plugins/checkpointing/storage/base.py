@@ -134,6 +134,29 @@ class Storage(abc.ABC):
         with open(local_path, "wb") as f:
             f.write(data)
 
+    # ------------------------------------------------------------------ optional fast paths
+    def local_path(self, key: str) -> Optional[str]:
+        """Filesystem path of ``key`` if this backend stores objects as plain local files (lets
+        loads copy in-kernel), else None."""
+        return None
+
+    def ingest_range(
+        self,
+        src: str,
+        offset: int,
+        length: int,
+        digest: Callable[[Buffer], str],
+        key_for: Callable[[str], str],
+    ) -> Optional[tuple[str, bool]]:
+        """Store bytes ``[offset, offset+length)`` of the local file ``src`` under
+        ``key_for(digest(stored bytes))`` without passing them through Python, if the backend can.
+
+        Returns ``(digest, newly_stored)``, or None when unsupported (callers then read the bytes
+        and use :meth:`put_bytes`).  The digest is computed over the bytes as stored, so a file
+        changing meanwhile can never leave a blob that does not match its key.
+        """
+        return None
+
     # ------------------------------------------------------------------ public API
     def full_url(self, key: str) -> str:
         """The URL or path of ``key`` as a user would type it."""
