@@ -15,7 +15,6 @@ names, and renames every file into place only when all of them are complete.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import stat
 import threading
@@ -36,6 +35,7 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
+from ..storage.local import map_readonly
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relpath
 from .scope import blob_key
 
@@ -468,7 +468,7 @@ def _fetch_local(storage: Storage, manifest: Manifest, blob: str, uses: list) ->
         size = os.fstat(fd).st_size
         if size == 0:
             return False
-        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
+        with map_readonly(fd, size) as mapped:
             view = memoryview(mapped)
             try:
                 if digest(view) != blob:

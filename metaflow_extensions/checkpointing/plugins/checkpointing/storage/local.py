@@ -16,6 +16,13 @@ from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, Storage
 _TMP_PREFIX = ".mfckpt-tmp-"
 
 
+def map_readonly(fd: int, length: int) -> mmap.mmap:
+    """Map ``length`` bytes of ``fd`` read-only, pre-faulted where the OS allows: hashing a
+    mapping page-fault by page-fault is twice as slow as hashing a populated one."""
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ)
+
+
 class LocalStorage(Storage):
     """Objects are files under ``root``; writes go to a temp file and are renamed into place.
 
@@ -106,7 +113,7 @@ class LocalStorage(Storage):
                     if n == 0:
                         raise OSError(errno.EIO, "%s shrank while it was being saved" % src)
                     done += n
-            with mmap.mmap(fd, length, access=mmap.ACCESS_READ) as view:
+            with map_readonly(fd, length) as view:
                 h = digest(view)
             if self.fsync:
                 os.fsync(fd)
