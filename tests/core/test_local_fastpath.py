@@ -47,3 +47,18 @@ def test_roundtrip_and_corruption_on_disk(local, tmp_path):
     with pytest.raises(CheckpointIntegrityError, match="big.bin"):
         local.load(local.read(m.key), str(tmp_path / "bad"))
     assert not (tmp_path / "bad" / "big.bin").exists()
+
+
+def test_store_survives_removal_of_its_directories(local, tmp_path):
+    """A blob directory removed behind the store's back (e.g. a cleanup) is recreated."""
+    import shutil
+
+    src = _tree(tmp_path / "src")
+    local.save(str(src), make_scope())
+    shutil.rmtree(tmp_path / "store")
+    # Same backend object (it remembers the directories it made), new store: nothing is
+    # known to be stored any more.
+    fresh = CheckpointStore(local.storage, options())
+    m = fresh.save(str(src), make_scope(attempt=1))
+    fresh.load(fresh.read(m.key), str(tmp_path / "again"))
+    assert snapshot(tmp_path / "again") == snapshot(src)
