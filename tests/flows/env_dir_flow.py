@@ -18,7 +18,8 @@ class EnvDirFlow(FlowSpec):
     def start(self):
         self.next(self.work)
 
-    @checkpoint
+    # CKPT_TEST_ROOT, when a test sets it, exercises the decorator's `root` attribute.
+    @checkpoint(root=os.environ.get("CKPT_TEST_ROOT"))
     @retry(times=1)
     @step
     def work(self):

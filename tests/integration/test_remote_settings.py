@@ -63,16 +63,16 @@ def test_root_attribute_travels_with_the_flow_and_the_client_finds_it(flow_env):
     elsewhere = tmp_path / "elsewhere" / "ckpts"
     env = dict(base_env, CKPT_TEST_ROOT=str(elsewhere))
 
-    result = run_flow(FLOWS / "root_attr_flow.py", env, tmp_path)
+    result = run_flow(FLOWS / "env_dir_flow.py", env, tmp_path)
     task = single_task(result.run, "work")
     assert task.current_attempt == 1
     assert task.data.was_loaded is True
     assert task.data.loaded_root == str(elsewhere)
-    headers = stored_headers(local_store(elsewhere), "user:tester", "RootAttrFlow", "work")
+    headers = stored_headers(local_store(elsewhere), "user:tester", "EnvDirFlow", "work")
     assert [h.scope.attempt for h in headers] == [0]
     assert not (tmp_path / ".metaflow" / "mf.checkpointing").exists()
 
-    proc = run_subprocess(["-c", LIST_SCRIPT, "RootAttrFlow/%s" % result.id], env, tmp_path)
+    proc = run_subprocess(["-c", LIST_SCRIPT, "EnvDirFlow/%s" % result.id], env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     listed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert listed == [{"key": headers[0].key, "root": str(elsewhere), "attempt": 0}]
