@@ -477,7 +477,7 @@ def _fetch_local(storage: Storage, manifest: Manifest, blob: str, uses: list) ->
                     _check_slice(
                         manifest, blob, entry, view[c.offset : c.offset + c.length], c.length
                     )
-                    out = os.open(tmp, os.O_WRONLY)
+                    out = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
                     try:
                         done = 0
                         while done < c.length:
@@ -544,12 +544,19 @@ def download_tree(storage: Storage, manifest: Manifest, dest: str, opts: Transfe
     temps: list[tuple[str, str, FileEntry]] = []
     by_blob: dict[str, list[tuple[str, FileEntry, int, ChunkRef]]] = {}
     try:
+        made: set = set()
         for entry, final in zip(manifest.files, finals):
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            parent = os.path.dirname(final)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             tmp = final + _TMP_SUFFIX + token
-            with open(tmp, "wb") as f:
-                if entry.size:
-                    f.truncate(entry.size)
+            # A file held by one slice (most files; every small one) is created by the worker
+            # that has its bytes; only multi-chunk and empty files are created up front.
+            if len(entry.chunks) != 1:
+                with open(tmp, "wb") as f:
+                    if entry.size:
+                        f.truncate(entry.size)
             temps.append((tmp, final, entry))
             pos = 0
             for c in entry.chunks:
@@ -569,7 +576,7 @@ def download_tree(storage: Storage, manifest: Manifest, dest: str, opts: Transfe
             for tmp, entry, file_pos, c in uses:
                 piece = view[c.offset : c.offset + c.length]
                 _check_slice(manifest, blob, entry, piece, c.length)
-                fd = os.open(tmp, os.O_WRONLY)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
                 try:
                     done = 0
                     while done < len(piece):
