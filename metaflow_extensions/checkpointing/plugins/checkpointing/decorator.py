@@ -75,7 +75,6 @@ class CheckpointDecorator(StepDecorator):
                     "Step '%s': @checkpoint(%s=%r) must be a non-empty path or URL string."
                     % (step_name, attr, value)
                 )
-        self._step_name = step_name
         self._directory: Optional[str] = None
 
     def task_pre_step(
@@ -121,7 +120,8 @@ class CheckpointDecorator(StepDecorator):
         resolution = store.resolve(
             self.attributes["load_policy"],
             scope,
-            origin_runs=lambda: list(_origin_chain(flow.name, step_name, origin)),
+            # Lazy: older origins are looked up only while no checkpoint has been found.
+            origin_runs=lambda: _origin_chain(flow.name, step_name, origin),
         )
         runtime.load_initial(resolution)
         current._update_env({"checkpoint": runtime})

@@ -12,7 +12,7 @@ Each lookup is one prefix listing (see :mod:`.scope`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -62,12 +62,13 @@ def resolve(
     storage: Storage,
     policy: str,
     scope: Scope,
-    origin_runs: Callable[[], Sequence[str]] = lambda: (),
+    origin_runs: Callable[[], Iterable[str]] = lambda: (),
 ) -> Resolution:
     """Apply ``policy`` for a task starting in ``scope``.
 
     ``origin_runs`` returns the origin run ids of a ``resume`` chain, nearest first; it is called
-    only when the task has no checkpoint of its own.
+    only when the task has no checkpoint of its own and iterated only until one is found (older
+    origins cost metadata lookups).
     """
     validate_policy(policy)
     if policy == "none":

@@ -7,7 +7,7 @@ ties together scopes, manifests, the transfer pipelines, the commit protocol and
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
@@ -129,7 +129,7 @@ class CheckpointStore:
         self,
         policy: str,
         scope: Scope,
-        origin_runs: Callable[[], Sequence[str]] = lambda: (),
+        origin_runs: Callable[[], Iterable[str]] = lambda: (),
     ) -> policies.Resolution:
         """Which checkpoint a task in ``scope`` starts from under ``policy``."""
         return policies.resolve(self.storage, policy, scope, origin_runs)
