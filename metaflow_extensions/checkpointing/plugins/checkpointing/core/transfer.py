@@ -14,7 +14,6 @@ names, and renames every file into place only when all of them are complete.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -35,7 +34,7 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
-from ..storage.local import map_readonly
+from ..storage.local import UNSUPPORTED_COPY, copy_range, map_readonly
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relpath
 from .scope import blob_key
 
@@ -286,6 +285,20 @@ class BlobWriter:
         if done is None:
             return None
         h, stored = done
+        self._count(h, length, stored, stats)
+        return h
+
+    def put(self, data: memoryview, stats: SaveStats) -> str:
+        h = digest(data)
+        key = blob_key(h)
+        stored = not (h in self.known or self.storage.exists(key))
+        if stored:
+            self.storage.put_bytes(key, data)
+        self._count(h, len(data), stored, stats)
+        return h
+
+    def _count(self, h: str, length: int, stored: bool, stats: SaveStats) -> None:
+        """Record a blob as known to be stored and account for it as uploaded or deduplicated."""
         with self._lock:
             if stored:
                 stats.bytes_uploaded += length
@@ -294,23 +307,6 @@ class BlobWriter:
                 stats.bytes_deduplicated += length
                 stats.blobs_deduplicated += 1
             self.known.add(h)
-        return h
-
-    def put(self, data: memoryview, stats: SaveStats) -> str:
-        h = digest(data)
-        key = blob_key(h)
-        if h in self.known or self.storage.exists(key):
-            with self._lock:
-                stats.bytes_deduplicated += len(data)
-                stats.blobs_deduplicated += 1
-                self.known.add(h)
-            return h
-        self.storage.put_bytes(key, data)
-        with self._lock:
-            stats.bytes_uploaded += len(data)
-            stats.blobs_uploaded += 1
-            self.known.add(h)
-        return h
 
 
 def _plan(
@@ -479,18 +475,11 @@ def _fetch_local(storage: Storage, manifest: Manifest, blob: str, uses: list) ->
                     )
                     out = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
                     try:
-                        done = 0
-                        while done < c.length:
-                            n = os.copy_file_range(
-                                fd, out, c.length - done, c.offset + done, file_pos + done
-                            )
-                            if n == 0:
-                                raise OSError("short copy from %s" % path)
-                            done += n
+                        copy_range(fd, out, c.length, c.offset, file_pos, what=path)
                     finally:
                         os.close(out)
             except OSError as exc:
-                if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                if exc.errno in UNSUPPORTED_COPY:
                     return False
                 raise
             finally:
@@ -503,8 +492,9 @@ def _fetch_local(storage: Storage, manifest: Manifest, blob: str, uses: list) ->
 def target_path(dest: str, rel: str, cache: Optional[dict] = None) -> str:
     """Join a validated manifest path to ``dest``, refusing anything that escapes it.
 
-    ``cache`` memoises resolved parent directories: files are replaced by rename, which never
-    follows a symlink at the final component, so only the parent's real path matters.
+    ``cache`` memoises resolved parent directories, so a load of many files resolves each
+    directory once; an existing symlink at the final component is still resolved and refused
+    if it points outside ``dest``.
     """
     safe_relpath(rel)
     path = os.path.join(dest, *rel.split("/"))

@@ -23,6 +23,29 @@ def map_readonly(fd: int, length: int) -> mmap.mmap:
     return mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ)
 
 
+#: copy_file_range errors that mean "not possible here" (old kernel, across devices, a
+#: filesystem without support): callers fall back to copying through memory.
+UNSUPPORTED_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def copy_range(
+    src_fd: int, dst_fd: int, length: int, src_off: int, dst_off: int, what: str
+) -> None:
+    """Copy ``length`` bytes between two file descriptors in the kernel (``copy_file_range``).
+
+    Raises OSError(EIO) naming ``what`` if the source ends early (it shrank while being read).
+    """
+    done = 0
+    while done < length:
+        n = os.copy_file_range(src_fd, dst_fd, length - done, src_off + done, dst_off + done)
+        if n == 0:
+            raise OSError(
+                errno.EIO,
+                "%s ended %d bytes early (modified while copied?)" % (what, length - done),
+            )
+        done += n
+
+
 class LocalStorage(Storage):
     """Objects are files under ``root``; writes go to a temp file and are renamed into place.
 
@@ -113,17 +136,12 @@ class LocalStorage(Storage):
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
         try:
             with open(src, "rb") as fin:
-                done = 0
-                while done < length:
-                    try:
-                        n = os.copy_file_range(fin.fileno(), fd, length - done, offset + done, done)
-                    except OSError as exc:
-                        if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                            return None  # finally removes tmp; caller falls back
-                        raise
-                    if n == 0:
-                        raise OSError(errno.EIO, "%s shrank while it was being saved" % src)
-                    done += n
+                try:
+                    copy_range(fin.fileno(), fd, length, offset, 0, what=src)
+                except OSError as exc:
+                    if exc.errno in UNSUPPORTED_COPY:
+                        return None  # finally removes tmp; caller falls back
+                    raise
             with map_readonly(fd, length) as view:
                 h = digest(view)
             if self.fsync:
