@@ -126,6 +126,7 @@ def test_public_api_is_locked():
         "load_policy": "fresh",
         "temp_dir_root": None,
         "root": None,
+        "models": None,
     }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [
@@ -135,11 +136,12 @@ def test_public_api_is_locked():
         "list",
         "load",
         "load_initial",
+        "models",
         "save",
         "scope",
     ]
     public_client = sorted(n for n in dir(metaflow.Checkpoint) if not n.startswith("_"))
-    assert public_client == ["list", "load"]
+    assert public_client == ["best", "delete", "get", "list", "load", "open", "save"]
     assert sorted(errors.__all__) == [
         "CheckpointConfigError",
         "CheckpointException",

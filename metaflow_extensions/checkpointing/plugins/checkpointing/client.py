@@ -1,161 +1,393 @@
-"""Browse and load checkpoints from outside a task: ``from metaflow import Checkpoint``.
+"""Browse, load and upload checkpoints from outside a task: ``from metaflow import Checkpoint``.
 
-Checkpoints are found through Metaflow's own objects: a pathspec (``"Flow"``, ``"Flow/run"``,
-``"Flow/run/step"``, ``"Flow/run/step/task"``) or a client object locates the flow's datastore
-(from the run's ``ds-type``/``ds-root`` metadata, else the configured default datastore), and
-only checkpoints of the current Metaflow namespace are listed (``namespace(None)`` lists all).
+Checkpoints of runs are found through Metaflow's own objects: a pathspec (``"Flow"``,
+``"Flow/run"``, ``"Flow/run/step"``, ``"Flow/run/step/task"``) or a client object locates the
+flow's checkpoint store (from the run's metadata) and only checkpoints of runs visible in the
+current Metaflow namespace are listed (``namespace(None)`` lists all).  Named checkpoints saved
+outside any task (``Checkpoint().save(path, name="resnet50")``) live in the store's library and
+are addressed by name.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+import shutil
+import uuid
+from typing import IO, Any, Callable, Optional, Union
 
-from .core.scope import MANIFESTS, flow_prefix, step_prefix
+from .core.manifest import Manifest, is_manifest_key, parse_key
+from .core.scope import MANIFESTS, library_prefix, library_scope
 from .core.store import CheckpointStore
+from .core.transfer import Progress
 from .errors import CheckpointConfigError, CheckpointNotFound
+from .locate import default_root, locate, parse_target
 from .reference import CheckpointReference
-from .settings import ROOT_METADATA
 
-
-def _parse_target(target: Any) -> list[str]:
-    pathspec = getattr(target, "pathspec", target)
-    if not isinstance(pathspec, str) or not pathspec.strip("/"):
-        raise CheckpointConfigError(
-            "%r is not a pathspec: use 'Flow', 'Flow/run_id', 'Flow/run_id/step' or "
-            "'Flow/run_id/step/task_id', or a Metaflow Flow/Run/Step/Task object." % (target,)
-        )
-    parts = pathspec.strip("/").split("/")
-    if len(parts) > 4:
-        raise CheckpointConfigError("%r has too many components for a task pathspec." % pathspec)
-    return parts
-
-
-def _root_of(parts: list[str]) -> str:
-    """The checkpoint root of a run: the ``checkpoint-root`` its @checkpoint tasks registered,
-    else derived from its datastore (``ds-type``/``ds-root`` metadata), else the default."""
-    from .settings import checkpoint_root
-
-    if len(parts) >= 2:
-        from metaflow import Run
-
-        try:
-            run = Run("/".join(parts[:2]), _namespace_check=False)
-            fallback = None
-            for step in run:
-                if len(parts) >= 3 and step.id != parts[2]:
-                    continue
-                for task in step:
-                    md = task.metadata_dict
-                    if md.get(ROOT_METADATA):
-                        return md[ROOT_METADATA]
-                    if fallback is None and md.get("ds-type") and md.get("ds-root"):
-                        fallback = checkpoint_root(md["ds-type"], md["ds-root"])
-                    break  # one task per step tells
-            if fallback:
-                return fallback
-        except Exception as exc:  # noqa: BLE001 - re-raised as a one-line named error
-            raise CheckpointNotFound(
-                "Cannot find run %s: %s" % ("/".join(parts[:2]), exc)
-            ) from None
-    from metaflow.metaflow_config import DEFAULT_DATASTORE
-    from metaflow.plugins import DATASTORES
-
-    impl = next((d for d in DATASTORES if d.TYPE == DEFAULT_DATASTORE), None)
-    if impl is None:
-        raise CheckpointConfigError("Unknown default datastore %r." % DEFAULT_DATASTORE)
-    root = impl.get_datastore_root_from_config(lambda *a, **k: None, create_on_absent=False)
-    if not root:
-        raise CheckpointConfigError(
-            "No %s datastore found from %s: run a flow first or set "
-            "METAFLOW_DATASTORE_SYSROOT_%s."
-            % (DEFAULT_DATASTORE, os.getcwd(), DEFAULT_DATASTORE.upper())
-        )
-    return checkpoint_root(DEFAULT_DATASTORE, root)
+Where = Union[dict, Callable[[CheckpointReference], bool], None]
 
 
 class Checkpoint:
-    """Checkpoints of flows, runs, steps and tasks, from a notebook or a script.
+    """Checkpoints of flows, runs, steps and tasks, and named checkpoints, from anywhere.
 
     Parameters
     ----------
     root : str, optional
-        Checkpoint store root (path or URL).  Default: found from the flow's datastore.
+        Checkpoint store root (path or URL).  Default: the store a run's tasks recorded, else
+        ``METAFLOW_CHECKPOINT_ROOT``, else ``<default datastore root>/mf.checkpointing``.
     """
 
     def __init__(self, root: Optional[str] = None):
         self._root = root
         self._stores: dict[str, CheckpointStore] = {}
 
-    def _store(self, parts: list[str]) -> CheckpointStore:
+    # ------------------------------------------------------------------ stores
+    def _store(self, url: Optional[str] = None) -> CheckpointStore:
         from .settings import store_for_url
 
-        url = self._root or _root_of(parts)
+        url = url or self._root or default_root()
         if url not in self._stores:
             self._stores[url] = store_for_url(url)
         return self._stores[url]
 
+    def _references(self, store: CheckpointStore, headers: list) -> list[CheckpointReference]:
+        summaries = store.summaries(headers)
+        return [
+            CheckpointReference.from_summary(
+                h, summaries[h.key], store.url, store.storage.full_url(h.key)
+            )
+            for h in headers
+        ]
+
+    # ------------------------------------------------------------------ list
     def list(
         self,
-        target: Any,
+        target: Any = None,
         *,
         name: Optional[str] = None,
+        step: Optional[str] = None,
+        run: Optional[str] = None,
+        task: Optional[str] = None,
+        foreach: Optional[str] = None,
         attempt: Optional[int] = None,
         latest_only: bool = False,
+        where: Where = None,
+        order_by: Optional[str] = None,
+        limit: Optional[int] = None,
     ) -> list[CheckpointReference]:
-        """Committed checkpoints under ``target`` in the current namespace, newest first.
+        """Committed checkpoints, newest first (or ordered by a metadata field).
 
         Parameters
         ----------
-        target : str or metaflow client object
+        target : str or metaflow client object, optional
             ``"Flow"``, ``"Flow/run"``, ``"Flow/run/step"``, ``"Flow/run/step/task"`` or a
-            ``Flow``/``Run``/``Step``/``Task`` object.
+            ``Flow``/``Run``/``Step``/``Task`` object.  None lists the named checkpoints saved
+            outside any task (``Checkpoint().save``, ``metaflow checkpoint upload``).
         name : str, optional
-            Only this checkpoint series.
+            Only this checkpoint name (series).
+        step, run, task : str, optional
+            Only checkpoints of this step, run id or task id (narrow a ``"Flow"`` target).
+        foreach : str, optional
+            Only this foreach split, e.g. ``"3"`` or ``"3.0"`` (``"_"``: outside any foreach).
         attempt : int, optional
             Only checkpoints written by this attempt.
         latest_only : bool
             Only checkpoints saved with ``latest=True``.
-        """
-        from metaflow import get_namespace
+        where : dict or callable, optional
+            Only checkpoints whose metadata has these values (dict), or for which
+            ``where(reference)`` is true.
+        order_by : str, optional
+            Order by this metadata field, ascending; ``"-field"`` for descending.  Checkpoints
+            without the field come last.  Default: newest first.
+        limit : int, optional
+            At most this many.
 
-        parts = _parse_target(target)
-        flow, run = parts[0], parts[1] if len(parts) > 1 else None
-        step, task = (parts + [None] * 3)[2:4]
-        store = self._store(parts)
-        ns = get_namespace()
-        if ns is None:
-            prefixes = [MANIFESTS + "/"]  # namespace(None): every namespace
-        elif step:
-            prefixes = [step_prefix(ns, flow, step)]
+        Raises
+        ------
+        CheckpointNotFound
+            Unknown flow or run.
+        CheckpointScopeError
+            The run is not visible in the current namespace.
+        """
+        if target is None:
+            store = self._store()
+            prefixes = [library_prefix()]
+            runs = None
         else:
-            prefixes = [flow_prefix(ns, flow)]
+            t = parse_target(target)
+            located = locate(t, self._root)
+            store, prefixes, runs = self._store(located.root), located.prefixes, located.runs
+            flow, step = t.flow, t.step or step
+            run, task = t.run or run, t.task or task
         headers = []
         for prefix in prefixes:
-            headers.extend(
-                h
-                for h in store.headers(
-                    prefix, name=name, run=run, task=task, attempt=attempt, latest_only=latest_only
-                )
-                if h.scope.flow == flow and (step is None or h.scope.step == step)
-            )
+            for h in store.headers(
+                prefix, name=name, run=run, task=task, attempt=attempt, latest_only=latest_only
+            ):
+                s = h.scope
+                if target is not None and (
+                    s.flow != flow
+                    or (step is not None and s.step != step)
+                    or (runs is not None and s.run not in runs)
+                ):
+                    continue
+                if target is None and step is not None and s.step != step:
+                    continue
+                if foreach is not None and s.foreach != str(foreach):
+                    continue
+                headers.append(h)
         headers.sort(key=lambda h: h.order, reverse=True)
-        return [
-            CheckpointReference.from_manifest(m, store.url, store.storage.full_url(m.key))
-            for m in store.read_many([h.key for h in headers])
-        ]
+        refs = self._references(store, headers)
+        refs = _filter(refs, where)
+        if order_by:
+            refs = _ordered(refs, order_by)
+        return refs[:limit] if limit is not None else refs
 
-    def load(self, reference: Any, path: str) -> str:
-        """Download a checkpoint (a reference from ``list()``/``save()``) into ``path``."""
-        if not isinstance(reference, dict) or "key" not in reference:
-            raise CheckpointConfigError(
-                "Cannot load %r: pass a reference returned by Checkpoint().list() or by "
-                "current.checkpoint.save()." % (reference,)
+    def best(
+        self, target: Any = None, *, metric: str, mode: str = "min", **filters: Any
+    ) -> CheckpointReference:
+        """The checkpoint with the lowest (``mode="min"``) or highest (``"max"``) ``metric``.
+
+        ``target`` and ``filters`` are those of :meth:`list`.  Checkpoints without the metric
+        are ignored.
+
+        Raises
+        ------
+        CheckpointNotFound
+            If no checkpoint has a numeric ``metric`` in its metadata.
+        """
+        if mode not in ("min", "max"):
+            raise CheckpointConfigError("mode=%r: use 'min' or 'max'." % (mode,))
+        refs = self.list(target, order_by=("-" if mode == "max" else "") + metric, **filters)
+        if not refs or _metric(refs[0], metric) is None:
+            seen = sorted({k for r in refs for k in r.metadata})
+            raise CheckpointNotFound(
+                "No checkpoint of %s has a numeric metadata field %r (fields seen: %s)."
+                % (_describe(target), metric, ", ".join(seen) or "none")
             )
-        from .settings import store_for_url
+        return refs[0]
 
-        store = store_for_url(reference.get("root") or self._root or "")
-        manifest = store.read(reference["key"])
-        target = os.path.abspath(path)
-        store.load(manifest, target)
+    # ------------------------------------------------------------------ one checkpoint
+    def get(self, reference: Any) -> CheckpointReference:
+        """A fresh reference from any spelling of one: a reference or its ``key``/``url``, a
+        task (pathspec or object; its latest checkpoint), or a name (``"resnet50"``, or
+        ``"resnet50@<version id>"``) saved outside any task.
+
+        Raises
+        ------
+        CheckpointNotFound
+            If there is no such checkpoint.
+        CheckpointConfigError
+            If ``reference`` is not a reference in any of these forms.
+        """
+        store, manifest = self._resolve(reference)
+        return CheckpointReference.from_manifest(
+            manifest, store.url, store.storage.full_url(manifest.key)
+        )
+
+    def _manifest(self, reference: Any) -> Manifest:
+        """The full manifest of a checkpoint (every file with its blobs; for tools)."""
+        return self._resolve(reference)[1]
+
+    def load(
+        self,
+        reference: Any,
+        path: str,
+        *,
+        force: bool = False,
+        progress: Optional[Progress] = None,
+    ) -> str:
+        """Download a checkpoint into the directory ``path``; return its absolute path.
+
+        Parameters
+        ----------
+        reference : any
+            Any form accepted by :meth:`get`.
+        path : str
+            Target directory.  Created if absent; if it exists it must be empty unless
+            ``force``, in which case same-named files are replaced and others left.
+        force : bool
+            Allow a non-empty target.
+        progress : callable, optional
+            Called with each number of bytes written.
+
+        Raises
+        ------
+        CheckpointConfigError
+            ``path`` is a file, or a non-empty directory without ``force`` (nothing written).
+        """
+        target = os.path.abspath(os.fspath(path))
+        if os.path.exists(target) and not os.path.isdir(target):
+            raise CheckpointConfigError("Cannot load into %s: it is a file." % target)
+        if os.path.isdir(target) and os.listdir(target) and not force:
+            raise CheckpointConfigError(
+                "Cannot load into %s: the directory is not empty (use force=True, CLI --force, "
+                "to overwrite files in it)." % target
+            )
+        store, manifest = self._resolve(reference)
+        if os.path.isdir(target):
+            store.load(manifest, target, progress)
+            return target
+        # A new directory appears only once complete: download beside it, then rename.
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        staging = os.path.join(parent, ".%s.partial-%s" % (os.path.basename(target), _token()))
+        try:
+            store.load(manifest, staging, progress)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def open(self, reference: Any, file: str) -> IO[bytes]:
+        """A binary stream over one file of a checkpoint, verified as it is read.
+
+        Only that file's bytes are fetched (a small file is one ranged read).
+
+        Raises
+        ------
+        CheckpointNotFound
+            If the checkpoint has no such file.
+        """
+        store, manifest = self._resolve(reference)
+        return store.open(manifest, file)
+
+    # ------------------------------------------------------------------ named checkpoints
+    def save(
+        self,
+        path: str,
+        *,
+        name: str,
+        metadata: Optional[dict] = None,
+        progress: Optional[Progress] = None,
+    ) -> CheckpointReference:
+        """Save a file or directory as a new version of the named checkpoint ``name``.
+
+        Content identical to the newest version (same files, bytes and metadata) is not
+        saved again: that version is returned, with ``stats["reused"]`` true and 0 bytes
+        uploaded.  Flow steps load it with ``current.checkpoint.load(name)`` or
+        ``@checkpoint(models=[name])``.
+
+        Raises
+        ------
+        CheckpointConfigError
+            ``path`` does not exist, or ``name``/``metadata`` are invalid (nothing uploaded).
+        """
+        src = os.path.abspath(os.fspath(path))
+        if not os.path.exists(src):
+            raise CheckpointConfigError("Cannot save %s: no such file or directory." % src)
+        store = self._store()
+        manifest = store.save(
+            src,
+            library_scope(name),
+            name=name,
+            metadata=metadata,
+            reuse_identical=True,
+            progress=progress,
+        )
+        return CheckpointReference.from_manifest(
+            manifest, store.url, store.storage.full_url(manifest.key)
+        )
+
+    def delete(self, reference: Any) -> CheckpointReference:
+        """Delete one checkpoint (its manifest; blobs are reclaimed by garbage collection).
+
+        Returns the reference of the deleted checkpoint.
+        """
+        ref = self.get(reference)
+        self._store(ref.root).delete(ref.key)
+        return ref
+
+    # ------------------------------------------------------------------ resolution
+    def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:
+        if isinstance(reference, dict):
+            key = reference.get("key")
+            if not isinstance(key, str):
+                raise CheckpointConfigError(
+                    "Cannot use %r: a reference mapping needs a 'key' entry." % (reference,)
+                )
+            store = self._store(reference.get("root"))
+            return store, store.read(key)
+        pathspec = getattr(reference, "pathspec", None)
+        if isinstance(pathspec, str):
+            return self._latest_of(pathspec)
+        if not isinstance(reference, str) or not reference.strip():
+            raise CheckpointConfigError(_BAD_REFERENCE % (reference,))
+        text = reference.strip()
+        if is_manifest_key(text):
+            store = self._store()
+            return store, store.read(text)
+        marker = "/" + MANIFESTS + "/"
+        if marker in text:
+            root, _, rest = text.partition(marker)
+            key = MANIFESTS + "/" + rest
+            if is_manifest_key(key):
+                store = self._store(root)
+                return store, store.read(key)
+        if text.count("/") == 3:
+            return self._latest_of(text)
+        if "/" not in text:
+            return self._named(text)
+        raise CheckpointConfigError(_BAD_REFERENCE % (reference,))
+
+    def _latest_of(self, pathspec: str) -> tuple[CheckpointStore, Manifest]:
+        t = parse_target(pathspec)
+        if t.task is None:
+            raise CheckpointConfigError(_BAD_REFERENCE % (pathspec,))
+        refs = self.list(t.pathspec)
+        if not refs:
+            raise CheckpointNotFound("Task %s has no checkpoint." % t.pathspec)
+        chosen = max(
+            (r for r in refs if r.latest) if any(r.latest for r in refs) else refs,
+            key=lambda r: parse_key(r.key).task_order,
+        )
+        store = self._store(chosen.root)
+        return store, store.read(chosen.key)
+
+    def _named(self, text: str) -> tuple[CheckpointStore, Manifest]:
+        store = self._store()
+        return store, store.named(text)
+
+
+_BAD_REFERENCE = (
+    "%r is not a checkpoint reference: use a reference returned by list()/save(), its 'key' or "
+    "'url', a task pathspec 'Flow/run_id/step/task_id', or a checkpoint name such as "
+    "'resnet50' or 'resnet50@<version>'."
+)
+
+
+def _token() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _describe(target: Any) -> str:
+    if target is None:
+        return "the named checkpoints"
+    return str(getattr(target, "pathspec", target))
+
+
+def _metric(ref: CheckpointReference, field: str) -> Optional[float]:
+    value = ref.metadata.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _ordered(refs: list[CheckpointReference], order_by: str) -> list[CheckpointReference]:
+    descending = order_by.startswith("-")
+    field = order_by.lstrip("-")
+    with_value = [r for r in refs if _metric(r, field) is not None]
+    without = [r for r in refs if _metric(r, field) is None]
+    with_value.sort(key=lambda r: _metric(r, field), reverse=descending)  # stable: newest first
+    return with_value + without
+
+
+def _filter(refs: list[CheckpointReference], where: Where) -> list[CheckpointReference]:
+    if where is None:
+        return refs
+    if callable(where):
+        return [r for r in refs if where(r)]
+    if isinstance(where, dict):
+        return [r for r in refs if all(r.metadata.get(k) == v for k, v in where.items())]
+    raise CheckpointConfigError(
+        "where=%r: pass a dict of metadata values or a function of a reference." % (where,)
+    )

@@ -46,6 +46,12 @@ class CheckpointDecorator(StepDecorator):
         ``METAFLOW_CHECKPOINT_ROOT`` if set where the task runs, else
         ``<datastore root>/mf.checkpointing``.  Unlike an environment variable, this attribute
         travels with the flow to remote tasks.
+    models : list of str, optional
+        Named checkpoints (models) the step needs, downloaded before its code runs:
+        ``"resnet50"`` (newest version), ``"resnet50@<version>"``, or ``"resnet50=./model.pt"``
+        (upload that file or directory first unless it is already the newest version).
+        ``run``/``resume`` fail before any task starts if one is missing.  Local paths are in
+        ``current.checkpoint.models[name]`` and ``$METAFLOW_CHECKPOINT_MODEL_<NAME>``.
 
     MF Add To Current
     -----------------
@@ -59,7 +65,7 @@ class CheckpointDecorator(StepDecorator):
     """
 
     name = "checkpoint"
-    defaults = {"load_policy": "fresh", "temp_dir_root": None, "root": None}
+    defaults = {"load_policy": "fresh", "temp_dir_root": None, "root": None, "models": None}
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         # Runs in the launcher before any task: bad attributes fail the run here, with no I/O.
@@ -75,7 +81,23 @@ class CheckpointDecorator(StepDecorator):
                     "Step '%s': @checkpoint(%s=%r) must be a non-empty path or URL string."
                     % (step_name, attr, value)
                 )
+        from .models import parse_specs
+
+        self._models = parse_specs(self.attributes["models"], step_name)
+        self._step_name = step_name
+        self._datastore = (flow_datastore.TYPE, flow_datastore.datastore_root)
         self._directory: Optional[str] = None
+        self._models_dir: Optional[str] = None
+
+    def runtime_init(self, flow, graph, package, run_id):
+        # Launcher of a local run/resume, before any task: a missing model fails the run here.
+        if not self._models:
+            return
+        from .models import ensure_available
+        from .settings import build_store
+
+        store = build_store(*self._datastore, self.attributes["root"])
+        ensure_available(store, self._models, self._step_name, _log)
 
     def task_pre_step(
         self,
@@ -124,13 +146,19 @@ class CheckpointDecorator(StepDecorator):
             origin_runs=lambda: _origin_chain(flow.name, step_name, origin),
         )
         runtime.load_initial(resolution)
+        if self._models:
+            from .models import load_models
+
+            self._models_dir = tempfile.mkdtemp(prefix="mfckpt-models-", dir=temp_root)
+            runtime._models = load_models(store, self._models, self._models_dir)
         current._update_env({"checkpoint": runtime})
         os.environ[DIRECTORY_ENV] = self._directory
 
     def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
-        if self._directory:
-            shutil.rmtree(self._directory, ignore_errors=True)
-            self._directory = None
+        for d in (self._directory, self._models_dir):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+        self._directory = self._models_dir = None
 
 
 def _register_root(metadata, run_id, step_name, task_id, attempt, url) -> None:

@@ -7,9 +7,9 @@ also attributes (``ref.key``, ``ref.pathspec``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
-from .core.manifest import Manifest
+from .core.manifest import Manifest, ManifestHeader, iso_time
 
 #: Fields every reference carries.
 FIELDS = (
@@ -23,6 +23,8 @@ FIELDS = (
     "metadata",
     "latest",
     "size",
+    "files_count",
+    "stats",
     "namespace",
     "flow",
     "step",
@@ -38,8 +40,13 @@ class CheckpointReference(dict):
     Keys/attributes: ``key`` (manifest key relative to ``root``), ``url`` (full URL of the
     manifest), ``root`` (checkpoint store root), ``name``, ``pathspec`` (``Flow/run/step/task``
     of the writer), ``attempt``, ``created_on`` (ISO-8601 UTC), ``metadata`` (user dict),
-    ``latest``, ``size`` (bytes of files), ``namespace``, ``flow``, ``step``, ``foreach``,
-    ``run``, ``task``.
+    ``latest``, ``size`` (bytes of files), ``files_count``, ``stats`` (save statistics:
+    bytes read/uploaded/deduplicated, seconds per phase), ``namespace``, ``flow``, ``step``,
+    ``foreach``, ``run``, ``task``.  ``pathspec``, ``run`` and ``task`` are None for a named
+    checkpoint saved outside any task (``Checkpoint().save(path, name=...)``).
+
+    Methods read from the checkpoint's store (``root``): :meth:`load` downloads it,
+    :meth:`open` streams one file, :attr:`files` lists its files.
     """
 
     __slots__ = ()
@@ -59,31 +66,73 @@ class CheckpointReference(dict):
             self.get("created_on"),
         )
 
+    # ------------------------------------------------------------------ reading the store
+    @property
+    def files(self) -> list[dict]:
+        """Files of the checkpoint: ``[{"path": ..., "size": ...}, ...]`` (reads the manifest)."""
+        manifest = self._client()._manifest(self)
+        return [{"path": f.path, "size": f.size} for f in manifest.files]
+
+    def load(self, path: str) -> str:
+        """Download the checkpoint into the directory ``path``; return its absolute path."""
+        return self._client().load(self, path)
+
+    def open(self, file: str) -> IO[bytes]:
+        """A binary stream over one file of the checkpoint, verified as it is read; nothing
+        else is downloaded."""
+        return self._client().open(self, file)
+
+    def _client(self):
+        from .client import Checkpoint
+
+        return Checkpoint(root=self.get("root"))
+
+    # ------------------------------------------------------------------ construction
     @classmethod
     def from_manifest(cls, manifest: Manifest, root: str, url: str) -> CheckpointReference:
-        """Build from a full manifest (has metadata and size)."""
-        ref = cls._from_parts(manifest.key, manifest.scope, root, url)
+        """Build from a full manifest."""
+        ref = cls._from_header(manifest.key, manifest.scope, root, url)
         ref.update(
             name=manifest.name,
             created_on=manifest.created_on,
-            metadata=dict(manifest.metadata),
             latest=manifest.latest,
+            metadata=dict(manifest.metadata),
             size=manifest.size,
+            files_count=len(manifest.files),
+            stats=dict(manifest.stats),
         )
         return ref
 
     @classmethod
-    def _from_parts(cls, key, scope, root, url) -> CheckpointReference:
+    def from_summary(
+        cls, header: ManifestHeader, summary: dict, root: str, url: str
+    ) -> CheckpointReference:
+        """Build from a manifest key and its summary (see ``core.summary``)."""
+        ref = cls._from_header(header.key, header.scope, root, url)
+        ref.update(
+            name=header.name,
+            created_on=iso_time(header.created_ms),
+            latest=header.latest,
+            metadata=dict(summary.get("metadata") or {}),
+            size=int(summary.get("size", 0)),
+            files_count=int(summary.get("files", 0)),
+            stats=dict(summary.get("stats") or {}),
+        )
+        return ref
+
+    @classmethod
+    def _from_header(cls, key, scope, root, url) -> CheckpointReference:
+        task_of = None if scope.is_library else scope
         return cls(
             key=key,
             url=url,
             root=root,
-            pathspec=scope.pathspec,
+            pathspec=task_of and task_of.pathspec,
             attempt=scope.attempt,
             namespace=scope.namespace,
             flow=scope.flow,
             step=scope.step,
             foreach=scope.foreach,
-            run=scope.run,
-            task=scope.task,
+            run=task_of and task_of.run,
+            task=task_of and task_of.task,
         )

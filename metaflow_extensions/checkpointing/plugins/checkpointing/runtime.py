@@ -60,6 +60,7 @@ class CheckpointRuntime:
         self._log = log
         self._info: Optional[CheckpointReference] = None
         self._saved: list[CheckpointReference] = []
+        self._models: dict[str, str] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -77,6 +78,12 @@ class CheckpointRuntime:
         """The checkpoint loaded at task start (``pathspec``, ``attempt``, ``key``, ``name``,
         ``created_on``, ``metadata``, ``url``), or None."""
         return self._info
+
+    @property
+    def models(self) -> dict[str, str]:
+        """Local paths of the models declared with ``@checkpoint(models=[...])``, by name (the
+        file for a model saved from one file, else its directory)."""
+        return dict(self._models)
 
     @property
     def scope(self) -> Scope:
@@ -155,8 +162,13 @@ class CheckpointRuntime:
             task=task_id,
             attempt=attempt,
         )
-        manifests = self._store.read_many([h.key for h in headers])
-        return [self._reference(m) for m in manifests]
+        summaries = self._store.summaries(headers)
+        return [
+            CheckpointReference.from_summary(
+                h, summaries[h.key], self._store.url, self._store.storage.full_url(h.key)
+            )
+            for h in headers
+        ]
 
     # ------------------------------------------------------------------ load
     def load(
@@ -170,18 +182,20 @@ class CheckpointRuntime:
         Parameters
         ----------
         reference : CheckpointReference, dict, str or metaflow.Task
-            A reference returned by ``save()``/``list()`` (or its ``["key"]``), or a task
-            (pathspec ``Flow/run/step/task`` or object) whose latest checkpoint to load.
+            A reference returned by ``save()``/``list()`` (or its ``["key"]``), a task
+            (pathspec ``Flow/run/step/task`` or object) whose latest checkpoint to load, or the
+            name of a checkpoint saved outside any task (``"resnet50"``, newest version, or
+            ``"resnet50@<version>"``; see ``metaflow checkpoint upload``).
         path : str, optional
             Target directory (created if needed; same-named files are replaced, others left).
             Default: :attr:`directory`, which then holds exactly the checkpoint (its previous
             contents are replaced only once the download has been verified).
         namespace_check : bool
-            Refuse checkpoints of another namespace or flow (default).  Pass False to load one
-            deliberately.
+            Refuse checkpoints of another namespace, flow or store (default).  Pass False to
+            load one deliberately.  Named checkpoints are shared by every namespace.
         """
-        manifest = self._resolve_reference(reference)
-        if namespace_check:
+        store, manifest = self._resolve_reference(reference, namespace_check)
+        if namespace_check and not manifest.scope.is_library:
             self._check_scope(manifest)
         if path is not None:
             target = os.path.abspath(os.fspath(path))
@@ -189,12 +203,12 @@ class CheckpointRuntime:
                 raise CheckpointConfigError(
                     "Cannot load into %s: it exists and is not a directory." % target
                 )
-            self._store.load(manifest, target)
+            store.load(manifest, target)
             return target
         # Download beside the managed directory, then swap: a failed load leaves it unchanged.
         staging = tempfile.mkdtemp(prefix=".mfckpt-load-", dir=os.path.dirname(self._directory))
         try:
-            self._store.load(manifest, staging)
+            store.load(manifest, staging)
             _empty_directory(self._directory)
             for entry in os.listdir(staging):
                 os.replace(os.path.join(staging, entry), os.path.join(self._directory, entry))
@@ -229,7 +243,10 @@ class CheckpointRuntime:
         url = self._store.storage.full_url(manifest.key)
         return CheckpointReference.from_manifest(manifest, self._store.url, url)
 
-    def _resolve_reference(self, reference: Reference) -> Manifest:
+    def _resolve_reference(
+        self, reference: Reference, namespace_check: bool = True
+    ) -> tuple[CheckpointStore, Manifest]:
+        store = self._store
         if isinstance(reference, dict):
             key = reference.get("key")
             if not isinstance(key, str):
@@ -237,24 +254,30 @@ class CheckpointRuntime:
                     "Cannot load %r: a reference mapping needs a 'key' entry." % (reference,)
                 )
             root = reference.get("root")
-            if root and root != self._store.url:
-                raise CheckpointScopeError(
-                    "Checkpoint %s lives in the store %s, but this task uses %s. Load it with "
-                    "the client or set METAFLOW_CHECKPOINT_ROOT to that store."
-                    % (key, root, self._store.url)
-                )
-            return self._store.read(key)
+            if root and root != store.url:
+                if namespace_check:
+                    raise CheckpointScopeError(
+                        "Checkpoint %s lives in the store %s, but this task uses %s; pass "
+                        "namespace_check=False to load it from there." % (key, root, store.url)
+                    )
+                from .settings import store_for_url
+
+                store = store_for_url(root)
+            return store, store.read(key)
         if isinstance(reference, str) and is_manifest_key(reference):
-            return self._store.read(reference)
-        if isinstance(reference, str) and reference.startswith(self._store.url + "/"):
-            return self._store.read(reference[len(self._store.url) + 1 :])
+            return store, store.read(reference)
+        if isinstance(reference, str) and reference.startswith(store.url + "/"):
+            return store, store.read(reference[len(store.url) + 1 :])
         if hasattr(reference, "pathspec") or (
             isinstance(reference, str) and len(reference.strip("/").split("/")) == 4
         ):
-            return self._latest_of_task(_pathspec_of(reference))
+            return store, self._latest_of_task(_pathspec_of(reference))
+        if isinstance(reference, str) and reference and "/" not in reference:
+            return store, store.named(reference)
         raise CheckpointConfigError(
-            "Cannot load %r: pass a reference returned by save() or list(), its 'key', or a task "
-            "pathspec 'Flow/run_id/step/task_id'." % (reference,)
+            "Cannot load %r: pass a reference returned by save() or list(), its 'key', a task "
+            "pathspec 'Flow/run_id/step/task_id', or the name of a checkpoint saved outside any "
+            "task ('resnet50' or 'resnet50@<version>')." % (reference,)
         )
 
     def _latest_of_task(self, pathspec: str) -> Manifest:

@@ -13,12 +13,20 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 from ..storage.base import Storage
 from .manifest import Manifest, now_ms
 from .scope import Scope
-from .transfer import BlobWriter, SaveStats, TransferOptions, scan, timed, upload_tree
+from .transfer import (
+    BlobWriter,
+    Progress,
+    SaveStats,
+    TransferOptions,
+    scan,
+    timed,
+    upload_tree,
+)
 
 # Orders saves of one process that land in the same millisecond.
 _SEQ = itertools.count()
@@ -38,18 +46,22 @@ def save(
     latest: bool,
     opts: TransferOptions,
     writer: Optional[BlobWriter] = None,
+    reuse: Optional[Callable[[Manifest], Optional[Manifest]]] = None,
+    progress: Optional[Progress] = None,
 ) -> Manifest:
     """Save the file or directory ``src`` as one checkpoint and commit it.
 
     ``name`` and ``metadata`` must already be validated: nothing here raises for bad input
-    after bytes have been written.
+    after bytes have been written.  ``reuse``, given the manifest about to be committed, may
+    return an already committed one with the same content; that one is returned instead and
+    nothing is committed (uploads of content that is already stored).
     """
     writer = writer or BlobWriter(storage)
     stats = SaveStats()
     with timed(stats, "scan"):
         files, dirs, kind = scan(src)
     with timed(stats, "upload"):
-        entries = upload_tree(files, writer, opts, stats)
+        entries = upload_tree(files, writer, opts, stats, progress)
     manifest = Manifest(
         id=new_id(),
         name=name,
@@ -64,6 +76,11 @@ def save(
         stats=stats.to_json(),
         chunk_size=opts.chunk_size,
     )
+    if reuse is not None:
+        existing = reuse(manifest)
+        if existing is not None:
+            existing.stats = dict(stats.to_json(), reused=True)
+            return existing
     with timed(stats, "commit"):
         storage.put_bytes(manifest.key, manifest.dumps())
     manifest.stats = stats.to_json()  # includes the commit time for the caller (not stored)

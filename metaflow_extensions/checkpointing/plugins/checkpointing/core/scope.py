@@ -28,6 +28,10 @@ BLOBS = "blobs"
 #: The foreach path of a step that is not inside any foreach.
 NO_FOREACH = "_"
 DEFAULT_NAME = "mfchckpt"
+#: Namespace, flow, run and task of checkpoints saved outside any task (named uploads such as
+#: ``metaflow checkpoint upload ./model.pt --name resnet50``): a store-wide library in which the
+#: step component is the checkpoint name, so every version of one name is one prefix listing.
+LIBRARY = "_library"
 MAX_NAME_LENGTH = 100
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -104,6 +108,11 @@ class Scope:
     def pathspec(self) -> str:
         return "%s/%s/%s/%s" % (self.flow, self.run, self.step, self.task)
 
+    @property
+    def is_library(self) -> bool:
+        """True for a named checkpoint saved outside any task."""
+        return self.namespace == LIBRARY and self.flow == LIBRARY
+
     def step_prefix(self) -> str:
         return step_prefix(self.namespace, self.flow, self.step)
 
@@ -141,6 +150,16 @@ class Scope:
             task=str(d["task"]),
             attempt=int(d["attempt"]),
         )
+
+
+def library_scope(name: str) -> Scope:
+    """The scope of named checkpoints saved outside any task (see :data:`LIBRARY`)."""
+    return Scope(LIBRARY, LIBRARY, validate_name(name), NO_FOREACH, NO_FOREACH, NO_FOREACH, 0)
+
+
+def library_prefix() -> str:
+    """Every named checkpoint saved outside any task."""
+    return flow_prefix(LIBRARY, LIBRARY)
 
 
 def namespace_prefix(namespace: str) -> str:

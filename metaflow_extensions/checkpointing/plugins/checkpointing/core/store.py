@@ -6,6 +6,7 @@ ties together scopes, manifests, the transfer pipelines, the commit protocol and
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,10 @@ from ..storage.base import Storage
 from . import commit, policies
 from . import manifest as mf
 from .manifest import Manifest, ManifestHeader
-from .scope import Scope, validate_name
-from .transfer import BlobWriter, TransferOptions, download_tree
+from .reader import open_file
+from .scope import Scope, library_scope, validate_name
+from .summary import SummaryIndex
+from .transfer import BlobWriter, Progress, TransferOptions, download_tree
 
 
 class CheckpointStore:
@@ -37,6 +40,7 @@ class CheckpointStore:
         # Hashes of blobs this process has stored or seen stored: repeated saves skip the
         # existence check.  Blobs are immutable and GC never removes a referenced one.
         self._writer = BlobWriter(storage)
+        self._summaries = SummaryIndex(storage, self.read_many)
 
     @property
     def url(self) -> str:
@@ -51,10 +55,18 @@ class CheckpointStore:
         name: str = "mfchckpt",
         metadata: Optional[dict] = None,
         latest: bool = True,
+        reuse_identical: bool = False,
+        progress: Optional[Progress] = None,
     ) -> Manifest:
-        """Save a file or directory and commit it; returns the committed manifest."""
+        """Save a file or directory and commit it; returns the committed manifest.
+
+        With ``reuse_identical``, if the newest checkpoint of the same scope and name has the
+        same files, metadata and ``latest`` flag, it is returned (its ``stats`` say
+        ``reused=True``) and no new checkpoint is committed: uploading a model again is free.
+        """
         name = validate_name(name)
         metadata = mf.validate_metadata(metadata)
+        reuse = self._same_as_newest if reuse_identical else None
         return commit.save(
             self.storage,
             src,
@@ -64,7 +76,21 @@ class CheckpointStore:
             latest=bool(latest),
             opts=self.options,
             writer=self._writer,
+            reuse=reuse,
+            progress=progress,
         )
+
+    def _same_as_newest(self, candidate: Manifest) -> Optional[Manifest]:
+        headers = self.headers(candidate.scope.task_prefix(), name=candidate.name)
+        if not headers:
+            return None
+        newest = self.read(headers[0].key)
+        same = (
+            _content(newest) == _content(candidate)
+            and newest.metadata == candidate.metadata
+            and newest.latest == candidate.latest
+        )
+        return newest if same else None
 
     # ------------------------------------------------------------------ browse
     def headers(
@@ -113,6 +139,47 @@ class CheckpointStore:
             ) from exc
         return mf.loads(data, key)
 
+    def named(self, text: str) -> Manifest:
+        """The named checkpoint ``"name"`` (newest version) or ``"name@<version id prefix>"``
+        saved outside any task.
+
+        Raises
+        ------
+        CheckpointNotFound
+            No such name, or no single version matching.
+        """
+        name, _, version = text.partition("@")
+        validate_name(name)
+        headers = self.headers(library_scope(name).step_prefix(), name=name)
+        if not headers:
+            raise CheckpointNotFound(
+                "No checkpoint named %r in %s: save it with Checkpoint().save(path, name=%r) "
+                "or `metaflow checkpoint upload PATH --name %s`." % (name, self.url, name, name)
+            )
+        if version in ("", "latest"):
+            return self.read(headers[0].key)
+        matches = [h for h in headers if h.id.startswith(version)]
+        if len(matches) != 1:
+            raise CheckpointNotFound(
+                "Checkpoint %r has %s version matching %r; its versions, newest first: %s."
+                % (
+                    name,
+                    "no" if not matches else "more than one",
+                    version,
+                    ", ".join(h.id for h in headers[:10]),
+                )
+            )
+        return self.read(matches[0].key)
+
+    def summaries(self, headers: Sequence[ManifestHeader]) -> dict[str, dict]:
+        """Metadata, size, file count and save statistics of each header's checkpoint, by key
+        (from the per-step summary index where it has them, else from the manifests)."""
+        return self._summaries.summaries(headers)
+
+    def open(self, manifest: Manifest, path: str) -> io.BufferedReader:
+        """A verified binary stream over one file of a checkpoint (nothing else downloaded)."""
+        return open_file(self.storage, manifest, path)
+
     def read_many(self, keys: Sequence[str]) -> list[Manifest]:
         """Read several manifests in parallel, in the order given."""
         if len(keys) <= 1:
@@ -121,9 +188,11 @@ class CheckpointStore:
             return list(pool.map(self.read, keys))
 
     # ------------------------------------------------------------------ load
-    def load(self, manifest: Manifest, dest: str) -> int:
-        """Write the files of ``manifest`` under the directory ``dest``; return bytes written."""
-        return download_tree(self.storage, manifest, os.path.abspath(dest), self.options)
+    def load(self, manifest: Manifest, dest: str, progress: Optional[Progress] = None) -> int:
+        """Write the files of ``manifest`` under the directory ``dest``; return bytes written.
+
+        ``progress`` is called (from worker threads) with each number of bytes written."""
+        return download_tree(self.storage, manifest, os.path.abspath(dest), self.options, progress)
 
     def resolve(
         self,
@@ -142,3 +211,12 @@ class CheckpointStore:
         except ManifestError as exc:
             raise CheckpointNotFound("Cannot delete %r: not a checkpoint key." % key) from exc
         self.storage.delete(key)
+
+
+def _content(m: Manifest) -> tuple:
+    """What makes two checkpoints the same content: paths, sizes, modes and bytes (hashes)."""
+    files = tuple(
+        (f.path, f.size, f.mode & 0o7777, f.digest or tuple(c.blob for c in f.chunks))
+        for f in sorted(m.files, key=lambda f: f.path)
+    )
+    return files, tuple(sorted(m.dirs))

@@ -41,6 +41,14 @@ from .scope import blob_key
 _TMP_SUFFIX = ".mfckpt-part-"
 
 
+#: Called with a number of bytes each time that many are done (from worker threads).
+Progress = Callable[[int], None]
+
+
+def _no_progress(n: int) -> None:
+    pass
+
+
 def digest(data) -> str:
     """BLAKE3-256 hex digest of a buffer."""
     return blake3.blake3(data).hexdigest()
@@ -332,13 +340,19 @@ def _plan(
 
 
 def upload_tree(
-    files: list[_File], writer: BlobWriter, opts: TransferOptions, stats: SaveStats
+    files: list[_File],
+    writer: BlobWriter,
+    opts: TransferOptions,
+    stats: SaveStats,
+    progress: Optional[Progress] = None,
 ) -> list[FileEntry]:
     """Hash and upload every byte of ``files``; return their manifest entries.
 
     Large files unchanged since this process last saved them (see :class:`StatCache`) reuse
     their chunk list: their blobs are known to be stored, so they count as deduplicated.
+    ``progress`` is called (from worker threads) with each number of bytes done.
     """
+    progress = progress or _no_progress
     start_ns = time.time_ns()
     chunks: list[dict[int, ChunkRef]] = [{} for _ in files]
     digests: dict[int, str] = {}
@@ -350,6 +364,7 @@ def upload_tree(
             cached.add(i)
             stats.bytes_deduplicated += f.size
             stats.blobs_deduplicated += len(hit)
+            progress(f.size)
     pool = _BufferPool(opts.chunk_size + opts.small_size)
     lock = threading.Lock()
 
@@ -359,6 +374,7 @@ def upload_tree(
             with lock:
                 chunks[i][off] = ChunkRef(h, 0, length)
                 stats.bytes_read += length
+            progress(length)
             return
         buf = pool.take()
         try:
@@ -368,6 +384,7 @@ def upload_tree(
             with lock:
                 chunks[i][off] = ChunkRef(h, 0, length)
                 stats.bytes_read += length
+            progress(length)
         finally:
             pool.give(buf)
 
@@ -388,6 +405,7 @@ def upload_tree(
                     chunks[i][0] = ChunkRef(h, start, size)
                     digests[i] = d
                 stats.bytes_read += pos
+            progress(pos)
         finally:
             pool.give(buf)
 
@@ -517,12 +535,19 @@ def target_path(dest: str, rel: str, cache: Optional[dict] = None) -> str:
     return path
 
 
-def download_tree(storage: Storage, manifest: Manifest, dest: str, opts: TransferOptions) -> int:
+def download_tree(
+    storage: Storage,
+    manifest: Manifest,
+    dest: str,
+    opts: TransferOptions,
+    progress: Optional[Progress] = None,
+) -> int:
     """Materialise ``manifest`` under the directory ``dest``; return bytes written.
 
     Files are written to temp names and renamed into place only after every blob has been
     fetched and verified, so a failed load leaves no partially written file behind.
     """
+    progress = progress or _no_progress
     # Validate every target before touching the destination: a bad path writes nothing.
     resolved: dict = {}
     dirs = [target_path(dest, d, resolved) for d in manifest.dirs]
@@ -558,8 +583,10 @@ def download_tree(storage: Storage, manifest: Manifest, dest: str, opts: Transfe
 
         def fetch(blob: str, uses: list) -> None:
             if _fetch_local(storage, manifest, blob, uses):
+                done = sum(use[3].length for use in uses)
                 with lock:
-                    written[0] += sum(use[3].length for use in uses)
+                    written[0] += done
+                progress(done)
                 return
             data = _fetch_verified(storage, manifest, blob, uses[0][1].path)
             view = memoryview(data)
@@ -575,6 +602,7 @@ def download_tree(storage: Storage, manifest: Manifest, dest: str, opts: Transfe
                     os.close(fd)
                 with lock:
                     written[0] += c.length
+                progress(c.length)
 
         jobs = (lambda b=b, u=u: fetch(b, u) for b, u in by_blob.items())
         _run_bounded(jobs, opts.workers, opts.inflight)
