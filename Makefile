@@ -15,8 +15,13 @@ $(VENV)/.installed: setup.py | $(BIN)/python
 	$(BIN)/pip install -q -e ".[torch,s3]"
 	touch $@
 
+# The checkpoint card's test renders it in headless Chromium (Debian's package).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
 $(VENV)/.test-installed: setup.py $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[torch,s3,test]"
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 	touch $@
 
 demo: $(VENV)/.installed  ## train a tiny model that crashes once and resumes from its checkpoint
