@@ -1,0 +1,495 @@
+"""The ``checkpoint`` card: rendered by a real flow, read back with ``get_cards`` and shown in
+headless Chromium; plus renderer tests on hand-built references.
+
+Chromium is required (``make test`` installs Debian's package): without it these tests fail,
+they never skip, because the card's one promise is that a browser shows it correctly offline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Optional
+
+# Before our card package: Metaflow imports card packages while it initialises.
+import metaflow
+import pytest
+
+from metaflow_extensions.checkpointing.plugins.cards import checkpoint_card
+from metaflow_extensions.checkpointing.plugins.cards.checkpoint_card.card import (
+    CheckpointCard,
+    render_checkpoints,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.reference import (
+    CheckpointReference,
+)
+
+from .flowrun import FLOWS, run_flow, single_task
+
+#: Losses saved by tests/flows/card_flow.py, oldest first.
+FLOW_LOSSES = [2.5, 1.25, 0.75, 0.5, 0.375]
+#: The plot's line and point colour (#0969da in the card's CSS).
+SERIES_RGB = (0x09, 0x69, 0xDA)
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+# ------------------------------------------------------------------------------- browser
+
+
+def chromium() -> str:
+    """Path of the Chromium binary; fails the test (never skips) when it is missing."""
+    path = "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+    path = path or shutil.which("chromium")
+    if not path:
+        pytest.fail(
+            "Chromium is required to test the checkpoint card but was not found "
+            "(/usr/bin/chromium or chromium on PATH). Run `make test`, which installs "
+            "Debian's chromium package.",
+            pytrace=False,
+        )
+    return path
+
+
+def _chromium(args: list[str], work: Path) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=work)
+    proc = subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, "--user-data-dir=%s" % profile, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, "chromium failed:\n%s" % proc.stderr[-4000:]
+    return proc
+
+
+def browser_dom(html_file: Path, work: Path) -> Node:
+    """The DOM Chromium builds from ``html_file`` (after parsing and running any scripts)."""
+    proc = _chromium(["--dump-dom", html_file.resolve().as_uri()], work)
+    assert "<body" in proc.stdout, proc.stdout[:2000]
+    return parse_html(proc.stdout)
+
+
+def screenshot(html_file: Path, work: Path, size: str = "720,420") -> Path:
+    """A PNG of the top of the page (where the plot is) as Chromium draws it."""
+    png = work / (html_file.stem + ".png")
+    _chromium(
+        ["--screenshot=%s" % png, "--window-size=%s" % size, html_file.resolve().as_uri()], work
+    )
+    return png
+
+
+# ------------------------------------------------------------------------------- DOM
+
+
+class Node:
+    """An element of a parsed HTML document (enough of a DOM for assertions)."""
+
+    def __init__(self, tag: str, attrs: dict, parent: Optional[Node] = None):
+        self.tag, self.attrs, self.parent = tag, attrs, parent
+        self.children: list = []  # Node or str
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def iter(self):
+        yield self
+        for c in self.children:
+            if isinstance(c, Node):
+                yield from c.iter()
+
+    def find_all(self, tag: str, cls: Optional[str] = None) -> list[Node]:
+        return [
+            n
+            for n in self.iter()
+            if n.tag == tag and (cls is None or cls in n.attrs.get("class", "").split())
+        ]
+
+    def find(self, tag: str, cls: Optional[str] = None) -> Node:
+        found = self.find_all(tag, cls)
+        assert len(found) == 1, "expected one <%s class=%s>, found %d" % (tag, cls, len(found))
+        return found[0]
+
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+
+
+class _TreeBuilder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = self.node = Node("#document", {})
+
+    def handle_starttag(self, tag, attrs):
+        child = Node(tag, {k: v or "" for k, v in attrs}, self.node)
+        self.node.children.append(child)
+        if tag not in _VOID:
+            self.node = child
+
+    def handle_startendtag(self, tag, attrs):
+        self.node.children.append(Node(tag, {k: v or "" for k, v in attrs}, self.node))
+
+    def handle_endtag(self, tag):
+        node = self.node
+        while node is not None and node.tag != tag:
+            node = node.parent
+        if node is not None and node.parent is not None:
+            self.node = node.parent
+
+    def handle_data(self, data):
+        self.node.children.append(data)
+
+
+def parse_html(text: str) -> Node:
+    builder = _TreeBuilder()
+    builder.feed(text)
+    builder.close()
+    return builder.root
+
+
+# ------------------------------------------------------------------------------- PNG
+
+
+def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows of RGB(A) bytes) of an 8-bit, non-interlaced RGB/RGBA PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+    width, height, depth, color, _, _, interlace = header
+    assert depth == 8 and color in (2, 6) and interlace == 0, header
+    bpp = 3 if color == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[i] = (line[i] + pred) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return width, height, [r if bpp == 3 else _rgb(r) for r in rows]
+
+
+def _rgb(rgba: bytes) -> bytes:
+    return bytes(b for i, b in enumerate(rgba) if i % 4 != 3)
+
+
+def count_color(rows: list[bytes], rgb: tuple[int, int, int]) -> int:
+    """Pixels of exactly ``rgb`` (anti-aliased edges don't count, line and dot centres do)."""
+    target = bytes(rgb)
+    return sum(1 for row in rows for i in range(0, len(row), 3) if row[i : i + 3] == target)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def ref(order: int, metadata: dict, name: str = "mfchckpt", size: int = 1024, **extra):
+    """A reference as ``Checkpoint().list()`` returns it (save ``order`` 1 = oldest)."""
+    fields = dict(
+        key="manifests/ns/F/train/_/1/2/%013d-0-%06d-L-id%d-%s.json" % (order, order, order, name),
+        url="file:///store/x.json",
+        root="/store",
+        name=name,
+        pathspec="F/1/train/2",
+        attempt=0,
+        created_on="2024-05-01T10:00:%02d.000+00:00" % order,
+        metadata=metadata,
+        latest=True,
+        size=size,
+        namespace="user:tester",
+        flow="F",
+        step="train",
+        foreach="_",
+        run="1",
+        task="2",
+    )
+    fields.update(extra)
+    return CheckpointReference(**fields)
+
+
+def newest_first(*refs):
+    return list(reversed(refs))
+
+
+def plot_points(dom: Node) -> list[Node]:
+    return dom.find("svg", "plot").find_all("circle", "point")
+
+
+def assert_self_contained(dom: Node) -> None:
+    """Nothing is fetched: no scripts, stylesheets links, images or URLs in styles."""
+    for node in dom.iter():
+        assert node.tag not in ("script", "link", "img", "iframe", "object"), node.tag
+        for attr in ("src", "href", "xlink:href"):
+            assert attr not in node.attrs, (node.tag, attr, node.attrs[attr])
+    for style in dom.find_all("style"):
+        assert "url(" not in style.text() and "@import" not in style.text()
+
+
+# ------------------------------------------------------------------------------- flow test
+
+
+@pytest.mark.flow
+def test_card_of_a_real_flow_in_chromium(flow_env):
+    """The card of a @checkpoint step, fetched like a user would and drawn by a browser."""
+    from metaflow.cards import get_cards
+
+    env, tmp = flow_env
+    result = run_flow(FLOWS / "card_flow.py", env, tmp)
+    task = single_task(result.run, "train")
+    saved = task.data.saved  # references returned by save(), oldest first
+    assert len(saved) == 6
+
+    cards = get_cards(task, type="checkpoint")
+    assert len(cards) == 1, list(cards)
+    html_file = tmp / "card.html"
+    html_file.write_text(cards[0].get(), encoding="utf-8")
+    dom = browser_dom(html_file, tmp)
+
+    assert task.pathspec in dom.find("h1").text()
+    assert_self_contained(dom)
+
+    # The table: one row per checkpoint, newest first, with what save() returned.
+    rows = dom.find("table", "checkpoints").find_all("tr", "checkpoint")
+    expected = list(reversed(saved))
+    assert [r.attrs["data-key"] for r in rows] == [s["key"] for s in expected]
+    assert [r.find("td", "name").text() for r in rows] == ["export"] + ["mfchckpt"] * 5
+    # weights.bin is 1536 * (i + 1) bytes in save i; "export" re-saves the last one.
+    assert [r.find("td", "size").text() for r in rows] == [
+        "7.5 KiB",
+        "7.5 KiB",
+        "6.0 KiB",
+        "4.5 KiB",
+        "3.0 KiB",
+        "1.5 KiB",
+    ]
+    assert [r.find("td", "size").attrs["title"] for r in rows] == [
+        "%d bytes" % s["size"] for s in expected
+    ]
+    assert [r.find("td", "attempt").text() for r in rows] == ["0"] * 6
+    assert [r.find("td", "latest").text() for r in rows] == [""] + ["latest"] * 5
+    assert [r.find("td", "order").text() for r in rows] == ["6", "5", "4", "3", "2", "1"]
+    for row, loss, i in zip(rows[1:], reversed(FLOW_LOSSES), range(4, -1, -1)):
+        pairs = [c.text() for c in row.find("td", "metadata").find_all("code", "kv")]
+        assert pairs == ["loss=%s" % loss, "step=%d" % i]
+    export_cell = rows[0].find("td", "metadata")
+    # Shown as text; the browser did not turn the user's string into a <b> element.
+    assert [c.text() for c in export_cell.find_all("code")] == [
+        "note=<b>exported</b> & done",
+        "step=5",
+    ]
+    assert export_cell.find_all("b") == []
+
+    # The plot: one point per checkpoint with a loss, oldest (left) to newest (right).
+    svg = dom.find("svg", "plot")
+    assert svg.attrs["data-metric"] == "loss"
+    assert svg.find("text", "y-label").text() == "loss"
+    assert "save" in svg.find("text", "x-label").text()
+    points = plot_points(dom)
+    assert [float(p.attrs["data-y"]) for p in points] == FLOW_LOSSES
+    assert [int(p.attrs["data-order"]) for p in points] == [1, 2, 3, 4, 5]
+    xs = [float(p.attrs["cx"]) for p in points]
+    ys = [float(p.attrs["cy"]) for p in points]
+    assert xs == sorted(xs) and len(set(xs)) == 5
+    assert ys == sorted(ys) and len(set(ys)) == 5  # falling loss is drawn lower each save
+    vertices = svg.find("polyline", "series").attrs["points"].split()
+    assert vertices == ["%s,%s" % (p.attrs["cx"], p.attrs["cy"]) for p in points]
+    assert "5 of 6 checkpoints" in dom.find("figcaption").text()
+
+    # Drawn, not just present in the markup: the line and dots are on screen.
+    png = screenshot(html_file, tmp)
+    assert png.stat().st_size > 5000, png.stat().st_size
+    width, height, pixels = png_pixels(png)
+    assert (width, height) == (720, 420)
+    assert count_color(pixels, SERIES_RGB) > 300
+
+
+# ------------------------------------------------------------------------------- renderer
+
+
+def test_card_type_is_registered_with_metaflow():
+    from metaflow.plugins import CARDS as METAFLOW_CARDS
+
+    registered = checkpoint_card.CARDS
+    assert registered == [CheckpointCard]
+    assert [c for c in METAFLOW_CARDS if c.type == "checkpoint"] == [CheckpointCard]
+
+
+def test_no_numeric_metadata_shows_a_note_and_no_plot():
+    refs = newest_first(
+        ref(1, {"stage": "warmup", "ok": True}),
+        ref(2, {"stage": "train", "ok": False}),
+        ref(3, {}),
+    )
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2"))
+    assert dom.find_all("svg") == []
+    assert "No numeric metadata to plot." in dom.find("p", "note").text()
+    assert len(dom.find_all("tr", "checkpoint")) == 3
+
+
+def test_a_metric_nobody_has_shows_a_note_and_no_plot():
+    refs = newest_first(ref(1, {"loss": 1.0}), ref(2, {"loss": 0.5}))
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", metric="accuracy"))
+    assert dom.find_all("svg") == []
+    assert "accuracy" in dom.find("p", "note").text()
+
+
+def test_without_a_metric_option_the_first_mostly_numeric_field_is_plotted():
+    refs = newest_first(
+        ref(1, {"name": "a", "lr": "0.1", "acc": 0.5, "loss": 3.0}),
+        ref(2, {"name": "b", "acc": 0.7, "loss": 2.0}),
+        ref(3, {"name": "c", "loss": 1.0}),  # acc in 2 of 3 checkpoints: still "most"
+    )
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2"))
+    assert dom.find("svg", "plot").attrs["data-metric"] == "acc"
+    assert [float(p.attrs["data-y"]) for p in plot_points(dom)] == [0.5, 0.7]
+
+
+def test_x_option_uses_a_metadata_field_for_the_x_axis():
+    refs = newest_first(
+        ref(1, {"loss": 4.0, "epoch": 10}),
+        ref(2, {"loss": 2.0}),  # no epoch: not plotted
+        ref(3, {"loss": 1.0, "epoch": 30}),
+        ref(4, {"loss": 0.5, "epoch": 40}),
+    )
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", metric="loss", x="epoch"))
+    svg = dom.find("svg", "plot")
+    assert svg.find("text", "x-label").text() == "epoch"
+    points = plot_points(dom)
+    assert [(float(p.attrs["data-x"]), float(p.attrs["data-y"])) for p in points] == [
+        (10.0, 4.0),
+        (30.0, 1.0),
+        (40.0, 0.5),
+    ]
+    # x positions follow the epoch values, not the save order: 10 -> 30 is twice 30 -> 40.
+    x0, x1, x2 = (float(p.attrs["cx"]) for p in points)
+    assert x1 - x0 == pytest.approx(2 * (x2 - x1), rel=1e-3)
+    assert "3 of 4 checkpoints" in dom.find("figcaption").text()
+    # The x field itself is never picked as the metric.
+    auto = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", x="epoch"))
+    assert auto.find("svg", "plot").attrs["data-metric"] == "loss"
+
+
+def test_user_strings_are_escaped_and_never_run_in_the_browser(tmp_path):
+    evil = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">'
+    refs = newest_first(
+        ref(1, {"loss": 1.0, "note": evil}),
+        ref(2, {'<script>alert("k")</script>': 2.0, "loss": 0.5}, name="a<b>"),
+    )
+    text = render_checkpoints(refs, pathspec="F/1/<i>step</i>/2", metric='"><script>x</script>')
+    assert "<script>" not in text and "<img" not in text and "<i>" not in text
+
+    html_file = tmp_path / "evil.html"
+    html_file.write_text(text, encoding="utf-8")
+    dom = browser_dom(html_file, tmp_path)
+    assert_self_contained(dom)
+    assert dom.find("title").text() == "Checkpoints of F/1/<i>step</i>/2"
+    assert dom.find("h1").text() == "Checkpoints of F/1/<i>step</i>/2"
+    rows = dom.find_all("tr", "checkpoint")
+    note = rows[1].find_all("code", "kv")[1]
+    assert note.attrs["title"] == "note=" + evil  # full value; the cell shows 80 characters
+    assert note.text() == ("note=" + evil)[:79] + "\u2026"
+    assert rows[0].find("td", "name").text() == "a<b>"
+    assert rows[0].find_all("code", "kv")[0].text() == '<script>alert("k")</script>=2.0'
+
+
+def _fake_client(monkeypatch, list_impl):
+    class FakeCheckpoint:
+        def list(self, target, **kwargs):
+            return list_impl(target)
+
+    monkeypatch.setattr(metaflow, "Checkpoint", FakeCheckpoint)
+
+
+class _Task:
+    pathspec = "F/1/train/2"
+
+
+def test_card_lists_the_tasks_checkpoints_in_every_namespace(monkeypatch):
+    from metaflow import get_namespace, namespace
+
+    seen = []
+
+    def listing(target):
+        seen.append((target, get_namespace()))
+        return newest_first(ref(1, {"acc": 0.1, "epoch": 1}), ref(2, {"acc": 0.2, "epoch": 2}))
+
+    _fake_client(monkeypatch, listing)
+    namespace("user:someone")
+    try:
+        card = CheckpointCard(options={"metric": "acc", "x": "epoch"})
+        dom = parse_html(card.render(_Task()))
+        assert get_namespace() == "user:someone"  # restored
+    finally:
+        namespace(None)
+    assert seen == [("F/1/train/2", None)]
+    svg = dom.find("svg", "plot")
+    assert (svg.attrs["data-metric"], svg.find("text", "x-label").text()) == ("acc", "epoch")
+    assert len(plot_points(dom)) == 2
+
+
+def test_a_listing_error_is_shown_in_the_card_not_raised(monkeypatch):
+    from metaflow import get_namespace, namespace
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
+
+    def listing(target):
+        raise StorageError("store unreachable: <timeout>")
+
+    _fake_client(monkeypatch, listing)
+    namespace("user:someone")
+    try:
+        dom = parse_html(CheckpointCard().render(_Task()))
+        assert get_namespace() == "user:someone"
+    finally:
+        namespace(None)
+    message = dom.find("p", "error").text()
+    assert "F/1/train/2" in message
+    assert "StorageError: store unreachable: <timeout>" in message
+    assert dom.find_all("table") == [] and dom.find_all("svg") == []
+
+
+def test_a_task_without_checkpoints_says_so():
+    dom = parse_html(render_checkpoints([], pathspec="F/1/train/2"))
+    assert "saved no checkpoints" in dom.find("p", "note").text()
+    assert dom.find_all("table") == []
+
+
+def test_options_must_be_a_dict():
+    with pytest.raises(TypeError, match="options must be a dict"):
+        CheckpointCard(options="loss")
