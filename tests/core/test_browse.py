@@ -142,3 +142,21 @@ def test_named_lookup_errors_say_what_exists(store, tmp_path):
     m = store.save(str(src), library_scope("bert"), name="bert")
     with pytest.raises(CheckpointNotFound, match="no version matching 'ffff'.*" + m.id):
         store.named("bert@ffff")
+
+
+def test_open_is_seekable_and_fetches_only_the_chunks_read(counting, tmp_path):
+    storage, store = counting
+    big = rand(10 * CHUNK + 123, 4)
+    src = write_tree(tmp_path / "src", {"weights.bin": big})
+    m = store.save(str(src), make_scope())
+    storage.bytes_read = 0
+    with store.open(m, "weights.bin") as f:
+        assert f.seekable()
+        f.seek(7 * CHUNK + 5)
+        assert f.read(100) == big[7 * CHUNK + 5 : 7 * CHUNK + 105]
+        assert storage.bytes_read == CHUNK  # one chunk fetched for a read inside it
+        f.seek(-23, 2)
+        assert f.tell() == len(big) - 23
+        assert f.read() == big[-23:]
+        f.seek(0)
+        assert f.read(5) == big[:5]

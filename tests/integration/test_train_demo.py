@@ -60,3 +60,12 @@ def test_train_demo_resumes_after_crash_and_is_browsable(flow_env):
     proc = run_subprocess([EXAMPLES / "browse_demo.py"], env, tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "attempt 1 resumed at epoch 4" in proc.stdout
+
+    # The notebook-style example picks the best checkpoint by loss and reads one file of it.
+    proc = run_subprocess([EXAMPLES / "pick_best.py"], env, tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best_loss = min(r["loss"] for r in refs)
+    assert "best: epoch 7, loss %.4f" % best_loss in proc.stdout
+    assert "#1 epoch 7" in proc.stdout and "#3 epoch 5" in proc.stdout
+    assert "state.pt holds epoch 7" in proc.stdout
+    assert "['state.pt']" in proc.stdout

@@ -7,7 +7,9 @@ Either way at most one chunk of a file is held in memory.
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import posixpath
 from typing import Optional
 
@@ -38,30 +40,50 @@ def find_entry(manifest: Manifest, path: str) -> FileEntry:
 
 
 class CheckpointFile(io.RawIOBase):
-    """A read-only, verified stream over one file of a checkpoint (``open(file)``)."""
+    """A read-only, seekable, verified stream over one file of a checkpoint (``open(file)``).
+
+    Seeking is free; reading fetches (and verifies) only the chunks that hold the bytes read,
+    so ``torch.load`` or ``zipfile`` on a large file read what they need.
+    """
 
     def __init__(self, storage: Storage, manifest: Manifest, entry: FileEntry):
         super().__init__()
         self._storage = storage
         self._manifest = manifest
         self._entry = entry
-        self._chunk = 0  # index of the next chunk to fetch
-        self._buffer = memoryview(b"")
+        self._starts = list(itertools.accumulate((c.length for c in entry.chunks), initial=0))
+        self._pos = 0
+        self._cached: tuple[int, bytes] = (-1, b"")  # (chunk index, its bytes)
         self.name = entry.path
         self.size = entry.size
 
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position %d" % (base + offset))
+        self._pos = base + offset
+        return self._pos
+
     def readinto(self, b) -> int:
-        while not self._buffer:
-            if self._chunk >= len(self._entry.chunks):
-                return 0
-            self._buffer = memoryview(self._fetch(self._chunk))
-            self._chunk += 1
-        n = min(len(b), len(self._buffer))
-        b[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
+        if self._pos >= self.size:
+            return 0
+        index = bisect.bisect_right(self._starts, self._pos) - 1
+        if self._cached[0] != index:
+            self._cached = (index, self._fetch(index))
+        data = self._cached[1]
+        start = self._pos - self._starts[index]
+        n = min(len(b), len(data) - start)
+        b[:n] = data[start : start + n]
+        self._pos += n
         return n
 
     def _fetch(self, index: int) -> bytes:
