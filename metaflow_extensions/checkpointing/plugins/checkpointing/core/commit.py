@@ -13,11 +13,12 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from ..storage.base import Storage
 from .manifest import Manifest, now_ms
-from .scope import Scope
+from .scope import Scope, blob_key
 from .transfer import (
     BlobWriter,
     Progress,
@@ -30,6 +31,19 @@ from .transfer import (
 
 # Orders saves of one process that land in the same millisecond.
 _SEQ = itertools.count()
+
+
+def _unconfirmed_missing(
+    storage: Storage, entries: list, stats: SaveStats, workers: int
+) -> list[str]:
+    """Blobs the manifest will reference that this save trusted without checking, and that are
+    no longer stored.  One existence check per such blob (none on a first save)."""
+    trusted = {c.blob for e in entries for c in e.chunks} - stats.confirmed
+    if not trusted:
+        return []
+    with ThreadPoolExecutor(max(1, min(workers, len(trusted)))) as pool:
+        present = dict(zip(trusted, pool.map(lambda h: storage.exists(blob_key(h)), trusted)))
+    return [h for h, ok in present.items() if not ok]
 
 
 def new_id() -> str:
@@ -62,6 +76,13 @@ def save(
         files, dirs, kind = scan(src)
     with timed(stats, "upload"):
         entries = upload_tree(files, writer, opts, stats, progress)
+        missing = _unconfirmed_missing(storage, entries, stats, opts.workers)
+        if missing:
+            # Blobs this process had stored before are gone (garbage collection after their
+            # checkpoints were pruned): upload them again rather than commit a torn checkpoint.
+            writer.forget(missing)
+            stats = SaveStats(seconds=stats.seconds)
+            entries = upload_tree(files, writer, opts, stats)
     manifest = Manifest(
         id=new_id(),
         name=name,

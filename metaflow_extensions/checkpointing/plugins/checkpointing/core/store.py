@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
-from ..errors import CheckpointNotFound, ManifestError, StorageNotFound
+from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, StorageNotFound
 from ..storage.base import Storage
-from . import commit, policies
+from . import commit, gc, pins, policies, retention, usage
 from . import manifest as mf
 from .manifest import Manifest, ManifestHeader
 from .reader import open_file
@@ -156,7 +156,7 @@ class CheckpointStore:
                 "No checkpoint named %r in %s: save it with Checkpoint().save(path, name=%r) "
                 "or `metaflow checkpoint upload PATH --name %s`." % (name, self.url, name, name)
             )
-        if version in ("", "latest"):
+        if version in ("", "latest", "last"):
             return self.read(headers[0].key)
         matches = [h for h in headers if h.id.startswith(version)]
         if len(matches) != 1:
@@ -203,14 +203,76 @@ class CheckpointStore:
         """Which checkpoint a task in ``scope`` starts from under ``policy``."""
         return policies.resolve(self.storage, policy, scope, origin_runs)
 
-    # ------------------------------------------------------------------ delete
-    def delete(self, key: str) -> None:
-        """Delete one checkpoint (its manifest).  Its blobs are reclaimed by GC only."""
+    # ------------------------------------------------------------------ lifecycle
+    def delete(self, key: str, force: bool = False) -> None:
+        """Delete one checkpoint (its manifest).  Its blobs are reclaimed by GC only.
+
+        Raises
+        ------
+        CheckpointConfigError
+            The checkpoint is pinned (and ``force`` is false): unpin it first.
+        """
         try:
             mf.parse_key(key)
         except ManifestError as exc:
             raise CheckpointNotFound("Cannot delete %r: not a checkpoint key." % key) from exc
+        if not force and pins.is_pinned(self.storage, key):
+            raise CheckpointConfigError(
+                "Checkpoint %s is pinned; unpin it first (Checkpoint().unpin(ref), CLI "
+                "`checkpoint unpin REF`)." % key
+            )
         self.storage.delete(key)
+
+    def pin(self, key: str, pinned: bool = True) -> None:
+        """Pin (or unpin) a committed checkpoint: retention never prunes a pinned one."""
+        self.read(key)  # refuse to pin what does not exist
+        (pins.pin if pinned else pins.unpin)(self.storage, key)
+
+    def is_pinned(self, key: str) -> bool:
+        return pins.is_pinned(self.storage, key)
+
+    def prune(
+        self,
+        headers: Sequence[ManifestHeader],
+        policy: retention.Retention,
+        *,
+        group_of: Callable[[ManifestHeader], str],
+        dry_run: bool = False,
+        protect_newest: bool = True,
+    ) -> list[tuple[str, retention.Plan]]:
+        """Apply ``policy`` to each group of ``headers``; delete what no rule keeps.
+
+        Returns ``(group, plan)`` per group.  Pinned checkpoints are kept; a group where a rule
+        cannot be applied (unknown metric) is left alone with a warning in its plan.
+        """
+        summaries = self.summaries(headers)
+        pinned: set = set()
+        for prefix in {"/".join(h.key.split("/")[:4]) + "/" for h in headers}:
+            pinned |= pins.pinned_under(self.storage, prefix)
+        groups: dict[str, list[retention.Item]] = {}
+        for h in headers:
+            groups.setdefault(group_of(h), []).append(
+                retention.Item(
+                    h.key, h.order, h.created_ms, summaries[h.key].get("metadata") or {}, h.latest
+                )
+            )
+        out = []
+        for group, items in sorted(groups.items()):
+            decision = retention.plan(
+                items, policy, frozenset(pinned), group=group, protect_newest=protect_newest
+            )
+            if not dry_run and decision.delete:
+                self.storage.delete_many(decision.delete, self.options.workers)
+            out.append((group, decision))
+        return out
+
+    def gc(self, **kwargs) -> gc.GcReport:
+        """Garbage-collect unreferenced blobs (see :func:`gc.collect` for the options)."""
+        return gc.collect(self.storage, workers=self.options.workers, **kwargs)
+
+    def usage(self, headers: Sequence[ManifestHeader], by: str = "step") -> usage.Usage:
+        """Logical and physical bytes of the checkpoints of ``headers``, grouped ``by``."""
+        return usage.usage(self.storage, self.read_many([h.key for h in headers]), by)
 
 
 def _content(m: Manifest) -> tuple:

@@ -94,6 +94,9 @@ class SaveStats:
     blobs_uploaded: int = 0
     blobs_deduplicated: int = 0
     seconds: dict = field(default_factory=dict)
+    #: Blobs this save stored or saw stored (not stored in the manifest).  Blobs it trusted from
+    #: the process-wide known set are checked again before the commit (see ``commit.save``).
+    confirmed: set = field(default_factory=set)
 
     def to_json(self) -> dict:
         return {
@@ -293,21 +296,29 @@ class BlobWriter:
         if done is None:
             return None
         h, stored = done
-        self._count(h, length, stored, stats)
+        self._count(h, length, stored, stats, confirmed=True)
         return h
 
     def put(self, data: memoryview, stats: SaveStats) -> str:
         h = digest(data)
         key = blob_key(h)
-        stored = not (h in self.known or self.storage.exists(key))
+        trusted = h in self.known
+        stored = not (trusted or self.storage.exists(key))
         if stored:
             self.storage.put_bytes(key, data)
-        self._count(h, len(data), stored, stats)
+        self._count(h, len(data), stored, stats, confirmed=not trusted)
         return h
 
-    def _count(self, h: str, length: int, stored: bool, stats: SaveStats) -> None:
+    def forget(self, hashes: Iterable[str]) -> None:
+        """Stop trusting that these blobs are stored (e.g. garbage collection removed them)."""
+        with self._lock:
+            self.known.difference_update(hashes)
+
+    def _count(self, h: str, length: int, stored: bool, stats: SaveStats, confirmed: bool) -> None:
         """Record a blob as known to be stored and account for it as uploaded or deduplicated."""
         with self._lock:
+            if confirmed:
+                stats.confirmed.add(h)
             if stored:
                 stats.bytes_uploaded += length
                 stats.blobs_uploaded += 1

@@ -209,6 +209,23 @@ class Storage(abc.ABC):
         validate_key(key)
         self._call("delete", key, lambda: self._delete(key))
 
+    def delete_many(self, keys: list[str], workers: int = 16) -> None:
+        """Delete every key (missing keys are not an error), in parallel or in batches."""
+        for key in keys:
+            validate_key(key)
+        for start in range(0, len(keys), self.DELETE_BATCH):
+            batch = keys[start : start + self.DELETE_BATCH]
+            self._call("delete", batch[0], lambda b=batch: self._delete_batch(b, workers))
+
+    #: Keys per :meth:`_delete_batch` call (S3 deletes up to 1,000 keys per request).
+    DELETE_BATCH = 1000
+
+    def _delete_batch(self, keys: list[str], workers: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(workers, len(keys)))) as pool:
+            list(pool.map(self._delete, keys))
+
     # ------------------------------------------------------------------ retries + translation
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         def attempt() -> T:
