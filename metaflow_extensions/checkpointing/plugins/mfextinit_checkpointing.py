@@ -4,4 +4,6 @@ STEP_DECORATORS_DESC = [
     ("checkpoint", ".checkpointing.decorator.CheckpointDecorator"),
 ]
 
+CLIS_DESC = [("checkpoint", ".checkpointing.cli.cli")]
+
 __mf_promote_submodules__: list = []
