@@ -1,0 +1,1 @@
+"""Tests of the ``checkpoint`` command line (flow CLI and standalone ``metaflow`` command)."""
