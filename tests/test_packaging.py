@@ -127,6 +127,10 @@ def test_public_api_is_locked():
         "temp_dir_root": None,
         "root": None,
         "models": None,
+        "keep_last": None,
+        "keep_best": None,
+        "keep_every_steps": None,
+        "keep_every_minutes": None,
     }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [
@@ -141,7 +145,20 @@ def test_public_api_is_locked():
         "scope",
     ]
     public_client = sorted(n for n in dir(metaflow.Checkpoint) if not n.startswith("_"))
-    assert public_client == ["best", "delete", "get", "list", "load", "open", "save"]
+    assert public_client == [
+        "best",
+        "delete",
+        "du",
+        "gc",
+        "get",
+        "list",
+        "load",
+        "open",
+        "pin",
+        "prune",
+        "save",
+        "unpin",
+    ]
     assert sorted(errors.__all__) == [
         "CheckpointConfigError",
         "CheckpointException",

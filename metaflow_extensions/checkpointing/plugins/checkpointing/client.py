@@ -15,7 +15,10 @@ import shutil
 import uuid
 from typing import IO, Any, Callable, Optional, Union
 
+from . import alias
+from .core import retention
 from .core.manifest import Manifest, is_manifest_key, parse_key
+from .core.retention import numeric
 from .core.scope import MANIFESTS, library_prefix, library_scope
 from .core.store import CheckpointStore
 from .core.transfer import Progress
@@ -169,8 +172,9 @@ class Checkpoint:
     # ------------------------------------------------------------------ one checkpoint
     def get(self, reference: Any) -> CheckpointReference:
         """A fresh reference from any spelling of one: a reference or its ``key``/``url``, a
-        task (pathspec or object; its latest checkpoint), or a name (``"resnet50"``, or
-        ``"resnet50@<version id>"``) saved outside any task.
+        task (pathspec or object; its latest checkpoint), a name (``"resnet50"``, or
+        ``"resnet50@<version id>"``) saved outside any task, or an alias of a target:
+        ``"Flow/run@last"``, ``"Flow/run/step@best:val_loss"``, ``"Flow@best:accuracy:max"``.
 
         Raises
         ------
@@ -292,10 +296,148 @@ class Checkpoint:
         """Delete one checkpoint (its manifest; blobs are reclaimed by garbage collection).
 
         Returns the reference of the deleted checkpoint.
+
+        Raises
+        ------
+        CheckpointConfigError
+            The checkpoint is pinned (unpin it first).
         """
         ref = self.get(reference)
         self._store(ref.root).delete(ref.key)
         return ref
+
+    # ------------------------------------------------------------------ lifecycle
+    def pin(self, reference: Any) -> CheckpointReference:
+        """Pin a checkpoint: retention never prunes it and :meth:`delete` refuses it."""
+        ref = self.get(reference)
+        self._store(ref.root).pin(ref.key)
+        return ref
+
+    def unpin(self, reference: Any) -> CheckpointReference:
+        """Remove a pin set with :meth:`pin`."""
+        ref = self.get(reference)
+        self._store(ref.root).pin(ref.key, pinned=False)
+        return ref
+
+    def prune(
+        self,
+        target: Any = None,
+        *,
+        keep_last: Optional[int] = None,
+        keep_best: Any = None,
+        keep_every_steps: Optional[int] = None,
+        keep_every_minutes: Optional[float] = None,
+        dry_run: bool = False,
+        **filters: Any,
+    ) -> list[dict]:
+        """Delete the checkpoints under ``target`` that no retention rule keeps.
+
+        Rules apply per group of one step, foreach split and name, across the runs under
+        ``target`` (per name for named checkpoints).  Kept are: the newest ``keep_last``, the
+        ``keep_best`` (``"val_loss:min:2"``, or a list of such), the first of every
+        ``keep_every_steps`` steps (metadata ``step``) or ``keep_every_minutes`` minutes, every
+        pinned checkpoint, and each group's newest ``latest=True`` checkpoint (what a retry or
+        ``resume`` would load).  ``filters`` are those of :meth:`list`.
+
+        Returns
+        -------
+        list of dict
+            Per group: ``group``, ``kept`` (``{key: [reasons]}``), ``deleted`` (keys) and
+            ``warnings`` (e.g. a metric no checkpoint has: that group is left untouched).
+
+        Raises
+        ------
+        CheckpointConfigError
+            No rule given (that would delete everything), or invalid/contradictory rules;
+            raised before anything is deleted.
+        """
+        policy = retention.build(keep_last, keep_best, keep_every_steps, keep_every_minutes)
+        if policy.empty:
+            raise CheckpointConfigError(
+                "prune needs at least one keep rule (keep_last, keep_best, keep_every_steps, "
+                "keep_every_minutes); without one every checkpoint would be deleted."
+            )
+        refs = self.list(target, **filters)
+        if not refs:
+            return []
+        store = self._store(refs[0].root)
+        headers = [parse_key(r.key) for r in refs]
+
+        def group_of(h) -> str:
+            s = h.scope
+            if s.is_library:
+                return "named:%s" % h.name
+            return "%s/%s[%s]:%s" % (s.flow, s.step, s.foreach, h.name)
+
+        plans = store.prune(headers, policy, group_of=group_of, dry_run=dry_run)
+        return [
+            {"group": g, "kept": p.keep, "deleted": p.delete, "warnings": p.warnings}
+            for g, p in plans
+        ]
+
+    def gc(
+        self,
+        *,
+        grace_hours: float = 6.0,
+        dry_run: bool = False,
+        force: bool = False,
+        log: Optional[Callable[[str], None]] = None,
+    ) -> dict:
+        """Delete stored blobs no checkpoint references any more (after ``delete``/``prune``).
+
+        Blobs younger than ``grace_hours`` are kept, so saves in flight are safe; it is safe to
+        run while flows are saving.  Works on the root of this client (``Checkpoint(root=...)``
+        or the default root).
+
+        Returns
+        -------
+        dict
+            ``manifests``, ``blobs``, ``bytes_total``, ``blobs_referenced``, ``blobs_young``,
+            ``blobs_deleted``, ``bytes_reclaimed``, ``pins_deleted``, ``seconds``, ``dry_run``.
+
+        Raises
+        ------
+        CheckpointConfigError
+            The root has no checkpoint at all (a wrong root?) and ``force`` is false.
+        ManifestError
+            A manifest is unreadable: nothing is deleted.
+        """
+        report = self._store().gc(
+            grace_seconds=float(grace_hours) * 3600.0,
+            dry_run=dry_run,
+            force=force,
+            log=log or (lambda msg: None),
+        )
+        return report.to_json()
+
+    def du(self, target: Any = None, *, by: str = "step", **filters: Any) -> dict:
+        """Storage used by the checkpoints under ``target`` (None: every checkpoint of the
+        root), grouped ``by`` ``"flow"``, ``"step"``, ``"run"`` or ``"name"``.
+
+        ``logical_bytes`` is what loading them would write; ``physical_bytes`` is the size of
+        the distinct blobs they reference (after deduplication and packing).
+
+        Returns
+        -------
+        dict
+            ``rows`` (``group``, ``checkpoints``, ``logical_bytes``, ``physical_bytes``),
+            ``total``, and ``stored_blobs``/``stored_bytes`` of the whole root (including blobs
+            no checkpoint references, which ``gc`` reclaims).
+        """
+        from .core.usage import GROUPINGS
+
+        if by not in GROUPINGS:
+            raise CheckpointConfigError(
+                "by=%r: use one of %s." % (by, ", ".join(repr(g) for g in GROUPINGS))
+            )
+        if target is None and not filters:
+            store = self._store()
+            headers = store.headers(MANIFESTS + "/")
+        else:
+            refs = self.list(target, **filters)
+            store = self._store(refs[0].root if refs else None)
+            headers = [parse_key(r.key) for r in refs]
+        return store.usage(headers, by).to_json()
 
     # ------------------------------------------------------------------ resolution
     def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:
@@ -313,6 +455,14 @@ class Checkpoint:
         if not isinstance(reference, str) or not reference.strip():
             raise CheckpointConfigError(_BAD_REFERENCE % (reference,))
         text = reference.strip()
+        target, at, role = text.rpartition("@")
+        if at and "/" not in role and alias.is_alias(role) and target:
+            # "<target>@best:x": a flow/run/step/task, else the versions of a named checkpoint.
+            is_run_target = "/" in target or _is_flow(target)
+            refs = self.list(target) if is_run_target else self.list(name=target)
+            chosen = alias.pick(refs, role, target)
+            store = self._store(chosen.root)
+            return store, store.read(chosen.key)
         if is_manifest_key(text):
             store = self._store()
             return store, store.read(text)
@@ -355,6 +505,17 @@ _BAD_REFERENCE = (
 )
 
 
+def _is_flow(name: str) -> bool:
+    from metaflow import Flow
+    from metaflow.exception import MetaflowNotFound
+
+    try:
+        Flow(name)
+        return True
+    except MetaflowNotFound:
+        return False
+
+
 def _token() -> str:
     return uuid.uuid4().hex[:8]
 
@@ -366,10 +527,7 @@ def _describe(target: Any) -> str:
 
 
 def _metric(ref: CheckpointReference, field: str) -> Optional[float]:
-    value = ref.metadata.get(field)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    return numeric(ref.metadata.get(field))
 
 
 def _ordered(refs: list[CheckpointReference], order_by: str) -> list[CheckpointReference]:

@@ -52,6 +52,15 @@ class CheckpointDecorator(StepDecorator):
         (upload that file or directory first unless it is already the newest version).
         ``run``/``resume`` fail before any task starts if one is missing.  Local paths are in
         ``current.checkpoint.models[name]`` and ``$METAFLOW_CHECKPOINT_MODEL_<NAME>``.
+    keep_last : int, optional
+        After each save, keep only the newest N checkpoints of that name in this task (all
+        attempts), plus those kept by the other ``keep_*`` rules and pinned ones.
+    keep_best : str or list of str, optional
+        Also keep the best K by a metadata metric: ``"val_loss:min:2"``, ``"accuracy:max"``.
+    keep_every_steps : int, optional
+        Also keep the first checkpoint of every N training steps (metadata field ``step``).
+    keep_every_minutes : float, optional
+        Also keep the first checkpoint of every T minutes.
 
     MF Add To Current
     -----------------
@@ -65,7 +74,16 @@ class CheckpointDecorator(StepDecorator):
     """
 
     name = "checkpoint"
-    defaults = {"load_policy": "fresh", "temp_dir_root": None, "root": None, "models": None}
+    defaults = {
+        "load_policy": "fresh",
+        "temp_dir_root": None,
+        "root": None,
+        "models": None,
+        "keep_last": None,
+        "keep_best": None,
+        "keep_every_steps": None,
+        "keep_every_minutes": None,
+    }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         # Runs in the launcher before any task: bad attributes fail the run here, with no I/O.
@@ -81,9 +99,16 @@ class CheckpointDecorator(StepDecorator):
                     "Step '%s': @checkpoint(%s=%r) must be a non-empty path or URL string."
                     % (step_name, attr, value)
                 )
+        from .core import retention
         from .models import parse_specs
 
         self._models = parse_specs(self.attributes["models"], step_name)
+        try:
+            self._retention = retention.build(
+                **{k: _number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES}
+            )
+        except CheckpointConfigError as exc:
+            raise CheckpointConfigError("Step '%s': %s" % (step_name, exc.message)) from None
         self._step_name = step_name
         self._datastore = (flow_datastore.TYPE, flow_datastore.datastore_root)
         self._directory: Optional[str] = None
@@ -137,7 +162,9 @@ class CheckpointDecorator(StepDecorator):
         if temp_root:
             os.makedirs(temp_root, exist_ok=True)
         self._directory = tempfile.mkdtemp(prefix="mfckpt-%s-" % step_name, dir=temp_root)
-        runtime = CheckpointRuntime(store, scope, self._directory, log=_log)
+        runtime = CheckpointRuntime(
+            store, scope, self._directory, log=_log, retention=self._retention
+        )
         origin = current.origin_run_id
         resolution = store.resolve(
             self.attributes["load_policy"],
@@ -159,6 +186,21 @@ class CheckpointDecorator(StepDecorator):
             if d:
                 shutil.rmtree(d, ignore_errors=True)
         self._directory = self._models_dir = None
+
+
+_RETENTION_ATTRIBUTES = ("keep_last", "keep_best", "keep_every_steps", "keep_every_minutes")
+
+
+def _number_attr(value):
+    """Attributes given on the command line (``--with checkpoint:keep_last=3``) arrive as
+    strings: turn numeric strings into numbers, leave everything else for validation."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
 
 
 def _register_root(metadata, run_id, step_name, task_id, attempt, url) -> None:

@@ -11,8 +11,10 @@ import shutil
 import tempfile
 from typing import Any, Callable, Optional, Union
 
+from . import alias
 from .core.manifest import Manifest, is_manifest_key
 from .core.policies import Resolution
+from .core.retention import Retention
 from .core.scope import DEFAULT_NAME, Scope, step_prefix
 from .core.store import CheckpointStore
 from .errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
@@ -53,11 +55,14 @@ class CheckpointRuntime:
         scope: Scope,
         directory: str,
         log: Callable[[str], None] = print,
+        retention: Optional[Retention] = None,
     ):
         self._store = store
         self._scope = scope
         self._directory = directory
         self._log = log
+        self._retention = retention
+        self._warned: set = set()
         self._info: Optional[CheckpointReference] = None
         self._saved: list[CheckpointReference] = []
         self._models: dict[str, str] = {}
@@ -120,7 +125,27 @@ class CheckpointRuntime:
         manifest = self._store.save(src, self._scope, name=name, metadata=metadata, latest=latest)
         ref = self._reference(manifest)
         self._saved.append(ref)
+        if self._retention is not None and not self._retention.empty:
+            self._apply_retention(manifest.name)
         return ref
+
+    def _apply_retention(self, name: str) -> None:
+        """Prune this task's checkpoints of series ``name`` (all attempts) after a commit.
+
+        The checkpoint just committed is the newest and is always kept.  Pruning is best
+        effort: a storage error here is logged and the save still counts.
+        """
+        from .errors import CheckpointException
+
+        try:
+            headers = self._store.headers(self._scope.task_prefix(), name=name)
+            for _, plan in self._store.prune(headers, self._retention, group_of=lambda h: name):
+                for warning in plan.warnings:
+                    if warning not in self._warned:
+                        self._warned.add(warning)
+                        self._log("[@checkpoint] Warning: %s" % warning)
+        except CheckpointException as exc:
+            self._log("[@checkpoint] Warning: pruning old checkpoints failed: %s" % exc.message)
 
     # ------------------------------------------------------------------ list
     def list(
@@ -272,6 +297,11 @@ class CheckpointRuntime:
             isinstance(reference, str) and len(reference.strip("/").split("/")) == 4
         ):
             return store, self._latest_of_task(_pathspec_of(reference))
+        if isinstance(reference, str) and alias.is_alias(reference):
+            refs = self.list()
+            return store, store.read(
+                alias.pick(refs, reference, "task %s" % self._scope.pathspec).key
+            )
         if isinstance(reference, str) and reference and "/" not in reference:
             return store, store.named(reference)
         raise CheckpointConfigError(
