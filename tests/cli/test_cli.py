@@ -203,10 +203,13 @@ def test_both_entry_points_offer_the_checkpoint_commands(flow_env):
         [str(METAFLOW), "--help"], env=subprocess_env(env), cwd=tmp, capture_output=True, text=True
     )
     assert top.returncode == 0, top.stderr
-    assert re.search(r"^\s+checkpoint\s+Browse, load, upload and delete", top.stdout, re.M)
+    assert re.search(r"^\s+checkpoint\s+Browse, load, upload, prune", top.stdout, re.M)
     for result in (cli(env, tmp, "--help"), cli(env, tmp, "--help", flow=True)):
         commands = re.findall(r"^  (\w+)  ", result.stdout.split("Commands:")[1], re.M)
-        assert commands == ["delete", "download", "list", "load", "show", "upload"]
+        assert commands == [
+            "delete", "download", "du", "gc", "list", "load", "pin", "prune", "show", "unpin",
+            "upload",
+        ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ list

@@ -52,4 +52,3 @@ def pick(refs: Sequence[CheckpointReference], text: str, where: str) -> Checkpoi
         )
     # Stable sort over newest-first refs: ties go to the newest.
     return sorted(scored, key=lambda r: numeric(r.metadata[metric]), reverse=descending)[0]
-

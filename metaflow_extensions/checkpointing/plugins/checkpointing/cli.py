@@ -126,7 +126,7 @@ def cli() -> None:
     """Holds the ``checkpoint`` group for Metaflow's flow CLI and the ``metaflow`` command."""
 
 
-@cli.group(help="Browse, load, upload and delete checkpoints.")
+@cli.group(help="Browse, load, upload, prune and garbage-collect checkpoints.")
 @click.pass_context
 def checkpoint(ctx: click.Context) -> None:
     ctx.obj = CliContext.from_obj(ctx.obj)
@@ -224,6 +224,11 @@ def _user_errors() -> Iterator[None]:
 
     try:
         yield
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
     except MetaflowException as exc:
         raise CliError(_one_line(exc.message or str(exc))) from None
     except OSError as exc:
@@ -483,6 +488,8 @@ def _version(ref: CheckpointReference) -> str:
     Key file names are ``<created>-<attempt>-<seq>-<L|N>-<id>-<name>.json`` (names may contain
     '-', ids never do).
     """
+    if ref.get("version"):
+        return ref["version"]
     stem = ref.key.rsplit("/", 1)[-1][: -len(".json")]
     return stem.split("-", 5)[4]
 
@@ -603,3 +610,7 @@ def _progress(label: str, total: int) -> Iterator[Optional[Callable[[int], None]
         yield update
         with lock:
             bar.update(pending[0])
+
+
+# Lifecycle commands (prune, gc, du, pin, unpin) register themselves on the same group.
+from . import cli_lifecycle  # noqa: E402, F401

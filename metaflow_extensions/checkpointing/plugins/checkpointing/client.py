@@ -99,8 +99,10 @@ class Checkpoint:
             Only checkpoints whose metadata has these values (dict), or for which
             ``where(reference)`` is true.
         order_by : str, optional
-            Order by this metadata field, ascending; ``"-field"`` for descending.  Checkpoints
-            without the field come last.  Default: newest first.
+            Order by this numeric metadata field, ascending; ``"-field"`` for descending.
+            Checkpoints without the field come last.  ``created_on``, ``size``, ``attempt``
+            and ``files_count`` order by the reference's own field unless the metadata has
+            one of that name.  Default: newest first.
         limit : int, optional
             At most this many.
 
@@ -530,12 +532,23 @@ def _metric(ref: CheckpointReference, field: str) -> Optional[float]:
     return numeric(ref.metadata.get(field))
 
 
+#: Reference fields ``order_by`` accepts besides metadata fields.
+ORDER_FIELDS = ("created_on", "size", "attempt", "files_count")
+
+
 def _ordered(refs: list[CheckpointReference], order_by: str) -> list[CheckpointReference]:
     descending = order_by.startswith("-")
     field = order_by.lstrip("-")
-    with_value = [r for r in refs if _metric(r, field) is not None]
-    without = [r for r in refs if _metric(r, field) is None]
-    with_value.sort(key=lambda r: _metric(r, field), reverse=descending)  # stable: newest first
+
+    def value(r: CheckpointReference):
+        v = _metric(r, field)
+        if v is None and field in ORDER_FIELDS and field not in r.metadata:
+            return r[field]
+        return v
+
+    with_value = [r for r in refs if value(r) is not None]
+    without = [r for r in refs if value(r) is None]
+    with_value.sort(key=value, reverse=descending)  # stable: ties stay newest first
     return with_value + without
 
 

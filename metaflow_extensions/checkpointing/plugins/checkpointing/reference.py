@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from .core.manifest import Manifest, ManifestHeader, iso_time
+from .core.manifest import Manifest, ManifestHeader, iso_time, parse_key
 
 #: Fields every reference carries.
 FIELDS = (
     "key",
+    "version",
     "url",
     "root",
     "name",
@@ -37,13 +38,15 @@ FIELDS = (
 class CheckpointReference(dict):
     """A committed checkpoint: a mapping with attribute access.
 
-    Keys/attributes: ``key`` (manifest key relative to ``root``), ``url`` (full URL of the
-    manifest), ``root`` (checkpoint store root), ``name``, ``pathspec`` (``Flow/run/step/task``
-    of the writer), ``attempt``, ``created_on`` (ISO-8601 UTC), ``metadata`` (user dict),
-    ``latest``, ``size`` (bytes of files), ``files_count``, ``stats`` (save statistics:
-    bytes read/uploaded/deduplicated, seconds per phase), ``namespace``, ``flow``, ``step``,
-    ``foreach``, ``run``, ``task``.  ``pathspec``, ``run`` and ``task`` are None for a named
-    checkpoint saved outside any task (``Checkpoint().save(path, name=...)``).
+    Keys/attributes: ``key`` (manifest key relative to ``root``), ``version`` (the
+    checkpoint's 16-hex id; ``name@version`` addresses a named checkpoint), ``url`` (full URL
+    of the manifest), ``root`` (checkpoint store root), ``name``, ``pathspec``
+    (``Flow/run/step/task`` of the writer), ``attempt``, ``created_on`` (ISO-8601 UTC),
+    ``metadata`` (user dict), ``latest``, ``size`` (bytes of files), ``files_count``,
+    ``stats`` (save statistics: bytes read/uploaded/deduplicated, seconds per phase),
+    ``namespace``, ``flow``, ``step``, ``foreach``, ``run``, ``task``.  ``pathspec``, ``run``
+    and ``task`` are None for a named checkpoint saved outside any task
+    (``Checkpoint().save(path, name=...)``).
 
     Methods read from the checkpoint's store (``root``): :meth:`load` downloads it,
     :meth:`open` streams one file, :attr:`files` lists its files.
@@ -125,6 +128,7 @@ class CheckpointReference(dict):
         task_of = None if scope.is_library else scope
         return cls(
             key=key,
+            version=parse_key(key).id,
             url=url,
             root=root,
             pathspec=task_of and task_of.pathspec,

@@ -1,0 +1,226 @@
+"""Lifecycle commands of the ``checkpoint`` CLI: ``prune``, ``gc``, ``du``, ``pin``, ``unpin``.
+
+Registered on the same group as the browsing commands (imported at the end of :mod:`.cli`);
+everything goes through the public client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from metaflow._vendor import click
+
+from .cli import (
+    CliContext,
+    _echo_json,
+    _echo_table,
+    _reference_label,
+    command,
+    json_option,
+    namespace_options,
+    root_option,
+)
+from .fmt import human_size
+
+
+@command(
+    "prune",
+    help="Delete the checkpoints no retention rule keeps.\n\n"
+    "Rules apply per step, foreach split and name, across the runs under TARGET (Flow, "
+    "Flow/run_id, Flow/run_id/step; default: the flow of 'python flow.py', or the named "
+    "checkpoints). Kept are the checkpoints any rule keeps, pinned ones, and each group's "
+    "newest latest=True checkpoint (what a retry or resume loads). Only manifests are deleted: "
+    "run 'checkpoint gc' to reclaim storage. At least one --keep-* rule is required.",
+)
+@click.argument("target", required=False)
+@click.option("--flow", "flow", default=None, help="Same as TARGET=FLOW.")
+@click.option("--step", default=None, help="Only this step.")
+@click.option("--run", "run_id", default=None, help="Only this run id.")
+@click.option("--name", default=None, help="Only this checkpoint name (series).")
+@click.option("--keep-last", type=int, default=None, metavar="N", help="Keep the newest N.")
+@click.option(
+    "--keep-best",
+    multiple=True,
+    metavar="METRIC[:min|max[:K]]",
+    help="Keep the K best by a numeric metadata field, e.g. val_loss:min:2 (repeatable).",
+)
+@click.option(
+    "--keep-every-steps",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Keep the first checkpoint of every N steps (metadata field 'step').",
+)
+@click.option(
+    "--keep-every-minutes",
+    type=float,
+    default=None,
+    metavar="T",
+    help="Keep the first checkpoint of every T minutes.",
+)
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@json_option
+@namespace_options
+@root_option
+def prune(
+    ctx: CliContext,
+    target: Optional[str],
+    flow: Optional[str],
+    step: Optional[str],
+    run_id: Optional[str],
+    name: Optional[str],
+    keep_last: Optional[int],
+    keep_best: tuple,
+    keep_every_steps: Optional[int],
+    keep_every_minutes: Optional[float],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Apply retention rules across runs; ``--dry-run`` shows the plan without deleting."""
+    if target and flow:
+        raise click.UsageError("Give either TARGET or --flow, not both.")
+    target = target or flow or ctx.flow_name
+    client = ctx.run_client() if target else ctx.store_client()
+    plans = client.prune(
+        target,
+        keep_last=keep_last,
+        keep_best=list(keep_best) or None,
+        keep_every_steps=keep_every_steps,
+        keep_every_minutes=keep_every_minutes,
+        dry_run=dry_run,
+        step=step,
+        run=run_id,
+        name=name,
+    )
+    for plan in plans:
+        for warning in plan["warnings"]:
+            click.echo("Warning: %s" % warning, err=True)
+    if as_json:
+        _echo_json(plans)
+        return
+    if not plans:
+        click.echo("No checkpoints of %s." % (target or "named checkpoints"), err=True)
+        return
+    rows = [["GROUP", "KEPT", "DELETED" if not dry_run else "WOULD DELETE"]]
+    rows += [[p["group"], str(len(p["kept"])), str(len(p["deleted"]))] for p in plans]
+    _echo_table(rows)
+    deleted = sum(len(p["deleted"]) for p in plans)
+    if dry_run:
+        click.echo("Dry run: %d checkpoints would be deleted." % deleted)
+    else:
+        click.echo(
+            "Deleted %d checkpoints; run 'checkpoint gc' to reclaim their storage." % deleted
+        )
+
+
+@command(
+    "gc",
+    help="Reclaim storage: delete stored data no checkpoint references any more.\n\n"
+    "Data younger than --grace-hours (default 6) is kept, so saves in flight are safe; it is "
+    "safe to run while flows save. A store holding no checkpoint at all is refused unless "
+    "--force (probably the wrong --root).",
+)
+@click.option("--dry-run", is_flag=True, help="Only report what would be reclaimed.")
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(min=0),
+    default=6.0,
+    show_default=True,
+    help="Never delete data younger than this.",
+)
+@click.option("--force", is_flag=True, help="Collect a store that has no checkpoint.")
+@json_option
+@root_option
+def gc(ctx: CliContext, dry_run: bool, grace_hours: float, force: bool, as_json: bool) -> None:
+    """Mark and sweep the blobs of the store; report bytes reclaimed."""
+    client = ctx.store_client()
+    report = client.gc(
+        grace_hours=grace_hours,
+        dry_run=dry_run,
+        force=force,
+        log=lambda msg: click.echo(msg, err=True),
+    )
+    if as_json:
+        _echo_json(report)
+        return
+    verb = "Would reclaim" if dry_run else "Reclaimed"
+    click.echo(
+        "%s %s in %d blobs (of %d blobs, %s; %d referenced by %d checkpoints, %d younger than "
+        "%g h kept) in %.1f s."
+        % (
+            verb,
+            human_size(report["bytes_reclaimed"]),
+            report["blobs_deleted"],
+            report["blobs"],
+            human_size(report["bytes_total"]),
+            report["blobs_referenced"],
+            report["manifests"],
+            report["blobs_young"],
+            grace_hours,
+            report["seconds"],
+        )
+    )
+
+
+@command(
+    "du",
+    help="Storage used by checkpoints: logical bytes against physical bytes after dedup.\n\n"
+    "TARGET is Flow, Flow/run_id or Flow/run_id/step (default: every checkpoint of the store). "
+    "Physical bytes count the distinct stored blobs a group references; 'stored' is every "
+    "blob of the store, including data only 'gc' would reclaim.",
+)
+@click.argument("target", required=False)
+@click.option(
+    "--by",
+    type=click.Choice(["flow", "step", "run", "name"]),
+    default="step",
+    show_default=True,
+    help="Group rows by.",
+)
+@json_option
+@namespace_options
+@root_option
+def du(ctx: CliContext, target: Optional[str], by: str, as_json: bool) -> None:
+    """Print logical and physical bytes per group."""
+    client = ctx.run_client() if target else ctx.store_client()
+    usage = client.du(target, by=by)
+    if as_json:
+        click.echo(json.dumps(usage, indent=2, sort_keys=True))
+        return
+    rows = [[by.upper(), "CHECKPOINTS", "LOGICAL", "PHYSICAL"]]
+    for r in usage["rows"] + [usage["total"]]:
+        rows.append(
+            [
+                r["group"],
+                str(r["checkpoints"]),
+                human_size(r["logical_bytes"]),
+                human_size(r["physical_bytes"]),
+            ]
+        )
+    _echo_table(rows)
+    click.echo(
+        "stored: %s in %d blobs" % (human_size(usage["stored_bytes"]), usage["stored_blobs"])
+    )
+
+
+def _pin_command(name: str, pinned: bool, help: str) -> None:
+    @command(name, help=help)
+    @click.argument("reference")
+    @namespace_options
+    @root_option
+    def run(ctx: CliContext, reference: str) -> None:
+        client = ctx.client_for(reference)
+        ref = client.pin(reference) if pinned else client.unpin(reference)
+        click.echo(
+            "%s %s (%s)." % ("Pinned" if pinned else "Unpinned", _reference_label(ref), ref.key)
+        )
+
+
+_pin_command(
+    "pin",
+    True,
+    "Pin a checkpoint: retention never prunes it and delete refuses it.\n\n"
+    "REFERENCE is as for 'show'.",
+)
+_pin_command("unpin", False, "Remove a pin.\n\nREFERENCE is as for 'show'.")

@@ -1,0 +1,119 @@
+"""``checkpoint prune / gc / du / pin / unpin`` and aliases on the command line, against real
+runs of cli_flow.py (local datastore), as subprocesses."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import flow_environment
+from integration.flowrun import run_flow
+
+from .test_cli import (  # noqa: F401 - _client_namespace is an autouse fixture
+    FLOW,
+    FLOW_FILE,
+    _client_namespace,
+    assert_user_error,
+    cli,
+    tree,
+    weights,
+)
+
+pytestmark = pytest.mark.flow
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    (tmp_path / "home").mkdir()
+    env = flow_environment(tmp_path)
+    first = run_flow(FLOW_FILE, env, tmp_path)
+    second = run_flow(FLOW_FILE, env, tmp_path)
+    return env, tmp_path, first.id, second.id
+
+
+def test_prune_gc_du_and_pins(two_runs):
+    env, tmp, first, second = two_runs
+    # Pin the oldest checkpoint of the first run, then preview and apply keep-last 1.
+    oldest = cli(env, tmp, "list", "%s/%s" % (FLOW, first), "--name", "mfchckpt", "--json").json()
+    pinned = oldest[-1]
+    out = cli(env, tmp, "pin", pinned["key"]).stdout
+    assert out.startswith("Pinned %s" % pinned["pathspec"])
+    assert_user_error(cli(env, tmp, "delete", pinned["key"], "--yes", expect=1), "is pinned")
+
+    dry = cli(env, tmp, "prune", "--flow", FLOW, "--step", "train", "--keep-last", "1", "--dry-run")
+    assert "WOULD DELETE" in dry.stdout and "Dry run: 5 checkpoints would be deleted." in dry.stdout
+    assert len(cli(env, tmp, "list", FLOW, "--json").json()) == 8  # nothing deleted
+
+    before = cli(env, tmp, "du", "--json").json()
+    done = cli(env, tmp, "prune", FLOW, "--step", "train", "--keep-last", "1", "--json").json()
+    groups = {g["group"]: g for g in done}
+    assert sorted(groups) == ["%s/train[_]:final" % FLOW, "%s/train[_]:mfchckpt" % FLOW]
+    assert groups["%s/train[_]:mfchckpt" % FLOW]["kept"][pinned["key"]] == ["pinned"]
+    left = cli(env, tmp, "list", FLOW, "--json").json()
+    assert len(left) == 3  # newest of each series + the pinned one
+    assert pinned["key"] in {r["key"] for r in left}
+
+    # GC: the default grace period keeps everything this young; --grace-hours 0 reclaims.
+    young = cli(env, tmp, "gc")
+    assert young.stdout.startswith("Reclaimed 0 B in 0 blobs")
+    report = cli(env, tmp, "gc", "--grace-hours", "0", "--json").json()
+    assert report["blobs_deleted"] > 0 and report["bytes_reclaimed"] > 0
+    after = cli(env, tmp, "du", "--json").json()
+    assert after["stored_bytes"] == before["stored_bytes"] - report["bytes_reclaimed"]
+    assert after["stored_bytes"] == after["total"]["physical_bytes"]
+    table = cli(env, tmp, "du", FLOW, "--by", "run").table()
+    assert table[0] == ["RUN", "CHECKPOINTS", "LOGICAL", "PHYSICAL"]
+    assert {row[0] for row in table[1:-1]} == {
+        "%s/%s" % (FLOW, first),
+        "%s/%s" % (FLOW, second),
+        "total",
+    }
+
+    # Everything left still loads, byte for byte.
+    dest = tmp / "restored"
+    cli(env, tmp, "load", pinned["key"], dest)
+    assert tree(dest)["weights.bin"] == weights(0)
+    cli(env, tmp, "unpin", pinned["key"])
+    cli(env, tmp, "delete", pinned["key"], "--yes")
+
+
+def test_aliases_address_last_and_best(two_runs):
+    env, tmp, first, second = two_runs
+    best = cli(env, tmp, "show", "%s/%s@best:val_loss" % (FLOW, first), "--json").json()
+    assert best["metadata"]["val_loss"] == 0.2 and best["run"] == first
+    last = cli(env, tmp, "show", "%s@last" % FLOW, "--json").json()
+    assert last["run"] == second and last["name"] == "mfchckpt" and last["metadata"]["epoch"] == 2
+    worst = cli(env, tmp, "show", "%s@best:val_loss:max" % FLOW, "--json").json()
+    assert worst["metadata"]["val_loss"] == 0.5
+    assert_user_error(
+        cli(env, tmp, "show", "%s@best:accuracy" % FLOW, expect=1), "numeric metadata field"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prune", FLOW], "needs at least one keep rule"),
+        (["prune", FLOW, "--keep-best", "loss:median"], "mode must be 'min'"),
+        (["prune", FLOW, "--keep-best", "a:min", "--keep-best", "a:max"], "contradictory"),
+        (["prune", FLOW, "--keep-last", "-1"], "keep_last=-1"),
+        (["gc", "--root", "{empty}"], "holds no checkpoint manifest"),
+    ],
+)
+def test_lifecycle_bad_input_deletes_nothing(tmp_path, args, message):
+    (tmp_path / "home").mkdir()
+    env = flow_environment(tmp_path)
+    run_flow(FLOW_FILE, env, tmp_path)
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
+    before = cli(env, tmp_path, "list", FLOW, "--json").json()
+    assert_user_error(cli(env, tmp_path, *args, expect=1), message)
+    assert cli(env, tmp_path, "list", FLOW, "--json").json() == before
+
+
+def test_prune_warns_about_an_unknown_metric_and_keeps_the_group(tmp_path):
+    (tmp_path / "home").mkdir()
+    env = flow_environment(tmp_path)
+    run_flow(FLOW_FILE, env, tmp_path)
+    out = cli(env, tmp_path, "prune", FLOW, "--keep-best", "f1:max")
+    assert "Warning: No checkpoint of %s/train[_]:mfchckpt has a numeric 'f1'" % FLOW in out.stderr
+    assert "Deleted 0 checkpoints" in out.stdout
+    assert len(cli(env, tmp_path, "list", FLOW, "--json").json()) == 4
