@@ -493,3 +493,12 @@ def test_a_task_without_checkpoints_says_so():
 def test_options_must_be_a_dict():
     with pytest.raises(TypeError, match="options must be a dict"):
         CheckpointCard(options="loss")
+
+
+def test_a_long_history_shows_the_newest_rows_and_plots_every_save():
+    refs = newest_first(*(ref(i, {"loss": 1.0 / i}) for i in range(1, 603)))
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", metric="loss"))
+    rows = dom.find_all("tr", "checkpoint")
+    assert len(rows) == 500
+    assert "newest 500 of 602 checkpoints" in " ".join(n.text() for n in dom.find_all("p", "note"))
+    assert len(plot_points(dom)) == 602

@@ -27,6 +27,8 @@ __all__ = ["CheckpointCard", "render_checkpoints"]
 
 #: Longest metadata value shown in the table; the full value is in the cell's tooltip.
 MAX_VALUE_CHARS = 80
+#: Rows of the table (newest first); the plot always shows every checkpoint.
+MAX_ROWS = 500
 
 # Plot geometry (SVG user units).
 _WIDTH, _HEIGHT = 640, 320
@@ -175,7 +177,14 @@ def render_checkpoints(
         parts.append('<p class="note">No numeric metadata to plot.</p>')
     else:
         parts.append(_plot(oldest_first, chosen, x))
-    parts.append(_table(refs, order))
+    shown = refs[:MAX_ROWS]
+    parts.append(_table(shown, order))
+    if len(refs) > len(shown):
+        parts.append(
+            '<p class="note">Table shows the newest %d of %d checkpoints; list them all with '
+            "<code>Checkpoint().list(&quot;%s&quot;)</code>.</p>"
+            % (len(shown), len(refs), _esc(pathspec))
+        )
     return _page(title, parts)
 
 
@@ -218,6 +227,8 @@ def _page(title: str, parts: list[str]) -> str:
 
 
 def _summary(oldest_first: list) -> str:
+    from ...checkpointing.fmt import human_size
+
     total = sum(int(r.get("size") or 0) for r in oldest_first)
     attempts = sorted({r.get("attempt") for r in oldest_first if r.get("attempt") is not None})
     text = "%d checkpoint%s, %s in total" % (
@@ -234,6 +245,8 @@ def _summary(oldest_first: list) -> str:
 
 
 def _table(refs: Sequence[Mapping[str, Any]], order: dict) -> str:
+    from ...checkpointing.fmt import human_size
+
     rows = [
         '<table class="checkpoints"><thead><tr>'
         '<th class="num">#</th><th>Created (UTC)</th><th>Name</th><th class="num">Size</th>'
@@ -413,16 +426,6 @@ def nice_ticks(
     end = math.ceil(hi / step) * step
     n = int(round((end - start) / step))
     return start, end, [start + k * step for k in range(n + 1)]
-
-
-def human_size(size: int) -> str:
-    """``size`` bytes in binary units: ``512 B``, ``1.5 KiB``, ``3.0 MiB``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return "%d B" % size if unit == "B" else "%.1f %s" % (value, unit)
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _number(value: Any) -> Optional[float]:
