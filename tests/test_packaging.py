@@ -147,7 +147,9 @@ def test_public_api_is_locked():
     public_client = sorted(n for n in dir(metaflow.Checkpoint) if not n.startswith("_"))
     assert public_client == [
         "best",
+        "close",
         "delete",
+        "directory",
         "du",
         "gc",
         "get",

@@ -28,7 +28,9 @@ class EnvDirFlow(FlowSpec):
         self.checkpoint_settings_seen = sorted(
             k
             for k in os.environ
-            if k.startswith("METAFLOW_CHECKPOINT_") and k != "METAFLOW_CHECKPOINT_DIR"
+            # The task's own exports for its child processes are not settings.
+            if k.startswith("METAFLOW_CHECKPOINT_")
+            and k not in ("METAFLOW_CHECKPOINT_DIR", "METAFLOW_CHECKPOINT_TASK")
         )
         self.directory = ckpt.directory
         if current.retry_count == 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from typing import IO, Any, Callable, Optional, Union
 
@@ -19,12 +20,13 @@ from . import alias
 from .core import retention
 from .core.manifest import Manifest, is_manifest_key, parse_key
 from .core.retention import numeric
-from .core.scope import MANIFESTS, library_prefix, library_scope
+from .core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
 from .core.store import CheckpointStore
 from .core.transfer import Progress
 from .errors import CheckpointConfigError, CheckpointNotFound
 from .locate import default_root, locate, parse_target
 from .reference import CheckpointReference
+from .task_context import TaskContext
 
 Where = Union[dict, Callable[[CheckpointReference], bool], None]
 
@@ -32,16 +34,70 @@ Where = Union[dict, Callable[[CheckpointReference], bool], None]
 class Checkpoint:
     """Checkpoints of flows, runs, steps and tasks, and named checkpoints, from anywhere.
 
+    Inside a ``@checkpoint`` task, and in any process it starts (``torchrun`` workers,
+    ``subprocess`` children) or code without access to ``current`` (framework callbacks),
+    ``Checkpoint()`` saves, lists and loads in that task's scope exactly as
+    ``current.checkpoint`` does.  Elsewhere (a notebook, a script) it browses runs and saves
+    named checkpoints.
+
     Parameters
     ----------
     root : str, optional
         Checkpoint store root (path or URL).  Default: the store a run's tasks recorded, else
-        ``METAFLOW_CHECKPOINT_ROOT``, else ``<default datastore root>/mf.checkpointing``.
+        ``METAFLOW_CHECKPOINT_ROOT``, else ``<default datastore root>/mf.checkpointing``.  Giving
+        a root inside a task makes this a plain client of that store.
+    temp_dir_root : str, optional
+        Parent of the directory ``init_dir=True`` creates (default: the task's
+        ``temp_dir_root``, else the system temp dir).
+    init_dir : bool
+        Create a fresh empty :attr:`directory` for this object (removed by :meth:`close` or at
+        the end of a ``with`` block).
+
+    Examples
+    --------
+    In a subprocess of a ``@checkpoint`` task (e.g. rank 0 of ``torchrun``)::
+
+        with Checkpoint(init_dir=True) as ckpt:
+            torch.save(model.state_dict(), os.path.join(ckpt.directory, "model.pt"))
+            ckpt.save(metadata={"step": step})
     """
 
-    def __init__(self, root: Optional[str] = None):
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        temp_dir_root: Optional[str] = None,
+        init_dir: bool = False,
+    ):
         self._root = root
         self._stores: dict[str, CheckpointStore] = {}
+        self._task = TaskContext.from_env() if root is None else None
+        self._own_dir: Optional[str] = None
+        if init_dir:
+            parent = temp_dir_root or (self._task.temp_dir_root if self._task else None)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            self._own_dir = tempfile.mkdtemp(prefix="mfckpt-", dir=parent)
+        self._runtime = self._task.runtime(self.directory) if self._task else None
+
+    @property
+    def directory(self) -> Optional[str]:
+        """The local directory :meth:`save` saves by default: the one ``init_dir=True``
+        created, else the task's ``current.checkpoint.directory``; None outside a task."""
+        if self._own_dir:
+            return self._own_dir
+        return self._task.directory if self._task else None
+
+    def close(self) -> None:
+        """Remove the directory ``init_dir=True`` created (a ``with`` block does this)."""
+        if self._own_dir:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ stores
     def _store(self, url: Optional[str] = None) -> CheckpointStore:
@@ -113,6 +169,13 @@ class Checkpoint:
         CheckpointScopeError
             The run is not visible in the current namespace.
         """
+        if self._runtime is not None and target is None:
+            # In a task: this task's checkpoints, as current.checkpoint.list() returns them.
+            refs = self._runtime.list(name=name, attempt=attempt)
+            refs = [r for r in refs if not latest_only or r.latest]
+            refs = _filter(refs, where)
+            refs = _ordered(refs, order_by) if order_by else refs
+            return refs[:limit] if limit is not None else refs
         if target is None:
             store = self._store()
             prefixes = [library_prefix()]
@@ -197,12 +260,16 @@ class Checkpoint:
     def load(
         self,
         reference: Any,
-        path: str,
+        path: Optional[str] = None,
         *,
         force: bool = False,
         progress: Optional[Progress] = None,
     ) -> str:
         """Download a checkpoint into the directory ``path``; return its absolute path.
+
+        In a task (or a process it started), this is ``current.checkpoint.load()``: ``path``
+        defaults to :attr:`directory`, which then holds exactly the checkpoint, and
+        ``reference`` may also be an alias (``"last"``, ``"best:val_loss"``).
 
         Parameters
         ----------
@@ -221,6 +288,12 @@ class Checkpoint:
         CheckpointConfigError
             ``path`` is a file, or a non-empty directory without ``force`` (nothing written).
         """
+        if self._runtime is not None:
+            return self._runtime.load(reference, path)
+        if path is None:
+            raise CheckpointConfigError(
+                "load() outside a task needs a target directory: Checkpoint().load(ref, path)."
+            )
         target = os.path.abspath(os.fspath(path))
         if os.path.exists(target) and not os.path.isdir(target):
             raise CheckpointConfigError("Cannot load into %s: it is a file." % target)
@@ -260,15 +333,18 @@ class Checkpoint:
     # ------------------------------------------------------------------ named checkpoints
     def save(
         self,
-        path: str,
-        *,
-        name: str,
+        path: Optional[str] = None,
         metadata: Optional[dict] = None,
+        latest: bool = True,
+        name: Optional[str] = None,
         progress: Optional[Progress] = None,
     ) -> CheckpointReference:
-        """Save a file or directory as a new version of the named checkpoint ``name``.
+        """Save a file or directory as a checkpoint and return its reference once committed.
 
-        Content identical to the newest version (same files, bytes and metadata) is not
+        In a task (or a process it started): a checkpoint of that task, as
+        ``current.checkpoint.save()`` makes; ``path`` defaults to :attr:`directory` and
+        ``name`` to ``"mfchckpt"``.  Elsewhere: a new version of the named checkpoint
+        ``name`` (required, as is ``path``); content identical to the newest version is not
         saved again: that version is returned, with ``stats["reused"]`` true and 0 bytes
         uploaded.  Flow steps load it with ``current.checkpoint.load(name)`` or
         ``@checkpoint(models=[name])``.
@@ -276,8 +352,18 @@ class Checkpoint:
         Raises
         ------
         CheckpointConfigError
-            ``path`` does not exist, or ``name``/``metadata`` are invalid (nothing uploaded).
+            ``path`` does not exist, a required argument is missing, or ``name``/``metadata``
+            are invalid (nothing uploaded).
         """
+        if self._runtime is not None:
+            return self._runtime.save(
+                path, metadata=metadata, name=name or DEFAULT_NAME, latest=latest
+            )
+        if path is None or name is None:
+            raise CheckpointConfigError(
+                "Outside a @checkpoint task, save() makes a named checkpoint: pass both a path "
+                "and a name, e.g. Checkpoint().save('./model.pt', name='resnet50')."
+            )
         src = os.path.abspath(os.fspath(path))
         if not os.path.exists(src):
             raise CheckpointConfigError("Cannot save %s: no such file or directory." % src)
@@ -287,6 +373,7 @@ class Checkpoint:
             library_scope(name),
             name=name,
             metadata=metadata,
+            latest=latest,
             reuse_identical=True,
             progress=progress,
         )

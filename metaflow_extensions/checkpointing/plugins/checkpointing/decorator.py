@@ -180,12 +180,25 @@ class CheckpointDecorator(StepDecorator):
             runtime._models = load_models(store, self._models, self._models_dir)
         current._update_env({"checkpoint": runtime})
         os.environ[DIRECTORY_ENV] = self._directory
+        # Child processes and callbacks save into this task with `Checkpoint()`.
+        from .task_context import TASK_ENV, TaskContext
+
+        os.environ[TASK_ENV] = TaskContext(
+            root=store.url,
+            scope=scope,
+            directory=self._directory,
+            temp_dir_root=temp_root,
+            retention={k: _number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES},
+        ).to_env()
 
     def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
         for d in (self._directory, self._models_dir):
             if d:
                 shutil.rmtree(d, ignore_errors=True)
         self._directory = self._models_dir = None
+        from .task_context import TASK_ENV
+
+        os.environ.pop(TASK_ENV, None)
 
 
 _RETENTION_ATTRIBUTES = ("keep_last", "keep_best", "keep_every_steps", "keep_every_minutes")
