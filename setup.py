@@ -25,7 +25,8 @@ setup(
     extras_require={
         "s3": ["boto3>=1.28"],
         # A CPU build of exactly this torch lies on the build machines; other specs pull CUDA.
-        "torch": ["torch==2.13.0", "safetensors>=0.4"],
+        # numpy: TrainingState saves and restores NumPy's RNG state as well.
+        "torch": ["torch==2.13.0", "safetensors>=0.4", "numpy>=1.22"],
         "test": [
             "boto3>=1.28",
             "moto[server]>=5.0",

@@ -118,7 +118,7 @@ def test_public_api_is_locked():
     )
     from metaflow_extensions.checkpointing.toplevel import checkpointing_toplevel as top
 
-    assert top.__all__ == ["Checkpoint", "CheckpointReference"]
+    assert top.__all__ == ["Checkpoint", "CheckpointReference", "TrainingState", "Every"]
     for name in top.__all__:
         assert getattr(metaflow, name) is getattr(top, name)
     assert CheckpointDecorator.name == "checkpoint"

@@ -1,13 +1,15 @@
 """Names this extension adds to ``metaflow`` (``from metaflow import Checkpoint``).
 
 This is the one place public top-level names are declared; ``tests/test_packaging.py`` locks
-the list.  Loaded on every ``import metaflow``: keep it light.
+the list.  Loaded on every ``import metaflow``: keep it light (``frameworks.pytorch`` imports
+torch only inside its methods).
 """
 
 from ..plugins.checkpointing.client import Checkpoint
+from ..plugins.checkpointing.frameworks.pytorch import Every, TrainingState
 from ..plugins.checkpointing.reference import CheckpointReference
 
 __mf_extensions__ = "checkpointing"
 __version__ = "0.1.0"
 
-__all__ = ["Checkpoint", "CheckpointReference"]
+__all__ = ["Checkpoint", "CheckpointReference", "TrainingState", "Every"]

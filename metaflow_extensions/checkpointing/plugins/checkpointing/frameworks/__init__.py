@@ -1,0 +1,1 @@
+"""Training-framework helpers (PyTorch, Lightning); the only modules that import torch, lazily."""

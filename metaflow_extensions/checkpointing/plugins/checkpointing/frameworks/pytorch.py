@@ -1,0 +1,640 @@
+"""Save and restore a PyTorch training state through ``current.checkpoint``.
+
+``TrainingState`` holds references to the live objects of a training loop (models, optimizers,
+LR schedulers, a ``GradScaler``, anything with ``state_dict()``/``load_state_dict()``), the
+step and epoch counters, a small JSON ``extra`` dict and, unless disabled, the random number
+generators of Python, NumPy and torch (CPU and CUDA).  ``Every`` decides when a loop saves.
+
+Files a state writes into a directory::
+
+    <name>.safetensors   each torch.nn.Module (safetensors: raw tensors, nothing executable)
+    <name>.pt            every other object's state_dict (torch.save)
+    rng.pt               RNG states (torch.save of tensors, tuples and numbers)
+    state.json           counters, extra and the list of the files above; written last
+
+Loading never unpickles arbitrary objects: ``.pt`` files are read with
+``torch.load(weights_only=True)`` and ``write()`` reads each one back the same way, so a state
+that could not be restored fails at save time, not on the retry that needs it.
+
+torch, safetensors and numpy are imported inside functions only: this module is imported by
+``import metaflow`` (through the top-level names) and must stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import random
+import re
+import tempfile
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from ..core.scope import DEFAULT_NAME
+from ..errors import CheckpointException
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..reference import CheckpointReference
+
+STATE_FILE = "state.json"
+RNG_FILE = "rng.pt"
+FORMAT = "metaflow-checkpointing/training-state"
+FORMAT_VERSION = 1
+# File names are built from object names: keep them plain and distinct from our own files.
+_OBJECT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
+_RESERVED = {"rng", "state"}
+
+__all__ = ["Every", "TrainingState", "TrainingStateError"]
+
+
+class TrainingStateError(CheckpointException):
+    """A training state that cannot be written, or a directory whose state cannot be restored."""
+
+    headline = "Cannot save or restore the training state"
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise TrainingStateError(
+            "TrainingState needs PyTorch: pip install 'metaflow-checkpointing[torch]'."
+        ) from exc
+    return torch
+
+
+def _is_module(obj: Any) -> bool:
+    torch = _torch()
+    return isinstance(obj, torch.nn.Module)
+
+
+def _unwrap(module: Any) -> Any:
+    """The module whose state_dict has plain keys: DDP/DataParallel's ``.module``, a compiled
+    module's ``_orig_mod``.  Checkpoints then load into wrapped and unwrapped models alike."""
+    torch = _torch()
+    while True:
+        if isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Write ``path`` through a temporary file renamed into place, so an interrupted write
+    never leaves a torn file that a later ``checkpoint.save()`` would upload."""
+    directory, base = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % base, suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _safe_load(path: str, what: str, weights_only: bool = True) -> Any:
+    """``torch.load`` a state file on CPU; with ``weights_only`` (the default) nothing but
+    tensors, containers, numbers and strings is ever unpickled."""
+    torch = _torch()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        raise TrainingStateError(
+            "Refusing to load %s (%s): it holds objects that torch.load(weights_only=True) does "
+            "not allow, and nothing in it was executed. Detail: %s. If you wrote this file "
+            "yourself, register its classes with torch.serialization.add_safe_globals([...]), or "
+            "pass weights_only=False to TrainingState to unpickle it (runs arbitrary code: only "
+            "for files you trust)." % (what, path, first[0] if first else exc.__class__.__name__)
+        ) from exc
+
+
+# ------------------------------------------------------------------------------------- RNG
+def capture_rng() -> dict:
+    """RNG states of Python ``random``, NumPy's global generator (if NumPy is importable),
+    torch's CPU generator and, if CUDA is available and initialised, every CUDA device's.
+
+    The result holds only tensors, tuples, ints, floats and strings, so it round-trips through
+    ``torch.save`` / ``torch.load(weights_only=True)``.
+    """
+    torch = _torch()
+    version, internal, gauss = random.getstate()
+    states: dict = {"python": (version, tuple(internal), gauss)}
+    try:
+        import numpy as np
+    except ImportError:
+        np = None
+    if np is not None:
+        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        states["numpy"] = {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
+    states["torch"] = torch.get_rng_state()
+    # Only if CUDA is in use: initialising it just to read a state nobody drew from would
+    # create a context (and hold memory) on every visible device.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = list(torch.cuda.get_rng_state_all())
+    return states
+
+
+def restore_rng(states: dict) -> list[str]:
+    """Set the generators captured by :func:`capture_rng`; return the sources restored.
+
+    A source that was captured but is unavailable here (NumPy not installed, no CUDA, fewer
+    CUDA devices) is skipped with a warning.
+    """
+    torch = _torch()
+    restored = []
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+        restored.append("python")
+    if "numpy" in states:
+        try:
+            import numpy as np
+        except ImportError:
+            warnings.warn(
+                "The checkpoint holds NumPy's RNG state but NumPy is not installed.", stacklevel=2
+            )
+        else:
+            s = states["numpy"]
+            keys = s["keys"].numpy().astype(np.uint32)
+            np.random.set_state(
+                (s["name"], keys, int(s["pos"]), int(s["has_gauss"]), float(s["cached_gaussian"]))
+            )
+            restored.append("numpy")
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+        restored.append("torch")
+    if "cuda" in states:
+        saved = list(states["cuda"])
+        if not torch.cuda.is_available():
+            warnings.warn(
+                "The checkpoint holds CUDA RNG states but CUDA is not available: not restored.",
+                stacklevel=2,
+            )
+        else:
+            count = torch.cuda.device_count()
+            if count != len(saved):
+                warnings.warn(
+                    "The checkpoint holds RNG states of %d CUDA devices, this machine has %d: "
+                    "restoring the first %d." % (len(saved), count, min(count, len(saved))),
+                    stacklevel=2,
+                )
+            for i in range(min(count, len(saved))):
+                torch.cuda.set_rng_state(saved[i], device=i)
+            restored.append("cuda")
+    return restored
+
+
+# ------------------------------------------------------------------------------------- state
+class TrainingState:
+    """The state of a training loop, saved and restored as one checkpoint.
+
+    Holds references to the live objects; ``write``/``save`` read their current state and
+    ``read``/``restore`` load a saved state back into them in place.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, optional
+        Saved as ``model.safetensors``.  DDP, DataParallel and ``torch.compile`` wrappers are
+        unwrapped, so the file loads into the bare module too.
+    optimizer : torch.optim.Optimizer, optional
+        Saved as ``optimizer.pt`` (momentum buffers, Adam moments, step counts, param groups).
+    scheduler : LR scheduler, optional
+        Saved as ``scheduler.pt``.
+    scaler : torch.amp.GradScaler, optional
+        Saved as ``scaler.pt``.
+    step, epoch : int
+        Counters restored by ``read()``; update ``state.step`` / ``state.epoch`` as you train.
+    extra : dict, optional
+        Small JSON-serialisable values restored with the counters (a loss history, a best
+        metric, the position in a data stream).
+    rng : bool
+        Save and restore the RNG states of Python ``random``, NumPy's global generator (if
+        installed) and torch (CPU, and CUDA when initialised).  Default True: a resumed run
+        then draws the same dropout masks, augmentations and shuffles as an uninterrupted one.
+    weights_only : bool
+        Default True: ``.pt`` files are read with ``torch.load(weights_only=True)``, which only
+        rebuilds tensors, containers, numbers and strings (plus classes you registered with
+        ``torch.serialization.add_safe_globals``), and ``write()`` checks that they can be.
+        False unpickles arbitrary Python objects, which runs code stored in the file: use it
+        only for checkpoints you wrote yourself, never for ones you downloaded.
+    **objects
+        More objects to save under their keyword names (letters, digits, ``_``, ``-``), e.g.
+        ``discriminator=disc, opt_d=opt_d, ema=ema_model``.  Modules are saved with
+        safetensors, anything else with a ``state_dict()`` / ``load_state_dict()`` as ``.pt``.
+
+    Examples
+    --------
+    >>> state = TrainingState(model=model, optimizer=optimizer, scheduler=scheduler)
+    >>> state.restore(current.checkpoint)          # False on a first attempt
+    >>> every = Every(steps=100, seconds=600)
+    >>> while state.step < total_steps:
+    ...     train_one_batch()
+    ...     state.step += 1
+    ...     if every.due(state.step, final=state.step == total_steps):
+    ...         state.save(current.checkpoint, metadata={"loss": loss.item()})
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        *,
+        step: int = 0,
+        epoch: int = 0,
+        extra: Optional[dict] = None,
+        rng: bool = True,
+        weights_only: bool = True,
+        **objects: Any,
+    ):
+        named = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        named.update(objects)
+        self._objects: dict[str, Any] = {}
+        for name, obj in named.items():
+            if obj is None:
+                continue
+            if not isinstance(name, str) or not _OBJECT_NAME.match(name) or name in _RESERVED:
+                raise TrainingStateError(
+                    "Cannot track an object named %r: names become file names, so use letters, "
+                    "digits, '_' and '-' (at most 100), and not %s."
+                    % (name, " or ".join(repr(r) for r in sorted(_RESERVED)))
+                )
+            if not (
+                callable(getattr(obj, "state_dict", None))
+                and callable(getattr(obj, "load_state_dict", None))
+            ):
+                raise TrainingStateError(
+                    "Cannot track %s=%r: it needs state_dict() and load_state_dict() methods "
+                    "(a module, optimizer, LR scheduler, GradScaler, ...). Put plain values in "
+                    "extra={...}." % (name, type(obj).__name__)
+                )
+            self._objects[name] = obj
+        self.step = step
+        self.epoch = epoch
+        self.extra: dict = dict(extra or {})
+        self.rng = bool(rng)
+        self.weights_only = bool(weights_only)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def objects(self) -> dict[str, Any]:
+        """The tracked objects by name (a copy; pass new ones to the constructor)."""
+        return dict(self._objects)
+
+    def __getattr__(self, name: str) -> Any:
+        # state.model, state.optimizer, state.discriminator, ... for the tracked objects.
+        objects = self.__dict__.get("_objects", {})
+        if name in objects:
+            return objects[name]
+        raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name))
+
+    def __repr__(self) -> str:
+        return "TrainingState(%s, step=%d, epoch=%d, rng=%s)" % (
+            ", ".join("%s=%s" % (k, type(v).__name__) for k, v in self._objects.items()),
+            self.step,
+            self.epoch,
+            self.rng,
+        )
+
+    # ------------------------------------------------------------------ write / read
+    def write(self, directory: str) -> dict:
+        """Write the state's files into ``directory`` (created if needed).
+
+        Each file is written to a temporary name and renamed into place; ``state.json`` comes
+        last, so a directory never describes files that are not complete.  Other files in the
+        directory are left alone.
+
+        Parameters
+        ----------
+        directory : str
+            Target directory, typically ``current.checkpoint.directory``.
+
+        Returns
+        -------
+        dict
+            The contents of ``state.json``.
+
+        Raises
+        ------
+        TrainingStateError
+            If a counter is not an integer, ``extra`` is not JSON-serialisable, or a state
+            could not be read back with ``torch.load(weights_only=True)``.
+        """
+        torch = _torch()
+        for counter in ("step", "epoch"):
+            value = getattr(self, counter)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TrainingStateError(
+                    "state.%s=%r must be an int (e.g. int(%s))." % (counter, value, counter)
+                )
+        try:
+            extra_json = json.loads(json.dumps(self.extra))
+        except (TypeError, ValueError) as exc:
+            raise TrainingStateError(
+                "state.extra must be JSON-serialisable (numbers, strings, lists, dicts): %s. "
+                "Convert tensors with .item() or .tolist()." % exc
+            ) from exc
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        files: dict[str, dict] = {}
+        for name, obj in self._objects.items():
+            if _is_module(obj):
+                from safetensors.torch import save_model
+
+                module = _unwrap(obj)
+                path = os.path.join(directory, name + ".safetensors")
+                _replace_atomically(path, lambda p, m=module: save_model(m, p))
+                files[name] = {"file": name + ".safetensors", "kind": "module"}
+            else:
+                path = os.path.join(directory, name + ".pt")
+                state = obj.state_dict()
+                _replace_atomically(path, lambda p, s=state: torch.save(s, p))
+                if self.weights_only:
+                    self._check_loadable(path, name, obj)
+                files[name] = {
+                    "file": name + ".pt",
+                    "kind": "state_dict",
+                    "type": "%s.%s" % (type(obj).__module__, type(obj).__qualname__),
+                }
+        rng_sources: list[str] = []
+        if self.rng:
+            states = capture_rng()
+            rng_sources = sorted(states)
+            _replace_atomically(os.path.join(directory, RNG_FILE), lambda p: torch.save(states, p))
+        doc = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "extra": extra_json,
+            "objects": files,
+            "rng": {"file": RNG_FILE, "sources": rng_sources} if self.rng else None,
+            "torch_version": str(torch.__version__),
+        }
+
+        def write_json(p: str) -> None:
+            with open(p, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+
+        _replace_atomically(os.path.join(directory, STATE_FILE), write_json)
+        return doc
+
+    @staticmethod
+    def _check_loadable(path: str, name: str, obj: Any) -> None:
+        """Read a just-written ``.pt`` back as ``read()`` will (memory-mapped: no tensor data is
+        copied), so an unrestorable state fails now rather than on the retry."""
+        torch = _torch()
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()
+            raise TrainingStateError(
+                "The state_dict() of %s (%s) cannot be read back with "
+                "torch.load(weights_only=True), so it could not be restored safely: %s. Make it "
+                "hold only tensors and plain Python values, or register its classes with "
+                "torch.serialization.add_safe_globals([...])."
+                % (name, type(obj).__name__, first[0] if first else exc)
+            ) from exc
+
+    def read(self, directory: str, *, strict: bool = True) -> bool:
+        """Restore the state saved in ``directory`` into the tracked objects, in place.
+
+        Sets ``step``, ``epoch`` and ``extra``, loads every object, then the RNG states (last,
+        so nothing drawn while loading shifts them).
+
+        Parameters
+        ----------
+        directory : str
+            A directory written by :meth:`write`, e.g. ``current.checkpoint.directory`` or the
+            path returned by ``current.checkpoint.load(...)`` or ``Checkpoint().load(...)``.
+        strict : bool
+            Default True: the saved objects and the tracked ones must have the same names, so a
+            resumed run never mixes fresh and restored objects unnoticed.  False restores the
+            tracked objects the directory has and ignores the rest (e.g. only the model, for
+            evaluation).  Module keys are always matched strictly.
+
+        Returns
+        -------
+        bool
+            True if a state was restored, False if ``directory`` holds no ``state.json``.
+
+        Raises
+        ------
+        TrainingStateError
+            If ``state.json`` is unreadable or of a newer format, the objects do not match
+            (``strict``), or a ``.pt`` file holds objects that may not be unpickled.
+        """
+        directory = os.fspath(directory)
+        state_path = os.path.join(directory, STATE_FILE)
+        if not os.path.isfile(state_path):
+            return False
+        try:
+            with open(state_path, encoding="utf-8") as f:
+                doc = json.load(f)
+            if doc.get("format") != FORMAT:
+                raise ValueError("not a training state (format %r)" % (doc.get("format"),))
+            if int(doc.get("version", 0)) > FORMAT_VERSION:
+                raise ValueError(
+                    "format version %s is newer than this package reads (%d): upgrade "
+                    "metaflow-checkpointing" % (doc.get("version"), FORMAT_VERSION)
+                )
+            saved: dict = doc["objects"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TrainingStateError("Cannot read %s: %s." % (state_path, exc)) from exc
+        missing = [n for n in self._objects if n not in saved]
+        unexpected = [n for n in saved if n not in self._objects]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append("not saved there: %s" % ", ".join(missing))
+            if unexpected:
+                parts.append("saved there but not tracked: %s" % ", ".join(unexpected))
+            raise TrainingStateError(
+                "The training state in %s does not match this TrainingState (%s). Track the same "
+                "objects as the code that saved it, or pass strict=False to restore only the "
+                "ones both have." % (directory, "; ".join(parts))
+            )
+        for name, obj in self._objects.items():
+            if name not in saved:
+                continue
+            entry = saved[name]
+            path = os.path.join(directory, os.path.basename(entry["file"]))
+            if not os.path.isfile(path):
+                raise TrainingStateError(
+                    "%s lists %s for %s, but the file is missing." % (state_path, path, name)
+                )
+            if entry.get("kind") == "module":
+                if not _is_module(obj):
+                    raise TrainingStateError(
+                        "%s was saved as a torch.nn.Module but is now a %s."
+                        % (name, type(obj).__name__)
+                    )
+                from safetensors.torch import load_model
+
+                load_model(_unwrap(obj), path, strict=True)
+            else:
+                obj.load_state_dict(_safe_load(path, name, self.weights_only))
+        rng = doc.get("rng")
+        if self.rng and rng:
+            # Our own file: only tensors, tuples and numbers, never anything else.
+            restore_rng(_safe_load(os.path.join(directory, RNG_FILE), "the RNG states"))
+        self.step = int(doc.get("step", 0))
+        self.epoch = int(doc.get("epoch", 0))
+        self.extra = dict(doc.get("extra") or {})
+        return True
+
+    # ------------------------------------------------------------------ through a checkpoint
+    def save(
+        self,
+        checkpoint: Any,
+        metadata: Optional[dict] = None,
+        name: str = DEFAULT_NAME,
+        latest: bool = True,
+        **save_options: Any,
+    ) -> CheckpointReference:
+        """Write the state into ``checkpoint.directory`` and save that directory.
+
+        Parameters
+        ----------
+        checkpoint : current.checkpoint
+            The task's checkpoint object (or anything with ``directory`` and
+            ``save(path, metadata, name, latest)``, such as ``Checkpoint(init_dir=True)`` in
+            a subprocess).
+        metadata : dict, optional
+            Checkpoint metadata (e.g. ``{"loss": 0.31}``).  ``step`` and ``epoch`` are added
+            unless given, so retention rules (``keep_every_steps``) and listings see them.
+        name : str
+            Checkpoint series name (default ``"mfchckpt"``).
+        latest : bool
+            Whether a retry or resume may load this checkpoint automatically (default True).
+        **save_options
+            Passed on to ``checkpoint.save`` as they are.
+
+        Returns
+        -------
+        CheckpointReference
+            The committed checkpoint (what ``checkpoint.save`` returns).
+        """
+        self.write(checkpoint.directory)
+        meta = {"step": self.step, "epoch": self.epoch}
+        meta.update(metadata or {})
+        return checkpoint.save(metadata=meta, name=name, latest=latest, **save_options)
+
+    def restore(self, checkpoint: Any, *, strict: bool = True) -> bool:
+        """Restore the state from the checkpoint loaded when the task started.
+
+        Parameters
+        ----------
+        checkpoint : current.checkpoint
+            The task's checkpoint object.  Nothing happens unless ``checkpoint.is_loaded``
+            (a first attempt, or ``load_policy="none"``: then call
+            ``state.read(current.checkpoint.load(ref))``).
+        strict : bool
+            See :meth:`read`.
+
+        Returns
+        -------
+        bool
+            True if the state was restored, False if there was none to restore.
+        """
+        if not getattr(checkpoint, "is_loaded", False):
+            return False
+        return self.read(checkpoint.directory, strict=strict)
+
+
+# ------------------------------------------------------------------------------------- Every
+class Every:
+    """When to save in a training loop: every ``steps`` steps, every ``seconds`` seconds, or
+    whichever comes first if both are given.
+
+    Parameters
+    ----------
+    steps : int, optional
+        Due at every step that is a positive multiple of ``steps``.  Multiples of the global
+        step, so the schedule continues unchanged after a resume.
+    seconds : float, optional
+        Due when this many seconds have passed since the last due step (or since creation).
+    clock : callable
+        Returns the current time in seconds (default ``time.monotonic``); for tests.
+
+    Examples
+    --------
+    >>> every = Every(steps=500, seconds=15 * 60)
+    >>> for step in range(start, total):
+    ...     train(step)
+    ...     if every.due(step + 1, final=step + 1 == total):
+    ...         state.save(current.checkpoint)
+    """
+
+    def __init__(
+        self,
+        steps: Optional[int] = None,
+        seconds: Optional[float] = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
+            raise TrainingStateError("Every(steps=%r): steps must be a whole number." % (steps,))
+        if steps is not None and steps < 1:
+            raise TrainingStateError("Every(steps=%r): steps must be at least 1." % (steps,))
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        ):
+            raise TrainingStateError(
+                "Every(seconds=%r): seconds must be a positive number." % (seconds,)
+            )
+        if steps is None and seconds is None:
+            raise TrainingStateError("Every() needs steps=, seconds= or both.")
+        self.steps = steps
+        self.seconds = seconds
+        self._clock = clock
+        self._last_time = clock()
+        self._last_step: Optional[int] = None
+
+    def due(self, step: int, *, final: bool = False) -> bool:
+        """True if the loop should save now, at ``step``; the caller is expected to save.
+
+        A step is due once: asking again for the same step returns False.
+
+        Parameters
+        ----------
+        step : int
+            The global step just completed.
+        final : bool
+            The last step of the loop: due unless this step was already due (so the final
+            state is saved exactly once).
+        """
+        if step == self._last_step:
+            return False
+        now = self._clock()
+        due = (
+            final
+            or (self.steps is not None and step > 0 and step % self.steps == 0)
+            or (self.seconds is not None and now - self._last_time >= self.seconds)
+        )
+        if due:
+            self._last_step = step
+            self._last_time = now
+        return due
+
+    def __repr__(self) -> str:
+        return "Every(steps=%r, seconds=%r)" % (self.steps, self.seconds)

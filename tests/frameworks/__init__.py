@@ -1,0 +1,1 @@
+"""Tests of the training-framework helpers (PyTorch, Lightning)."""
