@@ -1,0 +1,77 @@
+"""Train a tiny model with TrainingState + Every; attempt 0 may crash after ``crash_after`` steps.
+
+Every step draws from torch (batch indices, dropout), NumPy (input noise) and Python ``random``
+(a sign flip), so a resumed attempt matches an uninterrupted run only if all three RNG states
+are restored.  ``crash_after=0`` never crashes.  The final state dicts are artifacts, compared
+bitwise by the test.
+"""
+
+import random
+
+from metaflow import Every, FlowSpec, Parameter, TrainingState, checkpoint, current, retry, step
+
+
+class TorchResumeFlow(FlowSpec):
+    steps = Parameter("steps", default=10, help="Optimizer steps in total.")
+    save_every = Parameter("save_every", default=4, help="Save every N steps.")
+    crash_after = Parameter("crash_after", default=0, help="Attempt 0 crashes after this step.")
+
+    @step
+    def start(self):
+        self.next(self.train)
+
+    @checkpoint
+    @retry(times=1)
+    @step
+    def train(self):
+        import numpy as np
+        import torch
+
+        random.seed(0)
+        np.random.seed(0)
+        torch.manual_seed(0)
+        x_all = torch.randn(64, 4)
+        y_all = x_all.sum(dim=1, keepdim=True).sin()
+        model = torch.nn.Sequential(
+            torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1)
+        )
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=2)
+        state = TrainingState(model, optimizer, scheduler, scaler, extra={"losses": []})
+
+        self.resumed_at = state.step if state.restore(current.checkpoint) else None
+        every = Every(steps=self.save_every)
+        while state.step < self.steps:
+            idx = torch.randint(0, 64, (8,))
+            noise = torch.from_numpy(np.random.normal(0, 0.1, size=(8, 4)).astype("float32"))
+            x = x_all[idx] + noise
+            if random.random() < 0.5:
+                x = -x
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y_all[idx])
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            state.step += 1
+            state.extra["losses"].append(loss.item())
+            if every.due(state.step, final=state.step == self.steps):
+                state.save(current.checkpoint, metadata={"loss": loss.item()})
+            if current.retry_count == 0 and state.step == self.crash_after:
+                raise RuntimeError("Simulated crash after step %d" % state.step)
+
+        self.model_state = model.state_dict()
+        self.optimizer_state = optimizer.state_dict()
+        self.scheduler_state = scheduler.state_dict()
+        self.scaler_state = scaler.state_dict()
+        self.losses = state.extra["losses"]
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    TorchResumeFlow()
