@@ -27,6 +27,8 @@ setup(
         # A CPU build of exactly this torch lies on the build machines; other specs pull CUDA.
         # numpy: TrainingState saves and restores NumPy's RNG state as well.
         "torch": ["torch==2.13.0", "safetensors>=0.4", "numpy>=1.22"],
+        # frameworks/lightning.py: CheckpointCallback (also works with the `lightning` package).
+        "lightning": ["pytorch-lightning>=2.1"],
         "test": [
             "boto3>=1.28",
             "moto[server]>=5.0",
@@ -36,6 +38,7 @@ setup(
             "psutil>=5.9",
             "ruff>=0.6",
             "mkdocs>=1.6",
+            "pytorch-lightning>=2.1",
         ],
         "docs": ["mkdocs>=1.6"],
     },
