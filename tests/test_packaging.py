@@ -135,14 +135,19 @@ def test_public_api_is_locked():
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [
         "directory",
+        "flush",
         "info",
         "is_loaded",
         "list",
         "load",
         "load_initial",
         "models",
+        "on_interrupt",
+        "pause",
+        "pending",
         "save",
         "scope",
+        "should_pause",
     ]
     public_client = sorted(n for n in dir(metaflow.Checkpoint) if not n.startswith("_"))
     assert public_client == [
@@ -156,6 +161,7 @@ def test_public_api_is_locked():
         "list",
         "load",
         "open",
+        "pause",
         "pin",
         "prune",
         "save",
@@ -166,7 +172,9 @@ def test_public_api_is_locked():
         "CheckpointException",
         "CheckpointIncomplete",
         "CheckpointIntegrityError",
+        "CheckpointInterrupted",
         "CheckpointNotFound",
+        "CheckpointPaused",
         "CheckpointScopeError",
         "ManifestError",
         "StorageError",

@@ -22,3 +22,7 @@ CHECKPOINT_RETRY_SECONDS = from_conf("CHECKPOINT_RETRY_SECONDS", 120)
 CHECKPOINT_TIMEOUT_SECONDS = from_conf("CHECKPOINT_TIMEOUT_SECONDS", 60)
 # fsync local writes before renaming them into place.
 CHECKPOINT_FSYNC = from_conf("CHECKPOINT_FSYNC", False)
+# Staged bytes of background (blocking=False) saves a task may hold before save() waits.
+CHECKPOINT_ASYNC_BUDGET = from_conf("CHECKPOINT_ASYNC_BUDGET", 4 * 1024 * 1024 * 1024)
+# Seconds between two looks at the store for a pause request (should_pause()).
+CHECKPOINT_PAUSE_POLL_SECONDS = from_conf("CHECKPOINT_PAUSE_POLL_SECONDS", 5.0)

@@ -224,3 +224,27 @@ _pin_command(
     "REFERENCE is as for 'show'.",
 )
 _pin_command("unpin", False, "Remove a pin.\n\nREFERENCE is as for 'show'.")
+
+
+@command(
+    "pause",
+    help="Ask the tasks of a run, or one task, to pause at their next check.\n\n"
+    "TARGET is Flow/run_id or Flow/run_id/step/task_id. Tasks that call "
+    "current.checkpoint.should_pause() see the request within a few seconds, save, and end "
+    "as paused (not retried); 'python flow.py resume' continues from their checkpoints. "
+    "--clear withdraws the request.",
+)
+@click.argument("target")
+@click.option("--reason", default=None, help="Shown in the task's log.")
+@click.option("--clear", is_flag=True, help="Withdraw the pause request.")
+@namespace_options
+@root_option
+def pause(ctx: CliContext, target: str, reason: Optional[str], clear: bool) -> None:
+    """Record (or clear) a pause request for a run or task."""
+    ctx.run_client().pause(target, reason, clear=clear)
+    if clear:
+        click.echo("Pause request for %s withdrawn." % target)
+    else:
+        click.echo(
+            "Pause requested for %s; tasks polling should_pause() will save and stop." % target
+        )

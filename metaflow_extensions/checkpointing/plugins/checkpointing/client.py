@@ -528,6 +528,39 @@ class Checkpoint:
             headers = [parse_key(r.key) for r in refs]
         return store.usage(headers, by).to_json()
 
+    def pause(self, target: Any, reason: Optional[str] = None, *, clear: bool = False) -> str:
+        """Ask the tasks of a run (``"Flow/run"``) or one task (``"Flow/run/step/task"``) to
+        pause: their ``current.checkpoint.should_pause()`` becomes true within a few seconds.
+        ``clear=True`` withdraws the request.  Returns the key of the request object.
+
+        Raises
+        ------
+        CheckpointConfigError
+            ``target`` is not a run or task pathspec.
+        CheckpointNotFound, CheckpointScopeError
+            Unknown run, or a run outside the current namespace.
+        """
+        from metaflow import get_namespace
+
+        from . import pause as control
+
+        t = parse_target(target)
+        if t.run is None or (t.step is not None and t.task is None):
+            raise CheckpointConfigError(
+                "%r: pause a run ('Flow/run_id') or a task ('Flow/run_id/step/task_id')."
+                % (target,)
+            )
+        store = self._store(locate(t, self._root).root)
+        if t.task is None:
+            key = control.run_key(t.flow, t.run)
+        else:
+            key = control.task_key(t.flow, t.run, t.step, t.task)
+        if clear:
+            control.clear(store.storage, key)
+        else:
+            control.request(store.storage, key, reason, get_namespace())
+        return key
+
     # ------------------------------------------------------------------ resolution
     def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:
         if isinstance(reference, dict):

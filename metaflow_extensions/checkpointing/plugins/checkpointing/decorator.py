@@ -61,6 +61,13 @@ class CheckpointDecorator(StepDecorator):
         Also keep the first checkpoint of every N training steps (metadata field ``step``).
     keep_every_minutes : float, optional
         Also keep the first checkpoint of every T minutes.
+    save_on_interrupt : bool, default False
+        On SIGTERM or Ctrl+C, save :attr:`current.checkpoint.directory` as a final checkpoint
+        (after the ``on_interrupt`` callbacks ran) before the task stops.  Pending background
+        saves are always committed first.
+    save_on_failure : bool, default False
+        When the step's code raises, save ``current.checkpoint.directory`` before the task
+        fails, so the retry starts from the state at the failure.
 
     MF Add To Current
     -----------------
@@ -83,6 +90,8 @@ class CheckpointDecorator(StepDecorator):
         "keep_best": None,
         "keep_every_steps": None,
         "keep_every_minutes": None,
+        "save_on_interrupt": False,
+        "save_on_failure": False,
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
@@ -111,8 +120,13 @@ class CheckpointDecorator(StepDecorator):
             raise CheckpointConfigError("Step '%s': %s" % (step_name, exc.message)) from None
         self._step_name = step_name
         self._datastore = (flow_datastore.TYPE, flow_datastore.datastore_root)
+        for attr in ("save_on_interrupt", "save_on_failure"):
+            self.attributes[attr] = _bool_attr(self.attributes[attr], attr, step_name)
         self._directory: Optional[str] = None
         self._models_dir: Optional[str] = None
+        self._runtime = None
+        self._signals: dict = {}
+        self._paused = False
 
     def runtime_init(self, flow, graph, package, run_id):
         # Launcher of a local run/resume, before any task: a missing model fails the run here.
@@ -178,6 +192,11 @@ class CheckpointDecorator(StepDecorator):
 
             self._models_dir = tempfile.mkdtemp(prefix="mfckpt-models-", dir=temp_root)
             runtime._models = load_models(store, self._models, self._models_dir)
+        runtime._save_on_interrupt = self.attributes["save_on_interrupt"]
+        self._runtime = runtime
+        from . import interrupts
+
+        self._signals = interrupts.install(runtime)
         current._update_env({"checkpoint": runtime})
         os.environ[DIRECTORY_ENV] = self._directory
         # Child processes and callbacks save into this task with `Checkpoint()`.
@@ -191,7 +210,41 @@ class CheckpointDecorator(StepDecorator):
             retention={k: _number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES},
         ).to_env()
 
+    def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
+        # The step succeeded: it is done only once its background saves are committed, and a
+        # failed one fails the task (before its artifacts are persisted as a success).
+        if self._runtime is not None:
+            self._runtime.flush()
+
+    def task_exception(self, exception, step_name, flow, graph, retry_count, max_user_code_retries):
+        from .errors import CheckpointInterrupted, CheckpointPaused
+
+        runtime = self._runtime
+        if runtime is None:
+            return None
+        if isinstance(exception, CheckpointPaused):
+            self._paused = True
+        elif self.attributes["save_on_failure"] and not isinstance(
+            exception, CheckpointInterrupted
+        ):
+            try:
+                ref = runtime.save(metadata={"reason": "failure", "error": repr(exception)[:500]})
+                _log("[@checkpoint] Saved checkpoint %s after the step failed." % ref.key)
+            except Exception as exc:  # noqa: BLE001 - the step's own error matters more
+                _log("[@checkpoint] Saving after the failure failed too: %s" % exc)
+        runtime.flush(raise_errors=False)
+        return None  # never handles the exception: the task fails, @retry decides
+
     def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
+        from . import interrupts
+
+        interrupts.restore(self._signals)
+        self._signals = {}
+        if self._runtime is not None:
+            self._runtime.flush(raise_errors=False)
+            self._runtime = None
+        if self._paused:
+            _exit_as_paused()
         for d in (self._directory, self._models_dir):
             if d:
                 shutil.rmtree(d, ignore_errors=True)
@@ -202,6 +255,36 @@ class CheckpointDecorator(StepDecorator):
 
 
 _RETENTION_ATTRIBUTES = ("keep_last", "keep_best", "keep_every_steps", "keep_every_minutes")
+
+
+def _bool_attr(value, name: str, step_name: str) -> bool:
+    """True/False, also from the command line (``--with checkpoint:save_on_failure=true``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise CheckpointConfigError(
+        "Step '%s': @checkpoint(%s=%r) must be True or False." % (step_name, name, value)
+    )
+
+
+def _exit_as_paused() -> None:
+    """Make the task process exit with Metaflow's "do not retry" code once Metaflow is done.
+
+    The attempt is recorded as failed; the runtime does not retry it, the run stops when the
+    other running tasks end, and ``resume`` re-runs the task from its last checkpoint.
+    """
+    import atexit
+
+    from metaflow.exception import METAFLOW_EXIT_DISALLOW_RETRY
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(METAFLOW_EXIT_DISALLOW_RETRY)
+
+    _log("[@checkpoint] Task paused; it will not be retried. Continue with `resume`.")
+    atexit.register(leave)
 
 
 def _number_attr(value):

@@ -64,12 +64,28 @@ class StorageNotFound(StorageError):
     headline = "Object not found in checkpoint storage"
 
 
+class CheckpointInterrupted(CheckpointException):
+    """The task received SIGTERM or SIGINT; pending saves were committed first (the task fails
+    so that ``@retry`` or ``resume`` continues from its last checkpoint)."""
+
+    headline = "Task interrupted"
+
+
+class CheckpointPaused(CheckpointException):
+    """Raised by ``current.checkpoint.pause()``: the task ends as paused, is not retried, and
+    ``resume`` continues from its last checkpoint."""
+
+    headline = "Task paused"
+
+
 __all__ = [
     "CheckpointConfigError",
     "CheckpointException",
     "CheckpointIncomplete",
     "CheckpointIntegrityError",
+    "CheckpointInterrupted",
     "CheckpointNotFound",
+    "CheckpointPaused",
     "CheckpointScopeError",
     "ManifestError",
     "StorageError",

@@ -12,12 +12,20 @@ import tempfile
 from typing import Any, Callable, Optional, Union
 
 from . import alias
+from .background import BackgroundSaver, SaveHandle, snapshot
+from .background import failure as background_failure
 from .core.manifest import Manifest, is_manifest_key
 from .core.policies import Resolution
 from .core.retention import Retention
 from .core.scope import DEFAULT_NAME, Scope, step_prefix
 from .core.store import CheckpointStore
-from .errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
+from .errors import (
+    CheckpointConfigError,
+    CheckpointNotFound,
+    CheckpointPaused,
+    CheckpointScopeError,
+)
+from .pause import PausePoller
 from .reference import CheckpointReference
 
 Reference = Union[CheckpointReference, dict, str, Any]
@@ -63,9 +71,16 @@ class CheckpointRuntime:
         self._log = log
         self._retention = retention
         self._warned: set = set()
+        self._background: Optional[BackgroundSaver] = None
+        self._interrupt_callbacks: list[Callable[[], None]] = []
+        self._pause = PausePoller(store.storage, scope)
         self._info: Optional[CheckpointReference] = None
         self._saved: list[CheckpointReference] = []
         self._models: dict[str, str] = {}
+        self._busy = 0  # blocking saves in progress (a signal then waits for them)
+        self._interrupted: Optional[int] = None
+        self._handling = False
+        self._save_on_interrupt = False
 
     # ------------------------------------------------------------------ properties
     @property
@@ -101,7 +116,8 @@ class CheckpointRuntime:
         metadata: Optional[dict] = None,
         name: str = DEFAULT_NAME,
         latest: bool = True,
-    ) -> CheckpointReference:
+        blocking: bool = True,
+    ) -> Union[CheckpointReference, SaveHandle]:
         """Save a directory or file as a checkpoint and return its reference.
 
         Parameters
@@ -114,20 +130,134 @@ class CheckpointRuntime:
             Series name; several series can live in one task.  Default ``"mfchckpt"``.
         latest : bool
             Whether this checkpoint may be loaded automatically on retry / resume.
+        blocking : bool
+            ``False``: return a :class:`SaveHandle` as soon as the files are snapshotted (an
+            in-kernel copy beside :attr:`directory`); hashing, upload and commit continue in the
+            background, in order.  The task waits for them before it finishes and fails if
+            one fails.
 
         Returns
         -------
-        CheckpointReference
+        CheckpointReference or SaveHandle
             Picklable reference (a dict with attribute access); store it as an artifact and
-            ``load()`` it in a later step or run.  Returned only once the checkpoint is committed.
+            ``load()`` it in a later step or run.  Returned only once the checkpoint is
+            committed.  With ``blocking=False``, a handle whose ``wait()`` returns it.
         """
+        from .core.manifest import validate_metadata
+        from .core.scope import validate_name
+
         src = self._directory if path is None else os.fspath(path)
-        manifest = self._store.save(src, self._scope, name=name, metadata=metadata, latest=latest)
+        if not blocking:
+            # Validate now: a bad argument must fail here, not later in the background.
+            validate_name(name)
+            metadata = validate_metadata(metadata)
+            return self._save_in_background(src, metadata, name, latest)
+        self._busy += 1
+        try:
+            manifest = self._store.save(
+                src, self._scope, name=name, metadata=metadata, latest=latest
+            )
+        finally:
+            self._busy -= 1
+        ref = self._committed(manifest)
+        if self._interrupted is not None and not self._busy:
+            self._on_signal(self._interrupted, None)  # a signal arrived during this save
+        return ref
+
+    def _committed(self, manifest: Manifest) -> CheckpointReference:
         ref = self._reference(manifest)
         self._saved.append(ref)
         if self._retention is not None and not self._retention.empty:
             self._apply_retention(manifest.name)
         return ref
+
+    def _save_in_background(self, src: str, metadata: dict, name: str, latest: bool) -> SaveHandle:
+        from .core.commit import next_seq
+        from .core.manifest import now_ms
+        from .settings import async_budget
+
+        if self._background is None:
+            self._background = BackgroundSaver(async_budget())
+        size = _source_bytes(src)
+        self._background.reserve(size)
+        created, seq = now_ms(), next_seq()
+        try:
+            staging, staged, nbytes = snapshot(src, os.path.dirname(self._directory))
+        except BaseException:
+            self._background.reserve(-size)
+            raise
+        self._background.reserve(nbytes - size)
+
+        def commit() -> CheckpointReference:
+            manifest = self._store.save(
+                staged,
+                self._scope,
+                name=name,
+                metadata=metadata,
+                latest=latest,
+                created_ms=created,
+                seq=seq,
+            )
+            return self._committed(manifest)
+
+        return self._background.submit("save of %s (%r)" % (src, name), staging, nbytes, commit)
+
+    def pending(self) -> list[SaveHandle]:
+        """Background saves not committed yet."""
+        return self._background.pending() if self._background else []
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait for every background save.
+
+        Raises
+        ------
+        CheckpointException
+            One of them failed (unless ``raise_errors`` is false; then it is logged).
+        """
+        if self._background is None:
+            return
+        failed = self._background.wait_all()
+        if failed:
+            error = background_failure(failed)
+            if raise_errors:
+                raise error
+            self._log("[@checkpoint] %s" % error.message)
+
+    # ------------------------------------------------------------------ interruption, pause
+    def on_interrupt(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the task receives SIGTERM or SIGINT, before pending saves
+        are finished (and before the final save of ``@checkpoint(save_on_interrupt=True)``):
+        write the state you want saved into :attr:`directory` there, or save it yourself."""
+        self._interrupt_callbacks.append(callback)
+
+    def should_pause(self) -> bool:
+        """True once a pause was requested for this run or task (``metaflow checkpoint pause``).
+
+        Cheap enough to call every batch: the store is asked at most every
+        ``METAFLOW_CHECKPOINT_PAUSE_POLL_SECONDS`` (default 5).
+        """
+        return self._pause.requested()
+
+    def pause(self, reason: str = "pause requested") -> None:
+        """Finish pending saves, then end the task as paused: it is not retried, and
+        ``python flow.py resume`` continues from its last checkpoint.  Save first.
+
+        Raises
+        ------
+        CheckpointPaused
+            Always (it ends the step's code).
+        """
+        self.flush()
+        raise CheckpointPaused(
+            "Task %s paused (%s); continue with `python <flow>.py resume`."
+            % (self._scope.pathspec, reason)
+        )
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Signal handler body (installed by the decorator): see ``interrupts.py``."""
+        from . import interrupts
+
+        interrupts.handle(self, signum)
 
     def _apply_retention(self, name: str) -> None:
         """Prune this task's checkpoints of series ``name`` (all attempts) after a commit.
@@ -335,6 +465,20 @@ class CheckpointRuntime:
                 "Checkpoint %s belongs to flow %r, not %r; pass namespace_check=False to load it "
                 "anyway." % (manifest.key, theirs.flow, ours.flow)
             )
+
+
+def _source_bytes(path: str) -> int:
+    """Bytes under ``path`` (a file or directory), for the background budget."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total
 
 
 def _empty_directory(path: str) -> None:

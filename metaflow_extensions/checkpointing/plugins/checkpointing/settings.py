@@ -52,6 +52,22 @@ def transfer_options() -> TransferOptions:
     return TransferOptions(chunk_size=chunk, small_size=small, workers=workers, inflight=inflight)
 
 
+def async_budget() -> int:
+    """Bytes of snapshots background saves may hold at once (``CHECKPOINT_ASYNC_BUDGET``)."""
+    return int(_int("CHECKPOINT_ASYNC_BUDGET", 4 << 30))
+
+
+def pause_poll_seconds() -> float:
+    """Seconds between two looks at the store for a pause request."""
+    value = _setting("CHECKPOINT_PAUSE_POLL_SECONDS", 5)
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        raise CheckpointConfigError(
+            "METAFLOW_CHECKPOINT_PAUSE_POLL_SECONDS=%r is not a number." % (value,)
+        ) from None
+
+
 def retry_policy() -> RetryPolicy:
     return RetryPolicy(
         attempts=_int("CHECKPOINT_RETRY_ATTEMPTS", 6),

@@ -46,6 +46,11 @@ def _unconfirmed_missing(
     return [h for h, ok in present.items() if not ok]
 
 
+def next_seq() -> int:
+    """The next per-process save sequence number (orders saves within one millisecond)."""
+    return next(_SEQ)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -62,13 +67,17 @@ def save(
     writer: Optional[BlobWriter] = None,
     reuse: Optional[Callable[[Manifest], Optional[Manifest]]] = None,
     progress: Optional[Progress] = None,
+    created_ms: Optional[int] = None,
+    seq: Optional[int] = None,
 ) -> Manifest:
     """Save the file or directory ``src`` as one checkpoint and commit it.
 
     ``name`` and ``metadata`` must already be validated: nothing here raises for bad input
     after bytes have been written.  ``reuse``, given the manifest about to be committed, may
     return an already committed one with the same content; that one is returned instead and
-    nothing is committed (uploads of content that is already stored).
+    nothing is committed (uploads of content that is already stored).  ``created_ms`` and
+    ``seq`` date the checkpoint (default: now); a background save passes those of its
+    snapshot, so that it orders before saves made after it even though it commits later.
     """
     writer = writer or BlobWriter(storage)
     stats = SaveStats()
@@ -88,8 +97,8 @@ def save(
         name=name,
         scope=scope,
         latest=latest,
-        created_ms=now_ms(),
-        seq=next(_SEQ),
+        created_ms=created_ms if created_ms is not None else now_ms(),
+        seq=seq if seq is not None else next_seq(),
         metadata=metadata,
         files=entries,
         dirs=dirs,

@@ -57,6 +57,8 @@ class CheckpointStore:
         latest: bool = True,
         reuse_identical: bool = False,
         progress: Optional[Progress] = None,
+        created_ms: Optional[int] = None,
+        seq: Optional[int] = None,
     ) -> Manifest:
         """Save a file or directory and commit it; returns the committed manifest.
 
@@ -78,6 +80,8 @@ class CheckpointStore:
             writer=self._writer,
             reuse=reuse,
             progress=progress,
+            created_ms=created_ms,
+            seq=seq,
         )
 
     def _same_as_newest(self, candidate: Manifest) -> Optional[Manifest]:

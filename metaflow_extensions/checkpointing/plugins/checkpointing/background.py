@@ -1,0 +1,182 @@
+"""Background saves: ``current.checkpoint.save(..., blocking=False)``.
+
+``save`` snapshots the files (an in-kernel copy into a staging directory beside the checkpoint
+directory) and returns a :class:`SaveHandle`; one worker thread then hashes, uploads and commits
+the snapshots in the order they were taken.  The staged bytes are bounded by a budget: a save
+that would exceed it waits for earlier ones first.  The task waits for every pending save before
+it finishes, and a failed one fails the task.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from typing import Callable, Optional
+
+from .core.transfer import scan
+from .errors import CheckpointException
+from .reference import CheckpointReference
+
+
+class SaveHandle:
+    """The outcome of a background save, available once it is committed (or has failed)."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self._event = threading.Event()
+        self._reference: Optional[CheckpointReference] = None
+        self._error: Optional[BaseException] = None
+
+    def done(self) -> bool:
+        """True once the save is committed or has failed."""
+        return self._event.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> CheckpointReference:
+        """Block until committed and return the reference.
+
+        Raises
+        ------
+        TimeoutError
+            Still running after ``timeout`` seconds.
+        CheckpointException
+            The save failed (the original error, or one wrapping it).
+        """
+        if not self._event.wait(timeout):
+            raise TimeoutError("%s is still running after %s s." % (self.description, timeout))
+        if self._error is not None:
+            raise self._error
+        assert self._reference is not None
+        return self._reference
+
+    def exception(self) -> Optional[BaseException]:
+        """The error of a finished, failed save (None while running or if it succeeded)."""
+        return self._error if self._event.is_set() else None
+
+    @property
+    def reference(self) -> Optional[CheckpointReference]:
+        """The committed checkpoint's reference, or None while running or after a failure."""
+        return self._reference
+
+    def _finish(self, reference=None, error=None) -> None:
+        self._reference, self._error = reference, error
+        self._event.set()
+
+    def __reduce__(self):
+        # Stored as an artifact (`self.ckpt = save(..., blocking=False)`), a handle becomes the
+        # reference it produced: the task waits for every save before persisting artifacts.
+        # A failed save fails the task anyway; its handle pickles as None.
+        if self.done() and self._reference is not None:
+            return (CheckpointReference, (dict(self._reference),))
+        return (type(None), ())
+
+    def __repr__(self) -> str:
+        state = "running" if not self.done() else ("failed" if self._error else "committed")
+        return "SaveHandle(%s, %s)" % (self.description, state)
+
+
+def snapshot(src: str, staging_parent: Optional[str]) -> tuple[str, str, int]:
+    """Copy ``src`` (file or directory, with save()'s rules for links) into a new staging dir.
+
+    Returns ``(staging dir, path to save inside it, bytes copied)``.  Copies go through the
+    kernel (``shutil.copy`` uses ``sendfile``/``copy_file_range``), mode bits are kept.
+    """
+    files, dirs, kind = scan(src)
+    staging = tempfile.mkdtemp(prefix=".mfckpt-snapshot-", dir=staging_parent)
+    try:
+        if kind == "file":
+            target = os.path.join(staging, files[0].rel)
+            shutil.copy(files[0].abs, target)
+            return staging, target, files[0].size
+        root = os.path.join(staging, os.path.basename(os.path.abspath(src)) or "checkpoint")
+        os.makedirs(root)
+        for d in dirs:
+            os.makedirs(os.path.join(root, *d.split("/")), exist_ok=True)
+        made = set()
+        for f in files:
+            target = os.path.join(root, *f.rel.split("/"))
+            parent = os.path.dirname(target)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            shutil.copy(f.abs, target)
+        return staging, root, sum(f.size for f in files)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+class BackgroundSaver:
+    """One worker thread committing snapshots in order, within a budget of staged bytes."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = max(0, int(budget_bytes))
+        self._queue: queue.Queue = queue.Queue()
+        self._pending: list[SaveHandle] = []
+        self._staged = 0
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def reserve(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more staged bytes fit the budget (always fits when idle)."""
+        with self._cond:
+            while self._staged and self._staged + nbytes > self.budget:
+                self._cond.wait()
+            self._staged += nbytes
+
+    def submit(
+        self, description: str, staging: str, nbytes: int, commit: Callable[[], CheckpointReference]
+    ) -> SaveHandle:
+        """Queue ``commit()`` (which saves from ``staging``); ``staging`` is removed after."""
+        handle = SaveHandle(description)
+        with self._cond:
+            self._pending.append(handle)
+        self._queue.put((handle, staging, nbytes, commit))
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._work, name="checkpoint-background-save", daemon=True
+            )
+            self._thread.start()
+        return handle
+
+    def _work(self) -> None:
+        while True:
+            handle, staging, nbytes, commit = self._queue.get()
+            try:
+                handle._finish(reference=commit())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+                handle._finish(error=exc)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+                with self._cond:
+                    self._staged -= nbytes
+                    self._cond.notify_all()
+
+    def pending(self) -> list[SaveHandle]:
+        with self._cond:
+            self._pending = [h for h in self._pending if not h.done()]
+            return list(self._pending)
+
+    def wait_all(self) -> list[tuple[SaveHandle, BaseException]]:
+        """Wait for every queued save; return the failed ones with their errors."""
+        failed = []
+        with self._cond:
+            handles, self._pending = self._pending, []
+        for h in handles:
+            try:
+                h.wait()
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                failed.append((h, exc))
+        return failed
+
+
+def failure(failed: list[tuple[SaveHandle, BaseException]]) -> CheckpointException:
+    """One error naming every failed background save."""
+    first = failed[0][1]
+    detail = getattr(first, "message", None) or str(first)
+    return CheckpointException(
+        "%d background checkpoint save(s) failed, e.g. %s: %s"
+        % (len(failed), failed[0][0].description, detail)
+    )
