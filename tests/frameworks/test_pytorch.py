@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -102,7 +103,8 @@ def assert_same_tensors(a, b, where="") -> None:
 
 
 def full_state(state: TrainingState) -> dict:
-    return {name: obj.state_dict() for name, obj in state.objects.items()}
+    """A copy: state_dict() tensors alias the live parameters."""
+    return copy.deepcopy({name: obj.state_dict() for name, obj in state.objects.items()})
 
 
 def scramble_rngs() -> None:
@@ -419,3 +421,24 @@ def test_save_and_restore_through_a_real_checkpoint(tmp_path):
     assert again.restore(retry) is True
     assert again.step == 2 and again.epoch == 1
     assert_same_tensors(full_state(again), expected)
+
+
+def test_background_save_keeps_the_state_of_its_call(tmp_path):
+    """save(..., blocking=False) is passed on: the checkpoint holds the state at the call even
+    though the next write() replaces the files before the upload finishes."""
+    runtime = _runtime(tmp_path / "store", tmp_path, 0)
+    seed_all(0)
+    state = make_state(0)
+    train_step(state)
+    handle = state.save(runtime, blocking=False)
+    expected = full_state(state)
+    for _ in range(3):
+        train_step(state)
+    state.write(runtime.directory)
+    ref = handle.wait()
+    assert ref.metadata["step"] == 1
+    restored = make_state(9)
+    assert restored.read(runtime.load(ref, str(tmp_path / "first")))
+    assert restored.step == 1
+    assert_same_tensors(full_state(restored), expected)
+    runtime.flush()
