@@ -131,6 +131,8 @@ def test_public_api_is_locked():
         "keep_best": None,
         "keep_every_steps": None,
         "keep_every_minutes": None,
+        "save_on_interrupt": False,
+        "save_on_failure": False,
     }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [

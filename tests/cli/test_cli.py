@@ -207,8 +207,8 @@ def test_both_entry_points_offer_the_checkpoint_commands(flow_env):
     for result in (cli(env, tmp, "--help"), cli(env, tmp, "--help", flow=True)):
         commands = re.findall(r"^  (\w+)  ", result.stdout.split("Commands:")[1], re.M)
         assert commands == [
-            "delete", "download", "du", "gc", "list", "load", "pin", "prune", "show", "unpin",
-            "upload",
+            "delete", "download", "du", "gc", "list", "load", "pause", "pin", "prune", "show",
+            "unpin", "upload",
         ]  # fmt: skip
 
 

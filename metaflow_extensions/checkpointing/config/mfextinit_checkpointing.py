@@ -26,3 +26,5 @@ CHECKPOINT_FSYNC = from_conf("CHECKPOINT_FSYNC", False)
 CHECKPOINT_ASYNC_BUDGET = from_conf("CHECKPOINT_ASYNC_BUDGET", 4 * 1024 * 1024 * 1024)
 # Seconds between two looks at the store for a pause request (should_pause()).
 CHECKPOINT_PAUSE_POLL_SECONDS = from_conf("CHECKPOINT_PAUSE_POLL_SECONDS", 5.0)
+# Seconds a @parallel rank waits for the other ranks' shards (rank 0) or for the commit.
+CHECKPOINT_PARALLEL_TIMEOUT = from_conf("CHECKPOINT_PARALLEL_TIMEOUT", 600)

@@ -163,13 +163,18 @@ class CheckpointDecorator(StepDecorator):
             flow_datastore.TYPE, flow_datastore.datastore_root, self.attributes["root"]
         )
         _register_root(metadata, run_id, step_name, task_id, retry_count, store.url)
+        gang = _gang_of(ubf_context)
+        indices = _foreach_indices(flow)
+        if gang:
+            indices = indices[:-1]  # @parallel is a foreach over ranks: not a split of its own
         scope = Scope(
             namespace=current.namespace,
             flow=flow.name,
             step=step_name,
-            foreach=foreach_path(_foreach_indices(flow)),
+            foreach=foreach_path(indices),
             run=str(run_id),
-            task=str(task_id),
+            # Every rank of a @parallel gang shares the control task's scope.
+            task=str(gang[1] or task_id) if gang else str(task_id),
             attempt=int(retry_count),
         )
         temp_root = self.attributes["temp_dir_root"]
@@ -179,6 +184,11 @@ class CheckpointDecorator(StepDecorator):
         runtime = CheckpointRuntime(
             store, scope, self._directory, log=_log, retention=self._retention
         )
+        if gang:
+            from .runtime import GangInfo
+            from .settings import parallel_timeout
+
+            runtime._gang = GangInfo(rank=gang[0], world=_gang_size, timeout=parallel_timeout())
         origin = current.origin_run_id
         resolution = store.resolve(
             self.attributes["load_policy"],
@@ -255,6 +265,27 @@ class CheckpointDecorator(StepDecorator):
 
 
 _RETENTION_ATTRIBUTES = ("keep_last", "keep_best", "keep_every_steps", "keep_every_minutes")
+
+
+def _gang_of(ubf_context) -> Optional[tuple[int, Optional[str]]]:
+    """(rank, control task id) of a @parallel task, else None.
+
+    The local control task (rank 0) runs this hook before @parallel sets its environment, so its
+    control task id is its own (None here); ranks > 0 are started with MF_PARALLEL_* set.
+    """
+    from metaflow.unbounded_foreach import UBF_CONTROL, UBF_TASK
+
+    if ubf_context == UBF_CONTROL:
+        return 0, None
+    if ubf_context == UBF_TASK:
+        return int(os.environ.get("MF_PARALLEL_NODE_INDEX", "0")), os.environ.get(
+            "MF_PARALLEL_CONTROL_TASK_ID"
+        )
+    return None
+
+
+def _gang_size() -> int:
+    return int(current.parallel.num_nodes)
 
 
 def _bool_attr(value, name: str, step_name: str) -> bool:

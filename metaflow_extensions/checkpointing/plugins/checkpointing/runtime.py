@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from . import alias
@@ -81,6 +82,7 @@ class CheckpointRuntime:
         self._interrupted: Optional[int] = None
         self._handling = False
         self._save_on_interrupt = False
+        self._gang: Optional[GangInfo] = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -147,6 +149,8 @@ class CheckpointRuntime:
         from .core.scope import validate_name
 
         src = self._directory if path is None else os.fspath(path)
+        if self._gang is not None:
+            return self._save_gang(src, metadata, name, latest, blocking)
         if not blocking:
             # Validate now: a bad argument must fail here, not later in the background.
             validate_name(name)
@@ -163,6 +167,42 @@ class CheckpointRuntime:
         if self._interrupted is not None and not self._busy:
             self._on_signal(self._interrupted, None)  # a signal arrived during this save
         return ref
+
+    def _save_gang(
+        self, src: str, metadata: Optional[dict], name: str, latest: bool, blocking: bool
+    ) -> CheckpointReference:
+        if not blocking:
+            raise CheckpointConfigError(
+                "save(blocking=False) is not supported in @parallel steps: every rank's save "
+                "is part of one checkpoint committed together; save with blocking=True."
+            )
+        gang = self._gang
+        number = gang.counts.get(name, 0)
+        gang.counts[name] = number + 1
+        self._busy += 1
+        try:
+            manifest = self._store.save_gang(
+                src,
+                self._scope,
+                name=name,
+                metadata=metadata,
+                latest=latest,
+                rank=gang.rank,
+                world=gang.world(),
+                number=number,
+                timeout=gang.timeout,
+            )
+        finally:
+            self._busy -= 1
+        return self._committed(manifest)
+
+    def _for_this_rank(self, manifest: Manifest, all_ranks: bool = False) -> Manifest:
+        """In a @parallel rank, a gang checkpoint loads as that rank's shard by default."""
+        from .core import gang
+
+        if self._gang is None or all_ranks or not gang.is_gang(manifest):
+            return manifest
+        return gang.shard(manifest, self._gang.rank)
 
     def _committed(self, manifest: Manifest) -> CheckpointReference:
         ref = self._reference(manifest)
@@ -331,6 +371,7 @@ class CheckpointRuntime:
         reference: Reference,
         path: Optional[str] = None,
         namespace_check: bool = True,
+        all_ranks: bool = False,
     ) -> str:
         """Load a checkpoint into a local directory and return that directory.
 
@@ -348,8 +389,12 @@ class CheckpointRuntime:
         namespace_check : bool
             Refuse checkpoints of another namespace, flow or store (default).  Pass False to
             load one deliberately.  Named checkpoints are shared by every namespace.
+        all_ranks : bool
+            In a ``@parallel`` step, a checkpoint saved by the gang loads this rank's files
+            only; ``True`` loads every rank's, under ``rank-<i>/`` (to re-shard).
         """
         store, manifest = self._resolve_reference(reference, namespace_check)
+        manifest = self._for_this_rank(manifest, all_ranks)
         if namespace_check and not manifest.scope.is_library:
             self._check_scope(manifest)
         if path is not None:
@@ -378,7 +423,7 @@ class CheckpointRuntime:
             self._log("[@checkpoint] No checkpoint loaded: %s." % resolution.reason)
             return None
         manifest = self._store.read(resolution.header.key)
-        self._store.load(manifest, self._directory)
+        self._store.load(self._for_this_rank(manifest), self._directory)
         self._info = self._reference(manifest)
         self._log(
             "[@checkpoint] Loaded checkpoint %r (%s, attempt %d, saved %s; %s) into %s"
@@ -465,6 +510,16 @@ class CheckpointRuntime:
                 "Checkpoint %s belongs to flow %r, not %r; pass namespace_check=False to load it "
                 "anyway." % (manifest.key, theirs.flow, ours.flow)
             )
+
+
+@dataclass
+class GangInfo:
+    """This process's place in a ``@parallel`` gang (see ``core/gang.py``)."""
+
+    rank: int
+    world: Callable[[], int]  # read when saving: the local control task learns it late
+    timeout: float = 600.0
+    counts: dict = field(default_factory=dict)
 
 
 def _source_bytes(path: str) -> int:

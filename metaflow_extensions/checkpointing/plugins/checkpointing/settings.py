@@ -57,6 +57,11 @@ def async_budget() -> int:
     return int(_int("CHECKPOINT_ASYNC_BUDGET", 4 << 30))
 
 
+def parallel_timeout() -> float:
+    """Seconds a @parallel rank waits for the other ranks' parts (or rank 0's commit)."""
+    return float(_int("CHECKPOINT_PARALLEL_TIMEOUT", 600))
+
+
 def pause_poll_seconds() -> float:
     """Seconds between two looks at the store for a pause request."""
     value = _setting("CHECKPOINT_PAUSE_POLL_SECONDS", 5)

@@ -69,6 +69,7 @@ def save(
     progress: Optional[Progress] = None,
     created_ms: Optional[int] = None,
     seq: Optional[int] = None,
+    publish: Optional[Callable[[Manifest], None]] = None,
 ) -> Manifest:
     """Save the file or directory ``src`` as one checkpoint and commit it.
 
@@ -78,6 +79,7 @@ def save(
     nothing is committed (uploads of content that is already stored).  ``created_ms`` and
     ``seq`` date the checkpoint (default: now); a background save passes those of its
     snapshot, so that it orders before saves made after it even though it commits later.
+    ``publish`` replaces the final manifest write (a ``@parallel`` rank writes its part).
     """
     writer = writer or BlobWriter(storage)
     stats = SaveStats()
@@ -112,6 +114,9 @@ def save(
             existing.stats = dict(stats.to_json(), reused=True)
             return existing
     with timed(stats, "commit"):
-        storage.put_bytes(manifest.key, manifest.dumps())
+        if publish is not None:
+            publish(manifest)
+        else:
+            storage.put_bytes(manifest.key, manifest.dumps())
     manifest.stats = stats.to_json()  # includes the commit time for the caller (not stored)
     return manifest

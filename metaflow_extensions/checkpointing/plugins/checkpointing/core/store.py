@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, StorageNotFound
 from ..storage.base import Storage
-from . import commit, gc, pins, policies, retention, usage
+from . import commit, gang, gc, pins, policies, retention, usage
 from . import manifest as mf
 from .manifest import Manifest, ManifestHeader
 from .reader import open_file
@@ -83,6 +83,48 @@ class CheckpointStore:
             created_ms=created_ms,
             seq=seq,
         )
+
+    def save_gang(
+        self,
+        src: str,
+        scope: Scope,
+        *,
+        name: str,
+        metadata: Optional[dict],
+        latest: bool,
+        rank: int,
+        world: int,
+        number: int,
+        timeout: float,
+    ) -> Manifest:
+        """One rank's share of a ``@parallel`` checkpoint (see :mod:`.gang`); returns the
+        committed manifest on every rank once rank 0 has committed it."""
+        name = validate_name(name)
+        metadata = mf.validate_metadata(metadata)
+        id = gang.gang_id(scope, name, number)
+        commit.save(
+            self.storage,
+            src,
+            scope,
+            name=name,
+            metadata=metadata,
+            latest=bool(latest),
+            opts=self.options,
+            writer=self._writer,
+            publish=lambda m: gang.write_part(self.storage, scope, id, rank, m),
+        )
+        if rank == 0:
+            return gang.commit(
+                self.storage,
+                scope,
+                id,
+                world,
+                name=name,
+                metadata=metadata,
+                latest=bool(latest),
+                timeout=timeout,
+            )
+        return self.read(gang.wait_committed(self.storage, scope, id, name, timeout))
 
     def _same_as_newest(self, candidate: Manifest) -> Optional[Manifest]:
         headers = self.headers(candidate.scope.task_prefix(), name=candidate.name)

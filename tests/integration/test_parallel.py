@@ -1,0 +1,44 @@
+"""@parallel gangs: one checkpoint with a shard per rank, committed once all ranks saved."""
+
+from __future__ import annotations
+
+import pytest
+
+from .flowrun import FLOWS, local_root, local_store, run_flow
+
+pytestmark = pytest.mark.flow
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_each_rank_resumes_from_its_own_shard_of_one_checkpoint(flow_env, nodes):
+    env, tmp = flow_env
+    result = run_flow(FLOWS / "parallel_flow.py", env, tmp, run_kwargs={"nodes": nodes})
+    join = result.run["join"].task
+    keys = {key for _, key in join.data.by_rank.values()}
+    assert len(keys) == 1  # every rank loaded the same checkpoint
+    for rank in range(nodes):
+        loaded, _ = join.data.by_rank[rank]
+        assert loaded == "rank %d epoch 1" % rank
+        assert join.data.files_by_rank[rank] == ["opt/state.bin", "shard.txt"]
+    assert join.data.all_ranks == ["rank-%d" % r for r in range(nodes)]
+    # Stored: exactly one manifest per gang save (2 epochs), each listing every rank's files.
+    store = local_store(local_root(tmp))
+    headers = store.headers("manifests/")
+    assert len(headers) == 2
+    manifest = store.read(keys.pop())
+    assert manifest.source == {"kind": "parallel", "ranks": nodes}
+    assert sorted(f.path for f in manifest.files) == sorted(
+        "rank-%d/%s" % (r, p) for r in range(nodes) for p in ("opt/state.bin", "shard.txt")
+    )
+    assert not list(store.storage.list("parts/"))  # parts are removed once committed
+
+
+def test_a_gang_checkpoint_missing_a_rank_is_never_committed(flow_env):
+    env, tmp = flow_env
+    env = dict(env, METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT="3")
+    result = run_flow(FLOWS / "parallel_partial_flow.py", env, tmp)
+    assert result.run["join"].task.data.loaded == {0: "rank 0 epoch 0", 1: "rank 1 epoch 0"}
+    assert "rank(s) 1 did not save their part within 3 s" in result.stdout
+    store = local_store(local_root(tmp))
+    epochs = [store.read(h.key).metadata["epoch"] for h in store.headers("manifests/")]
+    assert epochs == [0]  # epoch 1 never became a checkpoint
