@@ -160,3 +160,15 @@ def test_open_is_seekable_and_fetches_only_the_chunks_read(counting, tmp_path):
         assert f.read() == big[-23:]
         f.seek(0)
         assert f.read(5) == big[:5]
+
+
+def test_a_tasks_own_summary_spares_reading_its_manifests(counting, tmp_path):
+    storage, store = counting
+    src = write_tree(tmp_path / "src", {"a.txt": b"a"})
+    saved = [store.save(str(src), make_scope(), metadata={"epoch": i}) for i in range(20)]
+    summary.write_task_summaries(storage, make_scope().task_prefix(), 0, saved[:15])
+    storage.gets.clear()
+    got = store.summaries(store.headers(make_scope().step_prefix()))
+    assert [got[m.key]["metadata"]["epoch"] for m in saved] == list(range(20))
+    manifest_reads = [k for k in storage.gets if k.startswith("manifests/")]
+    assert sorted(manifest_reads) == sorted(m.key for m in saved[15:])  # only the 5 not covered

@@ -252,6 +252,7 @@ class CheckpointDecorator(StepDecorator):
         self._signals = {}
         if self._runtime is not None:
             self._runtime.flush(raise_errors=False)
+            self._runtime._write_summary()
             self._runtime = None
         if self._paused:
             _exit_as_paused()

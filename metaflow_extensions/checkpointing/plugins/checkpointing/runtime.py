@@ -83,6 +83,7 @@ class CheckpointRuntime:
         self._handling = False
         self._save_on_interrupt = False
         self._gang: Optional[GangInfo] = None
+        self._manifests: list[Manifest] = []  # committed by this process, for the summary
 
     # ------------------------------------------------------------------ properties
     @property
@@ -205,6 +206,7 @@ class CheckpointRuntime:
         return gang.shard(manifest, self._gang.rank)
 
     def _committed(self, manifest: Manifest) -> CheckpointReference:
+        self._manifests.append(manifest)
         ref = self._reference(manifest)
         self._saved.append(ref)
         if self._retention is not None and not self._retention.empty:
@@ -262,6 +264,17 @@ class CheckpointRuntime:
             if raise_errors:
                 raise error
             self._log("[@checkpoint] %s" % error.message)
+
+    def _write_summary(self) -> None:
+        """Record the summaries of this attempt's saves (called once when the task ends), so
+        listings need not read each manifest.  Rank 0 writes for a ``@parallel`` gang."""
+        from .core.summary import write_task_summaries
+
+        if self._gang is not None and self._gang.rank != 0:
+            return
+        write_task_summaries(
+            self._store.storage, self._scope.task_prefix(), self._scope.attempt, self._manifests
+        )
 
     # ------------------------------------------------------------------ interruption, pause
     def on_interrupt(self, callback: Callable[[], None]) -> None:

@@ -9,7 +9,10 @@ step prefix (``indexes/<ns>/<flow>/<step>/summaries.json``):
   never shows up, and a committed one missing from the index is read from its manifest;
 * an index entry describes an immutable manifest (keys are unique), so it cannot go stale;
 * the index is rewritten by the reader that had to read many manifests; a lost race between two
-  readers only costs a later reader some manifest reads.
+  readers only costs a later reader some manifest reads;
+* a task writes the summaries of its own saves once, when it finishes
+  (``indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>.json``), so the first listing
+  of a task with many checkpoints reads one object instead of one manifest per checkpoint.
 """
 
 from __future__ import annotations
@@ -49,6 +52,29 @@ def index_key(step_prefix: str) -> str:
     return INDEXES + step_prefix[len(MANIFESTS) :] + "summaries.json"
 
 
+def _task_of(key: str) -> str:
+    """``manifests/<ns>/<flow>/<step>/<foreach>/<run>/<task>/`` of a manifest key."""
+    return key.rsplit("/", 1)[0] + "/"
+
+
+def task_summary_key(task_prefix: str, attempt: int) -> str:
+    """Where a task writes the summaries of the checkpoints one attempt saved."""
+    return INDEXES + task_prefix[len(MANIFESTS) :] + "attempt-%d.json" % attempt
+
+
+def write_task_summaries(
+    storage: Storage, task_prefix: str, attempt: int, manifests: Sequence[Manifest]
+) -> None:
+    """Record what one attempt of a task saved (best effort: it is only a hint)."""
+    if not manifests:
+        return
+    body = {"format": INDEX_FORMAT, "entries": {m.key: summarize(m) for m in manifests}}
+    try:
+        storage.put_bytes(task_summary_key(task_prefix, attempt), json.dumps(body).encode())
+    except CheckpointException:
+        pass
+
+
 class SummaryIndex:
     """Summaries of committed checkpoints, read from indexes where they help.
 
@@ -73,13 +99,39 @@ class SummaryIndex:
         for step_prefix, group in groups.items():
             known = self._read_index(step_prefix)
             missing = [h.key for h in group if h.key not in known]
-            fresh = {m.key: summarize(m) for m in self._read_many(missing)} if missing else {}
+            fresh = self._from_task_summaries(missing)
+            missing = [k for k in missing if k not in fresh]
+            if missing:
+                fresh.update({m.key: summarize(m) for m in self._read_many(missing)})
             for h in group:
                 out[h.key] = known.get(h.key) or fresh[h.key]
             if fresh and (len(fresh) >= REWRITE_AFTER or len(fresh) == len(group)):
+                stale_possible = any(k not in out for k in known)
                 known.update(fresh)
-                self._write_index(step_prefix, known)
+                self._write_index(step_prefix, known, relist=stale_possible)
         return out
+
+    def _from_task_summaries(self, keys: Sequence[str]) -> dict[str, dict]:
+        """Summaries the writing tasks recorded, when that saves reads (few tasks, many keys)."""
+        tasks = {_task_of(k) for k in keys}
+        if not tasks or len(tasks) * 4 > len(keys):
+            return {}
+        wanted = set(keys)
+        found: dict[str, dict] = {}
+        for task in tasks:
+            prefix = INDEXES + task[len(MANIFESTS) :]
+            for obj in self._storage.list(prefix):
+                if not obj.key.rsplit("/", 1)[1].startswith("attempt-"):
+                    continue
+                try:
+                    data = json.loads(self._storage.get_bytes(obj.key))
+                    if data.get("format") != INDEX_FORMAT:
+                        continue
+                    entries = data["entries"]
+                except (CheckpointException, ValueError, KeyError, AttributeError):
+                    continue  # only a hint
+                found.update({k: v for k, v in entries.items() if k in wanted})
+        return found
 
     def _read_index(self, step_prefix: str) -> dict[str, dict]:
         try:
@@ -90,10 +142,12 @@ class SummaryIndex:
             pass  # absent or unreadable: it is only a hint
         return {}
 
-    def _write_index(self, step_prefix: str, entries: dict[str, dict]) -> None:
-        # Drop entries of deleted checkpoints while we are at it (one listing of the step).
-        live = {o.key for o in self._storage.list(step_prefix)}
-        body = {"format": INDEX_FORMAT, "entries": {k: v for k, v in entries.items() if k in live}}
+    def _write_index(self, step_prefix: str, entries: dict[str, dict], relist: bool) -> None:
+        if relist:
+            # The index may describe deleted checkpoints: keep only what is still listed.
+            live = {o.key for o in self._storage.list(step_prefix)}
+            entries = {k: v for k, v in entries.items() if k in live}
+        body = {"format": INDEX_FORMAT, "entries": entries}
         try:
             self._storage.put_bytes(index_key(step_prefix), json.dumps(body).encode("utf-8"))
         except CheckpointException:
