@@ -77,6 +77,20 @@ class SaveHandle:
         return "SaveHandle(%s, %s)" % (self.description, state)
 
 
+def source_bytes(path: str) -> int:
+    """Bytes of the regular files under ``path`` (a file or directory; 0 if it is missing)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for filename in filenames:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, filename))
+            except OSError:
+                pass  # vanished or unreadable: the save itself reports it
+    return total
+
+
 def snapshot(src: str, staging_parent: Optional[str]) -> tuple[str, str, int]:
     """Copy ``src`` (file or directory, with save()'s rules for links) into a new staging dir.
 

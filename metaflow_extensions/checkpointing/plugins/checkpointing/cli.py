@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from metaflow._vendor import click
 
+from .background import source_bytes
 from .fmt import human_size
 from .reference import CheckpointReference
 
@@ -429,7 +430,7 @@ def upload(ctx: CliContext, path: str, name: str, metadata_json: Optional[str]) 
     """
     metadata = _parse_metadata(metadata_json)
     client = ctx.store_client()
-    total = _tree_size(path)
+    total = source_bytes(path)
     with _progress("Uploading %s" % human_size(total), total) as progress:
         ref = client.save(path, name=name, metadata=metadata, progress=progress)
     stats = ref.stats or {}
@@ -567,20 +568,6 @@ def _parse_metadata(text: Optional[str]) -> Optional[dict]:
     if not isinstance(value, dict):
         raise CliError("--metadata must be a JSON object such as '{\"top1\": 0.76}': %s" % text)
     return value
-
-
-def _tree_size(path: str) -> int:
-    """Bytes of the regular files under ``path`` (0 if it does not exist): the progress total."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    total = 0
-    for dirpath, _, filenames in os.walk(path):
-        for filename in filenames:
-            try:
-                total += os.path.getsize(os.path.join(dirpath, filename))
-            except OSError:
-                pass  # vanished or unreadable: the save itself reports it
-    return total
 
 
 @contextmanager

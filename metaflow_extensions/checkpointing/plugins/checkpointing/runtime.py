@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from . import alias
-from .background import BackgroundSaver, SaveHandle, snapshot
+from .background import BackgroundSaver, SaveHandle, snapshot, source_bytes
 from .background import failure as background_failure
 from .core.manifest import Manifest, is_manifest_key
 from .core.policies import Resolution
@@ -220,7 +220,7 @@ class CheckpointRuntime:
 
         if self._background is None:
             self._background = BackgroundSaver(async_budget())
-        size = _source_bytes(src)
+        size = source_bytes(src)
         self._background.reserve(size)
         created, seq = now_ms(), next_seq()
         try:
@@ -533,20 +533,6 @@ class GangInfo:
     world: Callable[[], int]  # read when saving: the local control task learns it late
     timeout: float = 600.0
     counts: dict = field(default_factory=dict)
-
-
-def _source_bytes(path: str) -> int:
-    """Bytes under ``path`` (a file or directory), for the background budget."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(dirpath, f))
-            except OSError:
-                pass
-    return total
 
 
 def _empty_directory(path: str) -> None:
