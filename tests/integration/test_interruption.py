@@ -42,3 +42,13 @@ def test_sigterm_commits_pending_and_final_saves_then_the_retry_resumes(flow_env
     assert task.data.listed == [[1, None, None], [None, "interrupted", "SIGTERM"]]
     log = [line.msg for line in result.lines("start")]
     assert any("Received SIGTERM: committing checkpoints before stopping." in m for m in log)
+
+
+def test_save_on_failure_keeps_the_state_of_a_failed_attempt(flow_env):
+    env, tmp = flow_env
+    result = run_flow(FLOWS / "failure_flow.py", env, tmp)
+    task = single_task(result.run, "start")
+    assert task.current_attempt == 1
+    assert task.data.loaded == "got to 42"
+    assert task.data.reason["reason"] == "failure"
+    assert "boom at 42" in task.data.reason["error"]
