@@ -140,6 +140,12 @@ class BackgroundSaver:
                 self._cond.wait()
             self._staged += nbytes
 
+    def adjust(self, delta: int) -> None:
+        """Correct the staged byte count without waiting (e.g. files changed size)."""
+        with self._cond:
+            self._staged += delta
+            self._cond.notify_all()
+
     def submit(
         self, description: str, staging: str, nbytes: int, commit: Callable[[], CheckpointReference]
     ) -> SaveHandle:
@@ -169,9 +175,10 @@ class BackgroundSaver:
                     self._cond.notify_all()
 
     def pending(self) -> list[SaveHandle]:
+        """Saves not finished yet (finished ones stay tracked until :meth:`wait_all`, so a
+        failure is still reported there)."""
         with self._cond:
-            self._pending = [h for h in self._pending if not h.done()]
-            return list(self._pending)
+            return [h for h in self._pending if not h.done()]
 
     def wait_all(self) -> list[tuple[SaveHandle, BaseException]]:
         """Wait for every queued save; return the failed ones with their errors."""

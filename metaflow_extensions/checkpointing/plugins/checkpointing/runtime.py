@@ -76,7 +76,6 @@ class CheckpointRuntime:
         self._interrupt_callbacks: list[Callable[[], None]] = []
         self._pause = PausePoller(store.storage, scope)
         self._info: Optional[CheckpointReference] = None
-        self._saved: list[CheckpointReference] = []
         self._models: dict[str, str] = {}
         self._busy = 0  # blocking saves in progress (a signal then waits for them)
         self._interrupted: Optional[int] = None
@@ -208,7 +207,6 @@ class CheckpointRuntime:
     def _committed(self, manifest: Manifest) -> CheckpointReference:
         self._manifests.append(manifest)
         ref = self._reference(manifest)
-        self._saved.append(ref)
         if self._retention is not None and not self._retention.empty:
             self._apply_retention(manifest.name)
         return ref
@@ -226,9 +224,9 @@ class CheckpointRuntime:
         try:
             staging, staged, nbytes = snapshot(src, os.path.dirname(self._directory))
         except BaseException:
-            self._background.reserve(-size)
+            self._background.adjust(-size)
             raise
-        self._background.reserve(nbytes - size)
+        self._background.adjust(nbytes - size)  # files may have changed since they were sized
 
         def commit() -> CheckpointReference:
             manifest = self._store.save(
