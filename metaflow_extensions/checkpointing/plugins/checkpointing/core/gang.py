@@ -66,14 +66,19 @@ def write_part(storage: Storage, scope: Scope, id: str, rank: int, manifest: Man
 def _wait(
     check: Callable[[], Optional[object]], timeout: float, poll: float, describe: Callable[[], str]
 ):
+    """Poll ``check`` until it returns something, backing off from 10 ms to ``poll`` seconds:
+    ranks usually finish within milliseconds of each other, so a fixed long sleep would add
+    itself to every gang save."""
     deadline = time.monotonic() + timeout
+    delay = min(0.01, poll)
     while True:
         found = check()
         if found is not None:
             return found
         if time.monotonic() >= deadline:
             raise CheckpointIncomplete(describe())
-        time.sleep(poll)
+        time.sleep(delay)
+        delay = min(poll, delay * 2)
 
 
 def commit(
