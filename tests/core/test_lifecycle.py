@@ -249,3 +249,29 @@ def test_a_missing_blob_is_never_loaded_silently(store, tmp_path):
     store.storage.delete(blob_key(saved[0].files[0].chunks[0].blob))
     with pytest.raises(CheckpointIncomplete, match="is missing"):
         store.load(store.read(saved[0].key), str(tmp_path / "out"))
+
+
+def test_an_unchanged_resave_checks_its_previous_checkpoint_not_every_blob(tmp_path):
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import (
+        MemoryStorage,
+    )
+
+    class Counting(MemoryStorage):
+        checked: list = []
+
+        def _exists(self, key):
+            self.checked.append(key)
+            return super()._exists(key)
+
+    storage = Counting()
+    store = CheckpointStore(storage, options())
+    src = write_tree(tmp_path / "src", {"w.bin": rand(6 * CHUNK, 5)})
+    first = store.save(str(src), make_scope())
+    storage.checked.clear()
+    store.save(str(src), make_scope())
+    # One existence check (the previous checkpoint vouches for its 6 blobs), no blob HEADs.
+    assert storage.checked == [first.key]
+    store.delete(first.key)
+    storage.checked.clear()
+    store.save(str(src), make_scope())  # the voucher is newest save now, which exists
+    assert len(storage.checked) == 1

@@ -34,16 +34,29 @@ _SEQ = itertools.count()
 
 
 def _unconfirmed_missing(
-    storage: Storage, entries: list, stats: SaveStats, workers: int
+    storage: Storage, entries: list, stats: SaveStats, writer: BlobWriter, workers: int
 ) -> list[str]:
     """Blobs the manifest will reference that this save trusted without checking, and that are
-    no longer stored.  One existence check per such blob (none on a first save)."""
+    no longer stored.
+
+    A trusted blob that a checkpoint committed by this process references is safe while that
+    checkpoint exists (GC never collects a referenced blob), so one existence check of that
+    manifest vouches for all its blobs; the others are checked one by one.  A first save checks
+    nothing.
+    """
     trusted = {c.blob for e in entries for c in e.chunks} - stats.confirmed
     if not trusted:
         return []
-    with ThreadPoolExecutor(max(1, min(workers, len(trusted)))) as pool:
-        present = dict(zip(trusted, pool.map(lambda h: storage.exists(blob_key(h)), trusted)))
-    return [h for h, ok in present.items() if not ok]
+    vouchers: dict = {}
+    for h in trusted:
+        vouchers.setdefault(writer.referenced_by.get(h), []).append(h)
+    alive = {k for k in vouchers if k is not None and storage.exists(k)}
+    unvouched = [h for k, hs in vouchers.items() if k not in alive for h in hs]
+    if not unvouched:
+        return []
+    with ThreadPoolExecutor(max(1, min(workers, len(unvouched)))) as pool:
+        present = pool.map(lambda h: storage.exists(blob_key(h)), unvouched)
+        return [h for h, ok in zip(unvouched, present) if not ok]
 
 
 def next_seq() -> int:
@@ -87,7 +100,7 @@ def save(
         files, dirs, kind = scan(src)
     with timed(stats, "upload"):
         entries = upload_tree(files, writer, opts, stats, progress)
-        missing = _unconfirmed_missing(storage, entries, stats, opts.workers)
+        missing = _unconfirmed_missing(storage, entries, stats, writer, opts.workers)
         if missing:
             # Blobs this process had stored before are gone (garbage collection after their
             # checkpoints were pruned): upload them again rather than commit a torn checkpoint.
@@ -118,5 +131,6 @@ def save(
             publish(manifest)
         else:
             storage.put_bytes(manifest.key, manifest.dumps())
+            writer.vouch(manifest.key, (c.blob for e in entries for c in e.chunks))
     manifest.stats = stats.to_json()  # includes the commit time for the caller (not stored)
     return manifest

@@ -283,6 +283,8 @@ class BlobWriter:
         self.storage = storage
         self.known = known if known is not None else set()
         self.stat_cache = StatCache()
+        # blob -> the newest manifest this process committed that references it.
+        self.referenced_by: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def put_range(self, path: str, offset: int, length: int, stats: SaveStats) -> Optional[str]:
@@ -309,10 +311,18 @@ class BlobWriter:
         self._count(h, len(data), stored, stats, confirmed=not trusted)
         return h
 
+    def vouch(self, manifest_key: str, hashes: Iterable[str]) -> None:
+        """Record that the committed manifest ``manifest_key`` references these blobs."""
+        with self._lock:
+            for h in hashes:
+                self.referenced_by[h] = manifest_key
+
     def forget(self, hashes: Iterable[str]) -> None:
         """Stop trusting that these blobs are stored (e.g. garbage collection removed them)."""
         with self._lock:
-            self.known.difference_update(hashes)
+            for h in hashes:
+                self.known.discard(h)
+                self.referenced_by.pop(h, None)
 
     def _count(self, h: str, length: int, stored: bool, stats: SaveStats, confirmed: bool) -> None:
         """Record a blob as known to be stored and account for it as uploaded or deduplicated."""
