@@ -5,7 +5,7 @@ import os
 import signal
 import time
 
-from metaflow import FlowSpec, checkpoint, current, retry, step
+from metaflow import FlowSpec, Parameter, checkpoint, current, retry, step
 
 
 def write(name, text):
@@ -14,6 +14,8 @@ def write(name, text):
 
 
 class InterruptFlow(FlowSpec):
+    sig = Parameter("sig", default="SIGTERM", help="Signal the task sends itself.")
+
     @checkpoint(save_on_interrupt=True)
     @retry(times=1)
     @step
@@ -24,7 +26,7 @@ class InterruptFlow(FlowSpec):
                 f.write(os.urandom(8 << 20))
             current.checkpoint.save(metadata={"epoch": 1}, blocking=False)
             current.checkpoint.on_interrupt(lambda: write("state.txt", "interrupted in epoch 2"))
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, self.sig))
             time.sleep(60)  # the handler interrupts this
             raise AssertionError("not reached")
         with open(os.path.join(current.checkpoint.directory, "state.txt")) as f:

@@ -33,15 +33,16 @@ def test_a_failed_background_save_fails_the_task_loudly(flow_env):
     assert "injected: the store refuses writes" in out
 
 
-def test_sigterm_commits_pending_and_final_saves_then_the_retry_resumes(flow_env):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_commits_pending_and_final_saves_then_the_retry_resumes(flow_env, sig):
     env, tmp = flow_env
-    result = run_flow(FLOWS / "interrupt_flow.py", env, tmp)
+    result = run_flow(FLOWS / "interrupt_flow.py", env, tmp, run_kwargs={"sig": sig})
     task = single_task(result.run, "start")
     assert task.current_attempt == 1
     assert task.data.loaded == "interrupted in epoch 2"
-    assert task.data.listed == [[1, None, None], [None, "interrupted", "SIGTERM"]]
+    assert task.data.listed == [[1, None, None], [None, "interrupted", sig]]
     log = [line.msg for line in result.lines("start")]
-    assert any("Received SIGTERM: committing checkpoints before stopping." in m for m in log)
+    assert any("Received %s: committing checkpoints before stopping." % sig in m for m in log)
 
 
 def test_save_on_failure_keeps_the_state_of_a_failed_attempt(flow_env):
