@@ -173,9 +173,17 @@ class Checkpoint:
             # In a task: this task's checkpoints, as current.checkpoint.list() returns them.
             refs = self._runtime.list(name=name, attempt=attempt)
             refs = [r for r in refs if not latest_only or r.latest]
-            refs = _filter(refs, where)
-            refs = _ordered(refs, order_by) if order_by else refs
-            return refs[:limit] if limit is not None else refs
+        else:
+            refs = self._listed(target, name, step, run, task, foreach, attempt, latest_only)
+        refs = _filter(refs, where)
+        if order_by:
+            refs = _ordered(refs, order_by)
+        return refs[:limit] if limit is not None else refs
+
+    def _listed(
+        self, target, name, step, run, task, foreach, attempt, latest_only
+    ) -> list[CheckpointReference]:
+        """Committed checkpoints under ``target`` (or the named ones), newest first."""
         if target is None:
             store = self._store()
             prefixes = [library_prefix()]
@@ -204,11 +212,7 @@ class Checkpoint:
                     continue
                 headers.append(h)
         headers.sort(key=lambda h: h.order, reverse=True)
-        refs = self._references(store, headers)
-        refs = _filter(refs, where)
-        if order_by:
-            refs = _ordered(refs, order_by)
-        return refs[:limit] if limit is not None else refs
+        return self._references(store, headers)
 
     def best(
         self, target: Any = None, *, metric: str, mode: str = "min", **filters: Any
