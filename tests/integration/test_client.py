@@ -63,6 +63,8 @@ PROBE = textwrap.dedent(
     attempt("unknown_run", lambda: c.list("BrowseFlow/999999"))
     attempt("malformed", lambda: c.get("not a/reference"))
     attempt("bad_target", lambda: c.list("a/b/c/d/e"))
+    namespace("user:nobody")
+    attempt("invisible_flow", lambda: c.list("BrowseFlow"))
     namespace(None)
     attempt("all_ns", lambda: sorted({r.run for r in c.list("BrowseFlow")}))
     attempt("other_visible", lambda: len(c.list("BrowseFlow/" + other)))
@@ -135,6 +137,8 @@ def test_browsing_runs_steps_tasks_and_metrics(flow_env):
     assert out["unknown_run"]["error"] == "CheckpointNotFound"
     assert out["malformed"]["error"] == "CheckpointConfigError"
     assert out["bad_target"]["error"] == "CheckpointConfigError"
+    assert out["invisible_flow"]["error"] == "CheckpointScopeError"
+    assert "no run in the current namespace 'user:nobody'" in out["invisible_flow"]["message"]
     assert out["all_ns"] == sorted([mine.id, theirs.id])
     assert out["other_visible"] == 9
 

@@ -146,9 +146,19 @@ def locate(target: Target, root: Optional[str] = None) -> Located:
         else:
             prefixes = [flow_prefix(n, target.flow) for n in namespaces]
         return Located(root, prefixes, {target.run})
-    flow = _check_flow(target.flow)
+    from metaflow.exception import MetaflowNamespaceMismatch
+
+    try:
+        flow = _check_flow(target.flow)
+        latest = flow.latest_run  # the newest run visible in the current namespace
+    except MetaflowNamespaceMismatch:
+        latest = None
+    if latest is None and ns is not None:
+        raise CheckpointScopeError(
+            "Flow %s has no run in the current namespace %r; call namespace(None) (CLI: "
+            "--all-namespaces) to see every namespace." % (target.flow, ns)
+        )
     if root is None:
-        latest = flow.latest_run
         root = (latest and root_of_run(latest)) or default_root()
     if ns is None:
         return Located(root, [MANIFESTS + "/"])
