@@ -6,9 +6,11 @@ globals itself, so it is unit-testable and reusable from subprocesses.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -156,13 +158,10 @@ class CheckpointRuntime:
             validate_name(name)
             metadata = validate_metadata(metadata)
             return self._save_in_background(src, metadata, name, latest)
-        self._busy += 1
-        try:
+        with self._saving():
             manifest = self._store.save(
                 src, self._scope, name=name, metadata=metadata, latest=latest
             )
-        finally:
-            self._busy -= 1
         ref = self._committed(manifest)
         if self._interrupted is not None and not self._busy:
             self._on_signal(self._interrupted, None)  # a signal arrived during this save
@@ -179,8 +178,7 @@ class CheckpointRuntime:
         gang = self._gang
         number = gang.counts.get(name, 0)
         gang.counts[name] = number + 1
-        self._busy += 1
-        try:
+        with self._saving():
             manifest = self._store.save_gang(
                 src,
                 self._scope,
@@ -192,9 +190,16 @@ class CheckpointRuntime:
                 number=number,
                 timeout=gang.timeout,
             )
+        return self._committed(manifest)
+
+    @contextlib.contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Mark a blocking save in progress: a signal arriving now waits until it commits."""
+        self._busy += 1
+        try:
+            yield
         finally:
             self._busy -= 1
-        return self._committed(manifest)
 
     def _for_this_rank(self, manifest: Manifest, all_ranks: bool = False) -> Manifest:
         """In a @parallel rank, a gang checkpoint loads as that rank's shard by default."""

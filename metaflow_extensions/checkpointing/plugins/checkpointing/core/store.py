@@ -59,6 +59,7 @@ class CheckpointStore:
         progress: Optional[Progress] = None,
         created_ms: Optional[int] = None,
         seq: Optional[int] = None,
+        publish: Optional[Callable[[Manifest], None]] = None,
     ) -> Manifest:
         """Save a file or directory and commit it; returns the committed manifest.
 
@@ -82,6 +83,7 @@ class CheckpointStore:
             progress=progress,
             created_ms=created_ms,
             seq=seq,
+            publish=publish,
         )
 
     def save_gang(
@@ -102,15 +104,12 @@ class CheckpointStore:
         name = validate_name(name)
         metadata = mf.validate_metadata(metadata)
         id = gang.gang_id(scope, name, number)
-        commit.save(
-            self.storage,
+        self.save(
             src,
             scope,
             name=name,
             metadata=metadata,
-            latest=bool(latest),
-            opts=self.options,
-            writer=self._writer,
+            latest=latest,
             publish=lambda m: gang.write_part(self.storage, scope, id, rank, m),
         )
         if rank == 0:
