@@ -36,6 +36,7 @@ setup(
             "pytest-xdist>=3.5",
             "pytest-timeout>=2.3",
             "psutil>=5.9",
+            "hypothesis>=6.100",
             "ruff>=0.6",
             "mkdocs>=1.6",
             "pytorch-lightning>=2.1",

@@ -16,7 +16,7 @@ import tempfile
 import threading
 from typing import Callable, Optional
 
-from .core.transfer import scan
+from .core.scan import scan
 from .errors import CheckpointException
 from .reference import CheckpointReference
 

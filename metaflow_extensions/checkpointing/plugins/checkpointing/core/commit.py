@@ -18,16 +18,10 @@ from typing import Callable, Optional
 
 from ..storage.base import Storage
 from .manifest import Manifest, now_ms
+from .scan import scan
 from .scope import Scope, blob_key
-from .transfer import (
-    BlobWriter,
-    Progress,
-    SaveStats,
-    TransferOptions,
-    scan,
-    timed,
-    upload_tree,
-)
+from .transfer import Progress, SaveStats, TransferOptions, timed
+from .upload import BlobWriter, upload_tree
 
 # Orders saves of one process that land in the same millisecond.
 _SEQ = itertools.count()

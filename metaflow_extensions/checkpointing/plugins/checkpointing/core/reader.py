@@ -15,9 +15,10 @@ from typing import Optional
 
 from ..errors import CheckpointIntegrityError, CheckpointNotFound, StorageNotFound
 from ..storage.base import Storage
+from .download import _fetch_verified
 from .manifest import FileEntry, Manifest
 from .scope import blob_key
-from .transfer import _fetch_verified, digest
+from .transfer import digest
 
 
 def find_entry(manifest: Manifest, path: str) -> FileEntry:

@@ -16,11 +16,13 @@ from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, S
 from ..storage.base import Storage
 from . import commit, gang, gc, pins, policies, retention, usage
 from . import manifest as mf
+from .download import download_tree
 from .manifest import Manifest, ManifestHeader
 from .reader import open_file
 from .scope import Scope, library_scope, validate_name
 from .summary import SummaryIndex
-from .transfer import BlobWriter, Progress, TransferOptions, download_tree
+from .transfer import Progress, TransferOptions
+from .upload import BlobWriter
 
 
 class CheckpointStore:

@@ -1,0 +1,281 @@
+"""Save: files -> hashed, deduplicated blobs.
+
+Save reads every byte exactly once: each read buffer is hashed (BLAKE3) and, unless a blob with
+that hash is already stored, uploaded from the same buffer.  Large files are split into fixed-size
+chunks; files smaller than ``small_size`` are concatenated into *packs* of up to ``chunk_size``
+bytes so that many tiny files cost a few requests, not one each.  Work runs on a thread pool
+(hashing, file I/O and network calls release the GIL) with at most ``inflight`` buffers alive,
+so memory stays bounded by ``inflight * (chunk_size + small_size)`` whatever the checkpoint size.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Callable, Optional
+
+from ..errors import CheckpointConfigError, StorageError
+from ..storage.base import Storage
+from .manifest import ChunkRef, FileEntry
+from .scan import _File
+from .scope import blob_key
+from .transfer import (
+    Progress,
+    SaveStats,
+    TransferOptions,
+    _no_progress,
+    _run_bounded,
+    digest,
+)
+
+
+class _BufferPool:
+    """Reusable read buffers: allocating and page-faulting a fresh 16 MiB per chunk is slow."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self._size)
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+
+def _read_into(path: str, offset: int, view: memoryview) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = 0
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                raise CheckpointConfigError(
+                    "%s shrank while it was being saved; do not modify files during save()." % path
+                )
+            got += n
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------- save
+class StatCache:
+    """Chunk lists of large files this process saved, keyed by path and stat fingerprint.
+
+    A re-save of an unchanged large file (same device, inode, size, mtime and ctime) reuses the
+    chunk list instead of reading and hashing the file again, as rsync and restic do.  ctime
+    cannot be set by user code, so ``touch -d`` cannot fool it.  An entry is recorded only if the
+    file's mtime and ctime are older than the start of the save that read it by more than
+    :data:`RACY_NS`: a write in the same timestamp tick as our read could otherwise go unseen
+    (git's "racily clean" problem).  Such files are simply hashed again next time.
+    """
+
+    RACY_NS = 100_000_000  # 100 ms, far beyond the coarse filesystem timestamp tick
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], tuple[tuple, list[ChunkRef]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, f: _File, chunk_size: int) -> Optional[list[ChunkRef]]:
+        with self._lock:
+            hit = self._entries.get((f.abs, chunk_size))
+        if hit is None or hit[0] != f.fingerprint:
+            return None
+        return hit[1]
+
+    def put(self, f: _File, chunk_size: int, chunks: list[ChunkRef], start_ns: int) -> None:
+        _dev, _ino, _size, mtime_ns, ctime_ns = f.fingerprint
+        if max(mtime_ns, ctime_ns) >= start_ns - self.RACY_NS:
+            return
+        with self._lock:
+            self._entries[(f.abs, chunk_size)] = (f.fingerprint, chunks)
+
+
+class BlobWriter:
+    """Uploads buffers as content-addressed blobs, skipping those already stored.
+
+    ``known`` is a set of hashes known to be stored (shared across saves of one process) so that
+    repeated saves do not even ask the store whether a blob exists.
+    """
+
+    def __init__(self, storage: Storage, known: Optional[set] = None):
+        self.storage = storage
+        self.known = known if known is not None else set()
+        self.stat_cache = StatCache()
+        # blob -> the newest manifest this process committed that references it.
+        self.referenced_by: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def put_range(self, path: str, offset: int, length: int, stats: SaveStats) -> Optional[str]:
+        """Store a file range through the backend's in-kernel fast path; None if it has none."""
+        try:
+            done = self.storage.ingest_range(path, offset, length, digest, blob_key)
+        except OSError as exc:
+            raise StorageError(
+                "Saving %s into %s failed: %s" % (path, self.storage.url, exc)
+            ) from exc
+        if done is None:
+            return None
+        h, stored = done
+        self._count(h, length, stored, stats, confirmed=True)
+        return h
+
+    def put(self, data: memoryview, stats: SaveStats) -> str:
+        h = digest(data)
+        key = blob_key(h)
+        trusted = h in self.known
+        stored = not (trusted or self.storage.exists(key))
+        if stored:
+            self.storage.put_bytes(key, data)
+        self._count(h, len(data), stored, stats, confirmed=not trusted)
+        return h
+
+    def vouch(self, manifest_key: str, hashes: Iterable[str]) -> None:
+        """Record that the committed manifest ``manifest_key`` references these blobs."""
+        with self._lock:
+            for h in hashes:
+                self.referenced_by[h] = manifest_key
+
+    def forget(self, hashes: Iterable[str]) -> None:
+        """Stop trusting that these blobs are stored (e.g. garbage collection removed them)."""
+        with self._lock:
+            for h in hashes:
+                self.known.discard(h)
+                self.referenced_by.pop(h, None)
+
+    def _count(self, h: str, length: int, stored: bool, stats: SaveStats, confirmed: bool) -> None:
+        """Record a blob as known to be stored and account for it as uploaded or deduplicated."""
+        with self._lock:
+            if confirmed:
+                stats.confirmed.add(h)
+            if stored:
+                stats.bytes_uploaded += length
+                stats.blobs_uploaded += 1
+            else:
+                stats.bytes_deduplicated += length
+                stats.blobs_deduplicated += 1
+            self.known.add(h)
+
+
+def _plan(
+    files: list[_File], opts: TransferOptions, skip: set[int]
+) -> Iterator[tuple[str, object]]:
+    """Yield ('chunk', (file index, offset, length)) and ('pack', [file indices]) work units."""
+    pack: list[int] = []
+    pack_bytes = 0
+    for i, f in enumerate(files):
+        if f.size == 0 or i in skip:
+            continue
+        if f.size < opts.small_size:
+            if pack and pack_bytes + f.size > opts.chunk_size:
+                yield "pack", pack
+                pack, pack_bytes = [], 0
+            pack.append(i)
+            pack_bytes += f.size
+            continue
+        for off in range(0, f.size, opts.chunk_size):
+            yield "chunk", (i, off, min(opts.chunk_size, f.size - off))
+    if pack:
+        yield "pack", pack
+
+
+def upload_tree(
+    files: list[_File],
+    writer: BlobWriter,
+    opts: TransferOptions,
+    stats: SaveStats,
+    progress: Optional[Progress] = None,
+) -> list[FileEntry]:
+    """Hash and upload every byte of ``files``; return their manifest entries.
+
+    Large files unchanged since this process last saved them (see :class:`StatCache`) reuse
+    their chunk list: their blobs are known to be stored, so they count as deduplicated.
+    ``progress`` is called (from worker threads) with each number of bytes done.
+    """
+    progress = progress or _no_progress
+    start_ns = time.time_ns()
+    chunks: list[dict[int, ChunkRef]] = [{} for _ in files]
+    digests: dict[int, str] = {}
+    cached: set[int] = set()
+    for i, f in enumerate(files):
+        hit = writer.stat_cache.get(f, opts.chunk_size) if f.size >= opts.small_size else None
+        if hit is not None and all(c.blob in writer.known for c in hit):
+            chunks[i] = {n: c for n, c in enumerate(hit)}
+            cached.add(i)
+            stats.bytes_deduplicated += f.size
+            stats.blobs_deduplicated += len(hit)
+            progress(f.size)
+    pool = _BufferPool(opts.chunk_size + opts.small_size)
+    lock = threading.Lock()
+
+    def do_chunk(i: int, off: int, length: int) -> None:
+        h = writer.put_range(files[i].abs, off, length, stats)
+        if h is not None:
+            with lock:
+                chunks[i][off] = ChunkRef(h, 0, length)
+                stats.bytes_read += length
+            progress(length)
+            return
+        buf = pool.take()
+        try:
+            view = memoryview(buf)[:length]
+            _read_into(files[i].abs, off, view)
+            h = writer.put(view, stats)
+            with lock:
+                chunks[i][off] = ChunkRef(h, 0, length)
+                stats.bytes_read += length
+            progress(length)
+        finally:
+            pool.give(buf)
+
+    def do_pack(indices: list[int]) -> None:
+        buf = pool.take()
+        try:
+            pos = 0
+            layout = []
+            for i in indices:
+                size = files[i].size
+                view = memoryview(buf)[pos : pos + size]
+                _read_into(files[i].abs, 0, view)
+                layout.append((i, pos, size, digest(view)))
+                pos += size
+            h = writer.put(memoryview(buf)[:pos], stats)
+            with lock:
+                for i, start, size, d in layout:
+                    chunks[i][0] = ChunkRef(h, start, size)
+                    digests[i] = d
+                stats.bytes_read += pos
+            progress(pos)
+        finally:
+            pool.give(buf)
+
+    def jobs() -> Iterator[Callable[[], None]]:
+        for kind, arg in _plan(files, opts, cached):
+            if kind == "chunk":
+                yield lambda a=arg: do_chunk(*a)
+            else:
+                yield lambda a=arg: do_pack(a)
+
+    _run_bounded(jobs(), opts.workers, opts.inflight)
+    stats.files = len(files)
+    for i, f in enumerate(files):
+        if f.size >= opts.small_size and i not in cached:
+            ordered = [chunks[i][off] for off in sorted(chunks[i])]
+            writer.stat_cache.put(f, opts.chunk_size, ordered, start_ns)
+    return [
+        FileEntry(
+            path=f.rel,
+            size=f.size,
+            mode=f.mode,
+            chunks=[chunks[i][off] for off in sorted(chunks[i])],
+            digest=digests.get(i),
+        )
+        for i, f in enumerate(files)
+    ]
