@@ -1,0 +1,763 @@
+"""Verify a checkpoint store: every manifest parses and every byte it references is stored.
+
+Read-only: nothing here writes or deletes an object.  Given a store and either explicit manifest
+keys (a flow, run, step, task or one checkpoint, resolved by the client) or the whole root:
+
+1. read every manifest (in parallel); one that cannot be read, parsed or validated is a
+   *damaged* entry with a reason (:data:`REASONS`), and the rest are still checked;
+2. check that every blob a checkpoint references exists: one listing of ``blobs/`` when many
+   blobs are referenced (or the whole root is checked), else one existence check per blob
+   (:data:`EXISTS_LIMIT`).  A listing also gives sizes, so a blob shorter than a slice that
+   points into it is reported even without ``deep``;
+3. with ``deep``, read every referenced blob back (streamed in windows of one chunk, at most
+   ``options.inflight`` windows in memory, on ``options.workers`` threads), re-hash it with
+   BLAKE3 and check each packed file's own digest and every slice's bounds;
+4. for the whole root only: expired leases still present (*orphaned*: their writer died without
+   cleaning up) and *unreferenced* blobs (no manifest, ``@parallel`` part or live lease needs
+   them: what ``gc`` reclaims, ignoring its grace period).
+
+A finding that a concurrent ``delete``/``prune`` explains (the manifest is gone by the time its
+missing blob is reported) is dropped rather than reported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import blake3
+
+from ..errors import CheckpointNotFound, ManifestError, StorageError, StorageNotFound
+from ..fmt import human_size
+from ..storage.base import ObjectInfo, Storage
+from . import manifest as mf
+from .scope import BLOBS, MANIFESTS, Scope, blob_key, decode
+from .transfer import TransferOptions, _run_bounded
+
+#: Above this many distinct referenced blobs, one listing of ``blobs/`` replaces the existence
+#: checks (a listing page holds 1,000 keys on S3; existence checks are one request each).
+EXISTS_LIMIT = 256
+
+#: Why a manifest (or another object the check reads) is damaged.
+UNRECOGNIZED_KEY = "unrecognized_key"
+UNREADABLE = "unreadable"
+UNPARSABLE = "unparsable"
+NEWER_FORMAT = "newer_format"
+KEY_MISMATCH = "key_mismatch"
+INVALID = "invalid"
+REASONS = (UNRECOGNIZED_KEY, UNREADABLE, UNPARSABLE, NEWER_FORMAT, KEY_MISMATCH, INVALID)
+
+#: Where ``@parallel`` ranks store their parts before the gang commit (see :mod:`.gang`).
+PARTS = "parts"
+
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_FORMAT_RE = re.compile(r"^metaflow-checkpointing/([0-9]+)$")
+
+#: ``progress(phase, done, total)``: cumulative counts of one phase (``"manifests"`` and
+#: ``"blobs"`` count objects, ``"bytes"`` counts bytes re-hashed), called from worker threads.
+#: Phases follow each other; no call of a phase comes after the next phase started.
+VerifyProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class DamagedEntry:
+    """An object that should be a manifest (or a gang part) but cannot be used.
+
+    ``reason`` is one of :data:`REASONS`; ``error`` says exactly what is wrong.
+    """
+
+    key: str
+    reason: str
+    error: str
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "reason": self.reason, "error": self.error}
+
+
+@dataclass
+class MissingBlobs:
+    """A checkpoint some of whose blobs are not stored: ``blobs`` maps each missing hash to the
+    files of the checkpoint that hold bytes in it."""
+
+    key: str
+    blobs: dict[str, list[str]]
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({p for paths in self.blobs.values() for p in paths})
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "blobs": self.blobs, "files": self.files}
+
+
+@dataclass
+class CorruptBlob:
+    """A stored blob whose bytes do not match what checkpoints expect of it.
+
+    ``problems`` describe each mismatch; ``checkpoints`` maps each manifest key that references
+    the blob to the files it holds bytes of.
+    """
+
+    blob: str
+    key: str
+    problems: list[str]
+    checkpoints: dict[str, list[str]]
+
+    def to_json(self) -> dict:
+        return {
+            "blob": self.blob,
+            "key": self.key,
+            "problems": self.problems,
+            "checkpoints": self.checkpoints,
+        }
+
+
+@dataclass(frozen=True)
+class OrphanedLease:
+    """An expired lease still stored: its writer stopped without removing it."""
+
+    session: str
+    keys: tuple[str, ...]
+    refreshed: Optional[float]
+
+    def to_json(self) -> dict:
+        return {"session": self.session, "keys": list(self.keys), "refreshed": self.refreshed}
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found.  :attr:`ok` is true only when nothing is wrong.
+
+    Attributes
+    ----------
+    root : str
+        URL of the store.
+    target : str
+        What was checked (``"the whole store"``, a pathspec or a key), for messages.
+    deep : bool
+        Whether blob contents were re-hashed.
+    whole_store : bool
+        Whether orphaned leases and unreferenced blobs were looked for (only then are
+        :attr:`orphaned_leases` and :attr:`unreferenced` lists rather than None).
+    manifests, checkpoints_ok : int
+        Manifests found, and how many of them are intact (parse, every blob stored and, with
+        ``deep``, matching).
+    files, logical_bytes : int
+        Files and bytes of the checkpoints that parsed.
+    blobs_referenced, bytes_hashed : int
+        Distinct blobs they reference; bytes read back and hashed (``deep``).
+    blob_check : str
+        How existence was checked: ``"listing"``, ``"exists"`` (one request per blob) or
+        ``"read"`` (``deep`` reads every blob).
+    damaged, missing, corrupt : list
+        :class:`DamagedEntry`, :class:`MissingBlobs`, :class:`CorruptBlob`.
+    orphaned_leases : list of OrphanedLease, optional
+    unreferenced : list of ObjectInfo, optional
+        Stored blobs nothing references (what ``gc`` reclaims, ignoring its grace period).
+    seconds : float
+    """
+
+    root: str
+    target: str
+    deep: bool = False
+    whole_store: bool = False
+    manifests: int = 0
+    checkpoints_ok: int = 0
+    files: int = 0
+    logical_bytes: int = 0
+    blobs_referenced: int = 0
+    bytes_hashed: int = 0
+    blob_check: str = ""
+    damaged: list[DamagedEntry] = field(default_factory=list)
+    missing: list[MissingBlobs] = field(default_factory=list)
+    corrupt: list[CorruptBlob] = field(default_factory=list)
+    orphaned_leases: Optional[list[OrphanedLease]] = None
+    unreferenced: Optional[list[ObjectInfo]] = None
+    seconds: float = 0.0
+
+    @property
+    def unreferenced_bytes(self) -> int:
+        return sum(o.size for o in self.unreferenced or ())
+
+    @property
+    def problems(self) -> int:
+        """Number of findings: damaged entries, checkpoints with missing blobs, corrupt blobs,
+        orphaned leases, and unreferenced blobs (counted as one finding)."""
+        return (
+            len(self.damaged)
+            + len(self.missing)
+            + len(self.corrupt)
+            + len(self.orphaned_leases or ())
+            + (1 if self.unreferenced else 0)
+        )
+
+    @property
+    def ok(self) -> bool:
+        """True when the check found nothing wrong (the CLI then exits with 0)."""
+        return self.problems == 0
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict of every field, plus ``ok`` and ``problems``."""
+        return {
+            "ok": self.ok,
+            "problems": self.problems,
+            "root": self.root,
+            "target": self.target,
+            "deep": self.deep,
+            "whole_store": self.whole_store,
+            "manifests": self.manifests,
+            "checkpoints_ok": self.checkpoints_ok,
+            "files": self.files,
+            "logical_bytes": self.logical_bytes,
+            "blobs_referenced": self.blobs_referenced,
+            "bytes_hashed": self.bytes_hashed,
+            "blob_check": self.blob_check,
+            "damaged": [d.to_json() for d in self.damaged],
+            "missing": [m.to_json() for m in self.missing],
+            "corrupt": [c.to_json() for c in self.corrupt],
+            "orphaned_leases": None
+            if self.orphaned_leases is None
+            else [lease.to_json() for lease in self.orphaned_leases],
+            "unreferenced": None
+            if self.unreferenced is None
+            else {
+                "blobs": len(self.unreferenced),
+                "bytes": self.unreferenced_bytes,
+                "keys": sorted(o.key for o in self.unreferenced),
+            },
+            "seconds": self.seconds,
+        }
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """One ``(kind, key, detail)`` per finding, for tables."""
+        out = [("DAMAGED", d.key, "%s: %s" % (d.reason, d.error)) for d in self.damaged]
+        for m in self.missing:
+            out.append(
+                (
+                    "MISSING",
+                    m.key,
+                    "%d blob%s missing, holding %s"
+                    % (len(m.blobs), "" if len(m.blobs) == 1 else "s", _few(m.files)),
+                )
+            )
+        for c in self.corrupt:
+            used = sorted(c.checkpoints)
+            out.append(
+                (
+                    "CORRUPT",
+                    c.key,
+                    "%s; used by %s" % ("; ".join(c.problems), _few(used)),
+                )
+            )
+        for lease in self.orphaned_leases or ():
+            when = (
+                "never refreshed"
+                if lease.refreshed is None
+                else "last refreshed %s"
+                % (mf.iso_time(int(lease.refreshed * 1000))[:19].replace("T", " ") + " UTC")
+            )
+            out.append(("LEASE", "leases/%s" % lease.session, "expired, %s" % when))
+        if self.unreferenced:
+            out.append(
+                (
+                    "UNREFERENCED",
+                    "%s/" % BLOBS,
+                    "%d blobs, %s no checkpoint references (gc reclaims them once older than "
+                    "its grace period)"
+                    % (len(self.unreferenced), human_size(self.unreferenced_bytes)),
+                )
+            )
+        return out
+
+    def summary(self) -> str:
+        """One readable paragraph: what was checked, and the verdict."""
+        how = {
+            "listing": "blobs checked against one listing",
+            "exists": "blobs checked one by one",
+            "read": "blobs read back",
+            "": "no blob to check",
+        }[self.blob_check]
+        head = "Checked %d checkpoint%s of %s in %s (%d files, %s; %d blobs, %s%s) in %.1f s." % (
+            self.manifests,
+            "" if self.manifests == 1 else "s",
+            self.target,
+            self.root,
+            self.files,
+            human_size(self.logical_bytes),
+            self.blobs_referenced,
+            how,
+            ", %s re-hashed" % human_size(self.bytes_hashed) if self.deep else "",
+            self.seconds,
+        )
+        if self.ok:
+            verdict = "OK: %d intact checkpoint%s%s." % (
+                self.checkpoints_ok,
+                "" if self.checkpoints_ok == 1 else "s",
+                ""
+                if self.whole_store
+                else " (leases and unreferenced data are checked only for the whole store)",
+            )
+        else:
+            parts = [
+                (len(self.damaged), "damaged entr%s" % ("y" if len(self.damaged) == 1 else "ies")),
+                (len(self.missing), "checkpoint%s with missing blobs" % _s(self.missing)),
+                (len(self.corrupt), "corrupt blob%s" % _s(self.corrupt)),
+                (len(self.orphaned_leases or ()), "orphaned lease%s" % _s(self.orphaned_leases)),
+                (len(self.unreferenced or ()), "unreferenced blob%s" % _s(self.unreferenced)),
+            ]
+            verdict = "PROBLEMS: %s; %d of %d checkpoints intact." % (
+                ", ".join("%d %s" % (n, what) for n, what in parts if n),
+                self.checkpoints_ok,
+                self.manifests,
+            )
+        return head + "\n" + verdict
+
+
+def _s(items) -> str:
+    return "" if len(items or ()) == 1 else "s"
+
+
+def _few(items: Sequence[str], shown: int = 3) -> str:
+    more = len(items) - shown
+    return ", ".join(items[:shown]) + (" and %d more" % more if more > 0 else "")
+
+
+# ------------------------------------------------------------------------------ manifests
+def key_components(key: str) -> Optional[tuple[str, ...]]:
+    """``(namespace, flow, step, foreach, run, task)`` of an object under ``manifests/`` (from its
+    path alone, so also for a key whose file name does not parse), or None."""
+    parts = key.split("/")
+    if len(parts) != 8 or parts[0] != MANIFESTS:
+        return None
+    return tuple(decode(p) for p in parts[1:7])
+
+
+def _reason(data: bytes, key: str) -> str:
+    """Classify a manifest that :func:`manifest.loads` refused."""
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return UNPARSABLE
+    if not isinstance(body, dict):
+        return UNPARSABLE
+    fmt = body.get("format")
+    if fmt != mf.FORMAT:
+        ours = int(_FORMAT_RE.match(mf.FORMAT).group(1))  # type: ignore[union-attr]
+        theirs = _FORMAT_RE.match(fmt) if isinstance(fmt, str) else None
+        return NEWER_FORMAT if theirs and int(theirs.group(1)) > ours else INVALID
+    try:
+        described = mf.manifest_key(
+            Scope.from_dict(body["scope"]),
+            int(body["created_ms"]),
+            int(body["seq"]),
+            bool(body["latest"]),
+            str(body["id"]),
+            str(body["name"]),
+        )
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+        return INVALID
+    return KEY_MISMATCH if described != key else INVALID
+
+
+def _parse(storage: Storage, key: str) -> tuple[Optional[mf.Manifest], Optional[DamagedEntry]]:
+    """The manifest at ``key``, or why it is damaged; (None, None) if it is gone."""
+    try:
+        mf.parse_key(key)
+    except ManifestError as exc:
+        return None, DamagedEntry(key, UNRECOGNIZED_KEY, exc.message)
+    try:
+        data = storage.get_bytes(key)
+    except StorageNotFound:
+        return None, None  # deleted since it was listed: nothing to check
+    except StorageError as exc:
+        return None, DamagedEntry(key, UNREADABLE, exc.message)
+    try:
+        manifest = mf.loads(data, key)
+    except ManifestError as exc:
+        return None, DamagedEntry(key, _reason(data, key), exc.message)
+    except Exception as exc:  # a hostile body must be a finding, never a crash of the check
+        return None, DamagedEntry(key, _reason(data, key), "%s: %s" % (type(exc).__name__, exc))
+    for f in manifest.files:
+        for c in f.chunks:
+            # Checked before any storage call: a crafted name must never become a path.
+            if not _HASH_RE.match(c.blob):
+                problem = "references %r, which is not a BLAKE3 hash" % (c.blob,)
+            elif c.offset < 0 or c.length < 0 or f.size < 0:
+                problem = "gives %s a negative size, offset or length" % f.path
+            else:
+                continue
+            return None, DamagedEntry(key, INVALID, "Manifest %s %s." % (key, problem))
+    return manifest, None
+
+
+def _part_blobs(storage: Storage, key: str) -> tuple[set[str], Optional[DamagedEntry]]:
+    """Blobs a ``@parallel`` part references (they are live until the gang commits)."""
+    try:
+        body = json.loads(storage.get_bytes(key).decode("utf-8"))
+        return {str(c[0]) for f in body["files"] for c in f["chunks"]}, None
+    except StorageNotFound:
+        return set(), None
+    except StorageError as exc:
+        return set(), DamagedEntry(key, UNREADABLE, exc.message)
+    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, IndexError) as exc:
+        return set(), DamagedEntry(
+            key,
+            UNPARSABLE,
+            "@parallel part %s is unreadable (%s: %s); garbage collection cannot know its blobs."
+            % (key, type(exc).__name__, exc),
+        )
+
+
+# ------------------------------------------------------------------------------ blob uses
+@dataclass
+class _Uses:
+    """Every slice that checkpoints take from one blob."""
+
+    checkpoints: dict[str, list[str]] = field(default_factory=dict)
+    #: (manifest key, file path, offset, length, file digest or None)
+    slices: list[tuple[str, str, int, int, Optional[str]]] = field(default_factory=list)
+
+    @property
+    def end(self) -> int:
+        return max((off + n for _k, _p, off, n, _d in self.slices), default=0)
+
+    def add(self, key: str, entry: mf.FileEntry, chunk: mf.ChunkRef) -> None:
+        paths = self.checkpoints.setdefault(key, [])
+        if not paths or paths[-1] != entry.path:
+            paths.append(entry.path)
+        self.slices.append((key, entry.path, chunk.offset, chunk.length, entry.digest))
+
+
+class _Counter:
+    """Thread-safe cumulative progress of one phase."""
+
+    def __init__(self, progress: Optional[VerifyProgress], phase: str, total: int):
+        self.progress, self.phase, self.total = progress, phase, total
+        self.done = 0
+        self.lock = threading.Lock()
+        if progress is not None:
+            progress(phase, 0, total)
+
+    def add(self, n: int = 1) -> None:
+        with self.lock:
+            self.done += n
+            if self.progress is not None:
+                self.progress(self.phase, self.done, self.total)
+
+
+def _parallel(fn: Callable, items: Sequence, workers: int) -> list:
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix="mfckpt") as pool:
+        return list(pool.map(fn, items))
+
+
+def _hash_blob(
+    storage: Storage, blob: str, uses: _Uses, size: Optional[int], window: int, counter: _Counter
+) -> tuple[bool, list[str]]:
+    """Read ``blob`` back in windows and check it; return (found, problems).
+
+    Each window is hashed into the blob's digest and into the digest of every packed file whose
+    slice overlaps it, so memory stays at one window whatever the blob and file sizes.
+    """
+    key = blob_key(blob)
+    whole = blake3.blake3()  # the hash of transfer.digest, fed incrementally
+    packed = [(s, blake3.blake3()) for s in uses.slices if s[4] is not None]
+    pos = 0
+    while True:
+        try:
+            data = storage.get_bytes(key, pos, window)
+        except StorageNotFound:
+            if pos == 0:
+                return False, []
+            return True, ["disappeared while it was read"]
+        except StorageError as exc:
+            return True, ["unreadable: %s" % exc.message]
+        whole.update(data)
+        end = pos + len(data)
+        for (_k, _p, off, n, _d), h in packed:
+            lo, hi = max(off, pos), min(off + n, end)
+            if lo < hi:
+                h.update(memoryview(data)[lo - pos : hi - pos])
+        counter.add(len(data))
+        pos = end
+        if len(data) < window or (size is not None and pos >= size):
+            break
+    problems = []
+    if whole.hexdigest() != blob:
+        problems.append("content does not match its BLAKE3 hash")
+    problems += _short(uses, pos)
+    for (k, p, off, n, d), h in packed:
+        if off + n <= pos and h.hexdigest() != d:
+            problems.append("file %s of %s does not match its recorded hash" % (p, k))
+    return True, problems
+
+
+def _short(uses: _Uses, size: int) -> list[str]:
+    if uses.end <= size:
+        return []
+    return [
+        "holds %d bytes, but %s of %s needs bytes up to %d" % (size, p, k, off + n)
+        for k, p, off, n, _d in uses.slices
+        if off + n > size
+    ][:3]
+
+
+# ------------------------------------------------------------------------------ verify
+def verify(
+    storage: Storage,
+    keys: Optional[Sequence[str]] = None,
+    *,
+    target: Optional[str] = None,
+    deep: bool = False,
+    options: Optional[TransferOptions] = None,
+    lease_ttl: Optional[float] = None,
+    progress: Optional[VerifyProgress] = None,
+    now: Optional[float] = None,
+) -> VerifyReport:
+    """Check the checkpoints of ``keys`` (manifest keys), or of the whole store when None.
+
+    Parameters
+    ----------
+    storage : Storage
+        The store, rooted at the checkpoint root.
+    keys : sequence of str, optional
+        Manifest keys to check (a flow, run, step, task or one checkpoint, as the client
+        resolved them).  None checks the whole store, including orphaned leases and
+        unreferenced blobs.
+    target : str, optional
+        How to name what is checked in the report.
+    deep : bool
+        Also read every referenced blob back and check its hash, each packed file's digest and
+        each slice's bounds.
+    options : TransferOptions, optional
+        ``workers`` threads, at most ``inflight`` windows of ``chunk_size`` bytes in memory.
+    lease_ttl : float, optional
+        Lease lifetime in seconds (default: the writers' setting).
+    progress : callable, optional
+        ``progress(phase, done, total)``, see :data:`VerifyProgress`.
+    now : float, optional
+        Current time, for judging leases (tests).
+
+    Returns
+    -------
+    VerifyReport
+        Never raises for a damaged entry or a missing or corrupt blob: those are findings.
+
+    Raises
+    ------
+    StorageError
+        A listing failed (listings fail closed: an unreadable prefix is never taken as empty).
+    """
+    started = time.perf_counter()
+    opts = options or TransferOptions()
+    whole = keys is None
+    report = VerifyReport(
+        storage.url, target or ("the whole store" if whole else "%d keys" % len(keys)), deep, whole
+    )
+    if whole:
+        keys = sorted({o.key for o in storage.list(MANIFESTS + "/") if not o.key.endswith("/")})
+    keys = sorted(set(keys))
+
+    # 1. Read and parse every manifest.
+    counter = _Counter(progress, "manifests", len(keys))
+
+    def read(key: str):
+        try:
+            return _parse(storage, key)
+        finally:
+            counter.add()
+
+    parsed: dict[str, mf.Manifest] = {}
+    for key, (manifest, damaged) in zip(keys, _parallel(read, keys, opts.workers)):
+        if damaged is not None:
+            report.damaged.append(damaged)
+        if manifest is not None:
+            parsed[key] = manifest
+    report.manifests = len(parsed) + sum(1 for d in report.damaged if d.reason != UNRECOGNIZED_KEY)
+    uses: dict[str, _Uses] = {}
+    for key, m in parsed.items():
+        report.files += len(m.files)
+        report.logical_bytes += m.size
+        for entry in m.files:
+            for chunk in entry.chunks:
+                uses.setdefault(chunk.blob, _Uses()).add(key, entry, chunk)
+    report.blobs_referenced = len(uses)
+
+    # 2. Which blobs exist (and, from a listing, how big they are).
+    sizes: Optional[dict[str, int]] = None
+    listed: list[ObjectInfo] = []
+    if whole or (uses and len(uses) > EXISTS_LIMIT):
+        listed = [o for o in storage.list(BLOBS + "/") if o.key.count("/") == 2]
+        sizes = {o.key.rsplit("/", 1)[1]: o.size for o in listed}
+        report.blob_check = "listing" if uses else ""
+        present = {h for h in uses if h in sizes}
+    elif deep:
+        report.blob_check = "read" if uses else ""
+        present = set(uses)  # reading tells
+    else:
+        report.blob_check = "exists" if uses else ""
+        counter = _Counter(progress, "blobs", len(uses))
+
+        def stored(h: str) -> bool:
+            try:
+                return storage.exists(blob_key(h))
+            finally:
+                counter.add()
+
+        blobs = sorted(uses)
+        present = {h for h, ok in zip(blobs, _parallel(stored, blobs, opts.workers)) if ok}
+    problems: dict[str, list[str]] = {}
+    if sizes is not None:
+        for h in present:
+            short = _short(uses[h], sizes[h])
+            if short:
+                problems[h] = short
+
+    # 3. Deep: read every stored, referenced blob back.
+    if deep and present:
+        todo = sorted(present - set(problems))
+        total = sum(sizes[h] if sizes is not None else uses[h].end for h in todo)
+        counter = _Counter(progress, "bytes", total)
+        window = opts.chunk_size + 1  # one request for a whole chunk or pack, and no empty read
+        lock = threading.Lock()
+
+        def check(h: str) -> None:
+            found, bad = _hash_blob(
+                storage, h, uses[h], None if sizes is None else sizes[h], window, counter
+            )
+            with lock:
+                if not found:
+                    present.discard(h)
+                elif bad:
+                    problems[h] = bad
+
+        _run_bounded((lambda h=h: check(h) for h in todo), opts.workers, opts.inflight)
+        report.bytes_hashed = counter.done
+
+    # 4. Findings per checkpoint; drop those a concurrent delete explains.
+    missing: dict[str, dict[str, list[str]]] = {}
+    for h in sorted(set(uses) - present):
+        for key, paths in uses[h].checkpoints.items():
+            missing.setdefault(key, {})[h] = paths
+    if missing:
+        gone = [
+            k
+            for k, alive in zip(missing, _parallel(storage.exists, list(missing), opts.workers))
+            if not alive
+        ]
+        for k in gone:
+            del missing[k]
+    report.missing = [MissingBlobs(k, missing[k]) for k in sorted(missing)]
+    report.corrupt = [
+        CorruptBlob(h, blob_key(h), problems[h], uses[h].checkpoints) for h in sorted(problems)
+    ]
+    broken = set(missing) | {k for h in problems for k in uses[h].checkpoints}
+    report.checkpoints_ok = len([k for k in parsed if k not in broken])
+    report.damaged.sort(key=lambda d: d.key)
+
+    # 5. The whole store: orphaned leases and unreferenced blobs.
+    if whole:
+        _unreferenced(storage, report, keys, uses, listed, lease_ttl, now, opts.workers)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _unreferenced(
+    storage: Storage,
+    report: VerifyReport,
+    keys: Sequence[str],
+    uses: dict[str, _Uses],
+    listed: list[ObjectInfo],
+    lease_ttl: Optional[float],
+    now: Optional[float],
+    workers: int,
+) -> None:
+    """Fill ``report.orphaned_leases`` and ``report.unreferenced`` (GC's notion of live, without
+    the grace period)."""
+    live = set(uses)
+    # Checkpoints committed since the first listing reference blobs too (saves in flight).
+    later = sorted(
+        o.key
+        for o in storage.list(MANIFESTS + "/")
+        if mf.is_manifest_key(o.key) and o.key not in set(keys)
+    )
+    for m, _damaged in _parallel(lambda k: _parse(storage, k), later, workers):
+        if m is not None:
+            live |= {c.blob for f in m.files for c in f.chunks}
+    parts = sorted(o.key for o in storage.list(PARTS + "/") if o.key.endswith(".json"))
+    for blobs, damaged in _parallel(lambda k: _part_blobs(storage, k), parts, workers):
+        live |= blobs
+        if damaged is not None:
+            report.damaged.append(damaged)
+    report.damaged.sort(key=lambda d: d.key)
+    protected_since: Optional[float] = None
+    report.orphaned_leases = []
+    for lease in _leases(storage, lease_ttl, now):
+        if lease.expired:
+            report.orphaned_leases.append(
+                OrphanedLease(lease.session, tuple(lease.keys), lease.refreshed)
+            )
+            continue
+        live |= set(lease.names)
+        if lease.started is not None:
+            start = lease.started - _lease_margin()
+            protected_since = start if protected_since is None else min(protected_since, start)
+    report.unreferenced = [
+        o
+        for o in listed
+        if o.key.rsplit("/", 1)[1] not in live
+        and not (protected_since is not None and o.mtime is not None and o.mtime >= protected_since)
+    ]
+
+
+def _leases(storage: Storage, ttl: Optional[float], now: Optional[float]) -> list:
+    """Every lease of the store (see :mod:`.leases`); none before leases existed."""
+    try:
+        from .leases import list_leases
+    except ImportError:
+        return []
+    return list_leases(storage, ttl_seconds=ttl, now=now)
+
+
+def _lease_margin() -> float:
+    try:
+        from .leases import MARGIN_SECONDS  # type: ignore[attr-defined]
+    except ImportError:
+        return 0.0
+    return float(MARGIN_SECONDS)
+
+
+def single(storage: Storage, key: str) -> list[str]:
+    """``[key]`` if a manifest is stored at ``key``.
+
+    Raises
+    ------
+    CheckpointNotFound
+        Nothing is stored at ``key``.
+    """
+    if not storage.exists(key):
+        raise CheckpointNotFound(
+            "No checkpoint with key %s in %s (deleted, never committed, or another store)."
+            % (key, storage.url)
+        )
+    return [key]
+
+
+__all__ = [
+    "EXISTS_LIMIT",
+    "REASONS",
+    "CorruptBlob",
+    "DamagedEntry",
+    "MissingBlobs",
+    "OrphanedLease",
+    "VerifyReport",
+    "key_components",
+    "verify",
+]
