@@ -10,7 +10,9 @@ Guarantees a backend must give (checked by the conformance suite in ``tests/stor
 
 * ``put_bytes`` is atomic: a reader sees the whole new object or nothing (or the old one);
 * ``get_bytes`` of a missing key raises :class:`StorageNotFound`;
-* ``list(prefix)`` is recursive and matches raw string prefixes, like S3;
+* ``list(prefix)`` is recursive and matches raw string prefixes, like S3, and fails closed:
+  a part of the store it cannot read (permissions, I/O error, a truncated page) raises
+  :class:`StorageError` instead of being left out (a missing prefix is an empty listing);
 * ``delete`` of a missing key is not an error.
 """
 
@@ -28,6 +30,14 @@ from ..errors import StorageError, StorageNotFound
 
 T = TypeVar("T")
 Buffer = Union[bytes, bytearray, memoryview]
+
+#: Appended to the error of a listing that could not read part of the store.  Listings fail
+#: closed: what a listing omits looks absent to load policies, retention and garbage collection.
+LIST_HINT = (
+    "A listing never skips what it cannot read (checkpoints there would look absent to "
+    "retries, retention and garbage collection): make that location readable by this user, "
+    "or repair the store, and retry."
+)
 
 TRANSIENT = "transient"
 NOT_FOUND = "not_found"
@@ -240,7 +250,14 @@ class Storage(abc.ABC):
                 if kind == TRANSIENT:
                     raise _Transient(exc) from exc
                 raise StorageError(
-                    "%s of %s failed: %s: %s" % (op, self.full_url(key), type(exc).__name__, exc)
+                    "%s of %s failed: %s: %s%s"
+                    % (
+                        op,
+                        self.full_url(key),
+                        type(exc).__name__,
+                        exc,
+                        ". " + LIST_HINT if op == "list" else "",
+                    )
                 ) from exc
 
         policy = self.retry

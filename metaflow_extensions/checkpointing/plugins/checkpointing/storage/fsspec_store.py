@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from ..errors import CheckpointConfigError
 from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, RetryPolicy, Storage
-from .local import _TMP_PREFIX
+from .local import _TMP_PREFIX, _may_hold
 
 # errno values that usually clear up on their own (network filesystems, busy servers).
 _TRANSIENT_ERRNOS = frozenset(
@@ -110,6 +110,16 @@ def _mtime(info: dict) -> Optional[float]:
     return None
 
 
+def _find_walks(fs: Any) -> bool:
+    """Whether ``fs.find`` is fsspec's generic one, which walks directory by directory."""
+    from fsspec.asyn import AsyncFileSystem
+    from fsspec.spec import AbstractFileSystem
+
+    if isinstance(fs, AsyncFileSystem):
+        return type(fs)._find is AsyncFileSystem._find
+    return type(fs).find is AbstractFileSystem.find
+
+
 class FsspecStorage(Storage):
     """Objects under any fsspec URL.
 
@@ -138,6 +148,7 @@ class FsspecStorage(Storage):
         protocols = {protocols} if isinstance(protocols, str) else set(protocols)
         self._local = bool(protocols & _LOCAL_PROTOCOLS)
         self._memory = "memory" in protocols
+        self._walks = _find_walks(self.fs)
 
     def _path(self, key: str) -> str:
         return "%s/%s" % (self.root, key)
@@ -216,8 +227,7 @@ class FsspecStorage(Storage):
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = self._path(head) if head else self.root
         base = self.root + "/"
-        found = self.fs.find(top, withdirs=False, detail=True)
-        for path, info in found.items():
+        for path, info in self._find(top, prefix).items():
             if info.get("type", "file") != "file" or path.endswith("/"):
                 continue  # directory entries and "folder" placeholders are not objects
             if not path.startswith(base):
@@ -226,6 +236,35 @@ class FsspecStorage(Storage):
             if not key.startswith(prefix) or key.rsplit("/", 1)[-1].startswith(_TMP_PREFIX):
                 continue  # outside the prefix, or a write in flight
             yield ObjectInfo(key, int(info.get("size") or 0), _mtime(info))
+
+    def _find(self, top: str, prefix: str) -> dict[str, dict]:
+        """Every file under ``top`` that may match ``prefix``, with its info, failing closed.
+
+        fsspec's generic ``find`` walks directory by directory and *omits* a directory it
+        cannot list (its ``on_error`` applies to the top directory only), so filesystems that
+        use it (``file``, sftp, smb, ...) are walked here, raising what ``ls`` raises except
+        for a directory that does not exist (nothing saved there yet, or removed while being
+        listed).  Object-store implementations (gcsfs, adlfs, s3fs, memory) list by prefix in
+        their own ``find`` and raise on failure.
+        """
+        if not self._walks:
+            return self.fs.find(top, withdirs=False, detail=True)
+        base = self.root + "/"
+        found: dict[str, dict] = {}
+        pending = [top.rstrip("/")]
+        while pending:
+            path = pending.pop()
+            try:
+                entries = self.fs.ls(path, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for info in entries:
+                name = info["name"].rstrip("/")
+                if info.get("type") != "directory":
+                    found[name] = info
+                elif name != path and _may_hold(name[len(base) :] + "/", prefix):
+                    pending.append(name)
+        return found
 
     def _delete(self, key: str) -> None:
         try:

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Optional
 
-from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, Storage
+from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, Storage, validate_key
 
 # Temp files of in-flight writes start with this; listings never show them.
 _TMP_PREFIX = ".mfckpt-tmp-"
@@ -44,6 +44,24 @@ def copy_range(
                 "%s ended %d bytes early (modified while copied?)" % (what, length - done),
             )
         done += n
+
+
+def _may_hold(directory: str, prefix: str) -> bool:
+    """Whether keys under ``directory`` (a key prefix ending in '/') can start with ``prefix``."""
+    return directory.startswith(prefix) or prefix.startswith(directory)
+
+
+def _walk_error(exc: OSError) -> None:
+    """``os.walk`` error handler: a listing fails closed.
+
+    ``os.walk`` silently skips a directory it cannot read unless told otherwise, and a skipped
+    directory looks like one without checkpoints to load policies, retention and GC.  Only a
+    directory that does not exist (the prefix names nothing yet, or it was removed while being
+    listed) or a prefix that names a file is an empty listing.
+    """
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return
+    raise exc
 
 
 class LocalStorage(Storage):
@@ -118,6 +136,7 @@ class LocalStorage(Storage):
             self._made.add(directory)
 
     def local_path(self, key: str) -> Optional[str]:
+        validate_key(key)  # callers open this path directly, without the checks of get_bytes
         return self._path(key)
 
     def ingest_range(
@@ -187,9 +206,12 @@ class LocalStorage(Storage):
         if "/" not in prefix.rstrip("/") and not prefix.endswith("/"):
             base = ""
         top = self._path(base.rstrip("/")) if base else self.root
-        for dirpath, _dirs, files in os.walk(top):
+        for dirpath, dirs, files in os.walk(top, onerror=_walk_error):
             rel_dir = os.path.relpath(dirpath, self.root)
             rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            # Enter only directories that can hold matching keys: a raw prefix "a/b" walks
+            # "a/", and its unrelated siblings are neither read nor a reason to fail.
+            dirs[:] = [d for d in dirs if _may_hold(rel_dir + d + "/", prefix)]
             for name in files:
                 if name.startswith(_TMP_PREFIX):
                     continue
@@ -200,6 +222,8 @@ class LocalStorage(Storage):
                     st = os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue  # deleted while listing
+                # Any other error (EACCES on a directory without search permission, EIO)
+                # propagates: a listing fails closed.
                 yield ObjectInfo(key, st.st_size, st.st_mtime)
 
     def _delete(self, key: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from ..errors import CheckpointConfigError, StorageError
 from .base import (
+    LIST_HINT,
     NOT_FOUND,
     PERMANENT,
     TRANSIENT,
@@ -351,6 +352,7 @@ class S3Storage(Storage):
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
         cut = len(self._root_key)
+        truncated = False
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
                 for obj in page.get("Contents", ()):
@@ -358,9 +360,19 @@ class S3Storage(Storage):
                     if not key or key.endswith("/"):
                         continue  # "folder" placeholders made by consoles are not objects
                     yield ObjectInfo(key, int(obj["Size"]), obj["LastModified"].timestamp())
+                truncated = bool(page.get("IsTruncated"))
         except Exception as exc:
             self._check_error(exc)
             raise
+        if truncated:
+            # botocore's paginator stops quietly when a page says it is truncated but carries
+            # no continuation token (a misbehaving S3-compatible server or proxy): the rest of
+            # the listing would be missing without a word.
+            raise StorageError(
+                "Listing %s ended early: the server marked its last page truncated but gave no "
+                "continuation token, so the listing is incomplete. %s"
+                % (self.full_url(prefix), LIST_HINT)
+            )
 
     def _delete(self, key: str) -> None:
         # S3 answers 204 for a missing key too, so "missing ok" comes for free.
