@@ -168,6 +168,7 @@ def test_public_api_is_locked():
         "prune",
         "save",
         "unpin",
+        "verify",
     ]
     assert sorted(errors.__all__) == [
         "CheckpointConfigError",

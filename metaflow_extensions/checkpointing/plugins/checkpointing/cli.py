@@ -599,5 +599,5 @@ def _progress(label: str, total: int) -> Iterator[Optional[Callable[[int], None]
             bar.update(pending[0])
 
 
-# Lifecycle commands (prune, gc, du, pin, unpin) register themselves on the same group.
+# Lifecycle commands (prune, gc, du, verify, pin, unpin) register themselves on the same group.
 from . import cli_lifecycle  # noqa: E402, F401

@@ -23,6 +23,7 @@ from .core.retention import numeric
 from .core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
 from .core.store import CheckpointStore
 from .core.transfer import Progress
+from .core.verify import VerifyReport
 from .errors import CheckpointConfigError, CheckpointNotFound
 from .locate import default_root, locate, parse_target
 from .reference import CheckpointReference
@@ -184,6 +185,22 @@ class Checkpoint:
         self, target, name, step, run, task, foreach, attempt, latest_only
     ) -> list[CheckpointReference]:
         """Committed checkpoints under ``target`` (or the named ones), newest first."""
+        store, headers = self._headers(target, name, step, run, task, foreach, attempt, latest_only)
+        return self._references(store, headers)
+
+    def _headers(
+        self,
+        target: Any,
+        name: Optional[str] = None,
+        step: Optional[str] = None,
+        run: Optional[str] = None,
+        task: Optional[str] = None,
+        foreach: Optional[str] = None,
+        attempt: Optional[int] = None,
+        latest_only: bool = False,
+    ) -> tuple[CheckpointStore, list]:
+        """The store and the headers of the committed checkpoints :meth:`list` returns for
+        these arguments (keys only: no manifest is read), newest first."""
         if target is None:
             store = self._store()
             prefixes = [library_prefix()]
@@ -212,7 +229,7 @@ class Checkpoint:
                     continue
                 headers.append(h)
         headers.sort(key=lambda h: h.order, reverse=True)
-        return self._references(store, headers)
+        return store, headers
 
     def best(
         self, target: Any = None, *, metric: str, mode: str = "min", **filters: Any
@@ -532,6 +549,67 @@ class Checkpoint:
             headers = [parse_key(r.key) for r in refs]
         return store.usage(headers, by).to_json()
 
+    def verify(
+        self,
+        target: Any = None,
+        *,
+        deep: bool = False,
+        progress: Optional[Callable[[str, int, int], None]] = None,
+    ) -> VerifyReport:
+        """Check that checkpoints are intact: every manifest parses and every blob it references
+        is stored (with ``deep``, also that its bytes match their hashes).  Nothing is modified.
+
+        Parameters
+        ----------
+        target : str, reference or metaflow client object, optional
+            None: the whole store of this client (then also orphaned leases and unreferenced
+            blobs are looked for).  ``"Flow"``, ``"Flow/run_id"``, ``"Flow/run_id/step"``,
+            ``"Flow/run_id/step/task_id"`` or a client object: the checkpoints :meth:`list`
+            would list for it (damaged ones included).  A reference, manifest key or URL: that
+            checkpoint.
+        deep : bool
+            Read every referenced blob back, re-hash it (BLAKE3) and check each packed file's
+            digest and each slice's bounds; costs reading every byte once.
+        progress : callable, optional
+            ``progress(phase, done, total)`` from worker threads; phases ``"manifests"``,
+            ``"blobs"`` (counts) and ``"bytes"`` (re-hashed, with ``deep``).
+
+        Returns
+        -------
+        VerifyReport
+            ``ok`` (nothing wrong), ``damaged`` (key, reason, error), ``missing`` (checkpoint
+            key -> missing blobs and their files), ``corrupt`` (blobs), ``orphaned_leases``,
+            ``unreferenced`` (blobs), counts; ``to_json()`` and ``summary()``.
+
+        Raises
+        ------
+        CheckpointNotFound
+            Unknown flow or run, or no checkpoint at the given key.
+        CheckpointScopeError
+            The run is not visible in the current namespace.
+        StorageError
+            A listing of the store failed (never taken as empty).
+        """
+        from .core import verify as checker
+
+        by_key = self._by_key(target)
+        if target is None:
+            store, keys, label = self._store(), None, "the whole store"
+        elif by_key is not None:
+            store, key = by_key
+            keys, label = checker.single(store.storage, key), key
+        else:
+            store, headers = self._headers(target)
+            keys, label = [h.key for h in headers], _describe(target)
+        return checker.verify(
+            store.storage,
+            keys,
+            target=label,
+            deep=deep,
+            options=store.options,
+            progress=progress,
+        )
+
     def pause(self, target: Any, reason: Optional[str] = None, *, clear: bool = False) -> str:
         """Ask the tasks of a run (``"Flow/run"``) or one task (``"Flow/run/step/task"``) to
         pause: their ``current.checkpoint.should_pause()`` becomes true within a few seconds.
@@ -566,14 +644,30 @@ class Checkpoint:
         return key
 
     # ------------------------------------------------------------------ resolution
-    def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:
+    def _by_key(self, reference: Any) -> Optional[tuple[CheckpointStore, str]]:
+        """The store and manifest key of a reference given by key (a reference or mapping with
+        ``key``, a manifest key, a manifest URL), else None; nothing is read."""
         if isinstance(reference, dict):
             key = reference.get("key")
             if not isinstance(key, str):
                 raise CheckpointConfigError(
                     "Cannot use %r: a reference mapping needs a 'key' entry." % (reference,)
                 )
-            store = self._store(reference.get("root"))
+            return self._store(reference.get("root")), key
+        if not isinstance(reference, str):
+            return None
+        text = reference.strip()
+        if is_manifest_key(text):
+            return self._store(), text
+        root, marker, rest = text.partition("/" + MANIFESTS + "/")
+        if marker and is_manifest_key(MANIFESTS + "/" + rest):
+            return self._store(root), MANIFESTS + "/" + rest
+        return None
+
+    def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:
+        by_key = self._by_key(reference)
+        if by_key is not None:
+            store, key = by_key
             return store, store.read(key)
         pathspec = getattr(reference, "pathspec", None)
         if isinstance(pathspec, str):
@@ -589,16 +683,6 @@ class Checkpoint:
             chosen = alias.pick(refs, role, target)
             store = self._store(chosen.root)
             return store, store.read(chosen.key)
-        if is_manifest_key(text):
-            store = self._store()
-            return store, store.read(text)
-        marker = "/" + MANIFESTS + "/"
-        if marker in text:
-            root, _, rest = text.partition(marker)
-            key = MANIFESTS + "/" + rest
-            if is_manifest_key(key):
-                store = self._store(root)
-                return store, store.read(key)
         if text.count("/") == 3:
             return self._latest_of(text)
         if "/" not in text:
