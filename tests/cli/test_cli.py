@@ -208,7 +208,7 @@ def test_both_entry_points_offer_the_checkpoint_commands(flow_env):
         commands = re.findall(r"^  (\w+)  ", result.stdout.split("Commands:")[1], re.M)
         assert commands == [
             "delete", "download", "du", "gc", "list", "load", "pause", "pin", "prune", "show",
-            "unpin", "upload",
+            "unpin", "upload", "verify",
         ]  # fmt: skip
 
 
