@@ -7,9 +7,10 @@ also attributes (``ref.key``, ``ref.pathspec``).
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, Any, Optional
 
 from .core.manifest import Manifest, ManifestHeader, iso_time, parse_key
+from .core.promotions import publisher_of
 
 #: Fields every reference carries.
 FIELDS = (
@@ -32,6 +33,7 @@ FIELDS = (
     "foreach",
     "run",
     "task",
+    "publisher",
 )
 
 
@@ -46,7 +48,11 @@ class CheckpointReference(dict):
     ``stats`` (save statistics: bytes read/uploaded/deduplicated, seconds per phase),
     ``namespace``, ``flow``, ``step``, ``foreach``, ``run``, ``task``.  ``pathspec``, ``run``
     and ``task`` are None for a named checkpoint saved outside any task
-    (``Checkpoint().save(path, name=...)``).
+    (``Checkpoint().save(path, name=...)``).  ``publisher`` says who saved it:
+    ``{"user", "namespace", "origin"}``; for a named checkpoint as its manifest records it
+    (origin ``"cli"``, ``"client"`` or the pathspec of the run that uploaded it; None for a
+    version saved before publishers were recorded), for a task's checkpoint its task's
+    namespace and pathspec.
 
     Methods read from the checkpoint's store (``root``): :meth:`load` downloads it,
     :meth:`open` streams one file, :attr:`files` lists its files.
@@ -104,6 +110,7 @@ class CheckpointReference(dict):
             files_count=len(manifest.files),
             stats=dict(manifest.stats),
         )
+        ref["publisher"] = _publisher(manifest.scope, manifest.source, ref)
         return ref
 
     @classmethod
@@ -121,6 +128,7 @@ class CheckpointReference(dict):
             files_count=int(summary.get("files", 0)),
             stats=dict(summary.get("stats") or {}),
         )
+        ref["publisher"] = _publisher(header.scope, summary.get("source"), ref)
         return ref
 
     @classmethod
@@ -140,3 +148,11 @@ class CheckpointReference(dict):
             run=task_of and task_of.run,
             task=task_of and task_of.task,
         )
+
+
+def _publisher(scope, source, ref: dict) -> Optional[dict]:
+    """Who saved a checkpoint: recorded for a named one, its task for a task's checkpoint."""
+    if scope.is_library:
+        return publisher_of(source)
+    user = scope.namespace[len("user:") :] if scope.namespace.startswith("user:") else None
+    return {"user": user, "namespace": scope.namespace, "origin": ref["pathspec"]}

@@ -77,6 +77,7 @@ def save(
     created_ms: Optional[int] = None,
     seq: Optional[int] = None,
     publish: Optional[Callable[[Manifest], None]] = None,
+    source: Optional[dict] = None,
 ) -> Manifest:
     """Save the file or directory ``src`` as one checkpoint and commit it.
 
@@ -87,6 +88,7 @@ def save(
     ``seq`` date the checkpoint (default: now); a background save passes those of its
     snapshot, so that it orders before saves made after it even though it commits later.
     ``publish`` replaces the final manifest write (a ``@parallel`` rank writes its part).
+    ``source`` adds fields to the manifest's ``source`` (the publisher of a named checkpoint).
     """
     writer = writer or BlobWriter(storage)
     stats = SaveStats()
@@ -111,7 +113,7 @@ def save(
         metadata=metadata,
         files=entries,
         dirs=dirs,
-        source={"kind": kind, "name": os.path.basename(os.path.abspath(src))},
+        source={"kind": kind, "name": os.path.basename(os.path.abspath(src)), **(source or {})},
         stats=stats.to_json(),
         chunk_size=opts.chunk_size,
     )

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, StorageNotFound
 from ..storage.base import Storage
-from . import commit, gang, gc, pins, policies, retention, usage
+from . import commit, gang, gc, pins, policies, promotions, retention, usage
 from . import manifest as mf
 from .download import download_tree
 from .manifest import Manifest, ManifestHeader
@@ -62,12 +62,16 @@ class CheckpointStore:
         created_ms: Optional[int] = None,
         seq: Optional[int] = None,
         publish: Optional[Callable[[Manifest], None]] = None,
+        publisher: Optional[dict] = None,
     ) -> Manifest:
         """Save a file or directory and commit it; returns the committed manifest.
 
         With ``reuse_identical``, if the newest checkpoint of the same scope and name has the
         same files, metadata and ``latest`` flag, it is returned (its ``stats`` say
         ``reused=True``) and no new checkpoint is committed: uploading a model again is free.
+        ``publisher`` (:func:`.promotions.publisher_record`) is recorded in a named
+        checkpoint's manifest; ``reuse_identical`` then only reuses a version of that same
+        publisher's namespace.
         """
         name = validate_name(name)
         metadata = mf.validate_metadata(metadata)
@@ -86,6 +90,7 @@ class CheckpointStore:
             created_ms=created_ms,
             seq=seq,
             publish=publish,
+            source=None if publisher is None else {"publisher": publisher},
         )
 
     def save_gang(
@@ -129,9 +134,16 @@ class CheckpointStore:
 
     def _same_as_newest(self, candidate: Manifest) -> Optional[Manifest]:
         headers = self.headers(candidate.scope.task_prefix(), name=candidate.name)
-        if not headers:
+        if candidate.scope.is_library:
+            # Only a version of the same publisher's namespace: returning another namespace's
+            # version would give the publisher a version its own namespace does not trust.
+            newest = promotions.newest_published(
+                headers, promotions.publisher_of(candidate.source), self.read
+            )
+        else:
+            newest = self.read(headers[0].key) if headers else None
+        if newest is None:
             return None
-        newest = self.read(headers[0].key)
         same = (
             _content(newest) == _content(candidate)
             and newest.metadata == candidate.metadata
@@ -186,14 +198,25 @@ class CheckpointStore:
             ) from exc
         return mf.loads(data, key)
 
-    def named(self, text: str) -> Manifest:
-        """The named checkpoint ``"name"`` (newest version) or ``"name@<version id prefix>"``
-        saved outside any task.
+    def named(self, text: str, namespace: Optional[str] = None) -> Manifest:
+        """The named checkpoint ``"name"`` / ``"name@latest"`` (the newest version trusted in
+        ``namespace``) or ``"name@<version id prefix>"`` (that version, whoever published it)
+        saved outside any task.  See :meth:`resolve_named`."""
+        return self.resolve_named(text, namespace).manifest
+
+    def resolve_named(self, text: str, namespace: Optional[str] = None) -> promotions.Resolution:
+        """Resolve a named checkpoint reference for a reader in ``namespace``.
+
+        An unpinned name resolves to the newest version published from ``namespace`` or
+        promoted to it; ``namespace=None`` trusts every publisher (Metaflow's
+        ``namespace(None)``).  A version (``name@<id prefix>``) is an explicit pin.
 
         Raises
         ------
         CheckpointNotFound
             No such name, or no single version matching.
+        CheckpointScopeError
+            The name has versions, but none published from ``namespace`` or promoted to it.
         """
         name, _, version = text.partition("@")
         validate_name(name)
@@ -204,7 +227,7 @@ class CheckpointStore:
                 "or `metaflow checkpoint upload PATH --name %s`." % (name, self.url, name, name)
             )
         if version in ("", "latest", "last"):
-            return self.read(headers[0].key)
+            return promotions.resolve(self.storage, name, headers, namespace, self.read)
         matches = [h for h in headers if h.id.startswith(version)]
         if len(matches) != 1:
             raise CheckpointNotFound(
@@ -216,7 +239,7 @@ class CheckpointStore:
                     ", ".join(h.id for h in headers[:10]),
                 )
             )
-        return self.read(matches[0].key)
+        return promotions.Resolution(self.read(matches[0].key), "pinned")
 
     def summaries(self, headers: Sequence[ManifestHeader]) -> dict[str, dict]:
         """Metadata, size, file count and save statistics of each header's checkpoint, by key
