@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +147,30 @@ def unreferenced_blob(world: Ran) -> tuple:
     return "UNREFERENCED", key, lambda doc: doc["unreferenced"]["keys"][0]
 
 
-PROBLEMS = [delete_blob, flip_byte, truncate_manifest, newer_format, unreferenced_blob]
+def expired_lease(world: Ran) -> tuple:
+    """What a save killed mid-way leaves: its lease, never refreshed again (an hour old)."""
+    lease = world.root / "leases" / "0123456789abcdef"
+    lease.mkdir(parents=True)
+    (lease / "start").write_text('{"ttl": 600}')
+    (lease / "alive").write_text("")
+    hour_ago = time.time() - 3600
+    for path in lease.iterdir():
+        os.utime(path, (hour_ago, hour_ago))
+    return (
+        "LEASE",
+        "leases/0123456789abcdef",
+        lambda doc: "leases/%s" % (doc["orphaned_leases"][0]["session"]),
+    )
+
+
+PROBLEMS = [
+    delete_blob,
+    flip_byte,
+    truncate_manifest,
+    newer_format,
+    expired_lease,
+    unreferenced_blob,
+]
 
 
 @pytest.mark.parametrize("inject", PROBLEMS, ids=[f.__name__ for f in PROBLEMS])

@@ -4,17 +4,21 @@ local and S3 (moto) stores is reported with the key that names it, and the check
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang, verify
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang, leases, verify
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import manifest_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
     blob_key,
     library_scope,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import digest
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointNotFound
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import MemoryStorage
 
 from .helpers import CHUNK, make_scope, options, rand, sample_spec, write_tree
@@ -29,6 +33,12 @@ def populate(store: CheckpointStore, tmp_path, n: int = 3) -> list:
     model = write_tree(tmp_path / "model", {"w.bin": rand(3 * CHUNK, 77)})
     out.append(store.save(str(model), library_scope("resnet"), name="resnet"))
     return out
+
+
+def end_sessions(storage) -> None:
+    """End the writer sessions of the saves so far: remove their leases (as closing their
+    store does), so that only manifests keep blobs alive."""
+    storage.delete_many([o.key for o in storage.list(leases.LEASES + "/")])
 
 
 def objects(storage) -> dict:
@@ -215,6 +225,7 @@ def test_damaged_entries_are_reported_with_their_reason_and_the_rest_is_checked(
 # ------------------------------------------------------------------------------ unreferenced
 def test_unreferenced_blobs_are_what_gc_would_reclaim(any_store, tmp_path):
     saved = populate(any_store, tmp_path)
+    end_sessions(any_store.storage)
     any_store.delete(saved[0].key)
     only_first = {c.blob for f in saved[0].files for c in f.chunks} - {
         c.blob for m in saved[1:] for f in m.files for c in f.chunks
@@ -250,6 +261,48 @@ def test_blobs_of_a_parallel_part_not_committed_yet_are_not_unreferenced(store, 
     store.storage.put_bytes(key, b"{not json")
     report = run(store)
     assert [(d.key, d.reason) for d in report.damaged] == [(key, verify.UNPARSABLE)]
+
+
+def test_orphaned_leases_are_reported_and_live_ones_protect_their_blobs(tmp_path):
+    """An expired lease still stored is reported; a live lease keeps the blobs it names, and
+    those uploaded since it started, off the unreferenced list (as GC keeps them)."""
+    storage = LocalStorage(str(tmp_path / "store"))
+    store = CheckpointStore(storage, options())
+    saved = populate(store, tmp_path)
+    end_sessions(storage)
+    store.delete(saved[0].key)
+    named, old = blobs_of(saved[0])[:2]  # only in the deleted checkpoint
+    hour_ago = time.time() - 3600
+    for path in (tmp_path / "store" / "blobs").rglob("*"):
+        os.utime(path, (hour_ago, hour_ago))
+    storage.put_bytes(leases.lease_key("dead", leases.START), b'{"ttl": 60}')
+    storage.put_bytes(leases.lease_key("dead", leases.ALIVE), b"")
+    for path in (tmp_path / "store" / "leases" / "dead").iterdir():
+        os.utime(path, (hour_ago, hour_ago))
+    storage.put_bytes(leases.lease_key("live", leases.START), b'{"ttl": 600}')
+    storage.put_bytes(leases.lease_key("live", leases.ALIVE), b"")
+    storage.put_bytes(leases.names_key("live", 0), json.dumps({"blobs": [named]}).encode())
+    fresh = rand(1000, 5)  # uploaded by the live session: protected by its start time
+    storage.put_bytes(blob_key(digest(fresh)), fresh)
+
+    report = run(store)
+    assert [(lease.session, lease.keys) for lease in report.orphaned_leases] == [
+        ("dead", ("leases/dead/alive", "leases/dead/start"))
+    ]
+    unreferenced = {o.key for o in report.unreferenced}
+    assert blob_key(old) in unreferenced
+    assert blob_key(named) not in unreferenced and blob_key(digest(fresh)) not in unreferenced
+    assert ("LEASE", "leases/dead") in [row[:2] for row in report.rows()]
+    assert report.to_json()["orphaned_leases"][0]["session"] == "dead"
+    # Once the live lease has expired too, nothing protects those blobs any more.
+    later = run(store, now=time.time() + 3600)
+    assert {lease.session for lease in later.orphaned_leases} == {"dead", "live"}
+    assert {blob_key(named), blob_key(digest(fresh))} <= {o.key for o in later.unreferenced}
+    # A names-* object that cannot be read is damaged: GC cannot know what it protects.
+    storage.put_bytes(leases.names_key("live", 1), b"{truncated")
+    assert [(d.key, d.reason) for d in run(store).damaged] == [
+        (leases.names_key("live", 1), verify.UNPARSABLE)
+    ]
 
 
 # ------------------------------------------------------------------------------ races, progress

@@ -37,12 +37,16 @@ from ..errors import CheckpointNotFound, ManifestError, StorageError, StorageNot
 from ..fmt import human_size
 from ..storage.base import ObjectInfo, Storage
 from . import manifest as mf
+from .leases import list_leases
 from .scope import BLOBS, MANIFESTS, Scope, blob_key, decode
 from .transfer import TransferOptions, _run_bounded
 
 #: Above this many distinct referenced blobs, one listing of ``blobs/`` replaces the existence
 #: checks (a listing page holds 1,000 keys on S3; existence checks are one request each).
 EXISTS_LIMIT = 256
+
+#: Unreferenced blobs listed one per row by :meth:`VerifyReport.rows` (the rest in one row).
+UNREFERENCED_ROWS = 10
 
 #: Why a manifest (or another object the check reads) is damaged.
 UNRECOGNIZED_KEY = "unrecognized_key"
@@ -263,14 +267,19 @@ class VerifyReport:
                 % (mf.iso_time(int(lease.refreshed * 1000))[:19].replace("T", " ") + " UTC")
             )
             out.append(("LEASE", "leases/%s" % lease.session, "expired, %s" % when))
-        if self.unreferenced:
+        blobs = sorted(self.unreferenced or (), key=lambda o: o.key)
+        for o in blobs[:UNREFERENCED_ROWS]:
+            out.append(
+                ("UNREFERENCED", o.key, "%s; no checkpoint references it" % human_size(o.size))
+            )
+        if len(blobs) > UNREFERENCED_ROWS:
+            rest = blobs[UNREFERENCED_ROWS:]
             out.append(
                 (
                     "UNREFERENCED",
                     "%s/" % BLOBS,
-                    "%d blobs, %s no checkpoint references (gc reclaims them once older than "
-                    "its grace period)"
-                    % (len(self.unreferenced), human_size(self.unreferenced_bytes)),
+                    "%d more blobs, %s (the JSON output lists every key)"
+                    % (len(rest), human_size(sum(o.size for o in rest))),
                 )
             )
         return out
@@ -316,6 +325,11 @@ class VerifyReport:
                 self.checkpoints_ok,
                 self.manifests,
             )
+            if self.unreferenced:
+                verdict += (
+                    "\nUnreferenced blobs (%s) are what 'checkpoint gc' reclaims once they are "
+                    "older than its grace period." % human_size(self.unreferenced_bytes)
+                )
         return head + "\n" + verdict
 
 
@@ -683,10 +697,11 @@ def _unreferenced(
     the grace period)."""
     live = set(uses)
     # Checkpoints committed since the first listing reference blobs too (saves in flight).
+    seen = set(keys)
     later = sorted(
         o.key
         for o in storage.list(MANIFESTS + "/")
-        if mf.is_manifest_key(o.key) and o.key not in set(keys)
+        if mf.is_manifest_key(o.key) and o.key not in seen
     )
     for m, _damaged in _parallel(lambda k: _parse(storage, k), later, workers):
         if m is not None:
@@ -696,42 +711,26 @@ def _unreferenced(
         live |= blobs
         if damaged is not None:
             report.damaged.append(damaged)
+    leases = list_leases(storage, lease_ttl, now, read_names="live", workers=workers)
+    for lease in leases:
+        # An unreadable names-* object stops GC (it cannot know what the lease protects).
+        report.damaged += [
+            DamagedEntry(key, UNPARSABLE, "Lease object %s is unreadable." % key)
+            for key in lease.unreadable
+        ]
     report.damaged.sort(key=lambda d: d.key)
-    protected_since: Optional[float] = None
-    report.orphaned_leases = []
-    for lease in _leases(storage, lease_ttl, now):
-        if lease.expired:
-            report.orphaned_leases.append(
-                OrphanedLease(lease.session, tuple(lease.keys), lease.refreshed)
-            )
-            continue
-        live |= set(lease.names)
-        if lease.started is not None:
-            start = lease.started - _lease_margin()
-            protected_since = start if protected_since is None else min(protected_since, start)
+    report.orphaned_leases = [
+        OrphanedLease(lease.session, lease.keys, lease.refreshed)
+        for lease in leases
+        if lease.expired
+    ]
+    live_leases = [lease for lease in leases if not lease.expired]
     report.unreferenced = [
         o
         for o in listed
         if o.key.rsplit("/", 1)[1] not in live
-        and not (protected_since is not None and o.mtime is not None and o.mtime >= protected_since)
+        and not any(lease.protects(o.key.rsplit("/", 1)[1], o.mtime) for lease in live_leases)
     ]
-
-
-def _leases(storage: Storage, ttl: Optional[float], now: Optional[float]) -> list:
-    """Every lease of the store (see :mod:`.leases`); none before leases existed."""
-    try:
-        from .leases import list_leases
-    except ImportError:
-        return []
-    return list_leases(storage, ttl_seconds=ttl, now=now)
-
-
-def _lease_margin() -> float:
-    try:
-        from .leases import MARGIN_SECONDS  # type: ignore[attr-defined]
-    except ImportError:
-        return 0.0
-    return float(MARGIN_SECONDS)
 
 
 def single(storage: Storage, key: str) -> list[str]:
