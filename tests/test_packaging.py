@@ -165,9 +165,11 @@ def test_public_api_is_locked():
         "open",
         "pause",
         "pin",
+        "promote",
         "prune",
         "save",
         "unpin",
+        "unpromote",
         "verify",
     ]
     assert sorted(errors.__all__) == [

@@ -207,8 +207,8 @@ def test_both_entry_points_offer_the_checkpoint_commands(flow_env):
     for result in (cli(env, tmp, "--help"), cli(env, tmp, "--help", flow=True)):
         commands = re.findall(r"^  (\w+)  ", result.stdout.split("Commands:")[1], re.M)
         assert commands == [
-            "delete", "download", "du", "gc", "list", "load", "pause", "pin", "prune", "show",
-            "unpin", "upload", "verify",
+            "delete", "download", "du", "gc", "list", "load", "pause", "pin", "promote", "prune",
+            "show", "unpin", "unpromote", "upload", "verify",
         ]  # fmt: skip
 
 
@@ -414,10 +414,10 @@ def test_named_checkpoints_upload_list_show_load_delete(flow_env, model_dir):
     assert second.stdout == "Uploaded 'tiny' version %s (2.6 KiB, 2.6 KiB new).\n" % newer
 
     rows = cli(env, tmp, "list").table()
-    assert rows[0] == HEADER
+    assert rows[0] == HEADER[:2] + ["PUBLISHER"] + HEADER[3:]  # named: who, not an attempt
     assert [row[:3] for row in rows[1:]] == [
-        ["tiny@" + newer, "tiny", "-"],
-        ["tiny@" + version, "tiny", "-"],
+        ["tiny@" + newer, "tiny", "user:tester"],
+        ["tiny@" + version, "tiny", "user:tester"],
     ]
     assert [row[5] for row in rows[1:]] == ["top1=0.8", "top1=0.7"]
     refs = cli(env, tmp, "list", "--json").json()

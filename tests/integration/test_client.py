@@ -220,14 +220,19 @@ def test_named_checkpoints_on_s3(flow_env, s3_server):
     assert keys["KeyCount"] == 1  # one version left after the delete
 
 
-def test_a_step_gets_models_by_name(flow_env):
+def test_a_step_gets_models_by_name(flow_env, monkeypatch):
     env, tmp = flow_env
     (tmp / ".metaflow").mkdir()
+    import metaflow.metaflow_config
     from metaflow import Checkpoint
 
     model = tmp / "tiny.pt"
     model.write_bytes(b"tiny weights")
-    Checkpoint(root=str(local_root(tmp))).save(str(model), name="tiny")
+    # Published by the flow's user: a bare name resolves among its own namespace's versions.
+    monkeypatch.setattr(metaflow.metaflow_config, "USER", env["USER"])
+    monkeypatch.delenv("METAFLOW_PRODUCTION_TOKEN", raising=False)
+    ref = Checkpoint(root=str(local_root(tmp))).save(str(model), name="tiny")
+    assert ref.publisher == {"user": "tester", "namespace": "user:tester", "origin": "client"}
     vocab = tmp / "vocab_dir"
     vocab.mkdir()
     (vocab / "words.txt").write_text("a b c")

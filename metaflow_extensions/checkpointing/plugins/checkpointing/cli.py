@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from metaflow._vendor import click
 
 from .background import source_bytes
+from .core.promotions import describe_publisher
 from .fmt import human_size
 from .reference import CheckpointReference
 
@@ -320,14 +321,16 @@ def list_checkpoints(
         [
             r.key if keys else _reference_label(r),
             r.name,
-            "-" if r.pathspec is None else str(r.attempt),
+            _publisher_label(r) if target is None else str(r.attempt),
             _created(r),
             human_size(r.size or 0),
             _metadata_summary(r.metadata or {}, first=(order_by or "").lstrip("-")),
         ]
         for r in refs
     ]
-    header = ["KEY" if keys else "CHECKPOINT", "NAME", "ATTEMPT", "CREATED (UTC)", "SIZE"]
+    # Named checkpoints have no attempt; who published each version matters instead.
+    third = "PUBLISHER" if target is None else "ATTEMPT"
+    header = ["KEY" if keys else "CHECKPOINT", "NAME", third, "CREATED (UTC)", "SIZE"]
     _echo_table([[*header, "METADATA"], *rows])
 
 
@@ -348,10 +351,12 @@ def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> Non
     ``REFERENCE`` is a name (``resnet50``, ``resnet50@<version>``), a manifest key or URL, or a
     task pathspec ``Flow/run/step/task`` (its latest checkpoint).
     """
-    ref = ctx.client_for(reference).get(reference)
+    client = ctx.client_for(reference)
+    ref = client.get(reference)
     files = ref.files
+    story = client._promotion_story(ref)  # named checkpoints: where promoted, and the log
     if as_json:
-        _echo_json(dict(ref, files=files))
+        _echo_json(dict(ref, files=files, **story))
         return
     stats = ref.stats or {}
     fields = [
@@ -362,6 +367,8 @@ def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> Non
     ]
     if ref.pathspec is None:
         fields.append(("version", _version(ref)))
+        fields.append(("publisher", describe_publisher(ref.publisher)))
+        fields.append(("trusted", _trusted_in(ref.publisher, story["promoted_to"])))
     else:
         fields += [("pathspec", ref.pathspec), ("attempt", str(ref.attempt))]
         fields += [("namespace", ref.namespace), ("foreach", ref.foreach)]
@@ -377,6 +384,15 @@ def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> Non
     width = max(len(k) for k, _ in fields) + 1
     for label, value in fields:
         click.echo("%-*s %s" % (width, label + ":", value))
+    if story["promotions"]:
+        click.echo("")
+        rows = [["PROMOTED (UTC)", "ACTION", "NAMESPACE", "BY"]]
+        for e in story["promotions"]:
+            by = e.get("by") if isinstance(e.get("by"), dict) else {}
+            who = by.get("namespace") or by.get("user") or "unknown"
+            when = str(e.get("at", ""))[:19].replace("T", " ")
+            rows.append([when, str(e.get("action")), str(e.get("namespace")), str(who)])
+        _echo_table(rows)
     shown = files if all_files else files[:SHOWN_FILES]
     click.echo("")
     _echo_table([["SIZE", "FILE"], *[[human_size(f["size"]), f["path"]] for f in shown]])
@@ -430,6 +446,7 @@ def upload(ctx: CliContext, path: str, name: str, metadata_json: Optional[str]) 
     """
     metadata = _parse_metadata(metadata_json)
     client = ctx.store_client()
+    client._origin = "cli"  # recorded in the version's publisher
     total = source_bytes(path)
     with _progress("Uploading %s" % human_size(total), total) as progress:
         ref = client.save(path, name=name, metadata=metadata, progress=progress)
@@ -500,6 +517,20 @@ def _reference_label(ref: CheckpointReference) -> str:
     if ref.pathspec is None:
         return "%s@%s" % (ref.name, _version(ref))
     return ref.pathspec
+
+
+def _publisher_label(ref: CheckpointReference) -> str:
+    """The namespace that published a named checkpoint's version (``unknown`` if not recorded)."""
+    return (ref.get("publisher") or {}).get("namespace") or "unknown"
+
+
+def _trusted_in(publisher: Optional[dict], promoted_to: list) -> str:
+    """The namespaces where a bare name may resolve to this version."""
+    where = []
+    if publisher and publisher.get("namespace"):
+        where.append("%s (publisher)" % publisher["namespace"])
+    where += ["%s (promoted)" % ns for ns in promoted_to]
+    return ", ".join(where) or "no namespace by name (pin it: name@version, or promote it)"
 
 
 def _created(ref: CheckpointReference) -> str:

@@ -1,5 +1,5 @@
 """Lifecycle commands of the ``checkpoint`` CLI: ``prune``, ``gc``, ``du``, ``verify``, ``pin``,
-``unpin``.
+``unpin``, ``pause``, ``promote``, ``unpromote``.
 
 Registered on the same group as the browsing commands (imported at the end of :mod:`.cli`);
 everything goes through the public client.
@@ -325,3 +325,77 @@ def pause(ctx: CliContext, target: str, reason: Optional[str], clear: bool) -> N
         click.echo(
             "Pause requested for %s; tasks polling should_pause() will save and stop." % target
         )
+
+
+# ---------------------------------------------------------------------------------- trust
+_PROMOTE_HELP = (
+    "Let a namespace use one version of a named checkpoint by its name.\n\n"
+    "REFERENCE is NAME@VERSION (a version id or a unique prefix; 'list --named --name NAME' "
+    "shows the versions and who published them). A bare name (models=['NAME'], "
+    "load('NAME')) resolves, in a run or client of namespace NS, to the newest version "
+    "published from NS or promoted to NS: promoting is how a version someone uploaded reaches "
+    "a production namespace. --to takes the whole namespace, e.g. production:TrainFlow-0-abcd. "
+    "The promotion is logged ('show' prints who, when, from which namespace) and pins the "
+    "version, so retention and delete keep it."
+)
+
+
+def _promote_command(name: str, promote: bool, help: str) -> None:
+    @command(name, help=help)
+    @click.argument("reference")
+    @click.option(
+        "--to",
+        "to",
+        required=True,
+        metavar="NAMESPACE",
+        help="The namespace, e.g. production:TrainFlow-0-abcd or user:bob.",
+    )
+    @root_option
+    def run(ctx: CliContext, reference: str, to: str) -> None:
+        from .core.promotions import describe_publisher
+        from .errors import CheckpointNotFound, CheckpointScopeError
+
+        client = ctx.client_for(reference)
+        if promote:
+            ref = client.promote(reference, to)
+            label = _reference_label(ref)
+            click.echo(
+                "Promoted %s (published by %s) to %s; pinned."
+                % (label, describe_publisher(ref.publisher), to)
+            )
+        else:
+            ref = client.unpromote(reference, to)
+            label = _reference_label(ref)
+            click.echo(
+                "Withdrew the promotion of %s to %s; it stays pinned ('checkpoint unpin %s' "
+                "lets retention prune it)." % (label, to, label)
+            )
+        # What the name means in that namespace now (a newer trusted version still wins).
+        try:
+            now = client._store(ref.root).named(ref.name, to)
+        except (CheckpointNotFound, CheckpointScopeError):
+            click.echo("'%s' now resolves to no version in %s." % (ref.name, to))
+            return
+        if now.id == ref.version:
+            click.echo("'%s' now resolves to %s in %s." % (ref.name, label, to))
+        else:
+            click.echo(
+                "'%s' resolves to %s@%s in %s%s."
+                % (
+                    ref.name,
+                    ref.name,
+                    now.id,
+                    to,
+                    ", which is newer and also trusted there" if promote else "",
+                )
+            )
+
+
+_promote_command("promote", True, _PROMOTE_HELP)
+_promote_command(
+    "unpromote",
+    False,
+    "Withdraw a promotion made with 'promote' (logged too).\n\n"
+    "REFERENCE is NAME@VERSION; --to is the namespace it was promoted to. That namespace then "
+    "resolves NAME to its next trusted version. The pin 'promote' set stays.",
+)

@@ -5,7 +5,8 @@ Checkpoints of runs are found through Metaflow's own objects: a pathspec (``"Flo
 flow's checkpoint store (from the run's metadata) and only checkpoints of runs visible in the
 current Metaflow namespace are listed (``namespace(None)`` lists all).  Named checkpoints saved
 outside any task (``Checkpoint().save(path, name="resnet50")``) live in the store's library and
-are addressed by name.
+are addressed by name: a bare name resolves among the versions published from the current
+namespace or promoted to it (:meth:`Checkpoint.promote`), ``name@<version>`` pins a version.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import uuid
 from typing import IO, Any, Callable, Optional, Union
 
 from . import alias
-from .core import retention
+from .core import promotions, retention
 from .core.manifest import Manifest, is_manifest_key, parse_key
 from .core.retention import numeric
 from .core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
@@ -73,6 +74,8 @@ class Checkpoint:
         self._stores: dict[str, CheckpointStore] = {}
         self._task = TaskContext.from_env() if root is None else None
         self._own_dir: Optional[str] = None
+        # Recorded as the origin of the named checkpoints this object publishes (CLI: "cli").
+        self._origin = "client"
         if init_dir:
             parent = temp_dir_root or (self._task.temp_dir_root if self._task else None)
             if parent:
@@ -368,7 +371,9 @@ class Checkpoint:
         ``name`` (required, as is ``path``); content identical to the newest version is not
         saved again: that version is returned, with ``stats["reused"]`` true and 0 bytes
         uploaded.  Flow steps load it with ``current.checkpoint.load(name)`` or
-        ``@checkpoint(models=[name])``.
+        ``@checkpoint(models=[name])``.  The version records its publisher (your user and
+        namespace, ``ref["publisher"]``): a bare name resolves to it only in that namespace,
+        elsewhere after :meth:`promote` or pinned as ``name@<version>``.
 
         Raises
         ------
@@ -388,6 +393,8 @@ class Checkpoint:
         src = os.path.abspath(os.fspath(path))
         if not os.path.exists(src):
             raise CheckpointConfigError("Cannot save %s: no such file or directory." % src)
+        from .models import publisher_here
+
         store = self._store()
         manifest = store.save(
             src,
@@ -397,6 +404,7 @@ class Checkpoint:
             latest=latest,
             reuse_identical=True,
             progress=progress,
+            publisher=publisher_here(self._origin),
         )
         return CheckpointReference.from_manifest(
             manifest, store.url, store.storage.full_url(manifest.key)
@@ -429,6 +437,65 @@ class Checkpoint:
         self._store(ref.root).pin(ref.key, pinned=False)
         return ref
 
+    def promote(self, reference: Any, to: str) -> CheckpointReference:
+        """Let the namespace ``to`` use one version of a named checkpoint by its name.
+
+        A bare name (``"resnet50"``, ``@checkpoint(models=["resnet50"])``) resolves, for a run
+        or client in namespace N, to the newest version published from N or promoted to N.
+        Promoting is how a version published elsewhere (e.g. uploaded by a user) reaches a
+        production namespace.  The promotion is logged (who, when, from which namespace;
+        ``metaflow checkpoint show`` prints the log) and pins the version, so retention and
+        :meth:`delete` keep it.
+
+        Parameters
+        ----------
+        reference : str or CheckpointReference
+            One exact version: ``"resnet50@<version id or unique prefix>"``, a reference or its
+            key.  A bare name is refused: say which version.
+        to : str
+            The whole namespace, ``"kind:value"``: ``"production:<token>"``, ``"user:bob"``.
+
+        Returns
+        -------
+        CheckpointReference
+            The promoted version.
+
+        Raises
+        ------
+        CheckpointConfigError
+            A bare name, a task's checkpoint (only named checkpoints are promoted) or a
+            malformed namespace; nothing is written.
+
+        Examples
+        --------
+        ::
+
+            Checkpoint().promote("resnet50@1f0c2a", to="production:TrainFlow-0-abcd")
+        """
+        promotions.validate_namespace(to)
+        store, manifest = self._exact_version(reference, "promote", to)
+        promotions.promote(store.storage, manifest, to, by=self._actor())
+        store.pin(manifest.key)
+        return self.get({"key": manifest.key, "root": store.url})
+
+    def unpromote(self, reference: Any, to: str) -> CheckpointReference:
+        """Withdraw a promotion made with :meth:`promote` (logged as well).
+
+        The namespace ``to`` then resolves the name to its next trusted version.  The pin that
+        :meth:`promote` set is left in place (:meth:`unpin` removes it).
+
+        Raises
+        ------
+        CheckpointNotFound
+            The version is not promoted to ``to``.
+        CheckpointConfigError
+            As for :meth:`promote`.
+        """
+        promotions.validate_namespace(to)
+        store, manifest = self._exact_version(reference, "unpromote", to)
+        promotions.unpromote(store.storage, manifest, to, by=self._actor())
+        return self.get({"key": manifest.key, "root": store.url})
+
     def prune(
         self,
         target: Any = None,
@@ -443,11 +510,11 @@ class Checkpoint:
         """Delete the checkpoints under ``target`` that no retention rule keeps.
 
         Rules apply per group of one step, foreach split and name, across the runs under
-        ``target`` (per name for named checkpoints).  Kept are: the newest ``keep_last``, the
-        ``keep_best`` (``"val_loss:min:2"``, or a list of such), the first of every
-        ``keep_every_steps`` steps (metadata ``step``) or ``keep_every_minutes`` minutes, every
-        pinned checkpoint, and each group's newest ``latest=True`` checkpoint (what a retry or
-        ``resume`` would load).  ``filters`` are those of :meth:`list`.
+        ``target`` (per name and publisher's namespace for named checkpoints).  Kept are: the
+        newest ``keep_last``, the ``keep_best`` (``"val_loss:min:2"``, or a list of such), the
+        first of every ``keep_every_steps`` steps (metadata ``step``) or ``keep_every_minutes``
+        minutes, every pinned checkpoint, and each group's newest ``latest=True`` checkpoint
+        (what a retry or ``resume`` would load).  ``filters`` are those of :meth:`list`.
 
         Returns
         -------
@@ -472,11 +539,13 @@ class Checkpoint:
             return []
         store = self._store(refs[0].root)
         headers = [parse_key(r.key) for r in refs]
+        publishers = {r.key: (r.publisher or {}).get("namespace") or "unknown" for r in refs}
 
         def group_of(h) -> str:
             s = h.scope
             if s.is_library:
-                return "named:%s" % h.name
+                # Per publisher: one namespace's uploads never push out another's versions.
+                return "named:%s[%s]" % (h.name, publishers[h.key])
             return "%s/%s[%s]:%s" % (s.flow, s.step, s.foreach, h.name)
 
         plans = store.prune(headers, policy, group_of=group_of, dry_run=dry_run)
@@ -679,7 +748,7 @@ class Checkpoint:
         if at and "/" not in role and alias.is_alias(role) and target:
             # "<target>@best:x": a flow/run/step/task, else the versions of a named checkpoint.
             is_run_target = "/" in target or _is_flow(target)
-            refs = self.list(target) if is_run_target else self.list(name=target)
+            refs = self.list(target) if is_run_target else self._trusted_versions(target)
             chosen = alias.pick(refs, role, target)
             store = self._store(chosen.root)
             return store, store.read(chosen.key)
@@ -703,9 +772,79 @@ class Checkpoint:
         store = self._store(chosen.root)
         return store, store.read(chosen.key)
 
+    # ------------------------------------------------------------------ named checkpoints: trust
+    def _reader(self) -> Optional[str]:
+        """The namespace names resolve in: the task's in a task, else the client's current
+        namespace (None after ``namespace(None)``: any publisher)."""
+        if self._task is not None:
+            return self._task.scope.namespace
+        from .models import reader_namespace
+
+        return reader_namespace()
+
     def _named(self, text: str) -> tuple[CheckpointStore, Manifest]:
+        from .models import is_pinned
+
         store = self._store()
-        return store, store.named(text)
+        return store, store.named(text, None if is_pinned(text) else self._reader())
+
+    def _trusted_versions(self, name: str) -> list[CheckpointReference]:
+        """Versions of the named checkpoint ``name`` the reader trusts, newest first (what
+        ``name@last`` and ``name@best:metric`` choose among)."""
+        refs = self._listed(None, name, None, None, None, None, None, False)
+        reader = self._reader()
+        if reader is None or not refs:
+            return refs
+        store = self._store(refs[0].root)
+        promoted = promotions.promoted_versions(store.storage, name, reader)
+        chosen = [r for r in refs if promotions.trusted(r.publisher, r.version, reader, promoted)]
+        if not chosen:
+            passed = [
+                (parse_key(r.key), r.publisher, "published elsewhere")
+                for r in refs
+                if r.publisher is not None
+            ]
+            raise promotions.untrusted_error(name, reader, passed)
+        return chosen
+
+    def _exact_version(
+        self, reference: Any, verb: str, namespace: str
+    ) -> tuple[CheckpointStore, Manifest]:
+        """The one version of a named checkpoint ``reference`` designates explicitly."""
+        from .models import is_pinned
+
+        if isinstance(reference, str) and "/" not in reference and not is_pinned(reference):
+            name = reference.strip().partition("@")[0]
+            raise CheckpointConfigError(
+                "%s needs one exact version, not the name %r (which version it means depends "
+                "on who asks): `metaflow checkpoint %s %s@<version> --to %s`; `metaflow "
+                "checkpoint list --named --name %s` lists the versions and their publishers."
+                % (verb, reference, verb, name, namespace, name)
+            )
+        store, manifest = self._resolve(reference)
+        if not manifest.scope.is_library:
+            raise CheckpointConfigError(
+                "Only versions of named checkpoints can be %sd; %s is a checkpoint of the task "
+                "%s." % (verb, manifest.key, manifest.scope.pathspec)
+            )
+        return store, manifest
+
+    def _actor(self) -> dict:
+        """Who promotes: this process's user and namespace."""
+        from .models import identity
+
+        user, namespace = identity()
+        return {"user": user, "namespace": namespace}
+
+    def _promotion_story(self, ref: CheckpointReference) -> dict:
+        """Where a version of a named checkpoint is promoted now, and its promotion log."""
+        if ref.pathspec is not None:
+            return {"promoted_to": [], "promotions": []}
+        storage = self._store(ref.root).storage
+        return {
+            "promoted_to": promotions.promotions_of(storage, ref.name).get(ref.version, []),
+            "promotions": promotions.history(storage, ref.name, ref.version),
+        }
 
 
 _BAD_REFERENCE = (

@@ -48,9 +48,11 @@ class CheckpointDecorator(StepDecorator):
         travels with the flow to remote tasks.
     models : list of str, optional
         Named checkpoints (models) the step needs, downloaded before its code runs:
-        ``"resnet50"`` (newest version), ``"resnet50@<version>"``, or ``"resnet50=./model.pt"``
-        (upload that file or directory first unless it is already the newest version).
-        ``run``/``resume`` fail before any task starts if one is missing.  Local paths are in
+        ``"resnet50"`` (the newest version published from the run's namespace or promoted to
+        it), ``"resnet50@<version>"`` (that version, whoever published it), or
+        ``"resnet50=./model.pt"`` (upload that file or directory first unless it is already the
+        newest version).  ``run``/``resume`` fail before any task starts if one is missing or
+        has no version trusted in the run's namespace.  Local paths are in
         ``current.checkpoint.models[name]`` and ``$METAFLOW_CHECKPOINT_MODEL_<NAME>``.
     keep_last : int, optional
         After each save, keep only the newest N checkpoints of that name in this task (all
@@ -136,7 +138,8 @@ class CheckpointDecorator(StepDecorator):
         from .settings import build_store
 
         store = build_store(*self._datastore, self.attributes["root"])
-        ensure_available(store, self._models, self._step_name, _log)
+        origin = "%s/%s" % (flow.name, run_id)  # recorded as the publisher of uploads
+        ensure_available(store, self._models, self._step_name, _log, origin=origin)
 
     def task_pre_step(
         self,
@@ -201,7 +204,9 @@ class CheckpointDecorator(StepDecorator):
             from .models import load_models
 
             self._models_dir = tempfile.mkdtemp(prefix="mfckpt-models-", dir=temp_root)
-            runtime._models = load_models(store, self._models, self._models_dir)
+            runtime._models = load_models(
+                store, self._models, self._models_dir, namespace=scope.namespace
+            )
         runtime._save_on_interrupt = self.attributes["save_on_interrupt"]
         self._runtime = runtime
         from . import interrupts

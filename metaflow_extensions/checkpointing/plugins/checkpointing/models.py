@@ -1,11 +1,16 @@
 """Named checkpoints a step declares it needs: ``@checkpoint(models=["resnet50", ...])``.
 
-A spec is ``"name"`` (newest version), ``"name@<version>"`` (a version id or its prefix) or
+A spec is ``"name"`` (the newest version published from the run's namespace or promoted to
+it), ``"name@<version>"`` (a version id or its prefix, whoever published it) or
 ``"name=<local path>"`` (upload the file or directory first unless that content is already the
 newest version, then use it).  The launcher checks every spec before any task starts; each task
 downloads its models before the step's code runs and exposes their local paths as
 ``current.checkpoint.models[name]`` and environment variables, for subprocesses and non-Python
 tools.
+
+This module also says who publishes and who reads named checkpoints (:func:`identity`,
+:func:`publisher_here`, :func:`reader_namespace`): the Metaflow side of
+:mod:`.core.promotions`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .core.manifest import Manifest
+from .core.promotions import describe_publisher, publisher_record
 from .core.scope import validate_name
 from .core.store import CheckpointStore
-from .errors import CheckpointConfigError, CheckpointNotFound
+from .errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from .fmt import human_size
 
 #: JSON object ``{name: local path}`` of every model of the running task.
@@ -97,13 +103,71 @@ def parse_specs(value: object, step_name: str) -> list[ModelSpec]:
     return specs
 
 
+# ------------------------------------------------------------------------------ identities
+def identity() -> tuple[Optional[str], Optional[str]]:
+    """``(user, namespace)`` of this process as Metaflow sees it: the namespace is
+    ``resolve_identity()`` (``production:<token>`` when ``METAFLOW_PRODUCTION_TOKEN`` is set,
+    else ``user:<user>``), the namespace a run started here gets; None when unknown (root
+    without ``USER``/``METAFLOW_USER``)."""
+    from metaflow.exception import MetaflowUnknownUser
+    from metaflow.util import get_username, resolve_identity
+
+    try:
+        namespace: Optional[str] = resolve_identity()
+    except MetaflowUnknownUser:
+        namespace = None
+    return get_username(), namespace
+
+
+def publisher_here(origin: str) -> dict:
+    """The publisher record of a version saved by this process (``origin``: ``"cli"``,
+    ``"client"`` or a run pathspec)."""
+    user, namespace = identity()
+    return publisher_record(user, namespace, origin)
+
+
+def reader_namespace() -> Optional[str]:
+    """The namespace whose versions a client resolves names among: the current client
+    namespace (``metaflow.namespace(...)``); None after ``namespace(None)`` (any publisher).
+
+    Raises
+    ------
+    CheckpointScopeError
+        The namespace cannot be told (root without a user name): trusting every publisher then
+        would defeat the point, so the message says how to choose.
+    """
+    from metaflow import get_namespace
+    from metaflow.exception import MetaflowUnknownUser
+
+    try:
+        return get_namespace()
+    except MetaflowUnknownUser:
+        raise CheckpointScopeError(
+            "Cannot tell which namespace to resolve named checkpoints in: Metaflow does not know "
+            "your user name. Set METAFLOW_USER (or USER), choose one with "
+            "metaflow.namespace('user:alice'), accept any publisher with namespace(None), or "
+            "pin a version: 'name@<version>'."
+        ) from None
+
+
+def is_pinned(reference: str) -> bool:
+    """Whether a named reference pins a version (``name@<id>``), not ``name``/``name@latest``."""
+    version = reference.partition("@")[2]
+    return version not in ("", "latest", "last")
+
+
+# ------------------------------------------------------------------------------ launcher, task
 def ensure_available(
     store: CheckpointStore,
     specs: list[ModelSpec],
     step_name: str,
     log: Callable[[str], None],
+    origin: str = "launcher",
 ) -> None:
-    """Upload local sources that are not stored yet, then check every model exists.
+    """Upload local sources that are not stored yet, then check every model resolves in the
+    namespace of the run (this process's :func:`identity`).
+
+    ``origin`` (the run's pathspec ``Flow/run_id``) is recorded as the publisher of uploads.
 
     Raises
     ------
@@ -111,6 +175,9 @@ def ensure_available(
         A local path that does not exist (nothing uploaded).
     CheckpointNotFound
         A model (or version) that is not in the store, naming the step.
+    CheckpointScopeError
+        An unpinned model none of whose versions was published from the run's namespace or
+        promoted to it, naming the step, the version to pin and the promote command.
     """
     for spec in specs:
         if spec.local_path and not os.path.exists(spec.local_path):
@@ -118,6 +185,7 @@ def ensure_available(
                 "Step '%s': model %r should be uploaded from %s, which does not exist."
                 % (step_name, spec.name, os.path.abspath(spec.local_path))
             )
+    user, namespace = identity()
     for spec in specs:
         if spec.local_path:
             from .core.scope import library_scope
@@ -127,14 +195,46 @@ def ensure_available(
                 library_scope(spec.name),
                 name=spec.name,
                 reuse_identical=True,
+                publisher=publisher_record(user, namespace, origin),
             )
             log(describe_upload(spec.name, manifest))
         try:
-            store.named(spec.reference)
-        except CheckpointNotFound as exc:
-            raise CheckpointNotFound(
+            if namespace is None and not is_pinned(spec.reference):
+                raise CheckpointScopeError(
+                    "the run's namespace is unknown (no user name), so no unpinned model is "
+                    "trusted; set METAFLOW_USER or pin a version ('%s@<version>')." % spec.name
+                )
+            resolved = store.resolve_named(spec.reference, namespace)
+        except (CheckpointNotFound, CheckpointScopeError) as exc:
+            raise type(exc)(
                 "Step '%s' needs model %r: %s" % (step_name, spec.reference, exc.message)
             ) from None
+        note = describe_resolution(spec.name, resolved, namespace)
+        if note:
+            log(note)
+
+
+def describe_resolution(name: str, resolved, namespace: Optional[str]) -> str:
+    """A line naming newer versions a name did not resolve to (other publishers), or ""."""
+    others = [(h, p) for h, p, reason in resolved.passed_over if reason.startswith("published")]
+    if not others:
+        return ""
+    h, publisher = others[0]
+    return (
+        "[@checkpoint] Model %r: using version %s (%s in %s); %d newer version(s) from other "
+        "namespaces are not used, the newest %s@%s by %s (pin it or promote it to %s to use it)."
+        % (
+            name,
+            resolved.manifest.id,
+            "promoted" if resolved.trust == "promoted" else "published",
+            namespace,
+            len(others),
+            name,
+            h.id,
+            describe_publisher(publisher),
+            namespace,
+        )
+    )
 
 
 def describe_upload(name: str, manifest: Manifest) -> str:
@@ -154,15 +254,18 @@ def describe_upload(name: str, manifest: Manifest) -> str:
     )
 
 
-def load_models(store: CheckpointStore, specs: list[ModelSpec], root: str) -> dict[str, str]:
+def load_models(
+    store: CheckpointStore, specs: list[ModelSpec], root: str, namespace: str
+) -> dict[str, str]:
     """Download every model under ``root``; return ``{name: local path}``.
 
-    A model saved from a single file is exposed as the path of that file, a directory model as
-    its directory.  Also sets the environment variables for subprocesses.
+    Unpinned names resolve among the versions published from the task's ``namespace`` or
+    promoted to it.  A model saved from a single file is exposed as the path of that file, a
+    directory model as its directory.  Also sets the environment variables for subprocesses.
     """
     paths: dict[str, str] = {}
     for spec in specs:
-        manifest = store.named(spec.reference)
+        manifest = store.named(spec.reference, namespace)
         target = os.path.join(root, spec.name)
         store.load(manifest, target)
         if manifest.source.get("kind") == "file" and len(manifest.files) == 1:

@@ -396,15 +396,17 @@ class CheckpointRuntime:
         reference : CheckpointReference, dict, str or metaflow.Task
             A reference returned by ``save()``/``list()`` (or its ``["key"]``), a task
             (pathspec ``Flow/run/step/task`` or object) whose latest checkpoint to load, or the
-            name of a checkpoint saved outside any task (``"resnet50"``, newest version, or
-            ``"resnet50@<version>"``; see ``metaflow checkpoint upload``).
+            name of a checkpoint saved outside any task (``"resnet50"``: the newest version
+            published from this task's namespace or promoted to it; ``"resnet50@<version>"``:
+            that version, whoever published it; see ``metaflow checkpoint upload``).
         path : str, optional
             Target directory (created if needed; same-named files are replaced, others left).
             Default: :attr:`directory`, which then holds exactly the checkpoint (its previous
             contents are replaced only once the download has been verified).
         namespace_check : bool
             Refuse checkpoints of another namespace, flow or store (default).  Pass False to
-            load one deliberately.  Named checkpoints are shared by every namespace.
+            load one deliberately.  With False, an unpinned name resolves to its newest version
+            whoever published it.
         all_ranks : bool
             In a ``@parallel`` step, a checkpoint saved by the gang loads this rank's files
             only; ``True`` loads every rank's, under ``rank-<i>/`` (to re-shard).
@@ -494,7 +496,8 @@ class CheckpointRuntime:
                 alias.pick(refs, reference, "task %s" % self._scope.pathspec).key
             )
         if isinstance(reference, str) and reference and "/" not in reference:
-            return store, store.named(reference)
+            reader = self._scope.namespace if namespace_check else None  # None: any publisher
+            return store, store.named(reference, reader)
         raise CheckpointConfigError(
             "Cannot load %r: pass a reference returned by save() or list(), its 'key', a task "
             "pathspec 'Flow/run_id/step/task_id', or the name of a checkpoint saved outside any "
