@@ -15,17 +15,28 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from ..errors import CheckpointConfigError, ManifestError
-from .scope import MANIFESTS, Scope, decode, encode, validate_name
+from .scope import MANIFESTS, Scope, decode, encode, is_blob_name, validate_name
 
 FORMAT = "metaflow-checkpointing/1"
-#: Largest accepted user metadata, JSON-encoded.
+_FORMAT_RE = re.compile(r"metaflow-checkpointing/([0-9]{1,9})")
+#: Largest accepted user metadata, in UTF-8 bytes of its JSON encoding.
 MAX_METADATA_BYTES = 64 * 1024
+#: Sizes, offsets and lengths are below 2**63: what every filesystem and object store API takes.
+SIZE_LIMIT = 2**63
+#: File modes are the 16 bits of ``st_mode`` (type and permission bits).
+MAX_MODE = 0o177777
+#: Creation times are at most 9999-12-31T23:59:59.999Z, the last instant ``datetime`` shows.
+MAX_CREATED_MS = 253_402_300_799_999
+#: Deepest nesting of JSON values in metadata, source and statistics (deeper values would come
+#: near the interpreter's recursion limit when serialised again).
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,13 @@ class ChunkRef:
     blob: str
     offset: int
     length: int
+
+    def __post_init__(self) -> None:
+        # Every chunk reference is checked where it is made (parser, gang parts, uploads): a
+        # blob name becomes a storage key and, on local stores, a path that is opened.
+        problem = _chunk_problem(self.blob, self.offset, self.length)
+        if problem:
+            raise ManifestError("Invalid chunk reference %s: %s." % (_show(self.blob), problem))
 
     def to_json(self) -> list:
         return [self.blob, self.offset, self.length]
@@ -163,27 +181,42 @@ def manifest_key(scope: Scope, created_ms: int, seq: int, latest: bool, id: str,
     )
 
 
+#: ``<created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json``: ASCII digits only (``int()`` would
+#: also take signs, spaces, underscores and other scripts' digits).
+_KEY_FILE_RE = re.compile(
+    r"(?P<created>[0-9]{1,19})-(?P<attempt>[0-9]{1,19})-(?P<seq>[0-9]{1,19})-(?P<flag>[LN])-"
+    r"(?P<id>[0-9A-Za-z]{1,64})-(?P<name>.+)\.json"
+)
+
+
 def parse_key(key: str) -> ManifestHeader:
     """Parse a manifest key into a header.
 
     Raises
     ------
     ManifestError
-        If the key is not a manifest key of this format.
+        If the key is not a manifest key of this format (whatever the input: never another
+        exception).
     """
-    parts = key.split("/")
-    if len(parts) != 8 or parts[0] != MANIFESTS or not parts[7].endswith(".json"):
-        raise ManifestError("%r is not a checkpoint manifest key." % key)
-    ns, flow, step, foreach, run, task = (decode(p) for p in parts[1:7])
-    fields = parts[7][: -len(".json")].split("-", 5)
+    parts = key.split("/") if isinstance(key, str) else []
+    match = _KEY_FILE_RE.fullmatch(parts[7]) if len(parts) == 8 else None
+    if match is None or parts[0] != MANIFESTS or not all(parts[1:7]):
+        raise ManifestError("%s is not a checkpoint manifest key." % _show(key))
+    created, attempt, seq = (int(match[g]) for g in ("created", "attempt", "seq"))
     try:
-        created, attempt, seq, flag, id_, name = fields
-        if flag not in ("L", "N"):
-            raise ValueError(flag)
-        scope = Scope(ns, flow, step, foreach, run, task, int(attempt))
-        return ManifestHeader(key, scope, int(created), int(seq), flag == "L", id_, name)
-    except ValueError as exc:
-        raise ManifestError("%r is not a checkpoint manifest key." % key) from exc
+        name = validate_name(match["name"])
+    except CheckpointConfigError:
+        raise ManifestError(
+            "%s is not a checkpoint manifest key: its name is not valid." % _show(key)
+        ) from None
+    if created > MAX_CREATED_MS or attempt >= SIZE_LIMIT or seq >= SIZE_LIMIT:
+        raise ManifestError(
+            "%s is not a checkpoint manifest key: its time, attempt or sequence number is out "
+            "of range." % _show(key)
+        )
+    ns, flow, step, foreach, run, task = (decode(p) for p in parts[1:7])
+    scope = Scope(ns, flow, step, foreach, run, task, attempt)
+    return ManifestHeader(key, scope, created, seq, match["flag"] == "L", match["id"], name)
 
 
 def is_manifest_key(key: str) -> bool:
@@ -195,7 +228,8 @@ def is_manifest_key(key: str) -> bool:
 
 
 def validate_metadata(metadata: object) -> dict:
-    """Check user metadata: a JSON-serialisable dict within :data:`MAX_METADATA_BYTES`."""
+    """Check user metadata: a JSON-serialisable dict of at most :data:`MAX_METADATA_BYTES`
+    UTF-8 bytes, nested at most :data:`MAX_JSON_DEPTH` deep (what :func:`loads` accepts)."""
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
@@ -203,16 +237,24 @@ def validate_metadata(metadata: object) -> dict:
             "Checkpoint metadata must be a dict, got %s." % type(metadata).__name__
         )
     try:
-        encoded = json.dumps(metadata, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        # ensure_ascii=False: the limit counts the bytes stored, not \\uXXXX escapes (which
+        # would count 6 bytes for an 'é' and 12 for an emoji).
+        encoded = json.dumps(metadata, sort_keys=True, allow_nan=False, ensure_ascii=False)
+        size = len(encoded.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as exc:
         raise CheckpointConfigError(
             "Checkpoint metadata is not JSON-serialisable (%s). Use str/int/float/bool/None, "
             "lists and dicts with string keys." % exc
         ) from exc
-    if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
+    if size > MAX_METADATA_BYTES:
         raise CheckpointConfigError(
-            "Checkpoint metadata is %d bytes as JSON; the limit is %d. Store large data as "
-            "files in the checkpoint instead." % (len(encoded), MAX_METADATA_BYTES)
+            "Checkpoint metadata is %d bytes as JSON (UTF-8); the limit is %d. Store large data "
+            "as files in the checkpoint instead." % (size, MAX_METADATA_BYTES)
+        )
+    if _json_depth(metadata) > MAX_JSON_DEPTH:
+        raise CheckpointConfigError(
+            "Checkpoint metadata is nested more than %d levels deep (dicts and lists within "
+            "each other); flatten it." % MAX_JSON_DEPTH
         )
     return json.loads(encoded)
 
@@ -230,8 +272,8 @@ def safe_relpath(path: str) -> str:
         or path.split("/")[0] == ".."
     ):
         raise ManifestError(
-            "Manifest lists the path %r, which is not a plain relative path inside the "
-            "checkpoint; refusing to load it." % (path,)
+            "Manifest lists the path %s, which is not a plain relative path inside the "
+            "checkpoint; refusing to load it." % _show(path)
         )
     return path
 
@@ -254,65 +296,306 @@ def _check_no_conflicts(key: str, files: list[str], dirs: list[str]) -> None:
                 )
 
 
+# ------------------------------------------------------------------------------ parsing
+class _Invalid(Exception):
+    """One field of a manifest body is invalid; ``where`` names it (``files[2].size``)."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__("%s %s" % (where, problem))
+
+
+#: What a hostile or damaged body can make the parser raise; all become a ManifestError.
+_PARSE_ERRORS = (
+    _Invalid,
+    ValueError,  # bad JSON, non-UTF-8 (UnicodeError), too many digits, unencodable scope
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,  # deep nesting
+    OverflowError,
+    BufferError,
+    OSError,
+    CheckpointConfigError,  # an invalid name
+)
+
+
+def _show(value: Any, width: int = 80) -> str:
+    """A short, always printable description of any (possibly huge) JSON value."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "an integer of %d bits" % value.bit_length()
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return "a %s" % type(value).__name__
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number with a fraction",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif not isinstance(v, list):
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        if depth + 1 <= MAX_JSON_DEPTH:  # deeper is refused anyway: stop counting there
+            stack.extend((x, depth + 1) for x in v)
+    return deepest
+
+
+def _field(d: dict, name: str, where: str, default: Any = KeyError) -> Any:
+    if name in d:
+        return d[name]
+    if default is KeyError:
+        raise _Invalid(where + name, "is missing")
+    return default
+
+
+def _int(value: Any, where: str, limit: int = SIZE_LIMIT - 1, low: int = 0) -> int:
+    # type() is int: a bool is an int to Python, 1.0 and "1" are not integers in a manifest.
+    if type(value) is not int:
+        raise _Invalid(where, "must be an integer, not %s (%s)" % (_kind(value), _show(value)))
+    if not low <= value <= limit:
+        raise _Invalid(where, "is %s, outside %d..%d" % (_show(value), low, limit))
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if type(value) is not str or not value:
+        raise _Invalid(where, "must be a non-empty string, not %s" % _show(value))
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if type(value) is not bool:
+        raise _Invalid(where, "must be true or false, not %s" % _show(value))
+    return value
+
+
+def _list(value: Any, where: str) -> list:
+    if type(value) is not list:
+        raise _Invalid(where, "must be a list, not %s" % _kind(value))
+    return value
+
+
+def _object(value: Any, where: str) -> dict:
+    if type(value) is not dict:
+        raise _Invalid(where, "must be an object, not %s" % _kind(value))
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise _Invalid(where, "is nested more than %d levels deep" % MAX_JSON_DEPTH)
+    return value
+
+
+def _digest(value: Any, where: str) -> str:
+    if not is_blob_name(value):
+        raise _Invalid(where, "is %s, not a 64-hex BLAKE3 digest" % _show(value))
+    return value
+
+
+def _chunk_problem(blob: Any, offset: Any, length: Any) -> str:
+    """Why ``(blob, offset, length)`` is not a valid chunk reference, or ''."""
+    if not is_blob_name(blob):
+        return "the blob name is not a 64-hex BLAKE3 digest"
+    for what, v in (("offset", offset), ("length", length)):
+        if type(v) is not int or not 0 <= v < SIZE_LIMIT:
+            return "the %s %s is not an integer in 0..2**63-1" % (what, _show(v))
+    if offset + length > SIZE_LIMIT:
+        return "the slice ends beyond 2**63"
+    return ""
+
+
+def _chunk(value: Any, where: str) -> ChunkRef:
+    items = _list(value, where)
+    if len(items) != 3:
+        raise _Invalid(where, "must be [blob, offset, length], not %s" % _show(items))
+    blob = _digest(items[0], where + ".blob")
+    offset = _int(items[1], where + ".offset")
+    length = _int(items[2], where + ".length")
+    if offset + length > SIZE_LIMIT:
+        raise _Invalid(where, "ends beyond 2**63 (offset %d + length %d)" % (offset, length))
+    return ChunkRef(blob, offset, length)
+
+
+def _file(value: Any, where: str) -> FileEntry:
+    f = _object(value, where)
+    try:
+        path = safe_relpath(_field(f, "path", where + "."))
+    except ManifestError as exc:
+        raise _Invalid(
+            where + ".path", "is %s: not a plain relative path" % _show(f["path"])
+        ) from exc
+    where = "%s (%s)" % (where, _show(path, 60))
+    size = _int(_field(f, "size", where + "."), where + ".size")
+    mode = _int(_field(f, "mode", where + "."), where + ".mode", MAX_MODE)
+    chunks = [
+        _chunk(c, "%s.chunks[%d]" % (where, i))
+        for i, c in enumerate(_list(_field(f, "chunks", where + "."), where + ".chunks"))
+    ]
+    if size and not chunks:
+        raise _Invalid(where + ".chunks", "is empty but the file has %d bytes" % size)
+    total = sum(c.length for c in chunks)
+    if total != size:
+        raise _Invalid(
+            where + ".chunks", "add up to %d bytes, not the file's size %d" % (total, size)
+        )
+    digest = f.get("digest")
+    if digest is not None:
+        _digest(digest, where + ".digest")
+    return FileEntry(path=path, size=size, mode=mode, chunks=chunks, digest=digest)
+
+
+#: Save statistics that are counts (the rest is free-form: ``seconds`` per phase, flags).
+_STAT_COUNTS = (
+    "files",
+    "bytes_read",
+    "bytes_uploaded",
+    "bytes_deduplicated",
+    "blobs_uploaded",
+    "blobs_deduplicated",
+)
+
+
+def _stats(value: Any, where: str) -> dict:
+    stats = _object(value, where)
+    for name in _STAT_COUNTS:
+        if name in stats:
+            _int(stats[name], "%s.%s" % (where, name))
+    seconds = stats.get("seconds")
+    if seconds is not None:
+        for phase, v in _object(seconds, where + ".seconds").items():
+            if type(v) not in (int, float) or v < 0:
+                raise _Invalid(
+                    "%s.seconds.%s" % (where, phase),
+                    "must be a number of seconds, not %s" % _show(v),
+                )
+    return stats
+
+
+def _source(value: Any, where: str) -> dict:
+    source = _object(value, where)
+    if "kind" in source:
+        _str(source["kind"], where + ".kind")
+    if "ranks" in source:
+        _int(source["ranks"], where + ".ranks", low=1)
+    return source
+
+
+def _scope(value: Any, where: str) -> Scope:
+    d = _object(value, where)
+    parts = [
+        _str(_field(d, n, where + "."), "%s.%s" % (where, n))
+        for n in ("namespace", "flow", "step", "foreach", "run", "task")
+    ]
+    return Scope(*parts, attempt=_int(_field(d, "attempt", where + "."), where + ".attempt"))
+
+
+def _check_format(d: dict, key: str) -> None:
+    fmt = d.get("format")
+    if fmt == FORMAT:
+        return
+    newer = _FORMAT_RE.fullmatch(fmt) if isinstance(fmt, str) else None
+    if newer and int(newer.group(1)) > int(FORMAT.rsplit("/", 1)[1]):
+        raise ManifestError(
+            "Checkpoint %s was written by a newer release of metaflow-checkpointing (manifest "
+            "format %r; this release reads %r). Upgrade metaflow-checkpointing (pip install -U "
+            "metaflow-checkpointing) to load it." % (key, fmt, FORMAT)
+        )
+    raise ManifestError(
+        "Manifest %s has format %s; this version of metaflow-checkpointing reads %r. It is not "
+        "a checkpoint this release can read; load another checkpoint or delete this one."
+        % (key, _show(fmt), FORMAT)
+    )
+
+
+def _parse(d: Any, key: str) -> Manifest:
+    if type(d) is not dict:
+        raise _Invalid("the body", "must be a JSON object, not %s" % _kind(d))
+    _check_format(d, key)
+    if d.get("hash", "blake3") != "blake3":
+        raise _Invalid("hash", "is %s; only 'blake3' is known" % _show(d.get("hash")))
+    files = [
+        _file(f, "files[%d]" % i) for i, f in enumerate(_list(_field(d, "files", ""), "files"))
+    ]
+    dirs = []
+    for i, p in enumerate(_list(d.get("dirs", []), "dirs")):
+        try:
+            dirs.append(safe_relpath(p))
+        except ManifestError:
+            raise _Invalid("dirs[%d]" % i, "is %s: not a plain relative path" % _show(p)) from None
+    _check_no_conflicts(key, [f.path for f in files], dirs)
+    try:
+        name = validate_name(_field(d, "name", ""))
+    except CheckpointConfigError:
+        raise _Invalid("name", "is %s: not a valid checkpoint name" % _show(d["name"])) from None
+    return Manifest(
+        id=_str(_field(d, "id", ""), "id"),
+        name=name,
+        scope=_scope(_field(d, "scope", ""), "scope"),
+        latest=_bool(_field(d, "latest", ""), "latest"),
+        created_ms=_int(_field(d, "created_ms", ""), "created_ms", MAX_CREATED_MS),
+        seq=_int(_field(d, "seq", ""), "seq"),
+        metadata=dict(_object(d.get("metadata") or {}, "metadata")),
+        files=files,
+        dirs=dirs,
+        source=dict(_source(d.get("source") or {}, "source")),
+        stats=dict(_stats(d.get("stats") or {}, "stats")),
+        chunk_size=_int(d.get("chunk_size", 0), "chunk_size"),
+    )
+
+
 def loads(data: bytes, key: str) -> Manifest:
     """Parse and validate manifest bytes read from ``key``.
+
+    Every field is type-checked (``true`` is not an integer, ``1.0`` is not a size), sizes,
+    offsets and lengths are integers in ``0..2**63-1``, modes in ``0..0o177777``, blob names
+    and digests 64-hex BLAKE3 digests; nothing in a manifest reaches storage or the
+    filesystem before it passed.
 
     Raises
     ------
     ManifestError
-        If the bytes are not a valid manifest of a known format.
+        If the bytes are not a valid manifest of a known format, whatever they hold (never
+        another exception); the message names the key and the field.  A manifest of a newer
+        format says so: upgrade to read it.
     """
     try:
-        d = json.loads(data.decode("utf-8"))
-        if not isinstance(d, dict):
-            raise TypeError("expected a JSON object, got %s" % type(d).__name__)
-        if d.get("format") != FORMAT:
-            raise ManifestError(
-                "Manifest %s has format %r; this version of metaflow-checkpointing reads %r."
-                % (key, d.get("format"), FORMAT)
-            )
-        files = [
-            FileEntry(
-                path=safe_relpath(f["path"]),
-                size=int(f["size"]),
-                mode=int(f["mode"]),
-                chunks=[ChunkRef(str(b), int(o), int(n)) for b, o, n in f["chunks"]],
-                digest=f.get("digest"),
-            )
-            for f in d["files"]
-        ]
-        for f in files:
-            if sum(c.length for c in f.chunks) != f.size:
-                raise ManifestError(
-                    "Manifest %s: chunks of %s do not add up to its size." % (key, f.path)
-                )
-        dirs = [safe_relpath(p) for p in d.get("dirs", [])]
-        _check_no_conflicts(key, [f.path for f in files], dirs)
-        manifest = Manifest(
-            id=str(d["id"]),
-            name=validate_name(d["name"]),
-            scope=Scope.from_dict(d["scope"]),
-            latest=bool(d["latest"]),
-            created_ms=int(d["created_ms"]),
-            seq=int(d["seq"]),
-            metadata=dict(d.get("metadata") or {}),
-            files=files,
-            dirs=dirs,
-            source=dict(d.get("source") or {}),
-            stats=dict(d.get("stats") or {}),
-            chunk_size=int(d.get("chunk_size", 0)),
-        )
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise _Invalid("the body", "must be bytes, not %s" % type(data).__name__)
+        text = bytes(data).decode("utf-8")
+        # NaN and Infinity parse (as Python's json writes them): free-form metadata may hold
+        # them; every typed field refuses anything but an integer of its range.
+        body = json.loads(text)
+        manifest = _parse(body, key)
+        described = manifest.key
     except ManifestError:
         raise
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, CheckpointConfigError) as exc:
+    except _PARSE_ERRORS as exc:
+        problem = str(exc) if isinstance(exc, _Invalid) else "%s: %s" % (type(exc).__name__, exc)
         raise ManifestError(
-            "Manifest %s is unreadable or invalid (%s: %s). The checkpoint cannot be loaded; "
-            "load another checkpoint or delete this one." % (key, type(exc).__name__, exc)
-        ) from exc
-    if manifest.key != key:
+            "Manifest %s is unreadable or invalid: %s. The checkpoint cannot be loaded; load "
+            "another checkpoint, or delete this one (`metaflow checkpoint delete %s`)."
+            % (key, problem if len(problem) <= 300 else problem[:297] + "...", key)
+        ) from None
+    if described != key:
         raise ManifestError(
-            "Manifest stored at %s describes %s; it was moved or tampered with."
-            % (key, manifest.key)
+            "Manifest stored at %s describes %s; it was moved or tampered with." % (key, described)
         )
     return manifest
 
@@ -320,6 +603,7 @@ def loads(data: bytes, key: str) -> Manifest:
 __all__ = [
     "FORMAT",
     "MAX_METADATA_BYTES",
+    "SIZE_LIMIT",
     "ChunkRef",
     "FileEntry",
     "Manifest",

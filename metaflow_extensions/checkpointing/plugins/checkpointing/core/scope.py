@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import quote, unquote
 
-from ..errors import CheckpointConfigError
+from ..errors import CheckpointConfigError, ManifestError
 
 MANIFESTS = "manifests"
 BLOBS = "blobs"
@@ -174,6 +174,26 @@ def step_prefix(namespace: str, flow: str, step: str) -> str:
     return flow_prefix(namespace, flow) + encode(step) + "/"
 
 
+_BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def is_blob_name(name: object) -> bool:
+    """Whether ``name`` is a blob name: a BLAKE3 digest as 64 lowercase hex digits."""
+    return type(name) is str and _BLOB_NAME_RE.fullmatch(name) is not None
+
+
 def blob_key(digest: str) -> str:
-    """Key of a content-addressed blob."""
+    """Key of a content-addressed blob.
+
+    Raises
+    ------
+    ManifestError
+        If ``digest`` is not a 64-hex BLAKE3 digest: a name from a manifest becomes a storage
+        key, and on local stores a path that is opened, so nothing else may get this far.
+    """
+    if not is_blob_name(digest):
+        raise ManifestError(
+            "%r is not a blob name (a 64-hex BLAKE3 digest); refusing to read or write it."
+            % (digest if len(str(digest)) <= 80 else str(digest)[:77] + "...",)
+        )
     return "%s/%s/%s" % (BLOBS, digest[:2], digest)
