@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 #: Metadata fields shown per row of ``list`` (the rest is summarised as "+N").
 TABLE_METADATA_FIELDS = 3
+#: The METADATA cell of a damaged checkpoint in ``list`` (the reason follows the table).
+DAMAGED_LABEL = "DAMAGED (unreadable manifest, see below)"
 #: Files shown by ``show`` without ``--all-files``.
 SHOWN_FILES = 20
 #: Seconds between two redraws of a progress bar (callbacks arrive per block, from threads).
@@ -323,8 +325,10 @@ def list_checkpoints(
             r.name,
             _publisher_label(r) if target is None else str(r.attempt),
             _created(r),
-            human_size(r.size or 0),
-            _metadata_summary(r.metadata or {}, first=(order_by or "").lstrip("-")),
+            "-" if r.get("damaged") else human_size(r.size or 0),
+            DAMAGED_LABEL
+            if r.get("damaged")
+            else _metadata_summary(r.metadata or {}, first=(order_by or "").lstrip("-")),
         ]
         for r in refs
     ]
@@ -332,6 +336,9 @@ def list_checkpoints(
     third = "PUBLISHER" if target is None else "ATTEMPT"
     header = ["KEY" if keys else "CHECKPOINT", "NAME", third, "CREATED (UTC)", "SIZE"]
     _echo_table([[*header, "METADATA"], *rows])
+    for r in refs:
+        if r.get("damaged"):
+            click.echo("Warning: damaged checkpoint %s: %s" % (r.key, _one_line(r.error)), err=True)
 
 
 @command(
@@ -486,8 +493,8 @@ def delete(ctx: CliContext, reference: str, yes: bool) -> None:
     never deletes by accident.
     """
     client = ctx.client_for(reference)
-    ref = client.get(reference)
-    label = "%s (%s)" % (_reference_label(ref), ref.key)
+    ref = client._deletable(reference)  # by key also when its manifest does not parse
+    label = "%s%s (%s)" % ("damaged " if ref.get("damaged") else "", _reference_label(ref), ref.key)
     if not yes:
         if not sys.stdin.isatty():
             raise CliError(

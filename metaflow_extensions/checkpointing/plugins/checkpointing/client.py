@@ -23,9 +23,10 @@ from .core.manifest import Manifest, is_manifest_key, parse_key
 from .core.retention import numeric
 from .core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
 from .core.store import CheckpointStore
+from .core.summary import damaged
 from .core.transfer import Progress
 from .core.verify import VerifyReport
-from .errors import CheckpointConfigError, CheckpointNotFound
+from .errors import CheckpointConfigError, CheckpointNotFound, ManifestError
 from .locate import default_root, locate, parse_target
 from .reference import CheckpointReference
 from .task_context import TaskContext
@@ -138,6 +139,11 @@ class Checkpoint:
         limit: Optional[int] = None,
     ) -> list[CheckpointReference]:
         """Committed checkpoints, newest first (or ordered by a metadata field).
+
+        A checkpoint whose manifest cannot be parsed (truncated, tampered with, written by a
+        newer release) is listed too, flagged ``damaged=True`` with the reason in ``error``
+        (see :class:`CheckpointReference`); it never hides the others.  Delete it with
+        :meth:`delete`.
 
         Parameters
         ----------
@@ -413,16 +419,37 @@ class Checkpoint:
     def delete(self, reference: Any) -> CheckpointReference:
         """Delete one checkpoint (its manifest; blobs are reclaimed by garbage collection).
 
-        Returns the reference of the deleted checkpoint.
+        Returns the reference of the deleted checkpoint.  A checkpoint given by key (a
+        reference from :meth:`list`, its ``key`` or ``url``) is deleted by key, whether or not
+        its manifest parses: a damaged one (``ref.damaged``) is deleted like any other.
 
         Raises
         ------
         CheckpointConfigError
             The checkpoint is pinned (unpin it first).
+        CheckpointNotFound
+            There is no such checkpoint.
         """
-        ref = self.get(reference)
+        ref = self._deletable(reference)
         self._store(ref.root).delete(ref.key)
         return ref
+
+    def _deletable(self, reference: Any) -> CheckpointReference:
+        """What :meth:`delete` would delete: :meth:`get`, except that a checkpoint given by key
+        whose manifest does not parse gives its reference flagged ``damaged``."""
+        by_key = self._by_key(reference)
+        if by_key is None:
+            return self.get(reference)
+        store, key = by_key
+        try:
+            header = parse_key(key)
+        except ManifestError:
+            raise CheckpointNotFound("Cannot delete %r: not a checkpoint key." % key) from None
+        url = store.storage.full_url(key)
+        try:
+            return CheckpointReference.from_manifest(store.read(key), store.url, url)
+        except ManifestError as exc:
+            return CheckpointReference.from_summary(header, damaged(exc.message), store.url, url)
 
     # ------------------------------------------------------------------ lifecycle
     def pin(self, reference: Any) -> CheckpointReference:

@@ -34,6 +34,8 @@ FIELDS = (
     "run",
     "task",
     "publisher",
+    "damaged",
+    "error",
 )
 
 
@@ -52,7 +54,11 @@ class CheckpointReference(dict):
     ``{"user", "namespace", "origin"}``; for a named checkpoint as its manifest records it
     (origin ``"cli"``, ``"client"`` or the pathspec of the run that uploaded it; None for a
     version saved before publishers were recorded), for a task's checkpoint its task's
-    namespace and pathspec.
+    namespace and pathspec.  ``damaged`` is True for a checkpoint whose manifest cannot be
+    parsed (truncated, tampered with, or written by a newer release); ``error`` then says why
+    (else None).  A damaged checkpoint is listed with what its key tells (name, pathspec,
+    attempt, date, ``latest``), no metadata and size 0; loading it raises the
+    ``ManifestError``, retention keeps it, and ``Checkpoint().delete(ref)`` removes it.
 
     Methods read from the checkpoint's store (``root``): :meth:`load` downloads it,
     :meth:`open` streams one file, :attr:`files` lists its files.
@@ -127,6 +133,8 @@ class CheckpointReference(dict):
             size=int(summary.get("size", 0)),
             files_count=int(summary.get("files", 0)),
             stats=dict(summary.get("stats") or {}),
+            damaged=bool(summary.get("damaged")),
+            error=summary.get("error"),
         )
         ref["publisher"] = _publisher(header.scope, summary.get("source"), ref)
         return ref
@@ -147,6 +155,8 @@ class CheckpointReference(dict):
             foreach=scope.foreach,
             run=task_of and task_of.run,
             task=task_of and task_of.task,
+            damaged=False,
+            error=None,
         )
 
 

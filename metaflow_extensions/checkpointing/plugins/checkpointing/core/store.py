@@ -316,6 +316,10 @@ class CheckpointStore:
         cannot be applied (unknown metric) is left alone with a warning in its plan.
         """
         summaries = self.summaries(headers)
+        # A damaged checkpoint (its manifest does not parse) is kept and reported, never
+        # deleted or counted: retention cannot know what it is; the user deletes it by key.
+        damaged = [h for h in headers if summaries[h.key].get("damaged")]
+        headers = [h for h in headers if not summaries[h.key].get("damaged")]
         pinned: set = set()
         for prefix in {"/".join(h.key.split("/")[:4]) + "/" for h in headers}:
             pinned |= pins.pinned_under(self.storage, prefix)
@@ -334,6 +338,7 @@ class CheckpointStore:
             if not dry_run and decision.delete:
                 self.storage.delete_many(decision.delete, self.options.workers)
             out.append((group, decision))
+        _keep_damaged(out, damaged, group_of, summaries)
         return out
 
     def gc(self, **kwargs) -> gc.GcReport:
@@ -343,6 +348,28 @@ class CheckpointStore:
     def usage(self, headers: Sequence[ManifestHeader], by: str = "step") -> usage.Usage:
         """Logical and physical bytes of the checkpoints of ``headers``, grouped ``by``."""
         return usage.usage(self.storage, self.read_many([h.key for h in headers]), by)
+
+
+def _keep_damaged(
+    plans: list[tuple[str, retention.Plan]],
+    damaged: Sequence[ManifestHeader],
+    group_of: Callable[[ManifestHeader], str],
+    summaries: dict[str, dict],
+) -> None:
+    """Record each damaged checkpoint in its group's plan as kept ("damaged"), with a warning
+    that names it and how to delete it."""
+    by_group = dict(plans)
+    for h in damaged:
+        group = group_of(h)
+        if group not in by_group:
+            by_group[group] = retention.Plan()
+            plans.append((group, by_group[group]))
+        by_group[group].keep[h.key] = ["damaged"]
+        by_group[group].warnings.append(
+            "Kept a damaged checkpoint (retention neither deletes nor counts it): %s"
+            % summaries[h.key]["error"]
+        )
+    plans.sort(key=lambda p: p[0])
 
 
 def _content(m: Manifest) -> tuple:

@@ -12,18 +12,23 @@ step prefix (``indexes/<ns>/<flow>/<step>/summaries.json``):
   readers only costs a later reader some manifest reads;
 * a task writes the summaries of its own saves once, when it finishes
   (``indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>.json``), so the first listing
-  of a task with many checkpoints reads one object instead of one manifest per checkpoint.
+  of a task with many checkpoints reads one object instead of one manifest per checkpoint;
+* a malformed index (or entry) is ignored: the manifests are read instead;
+* a manifest that cannot be parsed (truncated, tampered with, written by a newer release) does
+  not fail the listing: its summary is :func:`damaged` (``damaged=True`` and the ``error``),
+  and it is never recorded in an index.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Union
 
-from ..errors import CheckpointException
+from ..errors import CheckpointException, ManifestError
 from ..storage.base import Storage
-from .manifest import Manifest, ManifestHeader
+from .manifest import SIZE_LIMIT, Manifest, ManifestHeader
 from .scope import MANIFESTS
 
 INDEXES = "indexes"
@@ -41,6 +46,55 @@ def summarize(manifest: Manifest) -> dict:
         "stats": manifest.stats,
         "source": manifest.source,
     }
+
+
+def damaged(error: str) -> dict:
+    """The summary of a checkpoint whose manifest cannot be parsed: listed, flagged ``damaged``
+    with the parser's ``error``; it has no metadata, size or files that can be trusted."""
+    return {
+        "metadata": {},
+        "size": 0,
+        "files": 0,
+        "stats": {},
+        "source": {},
+        "damaged": True,
+        "error": error,
+    }
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and 0 <= value < SIZE_LIMIT
+
+
+def _valid_entries(data: Any) -> dict[str, dict]:
+    """The well-formed entries of a summary index body; anything else is dropped (it is only a
+    hint: what is dropped is read from the manifests)."""
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return {}
+    out = {}
+    for key, e in entries.items():
+        if (
+            isinstance(e, dict)
+            and isinstance(e.get("metadata"), dict)
+            and _count(e.get("size"))
+            and _count(e.get("files"))
+            and isinstance(e.get("stats", {}), dict)
+            and isinstance(e.get("source", {}), dict)
+        ):
+            # Only the known fields: a hint can neither flag a checkpoint damaged nor add any.
+            out[key] = {f: e[f] for f in ("metadata", "size", "files", "stats", "source") if f in e}
+    return out
+
+
+def _read_json(storage: Storage, key: str) -> Any:
+    """A hint object's JSON, or None when absent, unreadable or malformed."""
+    try:
+        return json.loads(storage.get_bytes(key))
+    except (CheckpointException, ValueError, RecursionError):
+        return None
 
 
 def _step_of(key: str) -> str:
@@ -102,14 +156,38 @@ class SummaryIndex:
             fresh = self._from_task_summaries(missing)
             missing = [k for k in missing if k not in fresh]
             if missing:
-                fresh.update({m.key: summarize(m) for m in self._read_many(missing)})
+                fresh.update(self._read_manifests(missing))
             for h in group:
                 out[h.key] = known.get(h.key) or fresh[h.key]
-            if fresh and (len(fresh) >= REWRITE_AFTER or len(fresh) == len(group)):
+            readable = len(fresh)
+            fresh = {k: v for k, v in fresh.items() if not v.get("damaged")}
+            readable = len(group) - (readable - len(fresh))  # damaged ones are never indexed
+            if fresh and (len(fresh) >= REWRITE_AFTER or len(fresh) == readable):
                 stale_possible = any(k not in out for k in known)
                 known.update(fresh)
                 self._write_index(step_prefix, known, relist=stale_possible)
         return out
+
+    def _read_manifests(self, keys: Sequence[str]) -> dict[str, dict]:
+        """Summaries of ``keys`` from their manifests; a manifest that does not parse gets a
+        :func:`damaged` summary instead of failing the listing."""
+        try:
+            return {m.key: summarize(m) for m in self._read_many(keys)}
+        except ManifestError:
+            pass  # at least one is damaged: read each on its own to know which
+
+        def one(key: str) -> Union[dict, ManifestError]:
+            try:
+                return summarize(self._read_many([key])[0])
+            except ManifestError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max(1, min(len(keys), 16))) as pool:
+            results = list(pool.map(one, keys))
+        return {
+            k: damaged(r.message) if isinstance(r, ManifestError) else r
+            for k, r in zip(keys, results)
+        }
 
     def _from_task_summaries(self, keys: Sequence[str]) -> dict[str, dict]:
         """Summaries the writing tasks recorded, when that saves reads (few tasks, many keys)."""
@@ -123,24 +201,13 @@ class SummaryIndex:
             for obj in self._storage.list(prefix):
                 if not obj.key.rsplit("/", 1)[1].startswith("attempt-"):
                     continue
-                try:
-                    data = json.loads(self._storage.get_bytes(obj.key))
-                    if data.get("format") != INDEX_FORMAT:
-                        continue
-                    entries = data["entries"]
-                except (CheckpointException, ValueError, KeyError, AttributeError):
-                    continue  # only a hint
+                entries = _valid_entries(_read_json(self._storage, obj.key))
                 found.update({k: v for k, v in entries.items() if k in wanted})
         return found
 
     def _read_index(self, step_prefix: str) -> dict[str, dict]:
-        try:
-            data = json.loads(self._storage.get_bytes(index_key(step_prefix)))
-            if data.get("format") == INDEX_FORMAT and isinstance(data.get("entries"), dict):
-                return data["entries"]
-        except (CheckpointException, ValueError, AttributeError):
-            pass  # absent or unreadable: it is only a hint
-        return {}
+        # Absent, unreadable or malformed: it is only a hint.
+        return _valid_entries(_read_json(self._storage, index_key(step_prefix)))
 
     def _write_index(self, step_prefix: str, entries: dict[str, dict], relist: bool) -> None:
         if relist:
