@@ -53,7 +53,9 @@ def test_pinned_checkpoints_are_always_kept():
 def test_unknown_metric_warns_and_deletes_nothing():
     its = items([{"loss": 1.0}, {"loss": 2.0}, {"acc": 3}])
     p = plan(its, build(keep_last=1, keep_best="val_loss:min:1"), group="F/train[_]:mfchckpt")
-    assert p.delete == [] and p.keep == {}
+    # Every checkpoint is reported as kept (kept + deleted = all), saying why.
+    assert p.delete == [] and sorted(p.keep) == ["k00", "k01", "k02"]
+    assert p.keep["k00"] == ["rule not applicable"]
     assert "No checkpoint of F/train[_]:mfchckpt has a numeric 'val_loss'" in p.warnings[0]
 
 

@@ -243,8 +243,12 @@ class CheckpointDecorator(StepDecorator):
             exception, CheckpointInterrupted
         ):
             try:
-                ref = runtime.save(metadata={"reason": "failure", "error": repr(exception)[:500]})
-                _log("[@checkpoint] Saved checkpoint %s after the step failed." % ref.key)
+                ref = runtime._final_save(
+                    {"reason": "failure", "error": repr(exception)[:500]},
+                    why="after the step failed",
+                )
+                if ref is not None:
+                    _log("[@checkpoint] Saved checkpoint %s after the step failed." % ref.key)
             except Exception as exc:  # noqa: BLE001 - the step's own error matters more
                 _log("[@checkpoint] Saving after the failure failed too: %s" % exc)
         runtime.flush(raise_errors=False)

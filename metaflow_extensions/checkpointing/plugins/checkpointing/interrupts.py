@@ -55,7 +55,9 @@ def handle(runtime: Any, signum: int) -> None:
             log("[@checkpoint] on_interrupt callback %r failed: %s" % (callback, exc))
     if runtime._save_on_interrupt:
         try:
-            saved = runtime.save(metadata={"reason": "interrupted", "signal": name})
+            saved = runtime._final_save(
+                {"reason": "interrupted", "signal": name}, why="on %s" % name
+            )
         except CheckpointException as exc:
             log("[@checkpoint] The final save failed: %s" % exc.message)
     runtime.flush(raise_errors=False)

@@ -11,14 +11,15 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 from . import alias
 from .background import BackgroundSaver, SaveHandle, snapshot, source_bytes
 from .background import failure as background_failure
-from .core.manifest import Manifest, is_manifest_key
-from .core.policies import Resolution
+from .core.clock import TaskClock
+from .core.manifest import Manifest, ManifestHeader, is_manifest_key
+from .core.policies import Resolution, sort_key
 from .core.retention import Retention
 from .core.scope import DEFAULT_NAME, Scope, step_prefix
 from .core.store import CheckpointStore
@@ -85,6 +86,9 @@ class CheckpointRuntime:
         self._save_on_interrupt = False
         self._gang: Optional[GangInfo] = None
         self._manifests: list[Manifest] = []  # committed by this process, for the summary
+        self._loaded: Optional[Manifest] = None  # the checkpoint loaded at task start
+        # Dates this process's saves: never before a checkpoint already known in this task.
+        self._clock = TaskClock()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -159,13 +163,92 @@ class CheckpointRuntime:
             metadata = validate_metadata(metadata)
             return self._save_in_background(src, metadata, name, latest)
         with self._saving():
+            created, seq = self._date()
             manifest = self._store.save(
-                src, self._scope, name=name, metadata=metadata, latest=latest
+                src,
+                self._scope,
+                name=name,
+                metadata=metadata,
+                latest=latest,
+                created_ms=created,
+                seq=seq,
             )
         ref = self._committed(manifest)
         if self._interrupted is not None and not self._busy:
             self._on_signal(self._interrupted, None)  # a signal arrived during this save
         return ref
+
+    def _date(self) -> tuple[int, int]:
+        """``(created_ms, seq)`` of a new save: after every checkpoint known in this task.
+
+        The first save of a process that has not seen the task's checkpoints yet lists them
+        once (another process of the task, or an earlier attempt, may have saved)."""
+        from .core.commit import next_seq
+
+        if not self._clock.known:
+            self._clock.learn(h.created_ms for h in self._task_headers())
+        return self._clock.tick(), next_seq()
+
+    def _task_headers(self, name: Optional[str] = None) -> list[ManifestHeader]:
+        """This task's checkpoints (all attempts and processes), newest first as a retry
+        orders them; the task's clock learns their dates."""
+        headers = self._store.headers(self._scope.task_prefix(), name=name)
+        self._clock.observe(h.created_ms for h in headers)
+        headers.sort(key=sort_key(within_task=True), reverse=True)
+        return headers
+
+    def _final_save(self, metadata: dict, why: str) -> Optional[CheckpointReference]:
+        """The save of :attr:`directory` made on failure or interrupt, unless it would only
+        hide a real checkpoint: an empty directory, or one holding exactly a checkpoint
+        already committed in this task (the one loaded at start, one this process saved, or
+        the newest one, e.g. saved by a subprocess) is not committed.  Returns the reference,
+        or None when skipped (with one log line saying why)."""
+        from .core.store import same_content
+
+        if self._gang is not None:
+            return self.save(metadata=metadata)  # every rank must take part in a gang save
+        known = list(self._manifests)
+        if self._loaded is not None:
+            known.append(self._loaded)
+        newest = next((h for h in self._task_headers() if h.latest), None)
+        if newest is not None and newest.key not in {m.key for m in known}:
+            known.append(self._store.read(newest.key))
+        skipped: list[str] = []
+
+        def committed_already(candidate: Manifest) -> Optional[Manifest]:
+            # Called with what the save would commit, before the commit (no manifest written).
+            if not candidate.files:
+                skipped.append("it holds no file")
+                return candidate
+            same = next((m for m in known if same_content(m, candidate)), None)
+            if same is None:
+                return None
+            skipped.append("it holds exactly checkpoint %s, already committed" % same.key)
+            return replace(same)  # the caller marks its stats: not ours to change
+
+        with self._saving():
+            created, seq = self._date()
+            manifest = self._store.save(
+                self._directory,
+                self._scope,
+                metadata=metadata,
+                created_ms=created,
+                seq=seq,
+                reuse=committed_already,
+            )
+        if skipped:
+            self._log(
+                "[@checkpoint] Skipped the final save %s: %s %s; the retry loads the newest "
+                "checkpoint%s."
+                % (
+                    why,
+                    self._directory,
+                    skipped[0],
+                    " (%s)" % newest.key if newest is not None else " (none yet)",
+                )
+            )
+            return None
+        return self._committed(manifest)
 
     def _save_gang(
         self, src: str, metadata: Optional[dict], name: str, latest: bool, blocking: bool
@@ -179,6 +262,8 @@ class CheckpointRuntime:
         number = gang.counts.get(name, 0)
         gang.counts[name] = number + 1
         with self._saving():
+            # Rank 0 writes the gang's manifest: its task clock dates it.
+            created = self._date()[0] if gang.rank == 0 else None
             manifest = self._store.save_gang(
                 src,
                 self._scope,
@@ -189,6 +274,7 @@ class CheckpointRuntime:
                 world=gang.world(),
                 number=number,
                 timeout=gang.timeout,
+                created_ms=created,
             )
         return self._committed(manifest)
 
@@ -211,21 +297,24 @@ class CheckpointRuntime:
 
     def _committed(self, manifest: Manifest) -> CheckpointReference:
         self._manifests.append(manifest)
+        self._clock.observe([manifest.created_ms])
         ref = self._reference(manifest)
         if self._retention is not None and not self._retention.empty:
-            self._apply_retention(manifest.name)
+            self._apply_retention(manifest.name, protect=manifest.key)
         return ref
 
     def _save_in_background(self, src: str, metadata: dict, name: str, latest: bool) -> SaveHandle:
-        from .core.commit import next_seq
-        from .core.manifest import now_ms
         from .settings import async_budget
 
         if self._background is None:
             self._background = BackgroundSaver(async_budget())
         size = source_bytes(src)
         self._background.reserve(size)
-        created, seq = now_ms(), next_seq()
+        try:
+            created, seq = self._date()  # dated at the snapshot: orders before later saves
+        except BaseException:
+            self._background.adjust(-size)
+            raise
         try:
             staging, staged, nbytes = snapshot(src, os.path.dirname(self._directory))
         except BaseException:
@@ -315,17 +404,25 @@ class CheckpointRuntime:
 
         interrupts.handle(self, signum)
 
-    def _apply_retention(self, name: str) -> None:
+    def _apply_retention(self, name: str, protect: str) -> None:
         """Prune this task's checkpoints of series ``name`` (all attempts) after a commit.
 
-        The checkpoint just committed is the newest and is always kept.  Pruning is best
-        effort: a storage error here is logged and the save still counts.
+        ``protect``, the checkpoint just committed, is always kept, and so is the newest
+        ``latest=True`` one as a retry orders them (with a background save committing after a
+        later blocking one, these differ).  Pruning is best effort: a storage error here is
+        logged and the save still counts.
         """
         from .errors import CheckpointException
 
         try:
-            headers = self._store.headers(self._scope.task_prefix(), name=name)
-            for _, plan in self._store.prune(headers, self._retention, group_of=lambda h: name):
+            headers = self._task_headers(name=name)
+            for _, plan in self._store.prune(
+                headers,
+                self._retention,
+                group_of=lambda h: name,
+                protect=[protect],
+                within_task=True,
+            ):
                 for warning in plan.warnings:
                     if warning not in self._warned:
                         self._warned.add(warning)
@@ -373,6 +470,11 @@ class CheckpointRuntime:
             task=task_id,
             attempt=attempt,
         )
+        ours = [h for h in headers if h.scope.task_prefix() == scope.task_prefix()]
+        self._clock.observe(h.created_ms for h in ours)
+        # Newest first as policies.newest orders them: one task's as its retries do, so that
+        # list()[0] and load("last") are what a retry would load.
+        headers.sort(key=sort_key(within_task=task_id is not None), reverse=True)
         summaries = self._store.summaries(headers)
         return [
             CheckpointReference.from_summary(
@@ -437,11 +539,14 @@ class CheckpointRuntime:
     # ------------------------------------------------------------------ used by the decorator
     def load_initial(self, resolution: Resolution) -> Optional[CheckpointReference]:
         """Load the checkpoint a load policy chose into :attr:`directory`; log what happened."""
+        if resolution.seen is not None:  # the policy listed this task: the clock learns it
+            self._clock.learn(h.created_ms for h in resolution.seen)
         if resolution.header is None:
             self._log("[@checkpoint] No checkpoint loaded: %s." % resolution.reason)
             return None
         manifest = self._store.read(resolution.header.key)
-        self._store.load(self._for_this_rank(manifest), self._directory)
+        self._loaded = self._for_this_rank(manifest)
+        self._store.load(self._loaded, self._directory)
         self._info = self._reference(manifest)
         self._log(
             "[@checkpoint] Loaded checkpoint %r (%s, attempt %d, saved %s; %s) into %s"

@@ -92,8 +92,11 @@ def commit(
     latest: bool,
     timeout: float,
     poll: float = 0.2,
+    created_ms: Optional[int] = None,
 ) -> Manifest:
-    """Rank 0: wait for every part, then write the gang's manifest (last) and drop the parts."""
+    """Rank 0: wait for every part, then write the gang's manifest (last) and drop the parts.
+
+    ``created_ms`` dates it (default: now); rank 0's task clock passes its own."""
     prefix = parts_prefix(scope, id)
 
     def all_parts():
@@ -147,7 +150,7 @@ def commit(
         name=name,
         scope=scope,
         latest=latest,
-        created_ms=now_ms(),
+        created_ms=now_ms() if created_ms is None else created_ms,
         seq=next_seq(),
         metadata=metadata,
         files=files,

@@ -40,14 +40,29 @@ def list_headers(storage: Storage, prefix: str) -> list[ManifestHeader]:
     return headers
 
 
+def sort_key(within_task: bool = False) -> Callable[[ManifestHeader], tuple]:
+    """How checkpoints are ordered, oldest first.
+
+    ``within_task``: as a retry of their task orders them (``task_order``: attempt first;
+    dates inside a task come from its logical clock, see :mod:`.clock`).  Otherwise by date
+    (``order``: wall-clock based, the only common measure of tasks that ran on different
+    machines).  Within one task both agree for checkpoints dated by the task clock.  The choice
+    belongs to the context (a task, or a lineage of runs), never to which checkpoints happen
+    to be listed: deleting some must not change which of the others is the newest.
+    """
+    return (lambda h: h.task_order) if within_task else (lambda h: h.order)
+
+
 def newest(
     headers: Sequence[ManifestHeader], *, within_task: bool = False
 ) -> Optional[ManifestHeader]:
-    """The newest header flagged ``latest``, or None."""
+    """The newest header flagged ``latest`` by :func:`sort_key`, or None: what a retry
+    (``within_task``), ``resume`` (one task per step and split in a run: ``within_task``) and
+    ``eager`` load."""
     marked = [h for h in headers if h.latest]
     if not marked:
         return None
-    return max(marked, key=(lambda h: h.task_order) if within_task else (lambda h: h.order))
+    return max(marked, key=sort_key(within_task))
 
 
 @dataclass
@@ -56,6 +71,9 @@ class Resolution:
 
     header: Optional[ManifestHeader]
     reason: str
+    #: Every checkpoint of the task itself when the policy listed them (retry attempts): the
+    #: task's logical clock learns the newest date from it without listing again.
+    seen: Optional[list[ManifestHeader]] = None
 
 
 def resolve(
@@ -73,23 +91,28 @@ def resolve(
     validate_policy(policy)
     if policy == "none":
         return Resolution(None, "load_policy='none': nothing is loaded automatically")
+    seen = None
     if scope.attempt > 0:
-        h = newest(list_headers(storage, scope.task_prefix()), within_task=True)
+        seen = list_headers(storage, scope.task_prefix())
+        h = newest(seen, within_task=True)
         if h is not None:
             return Resolution(
-                h, "latest checkpoint of this task (retry attempt %d)" % scope.attempt
+                h, "latest checkpoint of this task (retry attempt %d)" % scope.attempt, seen
             )
     for run in origin_runs():
-        h = newest(list_headers(storage, scope.run_prefix(run)))
+        # A run has one task per step and foreach split: order it as that task's retry would.
+        h = newest(list_headers(storage, scope.run_prefix(run)), within_task=True)
         if h is not None:
-            return Resolution(h, "latest checkpoint of this step in origin run %s (resume)" % run)
+            return Resolution(
+                h, "latest checkpoint of this step in origin run %s (resume)" % run, seen
+            )
     if policy == "eager":
         h = newest(list_headers(storage, scope.lineage_prefix()))
         if h is not None:
-            return Resolution(h, "latest checkpoint of this step from an earlier run (eager)")
+            return Resolution(h, "latest checkpoint of this step from an earlier run (eager)", seen)
         return Resolution(
-            None, "no earlier checkpoint of this step in namespace %s" % scope.namespace
+            None, "no earlier checkpoint of this step in namespace %s" % scope.namespace, seen
         )
     if scope.attempt > 0:
-        return Resolution(None, "no checkpoint saved by earlier attempts of this task")
+        return Resolution(None, "no checkpoint saved by earlier attempts of this task", seen)
     return Resolution(None, "first attempt of a new run (load_policy='fresh')")

@@ -9,7 +9,7 @@ their blobs go with garbage collection).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -171,10 +171,15 @@ class Plan:
 
 
 def numeric(value: Any) -> Optional[float]:
-    """``value`` as a float if it is a real number (not a bool, not NaN), else None."""
+    """``value`` as a float if it is a finite real number (not a bool, NaN or infinite, and
+    not an integer too large for a float), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return None if math.isnan(value) else float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond 1e308 (metadata read from a crafted manifest)
+        return None
+    return number if math.isfinite(number) else None
 
 
 def plan(
@@ -183,15 +188,21 @@ def plan(
     pinned: frozenset = frozenset(),
     group: str = "",
     protect_newest: bool = True,
+    protect: Collection[str] = frozenset(),
 ) -> Plan:
     """Decide which of ``items`` (one group) to keep.
 
-    ``protect_newest`` keeps the newest ``latest=True`` checkpoint whatever the rules say: it is
-    what ``@retry`` and ``resume`` would load.  A rule that cannot be applied (no checkpoint has
-    its metric) is reported as a warning and nothing of the group is deleted.
+    ``protect_newest`` keeps the newest ``latest=True`` checkpoint (the greatest ``order``)
+    whatever the rules say: it is what ``@retry`` and ``resume`` would load when ``order`` is
+    the one they use (:func:`.policies.sort_key`).  ``protect`` names checkpoints kept whatever
+    the rules say, e.g. the one a ``save()`` has just returned.  A rule that cannot be applied
+    (no checkpoint has its metric) is reported as a warning and nothing of the group is
+    deleted.  Every item is either kept (with its reasons) or deleted.
     """
     out = Plan()
-    if policy.empty or not items:
+    if policy.empty:
+        return Plan(keep={i.key: ["no retention rule"] for i in items})
+    if not items:
         return out
     newest_first = sorted(items, key=lambda i: i.order, reverse=True)
     reasons: dict[str, list[str]] = {i.key: [] for i in items}
@@ -199,9 +210,17 @@ def plan(
     def keep(item: Item, why: str) -> None:
         reasons[item.key].append(why)
 
+    def keep_all(warning: str) -> Plan:
+        return Plan(
+            keep={i.key: reasons[i.key] + ["rule not applicable"] for i in newest_first},
+            warnings=out.warnings + [warning],
+        )
+
     for item in newest_first:
         if item.key in pinned:
             keep(item, "pinned")
+        if item.key in protect:
+            keep(item, "protected")
     if protect_newest:
         marked = [i for i in newest_first if i.latest]
         if marked:
@@ -213,11 +232,10 @@ def plan(
         scored = [(i, numeric(i.metadata.get(rule.metric))) for i in newest_first]
         scored = [(i, v) for i, v in scored if v is not None]
         if not scored:
-            out.warnings.append(
+            return keep_all(
                 "No checkpoint of %s has a numeric %r: keep-best %s cannot be applied, nothing "
                 "deleted there." % (group or "this group", rule.metric, rule)
             )
-            return Plan(warnings=out.warnings)
         scored.sort(key=lambda p: p[1], reverse=rule.mode == "max")  # stable: newest first
         for item, _ in scored[: rule.count]:
             keep(item, "best %s" % rule)
@@ -226,12 +244,11 @@ def plan(
         stepped = [(i, numeric(i.metadata.get(policy.step_field))) for i in oldest_first]
         stepped = [(i, v) for i, v in stepped if v is not None]
         if not stepped:
-            out.warnings.append(
+            return keep_all(
                 "No checkpoint of %s has a numeric %r: keep-every-%d-steps cannot be applied, "
                 "nothing deleted there."
                 % (group or "this group", policy.step_field, policy.keep_every_steps)
             )
-            return Plan(warnings=out.warnings)
         seen_buckets: set = set()
         for item, value in stepped:
             bucket = math.floor(value / policy.keep_every_steps)
@@ -239,7 +256,9 @@ def plan(
                 seen_buckets.add(bucket)
                 keep(item, "every %d %s" % (policy.keep_every_steps, policy.step_field))
     if policy.keep_every_minutes:
-        width = policy.keep_every_minutes * 60_000
+        # Dates are whole milliseconds: a narrower bucket means one per millisecond (and a
+        # width of a few subnormal floats would overflow the bucket number).
+        width = max(policy.keep_every_minutes * 60_000, 1.0)
         first = oldest_first[0].created_ms
         seen_buckets = set()
         for item in oldest_first:

@@ -62,6 +62,7 @@ class CheckpointStore:
         created_ms: Optional[int] = None,
         seq: Optional[int] = None,
         publish: Optional[Callable[[Manifest], None]] = None,
+        reuse: Optional[Callable[[Manifest], Optional[Manifest]]] = None,
         publisher: Optional[dict] = None,
     ) -> Manifest:
         """Save a file or directory and commit it; returns the committed manifest.
@@ -69,13 +70,16 @@ class CheckpointStore:
         With ``reuse_identical``, if the newest checkpoint of the same scope and name has the
         same files, metadata and ``latest`` flag, it is returned (its ``stats`` say
         ``reused=True``) and no new checkpoint is committed: uploading a model again is free.
+        ``reuse`` is another such check: given the manifest about to be committed, it returns
+        an already committed one to return instead (compare with :func:`same_content`).
         ``publisher`` (:func:`.promotions.publisher_record`) is recorded in a named
         checkpoint's manifest; ``reuse_identical`` then only reuses a version of that same
         publisher's namespace.
         """
         name = validate_name(name)
         metadata = mf.validate_metadata(metadata)
-        reuse = self._same_as_newest if reuse_identical else None
+        if reuse_identical:
+            reuse = self._same_as_newest
         return commit.save(
             self.storage,
             src,
@@ -105,9 +109,11 @@ class CheckpointStore:
         world: int,
         number: int,
         timeout: float,
+        created_ms: Optional[int] = None,
     ) -> Manifest:
         """One rank's share of a ``@parallel`` checkpoint (see :mod:`.gang`); returns the
-        committed manifest on every rank once rank 0 has committed it."""
+        committed manifest on every rank once rank 0 has committed it (dated ``created_ms``,
+        rank 0's, default now)."""
         name = validate_name(name)
         metadata = mf.validate_metadata(metadata)
         id = gang.gang_id(scope, name, number)
@@ -129,6 +135,7 @@ class CheckpointStore:
                 metadata=metadata,
                 latest=bool(latest),
                 timeout=timeout,
+                created_ms=created_ms,
             )
         return self.read(gang.wait_committed(self.storage, scope, id, name, timeout))
 
@@ -309,10 +316,15 @@ class CheckpointStore:
         group_of: Callable[[ManifestHeader], str],
         dry_run: bool = False,
         protect_newest: bool = True,
+        protect: Iterable[str] = (),
+        within_task: bool = False,
     ) -> list[tuple[str, retention.Plan]]:
         """Apply ``policy`` to each group of ``headers``; delete what no rule keeps.
 
-        Returns ``(group, plan)`` per group.  Pinned checkpoints are kept; a group where a rule
+        Returns ``(group, plan)`` per group.  Pinned checkpoints and the keys in ``protect``
+        are kept; so is each group's newest ``latest=True`` checkpoint as
+        :func:`.policies.newest` picks it: as a retry does with ``within_task`` (the groups
+        are checkpoints of one task), as ``eager`` does otherwise.  A group where a rule
         cannot be applied (unknown metric) is left alone with a warning in its plan.
         """
         summaries = self.summaries(headers)
@@ -323,17 +335,25 @@ class CheckpointStore:
         pinned: set = set()
         for prefix in {"/".join(h.key.split("/")[:4]) + "/" for h in headers}:
             pinned |= pins.pinned_under(self.storage, prefix)
-        groups: dict[str, list[retention.Item]] = {}
+        grouped: dict[str, list[ManifestHeader]] = {}
         for h in headers:
-            groups.setdefault(group_of(h), []).append(
-                retention.Item(
-                    h.key, h.order, h.created_ms, summaries[h.key].get("metadata") or {}, h.latest
-                )
-            )
+            grouped.setdefault(group_of(h), []).append(h)
         out = []
-        for group, items in sorted(groups.items()):
+        for group, members in sorted(grouped.items()):
+            order = policies.sort_key(within_task)  # the order policies.newest uses
+            items = [
+                retention.Item(
+                    h.key, order(h), h.created_ms, summaries[h.key].get("metadata") or {}, h.latest
+                )
+                for h in members
+            ]
             decision = retention.plan(
-                items, policy, frozenset(pinned), group=group, protect_newest=protect_newest
+                items,
+                policy,
+                frozenset(pinned),
+                group=group,
+                protect_newest=protect_newest,
+                protect=frozenset(protect),
             )
             if not dry_run and decision.delete:
                 self.storage.delete_many(decision.delete, self.options.workers)
@@ -370,6 +390,12 @@ def _keep_damaged(
             % summaries[h.key]["error"]
         )
     plans.sort(key=lambda p: p[0])
+
+
+def same_content(a: Manifest, b: Manifest) -> bool:
+    """Whether two checkpoints hold the same files and directories (paths, sizes, modes and
+    bytes), whatever their metadata, scope or date."""
+    return _content(a) == _content(b)
 
 
 def _content(m: Manifest) -> tuple:
