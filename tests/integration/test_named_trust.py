@@ -109,6 +109,8 @@ CLIENT = textwrap.dedent(
         attempt("unpromoted", lambda: version(c.unpromote(ref.key, to="user:alice")))
         attempt("alice_back", lambda: version(c.get("resnet50")))
         attempt("listed", lambda: [[r.version, r.publisher["namespace"]] for r in c.list()])
+        prune = lambda: c.prune(name="resnet50", keep_last=1, dry_run=True)
+        attempt("pruned", lambda: [[p["group"], len(p["deleted"])] for p in prune()])
     print("PROBE" + json.dumps(out))
     """
 )
@@ -155,6 +157,8 @@ def test_client_resolves_names_among_its_namespaces_versions(flow_env):
     assert out["promoted"] == bobs and out["alice_after"] == bobs
     assert out["unpromoted"] == bobs and out["alice_back"] == alices
     assert out["listed"] == [[bobs, "user:bob"], [alices, "user:alice"]]
+    # Retention groups versions per publisher: bob's upload does not push out alice's version.
+    assert out["pruned"] == [["named:resnet50[user:alice]", 0], ["named:resnet50[user:bob]", 0]]
 
 
 # ------------------------------------------------------------------------------ CLI
