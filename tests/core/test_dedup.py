@@ -88,6 +88,7 @@ def test_many_tiny_files_are_packed_into_few_blobs(store, memory, tmp_path):
     assert n_blobs <= math.ceil(2000 * 100 / CHUNK) + 1
     assert m.stats["blobs_uploaded"] == n_blobs
     assert len(manifest_keys(memory)) == 1
+    store.close()  # ends the writer's session: its lease objects go
     assert len(memory.list()) == n_blobs + 1
     dest = tmp_path / "dest"
     store.load(store.read(m.key), str(dest))

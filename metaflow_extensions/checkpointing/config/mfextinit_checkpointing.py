@@ -28,3 +28,5 @@ CHECKPOINT_ASYNC_BUDGET = from_conf("CHECKPOINT_ASYNC_BUDGET", 4 * 1024 * 1024 *
 CHECKPOINT_PAUSE_POLL_SECONDS = from_conf("CHECKPOINT_PAUSE_POLL_SECONDS", 5.0)
 # Seconds a @parallel rank waits for the other ranks' shards (rank 0) or for the commit.
 CHECKPOINT_PARALLEL_TIMEOUT = from_conf("CHECKPOINT_PARALLEL_TIMEOUT", 600)
+# Lifetime (seconds) of a writer's lease, which keeps GC from deleting what a save relies on.
+CHECKPOINT_LEASE_SECONDS = from_conf("CHECKPOINT_LEASE_SECONDS", 1800)

@@ -8,6 +8,7 @@ everything goes through the public client.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 from collections.abc import Iterator
@@ -120,17 +121,32 @@ def prune(
         )
 
 
+class _GraceHours(click.ParamType):
+    """A finite number of hours >= 0 (``nan`` would disable the age check, ``inf`` keep all)."""
+
+    name = "hours"
+
+    def convert(self, value, param, ctx):
+        try:
+            hours = float(value)
+        except (TypeError, ValueError):
+            self.fail("%r is not a number of hours." % (value,), param, ctx)
+        if not math.isfinite(hours) or hours < 0:
+            self.fail("%r is not a finite number of hours >= 0." % (value,), param, ctx)
+        return hours
+
+
 @command(
     "gc",
     help="Reclaim storage: delete stored data no checkpoint references any more.\n\n"
-    "Data younger than --grace-hours (default 6) is kept, so saves in flight are safe; it is "
-    "safe to run while flows save. A store holding no checkpoint at all is refused unless "
-    "--force (probably the wrong --root).",
+    "It is safe to run while flows save: saves in flight are protected by their leases, "
+    "whatever the grace period; data younger than --grace-hours (default 6) is kept anyway. A "
+    "store holding no checkpoint at all is refused unless --force (probably the wrong --root).",
 )
 @click.option("--dry-run", is_flag=True, help="Only report what would be reclaimed.")
 @click.option(
     "--grace-hours",
-    type=click.FloatRange(min=0),
+    type=_GraceHours(),
     default=6.0,
     show_default=True,
     help="Never delete data younger than this.",

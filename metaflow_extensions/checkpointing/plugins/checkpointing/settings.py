@@ -73,6 +73,14 @@ def pause_poll_seconds() -> float:
         ) from None
 
 
+def lease_seconds() -> float:
+    """Lifetime of a writer's lease, which keeps GC from deleting what a save in flight relies
+    on (``CHECKPOINT_LEASE_SECONDS``; a number of seconds in (0, 86400], default 1800)."""
+    from .core.leases import DEFAULT_TTL_SECONDS, validate_ttl
+
+    return validate_ttl(_setting("CHECKPOINT_LEASE_SECONDS", DEFAULT_TTL_SECONDS))
+
+
 def retry_policy() -> RetryPolicy:
     return RetryPolicy(
         attempts=_int("CHECKPOINT_RETRY_ATTEMPTS", 6),
@@ -92,6 +100,7 @@ def store_for_url(url: str) -> CheckpointStore:
     from .storage.factory import storage_for_url
 
     options = transfer_options()
+    ttl = lease_seconds()
     storage = storage_for_url(
         url,
         retry=retry_policy(),
@@ -99,7 +108,7 @@ def store_for_url(url: str) -> CheckpointStore:
         timeout=float(_int("CHECKPOINT_TIMEOUT_SECONDS", 60)),
         fsync=_bool("CHECKPOINT_FSYNC"),
     )
-    return CheckpointStore(storage, options)
+    return CheckpointStore(storage, options, lease_seconds=ttl)
 
 
 def build_store(ds_type: str, ds_root: str, override: Optional[str] = None) -> CheckpointStore:

@@ -1,11 +1,15 @@
 """The commit protocol of one checkpoint.
 
-1. upload every blob (content-addressed, skipped when already stored);
-2. (multi-writer checkpoints) write each writer's part under ``parts/<id>/``;
-3. write the manifest, last, under a unique key.
+1. upload every blob (content-addressed, skipped when already stored), under the writer's lease
+   (:mod:`.leases`), so that garbage collection keeps them;
+2. settle the lease: name the blobs the save relies on without having uploaded them, and check
+   (re-uploading what is gone) whatever a concurrent collection may have removed;
+3. (multi-writer checkpoints) write each writer's part under ``parts/<id>/``;
+4. write the manifest, last, under a unique key.
 
-A crash before step 3 leaves only unreferenced blobs (reclaimed by GC): the checkpoint is not
-listed, not loadable, and the previous checkpoint stays the latest.  Step 3 is one atomic put.
+A crash before step 4 leaves only unreferenced blobs (reclaimed by GC once the lease expires):
+the checkpoint is not listed, not loadable, and the previous checkpoint stays the latest.
+Step 4 is one atomic put.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
+from ..errors import StorageError
 from ..storage.base import Storage
+from .leases import Ticket
 from .manifest import Manifest, now_ms
 from .scan import scan
 from .scope import Scope, blob_key
@@ -31,12 +37,13 @@ def _unconfirmed_missing(
     storage: Storage, entries: list, stats: SaveStats, writer: BlobWriter, workers: int
 ) -> list[str]:
     """Blobs the manifest will reference that this save trusted without checking, and that are
-    no longer stored.
+    no longer stored because the store was wiped under the process.
 
-    A trusted blob that a checkpoint committed by this process references is safe while that
-    checkpoint exists (GC never collects a referenced blob), so one existence check of that
-    manifest vouches for all its blobs; the others are checked one by one.  A first save checks
-    nothing.
+    Garbage collection cannot remove them: the writer's lease protects what it stored or named
+    (:mod:`.leases`, checked again in :func:`_settle`).  So one existence check of one blob of
+    the newest checkpoint this process committed with them (a canary: a wiped root or
+    ``blobs/`` loses it too) vouches for all of them; the others are checked one by one.  A first
+    save checks nothing.
     """
     trusted = {c.blob for e in entries for c in e.chunks} - stats.confirmed
     if not trusted:
@@ -44,13 +51,52 @@ def _unconfirmed_missing(
     vouchers: dict = {}
     for h in trusted:
         vouchers.setdefault(writer.referenced_by.get(h), []).append(h)
-    alive = {k for k in vouchers if k is not None and storage.exists(k)}
+    alive = {k for k, hs in vouchers.items() if k is not None and storage.exists(blob_key(min(hs)))}
     unvouched = [h for k, hs in vouchers.items() if k not in alive for h in hs]
-    if not unvouched:
+    return _absent(storage, unvouched, workers)
+
+
+def _absent(storage: Storage, hashes: list[str], workers: int) -> list[str]:
+    """The blobs of ``hashes`` that are not stored (existence checks in parallel)."""
+    if not hashes:
         return []
-    with ThreadPoolExecutor(max(1, min(workers, len(unvouched)))) as pool:
-        present = pool.map(lambda h: storage.exists(blob_key(h)), unvouched)
-        return [h for h, ok in zip(unvouched, present) if not ok]
+    with ThreadPoolExecutor(max(1, min(workers, len(hashes)))) as pool:
+        present = list(pool.map(lambda h: storage.exists(blob_key(h)), hashes))
+    return [h for h, ok in zip(hashes, present) if not ok]
+
+
+#: Rounds of "settle the lease, upload again what is gone" before a save gives up.
+SETTLE_ROUNDS = 5
+
+
+def _settle(
+    storage: Storage,
+    files: list,
+    entries: list,
+    writer: BlobWriter,
+    ticket: Ticket,
+    opts: TransferOptions,
+    stats: SaveStats,
+) -> tuple[list, SaveStats]:
+    """Make every blob ``entries`` reference safe from GC until the commit (see
+    :meth:`.leases.WriterLease.settle`), uploading again from ``files`` what is found missing.
+    Returns the entries and statistics to commit."""
+    for _ in range(SETTLE_ROUNDS):
+        refs = {c.blob for e in entries for c in e.chunks}
+        missing = writer.lease.settle(
+            ticket, refs, stats.confirmed, lambda hs: _absent(storage, hs, opts.workers)
+        )
+        if not missing:
+            return entries, stats
+        # A collection removed blobs this save deduplicated against: store them again.
+        writer.forget(missing)
+        stats = SaveStats(seconds=stats.seconds)
+        entries = upload_tree(files, writer, opts, stats)
+    raise StorageError(
+        "Blobs this save needs kept disappearing from %s while it committed (%d rounds of "
+        "re-uploading them): something other than garbage collection is deleting blobs/. "
+        "Nothing was committed." % (storage.url, SETTLE_ROUNDS)
+    )
 
 
 def next_seq() -> int:
@@ -90,19 +136,72 @@ def save(
     ``publish`` replaces the final manifest write (a ``@parallel`` rank writes its part).
     ``source`` adds fields to the manifest's ``source`` (the publisher of a named checkpoint).
     """
+    own_writer = writer is None
     writer = writer or BlobWriter(storage)
     stats = SaveStats()
     with timed(stats, "scan"):
         files, dirs, kind = scan(src)
+    ticket = writer.lease.begin_save()  # after the scan: bad input touches no store
+    try:
+        return _upload_and_commit(
+            storage,
+            files,
+            dirs,
+            kind,
+            src,
+            scope,
+            writer,
+            ticket,
+            stats,
+            name=name,
+            metadata=metadata,
+            latest=latest,
+            opts=opts,
+            reuse=reuse,
+            progress=progress,
+            created_ms=created_ms,
+            seq=seq,
+            publish=publish,
+            source=source,
+        )
+    finally:
+        writer.lease.end_save(ticket)
+        if own_writer:
+            writer.lease.close()
+
+
+def _upload_and_commit(
+    storage: Storage,
+    files: list,
+    dirs: list,
+    kind: str,
+    src: str,
+    scope: Scope,
+    writer: BlobWriter,
+    ticket: Ticket,
+    stats: SaveStats,
+    *,
+    name: str,
+    metadata: dict,
+    latest: bool,
+    opts: TransferOptions,
+    reuse: Optional[Callable[[Manifest], Optional[Manifest]]],
+    progress: Optional[Progress],
+    created_ms: Optional[int],
+    seq: Optional[int],
+    publish: Optional[Callable[[Manifest], None]],
+    source: Optional[dict],
+) -> Manifest:
     with timed(stats, "upload"):
         entries = upload_tree(files, writer, opts, stats, progress)
         missing = _unconfirmed_missing(storage, entries, stats, writer, opts.workers)
         if missing:
-            # Blobs this process had stored before are gone (garbage collection after their
-            # checkpoints were pruned): upload them again rather than commit a torn checkpoint.
+            # Blobs this process had stored before are gone (the store was wiped under it):
+            # upload them again rather than commit a torn checkpoint.
             writer.forget(missing)
             stats = SaveStats(seconds=stats.seconds)
             entries = upload_tree(files, writer, opts, stats)
+        entries, stats = _settle(storage, files, entries, writer, ticket, opts, stats)
     manifest = Manifest(
         id=new_id(),
         name=name,

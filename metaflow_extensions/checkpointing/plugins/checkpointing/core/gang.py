@@ -63,6 +63,27 @@ def write_part(storage: Storage, scope: Scope, id: str, rank: int, manifest: Man
     )
 
 
+def part_blobs(data: bytes, key: str) -> set[str]:
+    """The blobs a stored part references (garbage collection keeps them until the gang's
+    manifest, which references them too, replaces the part).
+
+    Raises
+    ------
+    ManifestError
+        The part cannot be parsed (nothing can be known about its blobs).
+    """
+    try:
+        body = json.loads(data.decode("utf-8"))
+        blobs = {c[0] for f in body["files"] for c in f["chunks"]}
+        if not all(isinstance(b, str) for b in blobs):
+            raise TypeError("a chunk's blob is not a string")
+        return blobs
+    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, IndexError) as exc:
+        raise ManifestError(
+            "@parallel part %s is unreadable (%s: %s)." % (key, type(exc).__name__, exc)
+        ) from None
+
+
 def _wait(
     check: Callable[[], Optional[object]], timeout: float, poll: float, describe: Callable[[], str]
 ):

@@ -1,35 +1,50 @@
-"""Garbage collection: delete blobs no manifest references, safely while flows save.
+"""Garbage collection: delete blobs nothing needs, safely while flows save.
 
-Mark and sweep over one checkpoint root:
+Mark and sweep over one checkpoint root, as one *run* recorded under ``gc/runs/<run>/`` (see
+:mod:`.leases` for the protocol with writers and ``docs/design/adr-002-gc-liveness.md`` for why
+no interleaving loses a blob a committed or committing checkpoint needs):
 
-1. list every manifest and read it (in parallel); any manifest that cannot be read aborts the
-   collection, since its blobs cannot be known;
-2. list every blob; candidates are blobs no manifest references **and** older than the grace
-   period, so blobs of a save still in flight (uploaded, manifest not yet written) are safe;
-3. list the manifests again and read the ones committed meanwhile, dropping the candidates
-   they reference;
-4. delete the remaining candidates (batched), and pins whose checkpoint is gone.
-
-A save that reuses a blob it did not upload itself checks that the blob still exists just
-before committing (``commit.save``), so a blob collected after its last checkpoint was pruned is
-uploaded again rather than referenced while missing.
+1. write the run record ``gc/runs/<run>/start``; its mtime in a listing of ``gc/runs/`` is the
+   run's "now" (the store's clock).  Another live run makes this one stop (one at a time);
+2. mark: read every ``@parallel`` part and every manifest.  One that cannot be read stops the
+   collection before anything is deleted, naming it;
+3. list the blobs; candidates are unreferenced and older than the grace period;
+4. write ``gc/runs/<run>/sweep``, then list ``leases/``: every live lease keeps the blobs it
+   names and those stored since it started (a lease that cannot be judged keeps everything; a
+   ``names-*`` object that cannot be read stops the collection);
+5. list the parts, then the manifests, again and mark the new ones (a save that committed and
+   ended its lease meanwhile is found here);
+6. delete the candidates in batches, each only while the run's heartbeat (rewritten every
+   :data:`.leases.HEARTBEAT_SECONDS` by a thread) is fresh; then stale pins, expired leases,
+   records of old runs and parts of gangs that never committed; write ``done``.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import socket
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-from ..errors import CheckpointConfigError, ManifestError, StorageNotFound
-from ..storage.base import Storage
+from ..errors import CheckpointConfigError, ManifestError, StorageError, StorageNotFound
+from ..storage.base import ObjectInfo, Storage
+from . import leases as ls
 from . import manifest as mf
+from .gang import PARTS, part_blobs
 from .pins import PINS, manifest_of
 from .scope import BLOBS, MANIFESTS
 
-#: Default grace period: blobs younger than this are never collected.
+#: Default grace period: blobs younger than this are never collected.  Leases make in-flight
+#: saves safe without it; it remains a second line of defence (and keeps recent data around).
 DEFAULT_GRACE_SECONDS = 6 * 3600
+#: Parts of a ``@parallel`` save older than this belong to a gang that never committed.
+STALE_PART_SECONDS = 7 * 86400.0
 
 
 @dataclass
@@ -46,39 +61,214 @@ class GcReport:
     pins_deleted: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    #: ``@parallel`` parts marked (their gang has not committed yet).
+    parts: int = 0
+    #: Unreferenced blobs kept because a live lease (a save in flight) may need them.
+    blobs_leased: int = 0
+    leases_live: int = 0
+    leases_deleted: int = 0
+    #: Records of GC runs (this one's excluded) and stale parts removed.
+    runs_deleted: int = 0
+    parts_deleted: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def _references(storage: Storage, keys: list[str], workers: int) -> set[str]:
-    def blobs_of(key: str) -> Optional[set[str]]:
+def check_grace(grace_seconds: object) -> float:
+    """A grace period in seconds: a finite number >= 0.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Naming the value (NaN would silently disable the age check, infinity collect nothing).
+    """
+    try:
+        grace = float(grace_seconds)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        grace = math.nan
+    if isinstance(grace_seconds, bool) or not math.isfinite(grace) or grace < 0:
+        raise CheckpointConfigError(
+            "The grace period must be a finite number of seconds >= 0, not %r." % (grace_seconds,)
+        )
+    return grace
+
+
+# ------------------------------------------------------------------------------------ marking
+class _Marker:
+    """Blobs referenced by the parts and manifests read so far (each key read once)."""
+
+    def __init__(self, storage: Storage, workers: int):
+        self.storage = storage
+        self.workers = workers
+        self.parts: set[str] = set()
+        self.manifests: set[str] = set()
+        self.referenced: set[str] = set()
+
+    def list_parts(self) -> list[str]:
+        return sorted(o.key for o in self.storage.list(PARTS + "/") if o.key.endswith(".json"))
+
+    def list_manifests(self) -> list[str]:
+        return sorted(
+            o.key for o in self.storage.list(MANIFESTS + "/") if mf.is_manifest_key(o.key)
+        )
+
+    def mark_parts(self, keys: list[str]) -> set[str]:
+        """Read the parts not read yet; return the blobs they reference."""
+        return self._mark(self._part, keys, self.parts)
+
+    def mark_manifests(self, keys: list[str]) -> set[str]:
+        """Read the manifests not read yet; return the blobs they reference."""
+        return self._mark(self._manifest, keys, self.manifests)
+
+    def _mark(self, fn: Callable[[str], set[str]], keys: list[str], seen: set) -> set[str]:
+        new = [k for k in keys if k not in seen]
+        found: set[str] = set()
+        for blobs in self._read(fn, new):
+            found |= blobs
+        seen |= set(new)
+        self.referenced |= found
+        return found
+
+    def _read(self, fn: Callable[[str], set[str]], keys: list[str]) -> list[set[str]]:
+        if len(keys) <= 1:
+            return [fn(k) for k in keys]
+        with ThreadPoolExecutor(max(1, min(self.workers, len(keys)))) as pool:
+            return list(pool.map(fn, keys))
+
+    def _manifest(self, key: str) -> set[str]:
         try:
-            data = storage.get_bytes(key)
+            data = self.storage.get_bytes(key)
         except StorageNotFound:
-            return None  # deleted since listed: references nothing any more
+            return set()  # deleted since listed: references nothing any more
         try:
             m = mf.loads(data, key)
         except ManifestError as exc:
             raise ManifestError(
-                "Garbage collection stopped before deleting anything: %s Delete or repair that "
-                "checkpoint first." % exc.message
+                "Garbage collection stopped before deleting anything: %s It cannot know which "
+                "blobs that checkpoint needs. Delete it with `metaflow checkpoint delete %s` "
+                "(or repair it), then run gc again." % (exc.message, key)
             ) from None
         return {c.blob for f in m.files for c in f.chunks}
 
-    out: set[str] = set()
-    if not keys:
-        return out
-    with ThreadPoolExecutor(max(1, min(workers, len(keys)))) as pool:
-        for found in pool.map(blobs_of, keys):
-            out |= found or set()
-    return out
+    def _part(self, key: str) -> set[str]:
+        try:
+            data = self.storage.get_bytes(key)
+        except StorageNotFound:
+            return set()  # its gang committed (the manifest references the blobs) or gave up
+        try:
+            return part_blobs(data, key)
+        except ManifestError as exc:
+            raise ManifestError(
+                "Garbage collection stopped before deleting anything: %s It cannot know which "
+                "blobs that unfinished @parallel save needs. Remove the object %s (the gang's "
+                "save can never commit with it), then run gc again."
+                % (exc.message, self.storage.full_url(key))
+            ) from None
 
 
-def _manifest_keys(storage: Storage) -> set[str]:
-    return {o.key for o in storage.list(MANIFESTS + "/") if mf.is_manifest_key(o.key)}
+# ------------------------------------------------------------------------------------ the run
+class _Run:
+    """This collection's record under ``gc/runs/<run>/`` and its heartbeat."""
+
+    def __init__(self, storage: Storage, log: Callable[[str], None]):
+        self.storage = storage
+        self.log = log
+        self.id = "%013d-%s" % (int(time.time() * 1000), uuid.uuid4().hex[:8])
+        self.phase = ls.RUN_START
+        self.body = json.dumps(
+            {"run": self.id, "host": socket.gethostname(), "pid": os.getpid()}
+        ).encode()
+        self.last_ok = -math.inf
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def begin(self) -> tuple[float, dict]:
+        """Write the record; return the store's "now" and the other runs recorded.
+
+        Raises
+        ------
+        CheckpointConfigError
+            Another collection is running (two would race on the same blobs), or the store
+            gives no modification times (leases and grace periods could not be judged).
+        """
+        self._beat(raise_errors=True)
+        runs = ls.list_runs(self.storage)
+        me = runs.pop(self.id, None)
+        if me is None or me.newest is None:
+            self.finish({"state": "refused"})
+            raise CheckpointConfigError(
+                "%s does not report modification times, so garbage collection cannot tell how "
+                "old blobs and leases are; it is not supported on this store." % self.storage.url
+            )
+        now = me.newest
+        for other in runs.values():
+            if other.phase != ls.RUN_DONE and (
+                other.newest is None or other.newest >= now - ls.DEAD_SECONDS
+            ):
+                self.finish({"state": "refused", "because": other.run})
+                raise CheckpointConfigError(
+                    "Another garbage collection is running on %s (%s, last heartbeat %.0f s "
+                    "ago): only one may run at a time. Run gc again once it has finished (a "
+                    "collection that died is ignored %d s after its last heartbeat)."
+                    % (
+                        self.storage.url,
+                        ls.GC_RUNS + "/" + other.run,
+                        now - (other.newest if other.newest is not None else now),
+                        ls.DEAD_SECONDS,
+                    )
+                )
+        self._thread = threading.Thread(target=self._loop, name="mfckpt-gc-heartbeat", daemon=True)
+        self._thread.start()
+        return now, runs
+
+    def enter(self, phase: str) -> None:
+        """Record a new phase (synchronously: the caller acts on it being stored)."""
+        self.phase = phase
+        self._beat(raise_errors=True)
+
+    def check_fresh(self) -> None:
+        """Raise unless the last heartbeat is recent: writers must not see this run as dead
+        (and stop waiting for it) while it still deletes."""
+        age = ls.elapsed_clock() - self.last_ok
+        if age > ls.STALE_SECONDS:
+            raise StorageError(
+                "Garbage collection stopped deleting: its run record %s could not be rewritten "
+                "for %.0f s (the store is unreachable or this process was paused), so saves may "
+                "no longer wait for it. Run gc again." % (self._key(self.phase), age)
+            )
+
+    def finish(self, body: dict) -> None:
+        """Stop the heartbeat and record the end; best effort (a run whose record stops
+        changing is dead to writers after :data:`.leases.DEAD_SECONDS` anyway)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.storage.put_bytes(self._key(ls.RUN_DONE), json.dumps(body).encode())
+            self.storage.delete_many([self._key(ls.RUN_START), self._key(ls.RUN_SWEEP)])
+        except Exception as exc:  # noqa: BLE001 - reported, the collection itself is over
+            self.log("Could not record the end of GC run %s: %s" % (self.id, exc))
+
+    def _key(self, phase: str) -> str:
+        return ls.run_key(self.id, phase)
+
+    def _beat(self, raise_errors: bool = False) -> None:
+        issued = ls.elapsed_clock()
+        try:
+            self.storage.put_bytes(self._key(self.phase), self.body)
+        except Exception:
+            if raise_errors:
+                raise
+            return
+        self.last_ok = max(self.last_ok, issued)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(ls.HEARTBEAT_SECONDS):
+            self._beat()
 
 
+# ------------------------------------------------------------------------------------ collect
 def collect(
     storage: Storage,
     *,
@@ -87,61 +277,190 @@ def collect(
     force: bool = False,
     workers: int = 16,
     now: Optional[float] = None,
+    lease_ttl: Optional[float] = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> GcReport:
     """Mark and sweep the blobs of one root; return what was (or would be) reclaimed.
 
+    Parameters
+    ----------
+    grace_seconds : float
+        Never delete a blob younger than this (a finite number >= 0; 0 is safe: leases protect
+        saves in flight).
+    dry_run : bool
+        Report only; nothing is written or deleted (no run record either).
+    force : bool
+        Collect a root that holds no manifest at all.
+    now : float, optional
+        The time ages are judged against (default: the store's own clock, read from the run
+        record; a dry run uses this machine's clock).
+    lease_ttl : float, optional
+        Judge every lease with this lifetime instead of the one it declares.
+
     Raises
     ------
     CheckpointConfigError
-        The root has no manifest at all (a wrong root would lose every blob) and ``force`` is
-        false, or ``grace_seconds`` is negative.
+        Invalid ``grace_seconds``; the root has no manifest and ``force`` is false; another
+        collection is running.
     ManifestError
-        A manifest cannot be read: nothing is deleted.
+        A manifest, part or lease ``names-*`` object cannot be read: nothing is deleted.
+    StorageError
+        A listing or read failed (never treated as "nothing there"), or the run's heartbeat
+        could not be kept fresh (deleting stops).
     """
-    if grace_seconds < 0:
-        raise CheckpointConfigError("The grace period must not be negative.")
+    grace = check_grace(grace_seconds)
     started = time.perf_counter()
-    now = time.time() if now is None else now
     report = GcReport(dry_run=dry_run)
-    keys = _manifest_keys(storage)
-    if not keys and not force:
+    marker = _Marker(storage, workers)
+    # A first listing, before writing anything: a wrong root must not be written to.
+    parts, manifests = marker.list_parts(), marker.list_manifests()
+    if not manifests and not force:
         raise CheckpointConfigError(
             "%s holds no checkpoint manifest, so every blob there would be deleted. Check the "
             "root; pass force (CLI: --force) to collect it anyway." % storage.url
         )
-    log("Marking blobs of %d checkpoints..." % len(keys))
-    referenced = _references(storage, sorted(keys), workers)
+    run = None if dry_run else _Run(storage, log)
+    runs: dict = {}
+    if run is not None:
+        store_now, runs = run.begin()
+        now = store_now if now is None else now
+    elif now is None:
+        now = time.time()
+    try:
+        _collect(storage, marker, parts, manifests, run, runs, grace, now, lease_ttl, report, log)
+    except BaseException as exc:
+        if run is not None:
+            run.finish({"state": "failed", "error": "%s: %s" % (type(exc).__name__, exc)})
+        raise
+    report.seconds = round(time.perf_counter() - started, 3)
+    if run is not None:
+        run.finish({"state": "done", "report": report.to_json()})
+    return report
+
+
+def _collect(
+    storage: Storage,
+    marker: _Marker,
+    parts: list[str],
+    manifests: list[str],
+    run: Optional[_Run],
+    runs: dict,
+    grace: float,
+    now: float,
+    lease_ttl: Optional[float],
+    report: GcReport,
+    log: Callable[[str], None],
+) -> None:
+    log("Marking blobs of %d checkpoints and %d unfinished parts..." % (len(manifests), len(parts)))
+    marker.mark_parts(parts)
+    marker.mark_manifests(manifests)
     blobs = [o for o in storage.list(BLOBS + "/") if o.key.count("/") == 2]
     report.blobs = len(blobs)
     report.bytes_total = sum(o.size for o in blobs)
-    candidates = {}
+    candidates: dict[str, ObjectInfo] = {}
     for o in blobs:
         h = o.key.rsplit("/", 1)[1]
-        if h in referenced:
+        if h in marker.referenced:
             report.blobs_referenced += 1
-        elif o.mtime is not None and o.mtime > now - grace_seconds:
+        elif o.mtime is not None and o.mtime > now - grace:
             report.blobs_young += 1
         else:
             candidates[h] = o
-    # Checkpoints committed while we marked may reference candidates: mark them too.
-    later = _manifest_keys(storage) - keys
-    for h in _references(storage, sorted(later), workers) & set(candidates):
+
+    # Leases, read only after the sweep phase is recorded: a writer that names blobs later
+    # sees this run sweeping and checks them after it is done.
+    if run is not None:
+        run.enter(ls.RUN_SWEEP)
+    leases = ls.list_leases(storage, ttl_seconds=lease_ttl, now=now, read_names="live")
+    live = [lease for lease in leases if not lease.expired]
+    report.leases_live = len(live)
+    for lease in live:
+        bad = [
+            k for k in lease.unreadable if k.startswith(ls.lease_prefix(lease.session) + ls.NAMES)
+        ]
+        if bad:
+            raise ManifestError(
+                "Garbage collection stopped before deleting anything: lease object %s cannot "
+                "be read, so the blobs a save in flight relies on are unknown. It expires %.0f s "
+                "after its last refresh; if no save is running there, remove %s, then run gc "
+                "again." % (bad[0], lease.ttl, storage.full_url(ls.lease_prefix(lease.session)))
+            )
+        if lease.protects_everything:
+            log(
+                "Lease %s cannot be dated (%s): keeping every unreferenced blob while it lives."
+                % (lease.session, "no start object" if lease.started is None else "unknown objects")
+            )
+    for h, o in list(candidates.items()):
+        if any(lease.protects(h, o.mtime) for lease in live):
+            report.blobs_leased += 1
+            del candidates[h]
+
+    # Parts written and checkpoints committed while we marked.  Parts are read before the
+    # manifests are listed: a gang commit writes its manifest before it removes its parts, so
+    # a part gone by the time it is read has a manifest the listing below finds.  And both come
+    # after the leases: a save commits before it ends its lease.
+    parts_now = marker.list_parts()
+    later = marker.mark_parts(parts_now)
+    later |= marker.mark_manifests(marker.list_manifests())
+    for h in later & set(candidates):
         report.blobs_referenced += 1
         del candidates[h]
-    report.manifests = len(keys | later)
+    report.manifests = len(marker.manifests)
+    report.parts = len(set(parts_now))
     report.blobs_deleted = len(candidates)
     report.bytes_reclaimed = sum(o.size for o in candidates.values())
-    live = keys | later
+
     stale_pins = [
         o.key
         for o in storage.list(PINS + "/")
-        if manifest_of(o.key) not in live and (o.mtime is None or o.mtime < now - grace_seconds)
+        if manifest_of(o.key) not in marker.manifests and (o.mtime is None or o.mtime < now - grace)
     ]
     report.pins_deleted = len(stale_pins)
-    if not dry_run:
-        log("Deleting %d unreferenced blobs..." % len(candidates))
-        storage.delete_many([o.key for o in candidates.values()], workers)
-        storage.delete_many(stale_pins, workers)
-    report.seconds = round(time.perf_counter() - started, 3)
-    return report
+    expired = [lease for lease in leases if _gone(lease.refreshed, now, 2 * lease.ttl)]
+    report.leases_deleted = len(expired)
+    old_runs = [
+        r
+        for r in runs.values()
+        if r.phase == ls.RUN_DONE and _gone(r.newest, now, ls.RUN_RECORD_SECONDS)
+    ]
+    dead_runs = [
+        r for r in runs.values() if r.phase != ls.RUN_DONE and _gone(r.newest, now, ls.DEAD_SECONDS)
+    ]
+    report.runs_deleted = len(old_runs)
+    stale_parts = [
+        o.key
+        for o in storage.list(PARTS + "/")
+        if o.key.endswith(".json") and _gone(o.mtime, now, STALE_PART_SECONDS)
+    ]
+    report.parts_deleted = len(stale_parts)
+    if run is None:
+        return
+
+    log("Deleting %d unreferenced blobs..." % len(candidates))
+    keys = [o.key for o in candidates.values()]
+    batch = max(1, storage.DELETE_BATCH)
+    for start in range(0, len(keys), batch):
+        run.check_fresh()
+        storage.delete_many(keys[start : start + batch], marker.workers)
+    run.check_fresh()
+    storage.delete_many(stale_pins, marker.workers)
+    # A lease's start goes last: a lease without it could not be dated and would keep all.
+    storage.delete_many(
+        [k for lease in expired for k in lease.keys if not k.endswith("/" + ls.START)],
+        marker.workers,
+    )
+    storage.delete_many(
+        [k for lease in expired for k in lease.keys if k.endswith("/" + ls.START)],
+        marker.workers,
+    )
+    for r in dead_runs:
+        # It deletes nothing any more (a run stops once its heartbeat is stale): say so, so
+        # that writers stop waiting for it.
+        storage.put_bytes(ls.run_key(r.run, ls.RUN_DONE), b'{"state": "dead"}')
+    storage.delete_many([k for r in old_runs for k in r.keys], marker.workers)
+    storage.delete_many(stale_parts, marker.workers)
+
+
+def _gone(mtime: Optional[float], now: float, age: float) -> bool:
+    """Whether ``mtime`` is known and at least ``age`` seconds before ``now``."""
+    return mtime is not None and mtime <= now - age

@@ -17,6 +17,7 @@ from ..storage.base import Storage
 from . import commit, gang, gc, pins, policies, promotions, retention, usage
 from . import manifest as mf
 from .download import download_tree
+from .leases import WriterLease
 from .manifest import Manifest, ManifestHeader
 from .reader import open_file
 from .scope import Scope, library_scope, validate_name
@@ -34,15 +35,28 @@ class CheckpointStore:
         The backend, rooted at the checkpoint root (``<datastore root>/mf.checkpointing``).
     options : TransferOptions, optional
         Chunking and concurrency.
+    lease_seconds : float, optional
+        Lifetime of this writer's lease, which keeps GC from deleting what a save in flight
+        relies on (see :mod:`.leases`; default 30 minutes).
     """
 
-    def __init__(self, storage: Storage, options: Optional[TransferOptions] = None):
+    def __init__(
+        self,
+        storage: Storage,
+        options: Optional[TransferOptions] = None,
+        lease_seconds: Optional[float] = None,
+    ):
         self.storage = storage
         self.options = options or TransferOptions()
         # Hashes of blobs this process has stored or seen stored: repeated saves skip the
-        # existence check.  Blobs are immutable and GC never removes a referenced one.
-        self._writer = BlobWriter(storage)
+        # existence check.  The writer's lease keeps GC from removing them (see .leases).
+        self._writer = BlobWriter(storage, lease=WriterLease(storage, lease_seconds))
         self._summaries = SummaryIndex(storage, self.read_many)
+
+    def close(self) -> None:
+        """End this store's writer session: remove its lease objects (best effort; also done
+        at process exit, and a lease left behind expires).  A later save starts a new one."""
+        self._writer.lease.close()
 
     @property
     def url(self) -> str:
@@ -362,7 +376,12 @@ class CheckpointStore:
         return out
 
     def gc(self, **kwargs) -> gc.GcReport:
-        """Garbage-collect unreferenced blobs (see :func:`gc.collect` for the options)."""
+        """Garbage-collect unreferenced blobs (see :func:`gc.collect` for the options).
+
+        This store's own writer session ends first if no save is running (its lease would
+        keep what it uploaded, e.g. the blobs of checkpoints it just deleted; a dry run too, to
+        report what a real run reclaims); the next save starts a new one."""
+        self._writer.lease.close()
         return gc.collect(self.storage, workers=self.options.workers, **kwargs)
 
     def usage(self, headers: Sequence[ManifestHeader], by: str = "step") -> usage.Usage:

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError, StorageError
 from ..storage.base import Storage
+from .leases import WriterLease
 from .manifest import ChunkRef, FileEntry
 from .scan import _File
 from .scope import blob_key
@@ -102,12 +103,17 @@ class BlobWriter:
     """Uploads buffers as content-addressed blobs, skipping those already stored.
 
     ``known`` is a set of hashes known to be stored (shared across saves of one process) so that
-    repeated saves do not even ask the store whether a blob exists.
+    repeated saves do not even ask the store whether a blob exists.  ``lease`` is this writer's
+    side of the GC liveness protocol (:mod:`.leases`): every blob a put stores is credited to
+    the lease session current when the put was issued.
     """
 
-    def __init__(self, storage: Storage, known: Optional[set] = None):
+    def __init__(
+        self, storage: Storage, known: Optional[set] = None, lease: Optional[WriterLease] = None
+    ):
         self.storage = storage
         self.known = known if known is not None else set()
+        self.lease = lease if lease is not None else WriterLease(storage)
         self.stat_cache = StatCache()
         # blob -> the newest manifest this process committed that references it.
         self.referenced_by: dict[str, str] = {}
@@ -115,6 +121,7 @@ class BlobWriter:
 
     def put_range(self, path: str, offset: int, length: int, stats: SaveStats) -> Optional[str]:
         """Store a file range through the backend's in-kernel fast path; None if it has none."""
+        session = self.lease.current  # before the put: the blob is younger than its start
         try:
             done = self.storage.ingest_range(path, offset, length, digest, blob_key)
         except OSError as exc:
@@ -124,6 +131,8 @@ class BlobWriter:
         if done is None:
             return None
         h, stored = done
+        if stored:
+            self.lease.credit(session, h)
         self._count(h, length, stored, stats, confirmed=True)
         return h
 
@@ -131,9 +140,11 @@ class BlobWriter:
         h = digest(data)
         key = blob_key(h)
         trusted = h in self.known
+        session = self.lease.current
         stored = not (trusted or self.storage.exists(key))
         if stored:
             self.storage.put_bytes(key, data)
+            self.lease.credit(session, h)
         self._count(h, len(data), stored, stats, confirmed=not trusted)
         return h
 
