@@ -19,12 +19,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from ..errors import CheckpointConfigError, ManifestError
-from .scope import MANIFESTS, Scope, decode, encode, is_blob_name, validate_name
+from .scope import BLOB_NAME_RE, MANIFESTS, Scope, decode, encode, is_blob_name, validate_name
 
 FORMAT = "metaflow-checkpointing/1"
+_HEX64 = BLOB_NAME_RE.fullmatch
 _FORMAT_RE = re.compile(r"metaflow-checkpointing/([0-9]{1,9})")
 #: Largest accepted user metadata, in UTF-8 bytes of its JSON encoding.
 MAX_METADATA_BYTES = 64 * 1024
@@ -49,10 +50,21 @@ class ChunkRef:
 
     def __post_init__(self) -> None:
         # Every chunk reference is checked where it is made (parser, gang parts, uploads): a
-        # blob name becomes a storage key and, on local stores, a path that is opened.
-        problem = _chunk_problem(self.blob, self.offset, self.length)
-        if problem:
-            raise ManifestError("Invalid chunk reference %s: %s." % (_show(self.blob), problem))
+        # blob name becomes a storage key and, on local stores, a path that is opened.  The
+        # common case is one expression; the detailed reason is worked out only on failure.
+        b, o, n = self.blob, self.offset, self.length
+        if not (
+            type(o) is int
+            and type(n) is int
+            and 0 <= o < SIZE_LIMIT
+            and 0 <= n < SIZE_LIMIT
+            and o + n <= SIZE_LIMIT
+            and type(b) is str
+            and _HEX64(b) is not None
+        ):
+            raise ManifestError(
+                "Invalid chunk reference %s: %s." % (_show(b), _chunk_problem(b, o, n))
+            )
 
     def to_json(self) -> list:
         return [self.blob, self.offset, self.length]
@@ -395,10 +407,12 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
-def _object(value: Any, where: str) -> dict:
+def _object(value: Any, where: str, nested: bool = True) -> dict:
+    """``value`` if it is a JSON object (nested at most MAX_JSON_DEPTH when ``nested``: free-form
+    values that are serialised again)."""
     if type(value) is not dict:
         raise _Invalid(where, "must be an object, not %s" % _kind(value))
-    if _json_depth(value) > MAX_JSON_DEPTH:
+    if nested and _json_depth(value) > MAX_JSON_DEPTH:
         raise _Invalid(where, "is nested more than %d levels deep" % MAX_JSON_DEPTH)
     return value
 
@@ -421,43 +435,65 @@ def _chunk_problem(blob: Any, offset: Any, length: Any) -> str:
     return ""
 
 
-def _chunk(value: Any, where: str) -> ChunkRef:
+def _chunk_error(value: Any, where: str) -> NoReturn:
+    """Raise what is wrong with a chunk reference ``[blob, offset, length]`` that
+    :class:`ChunkRef` refused."""
     items = _list(value, where)
     if len(items) != 3:
         raise _Invalid(where, "must be [blob, offset, length], not %s" % _show(items))
-    blob = _digest(items[0], where + ".blob")
+    _digest(items[0], where + ".blob")
     offset = _int(items[1], where + ".offset")
     length = _int(items[2], where + ".length")
-    if offset + length > SIZE_LIMIT:
-        raise _Invalid(where, "ends beyond 2**63 (offset %d + length %d)" % (offset, length))
-    return ChunkRef(blob, offset, length)
+    raise _Invalid(where, "ends beyond 2**63 (offset %d + length %d)" % (offset, length))
 
 
-def _file(value: Any, where: str) -> FileEntry:
-    f = _object(value, where)
+def _file(f: Any, i: int) -> FileEntry:
+    """File ``i`` of a manifest.  Field names for messages are built only when one is wrong:
+    a manifest may list 100,000 files."""
+
+    def where(field: str = "") -> str:
+        path = f.get("path") if type(f) is dict else None
+        base = "files[%d]" % i + (" (%s)" % _show(path, 60) if isinstance(path, str) else "")
+        return base + ("." + field if field else "")
+
+    if type(f) is not dict:
+        raise _Invalid(where(), "must be an object, not %s" % _kind(f))
+    path = f.get("path")
     try:
-        path = safe_relpath(_field(f, "path", where + "."))
-    except ManifestError as exc:
-        raise _Invalid(
-            where + ".path", "is %s: not a plain relative path" % _show(f["path"])
-        ) from exc
-    where = "%s (%s)" % (where, _show(path, 60))
-    size = _int(_field(f, "size", where + "."), where + ".size")
-    mode = _int(_field(f, "mode", where + "."), where + ".mode", MAX_MODE)
-    chunks = [
-        _chunk(c, "%s.chunks[%d]" % (where, i))
-        for i, c in enumerate(_list(_field(f, "chunks", where + "."), where + ".chunks"))
-    ]
-    if size and not chunks:
-        raise _Invalid(where + ".chunks", "is empty but the file has %d bytes" % size)
-    total = sum(c.length for c in chunks)
+        safe_relpath(path)  # type: ignore[arg-type]
+    except ManifestError:
+        problem = "is missing" if "path" not in f else "is %s: not a plain relative path"
+        raise _Invalid("files[%d].path" % i, problem.replace("%s", _show(path))) from None
+    size = f.get("size")
+    if not (type(size) is int and 0 <= size < SIZE_LIMIT):
+        _int(_field(f, "size", where() + "."), where("size"))
+    mode = f.get("mode")
+    if not (type(mode) is int and 0 <= mode <= MAX_MODE):
+        _int(_field(f, "mode", where() + "."), where("mode"), MAX_MODE)
+    raw = f.get("chunks")
+    if type(raw) is not list:
+        _list(_field(f, "chunks", where() + "."), where("chunks"))
+    chunks = []
+    for n, c in enumerate(raw):
+        if type(c) is list and len(c) == 3:
+            try:
+                chunks.append(ChunkRef(*c))  # validates
+                continue
+            except ManifestError:
+                pass
+        _chunk_error(c, "%s[%d]" % (where("chunks"), n))
+    total = 0
+    for c in chunks:
+        total += c.length
     if total != size:
+        if size and not chunks:
+            raise _Invalid(where("chunks"), "is empty but the file has %d bytes" % size)
         raise _Invalid(
-            where + ".chunks", "add up to %d bytes, not the file's size %d" % (total, size)
+            where("chunks"), "add up to %d bytes, not the file's size %d" % (total, size)
         )
     digest = f.get("digest")
-    if digest is not None:
-        _digest(digest, where + ".digest")
+    if digest is not None and not (type(digest) is str and _HEX64(digest) is not None):
+        _digest(digest, where("digest"))
     return FileEntry(path=path, size=size, mode=mode, chunks=chunks, digest=digest)
 
 
@@ -530,9 +566,7 @@ def _parse(d: Any, key: str) -> Manifest:
     _check_format(d, key)
     if d.get("hash", "blake3") != "blake3":
         raise _Invalid("hash", "is %s; only 'blake3' is known" % _show(d.get("hash")))
-    files = [
-        _file(f, "files[%d]" % i) for i, f in enumerate(_list(_field(d, "files", ""), "files"))
-    ]
+    files = [_file(f, i) for i, f in enumerate(_list(_field(d, "files", ""), "files"))]
     dirs = []
     for i, p in enumerate(_list(d.get("dirs", []), "dirs")):
         try:

@@ -174,12 +174,14 @@ def step_prefix(namespace: str, flow: str, step: str) -> str:
     return flow_prefix(namespace, flow) + encode(step) + "/"
 
 
-_BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
+#: A blob name: a BLAKE3 digest as 64 lowercase hex digits.
+BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
+_is_hex64 = BLOB_NAME_RE.fullmatch
 
 
 def is_blob_name(name: object) -> bool:
     """Whether ``name`` is a blob name: a BLAKE3 digest as 64 lowercase hex digits."""
-    return type(name) is str and _BLOB_NAME_RE.fullmatch(name) is not None
+    return type(name) is str and _is_hex64(name) is not None
 
 
 def blob_key(digest: str) -> str:
@@ -191,7 +193,7 @@ def blob_key(digest: str) -> str:
         If ``digest`` is not a 64-hex BLAKE3 digest: a name from a manifest becomes a storage
         key, and on local stores a path that is opened, so nothing else may get this far.
     """
-    if not is_blob_name(digest):
+    if type(digest) is not str or _is_hex64(digest) is None:
         raise ManifestError(
             "%r is not a blob name (a 64-hex BLAKE3 digest); refusing to read or write it."
             % (digest if len(str(digest)) <= 80 else str(digest)[:77] + "...",)
