@@ -19,8 +19,10 @@ from typing import IO, Any, Callable, Optional, Union
 
 from . import alias
 from .core import promotions, retention
+from .core.download import STAGING_PREFIX, remove_dead_staging
 from .core.manifest import Manifest, is_manifest_key, parse_key
 from .core.retention import numeric
+from .core.scan import holds_data
 from .core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
 from .core.store import CheckpointStore
 from .core.summary import damaged
@@ -307,7 +309,8 @@ class Checkpoint:
             Any form accepted by :meth:`get`.
         path : str
             Target directory.  Created if absent; if it exists it must be empty unless
-            ``force``, in which case same-named files are replaced and others left.
+            ``force``, in which case same-named files are replaced and others left.  Either
+            way the load applies completely or not at all.
         force : bool
             Allow a non-empty target.
         progress : callable, optional
@@ -316,7 +319,11 @@ class Checkpoint:
         Raises
         ------
         CheckpointConfigError
-            ``path`` is a file, or a non-empty directory without ``force`` (nothing written).
+            ``path`` is a file, or a non-empty directory without ``force``, or (with
+            ``force``) holds a file where the checkpoint has a directory or the reverse:
+            every such path is named and nothing is written.
+        StorageError
+            Writing ``path`` failed (disk full, quota, permissions); nothing was changed.
         """
         if self._runtime is not None:
             return self._runtime.load(reference, path)
@@ -327,7 +334,8 @@ class Checkpoint:
         target = os.path.abspath(os.fspath(path))
         if os.path.exists(target) and not os.path.isdir(target):
             raise CheckpointConfigError("Cannot load into %s: it is a file." % target)
-        if os.path.isdir(target) and os.listdir(target) and not force:
+        # Leftovers of a killed load do not make a directory non-empty (the load removes them).
+        if os.path.isdir(target) and not force and holds_data(target):
             raise CheckpointConfigError(
                 "Cannot load into %s: the directory is not empty (use force=True, CLI --force, "
                 "to overwrite files in it)." % target
@@ -339,7 +347,8 @@ class Checkpoint:
         # A new directory appears only once complete: download beside it, then rename.
         parent = os.path.dirname(target)
         os.makedirs(parent, exist_ok=True)
-        staging = os.path.join(parent, ".%s.partial-%s" % (os.path.basename(target), _token()))
+        remove_dead_staging(parent)  # of earlier loads that were killed
+        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
         try:
             store.load(manifest, staging, progress)
             os.rename(staging, target)

@@ -18,6 +18,7 @@ from . import alias
 from .background import BackgroundSaver, SaveHandle, snapshot, source_bytes
 from .background import failure as background_failure
 from .core.clock import TaskClock
+from .core.download import STAGING_PREFIX, remove_dead_staging
 from .core.manifest import Manifest, ManifestHeader, is_manifest_key
 from .core.policies import Resolution, sort_key
 from .core.retention import Retention
@@ -526,7 +527,8 @@ class CheckpointRuntime:
             store.load(manifest, target)
             return target
         # Download beside the managed directory, then swap: a failed load leaves it unchanged.
-        staging = tempfile.mkdtemp(prefix=".mfckpt-load-", dir=os.path.dirname(self._directory))
+        remove_dead_staging(os.path.dirname(self._directory))  # of killed earlier loads
+        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=os.path.dirname(self._directory))
         try:
             store.load(manifest, staging)
             _empty_directory(self._directory)

@@ -1,12 +1,67 @@
-"""What a save reads: the regular files and empty directories of a source path."""
+"""What a save reads: the regular files and empty directories of a source path.
+
+Rules (docs/concepts.md, "What is saved"):
+
+* a symlink to a file is saved as the file's content; a symlink to a directory is followed, so
+  an alias such as ``latest -> checkpoint-1000/`` is saved again under the link's path (its
+  blobs deduplicate, so it costs no storage).  Only a true cycle, a link to a directory that is
+  already on the path being walked (itself or an ancestor), is cut: its content is saved once,
+  under the ancestor;
+* what cannot be read is an error naming the path, never a silent omission: an unreadable
+  directory or file, a dangling symlink, a symlink loop (``a -> a``), an entry that vanishes
+  while the tree is scanned.  Sockets, FIFOs and device files hold no data and are skipped;
+* the package's own temporary names (:func:`is_temp_name`: files of a load in progress or
+  killed, staging directories) are never saved.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 
 from ..errors import CheckpointConfigError
+
+#: Every temporary name the package creates inside or beside a directory a user may save:
+#: load parts and lock files (``.mfckpt-part-<12 hex>[-<n>|-b<n>]``, :mod:`.download`), load and
+#: snapshot staging directories and local-store temp files (``tempfile`` names: 8 characters).
+_TEMP_NAME = re.compile(
+    r"\.mfckpt-(?:(?:load|snapshot|tmp)-[a-z0-9_]{8}|part-[0-9a-f]{12}(?:-b?[0-9]+)?)\Z"
+)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` (a base name) is one of the package's temporary files or directories."""
+    return name.startswith(".mfckpt-") and _TEMP_NAME.match(name) is not None
+
+
+def holds_data(directory: str) -> bool:
+    """Whether a save of ``directory`` would hold anything (a file, or an empty directory).
+
+    The package's temp names are not data, so a directory holding only the leftovers of a
+    killed load counts as empty.  A directory that cannot be read counts as holding data."""
+    stack = [directory]
+    try:
+        while stack:
+            d = stack.pop()
+            subdirs = 0
+            temps = False
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.name.startswith(".mfckpt-") and _TEMP_NAME.match(e.name):
+                        temps = True
+                    elif e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                        subdirs += 1
+                    else:
+                        return True
+            if d != directory and not subdirs and not temps:
+                return True  # an empty directory: a save keeps it
+    except OSError:
+        return True
+    return False
 
 
 @dataclass
@@ -15,7 +70,8 @@ class _File:
     abs: str
     size: int
     mode: int
-    # What identifies unchanged content for the stat cache (see StatCache).
+    # What identifies unchanged content for the stat cache (see StatCache) and detects a file
+    # that changes while it is saved (see upload._check_unchanged).
     fingerprint: tuple = ()
 
 
@@ -23,53 +79,150 @@ def _fingerprint(st: os.stat_result) -> tuple:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _unreadable(path: str, exc: OSError, what: str) -> CheckpointConfigError:
+    """The error for an entry of the source tree that cannot be read."""
+    if exc.errno == errno.ELOOP:
+        return CheckpointConfigError(
+            "Cannot save %s: it is a symbolic link loop (it resolves to itself). Remove the link "
+            "or point it at a real file or directory." % path
+        )
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            return CheckpointConfigError(
+                "Cannot save %s: it is a symbolic link to %r, which does not exist. Remove the "
+                "dangling link or make it point to an existing file." % (path, _readlink(path))
+            )
+        return CheckpointConfigError(
+            "%s disappeared while save() was reading the directory; do not add or remove files "
+            "while save() runs." % path
+        )
+    if isinstance(exc, PermissionError):
+        return CheckpointConfigError(
+            "Cannot save %s: permission denied reading this %s. Make it readable (chmod u+r%s) "
+            "or move it out of the directory you save." % (path, what, "x" * (what == "directory"))
+        )
+    return CheckpointConfigError("Cannot save %s: cannot read this %s: %s." % (path, what, exc))
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _bad_name(path: str) -> None:
+    # A manifest path must survive every store and platform (manifest.safe_relpath): refuse it
+    # now, naming the file, rather than commit a checkpoint no load could read.
+    raise CheckpointConfigError(
+        "Cannot save %s: its name contains a backslash, which checkpoint paths cannot hold "
+        "(it is a path separator on Windows). Rename it." % path
+    )
+
+
 # ---------------------------------------------------------------------------------------- scan
 def scan(src: str) -> tuple[list[_File], list[str], str]:
     """List the regular files and empty directories of ``src`` (a file or a directory).
 
-    Symlinks to files are saved as the file they point to; symlinked directories are followed
-    once (a cycle is skipped).  Returns (files, empty dirs, "file" | "dir").
+    Symlinks are followed (see the module docstring); a link to a directory on the current walk
+    path is a cycle and is cut.  Returns (files sorted by path, empty dirs, "file" | "dir").
+
+    Raises
+    ------
+    CheckpointConfigError
+        ``src`` is missing, or an entry under it cannot be read (permission, dangling link,
+        link loop) or vanishes while it is scanned.
     """
-    if not os.path.exists(src):
-        raise CheckpointConfigError(
-            "Cannot save %r: no such file or directory. Pass an existing path, or write your "
-            "files into current.checkpoint.directory and call save() without a path." % src
-        )
-    if os.path.isfile(src):
-        st = os.stat(src)
+    try:
+        top = os.stat(src)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not os.path.islink(src):
+            raise CheckpointConfigError(
+                "Cannot save %r: no such file or directory. Pass an existing path, or write "
+                "your files into current.checkpoint.directory and call save() without a path." % src
+            ) from exc
+        raise _unreadable(src, exc, "path") from exc
+    if stat.S_ISREG(top.st_mode):
         entry = _File(
-            os.path.basename(src), src, st.st_size, stat.S_IMODE(st.st_mode), _fingerprint(st)
+            os.path.basename(src), src, top.st_size, stat.S_IMODE(top.st_mode), _fingerprint(top)
         )
         return [entry], [], "file"
-    if not os.path.isdir(src):
+    if not stat.S_ISDIR(top.st_mode):
         raise CheckpointConfigError("Cannot save %r: not a regular file or directory." % src)
     files: list[_File] = []
-    empty: list[str] = []
-    seen = {os.path.realpath(src)}
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
-        keep = []
-        for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if real not in seen:
-                seen.add(real)
-                keep.append(d)
-        dirnames[:] = keep
-        rel_dir = os.path.relpath(dirpath, src)
-        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        regular = 0
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
+    # Depth-first with an explicit stack (no recursion limit on deep trees).  Each directory
+    # carries the (device, inode) of every directory on its walk path, itself included.
+    stack: list[tuple[str, str, frozenset]] = [(src, "", frozenset({(top.st_dev, top.st_ino)}))]
+    visited: list[tuple[str, int, bool]] = []  # (rel dir, files in it, temp entries in it)
+    while stack:
+        path, rel_dir, walk_path = stack.pop()
+        try:
+            it = os.scandir(path)
+        except OSError as exc:
+            raise _unreadable(path, exc, "directory") from exc
+        nfiles = 0
+        temps = False
+        with it:
             try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue  # dangling symlink or deleted while scanning
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            regular += 1
-            files.append(
-                _File(rel_dir + name, path, st.st_size, stat.S_IMODE(st.st_mode), _fingerprint(st))
-            )
-        if rel_dir and not regular and not dirnames:
-            empty.append(rel_dir.rstrip("/"))
+                for e in it:
+                    name = e.name
+                    if name.startswith(".mfckpt-") and _TEMP_NAME.match(name):
+                        temps = True
+                        continue
+                    try:
+                        st = e.stat()  # follows symlinks
+                    except PermissionError as exc:
+                        # Listed but not searchable: the directory lacks the x bit (or a link's
+                        # target lies behind one that does).
+                        culprit = e.path if e.is_symlink() else path
+                        raise _unreadable(culprit, exc, "directory") from exc
+                    except OSError as exc:
+                        raise _unreadable(e.path, exc, "file") from exc
+                    mode = st.st_mode
+                    if "\\" in name:
+                        _bad_name(e.path)
+                    if stat.S_ISREG(mode):
+                        files.append(
+                            _File(
+                                rel_dir + name,
+                                e.path,
+                                st.st_size,
+                                stat.S_IMODE(mode),
+                                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                            )
+                        )
+                        nfiles += 1
+                    elif stat.S_ISDIR(mode):
+                        ident = (st.st_dev, st.st_ino)
+                        if ident in walk_path:
+                            continue  # a cycle: this directory's content is saved once, above
+                        stack.append((e.path, rel_dir + name + "/", walk_path | {ident}))
+                    # else: socket, FIFO, device: no data to save
+            except OSError as exc:  # reading the directory itself failed part-way
+                raise _unreadable(path, exc, "directory") from exc
+        visited.append((rel_dir, nfiles, temps))
     files.sort(key=lambda f: f.rel)
-    return files, sorted(empty), "dir"
+    return files, _empty_dirs(visited), "dir"
+
+
+def _empty_dirs(visited: list[tuple[str, int, bool]]) -> list[str]:
+    """The directories to record as empty, from the walk in visiting order.
+
+    A directory is saved if it holds a saved file or directory, or nothing at all; one that
+    holds only temp entries of the package (a killed load's leftovers) is not.  Children come
+    after their parent in a depth-first visit, so the reverse order sees them first."""
+    saved_children: dict[str, int] = {}
+    leftover: set[str] = set()
+    empty = []
+    for rel_dir, nfiles, temps in reversed(visited):
+        if not rel_dir:
+            break  # the root, visited first: not an entry of the checkpoint
+        parent = rel_dir[: rel_dir.rstrip("/").rfind("/") + 1]
+        children = saved_children.get(rel_dir, 0)
+        if nfiles or children or not (temps or rel_dir in leftover):
+            saved_children[parent] = saved_children.get(parent, 0) + 1
+            if not nfiles and not children:
+                empty.append(rel_dir[:-1])
+        else:
+            leftover.add(parent)
+    return sorted(empty)

@@ -10,6 +10,7 @@ so memory stays bounded by ``inflight * (chunk_size + small_size)`` whatever the
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ from ..errors import CheckpointConfigError, StorageError
 from ..storage.base import Storage
 from .leases import WriterLease
 from .manifest import ChunkRef, FileEntry
-from .scan import _File
+from .scan import _File, _unreadable
 from .scope import blob_key
 from .transfer import (
     Progress,
@@ -51,19 +52,69 @@ class _BufferPool:
             self._free.append(buf)
 
 
-def _read_into(path: str, offset: int, view: memoryview) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _read_into(f: _File, offset: int, view: memoryview) -> None:
+    """Fill ``view`` with the bytes of ``f`` at ``offset``; fail if ``f`` is no longer the file
+    :func:`.scan.scan` saw (one ``fstat`` after the read, on the descriptor read from)."""
+    try:
+        fd = os.open(f.abs, os.O_RDONLY)
+    except OSError as exc:
+        raise _unreadable(f.abs, exc, "file") from exc
     try:
         got = 0
         while got < len(view):
             n = os.preadv(fd, [view[got:]], offset + got)
             if n == 0:
-                raise CheckpointConfigError(
-                    "%s shrank while it was being saved; do not modify files during save()." % path
-                )
+                break
             got += n
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise _unreadable(f.abs, exc, "file") from exc
     finally:
         os.close(fd)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != f.fingerprint or (
+        got < len(view)
+    ):
+        _check_unchanged(f, st, ended_early=got < len(view))
+
+
+def _check_unchanged(f: _File, st: os.stat_result, ended_early: bool = False) -> None:
+    """Raise if ``st`` shows that ``f`` changed since the scan: its inode, size, modification or
+    change time differ (it was replaced, grew, shrank or was written to)."""
+    _dev, ino, size, mtime_ns, ctime_ns = f.fingerprint
+    if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (ino, size, mtime_ns, ctime_ns):
+        if not ended_early:
+            return  # only the device number differs (fstat and stat may disagree on it)
+        how = "it ended early"
+    elif st.st_ino != ino:
+        how = "it was replaced by another file"
+    elif st.st_size != size:
+        how = "it %s from %d to %d bytes" % (
+            "grew" if st.st_size > size else "shrank",
+            size,
+            st.st_size,
+        )
+    else:
+        how = "it was written to"
+    raise CheckpointConfigError(
+        "%s changed while save() was reading it (%s), so the checkpoint would not hold one "
+        "consistent version of it. Finish writing files before calling save(), or save a copy."
+        % (f.abs, how)
+    )
+
+
+def _check_source(f: _File, failed: bool = False) -> None:
+    """Check by path that ``f`` is unchanged after the backend's fast path read it.
+
+    With ``failed`` (the fast path raised), also report a file that cannot be read: the
+    backend wraps every ``OSError`` in a ``StorageError``, which would blame the store."""
+    try:
+        st = os.stat(f.abs)
+    except OSError as exc:
+        raise _unreadable(f.abs, exc, "file") from exc
+    _check_unchanged(f, st)
+    effective = os.access in os.supports_effective_ids
+    if failed and not os.access(f.abs, os.R_OK, effective_ids=effective):
+        raise _unreadable(f.abs, PermissionError(errno.EACCES, "Permission denied"), "file")
 
 
 # ---------------------------------------------------------------------------------------- save
@@ -227,8 +278,13 @@ def upload_tree(
     lock = threading.Lock()
 
     def do_chunk(i: int, off: int, length: int) -> None:
-        h = writer.put_range(files[i].abs, off, length, stats)
+        try:
+            h = writer.put_range(files[i].abs, off, length, stats)
+        except StorageError:
+            _check_source(files[i], failed=True)  # a source problem is reported as such
+            raise
         if h is not None:
+            _check_source(files[i])
             with lock:
                 chunks[i][off] = ChunkRef(h, 0, length)
                 stats.bytes_read += length
@@ -237,7 +293,7 @@ def upload_tree(
         buf = pool.take()
         try:
             view = memoryview(buf)[:length]
-            _read_into(files[i].abs, off, view)
+            _read_into(files[i], off, view)
             h = writer.put(view, stats)
             with lock:
                 chunks[i][off] = ChunkRef(h, 0, length)
@@ -254,7 +310,7 @@ def upload_tree(
             for i in indices:
                 size = files[i].size
                 view = memoryview(buf)[pos : pos + size]
-                _read_into(files[i].abs, 0, view)
+                _read_into(files[i], 0, view)
                 layout.append((i, pos, size, digest(view)))
                 pos += size
             h = writer.put(memoryview(buf)[:pos], stats)
