@@ -376,6 +376,44 @@ def test_an_unchanged_resave_adds_no_request_and_dedup_adds_two(tmp_path):
     assert set(names) == old
 
 
+def test_a_rotated_session_hands_its_blobs_to_the_next_by_naming_them(tmp_path):
+    """After ttl/2 a save starts a new session (so one process never protects everything it
+    uploaded for hours); blobs the old, still live, session uploaded are named by the new one
+    without being checked again."""
+    storage = HookedMemory()
+    store = CheckpointStore(storage, options(), lease_seconds=4)
+    src = content_x(tmp_path)
+    first = store.save(str(src), make_scope())
+    (old,) = ls.list_leases(storage)
+    time.sleep(2.2)  # older than ttl/2 = 2 s, refreshed every second: still live
+    storage.calls.clear()
+    store.save(str(src), make_scope())
+    new = [x for x in ls.list_leases(storage) if x.session != old.session]
+    assert len(new) == 1 and new[0].names == blobs_of(first)
+    assert [c for c in storage.calls if c[0] == "exists"] == [
+        ("exists", blob_key(min(blobs_of(first))))  # the wiped-store canary only
+    ]
+
+
+def test_a_lapsed_session_is_replaced_and_what_it_protected_is_checked(tmp_path):
+    """A process idle for longer than its lease (not refreshed for ttl/2) cannot know whether
+    GC judged the lease expired and reclaimed what it protected: its next save starts a new
+    session, names every blob it did not upload in it, checks them and uploads the missing."""
+    storage = HookedMemory()
+    store = CheckpointStore(storage, options(), lease_seconds=1)
+    src = content_x(tmp_path)
+    first = store.save(str(src), make_scope())
+    (old,) = ls.list_leases(storage)
+    time.sleep(2.5)  # refreshed while younger than the ttl, then lapsed and expired
+    lost = max(blobs_of(first))  # as a collection that found the lease expired would
+    storage.delete(blob_key(lost))
+    again = store.save(str(src), make_scope())
+    new = [x for x in ls.list_leases(storage) if x.session != old.session]
+    assert len(new) == 1 and new[0].names >= blobs_of(first) - {lost}
+    assert again.stats["bytes_uploaded"] > 0
+    assert_loads(store, again, src, tmp_path / "out")
+
+
 def test_close_removes_the_lease_and_a_later_save_starts_another(storage, tmp_path):
     store = CheckpointStore(storage, options())
     src = content_x(tmp_path)

@@ -650,11 +650,16 @@ class WriterLease:
             self.tick()
 
     def tick(self) -> None:
-        """Refresh the sessions saves rely on (and the current one while it is young)."""
+        """Refresh the sessions saves rely on (and the current one while it is young); retire
+        rotated-away sessions that lapsed with no save using them."""
         # Not under the main lock: a save waiting for a GC run holds it, and its session must
         # stay refreshed meanwhile.
         with self._credit:
             sessions, current = list(self._sessions), self._current
+            # A lapsed session protects nothing any more (settle() ignores it): forget its
+            # sets and remove its objects rather than keep them for the whole process.
+            retired = [s for s in sessions if s is not current and s.active == 0 and s.unsafe()]
+            self._sessions = [s for s in self._sessions if s not in retired]
         due = [
             s
             for s in sessions
@@ -666,6 +671,12 @@ class WriterLease:
             try:
                 self._refresh(s)
             except Exception:  # noqa: BLE001 - retried next tick; settle() sees a lapse
+                pass
+        for s in retired:
+            try:
+                _delete(self.storage, [k for k in s.keys if not k.endswith("/" + START)])
+                _delete(self.storage, [k for k in s.keys if k.endswith("/" + START)])
+            except Exception:  # noqa: BLE001 - GC removes expired leases
                 pass
 
 
