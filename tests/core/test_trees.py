@@ -96,7 +96,8 @@ def test_a_directory_symlink_alias_is_saved_as_a_copy_for_free(any_store, tmp_pa
     assert not (dest / "latest").is_symlink() and not (dest / "config.json").is_symlink()
     assert (dest / "latest" / "model.bin").read_bytes() == weights
     # The large file's chunks are stored once (small files are packed, so packed again).
-    assert m.stats["bytes_deduplicated"] == len(weights)
+    stored = sum(o.size for o in any_store.storage.list("blobs/"))
+    assert stored == len(weights) + 3 * 2
     assert m.stats["bytes_read"] == 2 * len(weights) + 3 * 2
 
 
@@ -242,8 +243,16 @@ def test_a_file_written_during_a_real_save_fails_it(any_store, tmp_path):
     writer.start()
     try:
         started.wait(10)
-        with pytest.raises(CheckpointConfigError, match=r"log\.bin changed while save"):
-            any_store.save(str(src), make_scope())
+        # A save that no write overlapped is a consistent copy and may commit; on a busy
+        # machine the writer can be descheduled for a whole save, so allow a few tries.
+        for _ in range(20):
+            try:
+                any_store.save(str(src), make_scope())
+            except CheckpointConfigError as exc:
+                assert "log.bin changed while save() was reading it (it grew" in str(exc)
+                break
+        else:
+            pytest.fail("20 saves beside a writer never saw log.bin change")
     finally:
         stop.set()
         writer.join()
