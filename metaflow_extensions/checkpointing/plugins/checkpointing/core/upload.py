@@ -258,15 +258,26 @@ def upload_tree(
     """Hash and upload every byte of ``files``; return their manifest entries.
 
     Large files unchanged since this process last saved them (see :class:`StatCache`) reuse
-    their chunk list: their blobs are known to be stored, so they count as deduplicated.
-    ``progress`` is called (from worker threads) with each number of bytes done.
+    their chunk list: their blobs are known to be stored, so they count as deduplicated.  So
+    does a file seen again in this save through a directory alias or a hard link (the same
+    device, inode, size and times): it is read once.  ``progress`` is called (from worker
+    threads) with each number of bytes done.
     """
     progress = progress or _no_progress
     start_ns = time.time_ns()
     chunks: list[dict[int, ChunkRef]] = [{} for _ in files]
     digests: dict[int, str] = {}
+    same_as: dict[int, int] = {}  # file index -> the index of the same file, read instead
+    first: dict[tuple, int] = {}
+    for i, f in enumerate(files):
+        if f.size and f.fingerprint:
+            j = first.setdefault(f.fingerprint, i)
+            if j != i:
+                same_as[i] = j
     cached: set[int] = set()
     for i, f in enumerate(files):
+        if i in same_as:
+            continue
         hit = writer.stat_cache.get(f, opts.chunk_size) if f.size >= opts.small_size else None
         if hit is not None and all(c.blob in writer.known for c in hit):
             chunks[i] = {n: c for n, c in enumerate(hit)}
@@ -324,16 +335,23 @@ def upload_tree(
             pool.give(buf)
 
     def jobs() -> Iterator[Callable[[], None]]:
-        for kind, arg in _plan(files, opts, cached):
+        for kind, arg in _plan(files, opts, cached | same_as.keys()):
             if kind == "chunk":
                 yield lambda a=arg: do_chunk(*a)
             else:
                 yield lambda a=arg: do_pack(a)
 
     _run_bounded(jobs(), opts.workers, opts.inflight)
+    for i, j in same_as.items():
+        chunks[i] = chunks[j]
+        if j in digests:
+            digests[i] = digests[j]
+        stats.bytes_deduplicated += files[i].size
+        stats.blobs_deduplicated += len(chunks[j])
+        progress(files[i].size)
     stats.files = len(files)
     for i, f in enumerate(files):
-        if f.size >= opts.small_size and i not in cached:
+        if f.size >= opts.small_size and i not in cached and i not in same_as:
             ordered = [chunks[i][off] for off in sorted(chunks[i])]
             writer.stat_cache.put(f, opts.chunk_size, ordered, start_ns)
     return [
