@@ -9,7 +9,7 @@ What a load guarantees (docs/concepts.md, "What is saved"):
 * every conflict with what the destination already holds (a file where the checkpoint has a
   directory, a directory where it has a file) is found before anything is changed; a failure
   later (disk full) undoes the renames already done, so a load applies completely or not at all;
-* temp names are short (``.mfckpt-part-<token>-<n>``), never longer than the final names, so
+* temp names are short (``.mfckpt-part-<token>-<n>``, never the final name plus a suffix), so
   file names up to the filesystem's limit load; :func:`.scan.is_temp_name` knows them, so a save
   never picks up the leftovers of a killed load, and the next load into the same directory
   removes them (a lock file held by each load tells dead leftovers from a running load's);
