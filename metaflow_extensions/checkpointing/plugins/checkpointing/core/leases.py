@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from ..errors import CheckpointConfigError, StorageNotFound
+from ..errors import CheckpointConfigError, StorageError, StorageNotFound
 from ..storage.base import ObjectInfo, Storage
 
 LEASES = "leases"
@@ -499,30 +499,43 @@ class WriterLease:
         if not refs:
             return []
         with self._lock:
-            s = self._current
-            if s is None or s.unsafe():
-                s = self._start_session()
-            elif s.since_refresh() > self.ttl / 4:
-                self._refresh(s)
-            with self._credit:
-                relied = refs - s.uploaded - s.named
-                if not relied:
-                    return []
-                live = [x for x in self._sessions if not x.unsafe()]
-                unprotected = {
-                    h for h in relied if not any(h in x.uploaded or h in x.named for x in live)
-                }
-            self._put_names(s, relied)
-            runs = list_runs(self.storage)
-            sweeping, ended = self._flagged(runs, ticket.runs)
-            if sweeping:
-                runs = self._wait(runs, sweeping, s)
-            check = unprotected if (sweeping or ended) else unprotected - confirmed
-            missing = missing_of(sorted(check)) if check else []
-            with self._credit:
-                s.named |= relied - set(missing)
-            self._merge_runs(runs, sweeping)
-            return missing
+            for _ in range(3):
+                s = self._current
+                if s is None or s.unsafe():
+                    s = self._start_session()
+                elif s.since_refresh() > self.ttl / 4:
+                    self._refresh(s)
+                with self._credit:
+                    relied = refs - s.uploaded - s.named
+                    if not relied:
+                        return []
+                    live = [x for x in self._sessions if not x.unsafe()]
+                    unprotected = {
+                        h for h in relied if not any(h in x.uploaded or h in x.named for x in live)
+                    }
+                    s.active += 1  # keeps it refreshed while we wait
+                try:
+                    self._put_names(s, relied)
+                    runs = list_runs(self.storage)
+                    sweeping, ended = self._flagged(runs, ticket.runs)
+                    if sweeping:
+                        runs = self._wait(runs, sweeping, s)
+                    check = unprotected if (sweeping or ended) else unprotected - confirmed
+                    missing = missing_of(sorted(check)) if check else []
+                finally:
+                    with self._credit:
+                        s.active -= 1
+                self._merge_runs(runs, sweeping)
+                if s.unsafe():
+                    continue  # lapsed while we waited: the names may have been ignored
+                with self._credit:
+                    s.named |= relied - set(missing)
+                return missing
+            raise StorageError(
+                "The lease of this process on %s could not be kept fresh while a save committed "
+                "(%d tries), so garbage collection may not respect it; nothing was committed. "
+                "Check that the store is reachable and retry." % (self.storage.url, 3)
+            )
 
     # -------------------------------------------------------------- session end
     def close(self) -> None:
@@ -648,6 +661,20 @@ class WriterLease:
     def _tick_loop(self, stop: threading.Event) -> None:
         while not stop.wait(max(0.05, self.ttl / 8)):
             self.tick()
+            # Nothing left to refresh or retire: end the thread (the next save starts another)
+            # rather than keep one per store for the life of the process.
+            if self._lock.acquire(blocking=False):
+                try:
+                    with self._credit:
+                        current = self._current
+                        idle = all(s.active == 0 for s in self._sessions) and (
+                            self._sessions == ([current] if current is not None else [])
+                        )
+                    if idle and (current is None or current.age() >= self.ttl):
+                        self._timer = None
+                        return
+                finally:
+                    self._lock.release()
 
     def tick(self) -> None:
         """Refresh the sessions saves rely on (and the current one while it is young); retire
