@@ -600,15 +600,18 @@ class Checkpoint:
     ) -> dict:
         """Delete stored blobs no checkpoint references any more (after ``delete``/``prune``).
 
-        Blobs younger than ``grace_hours`` are kept, so saves in flight are safe; it is safe to
-        run while flows are saving.  Works on the root of this client (``Checkpoint(root=...)``
-        or the default root).
+        It is safe to run while flows are saving: saves in flight hold leases it respects,
+        whatever the grace period; blobs younger than ``grace_hours`` (a finite number >= 0)
+        are kept anyway.  Works on the root of this client (``Checkpoint(root=...)`` or the
+        default root).
 
         Returns
         -------
         dict
             ``manifests``, ``blobs``, ``bytes_total``, ``blobs_referenced``, ``blobs_young``,
-            ``blobs_deleted``, ``bytes_reclaimed``, ``pins_deleted``, ``seconds``, ``dry_run``.
+            ``blobs_deleted``, ``bytes_reclaimed``, ``pins_deleted``, ``seconds``, ``dry_run``,
+            ``parts``, ``blobs_leased`` (kept for saves in flight), ``leases_live``,
+            ``leases_deleted``, ``runs_deleted``, ``parts_deleted``.
 
         Raises
         ------
