@@ -397,6 +397,49 @@ def test_a_forced_load_replaces_same_named_files_and_keeps_others(named, tmp_pat
     assert files_under(dest) == ["a.txt", "b/c.txt", "b/z", "d/e.bin", "mine.txt"]
 
 
+def _load_failing_in_d(root: str, key: str, dest: str) -> tuple:
+    """As nobody: fill ``dest``, then force-load while ``dest/d`` turns read-only mid-load, so
+    the rename of ``d/e.bin`` fails after ``a.txt`` and ``b/c.txt`` were renamed."""
+    from metaflow import Checkpoint
+
+    write_tree(Path(dest), {"a.txt": b"old a", "d/e.bin": b"old e", "mine.txt": b"keep"})
+    before = snapshot(Path(dest))
+
+    def lock_d(_n: int) -> None:
+        os.chmod(os.path.join(dest, "d"), 0o555)
+
+    try:
+        Checkpoint(root=root).load(key, dest, force=True, progress=lock_d)
+    except StorageError as exc:
+        os.chmod(os.path.join(dest, "d"), 0o755)
+        return str(exc), before, snapshot(Path(dest))
+    return "loaded", before, snapshot(Path(dest))
+
+
+def test_a_rename_failing_part_way_puts_back_what_was_replaced():
+    """The renames are the last step; if one fails (here: a directory turned read-only), the
+    files already renamed are put back, so the forced load changes nothing.  The part file it
+    could not remove from the read-only directory is removed by the next load."""
+    from metaflow import Checkpoint
+
+    with world_tmpdir() as tmp:
+        src = write_tree(Path(tmp) / "src", {"a.txt": b"new a", "b/c.txt": b"c", "d/e.bin": b"e"})
+        client = Checkpoint(root=tmp + "/store")
+        key = client.save(str(src), name="trees").key
+        dest = Path(tmp) / "dest"
+        error, before, after = run_unprivileged(_load_failing_in_d, tmp + "/store", key, str(dest))
+        assert "failed writing %s" % (dest / "d" / "e.bin") in error, error
+        assert "Permission denied" in error and "Nothing was changed" in error
+        # All but the part file left in the read-only directory and the lock file kept to
+        # mark it as a dead load's (temp names: never saved).
+        extra = sorted(k for k in after if k not in before)
+        assert len(extra) == 2 and all(is_temp_name(k.split("/")[-1]) for k in extra), extra
+        assert extra[1].startswith("d/")
+        assert {k: v for k, v in after.items() if k in before} == before
+        client.load(key, str(dest), force=True)
+        assert all_names(dest) == ["a.txt", "b", "b/c.txt", "d", "d/e.bin", "mine.txt"]
+
+
 # ------------------------------------------------------------------------------ killed loads
 _STALLED_LOAD = r"""
 import os, sys, time

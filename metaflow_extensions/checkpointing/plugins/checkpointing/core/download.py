@@ -40,7 +40,7 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
-from ..storage.local import UNSUPPORTED_COPY, copy_range, map_readonly
+from ..storage.local import UNSUPPORTED_COPY, copy_range, map_readonly, open_object
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relpath
 from .scope import blob_key
 from .transfer import Progress, TransferOptions, _no_progress, _run_bounded, digest
@@ -165,9 +165,9 @@ def _fetch_local(
     if path is None or not hasattr(os, "copy_file_range"):
         return False
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_object(path)
     except OSError:
-        return False
+        return False  # the generic path reports it
     try:
         size = os.fstat(fd).st_size
         if size == 0:
@@ -262,6 +262,8 @@ class _Job:
     #: Temp paths of other loads found in the directories listed: token -> paths.
     leftovers: dict[str, list[str]] = field(default_factory=dict)
     temps: list[str] = field(default_factory=list)
+    #: Some temp file could not be removed: keep the lock file so a later load removes it.
+    stuck: bool = False
 
     def __post_init__(self) -> None:
         # str.rpartition: os.path.dirname per file cost ~1% of a load of many small files.
@@ -394,12 +396,13 @@ class _Lock:
             self.release()
             raise
 
-    def release(self) -> None:
+    def release(self, keep: bool = False) -> None:
+        """Give up the lock; ``keep`` leaves the lock file, marking temp files this load could
+        not remove (a directory turned read-only) as a dead load's, for the next load to remove.
+        """
         if self.fd >= 0:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            if not keep:
+                _unlink_quietly(self.path)
             os.close(self.fd)  # after the unlink: the lock covers the removal
             self.fd = -1
 
@@ -467,11 +470,15 @@ def remove_dead_staging(parent: str) -> None:
                 break
 
 
-def _unlink_quietly(path: str) -> None:
+def _unlink_quietly(path: str) -> bool:
+    """Remove ``path``; False if it is still there."""
     try:
         os.unlink(path)
-    except OSError:
+    except FileNotFoundError:
         pass
+    except OSError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------- download
@@ -579,10 +586,9 @@ def download_tree(
         return written[0]
     finally:
         if not done:
-            for tmp in created:
-                _unlink_quietly(tmp)
+            job.stuck |= not all([_unlink_quietly(tmp) for tmp in created])
         if lock is not None:
-            lock.release()
+            lock.release(keep=job.stuck)
         if not done:
             for d in reversed(made):  # only directories this load created, if still empty
                 try:
@@ -623,5 +629,4 @@ def _commit(job: _Job, modes: list[int]) -> None:
     except OSError as exc:
         raise job.write_error(exc, i) from exc
     finally:
-        for backup in backups.values():
-            _unlink_quietly(backup)
+        job.stuck |= not all([_unlink_quietly(b) for b in backups.values()])
