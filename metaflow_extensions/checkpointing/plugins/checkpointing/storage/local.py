@@ -6,6 +6,7 @@ import errno
 import mmap
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Optional
@@ -44,6 +45,46 @@ def copy_range(
                 "%s ended %d bytes early (modified while copied?)" % (what, length - done),
             )
         done += n
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_object(path: str) -> int:
+    """Open a stored object for reading; return the file descriptor.
+
+    The object must be a regular file: a symlink or a FIFO/device put into the store by hand
+    would make a read follow it out of the store or block forever (``O_NOFOLLOW`` and
+    ``O_NONBLOCK``, then ``fstat``).  Such an entry raises ``OSError(ELOOP)`` naming the path;
+    a directory raises ``IsADirectoryError`` (a key prefix: the object is missing).
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        fd = -1
+    mode = os.fstat(fd).st_mode if fd >= 0 else 0
+    if stat.S_ISREG(mode):
+        return fd
+    if fd >= 0:
+        os.close(fd)
+    if stat.S_ISDIR(mode):  # a key prefix, not an object: missing, as on object stores
+        raise IsADirectoryError(errno.EISDIR, "a directory, not an object", path)
+    raise OSError(
+        errno.ELOOP,
+        "not a regular file (a symbolic link, FIFO or device put there by hand?); objects in a "
+        "checkpoint store are plain files: remove it, then run `metaflow checkpoint verify`",
+        path,
+    )
+
+
+def _is_object(path: str) -> bool:
+    """A regular file, not following a final symlink (a link is never a stored object)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _may_hold(directory: str, prefix: str) -> bool:
@@ -168,7 +209,7 @@ class LocalStorage(Storage):
             os.close(fd)
             fd = -1
             path = self._path(key_for(h))
-            if os.path.isfile(path):
+            if _is_object(path):
                 return h, False
             self._makedirs(os.path.dirname(path))
             os.chmod(tmp, 0o644)
@@ -189,16 +230,17 @@ class LocalStorage(Storage):
                     pass
 
     def _get_bytes(self, key: str, start: int, length: Optional[int]) -> bytes:
-        with open(self._path(key), "rb") as f:
+        with os.fdopen(open_object(self._path(key)), "rb") as f:
             if start:
                 f.seek(start)
             return f.read() if length is None else f.read(length)
 
     def _get_file(self, key: str, local_path: str) -> None:
-        shutil.copyfile(self._path(key), local_path)
+        with os.fdopen(open_object(self._path(key)), "rb") as src, open(local_path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
 
     def _exists(self, key: str) -> bool:
-        return os.path.isfile(self._path(key))
+        return _is_object(self._path(key))
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         # Walk the deepest directory the prefix names, then filter on the raw prefix.
@@ -219,7 +261,7 @@ class LocalStorage(Storage):
                 if not key.startswith(prefix):
                     continue
                 try:
-                    st = os.stat(os.path.join(dirpath, name))
+                    st = os.lstat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue  # deleted while listing
                 # Any other error (EACCES on a directory without search permission, EIO)
