@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -632,3 +633,83 @@ def test_list_leases_judges_expiry_names_and_damage(storage):
     later = ls.list_leases(storage, now=time.time() + 120)
     assert [x.expired for x in later] == [True, False]
     assert ls.list_leases(storage, ttl_seconds=1, now=time.time() + 2)[1].expired
+
+
+# ----------------------------------------------- found by the adversarial pass (issue 11)
+STOPPED_SAVER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import metaflow  # noqa: F401
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import (
+        TransferOptions,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+
+    class Stops(LocalStorage):
+        def _put_bytes(self, key, data):
+            if key.startswith("manifests/"):
+                os.kill(os.getpid(), signal.SIGSTOP)  # frozen between settle and commit
+            super()._put_bytes(key, data)
+
+    opts = TransferOptions(chunk_size=65536, small_size=16384, workers=4)
+    store = CheckpointStore(Stops(sys.argv[1]), opts, lease_seconds=float(sys.argv[4]))
+    m = store.save(sys.argv[2], Scope.from_dict(json.loads(sys.argv[3])))
+    print(m.key)
+    """
+)
+
+
+def test_a_save_frozen_past_its_lease_before_the_commit_never_returns_a_torn_checkpoint(
+    tmp_path,
+):
+    """SIGSTOP (a frozen container, a paused VM) between the settle and the manifest put, for
+    longer than the lease: GC may then delete the old blob the save deduplicated against.  The
+    save must check after its commit and restore what is gone before it returns."""
+    root = tmp_path / "store"
+    storage = LocalStorage(str(root))
+    src, old = stale(storage, tmp_path)
+    ttl = 1.0
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_SAVER, str(root), str(src),
+         json.dumps(make_scope(run="2").to_dict()), str(ttl)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with open("/proc/%d/stat" % proc.pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the saver never reached its commit")
+        time.sleep(2 * ttl + 0.5)  # its lease has expired for GC
+        assert collect(storage).blobs_deleted >= len(old)  # the old blobs went
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    store = CheckpointStore(storage, options())
+    assert_loads(store, store.read(out.strip().splitlines()[-1]), src, tmp_path / "out")
+
+
+def test_a_run_record_dated_in_the_future_does_not_block_gc_or_savers(
+    storage, tmp_path, monkeypatch
+):
+    """A killed collection's record dated an hour ahead (its host's clock ran ahead on a shared
+    filesystem): GC judges it by change, finds it dead and records so; savers stop waiting."""
+    monkeypatch.setattr(ls, "DEAD_SECONDS", 1.0)
+    monkeypatch.setattr(ls, "HEARTBEAT_SECONDS", 0.2)
+    src, old = stale(storage, tmp_path)
+    key = ls.run_key("9999999999999-deadbeef", ls.RUN_SWEEP)
+    storage.put_bytes(key, b"{}")
+    age(storage, [key], -3600)
+    report = collect(storage)
+    assert report.blobs_deleted >= len(old)
+    assert ls.list_runs(storage)["9999999999999-deadbeef"].phase == ls.RUN_DONE
+    # Writers no longer see a run to wait for, and a save relying on stored content commits.
+    assert ls.WriterLease._flagged(ls.list_runs(storage), {})[0] == []
+    m = CheckpointStore(storage, options()).save(str(src), make_scope(run="3"))
+    assert_loads(CheckpointStore(storage, options()), m, src, tmp_path / "out")

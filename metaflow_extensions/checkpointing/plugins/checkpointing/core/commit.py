@@ -99,6 +99,39 @@ def _settle(
     )
 
 
+def _repair_after_lapse(
+    storage: Storage,
+    files: list,
+    manifest: Manifest,
+    writer: BlobWriter,
+    opts: TransferOptions,
+    is_part: bool,
+) -> None:
+    """The lease lapsed between the settle and the commit (the process was stopped for longer
+    than ``ttl/2``): GC may have removed blobs the just-written manifest (or part) references.
+    Check them all and upload again what is gone, so that ``save()`` never returns a torn
+    checkpoint; if that fails, withdraw the manifest and raise."""
+    refs = sorted({c.blob for e in manifest.files for c in e.chunks})
+    try:
+        missing = _absent(storage, refs, opts.workers)
+        if missing:
+            writer.forget(missing)
+            entries = upload_tree(files, writer, opts, SaveStats())
+            if [e.to_json() for e in entries] != [e.to_json() for e in manifest.files]:
+                raise StorageError("the files changed since they were read")
+            missing = _absent(storage, refs, opts.workers)
+            if missing:
+                raise StorageError("%d blobs are still missing" % len(missing))
+    except Exception as exc:
+        if not is_part:
+            storage.delete(manifest.key)
+        raise StorageError(
+            "This save was paused for longer than its lease allows (METAFLOW_CHECKPOINT_"
+            "LEASE_SECONDS / 2) just before its commit, and blobs it needs could not be restored "
+            "(%s); the checkpoint %s was withdrawn. Save again." % (exc, manifest.key)
+        ) from exc
+
+
 def next_seq() -> int:
     """The next per-process save sequence number (orders saves within one millisecond)."""
     return next(_SEQ)
@@ -226,6 +259,9 @@ def _upload_and_commit(
             publish(manifest)
         else:
             storage.put_bytes(manifest.key, manifest.dumps())
+        if writer.lease.lapsed_since(ticket):
+            _repair_after_lapse(storage, files, manifest, writer, opts, publish is not None)
+        if publish is None:
             writer.vouch(manifest.key, (c.blob for e in entries for c in e.chunks))
     manifest.stats = stats.to_json()  # includes the commit time for the caller (not stored)
     return manifest

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError, ManifestError, StorageError, StorageNotFound
@@ -168,6 +168,10 @@ class _Marker:
 
 
 # ------------------------------------------------------------------------------------ the run
+#: A run record dated more than this after the store's time is judged by change, not by age.
+FUTURE_SLACK = 5.0
+
+
 class _Run:
     """This collection's record under ``gc/runs/<run>/`` and its heartbeat."""
 
@@ -202,6 +206,7 @@ class _Run:
                 "old blobs and leases are; it is not supported on this store." % self.storage.url
             )
         now = me.newest
+        runs = self._judge_future(runs, now)
         for other in runs.values():
             if other.phase != ls.RUN_DONE and (
                 other.newest is None or other.newest >= now - ls.DEAD_SECONDS
@@ -221,6 +226,41 @@ class _Run:
         self._thread = threading.Thread(target=self._loop, name="mfckpt-gc-heartbeat", daemon=True)
         self._thread.start()
         return now, runs
+
+    def _judge_future(self, runs: dict, now: float) -> dict:
+        """Judge unfinished runs whose record is dated after the store's "now" by change alone.
+
+        A record from the future (a host whose clock runs ahead on a shared filesystem, or one
+        written by hand) cannot be aged against our clock: it would block every collection
+        until that date.  It is alive only if it changes within :data:`.leases.DEAD_SECONDS`
+        (a running collection rewrites it every :data:`.leases.HEARTBEAT_SECONDS`); one that
+        does not is dead and recorded as done, so that writers stop waiting for it too.
+        """
+        future = {
+            r: st.newest
+            for r, st in runs.items()
+            if st.phase != ls.RUN_DONE and st.newest is not None and st.newest > now + FUTURE_SLACK
+        }
+        if not future:
+            return runs
+        self.log(
+            "GC run record(s) %s are dated after this store's time; watching them for %d s to "
+            "tell whether they are alive." % (", ".join(sorted(future)), ls.DEAD_SECONDS)
+        )
+        deadline = ls.elapsed_clock() + ls.DEAD_SECONDS
+        while future and ls.elapsed_clock() < deadline:
+            self._stop.wait(min(ls.HEARTBEAT_SECONDS / 2, max(0.0, deadline - ls.elapsed_clock())))
+            self._beat()
+            runs = ls.list_runs(self.storage)
+            runs.pop(self.id, None)
+            for r in list(future):
+                st = runs.get(r)
+                if st is None or st.phase == ls.RUN_DONE or st.newest != future[r]:
+                    future.pop(r)  # ended, or alive: judged as usual below
+        for r in future:
+            self.storage.put_bytes(ls.run_key(r, ls.RUN_DONE), b'{"state": "dead"}')
+            runs[r] = replace(runs[r], phase=ls.RUN_DONE)
+        return runs
 
     def enter(self, phase: str) -> None:
         """Record a new phase (synchronously: the caller acts on it being stored)."""

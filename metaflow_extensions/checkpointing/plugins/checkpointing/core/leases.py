@@ -392,6 +392,9 @@ class _Session:
         #: ``elapsed_clock()`` when the last successful write of the lease was issued.
         self.refreshed = self.clock0
         self.active = 0  # saves in progress that began under this session
+        #: A write of the lease came more than ``ttl/2`` after the previous one (the process
+        #: was stopped or the store unreachable): GC may have judged it expired meanwhile.
+        self.lapsed = False
 
     def since_refresh(self) -> float:
         return elapsed_clock() - self.refreshed
@@ -403,7 +406,7 @@ class _Session:
         """The lease may have expired for GC (not refreshed for ``ttl/2``), or this machine's
         wall clock stepped back since the start (local stores date blobs with it)."""
         drift = (time.time() - self.wall0) - (elapsed_clock() - self.clock0)
-        return self.since_refresh() > self.ttl / 2 or drift < -MARGIN_SECONDS / 2
+        return self.lapsed or self.since_refresh() > self.ttl / 2 or drift < -MARGIN_SECONDS / 2
 
 
 @dataclass
@@ -474,6 +477,16 @@ class WriterLease:
                 s.active += 1
             self._ensure_timer()
             return Ticket(s, dict(self._runs or {}))
+
+    def lapsed_since(self, ticket: Ticket) -> bool:
+        """Whether the lease this save relied on may have expired for GC at some point (the
+        process was stopped, or refreshes failed, for more than ``ttl/2``): blobs settled
+        before the commit may then be gone, and the caller must check them after it."""
+        with self._credit:
+            sessions = {id(ticket.session): ticket.session}
+            if self._current is not None:
+                sessions[id(self._current)] = self._current
+            return any(s.unsafe() for s in sessions.values())
 
     def end_save(self, ticket: Ticket) -> None:
         with self._credit:
@@ -592,6 +605,8 @@ class WriterLease:
     def _write(self, s: _Session, key: str, body: dict) -> None:
         issued = elapsed_clock()
         self.storage.put_bytes(key, json.dumps(body).encode())
+        if issued - s.refreshed > s.ttl / 2:
+            s.lapsed = True  # a late refresh does not undo what GC may have done before it
         s.refreshed = max(s.refreshed, issued)
         if key not in s.keys:
             s.keys.append(key)
