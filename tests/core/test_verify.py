@@ -12,6 +12,7 @@ import pytest
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang, leases, verify
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import manifest_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
+    Scope,
     blob_key,
     library_scope,
 )
@@ -161,20 +162,133 @@ def test_a_flipped_byte_is_found_only_by_deep(any_store, tmp_path, window):
         "file %s of %s does not match its recorded hash" % (first[0].path, saved[2].key) in p
         for p in by_blob[pack].problems
     )
-    assert report.checkpoints_ok == 3
+    assert report.checkpoints_ok == 3 and report.inconsistent == []
     assert [r[0] for r in report.rows()] == ["CORRUPT", "CORRUPT"]
 
 
 def test_a_truncated_blob_is_found_from_the_listing_without_deep(any_store, tmp_path):
+    """A blob shorter than its slices no longer matches its hash: the blob is corrupt, and every
+    checkpoint using it is broken (a load verifies the whole blob), here two of them."""
     saved = populate(any_store, tmp_path)
     chunk = chunk_of(saved[0], "model/weights.bin")
+    sharer = copy_manifest(any_store.storage, saved[0])  # another task, same blobs
     data = any_store.storage.get_bytes(blob_key(chunk))
     any_store.storage.put_bytes(blob_key(chunk), data[:1000])
-    report = run(any_store)
-    assert [c.blob for c in report.corrupt] == [chunk]
-    assert report.corrupt[0].problems[0].startswith("holds 1000 bytes, but model/weights.bin")
-    deep = run(any_store, deep=True)
-    assert [c.blob for c in deep.corrupt] == [chunk]
+    for deep in (False, True):
+        report = run(any_store, deep=deep)
+        assert [c.blob for c in report.corrupt] == [chunk] and report.inconsistent == []
+        assert report.corrupt[0].problems[0] == "content does not match its BLAKE3 hash"
+        assert report.corrupt[0].problems[1].startswith("holds 1000 bytes, but model/weights.bin")
+        assert set(report.corrupt[0].checkpoints) == {saved[0].key, sharer}
+        assert report.checkpoints_ok == len(saved) - 1
+        if not deep:  # only the blob a slice reaches past was read back, to decide
+            assert report.bytes_hashed == 1000
+
+
+# ------------------------------------------------------------------------------ blame
+def copy_manifest(storage, good, task: str = "2", edit=None) -> str:
+    """Store a copy of ``good``'s manifest as a checkpoint of another task (so it shares every
+    blob of ``good``), after ``edit(body)``; return its key."""
+    body = json.loads(storage.get_bytes(good.key))
+    body["scope"]["task"] = task
+    if edit is not None:
+        edit(body)
+    key = manifest_key(
+        Scope.from_dict(body["scope"]),
+        body["created_ms"],
+        body["seq"],
+        body["latest"],
+        body["id"],
+        body["name"],
+    )
+    storage.put_bytes(key, json.dumps(body).encode())
+    return key
+
+
+def file_of(body: dict, path: str) -> dict:
+    return next(f for f in body["files"] if f["path"] == path)
+
+
+@pytest.mark.parametrize("mode", ["whole", "whole-deep", "keys-deep"])
+def test_a_slice_past_a_good_blob_is_only_the_declaring_checkpoints_problem(
+    any_store, tmp_path, mode
+):
+    """A crafted manifest pointing 1 GB into a blob that another (good) checkpoint uses: the
+    blob matches its hash and size, so the crafted checkpoint alone is reported; the good one
+    counts as intact and the shared blob is not called corrupt."""
+    saved = populate(any_store, tmp_path)
+    good = saved[0]
+    chunk = chunk_of(good, "model/weights.bin")
+
+    def past_the_end(body):
+        f = file_of(body, "model/weights.bin")
+        f["chunks"][0] = [chunk, 10**9, f["chunks"][0][2]]
+
+    bad = copy_manifest(any_store.storage, good, edit=past_the_end)
+    deep = mode != "whole"
+    keys = None if mode.startswith("whole") else [m.key for m in saved] + [bad]
+    report = run(any_store, keys, deep=deep)
+    assert report.corrupt == [] and report.missing == [] and report.damaged == []
+    assert report.manifests == len(saved) + 1
+    assert report.checkpoints_ok == len(saved)  # the good checkpoint sharing the blob included
+    (found,) = report.inconsistent
+    assert found.key == bad and list(found.files) == ["model/weights.bin"]
+    (what,) = found.files["model/weights.bin"]
+    assert what.startswith("needs bytes %d to %d of blob %s" % (10**9, 10**9 + CHUNK, chunk))
+    assert "which holds only %d bytes (and matches its hash)" % CHUNK in what
+    (row,) = report.rows()
+    assert row[:2] == ("INCONSISTENT", bad) and row[2].startswith("model/weights.bin: needs")
+    assert "1 inconsistent checkpoint; %d of %d" % (len(saved), len(saved) + 1) in report.summary()
+    doc = json.loads(json.dumps(report.to_json()))
+    assert doc["inconsistent"] == [{"key": bad, "files": found.files}] and doc["corrupt"] == []
+    assert run(any_store, [good.key], deep=deep).ok
+
+
+def test_a_wrong_packed_file_digest_is_only_the_declaring_checkpoints_problem(any_store, tmp_path):
+    """The mirror case: two checkpoints share a pack; one manifest records a wrong digest for a
+    packed file.  The pack matches its hash, so only that checkpoint and file are reported."""
+    saved = populate(any_store, tmp_path)
+    good = saved[0]
+    pack = chunk_of(good, "model/config.json")
+    assert next(f for f in good.files if f.path == "model/config.json").digest is not None
+
+    def wrong_digest(body):
+        file_of(body, "model/config.json")["digest"] = digest(b"something else")
+
+    bad = copy_manifest(any_store.storage, good, edit=wrong_digest)
+    report = run(any_store, deep=True)
+    assert report.corrupt == [] and report.missing == [] and report.damaged == []
+    assert report.checkpoints_ok == len(saved)
+    (found,) = report.inconsistent
+    assert found.key == bad and list(found.files) == ["model/config.json"]
+    (what,) = found.files["model/config.json"]
+    assert what.startswith("does not match its recorded hash (bytes ")
+    assert "of blob %s, which matches its own hash)" % pack in what
+    assert [row[:2] for row in report.rows()] == [("INCONSISTENT", bad)]
+    assert run(any_store, [good.key], deep=True).ok
+    # Only re-hashing can tell: the slice is within its blob.
+    assert run(any_store).ok
+
+
+def test_a_corrupt_shared_blob_still_breaks_every_checkpoint_using_it(any_store, tmp_path):
+    """The other side of the line: a flipped byte in a shared pack is the blob's defect, even
+    when a crafted manifest also points past its end."""
+    saved = populate(any_store, tmp_path)
+    good = saved[0]
+    pack = chunk_of(good, "model/config.json")
+
+    def past_the_end(body):
+        f = file_of(body, "model/config.json")
+        f["chunks"][0] = [pack, 10**9, f["chunks"][0][2]]
+
+    bad = copy_manifest(any_store.storage, good, edit=past_the_end)
+    flip(any_store.storage, blob_key(pack), at=0)
+    for deep in (False, True):
+        report = run(any_store, deep=deep)
+        assert [c.blob for c in report.corrupt] == [pack] and report.inconsistent == []
+        assert report.corrupt[0].problems[0] == "content does not match its BLAKE3 hash"
+        assert set(report.corrupt[0].checkpoints) == {good.key, bad}
+        assert report.checkpoints_ok == len(saved) - 1
 
 
 # ------------------------------------------------------------------------------ damaged entries

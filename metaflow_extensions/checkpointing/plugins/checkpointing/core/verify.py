@@ -7,14 +7,31 @@ keys (a flow, run, step, task or one checkpoint, resolved by the client) or the 
    *damaged* entry with a reason (:data:`REASONS`), and the rest are still checked;
 2. check that every blob a checkpoint references exists: one listing of ``blobs/`` when many
    blobs are referenced (or the whole root is checked), else one existence check per blob
-   (:data:`EXISTS_LIMIT`).  A listing also gives sizes, so a blob shorter than a slice that
-   points into it is reported even without ``deep``;
+   (:data:`EXISTS_LIMIT`).  A listing also gives sizes, so a slice reaching past the end of its
+   blob is found even without ``deep``;
 3. with ``deep``, read every referenced blob back (streamed in windows of one chunk, at most
    ``options.inflight`` windows in memory, on ``options.workers`` threads), re-hash it with
-   BLAKE3 and check each packed file's own digest and every slice's bounds;
+   BLAKE3 and check each packed file's own digest and every slice's bounds.  Without ``deep``,
+   only the blobs that some slice reaches past are read back (see below);
 4. for the whole root only: expired leases still present (*orphaned*: their writer died without
    cleaning up) and *unreferenced* blobs (no manifest, ``@parallel`` part or live lease needs
    them: what ``gc`` reclaims, ignoring its grace period).
+
+Who is to blame.  Blobs are content-addressed and shared between checkpoints, and a load
+verifies a whole blob against its hash before using any of its bytes, so:
+
+* a blob is *corrupt* (:class:`CorruptBlob`, and every checkpoint using it is broken) only when
+  its own bytes are wrong: it does not match its BLAKE3 hash, or it cannot be read.  A
+  truncated blob is one such case: it is shorter than a correct manifest needs, and it no
+  longer matches its hash;
+* a blob that matches its hash holds exactly the bytes it was saved with, whole.  A slice past
+  its end, or a packed file whose bytes in it do not match the file's recorded digest, is then a
+  defect of the manifest that declares that slice: an :class:`InconsistentCheckpoint` naming
+  that checkpoint and file only.  The other checkpoints sharing the blob are intact.
+
+A blob's listed size alone cannot tell the two apart (a truncated blob and a manifest pointing
+past a whole blob look the same), so a blob that some slice reaches past is read back and
+re-hashed even without ``deep``: one blob, and only when there is something to report.
 
 A finding that a concurrent ``delete``/``prune`` explains (the manifest is gone by the time its
 missing blob is reported) is dropped rather than reported.
@@ -102,10 +119,13 @@ class MissingBlobs:
 
 @dataclass
 class CorruptBlob:
-    """A stored blob whose bytes do not match what checkpoints expect of it.
+    """A stored blob whose own bytes are wrong: they do not match its BLAKE3 hash (a flipped
+    byte, a truncation) or cannot be read.  Every checkpoint using it is broken, since a load
+    verifies the whole blob.
 
-    ``problems`` describe each mismatch; ``checkpoints`` maps each manifest key that references
-    the blob to the files it holds bytes of.
+    ``problems`` describe what is wrong (first the blob itself, then where the damage shows:
+    slices past its end, packed files that no longer match); ``checkpoints`` maps each manifest
+    key that references the blob to the files it holds bytes of.
     """
 
     blob: str
@@ -120,6 +140,23 @@ class CorruptBlob:
             "problems": self.problems,
             "checkpoints": self.checkpoints,
         }
+
+
+@dataclass
+class InconsistentCheckpoint:
+    """A checkpoint whose manifest declares bytes that its blobs, intact (each matches its
+    hash), do not hold: a slice past the end of a blob, or a packed file whose bytes do not match
+    its recorded digest.  The defect is this manifest's: other checkpoints sharing the blobs are
+    not affected.
+
+    ``files`` maps each affected file of the checkpoint to what is wrong with it.
+    """
+
+    key: str
+    files: dict[str, list[str]]
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "files": self.files}
 
 
 @dataclass(frozen=True)
@@ -150,17 +187,19 @@ class VerifyReport:
         Whether orphaned leases and unreferenced blobs were looked for (only then are
         :attr:`orphaned_leases` and :attr:`unreferenced` lists rather than None).
     manifests, checkpoints_ok : int
-        Manifests found, and how many of them are intact (parse, every blob stored and, with
-        ``deep``, matching).
+        Manifests found, and how many of them are intact (parse, every blob stored, every slice
+        within its blob and, with ``deep``, every blob and packed file matching its hash).
     files, logical_bytes : int
         Files and bytes of the checkpoints that parsed.
     blobs_referenced, bytes_hashed : int
-        Distinct blobs they reference; bytes read back and hashed (``deep``).
+        Distinct blobs they reference; bytes read back and hashed (``deep``, or without it the
+        blobs that a slice reaches past).
     blob_check : str
         How existence was checked: ``"listing"``, ``"exists"`` (one request per blob) or
         ``"read"`` (``deep`` reads every blob).
-    damaged, missing, corrupt : list
-        :class:`DamagedEntry`, :class:`MissingBlobs`, :class:`CorruptBlob`.
+    damaged, missing, corrupt, inconsistent : list
+        :class:`DamagedEntry`, :class:`MissingBlobs`, :class:`CorruptBlob`,
+        :class:`InconsistentCheckpoint`.
     orphaned_leases : list of OrphanedLease, optional
     unreferenced : list of ObjectInfo, optional
         Stored blobs nothing references (what ``gc`` reclaims, ignoring its grace period).
@@ -181,6 +220,7 @@ class VerifyReport:
     damaged: list[DamagedEntry] = field(default_factory=list)
     missing: list[MissingBlobs] = field(default_factory=list)
     corrupt: list[CorruptBlob] = field(default_factory=list)
+    inconsistent: list[InconsistentCheckpoint] = field(default_factory=list)
     orphaned_leases: Optional[list[OrphanedLease]] = None
     unreferenced: Optional[list[ObjectInfo]] = None
     seconds: float = 0.0
@@ -192,11 +232,13 @@ class VerifyReport:
     @property
     def problems(self) -> int:
         """Number of findings: damaged entries, checkpoints with missing blobs, corrupt blobs,
-        orphaned leases, and unreferenced blobs (counted as one finding)."""
+        inconsistent checkpoints, orphaned leases, and unreferenced blobs (counted as one
+        finding)."""
         return (
             len(self.damaged)
             + len(self.missing)
             + len(self.corrupt)
+            + len(self.inconsistent)
             + len(self.orphaned_leases or ())
             + (1 if self.unreferenced else 0)
         )
@@ -225,6 +267,7 @@ class VerifyReport:
             "damaged": [d.to_json() for d in self.damaged],
             "missing": [m.to_json() for m in self.missing],
             "corrupt": [c.to_json() for c in self.corrupt],
+            "inconsistent": [i.to_json() for i in self.inconsistent],
             "orphaned_leases": None
             if self.orphaned_leases is None
             else [lease.to_json() for lease in self.orphaned_leases],
@@ -257,6 +300,16 @@ class VerifyReport:
                     "CORRUPT",
                     c.key,
                     "%s; used by %s" % ("; ".join(c.problems), _few(used)),
+                )
+            )
+        for i in self.inconsistent:
+            found = ["%s: %s" % (p, what) for p, whats in i.files.items() for what in whats]
+            more = len(found) - 3
+            out.append(
+                (
+                    "INCONSISTENT",
+                    i.key,
+                    "; ".join(found[:3]) + (" and %d more" % more if more > 0 else ""),
                 )
             )
         for lease in self.orphaned_leases or ():
@@ -301,7 +354,9 @@ class VerifyReport:
             human_size(self.logical_bytes),
             self.blobs_referenced,
             how,
-            ", %s re-hashed" % human_size(self.bytes_hashed) if self.deep else "",
+            ", %s re-hashed" % human_size(self.bytes_hashed)
+            if self.deep or self.bytes_hashed
+            else "",
             self.seconds,
         )
         if self.ok:
@@ -317,6 +372,7 @@ class VerifyReport:
                 (len(self.damaged), "damaged entr%s" % ("y" if len(self.damaged) == 1 else "ies")),
                 (len(self.missing), "checkpoint%s with missing blobs" % _s(self.missing)),
                 (len(self.corrupt), "corrupt blob%s" % _s(self.corrupt)),
+                (len(self.inconsistent), "inconsistent checkpoint%s" % _s(self.inconsistent)),
                 (len(self.orphaned_leases or ()), "orphaned lease%s" % _s(self.orphaned_leases)),
                 (len(self.unreferenced or ()), "unreferenced blob%s" % _s(self.unreferenced)),
             ]
@@ -472,13 +528,25 @@ def _parallel(fn: Callable, items: Sequence, workers: int) -> list:
         return list(pool.map(fn, items))
 
 
+#: (manifest key, file path, what is wrong with that file's slice): a finding of one checkpoint.
+_SliceFinding = tuple[str, str, str]
+
+
 def _hash_blob(
     storage: Storage, blob: str, uses: _Uses, size: Optional[int], window: int, counter: _Counter
-) -> tuple[bool, list[str]]:
-    """Read ``blob`` back in windows and check it; return (found, problems).
+) -> tuple[bool, list[str], list[_SliceFinding]]:
+    """Read ``blob`` back in windows and check it; return (found, problems of the blob, findings
+    of the slices).
 
     Each window is hashed into the blob's digest and into the digest of every packed file whose
     slice overlaps it, so memory stays at one window whatever the blob and file sizes.
+
+    Who is to blame (see the module docstring): when the blob does not match its own hash (or
+    cannot be read), the blob is corrupt, its problems say so and, for where the damage shows,
+    the slices past its end and the packed files that no longer match; there are no slice
+    findings.  When it matches, the blob is intact and its problems are empty; every slice past
+    its end and every packed file not matching its digest is a finding of the manifest that
+    declares it, never of the other users of the blob.
     """
     key = blob_key(blob)
     whole = blake3.blake3()  # the hash of transfer.digest, fed incrementally
@@ -489,10 +557,10 @@ def _hash_blob(
             data = storage.get_bytes(key, pos, window)
         except StorageNotFound:
             if pos == 0:
-                return False, []
-            return True, ["disappeared while it was read"]
+                return False, [], []
+            return True, ["disappeared while it was read"], []
         except StorageError as exc:
-            return True, ["unreadable: %s" % exc.message]
+            return True, ["unreadable: %s" % exc.message], []
         whole.update(data)
         end = pos + len(data)
         for (_k, _p, off, n, _d), h in packed:
@@ -503,24 +571,46 @@ def _hash_blob(
         pos = end
         if len(data) < window or (size is not None and pos >= size):
             break
-    problems = []
+    past = [(k, p, off, n) for k, p, off, n, _d in uses.slices if off + n > pos]
+    unmatched = [
+        (k, p, off, n) for (k, p, off, n, d), h in packed if off + n <= pos and h.hexdigest() != d
+    ]
     if whole.hexdigest() != blob:
-        problems.append("content does not match its BLAKE3 hash")
-    problems += _short(uses, pos)
-    for (k, p, off, n, d), h in packed:
-        if off + n <= pos and h.hexdigest() != d:
-            problems.append("file %s of %s does not match its recorded hash" % (p, k))
-    return True, problems
-
-
-def _short(uses: _Uses, size: int) -> list[str]:
-    if uses.end <= size:
-        return []
-    return [
-        "holds %d bytes, but %s of %s needs bytes up to %d" % (size, p, k, off + n)
-        for k, p, off, n, _d in uses.slices
-        if off + n > size
-    ][:3]
+        return (
+            True,
+            ["content does not match its BLAKE3 hash"]
+            + [
+                "holds %d bytes, but %s of %s needs bytes up to %d" % (pos, p, k, off + n)
+                for k, p, off, n in past[:3]
+            ]
+            + [
+                "file %s of %s does not match its recorded hash" % (p, k)
+                for k, p, _o, _n in unmatched
+            ],
+            [],
+        )
+    return (
+        True,
+        [],
+        [
+            (
+                k,
+                p,
+                "needs bytes %d to %d of blob %s, which holds only %d bytes (and matches its hash)"
+                % (off, off + n, blob, pos),
+            )
+            for k, p, off, n in past
+        ]
+        + [
+            (
+                k,
+                p,
+                "does not match its recorded hash (bytes %d to %d of blob %s, which matches its "
+                "own hash)" % (off, off + n, blob),
+            )
+            for k, p, off, n in unmatched
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------ verify
@@ -549,7 +639,9 @@ def verify(
         How to name what is checked in the report.
     deep : bool
         Also read every referenced blob back and check its hash, each packed file's digest and
-        each slice's bounds.
+        each slice's bounds.  Without it, only a blob that some slice reaches past (by the
+        listing's size) is read back, to tell a truncated blob from a manifest pointing past a
+        whole one.
     options : TransferOptions, optional
         ``workers`` threads, at most ``inflight`` windows of ``chunk_size`` bytes in memory.
     lease_ttl : float, optional
@@ -562,7 +654,8 @@ def verify(
     Returns
     -------
     VerifyReport
-        Never raises for a damaged entry or a missing or corrupt blob: those are findings.
+        Never raises for a damaged entry, a missing or corrupt blob or an inconsistent
+        checkpoint: those are findings.
 
     Raises
     ------
@@ -628,22 +721,23 @@ def verify(
         blobs = sorted(uses)
         present = {h for h, ok in zip(blobs, _parallel(stored, blobs, opts.workers)) if ok}
     problems: dict[str, list[str]] = {}
-    if sizes is not None:
-        for h in present:
-            short = _short(uses[h], sizes[h])
-            if short:
-                problems[h] = short
+    findings: list[_SliceFinding] = []
 
-    # 3. Deep: read every stored, referenced blob back.
-    if deep and present:
-        todo = sorted(present - set(problems))
+    # 3. Deep: read every stored, referenced blob back.  Otherwise only the blobs that a slice
+    # reaches past (by the listing): only their hash tells a truncated blob from a manifest
+    # pointing past a whole one.
+    if deep:
+        todo = sorted(present)
+    else:
+        todo = sorted(h for h in present if sizes is not None and uses[h].end > sizes[h])
+    if todo:
         total = sum(sizes[h] if sizes is not None else uses[h].end for h in todo)
         counter = _Counter(progress, "bytes", total)
         window = opts.chunk_size + 1  # one request for a whole chunk or pack, and no empty read
         lock = threading.Lock()
 
         def check(h: str) -> None:
-            found, bad = _hash_blob(
+            found, bad, slices = _hash_blob(
                 storage, h, uses[h], None if sizes is None else sizes[h], window, counter
             )
             with lock:
@@ -651,6 +745,7 @@ def verify(
                     present.discard(h)
                 elif bad:
                     problems[h] = bad
+                findings.extend(slices)
 
         _run_bounded((lambda h=h: check(h) for h in todo), opts.workers, opts.inflight)
         report.bytes_hashed = counter.done
@@ -672,7 +767,12 @@ def verify(
     report.corrupt = [
         CorruptBlob(h, blob_key(h), problems[h], uses[h].checkpoints) for h in sorted(problems)
     ]
-    broken = set(missing) | {k for h in problems for k in uses[h].checkpoints}
+    # A slice finding is the declaring manifest's alone (its blob matched its hash).
+    inconsistent: dict[str, dict[str, list[str]]] = {}
+    for k, p, what in sorted(findings):
+        inconsistent.setdefault(k, {}).setdefault(p, []).append(what)
+    report.inconsistent = [InconsistentCheckpoint(k, inconsistent[k]) for k in sorted(inconsistent)]
+    broken = set(missing) | {k for h in problems for k in uses[h].checkpoints} | set(inconsistent)
     report.checkpoints_ok = len([k for k in parsed if k not in broken])
     report.damaged.sort(key=lambda d: d.key)
 
@@ -754,6 +854,7 @@ __all__ = [
     "REASONS",
     "CorruptBlob",
     "DamagedEntry",
+    "InconsistentCheckpoint",
     "MissingBlobs",
     "OrphanedLease",
     "VerifyReport",
