@@ -200,6 +200,15 @@ def test_delete_by_key_does_not_parse(any_store, tmp_path):
         store.delete("manifests/not/a/key.json")
 
 
+def test_usage_counts_the_good_checkpoints_and_names_the_damaged(any_store, tmp_path):
+    """`du` beside damaged entries: the good ones are accounted, the damaged ones listed."""
+    store = any_store
+    good, bad = _populate(store, tmp_path, make_scope())
+    report = store.usage(store.headers(make_scope().task_prefix()), by="step").to_json()
+    assert report["total"]["checkpoints"] == len(good)
+    assert report["damaged"] == sorted(bad.values())
+
+
 # ------------------------------------------------------------------------------ what a user sees
 def _metaflow(env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(

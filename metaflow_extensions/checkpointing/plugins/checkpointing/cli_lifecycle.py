@@ -224,6 +224,8 @@ def du(ctx: CliContext, target: Optional[str], by: str, as_json: bool) -> None:
     click.echo(
         "stored: %s in %d blobs" % (human_size(usage["stored_bytes"]), usage["stored_blobs"])
     )
+    for key in usage["damaged"]:
+        click.echo("Not counted, damaged (run `metaflow checkpoint verify`): %s" % key, err=True)
 
 
 @command(

@@ -10,7 +10,7 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, StorageNotFound
 from ..storage.base import Storage
@@ -24,6 +24,8 @@ from .scope import Scope, library_scope, validate_name
 from .summary import SummaryIndex
 from .transfer import Progress, TransferOptions
 from .upload import BlobWriter
+
+T = TypeVar("T")
 
 
 class CheckpointStore:
@@ -273,10 +275,14 @@ class CheckpointStore:
 
     def read_many(self, keys: Sequence[str]) -> list[Manifest]:
         """Read several manifests in parallel, in the order given."""
+        return self.read_many_with(self.read, keys)
+
+    def read_many_with(self, read: Callable[[str], T], keys: Sequence[str]) -> list[T]:
+        """``read`` every key, in parallel, results in the order given."""
         if len(keys) <= 1:
-            return [self.read(k) for k in keys]
+            return [read(k) for k in keys]
         with ThreadPoolExecutor(min(len(keys), self.options.workers)) as pool:
-            return list(pool.map(self.read, keys))
+            return list(pool.map(read, keys))
 
     # ------------------------------------------------------------------ load
     def load(self, manifest: Manifest, dest: str, progress: Optional[Progress] = None) -> int:
@@ -385,8 +391,27 @@ class CheckpointStore:
         return gc.collect(self.storage, workers=self.options.workers, **kwargs)
 
     def usage(self, headers: Sequence[ManifestHeader], by: str = "step") -> usage.Usage:
-        """Logical and physical bytes of the checkpoints of ``headers``, grouped ``by``."""
-        return usage.usage(self.storage, self.read_many([h.key for h in headers]), by)
+        """Logical and physical bytes of the checkpoints of ``headers``, grouped ``by``.
+
+        A damaged checkpoint (its manifest does not parse) is not counted: its key is listed in
+        ``damaged`` instead of failing the whole report."""
+
+        def read(key: str):
+            try:
+                return self.read(key)
+            except ManifestError:
+                return key
+
+        found = self.read_many_with(read, [h.key for h in headers])
+        good = [m for m in found if isinstance(m, Manifest)]
+        damaged = sorted(k for k in found if isinstance(k, str))
+        return usage.usage(self.storage, good, by, damaged=damaged)
+
+
+def same_content(a: Manifest, b: Manifest) -> bool:
+    """Whether two checkpoints hold the same files and directories (paths, sizes, modes and
+    bytes), whatever their metadata, scope or date."""
+    return _content(a) == _content(b)
 
 
 def _keep_damaged(
@@ -409,12 +434,6 @@ def _keep_damaged(
             % summaries[h.key]["error"]
         )
     plans.sort(key=lambda p: p[0])
-
-
-def same_content(a: Manifest, b: Manifest) -> bool:
-    """Whether two checkpoints hold the same files and directories (paths, sizes, modes and
-    bytes), whatever their metadata, scope or date."""
-    return _content(a) == _content(b)
 
 
 def _content(m: Manifest) -> tuple:

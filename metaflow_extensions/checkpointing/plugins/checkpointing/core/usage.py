@@ -43,6 +43,8 @@ class Usage:
     total: UsageRow
     stored_blobs: int
     stored_bytes: int
+    #: Keys of damaged checkpoints (manifests that do not parse), not counted in any row.
+    damaged: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -50,6 +52,7 @@ class Usage:
             "total": self.total.to_json(),
             "stored_blobs": self.stored_blobs,
             "stored_bytes": self.stored_bytes,
+            "damaged": list(self.damaged),
         }
 
 
@@ -62,8 +65,14 @@ def _label(m: Manifest, by: str) -> str:
     return "/".join(values[f] for f in GROUPINGS[by])
 
 
-def usage(storage: Storage, manifests: Sequence[Manifest], by: str = "step") -> Usage:
-    """Account ``manifests`` grouped ``by`` flow, step, run or name."""
+def usage(
+    storage: Storage,
+    manifests: Sequence[Manifest],
+    by: str = "step",
+    damaged: Sequence[str] = (),
+) -> Usage:
+    """Account ``manifests`` grouped ``by`` flow, step, run or name (``damaged``: keys of
+    checkpoints that could not be read, reported, not counted)."""
     sizes = {o.key.rsplit("/", 1)[1]: o.size for o in storage.list(BLOBS + "/")}
     rows: dict[str, UsageRow] = {}
     total = UsageRow("total")
@@ -77,4 +86,4 @@ def usage(storage: Storage, manifests: Sequence[Manifest], by: str = "step") -> 
     for r in [*rows.values(), total]:
         r.physical_bytes = sum(sizes.get(b, 0) for b in r.blobs)
     ordered = sorted(rows.values(), key=lambda r: (-r.physical_bytes, r.group))
-    return Usage(ordered, total, len(sizes), sum(sizes.values()))
+    return Usage(ordered, total, len(sizes), sum(sizes.values()), list(damaged))
