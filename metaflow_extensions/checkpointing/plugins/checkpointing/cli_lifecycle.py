@@ -235,7 +235,8 @@ def du(ctx: CliContext, target: Optional[str], by: str, as_json: bool) -> None:
     "checkpoint (key or URL); default: the whole store. Every manifest is read and every blob "
     "it references looked up; --deep also reads every blob back and re-hashes it. Reports "
     "damaged entries (with the reason), checkpoints with missing blobs (and their files), "
-    "inconsistent checkpoints (a slice outside an intact blob), corrupt blobs and, for the whole store, orphaned leases and unreferenced blobs (what gc "
+    "inconsistent checkpoints (a slice outside an intact blob), corrupt blobs and, for the "
+    "whole store, orphaned leases and unreferenced blobs (what gc "
     "reclaims, ignoring its grace period). Nothing is modified. Exit status: 0 clean, 1 "
     "problems found (or the check failed), 2 wrong usage.",
 )
