@@ -68,6 +68,24 @@ PROBE = textwrap.dedent(
     namespace(None)
     attempt("all_ns", lambda: sorted({r.run for r in c.list("BrowseFlow")}))
     attempt("other_visible", lambda: len(c.list("BrowseFlow/" + other)))
+    # Checkpoints written before the task clock by a retry whose machine's clock was behind:
+    # one task's listing orders them as its retry does (attempt first), like get() does.
+    from dataclasses import replace
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import parse_key
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import (
+        storage_for_url,
+    )
+    raw = CheckpointStore(storage_for_url(task.root))
+    scope = parse_key(task.key).scope
+    src = os.path.join(sys.argv[3], "skew")
+    os.makedirs(src)
+    open(os.path.join(src, "f"), "w").write("x")
+    first = parse_key(c.list(task.pathspec)[0].key).created_ms
+    raw.save(src, replace(scope, attempt=5), name="skew", created_ms=first + 10_000, seq=0)
+    raw.save(src, replace(scope, attempt=6), name="skew", created_ms=first + 1_000, seq=0)
+    attempt("skewed", lambda: [r.attempt for r in c.list(task.pathspec, name="skew")])
+    attempt("skewed_latest", lambda: c.get(task.pathspec).attempt)
     print("PROBE" + json.dumps(out))
     """
 )
@@ -115,6 +133,7 @@ def test_browsing_runs_steps_tasks_and_metrics(flow_env):
     # A task's "latest" checkpoint skips saves made with latest=False ("final").
     assert out["task"][0][2] == "final"
     assert out["latest_of_task"] == [["train", "0", "mfchckpt", 2, 0.6]]
+    assert out["skewed"] == [6, 5] and out["skewed_latest"] == 6
 
     fields = out["fields"]
     assert fields["size"] == 4096 + 1
@@ -177,6 +196,24 @@ NAMED = textwrap.dedent(
         out["missing"] = exc.message
     out["deleted"] = c.delete("resnet50@" + second.key.split("-")[4]).key == second.key
     out["after_delete"] = c.get("resnet50").key == first.key
+    # Checkpoints written before the task clock by a retry whose machine's clock was behind:
+    # one task's listing orders them as its retry does (attempt first), like get() does.
+    from dataclasses import replace
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import parse_key
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import (
+        storage_for_url,
+    )
+    raw = CheckpointStore(storage_for_url(task.root))
+    scope = parse_key(task.key).scope
+    src = os.path.join(sys.argv[3], "skew")
+    os.makedirs(src)
+    open(os.path.join(src, "f"), "w").write("x")
+    first = parse_key(c.list(task.pathspec)[0].key).created_ms
+    raw.save(src, replace(scope, attempt=5), name="skew", created_ms=first + 10_000, seq=0)
+    raw.save(src, replace(scope, attempt=6), name="skew", created_ms=first + 1_000, seq=0)
+    attempt("skewed", lambda: [r.attempt for r in c.list(task.pathspec, name="skew")])
+    attempt("skewed_latest", lambda: c.get(task.pathspec).attempt)
     print("PROBE" + json.dumps(out))
     """
 )

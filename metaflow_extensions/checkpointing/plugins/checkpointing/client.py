@@ -21,6 +21,7 @@ from . import alias
 from .core import promotions, retention
 from .core.download import STAGING_PREFIX, remove_dead_staging
 from .core.manifest import Manifest, is_manifest_key, parse_key
+from .core.policies import sort_key
 from .core.retention import numeric
 from .core.scan import holds_data
 from .core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
@@ -239,7 +240,9 @@ class Checkpoint:
                 if foreach is not None and s.foreach != str(foreach):
                     continue
                 headers.append(h)
-        headers.sort(key=lambda h: h.order, reverse=True)
+        # One task's checkpoints in the order its retry sees them (attempt, then its task
+        # clock), as current.checkpoint.list() does; across tasks, by date.
+        headers.sort(key=sort_key(within_task=task is not None), reverse=True)
         return store, headers
 
     def best(
