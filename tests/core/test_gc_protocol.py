@@ -447,28 +447,41 @@ def test_a_forked_child_has_its_own_session(tmp_path):
     assert [x.session for x in ls.list_leases(storage)] == [parent.session]
 
 
-CRASHING_SAVER = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    import metaflow  # noqa: F401
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import (
-        TransferOptions,
+def _saver_script(signal_name: str) -> str:
+    """A saver process whose own signal ``signal_name`` hits it just before its manifest put."""
+    return textwrap.dedent(
+        """
+        import json, os, signal, sys
+        import metaflow  # noqa: F401
+        from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
+        from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import (
+            CheckpointStore,
+        )
+        from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import (
+            TransferOptions,
+        )
+        from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (
+            LocalStorage,
+        )
+
+        class Signalled(LocalStorage):
+            def _put_bytes(self, key, data):
+                if key.startswith("manifests/"):
+                    os.kill(os.getpid(), signal.%s)
+                super()._put_bytes(key, data)
+
+        opts = TransferOptions(chunk_size=65536, small_size=16384, workers=4)
+        ttl = float(sys.argv[4]) if len(sys.argv) > 4 else 1
+        store = CheckpointStore(Signalled(sys.argv[1]), opts, lease_seconds=ttl)
+        m = store.save(sys.argv[2], Scope.from_dict(json.loads(sys.argv[3])))
+        print(m.key)
+        """
+        % signal_name
     )
-    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 
-    class Dies(LocalStorage):
-        def _put_bytes(self, key, data):
-            if key.startswith("manifests/"):
-                os.kill(os.getpid(), signal.SIGKILL)  # killed between upload and commit
-            super()._put_bytes(key, data)
 
-    opts = TransferOptions(chunk_size=65536, small_size=16384, workers=4)
-    store = CheckpointStore(Dies(sys.argv[1]), opts, lease_seconds=1)
-    store.save(sys.argv[2], Scope.from_dict(json.loads(sys.argv[3])))
-    """
-)
+#: Killed between upload and commit.
+CRASHING_SAVER = _saver_script("SIGKILL")
 
 
 def test_a_killed_savers_orphans_are_kept_while_its_lease_lives_then_reclaimed(tmp_path):
@@ -636,29 +649,8 @@ def test_list_leases_judges_expiry_names_and_damage(storage):
 
 
 # ----------------------------------------------- found by the adversarial pass (issue 11)
-STOPPED_SAVER = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    import metaflow  # noqa: F401
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import (
-        TransferOptions,
-    )
-    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
-
-    class Stops(LocalStorage):
-        def _put_bytes(self, key, data):
-            if key.startswith("manifests/"):
-                os.kill(os.getpid(), signal.SIGSTOP)  # frozen between settle and commit
-            super()._put_bytes(key, data)
-
-    opts = TransferOptions(chunk_size=65536, small_size=16384, workers=4)
-    store = CheckpointStore(Stops(sys.argv[1]), opts, lease_seconds=float(sys.argv[4]))
-    m = store.save(sys.argv[2], Scope.from_dict(json.loads(sys.argv[3])))
-    print(m.key)
-    """
-)
+#: Frozen (a paused container or VM) between its settle and its commit.
+STOPPED_SAVER = _saver_script("SIGSTOP")
 
 
 def test_a_save_frozen_past_its_lease_before_the_commit_never_returns_a_torn_checkpoint(

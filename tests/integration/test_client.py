@@ -196,24 +196,6 @@ NAMED = textwrap.dedent(
         out["missing"] = exc.message
     out["deleted"] = c.delete("resnet50@" + second.key.split("-")[4]).key == second.key
     out["after_delete"] = c.get("resnet50").key == first.key
-    # Checkpoints written before the task clock by a retry whose machine's clock was behind:
-    # one task's listing orders them as its retry does (attempt first), like get() does.
-    from dataclasses import replace
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import parse_key
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
-    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import (
-        storage_for_url,
-    )
-    raw = CheckpointStore(storage_for_url(task.root))
-    scope = parse_key(task.key).scope
-    src = os.path.join(sys.argv[3], "skew")
-    os.makedirs(src)
-    open(os.path.join(src, "f"), "w").write("x")
-    first = parse_key(c.list(task.pathspec)[0].key).created_ms
-    raw.save(src, replace(scope, attempt=5), name="skew", created_ms=first + 10_000, seq=0)
-    raw.save(src, replace(scope, attempt=6), name="skew", created_ms=first + 1_000, seq=0)
-    attempt("skewed", lambda: [r.attempt for r in c.list(task.pathspec, name="skew")])
-    attempt("skewed_latest", lambda: c.get(task.pathspec).attempt)
     print("PROBE" + json.dumps(out))
     """
 )
