@@ -484,14 +484,10 @@ def _collect(
         storage.delete_many(keys[start : start + batch], marker.workers)
     run.check_fresh()
     storage.delete_many(stale_pins, marker.workers)
-    # A lease's start goes last: a lease without it could not be dated and would keep all.
-    storage.delete_many(
-        [k for lease in expired for k in lease.keys if not k.endswith("/" + ls.START)],
-        marker.workers,
-    )
-    storage.delete_many(
-        [k for lease in expired for k in lease.keys if k.endswith("/" + ls.START)],
-        marker.workers,
+    ls.delete_lease_objects(
+        storage,
+        [k for lease in expired for k in lease.keys],
+        lambda st, ks: st.delete_many(ks, marker.workers),
     )
     for r in dead_runs:
         # It deletes nothing any more (a run stops once its heartbeat is stale): say so, so

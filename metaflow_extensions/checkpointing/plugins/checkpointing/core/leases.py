@@ -571,12 +571,8 @@ class WriterLease:
                 self._ensure_timer()
         finally:
             self._lock.release()
-        starts = [k for s in idle for k in s.keys if k.endswith("/" + START)]
-        others = [k for s in idle for k in s.keys if not k.endswith("/" + START)]
         try:
-            # ``start`` last: a lease without it would keep every blob (it cannot be dated).
-            _delete(self.storage, others)
-            _delete(self.storage, starts)
+            delete_lease_objects(self.storage, [k for s in idle for k in s.keys], _delete)
         except Exception:  # noqa: BLE001 - an unremoved lease just expires
             pass
 
@@ -716,10 +712,22 @@ class WriterLease:
                 pass
         for s in retired:
             try:
-                _delete(self.storage, [k for k in s.keys if not k.endswith("/" + START)])
-                _delete(self.storage, [k for k in s.keys if k.endswith("/" + START)])
+                delete_lease_objects(self.storage, s.keys, _delete)
             except Exception:  # noqa: BLE001 - GC removes expired leases
                 pass
+
+
+def delete_lease_objects(
+    storage: Storage,
+    keys: Iterable[str],
+    delete: Optional[Callable[[Storage, list[str]], None]] = None,
+) -> None:
+    """Remove lease objects, every ``start`` last: a lease left without its ``start`` cannot be
+    dated and would keep every blob while it lives."""
+    delete = delete or (lambda st, ks: st.delete_many(ks))
+    keys = list(keys)
+    delete(storage, [k for k in keys if not k.endswith("/" + START)])
+    delete(storage, [k for k in keys if k.endswith("/" + START)])
 
 
 def _delete(storage: Storage, keys: list[str]) -> None:
