@@ -542,12 +542,17 @@ def _scope(value: Any, where: str) -> Scope:
     return Scope(*parts, attempt=_int(_field(d, "attempt", where + "."), where + ".attempt"))
 
 
+def is_newer_format(fmt: object) -> bool:
+    """Whether ``fmt`` (a manifest's ``format`` field) names a later version of this format."""
+    newer = _FORMAT_RE.fullmatch(fmt) if isinstance(fmt, str) else None
+    return newer is not None and int(newer.group(1)) > int(FORMAT.rsplit("/", 1)[1])
+
+
 def _check_format(d: dict, key: str) -> None:
     fmt = d.get("format")
     if fmt == FORMAT:
         return
-    newer = _FORMAT_RE.fullmatch(fmt) if isinstance(fmt, str) else None
-    if newer and int(newer.group(1)) > int(FORMAT.rsplit("/", 1)[1]):
+    if is_newer_format(fmt):
         raise ManifestError(
             "Checkpoint %s was written by a newer release of metaflow-checkpointing (manifest "
             "format %r; this release reads %r). Upgrade metaflow-checkpointing (pip install -U "
