@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scan import is_temp_name
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.tempnames import is_temp_name
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import MemoryStorage
 

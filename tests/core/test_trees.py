@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from unprivileged import run_unprivileged, world_tmpdir
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scan import is_temp_name, scan
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scan import scan
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.tempnames import is_temp_name
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import SaveStats
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.upload import (
     BlobWriter,

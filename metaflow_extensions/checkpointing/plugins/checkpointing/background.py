@@ -17,6 +17,7 @@ import threading
 from typing import Callable, Optional
 
 from .core.scan import scan
+from .core.tempnames import SNAPSHOT_PREFIX
 from .errors import CheckpointException
 from .reference import CheckpointReference
 
@@ -98,7 +99,7 @@ def snapshot(src: str, staging_parent: Optional[str]) -> tuple[str, str, int]:
     kernel (``shutil.copy`` uses ``sendfile``/``copy_file_range``), mode bits are kept.
     """
     files, dirs, kind = scan(src)
-    staging = tempfile.mkdtemp(prefix=".mfckpt-snapshot-", dir=staging_parent)
+    staging = tempfile.mkdtemp(prefix=SNAPSHOT_PREFIX, dir=staging_parent)
     try:
         if kind == "file":
             target = os.path.join(staging, files[0].rel)

@@ -19,7 +19,7 @@ from typing import IO, Any, Callable, Optional, Union
 
 from . import alias
 from .core import promotions, retention
-from .core.download import STAGING_PREFIX, remove_dead_staging
+from .core.download import remove_dead_staging
 from .core.manifest import Manifest, is_manifest_key, parse_key
 from .core.policies import sort_key
 from .core.retention import numeric
@@ -27,6 +27,7 @@ from .core.scan import holds_data
 from .core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
 from .core.store import CheckpointStore
 from .core.summary import damaged
+from .core.tempnames import STAGING_PREFIX
 from .core.transfer import Progress
 from .core.verify import VerifyReport
 from .errors import CheckpointConfigError, CheckpointNotFound, ManifestError

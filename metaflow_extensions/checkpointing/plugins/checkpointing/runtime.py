@@ -18,12 +18,13 @@ from . import alias
 from .background import BackgroundSaver, SaveHandle, snapshot, source_bytes
 from .background import failure as background_failure
 from .core.clock import TaskClock
-from .core.download import STAGING_PREFIX, remove_dead_staging
+from .core.download import remove_dead_staging
 from .core.manifest import Manifest, ManifestHeader, is_manifest_key
 from .core.policies import Resolution, sort_key
 from .core.retention import Retention
 from .core.scope import DEFAULT_NAME, Scope, step_prefix
 from .core.store import CheckpointStore
+from .core.tempnames import STAGING_PREFIX
 from .errors import (
     CheckpointConfigError,
     CheckpointNotFound,

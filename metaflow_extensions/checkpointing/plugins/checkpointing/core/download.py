@@ -10,8 +10,8 @@ What a load guarantees (docs/concepts.md, "What is saved"):
   directory, a directory where it has a file) is found before anything is changed; a failure
   later (disk full) undoes the renames already done, so a load applies completely or not at all;
 * temp names are short (``.mfckpt-part-<token>-<n>``, never the final name plus a suffix), so
-  file names up to the filesystem's limit load; :func:`.scan.is_temp_name` knows them, so a save
-  never picks up the leftovers of a killed load, and the next load into the same directory
+  file names up to the filesystem's limit load; :func:`.tempnames.is_temp_name` knows them, so a
+  save never picks up the leftovers of a killed load, and the next load into the same directory
   removes them (a lock file held by each load tells dead leftovers from a running load's);
 * all-zero blocks are not written: sparse files stay sparse;
 * modes are restored within ``0o777`` (no setuid, setgid or sticky bit);
@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import shutil
 import threading
 import uuid
@@ -43,17 +42,8 @@ from ..storage.base import Storage
 from ..storage.local import UNSUPPORTED_COPY, copy_range, map_readonly, open_object
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relpath
 from .scope import blob_key
+from .tempnames import LOCK, PART, PART_PREFIX, STAGING
 from .transfer import Progress, TransferOptions, _no_progress, _run_bounded, digest
-
-#: Temp files of a load: ``<prefix><token>`` is the load's lock file (in the destination root),
-#: ``<prefix><token>-<i>`` the part file of manifest file ``i``, ``-b<i>`` the backup of the
-#: file it replaces.  Kept in step with scan._TEMP_NAME.
-_PART_PREFIX = ".mfckpt-part-"
-_PART = re.compile(r"\.mfckpt-part-([0-9a-f]{12})(?:-b?[0-9]+)?\Z")
-_LOCK = re.compile(r"\.mfckpt-part-[0-9a-f]{12}\Z")
-#: Staging directories of loads into a new directory (client) or the managed directory.
-STAGING_PREFIX = ".mfckpt-load-"
-_STAGING = re.compile(r"\.mfckpt-load-[a-z0-9_]{8}\Z")
 
 #: All-zero blocks of this size are left as holes (sparse files stay sparse).
 _HOLE_BLOCK = 64 << 10
@@ -268,14 +258,14 @@ class _Job:
     def __post_init__(self) -> None:
         # str.rpartition: os.path.dirname per file cost ~1% of a load of many small files.
         self.parents = [f.rpartition(os.sep)[0] or os.sep for f in self.finals]
-        stem = os.sep + _PART_PREFIX + self.token + "-"
+        stem = os.sep + PART_PREFIX + self.token + "-"
         self.temps = [parent + stem + str(i) for i, parent in enumerate(self.parents)]
 
     def temp(self, i: int, backup: bool = False) -> str:
         """Temp name of file ``i`` (or of the backup of what it replaces), beside its target."""
         if not backup:
             return self.temps[i]
-        return os.path.join(self.parents[i], "%s%s-b%d" % (_PART_PREFIX, self.token, i))
+        return os.path.join(self.parents[i], "%s%s-b%d" % (PART_PREFIX, self.token, i))
 
     def write_error(self, exc: OSError, i: Optional[int] = None, path: str = "") -> StorageError:
         """The error for the destination failing while file ``i`` (or ``path``) is written."""
@@ -317,7 +307,7 @@ def _plan(job: _Job, dirs: list[str]) -> None:
             raise job.write_error(exc, path=d) from exc
         listing[d] = entries
         for name in entries:
-            m = _PART.match(name) if name.startswith(_PART_PREFIX) else None
+            m = PART.match(name) if name.startswith(PART_PREFIX) else None
             if m:
                 job.leftovers.setdefault(m.group(1), []).append(os.path.join(d, name))
 
@@ -384,7 +374,7 @@ class _Lock:
     (the kernel releases the lock of a killed process)."""
 
     def __init__(self, dest: str, token: str):
-        self.path = os.path.join(dest, _PART_PREFIX + token)
+        self.path = os.path.join(dest, PART_PREFIX + token)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             try:
@@ -428,7 +418,7 @@ def _remove_leftovers(job: _Job) -> None:
     for token, paths in job.leftovers.items():
         if token == job.token:
             continue
-        lock_path = os.path.join(job.dest, _PART_PREFIX + token)
+        lock_path = os.path.join(job.dest, PART_PREFIX + token)
         fd = _take_dead_lock(lock_path)
         if fd is None:
             continue
@@ -450,14 +440,14 @@ def remove_dead_staging(parent: str) -> None:
     try:
         with os.scandir(parent) as it:
             candidates = [
-                e.path for e in it if _STAGING.match(e.name) and e.is_dir(follow_symlinks=False)
+                e.path for e in it if STAGING.match(e.name) and e.is_dir(follow_symlinks=False)
             ]
     except OSError:
         return
     for staging in candidates:
         try:
             with os.scandir(staging) as it:
-                locks = [e.path for e in it if _LOCK.match(e.name)]
+                locks = [e.path for e in it if LOCK.match(e.name)]
         except OSError:
             continue
         for lock in locks:

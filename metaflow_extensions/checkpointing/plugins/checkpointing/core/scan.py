@@ -10,7 +10,7 @@ Rules (docs/concepts.md, "What is saved"):
 * what cannot be read is an error naming the path, never a silent omission: an unreadable
   directory or file, a dangling symlink, a symlink loop (``a -> a``), an entry that vanishes
   while the tree is scanned.  Sockets, FIFOs and device files hold no data and are skipped;
-* the package's own temporary names (:func:`is_temp_name`: files of a load in progress or
+* the package's own temporary names (:func:`.tempnames.is_temp_name`: files of a load in progress or
   killed, staging directories) are never saved.
 """
 
@@ -18,23 +18,11 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from dataclasses import dataclass
 
 from ..errors import CheckpointConfigError
-
-#: Every temporary name the package creates inside or beside a directory a user may save:
-#: load parts and lock files (``.mfckpt-part-<12 hex>[-<n>|-b<n>]``, :mod:`.download`), load and
-#: snapshot staging directories and local-store temp files (``tempfile`` names: 8 characters).
-_TEMP_NAME = re.compile(
-    r"\.mfckpt-(?:(?:load|snapshot|tmp)-[a-z0-9_]{8}|part-[0-9a-f]{12}(?:-b?[0-9]+)?)\Z"
-)
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` (a base name) is one of the package's temporary files or directories."""
-    return name.startswith(".mfckpt-") and _TEMP_NAME.match(name) is not None
+from .tempnames import is_temp_name
 
 
 def holds_data(directory: str) -> bool:
@@ -50,7 +38,7 @@ def holds_data(directory: str) -> bool:
             temps = False
             with os.scandir(d) as it:
                 for e in it:
-                    if e.name.startswith(".mfckpt-") and _TEMP_NAME.match(e.name):
+                    if is_temp_name(e.name):
                         temps = True
                     elif e.is_dir(follow_symlinks=False):
                         stack.append(e.path)
@@ -166,7 +154,7 @@ def scan(src: str) -> tuple[list[_File], list[str], str]:
             try:
                 for e in it:
                     name = e.name
-                    if name.startswith(".mfckpt-") and _TEMP_NAME.match(name):
+                    if is_temp_name(name):
                         temps = True
                         continue
                     try:
