@@ -23,6 +23,22 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import C
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 
 REPO = Path(__file__).resolve().parents[2]
+
+#: Start of a client probe script run in a subprocess: ``attempt(label, fn)`` records what ``fn``
+#: returns, or the Metaflow exception it raises, in ``out`` (printed as JSON by the script).
+PROBE_PRELUDE = """\
+import json, os, sys
+from metaflow import Checkpoint, namespace
+from metaflow.exception import MetaflowException
+
+out = {}
+def attempt(label, fn):
+    try:
+        out[label] = fn()
+    except MetaflowException as exc:
+        out[label] = {"error": type(exc).__name__, "message": exc.message}
+
+"""
 FLOWS = REPO / "tests" / "flows"
 EXAMPLES = REPO / "examples"
 

@@ -11,23 +11,12 @@ import textwrap
 
 import pytest
 
-from .flowrun import FLOWS, local_root, run_flow, run_subprocess
+from .flowrun import FLOWS, PROBE_PRELUDE, local_root, run_flow, run_subprocess
 
 pytestmark = pytest.mark.flow
 
-PROBE = textwrap.dedent(
+PROBE = PROBE_PRELUDE + textwrap.dedent(
     """
-    import json, os, sys
-    from metaflow import Checkpoint, namespace
-    from metaflow.exception import MetaflowException
-
-    out = {}
-    def attempt(label, fn):
-        try:
-            out[label] = fn()
-        except MetaflowException as exc:
-            out[label] = {"error": type(exc).__name__, "message": exc.message}
-
     c = Checkpoint()
     run, other = sys.argv[1], sys.argv[2]
     def brief(refs):

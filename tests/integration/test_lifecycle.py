@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from .flowrun import FLOWS, run_flow, run_subprocess
+from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_subprocess
 
 pytestmark = pytest.mark.flow
 
@@ -41,19 +41,8 @@ def test_bad_keep_rules_fail_the_run_before_any_task(flow_env, spec, message):
     assert "Task is starting" not in out
 
 
-PROBE = textwrap.dedent(
+PROBE = PROBE_PRELUDE + textwrap.dedent(
     """
-    import json, sys
-    from metaflow import Checkpoint
-    from metaflow.exception import MetaflowException
-
-    out = {}
-    def attempt(label, fn):
-        try:
-            out[label] = fn()
-        except MetaflowException as exc:
-            out[label] = {"error": type(exc).__name__, "message": exc.message}
-
     c = Checkpoint()
     first, second = sys.argv[1], sys.argv[2]
     attempt("best_alias", lambda: c.get("BrowseFlow/%s@best:val_loss" % first).metadata)

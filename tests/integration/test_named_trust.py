@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .flowrun import FLOWS, run_flow, run_subprocess, subprocess_env
+from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_subprocess, subprocess_env
 
 pytestmark = pytest.mark.flow
 
@@ -67,19 +67,8 @@ def one_error(proc: subprocess.CompletedProcess) -> str:
 
 # ------------------------------------------------------------------------------ client
 
-CLIENT = textwrap.dedent(
+CLIENT = PROBE_PRELUDE + textwrap.dedent(
     """
-    import json, os, sys
-    from metaflow import Checkpoint, namespace
-    from metaflow.exception import MetaflowException
-
-    out = {}
-    def attempt(label, fn):
-        try:
-            out[label] = fn()
-        except MetaflowException as exc:
-            out[label] = {"error": type(exc).__name__, "message": exc.message}
-
     c = Checkpoint()
     role, model = sys.argv[1], sys.argv[2]
     if role == "alice":
