@@ -96,7 +96,9 @@ class _Timers:
 def _instrument() -> _Timers:
     """Time the phases of ``Checkpoint().list``: locating the store (Metaflow client), the
     prefix listing, summaries (index read, manifest reads, index write)."""
-    from metaflow_extensions.checkpointing.plugins.checkpointing import client as client_mod
+    from metaflow_extensions.checkpointing.plugins.checkpointing.client import (
+        checkpoint as client_mod,
+    )
     from metaflow_extensions.checkpointing.plugins.checkpointing.core import store as store_mod
     from metaflow_extensions.checkpointing.plugins.checkpointing.core import summary
 
@@ -126,8 +128,10 @@ def _s3_location(root: str, prefix: str) -> tuple:
 def child_list(spec: dict, best: bool) -> dict:
     from metaflow import Checkpoint
 
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        store_for_url,
+    )
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.summary import index_key
-    from metaflow_extensions.checkpointing.plugins.checkpointing.settings import store_for_url
 
     if spec["root"].startswith("s3://"):
         import boto3  # noqa: F401 - imported before the clock starts, as everything else
@@ -163,7 +167,9 @@ def child_raw(spec: dict, read_all: bool) -> dict:
     """The baselines: the prefix listing alone, or the listing plus a read of every manifest."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from metaflow_extensions.checkpointing.plugins.checkpointing.settings import transfer_options
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        transfer_options,
+    )
 
     workers = transfer_options().workers
     prefix = _step_prefix(spec["key"])
@@ -211,8 +217,10 @@ def child_raw(spec: dict, read_all: bool) -> dict:
 
 def child_open(spec: dict) -> dict:
     """Save the big checkpoint with the core API, read its small file, then load all of it."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        store_for_url,
+    )
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
-    from metaflow_extensions.checkpointing.plugins.checkpointing.settings import store_for_url
 
     if spec["root"].startswith("s3://"):
         import boto3  # noqa: F401

@@ -62,7 +62,7 @@ class AsyncSaveBenchFlow(FlowSpec):
     @checkpoint(load_policy="none", temp_dir_root=TMP)
     @step
     def start(self):
-        from metaflow_extensions.checkpointing.plugins.checkpointing.settings import (
+        from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
             async_budget,
             transfer_options,
         )

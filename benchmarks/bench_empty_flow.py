@@ -23,7 +23,7 @@ HOOKS_FILE = os.environ.get("MFCKPT_BENCH_HOOKS")
 def _instrument(path: str) -> None:
     from metaflow.decorators import StepDecorator
 
-    from metaflow_extensions.checkpointing.plugins.checkpointing.decorator import (
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.decorator import (
         CheckpointDecorator,
     )
 

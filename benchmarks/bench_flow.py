@@ -45,7 +45,9 @@ def _tree_size(path: str) -> tuple:
 
 def _stats(ref) -> dict:
     """The save statistics stored in the committed manifest of ``ref``."""
-    from metaflow_extensions.checkpointing.plugins.checkpointing.settings import store_for_url
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        store_for_url,
+    )
 
     return store_for_url(ref["root"]).read(ref["key"]).stats
 
@@ -92,7 +94,7 @@ class CheckpointBenchFlow(FlowSpec):
     @checkpoint(load_policy="none")
     @step
     def start(self):
-        from metaflow_extensions.checkpointing.plugins.checkpointing.settings import (
+        from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
             transfer_options,
         )
 

@@ -169,6 +169,9 @@ def child_gc(spec: dict) -> dict:
 
     from metaflow import Checkpoint
 
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        store_for_url,
+    )
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
         BLOBS,
         Scope,
@@ -176,7 +179,6 @@ def child_gc(spec: dict) -> dict:
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import (
         CheckpointStore,
     )
-    from metaflow_extensions.checkpointing.plugins.checkpointing.settings import store_for_url
 
     root = spec["root"]
     base = store_for_url(root)

@@ -50,7 +50,7 @@ def test_editable_install_registers_the_extension(tmp_path):
     code = (
         "import metaflow, inspect\n"
         "from metaflow import checkpoint\n"
-        "from %s import decorator\n"
+        "from %s.task import decorator\n"
         "print(inspect.getfile(decorator))\n" % PKG
     )
     path = _python(code, cwd=str(tmp_path)).strip()
@@ -110,10 +110,10 @@ def test_public_api_is_locked():
     import metaflow
 
     from metaflow_extensions.checkpointing.plugins.checkpointing import errors
-    from metaflow_extensions.checkpointing.plugins.checkpointing.decorator import (
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.decorator import (
         CheckpointDecorator,
     )
-    from metaflow_extensions.checkpointing.plugins.checkpointing.runtime import (
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (
         CheckpointRuntime,
     )
     from metaflow_extensions.checkpointing.toplevel import checkpointing_toplevel as top

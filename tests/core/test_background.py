@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.background import (
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.background import (
     BackgroundSaver,
     snapshot,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.runtime import CheckpointRuntime
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import CheckpointRuntime
 
 from .helpers import make_scope, write_tree
 

@@ -23,14 +23,14 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core import (
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.retention import build
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
-from metaflow_extensions.checkpointing.plugins.checkpointing.runtime import (
-    CheckpointRuntime,
-    GangInfo,
-)
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
-from metaflow_extensions.checkpointing.plugins.checkpointing.task_context import (
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.context import (
     TASK_ENV,
     TaskContext,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (
+    CheckpointRuntime,
+    GangInfo,
 )
 
 from .helpers import make_scope, options

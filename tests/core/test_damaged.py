@@ -37,8 +37,8 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointNotFound,
     ManifestError,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.runtime import CheckpointRuntime
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import CheckpointRuntime
 
 from .helpers import make_scope, options, tiny
 

@@ -11,6 +11,9 @@ import json
 
 import pytest
 
+from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
+    CheckpointReference,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import promotions
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import manifest_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.promotions import (
@@ -21,9 +24,6 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,
     CheckpointNotFound,
     CheckpointScopeError,
-)
-from metaflow_extensions.checkpointing.plugins.checkpointing.reference import (
-    CheckpointReference,
 )
 
 from .helpers import make_scope, write_tree

@@ -26,11 +26,11 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.lightnin
     CheckpointCallback,
     pl,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.runtime import (  # noqa: E402
-    CheckpointRuntime,
-)
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (  # noqa: E402
     LocalStorage,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (  # noqa: E402
+    CheckpointRuntime,
 )
 
 X = torch.linspace(-1, 1, 48 * 3).reshape(48, 3)

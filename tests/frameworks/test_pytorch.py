@@ -24,11 +24,11 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.pytorch 
     TrainingState,
     TrainingStateError,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.runtime import (  # noqa: E402
-    CheckpointRuntime,
-)
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (  # noqa: E402
     LocalStorage,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (  # noqa: E402
+    CheckpointRuntime,
 )
 
 

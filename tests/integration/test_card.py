@@ -26,7 +26,7 @@ from metaflow_extensions.checkpointing.plugins.cards.checkpoint_card.card import
     CheckpointCard,
     render_checkpoints,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.reference import (
+from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
     CheckpointReference,
 )
 

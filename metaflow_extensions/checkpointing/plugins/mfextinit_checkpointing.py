@@ -1,7 +1,7 @@
 """Registers metaflow-checkpointing with Metaflow (read on every ``import metaflow``)."""
 
 STEP_DECORATORS_DESC = [
-    ("checkpoint", ".checkpointing.decorator.CheckpointDecorator"),
+    ("checkpoint", ".checkpointing.task.decorator.CheckpointDecorator"),
 ]
 
 CLIS_DESC = [("checkpoint", ".checkpointing.cli.cli")]

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from metaflow._vendor import click
 
-from .background import source_bytes
+from .common.reference import CheckpointReference
 from .core.promotions import describe_publisher
 from .fmt import human_size
-from .reference import CheckpointReference
+from .task.background import source_bytes
 
 if TYPE_CHECKING:
-    from .client import Checkpoint
+    from .client.checkpoint import Checkpoint
 
 #: Metadata fields shown per row of ``list`` (the rest is summarised as "+N").
 TABLE_METADATA_FIELDS = 3
@@ -94,7 +94,7 @@ class CliContext:
         """Checkpoint root of the flow's datastore (flow CLI), else None (the client's default)."""
         if self._flow_datastore is None:
             return None
-        from .settings import checkpoint_root
+        from .common.settings import checkpoint_root
 
         ds = self._flow_datastore
         return checkpoint_root(ds.TYPE, ds.datastore_root)
@@ -102,14 +102,14 @@ class CliContext:
     def run_client(self) -> Checkpoint:
         """A client for flows, runs and tasks: each run's store is the one its tasks recorded
         (only ``--root`` overrides it)."""
-        from .client import Checkpoint
+        from .client.checkpoint import Checkpoint
 
         return Checkpoint(root=self.root)
 
     def store_client(self) -> Checkpoint:
         """A client for named checkpoints, uploads and bare keys: the store of ``--root``, else
         the flow's datastore (flow CLI), else the default datastore."""
-        from .client import Checkpoint
+        from .client.checkpoint import Checkpoint
 
         return Checkpoint(root=self.root or self.flow_store_root)
 

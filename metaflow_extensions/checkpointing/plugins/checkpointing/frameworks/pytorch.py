@@ -37,7 +37,7 @@ from ..core.scope import DEFAULT_NAME
 from ..errors import CheckpointException
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..reference import CheckpointReference
+    from ..common.reference import CheckpointReference
 
 STATE_FILE = "state.json"
 RNG_FILE = "rng.pt"

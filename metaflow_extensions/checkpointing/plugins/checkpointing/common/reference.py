@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import IO, Any, Optional
 
-from .core.manifest import Manifest, ManifestHeader, iso_time, parse_key
-from .core.promotions import publisher_of
+from ..core.manifest import Manifest, ManifestHeader, iso_time, parse_key
+from ..core.promotions import publisher_of
 
 #: Fields every reference carries.
 FIELDS = (
@@ -98,7 +98,7 @@ class CheckpointReference(dict):
         return self._client().open(self, file)
 
     def _client(self):
-        from .client import Checkpoint
+        from ..client.checkpoint import Checkpoint
 
         return Checkpoint(root=self.get("root"))
 

@@ -16,10 +16,10 @@ import tempfile
 import threading
 from typing import Callable, Optional
 
-from .core.scan import scan
-from .core.tempnames import SNAPSHOT_PREFIX
-from .errors import CheckpointException
-from .reference import CheckpointReference
+from ..common.reference import CheckpointReference
+from ..core.scan import scan
+from ..core.tempnames import SNAPSHOT_PREFIX
+from ..errors import CheckpointException
 
 
 class SaveHandle:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .core.store import CheckpointStore
-from .core.transfer import TransferOptions
-from .errors import CheckpointConfigError
-from .storage.base import RetryPolicy, default_workers
+from ..core.store import CheckpointStore
+from ..core.transfer import TransferOptions
+from ..errors import CheckpointConfigError
+from ..storage.base import RetryPolicy, default_workers
 
 #: Task metadata field naming the checkpoint root a @checkpoint task used (found by the client).
 ROOT_METADATA = "checkpoint-root"
@@ -76,7 +76,7 @@ def pause_poll_seconds() -> float:
 def lease_seconds() -> float:
     """Lifetime of a writer's lease, which keeps GC from deleting what a save in flight relies
     on (``CHECKPOINT_LEASE_SECONDS``; a number of seconds in (0, 86400], default 1800)."""
-    from .core.leases import DEFAULT_TTL_SECONDS, validate_ttl
+    from ..core.leases import DEFAULT_TTL_SECONDS, validate_ttl
 
     return validate_ttl(_setting("CHECKPOINT_LEASE_SECONDS", DEFAULT_TTL_SECONDS))
 
@@ -90,14 +90,14 @@ def retry_policy() -> RetryPolicy:
 
 def checkpoint_root(ds_type: str, ds_root: str, override: Optional[str] = None) -> str:
     """``METAFLOW_CHECKPOINT_ROOT``, else ``<datastore root>/mf.checkpointing``."""
-    from .storage.factory import root_for_datastore
+    from ..storage.factory import root_for_datastore
 
     return override or _setting("CHECKPOINT_ROOT") or root_for_datastore(ds_type, ds_root)
 
 
 def store_for_url(url: str) -> CheckpointStore:
     """A store on ``url`` (path or URL) with the configured options."""
-    from .storage.factory import storage_for_url
+    from ..storage.factory import storage_for_url
 
     options = transfer_options()
     ttl = lease_seconds()

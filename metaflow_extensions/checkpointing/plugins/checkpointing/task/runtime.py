@@ -14,25 +14,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
-from . import alias
-from .background import BackgroundSaver, SaveHandle, snapshot, source_bytes
-from .background import failure as background_failure
-from .core.clock import TaskClock
-from .core.download import remove_dead_staging
-from .core.manifest import Manifest, ManifestHeader, is_manifest_key
-from .core.policies import Resolution, sort_key
-from .core.retention import Retention
-from .core.scope import DEFAULT_NAME, Scope, step_prefix
-from .core.store import CheckpointStore
-from .core.tempnames import STAGING_PREFIX
-from .errors import (
+from ..common import alias
+from ..common.reference import CheckpointReference
+from ..core.clock import TaskClock
+from ..core.download import remove_dead_staging
+from ..core.manifest import Manifest, ManifestHeader, is_manifest_key
+from ..core.pause import PausePoller
+from ..core.policies import Resolution, sort_key
+from ..core.retention import Retention
+from ..core.scope import DEFAULT_NAME, Scope, step_prefix
+from ..core.store import CheckpointStore
+from ..core.tempnames import STAGING_PREFIX
+from ..errors import (
     CheckpointConfigError,
     CheckpointNotFound,
     CheckpointPaused,
     CheckpointScopeError,
 )
-from .pause import PausePoller
-from .reference import CheckpointReference
+from .background import BackgroundSaver, SaveHandle, snapshot, source_bytes
+from .background import failure as background_failure
 
 Reference = Union[CheckpointReference, dict, str, Any]
 
@@ -153,8 +153,8 @@ class CheckpointRuntime:
             ``load()`` it in a later step or run.  Returned only once the checkpoint is
             committed.  With ``blocking=False``, a handle whose ``wait()`` returns it.
         """
-        from .core.manifest import validate_metadata
-        from .core.scope import validate_name
+        from ..core.manifest import validate_metadata
+        from ..core.scope import validate_name
 
         src = self._directory if path is None else os.fspath(path)
         if self._gang is not None:
@@ -185,7 +185,7 @@ class CheckpointRuntime:
 
         The first save of a process that has not seen the task's checkpoints yet lists them
         once (another process of the task, or an earlier attempt, may have saved)."""
-        from .core.commit import next_seq
+        from ..core.commit import next_seq
 
         if not self._clock.known:
             self._clock.learn(h.created_ms for h in self._task_headers())
@@ -205,7 +205,7 @@ class CheckpointRuntime:
         already committed in this task (the one loaded at start, one this process saved, or
         the newest one, e.g. saved by a subprocess) is not committed.  Returns the reference,
         or None when skipped (with one log line saying why)."""
-        from .core.store import same_content
+        from ..core.store import same_content
 
         if self._gang is not None:
             return self.save(metadata=metadata)  # every rank must take part in a gang save
@@ -291,7 +291,7 @@ class CheckpointRuntime:
 
     def _for_this_rank(self, manifest: Manifest, all_ranks: bool = False) -> Manifest:
         """In a @parallel rank, a gang checkpoint loads as that rank's shard by default."""
-        from .core import gang
+        from ..core import gang
 
         if self._gang is None or all_ranks or not gang.is_gang(manifest):
             return manifest
@@ -306,7 +306,7 @@ class CheckpointRuntime:
         return ref
 
     def _save_in_background(self, src: str, metadata: dict, name: str, latest: bool) -> SaveHandle:
-        from .settings import async_budget
+        from ..common.settings import async_budget
 
         if self._background is None:
             self._background = BackgroundSaver(async_budget())
@@ -362,7 +362,7 @@ class CheckpointRuntime:
     def _write_summary(self) -> None:
         """Record the summaries of this attempt's saves (called once when the task ends), so
         listings need not read each manifest.  Rank 0 writes for a ``@parallel`` gang."""
-        from .core.summary import write_task_summaries
+        from ..core.summary import write_task_summaries
 
         if self._gang is not None and self._gang.rank != 0:
             return
@@ -414,7 +414,7 @@ class CheckpointRuntime:
         later blocking one, these differ).  Pruning is best effort: a storage error here is
         logged and the save still counts.
         """
-        from .errors import CheckpointException
+        from ..errors import CheckpointException
 
         try:
             headers = self._task_headers(name=name)
@@ -586,7 +586,7 @@ class CheckpointRuntime:
                         "Checkpoint %s lives in the store %s, but this task uses %s; pass "
                         "namespace_check=False to load it from there." % (key, root, store.url)
                     )
-                from .settings import store_for_url
+                from ..common.settings import store_for_url
 
                 store = store_for_url(root)
             return store, store.read(key)

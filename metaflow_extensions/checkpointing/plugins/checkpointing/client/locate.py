@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .core.scope import MANIFESTS, flow_prefix, step_prefix
-from .errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
-from .settings import ROOT_METADATA, checkpoint_root
+from ..common.settings import ROOT_METADATA, checkpoint_root
+from ..core.scope import MANIFESTS, flow_prefix, step_prefix
+from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 
 # Namespaces a task can write under: ``current.namespace`` is the writer's identity.
 _IDENTITY_TAGS = ("user:", "production:")
@@ -49,7 +49,7 @@ def default_root() -> str:
     from metaflow.metaflow_config import DEFAULT_DATASTORE
     from metaflow.plugins import DATASTORES
 
-    from .settings import _setting
+    from ..common.settings import _setting
 
     override = _setting("CHECKPOINT_ROOT")
     if override:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .core.retention import numeric
-from .errors import CheckpointConfigError, CheckpointNotFound
+from ..core.retention import numeric
+from ..errors import CheckpointConfigError, CheckpointNotFound
 from .reference import CheckpointReference
 
 

@@ -12,8 +12,8 @@ import json
 import time
 from typing import Optional
 
-from .core.scope import Scope, encode
-from .storage.base import Storage
+from ..storage.base import Storage
+from .scope import Scope, encode
 
 CONTROL = "control"
 
@@ -67,7 +67,7 @@ class PausePoller:
 
     def _poll_interval(self) -> float:
         if self._interval is None:
-            from .settings import pause_poll_seconds
+            from ..common.settings import pause_poll_seconds
 
             self._interval = pause_poll_seconds()
         return self._interval

@@ -18,8 +18,8 @@ from typing import Optional
 from metaflow.decorators import StepDecorator
 from metaflow.metaflow_current import current
 
-from .core.policies import validate_policy
-from .errors import CheckpointConfigError
+from ..core.policies import validate_policy
+from ..errors import CheckpointConfigError
 
 #: Environment variable pointing subprocesses at ``current.checkpoint.directory``.
 DIRECTORY_ENV = "METAFLOW_CHECKPOINT_DIR"
@@ -73,7 +73,7 @@ class CheckpointDecorator(StepDecorator):
 
     MF Add To Current
     -----------------
-    checkpoint -> metaflow_extensions.checkpointing.plugins.checkpointing.runtime.CheckpointRuntime
+    checkpoint -> metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime.CheckpointRuntime
         Save, list and load checkpoints of this task.
 
         @@ Returns
@@ -110,7 +110,7 @@ class CheckpointDecorator(StepDecorator):
                     "Step '%s': @checkpoint(%s=%r) must be a non-empty path or URL string."
                     % (step_name, attr, value)
                 )
-        from .core import retention
+        from ..core import retention
         from .models import parse_specs
 
         self._models = parse_specs(self.attributes["models"], step_name)
@@ -134,8 +134,8 @@ class CheckpointDecorator(StepDecorator):
         # Launcher of a local run/resume, before any task: a missing model fails the run here.
         if not self._models:
             return
+        from ..common.settings import build_store
         from .models import ensure_available
-        from .settings import build_store
 
         store = build_store(*self._datastore, self.attributes["root"])
         origin = "%s/%s" % (flow.name, run_id)  # recorded as the publisher of uploads
@@ -157,9 +157,9 @@ class CheckpointDecorator(StepDecorator):
     ):
         if retry_count > max_user_code_retries:
             return  # the @catch fallback attempt runs no user code
-        from .core.scope import Scope, foreach_path
+        from ..common.settings import build_store
+        from ..core.scope import Scope, foreach_path
         from .runtime import CheckpointRuntime
-        from .settings import build_store
 
         flow_datastore = task_datastore.parent_datastore
         store = build_store(
@@ -188,8 +188,8 @@ class CheckpointDecorator(StepDecorator):
             store, scope, self._directory, log=_log, retention=self._retention
         )
         if gang:
+            from ..common.settings import parallel_timeout
             from .runtime import GangInfo
-            from .settings import parallel_timeout
 
             runtime._gang = GangInfo(rank=gang[0], world=_gang_size, timeout=parallel_timeout())
         origin = current.origin_run_id
@@ -215,7 +215,7 @@ class CheckpointDecorator(StepDecorator):
         current._update_env({"checkpoint": runtime})
         os.environ[DIRECTORY_ENV] = self._directory
         # Child processes and callbacks save into this task with `Checkpoint()`.
-        from .task_context import TASK_ENV, TaskContext
+        from .context import TASK_ENV, TaskContext
 
         os.environ[TASK_ENV] = TaskContext(
             root=store.url,
@@ -232,7 +232,7 @@ class CheckpointDecorator(StepDecorator):
             self._runtime.flush()
 
     def task_exception(self, exception, step_name, flow, graph, retry_count, max_user_code_retries):
-        from .errors import CheckpointInterrupted, CheckpointPaused
+        from ..errors import CheckpointInterrupted, CheckpointPaused
 
         runtime = self._runtime
         if runtime is None:
@@ -269,7 +269,7 @@ class CheckpointDecorator(StepDecorator):
             if d:
                 shutil.rmtree(d, ignore_errors=True)
         self._directory = self._models_dir = None
-        from .task_context import TASK_ENV
+        from .context import TASK_ENV
 
         os.environ.pop(TASK_ENV, None)
 
@@ -344,7 +344,7 @@ def _register_root(metadata, run_id, step_name, task_id, attempt, url) -> None:
     """Record the store root as task metadata so the client finds checkpoints of any root."""
     from metaflow.metadata_provider import MetaDatum
 
-    from .settings import ROOT_METADATA
+    from ..common.settings import ROOT_METADATA
 
     metadata.register_metadata(
         run_id,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from .errors import CheckpointException, CheckpointInterrupted
+from ..errors import CheckpointException, CheckpointInterrupted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

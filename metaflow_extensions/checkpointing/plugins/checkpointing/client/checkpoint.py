@@ -17,23 +17,23 @@ import tempfile
 import uuid
 from typing import IO, Any, Callable, Optional, Union
 
-from . import alias
-from .core import promotions, retention
-from .core.download import remove_dead_staging
-from .core.manifest import Manifest, is_manifest_key, parse_key
-from .core.policies import sort_key
-from .core.retention import numeric
-from .core.scan import holds_data
-from .core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
-from .core.store import CheckpointStore
-from .core.summary import damaged
-from .core.tempnames import STAGING_PREFIX
-from .core.transfer import Progress
-from .core.verify import VerifyReport
-from .errors import CheckpointConfigError, CheckpointNotFound, ManifestError
+from ..common import alias
+from ..common.reference import CheckpointReference
+from ..core import promotions, retention
+from ..core.download import remove_dead_staging
+from ..core.manifest import Manifest, is_manifest_key, parse_key
+from ..core.policies import sort_key
+from ..core.retention import numeric
+from ..core.scan import holds_data
+from ..core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
+from ..core.store import CheckpointStore
+from ..core.summary import damaged
+from ..core.tempnames import STAGING_PREFIX
+from ..core.transfer import Progress
+from ..core.verify import VerifyReport
+from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
+from ..task.context import TaskContext
 from .locate import default_root, locate, parse_target
-from .reference import CheckpointReference
-from .task_context import TaskContext
 
 Where = Union[dict, Callable[[CheckpointReference], bool], None]
 
@@ -110,7 +110,7 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ stores
     def _store(self, url: Optional[str] = None) -> CheckpointStore:
-        from .settings import store_for_url
+        from ..common.settings import store_for_url
 
         url = url or self._root or default_root()
         if url not in self._stores:
@@ -412,7 +412,7 @@ class Checkpoint:
         src = os.path.abspath(os.fspath(path))
         if not os.path.exists(src):
             raise CheckpointConfigError("Cannot save %s: no such file or directory." % src)
-        from .models import publisher_here
+        from ..task.models import publisher_here
 
         store = self._store()
         manifest = store.save(
@@ -646,7 +646,7 @@ class Checkpoint:
             ``total``, and ``stored_blobs``/``stored_bytes`` of the whole root (including blobs
             no checkpoint references, which ``gc`` reclaims).
         """
-        from .core.usage import GROUPINGS
+        from ..core.usage import GROUPINGS
 
         if by not in GROUPINGS:
             raise CheckpointConfigError(
@@ -702,7 +702,7 @@ class Checkpoint:
         StorageError
             A listing of the store failed (never taken as empty).
         """
-        from .core import verify as checker
+        from ..core import verify as checker
 
         by_key = self._by_key(target)
         if target is None:
@@ -736,7 +736,7 @@ class Checkpoint:
         """
         from metaflow import get_namespace
 
-        from . import pause as control
+        from ..core import pause as control
 
         t = parse_target(target)
         if t.run is None or (t.step is not None and t.task is None):
@@ -821,12 +821,12 @@ class Checkpoint:
         namespace (None after ``namespace(None)``: any publisher)."""
         if self._task is not None:
             return self._task.scope.namespace
-        from .models import reader_namespace
+        from ..task.models import reader_namespace
 
         return reader_namespace()
 
     def _named(self, text: str) -> tuple[CheckpointStore, Manifest]:
-        from .models import is_pinned
+        from ..task.models import is_pinned
 
         store = self._store()
         return store, store.named(text, None if is_pinned(text) else self._reader())
@@ -854,7 +854,7 @@ class Checkpoint:
         self, reference: Any, verb: str, namespace: str
     ) -> tuple[CheckpointStore, Manifest]:
         """The one version of a named checkpoint ``reference`` designates explicitly."""
-        from .models import is_pinned
+        from ..task.models import is_pinned
 
         if isinstance(reference, str) and "/" not in reference and not is_pinned(reference):
             name = reference.strip().partition("@")[0]
@@ -874,7 +874,7 @@ class Checkpoint:
 
     def _actor(self) -> dict:
         """Who promotes: this process's user and namespace."""
-        from .models import identity
+        from ..task.models import identity
 
         user, namespace = identity()
         return {"user": user, "namespace": namespace}

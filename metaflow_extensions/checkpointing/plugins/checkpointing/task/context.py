@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .core.scope import Scope
+from ..core.scope import Scope
 
 #: JSON: checkpoint root, scope, directory, temp dir root and retention of the running task.
 TASK_ENV = "METAFLOW_CHECKPOINT_TASK"
@@ -58,9 +58,9 @@ class TaskContext:
 
     def runtime(self, directory: Optional[str] = None):
         """A ``CheckpointRuntime`` on the task's scope (``current.checkpoint``'s twin)."""
-        from .core import retention
+        from ..common.settings import store_for_url
+        from ..core import retention
         from .runtime import CheckpointRuntime
-        from .settings import store_for_url
 
         return CheckpointRuntime(
             store_for_url(self.root),

@@ -21,12 +21,12 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .core.manifest import Manifest
-from .core.promotions import describe_publisher, publisher_record
-from .core.scope import validate_name
-from .core.store import CheckpointStore
-from .errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
-from .fmt import human_size
+from ..core.manifest import Manifest
+from ..core.promotions import describe_publisher, publisher_record
+from ..core.scope import validate_name
+from ..core.store import CheckpointStore
+from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
+from ..fmt import human_size
 
 #: JSON object ``{name: local path}`` of every model of the running task.
 MODELS_ENV = "METAFLOW_CHECKPOINT_MODELS"
@@ -188,7 +188,7 @@ def ensure_available(
     user, namespace = identity()
     for spec in specs:
         if spec.local_path:
-            from .core.scope import library_scope
+            from ..core.scope import library_scope
 
             manifest = store.save(
                 os.path.abspath(spec.local_path),

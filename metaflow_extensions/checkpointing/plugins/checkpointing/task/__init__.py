@@ -1,0 +1,1 @@
+"""The task layer: ``@checkpoint`` and ``current.checkpoint`` inside a running task."""
