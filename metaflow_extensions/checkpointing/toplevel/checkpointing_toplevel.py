@@ -7,7 +7,8 @@ torch only inside its methods).
 
 from ..plugins.checkpointing.client import Checkpoint
 from ..plugins.checkpointing.common.reference import CheckpointReference
-from ..plugins.checkpointing.frameworks.pytorch import Every, TrainingState
+from ..plugins.checkpointing.frameworks.pytorch import TrainingState
+from ..plugins.checkpointing.frameworks.schedule import Every
 
 __mf_extensions__ = "checkpointing"
 __version__ = "0.1.0"

@@ -29,7 +29,7 @@ except ImportError:  # the standalone package
 
 from ..core.scope import DEFAULT_NAME, validate_name
 from ..errors import CheckpointConfigError
-from .pytorch import capture_rng, restore_rng
+from .torch_util import capture_rng, restore_rng
 
 __all__ = ["CheckpointCallback"]
 

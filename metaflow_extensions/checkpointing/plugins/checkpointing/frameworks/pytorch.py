@@ -3,7 +3,8 @@
 ``TrainingState`` holds references to the live objects of a training loop (models, optimizers,
 LR schedulers, a ``GradScaler``, anything with ``state_dict()``/``load_state_dict()``), the
 step and epoch counters, a small JSON ``extra`` dict and, unless disabled, the random number
-generators of Python, NumPy and torch (CPU and CUDA).  ``Every`` decides when a loop saves.
+generators of Python, NumPy and torch (CPU and CUDA).  ``Every`` (``schedule.py``) decides
+when a loop saves.
 
 Files a state writes into a directory::
 
@@ -23,18 +24,23 @@ torch, safetensors and numpy are imported inside functions only: this module is 
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
-import random
 import re
-import tempfile
-import time
-import warnings
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..core.scope import DEFAULT_NAME
-from ..errors import CheckpointException
+from .schedule import Every
+from .torch_util import (
+    TrainingStateError,
+    capture_rng,
+    import_torch,
+    is_module,
+    replace_atomically,
+    restore_rng,
+    safe_load,
+    unwrap,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..common.reference import CheckpointReference
@@ -48,155 +54,6 @@ _OBJECT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 _RESERVED = {"rng", "state"}
 
 __all__ = ["Every", "TrainingState", "TrainingStateError"]
-
-
-class TrainingStateError(CheckpointException):
-    """A training state that cannot be written, or a directory whose state cannot be restored."""
-
-    headline = "Cannot save or restore the training state"
-
-
-# ------------------------------------------------------------------------------------- helpers
-def _torch():
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise TrainingStateError(
-            "TrainingState needs PyTorch: pip install 'metaflow-checkpointing[torch]'."
-        ) from exc
-    return torch
-
-
-def _is_module(obj: Any) -> bool:
-    torch = _torch()
-    return isinstance(obj, torch.nn.Module)
-
-
-def _unwrap(module: Any) -> Any:
-    """The module whose state_dict has plain keys: DDP/DataParallel's ``.module``, a compiled
-    module's ``_orig_mod``.  Checkpoints then load into wrapped and unwrapped models alike."""
-    torch = _torch()
-    while True:
-        if isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            module = module.module
-        elif isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):
-            module = module._orig_mod
-        else:
-            return module
-
-
-def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Write ``path`` through a temporary file renamed into place, so an interrupted write
-    never leaves a torn file that a later ``checkpoint.save()`` would upload."""
-    directory, base = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % base, suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _safe_load(path: str, what: str, weights_only: bool = True) -> Any:
-    """``torch.load`` a state file on CPU; with ``weights_only`` (the default) nothing but
-    tensors, containers, numbers and strings is ever unpickled."""
-    torch = _torch()
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        raise TrainingStateError(
-            "Refusing to load %s (%s): it holds objects that torch.load(weights_only=True) does "
-            "not allow, and nothing in it was executed. Detail: %s. If you wrote this file "
-            "yourself, register its classes with torch.serialization.add_safe_globals([...]), or "
-            "pass weights_only=False to TrainingState to unpickle it (runs arbitrary code: only "
-            "for files you trust)." % (what, path, first[0] if first else exc.__class__.__name__)
-        ) from exc
-
-
-# ------------------------------------------------------------------------------------- RNG
-def capture_rng() -> dict:
-    """RNG states of Python ``random``, NumPy's global generator (if NumPy is importable),
-    torch's CPU generator and, if CUDA is available and initialised, every CUDA device's.
-
-    The result holds only tensors, tuples, ints, floats and strings, so it round-trips through
-    ``torch.save`` / ``torch.load(weights_only=True)``.
-    """
-    torch = _torch()
-    version, internal, gauss = random.getstate()
-    states: dict = {"python": (version, tuple(internal), gauss)}
-    try:
-        import numpy as np
-    except ImportError:
-        np = None
-    if np is not None:
-        name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-        states["numpy"] = {
-            "name": str(name),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        }
-    states["torch"] = torch.get_rng_state()
-    # Only if CUDA is in use: initialising it just to read a state nobody drew from would
-    # create a context (and hold memory) on every visible device.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = list(torch.cuda.get_rng_state_all())
-    return states
-
-
-def restore_rng(states: dict) -> list[str]:
-    """Set the generators captured by :func:`capture_rng`; return the sources restored.
-
-    A source that was captured but is unavailable here (NumPy not installed, no CUDA, fewer
-    CUDA devices) is skipped with a warning.
-    """
-    torch = _torch()
-    restored = []
-    if "python" in states:
-        version, internal, gauss = states["python"]
-        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
-        restored.append("python")
-    if "numpy" in states:
-        try:
-            import numpy as np
-        except ImportError:
-            warnings.warn(
-                "The checkpoint holds NumPy's RNG state but NumPy is not installed.", stacklevel=2
-            )
-        else:
-            s = states["numpy"]
-            keys = s["keys"].numpy().astype(np.uint32)
-            np.random.set_state(
-                (s["name"], keys, int(s["pos"]), int(s["has_gauss"]), float(s["cached_gaussian"]))
-            )
-            restored.append("numpy")
-    if "torch" in states:
-        torch.set_rng_state(states["torch"])
-        restored.append("torch")
-    if "cuda" in states:
-        saved = list(states["cuda"])
-        if not torch.cuda.is_available():
-            warnings.warn(
-                "The checkpoint holds CUDA RNG states but CUDA is not available: not restored.",
-                stacklevel=2,
-            )
-        else:
-            count = torch.cuda.device_count()
-            if count != len(saved):
-                warnings.warn(
-                    "The checkpoint holds RNG states of %d CUDA devices, this machine has %d: "
-                    "restoring the first %d." % (len(saved), count, min(count, len(saved))),
-                    stacklevel=2,
-                )
-            for i in range(min(count, len(saved))):
-                torch.cuda.set_rng_state(saved[i], device=i)
-            restored.append("cuda")
-    return restored
 
 
 # ------------------------------------------------------------------------------------- state
@@ -336,7 +193,7 @@ class TrainingState:
             If a counter is not an integer, ``extra`` is not JSON-serialisable, or a state
             could not be read back with ``torch.load(weights_only=True)``.
         """
-        torch = _torch()
+        torch = import_torch()
         for counter in ("step", "epoch"):
             value = getattr(self, counter)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -354,17 +211,17 @@ class TrainingState:
         os.makedirs(directory, exist_ok=True)
         files: dict[str, dict] = {}
         for name, obj in self._objects.items():
-            if _is_module(obj):
+            if is_module(obj):
                 from safetensors.torch import save_model
 
-                module = _unwrap(obj)
+                module = unwrap(obj)
                 path = os.path.join(directory, name + ".safetensors")
-                _replace_atomically(path, lambda p, m=module: save_model(m, p))
+                replace_atomically(path, lambda p, m=module: save_model(m, p))
                 files[name] = {"file": name + ".safetensors", "kind": "module"}
             else:
                 path = os.path.join(directory, name + ".pt")
                 state = obj.state_dict()
-                _replace_atomically(path, lambda p, s=state: torch.save(s, p))
+                replace_atomically(path, lambda p, s=state: torch.save(s, p))
                 if self.weights_only:
                     self._check_loadable(path, name, obj)
                 files[name] = {
@@ -376,7 +233,7 @@ class TrainingState:
         if self.rng:
             states = capture_rng()
             rng_sources = sorted(states)
-            _replace_atomically(os.path.join(directory, RNG_FILE), lambda p: torch.save(states, p))
+            replace_atomically(os.path.join(directory, RNG_FILE), lambda p: torch.save(states, p))
         doc = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -392,14 +249,14 @@ class TrainingState:
             with open(p, "w", encoding="utf-8") as f:
                 json.dump(doc, f, indent=1, sort_keys=True)
 
-        _replace_atomically(os.path.join(directory, STATE_FILE), write_json)
+        replace_atomically(os.path.join(directory, STATE_FILE), write_json)
         return doc
 
     @staticmethod
     def _check_loadable(path: str, name: str, obj: Any) -> None:
         """Read a just-written ``.pt`` back as ``read()`` will (memory-mapped: no tensor data is
         copied), so an unrestorable state fails now rather than on the retry."""
-        torch = _torch()
+        torch = import_torch()
         try:
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as exc:
@@ -480,20 +337,20 @@ class TrainingState:
                     "%s lists %s for %s, but the file is missing." % (state_path, path, name)
                 )
             if entry.get("kind") == "module":
-                if not _is_module(obj):
+                if not is_module(obj):
                     raise TrainingStateError(
                         "%s was saved as a torch.nn.Module but is now a %s."
                         % (name, type(obj).__name__)
                     )
                 from safetensors.torch import load_model
 
-                load_model(_unwrap(obj), path, strict=True)
+                load_model(unwrap(obj), path, strict=True)
             else:
-                obj.load_state_dict(_safe_load(path, name, self.weights_only))
+                obj.load_state_dict(safe_load(path, name, self.weights_only))
         rng = doc.get("rng")
         if self.rng and rng:
             # Our own file: only tensors, tuples and numbers, never anything else.
-            restore_rng(_safe_load(os.path.join(directory, RNG_FILE), "the RNG states"))
+            restore_rng(safe_load(os.path.join(directory, RNG_FILE), "the RNG states"))
         self.step = int(doc.get("step", 0))
         self.epoch = int(doc.get("epoch", 0))
         self.extra = dict(doc.get("extra") or {})
@@ -556,85 +413,3 @@ class TrainingState:
         if not getattr(checkpoint, "is_loaded", False):
             return False
         return self.read(checkpoint.directory, strict=strict)
-
-
-# ------------------------------------------------------------------------------------- Every
-class Every:
-    """When to save in a training loop: every ``steps`` steps, every ``seconds`` seconds, or
-    whichever comes first if both are given.
-
-    Parameters
-    ----------
-    steps : int, optional
-        Due at every step that is a positive multiple of ``steps``.  Multiples of the global
-        step, so the schedule continues unchanged after a resume.
-    seconds : float, optional
-        Due when this many seconds have passed since the last due step (or since creation).
-    clock : callable
-        Returns the current time in seconds (default ``time.monotonic``); for tests.
-
-    Examples
-    --------
-    >>> every = Every(steps=500, seconds=15 * 60)
-    >>> for step in range(start, total):
-    ...     train(step)
-    ...     if every.due(step + 1, final=step + 1 == total):
-    ...         state.save(current.checkpoint)
-    """
-
-    def __init__(
-        self,
-        steps: Optional[int] = None,
-        seconds: Optional[float] = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
-            raise TrainingStateError("Every(steps=%r): steps must be a whole number." % (steps,))
-        if steps is not None and steps < 1:
-            raise TrainingStateError("Every(steps=%r): steps must be at least 1." % (steps,))
-        if seconds is not None and (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, (int, float))
-            or not math.isfinite(seconds)
-            or seconds <= 0
-        ):
-            raise TrainingStateError(
-                "Every(seconds=%r): seconds must be a positive number." % (seconds,)
-            )
-        if steps is None and seconds is None:
-            raise TrainingStateError("Every() needs steps=, seconds= or both.")
-        self.steps = steps
-        self.seconds = seconds
-        self._clock = clock
-        self._last_time = clock()
-        self._last_step: Optional[int] = None
-
-    def due(self, step: int, *, final: bool = False) -> bool:
-        """True if the loop should save now, at ``step``; the caller is expected to save.
-
-        A step is due once: asking again for the same step returns False.
-
-        Parameters
-        ----------
-        step : int
-            The global step just completed.
-        final : bool
-            The last step of the loop: due unless this step was already due (so the final
-            state is saved exactly once).
-        """
-        if step == self._last_step:
-            return False
-        now = self._clock()
-        due = (
-            final
-            or (self.steps is not None and step > 0 and step % self.steps == 0)
-            or (self.seconds is not None and now - self._last_time >= self.seconds)
-        )
-        if due:
-            self._last_step = step
-            self._last_time = now
-        return due
-
-    def __repr__(self) -> str:
-        return "Every(steps=%r, seconds=%r)" % (self.steps, self.seconds)
