@@ -1,4 +1,5 @@
-"""CheckpointReference: the small, picklable handle of one committed checkpoint.
+"""CheckpointReference: the small, picklable handle of one committed checkpoint, and the one
+place references are built (:func:`reference_of`, :func:`references`).
 
 It is a ``dict`` (so ``ref["key"]`` and ``ref["metadata"]`` work, as in code written for other
 ``@checkpoint`` extensions, and it pickles as an artifact without custom state) whose fields are
@@ -7,10 +8,15 @@ also attributes (``ref.key``, ``ref.pathspec``).
 
 from __future__ import annotations
 
-from typing import IO, Any, Optional
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 from ..core.manifest import Manifest, ManifestHeader, iso_time, parse_key
 from ..core.promotions import publisher_of
+from ..core.summary import damaged
+
+if TYPE_CHECKING:  # the store is only needed by the builders, never at import
+    from ..core.store import CheckpointStore
 
 #: Fields every reference carries.
 FIELDS = (
@@ -61,7 +67,8 @@ class CheckpointReference(dict):
     ``ManifestError``, retention keeps it, and ``Checkpoint().delete(ref)`` removes it.
 
     Methods read from the checkpoint's store (``root``): :meth:`load` downloads it,
-    :meth:`open` streams one file, :attr:`files` lists its files.
+    :meth:`open` streams one file, :attr:`files` lists its files (through :mod:`.access`: a
+    reference is a plain value, it builds no client and is the same in a task or outside).
     """
 
     __slots__ = ()
@@ -85,22 +92,23 @@ class CheckpointReference(dict):
     @property
     def files(self) -> list[dict]:
         """Files of the checkpoint: ``[{"path": ..., "size": ...}, ...]`` (reads the manifest)."""
-        manifest = self._client()._manifest(self)
-        return [{"path": f.path, "size": f.size} for f in manifest.files]
+        from .access import files
+
+        return files(self)
 
     def load(self, path: str) -> str:
-        """Download the checkpoint into the directory ``path``; return its absolute path."""
-        return self._client().load(self, path)
+        """Download the checkpoint into the directory ``path`` (created if absent, else it must
+        be empty); return its absolute path.  See ``Checkpoint().load``."""
+        from .access import load
+
+        return load(self, path)
 
     def open(self, file: str) -> IO[bytes]:
         """A binary stream over one file of the checkpoint, verified as it is read; nothing
         else is downloaded."""
-        return self._client().open(self, file)
+        from .access import open_file
 
-    def _client(self):
-        from ..client.checkpoint import Checkpoint
-
-        return Checkpoint(root=self.get("root"))
+        return open_file(self, file)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -166,3 +174,33 @@ def _publisher(scope, source, ref: dict) -> Optional[dict]:
         return publisher_of(source)
     user = scope.namespace[len("user:") :] if scope.namespace.startswith("user:") else None
     return {"user": user, "namespace": scope.namespace, "origin": ref["pathspec"]}
+
+
+# ------------------------------------------------------------------------------ building
+def reference_of(store: CheckpointStore, manifest: Manifest) -> CheckpointReference:
+    """The reference of a checkpoint of ``store`` from its full manifest."""
+    return CheckpointReference.from_manifest(
+        manifest, store.url, store.storage.full_url(manifest.key)
+    )
+
+
+def references(
+    store: CheckpointStore, headers: Sequence[ManifestHeader]
+) -> list[CheckpointReference]:
+    """References of the checkpoints of ``store`` listed as ``headers``, in that order, with
+    their metadata and sizes from summaries (:meth:`.CheckpointStore.summaries`; a damaged
+    checkpoint's reference says so)."""
+    summaries = store.summaries(headers)
+    return [
+        CheckpointReference.from_summary(
+            h, summaries[h.key], store.url, store.storage.full_url(h.key)
+        )
+        for h in headers
+    ]
+
+
+def damaged_reference(store: CheckpointStore, key: str, error: str) -> CheckpointReference:
+    """The reference of the checkpoint at ``key`` whose manifest does not parse (``error``)."""
+    return CheckpointReference.from_summary(
+        parse_key(key), damaged(error), store.url, store.storage.full_url(key)
+    )

@@ -1,0 +1,349 @@
+"""Every spelling of a checkpoint reference, parsed into one value (:class:`RefSpec`).
+
+This module only reads the spelling: it does no I/O and knows no store.  What a spec designates
+is decided by :func:`.resolver.resolve` for a caller (a task or a client).  The spellings:
+
+======================================  ==========  ===========================================
+spelling                                kind        designates
+======================================  ==========  ===========================================
+``CheckpointReference`` / ``{"key":     ``key``     exactly that checkpoint (``root``: the store
+...[, "root": ...]}``                               it lives in; absent: the caller's store)
+``manifests/<ns>/.../<file>.json``      ``key``     that checkpoint in the caller's store
+``<root>/manifests/.../<file>.json``    ``key``     that checkpoint in the store ``<root>``
+``Flow/run/step/task`` or a ``Task``    ``task``    the task's newest ``latest=True`` checkpoint
+``resnet50``, ``resnet50@latest``       ``named``   the newest version the reader trusts
+``resnet50@<version or its prefix>``    ``named``   that version, whoever published it
+``last``, ``best:<metric>[:min|max]``   ``alias``   among the caller's own task's checkpoints
+``<target>@last``,                      ``alias``   among the checkpoints of a target: a
+``<target>@best:<metric>[:min|max]``                pathspec ``Flow[/run[/step[/task]]]`` or
+                                                    one word: a flow, else a named checkpoint's
+                                                    trusted versions
+======================================  ==========  ===========================================
+
+Anything else raises :class:`~..errors.CheckpointConfigError` naming the input and these forms.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..core.manifest import is_manifest_key
+from ..core.scope import validate_name
+from ..errors import CheckpointConfigError
+
+KEY, TASK, NAMED, ALIAS = "key", "task", "named", "alias"
+#: How a named checkpoint says "the newest trusted version" explicitly.
+LATEST = "latest"
+LAST = "last"
+#: A version as written after ``name@``: a version id or a prefix of one (ids are alphanumeric).
+_VERSION_RE = re.compile(r"[0-9A-Za-z]{1,64}")
+#: One component of a pathspec: Metaflow ids and names hold no '/', '@' nor whitespace.
+_COMPONENT_RE = re.compile(r"[^/@\s]+")
+_MANIFESTS_DIR = "/manifests/"
+
+FORMS = (
+    "a reference returned by save()/list()/get() or a dict with its 'key' (and 'root'), a "
+    "manifest key or URL, a task pathspec 'Flow/run_id/step/task_id' or Task, a name "
+    "'resnet50' or 'resnet50@<version>', or an alias: 'last' or 'best:<metric>[:min|max]' "
+    "(the running task's checkpoints) or '<Flow[/run_id[/step[/task_id]]] or name>@last' / "
+    "'...@best:<metric>[:max]'"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A pathspec ``Flow[/run[/step[/task]]]``: what a listing or an alias looks among."""
+
+    flow: str
+    run: Optional[str] = None
+    step: Optional[str] = None
+    task: Optional[str] = None
+
+    @property
+    def pathspec(self) -> str:
+        return "/".join(p for p in (self.flow, self.run, self.step, self.task) if p)
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A checkpoint chosen by role: the newest ``latest=True`` one (``metric`` None: ``last``)
+    or the best by a numeric metadata field (``best:<metric>``, lowest unless ``mode="max"``)."""
+
+    metric: Optional[str] = None
+    mode: str = "min"
+
+    @property
+    def text(self) -> str:
+        if self.metric is None:
+            return LAST
+        return "best:%s%s" % (self.metric, ":max" if self.mode == "max" else "")
+
+
+@dataclass(frozen=True)
+class RefSpec:
+    """One parsed reference.
+
+    Attributes
+    ----------
+    kind : str
+        ``"key"``, ``"task"``, ``"named"`` or ``"alias"``.
+    key : str, optional
+        The manifest key (kind ``key``).
+    root : str, optional
+        The store the key lives in (kind ``key``); None: the caller's store.
+    target : Target, optional
+        The task (kind ``task``), or the pathspec an alias picks among (kind ``alias``).
+    name : str, optional
+        The named checkpoint (kind ``named``), or the one word before ``@`` of an alias: a flow
+        if the caller knows one by that name, else a named checkpoint (kind ``alias``).  An
+        alias with neither ``target`` nor ``name`` picks among the caller's own task's.
+    version : str
+        A version id or prefix (kind ``named``); ``""``: the newest trusted version.
+    alias : Alias, optional
+        The role (kind ``alias``).
+    """
+
+    kind: str
+    key: Optional[str] = None
+    root: Optional[str] = None
+    target: Optional[Target] = None
+    name: Optional[str] = None
+    version: str = ""
+    alias: Optional[Alias] = None
+
+    @property
+    def pinned(self) -> bool:
+        """Whether this names one version explicitly (a key, a task's, ``name@<version>``):
+        then who asks does not change which checkpoint it is."""
+        return self.kind != NAMED or bool(self.version)
+
+    def text(self) -> str:
+        """The string spelling of this spec (``parse(spec.text()) == spec``)."""
+        if self.kind == KEY:
+            return "%s/%s" % (self.root, self.key) if self.root else str(self.key)
+        if self.kind == TASK:
+            return self.target.pathspec  # type: ignore[union-attr]
+        if self.kind == NAMED:
+            if self.version:
+                return "%s@%s" % (self.name, self.version)
+            # A checkpoint named like an alias is spelled with @latest.
+            return "%s@%s" % (self.name, LATEST) if _is_alias(str(self.name)) else str(self.name)
+        role = self.alias.text  # type: ignore[union-attr]
+        before = self.target.pathspec if self.target else self.name
+        return "%s@%s" % (before, role) if before else role
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+# ------------------------------------------------------------------------------ parsing
+def parse(reference: Any) -> RefSpec:
+    """The :class:`RefSpec` of any spelling of a reference (see the module docstring).
+
+    Raises
+    ------
+    CheckpointConfigError
+        ``reference`` is in none of the accepted forms; the message names it and the forms.
+        Nothing is read.
+    """
+    if isinstance(reference, RefSpec):
+        return reference
+    if isinstance(reference, dict):
+        return _parse_mapping(reference)
+    if not isinstance(reference, str):
+        pathspec = getattr(reference, "pathspec", None)
+        if isinstance(pathspec, str):
+            return RefSpec(TASK, target=task_target(reference))
+        raise _bad(reference, "it is a %s" % type(reference).__name__)
+    text = reference.strip()
+    if not text:
+        raise _bad(reference, "it is empty")
+    by_key = key_spec(text)
+    if by_key is not None:
+        return by_key
+    if "@" in text:
+        return _parse_at(reference, text)
+    if _is_alias(text):
+        return RefSpec(ALIAS, alias=parse_alias(text))
+    if "/" in text:
+        target = _pathspec(reference, text)
+        if target.task is None:
+            raise _bad(
+                reference,
+                "a flow, run or step holds many checkpoints: say which, e.g. '%s@last' or "
+                "'%s@best:<metric>'" % (target.pathspec, target.pathspec),
+            )
+        return RefSpec(TASK, target=target)
+    return RefSpec(NAMED, name=_name(reference, text))
+
+
+def key_spec(reference: Any) -> Optional[RefSpec]:
+    """The spec of a reference given by key (a mapping with ``key``, a manifest key, a manifest
+    URL), else None; nothing is read.
+
+    Raises
+    ------
+    CheckpointConfigError
+        A mapping without a manifest key in ``key``.
+    """
+    if isinstance(reference, dict):
+        return _parse_mapping(reference)
+    if isinstance(reference, RefSpec):
+        return reference if reference.kind == KEY else None
+    if not isinstance(reference, str):
+        return None
+    text = reference.strip()
+    if is_manifest_key(text):
+        return RefSpec(KEY, key=text)
+    split = _split_url(text)
+    return None if split is None else RefSpec(KEY, key=split[1], root=split[0])
+
+
+def task_target(task: Any) -> Target:
+    """The task pathspec of a string or a Metaflow ``Task`` object.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Not a task (a flow, run or step, or not a pathspec at all).
+    """
+    pathspec = getattr(task, "pathspec", task)
+    target = None
+    if isinstance(pathspec, str):
+        parts = pathspec.strip().strip("/").split("/")
+        if len(parts) == 4 and all(_COMPONENT_RE.fullmatch(p) for p in parts):
+            target = Target(*parts)
+    if target is None:
+        raise CheckpointConfigError(
+            "%r is not a task: pass a Metaflow Task or a pathspec 'Flow/run_id/step/task_id'."
+            % (task,)
+        )
+    return target
+
+
+def parse_target(target: Any) -> Target:
+    """A listing :class:`Target` from a pathspec string or a Metaflow Flow/Run/Step/Task.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Not a pathspec of 1 to 4 components.
+    """
+    pathspec = getattr(target, "pathspec", target)
+    parts = pathspec.strip().strip("/").split("/") if isinstance(pathspec, str) else []
+    if not parts or len(parts) > 4 or not all(_COMPONENT_RE.fullmatch(p) for p in parts):
+        raise CheckpointConfigError(
+            "%r is not a pathspec: use 'Flow', 'Flow/run_id', 'Flow/run_id/step' or "
+            "'Flow/run_id/step/task_id', or a Metaflow Flow/Run/Step/Task object." % (target,)
+        )
+    return Target(*parts)
+
+
+def parse_alias(text: str) -> Alias:
+    """``last`` or ``best:<metric>[:min|max]``.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Anything else (e.g. ``best:`` or ``best:loss:median``).
+    """
+    if text == LAST:
+        return Alias()
+    parts = text.split(":")
+    if (
+        parts[0] != "best"
+        or len(parts) not in (2, 3)
+        or not parts[1].strip()
+        or (len(parts) == 3 and parts[2] not in ("min", "max"))
+    ):
+        raise CheckpointConfigError(
+            "%r is not an alias: use 'last', 'best:<metric>' or 'best:<metric>:max'." % (text,)
+        )
+    return Alias(parts[1], parts[2] if len(parts) == 3 else "min")
+
+
+def _parse_mapping(reference: dict) -> RefSpec:
+    key, root = reference.get("key"), reference.get("root")
+    if not isinstance(key, str) or not is_manifest_key(key.strip()):
+        raise CheckpointConfigError(
+            "Cannot use %r as a checkpoint reference: a reference mapping needs a 'key' entry "
+            "holding a manifest key (as in a reference returned by save() or list())."
+            % (reference,)
+        )
+    if root is not None and not isinstance(root, str):
+        raise CheckpointConfigError(
+            "Cannot use %r as a checkpoint reference: its 'root' must be a path or URL."
+            % (reference,)
+        )
+    return RefSpec(KEY, key=key.strip(), root=_root(root))
+
+
+def _parse_at(reference: str, text: str) -> RefSpec:
+    before, _, after = text.rpartition("@")
+    if not before:
+        raise _bad(reference, "nothing before '@'")
+    if _is_alias(after):
+        alias = parse_alias(after)
+        if "/" in before:
+            return RefSpec(ALIAS, target=_pathspec(reference, before), alias=alias)
+        return RefSpec(ALIAS, name=_name(reference, before), alias=alias)
+    if "/" in before:
+        raise _bad(
+            reference,
+            "after a pathspec, '@' takes an alias: '%s@last' or '%s@best:<metric>'"
+            % (before, before),
+        )
+    name = _name(reference, before)
+    if after == LATEST:
+        return RefSpec(NAMED, name=name)
+    if not _VERSION_RE.fullmatch(after):
+        raise _bad(
+            reference,
+            "%r is not a version (an id of letters and digits, or a prefix of one), "
+            "'latest', 'last' or 'best:<metric>'" % (after,),
+        )
+    return RefSpec(NAMED, name=name, version=after)
+
+
+def _split_url(text: str) -> Optional[tuple[str, str]]:
+    """``(root, key)`` of ``<root>/manifests/...`` when what follows is a manifest key.  Every
+    ``/manifests/`` is tried, so a root whose path holds a ``manifests`` directory works."""
+    start = text.find(_MANIFESTS_DIR)
+    while start > 0:
+        key = text[start + 1 :]
+        if is_manifest_key(key):
+            return _root(text[:start]), key  # type: ignore[return-value]
+        start = text.find(_MANIFESTS_DIR, start + 1)
+    return None
+
+
+def _root(root: Optional[str]) -> Optional[str]:
+    if not root:
+        return None
+    return root.rstrip("/") if "://" in root else root
+
+
+def _is_alias(text: str) -> bool:
+    return text == LAST or text.startswith("best:")
+
+
+def _pathspec(reference: Any, text: str) -> Target:
+    try:
+        return parse_target(text)
+    except CheckpointConfigError:
+        raise _bad(reference, "%r is not a pathspec of 1 to 4 components" % (text,)) from None
+
+
+def _name(reference: Any, text: str) -> str:
+    try:
+        return validate_name(text)
+    except CheckpointConfigError as exc:
+        raise _bad(reference, exc.message) from None
+
+
+def _bad(reference: Any, why: str) -> CheckpointConfigError:
+    return CheckpointConfigError(
+        "%r is not a checkpoint reference (%s). Use %s." % (reference, why.rstrip("."), FORMS)
+    )

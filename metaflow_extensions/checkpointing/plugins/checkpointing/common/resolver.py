@@ -1,0 +1,256 @@
+"""Which checkpoint a reference designates, for a given caller: one :func:`resolve` for all.
+
+A reference is first parsed (:func:`.refspec.parse`, no I/O), then resolved against a
+:class:`View`: what the caller may see.  A running task (``current.checkpoint``, and
+``Checkpoint()`` in a process the task started) sees its own store and namespace and lists
+without Metaflow's client (:mod:`..task.view`); a client outside any task sees the stores
+runs recorded and the runs of its current Metaflow namespace (:mod:`..client.view`).  So a
+spelling means the same everywhere, and where a caller cannot use one (``"last"`` outside a
+task) the error says which spelling to use instead.
+
+What each kind resolves to:
+
+* ``key``: the manifest at that key, in the caller's store or the ``root`` given (a task
+  refuses another store unless it loads with ``namespace_check=False``);
+* ``task``: the task's newest ``latest=True`` checkpoint (its newest if none is flagged), as a
+  retry of that task orders them;
+* ``named``: :meth:`..core.store.CheckpointStore.named`: a version pinned by id, else the
+  newest version the caller's namespace trusts (:mod:`..core.promotions`);
+* ``alias``: among the caller's own task's checkpoints (none outside a task), a target's (a
+  pathspec, or one word the caller knows as a flow), else a named checkpoint's trusted
+  versions: ``last`` is the newest ``latest=True`` one, ``best:<metric>`` the lowest (``:max``
+  the highest) numeric metadata value, ties to the newest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional, Protocol
+
+from ..core import promotions
+from ..core.manifest import Manifest, ManifestHeader
+from ..core.policies import sort_key
+from ..core.retention import numeric
+from ..core.scope import Scope, library_scope
+from ..core.store import CheckpointStore
+from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
+from . import refspec
+from .refspec import KEY, NAMED, TASK, Alias, RefSpec, Target
+
+
+class View(Protocol):
+    """What a caller may see when a reference is resolved.
+
+    Attributes
+    ----------
+    task_scope : Scope or None
+        The caller's own task (``"last"`` and ``"best:<metric>"`` alone pick among its
+        checkpoints); None outside a task, where a bare alias is an error.
+    """
+
+    task_scope: Optional[Scope]
+
+    def store(self, root: Optional[str], key: str) -> CheckpointStore:
+        """The store at ``root`` (None: the caller's default store) holding ``key``.
+
+        Raises
+        ------
+        CheckpointScopeError
+            The caller may not read another store (a task loading with its namespace check).
+        """
+
+    def reader(self) -> Optional[str]:
+        """The namespace names resolve in (None: every publisher is trusted)."""
+
+    def listing(self, target: Target) -> tuple[CheckpointStore, list[ManifestHeader]]:
+        """The committed checkpoints under ``target`` the caller may see, newest first (as a
+        retry orders them for a task target), with their store.
+
+        Raises
+        ------
+        CheckpointNotFound, CheckpointScopeError
+            An unknown flow or run, or one the caller may not see.
+        """
+
+    def is_flow(self, word: str) -> bool:
+        """Whether ``word`` (before ``@`` in ``word@last``) is a flow the caller knows, rather
+        than the name of a named checkpoint."""
+
+
+def resolve(reference: Any, view: View) -> tuple[CheckpointStore, Manifest]:
+    """The store and the manifest of the checkpoint ``reference`` designates for ``view``.
+
+    Parameters
+    ----------
+    reference : RefSpec or any spelling :func:`.refspec.parse` accepts
+        The reference.
+    view : View
+        What the caller may see.
+
+    Raises
+    ------
+    CheckpointConfigError
+        A malformed reference (before any I/O), or a bare alias outside a task.
+    CheckpointNotFound
+        No such checkpoint (no checkpoint of a task or target, no such name or version, no
+        checkpoint with the metric).
+    CheckpointScopeError
+        A store, run or named version the caller may not use.
+    ManifestError
+        The manifest exists but does not parse.
+    """
+    spec = refspec.parse(reference)
+    if spec.kind == KEY:
+        store = view.store(spec.root, str(spec.key))
+        return store, store.read(str(spec.key))
+    if spec.kind == TASK:
+        target: Target = spec.target  # type: ignore[assignment]
+        store, headers = view.listing(target)
+        return store, store.read(_latest_of_task(headers, target).key)
+    if spec.kind == NAMED:
+        store = view.store(None, str(spec.name))
+        return store, store.named(spec.text(), None if spec.version else view.reader())
+    return _resolve_alias(spec, view)
+
+
+def check_scope(manifest: Manifest, scope: Scope) -> None:
+    """Refuse a task's checkpoint of another namespace or flow than ``scope`` (a task's
+    loads, unless ``namespace_check=False``); named checkpoints belong to no namespace.
+
+    Raises
+    ------
+    CheckpointScopeError
+        Naming the checkpoint, its namespace or flow and the way to load it anyway.
+    """
+    theirs = manifest.scope
+    if theirs.is_library:
+        return
+    if theirs.namespace != scope.namespace:
+        raise CheckpointScopeError(
+            "Checkpoint %s belongs to namespace %r but this task runs in %r; pass "
+            "namespace_check=False to load it anyway."
+            % (manifest.key, theirs.namespace, scope.namespace)
+        )
+    if theirs.flow != scope.flow:
+        raise CheckpointScopeError(
+            "Checkpoint %s belongs to flow %r, not %r; pass namespace_check=False to load it "
+            "anyway." % (manifest.key, theirs.flow, scope.flow)
+        )
+
+
+def other_store_error(key: str, root: str, ours: str) -> CheckpointScopeError:
+    """The error of a task asked for a checkpoint of another store (namespace check on)."""
+    return CheckpointScopeError(
+        "Checkpoint %s lives in the store %s, but this task uses %s; pass "
+        "namespace_check=False to load it from there." % (key, root, ours)
+    )
+
+
+# ------------------------------------------------------------------------------ helpers
+def _latest_of_task(headers: Sequence[ManifestHeader], target: Target) -> ManifestHeader:
+    if not headers:
+        raise CheckpointNotFound("Task %s has no checkpoint." % target.pathspec)
+    marked = [h for h in headers if h.latest] or list(headers)
+    return max(marked, key=sort_key(within_task=True))
+
+
+def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest]:
+    alias: Alias = spec.alias  # type: ignore[assignment]
+    summaries: Optional[dict] = None
+    if spec.target is not None or (spec.name is not None and view.is_flow(spec.name)):
+        target = spec.target or Target(str(spec.name))
+        store, headers = view.listing(target)
+        where = target.pathspec
+    elif spec.name is not None:
+        store = view.store(None, spec.name)
+        headers, summaries = _trusted_versions(store, spec.name, view.reader())
+        where = "checkpoint %r" % spec.name
+    elif view.task_scope is not None:
+        scope = view.task_scope
+        own = Target(scope.flow, scope.run, scope.step, scope.task)
+        store, headers = view.listing(own)
+        where = "task %s" % scope.pathspec
+    else:
+        raise CheckpointConfigError(
+            "%r picks among the running task's checkpoints, and there is no running task here "
+            "(outside a @checkpoint task or a process it started). Say whose: "
+            "'<Flow/run_id/step/task_id>@%s' (or '<Flow>', '<Flow/run_id>', "
+            "'<Flow/run_id/step>', a checkpoint name, before the '@')." % (spec.text(), alias.text)
+        )
+    chosen = pick(store, headers, alias, where, summaries)
+    return store, store.read(chosen.key)
+
+
+def pick(
+    store: CheckpointStore,
+    headers: Sequence[ManifestHeader],
+    alias: Alias,
+    where: str,
+    summaries: Optional[dict] = None,
+) -> ManifestHeader:
+    """The checkpoint ``alias`` names among ``headers`` (newest first).
+
+    Raises
+    ------
+    CheckpointNotFound
+        No checkpoint (``last``), or none with a numeric ``metric`` (``best:...``; the message
+        lists the metadata fields seen), naming ``where``.
+    """
+    if alias.metric is None:
+        marked = [h for h in headers if h.latest] or list(headers)
+        if not marked:
+            raise CheckpointNotFound("%s%s has no checkpoint." % (where[:1].upper(), where[1:]))
+        return marked[0]
+    if summaries is None:
+        summaries = store.summaries(headers)
+    metadata = {h.key: summaries[h.key].get("metadata") or {} for h in headers}
+    scored = [h for h in headers if numeric(metadata[h.key].get(alias.metric)) is not None]
+    if not scored:
+        seen = sorted({k for h in headers for k in metadata[h.key]})
+        raise CheckpointNotFound(
+            "No checkpoint of %s has a numeric metadata field %r (fields seen: %s)."
+            % (where, alias.metric, ", ".join(seen) or "none")
+        )
+    # A stable sort over newest-first headers: ties go to the newest.
+    value = {h.key: numeric(metadata[h.key][alias.metric]) for h in scored}
+    return sorted(scored, key=lambda h: value[h.key], reverse=alias.mode == "max")[0]
+
+
+def _trusted_versions(
+    store: CheckpointStore, name: str, reader: Optional[str]
+) -> tuple[list[ManifestHeader], dict]:
+    """The versions of the named checkpoint ``name`` a reader in ``reader`` trusts (all with
+    ``reader`` None), newest first, and the summaries of every version (what ``name@last`` and
+    ``name@best:<metric>`` choose among).
+
+    Raises
+    ------
+    CheckpointNotFound
+        No version at all.
+    CheckpointScopeError
+        Versions, none of which the reader trusts (the message says what to pin or promote).
+    """
+    headers = store.headers(library_scope(name).step_prefix(), name=name)
+    if not headers:
+        raise CheckpointNotFound(
+            "No checkpoint named %r in %s: save it with Checkpoint().save(path, name=%r) "
+            "or `metaflow checkpoint upload PATH --name %s`." % (name, store.url, name, name)
+        )
+    headers.sort(key=sort_key(within_task=False), reverse=True)
+    summaries = store.summaries(headers)
+    if reader is None:
+        return headers, summaries
+    promoted = promotions.promoted_versions(store.storage, name, reader)
+    publisher = {h.key: promotions.publisher_of(summaries[h.key].get("source")) for h in headers}
+    chosen = [h for h in headers if promotions.trusted(publisher[h.key], h.id, reader, promoted)]
+    if not chosen:
+        passed = [
+            (h, publisher[h.key], "published elsewhere")
+            for h in headers
+            if publisher[h.key] is not None
+        ]
+        raise promotions.untrusted_error(name, reader, passed)
+    return chosen, summaries
+
+
+__all__ = ["View", "check_scope", "other_store_error", "pick", "resolve"]

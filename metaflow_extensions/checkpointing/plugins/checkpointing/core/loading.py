@@ -1,0 +1,148 @@
+"""Load a checkpoint into a local directory: the one routine of the task and the client.
+
+:func:`.download.download_tree` writes a checkpoint's files into a directory all or nothing
+(temp names, renamed into place once every blob is verified; what was replaced is put back on
+a failure).  This module decides what happens to the directory around it, in one of three
+ways (``existing``):
+
+* ``"refuse"`` (``Checkpoint().load(ref, path)``): an existing directory must be empty (the
+  leftovers of a killed load do not count);
+* ``"merge"`` (``force=True``, ``current.checkpoint.load(ref, path)``): same-named files are
+  replaced, others left;
+* ``"replace"`` (``current.checkpoint.load(ref)`` into the task's managed directory): the
+  directory ends up holding exactly the checkpoint; its previous contents are removed only
+  after the download was verified, beside it.
+
+Whatever the mode, a directory that does not exist yet appears only once complete: the
+checkpoint is downloaded into a staging directory beside it (``.mfckpt-load-*``, see
+:mod:`.tempnames`), which is renamed.  Staging directories of killed loads are removed by the
+next load beside them (:func:`.download.remove_dead_staging`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from ..errors import CheckpointConfigError
+from .download import remove_dead_staging
+from .manifest import Manifest
+from .scan import holds_data
+from .store import CheckpointStore
+from .tempnames import STAGING_PREFIX
+from .transfer import Progress
+
+REFUSE, MERGE, REPLACE = "refuse", "merge", "replace"
+
+
+def load(
+    store: CheckpointStore,
+    manifest: Manifest,
+    path: str,
+    *,
+    existing: str = REFUSE,
+    progress: Optional[Progress] = None,
+) -> str:
+    """Download ``manifest`` into the directory ``path``; return its absolute path.
+
+    Parameters
+    ----------
+    store : CheckpointStore
+        The store holding the checkpoint.
+    manifest : Manifest
+        The checkpoint.
+    path : str
+        Target directory; created (beside, then renamed) if absent.
+    existing : str
+        What to do with an existing directory: ``"refuse"`` it unless empty, ``"merge"`` into
+        it, or ``"replace"`` its contents (see the module docstring).
+    progress : callable, optional
+        Called (from worker threads) with each number of bytes written.
+
+    Raises
+    ------
+    CheckpointConfigError
+        ``path`` exists and is not a directory; or is a non-empty directory with
+        ``"refuse"``; or, merging, holds a file where the checkpoint has a directory (or the
+        reverse).  Nothing is written.
+    StorageError
+        Writing failed (disk full, quota, permissions); nothing was changed.
+    """
+    target = check_target(path, existing)
+    if not os.path.isdir(target):
+        _into_new(store, manifest, target, progress)
+    elif existing == REPLACE:
+        _replace(store, manifest, target, progress)
+    else:
+        store.load(manifest, target, progress)
+    return target
+
+
+def check_target(path: str, existing: str = REFUSE) -> str:
+    """The absolute path of ``path`` if :func:`load` may load into it (callers check before
+    they resolve a reference, so a wrong target fails before any read).
+
+    Raises
+    ------
+    CheckpointConfigError
+        As :func:`load` does for the target.
+    """
+    if existing not in (REFUSE, MERGE, REPLACE):
+        raise ValueError("existing=%r: use 'refuse', 'merge' or 'replace'" % (existing,))
+    target = os.path.abspath(os.fspath(path))
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise CheckpointConfigError(
+            "Cannot load into %s: it exists and is not a directory." % target
+        )
+    # Leftovers of a killed load do not make a directory non-empty (the load removes them).
+    if existing == REFUSE and os.path.isdir(target) and holds_data(target):
+        raise CheckpointConfigError(
+            "Cannot load into %s: the directory is not empty (use force=True, CLI --force, "
+            "to overwrite files in it)." % target
+        )
+    return target
+
+
+def _staging(parent: str) -> str:
+    """A new staging directory in ``parent``, after removing those of killed loads."""
+    os.makedirs(parent, exist_ok=True)
+    remove_dead_staging(parent)
+    return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
+
+
+def _into_new(
+    store: CheckpointStore, manifest: Manifest, target: str, progress: Optional[Progress]
+) -> None:
+    """A new directory appears only once complete: download beside it, then rename."""
+    staging = _staging(os.path.dirname(target))
+    try:
+        store.load(manifest, staging, progress)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(
+    store: CheckpointStore, manifest: Manifest, target: str, progress: Optional[Progress]
+) -> None:
+    """Download beside ``target``, then swap its contents: a failed load leaves it unchanged."""
+    staging = _staging(os.path.dirname(target))
+    try:
+        store.load(manifest, staging, progress)
+        _empty_directory(target)
+        for entry in os.listdir(staging):
+            os.replace(os.path.join(staging, entry), os.path.join(target, entry))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _empty_directory(path: str) -> None:
+    """Remove the contents of ``path``, keeping it."""
+    os.makedirs(path, exist_ok=True)
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)

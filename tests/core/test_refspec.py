@@ -1,0 +1,183 @@
+"""Reference spellings parse into one value, before any I/O (``common/refspec.py``).
+
+Every spelling a user can write (docs/api.md, docs/cli.md "References") has one parse; a
+malformed one is a ``CheckpointConfigError`` naming the input and the accepted forms.  A
+hypothesis property checks that generated specs survive spec -> text -> parse.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.common import refspec
+from metaflow_extensions.checkpointing.plugins.checkpointing.common.refspec import (
+    Alias,
+    RefSpec,
+    Target,
+    parse,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import manifest_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
+
+from .helpers import make_scope
+
+KEY = manifest_key(make_scope(), 1_700_000_000_000, 1, True, "0123456789abcdef", "mfchckpt")
+TASK = Target("TrainFlow", "100", "train", "7")
+
+SPELLINGS = [
+    # (spelling, expected spec)
+    (KEY, RefSpec("key", key=KEY)),
+    ("  %s\n" % KEY, RefSpec("key", key=KEY)),
+    ("/data/store/" + KEY, RefSpec("key", key=KEY, root="/data/store")),
+    ("s3://bucket/ckpt/" + KEY, RefSpec("key", key=KEY, root="s3://bucket/ckpt")),
+    # A root with its own "manifests" directory: the key is what parses.
+    ("/srv/manifests/x/" + KEY, RefSpec("key", key=KEY, root="/srv/manifests/x")),
+    ({"key": KEY}, RefSpec("key", key=KEY)),
+    ({"key": KEY, "root": "s3://b/c/"}, RefSpec("key", key=KEY, root="s3://b/c")),
+    ({"key": KEY, "root": None}, RefSpec("key", key=KEY)),
+    ("TrainFlow/100/train/7", RefSpec("task", target=TASK)),
+    ("/TrainFlow/100/train/7/", RefSpec("task", target=TASK)),
+    (types.SimpleNamespace(pathspec="TrainFlow/100/train/7"), RefSpec("task", target=TASK)),
+    ("resnet50", RefSpec("named", name="resnet50")),
+    ("resnet50@latest", RefSpec("named", name="resnet50")),
+    ("resnet50@1f0c", RefSpec("named", name="resnet50", version="1f0c")),
+    ("last@latest", RefSpec("named", name="last")),
+    ("last", RefSpec("alias", alias=Alias())),
+    ("best:val_loss", RefSpec("alias", alias=Alias("val_loss"))),
+    ("best:val_loss:min", RefSpec("alias", alias=Alias("val_loss"))),
+    ("best:acc:max", RefSpec("alias", alias=Alias("acc", "max"))),
+    ("best:val/loss", RefSpec("alias", alias=Alias("val/loss"))),
+    ("resnet50@last", RefSpec("alias", name="resnet50", alias=Alias())),
+    ("resnet50@best:acc:max", RefSpec("alias", name="resnet50", alias=Alias("acc", "max"))),
+    ("TrainFlow@last", RefSpec("alias", name="TrainFlow", alias=Alias())),
+    ("TrainFlow/100@best:x", RefSpec("alias", target=Target("TrainFlow", "100"), alias=Alias("x"))),
+    (
+        "TrainFlow/100/train@last",
+        RefSpec("alias", target=Target("TrainFlow", "100", "train"), alias=Alias()),
+    ),
+    ("TrainFlow/100/train/7@best:x:max", RefSpec("alias", target=TASK, alias=Alias("x", "max"))),
+]
+
+
+@pytest.mark.parametrize("spelling,expected", SPELLINGS, ids=[str(s) for s, _ in SPELLINGS])
+def test_every_spelling_parses_to_one_spec(spelling, expected):
+    assert parse(spelling) == expected
+    assert parse(parse(spelling).text()) == expected
+
+
+MALFORMED = [
+    # (input, fragment of the message)
+    ("", "it is empty"),
+    ("   ", "it is empty"),
+    (42, "it is a int"),
+    (None, "it is a NoneType"),
+    ({"nokey": KEY}, "needs a 'key' entry"),
+    ({"key": "manifests/nope.json"}, "needs a 'key' entry"),
+    ({"key": KEY, "root": 3}, "its 'root' must be a path or URL"),
+    ("manifests/nope.json", "a flow, run or step holds many checkpoints"),
+    ("TrainFlow/100", "say which, e.g. 'TrainFlow/100@last'"),
+    ("TrainFlow/100/train", "'TrainFlow/100/train@best:<metric>'"),
+    ("a/b/c/d/e", "is not a pathspec of 1 to 4 components"),
+    ("a//b", "is not a pathspec"),
+    ("not a/reference", "is not a checkpoint reference"),
+    ("bad name", "Checkpoint name 'bad name' is invalid"),
+    ("@last", "nothing before '@'"),
+    ("resnet50@", "'' is not a version"),
+    ("resnet50@v-1", "'v-1' is not a version"),
+    ("resnet50@1@2", "is not a checkpoint reference"),
+    ("TrainFlow/100@1f0c", "after a pathspec, '@' takes an alias"),
+    ("best:", "is not an alias"),
+    ("best:acc:median", "is not an alias"),
+    ("TrainFlow@best:acc:median", "is not an alias"),
+    (types.SimpleNamespace(pathspec="TrainFlow/100"), "is not a task"),
+]
+
+
+@pytest.mark.parametrize("value,fragment", MALFORMED, ids=[repr(v) for v, _ in MALFORMED])
+def test_a_malformed_reference_is_a_config_error_naming_it(value, fragment):
+    with pytest.raises(CheckpointConfigError) as err:
+        parse(value)
+    message = err.value.message
+    assert fragment in message
+    if "is not a checkpoint reference" in message:
+        # The accepted forms are spelled out.
+        assert "'Flow/run_id/step/task_id'" in message and "best:<metric>" in message
+
+
+def test_best_alone_is_a_name_not_an_alias():
+    """``best`` without a metric is a valid checkpoint name; ``best:`` is a malformed alias."""
+    assert parse("best") == RefSpec("named", name="best")
+
+
+# ------------------------------------------------------------------------------ round trip
+_word = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,20}", fullmatch=True).filter(
+    lambda w: ".." not in w
+)
+_component = st.from_regex(r"[^/@\s]{1,12}", fullmatch=True)
+_metric = st.from_regex(r"[^:@\s]{1,12}", fullmatch=True)
+_aliases = st.builds(Alias, st.none(), st.just("min")) | st.builds(
+    Alias, _metric, st.sampled_from(["min", "max"])
+)
+_targets = st.builds(
+    lambda parts, n: Target(*parts[:n]),
+    st.lists(_component, min_size=4, max_size=4),
+    st.integers(1, 4),
+)
+_scopes = st.builds(
+    make_scope,
+    namespace=st.text(min_size=1, max_size=12),
+    flow=st.text(min_size=1, max_size=12),
+    step=st.text(min_size=1, max_size=12),
+    run=st.text(min_size=1, max_size=12),
+    task=st.text(min_size=1, max_size=12),
+    attempt=st.integers(0, 99),
+)
+_keys = st.builds(
+    lambda scope, ms, latest, id, name: manifest_key(scope, ms, 3, latest, id, name),
+    _scopes,
+    st.integers(0, 10**13),
+    st.booleans(),
+    st.from_regex(r"[0-9a-f]{16}", fullmatch=True),
+    _word,
+)
+_roots = st.none() | st.from_regex(
+    r"(/[a-z0-9_]{1,8}){1,3}|s3://[a-z0-9]{3,8}(/[a-z]{1,6})?", fullmatch=True
+)
+
+specs = st.one_of(
+    st.builds(lambda k, r: RefSpec("key", key=k, root=r), _keys, _roots),
+    st.builds(lambda t: RefSpec("task", target=t), _targets.filter(lambda t: t.task)),
+    st.builds(
+        lambda n, v: RefSpec("named", name=n, version=v),
+        _word,
+        st.just("") | st.from_regex(r"[0-9a-f]{1,16}", fullmatch=True),
+    ),
+    st.builds(lambda a: RefSpec("alias", alias=a), _aliases),
+    st.builds(
+        lambda t, a: RefSpec("alias", target=t, alias=a),
+        _targets.filter(lambda t: t.run is not None),
+        _aliases,
+    ),
+    st.builds(lambda n, a: RefSpec("alias", name=n, alias=a), _word, _aliases),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(specs)
+def test_a_spec_survives_its_text(spec):
+    assert parse(spec.text()) == spec
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_any_text_parses_or_is_a_config_error(text):
+    """Whatever a user types, the parser answers with a spec or a CheckpointConfigError."""
+    try:
+        spec = parse(text)
+    except CheckpointConfigError:
+        return
+    assert spec.kind in (refspec.KEY, refspec.TASK, refspec.NAMED, refspec.ALIAS)
