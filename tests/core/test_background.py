@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 
 import pytest
 
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import is_manifest_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointException
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import MemoryStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.background import (
     BackgroundSaver,
+    FailedSave,
     snapshot,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import CheckpointRuntime
 
-from .helpers import make_scope, write_tree
+from .helpers import make_scope, options, write_tree
 
 
 def test_snapshot_is_a_copy_with_modes(tmp_path):
@@ -74,3 +80,61 @@ def test_failed_background_save_is_reported_by_flush(store, tmp_path):
     assert runtime.pending() == []  # nothing running any more, but the failure is kept
     with pytest.raises(Exception, match="1 background checkpoint save"):
         runtime.flush()
+
+
+class RefusingManifests(MemoryStorage):
+    """A memory store whose 2nd and 3rd manifest writes fail (as a store turning read-only
+    would): the saves before and after are unaffected."""
+
+    def __init__(self, failing: set[int]):
+        super().__init__()
+        self.failing = failing
+        self.manifests = 0
+
+    def _put_bytes(self, key, data):
+        if is_manifest_key(key):
+            self.manifests += 1
+            if self.manifests in self.failing:
+                raise PermissionError("injected: manifest %d refused" % self.manifests)
+        super()._put_bytes(key, data)
+
+
+def test_flush_names_every_failed_background_save_and_its_error(tmp_path):
+    """Two of four background saves fail: flush() names both saves with their own errors (not
+    just the first) and lists them in ``failures``; the others are committed."""
+    store = CheckpointStore(RefusingManifests(failing={2, 3}), options())
+    src = write_tree(tmp_path / "ckpt", {"a.txt": b"a"})
+    logs: list[str] = []
+    runtime = CheckpointRuntime(store, make_scope(), str(src), log=logs.append)
+    handles = [
+        runtime.save(metadata={"i": i}, name="series%d" % i, blocking=False) for i in range(4)
+    ]
+    with pytest.raises(CheckpointException) as info:
+        runtime.flush()
+    error = info.value
+    assert error.message.startswith("2 background checkpoint save(s) failed: ")
+    for i, n in ((1, 2), (2, 3)):
+        assert "%s: " % handles[i].description in error.message
+        assert "injected: manifest %d refused" % n in error.message
+    assert "series0" not in error.message and "series3" not in error.message
+    assert [f.save for f in error.failures] == [handles[1].description, handles[2].description]
+    assert all(isinstance(f, FailedSave) and f.error_type for f in error.failures)
+    assert "manifest 2" in error.failures[0].message
+    assert "manifest 3" in error.failures[1].message
+    assert pickle.loads(pickle.dumps(error)).failures == error.failures
+    assert [h.wait(10).metadata for h in (handles[0], handles[3])] == [{"i": 0}, {"i": 3}]
+    assert [r.name for r in runtime.list()] == ["series3", "series0"]
+
+
+def test_a_task_ending_after_failed_background_saves_logs_every_one(tmp_path):
+    """At the task's end (flush(raise_errors=False)) the one log line names each failure."""
+    store = CheckpointStore(RefusingManifests(failing={1, 2}), options())
+    src = write_tree(tmp_path / "ckpt", {"a.txt": b"a"})
+    logs: list[str] = []
+    runtime = CheckpointRuntime(store, make_scope(), str(src), log=logs.append)
+    for i in range(2):
+        runtime.save(name="series%d" % i, blocking=False)
+    runtime.flush(raise_errors=False)
+    [line] = [m for m in logs if "background checkpoint save" in m]
+    assert "manifest 1 refused" in line and "manifest 2 refused" in line
+    assert "'series0'" in line and "'series1'" in line

@@ -14,6 +14,7 @@ import queue
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..common.reference import CheckpointReference
@@ -194,11 +195,28 @@ class BackgroundSaver:
         return failed
 
 
+@dataclass(frozen=True)
+class FailedSave:
+    """One background save that failed: which save, and its error (as text, so the error
+    that carries it always pickles)."""
+
+    save: str  #: the save, e.g. ``save of /tmp/ckpt ('mfchckpt')``
+    error_type: str  #: the error's class name, e.g. ``StorageError``
+    message: str  #: the error's message
+
+
 def failure(failed: list[tuple[SaveHandle, BaseException]]) -> CheckpointException:
-    """One error naming every failed background save."""
-    first = failed[0][1]
-    detail = getattr(first, "message", None) or str(first)
-    return CheckpointException(
-        "%d background checkpoint save(s) failed, e.g. %s: %s"
-        % (len(failed), failed[0][0].description, detail)
+    """One error naming every failed background save and its error, in the order they were
+    made; its ``failures`` attribute lists them as :class:`FailedSave` records."""
+    failures = [
+        FailedSave(
+            handle.description, type(exc).__name__, getattr(exc, "message", None) or str(exc)
+        )
+        for handle, exc in failed
+    ]
+    error = CheckpointException(
+        "%d background checkpoint save(s) failed: %s"
+        % (len(failures), "; ".join("%s: %s" % (f.save, f.message) for f in failures))
     )
+    error.failures = failures
+    return error
