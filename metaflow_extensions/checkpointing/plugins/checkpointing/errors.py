@@ -1,67 +1,189 @@
 """The one exception tree of metaflow-checkpointing.
 
 Every error a user can see derives from :class:`CheckpointException`, itself a
-``MetaflowException`` so Metaflow prints it as a one-line, named error instead of an internal
-traceback.  Messages name the checkpoint key, scope or setting involved and say what to do.
+``MetaflowException`` so Metaflow prints it as a one-line, named error (its ``headline``, then
+its message) instead of an internal traceback::
+
+    MetaflowException
+    └── CheckpointException            root; never raised itself
+        ├── CheckpointConfigError      a bad decorator attribute, setting, name, metadata or
+        │                              path: raised before any I/O
+        ├── CheckpointNotFound         a reference, key, name or pathspec naming no committed
+        │                              checkpoint (or a file a checkpoint does not have)
+        ├── CheckpointScopeError       a checkpoint of another namespace or flow than the caller's
+        ├── CheckpointIncomplete       a manifest lists blobs that are missing from the store
+        ├── CheckpointIntegrityError   stored bytes do not match the hash the manifest records
+        ├── ManifestError              a manifest (or manifest key) that cannot be read, parsed
+        │                              or validated; never taken for "no checkpoint"
+        ├── StorageError               the store failed, or stayed unavailable after retries;
+        │   │                          also a load's destination failing to be written
+        │   └── StorageNotFound        a storage key that does not exist (internal: callers
+        │                              translate it, e.g. into CheckpointNotFound)
+        ├── CheckpointInterrupted      SIGTERM/SIGINT reached the task; pending saves committed
+        ├── CheckpointPaused           ``current.checkpoint.pause()``: the task ends as paused
+        └── TrainingStateError         (frameworks/torch_util.py) a training state that cannot
+                                       be written or restored
+
+Every exception carries structured fields, readable as attributes (None when not given):
+
+* ``key``: the checkpoint (manifest) key, blob name or storage key concerned;
+* ``path``: a local path, or the path of a file inside a checkpoint;
+* ``url``: the store (or object) URL as a user would type it;
+* ``reason``: a short cause, e.g. the backend's own error.
+
+``CheckpointX("message")`` keeps the message as given.  Without a message, the class's
+``template`` is formatted from the fields: ``{field}`` is replaced by its value, and a
+``[bracketed part]`` is kept only when every field it names was given, so
+``CheckpointIntegrityError(key=k, path=p)`` reads "Checkpoint k: stored data of p does not
+match its recorded hash; ...".
+Exceptions pickle with their fields (Metaflow may pass them between processes).
 """
 
 from __future__ import annotations
 
+import re
+import string
+from typing import Any, Optional
+
 from metaflow.exception import MetaflowException
+
+#: The structured fields every exception of the tree carries.
+FIELDS = ("key", "path", "url", "reason")
+
+_OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
+
+
+def _render(template: str, fields: dict) -> str:
+    """``template`` with ``[optional parts]`` whose fields are all set and ``{field}`` filled."""
+
+    def optional(match: re.Match) -> str:
+        part = match.group(1)
+        names = [name for _, name, _, _ in string.Formatter().parse(part) if name]
+        return part if all(fields.get(n) is not None for n in names) else ""
+
+    return _OPTIONAL.sub(optional, template).format_map(fields)
 
 
 class CheckpointException(MetaflowException):
-    """Root of all metaflow-checkpointing errors."""
+    """Root of all metaflow-checkpointing errors.
+
+    Parameters
+    ----------
+    msg : str, optional
+        The message.  When empty, it is formatted from :attr:`template` and the fields.
+    lineno, source_file : optional
+        As for ``MetaflowException``.
+    key : str, optional
+        The checkpoint key, blob name or storage key concerned.
+    path : str, optional
+        A local path, or the path of a file inside the checkpoint.
+    url : str, optional
+        The store or object URL.
+    reason : str, optional
+        A short cause (e.g. the backend's error).
+    """
 
     headline = "Checkpoint error"
+    #: Message used when none is passed: ``{field}``s filled, ``[parts]`` kept if all set.
+    template = "Checkpoint error[ with {key}][ (file {path})][ at {url}][: {reason}]."
+
+    def __init__(
+        self,
+        msg: str = "",
+        lineno: Optional[int] = None,
+        source_file: Optional[str] = None,
+        *,
+        key: Optional[str] = None,
+        path: Optional[str] = None,
+        url: Optional[str] = None,
+        reason: Optional[str] = None,
+    ):
+        self.key = key
+        self.path = path
+        self.url = url
+        self.reason = reason
+        super().__init__(msg or _render(self.template, self.fields), lineno, source_file)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The structured fields, by name (None for those not given)."""
+        return {name: getattr(self, name, None) for name in FIELDS}
+
+    def __reduce__(self):
+        # MetaflowException passes no args to Exception, so the default reduce would rebuild
+        # the exception from nothing; rebuild it from its message and fields instead.
+        return (
+            _rebuild,
+            (type(self), self.message, self.line_no, self.source_file, self.fields),
+            self.__dict__,
+        )
+
+
+def _rebuild(cls: type, msg: str, lineno: Any, source_file: Any, fields: dict):
+    """Unpickle an exception of the tree (module-level so pickle can find it)."""
+    return cls(msg, lineno, source_file, **fields)
 
 
 class CheckpointConfigError(CheckpointException):
     """Invalid decorator attribute, setting, name, metadata or path (raised before any I/O)."""
 
     headline = "Invalid checkpoint configuration"
+    template = "Invalid checkpoint configuration[ for {path}][: {reason}]."
 
 
 class CheckpointNotFound(CheckpointException):
     """A reference, key or pathspec that names no committed checkpoint."""
 
     headline = "Checkpoint not found"
+    template = "No checkpoint[ {key}][ with the file {path}][ in {url}][: {reason}]."
 
 
 class CheckpointScopeError(CheckpointException):
     """A checkpoint that belongs to another namespace or flow than the caller's."""
 
     headline = "Checkpoint outside this scope"
+    template = "Checkpoint[ {key}] is outside this scope[: {reason}]."
 
 
 class CheckpointIncomplete(CheckpointException):
     """A checkpoint whose manifest lists data that is missing from the store."""
 
     headline = "Incomplete checkpoint"
+    template = (
+        "Checkpoint[ {key}] is incomplete: data[ of {path}] missing[ from {url}][ ({reason})]; "
+        "load another checkpoint."
+    )
 
 
 class CheckpointIntegrityError(CheckpointException):
     """Stored bytes that do not match the hash recorded in the manifest."""
 
     headline = "Checkpoint integrity error"
+    template = (
+        "Checkpoint[ {key}]: stored data[ of {path}] does not match its recorded hash"
+        "[ ({reason})]; it is corrupt. Load another checkpoint."
+    )
 
 
 class ManifestError(CheckpointException):
     """A manifest that cannot be read, parsed or validated (never treated as 'no checkpoint')."""
 
     headline = "Unreadable checkpoint manifest"
+    template = "Manifest[ {key}] is unreadable or invalid[ (path {path})][: {reason}]."
 
 
 class StorageError(CheckpointException):
     """The checkpoint store failed or stayed unavailable after bounded retries."""
 
     headline = "Checkpoint storage error"
+    template = "Checkpoint storage failed[ at {url}][ (key {key})][: {reason}]."
 
 
 class StorageNotFound(StorageError):
     """A storage key that does not exist (internal; translated to a named error by callers)."""
 
     headline = "Object not found in checkpoint storage"
+    template = "No object[ at {url}][ with key {key}]."
 
 
 class CheckpointInterrupted(CheckpointException):
@@ -69,6 +191,7 @@ class CheckpointInterrupted(CheckpointException):
     so that ``@retry`` or ``resume`` continues from its last checkpoint)."""
 
     headline = "Task interrupted"
+    template = "Task interrupted[: {reason}]."
 
 
 class CheckpointPaused(CheckpointException):
@@ -76,6 +199,7 @@ class CheckpointPaused(CheckpointException):
     ``resume`` continues from its last checkpoint."""
 
     headline = "Task paused"
+    template = "Task paused[: {reason}]."
 
 
 __all__ = [

@@ -61,7 +61,11 @@ def _fetch_verified(storage: Storage, manifest: Manifest, blob: str, what: str) 
         except StorageNotFound as exc:
             raise CheckpointIncomplete(
                 "Checkpoint %s is incomplete: blob %s (data of %s) is missing from %s."
-                % (manifest.key, blob, what, storage.url)
+                % (manifest.key, blob, what, storage.url),
+                key=manifest.key,
+                path=what,
+                url=storage.url,
+                reason="blob %s is missing" % blob,
             ) from exc
         if digest(data) == blob:
             return data
@@ -69,7 +73,10 @@ def _fetch_verified(storage: Storage, manifest: Manifest, blob: str, what: str) 
             continue  # a flip in transit is not corruption at rest: fetch once more
     raise CheckpointIntegrityError(
         "Checkpoint %s: file %s failed verification (blob %s does not match its BLAKE3 hash). "
-        "The stored data is corrupt; load another checkpoint." % (manifest.key, what, blob)
+        "The stored data is corrupt; load another checkpoint." % (manifest.key, what, blob),
+        key=manifest.key,
+        path=what,
+        reason="blob %s does not match its hash" % blob,
     )
 
 
@@ -77,11 +84,16 @@ def _check_slice(manifest: Manifest, blob: str, entry: FileEntry, piece, length:
     if len(piece) != length:
         raise CheckpointIntegrityError(
             "Checkpoint %s: blob %s is shorter than the manifest says (file %s)."
-            % (manifest.key, blob, entry.path)
+            % (manifest.key, blob, entry.path),
+            key=manifest.key,
+            path=entry.path,
+            reason="blob %s is shorter than the manifest says" % blob,
         )
     if entry.digest is not None and digest(piece) != entry.digest:
         raise CheckpointIntegrityError(
-            "Checkpoint %s: file %s does not match its recorded hash." % (manifest.key, entry.path)
+            "Checkpoint %s: file %s does not match its recorded hash." % (manifest.key, entry.path),
+            key=manifest.key,
+            path=entry.path,
         )
 
 
@@ -282,7 +294,10 @@ class _Job:
             hint = "check the destination filesystem"
         return StorageError(
             "Loading checkpoint %s into %s failed writing %s: %s (%s). Nothing was changed in %s."
-            % (self.manifest.key, self.dest, path, exc.strerror or exc, hint, self.dest)
+            % (self.manifest.key, self.dest, path, exc.strerror or exc, hint, self.dest),
+            key=self.manifest.key,
+            path=path,
+            reason=str(exc.strerror or exc),
         )
 
 

@@ -211,20 +211,22 @@ def parse_key(key: str) -> ManifestHeader:
         exception).
     """
     parts = key.split("/") if isinstance(key, str) else []
+    given = key if isinstance(key, str) else None  # the error's key field: strings only
     match = _KEY_FILE_RE.fullmatch(parts[7]) if len(parts) == 8 else None
     if match is None or parts[0] != MANIFESTS or not all(parts[1:7]):
-        raise ManifestError("%s is not a checkpoint manifest key." % _show(key))
+        raise ManifestError("%s is not a checkpoint manifest key." % _show(key), key=given)
     created, attempt, seq = (int(match[g]) for g in ("created", "attempt", "seq"))
     try:
         name = validate_name(match["name"])
     except CheckpointConfigError:
         raise ManifestError(
-            "%s is not a checkpoint manifest key: its name is not valid." % _show(key)
+            "%s is not a checkpoint manifest key: its name is not valid." % _show(key), key=given
         ) from None
     if created > MAX_CREATED_MS or attempt >= SIZE_LIMIT or seq >= SIZE_LIMIT:
         raise ManifestError(
             "%s is not a checkpoint manifest key: its time, attempt or sequence number is out "
-            "of range." % _show(key)
+            "of range." % _show(key),
+            key=given,
         )
     ns, flow, step, foreach, run, task = (decode(p) for p in parts[1:7])
     scope = Scope(ns, flow, step, foreach, run, task, attempt)
@@ -285,7 +287,8 @@ def safe_relpath(path: str) -> str:
     ):
         raise ManifestError(
             "Manifest lists the path %s, which is not a plain relative path inside the "
-            "checkpoint; refusing to load it." % _show(path)
+            "checkpoint; refusing to load it." % _show(path),
+            path=path if isinstance(path, str) else None,
         )
     return path
 
@@ -295,7 +298,7 @@ def _check_no_conflicts(key: str, files: list[str], dirs: list[str]) -> None:
     seen: set[str] = set()
     for p in files:
         if p in seen:
-            raise ManifestError("Manifest %s lists the file %r twice." % (key, p))
+            raise ManifestError("Manifest %s lists the file %r twice." % (key, p), key=key, path=p)
         seen.add(p)
     for p in files + dirs:
         parts = p.split("/")
@@ -304,7 +307,9 @@ def _check_no_conflicts(key: str, files: list[str], dirs: list[str]) -> None:
             if parent in seen:
                 raise ManifestError(
                     "Manifest %s lists %r both as a file and as a directory (for %r)."
-                    % (key, parent, p)
+                    % (key, parent, p),
+                    key=key,
+                    path=parent,
                 )
 
 
@@ -556,12 +561,16 @@ def _check_format(d: dict, key: str) -> None:
         raise ManifestError(
             "Checkpoint %s was written by a newer release of metaflow-checkpointing (manifest "
             "format %r; this release reads %r). Upgrade metaflow-checkpointing (pip install -U "
-            "metaflow-checkpointing) to load it." % (key, fmt, FORMAT)
+            "metaflow-checkpointing) to load it." % (key, fmt, FORMAT),
+            key=key,
+            reason="newer format %r" % fmt,
         )
     raise ManifestError(
         "Manifest %s has format %s; this version of metaflow-checkpointing reads %r. It is not "
         "a checkpoint this release can read; load another checkpoint or delete this one."
-        % (key, _show(fmt), FORMAT)
+        % (key, _show(fmt), FORMAT),
+        key=key,
+        reason="unknown format %s" % _show(fmt),
     )
 
 
@@ -623,18 +632,25 @@ def loads(data: bytes, key: str) -> Manifest:
         body = json.loads(text)
         manifest = _parse(body, key)
         described = manifest.key
-    except ManifestError:
+    except ManifestError as exc:
+        if exc.key is None:  # e.g. a chunk reference refused where it was built
+            exc.key = key
         raise
     except _PARSE_ERRORS as exc:
         problem = str(exc) if isinstance(exc, _Invalid) else "%s: %s" % (type(exc).__name__, exc)
+        problem = problem if len(problem) <= 300 else problem[:297] + "..."
         raise ManifestError(
             "Manifest %s is unreadable or invalid: %s. The checkpoint cannot be loaded; load "
             "another checkpoint, or delete this one (`metaflow checkpoint delete %s`)."
-            % (key, problem if len(problem) <= 300 else problem[:297] + "...", key)
+            % (key, problem, key),
+            key=key,
+            reason=problem,
         ) from None
     if described != key:
         raise ManifestError(
-            "Manifest stored at %s describes %s; it was moved or tampered with." % (key, described)
+            "Manifest stored at %s describes %s; it was moved or tampered with." % (key, described),
+            key=key,
+            reason="describes %s" % described,
         )
     return manifest
 

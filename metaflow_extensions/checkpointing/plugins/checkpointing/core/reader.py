@@ -13,7 +13,12 @@ import itertools
 import posixpath
 from typing import Optional
 
-from ..errors import CheckpointIntegrityError, CheckpointNotFound, StorageNotFound
+from ..errors import (
+    CheckpointIncomplete,
+    CheckpointIntegrityError,
+    CheckpointNotFound,
+    StorageNotFound,
+)
 from ..storage.base import Storage
 from .download import _fetch_verified
 from .manifest import FileEntry, Manifest
@@ -36,7 +41,9 @@ def find_entry(manifest: Manifest, path: str) -> FileEntry:
     sample = ", ".join(e.path for e in manifest.files[:5]) or "no files"
     more = " and %d more" % (len(manifest.files) - 5) if len(manifest.files) > 5 else ""
     raise CheckpointNotFound(
-        "Checkpoint %s has no file %r (it has %s%s)." % (manifest.key, path, sample, more)
+        "Checkpoint %s has no file %r (it has %s%s)." % (manifest.key, path, sample, more),
+        key=manifest.key,
+        path=str(path),
     )
 
 
@@ -95,7 +102,10 @@ class CheckpointFile(io.RawIOBase):
             if len(piece) != c.length:
                 raise CheckpointIntegrityError(
                     "Checkpoint %s: blob %s is shorter than the manifest says (file %s)."
-                    % (self._manifest.key, c.blob, self._entry.path)
+                    % (self._manifest.key, c.blob, self._entry.path),
+                    key=self._manifest.key,
+                    path=self._entry.path,
+                    reason="blob %s is shorter than the manifest says" % c.blob,
                 )
             return piece
         # A packed file: read only its slice and check the file's own hash.
@@ -107,17 +117,22 @@ class CheckpointFile(io.RawIOBase):
             try:
                 last = self._storage.get_bytes(blob_key(blob), offset, length)
             except StorageNotFound as exc:
-                from ..errors import CheckpointIncomplete
-
                 raise CheckpointIncomplete(
                     "Checkpoint %s is incomplete: blob %s (data of %s) is missing from %s."
-                    % (self._manifest.key, blob, self._entry.path, self._storage.url)
+                    % (self._manifest.key, blob, self._entry.path, self._storage.url),
+                    key=self._manifest.key,
+                    path=self._entry.path,
+                    url=self._storage.url,
+                    reason="blob %s is missing" % blob,
                 ) from exc
             if len(last) == length and digest(last) == self._entry.digest:
                 return last
         raise CheckpointIntegrityError(
             "Checkpoint %s: file %s does not match its recorded hash; the stored data is "
-            "corrupt." % (self._manifest.key, self._entry.path)
+            "corrupt." % (self._manifest.key, self._entry.path),
+            key=self._manifest.key,
+            path=self._entry.path,
+            reason="slice of blob %s at %d+%d" % (blob, offset, length),
         )
 
 

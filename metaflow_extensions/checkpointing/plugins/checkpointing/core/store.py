@@ -217,7 +217,9 @@ class CheckpointStore:
         except StorageNotFound as exc:
             raise CheckpointNotFound(
                 "No checkpoint with key %s in %s (deleted, never committed, or another store)."
-                % (key, self.url)
+                % (key, self.url),
+                key=key,
+                url=self.url,
             ) from exc
         return mf.loads(data, key)
 
@@ -312,7 +314,9 @@ class CheckpointStore:
         try:
             mf.parse_key(key)
         except ManifestError as exc:
-            raise CheckpointNotFound("Cannot delete %r: not a checkpoint key." % key) from exc
+            raise CheckpointNotFound(
+                "Cannot delete %r: not a checkpoint key." % key, key=key, reason="not a key"
+            ) from exc
         if not force and pins.is_pinned(self.storage, key):
             raise CheckpointConfigError(
                 "Checkpoint %s is pinned; unpin it first (Checkpoint().unpin(ref), CLI "

@@ -86,9 +86,13 @@ class _Transient(Exception):
 def validate_key(key: str) -> str:
     """Reject keys that could escape the root or that backends disagree on."""
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
-        raise StorageError("Invalid storage key %r: keys are non-empty relative '/' paths." % key)
+        raise StorageError(
+            "Invalid storage key %r: keys are non-empty relative '/' paths." % key, key=key
+        )
     if any(part in ("", ".", "..") for part in key.split("/")):
-        raise StorageError("Invalid storage key %r: empty, '.' or '..' path components." % key)
+        raise StorageError(
+            "Invalid storage key %r: empty, '.' or '..' path components." % key, key=key
+        )
     return key
 
 
@@ -183,7 +187,11 @@ class Storage(abc.ABC):
         if not os.path.isfile(local_path):
             # Else backends report the missing *source* as a missing key (StorageNotFound).
             raise StorageError(
-                "put_file of %s: %r is not a file." % (self.full_url(key), local_path)
+                "put_file of %s: %r is not a file." % (self.full_url(key), local_path),
+                key=key,
+                path=local_path,
+                url=self.full_url(key),
+                reason="not a file",
             )
         self._call("put", key, lambda: self._put_file(key, local_path))
 
@@ -238,26 +246,32 @@ class Storage(abc.ABC):
 
     # ------------------------------------------------------------------ retries + translation
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        # Every error leaving here names the object: ``key`` (as the backend addresses it; a
+        # listing's prefix, or "<root>") and ``url`` (as a user would type it).
+        url = self.full_url(key)
+
         def attempt() -> T:
             try:
                 return fn()
-            except StorageError:
+            except StorageError as exc:  # raised by the backend itself: add what it left out
+                exc.key = key if exc.key is None else exc.key
+                exc.url = url if exc.url is None else exc.url
                 raise
             except Exception as exc:  # translated right here, in one place
                 kind = self._classify(exc)
+                cause = "%s: %s" % (type(exc).__name__, exc)
                 if kind == NOT_FOUND:
-                    raise StorageNotFound("%s: no object at %s" % (op, self.full_url(key))) from exc
+                    raise StorageNotFound(
+                        "%s: no object at %s" % (op, url), key=key, url=url, reason=cause
+                    ) from exc
                 if kind == TRANSIENT:
                     raise _Transient(exc) from exc
                 raise StorageError(
-                    "%s of %s failed: %s: %s%s"
-                    % (
-                        op,
-                        self.full_url(key),
-                        type(exc).__name__,
-                        exc,
-                        ". " + LIST_HINT if op == "list" else "",
-                    )
+                    "%s of %s failed: %s%s"
+                    % (op, url, cause, ". " + LIST_HINT if op == "list" else ""),
+                    key=key,
+                    url=url,
+                    reason=cause,
                 ) from exc
 
         policy = self.retry
@@ -271,19 +285,15 @@ class Storage(abc.ABC):
         try:
             return retrying(attempt)
         except _Transient as exc:
+            cause = "%s: %s" % (type(exc.original).__name__, exc.original)
             raise StorageError(
-                "%s of %s still failing after %d tries / %.0f s (%s: %s). The store at %s looks "
+                "%s of %s still failing after %d tries / %.0f s (%s). The store at %s looks "
                 "unavailable; check connectivity and credentials, or raise "
                 "METAFLOW_CHECKPOINT_RETRY_ATTEMPTS / METAFLOW_CHECKPOINT_RETRY_SECONDS."
-                % (
-                    op,
-                    self.full_url(key),
-                    policy.attempts,
-                    policy.max_seconds,
-                    type(exc.original).__name__,
-                    exc.original,
-                    self.url,
-                )
+                % (op, url, policy.attempts, policy.max_seconds, cause, self.url),
+                key=key,
+                url=url,
+                reason=cause,
             ) from exc.original
 
 
