@@ -97,7 +97,7 @@ def _instrument() -> _Timers:
     """Time the phases of ``Checkpoint().list``: locating the store (Metaflow client), the
     prefix listing, summaries (index read, manifest reads, index write)."""
     from metaflow_extensions.checkpointing.plugins.checkpointing.client import (
-        checkpoint as client_mod,
+        listing as client_mod,  # where Checkpoint().list locates a target
     )
     from metaflow_extensions.checkpointing.plugins.checkpointing.core import store as store_mod
     from metaflow_extensions.checkpointing.plugins.checkpointing.core import summary
@@ -116,10 +116,6 @@ def _instrument() -> _Timers:
     return timers
 
 
-def _step_prefix(key: str) -> str:
-    return "/".join(key.split("/")[:4]) + "/"
-
-
 def _s3_location(root: str, prefix: str) -> tuple:
     bucket, _, base = root[len("s3://") :].partition("/")
     return bucket, (base.strip("/") + "/" if base.strip("/") else "") + prefix
@@ -131,12 +127,15 @@ def child_list(spec: dict, best: bool) -> dict:
     from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
         store_for_url,
     )
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.summary import index_key
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
+        step_index_key,
+        step_prefix_of,
+    )
 
     if spec["root"].startswith("s3://"):
         import boto3  # noqa: F401 - imported before the clock starts, as everything else
 
-    idx = index_key(_step_prefix(spec["key"]))
+    idx = step_index_key(step_prefix_of(spec["key"]))
     side = store_for_url(spec["root"]).storage  # not the client's store: no shared state
     out: dict = {"index_before": side.exists(idx)}
     if spec.get("drop_index"):
@@ -170,9 +169,10 @@ def child_raw(spec: dict, read_all: bool) -> dict:
     from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
         transfer_options,
     )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import step_prefix_of
 
     workers = transfer_options().workers
-    prefix = _step_prefix(spec["key"])
+    prefix = step_prefix_of(spec["key"])
     root = spec["root"]
     out: dict = {"workers": workers}
     if root.startswith("s3://"):

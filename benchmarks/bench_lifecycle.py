@@ -172,10 +172,8 @@ def child_gc(spec: dict) -> dict:
     from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
         store_for_url,
     )
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
-        BLOBS,
-        Scope,
-    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import BLOBS_PREFIX
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import (
         CheckpointStore,
     )
@@ -225,7 +223,7 @@ def child_gc(spec: dict) -> dict:
     listed = raw.list_all()
     out["raw_list_seconds"] = time.perf_counter() - t0
     out["objects"] = len(listed)
-    out["blobs_before"] = sum(1 for k, _ in listed if k.startswith(BLOBS + "/"))
+    out["blobs_before"] = sum(1 for k, _ in listed if k.startswith(BLOBS_PREFIX))
     manifests = [k for k, _ in listed if k.startswith("manifests/") and k.endswith(".json")]
     out["manifests_before"] = len(manifests)
     t0 = time.perf_counter()
@@ -249,7 +247,7 @@ def child_gc(spec: dict) -> dict:
     out["gc_again_wall_seconds"] = time.perf_counter() - t0
 
     # ---- check: every kept checkpoint's blobs survive, every pruned one's are gone.
-    left = [o for o in store.storage.list(BLOBS + "/")]
+    left = [o for o in store.storage.list(BLOBS_PREFIX)]
     out["blobs_after"] = len(left)
     sample = store.read(kept[-1])
     dest = os.path.join(scratch, "loaded")

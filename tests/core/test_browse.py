@@ -7,10 +7,11 @@ import json
 import pytest
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import summary
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
     blob_key,
-    library_scope,
+    step_index_key,
 )
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import library_scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointIntegrityError,
@@ -82,7 +83,7 @@ def test_summaries_come_from_the_index_once_written(counting, tmp_path):
     headers = store.headers(make_scope().step_prefix())
     first = store.summaries(headers)
     assert [first[m.key]["metadata"]["epoch"] for m in saved] == list(range(12))
-    assert storage.exists(summary.index_key(make_scope().step_prefix()))
+    assert storage.exists(step_index_key(make_scope().step_prefix()))
     storage.gets.clear()
     again = store.summaries(headers)
     assert again == first
@@ -106,10 +107,10 @@ def test_index_is_only_a_hint(counting, tmp_path):
     new = store.save(str(src), make_scope(), metadata={"epoch": 99})
     assert store.summaries(store.headers(prefix))[new.key]["metadata"] == {"epoch": 99}
     # ... and an unreadable index is ignored.
-    storage.put_bytes(summary.index_key(prefix), b"{not json")
+    storage.put_bytes(step_index_key(prefix), b"{not json")
     got = store.summaries(store.headers(prefix))
     assert sorted(s["metadata"]["epoch"] for s in got.values()) == list(range(9)) + [99]
-    body = json.loads(storage.get_bytes(summary.index_key(prefix)))
+    body = json.loads(storage.get_bytes(step_index_key(prefix)))
     assert victim.key not in body["entries"]  # rewritten without the deleted checkpoint
 
 

@@ -20,6 +20,10 @@ from conftest import flow_environment
 from integration.flowrun import subprocess_env
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import retention
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
+    step_index_key,
+    task_summary_key,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import (
     Manifest,
     now_ms,
@@ -29,10 +33,6 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
     library_scope,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.summary import (
-    index_key,
-    task_summary_key,
-)
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointNotFound,
     ManifestError,
@@ -94,7 +94,7 @@ def test_listing_shows_damaged_entries_beside_the_good_ones(any_store, tmp_path)
         assert not any(summaries[k].get("damaged") for k in good)
         for kind, key in bad.items():
             _check_damaged(summaries[key], kind)
-    index = json.loads(store.storage.get_bytes(index_key(make_scope().step_prefix())))
+    index = json.loads(store.storage.get_bytes(step_index_key(make_scope().step_prefix())))
     assert set(index["entries"]) == set(good)  # damaged entries are never recorded
 
 
@@ -138,7 +138,7 @@ def test_malformed_summary_index_is_ignored(any_store, tmp_path, kind):
         entries = {k: MALFORMED_ENTRIES[kind] for k in good}
         data = json.dumps({"format": "metaflow-checkpointing-summaries/1", "entries": entries})
         data = data.encode()
-    store.storage.put_bytes(index_key(make_scope().step_prefix()), data)
+    store.storage.put_bytes(step_index_key(make_scope().step_prefix()), data)
     store.storage.put_bytes(task_summary_key(make_scope().task_prefix(), 0), data)
     fresh = CheckpointStore(store.storage, options())  # nothing cached in the process
     assert fresh.summaries(headers) == truth

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import layout
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import leases as ls
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import blob_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,
@@ -226,8 +226,8 @@ def test_gc_after_the_names_are_written_keeps_them(storage, tmp_path):
         if len(lists) == 2:  # the first listing is the session's baseline
             reports.append(collect(storage))
 
-    storage.when("list", lambda p: p == ls.GC_RUNS + "/", on_list)
-    storage.when("list", lambda p: p == ls.GC_RUNS + "/", on_list)
+    storage.when("list", lambda p: p == layout.GC_RUNS_PREFIX, on_list)
+    storage.when("list", lambda p: p == layout.GC_RUNS_PREFIX, on_list)
     saved = store.save(str(src), make_scope(run="2"))
     assert len(reports) == 1 and reports[0].blobs_deleted == 0
     assert reports[0].blobs_leased == len(old)
@@ -252,13 +252,13 @@ def test_a_save_waits_for_a_collection_that_read_the_leases_before_its_names(sto
         if len(lists) == 2:  # the save's check, after its names were written
             save_listed.set()
 
-    storage.when("list", lambda p: p == ls.LEASES + "/", pause_gc, after=True)
+    storage.when("list", lambda p: p == layout.LEASES_PREFIX, pause_gc, after=True)
     reports: list = []
     worker = threading.Thread(target=lambda: reports.append(collect(storage)))
     worker.start()
     assert gc_read_leases.wait(30)
     for _ in range(2):  # the save's baseline listing, then its check
-        storage.when("list", lambda p: p == ls.GC_RUNS + "/", on_list, after=True)
+        storage.when("list", lambda p: p == layout.GC_RUNS_PREFIX, on_list, after=True)
     store = CheckpointStore(storage, options())
     saved = store.save(str(src), make_scope(run="2"))
     worker.join(30)
@@ -275,11 +275,11 @@ def test_a_dead_collection_found_sweeping_is_not_waited_for_but_checked(storage,
     victim = min(old)
 
     def crashed_gc():
-        storage.put_bytes(ls.run_key("0000000000000-dead", ls.RUN_START), b"{}")
-        storage.put_bytes(ls.run_key("0000000000000-dead", ls.RUN_SWEEP), b"{}")
+        storage.put_bytes(layout.gc_run_key("0000000000000-dead", ls.RUN_START), b"{}")
+        storage.put_bytes(layout.gc_run_key("0000000000000-dead", ls.RUN_SWEEP), b"{}")
         age(
             storage,
-            [ls.run_key("0000000000000-dead", p) for p in (ls.RUN_START, ls.RUN_SWEEP)],
+            [layout.gc_run_key("0000000000000-dead", p) for p in (ls.RUN_START, ls.RUN_SWEEP)],
             3600,
         )
         storage.delete(blob_key(victim))
@@ -332,9 +332,9 @@ def test_parallel_part_blobs_survive_gc_before_the_gang_commits(storage, tmp_pat
     t = threading.Thread(target=rank1)
     t.start()
     deadline = time.monotonic() + 60
-    while not storage.list(gang.PARTS + "/") and time.monotonic() < deadline:
+    while not storage.list(layout.PARTS_PREFIX) and time.monotonic() < deadline:
         time.sleep(0.01)
-    while storage.list(ls.LEASES + "/"):  # its part is written: end its session, as when
+    while storage.list(layout.LEASES_PREFIX):  # its part is written: end its session, as when
         ranks[1].close()  # its process ends (once its save() has returned)
         time.sleep(0.01)
     report = collect(storage)
@@ -371,8 +371,8 @@ def test_an_unchanged_resave_adds_no_request_and_dedup_adds_two(tmp_path):
     storage.calls.clear()
     store.save(str(src), make_scope(run="2"))  # deduplicates against the pruned content
     lease_calls = [c for c in storage.calls if "leases/" in c[1] or "gc/" in c[1]]
-    assert lease_calls == [("put", ls.names_key(store._writer.lease.current.id, 0)),
-                           ("list", ls.GC_RUNS + "/")]  # fmt: skip
+    assert lease_calls == [("put", layout.lease_names_key(store._writer.lease.current.id, 0)),
+                           ("list", layout.GC_RUNS_PREFIX)]  # fmt: skip
     names = json.loads(storage.get_bytes(lease_calls[0][1]))["blobs"]
     assert set(names) == old
 
@@ -422,7 +422,7 @@ def test_close_removes_the_lease_and_a_later_save_starts_another(storage, tmp_pa
     (lease,) = ls.list_leases(storage)
     assert not lease.expired and lease.started is not None and lease.names == frozenset()
     store.close()
-    assert storage.list(ls.LEASES + "/") == []
+    assert storage.list(layout.LEASES_PREFIX) == []
     store.save(str(src), make_scope())
     assert [x.session for x in ls.list_leases(storage)] != [lease.session]
 
@@ -509,7 +509,7 @@ def test_a_killed_savers_orphans_are_kept_while_its_lease_lives_then_reclaimed(t
         time.sleep(0.1)
     report = collect(storage)
     assert report.blobs_deleted == 5 and report.leases_deleted == 1
-    assert not orphans & stored_blobs(storage) and storage.list(ls.LEASES + "/") == []
+    assert not orphans & stored_blobs(storage) and storage.list(layout.LEASES_PREFIX) == []
 
 
 # ---------------------------------------------------------------------------- GC's own rules
@@ -559,7 +559,7 @@ def test_only_one_collection_runs_at_a_time(storage, tmp_path):
         inside.set()
         assert release.wait(30)
 
-    storage.when("list", lambda p: p == ls.LEASES + "/", pause)
+    storage.when("list", lambda p: p == layout.LEASES_PREFIX, pause)
     first: list = []
     worker = threading.Thread(target=lambda: first.append(collect(storage)))
     worker.start()
@@ -586,14 +586,14 @@ def test_gc_stops_deleting_once_its_heartbeat_is_stale(storage, tmp_path, monkey
         original = storage._put_bytes
 
         def put(key, data):
-            if key.startswith(ls.GC_RUNS + "/"):
+            if key.startswith(layout.GC_RUNS_PREFIX):
                 raise OSError(5, "I/O error")
             original(key, data)
 
         storage._put_bytes = put
         time.sleep(0.3)
 
-    storage.when("list", lambda p: p == ls.LEASES + "/", unreachable, after=True)
+    storage.when("list", lambda p: p == layout.LEASES_PREFIX, unreachable, after=True)
     with pytest.raises(StorageError, match="stopped deleting"):
         collect(storage)
     assert old <= stored_blobs(storage)
@@ -606,18 +606,18 @@ def test_gc_stops_on_an_unreadable_manifest_part_or_lease_names(storage, tmp_pat
     cases = [
         (damaged, b"{truncated", "metaflow checkpoint delete %s" % damaged),
         ("parts/ns/F/s/_/1/2/abc/rank-0.json", b"[]", "unfinished @parallel save"),
-        (ls.names_key("live", 0), b"{", "lease object leases/live/names-000000"),
+        (layout.lease_names_key("live", 0), b"{", "lease object leases/live/names-000000"),
     ]
     for key, data, message in cases:
         storage.put_bytes(key, data)
-        if key.startswith(ls.LEASES):
-            storage.put_bytes(ls.lease_key("live", ls.START), b'{"ttl": 600}')
+        if key.startswith(layout.LEASES_PREFIX):
+            storage.put_bytes(layout.lease_key("live", ls.START), b'{"ttl": 600}')
         with pytest.raises(ManifestError, match="stopped before deleting anything") as exc:
             collect(storage)
         assert message in exc.value.message
         assert old <= stored_blobs(storage)
         storage.delete(key)
-    storage.delete(ls.lease_key("live", ls.START))
+    storage.delete(layout.lease_key("live", ls.START))
     assert collect(storage).blobs_deleted == len(old)
 
 
@@ -625,7 +625,7 @@ def test_a_lease_that_cannot_be_dated_keeps_everything_while_it_lives(storage, t
     """A lease with no start object (a refresh that landed after its session ended) cannot tell
     which blobs it protects: GC keeps every candidate until it expires."""
     _, old = stale(storage, tmp_path)
-    storage.put_bytes(ls.lease_key("orphan", ls.ALIVE), b'{"ttl": 600}')
+    storage.put_bytes(layout.lease_key("orphan", ls.ALIVE), b'{"ttl": 600}')
     report = collect(storage)
     assert report.blobs_deleted == 0 and report.blobs_leased == len(old)
     report = collect(storage, now=time.time() + 2 * ls.MAX_TTL_SECONDS + 60)
@@ -633,14 +633,14 @@ def test_a_lease_that_cannot_be_dated_keeps_everything_while_it_lives(storage, t
 
 
 def test_list_leases_judges_expiry_names_and_damage(storage):
-    storage.put_bytes(ls.lease_key("a", ls.START), b'{"ttl": 60}')
-    storage.put_bytes(ls.names_key("a", 0), json.dumps({"blobs": ["cd" * 32]}).encode())
-    storage.put_bytes(ls.lease_key("b", ls.START), b"not json")
-    storage.put_bytes(ls.lease_key("b", "future-object"), b"")
+    storage.put_bytes(layout.lease_key("a", ls.START), b'{"ttl": 60}')
+    storage.put_bytes(layout.lease_names_key("a", 0), json.dumps({"blobs": ["cd" * 32]}).encode())
+    storage.put_bytes(layout.lease_key("b", ls.START), b"not json")
+    storage.put_bytes(layout.lease_key("b", "future-object"), b"")
     a, b = ls.list_leases(storage)
     assert (a.session, a.names, a.expired, a.ttl) == ("a", frozenset({"cd" * 32}), False, 60.0)
-    assert a.keys == (ls.names_key("a", 0), ls.lease_key("a", ls.START))
-    assert b.unreadable == (ls.lease_key("b", ls.START),) and b.ttl == ls.MAX_TTL_SECONDS
+    assert a.keys == (layout.lease_names_key("a", 0), layout.lease_key("a", ls.START))
+    assert b.unreadable == (layout.lease_key("b", ls.START),) and b.ttl == ls.MAX_TTL_SECONDS
     assert b.protects_everything and b.protects("ef" * 32, 0.0)
     assert a.protects("cd" * 32, 0.0) and not a.protects("ef" * 32, a.started - 10)
     later = ls.list_leases(storage, now=time.time() + 120)
@@ -695,7 +695,7 @@ def test_a_run_record_dated_in_the_future_does_not_block_gc_or_savers(
     monkeypatch.setattr(ls, "DEAD_SECONDS", 1.0)
     monkeypatch.setattr(ls, "HEARTBEAT_SECONDS", 0.2)
     src, old = stale(storage, tmp_path)
-    key = ls.run_key("9999999999999-deadbeef", ls.RUN_SWEEP)
+    key = layout.gc_run_key("9999999999999-deadbeef", ls.RUN_SWEEP)
     storage.put_bytes(key, b"{}")
     age(storage, [key], -3600)
     report = collect(storage)

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import FileEntry
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointIncomplete,

@@ -8,8 +8,11 @@ import time
 import pytest
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import retention
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
+    BLOBS_PREFIX,
+    blob_key,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.retention import Item, build, plan
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import BLOBS, blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,
@@ -33,8 +36,11 @@ def test_keep_last_and_best_compose_and_the_newest_is_protected():
     its = items([{"loss": x} for x in [5.0, 1.0, 4.0, 2.0, 3.0, 6.0]])
     p = plan(its, build(keep_last=2, keep_best="loss:min:2"))
     assert sorted(p.keep) == ["k01", "k03", "k04", "k05"]
-    assert p.keep["k01"] == ["best loss:min:2"]
-    assert p.keep["k05"] == ["newest", "last 2"]
+    assert p.keep["k01"] == ["best loss:min (#1 of 2)"]
+    assert p.keep["k05"] == [
+        "newest latest=True (what a retry or resume loads)",
+        "keep_last 2 (#1)",
+    ]
     assert sorted(p.delete) == ["k00", "k02"]
     # Only keep-best: the newest (what a retry would load) is still kept.
     p = plan(its, build(keep_best="loss:min:1"))
@@ -55,7 +61,7 @@ def test_unknown_metric_warns_and_deletes_nothing():
     p = plan(its, build(keep_last=1, keep_best="val_loss:min:1"), group="F/train[_]:mfchckpt")
     # Every checkpoint is reported as kept (kept + deleted = all), saying why.
     assert p.delete == [] and sorted(p.keep) == ["k00", "k01", "k02"]
-    assert p.keep["k00"] == ["rule not applicable"]
+    assert p.keep["k00"] == ["rule not applicable (best val_loss:min:1: no numeric 'val_loss')"]
     assert "No checkpoint of F/train[_]:mfchckpt has a numeric 'val_loss'" in p.warnings[0]
 
 
@@ -122,7 +128,7 @@ def test_prune_deletes_manifests_and_keeps_pins(any_store, tmp_path):
 
 
 def _blob_keys(store) -> set:
-    return {o.key for o in store.storage.list(BLOBS + "/")}
+    return {o.key for o in store.storage.list(BLOBS_PREFIX)}
 
 
 def test_gc_reclaims_only_unreferenced_old_blobs(any_store, tmp_path):

@@ -8,12 +8,12 @@ from datetime import datetime
 
 import pytest
 
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import step_prefix
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import (
     FORMAT,
     manifest_key,
     parse_key,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import step_prefix
 
 from .helpers import make_scope, sample_spec, tiny, write_tree
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import manifest as mf
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import (
     FORMAT,
     MAX_CREATED_MS,
@@ -31,7 +32,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest impor
     loads,
     parse_key,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope, blob_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,

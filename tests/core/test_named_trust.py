@@ -14,7 +14,7 @@ import pytest
 from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
     CheckpointReference,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import promotions
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import layout, promotions
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import manifest_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.promotions import (
     publisher_record,
@@ -206,7 +206,7 @@ def test_a_damaged_newer_version_is_passed_over_not_trusted(any_store, tmp_path)
 def test_promotion_markers_are_small_objects_beside_the_manifests(any_store, tmp_path):
     v1 = upload(any_store, tmp_path, b"v1", ALICE)
     promotions.promote(any_store.storage, v1, PROD, by=BY_ALICE, at_ms=1_700_000_000_000)
-    keys = sorted(o.key for o in any_store.storage.list(promotions.PROMOTIONS + "/"))
+    keys = sorted(o.key for o in any_store.storage.list(layout.PROMOTIONS + "/"))
     assert keys[0].startswith("promotions/resnet50/log/1700000000000-")
     assert keys[1] == "promotions/resnet50/to/production%3ATrainFlow-0-abcd/" + v1.id
     marker = json.loads(any_store.storage.get_bytes(keys[1]))

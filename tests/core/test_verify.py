@@ -9,13 +9,17 @@ import time
 
 import pytest
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang, leases, verify
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import manifest_key
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
-    Scope,
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang, verify
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
+    LEASE_ALIVE,
+    LEASE_START,
+    LEASES_PREFIX,
     blob_key,
-    library_scope,
+    lease_key,
+    lease_names_key,
 )
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import manifest_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope, library_scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import digest
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointNotFound
@@ -39,7 +43,7 @@ def populate(store: CheckpointStore, tmp_path, n: int = 3) -> list:
 def end_sessions(storage) -> None:
     """End the writer sessions of the saves so far: remove their leases (as closing their
     store does), so that only manifests keep blobs alive."""
-    storage.delete_many([o.key for o in storage.list(leases.LEASES + "/")])
+    storage.delete_many([o.key for o in storage.list(LEASES_PREFIX)])
 
 
 def objects(storage) -> dict:
@@ -389,13 +393,13 @@ def test_orphaned_leases_are_reported_and_live_ones_protect_their_blobs(tmp_path
     hour_ago = time.time() - 3600
     for path in (tmp_path / "store" / "blobs").rglob("*"):
         os.utime(path, (hour_ago, hour_ago))
-    storage.put_bytes(leases.lease_key("dead", leases.START), b'{"ttl": 60}')
-    storage.put_bytes(leases.lease_key("dead", leases.ALIVE), b"")
+    storage.put_bytes(lease_key("dead", LEASE_START), b'{"ttl": 60}')
+    storage.put_bytes(lease_key("dead", LEASE_ALIVE), b"")
     for path in (tmp_path / "store" / "leases" / "dead").iterdir():
         os.utime(path, (hour_ago, hour_ago))
-    storage.put_bytes(leases.lease_key("live", leases.START), b'{"ttl": 600}')
-    storage.put_bytes(leases.lease_key("live", leases.ALIVE), b"")
-    storage.put_bytes(leases.names_key("live", 0), json.dumps({"blobs": [named]}).encode())
+    storage.put_bytes(lease_key("live", LEASE_START), b'{"ttl": 600}')
+    storage.put_bytes(lease_key("live", LEASE_ALIVE), b"")
+    storage.put_bytes(lease_names_key("live", 0), json.dumps({"blobs": [named]}).encode())
     fresh = rand(1000, 5)  # uploaded by the live session: protected by its start time
     storage.put_bytes(blob_key(digest(fresh)), fresh)
 
@@ -413,9 +417,9 @@ def test_orphaned_leases_are_reported_and_live_ones_protect_their_blobs(tmp_path
     assert {lease.session for lease in later.orphaned_leases} == {"dead", "live"}
     assert {blob_key(named), blob_key(digest(fresh))} <= {o.key for o in later.unreferenced}
     # A names-* object that cannot be read is damaged: GC cannot know what it protects.
-    storage.put_bytes(leases.names_key("live", 1), b"{truncated")
+    storage.put_bytes(lease_names_key("live", 1), b"{truncated")
     assert [(d.key, d.reason) for d in run(store).damaged] == [
-        (leases.names_key("live", 1), verify.UNPARSABLE)
+        (lease_names_key("live", 1), verify.UNPARSABLE)
     ]
 
 

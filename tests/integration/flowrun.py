@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import step_prefix
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import step_prefix
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 

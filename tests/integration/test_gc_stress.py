@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.retention import build
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope, blob_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import TransferOptions
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope, blob_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage

@@ -21,11 +21,12 @@ from ..common import alias
 from ..common.reference import CheckpointReference
 from ..core import promotions, retention
 from ..core.download import remove_dead_staging
+from ..core.layout import MANIFESTS_PREFIX, library_prefix, split_manifest_url
 from ..core.manifest import Manifest, is_manifest_key, parse_key
 from ..core.policies import sort_key
 from ..core.retention import numeric
 from ..core.scan import holds_data
-from ..core.scope import DEFAULT_NAME, MANIFESTS, library_prefix, library_scope
+from ..core.scope import DEFAULT_NAME, library_scope
 from ..core.store import CheckpointStore
 from ..core.summary import damaged
 from ..core.tempnames import STAGING_PREFIX
@@ -654,7 +655,7 @@ class Checkpoint:
             )
         if target is None and not filters:
             store = self._store()
-            headers = store.headers(MANIFESTS + "/")
+            headers = store.headers(MANIFESTS_PREFIX)
         else:
             refs = self.list(target, **filters)
             store = self._store(refs[0].root if refs else None)
@@ -771,9 +772,9 @@ class Checkpoint:
         text = reference.strip()
         if is_manifest_key(text):
             return self._store(), text
-        root, marker, rest = text.partition("/" + MANIFESTS + "/")
-        if marker and is_manifest_key(MANIFESTS + "/" + rest):
-            return self._store(root), MANIFESTS + "/" + rest
+        url = split_manifest_url(text)
+        if url is not None and is_manifest_key(url[1]):
+            return self._store(url[0]), url[1]
         return None
 
     def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:

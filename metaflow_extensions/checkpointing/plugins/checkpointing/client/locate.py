@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..common.settings import ROOT_METADATA, checkpoint_root
-from ..core.scope import MANIFESTS, flow_prefix, step_prefix
+from ..core.layout import MANIFESTS_PREFIX, flow_prefix, step_prefix
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 
 # Namespaces a task can write under: ``current.namespace`` is the writer's identity.
@@ -140,7 +140,7 @@ def locate(target: Target, root: Optional[str] = None) -> Located:
         # Checkpoints live under their writer's namespace: the run's user/production tag.
         namespaces = sorted(t for t in run.system_tags if t.startswith(_IDENTITY_TAGS))
         if not namespaces:
-            return Located(root, [MANIFESTS + "/"], {target.run})
+            return Located(root, [MANIFESTS_PREFIX], {target.run})
         if target.step is not None:
             prefixes = [step_prefix(n, target.flow, target.step) for n in namespaces]
         else:
@@ -161,8 +161,8 @@ def locate(target: Target, root: Optional[str] = None) -> Located:
     if root is None:
         root = (latest and root_of_run(latest)) or default_root()
     if ns is None:
-        return Located(root, [MANIFESTS + "/"])
+        return Located(root, [MANIFESTS_PREFIX])
     if ns.startswith(_IDENTITY_TAGS):
         return Located(root, [flow_prefix(ns, target.flow)])
     # A tag namespace: checkpoints of every writer, restricted to the runs it makes visible.
-    return Located(root, [MANIFESTS + "/"], {r.id for r in flow.runs()})
+    return Located(root, [MANIFESTS_PREFIX], {r.id for r in flow.runs()})

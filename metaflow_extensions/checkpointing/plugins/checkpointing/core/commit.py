@@ -22,10 +22,11 @@ from typing import Callable, Optional
 
 from ..errors import StorageError
 from ..storage.base import Storage
+from .layout import blob_key
 from .leases import Ticket
 from .manifest import Manifest, now_ms
 from .scan import scan
-from .scope import Scope, blob_key
+from .scope import Scope
 from .transfer import Progress, SaveStats, TransferOptions, timed
 from .upload import BlobWriter, upload_tree
 

@@ -40,8 +40,8 @@ from ..errors import (
 )
 from ..storage.base import Storage
 from ..storage.local import UNSUPPORTED_COPY, copy_range, map_readonly, open_object
+from .layout import blob_key
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relpath
-from .scope import blob_key
 from .tempnames import LOCK, PART, PART_PREFIX, STAGING
 from .transfer import Progress, TransferOptions, _no_progress, _run_bounded, digest
 

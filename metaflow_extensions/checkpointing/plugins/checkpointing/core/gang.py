@@ -3,8 +3,8 @@ rank, committed once every rank's shard is stored.
 
 Protocol (no barrier exists between nodes; the store is the rendezvous):
 
-1. every rank uploads its files' blobs and writes its part,
-   ``parts/<ns>/<flow>/<step>/<foreach>/<run>/<control task>/<id>/rank-<i>.json``;
+1. every rank uploads its files' blobs and writes its part (:func:`.layout.part_key`:
+   ``parts/<control task's scope>/<id>/rank-<i>.json``);
 2. rank 0 waits until all ``world`` parts exist (bounded), then writes one manifest whose files
    are the parts' files under ``rank-<i>/``, and removes the parts;
 3. the other ranks wait until that manifest is listed (bounded), so ``save()`` returns on every
@@ -26,11 +26,11 @@ from typing import Callable, Optional
 from ..errors import CheckpointIncomplete, ManifestError, StorageNotFound
 from ..storage.base import Storage
 from .commit import next_seq
+from .layout import part_key, parts_prefix
 from .manifest import ChunkRef, FileEntry, Manifest, now_ms, parse_key
-from .scope import MANIFESTS, Scope
+from .scope import Scope
 from .transfer import SaveStats, digest
 
-PARTS = "parts"
 #: ``Manifest.source["kind"]`` of a gang checkpoint; ``source["ranks"]`` is the world size.
 KIND = "parallel"
 
@@ -39,10 +39,6 @@ def gang_id(scope: Scope, name: str, number: int) -> str:
     """The id every rank computes for its ``number``-th save of ``name`` in this attempt."""
     text = "%s|%s|%s|%d" % (scope.task_prefix(), scope.attempt, name, number)
     return digest(text.encode("utf-8"))[:16]
-
-
-def parts_prefix(scope: Scope, id: str) -> str:
-    return PARTS + scope.task_prefix()[len(MANIFESTS) :] + id + "/"
 
 
 def rank_dir(rank: int) -> str:
@@ -58,9 +54,7 @@ def write_part(storage: Storage, scope: Scope, id: str, rank: int, manifest: Man
         "stats": manifest.stats,
         "chunk_size": manifest.chunk_size,
     }
-    storage.put_bytes(
-        parts_prefix(scope, id) + "%s.json" % rank_dir(rank), json.dumps(body).encode()
-    )
+    storage.put_bytes(part_key(scope.task_prefix(), id, rank), json.dumps(body).encode())
 
 
 def part_blobs(data: bytes, key: str) -> set[str]:
@@ -118,15 +112,15 @@ def commit(
     """Rank 0: wait for every part, then write the gang's manifest (last) and drop the parts.
 
     ``created_ms`` dates it (default: now); rank 0's task clock passes its own."""
-    prefix = parts_prefix(scope, id)
+    prefix = parts_prefix(scope.task_prefix(), id)
 
     def all_parts():
         keys = {o.key for o in storage.list(prefix)}
         return keys if len(keys) >= world else None
 
     def missing() -> str:
-        have = {o.key.rsplit("/", 1)[1] for o in storage.list(prefix)}
-        absent = [r for r in range(world) if "%s.json" % rank_dir(r) not in have]
+        have = {o.key for o in storage.list(prefix)}
+        absent = [r for r in range(world) if part_key(scope.task_prefix(), id, r) not in have]
         return (
             "Checkpoint %r of @parallel task %s was not committed: rank(s) %s did not save "
             "their part within %g s (all %d ranks must call save() the same number of times)."
@@ -139,7 +133,7 @@ def commit(
     stats = SaveStats()
     chunk_size = 0
     for rank in range(world):
-        key = prefix + "%s.json" % rank_dir(rank)
+        key = part_key(scope.task_prefix(), id, rank)
         try:
             part = json.loads(storage.get_bytes(key))
         except (StorageNotFound, ValueError) as exc:

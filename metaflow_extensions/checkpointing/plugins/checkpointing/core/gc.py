@@ -1,6 +1,7 @@
 """Garbage collection: delete blobs nothing needs, safely while flows save.
 
-Mark and sweep over one checkpoint root, as one *run* recorded under ``gc/runs/<run>/`` (see
+Mark and sweep over one checkpoint root, as one *run* recorded under ``gc/runs/<run>/`` (keys
+in :mod:`.layout`; see
 :mod:`.leases` for the protocol with writers and ``docs/design/adr-002-gc-liveness.md`` for why
 no interleaving loses a blob a committed or committing checkpoint needs):
 
@@ -36,9 +37,20 @@ from ..errors import CheckpointConfigError, ManifestError, StorageError, Storage
 from ..storage.base import ObjectInfo, Storage
 from . import leases as ls
 from . import manifest as mf
-from .gang import PARTS, part_blobs
-from .pins import PINS, manifest_of
-from .scope import BLOBS, MANIFESTS
+from .gang import part_blobs
+from .layout import (
+    BLOBS_PREFIX,
+    GC_RUNS_PREFIX,
+    LEASE_NAMES,
+    MANIFESTS_PREFIX,
+    PARTS_PREFIX,
+    PINS_PREFIX,
+    blob_of,
+    gc_run_key,
+    is_part_key,
+    lease_prefix,
+    pinned_manifest,
+)
 
 #: Default grace period: blobs younger than this are never collected.  Leases make in-flight
 #: saves safe without it; it remains a second line of defence (and keeps recent data around).
@@ -106,11 +118,11 @@ class _Marker:
         self.referenced: set[str] = set()
 
     def list_parts(self) -> list[str]:
-        return sorted(o.key for o in self.storage.list(PARTS + "/") if o.key.endswith(".json"))
+        return sorted(o.key for o in self.storage.list(PARTS_PREFIX) if is_part_key(o.key))
 
     def list_manifests(self) -> list[str]:
         return sorted(
-            o.key for o in self.storage.list(MANIFESTS + "/") if mf.is_manifest_key(o.key)
+            o.key for o in self.storage.list(MANIFESTS_PREFIX) if mf.is_manifest_key(o.key)
         )
 
     def mark_parts(self, keys: list[str]) -> set[str]:
@@ -218,7 +230,7 @@ class _Run:
                     "collection that died is ignored %d s after its last heartbeat)."
                     % (
                         self.storage.url,
-                        ls.GC_RUNS + "/" + other.run,
+                        GC_RUNS_PREFIX + other.run,
                         now - (other.newest if other.newest is not None else now),
                         ls.DEAD_SECONDS,
                     )
@@ -258,7 +270,7 @@ class _Run:
                 if st is None or st.phase == ls.RUN_DONE or st.newest != future[r]:
                     future.pop(r)  # ended, or alive: judged as usual below
         for r in future:
-            self.storage.put_bytes(ls.run_key(r, ls.RUN_DONE), b'{"state": "dead"}')
+            self.storage.put_bytes(gc_run_key(r, ls.RUN_DONE), b'{"state": "dead"}')
             runs[r] = replace(runs[r], phase=ls.RUN_DONE)
         return runs
 
@@ -291,7 +303,7 @@ class _Run:
             self.log("Could not record the end of GC run %s: %s" % (self.id, exc))
 
     def _key(self, phase: str) -> str:
-        return ls.run_key(self.id, phase)
+        return gc_run_key(self.id, phase)
 
     def _beat(self, raise_errors: bool = False) -> None:
         issued = ls.elapsed_clock()
@@ -394,12 +406,11 @@ def _collect(
     log("Marking blobs of %d checkpoints and %d unfinished parts..." % (len(manifests), len(parts)))
     marker.mark_parts(parts)
     marker.mark_manifests(manifests)
-    blobs = [o for o in storage.list(BLOBS + "/") if o.key.count("/") == 2]
+    blobs = [(h, o) for o in storage.list(BLOBS_PREFIX) if (h := blob_of(o.key)) is not None]
     report.blobs = len(blobs)
-    report.bytes_total = sum(o.size for o in blobs)
+    report.bytes_total = sum(o.size for _, o in blobs)
     candidates: dict[str, ObjectInfo] = {}
-    for o in blobs:
-        h = o.key.rsplit("/", 1)[1]
+    for h, o in blobs:
         if h in marker.referenced:
             report.blobs_referenced += 1
         elif o.mtime is not None and o.mtime > now - grace:
@@ -416,14 +427,14 @@ def _collect(
     report.leases_live = len(live)
     for lease in live:
         bad = [
-            k for k in lease.unreadable if k.startswith(ls.lease_prefix(lease.session) + ls.NAMES)
+            k for k in lease.unreadable if k.startswith(lease_prefix(lease.session) + LEASE_NAMES)
         ]
         if bad:
             raise ManifestError(
                 "Garbage collection stopped before deleting anything: lease object %s cannot "
                 "be read, so the blobs a save in flight relies on are unknown. It expires %.0f s "
                 "after its last refresh; if no save is running there, remove %s, then run gc "
-                "again." % (bad[0], lease.ttl, storage.full_url(ls.lease_prefix(lease.session)))
+                "again." % (bad[0], lease.ttl, storage.full_url(lease_prefix(lease.session)))
             )
         if lease.protects_everything:
             log(
@@ -452,8 +463,9 @@ def _collect(
 
     stale_pins = [
         o.key
-        for o in storage.list(PINS + "/")
-        if manifest_of(o.key) not in marker.manifests and (o.mtime is None or o.mtime < now - grace)
+        for o in storage.list(PINS_PREFIX)
+        if pinned_manifest(o.key) not in marker.manifests
+        and (o.mtime is None or o.mtime < now - grace)
     ]
     report.pins_deleted = len(stale_pins)
     expired = [lease for lease in leases if _gone(lease.refreshed, now, 2 * lease.ttl)]
@@ -469,8 +481,8 @@ def _collect(
     report.runs_deleted = len(old_runs)
     stale_parts = [
         o.key
-        for o in storage.list(PARTS + "/")
-        if o.key.endswith(".json") and _gone(o.mtime, now, STALE_PART_SECONDS)
+        for o in storage.list(PARTS_PREFIX)
+        if is_part_key(o.key) and _gone(o.mtime, now, STALE_PART_SECONDS)
     ]
     report.parts_deleted = len(stale_parts)
     if run is None:
@@ -492,7 +504,7 @@ def _collect(
     for r in dead_runs:
         # It deletes nothing any more (a run stops once its heartbeat is stale): say so, so
         # that writers stop waiting for it.
-        storage.put_bytes(ls.run_key(r.run, ls.RUN_DONE), b'{"state": "dead"}')
+        storage.put_bytes(gc_run_key(r.run, ls.RUN_DONE), b'{"state": "dead"}')
     storage.delete_many([k for r in old_runs for k in r.keys], marker.workers)
     storage.delete_many(stale_parts, marker.workers)
 

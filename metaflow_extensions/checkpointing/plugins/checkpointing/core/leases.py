@@ -6,7 +6,7 @@ and deduplicated against (possibly old blobs whose checkpoints retention has pru
 protocol below makes GC keep both, whatever the interleaving; the argument is in
 ``docs/design/adr-002-gc-liveness.md``.
 
-Objects (all under the checkpoint root)::
+Objects (all under the checkpoint root; keys built by :mod:`.layout`)::
 
     leases/<session>/start       a writer session began (server mtime = the session's start)
     leases/<session>/alive       rewritten to refresh the lease (mtime = last refresh)
@@ -22,7 +22,7 @@ a run that may have missed them, waits for it to end and checks (and re-uploads)
 Blobs a session uploaded itself after its ``start`` are protected by time: GC keeps every blob
 whose mtime is at least a live lease's start (minus :data:`MARGIN_SECONDS`).
 
-This module owns the key layout of ``leases/`` and ``gc/runs/``, the writer side
+This module owns the protocol's objects (what they hold and when they are written), the writer side
 (:class:`WriterLease`, used by :func:`.commit.save` through :class:`.upload.BlobWriter`) and
 :func:`list_leases` (used by :mod:`.gc` and :mod:`.verify`).
 """
@@ -46,9 +46,18 @@ from typing import Optional
 
 from ..errors import CheckpointConfigError, StorageError, StorageNotFound
 from ..storage.base import ObjectInfo, Storage
-
-LEASES = "leases"
-GC_RUNS = "gc/runs"
+from .layout import (
+    GC_RUNS_PREFIX,
+    LEASE_ALIVE,
+    LEASE_NAMES,
+    LEASE_START,
+    LEASES_PREFIX,
+    gc_run_of,
+    lease_key,
+    lease_names_key,
+    lease_of,
+    lease_prefix,
+)
 
 #: Lease lifetime (seconds) when ``METAFLOW_CHECKPOINT_LEASE_SECONDS`` is not set.
 DEFAULT_TTL_SECONDS = 1800.0
@@ -67,32 +76,13 @@ DEAD_SECONDS = 60.0
 #: see that the run happened), then deleted by a later run.
 RUN_RECORD_SECONDS = 7 * 86400.0
 
-START = "start"
-ALIVE = "alive"
-NAMES = "names-"
+START = LEASE_START
+ALIVE = LEASE_ALIVE
+NAMES = LEASE_NAMES
 #: Phases of a GC run, in order; each is one object ``gc/runs/<run>/<phase>``.
 RUN_START, RUN_SWEEP, RUN_DONE = "start", "sweep", "done"
 _PHASE_ORDER = {RUN_START: 0, RUN_SWEEP: 1, RUN_DONE: 2}
 _HASH_RE = re.compile(r"^[0-9a-f]{16,128}$")
-
-
-# ------------------------------------------------------------------------------------ layout
-def lease_prefix(session: str) -> str:
-    """Prefix of every object of one writer session."""
-    return "%s/%s/" % (LEASES, session)
-
-
-def lease_key(session: str, name: str) -> str:
-    return lease_prefix(session) + name
-
-
-def names_key(session: str, n: int) -> str:
-    return lease_prefix(session) + "%s%06d" % (NAMES, n)
-
-
-def run_key(run: str, phase: str) -> str:
-    """Key of one phase object of a GC run."""
-    return "%s/%s/%s" % (GC_RUNS, run, phase)
 
 
 def validate_ttl(value: object, what: str = "METAFLOW_CHECKPOINT_LEASE_SECONDS") -> float:
@@ -136,13 +126,12 @@ def parse_runs(objects: Iterable[ObjectInfo]) -> dict[str, RunState]:
     """Group a listing of ``gc/runs/`` by run."""
     grouped: dict[str, list[ObjectInfo]] = {}
     for o in objects:
-        rest = o.key[len(GC_RUNS) + 1 :] if o.key.startswith(GC_RUNS + "/") else ""
-        run, sep, _phase = rest.partition("/")
-        if run and sep:
-            grouped.setdefault(run, []).append(o)
+        parsed = gc_run_of(o.key)
+        if parsed is not None:
+            grouped.setdefault(parsed[0], []).append(o)
     out = {}
     for run, objs in grouped.items():
-        phases = {o.key.rsplit("/", 1)[1]: o for o in objs}
+        phases = {gc_run_of(o.key)[1]: o for o in objs}  # type: ignore[index]
         known = [p for p in phases if p in _PHASE_ORDER]
         if any(p not in _PHASE_ORDER for p in phases):
             phase = RUN_DONE
@@ -162,7 +151,7 @@ def parse_runs(objects: Iterable[ObjectInfo]) -> dict[str, RunState]:
 
 def list_runs(storage: Storage) -> dict[str, RunState]:
     """Every GC run recorded under ``gc/runs/`` (a listing error propagates: fail closed)."""
-    return parse_runs(storage.list(GC_RUNS + "/"))
+    return parse_runs(storage.list(GC_RUNS_PREFIX))
 
 
 # ------------------------------------------------------------------------------------ leases
@@ -283,14 +272,14 @@ def list_leases(
         ttl_seconds = validate_ttl(ttl_seconds, "ttl_seconds")
     now = time.time() if now is None else float(now)
     groups: dict[str, list[ObjectInfo]] = {}
-    for o in storage.list(LEASES + "/"):
-        session = o.key.split("/")[1] if o.key.count("/") >= 1 else ""
-        if session:
-            groups.setdefault(session, []).append(o)
+    for o in storage.list(LEASES_PREFIX):
+        parsed = lease_of(o.key)
+        if parsed is not None:
+            groups.setdefault(parsed[0], []).append(o)
 
     def judge(session: str) -> LeaseInfo:
         objs = groups[session]
-        by_name = {o.key[len(lease_prefix(session)) :]: o for o in objs}
+        by_name = {lease_of(o.key)[1]: o for o in objs}  # type: ignore[index]
         unknown = tuple(
             sorted(
                 o.key
@@ -594,7 +583,7 @@ class WriterLease:
         self._write(s, lease_key(s.id, ALIVE), {"ttl": self.ttl})
 
     def _put_names(self, s: _Session, blobs: set) -> None:
-        key = names_key(s.id, s.names_n)
+        key = lease_names_key(s.id, s.names_n)
         s.names_n += 1
         self._write(s, key, {"blobs": sorted(blobs)})
 

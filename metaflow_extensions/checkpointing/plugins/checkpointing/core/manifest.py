@@ -22,7 +22,9 @@ from datetime import datetime, timezone
 from typing import Any, NoReturn, Optional
 
 from ..errors import CheckpointConfigError, ManifestError
-from .scope import BLOB_NAME_RE, MANIFESTS, Scope, decode, encode, is_blob_name, validate_name
+from . import layout
+from .layout import BLOB_NAME_RE, is_blob_name
+from .scope import Scope, validate_name
 
 FORMAT = "metaflow-checkpointing/1"
 _HEX64 = BLOB_NAME_RE.fullmatch
@@ -182,27 +184,14 @@ def now_ms() -> int:
 
 
 def manifest_key(scope: Scope, created_ms: int, seq: int, latest: bool, id: str, name: str) -> str:
-    return "%s%013d-%d-%06d-%s-%s-%s.json" % (
-        scope.task_prefix(),
-        created_ms,
-        scope.attempt,
-        seq,
-        "L" if latest else "N",
-        id,
-        name,
-    )
-
-
-#: ``<created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json``: ASCII digits only (``int()`` would
-#: also take signs, spaces, underscores and other scripts' digits).
-_KEY_FILE_RE = re.compile(
-    r"(?P<created>[0-9]{1,19})-(?P<attempt>[0-9]{1,19})-(?P<seq>[0-9]{1,19})-(?P<flag>[LN])-"
-    r"(?P<id>[0-9A-Za-z]{1,64})-(?P<name>.+)\.json"
-)
+    """The key of a manifest (:func:`.layout.manifest_key` under the scope's task prefix)."""
+    prefix = scope.task_prefix()
+    return layout.manifest_key(prefix, created_ms, scope.attempt, seq, latest, id, name)
 
 
 def parse_key(key: str) -> ManifestHeader:
-    """Parse a manifest key into a header.
+    """Parse a manifest key into a header (:func:`.layout.split_manifest_key`, then the name
+    and the ranges of its numbers are checked).
 
     Raises
     ------
@@ -210,27 +199,24 @@ def parse_key(key: str) -> ManifestHeader:
         If the key is not a manifest key of this format (whatever the input: never another
         exception).
     """
-    parts = key.split("/") if isinstance(key, str) else []
+    k = layout.split_manifest_key(key)
     given = key if isinstance(key, str) else None  # the error's key field: strings only
-    match = _KEY_FILE_RE.fullmatch(parts[7]) if len(parts) == 8 else None
-    if match is None or parts[0] != MANIFESTS or not all(parts[1:7]):
+    if k is None:
         raise ManifestError("%s is not a checkpoint manifest key." % _show(key), key=given)
-    created, attempt, seq = (int(match[g]) for g in ("created", "attempt", "seq"))
     try:
-        name = validate_name(match["name"])
+        name = validate_name(k.name)
     except CheckpointConfigError:
         raise ManifestError(
             "%s is not a checkpoint manifest key: its name is not valid." % _show(key), key=given
         ) from None
-    if created > MAX_CREATED_MS or attempt >= SIZE_LIMIT or seq >= SIZE_LIMIT:
+    if k.created_ms > MAX_CREATED_MS or k.attempt >= SIZE_LIMIT or k.seq >= SIZE_LIMIT:
         raise ManifestError(
             "%s is not a checkpoint manifest key: its time, attempt or sequence number is out "
             "of range." % _show(key),
             key=given,
         )
-    ns, flow, step, foreach, run, task = (decode(p) for p in parts[1:7])
-    scope = Scope(ns, flow, step, foreach, run, task, attempt)
-    return ManifestHeader(key, scope, created, seq, match["flag"] == "L", match["id"], name)
+    scope = Scope(k.namespace, k.flow, k.step, k.foreach, k.run, k.task, k.attempt)
+    return ManifestHeader(key, scope, k.created_ms, k.seq, k.latest, k.id, name)
 
 
 def is_manifest_key(key: str) -> bool:
@@ -663,7 +649,6 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "ManifestHeader",
-    "encode",
     "is_manifest_key",
     "loads",
     "manifest_key",

@@ -13,23 +13,9 @@ import time
 from typing import Optional
 
 from ..storage.base import Storage
-from .scope import Scope, encode
-
-CONTROL = "control"
-
-
-def run_key(flow: str, run: str) -> str:
-    return "%s/pause/%s/%s/_run.json" % (CONTROL, encode(flow), encode(run))
-
-
-def task_key(flow: str, run: str, step: str, task: str) -> str:
-    return "%s/pause/%s/%s/%s/%s.json" % (
-        CONTROL,
-        encode(flow),
-        encode(run),
-        encode(step),
-        encode(task),
-    )
+from .layout import pause_run_key as run_key
+from .layout import pause_task_key as task_key
+from .scope import Scope
 
 
 def request(storage: Storage, key: str, reason: Optional[str], by: Optional[str]) -> None:

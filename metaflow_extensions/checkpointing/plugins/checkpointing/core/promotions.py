@@ -12,7 +12,7 @@ store can add a version.  To keep a version from reaching other namespaces by ac
   whoever published it (an explicit pin is explicit trust);
 * a **promotion** is a small marker object, one put, ``promotions/<name>/to/<namespace>/<id>``,
   and every promote or unpromote is also appended to a log,
-  ``promotions/<name>/log/<ms>-<random>.json``, that ``show`` prints.
+  ``promotions/<name>/log/<ms>-<random>.json``, that ``show`` prints (keys in :mod:`.layout`).
 
 This prevents accidents (a colleague's upload, a test upload, a stale laptop client), not
 attackers: whoever can write the store can also write a manifest or a marker.
@@ -37,10 +37,10 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
+from . import layout
 from .manifest import Manifest, ManifestHeader, iso_time, now_ms
-from .scope import decode, encode, validate_name
+from .scope import validate_name
 
-PROMOTIONS = "promotions"
 LOG_FORMAT = "metaflow-checkpointing-promotion/1"
 #: Longest user, namespace or origin string recorded (longer ones are malformed).
 MAX_FIELD = 512
@@ -118,38 +118,29 @@ def validate_namespace(namespace: object) -> str:
 
 
 # ------------------------------------------------------------------------------ promotions
-def name_prefix(name: str) -> str:
-    return "%s/%s/" % (PROMOTIONS, encode(validate_name(name)))
-
-
-def _to_prefix(name: str, namespace: Optional[str] = None) -> str:
-    base = name_prefix(name) + "to/"
-    return base if namespace is None else base + encode(namespace) + "/"
-
-
 def promotion_key(name: str, namespace: str, version: str) -> str:
-    """Marker of ``name@version`` promoted to ``namespace``."""
-    return _to_prefix(name, namespace) + encode(version)
+    """Marker of ``name@version`` promoted to ``namespace`` (:func:`.layout.promotion_key`)."""
+    return layout.promotion_key(validate_name(name), namespace, version)
 
 
 def _log_key(name: str, at_ms: int) -> str:
-    return "%slog/%013d-%s.json" % (name_prefix(name), at_ms, uuid.uuid4().hex[:8])
+    return layout.promotion_log_key(validate_name(name), at_ms, uuid.uuid4().hex[:8])
 
 
 def promoted_versions(storage: Storage, name: str, namespace: str) -> frozenset:
     """Version ids of ``name`` promoted to ``namespace`` (one listing)."""
-    prefix = _to_prefix(name, namespace)
-    return frozenset(decode(o.key[len(prefix) :]) for o in storage.list(prefix))
+    prefix = layout.promoted_to_prefix(validate_name(name), namespace)
+    markers = (layout.promotion_of(o.key, name) for o in storage.list(prefix))
+    return frozenset(m[1] for m in markers if m is not None and m[0] == namespace)
 
 
 def promotions_of(storage: Storage, name: str) -> dict[str, list[str]]:
     """``{version id: [namespaces it is promoted to]}`` of ``name`` (one listing)."""
-    prefix = _to_prefix(name)
     out: dict[str, list[str]] = {}
-    for o in storage.list(prefix):
-        parts = o.key[len(prefix) :].split("/")
-        if len(parts) == 2:
-            out.setdefault(decode(parts[1]), []).append(decode(parts[0]))
+    for o in storage.list(layout.promoted_to_prefix(validate_name(name))):
+        marker = layout.promotion_of(o.key, name)
+        if marker is not None:
+            out.setdefault(marker[1], []).append(marker[0])
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -218,7 +209,8 @@ def history(storage: Storage, name: str, version: Optional[str] = None) -> list[
     """Promote and unpromote events of ``name`` (of one ``version`` if given), oldest first.
     Unreadable entries are skipped: the log tells a story, the markers decide."""
     events = []
-    for o in sorted(storage.list(name_prefix(name) + "log/"), key=lambda o: o.key):
+    log = storage.list(layout.promotion_log_prefix(validate_name(name)))
+    for o in sorted(log, key=lambda o: o.key):
         try:
             event = json.loads(storage.get_bytes(o.key))
         except (CheckpointException, ValueError):
@@ -351,7 +343,6 @@ def untrusted_error(name: str, reader: Optional[str], passed: list) -> Checkpoin
 
 
 __all__ = [
-    "PROMOTIONS",
     "Resolution",
     "describe_publisher",
     "history",

@@ -21,8 +21,8 @@ from ..errors import (
 )
 from ..storage.base import Storage
 from .download import _fetch_verified
+from .layout import blob_key
 from .manifest import FileEntry, Manifest
-from .scope import blob_key
 from .transfer import digest
 
 

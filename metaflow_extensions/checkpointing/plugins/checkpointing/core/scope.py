@@ -1,17 +1,8 @@
-"""Scopes: where a checkpoint belongs, and the key prefixes that make each lookup one listing.
+"""Scopes: where a checkpoint belongs (namespace, flow, step, foreach split, run, task, attempt).
 
-Manifest keys are laid out most-general first::
-
-    manifests/<namespace>/<flow>/<step>/<foreach path>/<run>/<task>/<manifest file>
-
-so that every load policy is a single prefix listing:
-
-* latest of a task (``@retry``)                   -> ``.../<foreach>/<run>/<task>/``
-* counterpart in the origin run (``resume``)      -> ``.../<foreach>/<origin run>/``
-* any earlier run of the same step and split      -> ``.../<step>/<foreach>/``
-* every checkpoint of a step (``list(within_task=False)``) -> ``.../<step>/``
-
-Components are percent-encoded, so namespaces such as ``user:alice`` are safe on every backend.
+A scope names the manifest prefixes its lookups list (:meth:`Scope.task_prefix` for ``@retry``,
+:meth:`Scope.run_prefix` for ``resume``, :meth:`Scope.lineage_prefix` for ``eager``); the keys
+themselves are spelled by :mod:`.layout`.  Checkpoint names are validated here.
 """
 
 from __future__ import annotations
@@ -19,32 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Optional
-from urllib.parse import quote, unquote
 
-from ..errors import CheckpointConfigError, ManifestError
+from ..errors import CheckpointConfigError
+from . import layout
+from .layout import LIBRARY
 
-MANIFESTS = "manifests"
-BLOBS = "blobs"
 #: The foreach path of a step that is not inside any foreach.
 NO_FOREACH = "_"
 DEFAULT_NAME = "mfchckpt"
-#: Namespace, flow, run and task of checkpoints saved outside any task (named uploads such as
-#: ``metaflow checkpoint upload ./model.pt --name resnet50``): a store-wide library in which the
-#: step component is the checkpoint name, so every version of one name is one prefix listing.
-LIBRARY = "_library"
 MAX_NAME_LENGTH = 100
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-
-
-def encode(component: str) -> str:
-    """Percent-encode one key component (no '/', never empty)."""
-    encoded = quote(str(component), safe="") or "%00"
-    # '.' and '..' are left alone by quote() but are not valid key components anywhere.
-    return "%2E" * len(encoded) if encoded in (".", "..") else encoded
-
-
-def decode(component: str) -> str:
-    return unquote(component)
 
 
 def validate_name(name: object) -> str:
@@ -114,19 +89,22 @@ class Scope:
         return self.namespace == LIBRARY and self.flow == LIBRARY
 
     def step_prefix(self) -> str:
-        return step_prefix(self.namespace, self.flow, self.step)
+        return layout.step_prefix(self.namespace, self.flow, self.step)
 
     def lineage_prefix(self) -> str:
         """All runs of this step and foreach split (the ``eager`` lookup)."""
-        return self.step_prefix() + encode(self.foreach) + "/"
+        return layout.lineage_prefix(self.namespace, self.flow, self.step, self.foreach)
 
     def run_prefix(self, run: Optional[str] = None) -> str:
         """This step and split within one run (the ``resume`` lookup)."""
-        return self.lineage_prefix() + encode(run if run is not None else self.run) + "/"
+        run = run if run is not None else self.run
+        return layout.run_prefix(self.namespace, self.flow, self.step, self.foreach, run)
 
     def task_prefix(self) -> str:
         """This task, all attempts (the ``@retry`` lookup)."""
-        return self.run_prefix() + encode(self.task) + "/"
+        return layout.task_prefix(
+            self.namespace, self.flow, self.step, self.foreach, self.run, self.task
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -153,49 +131,6 @@ class Scope:
 
 
 def library_scope(name: str) -> Scope:
-    """The scope of named checkpoints saved outside any task (see :data:`LIBRARY`)."""
+    """The scope of named checkpoints saved outside any task: namespace and flow
+    :data:`.layout.LIBRARY`, the name as step (every version of one name is one listing)."""
     return Scope(LIBRARY, LIBRARY, validate_name(name), NO_FOREACH, NO_FOREACH, NO_FOREACH, 0)
-
-
-def library_prefix() -> str:
-    """Every named checkpoint saved outside any task."""
-    return flow_prefix(LIBRARY, LIBRARY)
-
-
-def namespace_prefix(namespace: str) -> str:
-    return "%s/%s/" % (MANIFESTS, encode(namespace))
-
-
-def flow_prefix(namespace: str, flow: str) -> str:
-    return namespace_prefix(namespace) + encode(flow) + "/"
-
-
-def step_prefix(namespace: str, flow: str, step: str) -> str:
-    return flow_prefix(namespace, flow) + encode(step) + "/"
-
-
-#: A blob name: a BLAKE3 digest as 64 lowercase hex digits.
-BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
-_is_hex64 = BLOB_NAME_RE.fullmatch
-
-
-def is_blob_name(name: object) -> bool:
-    """Whether ``name`` is a blob name: a BLAKE3 digest as 64 lowercase hex digits."""
-    return type(name) is str and _is_hex64(name) is not None
-
-
-def blob_key(digest: str) -> str:
-    """Key of a content-addressed blob.
-
-    Raises
-    ------
-    ManifestError
-        If ``digest`` is not a 64-hex BLAKE3 digest: a name from a manifest becomes a storage
-        key, and on local stores a path that is opened, so nothing else may get this far.
-    """
-    if type(digest) is not str or _is_hex64(digest) is None:
-        raise ManifestError(
-            "%r is not a blob name (a 64-hex BLAKE3 digest); refusing to read or write it."
-            % (digest if len(str(digest)) <= 80 else str(digest)[:77] + "...",)
-        )
-    return "%s/%s/%s" % (BLOBS, digest[:2], digest)

@@ -17,6 +17,7 @@ from ..storage.base import Storage
 from . import commit, gang, gc, pins, policies, promotions, retention, usage
 from . import manifest as mf
 from .download import download_tree
+from .layout import step_prefix_of
 from .leases import WriterLease
 from .manifest import Manifest, ManifestHeader
 from .reader import open_file
@@ -357,7 +358,7 @@ class CheckpointStore:
         damaged = [h for h in headers if summaries[h.key].get("damaged")]
         headers = [h for h in headers if not summaries[h.key].get("damaged")]
         pinned: set = set()
-        for prefix in {"/".join(h.key.split("/")[:4]) + "/" for h in headers}:
+        for prefix in {step_prefix_of(h.key) for h in headers}:
             pinned |= pins.pinned_under(self.storage, prefix)
         grouped: dict[str, list[ManifestHeader]] = {}
         for h in headers:

@@ -3,7 +3,7 @@
 Listing a step's checkpoints is one prefix listing of manifest keys, and a key already tells the
 scope, name, time and ``latest`` flag.  Metadata, size and save statistics live in the manifest.
 To list 1,000 checkpoints without 1,000 manifest reads, readers keep a small summary index per
-step prefix (``indexes/<ns>/<flow>/<step>/summaries.json``):
+step prefix (``indexes/<ns>/<flow>/<step>/summaries.json``, keys in :mod:`.layout`):
 
 * the listing stays the truth: only keys present in it are reported, so a deleted checkpoint
   never shows up, and a committed one missing from the index is read from its manifest;
@@ -28,10 +28,16 @@ from typing import Any, Callable, Union
 
 from ..errors import CheckpointException, ManifestError
 from ..storage.base import Storage
+from .layout import (
+    is_task_summary_key,
+    step_index_key,
+    step_prefix_of,
+    task_prefix_of,
+    task_summaries_prefix,
+    task_summary_key,
+)
 from .manifest import SIZE_LIMIT, Manifest, ManifestHeader
-from .scope import MANIFESTS
 
-INDEXES = "indexes"
 INDEX_FORMAT = "metaflow-checkpointing-summaries/1"
 #: Rewrite a step's index once a listing had to read this many manifests (or all of them).
 REWRITE_AFTER = 8
@@ -97,25 +103,6 @@ def _read_json(storage: Storage, key: str) -> Any:
         return None
 
 
-def _step_of(key: str) -> str:
-    """``manifests/<ns>/<flow>/<step>/`` of a manifest key."""
-    return "/".join(key.split("/")[:4]) + "/"
-
-
-def index_key(step_prefix: str) -> str:
-    return INDEXES + step_prefix[len(MANIFESTS) :] + "summaries.json"
-
-
-def _task_of(key: str) -> str:
-    """``manifests/<ns>/<flow>/<step>/<foreach>/<run>/<task>/`` of a manifest key."""
-    return key.rsplit("/", 1)[0] + "/"
-
-
-def task_summary_key(task_prefix: str, attempt: int) -> str:
-    """Where a task writes the summaries of the checkpoints one attempt saved."""
-    return INDEXES + task_prefix[len(MANIFESTS) :] + "attempt-%d.json" % attempt
-
-
 def write_task_summaries(
     storage: Storage, task_prefix: str, attempt: int, manifests: Sequence[Manifest]
 ) -> None:
@@ -148,7 +135,7 @@ class SummaryIndex:
         """Summary of every header's checkpoint, by key."""
         groups: dict[str, list[ManifestHeader]] = {}
         for h in headers:
-            groups.setdefault(_step_of(h.key), []).append(h)
+            groups.setdefault(step_prefix_of(h.key), []).append(h)
         out: dict[str, dict] = {}
         for step_prefix, group in groups.items():
             known = self._read_index(step_prefix)
@@ -191,15 +178,14 @@ class SummaryIndex:
 
     def _from_task_summaries(self, keys: Sequence[str]) -> dict[str, dict]:
         """Summaries the writing tasks recorded, when that saves reads (few tasks, many keys)."""
-        tasks = {_task_of(k) for k in keys}
+        tasks = {task_prefix_of(k) for k in keys}
         if not tasks or len(tasks) * 4 > len(keys):
             return {}
         wanted = set(keys)
         found: dict[str, dict] = {}
         for task in tasks:
-            prefix = INDEXES + task[len(MANIFESTS) :]
-            for obj in self._storage.list(prefix):
-                if not obj.key.rsplit("/", 1)[1].startswith("attempt-"):
+            for obj in self._storage.list(task_summaries_prefix(task)):
+                if not is_task_summary_key(obj.key):
                     continue
                 entries = _valid_entries(_read_json(self._storage, obj.key))
                 found.update({k: v for k, v in entries.items() if k in wanted})
@@ -207,7 +193,7 @@ class SummaryIndex:
 
     def _read_index(self, step_prefix: str) -> dict[str, dict]:
         # Absent, unreadable or malformed: it is only a hint.
-        return _valid_entries(_read_json(self._storage, index_key(step_prefix)))
+        return _valid_entries(_read_json(self._storage, step_index_key(step_prefix)))
 
     def _write_index(self, step_prefix: str, entries: dict[str, dict], relist: bool) -> None:
         if relist:
@@ -216,6 +202,6 @@ class SummaryIndex:
             entries = {k: v for k, v in entries.items() if k in live}
         body = {"format": INDEX_FORMAT, "entries": entries}
         try:
-            self._storage.put_bytes(index_key(step_prefix), json.dumps(body).encode("utf-8"))
+            self._storage.put_bytes(step_index_key(step_prefix), json.dumps(body).encode("utf-8"))
         except CheckpointException:
             pass  # a read-only reader still gets its listing

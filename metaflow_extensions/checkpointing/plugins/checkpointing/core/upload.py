@@ -19,10 +19,10 @@ from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError, StorageError
 from ..storage.base import Storage
+from .layout import blob_key
 from .leases import WriterLease
 from .manifest import ChunkRef, FileEntry
 from .scan import _File, _unreadable
-from .scope import blob_key
 from .transfer import (
     Progress,
     SaveStats,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..storage.base import Storage
+from .layout import BLOBS_PREFIX, blob_of
 from .manifest import Manifest
-from .scope import BLOBS
 
 #: What ``du`` can group by, and the scope fields that make up each group's label.
 GROUPINGS = {
@@ -73,7 +73,7 @@ def usage(
 ) -> Usage:
     """Account ``manifests`` grouped ``by`` flow, step, run or name (``damaged``: keys of
     checkpoints that could not be read, reported, not counted)."""
-    sizes = {o.key.rsplit("/", 1)[1]: o.size for o in storage.list(BLOBS + "/")}
+    sizes = {h: o.size for o in storage.list(BLOBS_PREFIX) if (h := blob_of(o.key)) is not None}
     rows: dict[str, UsageRow] = {}
     total = UsageRow("total")
     for m in manifests:

@@ -53,8 +53,17 @@ from ..errors import CheckpointNotFound, ManifestError, StorageError, StorageNot
 from ..fmt import human_size
 from ..storage.base import ObjectInfo, Storage
 from . import manifest as mf
+from .layout import (
+    BLOBS_PREFIX,
+    MANIFESTS_PREFIX,
+    PARTS_PREFIX,
+    blob_key,
+    blob_of,
+    is_part_key,
+    lease_prefix,
+)
 from .leases import list_leases
-from .scope import BLOBS, MANIFESTS, Scope, blob_key, decode
+from .scope import Scope
 from .transfer import TransferOptions, _run_bounded
 
 #: Above this many distinct referenced blobs, one listing of ``blobs/`` replaces the existence
@@ -72,10 +81,6 @@ NEWER_FORMAT = "newer_format"
 KEY_MISMATCH = "key_mismatch"
 INVALID = "invalid"
 REASONS = (UNRECOGNIZED_KEY, UNREADABLE, UNPARSABLE, NEWER_FORMAT, KEY_MISMATCH, INVALID)
-
-#: Where ``@parallel`` ranks store their parts before the gang commit (see :mod:`.gang`).
-PARTS = "parts"
-
 
 #: ``progress(phase, done, total)``: cumulative counts of one phase (``"manifests"`` and
 #: ``"blobs"`` count objects, ``"bytes"`` counts bytes re-hashed), called from worker threads.
@@ -316,7 +321,7 @@ class VerifyReport:
                 else "last refreshed %s"
                 % (mf.iso_time(int(lease.refreshed * 1000))[:19].replace("T", " ") + " UTC")
             )
-            out.append(("LEASE", "leases/%s" % lease.session, "expired, %s" % when))
+            out.append(("LEASE", lease_prefix(lease.session).rstrip("/"), "expired, %s" % when))
         blobs = sorted(self.unreferenced or (), key=lambda o: o.key)
         for o in blobs[:UNREFERENCED_ROWS]:
             out.append(
@@ -327,7 +332,7 @@ class VerifyReport:
             out.append(
                 (
                     "UNREFERENCED",
-                    "%s/" % BLOBS,
+                    BLOBS_PREFIX,
                     "%d more blobs, %s (the JSON output lists every key)"
                     % (len(rest), human_size(sum(o.size for o in rest))),
                 )
@@ -396,15 +401,6 @@ def _few(items: Sequence[str], shown: int = 3) -> str:
 
 
 # ------------------------------------------------------------------------------ manifests
-def key_components(key: str) -> Optional[tuple[str, ...]]:
-    """``(namespace, flow, step, foreach, run, task)`` of an object under ``manifests/`` (from its
-    path alone, so also for a key whose file name does not parse), or None."""
-    parts = key.split("/")
-    if len(parts) != 8 or parts[0] != MANIFESTS:
-        return None
-    return tuple(decode(p) for p in parts[1:7])
-
-
 def _reason(data: bytes, key: str) -> str:
     """Classify a manifest that :func:`manifest.loads` refused."""
     try:
@@ -655,7 +651,7 @@ def verify(
         storage.url, target or ("the whole store" if whole else "%d keys" % len(keys)), deep, whole
     )
     if whole:
-        keys = sorted({o.key for o in storage.list(MANIFESTS + "/") if not o.key.endswith("/")})
+        keys = sorted({o.key for o in storage.list(MANIFESTS_PREFIX) if not o.key.endswith("/")})
     keys = sorted(set(keys))
 
     # 1. Read and parse every manifest.
@@ -687,8 +683,8 @@ def verify(
     sizes: Optional[dict[str, int]] = None
     listed: list[ObjectInfo] = []
     if whole or (uses and len(uses) > EXISTS_LIMIT):
-        listed = [o for o in storage.list(BLOBS + "/") if o.key.count("/") == 2]
-        sizes = {o.key.rsplit("/", 1)[1]: o.size for o in listed}
+        listed = [o for o in storage.list(BLOBS_PREFIX) if blob_of(o.key) is not None]
+        sizes = {blob_of(o.key): o.size for o in listed}
         report.blob_check = "listing" if uses else ""
         present = {h for h in uses if h in sizes}
     elif deep:
@@ -786,13 +782,13 @@ def _unreferenced(
     seen = set(keys)
     later = sorted(
         o.key
-        for o in storage.list(MANIFESTS + "/")
+        for o in storage.list(MANIFESTS_PREFIX)
         if mf.is_manifest_key(o.key) and o.key not in seen
     )
     for m, _damaged in _parallel(lambda k: _parse(storage, k), later, workers):
         if m is not None:
             live |= {c.blob for f in m.files for c in f.chunks}
-    parts = sorted(o.key for o in storage.list(PARTS + "/") if o.key.endswith(".json"))
+    parts = sorted(o.key for o in storage.list(PARTS_PREFIX) if is_part_key(o.key))
     for blobs, damaged in _parallel(lambda k: _part_blobs(storage, k), parts, workers):
         live |= blobs
         if damaged is not None:
@@ -814,8 +810,8 @@ def _unreferenced(
     report.unreferenced = [
         o
         for o in listed
-        if o.key.rsplit("/", 1)[1] not in live
-        and not any(lease.protects(o.key.rsplit("/", 1)[1], o.mtime) for lease in live_leases)
+        if blob_of(o.key) not in live
+        and not any(lease.protects(blob_of(o.key), o.mtime) for lease in live_leases)
     ]
 
 
@@ -844,6 +840,5 @@ __all__ = [
     "MissingBlobs",
     "OrphanedLease",
     "VerifyReport",
-    "key_components",
     "verify",
 ]

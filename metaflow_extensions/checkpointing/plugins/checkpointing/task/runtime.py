@@ -18,11 +18,12 @@ from ..common import alias
 from ..common.reference import CheckpointReference
 from ..core.clock import TaskClock
 from ..core.download import remove_dead_staging
+from ..core.layout import step_prefix
 from ..core.manifest import Manifest, ManifestHeader, is_manifest_key
 from ..core.pause import PausePoller
 from ..core.policies import Resolution, sort_key
 from ..core.retention import Retention
-from ..core.scope import DEFAULT_NAME, Scope, step_prefix
+from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
 from ..core.tempnames import STAGING_PREFIX
 from ..errors import (

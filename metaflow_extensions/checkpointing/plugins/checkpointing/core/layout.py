@@ -1,0 +1,390 @@
+"""The store's key layout: every key of a checkpoint root is built and parsed here, and only here.
+
+A checkpoint root (``<datastore root>/mf.checkpointing`` or ``METAFLOW_CHECKPOINT_ROOT``)::
+
+    <root>/
+    ├── manifests/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<manifest file>
+    │       <manifest file> = <created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json
+    │       one per committed checkpoint, written last (a checkpoint exists exactly when its
+    │       manifest does); named checkpoints saved outside a task live under
+    │       manifests/_library/_library/<name>/_/_/_/
+    ├── blobs/<2 hex>/<64 hex>          content-addressed data: BLAKE3 of the bytes it holds
+    ├── parts/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<gang id>/rank-<i>.json
+    │       one @parallel rank's shard, until rank 0 commits the gang's manifest
+    ├── pins/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<manifest file>
+    │       empty marker: retention never prunes the manifest of the same path
+    ├── indexes/<ns>/<flow>/<step>/summaries.json
+    │   indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>.json
+    │       listing hints (summaries of immutable manifests); never the truth
+    ├── promotions/<name>/to/<namespace>/<version>      a version trusted in a namespace
+    │   promotions/<name>/log/<ms>-<8 hex>.json         who promoted or unpromoted, when
+    ├── leases/<session>/start | alive | names-<n>      a writer's GC lease (see .leases)
+    ├── gc/runs/<run>/start | sweep | done              a GC run's record (see .gc)
+    └── control/pause/<flow>/<run>/_run.json            pause requests (see .pause)
+        control/pause/<flow>/<run>/<step>/<task>.json
+
+Every scope component (``<ns>`` ... ``<task>``, promotion namespaces and versions, pause
+components) is percent-encoded by :func:`encode`, so namespaces such as ``user:alice`` are safe
+on every backend; checkpoint names are restricted (:func:`.scope.validate_name`) and appear as is.
+``docs/design/adr-001-storage-layout.md`` explains why keys look like this; this docstring is
+the reference for what they are.
+
+Manifest keys are laid out most-general first, so that every load policy is one prefix listing:
+the latest of a task (``@retry``) is ``task_prefix``, the counterpart in the origin run
+(``resume``) ``run_prefix``, any earlier run of the step and split (``eager``)
+``lineage_prefix``, every checkpoint of a step ``step_prefix``.
+
+The functions here only build and split strings: they read no store and know no protocol.
+Parsers return ``None`` for a key of another shape (the caller decides whether that is an
+error); values inside a well-shaped key are validated by their owners (:func:`.manifest.parse_key`
+checks names and ranges).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Optional
+from urllib.parse import quote, unquote
+
+from ..errors import ManifestError
+
+# ---------------------------------------------------------------------------- top-level prefixes
+MANIFESTS = "manifests"
+BLOBS = "blobs"
+PARTS = "parts"
+PINS = "pins"
+INDEXES = "indexes"
+PROMOTIONS = "promotions"
+LEASES = "leases"
+GC_RUNS = "gc/runs"
+CONTROL = "control"
+#: Every top-level prefix, in the order of the tree above.
+TOP_LEVEL = (MANIFESTS, BLOBS, PARTS, PINS, INDEXES, PROMOTIONS, LEASES, GC_RUNS, CONTROL)
+
+MANIFESTS_PREFIX = MANIFESTS + "/"
+BLOBS_PREFIX = BLOBS + "/"
+PARTS_PREFIX = PARTS + "/"
+PINS_PREFIX = PINS + "/"
+LEASES_PREFIX = LEASES + "/"
+GC_RUNS_PREFIX = GC_RUNS + "/"
+
+#: Namespace and flow of named checkpoints saved outside any task: a store-wide library in which
+#: the step component is the checkpoint name, so every version of one name is one listing.
+LIBRARY = "_library"
+
+
+# ---------------------------------------------------------------------------- key components
+def encode(component: object) -> str:
+    """Percent-encode one key component (no '/', never empty, never '.' or '..')."""
+    encoded = quote(str(component), safe="") or "%00"
+    # '.' and '..' are left alone by quote() but are not valid key components anywhere.
+    return "%2E" * len(encoded) if encoded in (".", "..") else encoded
+
+
+def decode(component: str) -> str:
+    """The value :func:`encode` encoded."""
+    return unquote(component)
+
+
+# ---------------------------------------------------------------------------- manifests
+def namespace_prefix(namespace: str) -> str:
+    return "%s%s/" % (MANIFESTS_PREFIX, encode(namespace))
+
+
+def flow_prefix(namespace: str, flow: str) -> str:
+    return namespace_prefix(namespace) + encode(flow) + "/"
+
+
+def step_prefix(namespace: str, flow: str, step: str) -> str:
+    return flow_prefix(namespace, flow) + encode(step) + "/"
+
+
+def lineage_prefix(namespace: str, flow: str, step: str, foreach: str) -> str:
+    """All runs of one step and foreach split."""
+    return step_prefix(namespace, flow, step) + encode(foreach) + "/"
+
+
+def run_prefix(namespace: str, flow: str, step: str, foreach: str, run: str) -> str:
+    """One step and split within one run."""
+    return lineage_prefix(namespace, flow, step, foreach) + encode(run) + "/"
+
+
+def task_prefix(namespace: str, flow: str, step: str, foreach: str, run: str, task: str) -> str:
+    """One task, all its attempts."""
+    return run_prefix(namespace, flow, step, foreach, run) + encode(task) + "/"
+
+
+def library_prefix() -> str:
+    """Every named checkpoint saved outside any task."""
+    return flow_prefix(LIBRARY, LIBRARY)
+
+
+def manifest_key(
+    task_prefix: str, created_ms: int, attempt: int, seq: int, latest: bool, id: str, name: str
+) -> str:
+    """``<task prefix><created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json``."""
+    return "%s%013d-%d-%06d-%s-%s-%s.json" % (
+        task_prefix,
+        created_ms,
+        attempt,
+        seq,
+        "L" if latest else "N",
+        id,
+        name,
+    )
+
+
+#: ``<created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json``: ASCII digits only (``int()`` would
+#: also take signs, spaces, underscores and other scripts' digits).
+_MANIFEST_FILE_RE = re.compile(
+    r"(?P<created>[0-9]{1,19})-(?P<attempt>[0-9]{1,19})-(?P<seq>[0-9]{1,19})-(?P<flag>[LN])-"
+    r"(?P<id>[0-9A-Za-z]{1,64})-(?P<name>.+)\.json"
+)
+
+
+class ManifestKey(NamedTuple):
+    """What a manifest key spells (components decoded), before its values are validated."""
+
+    namespace: str
+    flow: str
+    step: str
+    foreach: str
+    run: str
+    task: str
+    created_ms: int
+    attempt: int
+    seq: int
+    latest: bool
+    id: str
+    name: str
+
+
+def manifest_components(key: object) -> Optional[tuple[str, ...]]:
+    """``(namespace, flow, step, foreach, run, task)`` of any object one level below a task
+    prefix under ``manifests/`` (from its path alone: also for a file name that does not
+    parse), or None."""
+    parts = key.split("/") if isinstance(key, str) else []
+    if len(parts) != 8 or parts[0] != MANIFESTS or not all(parts[1:7]):
+        return None
+    return tuple(decode(p) for p in parts[1:7])
+
+
+def split_manifest_key(key: object) -> Optional[ManifestKey]:
+    """The fields of a manifest key, or None if ``key`` does not have that shape (whatever it
+    is).  The name and the ranges of the numbers are not checked here."""
+    components = manifest_components(key)
+    if components is None:
+        return None
+    match = _MANIFEST_FILE_RE.fullmatch(key.rsplit("/", 1)[1])  # type: ignore[union-attr]
+    if match is None:
+        return None
+    return ManifestKey(
+        *components,
+        int(match["created"]),
+        int(match["attempt"]),
+        int(match["seq"]),
+        match["flag"] == "L",
+        match["id"],
+        match["name"],
+    )
+
+
+def step_prefix_of(key: str) -> str:
+    """``manifests/<ns>/<flow>/<step>/`` of a manifest key (or a key below a step prefix)."""
+    return "/".join(key.split("/")[:4]) + "/"
+
+
+def task_prefix_of(key: str) -> str:
+    """``manifests/<ns>/<flow>/<step>/<foreach>/<run>/<task>/`` of a manifest key."""
+    return key.rsplit("/", 1)[0] + "/"
+
+
+def split_manifest_url(text: str) -> Optional[tuple[str, str]]:
+    """``(root, key)`` of ``<root>/manifests/<manifest key>`` (the URL or path of a manifest),
+    else None.  Every ``/manifests/`` is tried, so a root whose path holds a ``manifests``
+    directory works; the key has the shape of a manifest key (its values are not checked)."""
+    marker = "/" + MANIFESTS_PREFIX
+    start = text.find(marker)
+    while start > 0:
+        key = text[start + 1 :]
+        if split_manifest_key(key) is not None:
+            return text[:start], key
+        start = text.find(marker, start + 1)
+    return None
+
+
+def mentions_manifests(text: str) -> bool:
+    """Whether ``text`` is or contains a key under ``manifests/`` (a key or a store URL rather
+    than a pathspec)."""
+    return text.startswith(MANIFESTS_PREFIX) or ("/" + MANIFESTS_PREFIX) in text
+
+
+# ---------------------------------------------------------------------------- blobs
+#: A blob name: a BLAKE3 digest as 64 lowercase hex digits.
+BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
+_is_hex64 = BLOB_NAME_RE.fullmatch
+
+
+def is_blob_name(name: object) -> bool:
+    """Whether ``name`` is a blob name: a BLAKE3 digest as 64 lowercase hex digits."""
+    return type(name) is str and _is_hex64(name) is not None
+
+
+def blob_key(digest: str) -> str:
+    """Key of a content-addressed blob: ``blobs/<first 2 hex>/<digest>``.
+
+    Raises
+    ------
+    ManifestError
+        If ``digest`` is not a 64-hex BLAKE3 digest: a name from a manifest becomes a storage
+        key, and on local stores a path that is opened, so nothing else may get this far.
+    """
+    if type(digest) is not str or _is_hex64(digest) is None:
+        raise ManifestError(
+            "%r is not a blob name (a 64-hex BLAKE3 digest); refusing to read or write it."
+            % (digest if len(str(digest)) <= 80 else str(digest)[:77] + "...",)
+        )
+    return "%s%s/%s" % (BLOBS_PREFIX, digest[:2], digest)
+
+
+def blob_of(key: str) -> Optional[str]:
+    """The blob name of a key listed under ``blobs/`` (``blobs/<xx>/<name>``), else None."""
+    parts = key.split("/")
+    return parts[2] if len(parts) == 3 and parts[0] == BLOBS and parts[2] else None
+
+
+# ---------------------------------------------------------------------------- @parallel parts
+def parts_prefix(task_prefix: str, gang_id: str) -> str:
+    """Where the ranks of one gang save of the task at ``task_prefix`` put their parts."""
+    return PARTS_PREFIX + task_prefix[len(MANIFESTS_PREFIX) :] + gang_id + "/"
+
+
+def part_key(task_prefix: str, gang_id: str, rank: int) -> str:
+    return parts_prefix(task_prefix, gang_id) + "rank-%d.json" % rank
+
+
+def is_part_key(key: str) -> bool:
+    """Whether a key listed under ``parts/`` is a part (not a leftover of another kind)."""
+    return key.startswith(PARTS_PREFIX) and key.endswith(".json")
+
+
+# ---------------------------------------------------------------------------- pins
+def pin_key(manifest_key: str) -> str:
+    """The pin marker of a manifest key (or, given a manifest prefix, the prefix of its pins)."""
+    return PINS + manifest_key[len(MANIFESTS) :]
+
+
+def pinned_manifest(pin: str) -> str:
+    """The manifest key a pin marker stands for."""
+    return MANIFESTS + pin[len(PINS) :]
+
+
+# ---------------------------------------------------------------------------- summary indexes
+def step_index_key(step_prefix: str) -> str:
+    """The summary index of the step at ``step_prefix``."""
+    return INDEXES + step_prefix[len(MANIFESTS) :] + "summaries.json"
+
+
+def task_summaries_prefix(task_prefix: str) -> str:
+    """Where the task at ``task_prefix`` records the summaries of its saves."""
+    return INDEXES + task_prefix[len(MANIFESTS) :]
+
+
+def task_summary_key(task_prefix: str, attempt: int) -> str:
+    """The summaries one attempt of the task at ``task_prefix`` saved."""
+    return task_summaries_prefix(task_prefix) + "attempt-%d.json" % attempt
+
+
+def is_task_summary_key(key: str) -> bool:
+    return key.rsplit("/", 1)[-1].startswith("attempt-")
+
+
+# ---------------------------------------------------------------------------- promotions
+def promotions_prefix(name: str) -> str:
+    """Every promotion object of the named checkpoint ``name`` (a validated name)."""
+    return "%s/%s/" % (PROMOTIONS, encode(name))
+
+
+def promoted_to_prefix(name: str, namespace: Optional[str] = None) -> str:
+    """The markers of ``name`` (promoted to ``namespace`` only, if given)."""
+    base = promotions_prefix(name) + "to/"
+    return base if namespace is None else base + encode(namespace) + "/"
+
+
+def promotion_key(name: str, namespace: str, version: str) -> str:
+    """Marker of ``name@version`` promoted to ``namespace``."""
+    return promoted_to_prefix(name, namespace) + encode(version)
+
+
+def promotion_of(key: str, name: str) -> Optional[tuple[str, str]]:
+    """``(namespace, version)`` of a promotion marker of ``name``, else None."""
+    prefix = promoted_to_prefix(name)
+    parts = key[len(prefix) :].split("/") if key.startswith(prefix) else []
+    return (decode(parts[0]), decode(parts[1])) if len(parts) == 2 and all(parts) else None
+
+
+def promotion_log_prefix(name: str) -> str:
+    return promotions_prefix(name) + "log/"
+
+
+def promotion_log_key(name: str, at_ms: int, token: str) -> str:
+    """One entry of the promotion log of ``name`` (``token``: a few random hex digits)."""
+    return "%s%013d-%s.json" % (promotion_log_prefix(name), at_ms, token)
+
+
+# ---------------------------------------------------------------------------- leases, GC runs
+#: Objects of one writer session: its start, its refreshes, the blobs it names.
+LEASE_START = "start"
+LEASE_ALIVE = "alive"
+LEASE_NAMES = "names-"
+
+
+def lease_prefix(session: str) -> str:
+    """Prefix of every object of one writer session."""
+    return "%s%s/" % (LEASES_PREFIX, session)
+
+
+def lease_key(session: str, name: str) -> str:
+    return lease_prefix(session) + name
+
+
+def lease_names_key(session: str, n: int) -> str:
+    """The ``n``-th object naming blobs the session relies on."""
+    return lease_prefix(session) + "%s%06d" % (LEASE_NAMES, n)
+
+
+def lease_of(key: str) -> Optional[tuple[str, str]]:
+    """``(session, object name)`` of a key under ``leases/``, else None."""
+    if not key.startswith(LEASES_PREFIX):
+        return None
+    session, _, name = key[len(LEASES_PREFIX) :].partition("/")
+    return (session, name) if session else None
+
+
+def gc_run_key(run: str, phase: str) -> str:
+    """Key of one phase object of a GC run."""
+    return "%s%s/%s" % (GC_RUNS_PREFIX, run, phase)
+
+
+def gc_run_of(key: str) -> Optional[tuple[str, str]]:
+    """``(run, phase)`` of a key under ``gc/runs/``, else None."""
+    rest = key[len(GC_RUNS_PREFIX) :] if key.startswith(GC_RUNS_PREFIX) else ""
+    run, sep, phase = rest.partition("/")
+    return (run, phase.rsplit("/", 1)[-1]) if run and sep else None
+
+
+# ---------------------------------------------------------------------------- control
+def pause_run_key(flow: str, run: str) -> str:
+    """The pause request of a whole run."""
+    return "%s/pause/%s/%s/_run.json" % (CONTROL, encode(flow), encode(run))
+
+
+def pause_task_key(flow: str, run: str, step: str, task: str) -> str:
+    """The pause request of one task."""
+    return "%s/pause/%s/%s/%s/%s.json" % (
+        CONTROL,
+        encode(flow),
+        encode(run),
+        encode(step),
+        encode(task),
+    )
