@@ -21,6 +21,7 @@ from typing import Any, Optional
 import pytest
 from conftest import flow_environment
 from integration.flowrun import FLOWS, local_root, run_flow, subprocess_env
+from test_registration import COMMANDS
 
 pytestmark = pytest.mark.flow
 
@@ -198,18 +199,29 @@ def model_dir(tmp_path) -> Path:
 
 
 def test_both_entry_points_offer_the_checkpoint_commands(flow_env):
+    """``metaflow checkpoint``, ``python -m metaflow.cmd.main_cli checkpoint`` and ``python
+    flow.py checkpoint`` list every command (tests/test_registration.py checks the strings)."""
     env, tmp = flow_env
     top = subprocess.run(
         [str(METAFLOW), "--help"], env=subprocess_env(env), cwd=tmp, capture_output=True, text=True
     )
     assert top.returncode == 0, top.stderr
     assert re.search(r"^\s+checkpoint\s+Browse, load, upload, prune", top.stdout, re.M)
-    for result in (cli(env, tmp, "--help"), cli(env, tmp, "--help", flow=True)):
-        commands = re.findall(r"^  (\w+)  ", result.stdout.split("Commands:")[1], re.M)
-        assert commands == [
-            "delete", "download", "du", "gc", "list", "load", "pause", "pin", "promote", "prune",
-            "show", "unpin", "unpromote", "upload", "verify",
-        ]  # fmt: skip
+    module = subprocess.run(
+        [sys.executable, "-m", "metaflow.cmd.main_cli", "checkpoint", "--help"],
+        env=subprocess_env(env),
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+    )
+    assert module.returncode == 0, module.stderr
+    for stdout in (
+        module.stdout,
+        cli(env, tmp, "--help").stdout,
+        cli(env, tmp, "--help", flow=True).stdout,
+    ):
+        commands = re.findall(r"^  (\w+)  ", stdout.split("Commands:")[1], re.M)
+        assert commands == COMMANDS
 
 
 # ------------------------------------------------------------------------------ list
@@ -598,15 +610,15 @@ def test_progress_bar_counts_bytes_from_many_threads(monkeypatch):
     from metaflow._vendor import click
     from metaflow._vendor.click._termui_impl import ProgressBar
 
-    from metaflow_extensions.checkpointing.plugins.checkpointing import cli as cli_module
+    from metaflow_extensions.checkpointing.plugins.checkpointing.cli import output
 
     terminal = _Terminal()
     monkeypatch.setattr(click, "get_text_stream", lambda name: terminal)
-    monkeypatch.setattr(cli_module, "PROGRESS_REDRAW_SECONDS", 0.0)
+    monkeypatch.setattr(output, "PROGRESS_REDRAW_SECONDS", 0.0)
     # click draws nothing during the first 0.5 s of a bar: make this one "slow".
     monkeypatch.setattr(ProgressBar, "is_fast", lambda self: False)
     total = 8 * 500 * 7
-    with cli_module._progress("Loading", total) as update:
+    with output.progress_bar("Loading", total) as update:
         assert update is not None
         threads = [
             threading.Thread(target=lambda: [update(7) for _ in range(500)]) for _ in range(8)
@@ -619,5 +631,5 @@ def test_progress_bar_counts_bytes_from_many_threads(monkeypatch):
     assert "Loading" in terminal.getvalue()
 
     monkeypatch.setattr(click, "get_text_stream", lambda name: io.StringIO())
-    with cli_module._progress("Loading", total) as update:
+    with output.progress_bar("Loading", total) as update:
         assert update is None

@@ -273,14 +273,13 @@ def test_progress_draws_one_bar_per_phase_only_on_a_terminal(monkeypatch):
     from metaflow._vendor import click
     from metaflow._vendor.click._termui_impl import ProgressBar
 
-    from metaflow_extensions.checkpointing.plugins.checkpointing import cli as cli_module
-    from metaflow_extensions.checkpointing.plugins.checkpointing import cli_lifecycle
+    from metaflow_extensions.checkpointing.plugins.checkpointing.cli import lifecycle, output
 
     terminal = _Terminal()
     monkeypatch.setattr(click, "get_text_stream", lambda name: terminal)
-    monkeypatch.setattr(cli_module, "PROGRESS_REDRAW_SECONDS", 0.0)
+    monkeypatch.setattr(output, "PROGRESS_REDRAW_SECONDS", 0.0)
     monkeypatch.setattr(ProgressBar, "is_fast", lambda self: False)
-    with cli_lifecycle._phase_progress() as progress:
+    with output.phase_progress(lifecycle.VERIFY_PHASES) as progress:
         assert progress is not None
         for done in range(5):
             progress("manifests", done, 4)
@@ -291,5 +290,5 @@ def test_progress_draws_one_bar_per_phase_only_on_a_terminal(monkeypatch):
     assert drawn.count("100%") >= 2
 
     monkeypatch.setattr(click, "get_text_stream", lambda name: io.StringIO())
-    with cli_lifecycle._phase_progress() as progress:
+    with output.phase_progress(lifecycle.VERIFY_PHASES) as progress:
         assert progress is None

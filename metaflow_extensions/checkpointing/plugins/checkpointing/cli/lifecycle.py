@@ -1,34 +1,18 @@
-"""Lifecycle commands of the ``checkpoint`` CLI: ``prune``, ``gc``, ``du``, ``verify``, ``pin``,
-``unpin``, ``pause``, ``promote``, ``unpromote``.
-
-Registered on the same group as the browsing commands (imported at the end of :mod:`.cli`);
-everything goes through the public client.
-"""
+"""Lifecycle commands: ``checkpoint prune`` (retention across runs), ``gc`` (reclaim storage),
+``du`` (logical against physical bytes) and ``verify`` (check that checkpoints are intact)."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from typing import Callable, Optional
+from typing import Optional
 
 from metaflow._vendor import click
 
-from .cli import (
-    CliContext,
-    _echo_json,
-    _echo_table,
-    _progress,
-    _reference_label,
-    command,
-    json_option,
-    namespace_options,
-    root_option,
-)
-from .fmt import human_size
+from ..fmt import human_size
+from .base import CliContext, command, json_option, namespace_options, root_option
+from .output import echo_json, echo_table, phase_progress
 
 
 @command(
@@ -104,14 +88,14 @@ def prune(
         for warning in plan["warnings"]:
             click.echo("Warning: %s" % warning, err=True)
     if as_json:
-        _echo_json(plans)
+        echo_json(plans)
         return
     if not plans:
         click.echo("No checkpoints of %s." % (target or "named checkpoints"), err=True)
         return
     rows = [["GROUP", "KEPT", "DELETED" if not dry_run else "WOULD DELETE"]]
     rows += [[p["group"], str(len(p["kept"])), str(len(p["deleted"]))] for p in plans]
-    _echo_table(rows)
+    echo_table(rows)
     deleted = sum(len(p["deleted"]) for p in plans)
     if dry_run:
         click.echo("Dry run: %d checkpoints would be deleted." % deleted)
@@ -164,7 +148,7 @@ def gc(ctx: CliContext, dry_run: bool, grace_hours: float, force: bool, as_json:
         log=lambda msg: click.echo(msg, err=True),
     )
     if as_json:
-        _echo_json(report)
+        echo_json(report)
         return
     verb = "Would reclaim" if dry_run else "Reclaimed"
     click.echo(
@@ -220,7 +204,7 @@ def du(ctx: CliContext, target: Optional[str], by: str, as_json: bool) -> None:
                 human_size(r["physical_bytes"]),
             ]
         )
-    _echo_table(rows)
+    echo_table(rows)
     click.echo(
         "stored: %s in %d blobs" % (human_size(usage["stored_bytes"]), usage["stored_blobs"])
     )
@@ -248,14 +232,14 @@ def du(ctx: CliContext, target: Optional[str], by: str, as_json: bool) -> None:
 def verify(ctx: CliContext, target: Optional[str], deep: bool, as_json: bool) -> None:
     """Print what the check found (a table of problems, then a summary) and exit 1 if any."""
     client = ctx.client_for(target) if target else ctx.store_client()
-    with _phase_progress() as progress:
+    with phase_progress(VERIFY_PHASES) as progress:
         report = client.verify(target, deep=deep, progress=progress)
     if as_json:
-        _echo_json(report.to_json())
+        echo_json(report.to_json())
     else:
         rows = report.rows()
         if rows:
-            _echo_table([["PROBLEM", "KEY", "DETAIL"], *[list(r) for r in rows]])
+            echo_table([["PROBLEM", "KEY", "DETAIL"], *[list(r) for r in rows]])
             click.echo("")
         click.echo(report.summary())
     if not report.ok:
@@ -263,158 +247,8 @@ def verify(ctx: CliContext, target: Optional[str], deep: bool, as_json: bool) ->
 
 
 #: Bar labels of the phases of ``verify`` (see ``core.verify.VerifyProgress``).
-_PHASES = {
+VERIFY_PHASES = {
     "manifests": lambda total: "Reading %d manifests" % total,
     "blobs": lambda total: "Checking %d blobs" % total,
     "bytes": lambda total: "Re-hashing %s" % human_size(total),
 }
-
-
-@contextmanager
-def _phase_progress() -> Iterator[Optional[Callable[[str, int, int], None]]]:
-    """A ``progress(phase, done, total)`` callback drawing one bar per phase on stderr when it
-    is a terminal, else None (as :func:`.cli._progress`, which draws each bar)."""
-    if not click.get_text_stream("stderr").isatty():
-        yield None
-        return
-    lock = threading.Lock()
-    state: dict = {"phase": None, "drawn": 0, "bar": None, "update": None}
-
-    def report(phase: str, done: int, total: int) -> None:
-        with lock:
-            if phase != state["phase"]:
-                if state["bar"] is not None:
-                    state["bar"].close()
-                state["bar"] = ExitStack()
-                label = _PHASES.get(phase, lambda t: phase)(total)
-                state["update"] = state["bar"].enter_context(_progress(label, total))
-                state["phase"], state["drawn"] = phase, 0
-            if state["update"] is not None and done > state["drawn"]:
-                state["update"](done - state["drawn"])
-                state["drawn"] = done
-
-    try:
-        yield report
-    finally:
-        if state["bar"] is not None:
-            state["bar"].close()
-
-
-def _pin_command(name: str, pinned: bool, help: str) -> None:
-    @command(name, help=help)
-    @click.argument("reference")
-    @namespace_options
-    @root_option
-    def run(ctx: CliContext, reference: str) -> None:
-        client = ctx.client_for(reference)
-        ref = client.pin(reference) if pinned else client.unpin(reference)
-        click.echo(
-            "%s %s (%s)." % ("Pinned" if pinned else "Unpinned", _reference_label(ref), ref.key)
-        )
-
-
-_pin_command(
-    "pin",
-    True,
-    "Pin a checkpoint: retention never prunes it and delete refuses it.\n\n"
-    "REFERENCE is as for 'show'.",
-)
-_pin_command("unpin", False, "Remove a pin.\n\nREFERENCE is as for 'show'.")
-
-
-@command(
-    "pause",
-    help="Ask the tasks of a run, or one task, to pause at their next check.\n\n"
-    "TARGET is Flow/run_id or Flow/run_id/step/task_id. Tasks that call "
-    "current.checkpoint.should_pause() see the request within a few seconds, save, and end "
-    "as paused (not retried); 'python flow.py resume' continues from their checkpoints. "
-    "--clear withdraws the request.",
-)
-@click.argument("target")
-@click.option("--reason", default=None, help="Shown in the task's log.")
-@click.option("--clear", is_flag=True, help="Withdraw the pause request.")
-@namespace_options
-@root_option
-def pause(ctx: CliContext, target: str, reason: Optional[str], clear: bool) -> None:
-    """Record (or clear) a pause request for a run or task."""
-    ctx.run_client().pause(target, reason, clear=clear)
-    if clear:
-        click.echo("Pause request for %s withdrawn." % target)
-    else:
-        click.echo(
-            "Pause requested for %s; tasks polling should_pause() will save and stop." % target
-        )
-
-
-# ---------------------------------------------------------------------------------- trust
-_PROMOTE_HELP = (
-    "Let a namespace use one version of a named checkpoint by its name.\n\n"
-    "REFERENCE is NAME@VERSION (a version id or a unique prefix; 'list --named --name NAME' "
-    "shows the versions and who published them). A bare name (models=['NAME'], "
-    "load('NAME')) resolves, in a run or client of namespace NS, to the newest version "
-    "published from NS or promoted to NS: promoting is how a version someone uploaded reaches "
-    "a production namespace. --to takes the whole namespace, e.g. production:TrainFlow-0-abcd. "
-    "The promotion is logged ('show' prints who, when, from which namespace) and pins the "
-    "version, so retention and delete keep it."
-)
-
-
-def _promote_command(name: str, promote: bool, help: str) -> None:
-    @command(name, help=help)
-    @click.argument("reference")
-    @click.option(
-        "--to",
-        "to",
-        required=True,
-        metavar="NAMESPACE",
-        help="The namespace, e.g. production:TrainFlow-0-abcd or user:bob.",
-    )
-    @root_option
-    def run(ctx: CliContext, reference: str, to: str) -> None:
-        from .core.promotions import describe_publisher
-        from .errors import CheckpointNotFound, CheckpointScopeError
-
-        client = ctx.client_for(reference)
-        if promote:
-            ref = client.promote(reference, to)
-            label = _reference_label(ref)
-            click.echo(
-                "Promoted %s (published by %s) to %s; pinned."
-                % (label, describe_publisher(ref.publisher), to)
-            )
-        else:
-            ref = client.unpromote(reference, to)
-            label = _reference_label(ref)
-            click.echo(
-                "Withdrew the promotion of %s to %s; it stays pinned ('checkpoint unpin %s' "
-                "lets retention prune it)." % (label, to, label)
-            )
-        # What the name means in that namespace now (a newer trusted version still wins).
-        try:
-            now = client._store(ref.root).named(ref.name, to)
-        except (CheckpointNotFound, CheckpointScopeError):
-            click.echo("'%s' now resolves to no version in %s." % (ref.name, to))
-            return
-        if now.id == ref.version:
-            click.echo("'%s' now resolves to %s in %s." % (ref.name, label, to))
-        else:
-            click.echo(
-                "'%s' resolves to %s@%s in %s%s."
-                % (
-                    ref.name,
-                    ref.name,
-                    now.id,
-                    to,
-                    ", which is newer and also trusted there" if promote else "",
-                )
-            )
-
-
-_promote_command("promote", True, _PROMOTE_HELP)
-_promote_command(
-    "unpromote",
-    False,
-    "Withdraw a promotion made with 'promote' (logged too).\n\n"
-    "REFERENCE is NAME@VERSION; --to is the namespace it was promoted to. That namespace then "
-    "resolves NAME to its next trusted version. The pin 'promote' set stays.",
-)

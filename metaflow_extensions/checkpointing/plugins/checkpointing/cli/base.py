@@ -1,0 +1,209 @@
+"""The frame every ``checkpoint`` command runs in: the click groups, :class:`CliContext`, the
+:func:`command` decorator, the shared options and the translation of errors into one line.
+
+Command modules (``browse``, ``transfer``, ``lifecycle``, ``control``) import this module and
+:mod:`.output`, never each other nor the package: the package imports them to register their
+commands (see :mod:`..cli` for how to add one).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from metaflow._vendor import click
+
+from .output import one_line
+
+if TYPE_CHECKING:
+    from ..client.checkpoint import Checkpoint
+
+
+class CliError(click.ClickException):
+    """A user-facing failure: click prints ``Error: <message>`` on stderr and exits with 1."""
+
+    exit_code = 1
+
+
+# ---------------------------------------------------------------------------------- context
+@dataclass
+class CliContext:
+    """What a command knows about where it runs.
+
+    Attributes
+    ----------
+    flow_name : str, optional
+        The flow of ``python flow.py checkpoint ...``; None for ``metaflow checkpoint ...``.
+    root : str, optional
+        ``--root`` of the command, if given.
+    """
+
+    flow_name: Optional[str] = None
+    root: Optional[str] = None
+    _flow_datastore: Any = None
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> CliContext:
+        """Build from click's ``obj``: Metaflow's ``CliState`` in a flow CLI, else None."""
+        flow = getattr(obj, "flow", None)
+        if flow is None:
+            return cls()
+        # Browse the metadata the flow CLI was pointed at (top-level --metadata).
+        from metaflow import metadata
+
+        metadata(obj.metadata.TYPE)
+        return cls(flow_name=flow.name, _flow_datastore=obj.flow_datastore)
+
+    @property
+    def flow_store_root(self) -> Optional[str]:
+        """Checkpoint root of the flow's datastore (flow CLI), else None (the client's default)."""
+        if self._flow_datastore is None:
+            return None
+        from ..common.settings import checkpoint_root
+
+        ds = self._flow_datastore
+        return checkpoint_root(ds.TYPE, ds.datastore_root)
+
+    def run_client(self) -> Checkpoint:
+        """A client for flows, runs and tasks: each run's store is the one its tasks recorded
+        (only ``--root`` overrides it)."""
+        from ..client.checkpoint import Checkpoint
+
+        return Checkpoint(root=self.root)
+
+    def store_client(self) -> Checkpoint:
+        """A client for named checkpoints, uploads and bare keys: the store of ``--root``, else
+        the flow's datastore (flow CLI), else the default datastore."""
+        from ..client.checkpoint import Checkpoint
+
+        return Checkpoint(root=self.root or self.flow_store_root)
+
+    def client_for(self, reference: str) -> Checkpoint:
+        """The client that resolves ``reference`` (a task pathspec, name, key or URL)."""
+        return self.run_client() if _is_run_reference(reference) else self.store_client()
+
+
+def _is_run_reference(text: str) -> bool:
+    """True for ``Flow[/run[/step[/task]]]``: not a name, a manifest key or a store URL."""
+    text = text.strip()
+    return "/" in text and not text.startswith("manifests/") and "/manifests/" not in text
+
+
+# ---------------------------------------------------------------------------------- groups
+@click.group()
+def cli() -> None:
+    """Holds the ``checkpoint`` group for Metaflow's flow CLI and the ``metaflow`` command."""
+
+
+@cli.group(help="Browse, load, upload, prune and garbage-collect checkpoints.")
+@click.pass_context
+def checkpoint(ctx: click.Context) -> None:
+    ctx.obj = CliContext.from_obj(ctx.obj)
+
+
+def command(
+    name: str, *, help: str, aliases: tuple[str, ...] = ()
+) -> Callable[[Callable[..., None]], click.Command]:
+    """Register ``fn(ctx: CliContext, **options)`` as ``checkpoint <name>`` (and its aliases).
+
+    Parameters
+    ----------
+    name : str
+        Command name.
+    help : str
+        Help text; its first paragraph is the summary in ``checkpoint --help``.
+    aliases : tuple of str
+        Other names of the same command.
+    """
+
+    def register(fn: Callable[..., None]) -> click.Command:
+        @functools.wraps(fn)
+        @click.pass_obj
+        def run(ctx: CliContext, **kwargs: Any) -> None:
+            with _user_errors():
+                if "root" in kwargs:
+                    ctx.root = kwargs.pop("root")
+                if "all_namespaces" in kwargs:
+                    _select_namespace(kwargs.pop("all_namespaces"), kwargs.pop("namespace_"))
+                fn(ctx, **kwargs)
+
+        short = help.split("\n\n", 1)[0]
+        cmd = checkpoint.command(name, help=help, short_help=short)(run)
+        for alias in aliases:
+            checkpoint.add_command(
+                click.Command(
+                    alias,
+                    callback=cmd.callback,
+                    params=cmd.params,
+                    help="Alias of '%s'.\n\n%s" % (name, help),
+                    short_help="Alias of '%s'." % name,
+                )
+            )
+        return cmd
+
+    return register
+
+
+def root_option(fn: Callable) -> Callable:
+    """``--root URL``: the checkpoint store to use instead of the one found automatically."""
+    return click.option(
+        "--root",
+        metavar="URL",
+        default=None,
+        help="Checkpoint store root (path or URL). Default: the store a run's tasks recorded; "
+        "for names and uploads the flow's datastore (flow CLI) or the default datastore.",
+    )(fn)
+
+
+def namespace_options(fn: Callable) -> Callable:
+    """``--namespace NS`` and ``--all-namespaces``: which runs are visible (default: yours)."""
+    fn = click.option(
+        "--namespace",
+        "namespace_",
+        metavar="NS",
+        default=None,
+        help="Metaflow namespace to look in, e.g. user:alice (default: the current one).",
+    )(fn)
+    return click.option(
+        "--all-namespaces",
+        is_flag=True,
+        default=False,
+        help="Look in every namespace (namespace(None)).",
+    )(fn)
+
+
+def json_option(fn: Callable) -> Callable:
+    """``--json``: machine-readable output on stdout."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+def _select_namespace(all_namespaces: bool, name: Optional[str]) -> None:
+    if all_namespaces and name:
+        raise click.UsageError("Use either --namespace or --all-namespaces, not both.")
+    if all_namespaces or name:
+        from metaflow import namespace
+
+        namespace(None if all_namespaces else name)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one ``Error:`` line (no traceback)."""
+    from metaflow.exception import MetaflowException
+
+    try:
+        yield
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
+    except MetaflowException as exc:
+        raise CliError(one_line(exc.message or str(exc))) from None
+    except OSError as exc:
+        raise CliError(one_line(str(exc))) from None

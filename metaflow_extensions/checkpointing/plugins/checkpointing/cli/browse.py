@@ -1,0 +1,217 @@
+"""Browsing commands: ``checkpoint list`` (a table of checkpoints) and ``checkpoint show``
+(one checkpoint's fields, save statistics, promotions and files)."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from metaflow._vendor import click
+
+from ..core.promotions import describe_publisher
+from ..fmt import human_size
+from .base import CliContext, command, json_option, namespace_options, root_option
+from .output import (
+    created,
+    echo_json,
+    echo_table,
+    metadata_summary,
+    one_line,
+    publisher_label,
+    reference_label,
+    version,
+)
+
+#: The METADATA cell of a damaged checkpoint in ``list`` (the reason follows the table).
+DAMAGED_LABEL = "DAMAGED (unreadable manifest, see below)"
+#: Files shown by ``show`` without ``--all-files``.
+SHOWN_FILES = 20
+
+
+@command(
+    "list",
+    help="List checkpoints of a flow, run, step or task, newest first.\n\n"
+    "TARGET is Flow, Flow/run_id, Flow/run_id/step or Flow/run_id/step/task_id. Without it, "
+    "'python flow.py checkpoint list' lists the flow and 'metaflow checkpoint list' the named "
+    "checkpoints (uploads). Only runs of the current namespace are listed unless "
+    "--namespace or --all-namespaces.",
+)
+@click.argument("target", required=False)
+@click.option("--name", default=None, help="Only this checkpoint name (series).")
+@click.option("--step", default=None, help="Only checkpoints of this step.")
+@click.option("--run", "run_id", default=None, help="Only checkpoints of this run id.")
+@click.option("--task", "task_id", default=None, help="Only checkpoints of this task id.")
+@click.option("--attempt", type=int, default=None, help="Only checkpoints of this attempt.")
+@click.option("--latest-only", is_flag=True, help="Only checkpoints saved with latest=True.")
+@click.option(
+    "--order-by",
+    metavar="FIELD",
+    default=None,
+    help="Order by this metadata field, ascending; -FIELD for descending.",
+)
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N rows.")
+@click.option(
+    "--named", is_flag=True, help="List the named checkpoints (uploads) instead of a flow's."
+)
+@click.option(
+    "--keys", is_flag=True, help="Show each checkpoint's key (usable as a reference) instead."
+)
+@json_option
+@namespace_options
+@root_option
+def list_checkpoints(
+    ctx: CliContext,
+    target: Optional[str],
+    name: Optional[str],
+    step: Optional[str],
+    run_id: Optional[str],
+    task_id: Optional[str],
+    attempt: Optional[int],
+    latest_only: bool,
+    order_by: Optional[str],
+    limit: Optional[int],
+    named: bool,
+    keys: bool,
+    as_json: bool,
+) -> None:
+    """List checkpoints as a table (or a JSON array of references).
+
+    ``TARGET`` is ``Flow``, ``Flow/run``, ``Flow/run/step`` or ``Flow/run/step/task``; without
+    it the flow CLI lists its flow and ``metaflow checkpoint list`` the named checkpoints.
+    """
+    if named and target:
+        raise click.UsageError("Give either a TARGET or --named, not both.")
+    if target is None and not named:
+        target = ctx.flow_name
+    client = ctx.run_client() if target else ctx.store_client()
+    refs = client.list(
+        target,
+        name=name,
+        step=step,
+        run=run_id,
+        task=task_id,
+        attempt=attempt,
+        latest_only=latest_only,
+        order_by=order_by or None,
+        limit=limit,
+    )
+    if as_json:
+        echo_json(refs)
+        return
+    if not refs:
+        click.echo(
+            "No checkpoints of %s." % target if target else "No named checkpoints.", err=True
+        )
+        return
+    rows = [
+        [
+            r.key if keys else reference_label(r),
+            r.name,
+            publisher_label(r) if target is None else str(r.attempt),
+            created(r),
+            "-" if r.get("damaged") else human_size(r.size or 0),
+            DAMAGED_LABEL
+            if r.get("damaged")
+            else metadata_summary(r.metadata or {}, first=(order_by or "").lstrip("-")),
+        ]
+        for r in refs
+    ]
+    # Named checkpoints have no attempt; who published each version matters instead.
+    third = "PUBLISHER" if target is None else "ATTEMPT"
+    header = ["KEY" if keys else "CHECKPOINT", "NAME", third, "CREATED (UTC)", "SIZE"]
+    echo_table([[*header, "METADATA"], *rows])
+    for r in refs:
+        if r.get("damaged"):
+            click.echo("Warning: damaged checkpoint %s: %s" % (r.key, one_line(r.error)), err=True)
+
+
+@command(
+    "show",
+    help="Show one checkpoint: where it is, what it holds, how it was saved.\n\n"
+    "REFERENCE is a name (resnet50, resnet50@<version>), a manifest key or URL, or a task "
+    "pathspec Flow/run_id/step/task_id (the task's latest checkpoint).",
+)
+@click.argument("reference")
+@click.option("--all-files", is_flag=True, help="List every file (default: the first 20).")
+@json_option
+@namespace_options
+@root_option
+def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> None:
+    """Print a checkpoint's fields, save statistics and files.
+
+    ``REFERENCE`` is a name (``resnet50``, ``resnet50@<version>``), a manifest key or URL, or a
+    task pathspec ``Flow/run/step/task`` (its latest checkpoint).
+    """
+    client = ctx.client_for(reference)
+    ref = client.get(reference)
+    files = ref.files
+    story = client._promotion_story(ref)  # named checkpoints: where promoted, and the log
+    if as_json:
+        echo_json(dict(ref, files=files, **story))
+        return
+    stats = ref.stats or {}
+    fields = [
+        ("reference", reference_label(ref)),
+        ("key", ref.key),
+        ("url", ref.url),
+        ("name", ref.name),
+    ]
+    if ref.pathspec is None:
+        fields.append(("version", version(ref)))
+        fields.append(("publisher", describe_publisher(ref.publisher)))
+        fields.append(("trusted", _trusted_in(ref.publisher, story["promoted_to"])))
+    else:
+        fields += [("pathspec", ref.pathspec), ("attempt", str(ref.attempt))]
+        fields += [("namespace", ref.namespace), ("foreach", ref.foreach)]
+    fields += [
+        ("created", created(ref) + " UTC"),
+        ("latest", "yes" if ref.latest else "no"),
+        ("size", "%s (%d bytes)" % (human_size(ref.size), ref.size)),
+        ("files", str(ref.files_count)),
+        ("metadata", json.dumps(ref.metadata, sort_keys=True) if ref.metadata else "-"),
+        ("saved", _describe_stats(stats)),
+        ("took", _describe_seconds(stats)),
+    ]
+    width = max(len(k) for k, _ in fields) + 1
+    for label, value in fields:
+        click.echo("%-*s %s" % (width, label + ":", value))
+    if story["promotions"]:
+        click.echo("")
+        rows = [["PROMOTED (UTC)", "ACTION", "NAMESPACE", "BY"]]
+        for e in story["promotions"]:
+            by = e.get("by") if isinstance(e.get("by"), dict) else {}
+            who = by.get("namespace") or by.get("user") or "unknown"
+            when = str(e.get("at", ""))[:19].replace("T", " ")
+            rows.append([when, str(e.get("action")), str(e.get("namespace")), str(who)])
+        echo_table(rows)
+    shown = files if all_files else files[:SHOWN_FILES]
+    click.echo("")
+    echo_table([["SIZE", "FILE"], *[[human_size(f["size"]), f["path"]] for f in shown]])
+    if len(shown) < len(files):
+        click.echo("... and %d more files (--all-files)" % (len(files) - len(shown)))
+
+
+def _trusted_in(publisher: Optional[dict], promoted_to: list) -> str:
+    """The namespaces where a bare name may resolve to this version."""
+    where = []
+    if publisher and publisher.get("namespace"):
+        where.append("%s (publisher)" % publisher["namespace"])
+    where += ["%s (promoted)" % ns for ns in promoted_to]
+    return ", ".join(where) or "no namespace by name (pin it: name@version, or promote it)"
+
+
+def _describe_stats(stats: dict) -> str:
+    if not stats:
+        return "-"
+    return "read %s, uploaded %s, deduplicated %s" % (
+        human_size(stats.get("bytes_read", 0)),
+        human_size(stats.get("bytes_uploaded", 0)),
+        human_size(stats.get("bytes_deduplicated", 0)),
+    )
+
+
+def _describe_seconds(stats: dict) -> str:
+    seconds = stats.get("seconds") or {}
+    if not seconds:
+        return "-"
+    return ", ".join("%s %.3f s" % (phase, float(s)) for phase, s in seconds.items())
