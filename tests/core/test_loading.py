@@ -114,7 +114,7 @@ def test_a_failed_replace_leaves_the_directory_as_it_was(saved, tmp_path):
 def test_a_file_in_place_of_the_directory_is_refused(saved, tmp_path, existing):
     store, m = saved
     (tmp_path / "f").write_bytes(b"x")
-    with pytest.raises(CheckpointConfigError, match="it exists and is not a directory"):
+    with pytest.raises(CheckpointConfigError, match="it is a file, not a directory"):
         loading.load(store, m, str(tmp_path / "f"), existing=existing)
     assert (tmp_path / "f").read_bytes() == b"x"
 

@@ -93,9 +93,7 @@ def check_target(path: str, existing: str = REFUSE) -> str:
         raise ValueError("existing=%r: use 'refuse', 'merge' or 'replace'" % (existing,))
     target = os.path.abspath(os.fspath(path))
     if os.path.exists(target) and not os.path.isdir(target):
-        raise CheckpointConfigError(
-            "Cannot load into %s: it exists and is not a directory." % target
-        )
+        raise CheckpointConfigError("Cannot load into %s: it is a file, not a directory." % target)
     # Leftovers of a killed load do not make a directory non-empty (the load removes them).
     if existing == REFUSE and os.path.isdir(target) and holds_data(target):
         raise CheckpointConfigError(

@@ -23,7 +23,6 @@ from typing import Callable, Optional
 
 from ..core.manifest import Manifest
 from ..core.promotions import describe_publisher, publisher_record
-from ..core.scope import validate_name
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from ..fmt import human_size
@@ -80,12 +79,8 @@ def parse_specs(value: object, step_name: str) -> list[ModelSpec]:
                 "'name=local/path'." % (step_name, item)
             )
         text = item.strip()
-        name, sep, path = text.partition("=")
-        name, _, version = name.partition("@")
-        try:
-            validate_name(name)
-        except CheckpointConfigError as exc:
-            raise CheckpointConfigError("Step '%s': %s" % (step_name, exc.message)) from None
+        named, sep, path = text.partition("=")
+        name, version = _named_spec(named, text, step_name)
         if sep and not path:
             raise CheckpointConfigError(
                 "Step '%s': model spec %r has an empty local path." % (step_name, text)
@@ -101,6 +96,35 @@ def parse_specs(value: object, step_name: str) -> list[ModelSpec]:
             )
         specs.append(ModelSpec(name, version, path or None))
     return specs
+
+
+def _named_spec(named: str, text: str, step_name: str) -> tuple[str, str]:
+    """``(name, version)`` of the ``name[@version]`` part of a model spec (parsed as every
+    reference is: :func:`..common.refspec.parse`); ``name@latest`` and ``name@last`` are the
+    unpinned name.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Not a name or ``name@<version>``, naming the step and the spec.
+    """
+    from ..common import refspec
+
+    try:
+        spec = refspec.parse(named)
+    except CheckpointConfigError as exc:
+        raise CheckpointConfigError(
+            "Step '%s': model spec %r: %s" % (step_name, text, exc.message)
+        ) from None
+    if spec.kind == refspec.ALIAS and spec.name is not None and spec.alias.metric is None:
+        return spec.name, ""  # name@last: the newest trusted version, as name@latest
+    if spec.kind != refspec.NAMED:
+        raise CheckpointConfigError(
+            "Step '%s': model spec %r must be 'name', 'name@version' or 'name=local/path' "
+            "(a name of a checkpoint saved outside any task; aliases such as '@best:<metric>' "
+            "choose at load time: use current.checkpoint.load() in the step)." % (step_name, text)
+        )
+    return str(spec.name), spec.version
 
 
 # ------------------------------------------------------------------------------ identities
@@ -150,12 +174,6 @@ def reader_namespace() -> Optional[str]:
         ) from None
 
 
-def is_pinned(reference: str) -> bool:
-    """Whether a named reference pins a version (``name@<id>``), not ``name``/``name@latest``."""
-    version = reference.partition("@")[2]
-    return version not in ("", "latest", "last")
-
-
 # ------------------------------------------------------------------------------ launcher, task
 def ensure_available(
     store: CheckpointStore,
@@ -199,7 +217,7 @@ def ensure_available(
             )
             log(describe_upload(spec.name, manifest))
         try:
-            if namespace is None and not is_pinned(spec.reference):
+            if namespace is None and not spec.version:
                 raise CheckpointScopeError(
                     "the run's namespace is unknown (no user name), so no unpinned model is "
                     "trusted; set METAFLOW_USER or pin a version ('%s@<version>')." % spec.name
@@ -263,11 +281,19 @@ def load_models(
     promoted to it.  A model saved from a single file is exposed as the path of that file, a
     directory model as its directory.  Also sets the environment variables for subprocesses.
     """
+    from ..common import refspec
+    from ..common.resolver import resolve
+    from ..core import loading
+    from .view import NamesView
+
+    view = NamesView(store, namespace)
     paths: dict[str, str] = {}
     for spec in specs:
-        manifest = store.named(spec.reference, namespace)
+        _, manifest = resolve(
+            refspec.RefSpec(refspec.NAMED, name=spec.name, version=spec.version), view
+        )
         target = os.path.join(root, spec.name)
-        store.load(manifest, target)
+        loading.load(store, manifest, target, existing=loading.MERGE)
         if manifest.source.get("kind") == "file" and len(manifest.files) == 1:
             target = os.path.join(target, manifest.files[0].path)
         paths[spec.name] = target

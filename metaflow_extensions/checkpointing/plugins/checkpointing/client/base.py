@@ -1,0 +1,113 @@
+"""What every part of the ``Checkpoint`` client shares: construction, stores, the task it may
+run in, and the view a reference is resolved with.
+
+``class Checkpoint`` (:mod:`.checkpoint`) is assembled from one mixin per concern, each a
+subclass of :class:`ClientBase`: :mod:`.listing` (list, best), :mod:`.single` (get, load,
+open), :mod:`.named` (save, promote, unpromote), :mod:`.lifecycle` (delete, pin, unpin, prune,
+gc, du, verify, pause).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any, Optional
+
+from ..common import resolver
+from ..core.manifest import Manifest, ManifestHeader
+from ..core.store import CheckpointStore
+from ..task.context import TaskContext
+
+
+class ClientBase:
+    """State and helpers of a ``Checkpoint`` client (see ``Checkpoint`` for the parameters)."""
+
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        temp_dir_root: Optional[str] = None,
+        init_dir: bool = False,
+    ):
+        self._root = root
+        self._stores: dict[str, CheckpointStore] = {}
+        self._task = TaskContext.from_env() if root is None else None
+        self._own_dir: Optional[str] = None
+        # Recorded as the origin of the named checkpoints this object publishes (CLI: "cli").
+        self._origin = "client"
+        if init_dir:
+            parent = temp_dir_root or (self._task.temp_dir_root if self._task else None)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            self._own_dir = tempfile.mkdtemp(prefix="mfckpt-", dir=parent)
+        self._runtime = self._task.runtime(self.directory) if self._task else None
+
+    @property
+    def directory(self) -> Optional[str]:
+        """The local directory :meth:`save` saves by default: the one ``init_dir=True``
+        created, else the task's ``current.checkpoint.directory``; None outside a task."""
+        if self._own_dir:
+            return self._own_dir
+        return self._task.directory if self._task else None
+
+    def close(self) -> None:
+        """Remove the directory ``init_dir=True`` created (a ``with`` block does this)."""
+        if self._own_dir:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ stores
+    def _store(self, url: Optional[str] = None) -> CheckpointStore:
+        """The store at ``url``; default: this client's root, else the default root."""
+        from ..common.settings import store_for_url
+
+        url = url or self._root or _default_root()
+        if url not in self._stores:
+            self._stores[url] = store_for_url(url)
+        return self._stores[url]
+
+    # ------------------------------------------------------------------ resolution
+    def _view(self) -> resolver.View:
+        """What references resolve against: in a task (or a process it started), the task's
+        store and namespace (:class:`..task.view.TaskView`; any store a reference names may be
+        read); elsewhere the runs of the current Metaflow namespace (:class:`.view.ClientView`).
+        """
+        if self._task is not None:
+            from ..task.view import TaskView
+
+            scope = self._task.scope
+            store = self._store(self._task.root)
+            return TaskView(store, scope, other_stores=True, reader=scope.namespace)
+        from .view import ClientView
+
+        return ClientView(self)
+
+    def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:
+        return resolver.resolve(reference, self._view())
+
+    def _headers(
+        self,
+        target: Any,
+        name: Optional[str] = None,
+        step: Optional[str] = None,
+        run: Optional[str] = None,
+        task: Optional[str] = None,
+        foreach: Optional[str] = None,
+        attempt: Optional[int] = None,
+        latest_only: bool = False,
+    ) -> tuple[CheckpointStore, list[ManifestHeader]]:
+        """The store and the headers of the committed checkpoints ``list`` returns for these
+        arguments (keys only: no manifest is read), newest first (:mod:`.listing`)."""
+        raise NotImplementedError
+
+
+def _default_root() -> str:
+    from .locate import default_root
+
+    return default_root()
