@@ -3,6 +3,8 @@ runs of cli_flow.py (local datastore), as subprocesses."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import flow_environment
 from integration.flowrun import run_flow
@@ -117,3 +119,53 @@ def test_prune_warns_about_an_unknown_metric_and_keeps_the_group(tmp_path):
     assert "Warning: No checkpoint of %s/train[_]:mfchckpt has a numeric 'f1'" % FLOW in out.stderr
     assert "Deleted 0 checkpoints" in out.stdout
     assert len(cli(env, tmp_path, "list", FLOW, "--json").json()) == 4
+
+
+def _decisions(stdout: str) -> dict[str, list[tuple[str, str, str]]]:
+    """``group -> [(keep|delete, why, key)]`` from a dry run's listing (after the group table,
+    before the ``Dry run:`` total)."""
+    listing = stdout.split("\n\n", 1)[1].split("Dry run:", 1)[0]
+    out: dict[str, list] = {}
+    rows: list = []
+    for line in listing.splitlines():
+        if line.startswith("  "):
+            action, why, key = re.split(r"\s{2,}", line.strip())
+            rows.append((action, why, key))
+        elif line:
+            rows = out.setdefault(line.rstrip(":"), [])
+    return out
+
+
+def test_prune_dry_run_says_why_each_checkpoint_is_kept_or_deleted(tmp_path):
+    """Every checkpoint of every group is listed once: kept with the reasons the plan gives
+    (as --json has them) or deleted because no rule keeps it; nothing is deleted."""
+    (tmp_path / "home").mkdir()
+    env = flow_environment(tmp_path)
+    run_flow(FLOW_FILE, env, tmp_path)
+    before = cli(env, tmp_path, "list", FLOW, "--json").json()
+    args = ["prune", FLOW, "--keep-last", "1", "--keep-best", "val_loss:min:1", "--dry-run"]
+    plans = cli(env, tmp_path, *args, "--json").json()
+    out = cli(env, tmp_path, *args)
+    decisions = _decisions(out.stdout)
+    assert list(decisions) == [p["group"] for p in plans]
+    for plan in plans:  # kept ones first, then deleted ones (--json sorts the kept keys)
+        listed = decisions[plan["group"]]
+        assert sorted(listed[: len(plan["kept"])]) == sorted(
+            ("keep", ", ".join(why), key) for key, why in plan["kept"].items()
+        )
+        assert listed[len(plan["kept"]) :] == [
+            ("delete", "no rule keeps it", key) for key in plan["deleted"]
+        ]
+    # The series: epoch 2 is the newest (keep-last), epoch 1 has the best val_loss (0.2),
+    # epoch 0 neither. The "final" series has no val_loss: kept whole, with a warning.
+    epochs = {r["key"]: r["metadata"].get("epoch") for r in before}
+    series = {
+        epochs[key]: (action, why) for action, why, key in decisions[FLOW + "/train[_]:mfchckpt"]
+    }
+    assert series[2][0] == "keep" and "last 1" in series[2][1]
+    assert series[1][0] == "keep" and "val_loss" in series[1][1]
+    assert series[0] == ("delete", "no rule keeps it")
+    assert [action for action, _, _ in decisions[FLOW + "/train[_]:final"]] == ["keep"]
+    assert "has a numeric 'val_loss'" in out.stderr
+    assert "Dry run: 1 checkpoints would be deleted." in out.stdout
+    assert cli(env, tmp_path, "list", FLOW, "--json").json() == before

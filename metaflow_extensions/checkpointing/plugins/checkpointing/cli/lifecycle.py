@@ -12,7 +12,7 @@ from metaflow._vendor import click
 
 from ..fmt import human_size
 from .base import CliContext, command, json_option, namespace_options, root_option
-from .output import echo_json, echo_table, phase_progress
+from .output import echo_json, echo_table, phase_progress, table_lines
 
 
 @command(
@@ -50,7 +50,11 @@ from .output import echo_json, echo_table, phase_progress
     metavar="T",
     help="Keep the first checkpoint of every T minutes.",
 )
-@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Delete nothing; show each checkpoint that would be kept (and why) or deleted.",
+)
 @json_option
 @namespace_options
 @root_option
@@ -98,11 +102,32 @@ def prune(
     echo_table(rows)
     deleted = sum(len(p["deleted"]) for p in plans)
     if dry_run:
+        _echo_decisions(plans)
         click.echo("Dry run: %d checkpoints would be deleted." % deleted)
     else:
         click.echo(
             "Deleted %d checkpoints; run 'checkpoint gc' to reclaim their storage." % deleted
         )
+
+
+#: Why a checkpoint of a dry run would be deleted.
+NO_RULE_KEEPS_IT = "no rule keeps it"
+
+
+def _echo_decisions(plans: list[dict]) -> None:
+    """Under each group, one line per checkpoint: ``keep`` with the reasons the plan gives
+    (the rules, pins, the newest ``latest=True``), or ``delete`` (no rule keeps it), then its
+    key (what ``show``, ``pin`` or ``delete`` take)."""
+    rows = []
+    for plan in plans:
+        rows += [["keep", ", ".join(why), key] for key, why in plan["kept"].items()]
+        rows += [["delete", NO_RULE_KEEPS_IT, key] for key in plan["deleted"]]
+    lines = iter(table_lines(rows) if rows else [])
+    click.echo("")
+    for plan in plans:
+        click.echo("%s:" % plan["group"])
+        for _ in range(len(plan["kept"]) + len(plan["deleted"])):
+            click.echo("  " + next(lines))
 
 
 class _GraceHours(click.ParamType):
