@@ -7,20 +7,15 @@ from typing import Any, Callable, Optional
 
 from ..common import refspec
 from ..common.reference import CheckpointReference, damaged_reference, reference_of
+from ..common.refspec import parse_target
 from ..core import retention
-
-try:  # TEMPORARY until core/layout.py (the key layout's owner) is committed
-    from ..core.layout import MANIFESTS_PREFIX
-except ImportError:  # pragma: no cover
-    from ..core.scope import MANIFESTS  # type: ignore[attr-defined]
-
-    MANIFESTS_PREFIX = MANIFESTS + "/"
+from ..core.layout import MANIFESTS_PREFIX
 from ..core.manifest import parse_key
 from ..core.verify import VerifyReport
 from ..errors import CheckpointConfigError, ManifestError
 from .base import ClientBase
 from .listing import describe
-from .locate import locate, parse_target
+from .locate import locate
 
 
 class Lifecycle(ClientBase):

@@ -10,18 +10,15 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Union
 
 from ..common.reference import CheckpointReference, references
-
-try:  # TEMPORARY until core/layout.py (the key layout's owner) is committed
-    from ..core.layout import library_prefix
-except ImportError:  # pragma: no cover
-    from ..core.scope import library_prefix  # type: ignore[attr-defined,no-redef]
+from ..common.refspec import parse_target
+from ..core.layout import library_prefix
 from ..core.manifest import ManifestHeader
 from ..core.policies import sort_key
 from ..core.retention import numeric
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointNotFound
 from .base import ClientBase
-from .locate import locate, parse_target
+from .locate import locate
 
 Where = Union[dict, Callable[[CheckpointReference], bool], None]
 

@@ -10,38 +10,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..common.refspec import Target
 from ..common.settings import ROOT_METADATA, checkpoint_root
 from ..core.layout import MANIFESTS_PREFIX, flow_prefix, step_prefix
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 
 # Namespaces a task can write under: ``current.namespace`` is the writer's identity.
 _IDENTITY_TAGS = ("user:", "production:")
-
-
-@dataclass(frozen=True)
-class Target:
-    """A parsed listing target: ``Flow[/run[/step[/task]]]``."""
-
-    flow: str
-    run: Optional[str] = None
-    step: Optional[str] = None
-    task: Optional[str] = None
-
-    @property
-    def pathspec(self) -> str:
-        return "/".join(p for p in (self.flow, self.run, self.step, self.task) if p)
-
-
-def parse_target(target: Any) -> Target:
-    """A :class:`Target` from a pathspec string or a Metaflow Flow/Run/Step/Task object."""
-    pathspec = getattr(target, "pathspec", target)
-    parts = pathspec.strip("/").split("/") if isinstance(pathspec, str) else []
-    if not parts or not all(parts) or len(parts) > 4:
-        raise CheckpointConfigError(
-            "%r is not a pathspec: use 'Flow', 'Flow/run_id', 'Flow/run_id/step' or "
-            "'Flow/run_id/step/task_id', or a Metaflow Flow/Run/Step/Task object." % (target,)
-        )
-    return Target(*parts)
 
 
 def default_root() -> str:

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..core import layout
 from ..core.manifest import is_manifest_key
 from ..core.scope import validate_name
 from ..errors import CheckpointConfigError
@@ -41,7 +42,6 @@ LAST = "last"
 _VERSION_RE = re.compile(r"[0-9A-Za-z]{1,64}")
 #: One component of a pathspec: Metaflow ids and names hold no '/', '@' nor whitespace.
 _COMPONENT_RE = re.compile(r"[^/@\s]+")
-_MANIFESTS_DIR = "/manifests/"
 
 FORMS = (
     "a reference returned by save()/list()/get() or a dict with its 'key' (and 'root'), a "
@@ -308,15 +308,11 @@ def _parse_at(reference: str, text: str) -> RefSpec:
 
 
 def _split_url(text: str) -> Optional[tuple[str, str]]:
-    """``(root, key)`` of ``<root>/manifests/...`` when what follows is a manifest key.  Every
-    ``/manifests/`` is tried, so a root whose path holds a ``manifests`` directory works."""
-    start = text.find(_MANIFESTS_DIR)
-    while start > 0:
-        key = text[start + 1 :]
-        if is_manifest_key(key):
-            return _root(text[:start]), key  # type: ignore[return-value]
-        start = text.find(_MANIFESTS_DIR, start + 1)
-    return None
+    """``(root, key)`` of ``<root>/manifests/...`` when what follows is a manifest key."""
+    split = layout.split_manifest_url(text)
+    if split is None or not is_manifest_key(split[1]):
+        return None
+    return _root(split[0]), split[1]  # type: ignore[return-value]
 
 
 def _root(root: Optional[str]) -> Optional[str]:

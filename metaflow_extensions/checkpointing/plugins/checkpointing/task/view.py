@@ -13,11 +13,7 @@ from typing import Callable, Optional
 
 from ..common.refspec import Target
 from ..common.resolver import other_store_error
-
-try:  # TEMPORARY until core/layout.py (the key layout's owner) is committed
-    from ..core.layout import flow_prefix, step_prefix
-except ImportError:  # pragma: no cover
-    from ..core.scope import flow_prefix, step_prefix  # type: ignore[attr-defined,no-redef]
+from ..core.layout import flow_prefix, step_prefix
 from ..core.manifest import ManifestHeader
 from ..core.policies import sort_key
 from ..core.scope import Scope
