@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -266,3 +267,131 @@ def test_a_plan_keeps_or_deletes_everything_and_honours_every_keep_rule(
         for v in item.metadata.values():
             n = retention.numeric(v)
             assert n is None or math.isfinite(n)
+
+
+# ------------------------------------------------------------------------------ rules as objects
+def _alone(rule: retention.Rule) -> retention.Retention:
+    """A policy holding only ``rule`` (built through the same validation as any policy)."""
+    if isinstance(rule, retention.KeepLast):
+        return retention.build(keep_last=rule.count)
+    if isinstance(rule, retention.KeepBest):
+        return retention.build(keep_best=str(rule))
+    if isinstance(rule, retention.KeepEverySteps):
+        return retention.build(keep_every_steps=rule.every, step_field=rule.step_field)
+    assert isinstance(rule, retention.KeepEveryMinutes)
+    return retention.build(keep_every_minutes=rule.minutes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(its=items(), rules=policy(), data=st.data(), protect_newest=st.booleans())
+def test_a_plan_is_the_union_of_its_rules_each_deciding_alone(its, rules, data, protect_newest):
+    """What a plan keeps is exactly the union of what its rules keep, each rule decided as in a
+    policy of its own (whatever else the policy holds), every kept checkpoint lists at least
+    one reason (every rule's, in rule order), and the rest is deleted, newest first."""
+    keys = [i.key for i in its]
+    pinned = frozenset(data.draw(st.lists(st.sampled_from(keys), max_size=3))) if keys else set()
+    protected = frozenset(data.draw(st.lists(st.sampled_from(keys), max_size=2))) if keys else set()
+    p = plan(its, rules, pinned, group="g", protect_newest=protect_newest, protect=protected)
+    if rules.empty:
+        assert p.keep == {k: [retention.NO_RULE] for k in keys} and p.delete == []
+        return
+    # Pinned, protected and the newest latest=True: rule objects the caller's arguments make.
+    fixed = [retention.Pinned(pinned), retention.Protected(protected)]
+    fixed += [retention.NewestLatest()] if protect_newest else []
+    expected: dict[str, list[str]] = {}
+    warnings: list[str] = []
+    for rule in fixed:
+        for key, why in rule.keeps(its, "g").reasons.items():
+            expected.setdefault(key, []).append(why)
+    # The policy's own rules, each planned alone (no pins, nothing protected, no newest).
+    assert [type(r) for r in retention.all_rules(rules, pinned, protected, protect_newest)] == [
+        type(r) for r in fixed + rules.rules()
+    ]
+    for rule in rules.rules():
+        alone = plan(its, _alone(rule), group="g", protect_newest=False)
+        assert alone.keep == {k: [why] for k, why in rule.keeps(its, "g").reasons.items()}
+        for key, (why,) in alone.keep.items():
+            expected.setdefault(key, []).append(why)
+        warnings += alone.warnings
+    if keys:
+        assert p.keep == expected and p.warnings == warnings
+    assert all(p.keep[k] for k in p.keep)  # every kept checkpoint says why
+    ordered = [i.key for i in sorted(its, key=lambda i: i.order, reverse=True)]
+    assert p.delete == [k for k in ordered if k not in expected]
+
+
+def _items(metrics: list, every_ms: int = 20_000) -> list[Item]:
+    """Items oldest first, one every ``every_ms``, with the metadata dicts given."""
+    return [Item("k%d" % i, (i * every_ms, i), i * every_ms, m) for i, m in enumerate(metrics)]
+
+
+LOSSES = [{"loss": x, "step": 1000 * i} for i, x in enumerate([5.0, 1.0, 4.0, 2.0, 3.0, 6.0])]
+
+
+@pytest.mark.parametrize(
+    "rule, kept",
+    [
+        (retention.KeepLast(2), {"k5": "keep_last 2 (#1)", "k4": "keep_last 2 (#2)"}),
+        (
+            retention.KeepBest("loss", "min", 2),
+            {"k1": "best loss:min (#1 of 2)", "k3": "best loss:min (#2 of 2)"},
+        ),
+        (retention.KeepBest("loss", "max", 1), {"k5": "best loss:max (#1 of 1)"}),
+        (
+            retention.KeepEverySteps(2000),
+            {
+                "k0": "every 2000 steps (step 0)",
+                "k2": "every 2000 steps (step 2000)",
+                "k4": "every 2000 steps (step 4000)",
+            },
+        ),
+        (
+            retention.KeepEveryMinutes(1),
+            {
+                "k0": "every 1 min (first of minutes 0-1 from the oldest)",
+                "k3": "every 1 min (first of minutes 1-2 from the oldest)",
+            },
+        ),
+        (retention.Pinned(frozenset({"k2"})), {"k2": "pinned"}),
+        (retention.Protected(frozenset({"k0"})), {"k0": "protected"}),
+        (retention.NewestLatest(), {"k5": "newest latest=True (what a retry or resume loads)"}),
+        (
+            retention.KeepBest("val_loss"),
+            {
+                "k%d" % i: "rule not applicable (best val_loss:min:1: no numeric 'val_loss')"
+                for i in range(6)
+            },
+        ),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, retention.Rule) else "",
+)
+def test_each_rule_says_what_it_keeps_and_why(rule, kept):
+    assert rule.keeps(_items(LOSSES), "g").reasons == kept
+    assert rule.keeps(list(reversed(_items(LOSSES))), "g").reasons == kept  # any input order
+
+
+def test_prune_returns_every_reason_of_a_checkpoint_kept_by_several_rules():
+    """The store's prune (behind the client's ``prune`` and the CLI's ``--dry-run``) lists each
+    kept checkpoint with the reason of every rule that keeps it."""
+    storage = MemoryStorage()
+    store = CheckpointStore(storage, options())
+    specs = [
+        {"task": "7", "run": "100", "attempt": 0, "created_ms": T0 + i * 20_000, "seq": 0}
+        | {"latest": True, "name": "mfchckpt", "metadata": m}
+        for i, m in enumerate(LOSSES)
+    ]
+    keys = [_commit(storage, i, s) for i, s in enumerate(specs)]
+    store.pin(keys[0])
+    rules = retention.build(keep_last=2, keep_best="loss:min:2", keep_every_steps=3000)
+    [(group, p)] = store.prune(
+        store.headers(make_scope().task_prefix()), rules, group_of=lambda h: h.name, dry_run=True
+    )
+    assert group == "mfchckpt" and p.warnings == []
+    assert p.keep == {
+        keys[5]: ["newest latest=True (what a retry or resume loads)", "keep_last 2 (#1)"],
+        keys[4]: ["keep_last 2 (#2)"],
+        keys[3]: ["best loss:min (#2 of 2)", "every 3000 steps (step 3000)"],
+        keys[1]: ["best loss:min (#1 of 2)"],
+        keys[0]: ["pinned", "every 3000 steps (step 0)"],
+    }
+    assert p.delete == [keys[2]]

@@ -1,13 +1,24 @@
-"""Retention: which checkpoints of a group to keep (last N, best K by a metric, one every N
-steps or T minutes, pinned) and which to delete.
+"""Retention: which checkpoints of a group to keep, and why.
 
-Rules compose: a checkpoint kept by any rule stays.  Planning is pure (no storage access), so a
-dry run and a real run decide the same way; deleting is the caller's job (manifests only;
-their blobs go with garbage collection).
+Each rule is an object whose :meth:`Rule.keeps` looks at the whole group and returns the keys it
+keeps with a reason for each: keep-last (:class:`KeepLast`), keep-best by a metric
+(:class:`KeepBest`), one every N steps (:class:`KeepEverySteps`) or T minutes
+(:class:`KeepEveryMinutes`), pinned (:class:`Pinned`), protected (:class:`Protected`) and the
+newest ``latest=True`` checkpoint, what a retry loads (:class:`NewestLatest`).  A rule sees only
+the group, never what other rules keep, so the plan is simply their union: a checkpoint kept by
+several rules lists every reason, in rule order, and the rest is deleted.  A rule that cannot be
+applied (no checkpoint has its metric) keeps the whole group and says so in a warning.
+
+Planning is pure (no storage access), so a dry run and a real run decide the same way;
+deleting is the caller's job (manifests only; their blobs go with garbage collection).
+
+(A little over 400 lines: the rules, the policy listing them and the validation of its options
+are one concept, and a change to a rule touches all three.)
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +26,99 @@ from typing import Any, Optional
 
 from ..errors import CheckpointConfigError
 
+#: The reason given for every checkpoint when a policy has no rule at all.
+NO_RULE = "no retention rule"
+#: The reason a rule gives for every checkpoint of a group when it cannot be applied.
+NOT_APPLICABLE = "rule not applicable"
+
 
 @dataclass(frozen=True)
-class KeepBest:
-    """Keep the ``count`` best checkpoints by the numeric metadata field ``metric``."""
+class Item:
+    """What retention needs to know about one checkpoint."""
+
+    key: str
+    order: tuple  # oldest first when sorted
+    created_ms: int
+    metadata: dict
+    latest: bool = True
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What one rule keeps in one group: ``{key: reason}``, and a warning when the rule cannot
+    be applied (it then keeps the whole group)."""
+
+    reasons: dict[str, str]
+    warning: Optional[str] = None
+
+
+def numeric(value: Any) -> Optional[float]:
+    """``value`` as a float if it is a finite real number (not a bool, NaN or infinite, and
+    not an integer too large for a float), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond 1e308 (metadata read from a crafted manifest)
+        return None
+    return number if math.isfinite(number) else None
+
+
+def newest_first(items: Sequence[Item]) -> list[Item]:
+    """``items`` by ``order``, newest first (ties keep the order given)."""
+    return sorted(items, key=lambda i: i.order, reverse=True)
+
+
+def _first_of_each(pairs: Sequence[tuple[Item, float]], width: float, origin: float = 0.0):
+    """``(item, value, bucket)`` for the first of ``pairs`` (oldest first) in each bucket
+    ``floor((value - origin) / width)``."""
+    seen: set = set()
+    for item, value in pairs:
+        bucket = math.floor((value - origin) / width)
+        if bucket not in seen:
+            seen.add(bucket)
+            yield item, value, bucket
+
+
+def _show(value: float) -> str:
+    """A metric value as a user wrote it: ``3000`` rather than ``3000.0``."""
+    return "%d" % value if value.is_integer() and abs(value) < 1e15 else "%g" % value
+
+
+class Rule(abc.ABC):
+    """One retention rule: decides alone, from the whole group, what it keeps and why."""
+
+    @abc.abstractmethod
+    def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
+        """The keys of ``items`` (one group, any order) this rule keeps, each with its reason.
+
+        ``group`` names the group in warnings."""
+
+    def _not_applicable(self, items: Sequence[Item], why: str, warning: str) -> Kept:
+        reason = "%s (%s)" % (NOT_APPLICABLE, why)
+        return Kept({i.key: reason for i in items}, warning)
+
+
+@dataclass(frozen=True)
+class KeepLast(Rule):
+    """Keep the ``count`` newest checkpoints (by the order a retry uses)."""
+
+    count: int
+
+    def describe(self) -> str:
+        return "keep last %d" % self.count
+
+    def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
+        chosen = newest_first(items)[: self.count]
+        return Kept(
+            {i.key: "keep_last %d (#%d)" % (self.count, n + 1) for n, i in enumerate(chosen)}
+        )
+
+
+@dataclass(frozen=True)
+class KeepBest(Rule):
+    """Keep the ``count`` best checkpoints by the numeric metadata field ``metric``; among equal
+    values the newest win."""
 
     metric: str
     mode: str = "min"
@@ -26,6 +126,118 @@ class KeepBest:
 
     def __str__(self) -> str:
         return "%s:%s:%d" % (self.metric, self.mode, self.count)
+
+    def describe(self) -> str:
+        return "keep best %s" % self
+
+    def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
+        scored = [(i, numeric(i.metadata.get(self.metric))) for i in newest_first(items)]
+        scored = [(i, v) for i, v in scored if v is not None]
+        if not scored:
+            return self._not_applicable(
+                items,
+                "best %s: no numeric %r" % (self, self.metric),
+                "No checkpoint of %s has a numeric %r: keep-best %s cannot be applied, nothing "
+                "deleted there." % (group or "this group", self.metric, self),
+            )
+        scored.sort(key=lambda p: p[1], reverse=self.mode == "max")  # stable: newest first
+        return Kept(
+            {
+                i.key: "best %s:%s (#%d of %d)" % (self.metric, self.mode, n + 1, self.count)
+                for n, (i, _) in enumerate(scored[: self.count])
+            }
+        )
+
+
+@dataclass(frozen=True)
+class KeepEverySteps(Rule):
+    """Keep the first checkpoint at or after every multiple of ``every`` of the numeric
+    metadata field ``field`` (``step``)."""
+
+    every: int
+    step_field: str = "step"
+
+    def describe(self) -> str:
+        return "keep one every %d %s" % (self.every, self.step_field)
+
+    def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
+        oldest_first = newest_first(items)[::-1]
+        name = self.step_field
+        stepped = [(i, numeric(i.metadata.get(name))) for i in oldest_first]
+        stepped = [(i, v) for i, v in stepped if v is not None]
+        if not stepped:
+            return self._not_applicable(
+                items,
+                "every %d %s: no numeric %r" % (self.every, name, name),
+                "No checkpoint of %s has a numeric %r: keep-every-%d-steps cannot be applied, "
+                "nothing deleted there." % (group or "this group", name, self.every),
+            )
+        unit = "steps" if name == "step" else name
+        return Kept(
+            {
+                i.key: "every %d %s (%s %s)" % (self.every, unit, name, _show(v))
+                for i, v, _ in _first_of_each(stepped, self.every)
+            }
+        )
+
+
+@dataclass(frozen=True)
+class KeepEveryMinutes(Rule):
+    """Keep the first checkpoint of every ``minutes`` minutes, counted from the oldest of the
+    group (by creation date)."""
+
+    minutes: float
+
+    def describe(self) -> str:
+        return "keep one every %g minutes" % self.minutes
+
+    def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
+        if not items:
+            return Kept({})
+        oldest_first = newest_first(items)[::-1]
+        # Dates are whole milliseconds: a narrower bucket means one per millisecond (and a
+        # width of a few subnormal floats would overflow the bucket number).
+        width = max(self.minutes * 60_000, 1.0)
+        dated = [(i, i.created_ms) for i in oldest_first]
+        return Kept(
+            {
+                i.key: "every %g min (first of minutes %g-%g from the oldest)"
+                % (self.minutes, b * width / 60_000, (b + 1) * width / 60_000)
+                for i, _, b in _first_of_each(dated, width, origin=oldest_first[0].created_ms)
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Pinned(Rule):
+    """Keep the pinned checkpoints (``Checkpoint().pin``), always."""
+
+    keys: frozenset = frozenset()
+
+    def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
+        return Kept({i.key: "pinned" for i in items if i.key in self.keys})
+
+
+@dataclass(frozen=True)
+class Protected(Rule):
+    """Keep the checkpoints named by the caller, e.g. the one a ``save()`` has just returned."""
+
+    keys: frozenset = frozenset()
+
+    def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
+        return Kept({i.key: "protected" for i in items if i.key in self.keys})
+
+
+@dataclass(frozen=True)
+class NewestLatest(Rule):
+    """Keep the newest ``latest=True`` checkpoint (the greatest ``order``): what ``@retry`` and
+    ``resume`` load when ``order`` is the one they use (:func:`.policies.sort_key`)."""
+
+    def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
+        marked = [i for i in newest_first(items) if i.latest]
+        return Kept(
+            {marked[0].key: "newest latest=True (what a retry or resume loads)"} if marked else {}
+        )
 
 
 @dataclass(frozen=True)
@@ -40,23 +252,22 @@ class Retention:
 
     @property
     def empty(self) -> bool:
-        return (
-            self.keep_last is None
-            and not self.keep_best
-            and self.keep_every_steps is None
-            and self.keep_every_minutes is None
-        )
+        return not self.rules()
+
+    def rules(self) -> list[Rule]:
+        """The policy's rules as objects, in the order their reasons are listed."""
+        out: list[Rule] = []
+        if self.keep_last is not None:
+            out.append(KeepLast(self.keep_last))
+        out += self.keep_best
+        if self.keep_every_steps is not None:
+            out.append(KeepEverySteps(self.keep_every_steps, self.step_field))
+        if self.keep_every_minutes is not None:
+            out.append(KeepEveryMinutes(self.keep_every_minutes))
+        return out
 
     def describe(self) -> str:
-        parts = []
-        if self.keep_last is not None:
-            parts.append("keep last %d" % self.keep_last)
-        parts += ["keep best %s" % b for b in self.keep_best]
-        if self.keep_every_steps is not None:
-            parts.append("keep one every %d %s" % (self.keep_every_steps, self.step_field))
-        if self.keep_every_minutes is not None:
-            parts.append("keep one every %g minutes" % self.keep_every_minutes)
-        return ", ".join(parts) or "keep everything"
+        return ", ".join(r.describe() for r in self.rules()) or "keep everything"
 
 
 def parse_keep_best(spec: Any) -> KeepBest:
@@ -150,17 +361,6 @@ def build(
     )
 
 
-@dataclass(frozen=True)
-class Item:
-    """What retention needs to know about one checkpoint."""
-
-    key: str
-    order: tuple  # oldest first when sorted
-    created_ms: int
-    metadata: dict
-    latest: bool = True
-
-
 @dataclass
 class Plan:
     """The decision for one group: what to keep (with why) and what to delete."""
@@ -170,16 +370,18 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def numeric(value: Any) -> Optional[float]:
-    """``value`` as a float if it is a finite real number (not a bool, NaN or infinite, and
-    not an integer too large for a float), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond 1e308 (metadata read from a crafted manifest)
-        return None
-    return number if math.isfinite(number) else None
+def all_rules(
+    policy: Retention,
+    pinned: Collection[str] = frozenset(),
+    protect: Collection[str] = frozenset(),
+    protect_newest: bool = True,
+) -> list[Rule]:
+    """Every rule :func:`plan` applies: pinned, protected, the newest ``latest=True`` (if
+    ``protect_newest``), then the policy's own rules."""
+    out: list[Rule] = [Pinned(frozenset(pinned)), Protected(frozenset(protect))]
+    if protect_newest:
+        out.append(NewestLatest())
+    return out + policy.rules()
 
 
 def plan(
@@ -190,83 +392,28 @@ def plan(
     protect_newest: bool = True,
     protect: Collection[str] = frozenset(),
 ) -> Plan:
-    """Decide which of ``items`` (one group) to keep.
+    """Decide which of ``items`` (one group) to keep: the union of what every rule of
+    :func:`all_rules` keeps.
 
-    ``protect_newest`` keeps the newest ``latest=True`` checkpoint (the greatest ``order``)
-    whatever the rules say: it is what ``@retry`` and ``resume`` would load when ``order`` is
-    the one they use (:func:`.policies.sort_key`).  ``protect`` names checkpoints kept whatever
-    the rules say, e.g. the one a ``save()`` has just returned.  A rule that cannot be applied
-    (no checkpoint has its metric) is reported as a warning and nothing of the group is
-    deleted.  Every item is either kept (with its reasons) or deleted.
+    ``protect_newest`` keeps the newest ``latest=True`` checkpoint (:class:`NewestLatest`);
+    ``protect`` names checkpoints kept whatever the rules say (:class:`Protected`).  A rule that
+    cannot be applied keeps the whole group and adds a warning.  Every item is either kept
+    (with every reason, in rule order) or deleted (newest first).  An empty policy keeps
+    everything (reason ``"no retention rule"``): it has no rule that could choose.
     """
-    out = Plan()
     if policy.empty:
-        return Plan(keep={i.key: ["no retention rule"] for i in items})
+        return Plan(keep={i.key: [NO_RULE] for i in items})
+    out = Plan()
     if not items:
         return out
-    newest_first = sorted(items, key=lambda i: i.order, reverse=True)
     reasons: dict[str, list[str]] = {i.key: [] for i in items}
-
-    def keep(item: Item, why: str) -> None:
-        reasons[item.key].append(why)
-
-    def keep_all(warning: str) -> Plan:
-        return Plan(
-            keep={i.key: reasons[i.key] + ["rule not applicable"] for i in newest_first},
-            warnings=out.warnings + [warning],
-        )
-
-    for item in newest_first:
-        if item.key in pinned:
-            keep(item, "pinned")
-        if item.key in protect:
-            keep(item, "protected")
-    if protect_newest:
-        marked = [i for i in newest_first if i.latest]
-        if marked:
-            keep(marked[0], "newest")
-    if policy.keep_last:
-        for item in newest_first[: policy.keep_last]:
-            keep(item, "last %d" % policy.keep_last)
-    for rule in policy.keep_best:
-        scored = [(i, numeric(i.metadata.get(rule.metric))) for i in newest_first]
-        scored = [(i, v) for i, v in scored if v is not None]
-        if not scored:
-            return keep_all(
-                "No checkpoint of %s has a numeric %r: keep-best %s cannot be applied, nothing "
-                "deleted there." % (group or "this group", rule.metric, rule)
-            )
-        scored.sort(key=lambda p: p[1], reverse=rule.mode == "max")  # stable: newest first
-        for item, _ in scored[: rule.count]:
-            keep(item, "best %s" % rule)
-    oldest_first = newest_first[::-1]
-    if policy.keep_every_steps:
-        stepped = [(i, numeric(i.metadata.get(policy.step_field))) for i in oldest_first]
-        stepped = [(i, v) for i, v in stepped if v is not None]
-        if not stepped:
-            return keep_all(
-                "No checkpoint of %s has a numeric %r: keep-every-%d-steps cannot be applied, "
-                "nothing deleted there."
-                % (group or "this group", policy.step_field, policy.keep_every_steps)
-            )
-        seen_buckets: set = set()
-        for item, value in stepped:
-            bucket = math.floor(value / policy.keep_every_steps)
-            if bucket not in seen_buckets:
-                seen_buckets.add(bucket)
-                keep(item, "every %d %s" % (policy.keep_every_steps, policy.step_field))
-    if policy.keep_every_minutes:
-        # Dates are whole milliseconds: a narrower bucket means one per millisecond (and a
-        # width of a few subnormal floats would overflow the bucket number).
-        width = max(policy.keep_every_minutes * 60_000, 1.0)
-        first = oldest_first[0].created_ms
-        seen_buckets = set()
-        for item in oldest_first:
-            bucket = math.floor((item.created_ms - first) / width)
-            if bucket not in seen_buckets:
-                seen_buckets.add(bucket)
-                keep(item, "every %g min" % policy.keep_every_minutes)
-    for item in newest_first:
+    for rule in all_rules(policy, pinned, protect, protect_newest):
+        kept = rule.keeps(items, group)
+        for key, why in kept.reasons.items():
+            reasons[key].append(why)
+        if kept.warning:
+            out.warnings.append(kept.warning)
+    for item in newest_first(items):
         if reasons[item.key]:
             out.keep[item.key] = reasons[item.key]
         else:
