@@ -478,10 +478,12 @@ def test_progress_reports_each_phase_to_its_total(store, tmp_path):
 # ------------------------------------------------------------------------------ S3
 @pytest.mark.s3
 def test_verify_on_s3(s3_env, tmp_path):
-    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.s3 import S3Storage
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        storage_for_url,
+    )
 
     bucket = s3_env["new_bucket"]()
-    store = CheckpointStore(S3Storage("s3://%s/ckpt" % bucket), options())
+    store = CheckpointStore(storage_for_url("s3://%s/ckpt" % bucket), options())
     saved = populate(store, tmp_path, n=2)
     assert run(store, deep=True).ok
     chunk, pack = blobs_of(saved[0])[0], blobs_of(saved[1], packed=True)[0]

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import storage_for_url
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.retention import build
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import TransferOptions
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
-from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import storage_for_url
 
 CHUNK = 64 * 1024
 OPTS = dict(chunk_size=CHUNK, small_size=16 * 1024, workers=4)

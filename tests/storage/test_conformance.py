@@ -56,12 +56,16 @@ def make_store(request, tmp_path):
             return LocalStorage(str(tmp_path / ("store" + suffix)), retry=FAST)
 
     elif kind == "s3":
+        from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+            s3_config,
+        )
         from metaflow_extensions.checkpointing.plugins.checkpointing.storage.s3 import S3Storage
 
         bucket = request.getfixturevalue("s3_env")["new_bucket"]()
 
         def make(suffix: str = ""):
-            return S3Storage("s3://%s/ckpt/root%s" % (bucket, suffix), retry=FAST, timeout=30)
+            url = "s3://%s/ckpt/root%s" % (bucket, suffix)
+            return S3Storage(url, retry=FAST, timeout=30, config=s3_config())
 
     elif kind == "fsspec-memory":
         # fsspec's memory filesystem is global to the process: unique root, removed after.

@@ -160,9 +160,10 @@ def test_storage_error_names_path_and_remedy(world):
 
 # ------------------------------------------------------------------------------------------ S3
 def _s3_store(bucket: str):
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import s3_config
     from metaflow_extensions.checkpointing.plugins.checkpointing.storage.s3 import S3Storage
 
-    store = S3Storage("s3://%s/root" % bucket, retry=FAST, timeout=30)
+    store = S3Storage("s3://%s/root" % bucket, retry=FAST, timeout=30, config=s3_config())
     for i in range(5):
         store.put_bytes("manifests/t/%d.json" % i, b"{}")
     # Pages of two keys, so a listing of five takes three pages.

@@ -1,4 +1,7 @@
-"""S3-specific behaviour: Metaflow's settings, bounded retries, clear errors, no hangs."""
+"""S3-specific behaviour: Metaflow's settings, bounded retries, clear errors, no hangs.
+
+The backend reads no Metaflow setting itself: ``common.settings`` hands it an ``S3Config``
+(tests open stores the way the package does, through :func:`_s3` or ``storage_for_url``)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import time
 import metaflow  # noqa: F401  (imported before the extension, as Metaflow itself does)
 import pytest
 
+from metaflow_extensions.checkpointing.plugins.checkpointing.common import settings
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,
     StorageError,
@@ -22,13 +26,20 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.storage.base import
     RetryPolicy,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.s3 import (
+    S3Config,
     S3Storage,
+    boto3_client,
     parse_s3_url,
 )
 
 pytestmark = pytest.mark.s3
 
 TINY = RetryPolicy(attempts=3, max_seconds=5, backoff=0.01, max_backoff=0.02)
+
+
+def _s3(url: str, **kwargs) -> S3Storage:
+    """An S3 store with Metaflow's settings, as ``common.settings`` opens one."""
+    return S3Storage(url, config=settings.s3_config(), **kwargs)
 
 
 @pytest.fixture
@@ -88,7 +99,8 @@ def _raise_connection_closed(request):
 
 # ---------------------------------------------------------------------------------- settings
 def test_honours_metaflow_s3_endpoint(s3_env, bucket):
-    store = S3Storage("s3://%s/some/prefix" % bucket)  # no endpoint given: from Metaflow
+    store = settings.storage_for_url("s3://%s/some/prefix" % bucket)  # endpoint: Metaflow's
+    assert isinstance(store, S3Storage)
     store.put_bytes("k/1", b"payload")
     assert store.client.meta.endpoint_url == s3_env["endpoint"]
     body = s3_env["client"].get_object(Bucket=bucket, Key="some/prefix/k/1")["Body"].read()
@@ -96,8 +108,53 @@ def test_honours_metaflow_s3_endpoint(s3_env, bucket):
     assert store.full_url("k/1") == "s3://%s/some/prefix/k/1" % bucket
 
 
+def test_store_uses_the_settings_it_is_handed_not_metaflows(s3_env, bucket):
+    # Metaflow points at the moto server (s3_env); a store handed another endpoint uses it:
+    # storage/ reads no Metaflow setting, common.settings passes them.
+    calls = []
+
+    def factory(service, role_arn=None, session_vars=None, client_params=None):
+        calls.append((service, role_arn, dict(session_vars), dict(client_params)))
+        return boto3_client(service, None, session_vars, client_params)
+
+    config = S3Config(
+        client_params={"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"},
+        session_vars={"region_name": "us-east-1"},
+        client_factory=factory,
+    )
+    # The store's own client_params win over the config's (here: the moto server).
+    store = S3Storage(
+        "s3://%s/p" % bucket, config=config, client_params={"endpoint_url": s3_env["endpoint"]}
+    )
+    store.put_bytes("k", b"v")
+    assert s3_env["client"].get_object(Bucket=bucket, Key="p/k")["Body"].read() == b"v"
+    ((service, role, session_vars, params),) = calls
+    assert (service, role, session_vars) == ("s3", None, {"region_name": "us-east-1"})
+    assert params["endpoint_url"] == s3_env["endpoint"] and params["region_name"] == "us-east-1"
+
+
+def test_metaflow_settings_are_read_by_the_settings_layer(s3_env, monkeypatch):
+    from metaflow import metaflow_config
+    from metaflow.plugins.aws.aws_client import get_aws_client
+
+    monkeypatch.setattr(metaflow_config, "S3_SERVER_SIDE_ENCRYPTION", "aws:kms")
+    monkeypatch.setattr(metaflow_config, "DATATOOLS_SESSION_VARS", {"region_name": "eu-west-1"})
+    config = settings.s3_config()
+    assert config.client_params["endpoint_url"] == s3_env["endpoint"]
+    assert config.session_vars == {"region_name": "eu-west-1"}
+    assert config.server_side_encryption == "aws:kms"
+    assert config.client_factory is get_aws_client
+    assert settings.storage_for_url("s3://b/p").config == config
+
+
+def test_role_without_a_client_factory_that_can_assume_it_is_a_clear_error():
+    store = S3Storage("s3://bucket/p", role_arn="arn:aws:iam::1:role/r")
+    with pytest.raises(CheckpointConfigError, match="arn:aws:iam::1:role/r.*common.settings"):
+        store.client  # noqa: B018 - the client is built on first use
+
+
 def test_client_config_bounds_requests(s3_env, bucket):
-    store = S3Storage("s3://%s/p" % bucket, workers=48, timeout=7)
+    store = _s3("s3://%s/p" % bucket, workers=48, timeout=7)
     config = store.client.meta.config
     assert config.connect_timeout == 7 and config.read_timeout == 7
     assert config.max_pool_connections == 48
@@ -108,7 +165,7 @@ def test_server_side_encryption_setting(s3_env, bucket, monkeypatch, tmp_path):
     from metaflow import metaflow_config
 
     monkeypatch.setattr(metaflow_config, "S3_SERVER_SIDE_ENCRYPTION", "AES256")
-    store = S3Storage("s3://%s/p" % bucket)
+    store = _s3("s3://%s/p" % bucket)
     store.put_bytes("bytes", b"x")
     src = tmp_path / "f"
     src.write_bytes(b"y" * 1000)
@@ -119,7 +176,7 @@ def test_server_side_encryption_setting(s3_env, bucket, monkeypatch, tmp_path):
 
 
 def test_client_is_created_once_across_threads(s3_env, bucket):
-    store = S3Storage("s3://%s/p" % bucket)
+    store = _s3("s3://%s/p" % bucket)
     clients = []
     threads = [threading.Thread(target=lambda: clients.append(store.client)) for _ in range(8)]
     for thread in threads:
@@ -130,7 +187,7 @@ def test_client_is_created_once_across_threads(s3_env, bucket):
 
 
 def test_memoryview_is_streamed_without_copy(s3_env, bucket):
-    store = S3Storage("s3://%s/p" % bucket)
+    store = _s3("s3://%s/p" % bucket)
     bodies = []
     store.client.meta.events.register(
         "before-parameter-build.s3.PutObject",
@@ -143,7 +200,7 @@ def test_memoryview_is_streamed_without_copy(s3_env, bucket):
 
 
 def test_bucket_root_without_prefix(s3_env, bucket):
-    store = S3Storage("s3://%s/" % bucket)
+    store = _s3("s3://%s/" % bucket)
     assert store.url == "s3://%s" % bucket
     store.put_bytes("a/b", b"1")
     assert [i.key for i in store.list()] == ["a/b"]
@@ -151,7 +208,7 @@ def test_bucket_root_without_prefix(s3_env, bucket):
 
 
 def test_pickled_store_works(s3_env, bucket):
-    store = S3Storage("s3://%s/p" % bucket)
+    store = _s3("s3://%s/p" % bucket)
     store.put_bytes("k", b"v")
     clone = pickle.loads(pickle.dumps(store))
     assert clone.get_bytes("k") == b"v"
@@ -165,7 +222,7 @@ def test_invalid_s3_url(url):
 
 # ---------------------------------------------------------------------------------- errors
 def test_missing_bucket_is_a_clear_error(s3_env, tmp_path):
-    store = S3Storage("s3://no-such-bucket-mfckpt/root", retry=TINY)
+    store = _s3("s3://no-such-bucket-mfckpt/root", retry=TINY)
     src = tmp_path / "f"
     src.write_bytes(b"x")
     calls = [
@@ -190,7 +247,7 @@ def test_unreachable_endpoint_fails_fast_and_bounded(s3_env, monkeypatch):
     endpoint = "http://127.0.0.1:%d" % _closed_port()
     params = dict(metaflow_config.DATATOOLS_CLIENT_PARAMS, endpoint_url=endpoint)
     monkeypatch.setattr(metaflow_config, "DATATOOLS_CLIENT_PARAMS", params)
-    store = S3Storage("s3://some-bucket/root", retry=TINY, timeout=2)
+    store = _s3("s3://some-bucket/root", retry=TINY, timeout=2)
     tries = []
     real_put = store._put_bytes
     monkeypatch.setattr(store, "_put_bytes", lambda *a: tries.append(1) or real_put(*a))
@@ -221,7 +278,7 @@ def test_unreachable_endpoint_fails_fast_and_bounded(s3_env, monkeypatch):
     ],
 )
 def test_transient_errors_are_retried(s3_env, bucket, make_error):
-    store = S3Storage("s3://%s/p" % bucket, retry=TINY)
+    store = _s3("s3://%s/p" % bucket, retry=TINY)
     calls = _fail_first(store, "PutObject", 2, make_error)
     store.put_bytes("k", b"eventually")
     assert len(calls) == 3
@@ -229,7 +286,7 @@ def test_transient_errors_are_retried(s3_env, bucket, make_error):
 
 
 def test_transient_errors_give_up_with_a_clear_message(s3_env, bucket):
-    store = S3Storage("s3://%s/p" % bucket, retry=TINY)
+    store = _s3("s3://%s/p" % bucket, retry=TINY)
     calls = _fail_first(store, "GetObject", 100, _http_error(503, "SlowDown"))
     store.put_bytes("k", b"x")
     with pytest.raises(StorageError) as info:
@@ -240,7 +297,7 @@ def test_transient_errors_give_up_with_a_clear_message(s3_env, bucket):
 
 
 def test_permanent_errors_are_not_retried(s3_env, bucket):
-    store = S3Storage("s3://%s/p" % bucket, retry=TINY)
+    store = _s3("s3://%s/p" % bucket, retry=TINY)
     calls = _fail_first(store, "PutObject", 100, _http_error(403, "AccessDenied"))
     with pytest.raises(StorageError, match="AccessDenied") as info:
         store.put_bytes("k", b"x")

@@ -1,17 +1,21 @@
 """Turn ``METAFLOW_CHECKPOINT_*`` settings and a datastore into a :class:`CheckpointStore`.
 
 Shared by the decorator, the client and the CLI so that every entry point finds the same root
-with the same options.
+with the same options.  This is where Metaflow's settings are read: ``storage/`` and ``core/``
+are handed what they need (:func:`s3_config`, :func:`azure_endpoint`, :func:`transfer_options`).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..core.store import CheckpointStore
 from ..core.transfer import TransferOptions
 from ..errors import CheckpointConfigError
-from ..storage.base import RetryPolicy, default_workers
+from ..storage.base import RetryPolicy, Storage, default_workers
+
+if TYPE_CHECKING:  # the S3 backend loads only for s3:// roots
+    from ..storage.s3 import S3Config
 
 #: Task metadata field naming the checkpoint root a @checkpoint task used (found by the client).
 ROOT_METADATA = "checkpoint-root"
@@ -95,19 +99,52 @@ def checkpoint_root(ds_type: str, ds_root: str, override: Optional[str] = None) 
     return override or _setting("CHECKPOINT_ROOT") or root_for_datastore(ds_type, ds_root)
 
 
-def store_for_url(url: str) -> CheckpointStore:
-    """A store on ``url`` (path or URL) with the configured options."""
-    from ..storage.factory import storage_for_url
+def s3_config() -> S3Config:
+    """Metaflow's S3 settings for an S3 store: ``DATATOOLS_CLIENT_PARAMS`` (endpoint URL,
+    certificate checks), ``DATATOOLS_SESSION_VARS``, ``S3_SERVER_SIDE_ENCRYPTION``, and
+    Metaflow's AWS client provider (credentials, sandbox, custom providers)."""
+    from metaflow import metaflow_config
+    from metaflow.plugins.aws.aws_client import get_aws_client
 
-    options = transfer_options()
-    ttl = lease_seconds()
-    storage = storage_for_url(
+    from ..storage.s3 import S3Config
+
+    return S3Config(
+        client_params=dict(getattr(metaflow_config, "DATATOOLS_CLIENT_PARAMS", None) or {}),
+        session_vars=dict(getattr(metaflow_config, "DATATOOLS_SESSION_VARS", None) or {}),
+        server_side_encryption=getattr(metaflow_config, "S3_SERVER_SIDE_ENCRYPTION", None),
+        client_factory=get_aws_client,
+    )
+
+
+def azure_endpoint() -> Optional[str]:
+    """Metaflow's ``AZURE_STORAGE_BLOB_SERVICE_ENDPOINT`` (names the account of ``az://``)."""
+    return _setting("AZURE_STORAGE_BLOB_SERVICE_ENDPOINT")
+
+
+def storage_for_url(url: str, workers: Optional[int] = None) -> Storage:
+    """The backend of ``url`` (path or URL) with the configured retries, timeouts, fsync and
+    Metaflow's S3 and Azure settings.  ``workers`` sizes S3's connection pool (default: the
+    configured transfer workers)."""
+    from ..storage.factory import AZURE_SCHEMES, url_scheme
+    from ..storage.factory import storage_for_url as backend_for_url
+
+    scheme = url_scheme(str(url or "").strip())
+    return backend_for_url(
         url,
         retry=retry_policy(),
-        workers=options.workers,
+        workers=workers if workers is not None else transfer_options().workers,
         timeout=float(_int("CHECKPOINT_TIMEOUT_SECONDS", 60)),
         fsync=_bool("CHECKPOINT_FSYNC"),
+        s3=s3_config() if scheme == "s3" else None,
+        azure_endpoint=azure_endpoint() if scheme in AZURE_SCHEMES else None,
     )
+
+
+def store_for_url(url: str) -> CheckpointStore:
+    """A store on ``url`` (path or URL) with the configured options."""
+    options = transfer_options()
+    ttl = lease_seconds()
+    storage = storage_for_url(url, workers=options.workers)
     return CheckpointStore(storage, options, lease_seconds=ttl)
 
 

@@ -39,7 +39,8 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
-from ..storage.local import UNSUPPORTED_COPY, copy_range, map_readonly, open_object
+from ..storage.local import open_object
+from ..storage.oscopy import UNSUPPORTED_COPY, can_copy_range, copy_range, map_readonly
 from .layout import blob_key
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relpath
 from .tempnames import LOCK, PART, PART_PREFIX, STAGING
@@ -164,7 +165,7 @@ def _fetch_local(
     slices in the kernel.  False when not applicable or the blob does not verify (the generic
     path then re-reads it and reports the error)."""
     path = storage.local_path(blob_key(blob))
-    if path is None or not hasattr(os, "copy_file_range"):
+    if path is None or not can_copy_range():
         return False
     try:
         fd = open_object(path)

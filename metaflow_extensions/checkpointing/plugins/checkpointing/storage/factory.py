@@ -1,32 +1,37 @@
 """Pick a storage backend for a root URL, and derive the root from a Metaflow datastore.
 
 Only :mod:`.base`, :mod:`.local` and this module are imported eagerly; the S3 and fsspec
-backends (and boto3, fsspec implementations) load when a URL needs them.
+backends (and boto3, fsspec implementations) load when a URL needs them.  Settings come in as
+arguments (``common/settings.py`` reads Metaflow's and passes them): this layer reads none.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 from urllib.parse import urlparse
 
 from ..errors import CheckpointConfigError
 from .base import RetryPolicy, Storage
 from .local import LocalStorage
 
+if TYPE_CHECKING:  # the S3 backend loads only for s3:// URLs
+    from .s3 import S3Config
+
 #: Directory under a flow datastore's root that holds every checkpoint of that datastore.
 CHECKPOINT_DIRNAME = "mf.checkpointing"
 
-_AZURE_SCHEMES = frozenset({"az", "abfs", "abfss"})
+AZURE_SCHEMES = frozenset({"az", "abfs", "abfss"})
 
 
-def _scheme(url: str) -> str:
+def url_scheme(url: str) -> str:
+    """The scheme of a root URL, lower case; ``""`` for a plain path."""
     return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
 def _local_path(url: str) -> str:
     """The path of a plain path or ``file://`` URL, absolute."""
-    if _scheme(url) in ("file", "local"):
+    if url_scheme(url) in ("file", "local"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
             # file://relative/dir: netloc is the first path component, not a host.
@@ -38,15 +43,13 @@ def _local_path(url: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def _azure_options() -> dict:
-    """adlfs options from Metaflow's Azure settings, so ``az://`` finds the same account."""
+def azure_options(endpoint: Optional[str]) -> dict:
+    """adlfs options from a blob service endpoint (Metaflow's
+    ``AZURE_STORAGE_BLOB_SERVICE_ENDPOINT``), so ``az://`` finds the same account."""
     if os.environ.get("AZURE_STORAGE_ACCOUNT_NAME") or os.environ.get(
         "AZURE_STORAGE_CONNECTION_STRING"
     ):
         return {}  # adlfs reads these itself
-    from metaflow import metaflow_config
-
-    endpoint = getattr(metaflow_config, "AZURE_STORAGE_BLOB_SERVICE_ENDPOINT", None)
     host = urlparse(endpoint).hostname if endpoint else None
     if not host:
         return {}
@@ -60,6 +63,8 @@ def storage_for_url(
     workers: Optional[int] = None,
     timeout: Optional[float] = None,
     fsync: bool = False,
+    s3: Optional[S3Config] = None,
+    azure_endpoint: Optional[str] = None,
 ) -> Storage:
     """The backend for a checkpoint root.
 
@@ -76,6 +81,10 @@ def storage_for_url(
         Per-request timeout of network backends, seconds.
     fsync : bool
         fsync local files before renaming them into place.
+    s3 : S3Config, optional
+        Client settings of ``s3://`` roots (default: plain boto3).
+    azure_endpoint : str, optional
+        Blob service endpoint that names the account of ``az://`` roots.
 
     Returns
     -------
@@ -91,16 +100,16 @@ def storage_for_url(
     if not url or not str(url).strip():
         raise CheckpointConfigError("Empty checkpoint root: give a local path or a URL.")
     url = str(url).strip()
-    scheme = _scheme(url)
+    scheme = url_scheme(url)
     if scheme in ("", "file", "local"):
         return LocalStorage(_local_path(url), fsync=fsync, retry=retry)
     if scheme == "s3":
         from .s3 import S3Storage
 
-        return S3Storage(url, retry=retry, workers=workers, timeout=timeout)
+        return S3Storage(url, retry=retry, workers=workers, timeout=timeout, config=s3)
     from .fsspec_store import FsspecStorage
 
-    options = _azure_options() if scheme in _AZURE_SCHEMES else None
+    options = azure_options(azure_endpoint) if scheme in AZURE_SCHEMES else None
     return FsspecStorage(url, retry=retry, storage_options=options)
 
 

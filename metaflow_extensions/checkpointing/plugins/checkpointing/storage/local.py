@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import shutil
 import stat
@@ -12,39 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import Optional
 
 from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, Storage, validate_key
+from .oscopy import UNSUPPORTED_COPY, can_copy_range, copy_range, map_readonly
 
 # Temp files of in-flight writes start with this; listings never show them.
 _TMP_PREFIX = ".mfckpt-tmp-"
-
-
-def map_readonly(fd: int, length: int) -> mmap.mmap:
-    """Map ``length`` bytes of ``fd`` read-only, pre-faulted where the OS allows: hashing a
-    mapping page-fault by page-fault is twice as slow as hashing a populated one."""
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    return mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ)
-
-
-#: copy_file_range errors that mean "not possible here" (old kernel, across devices, a
-#: filesystem without support): callers fall back to copying through memory.
-UNSUPPORTED_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
-
-
-def copy_range(
-    src_fd: int, dst_fd: int, length: int, src_off: int, dst_off: int, what: str
-) -> None:
-    """Copy ``length`` bytes between two file descriptors in the kernel (``copy_file_range``).
-
-    Raises OSError(EIO) naming ``what`` if the source ends early (it shrank while being read).
-    """
-    done = 0
-    while done < length:
-        n = os.copy_file_range(src_fd, dst_fd, length - done, src_off + done, dst_off + done)
-        if n == 0:
-            raise OSError(
-                errno.EIO,
-                "%s ended %d bytes early (modified while copied?)" % (what, length - done),
-            )
-        done += n
 
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -190,7 +160,7 @@ class LocalStorage(Storage):
     ) -> Optional[tuple[str, bool]]:
         # copy_file_range copies in the kernel (page cache to page cache, or a reflink); the
         # digest is then taken over the staged copy through mmap, so no byte crosses into Python.
-        if length <= 0 or not hasattr(os, "copy_file_range"):
+        if length <= 0 or not can_copy_range():
             return None
         os.makedirs(self.root, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)

@@ -1,9 +1,11 @@
-"""S3 backend: boto3 through Metaflow's AWS client provider, so Metaflow's S3 settings apply.
+"""S3 backend: boto3 with the client settings it is handed (:class:`S3Config`).
 
-The client is built from ``metaflow_config.DATATOOLS_CLIENT_PARAMS`` (which carries
-``METAFLOW_S3_ENDPOINT_URL`` and ``METAFLOW_S3_VERIFY_CERTIFICATE``) and
-``DATATOOLS_SESSION_VARS``, with Metaflow's configured client provider (credentials, sandbox,
-custom providers).  Puts honour ``METAFLOW_S3_SERVER_SIDE_ENCRYPTION``.
+This module reads no Metaflow setting: ``common/settings.py`` fills an :class:`S3Config` from
+Metaflow's (``DATATOOLS_CLIENT_PARAMS``, which carries ``METAFLOW_S3_ENDPOINT_URL`` and
+``METAFLOW_S3_VERIFY_CERTIFICATE``; ``DATATOOLS_SESSION_VARS``; ``S3_SERVER_SIDE_ENCRYPTION``;
+and Metaflow's AWS client provider for credentials, sandbox and custom providers), so every
+store a flow, the client or the CLI opens honours them.  Without a config, plain boto3 defaults
+apply.
 
 boto3 is imported only when the first client is created: this module can be imported while
 ``import metaflow`` runs, which must stay free of boto3.
@@ -14,8 +16,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import threading
-from collections.abc import Iterator
-from typing import Any, Optional
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 from ..errors import CheckpointConfigError, StorageError
 from .base import (
@@ -99,6 +102,62 @@ def _error_code(exc: BaseException) -> tuple[str, int]:
     return code, int(status)
 
 
+def boto3_client(
+    service: str,
+    role_arn: Optional[str] = None,
+    session_vars: Optional[Mapping] = None,
+    client_params: Optional[Mapping] = None,
+) -> Any:
+    """A client from a plain boto3 session: the :class:`S3Config` default (no Metaflow).
+
+    Raises
+    ------
+    CheckpointConfigError
+        If ``role_arn`` is given: assuming a role needs a client factory that can (Metaflow's,
+        which ``common.settings.s3_config`` hands over).
+    """
+    if role_arn:
+        raise CheckpointConfigError(
+            "Assuming the role %s needs a client factory that can: open the store through "
+            "common.settings (which uses Metaflow's AWS client provider) or pass "
+            "S3Config(client_factory=...)." % role_arn
+        )
+    import boto3
+
+    session = boto3.session.Session(**dict(session_vars or {}))
+    return session.client(service, **dict(client_params or {}))
+
+
+#: ``factory(service, role_arn=..., session_vars=..., client_params=...) -> client``, as
+#: Metaflow's ``get_aws_client``; module-level functions keep a store picklable.
+ClientFactory = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """What an S3 store takes from its environment (``common.settings.s3_config`` fills it
+    from Metaflow's settings).
+
+    Attributes
+    ----------
+    client_params : mapping
+        boto3 client arguments (``endpoint_url``, ``verify``, ``config``...): Metaflow's
+        ``DATATOOLS_CLIENT_PARAMS``.  A store's own ``client_params`` are merged over them.
+    session_vars : mapping
+        boto3 session arguments: Metaflow's ``DATATOOLS_SESSION_VARS``.
+    server_side_encryption : str, optional
+        ``ServerSideEncryption`` of every put (``METAFLOW_S3_SERVER_SIDE_ENCRYPTION``).
+    client_factory : callable
+        Builds the client (:data:`ClientFactory`); default :func:`boto3_client`, Metaflow's
+        ``get_aws_client`` when filled from Metaflow (its credential providers apply).
+    """
+
+    client_params: Mapping = field(default_factory=dict)
+    session_vars: Mapping = field(default_factory=dict)
+    server_side_encryption: Optional[str] = None
+    client_factory: ClientFactory = boto3_client
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """Split ``s3://bucket/prefix`` into ``(bucket, prefix)`` (prefix without edge slashes).
 
@@ -117,7 +176,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 class S3Storage(Storage):
-    """Objects under ``s3://bucket/prefix``, through boto3 with Metaflow's S3 settings.
+    """Objects under ``s3://bucket/prefix``, through boto3 with the settings of ``config``.
 
     Parameters
     ----------
@@ -134,7 +193,10 @@ class S3Storage(Storage):
     role_arn : str, optional
         IAM role to assume, as Metaflow's ``S3(role=...)``.
     client_params : dict, optional
-        Extra boto3 client arguments, merged over ``DATATOOLS_CLIENT_PARAMS``.
+        Extra boto3 client arguments, merged over ``config.client_params``.
+    config : S3Config, optional
+        Client settings, credentials and encryption (default: plain boto3; the settings layer
+        passes Metaflow's).
     """
 
     TYPE = "s3"
@@ -147,6 +209,7 @@ class S3Storage(Storage):
         timeout: Optional[float] = None,
         role_arn: Optional[str] = None,
         client_params: Optional[dict] = None,
+        config: Optional[S3Config] = None,
     ):
         self.bucket, self.prefix = parse_s3_url(url)
         super().__init__(
@@ -157,13 +220,12 @@ class S3Storage(Storage):
             raise CheckpointConfigError(
                 "Checkpoint root %s is on S3, which needs boto3: pip install boto3" % self.url
             )
-        from metaflow import metaflow_config
-
         self.workers = int(workers or default_workers())
         self.timeout = float(timeout or 60.0)
         self.role_arn = role_arn
         self.client_params = dict(client_params or {})
-        self._sse = getattr(metaflow_config, "S3_SERVER_SIDE_ENCRYPTION", None)
+        self.config = config if config is not None else S3Config()
+        self._sse = self.config.server_side_encryption
         self._root_key = self.prefix + "/" if self.prefix else ""
         self._client: Any = None
         self._transfer_config: Any = None
@@ -192,10 +254,8 @@ class S3Storage(Storage):
 
     def _make_client(self) -> Any:
         from botocore.config import Config
-        from metaflow import metaflow_config
-        from metaflow.plugins.aws.aws_client import get_aws_client
 
-        params = dict(getattr(metaflow_config, "DATATOOLS_CLIENT_PARAMS", None) or {})
+        params = dict(self.config.client_params)
         params.update(self.client_params)
         ours = Config(
             connect_timeout=self.timeout,
@@ -209,10 +269,10 @@ class S3Storage(Storage):
         if isinstance(user, dict):
             user = Config(**user)
         params["config"] = user.merge(ours) if user is not None else ours
-        client = get_aws_client(
+        client = self.config.client_factory(
             "s3",
             role_arn=self.role_arn,
-            session_vars=getattr(metaflow_config, "DATATOOLS_SESSION_VARS", None) or {},
+            session_vars=dict(self.config.session_vars),
             client_params=params,
         )
         from boto3.s3.transfer import TransferConfig
