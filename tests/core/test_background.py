@@ -17,7 +17,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.task.background imp
     FailedSave,
     snapshot,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import CheckpointRuntime
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import build_runtime
 
 from .helpers import make_scope, options, write_tree
 
@@ -66,7 +66,7 @@ def test_a_single_save_larger_than_the_budget_still_runs():
 
 def test_failed_background_save_is_reported_by_flush(store, tmp_path):
     src = write_tree(tmp_path / "ckpt", {"a.txt": b"a"})
-    runtime = CheckpointRuntime(store, make_scope(), str(src), log=lambda m: None)
+    runtime = build_runtime(store, make_scope(), str(src), log=lambda m: None)
     ok = runtime.save(metadata={"i": 0}, blocking=False)
     assert ok.wait(10).metadata == {"i": 0}
 
@@ -105,7 +105,7 @@ def test_flush_names_every_failed_background_save_and_its_error(tmp_path):
     store = CheckpointStore(RefusingManifests(failing={2, 3}), options())
     src = write_tree(tmp_path / "ckpt", {"a.txt": b"a"})
     logs: list[str] = []
-    runtime = CheckpointRuntime(store, make_scope(), str(src), log=logs.append)
+    runtime = build_runtime(store, make_scope(), str(src), log=logs.append)
     handles = [
         runtime.save(metadata={"i": i}, name="series%d" % i, blocking=False) for i in range(4)
     ]
@@ -131,7 +131,7 @@ def test_a_task_ending_after_failed_background_saves_logs_every_one(tmp_path):
     store = CheckpointStore(RefusingManifests(failing={1, 2}), options())
     src = write_tree(tmp_path / "ckpt", {"a.txt": b"a"})
     logs: list[str] = []
-    runtime = CheckpointRuntime(store, make_scope(), str(src), log=logs.append)
+    runtime = build_runtime(store, make_scope(), str(src), log=logs.append)
     for i in range(2):
         runtime.save(name="series%d" % i, blocking=False)
     runtime.flush(raise_errors=False)

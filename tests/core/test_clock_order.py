@@ -24,14 +24,12 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core import (
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.retention import build
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import build_runtime
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.context import (
     TASK_ENV,
     TaskContext,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (
-    CheckpointRuntime,
-    GangInfo,
-)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import CheckpointRuntime
 
 from .helpers import make_scope, options
 
@@ -69,11 +67,19 @@ def _store(root: Path) -> CheckpointStore:
     return CheckpointStore(LocalStorage(str(root)), options())
 
 
-def _runtime(root: Path, tmp_path: Path, scope, **retention) -> CheckpointRuntime:
+def _runtime(
+    root: Path, tmp_path: Path, scope, gang: bool = False, **retention
+) -> CheckpointRuntime:
     directory = tmp_path / ("dir-%d-%d" % (scope.attempt, len(list(tmp_path.iterdir()))))
     directory.mkdir()
-    return CheckpointRuntime(
-        _store(root), scope, str(directory), log=lambda m: None, retention=build(**retention)
+    return build_runtime(
+        _store(root),
+        scope,
+        str(directory),
+        log=lambda m: None,
+        retention=build(**retention),
+        rank=0 if gang else None,  # a gang of one: rank 0 writes the gang's manifest
+        world=lambda: 1,
     )
 
 
@@ -146,8 +152,7 @@ def test_a_background_save_is_dated_at_its_snapshot_under_a_clock_step(root, tmp
 
 
 def test_a_gang_checkpoint_is_dated_by_rank_0s_task_clock(root, tmp_path, clock):
-    rt = _runtime(root, tmp_path, make_scope())
-    rt._gang = GangInfo(rank=0, world=lambda: 1, timeout=30)
+    rt = _runtime(root, tmp_path, make_scope(), gang=True)
     _write(rt, "first")
     rt.save(metadata={"text": "first"})
     clock.step(-HOUR)
@@ -172,7 +177,7 @@ def test_a_retry_on_a_machine_whose_clock_is_a_day_behind_saves_after_attempt_0(
     # Attempt 1 starts as the decorator starts it: the load policy lists the task.
     scope1 = make_scope(attempt=1)
     a1 = _runtime(root, tmp_path, scope1, keep_last=1)
-    resolution = a1._store.resolve("fresh", scope1)
+    resolution = _store(root).resolve("fresh", scope1)
     a1.load_initial(resolution)
     assert _loaded_text(a1) == "a0 2"
     saved = []

@@ -38,7 +38,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     ManifestError,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
-from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import CheckpointRuntime
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import build_runtime
 
 from .helpers import make_scope, options, tiny
 
@@ -174,7 +174,7 @@ def test_save_with_retention_beside_damaged_entries(any_store, tmp_path):
     directory.mkdir()
     (directory / "state.txt").write_text("epoch 4")
     logs: list[str] = []
-    runtime = CheckpointRuntime(
+    runtime = build_runtime(
         store, scope, str(directory), log=logs.append, retention=retention.build(keep_last=1)
     )
     runtime.save(metadata={"i": 3})

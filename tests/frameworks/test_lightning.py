@@ -29,6 +29,9 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.lightnin
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (  # noqa: E402
     LocalStorage,
 )
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import (  # noqa: E402
+    build_runtime,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (  # noqa: E402
     CheckpointRuntime,
 )
@@ -98,7 +101,7 @@ def _runtime(root, tmp_path, attempt: int) -> CheckpointRuntime:
     scope = Scope("user:tester", "LitFlow", "train", "_", "1", "2", attempt)
     directory = tmp_path / ("dir-%s-%d" % (root.name, attempt))
     directory.mkdir()
-    runtime = CheckpointRuntime(store, scope, str(directory), log=lambda msg: None)
+    runtime = build_runtime(store, scope, str(directory), log=lambda msg: None)
     runtime.load_initial(resolve(store.storage, "fresh", scope))
     return runtime
 

@@ -29,31 +29,36 @@ def clear(storage: Storage, key: str) -> None:
 
 
 class PausePoller:
-    """Answers "was a pause requested for this task or its run?", asking the store rarely."""
+    """Answers "was a pause requested for this task or its run?", asking the store rarely.
 
-    def __init__(self, storage: Storage, scope: Scope, interval: Optional[float] = None):
+    Parameters
+    ----------
+    storage : Storage
+        The store the task saves to (where ``metaflow checkpoint pause`` writes its request).
+    scope : Scope
+        The running task's scope: its run's and its own request are looked for.
+    interval : float
+        Seconds between two looks at the store (the task layer reads it from
+        ``METAFLOW_CHECKPOINT_PAUSE_POLL_SECONDS``; core reads no settings).
+    """
+
+    def __init__(self, storage: Storage, scope: Scope, interval: float):
         self._storage = storage
         self._keys = (
             run_key(scope.flow, scope.run),
             task_key(scope.flow, scope.run, scope.step, scope.task),
         )
-        self._interval = interval
+        self._interval = max(0.0, float(interval))
         self._checked = float("-inf")
         self._requested = False
 
     def requested(self) -> bool:
+        """True once a request was seen (it stays true: a pause is not withdrawn mid-task)."""
         if self._requested:
             return True
         now = time.monotonic()
-        if now - self._checked < self._poll_interval():
+        if now - self._checked < self._interval:
             return False
         self._checked = now
         self._requested = any(self._storage.exists(k) for k in self._keys)
         return self._requested
-
-    def _poll_interval(self) -> float:
-        if self._interval is None:
-            from ..common.settings import pause_poll_seconds
-
-            self._interval = pause_poll_seconds()
-        return self._interval

@@ -1,7 +1,7 @@
 """What a process started by a ``@checkpoint`` task needs to save into that task's scope.
 
-The decorator exports it as one environment variable, so ``torchrun`` workers, ``subprocess``
-children and framework callbacks without access to ``current`` can use
+The task's session (``session.py``) exports it as one environment variable, so ``torchrun``
+workers, ``subprocess`` children and framework callbacks without access to ``current`` can use
 ``from metaflow import Checkpoint`` exactly as the task does.
 """
 
@@ -17,6 +17,8 @@ from ..core.scope import Scope
 
 #: JSON: checkpoint root, scope, directory, temp dir root and retention of the running task.
 TASK_ENV = "METAFLOW_CHECKPOINT_TASK"
+#: The running task's ``current.checkpoint.directory``, for tools that only want the directory.
+DIRECTORY_ENV = "METAFLOW_CHECKPOINT_DIR"
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,13 @@ class TaskContext:
         )
 
     def runtime(self, directory: Optional[str] = None):
-        """A ``CheckpointRuntime`` on the task's scope (``current.checkpoint``'s twin)."""
+        """A ``CheckpointRuntime`` on the task's scope (``current.checkpoint``'s twin), made by
+        the task's own builder (``builder.build``) with the settings read here, once."""
         from ..common.settings import store_for_url
         from ..core import retention
-        from .runtime import CheckpointRuntime
+        from .builder import build_runtime
 
-        return CheckpointRuntime(
+        return build_runtime(
             store_for_url(self.root),
             self.scope,
             directory or self.directory,

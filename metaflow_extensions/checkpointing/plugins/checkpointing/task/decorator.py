@@ -1,17 +1,17 @@
 """``@checkpoint``: the step decorator that installs ``current.checkpoint``.
 
-Thin by design: it validates attributes before any task runs (``step_init``), builds the runtime
-from the flow's datastore in ``task_pre_step`` (loading the checkpoint the load policy picks) and
-cleans up in ``task_finished``.  It is the only module that knows about retries, ``resume`` and
-foreach.  This module is imported by every ``import metaflow``: it imports nothing heavy.
+Thin by design: it validates attributes before any task runs (``step_init``, and
+``runtime_init`` for the declared models); in the task, its hooks decide what only Metaflow
+knows (the store of the flow's datastore, the task's scope across foreach, ``@parallel`` and
+retries, which checkpoint the load policy picks across ``resume``, the paused exit) and
+delegate the work to a :class:`~.session.TaskSession`.  This module is imported by every
+``import metaflow``: it imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from typing import Optional
 
@@ -21,8 +21,6 @@ from metaflow.metaflow_current import current
 from ..core.policies import validate_policy
 from ..errors import CheckpointConfigError
 
-#: Environment variable pointing subprocesses at ``current.checkpoint.directory``.
-DIRECTORY_ENV = "METAFLOW_CHECKPOINT_DIR"
 # How many older origins of a resume chain to follow looking for a checkpoint.
 _MAX_ORIGIN_DEPTH = 8
 
@@ -114,21 +112,16 @@ class CheckpointDecorator(StepDecorator):
         from .models import parse_specs
 
         self._models = parse_specs(self.attributes["models"], step_name)
+        self._retention = {k: _number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES}
         try:
-            self._retention = retention.build(
-                **{k: _number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES}
-            )
+            retention.build(**self._retention)  # validated here; the session builds the rules
         except CheckpointConfigError as exc:
             raise CheckpointConfigError("Step '%s': %s" % (step_name, exc.message)) from None
         self._step_name = step_name
         self._datastore = (flow_datastore.TYPE, flow_datastore.datastore_root)
         for attr in ("save_on_interrupt", "save_on_failure"):
             self.attributes[attr] = _bool_attr(self.attributes[attr], attr, step_name)
-        self._directory: Optional[str] = None
-        self._models_dir: Optional[str] = None
-        self._runtime = None
-        self._signals: dict = {}
-        self._paused = False
+        self._session = None  # the running task's TaskSession (task_pre_step .. task_finished)
 
     def runtime_init(self, flow, graph, package, run_id):
         # Launcher of a local run/resume, before any task: a missing model fails the run here.
@@ -159,8 +152,10 @@ class CheckpointDecorator(StepDecorator):
             return  # the @catch fallback attempt runs no user code
         from ..common.settings import build_store
         from ..core.scope import Scope, foreach_path
-        from .runtime import CheckpointRuntime
+        from .builder import TaskSettings
+        from .session import TaskSession
 
+        settings = TaskSettings.read()  # once, before any I/O: a bad value fails here
         flow_datastore = task_datastore.parent_datastore
         store = build_store(
             flow_datastore.TYPE, flow_datastore.datastore_root, self.attributes["root"]
@@ -180,18 +175,6 @@ class CheckpointDecorator(StepDecorator):
             task=str(gang[1] or task_id) if gang else str(task_id),
             attempt=int(retry_count),
         )
-        temp_root = self.attributes["temp_dir_root"]
-        if temp_root:
-            os.makedirs(temp_root, exist_ok=True)
-        self._directory = tempfile.mkdtemp(prefix="mfckpt-%s-" % step_name, dir=temp_root)
-        runtime = CheckpointRuntime(
-            store, scope, self._directory, log=_log, retention=self._retention
-        )
-        if gang:
-            from ..common.settings import parallel_timeout
-            from .runtime import GangInfo
-
-            runtime._gang = GangInfo(rank=gang[0], world=_gang_size, timeout=parallel_timeout())
         origin = current.origin_run_id
         resolution = store.resolve(
             self.attributes["load_policy"],
@@ -199,79 +182,43 @@ class CheckpointDecorator(StepDecorator):
             # Lazy: older origins are looked up only while no checkpoint has been found.
             origin_runs=lambda: _origin_chain(flow.name, step_name, origin),
         )
-        runtime.load_initial(resolution)
-        if self._models:
-            from .models import load_models
-
-            self._models_dir = tempfile.mkdtemp(prefix="mfckpt-models-", dir=temp_root)
-            runtime._models = load_models(
-                store, self._models, self._models_dir, namespace=scope.namespace
-            )
-        runtime._save_on_interrupt = self.attributes["save_on_interrupt"]
-        self._runtime = runtime
-        from . import interrupts
-
-        self._signals = interrupts.install(runtime)
-        current._update_env({"checkpoint": runtime})
-        os.environ[DIRECTORY_ENV] = self._directory
-        # Child processes and callbacks save into this task with `Checkpoint()`.
-        from .context import TASK_ENV, TaskContext
-
-        os.environ[TASK_ENV] = TaskContext(
-            root=store.url,
-            scope=scope,
-            directory=self._directory,
-            temp_dir_root=temp_root,
-            retention={k: _number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES},
-        ).to_env()
+        self._session = TaskSession.start(
+            store,
+            scope,
+            resolution,
+            step_name=step_name,
+            temp_dir_root=self.attributes["temp_dir_root"],
+            retention=self._retention,
+            models=self._models,
+            rank=gang[0] if gang else None,
+            world=_gang_size if gang else None,
+            save_on_interrupt=self.attributes["save_on_interrupt"],
+            save_on_failure=self.attributes["save_on_failure"],
+            settings=settings,
+            log=_log,
+        )
+        current._update_env({"checkpoint": self._session.runtime})
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
         # The step succeeded: it is done only once its background saves are committed, and a
         # failed one fails the task (before its artifacts are persisted as a success).
-        if self._runtime is not None:
-            self._runtime.flush()
+        if self._session is not None:
+            self._session.step_succeeded()
 
     def task_exception(self, exception, step_name, flow, graph, retry_count, max_user_code_retries):
-        from ..errors import CheckpointInterrupted, CheckpointPaused
-
-        runtime = self._runtime
-        if runtime is None:
-            return None
-        if isinstance(exception, CheckpointPaused):
-            self._paused = True
-        elif self.attributes["save_on_failure"] and not isinstance(
-            exception, CheckpointInterrupted
-        ):
-            try:
-                ref = runtime._final_save(
-                    {"reason": "failure", "error": repr(exception)[:500]},
-                    why="after the step failed",
-                )
-                if ref is not None:
-                    _log("[@checkpoint] Saved checkpoint %s after the step failed." % ref.key)
-            except Exception as exc:  # noqa: BLE001 - the step's own error matters more
-                _log("[@checkpoint] Saving after the failure failed too: %s" % exc)
-        runtime.flush(raise_errors=False)
+        if self._session is not None:
+            self._session.step_failed(exception)
         return None  # never handles the exception: the task fails, @retry decides
 
     def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
-        from . import interrupts
-
-        interrupts.restore(self._signals)
-        self._signals = {}
-        if self._runtime is not None:
-            self._runtime.flush(raise_errors=False)
-            self._runtime._write_summary()
-            self._runtime = None
-        if self._paused:
-            _exit_as_paused()
-        for d in (self._directory, self._models_dir):
-            if d:
-                shutil.rmtree(d, ignore_errors=True)
-        self._directory = self._models_dir = None
-        from .context import TASK_ENV
-
-        os.environ.pop(TASK_ENV, None)
+        session, self._session = self._session, None
+        if session is None:
+            return
+        try:
+            session.end()
+        finally:
+            if session.paused:
+                _exit_as_paused()
 
 
 _RETENTION_ATTRIBUTES = ("keep_last", "keep_best", "keep_every_steps", "keep_every_minutes")

@@ -5,67 +5,151 @@ On the first signal: run the ``on_interrupt`` callbacks, save the checkpoint dir
 :class:`CheckpointInterrupted` so the attempt fails and ``@retry`` (or ``resume``) continues
 from the committed checkpoint.  A signal that arrives during a blocking save is handled once
 that save has committed.  Further signals while this runs are ignored.
+
+:class:`Interrupts` owns all of that state (the signal received, whether it is being handled,
+how many blocking saves are running, the callbacks); what a signal commits is asked of an
+:class:`InterruptTarget` (the task's saves) through its public methods.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from ..errors import CheckpointException, CheckpointInterrupted
+
+if TYPE_CHECKING:
+    from ..common.reference import CheckpointReference
+    from ..core.scope import Scope
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def install(runtime: Any) -> dict:
-    """Route SIGTERM/SIGINT to ``runtime``; returns the previous handlers (for :func:`restore`).
+class InterruptTarget(Protocol):
+    """What a signal commits before the task stops (implemented by ``saves.TaskSaves``)."""
 
-    Only the main thread may install handlers; elsewhere nothing is installed.
+    @property
+    def scope(self) -> Scope: ...
+
+    def final_save(self, metadata: dict, why: str) -> Optional[CheckpointReference]: ...
+
+    def flush(self, raise_errors: bool = True) -> None: ...
+
+
+class Interrupts:
+    """The signal handling of one task process.
+
+    Parameters
+    ----------
+    save_on_interrupt : bool
+        Save the checkpoint directory as a final checkpoint when a signal arrives
+        (``@checkpoint(save_on_interrupt=True)``).
+    log : callable
+        Where one-line status messages go.
     """
-    previous = {}
-    try:
-        for sig in SIGNALS:
-            previous[sig] = signal.signal(sig, runtime._on_signal)
-    except ValueError:  # not the main thread
-        restore(previous)
-        return {}
-    return previous
+
+    def __init__(self, save_on_interrupt: bool = False, log: Callable[[str], None] = print):
+        self.save_on_interrupt = bool(save_on_interrupt)
+        self._log = log
+        self._callbacks: list[Callable[[], None]] = []
+        self._target: Optional[InterruptTarget] = None
+        self._previous: dict = {}
+        self._busy = 0  # blocking saves in progress (a signal then waits for them)
+        self._received: Optional[int] = None  # the signal to handle, once not busy
+        self._handling = False
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` first when a signal arrives (``current.checkpoint.on_interrupt``)."""
+        self._callbacks.append(callback)
+
+    # ------------------------------------------------------------------ installation
+    def install(self, target: InterruptTarget) -> bool:
+        """Route SIGTERM/SIGINT to :meth:`handle`, committing through ``target``.
+
+        Only the main thread may install handlers; elsewhere nothing is installed (returns
+        False).  :meth:`restore` puts the previous handlers back.
+        """
+        self._target = target
+        previous = {}
+        try:
+            for sig in SIGNALS:
+                previous[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread
+            _restore(previous)
+            return False
+        self._previous = previous
+        return True
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced (at the end of the task)."""
+        _restore(self._previous)
+        self._previous = {}
+
+    # ------------------------------------------------------------------ blocking saves
+    @contextlib.contextmanager
+    def blocking(self, deliver: bool = True) -> Iterator[None]:
+        """Mark a blocking save in progress: a signal arriving meanwhile waits until it ends.
+
+        With ``deliver`` (the default), a signal that arrived during the block is handled as
+        soon as the block completes, i.e. right after the save committed (this raises
+        :class:`CheckpointInterrupted`).  ``deliver=False`` is for the final saves made while
+        the task is already stopping (on a signal, or after the step failed).
+        """
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+        if deliver and self._received is not None and not self._busy and not self._handling:
+            self.handle(self._received)
+
+    # ------------------------------------------------------------------ handling
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.handle(signum)
+
+    def handle(self, signum: int) -> None:
+        """The signal handler's body: see the module docstring.
+
+        Raises
+        ------
+        CheckpointInterrupted
+            Once pending saves are committed (unless the signal was deferred or ignored).
+        """
+        if self._handling:
+            return  # a further signal while we are already committing: keep going
+        self._received = signum
+        if self._busy or self._target is None:
+            return  # inside a blocking save: handled right after it commits (see blocking())
+        self._handling = True
+        name = signal.Signals(signum).name
+        log, target = self._log, self._target
+        log("[@checkpoint] Received %s: committing checkpoints before stopping." % name)
+        saved = None
+        for callback in self._callbacks:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - a failing callback must not lose the save
+                log("[@checkpoint] on_interrupt callback %r failed: %s" % (callback, exc))
+        if self.save_on_interrupt:
+            try:
+                saved = target.final_save(
+                    {"reason": "interrupted", "signal": name}, why="on %s" % name
+                )
+            except CheckpointException as exc:
+                log("[@checkpoint] The final save failed: %s" % exc.message)
+        target.flush(raise_errors=False)
+        raise CheckpointInterrupted(
+            "Task %s received %s%s; pending saves were committed first."
+            % (
+                target.scope.pathspec,
+                name,
+                " and saved checkpoint %s" % saved.key if saved is not None else "",
+            )
+        )
 
 
-def restore(previous: dict) -> None:
+def _restore(previous: dict) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
-
-
-def handle(runtime: Any, signum: int) -> None:
-    name = signal.Signals(signum).name
-    if runtime._interrupted is not None and runtime._busy == 0 and runtime._handling:
-        return  # a second signal while we are already saving: keep going
-    runtime._interrupted = signum
-    if runtime._busy:
-        return  # inside a blocking save: handled right after it commits (runtime.save)
-    runtime._handling = True
-    log = runtime._log
-    log("[@checkpoint] Received %s: committing checkpoints before stopping." % name)
-    saved = None
-    for callback in runtime._interrupt_callbacks:
-        try:
-            callback()
-        except Exception as exc:  # noqa: BLE001 - a failing callback must not lose the save
-            log("[@checkpoint] on_interrupt callback %r failed: %s" % (callback, exc))
-    if runtime._save_on_interrupt:
-        try:
-            saved = runtime._final_save(
-                {"reason": "interrupted", "signal": name}, why="on %s" % name
-            )
-        except CheckpointException as exc:
-            log("[@checkpoint] The final save failed: %s" % exc.message)
-    runtime.flush(raise_errors=False)
-    raise CheckpointInterrupted(
-        "Task %s received %s%s; pending saves were committed first."
-        % (
-            runtime.scope.pathspec,
-            name,
-            " and saved checkpoint %s" % saved.key if saved is not None else "",
-        )
-    )

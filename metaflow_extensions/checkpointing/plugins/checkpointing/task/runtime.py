@@ -1,28 +1,26 @@
-"""The object behind ``current.checkpoint``.
+"""The object behind ``current.checkpoint``: the task's public checkpoint API.
 
-It is built by the decorator from a store, a scope and a directory, and never looks up Metaflow
-globals itself, so it is unit-testable and reusable from subprocesses.
+It is built whole by ``session.build`` (for the task and for its subprocesses alike) from the
+task's saves (``saves.TaskSaves``: store, scope, directory, clock, gang), its pause poller, its
+signal handling and its models; it never looks up Metaflow globals or settings itself, so it is
+unit-testable and reusable from subprocesses.  Saving is delegated to ``saves.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
 from ..common import alias
 from ..common.reference import CheckpointReference
-from ..core.clock import TaskClock
 from ..core.download import remove_dead_staging
 from ..core.layout import step_prefix
-from ..core.manifest import Manifest, ManifestHeader, is_manifest_key
+from ..core.manifest import Manifest, is_manifest_key
 from ..core.pause import PausePoller
 from ..core.policies import Resolution, sort_key
-from ..core.retention import Retention
 from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
 from ..core.tempnames import STAGING_PREFIX
@@ -32,8 +30,9 @@ from ..errors import (
     CheckpointPaused,
     CheckpointScopeError,
 )
-from .background import BackgroundSaver, SaveHandle, snapshot, source_bytes
-from .background import failure as background_failure
+from .background import SaveHandle
+from .interrupts import Interrupts
+from .saves import TaskSaves
 
 Reference = Union[CheckpointReference, dict, str, Any]
 
@@ -54,44 +53,39 @@ class CheckpointRuntime:
 
     Parameters
     ----------
-    store : CheckpointStore
-        Where checkpoints live.
-    scope : Scope
-        The running task's scope (namespace, flow, step, foreach path, run, task, attempt).
-    directory : str
-        The task's checkpoint directory (``current.checkpoint.directory``).
-    log : callable, optional
-        Where one-line status messages go.
+    saves : TaskSaves
+        The task's saves: its store, scope (namespace, flow, step, foreach path, run, task,
+        attempt), checkpoint directory, clock, ``@parallel`` rank and log come from it.
+    pause : PausePoller
+        Answers :meth:`should_pause`.
+    interrupts : Interrupts
+        The process's signal handling (:meth:`on_interrupt` registers with it).
+    models : mapping, optional
+        Local paths of the models declared with ``@checkpoint(models=[...])``, by name.
+
+    Build it with ``session.build`` (or ``session.build_runtime``), which makes the parts.
     """
 
     def __init__(
         self,
-        store: CheckpointStore,
-        scope: Scope,
-        directory: str,
-        log: Callable[[str], None] = print,
-        retention: Optional[Retention] = None,
+        saves: TaskSaves,
+        *,
+        pause: PausePoller,
+        interrupts: Interrupts,
+        models: Optional[Mapping[str, str]] = None,
     ):
-        self._store = store
-        self._scope = scope
-        self._directory = directory
-        self._log = log
-        self._retention = retention
-        self._warned: set = set()
-        self._background: Optional[BackgroundSaver] = None
-        self._interrupt_callbacks: list[Callable[[], None]] = []
-        self._pause = PausePoller(store.storage, scope)
+        self._saves = saves
+        self._store: CheckpointStore = saves.store
+        self._scope: Scope = saves.scope
+        self._directory: str = saves.directory
+        self._log: Callable[[str], None] = saves.log
+        self._clock = saves.clock  # shared: what the listings see, saves must date after
+        self._gang = saves.gang
+        self._pause = pause
+        self._interrupts = interrupts
+        self._models: dict[str, str] = dict(models or {})
         self._info: Optional[CheckpointReference] = None
-        self._models: dict[str, str] = {}
-        self._busy = 0  # blocking saves in progress (a signal then waits for them)
-        self._interrupted: Optional[int] = None
-        self._handling = False
-        self._save_on_interrupt = False
-        self._gang: Optional[GangInfo] = None
-        self._manifests: list[Manifest] = []  # committed by this process, for the summary
         self._loaded: Optional[Manifest] = None  # the checkpoint loaded at task start
-        # Dates this process's saves: never before a checkpoint already known in this task.
-        self._clock = TaskClock()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -154,141 +148,8 @@ class CheckpointRuntime:
             ``load()`` it in a later step or run.  Returned only once the checkpoint is
             committed.  With ``blocking=False``, a handle whose ``wait()`` returns it.
         """
-        from ..core.manifest import validate_metadata
-        from ..core.scope import validate_name
-
         src = self._directory if path is None else os.fspath(path)
-        if self._gang is not None:
-            return self._save_gang(src, metadata, name, latest, blocking)
-        if not blocking:
-            # Validate now: a bad argument must fail here, not later in the background.
-            validate_name(name)
-            metadata = validate_metadata(metadata)
-            return self._save_in_background(src, metadata, name, latest)
-        with self._saving():
-            created, seq = self._date()
-            manifest = self._store.save(
-                src,
-                self._scope,
-                name=name,
-                metadata=metadata,
-                latest=latest,
-                created_ms=created,
-                seq=seq,
-            )
-        ref = self._committed(manifest)
-        if self._interrupted is not None and not self._busy:
-            self._on_signal(self._interrupted, None)  # a signal arrived during this save
-        return ref
-
-    def _date(self) -> tuple[int, int]:
-        """``(created_ms, seq)`` of a new save: after every checkpoint known in this task.
-
-        The first save of a process that has not seen the task's checkpoints yet lists them
-        once (another process of the task, or an earlier attempt, may have saved)."""
-        from ..core.commit import next_seq
-
-        if not self._clock.known:
-            self._clock.learn(h.created_ms for h in self._task_headers())
-        return self._clock.tick(), next_seq()
-
-    def _task_headers(self, name: Optional[str] = None) -> list[ManifestHeader]:
-        """This task's checkpoints (all attempts and processes), newest first as a retry
-        orders them; the task's clock learns their dates."""
-        headers = self._store.headers(self._scope.task_prefix(), name=name)
-        self._clock.observe(h.created_ms for h in headers)
-        headers.sort(key=sort_key(within_task=True), reverse=True)
-        return headers
-
-    def _final_save(self, metadata: dict, why: str) -> Optional[CheckpointReference]:
-        """The save of :attr:`directory` made on failure or interrupt, unless it would only
-        hide a real checkpoint: an empty directory, or one holding exactly a checkpoint
-        already committed in this task (the one loaded at start, one this process saved, or
-        the newest one, e.g. saved by a subprocess) is not committed.  Returns the reference,
-        or None when skipped (with one log line saying why)."""
-        from ..core.store import same_content
-
-        if self._gang is not None:
-            return self.save(metadata=metadata)  # every rank must take part in a gang save
-        known = list(self._manifests)
-        if self._loaded is not None:
-            known.append(self._loaded)
-        newest = next((h for h in self._task_headers() if h.latest), None)
-        if newest is not None and newest.key not in {m.key for m in known}:
-            known.append(self._store.read(newest.key))
-        skipped: list[str] = []
-
-        def committed_already(candidate: Manifest) -> Optional[Manifest]:
-            # Called with what the save would commit, before the commit (no manifest written).
-            if not candidate.files:
-                skipped.append("it holds no file")
-                return candidate
-            same = next((m for m in known if same_content(m, candidate)), None)
-            if same is None:
-                return None
-            skipped.append("it holds exactly checkpoint %s, already committed" % same.key)
-            return replace(same)  # the caller marks its stats: not ours to change
-
-        with self._saving():
-            created, seq = self._date()
-            manifest = self._store.save(
-                self._directory,
-                self._scope,
-                metadata=metadata,
-                created_ms=created,
-                seq=seq,
-                reuse=committed_already,
-            )
-        if skipped:
-            self._log(
-                "[@checkpoint] Skipped the final save %s: %s %s; the retry loads the newest "
-                "checkpoint%s."
-                % (
-                    why,
-                    self._directory,
-                    skipped[0],
-                    " (%s)" % newest.key if newest is not None else " (none yet)",
-                )
-            )
-            return None
-        return self._committed(manifest)
-
-    def _save_gang(
-        self, src: str, metadata: Optional[dict], name: str, latest: bool, blocking: bool
-    ) -> CheckpointReference:
-        if not blocking:
-            raise CheckpointConfigError(
-                "save(blocking=False) is not supported in @parallel steps: every rank's save "
-                "is part of one checkpoint committed together; save with blocking=True."
-            )
-        gang = self._gang
-        number = gang.counts.get(name, 0)
-        gang.counts[name] = number + 1
-        with self._saving():
-            # Rank 0 writes the gang's manifest: its task clock dates it.
-            created = self._date()[0] if gang.rank == 0 else None
-            manifest = self._store.save_gang(
-                src,
-                self._scope,
-                name=name,
-                metadata=metadata,
-                latest=latest,
-                rank=gang.rank,
-                world=gang.world(),
-                number=number,
-                timeout=gang.timeout,
-                created_ms=created,
-            )
-        return self._committed(manifest)
-
-    @contextlib.contextmanager
-    def _saving(self) -> Iterator[None]:
-        """Mark a blocking save in progress: a signal arriving now waits until it commits."""
-        self._busy += 1
-        try:
-            yield
-        finally:
-            self._busy -= 1
+        return self._saves.save(src, metadata, name, latest, blocking)
 
     def _for_this_rank(self, manifest: Manifest, all_ranks: bool = False) -> Manifest:
         """In a @parallel rank, a gang checkpoint loads as that rank's shard by default."""
@@ -298,50 +159,9 @@ class CheckpointRuntime:
             return manifest
         return gang.shard(manifest, self._gang.rank)
 
-    def _committed(self, manifest: Manifest) -> CheckpointReference:
-        self._manifests.append(manifest)
-        self._clock.observe([manifest.created_ms])
-        ref = self._reference(manifest)
-        if self._retention is not None and not self._retention.empty:
-            self._apply_retention(manifest.name, protect=manifest.key)
-        return ref
-
-    def _save_in_background(self, src: str, metadata: dict, name: str, latest: bool) -> SaveHandle:
-        from ..common.settings import async_budget
-
-        if self._background is None:
-            self._background = BackgroundSaver(async_budget())
-        size = source_bytes(src)
-        self._background.reserve(size)
-        try:
-            created, seq = self._date()  # dated at the snapshot: orders before later saves
-        except BaseException:
-            self._background.adjust(-size)
-            raise
-        try:
-            staging, staged, nbytes = snapshot(src, os.path.dirname(self._directory))
-        except BaseException:
-            self._background.adjust(-size)
-            raise
-        self._background.adjust(nbytes - size)  # files may have changed since they were sized
-
-        def commit() -> CheckpointReference:
-            manifest = self._store.save(
-                staged,
-                self._scope,
-                name=name,
-                metadata=metadata,
-                latest=latest,
-                created_ms=created,
-                seq=seq,
-            )
-            return self._committed(manifest)
-
-        return self._background.submit("save of %s (%r)" % (src, name), staging, nbytes, commit)
-
     def pending(self) -> list[SaveHandle]:
         """Background saves not committed yet."""
-        return self._background.pending() if self._background else []
+        return self._saves.pending()
 
     def flush(self, raise_errors: bool = True) -> None:
         """Wait for every background save.
@@ -349,34 +169,17 @@ class CheckpointRuntime:
         Raises
         ------
         CheckpointException
-            One of them failed (unless ``raise_errors`` is false; then it is logged).
+            Naming every failed save and its error (its ``failures`` attribute lists them);
+            unless ``raise_errors`` is false: then it is logged.
         """
-        if self._background is None:
-            return
-        failed = self._background.wait_all()
-        if failed:
-            error = background_failure(failed)
-            if raise_errors:
-                raise error
-            self._log("[@checkpoint] %s" % error.message)
-
-    def _write_summary(self) -> None:
-        """Record the summaries of this attempt's saves (called once when the task ends), so
-        listings need not read each manifest.  Rank 0 writes for a ``@parallel`` gang."""
-        from ..core.summary import write_task_summaries
-
-        if self._gang is not None and self._gang.rank != 0:
-            return
-        write_task_summaries(
-            self._store.storage, self._scope.task_prefix(), self._scope.attempt, self._manifests
-        )
+        self._saves.flush(raise_errors)
 
     # ------------------------------------------------------------------ interruption, pause
     def on_interrupt(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` when the task receives SIGTERM or SIGINT, before pending saves
         are finished (and before the final save of ``@checkpoint(save_on_interrupt=True)``):
         write the state you want saved into :attr:`directory` there, or save it yourself."""
-        self._interrupt_callbacks.append(callback)
+        self._interrupts.add_callback(callback)
 
     def should_pause(self) -> bool:
         """True once a pause was requested for this run or task (``metaflow checkpoint pause``).
@@ -400,38 +203,6 @@ class CheckpointRuntime:
             "Task %s paused (%s); continue with `python <flow>.py resume`."
             % (self._scope.pathspec, reason)
         )
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        """Signal handler body (installed by the decorator): see ``interrupts.py``."""
-        from . import interrupts
-
-        interrupts.handle(self, signum)
-
-    def _apply_retention(self, name: str, protect: str) -> None:
-        """Prune this task's checkpoints of series ``name`` (all attempts) after a commit.
-
-        ``protect``, the checkpoint just committed, is always kept, and so is the newest
-        ``latest=True`` one as a retry orders them (with a background save committing after a
-        later blocking one, these differ).  Pruning is best effort: a storage error here is
-        logged and the save still counts.
-        """
-        from ..errors import CheckpointException
-
-        try:
-            headers = self._task_headers(name=name)
-            for _, plan in self._store.prune(
-                headers,
-                self._retention,
-                group_of=lambda h: name,
-                protect=[protect],
-                within_task=True,
-            ):
-                for warning in plan.warnings:
-                    if warning not in self._warned:
-                        self._warned.add(warning)
-                        self._log("[@checkpoint] Warning: %s" % warning)
-        except CheckpointException as exc:
-            self._log("[@checkpoint] Warning: pruning old checkpoints failed: %s" % exc.message)
 
     # ------------------------------------------------------------------ list
     def list(
@@ -638,16 +409,6 @@ class CheckpointRuntime:
                 "Checkpoint %s belongs to flow %r, not %r; pass namespace_check=False to load it "
                 "anyway." % (manifest.key, theirs.flow, ours.flow)
             )
-
-
-@dataclass
-class GangInfo:
-    """This process's place in a ``@parallel`` gang (see ``core/gang.py``)."""
-
-    rank: int
-    world: Callable[[], int]  # read when saving: the local control task learns it late
-    timeout: float = 600.0
-    counts: dict = field(default_factory=dict)
 
 
 def _empty_directory(path: str) -> None:

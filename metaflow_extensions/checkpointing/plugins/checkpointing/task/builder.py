@@ -1,0 +1,123 @@
+"""The one builder of a task's runtime and its parts, and the settings a task reads once.
+
+``current.checkpoint`` (built by the task's session) and its twin in the task's subprocesses
+(``TaskContext.runtime``, behind ``Checkpoint()`` in a ``torchrun`` worker) are both made by
+:func:`build`: each part is handed what it needs through its constructor, and no part reads
+settings or Metaflow globals itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..core.pause import PausePoller
+from ..core.retention import Retention
+from ..core.scope import Scope
+from ..core.store import CheckpointStore
+from .interrupts import Interrupts
+from .runtime import CheckpointRuntime
+from .saves import GangInfo, TaskSaves
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The ``METAFLOW_CHECKPOINT_*`` values a task process uses, read once when it starts."""
+
+    async_budget: int  #: bytes of snapshots background saves may hold (``ASYNC_BUDGET``)
+    parallel_timeout: float  #: seconds a ``@parallel`` rank waits for the others
+    pause_poll_seconds: float  #: seconds between two looks for a pause request
+
+    @classmethod
+    def read(cls) -> TaskSettings:
+        """Read them from Metaflow's configuration (environment or config file).
+
+        Raises
+        ------
+        CheckpointConfigError
+            A value that is not a number, naming the setting.
+        """
+        from ..common import settings
+
+        return cls(
+            async_budget=settings.async_budget(),
+            parallel_timeout=settings.parallel_timeout(),
+            pause_poll_seconds=settings.pause_poll_seconds(),
+        )
+
+
+@dataclass(frozen=True)
+class TaskParts:
+    """A runtime and the parts it shares with the session (see :func:`build`)."""
+
+    runtime: CheckpointRuntime
+    saves: TaskSaves
+    interrupts: Interrupts
+
+
+def build(
+    store: CheckpointStore,
+    scope: Scope,
+    directory: str,
+    *,
+    settings: Optional[TaskSettings] = None,
+    log: Callable[[str], None] = print,
+    retention: Optional[Retention] = None,
+    rank: Optional[int] = None,
+    world: Optional[Callable[[], int]] = None,
+    models: Optional[Mapping[str, str]] = None,
+    save_on_interrupt: bool = False,
+) -> TaskParts:
+    """Build a task's runtime and its parts, each handed what it needs through its constructor.
+
+    Parameters
+    ----------
+    store, scope, directory
+        Where checkpoints go, the task's scope, its checkpoint directory.
+    settings : TaskSettings, optional
+        Default: :meth:`TaskSettings.read` (read here, once).
+    log : callable
+        Where one-line status messages go.
+    retention : Retention, optional
+        The step's ``keep_*`` rules.
+    rank, world : optional
+        In a ``@parallel`` gang: this process's rank and a function returning the gang's size
+        (read when saving: the local control task learns it late).
+    models : mapping, optional
+        Local paths of the declared models, by name.
+    save_on_interrupt : bool
+        Save the directory when a signal arrives.
+    """
+    if settings is None:
+        settings = TaskSettings.read()
+    gang = None
+    if rank is not None:
+        if world is None:
+            raise ValueError("A @parallel rank needs world, a function returning the gang size.")
+        gang = GangInfo(rank=rank, world=world, timeout=settings.parallel_timeout)
+    interrupts = Interrupts(save_on_interrupt=save_on_interrupt, log=log)
+    saves = TaskSaves(
+        store,
+        scope,
+        directory,
+        async_budget=settings.async_budget,
+        log=log,
+        retention=retention,
+        gang=gang,
+        interrupts=interrupts,
+    )
+    runtime = CheckpointRuntime(
+        saves,
+        pause=PausePoller(store.storage, scope, settings.pause_poll_seconds),
+        interrupts=interrupts,
+        models=models,
+    )
+    return TaskParts(runtime=runtime, saves=saves, interrupts=interrupts)
+
+
+def build_runtime(
+    store: CheckpointStore, scope: Scope, directory: str, **kwargs
+) -> CheckpointRuntime:
+    """:func:`build`'s runtime alone (what a subprocess or a test needs)."""
+    return build(store, scope, directory, **kwargs).runtime

@@ -1,0 +1,342 @@
+"""Every save one task process makes: blocking, background, ``@parallel`` gang and final saves.
+
+:class:`TaskSaves` dates each save with the task's clock (never before a checkpoint already
+known in the task), commits it, applies the step's retention after each commit and remembers
+what it committed for the attempt's summary.  ``current.checkpoint.save`` (the runtime), the
+session's save after a failure and the interrupt handler's save on a signal all go through the
+one instance the session builds; blocking saves run inside :meth:`Interrupts.blocking`, so a
+signal arriving during one is handled right after it commits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Union
+
+from ..common.reference import CheckpointReference
+from ..core.clock import TaskClock
+from ..core.manifest import Manifest, ManifestHeader
+from ..core.policies import sort_key
+from ..core.retention import Retention
+from ..core.scope import DEFAULT_NAME, Scope
+from ..core.store import CheckpointStore
+from ..errors import CheckpointConfigError, CheckpointException
+from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
+from .interrupts import Interrupts
+
+
+@dataclass
+class GangInfo:
+    """This process's place in a ``@parallel`` gang (see ``core/gang.py``)."""
+
+    rank: int
+    world: Callable[[], int]  # read when saving: the local control task learns it late
+    timeout: float = 600.0  # seconds a rank waits for the others' parts (or rank 0's commit)
+    counts: dict = field(default_factory=dict)  # gang saves made so far, by series name
+
+
+class TaskSaves:
+    """The save side of one task process (shared by the runtime, the session and signals).
+
+    Parameters
+    ----------
+    store : CheckpointStore
+        Where checkpoints are committed.
+    scope : Scope
+        The running task's scope.
+    directory : str
+        The task's checkpoint directory (saved by default, and by the final saves).
+    async_budget : int
+        Bytes of snapshots background saves may hold at once.
+    log : callable
+        Where one-line status messages go.
+    retention : Retention, optional
+        The step's ``keep_*`` rules, applied to a series after each commit.
+    gang : GangInfo, optional
+        This process's rank in a ``@parallel`` gang: every save is then a gang save.
+    interrupts : Interrupts, optional
+        The process's signal handling (blocking saves defer signals through it).
+    clock : TaskClock, optional
+        The task's clock (shared with the runtime, whose listings teach it).
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        scope: Scope,
+        directory: str,
+        *,
+        async_budget: int,
+        log: Callable[[str], None] = print,
+        retention: Optional[Retention] = None,
+        gang: Optional[GangInfo] = None,
+        interrupts: Optional[Interrupts] = None,
+        clock: Optional[TaskClock] = None,
+    ):
+        self.store = store
+        self.scope = scope
+        self.directory = directory
+        self.log = log
+        self.gang = gang
+        # Dates this process's saves: never before a checkpoint already known in this task.
+        self.clock = clock if clock is not None else TaskClock()
+        self._retention = retention
+        self._async_budget = async_budget
+        self._interrupts = interrupts if interrupts is not None else Interrupts(log=log)
+        self._background: Optional[BackgroundSaver] = None
+        self._manifests: list[Manifest] = []  # committed by this process, for the summary
+        self._loaded_key: Optional[str] = None  # the checkpoint loaded at task start
+        self._warned: set = set()
+
+    # ------------------------------------------------------------------ saves
+    def save(
+        self,
+        src: str,
+        metadata: Optional[dict],
+        name: str,
+        latest: bool,
+        blocking: bool,
+    ) -> Union[CheckpointReference, SaveHandle]:
+        """``current.checkpoint.save()`` (see its docstring), ``src`` already resolved."""
+        from ..core.manifest import validate_metadata
+        from ..core.scope import validate_name
+
+        if self.gang is not None:
+            return self._save_gang(src, metadata, name, latest, blocking)
+        if not blocking:
+            # Validate now: a bad argument must fail here, not later in the background.
+            validate_name(name)
+            return self._save_in_background(src, validate_metadata(metadata), name, latest)
+        with self._interrupts.blocking():
+            created, seq = self._date()
+            manifest = self.store.save(
+                src,
+                self.scope,
+                name=name,
+                metadata=metadata,
+                latest=latest,
+                created_ms=created,
+                seq=seq,
+            )
+            ref = self._committed(manifest)
+        return ref
+
+    def note_loaded(self, key: str) -> None:
+        """The checkpoint loaded into :attr:`directory` at task start (a final save of the
+        unchanged directory would only hide it)."""
+        self._loaded_key = key
+
+    def final_save(self, metadata: dict, why: str) -> Optional[CheckpointReference]:
+        """The save of :attr:`directory` made on failure or interrupt, unless it would only
+        hide a real checkpoint.
+
+        An empty directory, or one holding exactly a checkpoint already committed in this task
+        (the one loaded at start, one this process saved, or the newest one, e.g. saved by a
+        subprocess) is not committed.  Signals arriving meanwhile are not handled after it:
+        the task is already stopping.
+
+        Returns
+        -------
+        CheckpointReference or None
+            The reference, or None when skipped (with one log line saying why).
+        """
+        from ..core.store import same_content
+
+        if self.gang is not None:  # every rank must take part in a gang save
+            return self._save_gang(self.directory, metadata, deliver=False)
+        known = list(self._manifests)
+        if self._loaded_key is not None:
+            try:
+                known.append(self.store.read(self._loaded_key))
+            except CheckpointException:
+                pass  # unreadable now: the save goes ahead (it hides nothing readable)
+        newest = next((h for h in self._task_headers() if h.latest), None)
+        if newest is not None and newest.key not in {m.key for m in known}:
+            known.append(self.store.read(newest.key))
+        skipped: list[str] = []
+
+        def committed_already(candidate: Manifest) -> Optional[Manifest]:
+            # Called with what the save would commit, before the commit (no manifest written).
+            if not candidate.files:
+                skipped.append("it holds no file")
+                return candidate
+            same = next((m for m in known if same_content(m, candidate)), None)
+            if same is None:
+                return None
+            skipped.append("it holds exactly checkpoint %s, already committed" % same.key)
+            return replace(same)  # the caller marks its stats: not ours to change
+
+        with self._interrupts.blocking(deliver=False):
+            created, seq = self._date()
+            manifest = self.store.save(
+                self.directory,
+                self.scope,
+                metadata=metadata,
+                created_ms=created,
+                seq=seq,
+                reuse=committed_already,
+            )
+            ref = None if skipped else self._committed(manifest)
+        if skipped:
+            self.log(
+                "[@checkpoint] Skipped the final save %s: %s %s; the retry loads the newest "
+                "checkpoint%s."
+                % (
+                    why,
+                    self.directory,
+                    skipped[0],
+                    " (%s)" % newest.key if newest is not None else " (none yet)",
+                )
+            )
+        return ref
+
+    def _save_gang(
+        self,
+        src: str,
+        metadata: Optional[dict],
+        name: str = DEFAULT_NAME,
+        latest: bool = True,
+        blocking: bool = True,
+        deliver: bool = True,
+    ) -> CheckpointReference:
+        if not blocking:
+            raise CheckpointConfigError(
+                "save(blocking=False) is not supported in @parallel steps: every rank's save "
+                "is part of one checkpoint committed together; save with blocking=True."
+            )
+        gang = self.gang
+        assert gang is not None
+        number = gang.counts.get(name, 0)
+        gang.counts[name] = number + 1
+        with self._interrupts.blocking(deliver=deliver):
+            # Rank 0 writes the gang's manifest: its task clock dates it.
+            created = self._date()[0] if gang.rank == 0 else None
+            manifest = self.store.save_gang(
+                src,
+                self.scope,
+                name=name,
+                metadata=metadata,
+                latest=latest,
+                rank=gang.rank,
+                world=gang.world(),
+                number=number,
+                timeout=gang.timeout,
+                created_ms=created,
+            )
+            ref = self._committed(manifest)
+        return ref
+
+    def _save_in_background(self, src: str, metadata: dict, name: str, latest: bool) -> SaveHandle:
+        if self._background is None:
+            self._background = BackgroundSaver(self._async_budget)
+        size = source_bytes(src)
+        self._background.reserve(size)
+        try:
+            created, seq = self._date()  # dated at the snapshot: orders before later saves
+            staging, staged, nbytes = snapshot(src, os.path.dirname(self.directory))
+        except BaseException:
+            self._background.adjust(-size)
+            raise
+        self._background.adjust(nbytes - size)  # files may have changed since they were sized
+
+        def commit() -> CheckpointReference:
+            manifest = self.store.save(
+                staged,
+                self.scope,
+                name=name,
+                metadata=metadata,
+                latest=latest,
+                created_ms=created,
+                seq=seq,
+            )
+            return self._committed(manifest)
+
+        return self._background.submit("save of %s (%r)" % (src, name), staging, nbytes, commit)
+
+    # ------------------------------------------------------------------ pending saves
+    def pending(self) -> list[SaveHandle]:
+        """Background saves not committed yet."""
+        return self._background.pending() if self._background else []
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait for every background save.
+
+        Raises
+        ------
+        CheckpointException
+            Naming every one that failed (unless ``raise_errors`` is false: then logged).
+        """
+        if self._background is None:
+            return
+        failed = self._background.wait_all()
+        if failed:
+            error = failure(failed)
+            if raise_errors:
+                raise error
+            self.log("[@checkpoint] %s" % error.message)
+
+    def write_summaries(self) -> None:
+        """Record the summaries of this attempt's saves (once, when the task ends), so
+        listings need not read each manifest.  Rank 0 writes for a ``@parallel`` gang."""
+        from ..core.summary import write_task_summaries
+
+        if self.gang is not None and self.gang.rank != 0:
+            return
+        write_task_summaries(
+            self.store.storage, self.scope.task_prefix(), self.scope.attempt, self._manifests
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _date(self) -> tuple[int, int]:
+        """``(created_ms, seq)`` of a new save: after every checkpoint known in this task.
+
+        The first save of a process that has not seen the task's checkpoints yet lists them
+        once (another process of the task, or an earlier attempt, may have saved)."""
+        from ..core.commit import next_seq
+
+        if not self.clock.known:
+            self.clock.learn(h.created_ms for h in self._task_headers())
+        return self.clock.tick(), next_seq()
+
+    def _task_headers(self, name: Optional[str] = None) -> list[ManifestHeader]:
+        """This task's checkpoints (all attempts and processes), newest first as a retry
+        orders them; the task's clock learns their dates."""
+        headers = self.store.headers(self.scope.task_prefix(), name=name)
+        self.clock.observe(h.created_ms for h in headers)
+        headers.sort(key=sort_key(within_task=True), reverse=True)
+        return headers
+
+    def _committed(self, manifest: Manifest) -> CheckpointReference:
+        self._manifests.append(manifest)
+        self.clock.observe([manifest.created_ms])
+        ref = CheckpointReference.from_manifest(
+            manifest, self.store.url, self.store.storage.full_url(manifest.key)
+        )
+        if self._retention is not None and not self._retention.empty:
+            self._apply_retention(manifest.name, protect=manifest.key)
+        return ref
+
+    def _apply_retention(self, name: str, protect: str) -> None:
+        """Prune this task's checkpoints of series ``name`` (all attempts) after a commit.
+
+        ``protect``, the checkpoint just committed, is always kept, and so is the newest
+        ``latest=True`` one as a retry orders them (with a background save committing after a
+        later blocking one, these differ).  Pruning is best effort: a storage error here is
+        logged and the save still counts.
+        """
+        try:
+            headers = self._task_headers(name=name)
+            for _, plan in self.store.prune(
+                headers,
+                self._retention,
+                group_of=lambda h: name,
+                protect=[protect],
+                within_task=True,
+            ):
+                for warning in plan.warnings:
+                    if warning not in self._warned:
+                        self._warned.add(warning)
+                        self.log("[@checkpoint] Warning: %s" % warning)
+        except CheckpointException as exc:
+            self.log("[@checkpoint] Warning: pruning old checkpoints failed: %s" % exc.message)

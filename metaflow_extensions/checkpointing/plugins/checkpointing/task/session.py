@@ -1,0 +1,198 @@
+"""One ``@checkpoint`` task attempt's checkpointing, from the step's start to the task's end.
+
+The decorator decides *what*: the store, the task's scope (foreach split, ``@parallel`` rank,
+retry attempt), the checkpoint the load policy picked, the attributes.  :class:`TaskSession`
+does the work: it reads the settings once, makes the task's directories, downloads the
+declared models, builds the runtime whole, loads the initial checkpoint, installs the signal
+handlers and exports what subprocesses need; at the end it commits what is pending, saves after
+a failure if asked, writes the attempt's summaries and cleans up.
+
+The runtime and its parts are made by ``builder.build``, as for the task's subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Optional
+
+from ..core.scope import Scope
+from ..core.store import CheckpointStore
+from ..errors import CheckpointInterrupted, CheckpointPaused
+from .builder import TaskParts, TaskSettings, build
+from .context import DIRECTORY_ENV, TASK_ENV, TaskContext
+from .runtime import CheckpointRuntime
+
+if TYPE_CHECKING:
+    from ..core.policies import Resolution
+    from .models import ModelSpec
+
+
+class TaskSession:
+    """The checkpointing of one task attempt; made by :meth:`start`, finished by :meth:`end`.
+
+    The decorator's hooks delegate to it: ``task_pre_step`` -> :meth:`start`,
+    ``task_post_step`` -> :meth:`step_succeeded`, ``task_exception`` -> :meth:`step_failed`,
+    ``task_finished`` -> :meth:`end`.
+    """
+
+    def __init__(
+        self,
+        parts: TaskParts,
+        directories: Sequence[str],
+        save_on_failure: bool,
+        log: Callable[[str], None],
+    ):
+        self._parts = parts
+        self._directories = list(directories)
+        self._save_on_failure = save_on_failure
+        self._log = log
+        self._paused = False
+
+    @classmethod
+    def start(
+        cls,
+        store: CheckpointStore,
+        scope: Scope,
+        resolution: Resolution,
+        *,
+        step_name: str,
+        temp_dir_root: Optional[str] = None,
+        retention: Optional[Mapping[str, object]] = None,
+        models: Sequence[ModelSpec] = (),
+        rank: Optional[int] = None,
+        world: Optional[Callable[[], int]] = None,
+        save_on_interrupt: bool = False,
+        save_on_failure: bool = False,
+        settings: Optional[TaskSettings] = None,
+        log: Callable[[str], None] = print,
+    ) -> TaskSession:
+        """Everything before the step's code runs.
+
+        Parameters
+        ----------
+        store, scope
+            The task's store and scope.
+        resolution : Resolution
+            The checkpoint the load policy picked (loaded into the directory) or why none.
+        step_name : str
+            Names the temporary directories.
+        temp_dir_root : str, optional
+            Their parent (created if needed; default: the system temp dir).
+        retention : mapping, optional
+            The validated ``keep_*`` attributes (also exported to subprocesses).
+        models : list of ModelSpec
+            The declared models, downloaded before the runtime is built.
+        rank, world, save_on_interrupt
+            As for ``builder.build``.
+        save_on_failure : bool
+            Save the directory when the step's code raises.
+        settings : TaskSettings, optional
+            Default: read once, here.
+        log : callable
+            Where one-line status messages go.
+        """
+        from ..core import retention as retention_rules
+
+        settings = settings if settings is not None else TaskSettings.read()
+        keep = dict(retention or {})
+        if temp_dir_root:
+            os.makedirs(temp_dir_root, exist_ok=True)
+        directories = [tempfile.mkdtemp(prefix="mfckpt-%s-" % step_name, dir=temp_dir_root)]
+        try:
+            paths: dict[str, str] = {}
+            if models:
+                from .models import load_models
+
+                directories.append(tempfile.mkdtemp(prefix="mfckpt-models-", dir=temp_dir_root))
+                paths = load_models(store, list(models), directories[1], namespace=scope.namespace)
+            parts = build(
+                store,
+                scope,
+                directories[0],
+                settings=settings,
+                log=log,
+                retention=retention_rules.build(**keep),
+                rank=rank,
+                world=world,
+                models=paths,
+                save_on_interrupt=save_on_interrupt,
+            )
+            info = parts.runtime.load_initial(resolution)
+            if info is not None:
+                parts.saves.note_loaded(info.key)
+        except BaseException:
+            _remove(directories)
+            raise
+        session = cls(parts, directories, save_on_failure, log)
+        parts.interrupts.install(parts.saves)
+        # Child processes and callbacks save into this task with `Checkpoint()`.
+        os.environ[DIRECTORY_ENV] = directories[0]
+        os.environ[TASK_ENV] = TaskContext(
+            root=store.url,
+            scope=scope,
+            directory=directories[0],
+            temp_dir_root=temp_dir_root,
+            retention=keep,
+        ).to_env()
+        return session
+
+    @property
+    def runtime(self) -> CheckpointRuntime:
+        """``current.checkpoint``."""
+        return self._parts.runtime
+
+    @property
+    def paused(self) -> bool:
+        """True once the step's code ended by ``current.checkpoint.pause()``."""
+        return self._paused
+
+    def step_succeeded(self) -> None:
+        """The step's code returned: the task is done only once its background saves are
+        committed, and a failed one fails the task (before its artifacts are persisted).
+
+        Raises
+        ------
+        CheckpointException
+            Naming every background save that failed.
+        """
+        self._parts.saves.flush()
+
+    def step_failed(self, exception: BaseException) -> None:
+        """The step's code raised ``exception``: note a pause, save the directory if
+        ``save_on_failure`` (not after a signal: that was handled), commit pending saves."""
+        saves = self._parts.saves
+        if isinstance(exception, CheckpointPaused):
+            self._paused = True
+        elif self._save_on_failure and not isinstance(exception, CheckpointInterrupted):
+            try:
+                ref = saves.final_save(
+                    {"reason": "failure", "error": repr(exception)[:500]},
+                    why="after the step failed",
+                )
+                if ref is not None:
+                    self._log("[@checkpoint] Saved checkpoint %s after the step failed." % ref.key)
+            except Exception as exc:  # noqa: BLE001 - the step's own error matters more
+                self._log("[@checkpoint] Saving after the failure failed too: %s" % exc)
+        saves.flush(raise_errors=False)
+
+    def end(self) -> None:
+        """The task is finishing (whatever happened): put the signal handlers back, commit
+        pending saves, write the attempt's summaries, remove the directories and the
+        subprocess environment."""
+        self._parts.interrupts.restore()
+        saves = self._parts.saves
+        try:
+            saves.flush(raise_errors=False)
+            saves.write_summaries()
+        finally:
+            _remove(self._directories)
+            self._directories = []
+            os.environ.pop(TASK_ENV, None)
+
+
+def _remove(directories: Sequence[str]) -> None:
+    for d in directories:
+        shutil.rmtree(d, ignore_errors=True)
