@@ -12,8 +12,8 @@ applied (no checkpoint has its metric) keeps the whole group and says so in a wa
 Planning is pure (no storage access), so a dry run and a real run decide the same way;
 deleting is the caller's job (manifests only; their blobs go with garbage collection).
 
-(A little over 400 lines: the rules, the policy listing them and the validation of its options
-are one concept, and a change to a rule touches all three.)
+Long module: the rules, the policy listing them and the validation of its options are one
+concept (a change to a rule touches all three), so they stay together past 400 lines.
 """
 
 from __future__ import annotations
