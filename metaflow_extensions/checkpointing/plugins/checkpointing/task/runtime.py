@@ -1,6 +1,6 @@
 """The object behind ``current.checkpoint``: the task's public checkpoint API.
 
-It is built whole by ``session.build`` (for the task and for its subprocesses alike) from the
+It is built whole by ``builder.build`` (for the task and for its subprocesses alike) from the
 task's saves (``saves.TaskSaves``: store, scope, directory, clock, gang), its pause poller, its
 signal handling and its models; it never looks up Metaflow globals or settings itself, so it is
 unit-testable and reusable from subprocesses.  Saving is delegated to ``saves.py``.
@@ -63,7 +63,7 @@ class CheckpointRuntime:
     models : mapping, optional
         Local paths of the models declared with ``@checkpoint(models=[...])``, by name.
 
-    Build it with ``session.build`` (or ``session.build_runtime``), which makes the parts.
+    Build it with ``builder.build`` (or ``builder.build_runtime``), which makes the parts.
     """
 
     def __init__(
