@@ -62,8 +62,6 @@ class CheckpointRuntime:
         The process's signal handling (:meth:`on_interrupt` registers with it).
     models : mapping, optional
         Local paths of the models declared with ``@checkpoint(models=[...])``, by name.
-
-    Build it with ``builder.build`` (or ``builder.build_runtime``), which makes the parts.
     """
 
     def __init__(
