@@ -9,43 +9,26 @@ unit-testable and reusable from subprocesses.  Saving is delegated to ``saves.py
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from ..common import alias
-from ..common.reference import CheckpointReference
-from ..core.download import remove_dead_staging
+from ..common.reference import CheckpointReference, reference_of, references
+from ..common.refspec import task_target
+from ..common.resolver import check_scope, resolve
+from ..core import loading
 from ..core.layout import step_prefix
-from ..core.manifest import Manifest, is_manifest_key
+from ..core.manifest import Manifest
 from ..core.pause import PausePoller
 from ..core.policies import Resolution, sort_key
 from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
-from ..core.tempnames import STAGING_PREFIX
-from ..errors import (
-    CheckpointConfigError,
-    CheckpointNotFound,
-    CheckpointPaused,
-    CheckpointScopeError,
-)
+from ..errors import CheckpointPaused
 from .background import SaveHandle
 from .interrupts import Interrupts
 from .saves import TaskSaves
+from .view import TaskView
 
 Reference = Union[CheckpointReference, dict, str, Any]
-
-
-def _pathspec_of(task: Any) -> str:
-    """A task pathspec from a string or a Metaflow ``Task`` object."""
-    pathspec = getattr(task, "pathspec", task)
-    if not isinstance(pathspec, str) or len(pathspec.strip("/").split("/")) != 4:
-        raise CheckpointConfigError(
-            "task=%r is not a task: pass a Metaflow Task or a pathspec 'Flow/run_id/step/task_id'."
-            % (task,)
-        )
-    return pathspec.strip("/")
 
 
 class CheckpointRuntime:
@@ -232,7 +215,8 @@ class CheckpointRuntime:
         scope = self._scope
         flow, step, run, task_id = scope.flow, scope.step, None, None
         if task is not None:
-            flow, run, step, task_id = _pathspec_of(task).split("/")
+            t = task_target(task)
+            flow, run, step, task_id = t.flow, t.run, t.step, t.task
         elif within_task:
             run, task_id = scope.run, scope.task
         headers = self._store.headers(
@@ -247,13 +231,7 @@ class CheckpointRuntime:
         # Newest first as policies.newest orders them: one task's as its retries do, so that
         # list()[0] and load("last") are what a retry would load.
         headers.sort(key=sort_key(within_task=task_id is not None), reverse=True)
-        summaries = self._store.summaries(headers)
-        return [
-            CheckpointReference.from_summary(
-                h, summaries[h.key], self._store.url, self._store.storage.full_url(h.key)
-            )
-            for h in headers
-        ]
+        return references(self._store, headers)
 
     # ------------------------------------------------------------------ load
     def load(
@@ -268,11 +246,15 @@ class CheckpointRuntime:
         Parameters
         ----------
         reference : CheckpointReference, dict, str or metaflow.Task
-            A reference returned by ``save()``/``list()`` (or its ``["key"]``), a task
-            (pathspec ``Flow/run/step/task`` or object) whose latest checkpoint to load, or the
+            Any spelling of a reference (``common/refspec.py``): a reference returned by
+            ``save()``/``list()`` (or a dict with its ``"key"``, its key or URL); a task
+            (pathspec ``Flow/run/step/task`` or object) whose latest checkpoint to load; the
             name of a checkpoint saved outside any task (``"resnet50"``: the newest version
             published from this task's namespace or promoted to it; ``"resnet50@<version>"``:
-            that version, whoever published it; see ``metaflow checkpoint upload``).
+            that version, whoever published it; see ``metaflow checkpoint upload``); an alias
+            of this task's checkpoints (``"last"``, ``"best:val_loss"``, ``"best:acc:max"``)
+            or of a target in this task's namespace (``"Flow/run@last"``,
+            ``"Flow@best:acc:max"``, ``"resnet50@best:top1:max"``).
         path : str, optional
             Target directory (created if needed; same-named files are replaced, others left).
             Default: :attr:`directory`, which then holds exactly the checkpoint (its previous
@@ -285,29 +267,21 @@ class CheckpointRuntime:
             In a ``@parallel`` step, a checkpoint saved by the gang loads this rank's files
             only; ``True`` loads every rank's, under ``rank-<i>/`` (to re-shard).
         """
-        store, manifest = self._resolve_reference(reference, namespace_check)
+        existing = loading.REPLACE if path is None else loading.MERGE
+        target = self._directory if path is None else loading.check_target(path, existing)
+        view = TaskView(
+            self._store,
+            self._scope,
+            other_stores=not namespace_check,
+            reader=self._scope.namespace if namespace_check else None,  # None: any publisher
+            observe=self._clock.observe,
+        )
+        store, manifest = resolve(reference, view)
         manifest = self._for_this_rank(manifest, all_ranks)
-        if namespace_check and not manifest.scope.is_library:
-            self._check_scope(manifest)
-        if path is not None:
-            target = os.path.abspath(os.fspath(path))
-            if os.path.exists(target) and not os.path.isdir(target):
-                raise CheckpointConfigError(
-                    "Cannot load into %s: it exists and is not a directory." % target
-                )
-            store.load(manifest, target)
-            return target
-        # Download beside the managed directory, then swap: a failed load leaves it unchanged.
-        remove_dead_staging(os.path.dirname(self._directory))  # of killed earlier loads
-        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=os.path.dirname(self._directory))
-        try:
-            store.load(manifest, staging)
-            _empty_directory(self._directory)
-            for entry in os.listdir(staging):
-                os.replace(os.path.join(staging, entry), os.path.join(self._directory, entry))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return self._directory
+        if namespace_check:
+            check_scope(manifest, self._scope)
+        # The managed directory is replaced only once the download is verified (beside it).
+        return loading.load(store, manifest, target, existing=existing)
 
     # ------------------------------------------------------------------ used by the decorator
     def load_initial(self, resolution: Resolution) -> Optional[CheckpointReference]:
@@ -319,7 +293,7 @@ class CheckpointRuntime:
             return None
         manifest = self._store.read(resolution.header.key)
         self._loaded = self._for_this_rank(manifest)
-        self._store.load(self._loaded, self._directory)
+        loading.load(self._store, self._loaded, self._directory, existing=loading.MERGE)
         self._info = self._reference(manifest)
         self._log(
             "[@checkpoint] Loaded checkpoint %r (%s, attempt %d, saved %s; %s) into %s"
@@ -336,84 +310,4 @@ class CheckpointRuntime:
 
     # ------------------------------------------------------------------ helpers
     def _reference(self, manifest: Manifest) -> CheckpointReference:
-        url = self._store.storage.full_url(manifest.key)
-        return CheckpointReference.from_manifest(manifest, self._store.url, url)
-
-    def _resolve_reference(
-        self, reference: Reference, namespace_check: bool = True
-    ) -> tuple[CheckpointStore, Manifest]:
-        store = self._store
-        if isinstance(reference, dict):
-            key = reference.get("key")
-            if not isinstance(key, str):
-                raise CheckpointConfigError(
-                    "Cannot load %r: a reference mapping needs a 'key' entry." % (reference,)
-                )
-            root = reference.get("root")
-            if root and root != store.url:
-                if namespace_check:
-                    raise CheckpointScopeError(
-                        "Checkpoint %s lives in the store %s, but this task uses %s; pass "
-                        "namespace_check=False to load it from there." % (key, root, store.url)
-                    )
-                from ..common.settings import store_for_url
-
-                store = store_for_url(root)
-            return store, store.read(key)
-        if isinstance(reference, str) and is_manifest_key(reference):
-            return store, store.read(reference)
-        if isinstance(reference, str) and reference.startswith(store.url + "/"):
-            return store, store.read(reference[len(store.url) + 1 :])
-        if hasattr(reference, "pathspec") or (
-            isinstance(reference, str) and len(reference.strip("/").split("/")) == 4
-        ):
-            return store, self._latest_of_task(_pathspec_of(reference))
-        if isinstance(reference, str) and alias.is_alias(reference):
-            refs = self.list()
-            return store, store.read(
-                alias.pick(refs, reference, "task %s" % self._scope.pathspec).key
-            )
-        if isinstance(reference, str) and reference and "/" not in reference:
-            reader = self._scope.namespace if namespace_check else None  # None: any publisher
-            return store, store.named(reference, reader)
-        raise CheckpointConfigError(
-            "Cannot load %r: pass a reference returned by save() or list(), its 'key', a task "
-            "pathspec 'Flow/run_id/step/task_id', or the name of a checkpoint saved outside any "
-            "task ('resnet50' or 'resnet50@<version>')." % (reference,)
-        )
-
-    def _latest_of_task(self, pathspec: str) -> Manifest:
-        flow, run, step, task = pathspec.split("/")
-        headers = self._store.headers(
-            step_prefix(self._scope.namespace, flow, step), run=run, task=task
-        )
-        if not headers:
-            raise CheckpointNotFound(
-                "Task %s has no checkpoint in namespace %s." % (pathspec, self._scope.namespace)
-            )
-        marked = [h for h in headers if h.latest] or headers
-        return self._store.read(max(marked, key=lambda h: h.task_order).key)
-
-    def _check_scope(self, manifest: Manifest) -> None:
-        theirs, ours = manifest.scope, self._scope
-        if theirs.namespace != ours.namespace:
-            raise CheckpointScopeError(
-                "Checkpoint %s belongs to namespace %r but this task runs in %r; pass "
-                "namespace_check=False to load it anyway."
-                % (manifest.key, theirs.namespace, ours.namespace)
-            )
-        if theirs.flow != ours.flow:
-            raise CheckpointScopeError(
-                "Checkpoint %s belongs to flow %r, not %r; pass namespace_check=False to load it "
-                "anyway." % (manifest.key, theirs.flow, ours.flow)
-            )
-
-
-def _empty_directory(path: str) -> None:
-    """Remove the contents of ``path`` (the managed checkpoint directory), keeping it."""
-    os.makedirs(path, exist_ok=True)
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
+        return reference_of(self._store, manifest)
