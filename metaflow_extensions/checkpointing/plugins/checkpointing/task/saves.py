@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Union
 
-from ..common.reference import CheckpointReference
+from ..common.reference import CheckpointReference, reference_of
 from ..core.clock import TaskClock
 from ..core.manifest import Manifest, ManifestHeader
 from ..core.policies import sort_key
@@ -310,9 +310,7 @@ class TaskSaves:
     def _committed(self, manifest: Manifest) -> CheckpointReference:
         self._manifests.append(manifest)
         self.clock.observe([manifest.created_ms])
-        ref = CheckpointReference.from_manifest(
-            manifest, self.store.url, self.store.storage.full_url(manifest.key)
-        )
+        ref = reference_of(self.store, manifest)
         if self._retention is not None and not self._retention.empty:
             self._apply_retention(manifest.name, protect=manifest.key)
         return ref
