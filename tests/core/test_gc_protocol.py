@@ -26,6 +26,7 @@ import pytest
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import layout
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import leases as ls
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.lease_writer import WriterLease
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,
@@ -702,6 +703,6 @@ def test_a_run_record_dated_in_the_future_does_not_block_gc_or_savers(
     assert report.blobs_deleted >= len(old)
     assert ls.list_runs(storage)["9999999999999-deadbeef"].phase == ls.RUN_DONE
     # Writers no longer see a run to wait for, and a save relying on stored content commits.
-    assert ls.WriterLease._flagged(ls.list_runs(storage), {})[0] == []
+    assert WriterLease._flagged(ls.list_runs(storage), {})[0] == []
     m = CheckpointStore(storage, options()).save(str(src), make_scope(run="3"))
     assert_loads(CheckpointStore(storage, options()), m, src, tmp_path / "out")

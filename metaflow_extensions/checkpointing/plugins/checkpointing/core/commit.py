@@ -23,7 +23,7 @@ from typing import Callable, Optional
 from ..errors import StorageError
 from ..storage.base import Storage
 from .layout import blob_key
-from .leases import Ticket
+from .lease_writer import Ticket
 from .manifest import Manifest, now_ms
 from .scan import scan
 from .scope import Scope
@@ -80,7 +80,7 @@ def _settle(
     stats: SaveStats,
 ) -> tuple[list, SaveStats]:
     """Make every blob ``entries`` reference safe from GC until the commit (see
-    :meth:`.leases.WriterLease.settle`), uploading again from ``files`` what is found missing.
+    :meth:`.lease_writer.WriterLease.settle`), uploading again from ``files`` what is found missing.
     Returns the entries and statistics to commit."""
     for _ in range(SETTLE_ROUNDS):
         refs = {c.blob for e in entries for c in e.chunks}

@@ -14,11 +14,10 @@ from typing import Callable, Optional, TypeVar
 
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, StorageNotFound
 from ..storage.base import Storage
-from . import commit, gang, gc, pins, policies, promotions, retention, usage
+from . import commit, gang, gc, pins, policies, promotions, pruning, retention, usage
 from . import manifest as mf
 from .download import download_tree
-from .layout import step_prefix_of
-from .leases import WriterLease
+from .lease_writer import WriterLease
 from .manifest import Manifest, ManifestHeader
 from .reader import open_file
 from .scope import Scope, library_scope, validate_name
@@ -352,39 +351,18 @@ class CheckpointStore:
         are checkpoints of one task), as ``eager`` does otherwise.  A group where a rule
         cannot be applied (unknown metric) is left alone with a warning in its plan.
         """
-        summaries = self.summaries(headers)
-        # A damaged checkpoint (its manifest does not parse) is kept and reported, never
-        # deleted or counted: retention cannot know what it is; the user deletes it by key.
-        damaged = [h for h in headers if summaries[h.key].get("damaged")]
-        headers = [h for h in headers if not summaries[h.key].get("damaged")]
-        pinned: set = set()
-        for prefix in {step_prefix_of(h.key) for h in headers}:
-            pinned |= pins.pinned_under(self.storage, prefix)
-        grouped: dict[str, list[ManifestHeader]] = {}
-        for h in headers:
-            grouped.setdefault(group_of(h), []).append(h)
-        out = []
-        for group, members in sorted(grouped.items()):
-            order = policies.sort_key(within_task)  # the order policies.newest uses
-            items = [
-                retention.Item(
-                    h.key, order(h), h.created_ms, summaries[h.key].get("metadata") or {}, h.latest
-                )
-                for h in members
-            ]
-            decision = retention.plan(
-                items,
-                policy,
-                frozenset(pinned),
-                group=group,
-                protect_newest=protect_newest,
-                protect=frozenset(protect),
-            )
-            if not dry_run and decision.delete:
-                self.storage.delete_many(decision.delete, self.options.workers)
-            out.append((group, decision))
-        _keep_damaged(out, damaged, group_of, summaries)
-        return out
+        return pruning.prune(
+            self.storage,
+            self.summaries(headers),
+            headers,
+            policy,
+            group_of=group_of,
+            dry_run=dry_run,
+            protect_newest=protect_newest,
+            protect=protect,
+            within_task=within_task,
+            workers=self.options.workers,
+        )
 
     def gc(self, **kwargs) -> gc.GcReport:
         """Garbage-collect unreferenced blobs (see :func:`gc.collect` for the options).
@@ -417,28 +395,6 @@ def same_content(a: Manifest, b: Manifest) -> bool:
     """Whether two checkpoints hold the same files and directories (paths, sizes, modes and
     bytes), whatever their metadata, scope or date."""
     return _content(a) == _content(b)
-
-
-def _keep_damaged(
-    plans: list[tuple[str, retention.Plan]],
-    damaged: Sequence[ManifestHeader],
-    group_of: Callable[[ManifestHeader], str],
-    summaries: dict[str, dict],
-) -> None:
-    """Record each damaged checkpoint in its group's plan as kept ("damaged"), with a warning
-    that names it and how to delete it."""
-    by_group = dict(plans)
-    for h in damaged:
-        group = group_of(h)
-        if group not in by_group:
-            by_group[group] = retention.Plan()
-            plans.append((group, by_group[group]))
-        by_group[group].keep[h.key] = ["damaged"]
-        by_group[group].warnings.append(
-            "Kept a damaged checkpoint (retention neither deletes nor counts it): %s"
-            % summaries[h.key]["error"]
-        )
-    plans.sort(key=lambda p: p[0])
 
 
 def _content(m: Manifest) -> tuple:

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from ..errors import CheckpointConfigError, StorageError
 from ..storage.base import Storage
 from .layout import blob_key
-from .leases import WriterLease
+from .lease_writer import WriterLease
 from .manifest import ChunkRef, FileEntry
 from .scan import _File, _unreadable
 from .transfer import (

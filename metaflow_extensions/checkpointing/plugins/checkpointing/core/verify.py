@@ -44,13 +44,9 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import blake3
-
 from ..errors import CheckpointNotFound, ManifestError, StorageError, StorageNotFound
-from ..fmt import human_size
 from ..storage.base import ObjectInfo, Storage
 from . import manifest as mf
 from .layout import (
@@ -60,344 +56,30 @@ from .layout import (
     blob_key,
     blob_of,
     is_part_key,
-    lease_prefix,
 )
 from .leases import list_leases
 from .scope import Scope
 from .transfer import TransferOptions, _run_bounded
+from .verify_blobs import Counter, SliceFinding, Uses, VerifyProgress, hash_blob
+from .verify_report import (
+    INVALID,
+    KEY_MISMATCH,
+    NEWER_FORMAT,
+    REASONS,
+    UNPARSABLE,
+    UNREADABLE,
+    UNRECOGNIZED_KEY,
+    CorruptBlob,
+    DamagedEntry,
+    InconsistentCheckpoint,
+    MissingBlobs,
+    OrphanedLease,
+    VerifyReport,
+)
 
 #: Above this many distinct referenced blobs, one listing of ``blobs/`` replaces the existence
 #: checks (a listing page holds 1,000 keys on S3; existence checks are one request each).
 EXISTS_LIMIT = 256
-
-#: Unreferenced blobs listed one per row by :meth:`VerifyReport.rows` (the rest in one row).
-UNREFERENCED_ROWS = 10
-
-#: Why a manifest (or another object the check reads) is damaged.
-UNRECOGNIZED_KEY = "unrecognized_key"
-UNREADABLE = "unreadable"
-UNPARSABLE = "unparsable"
-NEWER_FORMAT = "newer_format"
-KEY_MISMATCH = "key_mismatch"
-INVALID = "invalid"
-REASONS = (UNRECOGNIZED_KEY, UNREADABLE, UNPARSABLE, NEWER_FORMAT, KEY_MISMATCH, INVALID)
-
-#: ``progress(phase, done, total)``: cumulative counts of one phase (``"manifests"`` and
-#: ``"blobs"`` count objects, ``"bytes"`` counts bytes re-hashed), called from worker threads.
-#: Phases follow each other; no call of a phase comes after the next phase started.
-VerifyProgress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class DamagedEntry:
-    """An object that should be a manifest (or a gang part) but cannot be used.
-
-    ``reason`` is one of :data:`REASONS`; ``error`` says exactly what is wrong.
-    """
-
-    key: str
-    reason: str
-    error: str
-
-    def to_json(self) -> dict:
-        return {"key": self.key, "reason": self.reason, "error": self.error}
-
-
-@dataclass
-class MissingBlobs:
-    """A checkpoint some of whose blobs are not stored: ``blobs`` maps each missing hash to the
-    files of the checkpoint that hold bytes in it."""
-
-    key: str
-    blobs: dict[str, list[str]]
-
-    @property
-    def files(self) -> list[str]:
-        return sorted({p for paths in self.blobs.values() for p in paths})
-
-    def to_json(self) -> dict:
-        return {"key": self.key, "blobs": self.blobs, "files": self.files}
-
-
-@dataclass
-class CorruptBlob:
-    """A stored blob whose own bytes are wrong: they do not match its BLAKE3 hash (a flipped
-    byte, a truncation) or cannot be read.  Every checkpoint using it is broken, since a load
-    verifies the whole blob.
-
-    ``problems`` describe what is wrong (first the blob itself, then where the damage shows:
-    slices past its end, packed files that no longer match); ``checkpoints`` maps each manifest
-    key that references the blob to the files it holds bytes of.
-    """
-
-    blob: str
-    key: str
-    problems: list[str]
-    checkpoints: dict[str, list[str]]
-
-    def to_json(self) -> dict:
-        return {
-            "blob": self.blob,
-            "key": self.key,
-            "problems": self.problems,
-            "checkpoints": self.checkpoints,
-        }
-
-
-@dataclass
-class InconsistentCheckpoint:
-    """A checkpoint whose manifest declares bytes that its blobs, intact (each matches its
-    hash), do not hold: a slice past the end of a blob, or a packed file whose bytes do not match
-    its recorded digest.  The defect is this manifest's: other checkpoints sharing the blobs are
-    not affected.
-
-    ``files`` maps each affected file of the checkpoint to what is wrong with it.
-    """
-
-    key: str
-    files: dict[str, list[str]]
-
-    def to_json(self) -> dict:
-        return {"key": self.key, "files": self.files}
-
-
-@dataclass(frozen=True)
-class OrphanedLease:
-    """An expired lease still stored: its writer stopped without removing it."""
-
-    session: str
-    keys: tuple[str, ...]
-    refreshed: Optional[float]
-
-    def to_json(self) -> dict:
-        return {"session": self.session, "keys": list(self.keys), "refreshed": self.refreshed}
-
-
-@dataclass
-class VerifyReport:
-    """What :func:`verify` found.  :attr:`ok` is true only when nothing is wrong.
-
-    Attributes
-    ----------
-    root : str
-        URL of the store.
-    target : str
-        What was checked (``"the whole store"``, a pathspec or a key), for messages.
-    deep : bool
-        Whether blob contents were re-hashed.
-    whole_store : bool
-        Whether orphaned leases and unreferenced blobs were looked for (only then are
-        :attr:`orphaned_leases` and :attr:`unreferenced` lists rather than None).
-    manifests, checkpoints_ok : int
-        Manifests found, and how many of them are intact (parse, every blob stored, every slice
-        within its blob and, with ``deep``, every blob and packed file matching its hash).
-    files, logical_bytes : int
-        Files and bytes of the checkpoints that parsed.
-    blobs_referenced, bytes_hashed : int
-        Distinct blobs they reference; bytes read back and hashed (``deep``, or without it the
-        blobs that a slice reaches past).
-    blob_check : str
-        How existence was checked: ``"listing"``, ``"exists"`` (one request per blob) or
-        ``"read"`` (``deep`` reads every blob).
-    damaged, missing, corrupt, inconsistent : list
-        :class:`DamagedEntry`, :class:`MissingBlobs`, :class:`CorruptBlob`,
-        :class:`InconsistentCheckpoint`.
-    orphaned_leases : list of OrphanedLease, optional
-    unreferenced : list of ObjectInfo, optional
-        Stored blobs nothing references (what ``gc`` reclaims, ignoring its grace period).
-    seconds : float
-    """
-
-    root: str
-    target: str
-    deep: bool = False
-    whole_store: bool = False
-    manifests: int = 0
-    checkpoints_ok: int = 0
-    files: int = 0
-    logical_bytes: int = 0
-    blobs_referenced: int = 0
-    bytes_hashed: int = 0
-    blob_check: str = ""
-    damaged: list[DamagedEntry] = field(default_factory=list)
-    missing: list[MissingBlobs] = field(default_factory=list)
-    corrupt: list[CorruptBlob] = field(default_factory=list)
-    inconsistent: list[InconsistentCheckpoint] = field(default_factory=list)
-    orphaned_leases: Optional[list[OrphanedLease]] = None
-    unreferenced: Optional[list[ObjectInfo]] = None
-    seconds: float = 0.0
-
-    @property
-    def unreferenced_bytes(self) -> int:
-        return sum(o.size for o in self.unreferenced or ())
-
-    @property
-    def problems(self) -> int:
-        """Number of findings: damaged entries, checkpoints with missing blobs, corrupt blobs,
-        inconsistent checkpoints, orphaned leases, and unreferenced blobs (counted as one
-        finding)."""
-        return (
-            len(self.damaged)
-            + len(self.missing)
-            + len(self.corrupt)
-            + len(self.inconsistent)
-            + len(self.orphaned_leases or ())
-            + (1 if self.unreferenced else 0)
-        )
-
-    @property
-    def ok(self) -> bool:
-        """True when the check found nothing wrong (the CLI then exits with 0)."""
-        return self.problems == 0
-
-    def to_json(self) -> dict:
-        """A JSON-serialisable dict of every field, plus ``ok`` and ``problems``."""
-        return {
-            "ok": self.ok,
-            "problems": self.problems,
-            "root": self.root,
-            "target": self.target,
-            "deep": self.deep,
-            "whole_store": self.whole_store,
-            "manifests": self.manifests,
-            "checkpoints_ok": self.checkpoints_ok,
-            "files": self.files,
-            "logical_bytes": self.logical_bytes,
-            "blobs_referenced": self.blobs_referenced,
-            "bytes_hashed": self.bytes_hashed,
-            "blob_check": self.blob_check,
-            "damaged": [d.to_json() for d in self.damaged],
-            "missing": [m.to_json() for m in self.missing],
-            "corrupt": [c.to_json() for c in self.corrupt],
-            "inconsistent": [i.to_json() for i in self.inconsistent],
-            "orphaned_leases": None
-            if self.orphaned_leases is None
-            else [lease.to_json() for lease in self.orphaned_leases],
-            "unreferenced": None
-            if self.unreferenced is None
-            else {
-                "blobs": len(self.unreferenced),
-                "bytes": self.unreferenced_bytes,
-                "keys": sorted(o.key for o in self.unreferenced),
-            },
-            "seconds": self.seconds,
-        }
-
-    def rows(self) -> list[tuple[str, str, str]]:
-        """One ``(kind, key, detail)`` per finding, for tables."""
-        out = [("DAMAGED", d.key, "%s: %s" % (d.reason, d.error)) for d in self.damaged]
-        for m in self.missing:
-            out.append(
-                (
-                    "MISSING",
-                    m.key,
-                    "%d blob%s missing, holding %s"
-                    % (len(m.blobs), "" if len(m.blobs) == 1 else "s", _few(m.files)),
-                )
-            )
-        for c in self.corrupt:
-            used = sorted(c.checkpoints)
-            out.append(
-                (
-                    "CORRUPT",
-                    c.key,
-                    "%s; used by %s" % ("; ".join(c.problems), _few(used)),
-                )
-            )
-        for i in self.inconsistent:
-            found = ["%s: %s" % (p, what) for p, whats in i.files.items() for what in whats]
-            more = len(found) - 3
-            out.append(
-                (
-                    "INCONSISTENT",
-                    i.key,
-                    "; ".join(found[:3]) + (" and %d more" % more if more > 0 else ""),
-                )
-            )
-        for lease in self.orphaned_leases or ():
-            when = (
-                "never refreshed"
-                if lease.refreshed is None
-                else "last refreshed %s"
-                % (mf.iso_time(int(lease.refreshed * 1000))[:19].replace("T", " ") + " UTC")
-            )
-            out.append(("LEASE", lease_prefix(lease.session).rstrip("/"), "expired, %s" % when))
-        blobs = sorted(self.unreferenced or (), key=lambda o: o.key)
-        for o in blobs[:UNREFERENCED_ROWS]:
-            out.append(
-                ("UNREFERENCED", o.key, "%s; no checkpoint references it" % human_size(o.size))
-            )
-        if len(blobs) > UNREFERENCED_ROWS:
-            rest = blobs[UNREFERENCED_ROWS:]
-            out.append(
-                (
-                    "UNREFERENCED",
-                    BLOBS_PREFIX,
-                    "%d more blobs, %s (the JSON output lists every key)"
-                    % (len(rest), human_size(sum(o.size for o in rest))),
-                )
-            )
-        return out
-
-    def summary(self) -> str:
-        """One readable paragraph: what was checked, and the verdict."""
-        how = {
-            "listing": "blobs checked against one listing",
-            "exists": "blobs checked one by one",
-            "read": "blobs read back",
-            "": "no blob to check",
-        }[self.blob_check]
-        head = "Checked %d checkpoint%s of %s in %s (%d files, %s; %d blobs, %s%s) in %.1f s." % (
-            self.manifests,
-            "" if self.manifests == 1 else "s",
-            self.target,
-            self.root,
-            self.files,
-            human_size(self.logical_bytes),
-            self.blobs_referenced,
-            how,
-            ", %s re-hashed" % human_size(self.bytes_hashed)
-            if self.deep or self.bytes_hashed
-            else "",
-            self.seconds,
-        )
-        if self.ok:
-            verdict = "OK: %d intact checkpoint%s%s." % (
-                self.checkpoints_ok,
-                "" if self.checkpoints_ok == 1 else "s",
-                ""
-                if self.whole_store
-                else " (leases and unreferenced data are checked only for the whole store)",
-            )
-        else:
-            parts = [
-                (len(self.damaged), "damaged entr%s" % ("y" if len(self.damaged) == 1 else "ies")),
-                (len(self.missing), "checkpoint%s with missing blobs" % _s(self.missing)),
-                (len(self.corrupt), "corrupt blob%s" % _s(self.corrupt)),
-                (len(self.inconsistent), "inconsistent checkpoint%s" % _s(self.inconsistent)),
-                (len(self.orphaned_leases or ()), "orphaned lease%s" % _s(self.orphaned_leases)),
-                (len(self.unreferenced or ()), "unreferenced blob%s" % _s(self.unreferenced)),
-            ]
-            verdict = "PROBLEMS: %s; %d of %d checkpoints intact." % (
-                ", ".join("%d %s" % (n, what) for n, what in parts if n),
-                self.checkpoints_ok,
-                self.manifests,
-            )
-            if self.unreferenced:
-                verdict += (
-                    "\nUnreferenced blobs (%s) are what 'checkpoint gc' reclaims once they are "
-                    "older than its grace period." % human_size(self.unreferenced_bytes)
-                )
-        return head + "\n" + verdict
-
-
-def _s(items) -> str:
-    return "" if len(items or ()) == 1 else "s"
-
-
-def _few(items: Sequence[str], shown: int = 3) -> str:
-    more = len(items) - shown
-    return ", ".join(items[:shown]) + (" and %d more" % more if more > 0 else "")
 
 
 # ------------------------------------------------------------------------------ manifests
@@ -466,133 +148,11 @@ def _part_blobs(storage: Storage, key: str) -> tuple[set[str], Optional[DamagedE
         )
 
 
-# ------------------------------------------------------------------------------ blob uses
-@dataclass
-class _Uses:
-    """Every slice that checkpoints take from one blob."""
-
-    checkpoints: dict[str, list[str]] = field(default_factory=dict)
-    #: (manifest key, file path, offset, length, file digest or None)
-    slices: list[tuple[str, str, int, int, Optional[str]]] = field(default_factory=list)
-
-    @property
-    def end(self) -> int:
-        return max((off + n for _k, _p, off, n, _d in self.slices), default=0)
-
-    def add(self, key: str, entry: mf.FileEntry, chunk: mf.ChunkRef) -> None:
-        paths = self.checkpoints.setdefault(key, [])
-        if not paths or paths[-1] != entry.path:
-            paths.append(entry.path)
-        self.slices.append((key, entry.path, chunk.offset, chunk.length, entry.digest))
-
-
-class _Counter:
-    """Thread-safe cumulative progress of one phase."""
-
-    def __init__(self, progress: Optional[VerifyProgress], phase: str, total: int):
-        self.progress, self.phase, self.total = progress, phase, total
-        self.done = 0
-        self.lock = threading.Lock()
-        if progress is not None:
-            progress(phase, 0, total)
-
-    def add(self, n: int = 1) -> None:
-        with self.lock:
-            self.done += n
-            if self.progress is not None:
-                self.progress(self.phase, self.done, self.total)
-
-
 def _parallel(fn: Callable, items: Sequence, workers: int) -> list:
     if len(items) <= 1:
         return [fn(i) for i in items]
     with ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix="mfckpt") as pool:
         return list(pool.map(fn, items))
-
-
-#: (manifest key, file path, what is wrong with that file's slice): a finding of one checkpoint.
-_SliceFinding = tuple[str, str, str]
-
-
-def _hash_blob(
-    storage: Storage, blob: str, uses: _Uses, size: Optional[int], window: int, counter: _Counter
-) -> tuple[bool, list[str], list[_SliceFinding]]:
-    """Read ``blob`` back in windows and check it; return (found, problems of the blob, findings
-    of the slices).
-
-    Each window is hashed into the blob's digest and into the digest of every packed file whose
-    slice overlaps it, so memory stays at one window whatever the blob and file sizes.
-
-    Who is to blame (see the module docstring): when the blob does not match its own hash (or
-    cannot be read), the blob is corrupt, its problems say so and, for where the damage shows,
-    the slices past its end and the packed files that no longer match; there are no slice
-    findings.  When it matches, the blob is intact and its problems are empty; every slice past
-    its end and every packed file not matching its digest is a finding of the manifest that
-    declares it, never of the other users of the blob.
-    """
-    key = blob_key(blob)
-    whole = blake3.blake3()  # the hash of transfer.digest, fed incrementally
-    packed = [(s, blake3.blake3()) for s in uses.slices if s[4] is not None]
-    pos = 0
-    while True:
-        try:
-            data = storage.get_bytes(key, pos, window)
-        except StorageNotFound:
-            if pos == 0:
-                return False, [], []
-            return True, ["disappeared while it was read"], []
-        except StorageError as exc:
-            return True, ["unreadable: %s" % exc.message], []
-        whole.update(data)
-        end = pos + len(data)
-        for (_k, _p, off, n, _d), h in packed:
-            lo, hi = max(off, pos), min(off + n, end)
-            if lo < hi:
-                h.update(memoryview(data)[lo - pos : hi - pos])
-        counter.add(len(data))
-        pos = end
-        if len(data) < window or (size is not None and pos >= size):
-            break
-    past = [(k, p, off, n) for k, p, off, n, _d in uses.slices if off + n > pos]
-    unmatched = [
-        (k, p, off, n) for (k, p, off, n, d), h in packed if off + n <= pos and h.hexdigest() != d
-    ]
-    if whole.hexdigest() != blob:
-        return (
-            True,
-            ["content does not match its BLAKE3 hash"]
-            + [
-                "holds %d bytes, but %s of %s needs bytes up to %d" % (pos, p, k, off + n)
-                for k, p, off, n in past[:3]
-            ]
-            + [
-                "file %s of %s does not match its recorded hash" % (p, k)
-                for k, p, _o, _n in unmatched
-            ],
-            [],
-        )
-    return (
-        True,
-        [],
-        [
-            (
-                k,
-                p,
-                "needs bytes %d to %d of blob %s, which holds only %d bytes (and matches its hash)"
-                % (off, off + n, blob, pos),
-            )
-            for k, p, off, n in past
-        ]
-        + [
-            (
-                k,
-                p,
-                "does not match its recorded hash (bytes %d to %d of blob %s, which matches its "
-                "own hash)" % (off, off + n, blob),
-            )
-            for k, p, off, n in unmatched
-        ],
-    )
 
 
 # ------------------------------------------------------------------------------ verify
@@ -655,7 +215,7 @@ def verify(
     keys = sorted(set(keys))
 
     # 1. Read and parse every manifest.
-    counter = _Counter(progress, "manifests", len(keys))
+    counter = Counter(progress, "manifests", len(keys))
 
     def read(key: str):
         try:
@@ -670,13 +230,13 @@ def verify(
         if manifest is not None:
             parsed[key] = manifest
     report.manifests = len(parsed) + sum(1 for d in report.damaged if d.reason != UNRECOGNIZED_KEY)
-    uses: dict[str, _Uses] = {}
+    uses: dict[str, Uses] = {}
     for key, m in parsed.items():
         report.files += len(m.files)
         report.logical_bytes += m.size
         for entry in m.files:
             for chunk in entry.chunks:
-                uses.setdefault(chunk.blob, _Uses()).add(key, entry, chunk)
+                uses.setdefault(chunk.blob, Uses()).add(key, entry, chunk)
     report.blobs_referenced = len(uses)
 
     # 2. Which blobs exist (and, from a listing, how big they are).
@@ -692,7 +252,7 @@ def verify(
         present = set(uses)  # reading tells
     else:
         report.blob_check = "exists" if uses else ""
-        counter = _Counter(progress, "blobs", len(uses))
+        counter = Counter(progress, "blobs", len(uses))
 
         def stored(h: str) -> bool:
             try:
@@ -703,7 +263,7 @@ def verify(
         blobs = sorted(uses)
         present = {h for h, ok in zip(blobs, _parallel(stored, blobs, opts.workers)) if ok}
     problems: dict[str, list[str]] = {}
-    findings: list[_SliceFinding] = []
+    findings: list[SliceFinding] = []
 
     # 3. Deep: read every stored, referenced blob back.  Otherwise only the blobs that a slice
     # reaches past (by the listing): only their hash tells a truncated blob from a manifest
@@ -714,12 +274,12 @@ def verify(
         todo = sorted(h for h in present if sizes is not None and uses[h].end > sizes[h])
     if todo:
         total = sum(sizes[h] if sizes is not None else uses[h].end for h in todo)
-        counter = _Counter(progress, "bytes", total)
+        counter = Counter(progress, "bytes", total)
         window = opts.chunk_size + 1  # one request for a whole chunk or pack, and no empty read
         lock = threading.Lock()
 
         def check(h: str) -> None:
-            found, bad, slices = _hash_blob(
+            found, bad, slices = hash_blob(
                 storage, h, uses[h], None if sizes is None else sizes[h], window, counter
             )
             with lock:
@@ -769,7 +329,7 @@ def _unreferenced(
     storage: Storage,
     report: VerifyReport,
     keys: Sequence[str],
-    uses: dict[str, _Uses],
+    uses: dict[str, Uses],
     listed: list[ObjectInfo],
     lease_ttl: Optional[float],
     now: Optional[float],

@@ -1,0 +1,339 @@
+"""A load's destination: what is in the way, temp names and locks, and the final renames.
+
+Everything here happens on the local filesystem a load writes to (:mod:`.download` fetches and
+verifies the bytes):
+
+* :func:`plan` looks at the destination once and raises for anything in the way (a file where
+  the checkpoint has a directory, or the reverse) before anything is changed;
+* each load holds a :class:`Lock` while it has temp files (``.mfckpt-part-<token>-<n>``, names
+  from :mod:`.tempnames`); the next load removes the leftovers of loads that died
+  (:func:`remove_leftovers`, :func:`remove_dead_staging`);
+* :func:`commit_renames` renames every temp file into place and, if a rename fails, puts back
+  what was replaced: a load applies completely or not at all.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import CheckpointConfigError, ManifestError, StorageError
+from .manifest import FileEntry, Manifest, safe_relpath
+from .tempnames import LOCK, PART, PART_PREFIX, STAGING
+
+
+def target_path(dest: str, rel: str, cache: Optional[dict] = None) -> str:
+    """Join a validated manifest path to ``dest``, refusing anything that escapes it.
+
+    ``cache`` memoises resolved parent directories, so a load of many files resolves each
+    directory once; an existing symlink at the final component is still resolved and refused
+    if it points outside ``dest``.
+    """
+    safe_relpath(rel)
+    path = os.path.join(dest, *rel.split("/"))
+    cache = {} if cache is None else cache
+    parent = os.path.dirname(path)
+    for d in (dest, parent):
+        if d not in cache:
+            cache[d] = os.path.realpath(d)
+    root, real_parent = cache[dest], cache[parent]
+    real = os.path.join(real_parent, os.path.basename(path))
+    if os.path.islink(path):
+        real = os.path.realpath(path)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise ManifestError(
+            "Manifest path %r would be written outside %s (through a symlink?); refusing."
+            % (rel, dest)
+        )
+    return path
+
+
+def mode_of(manifest: Manifest, entry: FileEntry) -> int:
+    """The permission bits to give a loaded file: its saved mode within 0o777."""
+    mode = entry.mode
+    if type(mode) is not int or not 0 <= mode <= 0o7777:
+        raise ManifestError(
+            "Checkpoint %s: file %s has the invalid mode %r; refusing to load it."
+            % (manifest.key, entry.path, mode)
+        )
+    return mode & 0o777  # never setuid, setgid or sticky: a checkpoint is data
+
+
+# ------------------------------------------------------------------------ destination planning
+@dataclass
+class Job:
+    """One load's view of its destination, decided before anything is changed."""
+
+    manifest: Manifest
+    dest: str
+    finals: list[str]
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    #: The directory of each final path.
+    parents: list[str] = field(default_factory=list)
+    #: Directories to create, parents first (the destination itself included if missing).
+    make: list[str] = field(default_factory=list)
+    #: Indices of files whose final path exists (replaced; restored if the load fails).
+    replace: set[int] = field(default_factory=set)
+    #: Temp paths of other loads found in the directories listed: token -> paths.
+    leftovers: dict[str, list[str]] = field(default_factory=dict)
+    temps: list[str] = field(default_factory=list)
+    #: Some temp file could not be removed: keep the lock file so a later load removes it.
+    stuck: bool = False
+
+    def __post_init__(self) -> None:
+        # str.rpartition: os.path.dirname per file cost ~1% of a load of many small files.
+        self.parents = [f.rpartition(os.sep)[0] or os.sep for f in self.finals]
+        stem = os.sep + PART_PREFIX + self.token + "-"
+        self.temps = [parent + stem + str(i) for i, parent in enumerate(self.parents)]
+
+    def temp(self, i: int, backup: bool = False) -> str:
+        """Temp name of file ``i`` (or of the backup of what it replaces), beside its target."""
+        if not backup:
+            return self.temps[i]
+        return os.path.join(self.parents[i], "%s%s-b%d" % (PART_PREFIX, self.token, i))
+
+    def write_error(self, exc: OSError, i: Optional[int] = None, path: str = "") -> StorageError:
+        """The error for the destination failing while file ``i`` (or ``path``) is written."""
+        path = path or (self.finals[i] if i is not None else self.dest)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = "the filesystem is full or your disk quota is used up: free space, or load "
+            hint += "into a directory on another filesystem"
+        elif exc.errno == errno.EFBIG:
+            hint = "the file is larger than this filesystem or the process's file size limit "
+            hint += "(ulimit -f) allows"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = "the destination is not writable: check its permissions, or load elsewhere"
+        else:
+            hint = "check the destination filesystem"
+        return StorageError(
+            "Loading checkpoint %s into %s failed writing %s: %s (%s). Nothing was changed in %s."
+            % (self.manifest.key, self.dest, path, exc.strerror or exc, hint, self.dest),
+            key=self.manifest.key,
+            path=path,
+            reason=str(exc.strerror or exc),
+        )
+
+
+def plan(job: Job, dirs: list[str]) -> None:
+    """Fill ``job.make``/``replace``/``leftovers`` from one listing per existing directory, and
+    raise if anything in the destination is in the way.  Changes nothing."""
+    dest = job.dest
+    needed: set[str] = set()
+    for path in set(job.parents).union(dirs):
+        while path != dest and path not in needed:
+            needed.add(path)
+            path = os.path.dirname(path)
+    listing: dict[str, dict[str, os.DirEntry]] = {}
+    state: dict[str, str] = {}
+    conflicts: list[str] = []
+
+    def read(d: str) -> None:
+        try:
+            with os.scandir(d) as it:
+                entries = {e.name: e for e in it}
+        except OSError as exc:
+            raise job.write_error(exc, path=d) from exc
+        listing[d] = entries
+        for name in entries:
+            m = PART.match(name) if name.startswith(PART_PREFIX) else None
+            if m:
+                job.leftovers.setdefault(m.group(1), []).append(os.path.join(d, name))
+
+    if os.path.isdir(dest):
+        state[dest] = "old"
+        read(dest)
+    elif os.path.lexists(dest):
+        raise CheckpointConfigError("Cannot load into %s: it is not a directory." % dest)
+    else:
+        state[dest] = "new"
+        job.make.append(dest)
+    for d in sorted(needed, key=lambda p: p.count(os.sep)):
+        parent = state[os.path.dirname(d)]
+        if parent != "old":
+            state[d] = parent  # below a new directory (or one in the way): nothing to look at
+            if parent == "new":
+                job.make.append(d)
+            continue
+        e = listing[os.path.dirname(d)].get(os.path.basename(d))
+        if e is None:
+            state[d] = "new"
+            job.make.append(d)
+        elif e.is_dir():  # follows a symlink (target_path keeps it inside dest)
+            state[d] = "old"
+            read(d)
+        else:
+            state[d] = "blocked"
+            conflicts.append("%s is a file where the checkpoint has a directory" % d)
+    if "old" not in state.values():
+        return  # every file goes into a new directory: nothing can be in the way
+    for i, final in enumerate(job.finals):
+        parent = job.parents[i]
+        if state[parent] != "old":
+            continue
+        e = listing[parent].get(os.path.basename(final))
+        if e is None:
+            continue
+        if e.is_dir(follow_symlinks=False):
+            conflicts.append("%s is a directory where the checkpoint has a file" % final)
+        else:
+            job.replace.add(i)
+    if conflicts:
+        shown = "; ".join(conflicts[:5])
+        if len(conflicts) > 5:
+            shown += "; and %d more" % (len(conflicts) - 5)
+        raise CheckpointConfigError(
+            "Cannot load checkpoint %s into %s: %d path%s in the way (%s). Nothing was changed. "
+            "Remove or rename them, or load into an empty directory."
+            % (
+                job.manifest.key,
+                dest,
+                len(conflicts),
+                "s are" if len(conflicts) > 1 else " is",
+                shown,
+            )
+        )
+
+
+# ------------------------------------------------------------------------------ load leftovers
+class Lock:
+    """The lock file ``<dest>/.mfckpt-part-<token>`` a load holds (``flock``) while it has temp
+    files; it holds one byte once locked.  A cleaner may remove another load's temp files only
+    while it holds that load's lock and sees the byte, which only happens once the load died
+    (the kernel releases the lock of a killed process)."""
+
+    def __init__(self, dest: str, token: str):
+        self.path = os.path.join(dest, PART_PREFIX + token)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except OSError:
+                return  # no locks on this filesystem (e.g. NFS with nolock): never cleaned up
+            os.write(self.fd, b"1")
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self, keep: bool = False) -> None:
+        """Give up the lock; ``keep`` leaves the lock file, marking temp files this load could
+        not remove (a directory turned read-only) as a dead load's, for the next load to remove.
+        """
+        if self.fd >= 0:
+            if not keep:
+                unlink_quietly(self.path)
+            os.close(self.fd)  # after the unlink: the lock covers the removal
+            self.fd = -1
+
+
+def take_dead_lock(path: str) -> Optional[int]:
+    """A descriptor holding the lock file ``path`` if the load that made it is dead, else None."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None  # no lock here: not provably dead (its load may use another root)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_size > 0:
+            return fd
+    except OSError:
+        pass  # held: that load is running
+    os.close(fd)
+    return None
+
+
+def remove_leftovers(job: Job) -> None:
+    """Remove the temp files of dead loads found while planning (see :class:`Lock`)."""
+    for token, paths in job.leftovers.items():
+        if token == job.token:
+            continue
+        lock_path = os.path.join(job.dest, PART_PREFIX + token)
+        fd = take_dead_lock(lock_path)
+        if fd is None:
+            continue
+        try:
+            for path in paths:
+                if path != lock_path:
+                    unlink_quietly(path)
+            unlink_quietly(lock_path)
+        finally:
+            os.close(fd)
+
+
+def remove_dead_staging(parent: str) -> None:
+    """Remove the staging directories (``.mfckpt-load-*``) in ``parent`` of loads that died.
+
+    A staging directory is removed only when it holds the lock file of a dead load (see
+    :class:`Lock`); one without (killed before its download began) is left alone: scans skip
+    it anyway."""
+    try:
+        with os.scandir(parent) as it:
+            candidates = [
+                e.path for e in it if STAGING.match(e.name) and e.is_dir(follow_symlinks=False)
+            ]
+    except OSError:
+        return
+    for staging in candidates:
+        try:
+            with os.scandir(staging) as it:
+                locks = [e.path for e in it if LOCK.match(e.name)]
+        except OSError:
+            continue
+        for lock in locks:
+            fd = take_dead_lock(lock)
+            if fd is not None:
+                try:
+                    shutil.rmtree(staging, ignore_errors=True)
+                finally:
+                    os.close(fd)
+                break
+
+
+def unlink_quietly(path: str) -> bool:
+    """Remove ``path``; False if it is still there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def commit_renames(job: Job, modes: list[int]) -> None:
+    """Rename every temp file into place; on a failure, put back what was replaced."""
+    i: Optional[int] = None
+    backups: dict[int, str] = {}
+    try:
+        for i, tmp in enumerate(job.temps):
+            os.chmod(tmp, modes[i])
+        # A hard link of each file about to be replaced restores it if a later rename fails.
+        for i in sorted(job.replace):
+            try:
+                os.link(job.finals[i], job.temp(i, backup=True))
+            except FileNotFoundError:
+                continue  # removed meanwhile: nothing to restore
+            backups[i] = job.temp(i, backup=True)
+        renamed: list[int] = []
+        try:
+            for i, tmp in enumerate(job.temps):
+                os.replace(tmp, job.finals[i])
+                renamed.append(i)
+        except OSError:
+            for j in reversed(renamed):
+                try:
+                    if j in backups:
+                        os.replace(backups.pop(j), job.finals[j])
+                    else:
+                        os.unlink(job.finals[j])
+                except OSError:
+                    pass
+            raise
+    except OSError as exc:
+        raise job.write_error(exc, i) from exc
+    finally:
+        job.stuck |= not all([unlink_quietly(b) for b in backups.values()])
