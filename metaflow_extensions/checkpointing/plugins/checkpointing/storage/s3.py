@@ -5,7 +5,8 @@ Metaflow's (``DATATOOLS_CLIENT_PARAMS``, which carries ``METAFLOW_S3_ENDPOINT_UR
 ``METAFLOW_S3_VERIFY_CERTIFICATE``; ``DATATOOLS_SESSION_VARS``; ``S3_SERVER_SIDE_ENCRYPTION``;
 and Metaflow's AWS client provider for credentials, sandbox and custom providers), so every
 store a flow, the client or the CLI opens honours them.  Without a config, plain boto3 defaults
-apply.
+apply.  :mod:`.s3_config` holds what a store is handed, :mod:`.s3_errors` how its errors are
+told apart.
 
 boto3 is imported only when the first client is created: this module can be imported while
 ``import metaflow`` runs, which must stay free of boto3.
@@ -16,15 +17,12 @@ from __future__ import annotations
 import importlib.util
 import io
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 from ..errors import CheckpointConfigError, StorageError
 from .base import (
     LIST_HINT,
-    NOT_FOUND,
-    PERMANENT,
     TRANSIENT,
     Buffer,
     ObjectInfo,
@@ -32,28 +30,8 @@ from .base import (
     Storage,
     default_workers,
 )
-
-# S3 error codes worth another try (throttling, server-side trouble, timeouts).
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "InternalError",
-        "ServiceUnavailable",
-        "PriorRequestNotComplete",
-        "OperationAborted",
-    }
-)
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+from .s3_config import ClientFactory, S3Config, boto3_client, parse_s3_url
+from .s3_errors import NOT_FOUND_CODES, classify, error_code
 
 
 class _BufferReader(io.RawIOBase):
@@ -90,89 +68,6 @@ class _BufferReader(io.RawIOBase):
         chunk = bytes(self._view[self._pos : end])
         self._pos += len(chunk)
         return chunk
-
-
-def _error_code(exc: BaseException) -> tuple[str, int]:
-    """(error code, HTTP status) of a botocore ClientError, ("", 0) for anything else."""
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return "", 0
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-    return code, int(status)
-
-
-def boto3_client(
-    service: str,
-    role_arn: Optional[str] = None,
-    session_vars: Optional[Mapping] = None,
-    client_params: Optional[Mapping] = None,
-) -> Any:
-    """A client from a plain boto3 session: the :class:`S3Config` default (no Metaflow).
-
-    Raises
-    ------
-    CheckpointConfigError
-        If ``role_arn`` is given: assuming a role needs a client factory that can (Metaflow's,
-        which ``common.settings.s3_config`` hands over).
-    """
-    if role_arn:
-        raise CheckpointConfigError(
-            "Assuming the role %s needs a client factory that can: open the store through "
-            "common.settings (which uses Metaflow's AWS client provider) or pass "
-            "S3Config(client_factory=...)." % role_arn
-        )
-    import boto3
-
-    session = boto3.session.Session(**dict(session_vars or {}))
-    return session.client(service, **dict(client_params or {}))
-
-
-#: ``factory(service, role_arn=..., session_vars=..., client_params=...) -> client``, as
-#: Metaflow's ``get_aws_client``; module-level functions keep a store picklable.
-ClientFactory = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class S3Config:
-    """What an S3 store takes from its environment (``common.settings.s3_config`` fills it
-    from Metaflow's settings).
-
-    Attributes
-    ----------
-    client_params : mapping
-        boto3 client arguments (``endpoint_url``, ``verify``, ``config``...): Metaflow's
-        ``DATATOOLS_CLIENT_PARAMS``.  A store's own ``client_params`` are merged over them.
-    session_vars : mapping
-        boto3 session arguments: Metaflow's ``DATATOOLS_SESSION_VARS``.
-    server_side_encryption : str, optional
-        ``ServerSideEncryption`` of every put (``METAFLOW_S3_SERVER_SIDE_ENCRYPTION``).
-    client_factory : callable
-        Builds the client (:data:`ClientFactory`); default :func:`boto3_client`, Metaflow's
-        ``get_aws_client`` when filled from Metaflow (its credential providers apply).
-    """
-
-    client_params: Mapping = field(default_factory=dict)
-    session_vars: Mapping = field(default_factory=dict)
-    server_side_encryption: Optional[str] = None
-    client_factory: ClientFactory = boto3_client
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """Split ``s3://bucket/prefix`` into ``(bucket, prefix)`` (prefix without edge slashes).
-
-    Raises
-    ------
-    CheckpointConfigError
-        If ``url`` is not an ``s3://`` URL with a bucket name.
-    """
-    scheme, sep, rest = url.partition("://")
-    bucket, _, prefix = rest.partition("/")
-    if not sep or scheme.lower() != "s3" or not bucket:
-        raise CheckpointConfigError(
-            "Invalid S3 checkpoint root %r: expected s3://<bucket>[/<prefix>]." % url
-        )
-    return bucket, prefix.strip("/")
 
 
 class S3Storage(Storage):
@@ -307,7 +202,7 @@ class S3Storage(Storage):
         for _ in range(3):
             if seen is None:
                 break
-            if _error_code(seen)[0] == "NoSuchBucket":
+            if error_code(seen)[0] == "NoSuchBucket":
                 raise self._no_such_bucket(seen) from exc
             seen = seen.__cause__ or seen.__context__
 
@@ -318,7 +213,7 @@ class S3Storage(Storage):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
-            code, status = _error_code(exc)
+            code, status = error_code(exc)
             if code in ("404", "NoSuchBucket", "NotFound") or status == 404:
                 raise self._no_such_bucket(exc) from exc
             if self._classify(exc) == TRANSIENT:
@@ -369,7 +264,7 @@ class S3Storage(Storage):
             try:
                 self.client.head_object(**args)
             except Exception as exc:
-                if _error_code(exc)[1] == 404:
+                if error_code(exc)[1] == 404:
                     self._verify_bucket()
                 raise
             return b""
@@ -380,7 +275,7 @@ class S3Storage(Storage):
             response = self.client.get_object(**args)
         except Exception as exc:
             self._check_error(exc)
-            if _error_code(exc)[0] == "InvalidRange":
+            if error_code(exc)[0] == "InvalidRange":
                 return b""  # start at or past the end (or an empty object): like a file read
             raise
         with response["Body"] as body:
@@ -394,7 +289,7 @@ class S3Storage(Storage):
                 self.bucket, self._key(key), local_path, Config=self._transfer_config
             )
         except Exception as exc:
-            if _error_code(exc)[1] == 404:
+            if error_code(exc)[1] == 404:
                 self._verify_bucket()
             raise
 
@@ -403,8 +298,8 @@ class S3Storage(Storage):
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except Exception as exc:
-            code, status = _error_code(exc)
-            if code in _NOT_FOUND_CODES or status == 404:
+            code, status = error_code(exc)
+            if code in NOT_FOUND_CODES or status == 404:
                 self._verify_bucket()
                 return False
             raise
@@ -469,38 +364,7 @@ class S3Storage(Storage):
 
     # ------------------------------------------------------------------ errors
     def _classify(self, exc: BaseException) -> str:
-        name = type(exc).__name__
-        if name == "S3UploadFailedError":  # boto3 wraps the ClientError of upload_file
-            inner = exc.__cause__ or exc.__context__
-            return self._classify(inner) if inner is not None else PERMANENT
-        if name == "RetriesExceededError":  # download_file after s3transfer's own retries
-            return TRANSIENT
-        code, status = _error_code(exc)
-        if code or status:
-            if code in _NOT_FOUND_CODES:
-                return NOT_FOUND
-            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                return TRANSIENT
-            return PERMANENT  # AccessDenied, NoSuchBucket, InvalidAccessKeyId, ...
-        try:
-            from botocore import exceptions as bex
-        except ImportError:  # pragma: no cover - boto3 is checked at construction
-            bex = None
-        if bex is not None:
-            if isinstance(exc, bex.SSLError):
-                # A certificate that fails verification will fail again.
-                return PERMANENT if "CERTIFICATE_VERIFY_FAILED" in str(exc) else TRANSIENT
-            if isinstance(
-                exc,
-                (
-                    bex.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, proxy
-                    bex.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, streaming
-                    bex.IncompleteReadError,
-                ),
-            ):
-                return TRANSIENT
-        if type(exc).__module__.startswith("urllib3"):
-            return TRANSIENT
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return TRANSIENT
-        return PERMANENT
+        return classify(exc)
+
+
+__all__ = ["ClientFactory", "S3Config", "S3Storage", "boto3_client", "parse_s3_url"]
