@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from metaflow._vendor import click
 
+from ..core.layout import mentions_manifests
 from .output import one_line
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class CliContext:
 def _is_run_reference(text: str) -> bool:
     """True for ``Flow[/run[/step[/task]]]``: not a name, a manifest key or a store URL."""
     text = text.strip()
-    return "/" in text and not text.startswith("manifests/") and "/manifests/" not in text
+    return "/" in text and not mentions_manifests(text)
 
 
 # ---------------------------------------------------------------------------------- groups

@@ -1,7 +1,7 @@
 """How the ``checkpoint`` commands print: tables, labels of checkpoints, JSON, progress bars.
 
 Shared by every command module; it knows nothing about commands or the client (only click and
-the fields of a :class:`~..common.reference.CheckpointReference`).
+the fields of a :class:`~..common.reference.CheckpointReference` and the key layout).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from metaflow._vendor import click
 
 from ..common.reference import CheckpointReference
+from ..core.layout import split_manifest_key
 
 #: Metadata fields shown per row of ``list`` (the rest is summarised as "+N").
 TABLE_METADATA_FIELDS = 3
@@ -28,12 +29,12 @@ def version(ref: CheckpointReference) -> str:
     """The version id of a checkpoint: the ``<id>`` field of its manifest file name.
 
     Key file names are ``<created>-<attempt>-<seq>-<L|N>-<id>-<name>.json`` (names may contain
-    '-', ids never do).
+    '-', ids never do); :func:`..core.layout.split_manifest_key` reads them.
     """
     if ref.get("version"):
         return ref["version"]
-    stem = ref.key.rsplit("/", 1)[-1][: -len(".json")]
-    return stem.split("-", 5)[4]
+    key = split_manifest_key(ref.key)
+    return key.id if key is not None else ""
 
 
 def reference_label(ref: CheckpointReference) -> str:
