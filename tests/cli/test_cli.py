@@ -287,6 +287,11 @@ def test_runs_are_read_from_the_store_their_tasks_used(flow_env):
     assert task.startswith("%s/%s/train/" % (FLOW, run))
     cli(env, tmp, "load", task, tmp / "out", flow=True)
     assert tree(tmp / "out") == {"nested/epoch.txt": b"2", "weights.bin": weights(2)}
+    # An alias of the flow names the run's checkpoints too: resolved in the store they are in.
+    last = next(r for r in listed if r["latest"])
+    for flow_cli in (True, False):
+        shown = cli(env, tmp, "show", FLOW + "@last", "--json", flow=flow_cli).json()
+        assert (shown["key"], shown["root"]) == (last["key"], str(custom))
     assert not (tmp / ".metaflow" / "mf.checkpointing").exists()
 
 

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from metaflow._vendor import click
 
-from ..core.layout import mentions_manifests
 from .output import one_line
 
 if TYPE_CHECKING:
@@ -73,26 +72,43 @@ class CliContext:
     def run_client(self) -> Checkpoint:
         """A client for flows, runs and tasks: each run's store is the one its tasks recorded
         (only ``--root`` overrides it)."""
-        from ..client.checkpoint import Checkpoint
-
-        return Checkpoint(root=self.root)
+        return _cli_client(self.root)
 
     def store_client(self) -> Checkpoint:
         """A client for named checkpoints, uploads and bare keys: the store of ``--root``, else
         the flow's datastore (flow CLI), else the default datastore."""
-        from ..client.checkpoint import Checkpoint
-
-        return Checkpoint(root=self.root or self.flow_store_root)
+        return _cli_client(self.root or self.flow_store_root)
 
     def client_for(self, reference: str) -> Checkpoint:
-        """The client that resolves ``reference`` (a task pathspec, name, key or URL)."""
-        return self.run_client() if _is_run_reference(reference) else self.store_client()
+        """The client that resolves ``reference``: the run client for what names a run's
+        checkpoints (a task, ``Flow[/...]@alias``), else the store client (names, keys, URLs).
+        Parsed by the one reference parser; a malformed reference goes to the store client,
+        whose resolution raises the parser's error."""
+        from ..common.refspec import parse
+        from ..errors import CheckpointConfigError
+
+        try:
+            spec = parse(reference)
+        except CheckpointConfigError:
+            return self.store_client()
+        if spec.kind == "task" or (spec.kind == "alias" and spec.target is not None):
+            return self.run_client()
+        if spec.kind == "alias" and spec.name is not None:
+            # One word before '@': a flow's checkpoints if Metaflow knows that flow.
+            from ..client.view import flow_exists
+
+            return self.run_client() if flow_exists(spec.name) else self.store_client()
+        return self.store_client()
 
 
-def _is_run_reference(text: str) -> bool:
-    """True for ``Flow[/run[/step[/task]]]``: not a name, a manifest key or a store URL."""
-    text = text.strip()
-    return "/" in text and not mentions_manifests(text)
+def _cli_client(root: Optional[str]) -> Checkpoint:
+    """A client that records "cli" as the origin of what it publishes."""
+    from ..client.checkpoint import Checkpoint
+
+    class CliCheckpoint(Checkpoint):
+        _origin = "cli"
+
+    return CliCheckpoint(root=root)
 
 
 # ---------------------------------------------------------------------------------- groups

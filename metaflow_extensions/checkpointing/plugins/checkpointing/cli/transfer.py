@@ -61,7 +61,6 @@ def upload(ctx: CliContext, path: str, name: str, metadata_json: Optional[str]) 
     """
     metadata = _parse_metadata(metadata_json)
     client = ctx.store_client()
-    client._origin = "cli"  # recorded in the version's publisher
     total = source_bytes(path)
     with progress_bar("Uploading %s" % human_size(total), total) as progress:
         ref = client.save(path, name=name, metadata=metadata, progress=progress)

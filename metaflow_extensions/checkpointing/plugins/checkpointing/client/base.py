@@ -23,6 +23,10 @@ from ..task.context import TaskContext
 class ClientBase:
     """State and helpers of a ``Checkpoint`` client (see ``Checkpoint`` for the parameters)."""
 
+    #: Recorded as the origin of the named checkpoints this client publishes (the CLI's
+    #: subclass says "cli").
+    _origin = "client"
+
     def __init__(
         self,
         root: Optional[str] = None,
@@ -33,8 +37,6 @@ class ClientBase:
         self._stores: dict[str, CheckpointStore] = {}
         self._task = TaskContext.from_env() if root is None else None
         self._own_dir: Optional[str] = None
-        # Recorded as the origin of the named checkpoints this object publishes (CLI: "cli").
-        self._origin = "client"
         if init_dir:
             parent = temp_dir_root or (self._task.temp_dir_root if self._task else None)
             if parent:

@@ -37,12 +37,16 @@ class ClientView:
         return self._client._headers(target.pathspec)
 
     def is_flow(self, word: str) -> bool:
-        """Whether Metaflow knows a flow named ``word``."""
-        from metaflow import Flow
-        from metaflow.exception import MetaflowNotFound
+        return flow_exists(word)
 
-        try:
-            Flow(word)
-            return True
-        except MetaflowNotFound:
-            return False
+
+def flow_exists(word: str) -> bool:
+    """Whether Metaflow's client knows a flow named ``word``."""
+    from metaflow import Flow
+    from metaflow.exception import MetaflowNotFound
+
+    try:
+        Flow(word)
+        return True
+    except MetaflowNotFound:
+        return False
