@@ -21,6 +21,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import C
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,
     CheckpointInterrupted,
+    StorageError,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import (
@@ -90,6 +91,71 @@ def test_a_signal_during_a_blocking_save_is_handled_right_after_it_commits(tmp_p
     finally:
         parts.interrupts.restore()
     assert signal.getsignal(sig) is before
+
+
+class SignalThenFail(SignalDuringCommit):
+    """Sends ``signum`` while writing the first manifest, then fails that write: the save in
+    progress when the signal arrives fails (a full disk, a store that went away)."""
+
+    def _put_bytes(self, key, data):
+        if is_manifest_key(key) and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+            raise StorageError("disk full", key=key)
+        super()._put_bytes(key, data)
+
+
+@pytest.mark.parametrize("gang", [False, True], ids=["save", "gang-save"])
+def test_a_signal_during_a_blocking_save_that_fails_still_stops_the_task(tmp_path, gang):
+    """The deferred signal is delivered even when the save it waited for fails: user code that
+    catches the save's error (StorageError) must not train on until SIGKILL.  The task stops
+    with CheckpointInterrupted, chained from the save's error and naming it."""
+    storage = SignalThenFail(str(tmp_path / "store"), signal.SIGTERM)
+    store = CheckpointStore(storage, options())
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "state.txt").write_text("epoch 3")
+    parts = build(
+        store,
+        make_scope(),
+        str(directory),
+        settings=SETTINGS,
+        log=lambda m: None,
+        rank=0 if gang else None,
+        world=lambda: 1,
+    )
+    calls: list[str] = []
+    parts.runtime.on_interrupt(lambda: calls.append("callback"))
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted, match="SIGTERM.*failed: StorageError: disk full"):
+            try:
+                parts.runtime.save(metadata={"epoch": 3})
+            except StorageError:  # what a training loop that retries failed saves does
+                pytest.fail("the save's error hid the SIGTERM that arrived during it")
+        assert storage.sent and calls == ["callback"]
+        assert not parts.runtime.list()  # the failed save committed nothing
+    finally:
+        parts.interrupts.restore()
+
+
+def test_an_interrupted_failed_save_is_chained_from_its_error(tmp_path):
+    storage = SignalThenFail(str(tmp_path / "store"), signal.SIGINT)
+    parts = build(
+        CheckpointStore(storage, options()),
+        make_scope(),
+        str(tmp_path),
+        settings=SETTINGS,
+        log=lambda m: None,
+    )
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted) as info:
+            parts.runtime.save()
+    finally:
+        parts.interrupts.restore()
+    assert isinstance(info.value.__cause__, StorageError)
+    assert info.value.__cause__.message == "disk full"
 
 
 def test_a_signal_during_the_final_save_after_a_failure_does_not_stop_it(tmp_path):

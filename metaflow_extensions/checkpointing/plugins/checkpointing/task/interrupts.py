@@ -4,7 +4,8 @@ On the first signal: run the ``on_interrupt`` callbacks, save the checkpoint dir
 ``@checkpoint(save_on_interrupt=True)``, wait for pending background saves, then raise
 :class:`CheckpointInterrupted` so the attempt fails and ``@retry`` (or ``resume``) continues
 from the committed checkpoint.  A signal that arrives during a blocking save is handled once
-that save has committed.  Further signals while this runs are ignored.
+that save has committed, or failed (then :class:`CheckpointInterrupted` is chained from the
+save's error).  Further signals while this runs are ignored.
 
 :class:`Interrupts` owns all of that state (the signal received, whether it is being handled,
 how many blocking saves are running, the callbacks); what a signal commits is asked of an
@@ -100,17 +101,46 @@ class Interrupts:
         self._busy += 1
         try:
             yield
-        finally:
+        except BaseException as failure:
+            # The save failed: the signal must still stop the task (user code that catches the
+            # save's error would otherwise train on until SIGKILL), with the failure as cause.
             self._busy -= 1
-        if deliver and self._received is not None and not self._busy and not self._handling:
+            if self._pending(deliver):
+                self._deliver(failure)
+            raise
+        self._busy -= 1
+        if self._pending(deliver):
+            self._deliver(None)
+
+    def _pending(self, deliver: bool) -> bool:
+        """A signal deferred by a blocking save is now due (no save left in progress)."""
+        return deliver and self._received is not None and not self._busy and not self._handling
+
+    def _deliver(self, failure: Optional[BaseException]) -> None:
+        """Handle the deferred signal; after a failed save, chained from its error."""
+        assert self._received is not None
+        if failure is None:
             self.handle(self._received)
+            return
+        try:
+            self.handle(self._received, failed_save=failure)
+        except CheckpointInterrupted as interrupted:
+            raise interrupted from failure
 
     # ------------------------------------------------------------------ handling
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.handle(signum)
 
-    def handle(self, signum: int) -> None:
+    def handle(self, signum: int, failed_save: Optional[BaseException] = None) -> None:
         """The signal handler's body: see the module docstring.
+
+        Parameters
+        ----------
+        signum : int
+            The signal received.
+        failed_save : BaseException, optional
+            The error of the blocking save the signal waited for, when that save failed (named
+            in the :class:`CheckpointInterrupted` message).
 
         Raises
         ------
@@ -141,13 +171,21 @@ class Interrupts:
                 log("[@checkpoint] The final save failed: %s" % exc.message)
         target.flush(raise_errors=False)
         raise CheckpointInterrupted(
-            "Task %s received %s%s; pending saves were committed first."
+            "Task %s received %s%s; pending saves were committed first%s."
             % (
                 target.scope.pathspec,
                 name,
                 " and saved checkpoint %s" % saved.key if saved is not None else "",
+                "; the save in progress when it arrived failed: %s" % _describe(failed_save)
+                if failed_save is not None
+                else "",
             )
         )
+
+
+def _describe(error: BaseException) -> str:
+    message = getattr(error, "message", None) or str(error)
+    return "%s: %s" % (type(error).__name__, message) if message else type(error).__name__
 
 
 def _restore(previous: dict) -> None:
