@@ -5,6 +5,7 @@ values (``common/access.py``): what ``Checkpoint().load``, ``current.checkpoint.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,78 @@ def test_a_reference_without_its_root_says_so(saved):
     ref = CheckpointReference(key=m.key)
     with pytest.raises(CheckpointConfigError, match="has no 'root'"):
         ref.files  # noqa: B018
+
+
+# ------------------------------------------------------------------------------ targets as spelled
+# A user's target directory reaches core/loading.py through Checkpoint().load (client) and
+# current.checkpoint.load (a task's runtime, built as the task builds it): both must treat it
+# alike.  Each loader takes (store, manifest, path) and returns what load() returned.
+def _client_load(store: CheckpointStore, m, path):
+    from metaflow import Checkpoint
+
+    return Checkpoint(root=store.url).load(m.key, path)
+
+
+def _task_load(store: CheckpointStore, m, path):
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import (
+        build_runtime,
+    )
+
+    directory = os.path.join(store.url, os.pardir, "task-dir")
+    os.makedirs(directory, exist_ok=True)
+    runtime = build_runtime(store, make_scope(), directory, log=lambda msg: None)
+    return runtime.load(m.key, path)
+
+
+LOADERS = {"client": _client_load, "task": _task_load}
+
+
+@pytest.fixture(params=sorted(LOADERS))
+def loader(request):
+    return LOADERS[request.param]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077, 0o027], ids=oct)
+def test_a_new_directory_gets_the_mode_the_umask_gives(saved, tmp_path, loader, umask):
+    """As ``os.makedirs`` would create it (was: 0o700 whatever the umask, from mkdtemp)."""
+    store, m = saved
+    target = tmp_path / "out" / "model"
+    previous = os.umask(umask)
+    try:
+        loader(store, m, str(target))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777 & ~umask
+    assert names(target) == LOADED
+
+
+def test_a_dangling_symlink_target_is_refused_naming_it(saved, tmp_path, loader):
+    """A link to a directory that does not exist: a config error naming both, nothing written
+    (was: a raw NotADirectoryError from the rename, after the download)."""
+    store, m = saved
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(CheckpointConfigError) as err:
+        loader(store, m, str(out / "model"))
+    assert "%s: it is a symbolic link to %s" % (out / "model", tmp_path / "nowhere") in str(
+        err.value
+    )
+    assert os.listdir(out) == ["model"] and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("spell", [os.fsencode, Path, str], ids=["bytes", "pathlib", "str"])
+def test_a_target_path_of_any_os_type_loads(saved, tmp_path, loader, spell):
+    """str, bytes (was: a raw TypeError from a regex) and os.PathLike load alike; the
+    returned path is a str."""
+    store, m = saved
+    target = tmp_path / "out" / "model"
+    assert loader(store, m, spell(str(target))) == str(target)
+    assert names(target) == LOADED
+
+
+@pytest.mark.parametrize("bad", [3, 2.5, ["a"]], ids=["int", "float", "list"])
+def test_a_target_that_is_no_path_is_a_config_error(saved, tmp_path, loader, bad):
+    store, m = saved
+    with pytest.raises(CheckpointConfigError, match="a target directory is a path"):
+        loader(store, m, bad)

@@ -22,8 +22,8 @@ next load beside them (:func:`.download.remove_dead_staging`).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from typing import Optional
 
 from ..errors import CheckpointConfigError
@@ -91,7 +91,19 @@ def check_target(path: str, existing: str = REFUSE) -> str:
     """
     if existing not in (REFUSE, MERGE, REPLACE):
         raise ValueError("existing=%r: use 'refuse', 'merge' or 'replace'" % (existing,))
-    target = os.path.abspath(os.fspath(path))
+    try:
+        # A bytes path is decoded as the OS would (every name below is then a str).
+        target = os.path.abspath(os.fsdecode(os.fspath(path)))
+    except TypeError:
+        raise CheckpointConfigError(
+            "Cannot load into %r: a target directory is a path (str, bytes or os.PathLike)."
+            % (path,)
+        ) from None
+    if os.path.islink(target) and not os.path.exists(target):
+        raise CheckpointConfigError(
+            "Cannot load into %s: it is a symbolic link to %s, which does not exist; create "
+            "that directory or remove the link." % (target, os.readlink(target))
+        )
     if os.path.exists(target) and not os.path.isdir(target):
         raise CheckpointConfigError("Cannot load into %s: it is a file, not a directory." % target)
     # Leftovers of a killed load do not make a directory non-empty (the load removes them).
@@ -104,10 +116,20 @@ def check_target(path: str, existing: str = REFUSE) -> str:
 
 
 def _staging(parent: str) -> str:
-    """A new staging directory in ``parent``, after removing those of killed loads."""
+    """A new staging directory in ``parent``, after removing those of killed loads.
+
+    Created with the mode ``os.makedirs`` gives (``0o777`` less the umask), not
+    ``tempfile.mkdtemp``'s ``0o700``: a load into a new directory renames this one into place,
+    so its mode is the loaded directory's."""
     os.makedirs(parent, exist_ok=True)
     remove_dead_staging(parent)
-    return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
+    while True:
+        staging = os.path.join(parent, STAGING_PREFIX + secrets.token_hex(4))
+        try:
+            os.mkdir(staging)
+            return staging
+        except FileExistsError:  # a name another load drew: draw again
+            continue
 
 
 def _into_new(
