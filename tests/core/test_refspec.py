@@ -7,6 +7,7 @@ hypothesis property checks that generated specs survive spec -> text -> parse.
 
 from __future__ import annotations
 
+import os
 import types
 
 import pytest
@@ -22,6 +23,10 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.common.refspec impo
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import manifest_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import (
+    normalize_root,
+    same_root,
+)
 
 from .helpers import make_scope
 
@@ -39,6 +44,17 @@ SPELLINGS = [
     ({"key": KEY}, RefSpec("key", key=KEY)),
     ({"key": KEY, "root": "s3://b/c/"}, RefSpec("key", key=KEY, root="s3://b/c")),
     ({"key": KEY, "root": None}, RefSpec("key", key=KEY)),
+    # Every spelling of one root is one value (storage.factory.normalize_root).
+    ("/data/store//" + KEY, RefSpec("key", key=KEY, root="/data/store")),
+    ("/data/store/./" + KEY, RefSpec("key", key=KEY, root="/data/store")),
+    ("/data/x/../store/" + KEY, RefSpec("key", key=KEY, root="/data/store")),
+    ("file:///data/store/" + KEY, RefSpec("key", key=KEY, root="/data/store")),
+    ("rel/store/" + KEY, RefSpec("key", key=KEY, root=os.path.abspath("rel/store"))),
+    ({"key": KEY, "root": "/data/store/"}, RefSpec("key", key=KEY, root="/data/store")),
+    ({"key": KEY, "root": "file:///data/store"}, RefSpec("key", key=KEY, root="/data/store")),
+    ({"key": KEY, "root": "../store"}, RefSpec("key", key=KEY, root=os.path.abspath("../store"))),
+    ("s3://bucket/ckpt//" + KEY, RefSpec("key", key=KEY, root="s3://bucket/ckpt")),
+    ({"key": KEY, "root": "s3://b//c//"}, RefSpec("key", key=KEY, root="s3://b/c")),
     ("TrainFlow/100/train/7", RefSpec("task", target=TASK)),
     ("/TrainFlow/100/train/7/", RefSpec("task", target=TASK)),
     (types.SimpleNamespace(pathspec="TrainFlow/100/train/7"), RefSpec("task", target=TASK)),
@@ -54,6 +70,12 @@ SPELLINGS = [
     ("resnet50@last", RefSpec("alias", name="resnet50", alias=Alias())),
     ("resnet50@best:acc:max", RefSpec("alias", name="resnet50", alias=Alias("acc", "max"))),
     ("TrainFlow@last", RefSpec("alias", name="TrainFlow", alias=Alias())),
+    # A trailing slash: always the flow, never a named checkpoint.
+    ("TrainFlow/@last", RefSpec("alias", target=Target("TrainFlow"), alias=Alias())),
+    (
+        "TrainFlow/@best:x:max",
+        RefSpec("alias", target=Target("TrainFlow"), alias=Alias("x", "max")),
+    ),
     ("TrainFlow/100@best:x", RefSpec("alias", target=Target("TrainFlow", "100"), alias=Alias("x"))),
     (
         "TrainFlow/100/train@last",
@@ -157,11 +179,7 @@ specs = st.one_of(
         st.just("") | st.from_regex(r"[0-9a-f]{1,16}", fullmatch=True),
     ),
     st.builds(lambda a: RefSpec("alias", alias=a), _aliases),
-    st.builds(
-        lambda t, a: RefSpec("alias", target=t, alias=a),
-        _targets.filter(lambda t: t.run is not None),
-        _aliases,
-    ),
+    st.builds(lambda t, a: RefSpec("alias", target=t, alias=a), _targets, _aliases),
     st.builds(lambda n, a: RefSpec("alias", name=n, alias=a), _word, _aliases),
 )
 
@@ -181,3 +199,48 @@ def test_any_text_parses_or_is_a_config_error(text):
     except CheckpointConfigError:
         return
     assert spec.kind in (refspec.KEY, refspec.TASK, refspec.NAMED, refspec.ALIAS)
+
+
+# ------------------------------------------------------------------------------ roots
+#: Pairs of spellings of one store: a local root by its absolute path, any other URL without
+#: empty path components; ``same_root`` is what a task's views compare with.
+SAME_ROOT = [
+    ("/a/b", "/a/b/"),
+    ("/a/b", "/a//b"),
+    ("/a/b", "/a/./b"),
+    ("/a/b", "/a/c/../b"),
+    ("/a/b", "file:///a/b"),
+    ("/a/b", "file://localhost/a/b/"),
+    ("rel/x", os.path.abspath("rel/x")),
+    ("s3://bkt/p", "s3://bkt/p/"),
+    ("s3://bkt/p", "s3://bkt//p"),
+    ("s3://bkt/p", "S3://bkt/p"),
+    ("gs://bkt/p/q", "gs://bkt/p//q/"),
+    ("memory://x", "memory://x/"),
+]
+OTHER_ROOT = [
+    ("/a/b", "/a/c"),
+    ("/a/b", "/a/b/c"),
+    ("s3://bkt/p", "s3://bkt/q"),
+    ("s3://bkt/p", "/bkt/p"),
+    ("s3://bkt/p", "gs://bkt/p"),
+    ("s3://bkt/p/..", "s3://bkt"),  # an object store's key has no '..'
+    ("memory://x", "memory://y"),
+]
+
+
+@pytest.mark.parametrize("a,b", SAME_ROOT, ids=["%s=%s" % p for p in SAME_ROOT])
+def test_spellings_of_one_root_are_one_store(a, b):
+    assert normalize_root(a) == normalize_root(b)
+    assert same_root(a, b) and same_root(b, a)
+
+
+@pytest.mark.parametrize("a,b", OTHER_ROOT, ids=["%s!=%s" % p for p in OTHER_ROOT])
+def test_other_roots_are_other_stores(a, b):
+    assert not same_root(a, b) and not same_root(b, a)
+
+
+def test_a_local_root_through_a_symlink_is_the_same_store(tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "store")
+    assert same_root(str(tmp_path / "link"), str(tmp_path / "store") + "/")

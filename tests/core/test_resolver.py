@@ -1,5 +1,6 @@
 """The resolver's rules that the flow table (tests/integration/test_resolver.py) does not reach:
-a task's view of other flows in its namespace, ties, and the models' view (memory store)."""
+what one word before '@' means for every view, ties, the messages, a task's own store however
+it is spelled, and the models' view (memory and local stores)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.promotions imp
     publisher_record,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import library_scope
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,
     CheckpointNotFound,
     CheckpointScopeError,
 )
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.view import NamesView, TaskView
 
-from .helpers import make_scope, write_tree
+from .helpers import make_scope, options, write_tree
 
 ME = make_scope(flow="TrainFlow", run="100", task="7")
 OTHER_FLOW = make_scope(flow="EvalFlow", run="5", step="score", task="1")
@@ -54,18 +57,112 @@ def label(result) -> str:
     return result[1].metadata["label"]
 
 
-def test_a_task_knows_another_flow_by_its_checkpoints_in_its_namespace(store, saved):
-    """``EvalFlow@last`` in a TrainFlow task: EvalFlow has checkpoints in the task's namespace,
-    so it is a flow (before the named checkpoint of the same name); its load is then refused by
-    the scope check unless namespace_check=False."""
-    view = TaskView(store, ME, reader=ME.namespace)
-    found = resolve("EvalFlow@last", view)
+def views(store) -> dict:
+    """Every view a task-side caller resolves with: tasks of three flows and namespaces (one
+    of them EvalFlow's own task), with and without the namespace check, and the models'."""
+    return {
+        "TrainFlow task": TaskView(store, ME, reader=ME.namespace),
+        "EvalFlow task": TaskView(store, OTHER_FLOW, reader=OTHER_FLOW.namespace),
+        "bob's task": TaskView(store, OTHER_NS, reader=OTHER_NS.namespace),
+        "no namespace check": TaskView(store, ME, other_stores=True, reader=None),
+        "models": NamesView(store, ME.namespace),
+    }
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["EvalFlow@last", "EvalFlow@latest", "EvalFlow", "EvalFlow@best:w:max"],
+)
+def test_one_word_before_the_at_is_the_named_checkpoint_for_every_caller(store, saved, spelling):
+    """The store holds a checkpoint named 'EvalFlow' and a flow EvalFlow has checkpoints:
+    the named one wins whoever asks (was: the flow for a TrainFlow task, which sees EvalFlow's
+    checkpoints in its namespace, and for EvalFlow's own task; the named one for bob's task and
+    the models' view)."""
+    got = {}
+    for who, view in views(store).items():
+        try:
+            got[who] = label(resolve(spelling, view))
+        except (CheckpointNotFound, CheckpointScopeError) as exc:
+            got[who] = exc.message
+    want = "named"
+    if spelling.endswith("best:w:max"):
+        want = (
+            "No version of the named checkpoint 'EvalFlow' has a numeric metadata field 'w' "
+            "(fields seen: label)."
+        )
+    wants = {who: want for who in got}
+    # Bob's namespace does not trust alice's version: refused as the named checkpoint it is.
+    assert got.pop("bob's task").startswith(
+        "No version of 'EvalFlow' was published from namespace user:bob"
+    )
+    del wants["bob's task"]
+    assert got == wants
+
+
+def test_a_trailing_slash_makes_the_word_a_flow(store, saved):
+    """``EvalFlow/@last``: the flow, named checkpoint or not; a task's load of it is then
+    refused by the scope check unless namespace_check=False."""
+    found = resolve("EvalFlow/@last", TaskView(store, ME, reader=ME.namespace))
     assert label(found) == "eval-0"
     with pytest.raises(CheckpointScopeError, match="belongs to flow 'EvalFlow', not 'TrainFlow'"):
         check_scope(found[1], ME)
-    # A flow with checkpoints only in another namespace is not one the task can see.
-    with pytest.raises(CheckpointNotFound, match="No checkpoint named 'ShyFlow'"):
+    assert label(resolve("EvalFlow/@best:acc:max", views(store)["EvalFlow task"])) == "eval-0"
+    with pytest.raises(CheckpointConfigError, match="takes named checkpoints"):
+        resolve("EvalFlow/@last", views(store)["models"])
+
+
+def test_a_word_no_checkpoint_is_named_after_is_the_flow(store, saved):
+    """No checkpoint named 'TrainFlow': ``TrainFlow@...`` is the flow's checkpoints."""
+    view = TaskView(store, ME, reader=ME.namespace)
+    assert label(resolve("TrainFlow@last", view)) == "me-1"
+    assert label(resolve("TrainFlow@best:acc:max", view)) == "me-1"
+    # The models' view takes names only: the flow's checkpoints are not for it.
+    with pytest.raises(CheckpointConfigError, match="takes named checkpoints"):
+        resolve("TrainFlow@last", views(store)["models"])
+
+
+def test_a_word_that_is_neither_says_both(store, saved):
+    """ShyFlow has checkpoints only in another namespace: neither a named checkpoint nor a flow
+    the task sees; the message says both, in the user's case."""
+    view = TaskView(store, ME, reader=ME.namespace)
+    with pytest.raises(CheckpointNotFound) as err:
         resolve("ShyFlow@last", view)
+    assert err.value.message == (
+        "'ShyFlow@last' picks among the versions of a named checkpoint 'ShyFlow', else the "
+        "checkpoints of a flow ShyFlow: there is no checkpoint named 'ShyFlow' in %s, and no "
+        "checkpoint in flow ShyFlow." % store.url
+    )
+
+
+#: (spelling, message): what is missing, named as the user spelled it (was: the first letter
+#: capitalised, "Resnet50/9 has no checkpoint.", and "No checkpoint of checkpoint 'x' ...").
+MESSAGES = [
+    ("resnet50/@last", "No checkpoint in flow resnet50."),
+    ("resnet50/9@last", "No checkpoint in run resnet50/9."),
+    ("resnet50/9/train@last", "No checkpoint in step resnet50/9/train."),
+    ("resnet50/9/train/1@last", "No checkpoint in task resnet50/9/train/1."),
+    (
+        "resnet50/@best:acc",
+        "No checkpoint in flow resnet50 has a numeric metadata field 'acc' (fields seen: none).",
+    ),
+    (
+        "best:nope",
+        "No checkpoint in task TrainFlow/100/train/7 has a numeric metadata field 'nope' "
+        "(fields seen: acc, label).",
+    ),
+    (
+        "EvalFlow@best:acc",
+        "No version of the named checkpoint 'EvalFlow' has a numeric metadata field 'acc' "
+        "(fields seen: label).",
+    ),
+]
+
+
+@pytest.mark.parametrize("spelling,message", MESSAGES, ids=[s for s, _ in MESSAGES])
+def test_what_is_missing_is_named_as_spelled(store, saved, spelling, message):
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve(spelling, TaskView(store, ME, reader=ME.namespace))
+    assert err.value.message == message
 
 
 def test_best_ties_go_to_the_newest(store, saved):
@@ -76,7 +173,7 @@ def test_best_ties_go_to_the_newest(store, saved):
 
 def test_a_task_target_alias_lists_only_the_tasks_namespace(store, saved):
     view = TaskView(store, ME, reader=ME.namespace)
-    with pytest.raises(CheckpointNotFound, match="ShyFlow/9/train/2 has no checkpoint"):
+    with pytest.raises(CheckpointNotFound, match="No checkpoint in task ShyFlow/9/train/2"):
         resolve("ShyFlow/9/train/2@last", view)
     assert label(resolve("TrainFlow/100/train/7@last", view)) == "me-1"
 
@@ -88,3 +185,51 @@ def test_the_models_view_takes_names_only(store, saved):
         resolve("TrainFlow/100/train/7", view)
     with pytest.raises(CheckpointConfigError, match="there is no running task"):
         resolve("last", view)
+
+
+# ------------------------------------------------------------------------------ own store
+#: Spellings of the task's own local store (root: its path, key: a manifest key in it), each
+#: with a cwd of ``<tmp>/sub`` (was: refused as "another store" by a task, loaded outside).
+OWN_STORE = [
+    ("dict, trailing slash", lambda root, key: {"key": key, "root": root + "/"}),
+    ("dict, file://", lambda root, key: {"key": key, "root": "file://" + root}),
+    ("dict, relative", lambda root, key: {"key": key, "root": "../store"}),
+    ("dict, ..", lambda root, key: {"key": key, "root": root + "/../store"}),
+    ("url, file://", lambda root, key: "file://%s/%s" % (root, key)),
+    ("url, //", lambda root, key: "%s//%s" % (root, key)),
+    ("url, /./", lambda root, key: "%s/./%s" % (root, key)),
+    ("url, ..", lambda root, key: "%s/../store/%s" % (root, key)),
+    ("url, relative", lambda root, key: "../store/%s" % key),
+    ("url, through a symlink", lambda root, key: "%s/../link/%s" % (root, key)),
+    ("url, exact", lambda root, key: "%s/%s" % (root, key)),
+]
+
+
+@pytest.fixture
+def own(tmp_path, monkeypatch):
+    """A local store at ``<tmp>/store`` (also reachable as ``<tmp>/link``) with one
+    checkpoint of the task ME; the cwd is ``<tmp>/sub``."""
+    local = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    m = local.save(
+        str(write_tree(tmp_path / "src", {"label.txt": b"mine"})), ME, metadata={"label": "mine"}
+    )
+    (tmp_path / "link").symlink_to(tmp_path / "store")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    return local, m
+
+
+@pytest.mark.parametrize("spell", [s for _, s in OWN_STORE], ids=[i for i, _ in OWN_STORE])
+def test_a_task_takes_its_own_store_however_it_is_spelled(own, spell):
+    local, m = own
+    reference = spell(local.url, m.key)
+    for view in (TaskView(local, ME, reader=ME.namespace), NamesView(local, ME.namespace)):
+        store, manifest = resolve(reference, view)
+        assert store is local and manifest.key == m.key
+
+
+def test_a_task_still_refuses_another_store(own, tmp_path):
+    local, m = own
+    for root in (str(tmp_path / "other"), str(tmp_path / "store" / "sub"), "memory://store"):
+        with pytest.raises(CheckpointScopeError, match="pass namespace_check=False"):
+            resolve({"key": m.key, "root": root}, TaskView(local, ME, reader=ME.namespace))

@@ -11,14 +11,17 @@ in each context, a checkpoint (by its label) or an error type and a message frag
   pointed at the run's metadata (Metaflow's client finds runs and flows);
 * ``cli``: ``metaflow checkpoint show SPELLING --json`` through click in that process.
 
-The flow (tests/flows/resolver_flow.py) runs once for the module; named checkpoints (one
-published from another namespace) and a checkpoint in a second store are saved next to it.
-The rows marked "was:" failed on the code before the resolver (the parsers disagreed).
+The flow (tests/flows/resolver_flow.py) runs once for the module, and so does a flow called
+``resnet50`` that saves no checkpoint (tests/flows/resnet50_flow.py), like the named checkpoint
+``resnet50``; named checkpoints (one published from another namespace) and a checkpoint in a
+second store are saved next to them.  The rows marked "was:" failed on the code before the
+resolver (the parsers disagreed) or before its fixes (issue 12 follow-up F1).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +85,7 @@ def world(tmp_path_factory) -> World:
     (tmp / "home").mkdir()
     env = flow_environment(tmp)
     result = run_flow(FLOWS / "resolver_flow.py", env, tmp)
+    run_flow(FLOWS / "resnet50_flow.py", env, tmp)  # a flow named like a named checkpoint
     root = local_root(tmp)
     store = local_store(root)
     keys = {}
@@ -146,6 +150,15 @@ def _url(w: World, label: str) -> str:
     return "%s/%s" % (w.root, w.keys[label])
 
 
+def _relative(w: World) -> str:
+    """The flow's store as a path relative to every context's working directory."""
+    return os.path.relpath(w.root, w.tmp)
+
+
+#: A word before '@' is the named checkpoint if the caller's store has one, else the flow.
+NEITHER = Err("CheckpointNotFound", "there is no checkpoint named 'nosuch' in")
+
+
 #: (id, spelling of the world, {context: expected}).
 ROWS: list[tuple[str, Callable[[World], Any], dict]] = [
     # -- by key
@@ -164,6 +177,26 @@ ROWS: list[tuple[str, Callable[[World], Any], dict]] = [
         lambda w: "%s/%s" % (w.other_root, w.other_key),
         inside_outside(OTHER_STORE, "other"),
     ),
+    # -- the caller's own store spelled differently (was: refused as another store in a task)
+    (
+        "dict, root with a trailing slash",
+        lambda w: {"key": w.keys["train-1"], "root": w.root + "/"},
+        everywhere("train-1", NOT_SPELLED_IN_CLI),
+    ),
+    (
+        "dict, relative root",
+        lambda w: {"key": w.keys["train-1"], "root": _relative(w)},
+        everywhere("train-1", NOT_SPELLED_IN_CLI),
+    ),
+    ("url, file://", lambda w: "file://" + _url(w, "train-1"), everywhere("train-1")),
+    ("url, //", lambda w: "%s//%s" % (w.root, w.keys["train-1"]), everywhere("train-1")),
+    ("url, /./", lambda w: "%s/./%s" % (w.root, w.keys["train-1"]), everywhere("train-1")),
+    (
+        "url, ..",
+        lambda w: "%s/../%s/%s" % (w.root, os.path.basename(w.root), w.keys["train-1"]),
+        everywhere("train-1"),
+    ),
+    ("url, relative", lambda w: "%s/%s" % (_relative(w), w.keys["train-1"]), everywhere("train-1")),
     # -- a task: its newest latest=True checkpoint
     ("task pathspec", lambda w: w.train, everywhere("train-2")),
     ("task object", lambda w: ("task", w.evaluate), everywhere("eval-0", NOT_SPELLED_IN_CLI)),
@@ -172,6 +205,8 @@ ROWS: list[tuple[str, Callable[[World], Any], dict]] = [
     ("name@latest", lambda w: "resnet50@latest", everywhere("resnet50-v2")),
     ("name@version", lambda w: "resnet50@" + w.v3, everywhere("resnet50-v3")),
     ("name@prefix", lambda w: "resnet50@" + w.v1[:8], everywhere("resnet50-v1")),
+    # was: the flow resnet50 (no checkpoint) for the client and the CLI, which asked
+    # Metaflow whether a flow has that name; the named checkpoint in a task
     ("name@last", lambda w: "resnet50@last", everywhere("resnet50-v2")),
     ("name@best", lambda w: "resnet50@best:acc", everywhere("resnet50-v2")),
     # was: CheckpointNotFound in a task ('best:acc:max' taken for a version)
@@ -193,7 +228,15 @@ ROWS: list[tuple[str, Callable[[World], Any], dict]] = [
     ("best:acc", lambda w: "best:acc", inside_outside("train-side", BARE_ALIAS)),
     ("best:acc:max", lambda w: "best:acc:max", inside_outside("train-1", BARE_ALIAS)),
     # -- aliases of a target (was: a "Cannot load" config error in a task)
-    ("Flow@last", lambda w: FLOW + "@last", everywhere("eval-0")),
+    ("Flow@last", lambda w: FLOW + "@last", everywhere("eval-0")),  # no checkpoint is so named
+    ("Flow/@last", lambda w: FLOW + "/@last", everywhere("eval-0")),  # always the flow
+    ("Flow/@best:max", lambda w: FLOW + "/@best:acc:max", everywhere("train-1")),
+    (
+        "flow named like a checkpoint",  # was: "Resnet50 has no checkpoint."
+        lambda w: "resnet50/@last",
+        everywhere(Err("CheckpointNotFound", "No checkpoint in flow resnet50.")),
+    ),
+    ("neither a name nor a flow", lambda w: "nosuch@last", everywhere(NEITHER)),
     ("Flow@best", lambda w: FLOW + "@best:acc", everywhere("train-side")),
     ("Flow/run@best:max", lambda w: "%s/%s@best:acc:max" % (FLOW, w.run), everywhere("train-1")),
     ("Flow/run/step@last", lambda w: "%s/%s/train@last" % (FLOW, w.run), everywhere("train-2")),
@@ -297,6 +340,7 @@ def test_every_spelling_in_a_task_and_its_subprocess(world, tmp_path, monkeypatc
     """current.checkpoint.load and Checkpoint() in a process of the task agree on every row."""
     from metaflow import Checkpoint
 
+    monkeypatch.chdir(world.tmp)  # relative spellings: the cwd of the other contexts
     context = _task_context(world, tmp_path)
     runtime = context.runtime()
     monkeypatch.setenv(TASK_ENV, context.to_env())

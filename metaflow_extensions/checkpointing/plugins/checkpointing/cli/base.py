@@ -81,9 +81,11 @@ class CliContext:
 
     def client_for(self, reference: str) -> Checkpoint:
         """The client that resolves ``reference``: the run client for what names a run's
-        checkpoints (a task, ``Flow[/...]@alias``), else the store client (names, keys, URLs).
-        Parsed by the one reference parser; a malformed reference goes to the store client,
-        whose resolution raises the parser's error."""
+        checkpoints (a task, ``Flow/...@alias``), else the store client (names, keys, URLs).
+        ``word@alias`` follows the resolver's rule: a named checkpoint ``word`` in the store
+        client's store wins, else the flow ``word`` (the run client).  Parsed by the one
+        reference parser; a malformed reference goes to the store client, whose resolution
+        raises the parser's error."""
         from ..common.refspec import parse
         from ..errors import CheckpointConfigError
 
@@ -94,10 +96,11 @@ class CliContext:
         if spec.kind == "task" or (spec.kind == "alias" and spec.target is not None):
             return self.run_client()
         if spec.kind == "alias" and spec.name is not None:
-            # One word before '@': a flow's checkpoints if Metaflow knows that flow.
-            from ..client.view import flow_exists
+            from ..common.resolver import named_versions
 
-            return self.run_client() if flow_exists(spec.name) else self.store_client()
+            client = self.store_client()
+            # The listing the store client's resolution makes anyway (one prefix).
+            return client if named_versions(client._store(), spec.name) else self.run_client()
         return self.store_client()
 
 

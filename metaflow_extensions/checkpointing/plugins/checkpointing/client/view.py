@@ -35,18 +35,3 @@ class ClientView:
 
     def listing(self, target: Target) -> tuple[CheckpointStore, list[ManifestHeader]]:
         return self._client._headers(target.pathspec)
-
-    def is_flow(self, word: str) -> bool:
-        return flow_exists(word)
-
-
-def flow_exists(word: str) -> bool:
-    """Whether Metaflow's client knows a flow named ``word``."""
-    from metaflow import Flow
-    from metaflow.exception import MetaflowNotFound
-
-    try:
-        Flow(word)
-        return True
-    except MetaflowNotFound:
-        return False

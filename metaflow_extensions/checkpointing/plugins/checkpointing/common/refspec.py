@@ -15,10 +15,14 @@ spelling                                kind        designates
 ``resnet50@<version or its prefix>``    ``named``   that version, whoever published it
 ``last``, ``best:<metric>[:min|max]``   ``alias``   among the caller's own task's checkpoints
 ``<target>@last``,                      ``alias``   among the checkpoints of a target: a
-``<target>@best:<metric>[:min|max]``                pathspec ``Flow[/run[/step[/task]]]`` or
-                                                    one word: a flow, else a named checkpoint's
-                                                    trusted versions
+``<target>@best:<metric>[:min|max]``                pathspec ``Flow/``, ``Flow/run[/step[/task]]``
+                                                    (always a flow's), or one word: the named
+                                                    checkpoint of that name if the caller's
+                                                    store has one, else the flow of that name
 ======================================  ==========  ===========================================
+
+A root (a dict's ``root``, the part of a URL before ``/manifests/``) is normalised by
+:func:`..storage.factory.normalize_root`, so every spelling of one store is one value.
 
 Anything else raises :class:`~..errors.CheckpointConfigError` naming the input and these forms.
 """
@@ -33,6 +37,7 @@ from ..core import layout
 from ..core.manifest import is_manifest_key
 from ..core.scope import validate_name
 from ..errors import CheckpointConfigError
+from ..storage.factory import normalize_root
 
 KEY, TASK, NAMED, ALIAS = "key", "task", "named", "alias"
 #: How a named checkpoint says "the newest trusted version" explicitly.
@@ -47,8 +52,8 @@ FORMS = (
     "a reference returned by save()/list()/get() or a dict with its 'key' (and 'root'), a "
     "manifest key or URL, a task pathspec 'Flow/run_id/step/task_id' or Task, a name "
     "'resnet50' or 'resnet50@<version>', or an alias: 'last' or 'best:<metric>[:min|max]' "
-    "(the running task's checkpoints) or '<Flow[/run_id[/step[/task_id]]] or name>@last' / "
-    "'...@best:<metric>[:max]'"
+    "(the running task's checkpoints) or '<Flow/[run_id[/step[/task_id]]] or name>@last' / "
+    "'...@best:<metric>[:max]' (one word before '@': a named checkpoint, else a flow)"
 )
 
 
@@ -96,9 +101,10 @@ class RefSpec:
     target : Target, optional
         The task (kind ``task``), or the pathspec an alias picks among (kind ``alias``).
     name : str, optional
-        The named checkpoint (kind ``named``), or the one word before ``@`` of an alias: a flow
-        if the caller knows one by that name, else a named checkpoint (kind ``alias``).  An
-        alias with neither ``target`` nor ``name`` picks among the caller's own task's.
+        The named checkpoint (kind ``named``), or the one word before ``@`` of an alias (kind
+        ``alias``): the named checkpoint of that name if the caller's store has one, else the
+        flow of that name (``Flow/@last`` is a ``target``: always the flow).  An alias with
+        neither ``target`` nor ``name`` picks among the caller's own task's.
     version : str
         A version id or prefix (kind ``named``); ``""``: the newest trusted version.
     alias : Alias, optional
@@ -131,7 +137,12 @@ class RefSpec:
             # A checkpoint named like an alias is spelled with @latest.
             return "%s@%s" % (self.name, LATEST) if _is_alias(str(self.name)) else str(self.name)
         role = self.alias.text  # type: ignore[union-attr]
-        before = self.target.pathspec if self.target else self.name
+        if self.target is not None:
+            # A flow alone keeps its slash: 'Flow@last' could mean a named checkpoint.
+            flow_only = self.target.run is None
+            before = self.target.pathspec + ("/" if flow_only else "")
+        else:
+            before = self.name
         return "%s@%s" % (before, role) if before else role
 
     def __str__(self) -> str:
@@ -316,9 +327,11 @@ def _split_url(text: str) -> Optional[tuple[str, str]]:
 
 
 def _root(root: Optional[str]) -> Optional[str]:
-    if not root:
+    """The one spelling of a store root (None: the caller's store), so that every spelling of
+    the caller's own store is recognised as it (``storage.factory.same_root``)."""
+    if not root or not root.strip():
         return None
-    return root.rstrip("/") if "://" in root else root
+    return normalize_root(root)
 
 
 def _is_alias(text: str) -> bool:

@@ -16,10 +16,13 @@ What each kind resolves to:
   retry of that task orders them;
 * ``named``: :meth:`..core.store.CheckpointStore.named`: a version pinned by id, else the
   newest version the caller's namespace trusts (:mod:`..core.promotions`);
-* ``alias``: among the caller's own task's checkpoints (none outside a task), a target's (a
-  pathspec, or one word the caller knows as a flow), else a named checkpoint's trusted
-  versions: ``last`` is the newest ``latest=True`` one, ``best:<metric>`` the lowest (``:max``
-  the highest) numeric metadata value, ties to the newest.
+* ``alias``: among the caller's own task's checkpoints (none outside a task), a pathspec's
+  (``Flow/@last``, ``Flow/run@last``, ...), or, for one word before the ``@``, the trusted
+  versions of the named checkpoint of that name if the caller's store has one (one listing of
+  that name's prefix), else the checkpoints of the flow of that name: ``last`` is the newest
+  ``latest=True`` one, ``best:<metric>`` the lowest (``:max`` the highest) numeric metadata
+  value, ties to the newest.  Which of the two one word means is the same rule for every
+  caller: no view judges whether a word is a flow.
 """
 
 from __future__ import annotations
@@ -71,10 +74,6 @@ class View(Protocol):
         CheckpointNotFound, CheckpointScopeError
             An unknown flow or run, or one the caller may not see.
         """
-
-    def is_flow(self, word: str) -> bool:
-        """Whether ``word`` (before ``@`` in ``word@last``) is a flow the caller knows, rather
-        than the name of a named checkpoint."""
 
 
 def resolve(reference: Any, view: View) -> tuple[CheckpointStore, Manifest]:
@@ -157,19 +156,23 @@ def _latest_of_task(headers: Sequence[ManifestHeader], target: Target) -> Manife
 def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest]:
     alias: Alias = spec.alias  # type: ignore[assignment]
     summaries: Optional[dict] = None
-    if spec.target is not None or (spec.name is not None and view.is_flow(spec.name)):
-        target = spec.target or Target(str(spec.name))
-        store, headers = view.listing(target)
-        where = target.pathspec
+    if spec.target is not None:
+        store, headers = view.listing(spec.target)
+        where = "checkpoint in %s" % describe(spec.target)
     elif spec.name is not None:
         store = view.store(None, spec.name)
-        headers, summaries = _trusted_versions(store, spec.name, view.reader())
-        where = "checkpoint %r" % spec.name
+        versions = named_versions(store, spec.name)
+        if versions:
+            headers, summaries = _trusted_versions(store, spec.name, versions, view.reader())
+            where = "version of the named checkpoint %r" % spec.name
+        else:
+            store, headers = _flow_of_word(spec, store, view)
+            where = "checkpoint in flow %s" % spec.name
     elif view.task_scope is not None:
         scope = view.task_scope
         own = Target(scope.flow, scope.run, scope.step, scope.task)
         store, headers = view.listing(own)
-        where = "task %s" % scope.pathspec
+        where = "checkpoint in task %s" % scope.pathspec
     else:
         raise CheckpointConfigError(
             "%r picks among the running task's checkpoints, and there is no running task here "
@@ -181,6 +184,19 @@ def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest
     return store, store.read(chosen.key)
 
 
+def named_versions(store: CheckpointStore, name: str) -> list[ManifestHeader]:
+    """Every committed version of the named checkpoint ``name`` in ``store`` (one listing of
+    that name's prefix; unordered): whether ``name@<alias>`` means the named checkpoint."""
+    return store.headers(library_scope(name).step_prefix(), name=name)
+
+
+def describe(target: Target) -> str:
+    """``target`` as a sentence names it: ``flow F``, ``run F/1``, ``step F/1/s``, ``task ...``
+    (the user's spelling of each component is kept)."""
+    depth = sum(p is not None for p in (target.run, target.step, target.task))
+    return "%s %s" % (("flow", "run", "step", "task")[depth], target.pathspec)
+
+
 def pick(
     store: CheckpointStore,
     headers: Sequence[ManifestHeader],
@@ -189,6 +205,12 @@ def pick(
     summaries: Optional[dict] = None,
 ) -> ManifestHeader:
     """The checkpoint ``alias`` names among ``headers`` (newest first).
+
+    Parameters
+    ----------
+    where : str
+        What ``headers`` are, as the messages say it after "No": ``"checkpoint in flow F"``,
+        ``"version of the named checkpoint 'resnet50'"`` (names keep the user's case).
 
     Raises
     ------
@@ -199,7 +221,7 @@ def pick(
     if alias.metric is None:
         marked = [h for h in headers if h.latest] or list(headers)
         if not marked:
-            raise CheckpointNotFound("%s%s has no checkpoint." % (where[:1].upper(), where[1:]))
+            raise CheckpointNotFound("No %s." % where)
         return marked[0]
     if summaries is None:
         summaries = store.summaries(headers)
@@ -208,7 +230,7 @@ def pick(
     if not scored:
         seen = sorted({k for h in headers for k in metadata[h.key]})
         raise CheckpointNotFound(
-            "No checkpoint of %s has a numeric metadata field %r (fields seen: %s)."
+            "No %s has a numeric metadata field %r (fields seen: %s)."
             % (where, alias.metric, ", ".join(seen) or "none")
         )
     # A stable sort over newest-first headers: ties go to the newest.
@@ -216,26 +238,46 @@ def pick(
     return sorted(scored, key=lambda h: value[h.key], reverse=alias.mode == "max")[0]
 
 
-def _trusted_versions(
-    store: CheckpointStore, name: str, reader: Optional[str]
-) -> tuple[list[ManifestHeader], dict]:
-    """The versions of the named checkpoint ``name`` a reader in ``reader`` trusts (all with
-    ``reader`` None), newest first, and the summaries of every version (what ``name@last`` and
-    ``name@best:<metric>`` choose among).
+def _flow_of_word(
+    spec: RefSpec, store: CheckpointStore, view: View
+) -> tuple[CheckpointStore, list[ManifestHeader]]:
+    """The checkpoints of the flow ``spec.name`` (``word@alias`` where the caller's store
+    holds no checkpoint named ``word``), with their store.
 
     Raises
     ------
     CheckpointNotFound
-        No version at all.
+        Neither a named checkpoint nor a flow with checkpoints of that word: the message says
+        both, and how to spell either.
+    """
+    name = str(spec.name)
+    neither = (
+        "%r picks among the versions of a named checkpoint %r, else the checkpoints of a flow "
+        "%s: there is no checkpoint named %r in %s, and "
+        % (spec.text(), name, name, name, store.url)
+    )
+    try:
+        found, headers = view.listing(Target(name))
+    except CheckpointNotFound as exc:
+        why = exc.message.rstrip(".")
+        raise CheckpointNotFound(neither + "no flow to pick from (%s)." % why) from None
+    if not headers:
+        raise CheckpointNotFound(neither + "no checkpoint in flow %s." % name)
+    return found, headers
+
+
+def _trusted_versions(
+    store: CheckpointStore, name: str, headers: list[ManifestHeader], reader: Optional[str]
+) -> tuple[list[ManifestHeader], dict]:
+    """The versions (``headers``, at least one) of the named checkpoint ``name`` a reader in
+    ``reader`` trusts (all with ``reader`` None), newest first, and the summaries of every
+    version (what ``name@last`` and ``name@best:<metric>`` choose among).
+
+    Raises
+    ------
     CheckpointScopeError
         Versions, none of which the reader trusts (the message says what to pin or promote).
     """
-    headers = store.headers(library_scope(name).step_prefix(), name=name)
-    if not headers:
-        raise CheckpointNotFound(
-            "No checkpoint named %r in %s: save it with Checkpoint().save(path, name=%r) "
-            "or `metaflow checkpoint upload PATH --name %s`." % (name, store.url, name, name)
-        )
     headers.sort(key=sort_key(within_task=False), reverse=True)
     summaries = store.summaries(headers)
     if reader is None:
@@ -253,4 +295,12 @@ def _trusted_versions(
     return chosen, summaries
 
 
-__all__ = ["View", "check_scope", "other_store_error", "pick", "resolve"]
+__all__ = [
+    "View",
+    "check_scope",
+    "describe",
+    "named_versions",
+    "other_store_error",
+    "pick",
+    "resolve",
+]

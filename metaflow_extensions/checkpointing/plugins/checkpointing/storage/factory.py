@@ -43,6 +43,32 @@ def _local_path(url: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def normalize_root(url: str) -> str:
+    """The one spelling of a checkpoint root: two spellings of one store normalise alike.
+
+    A local root (a path, relative or absolute, or a ``file://`` URL) becomes the absolute
+    path :class:`.local.LocalStorage` uses (``.``, ``..``, repeated and trailing slashes
+    resolved, ``~`` expanded).  Any other URL keeps its scheme (lower case) and loses trailing
+    and repeated slashes after it (``s3://b//ckpt/`` -> ``s3://b/ckpt``): a doubled slash in a
+    root is taken for a typo, not for an object key with an empty component.  Nothing is read.
+    """
+    url = str(url).strip()
+    scheme = url_scheme(url)
+    if scheme in ("", "file", "local"):
+        return _local_path(url)
+    rest = url.split("://", 1)[1]
+    return "%s://%s" % (scheme, "/".join(p for p in rest.split("/") if p))
+
+
+def same_root(a: str, b: str) -> bool:
+    """Whether the roots ``a`` and ``b`` are one store however each is spelled
+    (:func:`normalize_root`; local roots also through symbolic links)."""
+    a, b = normalize_root(a), normalize_root(b)
+    if a == b:
+        return True
+    return url_scheme(a) == url_scheme(b) == "" and os.path.realpath(a) == os.path.realpath(b)
+
+
 def azure_options(endpoint: Optional[str]) -> dict:
     """adlfs options from a blob service endpoint (Metaflow's
     ``AZURE_STORAGE_BLOB_SERVICE_ENDPOINT``), so ``az://`` finds the same account."""

@@ -3,7 +3,8 @@
 Used by ``current.checkpoint.load`` and by ``Checkpoint()`` in a process the task started.  A
 task sees its own store and its own namespace there, and lists by key prefix without Metaflow's
 client (a task may run where no metadata service is reachable): ``Flow/run@last`` is the newest
-checkpoint of that run among the namespace's, ``Flow@best:acc`` the best of the flow's.
+checkpoint of that run among the namespace's, ``Flow/@best:acc`` the best of the flow's (as is
+``Flow@best:acc`` when the store holds no checkpoint named ``Flow``: the resolver's one rule).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..core.policies import sort_key
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError
+from ..storage.factory import same_root
 
 
 class TaskView:
@@ -58,7 +60,7 @@ class TaskView:
         self._opened: dict[str, CheckpointStore] = {}
 
     def store(self, root: Optional[str], key: str) -> CheckpointStore:
-        if root is None or root == self._store.url:
+        if root is None or same_root(root, self._store.url):
             return self._store
         if not self._other_stores:
             raise other_store_error(key, root, self._store.url)
@@ -88,14 +90,6 @@ class TaskView:
         headers.sort(key=sort_key(within_task=target.task is not None), reverse=True)
         return self._store, headers
 
-    def is_flow(self, word: str) -> bool:
-        """The task's own flow, or a flow with checkpoints in the task's namespace."""
-        scope = self.task_scope
-        assert scope is not None
-        if word == scope.flow:
-            return True
-        return bool(self._store.storage.list(flow_prefix(scope.namespace, word)))
-
 
 class NamesView:
     """The view of a task's ``@checkpoint(models=[...])``: named checkpoints of the task's
@@ -116,7 +110,7 @@ class NamesView:
         self._namespace = namespace
 
     def store(self, root: Optional[str], key: str) -> CheckpointStore:
-        if root is not None and root != self._store.url:
+        if root is not None and not same_root(root, self._store.url):
             raise other_store_error(key, root, self._store.url)
         return self._store
 
@@ -128,6 +122,3 @@ class NamesView:
             "@checkpoint(models=[...]) takes named checkpoints ('name' or 'name@<version>'), "
             "not %r: load a run's checkpoint with current.checkpoint.load()." % target.pathspec
         )
-
-    def is_flow(self, word: str) -> bool:
-        return False
