@@ -6,7 +6,7 @@ One place for them, so that what a load or a background snapshot writes and what
 * a load's lock file ``.mfckpt-part-<12 hex>`` (in the destination root), its part files
   ``.mfckpt-part-<token>-<i>`` and the backups ``-b<i>`` of files it replaces (:mod:`.download`);
 * staging directories of loads ``.mfckpt-load-<8>`` and of background saves
-  ``.mfckpt-snapshot-<8>`` (``tempfile`` names);
+  ``.mfckpt-snapshot-<8>`` (8 random characters);
 * the local store's temp files ``.mfckpt-tmp-<8>`` (``storage/local.py``, below this layer).
 """
 
