@@ -138,3 +138,36 @@ def test_a_task_ending_after_failed_background_saves_logs_every_one(tmp_path):
     [line] = [m for m in logs if "background checkpoint save" in m]
     assert "manifest 1 refused" in line and "manifest 2 refused" in line
     assert "'series0'" in line and "'series1'" in line
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["committed", "failed"])
+def test_a_save_is_done_only_once_its_snapshot_is_removed(tmp_path, monkeypatch, fails):
+    """Waiting for a background save (flush at the task's end) returns only after its snapshot
+    is removed: the task's process exits right after, with this daemon thread, and used to
+    leak a full copy of the checkpoint in the temp dir."""
+    import shutil
+
+    staging, _, nbytes = snapshot(str(write_tree(tmp_path / "src", {"w.bin": b"x" * 999})), None)
+    done_when_removed: list[bool] = []
+    rmtree = shutil.rmtree
+
+    def recording_rmtree(path, *args, **kwargs):
+        if path == staging:
+            done_when_removed.append(handle.done())
+        rmtree(path, *args, **kwargs)
+
+    submitted = threading.Event()
+
+    def commit():
+        submitted.wait(30)  # `handle` is assigned
+        if fails:
+            raise CheckpointException("store unavailable")
+        return {}
+
+    monkeypatch.setattr(shutil, "rmtree", recording_rmtree)
+    saver = BackgroundSaver(budget_bytes=1 << 20)
+    handle = saver.submit("save", staging, nbytes, commit)
+    submitted.set()
+    failed = saver.wait_all()
+    assert done_when_removed == [False]
+    assert [type(e) for _, e in failed] == ([CheckpointException] if fails else [])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -221,9 +223,81 @@ def test_a_session_exports_the_task_to_subprocesses_and_cleans_up_at_the_end(tmp
     finally:
         session.end()
     assert not Path(directory).exists()
-    assert TASK_ENV not in os.environ
+    assert TASK_ENV not in os.environ and DIRECTORY_ENV not in os.environ
     assert signal.getsignal(signal.SIGTERM) is before
     assert _summaries(store), "the attempt's summaries are written when the task ends"
+
+
+#: A task process whose end is hit by real signals: ``when`` says during what (the flush of a
+#: background save, the summaries' write), ``SIGNALS`` which ones in what order.
+ENDING_TASK = r"""
+import os, signal, sys
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.policies import Resolution
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import TransferOptions
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import TaskSettings
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.session import TaskSession
+
+tmp, when, names = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+
+class SignalsWhileEnding(LocalStorage):
+    armed = False
+    def _put_bytes(self, key, data):
+        hit = key.endswith("/attempt-0.json") if when == "summaries" else "mfchckpt" in key
+        if self.armed and hit:
+            self.armed = False
+            for name in names:
+                os.kill(os.getpid(), getattr(signal, name))
+        super()._put_bytes(key, data)
+
+storage = SignalsWhileEnding(os.path.join(tmp, "store"))
+store = CheckpointStore(storage, TransferOptions(chunk_size=1 << 16, small_size=1 << 14, workers=2))
+scope = Scope(namespace="user:alice", flow="F", step="train", foreach="_", run="1", task="2",
+              attempt=0)
+session = TaskSession.start(
+    store, scope, Resolution(None, "first attempt"), step_name="train",
+    temp_dir_root=os.path.join(tmp, "tmp"),
+    settings=TaskSettings(async_budget=1 << 30, parallel_timeout=30.0, pause_poll_seconds=0.0),
+)
+with open(os.path.join(session.runtime.directory, "weights.bin"), "wb") as f:
+    f.write(os.urandom(1 << 20))
+storage.armed = True
+if when == "flush":
+    session.runtime.save(blocking=False)  # still committing when the task ends
+else:
+    session.runtime.save()
+before = signal.getsignal(signal.SIGTERM)
+session.end()
+print("HANDLERS-RESTORED", signal.getsignal(signal.SIGTERM) is not before)
+print("LEFT", sorted(os.listdir(os.path.join(tmp, "tmp"))))
+"""
+
+
+@pytest.mark.parametrize("when", ["flush", "summaries"])
+@pytest.mark.parametrize("signals", ["SIGTERM", "SIGINT", "SIGINT,SIGTERM", "SIGTERM,SIGINT"])
+def test_signals_while_the_task_is_ending_are_absorbed_until_cleanup_is_done(
+    tmp_path, when, signals
+):
+    """A late Ctrl+C or SIGTERM while the task ends (committing a background save, writing the
+    summaries) used to interrupt the end and leak the task's directory (GBs in /tmp).  It is
+    logged, the end finishes (save committed, summaries written, directories removed), then the
+    previous handlers are back."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ENDING_TASK, str(tmp_path), when, signals],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in signals.split(","):
+        assert "Received %s while the task is ending: finishing first." % name in proc.stdout
+    assert "HANDLERS-RESTORED True" in proc.stdout
+    assert "LEFT []" in proc.stdout  # the task's directory is gone
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    assert _summaries(store), "the attempt's summaries are written despite the signals"
+    assert [o.key for o in store.storage.list("manifests/")], "the save committed"
 
 
 def _summaries(store: CheckpointStore) -> list[str]:

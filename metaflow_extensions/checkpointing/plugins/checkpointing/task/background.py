@@ -166,15 +166,19 @@ class BackgroundSaver:
     def _work(self) -> None:
         while True:
             handle, staging, nbytes, commit = self._queue.get()
+            reference, error = None, None
             try:
-                handle._finish(reference=commit())
+                reference = commit()
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
-                handle._finish(error=exc)
+                error = exc
             finally:
+                # Removed before the handle is finished: once flush() returns the task may end
+                # and exit, and this daemon thread with it, leaking the snapshot.
                 shutil.rmtree(staging, ignore_errors=True)
                 with self._cond:
                     self._staged -= nbytes
                     self._cond.notify_all()
+            handle._finish(reference=reference, error=error)
 
     def pending(self) -> list[SaveHandle]:
         """Saves not finished yet (finished ones stay tracked until :meth:`wait_all`, so a

@@ -5,7 +5,8 @@ On the first signal: run the ``on_interrupt`` callbacks, save the checkpoint dir
 :class:`CheckpointInterrupted` so the attempt fails and ``@retry`` (or ``resume``) continues
 from the committed checkpoint.  A signal that arrives during a blocking save is handled once
 that save has committed, or failed (then :class:`CheckpointInterrupted` is chained from the
-save's error).  Further signals while this runs are ignored.
+save's error).  Further signals while this runs are ignored, and so are signals while the
+task is ending (:meth:`Interrupts.ending`: its cleanup must finish).
 
 :class:`Interrupts` owns all of that state (the signal received, whether it is being handled,
 how many blocking saves are running, the callbacks); what a signal commits is asked of an
@@ -60,6 +61,7 @@ class Interrupts:
         self._busy = 0  # blocking saves in progress (a signal then waits for them)
         self._received: Optional[int] = None  # the signal to handle, once not busy
         self._handling = False
+        self._ending = False  # the task is ending: signals are absorbed until restore()
 
     def add_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` first when a signal arrives (``current.checkpoint.on_interrupt``)."""
@@ -87,6 +89,17 @@ class Interrupts:
         """Put back the handlers :meth:`install` replaced (at the end of the task)."""
         _restore(self._previous)
         self._previous = {}
+        self._ending = False
+
+    def ending(self) -> None:
+        """The task is ending: until :meth:`restore`, a signal is logged and absorbed.
+
+        The end of a task commits what is pending and removes its directories (often GBs in
+        the temp dir): a late Ctrl+C or SIGTERM must not interrupt that and leak them.  The
+        signal is not delivered afterwards either: by then the task's outcome is recorded and
+        the process is about to exit.
+        """
+        self._ending = True
 
     # ------------------------------------------------------------------ blocking saves
     @contextlib.contextmanager
@@ -147,6 +160,12 @@ class Interrupts:
         CheckpointInterrupted
             Once pending saves are committed (unless the signal was deferred or ignored).
         """
+        if self._ending:
+            self._log(
+                "[@checkpoint] Received %s while the task is ending: finishing first."
+                % signal.Signals(signum).name
+            )
+            return
         if self._handling:
             return  # a further signal while we are already committing: keep going
         self._received = signum

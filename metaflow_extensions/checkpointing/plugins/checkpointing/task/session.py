@@ -179,18 +179,24 @@ class TaskSession:
         saves.flush(raise_errors=False)
 
     def end(self) -> None:
-        """The task is finishing (whatever happened): put the signal handlers back, commit
-        pending saves, write the attempt's summaries, remove the directories and the
-        subprocess environment."""
-        self._parts.interrupts.restore()
+        """The task is finishing (whatever happened): commit pending saves, write the attempt's
+        summaries, remove the directories and the subprocess environment, then put the signal
+        handlers back.  A signal meanwhile is logged and absorbed (``Interrupts.ending``): a
+        late Ctrl+C must not leak the task's directory."""
+        interrupts = self._parts.interrupts
+        interrupts.ending()
         saves = self._parts.saves
         try:
             saves.flush(raise_errors=False)
             saves.write_summaries()
         finally:
-            _remove(self._directories)
-            self._directories = []
-            os.environ.pop(TASK_ENV, None)
+            try:
+                _remove(self._directories)
+                self._directories = []
+                os.environ.pop(TASK_ENV, None)
+                os.environ.pop(DIRECTORY_ENV, None)
+            finally:
+                interrupts.restore()
 
 
 def _remove(directories: Sequence[str]) -> None:
