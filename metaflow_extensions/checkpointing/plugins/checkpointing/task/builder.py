@@ -68,6 +68,7 @@ def build(
     world: Optional[Callable[[], int]] = None,
     models: Optional[Mapping[str, str]] = None,
     save_on_interrupt: bool = False,
+    guard: Optional[Callable[[], None]] = None,
 ) -> TaskParts:
     """Build a task's runtime and its parts, each handed what it needs through its constructor.
 
@@ -88,6 +89,9 @@ def build(
         Local paths of the declared models, by name.
     save_on_interrupt : bool
         Save the directory when a signal arrives.
+    guard : callable, optional
+        Called before every save; raises to refuse it (a subprocess's context, once its task
+        has ended: ``TaskContext.check_running``).
     """
     if settings is None:
         settings = TaskSettings.read()
@@ -106,6 +110,7 @@ def build(
         retention=retention,
         gang=gang,
         interrupts=interrupts,
+        guard=guard,
     )
     runtime = CheckpointRuntime(
         saves,

@@ -2,23 +2,30 @@
 
 The task's session (``session.py``) exports it as one environment variable, so ``torchrun``
 workers, ``subprocess`` children and framework callbacks without access to ``current`` can use
-``from metaflow import Checkpoint`` exactly as the task does.
+``from metaflow import Checkpoint`` exactly as the task does.  The variable is read back here,
+checked field by field (a malformed one is a :class:`CheckpointConfigError` naming it), and a
+context whose task has ended (its directory removed by the session's end) refuses to be used:
+a process that outlives its task must not commit into a finished task.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from ..core.scope import Scope
+from ..errors import CheckpointConfigError
 
 #: JSON: checkpoint root, scope, directory, temp dir root and retention of the running task.
 TASK_ENV = "METAFLOW_CHECKPOINT_TASK"
 #: The running task's ``current.checkpoint.directory``, for tools that only want the directory.
 DIRECTORY_ENV = "METAFLOW_CHECKPOINT_DIR"
+
+_SCOPE_TEXT = ("namespace", "flow", "step", "foreach", "run", "task")
 
 
 @dataclass(frozen=True)
@@ -45,22 +52,57 @@ class TaskContext:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Optional[TaskContext]:
-        """The context of the task this process belongs to, or None outside any task."""
+        """The context of the task this process belongs to, or None outside any task.
+
+        Raises
+        ------
+        CheckpointConfigError
+            ``METAFLOW_CHECKPOINT_TASK`` is malformed (not JSON, a missing field, a wrong type,
+            an unknown or invalid retention rule), naming the variable and what is wrong; or
+            it names a task that has ended (see :meth:`check_running`).
+        """
         raw = environ.get(TASK_ENV)
         if not raw:
             return None
-        d = json.loads(raw)
-        return cls(
-            root=d["root"],
-            scope=Scope.from_dict(d["scope"]),
-            directory=d["directory"],
-            temp_dir_root=d.get("temp_dir_root"),
-            retention=dict(d.get("retention") or {}),
+        try:
+            d = json.loads(raw)
+        except ValueError as exc:
+            raise _malformed("it is not JSON (%s)" % exc) from None
+        if not isinstance(d, dict):
+            raise _malformed("it is a JSON %s, not an object" % type(d).__name__)
+        context = cls(
+            root=_text(d, "root"),
+            scope=_scope(d.get("scope")),
+            directory=_text(d, "directory"),
+            temp_dir_root=_text(d, "temp_dir_root", optional=True),
+            retention=_retention(d.get("retention")),
         )
+        context.check_running()
+        return context
+
+    def check_running(self) -> None:
+        """Refuse a context whose task has ended: the task's session removes its directory
+        when it ends, so a process that outlives it cannot commit into a finished task.
+
+        Raises
+        ------
+        CheckpointConfigError
+            Naming the task, the directory and what to do instead.
+        """
+        if not os.path.isdir(self.directory):
+            raise CheckpointConfigError(
+                "%s names task %s, whose checkpoint directory %s no longer exists: that task "
+                "has ended, and a finished task takes no more checkpoints. Unset %s in this "
+                "process (it is inherited from the task), or use Checkpoint(root=...) to work "
+                "with a store directly."
+                % (TASK_ENV, self.scope.pathspec, self.directory, TASK_ENV),
+                path=self.directory,
+            )
 
     def runtime(self, directory: Optional[str] = None):
         """A ``CheckpointRuntime`` on the task's scope (``current.checkpoint``'s twin), made by
-        the task's own builder (``builder.build``) with the settings read here, once."""
+        the task's own builder (``builder.build``) with the settings read here, once.  Its
+        saves refuse once the task has ended (:meth:`check_running`)."""
         from ..common.settings import store_for_url
         from ..core import retention
         from .builder import build_runtime
@@ -70,4 +112,60 @@ class TaskContext:
             self.scope,
             directory or self.directory,
             retention=retention.build(**self.retention),
+            guard=self.check_running,
         )
+
+
+def _malformed(what: str) -> CheckpointConfigError:
+    return CheckpointConfigError(
+        "%s is malformed: %s. A @checkpoint task sets it for the processes it starts; unset it "
+        "in a process that is not one of them." % (TASK_ENV, what)
+    )
+
+
+def _text(d: Mapping[str, Any], name: str, optional: bool = False) -> Optional[str]:
+    value = d.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _malformed(
+            "field %r is %s, not a non-empty string"
+            % (name, "missing" if name not in d else repr(value))
+        )
+    return value
+
+
+def _scope(value: Any) -> Scope:
+    if not isinstance(value, dict):
+        raise _malformed("field 'scope' is %r, not an object" % (value,))
+    for name in _SCOPE_TEXT:
+        part = value.get(name)
+        if not isinstance(part, str) or not part:
+            raise _malformed(
+                "scope field %r is %s, not a non-empty string"
+                % (name, "missing" if name not in value else repr(part))
+            )
+    attempt = value.get("attempt")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+        raise _malformed("scope field 'attempt' is %r, not a whole number >= 0" % (attempt,))
+    return Scope.from_dict(value)
+
+
+def _retention(value: Any) -> dict:
+    from ..core import retention
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _malformed("field 'retention' is %r, not an object" % (value,))
+    known = [p for p in inspect.signature(retention.build).parameters if p.startswith("keep_")]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise _malformed(
+            "retention has unknown rule(s) %s (known: %s)" % (", ".join(unknown), ", ".join(known))
+        )
+    try:
+        retention.build(**value)
+    except CheckpointConfigError as exc:
+        raise _malformed("retention: %s" % exc.message.rstrip(".")) from None
+    return dict(value)

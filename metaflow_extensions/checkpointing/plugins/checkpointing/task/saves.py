@@ -59,6 +59,9 @@ class TaskSaves:
         The process's signal handling (blocking saves defer signals through it).
     clock : TaskClock, optional
         The task's clock (shared with the runtime, whose listings teach it).
+    guard : callable, optional
+        Called before every :meth:`save`; raises to refuse it (in a subprocess, once its task
+        has ended).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class TaskSaves:
         gang: Optional[GangInfo] = None,
         interrupts: Optional[Interrupts] = None,
         clock: Optional[TaskClock] = None,
+        guard: Optional[Callable[[], None]] = None,
     ):
         self.store = store
         self.scope = scope
@@ -88,6 +92,7 @@ class TaskSaves:
         self._manifests: list[Manifest] = []  # committed by this process, for the summary
         self._loaded_key: Optional[str] = None  # the checkpoint loaded at task start
         self._warned: set = set()
+        self._guard = guard
 
     # ------------------------------------------------------------------ saves
     def save(
@@ -102,6 +107,8 @@ class TaskSaves:
         from ..core.manifest import validate_metadata
         from ..core.scope import validate_name
 
+        if self._guard is not None:
+            self._guard()
         if self.gang is not None:
             return self._save_gang(src, metadata, name, latest, blocking)
         if not blocking:
