@@ -50,3 +50,30 @@ def test_invalid_save_arguments_raise_named_errors_and_commit_nothing(flow_env):
     assert task.data.committed_at_end == 1
     assert task.data.good_ref.name == "good"
     assert task.data.good_ref.metadata == {"ok": True}
+
+
+def test_checkpoint_settings_fail_a_task_at_start_and_never_import_metaflow(flow_env):
+    """Seconds with a fraction used to crash ``import metaflow`` (``ValueError: Expected a
+    <class 'int'>``), and so every command; now they work, and a bad value fails the task at
+    its start with one error naming the variable, the value and the accepted range."""
+    env, tmp = flow_env
+    good = dict(
+        env,
+        METAFLOW_CHECKPOINT_RETRY_SECONDS="1.5",
+        METAFLOW_CHECKPOINT_LEASE_SECONDS="90.5",
+        METAFLOW_CHECKPOINT_TIMEOUT_SECONDS="2.5",
+    )
+    proc = run_subprocess([FLOWS / "settings_flow.py", "--no-pylint", "run"], good, tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    bad = dict(env, METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT="abc")
+    proc = run_subprocess([FLOWS / "settings_flow.py", "--no-pylint", "run"], bad, tmp)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Task is starting" in output  # Metaflow itself started fine
+    assert "Invalid checkpoint configuration" in output
+    assert (
+        "METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT='abc' is invalid: it must be a number of seconds "
+        "> 0 (default: 600)." in output
+    ), output
+    assert "Traceback" not in output

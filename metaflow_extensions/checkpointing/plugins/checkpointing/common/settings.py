@@ -3,10 +3,16 @@
 Shared by the decorator, the client and the CLI so that every entry point finds the same root
 with the same options.  This is where Metaflow's settings are read: ``storage/`` and ``core/``
 are handed what they need (:func:`s3_config`, :func:`azure_endpoint`, :func:`transfer_options`).
+
+It is also where they get their defaults and ranges: ``config/mfextinit_checkpointing.py``
+declares every ``METAFLOW_CHECKPOINT_*`` setting with default None (so ``import metaflow`` never
+converts, and never fails on, a value), and each reader here checks its value, raising
+:class:`CheckpointConfigError` naming the variable, the value and what is accepted.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Optional
 
 from ..core.store import CheckpointStore
@@ -28,28 +34,104 @@ def _setting(name: str, default=None):
     return default if value is None or value == "" else value
 
 
-def _int(name: str, default: Optional[int]) -> Optional[int]:
-    value = _setting(name, default)
+#: Largest chunk: S3 takes single objects of at most 5 GiB, and a chunk is one object.
+MAX_CHUNK_SIZE = 5 << 30
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _invalid(name: str, value: object, accepted: str, default: object) -> CheckpointConfigError:
+    return CheckpointConfigError(
+        "METAFLOW_%s=%r is invalid: it must be %s (default: %s)." % (name, value, accepted, default)
+    )
+
+
+def _integer(
+    name: str,
+    default: Optional[int],
+    minimum: int,
+    maximum: Optional[int] = None,
+    what: str = "",
+) -> Optional[int]:
+    """An integer setting in ``[minimum, maximum]``; ``default`` when unset.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Naming ``METAFLOW_<name>``, the value and the accepted range.
+    """
+    value = _setting(name)
     if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise CheckpointConfigError("METAFLOW_%s=%r is not an integer." % (name, value)) from None
+        return default
+    number: Optional[int] = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        accepted = "an integer%s, at least %d" % (what, minimum)
+        if maximum is not None:
+            accepted += " and at most %d" % maximum
+        raise _invalid(name, value, accepted, default)
+    return number
+
+
+def _seconds(name: str, default: float, minimum: float = 0.0, inclusive: bool = True) -> float:
+    """A number of seconds (integer or not), finite and ``>= minimum`` (``> minimum`` unless
+    ``inclusive``); ``default`` when unset.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Naming ``METAFLOW_<name>``, the value and the accepted range.
+    """
+    value = _setting(name)
+    if value is None:
+        return float(default)
+    number = math.nan
+    if not isinstance(value, bool):
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+    if not math.isfinite(number) or number < minimum or (not inclusive and number == minimum):
+        accepted = "a number of seconds %s %g" % (">=" if inclusive else ">", minimum)
+        raise _invalid(name, value, accepted, default)
+    return number
 
 
 def _bool(name: str) -> bool:
+    """An on/off setting: ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``.
+
+    Raises
+    ------
+    CheckpointConfigError
+        For any other spelling, naming ``METAFLOW_<name>``.
+    """
     value = _setting(name, False)
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise _invalid(name, value, "one of %s or %s" % ("/".join(_TRUE), "/".join(_FALSE)), "off")
 
 
 def transfer_options() -> TransferOptions:
-    """Chunking and concurrency from settings (workers default to 4 per core)."""
-    workers = _int("CHECKPOINT_WORKERS", None) or default_workers()
-    chunk = _int("CHECKPOINT_CHUNK_SIZE", 16 << 20)
-    small = _int("CHECKPOINT_SMALL_FILE_SIZE", 1 << 20)
+    """Chunking and concurrency from settings (workers default to 4 per core).
+
+    Raises
+    ------
+    CheckpointConfigError
+        A chunk size outside [4096, 5 GiB], a negative small-file size or fewer than 1
+        worker, naming the setting.
+    """
+    workers = _integer("CHECKPOINT_WORKERS", None, 1, what=" number of threads")
+    workers = workers or default_workers()
+    chunk = _integer("CHECKPOINT_CHUNK_SIZE", 16 << 20, 4096, MAX_CHUNK_SIZE, " number of bytes")
+    small = _integer("CHECKPOINT_SMALL_FILE_SIZE", 1 << 20, 0, what=" number of bytes")
+    assert chunk is not None and small is not None
     # Memory bound: 192 MiB of buffers in flight (at least 2), leaving room under the 256 MiB
     # target for clients and connections (measured: ~46 MiB at 15 in flight on S3).
     inflight = max(2, min(workers, (192 << 20) // max(chunk + small, 1)))
@@ -57,24 +139,19 @@ def transfer_options() -> TransferOptions:
 
 
 def async_budget() -> int:
-    """Bytes of snapshots background saves may hold at once (``CHECKPOINT_ASYNC_BUDGET``)."""
-    return int(_int("CHECKPOINT_ASYNC_BUDGET", 4 << 30))
+    """Bytes of snapshots background saves may hold at once (``CHECKPOINT_ASYNC_BUDGET``, an
+    integer >= 0)."""
+    return int(_integer("CHECKPOINT_ASYNC_BUDGET", 4 << 30, 0, what=" number of bytes") or 0)
 
 
 def parallel_timeout() -> float:
-    """Seconds a @parallel rank waits for the other ranks' parts (or rank 0's commit)."""
-    return float(_int("CHECKPOINT_PARALLEL_TIMEOUT", 600))
+    """Seconds a @parallel rank waits for the other ranks' parts (or rank 0's commit); > 0."""
+    return _seconds("CHECKPOINT_PARALLEL_TIMEOUT", 600, 0.0, inclusive=False)
 
 
 def pause_poll_seconds() -> float:
-    """Seconds between two looks at the store for a pause request."""
-    value = _setting("CHECKPOINT_PAUSE_POLL_SECONDS", 5)
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        raise CheckpointConfigError(
-            "METAFLOW_CHECKPOINT_PAUSE_POLL_SECONDS=%r is not a number." % (value,)
-        ) from None
+    """Seconds between two looks at the store for a pause request; finite and >= 0."""
+    return _seconds("CHECKPOINT_PAUSE_POLL_SECONDS", 5)
 
 
 def lease_seconds() -> float:
@@ -86,10 +163,16 @@ def lease_seconds() -> float:
 
 
 def retry_policy() -> RetryPolicy:
+    """Tries (an integer >= 1) and seconds (>= 0) of one storage call's retries."""
     return RetryPolicy(
-        attempts=_int("CHECKPOINT_RETRY_ATTEMPTS", 6),
-        max_seconds=float(_int("CHECKPOINT_RETRY_SECONDS", 120)),
+        attempts=int(_integer("CHECKPOINT_RETRY_ATTEMPTS", 6, 1, what=" number of tries") or 1),
+        max_seconds=_seconds("CHECKPOINT_RETRY_SECONDS", 120),
     )
+
+
+def timeout_seconds() -> float:
+    """Per-request timeout of network backends (``CHECKPOINT_TIMEOUT_SECONDS``, > 0)."""
+    return _seconds("CHECKPOINT_TIMEOUT_SECONDS", 60, 0.0, inclusive=False)
 
 
 def checkpoint_root(ds_type: str, ds_root: str, override: Optional[str] = None) -> str:
@@ -133,7 +216,7 @@ def storage_for_url(url: str, workers: Optional[int] = None) -> Storage:
         url,
         retry=retry_policy(),
         workers=workers if workers is not None else transfer_options().workers,
-        timeout=float(_int("CHECKPOINT_TIMEOUT_SECONDS", 60)),
+        timeout=timeout_seconds(),
         fsync=_bool("CHECKPOINT_FSYNC"),
         s3=s3_config() if scheme == "s3" else None,
         azure_endpoint=azure_endpoint() if scheme in AZURE_SCHEMES else None,
