@@ -77,3 +77,18 @@ def test_checkpoint_settings_fail_a_task_at_start_and_never_import_metaflow(flow
         "> 0 (default: 600)." in output
     ), output
     assert "Traceback" not in output
+
+
+def test_models_sharing_an_environment_variable_fail_the_run_before_any_task(flow_env):
+    """``models=["Res-Net", "Res_Net"]`` used to start, both paths exported as one
+    ``METAFLOW_CHECKPOINT_MODEL_RES_NET`` (one silently lost)."""
+    env, tmp = flow_env
+    proc = run_subprocess([FLOWS / "models_clash_flow.py", "--no-pylint", "run"], env, tmp)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (
+        "Step 'start': models 'Res-Net' and 'Res_Net' would share the environment variable "
+        "METAFLOW_CHECKPOINT_MODEL_RES_NET" in output
+    ), output
+    assert "Traceback" not in output
+    assert "Task is starting" not in output

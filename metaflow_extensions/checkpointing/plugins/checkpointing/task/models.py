@@ -94,6 +94,15 @@ def parse_specs(value: object, step_name: str) -> list[ModelSpec]:
             raise CheckpointConfigError(
                 "Step '%s': model %r is declared twice." % (step_name, name)
             )
+        # Each model's path is exported as one variable: two names spelling the same variable
+        # (differing only in case, '-', '_' or '.') would silently share it.
+        clash = next((s for s in specs if s.env_var == env_var(name)), None)
+        if clash is not None:
+            raise CheckpointConfigError(
+                "Step '%s': models %r and %r would share the environment variable %s (names "
+                "differing only in case, '-', '_' or '.' map to the same variable); rename one."
+                % (step_name, clash.name, name, env_var(name))
+            )
         specs.append(ModelSpec(name, version, path or None))
     return specs
 
