@@ -560,6 +560,68 @@ def test_usage_errors_exit_2(flow_env, args):
     assert "Traceback" not in result.stderr
 
 
+#: Every command (all take --root), with arguments it accepts: a blank --root must fail all.
+ROOT_COMMANDS = [
+    ["list"],
+    ["show", "some-model"],
+    ["load", "some-model", "out"],
+    ["download", "some-model", "out"],
+    ["upload", "model.bin", "--name", "blank-root"],
+    ["delete", "some-model", "--yes"],
+    ["pin", "some-model"],
+    ["unpin", "some-model"],
+    ["promote", "some-model", "--to", "user:other"],
+    ["unpromote", "some-model", "--to", "user:other"],
+    ["pause", FLOW],
+    ["prune", FLOW, "--dry-run"],
+    ["gc", "--dry-run"],
+    ["du"],
+    ["verify", "some-model"],
+]
+
+
+def test_the_blank_root_table_covers_every_command():
+    from metaflow_extensions.checkpointing.plugins.checkpointing import cli as package
+    from metaflow_extensions.checkpointing.plugins.checkpointing.cli.base import checkpoint
+
+    assert package is not None  # registers the commands
+    with_root = {
+        n for n, c in checkpoint.commands.items() if any(p.name == "root" for p in c.params)
+    }
+    assert with_root == {args[0] for args in ROOT_COMMANDS}
+
+
+@pytest.mark.parametrize(
+    "args, blank",
+    [(a, "") for a in ROOT_COMMANDS] + [(["upload", "model.bin", "--name", "x"], "  ")],
+    ids=[a[0] for a in ROOT_COMMANDS] + ["upload-spaces"],
+)
+def test_a_blank_root_is_refused_not_ignored(flow_env, args, blank):
+    """``--root ""`` (e.g. an unset shell variable) used to be ignored: the command read or
+    wrote the default store instead of failing."""
+    env, tmp = flow_env
+    (tmp / "model.bin").write_bytes(b"weights")
+    result = cli(env, tmp, *args, "--root", blank, expect=2)
+    assert "Invalid value for '--root': empty: give a local path or a URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not local_root(tmp).exists(), "nothing was written to the default store"
+
+
+@pytest.mark.parametrize(
+    "root, reason",
+    [
+        ("ftp://127.0.0.1:1/ckpt", "Connection refused"),
+        ("nosuchproto://x/y", "no storage backend for nosuchproto:// URLs"),
+        ("s3://", "expected s3://<bucket>[/<prefix>]"),
+    ],
+)
+def test_a_root_that_cannot_be_opened_is_named_in_the_error(flow_env, root, reason):
+    """A backend that connects when created (ftp) failed with only its own reason
+    ("Error: [Errno 111] Connection refused"): the error names the root, with the reason."""
+    env, tmp = flow_env
+    assert_user_error(cli(env, tmp, "list", "--root", root, expect=1), root, reason)
+
+
 # ------------------------------------------------------------------------------ S3
 
 

@@ -8,7 +8,10 @@ import os
 import metaflow  # noqa: F401  (imported before the extension, as Metaflow itself does)
 import pytest
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+    CheckpointConfigError,
+    StorageError,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.base import RetryPolicy
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import (
     azure_options,
@@ -163,3 +166,21 @@ def test_metaflows_azure_endpoint_reaches_the_azure_filesystem(monkeypatch):
     store = settings.storage_for_url("az://container/root")
     assert isinstance(store, FsspecStorage)
     assert seen["account_name"] == "acct" and seen["account_host"] == "acct.blob.core.windows.net"
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("ftp://127.0.0.1:1/ckpt", "Connection refused"),  # ftp connects when created
+        ("ftp://127.0.0.1:1/", "Connection refused"),
+    ],
+)
+def test_a_backend_failing_to_open_names_the_root_and_keeps_the_reason(url, reason):
+    """The backend's own error ("[Errno 111] Connection refused") did not say which root."""
+    with pytest.raises(StorageError) as info:
+        storage_for_url(url)
+    error = info.value
+    assert error.message.startswith("Cannot open the checkpoint root %s: " % url)
+    assert reason in error.message and reason in error.reason
+    assert error.url == url
+    assert isinstance(error.__cause__, OSError)

@@ -175,9 +175,20 @@ def root_option(fn: Callable) -> Callable:
         "--root",
         metavar="URL",
         default=None,
+        callback=_check_root,
         help="Checkpoint store root (path or URL). Default: the store a run's tasks recorded; "
         "for names and uploads the flow's datastore (flow CLI) or the default datastore.",
     )(fn)
+
+
+def _check_root(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """Refuse an empty ``--root`` (``--root ""``, ``--root "$UNSET_VAR"``): it used to be
+    ignored silently, so the command read or wrote the default store instead."""
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            "empty: give a local path or a URL, or leave --root out to use the default store."
+        )
+    return value
 
 
 def namespace_options(fn: Callable) -> Callable:

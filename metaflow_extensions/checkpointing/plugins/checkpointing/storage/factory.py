@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Optional
 from urllib.parse import urlparse
 
-from ..errors import CheckpointConfigError
+from ..errors import CheckpointConfigError, CheckpointException, StorageError
 from .base import RetryPolicy, Storage
 from .local import LocalStorage
 
@@ -122,21 +122,36 @@ def storage_for_url(
     CheckpointConfigError
         For an empty or unsupported URL, or when the package its scheme needs is missing
         (the message names the URL and the package to install).
+    StorageError
+        When the backend fails to open the root (a backend that connects when created: an
+        unknown host, a refused connection); the message names the URL and keeps the reason.
     """
     if not url or not str(url).strip():
         raise CheckpointConfigError("Empty checkpoint root: give a local path or a URL.")
     url = str(url).strip()
     scheme = url_scheme(url)
-    if scheme in ("", "file", "local"):
-        return LocalStorage(_local_path(url), fsync=fsync, retry=retry)
-    if scheme == "s3":
-        from .s3 import S3Storage
+    try:
+        if scheme in ("", "file", "local"):
+            return LocalStorage(_local_path(url), fsync=fsync, retry=retry)
+        if scheme == "s3":
+            from .s3 import S3Storage
 
-        return S3Storage(url, retry=retry, workers=workers, timeout=timeout, config=s3)
-    from .fsspec_store import FsspecStorage
+            return S3Storage(url, retry=retry, workers=workers, timeout=timeout, config=s3)
+        from .fsspec_store import FsspecStorage
 
-    options = azure_options(azure_endpoint) if scheme in AZURE_SCHEMES else None
-    return FsspecStorage(url, retry=retry, storage_options=options)
+        options = azure_options(azure_endpoint) if scheme in AZURE_SCHEMES else None
+        return FsspecStorage(url, retry=retry, storage_options=options)
+    except CheckpointException:
+        raise  # ours name the root and say what to do (tests/storage/test_factory.py)
+    except Exception as exc:  # noqa: BLE001 - a backend's own error (DNS, connection, option)
+        # Some backends connect when created (ftp, sftp, ...): their errors ("Name or service
+        # not known") must still say which root could not be opened.
+        reason = str(exc) or type(exc).__name__
+        raise StorageError(
+            "Cannot open the checkpoint root %s: %s (%s)" % (url, reason, type(exc).__name__),
+            url=url,
+            reason=reason,
+        ) from exc
 
 
 def root_for_datastore(ds_type: str, ds_root: str) -> str:
