@@ -116,18 +116,24 @@ class TaskSaves:
             validate_name(name)
             return self._save_in_background(src, validate_metadata(metadata), name, latest)
         with self._interrupts.blocking():
-            created, seq = self._date()
-            manifest = self.store.save(
-                src,
-                self.scope,
-                name=name,
-                metadata=metadata,
-                latest=latest,
-                created_ms=created,
-                seq=seq,
-            )
-            ref = self._committed(manifest)
+            ref = self._commit(src, metadata, name, latest, *self._date())
         return ref
+
+    def _commit(
+        self, src: str, metadata: Optional[dict], name: str, latest: bool, created: int, seq: int
+    ) -> CheckpointReference:
+        """Save ``src`` dated ``(created, seq)`` and record the commit (blocking and
+        background saves alike)."""
+        manifest = self.store.save(
+            src,
+            self.scope,
+            name=name,
+            metadata=metadata,
+            latest=latest,
+            created_ms=created,
+            seq=seq,
+        )
+        return self._committed(manifest)
 
     def note_loaded(self, key: str) -> None:
         """The checkpoint loaded into :attr:`directory` at task start (a final save of the
@@ -248,16 +254,7 @@ class TaskSaves:
         self._background.adjust(nbytes - size)  # files may have changed since they were sized
 
         def commit() -> CheckpointReference:
-            manifest = self.store.save(
-                staged,
-                self.scope,
-                name=name,
-                metadata=metadata,
-                latest=latest,
-                created_ms=created,
-                seq=seq,
-            )
-            return self._committed(manifest)
+            return self._commit(staged, metadata, name, latest, created, seq)
 
         return self._background.submit("save of %s (%r)" % (src, name), staging, nbytes, commit)
 
