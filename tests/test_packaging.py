@@ -133,6 +133,7 @@ def test_public_api_is_locked():
         "keep_every_minutes": None,
         "save_on_interrupt": False,
         "save_on_failure": False,
+        "preemption": None,
     }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [

@@ -34,6 +34,11 @@ BAD = {
     "PAUSE_POLL_SECONDS": (["nan", "-3", "inf", "soon"], "a number of seconds >= 0"),
     "LEASE_SECONDS": (["0", "-1", "86401", "nan", "abc"], "greater than 0 and at most 86400"),
     "FSYNC": (["maybe", "2", "enabled"], "one of 1/true/yes/on or 0/false/no/off"),
+    "PREEMPTION_POLL_SECONDS": (["0", "-1", "nan", "inf", "soon"], "a number of seconds > 0"),
+    "PREEMPTION_ENDPOINT": (
+        ["169.254.169.254", "ftp://127.0.0.1", "http://", "http://[::1"],
+        "an http:// or https:// URL with a host",
+    ),
 }
 
 #: setting -> (a good value, the reader, what it reads) — fractions of seconds are allowed.
@@ -49,6 +54,12 @@ GOOD = {
     "PAUSE_POLL_SECONDS": ("0", settings.pause_poll_seconds, 0.0),
     "LEASE_SECONDS": ("90.5", settings.lease_seconds, 90.5),
     "FSYNC": ("no", lambda: settings._bool("CHECKPOINT_FSYNC"), False),
+    "PREEMPTION_POLL_SECONDS": ("0.5", settings.preemption_poll_seconds, 0.5),
+    "PREEMPTION_ENDPOINT": (
+        "http://127.0.0.1:8080/",
+        settings.preemption_endpoint,
+        "http://127.0.0.1:8080",
+    ),
 }
 
 

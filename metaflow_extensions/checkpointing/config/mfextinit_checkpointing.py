@@ -35,3 +35,7 @@ CHECKPOINT_PAUSE_POLL_SECONDS = from_conf("CHECKPOINT_PAUSE_POLL_SECONDS", None)
 CHECKPOINT_PARALLEL_TIMEOUT = from_conf("CHECKPOINT_PARALLEL_TIMEOUT", None)
 # Lifetime (seconds) of a writer's lease, which keeps GC from deleting what a save relies on (1800).
 CHECKPOINT_LEASE_SECONDS = from_conf("CHECKPOINT_LEASE_SECONDS", None)
+# Preemption watchers (@checkpoint(preemption=...)): base URL of the metadata service polled
+# instead of the cloud's http://169.254.169.254, and seconds between two polls (5).
+CHECKPOINT_PREEMPTION_ENDPOINT = from_conf("CHECKPOINT_PREEMPTION_ENDPOINT", None)
+CHECKPOINT_PREEMPTION_POLL_SECONDS = from_conf("CHECKPOINT_PREEMPTION_POLL_SECONDS", None)

@@ -154,6 +154,42 @@ def pause_poll_seconds() -> float:
     return _seconds("CHECKPOINT_PAUSE_POLL_SECONDS", 5)
 
 
+def preemption_poll_seconds() -> float:
+    """Seconds between two polls of a preemption watcher (``@checkpoint(preemption=...)``);
+    finite and > 0, default 5."""
+    return _seconds("CHECKPOINT_PREEMPTION_POLL_SECONDS", 5, 0.0, inclusive=False)
+
+
+def preemption_endpoint() -> Optional[str]:
+    """Base URL of the metadata service a preemption watcher polls instead of the cloud's
+    link-local ``http://169.254.169.254`` (``CHECKPOINT_PREEMPTION_ENDPOINT``; None: default).
+
+    Raises
+    ------
+    CheckpointConfigError
+        A value that is not an ``http://`` or ``https://`` URL with a host.
+    """
+    from urllib.parse import urlsplit
+
+    value = _setting("CHECKPOINT_PREEMPTION_ENDPOINT")
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _invalid(
+            "CHECKPOINT_PREEMPTION_ENDPOINT",
+            value,
+            "an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080",
+            "the cloud's http://169.254.169.254",
+        )
+    return text.rstrip("/")
+
+
 def lease_seconds() -> float:
     """Lifetime of a writer's lease, which keeps GC from deleting what a save in flight relies
     on (``CHECKPOINT_LEASE_SECONDS``; a number of seconds in (0, 86400], default 1800)."""

@@ -28,6 +28,9 @@ class TaskSettings:
     async_budget: int  #: bytes of snapshots background saves may hold (``ASYNC_BUDGET``)
     parallel_timeout: float  #: seconds a ``@parallel`` rank waits for the others
     pause_poll_seconds: float  #: seconds between two looks for a pause request
+    #: base URL a preemption watcher polls (None: the cloud's link-local address)
+    preemption_endpoint: Optional[str] = None
+    preemption_poll_seconds: float = 5.0  #: seconds between two polls of a preemption watcher
 
     @classmethod
     def read(cls) -> TaskSettings:
@@ -44,6 +47,8 @@ class TaskSettings:
             async_budget=settings.async_budget(),
             parallel_timeout=settings.parallel_timeout(),
             pause_poll_seconds=settings.pause_poll_seconds(),
+            preemption_endpoint=settings.preemption_endpoint(),
+            preemption_poll_seconds=settings.preemption_poll_seconds(),
         )
 
 

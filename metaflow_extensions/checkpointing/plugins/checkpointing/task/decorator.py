@@ -68,6 +68,12 @@ class CheckpointDecorator(StepDecorator):
     save_on_failure : bool, default False
         When the step's code raises, save ``current.checkpoint.directory`` before the task
         fails, so the retry starts from the state at the failure.
+    preemption : str, optional
+        ``"aws"`` (EC2 spot ``instance-action``), ``"gcp"`` (GCE ``instance/preempted``) or
+        ``"azure"`` (Scheduled Events ``Preempt``): poll that cloud's preemption notice from a
+        daemon thread and, on a notice, interrupt the task as SIGTERM does (``on_interrupt``
+        callbacks, the ``save_on_interrupt`` save, then the attempt fails for ``@retry``).
+        Default None: no watcher, no metadata request.
 
     MF Add To Current
     -----------------
@@ -92,6 +98,7 @@ class CheckpointDecorator(StepDecorator):
         "keep_every_minutes": None,
         "save_on_interrupt": False,
         "save_on_failure": False,
+        "preemption": None,
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
@@ -121,6 +128,11 @@ class CheckpointDecorator(StepDecorator):
         self._datastore = (flow_datastore.TYPE, flow_datastore.datastore_root)
         for attr in ("save_on_interrupt", "save_on_failure"):
             self.attributes[attr] = _bool_attr(self.attributes[attr], attr, step_name)
+        from .watchers import validate_preemption
+
+        self.attributes["preemption"] = validate_preemption(
+            self.attributes["preemption"], step_name
+        )
         self._session = None  # the running task's TaskSession (task_pre_step .. task_finished)
 
     def runtime_init(self, flow, graph, package, run_id):
@@ -194,6 +206,7 @@ class CheckpointDecorator(StepDecorator):
             world=_gang_size if gang else None,
             save_on_interrupt=self.attributes["save_on_interrupt"],
             save_on_failure=self.attributes["save_on_failure"],
+            preemption=self.attributes["preemption"],
             settings=settings,
             log=_log,
         )

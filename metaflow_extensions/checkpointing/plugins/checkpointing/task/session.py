@@ -28,6 +28,7 @@ from .runtime import CheckpointRuntime
 if TYPE_CHECKING:
     from ..core.policies import Resolution
     from .models import ModelSpec
+    from .watchers import PreemptionWatcher
 
 
 class TaskSession:
@@ -50,6 +51,7 @@ class TaskSession:
         self._save_on_failure = save_on_failure
         self._log = log
         self._paused = False
+        self._watcher: Optional[PreemptionWatcher] = None
 
     @classmethod
     def start(
@@ -66,6 +68,7 @@ class TaskSession:
         world: Optional[Callable[[], int]] = None,
         save_on_interrupt: bool = False,
         save_on_failure: bool = False,
+        preemption: Optional[str] = None,
         settings: Optional[TaskSettings] = None,
         log: Callable[[str], None] = print,
     ) -> TaskSession:
@@ -89,6 +92,9 @@ class TaskSession:
             As for ``builder.build``.
         save_on_failure : bool
             Save the directory when the step's code raises.
+        preemption : str, optional
+            ``"aws"``, ``"gcp"`` or ``"azure"``: poll that cloud's preemption notice and, on
+            one, interrupt the task as SIGTERM does (``watchers.PreemptionWatcher``).
         settings : TaskSettings, optional
             Default: read once, here.
         log : callable
@@ -127,7 +133,17 @@ class TaskSession:
             _remove(directories)
             raise
         session = cls(parts, directories, save_on_failure, log)
-        parts.interrupts.install(parts.saves)
+        installed = parts.interrupts.install(parts.saves)
+        if preemption is not None and installed:
+            # After the handlers: the watcher's SIGTERM must reach Interrupts, not kill us.
+            from .watchers import PreemptionWatcher
+
+            session._watcher = PreemptionWatcher(
+                preemption,
+                endpoint=settings.preemption_endpoint,
+                poll_seconds=settings.preemption_poll_seconds,
+                log=log,
+            ).start()
         # Child processes and callbacks save into this task with `Checkpoint()`.
         os.environ[DIRECTORY_ENV] = directories[0]
         os.environ[TASK_ENV] = TaskContext(
@@ -185,6 +201,9 @@ class TaskSession:
         late Ctrl+C must not leak the task's directory."""
         interrupts = self._parts.interrupts
         interrupts.ending()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()  # joined: no thread outlives the task
         saves = self._parts.saves
         try:
             saves.flush(raise_errors=False)
