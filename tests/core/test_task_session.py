@@ -43,6 +43,23 @@ from .helpers import make_scope, options
 SETTINGS = TaskSettings(async_budget=1 << 30, parallel_timeout=30.0, pause_poll_seconds=0.0)
 
 
+def _parts_saving_epoch_3(tmp_path, storage, gang: bool):
+    """A task's parts on ``storage`` whose directory holds ``state.txt`` ("epoch 3"); a
+    one-rank gang when ``gang``."""
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "state.txt").write_text("epoch 3")
+    return build(
+        CheckpointStore(storage, options()),
+        make_scope(),
+        str(directory),
+        settings=SETTINGS,
+        log=lambda m: None,
+        rank=0 if gang else None,
+        world=lambda: 1,
+    )
+
+
 class SignalDuringCommit(LocalStorage):
     """A local store that sends ``signum`` to this process while it writes the first manifest,
     i.e. in the middle of a blocking save, before it is committed."""
@@ -65,19 +82,7 @@ def test_a_signal_during_a_blocking_save_is_handled_right_after_it_commits(tmp_p
     """The save in progress commits; then the callbacks run and the task stops with
     CheckpointInterrupted.  In a @parallel rank too (a gang save used to swallow the signal)."""
     storage = SignalDuringCommit(str(tmp_path / "store"), sig)
-    store = CheckpointStore(storage, options())
-    directory = tmp_path / "ckpt"
-    directory.mkdir()
-    (directory / "state.txt").write_text("epoch 3")
-    parts = build(
-        store,
-        make_scope(),
-        str(directory),
-        settings=SETTINGS,
-        log=lambda m: None,
-        rank=0 if gang else None,
-        world=lambda: 1,
-    )
+    parts = _parts_saving_epoch_3(tmp_path, storage, gang)
     calls: list[str] = []
     parts.runtime.on_interrupt(lambda: calls.append("callback"))
     before = signal.getsignal(sig)
@@ -113,19 +118,7 @@ def test_a_signal_during_a_blocking_save_that_fails_still_stops_the_task(tmp_pat
     catches the save's error (StorageError) must not train on until SIGKILL.  The task stops
     with CheckpointInterrupted, chained from the save's error and naming it."""
     storage = SignalThenFail(str(tmp_path / "store"), signal.SIGTERM)
-    store = CheckpointStore(storage, options())
-    directory = tmp_path / "ckpt"
-    directory.mkdir()
-    (directory / "state.txt").write_text("epoch 3")
-    parts = build(
-        store,
-        make_scope(),
-        str(directory),
-        settings=SETTINGS,
-        log=lambda m: None,
-        rank=0 if gang else None,
-        world=lambda: 1,
-    )
+    parts = _parts_saving_epoch_3(tmp_path, storage, gang)
     calls: list[str] = []
     parts.runtime.on_interrupt(lambda: calls.append("callback"))
     assert parts.interrupts.install(parts.saves)

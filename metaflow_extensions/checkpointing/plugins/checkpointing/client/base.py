@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..common import resolver
 from ..core.manifest import Manifest, ManifestHeader
@@ -93,20 +93,9 @@ class ClientBase:
     def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:
         return resolver.resolve(reference, self._view())
 
-    def _headers(
-        self,
-        target: Any,
-        name: Optional[str] = None,
-        step: Optional[str] = None,
-        run: Optional[str] = None,
-        task: Optional[str] = None,
-        foreach: Optional[str] = None,
-        attempt: Optional[int] = None,
-        latest_only: bool = False,
-    ) -> tuple[CheckpointStore, list[ManifestHeader]]:
-        """The store and the headers of the committed checkpoints ``list`` returns for these
-        arguments (keys only: no manifest is read), newest first (:mod:`.listing`)."""
-        raise NotImplementedError
+    #: ``_headers(target, ...)``: the store and the headers of the committed checkpoints
+    #: ``list`` returns for these arguments (keys only), newest first; defined by :mod:`.listing`.
+    _headers: Callable[..., tuple[CheckpointStore, list[ManifestHeader]]]
 
 
 def _default_root() -> str:
