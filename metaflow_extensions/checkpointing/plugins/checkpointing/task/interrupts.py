@@ -101,6 +101,13 @@ class Interrupts:
         """
         self._ending = True
 
+    @property
+    def received(self) -> Optional[str]:
+        """The name of the signal received and not handled yet (``"SIGTERM"``), or None: long
+        waits inside a blocking save (a sharded save waiting for other ranks) poll it to stop
+        early instead of deferring the signal until they time out."""
+        return signal.Signals(self._received).name if self._received is not None else None
+
     # ------------------------------------------------------------------ blocking saves
     @contextlib.contextmanager
     def blocking(self, deliver: bool = True) -> Iterator[None]:
