@@ -23,6 +23,11 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest impor
     MAX_CREATED_MS,
     parse_key,
 )
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.position import (
+    MAX_INDEX,
+    RANK0,
+    Position,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
     Scope,
     library_scope,
@@ -55,6 +60,9 @@ scopes = st.builds(
     st.integers(0, 2**63 - 1),
 )
 LEVELS = ("namespace", "flow", "step", "foreach", "run", "task")
+#: Writers (ADR 004): a position, or rank 0 with a sharded checkpoint.
+positions = st.builds(Position, st.integers(0, MAX_INDEX), st.integers(0, MAX_INDEX))
+writers = st.one_of(st.tuples(positions, st.just(False)), st.just((RANK0, True)))
 
 
 def _prefixes(s: Scope) -> dict[str, str]:
@@ -71,9 +79,20 @@ def _prefixes(s: Scope) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ round trips
 @PROPS
-@given(scopes, st.integers(0, MAX_CREATED_MS), st.integers(0, 2**63 - 1), st.booleans(), ids, names)
-def test_manifest_keys_parse_back_to_what_built_them(scope, created, seq, latest, id, name):
-    key = layout.manifest_key(scope.task_prefix(), created, scope.attempt, seq, latest, id, name)
+@given(
+    scopes,
+    st.integers(0, MAX_CREATED_MS),
+    st.integers(0, 2**63 - 1),
+    st.booleans(),
+    ids,
+    names,
+    writers,
+)
+def test_manifest_keys_parse_back_to_what_built_them(scope, created, seq, latest, id, name, writer):
+    position, sharded = writer
+    key = layout.manifest_key(
+        scope.task_prefix(), created, scope.attempt, seq, latest, id, name, position, sharded
+    )
     validate_key(key)  # a valid key on every backend, whatever the components
     parts = layout.split_manifest_key(key)
     assert parts == layout.ManifestKey(
@@ -84,15 +103,19 @@ def test_manifest_keys_parse_back_to_what_built_them(scope, created, seq, latest
         latest,
         id,
         name,
+        position,
+        sharded,
     )
     header = parse_key(key)
-    assert (header.scope, header.created_ms, header.seq, header.latest, header.id) == (
-        scope,
-        created,
-        seq,
-        latest,
-        id,
-    )
+    assert (
+        header.scope,
+        header.created_ms,
+        header.seq,
+        header.latest,
+        header.id,
+        header.position,
+        header.sharded,
+    ) == (scope, created, seq, latest, id, position, sharded)
     assert layout.manifest_components(key) == tuple(getattr(scope, level) for level in LEVELS)
     assert layout.step_prefix_of(key) == scope.step_prefix()
     assert layout.task_prefix_of(key) == scope.task_prefix()
@@ -127,6 +150,16 @@ def test_keys_beside_a_manifest_parse_back(scope, id, name, namespace, version):
     index = layout.task_summary_key(scope.task_prefix(), scope.attempt)
     assert index.startswith(layout.task_summaries_prefix(scope.task_prefix()))
     assert layout.is_task_summary_key(index)
+    node_index = layout.task_summary_key(scope.task_prefix(), scope.attempt, Position(3, 0))
+    assert node_index != index and layout.is_task_summary_key(node_index)
+    assert node_index.startswith(layout.task_summaries_prefix(scope.task_prefix()))
+    gone = layout.gone_key(scope.task_prefix(), scope.attempt, "node", 3)
+    assert gone.startswith(layout.gone_prefix(scope.task_prefix(), scope.attempt))
+    assert layout.gone_of(gone) == ("node", 3)
+    assert layout.gone_of(layout.gone_key(scope.task_prefix(), 0, "rank", 12)) == ("rank", 12)
+    assert not layout.gone_prefix(scope.task_prefix(), 1).startswith(
+        layout.gone_prefix(scope.task_prefix(), 0)
+    )  # attempt 1's markers are not attempt 0's (nor 10's under 1's: the prefix ends in /)
     assert layout.step_index_key(scope.step_prefix()).startswith(layout.INDEXES + "/")
     marker = layout.promotion_key(name, namespace, version)
     assert marker.startswith(layout.promoted_to_prefix(name, namespace))
@@ -136,7 +169,7 @@ def test_keys_beside_a_manifest_parse_back(scope, id, name, namespace, version):
     assert layout.promotion_of(log, name) is None
     run_pause = layout.pause_run_key(scope.flow, scope.run)
     task_pause = layout.pause_task_key(scope.flow, scope.run, scope.step, scope.task)
-    for k in (pin, part, index, marker, log, run_pause, task_pause):
+    for k in (pin, part, index, node_index, gone, marker, log, run_pause, task_pause):
         validate_key(k)
 
 

@@ -22,9 +22,10 @@ from typing import Callable, Optional
 
 from ..errors import StorageError
 from ..storage.base import Storage
-from .layout import blob_key
+from .layout import blob_key, writer_token
 from .lease_writer import Ticket
 from .manifest import Manifest, now_ms
+from .position import RANK0, Position
 from .scan import scan
 from .scope import Scope
 from .transfer import Progress, SaveStats, TransferOptions, timed
@@ -158,6 +159,8 @@ def save(
     seq: Optional[int] = None,
     publish: Optional[Callable[[Manifest], None]] = None,
     source: Optional[dict] = None,
+    position: Position = RANK0,
+    sharded: bool = False,
 ) -> Manifest:
     """Save the file or directory ``src`` as one checkpoint and commit it.
 
@@ -168,8 +171,11 @@ def save(
     ``seq`` date the checkpoint (default: now); a background save passes those of its
     snapshot, so that it orders before saves made after it even though it commits later.
     ``publish`` replaces the final manifest write (a ``@parallel`` rank writes its part).
-    ``source`` adds fields to the manifest's ``source`` (the publisher of a named checkpoint).
+    ``source`` adds fields to the manifest's ``source`` (the publisher of a named checkpoint,
+    the ranks of a subprocess writer).  ``position`` is the writer (:mod:`.position`, spelled
+    in the key); ``sharded`` flags a checkpoint every participant of a sharded save wrote.
     """
+    writer_token(position, sharded)  # a sharded checkpoint with a writer: refused before any I/O
     own_writer = writer is None
     writer = writer or BlobWriter(storage)
     stats = SaveStats()
@@ -197,6 +203,8 @@ def save(
             seq=seq,
             publish=publish,
             source=source,
+            position=position,
+            sharded=sharded,
         )
     finally:
         writer.lease.end_save(ticket)
@@ -225,6 +233,8 @@ def _upload_and_commit(
     seq: Optional[int],
     publish: Optional[Callable[[Manifest], None]],
     source: Optional[dict],
+    position: Position,
+    sharded: bool,
 ) -> Manifest:
     with timed(stats, "upload"):
         entries = upload_tree(files, writer, opts, stats, progress)
@@ -249,6 +259,8 @@ def _upload_and_commit(
         source={"kind": kind, "name": os.path.basename(os.path.abspath(src)), **(source or {})},
         stats=stats.to_json(),
         chunk_size=opts.chunk_size,
+        position=position,
+        sharded=sharded,
     )
     if reuse is not None:
         existing = reuse(manifest)

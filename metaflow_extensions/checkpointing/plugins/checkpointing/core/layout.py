@@ -4,24 +4,33 @@ A checkpoint root (``<datastore root>/mf.checkpointing`` or ``METAFLOW_CHECKPOIN
 
     <root>/
     ├── manifests/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<manifest file>
-    │       <manifest file> = <created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json
+    │       <manifest file> = <created ms>-<attempt>-<seq>-<flag>-<id>-<name>.json
+    │       <flag> = L|N (latest or not), then the writer: nothing for rank 0 (every key
+    │       written before writers were recorded), w<node>.<local> for another writer
+    │       (Lw1.0; w0.0 is never written), s for a sharded checkpoint (Ls)
     │       one per committed checkpoint, written last (a checkpoint exists exactly when its
     │       manifest does); named checkpoints saved outside a task live under
     │       manifests/_library/_library/<name>/_/_/_/
     ├── blobs/<2 hex>/<64 hex>          content-addressed data: BLAKE3 of the bytes it holds
     ├── parts/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<gang id>/rank-<i>.json
-    │       one @parallel rank's shard, until rank 0 commits the gang's manifest
+    │       one participant's shard of a sharded save, until participant 0 commits the
+    │       checkpoint's manifest
     ├── pins/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<manifest file>
     │       empty marker: retention never prunes the manifest of the same path
     ├── indexes/<ns>/<flow>/<step>/summaries.json
-    │   indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>.json
-    │       listing hints (summaries of immutable manifests); never the truth
+    │   indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>[-w<node>.<local>].json
+    │       listing hints (summaries of immutable manifests); never the truth; one per
+    │       attempt and writing step process (rank 0's without the suffix)
     ├── promotions/<name>/to/<namespace>/<version>      a version trusted in a namespace
     │   promotions/<name>/log/<ms>-<8 hex>.json         who promoted or unpromoted, when
     ├── leases/<session>/start | alive | names-<n>      a writer's GC lease (see .leases)
     ├── gc/runs/<run>/start | sweep | done              a GC run's record (see .gc)
     └── control/pause/<flow>/<run>/_run.json            pause requests (see .pause)
         control/pause/<flow>/<run>/<step>/<task>.json
+        control/gone/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<attempt>/node-<n>.json
+        control/gone/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<attempt>/rank-<r>.json
+                a node or worker that will not take part in any more sharded save of that
+                attempt (who, why, when; see .gang)
 
 Every scope component (``<ns>`` ... ``<task>``, promotion namespaces and versions, pause
 components) is percent-encoded by :func:`encode`, so namespaces such as ``user:alice`` are safe
@@ -38,6 +47,9 @@ The functions here only build and split strings: they read no store and know no 
 Parsers return ``None`` for a key of another shape (the caller decides whether that is an
 error); values inside a well-shaped key are validated by their owners (:func:`.manifest.parse_key`
 checks names and ranges).
+
+Long module: every key of the store is spelled here and nowhere else (a test enforces it), so
+the one place that knows the whole layout stays one module past 400 lines.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from typing import NamedTuple, Optional
 from urllib.parse import quote, unquote
 
 from ..errors import ManifestError
+from .position import RANK0, Position
 
 # ---------------------------------------------------------------------------- top-level prefixes
 MANIFESTS = "manifests"
@@ -119,26 +132,57 @@ def library_prefix() -> str:
     return flow_prefix(LIBRARY, LIBRARY)
 
 
+def writer_token(position: Position = RANK0, sharded: bool = False) -> str:
+    """What a key spells after ``L``/``N``: ``""`` for rank 0, ``"w<node>.<local>"`` for
+    another writer, ``"s"`` for a sharded checkpoint (one spelling per writer: never ``w0.0``).
+
+    Raises
+    ------
+    ValueError
+        A sharded checkpoint with a writer other than rank 0 (participant 0 commits it; its
+        key names no writer).
+    """
+    if sharded:
+        if not position.is_rank0:
+            raise ValueError("a sharded checkpoint has no writer position (got %s)" % position)
+        return "s"
+    return "" if position.is_rank0 else "w%d.%d" % (position.node, position.local)
+
+
 def manifest_key(
-    task_prefix: str, created_ms: int, attempt: int, seq: int, latest: bool, id: str, name: str
+    task_prefix: str,
+    created_ms: int,
+    attempt: int,
+    seq: int,
+    latest: bool,
+    id: str,
+    name: str,
+    position: Position = RANK0,
+    sharded: bool = False,
 ) -> str:
-    """``<task prefix><created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json``."""
-    return "%s%013d-%d-%06d-%s-%s-%s.json" % (
+    """``<task prefix><created ms>-<attempt>-<seq>-<flag>-<id>-<name>.json``, ``<flag>``
+    being ``L``/``N`` then :func:`writer_token`."""
+    return "%s%013d-%d-%06d-%s%s-%s-%s.json" % (
         task_prefix,
         created_ms,
         attempt,
         seq,
         "L" if latest else "N",
+        writer_token(position, sharded),
         id,
         name,
     )
 
 
-#: ``<created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json``: ASCII digits only (``int()`` would
+#: An index in a writer token: ASCII digits without leading zeros (one spelling per key).
+_INDEX = r"(?:0|[1-9][0-9]{0,8})"
+#: ``<created ms>-<attempt>-<seq>-<flag>-<id>-<name>.json``: ASCII digits only (``int()`` would
 #: also take signs, spaces, underscores and other scripts' digits).
 _MANIFEST_FILE_RE = re.compile(
-    r"(?P<created>[0-9]{1,19})-(?P<attempt>[0-9]{1,19})-(?P<seq>[0-9]{1,19})-(?P<flag>[LN])-"
-    r"(?P<id>[0-9A-Za-z]{1,64})-(?P<name>.+)\.json"
+    r"(?P<created>[0-9]{1,19})-(?P<attempt>[0-9]{1,19})-(?P<seq>[0-9]{1,19})-(?P<flag>[LN])"
+    r"(?:w(?P<node>%s)\.(?P<local>%s)|(?P<sharded>s))?-"
+    % (_INDEX, _INDEX)
+    + r"(?P<id>[0-9A-Za-z]{1,64})-(?P<name>.+)\.json"
 )
 
 
@@ -157,6 +201,8 @@ class ManifestKey(NamedTuple):
     latest: bool
     id: str
     name: str
+    position: Position = RANK0
+    sharded: bool = False
 
 
 def manifest_components(key: object) -> Optional[tuple[str, ...]]:
@@ -178,6 +224,11 @@ def split_manifest_key(key: object) -> Optional[ManifestKey]:
     match = _MANIFEST_FILE_RE.fullmatch(key.rsplit("/", 1)[1])  # type: ignore[union-attr]
     if match is None:
         return None
+    position = RANK0
+    if match["node"] is not None:
+        position = Position(int(match["node"]), int(match["local"]))
+        if position.is_rank0:
+            return None  # rank 0 is spelled without a token: "w0.0" is another key's twin
     return ManifestKey(
         *components,
         int(match["created"]),
@@ -186,6 +237,8 @@ def split_manifest_key(key: object) -> Optional[ManifestKey]:
         match["flag"] == "L",
         match["id"],
         match["name"],
+        position,
+        match["sharded"] is not None,
     )
 
 
@@ -290,9 +343,14 @@ def task_summaries_prefix(task_prefix: str) -> str:
     return INDEXES + task_prefix[len(MANIFESTS) :]
 
 
-def task_summary_key(task_prefix: str, attempt: int) -> str:
-    """The summaries one attempt of the task at ``task_prefix`` saved."""
-    return task_summaries_prefix(task_prefix) + "attempt-%d.json" % attempt
+def task_summary_key(task_prefix: str, attempt: int, position: Position = RANK0) -> str:
+    """The summaries one attempt of the task at ``task_prefix`` saved from the step process at
+    ``position`` (each node of a ``@parallel`` gang writes its own)."""
+    token = writer_token(position)
+    return task_summaries_prefix(task_prefix) + "attempt-%d%s.json" % (
+        attempt,
+        "-" + token if token else "",
+    )
 
 
 def is_task_summary_key(key: str) -> bool:
@@ -388,3 +446,27 @@ def pause_task_key(flow: str, run: str, step: str, task: str) -> str:
         encode(step),
         encode(task),
     )
+
+
+#: Who a gone marker names: a node of a ``@parallel`` gang or a worker rank.
+GONE_KINDS = ("node", "rank")
+_GONE_FILE_RE = re.compile(r"(?P<kind>node|rank)-(?P<index>%s)\.json" % _INDEX)
+
+
+def gone_prefix(task_prefix: str, attempt: int) -> str:
+    """Every gone marker of one attempt of the task at ``task_prefix`` (one listing)."""
+    return "%s/gone/%s%d/" % (CONTROL, task_prefix[len(MANIFESTS_PREFIX) :], attempt)
+
+
+def gone_key(task_prefix: str, attempt: int, kind: str, index: int) -> str:
+    """The marker of node ``index`` (``kind="node"``) or worker rank ``index``
+    (``kind="rank"``) that will take part in no more sharded save of the attempt."""
+    if kind not in GONE_KINDS:
+        raise ValueError("a gone marker names a node or a rank, not %r" % (kind,))
+    return gone_prefix(task_prefix, attempt) + "%s-%d.json" % (kind, index)
+
+
+def gone_of(key: str) -> Optional[tuple[str, int]]:
+    """``(kind, index)`` of a key listed under a :func:`gone_prefix`, else None."""
+    match = _GONE_FILE_RE.fullmatch(key.rsplit("/", 1)[-1])
+    return (match["kind"], int(match["index"])) if match else None

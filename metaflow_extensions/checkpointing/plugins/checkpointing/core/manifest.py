@@ -36,6 +36,7 @@ from .manifest_format import (
     show,
     validate_metadata,
 )
+from .position import RANK0, Position
 from .scope import Scope, validate_name
 
 _HEX64 = BLOB_NAME_RE.fullmatch
@@ -246,6 +247,20 @@ def _source(value: Any, where: str) -> dict:
     return source
 
 
+def _position(value: Any, where: str) -> Position:
+    """The writer a body records (absent: rank 0, as every manifest written before writers
+    were recorded)."""
+    if value is None:
+        return RANK0
+    d = _object(value, where)
+    if set(d) != {"node", "local"}:
+        raise _Invalid(where, 'must be {"node": n, "local": l}, not %s' % show(d))
+    try:
+        return Position(d["node"], d["local"])
+    except ValueError as exc:
+        raise _Invalid(where, "is %s: %s" % (show(d), exc)) from None
+
+
 def _scope(value: Any, where: str) -> Scope:
     d = _object(value, where)
     parts = [
@@ -307,6 +322,8 @@ def _parse(d: Any, key: str) -> Manifest:
         source=dict(_source(d.get("source") or {}, "source")),
         stats=dict(_stats(d.get("stats") or {}, "stats")),
         chunk_size=_int(d.get("chunk_size", 0), "chunk_size"),
+        position=_position(d.get("position"), "position"),
+        sharded=_bool(d.get("sharded", False), "sharded"),
     )
 
 

@@ -6,7 +6,12 @@ creation time, format version and save statistics.  It is written last; a checkp
 exactly when its manifest does.  Its *key* (:mod:`.layout`) also encodes what listings need to
 order and filter checkpoints without downloading them::
 
-    <scope prefix><created ms>-<attempt>-<seq>-<L|N>-<id>-<name>.json
+    <scope prefix><created ms>-<attempt>-<seq>-<flag>-<id>-<name>.json
+
+``<flag>`` is ``L``/``N`` then the writer (:mod:`.position`): nothing for rank 0, ``w1.0`` for
+another writer, ``s`` for a sharded checkpoint.  The body records the writer too (``position``,
+``sharded``), only when it is not rank 0's plain checkpoint, so rank 0's manifests are exactly
+those written before writers were recorded.
 
 Reading a manifest back (validating every field of an untrusted body) is :mod:`.manifest`,
 which also exports every name defined here.
@@ -25,6 +30,7 @@ from typing import Any, Optional
 from ..errors import CheckpointConfigError, ManifestError
 from . import layout
 from .layout import BLOB_NAME_RE, is_blob_name
+from .position import RANK0, Position
 from .scope import Scope, validate_name
 
 FORMAT = "metaflow-checkpointing/1"
@@ -106,6 +112,10 @@ class ManifestHeader:
     latest: bool
     id: str
     name: str
+    #: The writer (:mod:`.position`); rank 0 for a sharded checkpoint.
+    position: Position = RANK0
+    #: Every participant of a sharded save wrote a part of it (``s`` in the key).
+    sharded: bool = False
 
     @property
     def order(self) -> tuple:
@@ -140,10 +150,23 @@ class Manifest:
     source: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     chunk_size: int = 0
+    #: The writer (:mod:`.position`); rank 0 for a sharded checkpoint.
+    position: Position = RANK0
+    #: Every participant of a sharded save wrote a part of it.
+    sharded: bool = False
 
     @property
     def key(self) -> str:
-        return manifest_key(self.scope, self.created_ms, self.seq, self.latest, self.id, self.name)
+        return manifest_key(
+            self.scope,
+            self.created_ms,
+            self.seq,
+            self.latest,
+            self.id,
+            self.name,
+            self.position,
+            self.sharded,
+        )
 
     @property
     def size(self) -> int:
@@ -154,7 +177,15 @@ class Manifest:
         return iso_time(self.created_ms)
 
     def to_json(self) -> dict:
+        writer: dict[str, Any] = {}
+        # Only when not rank 0's plain checkpoint: such manifests stay byte for byte what
+        # releases before writers were recorded wrote (and read).
+        if not self.position.is_rank0:
+            writer["position"] = self.position.to_json()
+        if self.sharded:
+            writer["sharded"] = True
         return {
+            **writer,
             "format": FORMAT,
             "id": self.id,
             "name": self.name,
@@ -184,10 +215,21 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def manifest_key(scope: Scope, created_ms: int, seq: int, latest: bool, id: str, name: str) -> str:
+def manifest_key(
+    scope: Scope,
+    created_ms: int,
+    seq: int,
+    latest: bool,
+    id: str,
+    name: str,
+    position: Position = RANK0,
+    sharded: bool = False,
+) -> str:
     """The key of a manifest (:func:`.layout.manifest_key` under the scope's task prefix)."""
     prefix = scope.task_prefix()
-    return layout.manifest_key(prefix, created_ms, scope.attempt, seq, latest, id, name)
+    return layout.manifest_key(
+        prefix, created_ms, scope.attempt, seq, latest, id, name, position, sharded
+    )
 
 
 def parse_key(key: str) -> ManifestHeader:
@@ -217,7 +259,9 @@ def parse_key(key: str) -> ManifestHeader:
             key=given,
         )
     scope = Scope(k.namespace, k.flow, k.step, k.foreach, k.run, k.task, k.attempt)
-    return ManifestHeader(key, scope, k.created_ms, k.seq, k.latest, k.id, name)
+    return ManifestHeader(
+        key, scope, k.created_ms, k.seq, k.latest, k.id, name, k.position, k.sharded
+    )
 
 
 def is_manifest_key(key: str) -> bool:

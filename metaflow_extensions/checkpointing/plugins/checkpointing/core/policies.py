@@ -7,7 +7,9 @@
   from any run in the namespace.
 * ``none``: nothing.
 
-Each lookup is one prefix listing (see :mod:`.scope`).
+Each lookup is one prefix listing (see :mod:`.scope`).  Which of the checkpoints found a
+process takes depends on its writer position (ADR 004, :func:`visible_to`): its own and the
+sharded ones if it saved any, else rank 0's and the sharded ones.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable, Optional
 from ..errors import CheckpointConfigError
 from ..storage.base import Storage
 from .manifest import ManifestHeader, is_manifest_key, parse_key
+from .position import RANK0, Position
 from .scope import Scope
 
 POLICIES = ("fresh", "eager", "none")
@@ -53,13 +56,32 @@ def sort_key(within_task: bool = False) -> Callable[[ManifestHeader], tuple]:
     return (lambda h: h.task_order) if within_task else (lambda h: h.order)
 
 
+def visible_to(headers: Sequence[ManifestHeader], position: Position) -> list[ManifestHeader]:
+    """The checkpoints of ``headers`` the process at ``position`` chooses among (in the order
+    given): if it wrote any of them, its own and the sharded ones; otherwise rank 0's and the
+    sharded ones.  So ``if rank == 0: save()`` is loaded by every process, a process that
+    saves its own state gets its own back (ranks never cross-load), and a sharded checkpoint
+    is loaded everywhere.  For rank 0 this is every checkpoint but other writers'."""
+    own = any(not h.sharded and h.position == position for h in headers)
+    mine = position if own else RANK0
+    return [h for h in headers if h.sharded or h.position == mine]
+
+
 def newest(
-    headers: Sequence[ManifestHeader], *, within_task: bool = False
+    headers: Sequence[ManifestHeader],
+    *,
+    within_task: bool = False,
+    position: Optional[Position] = None,
 ) -> Optional[ManifestHeader]:
     """The newest header flagged ``latest`` by :func:`sort_key`, or None: what a retry
     (``within_task``), ``resume`` (one task per step and split in a run: ``within_task``) and
-    ``eager`` load."""
+    ``eager`` load.
+
+    ``position`` None: among every writer's (a client, the CLI, retention); a position: among
+    the latest ones :func:`visible_to` that process."""
     marked = [h for h in headers if h.latest]
+    if position is not None:
+        marked = visible_to(marked, position)
     if not marked:
         return None
     return max(marked, key=sort_key(within_task))
@@ -81,8 +103,10 @@ def resolve(
     policy: str,
     scope: Scope,
     origin_runs: Callable[[], Iterable[str]] = lambda: (),
+    position: Position = RANK0,
 ) -> Resolution:
-    """Apply ``policy`` for a task starting in ``scope``.
+    """Apply ``policy`` for the process at ``position`` of a task starting in ``scope`` (the
+    step's own process of node ``n`` is ``Position(n, 0)``).
 
     ``origin_runs`` returns the origin run ids of a ``resume`` chain, nearest first; it is called
     only when the task has no checkpoint of its own and iterated only until one is found (older
@@ -94,20 +118,22 @@ def resolve(
     seen = None
     if scope.attempt > 0:
         seen = list_headers(storage, scope.task_prefix())
-        h = newest(seen, within_task=True)
+        h = newest(seen, within_task=True, position=position)
         if h is not None:
             return Resolution(
                 h, "latest checkpoint of this task (retry attempt %d)" % scope.attempt, seen
             )
     for run in origin_runs():
         # A run has one task per step and foreach split: order it as that task's retry would.
-        h = newest(list_headers(storage, scope.run_prefix(run)), within_task=True)
+        h = newest(
+            list_headers(storage, scope.run_prefix(run)), within_task=True, position=position
+        )
         if h is not None:
             return Resolution(
                 h, "latest checkpoint of this step in origin run %s (resume)" % run, seen
             )
     if policy == "eager":
-        h = newest(list_headers(storage, scope.lineage_prefix()))
+        h = newest(list_headers(storage, scope.lineage_prefix()), position=position)
         if h is not None:
             return Resolution(h, "latest checkpoint of this step from an earlier run (eager)", seen)
         return Resolution(

@@ -19,6 +19,7 @@ from . import manifest as mf
 from .download import download_tree
 from .lease_writer import WriterLease
 from .manifest import Manifest, ManifestHeader
+from .position import RANK0, Position
 from .reader import open_file
 from .scope import Scope, library_scope, validate_name
 from .summary import SummaryIndex
@@ -80,6 +81,8 @@ class CheckpointStore:
         publish: Optional[Callable[[Manifest], None]] = None,
         reuse: Optional[Callable[[Manifest], Optional[Manifest]]] = None,
         publisher: Optional[dict] = None,
+        position: Position = RANK0,
+        source: Optional[dict] = None,
     ) -> Manifest:
         """Save a file or directory and commit it; returns the committed manifest.
 
@@ -90,7 +93,9 @@ class CheckpointStore:
         an already committed one to return instead (compare with :func:`same_content`).
         ``publisher`` (:func:`.promotions.publisher_record`) is recorded in a named
         checkpoint's manifest; ``reuse_identical`` then only reuses a version of that same
-        publisher's namespace.
+        publisher's namespace.  ``position`` is the writer (:mod:`.position`: rank 0 by
+        default), ``source`` more fields of the manifest's ``source`` (a subprocess's
+        ``rank``, ``local_rank`` and ``world_size``).
         """
         name = validate_name(name)
         metadata = mf.validate_metadata(metadata)
@@ -110,7 +115,8 @@ class CheckpointStore:
             created_ms=created_ms,
             seq=seq,
             publish=publish,
-            source=None if publisher is None else {"publisher": publisher},
+            source={**(source or {}), **({} if publisher is None else {"publisher": publisher})},
+            position=position,
         )
 
     def save_gang(
@@ -298,9 +304,11 @@ class CheckpointStore:
         policy: str,
         scope: Scope,
         origin_runs: Callable[[], Iterable[str]] = lambda: (),
+        position: Position = RANK0,
     ) -> policies.Resolution:
-        """Which checkpoint a task in ``scope`` starts from under ``policy``."""
-        return policies.resolve(self.storage, policy, scope, origin_runs)
+        """Which checkpoint the process at ``position`` of a task in ``scope`` starts from
+        under ``policy`` (see :func:`.policies.newest`)."""
+        return policies.resolve(self.storage, policy, scope, origin_runs, position)
 
     # ------------------------------------------------------------------ lifecycle
     def delete(self, key: str, force: bool = False) -> None:

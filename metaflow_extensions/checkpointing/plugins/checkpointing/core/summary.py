@@ -11,8 +11,10 @@ step prefix (``indexes/<ns>/<flow>/<step>/summaries.json``, keys in :mod:`.layou
 * the index is rewritten by the reader that had to read many manifests; a lost race between two
   readers only costs a later reader some manifest reads;
 * a task writes the summaries of its own saves once, when it finishes
-  (``indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>.json``), so the first listing
-  of a task with many checkpoints reads one object instead of one manifest per checkpoint;
+  (``indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>.json``; each node of a
+  ``@parallel`` gang its own, ``attempt-<n>-w<node>.0.json``), so the first listing of a task
+  with many checkpoints reads one object per writing process instead of one manifest per
+  checkpoint;
 * a malformed index (or entry) is ignored: the manifests are read instead;
 * a manifest that cannot be parsed (truncated, tampered with, written by a newer release) does
   not fail the listing: its summary is :func:`damaged` (``damaged=True`` and the ``error``),
@@ -37,6 +39,7 @@ from .layout import (
     task_summary_key,
 )
 from .manifest import SIZE_LIMIT, Manifest, ManifestHeader
+from .position import RANK0, Position
 
 INDEX_FORMAT = "metaflow-checkpointing-summaries/1"
 #: Rewrite a step's index once a listing had to read this many manifests (or all of them).
@@ -104,14 +107,20 @@ def _read_json(storage: Storage, key: str) -> Any:
 
 
 def write_task_summaries(
-    storage: Storage, task_prefix: str, attempt: int, manifests: Sequence[Manifest]
+    storage: Storage,
+    task_prefix: str,
+    attempt: int,
+    manifests: Sequence[Manifest],
+    position: Position = RANK0,
 ) -> None:
-    """Record what one attempt of a task saved (best effort: it is only a hint)."""
+    """Record what the process at ``position`` committed in one attempt of a task (best
+    effort: it is only a hint)."""
     if not manifests:
         return
     body = {"format": INDEX_FORMAT, "entries": {m.key: summarize(m) for m in manifests}}
+    key = task_summary_key(task_prefix, attempt, position)
     try:
-        storage.put_bytes(task_summary_key(task_prefix, attempt), json.dumps(body).encode())
+        storage.put_bytes(key, json.dumps(body).encode())
     except CheckpointException:
         pass
 

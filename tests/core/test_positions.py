@@ -1,0 +1,274 @@
+"""Writers in manifest keys and which checkpoint a process loads (ADR 004, core side).
+
+Keys spell the writer (nothing for rank 0, ``w<node>.<local>``, ``s`` for sharded), one spelling
+per key; the manifest body agrees with its key or is refused; old rank-0 keys and bodies read
+as before; and the load rule (own + sharded if the process saved any, else rank 0's + sharded)
+is checked as a table over writers and as a property against a direct statement of the rule.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import layout, policies
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import (
+    Manifest,
+    loads,
+    manifest_key,
+    parse_key,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.position import (
+    MAX_INDEX,
+    RANK0,
+    Position,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import ManifestError
+
+from .helpers import make_scope, tiny
+
+PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SCOPE = make_scope()
+PREFIX = SCOPE.task_prefix()
+ID = "0123456789abcdef"
+
+
+def _key(flag: str, created: int = 1_700_000_000_000, seq: int = 0) -> str:
+    return "%s%013d-0-%06d-%s-%s-mfchckpt.json" % (PREFIX, created, seq, flag, ID)
+
+
+# ------------------------------------------------------------------------------ keys
+@pytest.mark.parametrize(
+    "position, sharded, token",
+    [
+        (RANK0, False, "L"),
+        (Position(1, 0), False, "Lw1.0"),
+        (Position(0, 3), False, "Lw0.3"),
+        (Position(12, 7), False, "Lw12.7"),
+        (RANK0, True, "Ls"),
+    ],
+)
+def test_the_key_spells_the_writer(position, sharded, token):
+    key = manifest_key(SCOPE, 1_700_000_000_000, 0, True, ID, "mfchckpt", position, sharded)
+    assert key == _key(token)
+    header = parse_key(key)
+    assert (header.position, header.sharded) == (position, sharded)
+
+
+def test_keys_written_before_writers_were_recorded_are_rank_0s():
+    header = parse_key(_key("N"))
+    assert (header.position, header.sharded, header.latest) == (RANK0, False, False)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "Lw0.0",  # rank 0 has one spelling: no token
+        "Lw01.0",  # leading zeros: a second spelling of w1.0
+        "Lw1.00",
+        "Lw1",
+        "Lw.1",
+        "Lw1.",
+        "Lw-1.0",
+        "Lw1.0s",
+        "Lsw1.0",
+        "Lss",
+        "LS",
+        "Lx",
+        "Lw1000000000.0",  # ten digits: beyond MAX_INDEX
+        "Lw١.0",  # another script's digit
+        "sL",
+        "w1.0",
+    ],
+)
+def test_other_spellings_of_a_writer_are_not_manifest_keys(flag):
+    key = _key(flag)
+    assert layout.split_manifest_key(key) is None
+    with pytest.raises(ManifestError, match="not a checkpoint manifest key"):
+        parse_key(key)
+
+
+def test_a_sharded_checkpoint_names_no_writer():
+    with pytest.raises(ValueError, match="sharded checkpoint has no writer"):
+        manifest_key(SCOPE, 1, 0, True, ID, "mfchckpt", Position(1, 0), True)
+
+
+@pytest.mark.parametrize("bad", [-1, MAX_INDEX + 1, True, 1.0, "1", None])
+def test_positions_are_whole_numbers_in_range(bad):
+    with pytest.raises(ValueError, match="whole number"):
+        Position(bad, 0)
+    with pytest.raises(ValueError, match="whole number"):
+        Position(0, bad)
+
+
+positions = st.builds(Position, st.integers(0, MAX_INDEX), st.integers(0, MAX_INDEX))
+writers = st.one_of(
+    st.tuples(positions, st.just(False)),
+    st.tuples(st.just(RANK0), st.just(True)),
+)
+
+
+@PROPS
+@given(writers, st.integers(0, 2**40), st.integers(0, 2**20), st.booleans())
+def test_key_and_header_round_trip_with_any_writer(writer, created, seq, latest):
+    position, sharded = writer
+    key = manifest_key(SCOPE, created, seq, latest, ID, "mfchckpt", position, sharded)
+    header = parse_key(key)
+    assert (header.position, header.sharded, header.latest, header.created_ms, header.seq) == (
+        position,
+        sharded,
+        latest,
+        created,
+        seq,
+    )
+    # One spelling per key: building it again from what was parsed gives the same key.
+    assert (
+        manifest_key(
+            header.scope, created, seq, latest, ID, "mfchckpt", header.position, header.sharded
+        )
+        == key
+    )
+
+
+# ------------------------------------------------------------------------------ bodies
+def _manifest(position=RANK0, sharded=False) -> Manifest:
+    return Manifest(
+        ID, "mfchckpt", SCOPE, True, 1_700_000_000_000, 0, {}, [], position=position,
+        sharded=sharded,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "position, sharded", [(RANK0, False), (Position(2, 1), False), (RANK0, True)]
+)
+def test_a_body_records_its_writer_and_parses_back(position, sharded):
+    m = _manifest(position, sharded)
+    body = json.loads(m.dumps())
+    # Rank 0's plain manifests are what they were before writers were recorded.
+    assert ("position" in body, "sharded" in body) == (not position.is_rank0, sharded)
+    back = loads(m.dumps(), m.key)
+    assert (back.position, back.sharded, back.key) == (position, sharded, m.key)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"position": {"node": 1, "local": 0}},  # the body says w1.0, the key rank 0
+        {"sharded": True},  # the body says sharded, the key does not
+    ],
+)
+def test_a_body_that_disagrees_with_its_key_is_refused(change):
+    m = _manifest()
+    body = dict(json.loads(m.dumps()), **change)
+    with pytest.raises(ManifestError, match="moved or tampered with"):
+        loads(json.dumps(body).encode(), m.key)
+
+
+@pytest.mark.parametrize(
+    "position",
+    [{"node": -1, "local": 0}, {"node": 1}, {"node": 1, "local": 0, "x": 1}, [1, 0], "w1.0"],
+)
+def test_a_malformed_writer_in_a_body_names_the_field(position):
+    m = _manifest(Position(1, 0))
+    body = dict(json.loads(m.dumps()), position=position)
+    with pytest.raises(ManifestError, match="position"):
+        loads(json.dumps(body).encode(), m.key)
+
+
+def test_a_sharded_body_with_a_writer_is_refused():
+    m = _manifest(RANK0, True)
+    body = dict(json.loads(m.dumps()), position={"node": 1, "local": 0})
+    with pytest.raises(ManifestError, match="sharded checkpoint has no writer"):
+        loads(json.dumps(body).encode(), m.key)
+
+
+def test_saves_commit_under_the_writers_key(store, tmp_path):
+    src = str(tiny(tmp_path))
+    plain = store.save(src, SCOPE)
+    other = store.save(src, SCOPE, position=Position(1, 2))
+    assert "-L-" in plain.key and "-Lw1.2-" in other.key
+    assert store.read(other.key).position == Position(1, 2)
+    assert {h.position for h in store.headers(PREFIX)} == {RANK0, Position(1, 2)}
+
+
+# ------------------------------------------------------------------------------ the load rule
+A, B, C = RANK0, Position(1, 0), Position(0, 1)
+
+
+def _h(n: int, writer, latest: bool = True):
+    """The ``n``-th checkpoint (later n is newer) of ``writer`` ("s": sharded)."""
+    position, sharded = (RANK0, True) if writer == "s" else (writer, False)
+    key = manifest_key(SCOPE, 1_700_000_000_000 + n, 0, latest, ID, "mfchckpt", position, sharded)
+    return parse_key(key)
+
+
+# (writers of checkpoints 0..n-1 in save order, the process, index of the one it loads or None)
+RULE = [
+    ([], A, None),
+    ([A, A], A, 1),
+    ([A, B], A, 0),  # rank 0 never loads node 1's
+    ([A, B], B, 1),  # node 1 gets its own back
+    ([B, A], B, 0),
+    ([A], B, 0),  # node 1 saved nothing: rank 0's (the `if rank == 0: save()` pattern)
+    ([A], C, 0),  # a worker with LOCAL_RANK=1 too
+    ([B], A, None),  # rank 0 saved nothing: never another writer's
+    ([B], C, None),
+    ([A, B, C], C, 2),
+    ([A, B, C], B, 1),
+    (["s"], B, 0),  # sharded: loaded everywhere
+    (["s"], A, 0),
+    ([B, "s"], B, 1),  # own and sharded: the newest of both
+    (["s", B], B, 1),
+    (["s", A], B, 1),  # no own: rank 0's and sharded
+    ([A, "s"], B, 1),
+    ([C, "s", A], C, 1),  # C's own and the sharded one; rank 0's newer one is not C's
+]
+
+
+@pytest.mark.parametrize("saved, process, expected", RULE)
+def test_which_checkpoint_a_process_loads(saved, process, expected):
+    headers = [_h(n, w) for n, w in enumerate(saved)]
+    chosen = policies.newest(headers, within_task=True, position=process)
+    assert chosen == (None if expected is None else headers[expected])
+
+
+def test_without_a_position_the_newest_of_any_writer_is_chosen():
+    headers = [_h(0, A), _h(1, B), _h(2, C)]
+    assert policies.newest(headers) == headers[2]  # a client's, the CLI's, retention's @last
+
+
+def test_only_latest_checkpoints_count_as_a_processs_own():
+    """A process whose own checkpoints are all latest=False loads rank 0's."""
+    headers = [_h(0, A), _h(1, B, latest=False)]
+    assert policies.newest(headers, within_task=True, position=B) == headers[0]
+
+
+@PROPS
+@given(
+    st.lists(st.tuples(st.sampled_from([A, B, C, "s"]), st.booleans()), max_size=12),
+    st.sampled_from([A, B, C]),
+)
+def test_the_rule_as_stated_in_adr_004(saved, process):
+    headers = [_h(n, w, latest) for n, (w, latest) in enumerate(saved)]
+    latest = [h for h in headers if h.latest]
+    own = [h for h in latest if not h.sharded and h.position == process]
+    sharded = [h for h in latest if h.sharded]
+    rank0 = [h for h in latest if not h.sharded and h.position == RANK0]
+    candidates = own + sharded if own else rank0 + sharded
+    expected = max(candidates, key=lambda h: h.created_ms) if candidates else None
+    assert policies.newest(headers, within_task=True, position=process) == expected
+
+
+def test_a_retry_of_each_node_resolves_by_the_rule(store, tmp_path):
+    """The retry of a gang: node 1 saved its own, node 2 did not: each resolves accordingly."""
+    src = str(tiny(tmp_path))
+    rank0 = store.save(src, SCOPE)
+    node1 = store.save(src, SCOPE, position=Position(1, 0))
+    retry = make_scope(attempt=1)
+    picked = {
+        n: store.resolve("fresh", retry, position=Position(n, 0)).header.key for n in range(3)
+    }
+    assert picked == {0: rank0.key, 1: node1.key, 2: rank0.key}
