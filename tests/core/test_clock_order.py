@@ -29,6 +29,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.task.context import
     TASK_ENV,
     TaskContext,
 )
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.ranks import Ranks
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import CheckpointRuntime
 
 from .helpers import make_scope, options
@@ -78,8 +79,8 @@ def _runtime(
         str(directory),
         log=lambda m: None,
         retention=build(**retention),
-        rank=0 if gang else None,  # a gang of one: rank 0 writes the gang's manifest
-        world=lambda: 1,
+        # A gang of one: participant 0 writes the manifest of each sharded save.
+        ranks=Ranks.of_step(0, 1, gang=True) if gang else None,
     )
 
 
@@ -154,10 +155,11 @@ def test_a_background_save_is_dated_at_its_snapshot_under_a_clock_step(root, tmp
 def test_a_gang_checkpoint_is_dated_by_rank_0s_task_clock(root, tmp_path, clock):
     rt = _runtime(root, tmp_path, make_scope(), gang=True)
     _write(rt, "first")
-    rt.save(metadata={"text": "first"})
+    rt.save(metadata={"text": "first"}, sharded=True)
     clock.step(-HOUR)
     _write(rt, "second")
-    second = rt.save(metadata={"text": "second"})
+    second = rt.save(metadata={"text": "second"}, sharded=True)
+    assert second.key.split("-")[-3] == "Ls"  # a sharded checkpoint
     newest = policies.newest(_store(root).headers(rt.scope.task_prefix()))
     assert newest.key == second.key
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import layout
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang, layout
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import leases as ls
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.lease_writer import WriterLease
@@ -326,8 +326,8 @@ def test_parallel_part_blobs_survive_gc_before_the_gang_commits(storage, tmp_pat
 
     def rank1():
         out[1] = ranks[1].save_gang(
-            str(shards[1]), scope, name="g", metadata={}, latest=True, rank=1, world=2,
-            number=0, timeout=60,
+            str(shards[1]), scope, name="g", metadata={}, latest=True,
+            participant=gang.Participant("node", 1, 2), number=0, timeout=60,
         )  # fmt: skip
 
     t = threading.Thread(target=rank1)
@@ -341,8 +341,8 @@ def test_parallel_part_blobs_survive_gc_before_the_gang_commits(storage, tmp_pat
     report = collect(storage)
     assert report.blobs_deleted == 0 and report.parts == 1 and report.blobs_leased == 0
     out[0] = ranks[0].save_gang(
-        str(shards[0]), scope, name="g", metadata={}, latest=True, rank=0, world=2, number=0,
-        timeout=60,
+        str(shards[0]), scope, name="g", metadata={}, latest=True,
+        participant=gang.Participant("node", 0, 2), number=0, timeout=60,
     )  # fmt: skip
     t.join(60)
     assert out[0].key == out[1].key

@@ -36,6 +36,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.task.context import
     TASK_ENV,
     TaskContext,
 )
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.ranks import Ranks
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.session import TaskSession
 
 from .helpers import make_scope, options
@@ -45,7 +46,7 @@ SETTINGS = TaskSettings(async_budget=1 << 30, parallel_timeout=30.0, pause_poll_
 
 def _parts_saving_epoch_3(tmp_path, storage, gang: bool):
     """A task's parts on ``storage`` whose directory holds ``state.txt`` ("epoch 3"); a
-    one-rank gang when ``gang``."""
+    one-rank gang when ``gang`` (whose saves are then sharded)."""
     directory = tmp_path / "ckpt"
     directory.mkdir()
     (directory / "state.txt").write_text("epoch 3")
@@ -55,8 +56,7 @@ def _parts_saving_epoch_3(tmp_path, storage, gang: bool):
         str(directory),
         settings=SETTINGS,
         log=lambda m: None,
-        rank=0 if gang else None,
-        world=lambda: 1,
+        ranks=Ranks.of_step(0, 1, gang=True) if gang else None,
     )
 
 
@@ -89,7 +89,7 @@ def test_a_signal_during_a_blocking_save_is_handled_right_after_it_commits(tmp_p
     assert parts.interrupts.install(parts.saves)
     try:
         with pytest.raises(CheckpointInterrupted, match=signal.Signals(sig).name):
-            parts.runtime.save(metadata={"epoch": 3})
+            parts.runtime.save(metadata={"epoch": 3}, sharded=gang)
         assert storage.sent and calls == ["callback"]
         [ref] = parts.runtime.list()  # committed before the task stopped
         assert ref.metadata == {"epoch": 3}
@@ -125,7 +125,7 @@ def test_a_signal_during_a_blocking_save_that_fails_still_stops_the_task(tmp_pat
     try:
         with pytest.raises(CheckpointInterrupted, match="SIGTERM.*failed: StorageError: disk full"):
             try:
-                parts.runtime.save(metadata={"epoch": 3})
+                parts.runtime.save(metadata={"epoch": 3}, sharded=gang)
             except StorageError:  # what a training loop that retries failed saves does
                 pytest.fail("the save's error hid the SIGTERM that arrived during it")
         assert storage.sent and calls == ["callback"]

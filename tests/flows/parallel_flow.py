@@ -1,5 +1,6 @@
-"""A @parallel gang whose ranks save shards of one checkpoint, crash once, and resume each from
-its own shard; rank 0 can also load every rank's shard (re-sharding)."""
+"""A @parallel gang whose ranks save shards of one checkpoint (``save(sharded=True)`` on every
+node), crash once, and resume each from its own shard; rank 0 can also load every rank's shard
+(re-sharding)."""
 
 import os
 import tempfile
@@ -29,7 +30,7 @@ class ParallelCkptFlow(FlowSpec):
                 os.makedirs(os.path.join(d, "opt"), exist_ok=True)
                 with open(os.path.join(d, "opt", "state.bin"), "wb") as f:
                     f.write(bytes([rank]) * (1000 * (rank + 1)))
-                ref = current.checkpoint.save(metadata={"epoch": epoch})
+                ref = current.checkpoint.save(metadata={"epoch": epoch}, sharded=True)
             self.first_key = ref.key
             if rank == current.parallel.num_nodes - 1:
                 raise RuntimeError("the last rank crashes after the gang committed epoch 1")

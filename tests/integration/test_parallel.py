@@ -1,4 +1,6 @@
-"""@parallel gangs: one checkpoint with a shard per rank, committed once all ranks saved."""
+"""@parallel gangs with ``save(sharded=True)``: one checkpoint with a shard per node, committed
+once all nodes saved; never with a node missing, and a node that fails stops the others' wait
+at once (ADR 004)."""
 
 from __future__ import annotations
 
@@ -26,19 +28,34 @@ def test_each_rank_resumes_from_its_own_shard_of_one_checkpoint(flow_env, nodes)
     headers = store.headers("manifests/")
     assert len(headers) == 2
     manifest = store.read(keys.pop())
-    assert manifest.source == {"kind": "parallel", "ranks": nodes}
+    assert manifest.source == {"kind": "parallel", "ranks": nodes, "by": "node"}
+    assert manifest.sharded and "-Ls-" in manifest.key
     assert sorted(f.path for f in manifest.files) == sorted(
         "rank-%d/%s" % (r, p) for r in range(nodes) for p in ("opt/state.bin", "shard.txt")
     )
     assert not list(store.storage.list("parts/"))  # parts are removed once committed
 
 
-def test_a_gang_checkpoint_missing_a_rank_is_never_committed(flow_env):
+@pytest.mark.parametrize(
+    "mode, timeout, says",
+    [
+        # Node 1 vanishes without a word: node 0 gives up after the timeout, naming it.
+        ("exit", "3", "node(s) 1 did not save their part within 3 s"),
+        # Node 1's step fails: it is marked gone, and node 0 stops at once naming it and why
+        # (the 60 s timeout would say "did not save their part within 60 s" instead).
+        (
+            "fail",
+            "60",
+            "node 1 will not save it (node 1: its step failed: RuntimeError: rank 1 fails",
+        ),
+    ],
+)
+def test_a_gang_checkpoint_missing_a_rank_is_never_committed(flow_env, mode, timeout, says):
     env, tmp = flow_env
-    env = dict(env, METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT="3")
-    result = run_flow(FLOWS / "parallel_partial_flow.py", env, tmp)
+    env = dict(env, METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT=timeout)
+    result = run_flow(FLOWS / "parallel_partial_flow.py", env, tmp, run_kwargs={"mode": mode})
     assert result.run["join"].task.data.loaded == {0: "rank 0 epoch 0", 1: "rank 1 epoch 0"}
-    assert "rank(s) 1 did not save their part within 3 s" in result.stdout
+    assert says in result.stdout + result.stderr, result.describe()
     store = local_store(local_root(tmp))
     epochs = [store.read(h.key).metadata["epoch"] for h in store.headers("manifests/")]
     assert epochs == [0]  # epoch 1 never became a checkpoint

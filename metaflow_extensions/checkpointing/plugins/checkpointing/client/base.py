@@ -42,7 +42,9 @@ class ClientBase:
             if parent:
                 os.makedirs(parent, exist_ok=True)
             self._own_dir = tempfile.mkdtemp(prefix="mfckpt-", dir=parent)
-        self._runtime = self._task.runtime(self.directory) if self._task else None
+        # In a task's subprocess: its writer position and torchrun ranks, read once.
+        self._ranks = self._task.ranks() if self._task else None
+        self._runtime = self._task.runtime(self.directory, self._ranks) if self._task else None
 
     @property
     def directory(self) -> Optional[str]:
@@ -80,12 +82,18 @@ class ClientBase:
         store and namespace (:class:`..task.view.TaskView`; any store a reference names may be
         read); elsewhere the runs of the current Metaflow namespace (:class:`.view.ClientView`).
         """
-        if self._task is not None:
+        if self._task is not None and self._ranks is not None:
             from ..task.view import TaskView
 
             scope = self._task.scope
             store = self._store(self._task.root)
-            return TaskView(store, scope, other_stores=True, reader=scope.namespace)
+            return TaskView(
+                store,
+                scope,
+                other_stores=True,
+                reader=scope.namespace,
+                position=self._ranks.position,
+            )
         from .view import ClientView
 
         return ClientView(self)

@@ -28,12 +28,18 @@ class Named(ClientBase):
         latest: bool = True,
         name: Optional[str] = None,
         progress: Optional[Progress] = None,
+        sharded: bool = False,
     ) -> CheckpointReference:
         """Save a file or directory as a checkpoint and return its reference once committed.
 
         In a task (or a process it started): a checkpoint of that task, as
-        ``current.checkpoint.save()`` makes; ``path`` defaults to :attr:`directory` and
-        ``name`` to ``"mfchckpt"``.  Elsewhere: a new version of the named checkpoint
+        ``current.checkpoint.save()`` makes (the same call, ``sharded`` included); ``path``
+        defaults to :attr:`directory` and ``name`` to ``"mfchckpt"``.  The checkpoint records
+        its writer: the task's ``@parallel`` node and this process's ``LOCAL_RANK``.  With
+        ``sharded=True``, in a ``torchrun`` worker (``RANK`` and ``WORLD_SIZE`` set), every
+        rank's ``path`` is its part of one checkpoint committed once all parts are stored
+        (each rank loads its own part back); in a process without ``RANK``, its part of its
+        node's in a ``@parallel`` gang.  Elsewhere: a new version of the named checkpoint
         ``name`` (required, as is ``path``); content identical to the newest version is not
         saved again: that version is returned, with ``stats["reused"]`` true and 0 bytes
         uploaded.  Flow steps load it with ``current.checkpoint.load(name)`` or
@@ -45,11 +51,20 @@ class Named(ClientBase):
         ------
         CheckpointConfigError
             ``path`` does not exist, a required argument is missing, or ``name``/``metadata``
-            are invalid (nothing uploaded).
+            are invalid (nothing uploaded); ``sharded=True`` outside a task (a named
+            checkpoint has a single writer).
+        CheckpointIncomplete
+            ``sharded=True``: nothing was committed (a participant is gone or never saved).
         """
         if self._runtime is not None:
             return self._runtime.save(
-                path, metadata=metadata, name=name or DEFAULT_NAME, latest=latest
+                path, metadata=metadata, name=name or DEFAULT_NAME, latest=latest, sharded=sharded
+            )
+        if sharded:
+            raise CheckpointConfigError(
+                "save(sharded=True) combines the parts of the processes of a running task "
+                "(@parallel nodes, torchrun ranks); outside a task, a named checkpoint has one "
+                "writer: save it without sharded=True, from one process."
             )
         if path is None or name is None:
             raise CheckpointConfigError(

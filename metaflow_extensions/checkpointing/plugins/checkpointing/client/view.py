@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..common.refspec import Target
 from ..core.manifest import ManifestHeader
+from ..core.position import Position
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
 
@@ -21,6 +22,7 @@ class ClientView:
     as ``Checkpoint().list(target)`` lists them, and no task of its own."""
 
     task_scope: Optional[Scope] = None
+    position: Optional[Position] = None  # no writer: '@last' is the newest of any writer
 
     def __init__(self, client: ClientBase):
         self._client = client

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any, Optional
 
 from ..core.manifest import Manifest, ManifestHeader, iso_time, parse_key
+from ..core.position import writer_of
 from ..core.promotions import publisher_of
 from ..core.summary import damaged
 
@@ -40,6 +41,8 @@ FIELDS = (
     "run",
     "task",
     "publisher",
+    "writer",
+    "sharded",
     "damaged",
     "error",
 )
@@ -60,11 +63,16 @@ class CheckpointReference(dict):
     ``{"user", "namespace", "origin"}``; for a named checkpoint as its manifest records it
     (origin ``"cli"``, ``"client"`` or the pathspec of the run that uploaded it; None for a
     version saved before publishers were recorded), for a task's checkpoint its task's
-    namespace and pathspec.  ``damaged`` is True for a checkpoint whose manifest cannot be
-    parsed (truncated, tampered with, or written by a newer release); ``error`` then says why
-    (else None).  A damaged checkpoint is listed with what its key tells (name, pathspec,
-    attempt, date, ``latest``), no metadata and size 0; loading it raises the
-    ``ManifestError``, retention keeps it, and ``Checkpoint().delete(ref)`` removes it.
+    namespace and pathspec.  ``writer`` is the position of the process that saved it,
+    ``{"node": n, "local": l}`` (its task's ``@parallel`` node index and its ``LOCAL_RANK``;
+    ``{"node": 0, "local": 0}`` is rank 0, the writer of every checkpoint saved before writers
+    were recorded), None for a sharded checkpoint (``sharded`` True: every participant of
+    ``save(sharded=True)`` wrote a part, under ``rank-<i>/``).  ``damaged`` is True for a
+    checkpoint whose manifest cannot be parsed (truncated, tampered with, or written by a newer
+    release); ``error`` then says why (else None).  A damaged checkpoint is listed with what
+    its key tells (name, pathspec, attempt, date, ``latest``, writer), no metadata and size 0;
+    loading it raises the ``ManifestError``, retention keeps it, and
+    ``Checkpoint().delete(ref)`` removes it.
 
     Methods read from the checkpoint's store (``root``): :meth:`load` downloads it,
     :meth:`open` streams one file, :attr:`files` lists its files (through :mod:`.access`: a
@@ -150,9 +158,10 @@ class CheckpointReference(dict):
     @classmethod
     def _from_header(cls, key, scope, root, url) -> CheckpointReference:
         task_of = None if scope.is_library else scope
+        header = parse_key(key)
         return cls(
             key=key,
-            version=parse_key(key).id,
+            version=header.id,
             url=url,
             root=root,
             pathspec=task_of and task_of.pathspec,
@@ -163,6 +172,8 @@ class CheckpointReference(dict):
             foreach=scope.foreach,
             run=task_of and task_of.run,
             task=task_of and task_of.task,
+            writer=writer_of(header.position, header.sharded),
+            sharded=header.sharded,
             damaged=False,
             error=None,
         )

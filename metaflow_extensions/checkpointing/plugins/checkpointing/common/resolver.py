@@ -16,7 +16,8 @@ What each kind resolves to:
   retry of that task orders them;
 * ``named``: :meth:`..core.store.CheckpointStore.named`: a version pinned by id, else the
   newest version the caller's namespace trusts (:mod:`..core.promotions`);
-* ``alias``: among the caller's own task's checkpoints (none outside a task), a pathspec's
+* ``alias``: among the caller's own task's checkpoints (none outside a task; those its writer
+  position would load on retry, :func:`..core.policies.visible_to`), a pathspec's
   (``Flow/@last``, ``Flow/run@last``, ...), or, for one word before the ``@``, the trusted
   versions of the named checkpoint of that name if the caller's store has one (one listing of
   that name's prefix), else the checkpoints of the flow of that name: ``last`` is the newest
@@ -32,7 +33,8 @@ from typing import Any, Optional, Protocol
 
 from ..core import promotions
 from ..core.manifest import Manifest, ManifestHeader
-from ..core.policies import sort_key
+from ..core.policies import sort_key, visible_to
+from ..core.position import Position
 from ..core.retention import numeric
 from ..core.scope import Scope, library_scope
 from ..core.store import CheckpointStore
@@ -49,9 +51,13 @@ class View(Protocol):
     task_scope : Scope or None
         The caller's own task (``"last"`` and ``"best:<metric>"`` alone pick among its
         checkpoints); None outside a task, where a bare alias is an error.
+    position : Position or None
+        The caller's writer position in its task (ADR 004): a bare alias picks among the
+        checkpoints that process would load on retry; None outside a task.
     """
 
     task_scope: Optional[Scope]
+    position: Optional[Position]
 
     def store(self, root: Optional[str], key: str) -> CheckpointStore:
         """The store at ``root`` (None: the caller's default store) holding ``key``.
@@ -153,6 +159,17 @@ def _latest_of_task(headers: Sequence[ManifestHeader], target: Target) -> Manife
     return max(marked, key=sort_key(within_task=True))
 
 
+def _visible(
+    headers: Sequence[ManifestHeader], alias: Alias, position: Position
+) -> list[ManifestHeader]:
+    """The task's checkpoints (newest first) a process at ``position`` picks ``alias`` among:
+    for ``last`` those a retry would choose from (the latest ones, all if none is), for a
+    metric every one of its own and the sharded ones, else rank 0's and the sharded ones."""
+    if alias.metric is None:
+        return visible_to([h for h in headers if h.latest] or list(headers), position)
+    return visible_to(headers, position)
+
+
 def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest]:
     alias: Alias = spec.alias  # type: ignore[assignment]
     summaries: Optional[dict] = None
@@ -173,6 +190,8 @@ def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest
         own = Target(scope.flow, scope.run, scope.step, scope.task)
         store, headers = view.listing(own)
         where = "checkpoint in task %s" % scope.pathspec
+        if view.position is not None:
+            headers = _visible(headers, alias, view.position)
     else:
         raise CheckpointConfigError(
             "%r picks among the running task's checkpoints, and there is no running task here "

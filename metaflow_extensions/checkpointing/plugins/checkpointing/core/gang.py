@@ -1,43 +1,98 @@
-"""Multi-writer checkpoints of ``@parallel`` (gang) steps: one logical checkpoint, one shard per
-rank, committed once every rank's shard is stored.
+"""Sharded checkpoints (``save(sharded=True)``, ADR 004): one logical checkpoint with a shard per
+participant, committed once every participant's shard is stored; and the gone markers that stop
+the waits of a sharded save as soon as a participant will never save.
 
-Protocol (no barrier exists between nodes; the store is the rendezvous):
+Participants (:class:`Participant`) are the nodes of a ``@parallel`` gang (``kind="node"``) or
+the ranks of a ``torchrun`` worker group (``kind="rank"``); a process that is neither saves a
+sharded checkpoint of one participant.  Protocol (no barrier exists between processes; the store
+is the rendezvous):
 
-1. every rank uploads its files' blobs and writes its part (:func:`.layout.part_key`:
-   ``parts/<control task's scope>/<id>/rank-<i>.json``);
-2. rank 0 waits until all ``world`` parts exist (bounded), then writes one manifest whose files
-   are the parts' files under ``rank-<i>/``, and removes the parts;
-3. the other ranks wait until that manifest is listed (bounded), so ``save()`` returns on every
-   rank only once the checkpoint is committed.
+1. every participant uploads its files' blobs and writes its part (:func:`.layout.part_key`:
+   ``parts/<task's scope>/<id>/rank-<i>.json``);
+2. participant 0 waits until all ``world`` parts exist (bounded), then writes one manifest
+   (flagged sharded, ``s`` in its key) whose files are the parts' files under ``rank-<i>/``, and
+   removes the parts;
+3. the others wait until that manifest is listed (bounded), so ``save()`` returns on every
+   participant only once the checkpoint is committed.
 
-All ranks derive the checkpoint id from the same inputs (control task, attempt, name and the
-number of the save), so they agree on it without talking to each other.  A rank that never writes
-its part makes rank 0 time out naming it; nothing is committed, so a checkpoint with a missing
-rank can never be listed or loaded.
+All participants derive the checkpoint id from the same inputs (task, attempt, name, the number
+of the save, the participant kind and ``TORCHELASTIC_RESTART_COUNT``), so they agree on it
+without talking to each other.  A participant that never writes its part makes participant 0
+time out naming it; nothing is committed, so a checkpoint with a missing part can never be
+listed or loaded.
+
+A participant that will not save any more (its step failed or was interrupted, its sharded save
+failed) writes a **gone marker** (:func:`mark_gone`, keys in :mod:`.layout`); every wait lists
+the markers of its attempt at most every :data:`GONE_POLL` seconds and stops with an error naming
+who is gone and why, instead of waiting for the timeout.  A wait also stops when its ``abort``
+callable returns a message (the process received SIGTERM or SIGINT).
+
+Long module: parts, the commit, the waits and the gone markers that end them are one protocol
+(a change to one is a change to the others), so they stay together past 400 lines.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
-from typing import Callable, Optional
+from dataclasses import dataclass, replace
+from typing import Callable, NamedTuple, Optional
 
-from ..errors import CheckpointIncomplete, ManifestError, StorageNotFound
+from ..errors import CheckpointException, CheckpointIncomplete, ManifestError, StorageNotFound
 from ..storage.base import Storage
-from .commit import next_seq
-from .layout import part_key, parts_prefix
+from .commit import new_id, next_seq
+from .layout import GONE_KINDS, gone_key, gone_of, gone_prefix, part_key, parts_prefix
 from .manifest import ChunkRef, FileEntry, Manifest, now_ms, parse_key
 from .scope import Scope
 from .transfer import SaveStats, digest
 
-#: ``Manifest.source["kind"]`` of a gang checkpoint; ``source["ranks"]`` is the world size.
+#: ``Manifest.source["kind"]`` of a sharded checkpoint; ``source["ranks"]`` is the number of
+#: participants, ``source["by"]`` their kind (absent in checkpoints of the first ``@parallel``
+#: design, whose participants were nodes).
 KIND = "parallel"
+#: Seconds between two listings of the gone markers during a wait.
+GONE_POLL = 0.5
+#: A wait's ``abort``: returns why to stop now (``"received SIGTERM"``), or None.
+Abort = Callable[[], Optional[str]]
 
 
-def gang_id(scope: Scope, name: str, number: int) -> str:
-    """The id every rank computes for its ``number``-th save of ``name`` in this attempt."""
-    text = "%s|%s|%s|%d" % (scope.task_prefix(), scope.attempt, name, number)
+@dataclass(frozen=True)
+class Participant:
+    """One participant of sharded saves: ``index`` of ``world`` of its ``kind`` (``"node"``:
+    a ``@parallel`` node; ``"rank"``: a ``torchrun`` worker, ``RANK`` of ``WORLD_SIZE``), in
+    the worker group's ``restart`` (``TORCHELASTIC_RESTART_COUNT``).
+
+    Raises
+    ------
+    ValueError
+        An unknown kind, an index outside ``0..world-1`` or a negative restart count.
+    """
+
+    kind: str = "node"
+    index: int = 0
+    world: int = 1
+    restart: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in GONE_KINDS:
+            raise ValueError("a participant is a node or a rank, not %r" % (self.kind,))
+        for what, value, low in (("world", self.world, 1), ("restart", self.restart, 0)):
+            if type(value) is not int or value < low:
+                raise ValueError("a participant's %s must be a whole number >= %d" % (what, low))
+        if type(self.index) is not int or not 0 <= self.index < self.world:
+            raise ValueError(
+                "%s %r is outside 0..%d (the group has %d)"
+                % (self.kind, self.index, self.world - 1, self.world)
+            )
+
+    def __str__(self) -> str:
+        return "%s %d" % (self.kind, self.index)
+
+
+def gang_id(scope: Scope, name: str, number: int, kind: str = "node", restart: int = 0) -> str:
+    """The id every participant computes for its ``number``-th sharded save of ``name`` in this
+    attempt (and restart of its worker group)."""
+    text = "%s|%s|%s|%d|%s|%d" % (scope.task_prefix(), scope.attempt, name, number, kind, restart)
     return digest(text.encode("utf-8"))[:16]
 
 
@@ -46,7 +101,7 @@ def rank_dir(rank: int) -> str:
 
 
 def write_part(storage: Storage, scope: Scope, id: str, rank: int, manifest: Manifest) -> None:
-    """Store rank ``rank``'s shard description (its blobs are already stored)."""
+    """Store participant ``rank``'s shard description (its blobs are already stored)."""
     body = {
         "rank": rank,
         "files": [f.to_json() for f in manifest.files],
@@ -58,8 +113,8 @@ def write_part(storage: Storage, scope: Scope, id: str, rank: int, manifest: Man
 
 
 def part_blobs(data: bytes, key: str) -> set[str]:
-    """The blobs a stored part references (garbage collection keeps them until the gang's
-    manifest, which references them too, replaces the part).
+    """The blobs a stored part references (garbage collection keeps them until the
+    checkpoint's manifest, which references them too, replaces the part).
 
     Raises
     ------
@@ -78,29 +133,134 @@ def part_blobs(data: bytes, key: str) -> set[str]:
         ) from None
 
 
+# ------------------------------------------------------------------------------ gone markers
+class Gone(NamedTuple):
+    """A participant that will take part in no more sharded save of an attempt."""
+
+    kind: str
+    index: int
+    reason: str
+    restart: int = 0
+
+    def __str__(self) -> str:
+        return "%s %d" % (self.kind, self.index)
+
+
+def mark_gone(
+    storage: Storage, scope: Scope, who: tuple[str, int], reason: str, restart: int = 0
+) -> None:
+    """Publish that ``who`` (``("node", n)`` or ``("rank", r)``) of the attempt ``scope`` will
+    not save any more, and why (the others' waits stop on it).  Raises what the store raises."""
+    kind, index = who
+    body = {
+        "who": "%s %d" % (kind, index),
+        "kind": kind,
+        "index": index,
+        "reason": str(reason)[:500],
+        "restart": restart,
+        "at_ms": now_ms(),
+    }
+    key = gone_key(scope.task_prefix(), scope.attempt, kind, index)
+    storage.put_bytes(key, json.dumps(body).encode("utf-8"))
+
+
+def gone(storage: Storage, scope: Scope) -> list[Gone]:
+    """Every participant marked gone in the attempt ``scope`` (one listing, plus one read per
+    marker found).  An unreadable marker still counts: its reason says so."""
+    found = []
+    for o in storage.list(gone_prefix(scope.task_prefix(), scope.attempt)):
+        who = gone_of(o.key)
+        if who is None:
+            continue
+        reason, restart = "its marker %s is unreadable" % o.key, 0
+        try:
+            body = json.loads(storage.get_bytes(o.key))
+            reason = str(body.get("reason") or "no reason given")
+            restart = body.get("restart", 0) if type(body.get("restart", 0)) is int else 0
+        except (CheckpointException, ValueError, AttributeError, RecursionError):
+            pass
+        found.append(Gone(who[0], who[1], reason, restart))
+    return sorted(found)
+
+
+class _Watch:
+    """What ends a wait before its timeout: ``abort`` (asked every poll) and the gone markers
+    of the attempt that concern ``me`` (listed at most every :data:`GONE_POLL` seconds).
+
+    Node markers concern everyone (a node's workers go with it); rank markers concern the
+    ranks of the same worker group restart only (a restarted group starts clean, and a node's
+    own step process may outlive its workers)."""
+
+    def __init__(self, storage: Storage, scope: Scope, me: Participant, abort: Optional[Abort]):
+        self._storage = storage
+        self._scope = scope
+        self._me = me
+        self._abort = abort
+        self._next = 0.0
+
+    def abort(self) -> Optional[str]:
+        return self._abort() if self._abort is not None else None
+
+    def gone(self) -> list[Gone]:
+        """The markers that concern this participant (none until :data:`GONE_POLL` passed
+        since the last listing)."""
+        now = time.monotonic()
+        if now < self._next:
+            return []
+        self._next = now + GONE_POLL
+        me = self._me
+        return [
+            g
+            for g in gone(self._storage, self._scope)
+            if g.kind == "node" or (me.kind == "rank" and g.restart == me.restart)
+        ]
+
+
 def _wait(
-    check: Callable[[], Optional[object]], timeout: float, poll: float, describe: Callable[[], str]
+    check: Callable[[], Optional[object]],
+    timeout: float,
+    poll: float,
+    describe: Callable[[], str],
+    stop: Callable[[], Optional[str]],
 ):
-    """Poll ``check`` until it returns something, backing off from 10 ms to ``poll`` seconds:
-    ranks usually finish within milliseconds of each other, so a fixed long sleep would add
-    itself to every gang save."""
+    """Poll ``check`` until it returns something, backing off from 10 ms to ``poll`` seconds
+    (participants usually finish within milliseconds of each other, so a fixed long sleep
+    would add itself to every sharded save).  ``stop`` is asked after every unsuccessful
+    check: a message ends the wait with it."""
     deadline = time.monotonic() + timeout
     delay = min(0.01, poll)
     while True:
         found = check()
         if found is not None:
             return found
+        why = stop()
+        if why is not None:
+            raise CheckpointIncomplete(why)
         if time.monotonic() >= deadline:
             raise CheckpointIncomplete(describe())
         time.sleep(delay)
         delay = min(poll, delay * 2)
 
 
+def _not_committed(name: str, scope: Scope, why: str) -> str:
+    return "Checkpoint %r of task %s was not committed: %s." % (name, scope.pathspec, why)
+
+
+def _gone_message(name: str, scope: Scope, who: list[Gone]) -> str:
+    return _not_committed(
+        name,
+        scope,
+        "%s will not save it (%s); nothing was committed, the retry loads the previous "
+        "checkpoint"
+        % (" and ".join(str(g) for g in who), "; ".join("%s: %s" % (g, g.reason) for g in who)),
+    )
+
+
 def commit(
     storage: Storage,
     scope: Scope,
     id: str,
-    world: int,
+    me: Participant,
     *,
     name: str,
     metadata: dict,
@@ -108,37 +268,64 @@ def commit(
     timeout: float,
     poll: float = 0.2,
     created_ms: Optional[int] = None,
+    abort: Optional[Abort] = None,
 ) -> Manifest:
-    """Rank 0: wait for every part, then write the gang's manifest (last) and drop the parts.
+    """Participant 0: wait for every part, then write the checkpoint's manifest (last) and
+    drop the parts.
 
-    ``created_ms`` dates it (default: now); rank 0's task clock passes its own."""
+    ``created_ms`` dates it (default: now); participant 0's task clock passes its own.
+
+    Raises
+    ------
+    CheckpointIncomplete
+        A part is missing after ``timeout`` seconds, a participant without a part is marked
+        gone, or ``abort`` said to stop: naming who and why; nothing is committed.
+    """
+    world = me.world
     prefix = parts_prefix(scope.task_prefix(), id)
+    keys = {r: part_key(scope.task_prefix(), id, r) for r in range(world)}
+    have: set[int] = set()
+    watch = _Watch(storage, scope, me, abort)
 
     def all_parts():
-        keys = {o.key for o in storage.list(prefix)}
-        return keys if len(keys) >= world else None
+        listed = {o.key for o in storage.list(prefix)}
+        have.clear()
+        have.update(r for r, k in keys.items() if k in listed)
+        return have if len(have) >= world else None
 
     def missing() -> str:
-        have = {o.key for o in storage.list(prefix)}
-        absent = [r for r in range(world) if part_key(scope.task_prefix(), id, r) not in have]
-        return (
-            "Checkpoint %r of @parallel task %s was not committed: rank(s) %s did not save "
-            "their part within %g s (all %d ranks must call save() the same number of times)."
-            % (name, scope.pathspec, ", ".join(map(str, absent)), timeout, world)
+        absent = [r for r in range(world) if r not in have]
+        return _not_committed(
+            name,
+            scope,
+            "%s(s) %s did not save their part within %g s (all %d %ss must call "
+            "save(sharded=True) the same number of times)"
+            % (me.kind, ", ".join(map(str, absent)), timeout, world, me.kind),
         )
 
-    _wait(all_parts, timeout, poll, missing)
+    def stop() -> Optional[str]:
+        why = watch.abort()
+        if why is not None:
+            waiting = ", ".join(str(r) for r in range(world) if r not in have)
+            return _not_committed(
+                name, scope, "stopped waiting for %s(s) %s: %s" % (me.kind, waiting, why)
+            )
+        # A participant whose part is stored needs nothing more: the commit can go ahead.
+        who = [g for g in watch.gone() if not (g.kind == me.kind and g.index in have)]
+        return _gone_message(name, scope, who) if who else None
+
+    _wait(all_parts, timeout, poll, missing, stop)
     files: list[FileEntry] = []
     dirs: list[str] = []
     stats = SaveStats()
     chunk_size = 0
     for rank in range(world):
-        key = part_key(scope.task_prefix(), id, rank)
+        key = keys[rank]
         try:
             part = json.loads(storage.get_bytes(key))
         except (StorageNotFound, ValueError) as exc:
             raise ManifestError(
-                "Part %s of a @parallel checkpoint is unreadable: %s" % (key, exc)
+                "Part %s of a sharded checkpoint is unreadable: %s" % (key, exc)
             ) from None
         base = rank_dir(rank)
         dirs.append(base)
@@ -170,9 +357,10 @@ def commit(
         metadata=metadata,
         files=files,
         dirs=dirs,
-        source={"kind": KIND, "ranks": world},
+        source={"kind": KIND, "ranks": world, "by": me.kind},
         stats=stats.to_json(),
         chunk_size=chunk_size,
+        sharded=True,
     )
     storage.put_bytes(manifest.key, manifest.dumps())
     try:
@@ -183,9 +371,25 @@ def commit(
 
 
 def wait_committed(
-    storage: Storage, scope: Scope, id: str, name: str, timeout: float, poll: float = 0.2
+    storage: Storage,
+    scope: Scope,
+    id: str,
+    me: Participant,
+    name: str,
+    timeout: float,
+    poll: float = 0.2,
+    abort: Optional[Abort] = None,
 ) -> str:
-    """Ranks > 0: the key of the gang's manifest once rank 0 has written it."""
+    """Participants > 0: the key of the checkpoint's manifest once participant 0 has written
+    it.
+
+    Raises
+    ------
+    CheckpointIncomplete
+        As for :func:`commit` (a participant gone before its part was stored, participant 0
+        gone, ``abort``, the timeout).
+    """
+    watch = _Watch(storage, scope, me, abort)
 
     def find():
         for o in storage.list(scope.task_prefix()):
@@ -196,19 +400,46 @@ def wait_committed(
                 continue
         return None
 
+    def stop() -> Optional[str]:
+        why = watch.abort()
+        if why is not None:
+            return _not_committed(
+                name, scope, "stopped waiting for %s 0 to commit it: %s" % (me.kind, why)
+            )
+        who = [g for g in watch.gone() if _blocks(storage, scope, id, me, g)]
+        # Participant 0 writes the manifest before it removes the parts: look once more.
+        return _gone_message(name, scope, who) if who and find() is None else None
+
     return _wait(
         find,
         timeout,
         poll,
         lambda: (
-            "Checkpoint %r of @parallel task %s was not committed by rank 0 within %g s."
-            % (name, scope.pathspec, timeout)
+            "Checkpoint %r of task %s was not committed by %s 0 within %g s."
+            % (name, scope.pathspec, me.kind, timeout)
         ),
+        stop,
     )
 
 
+def _blocks(storage: Storage, scope: Scope, id: str, me: Participant, g: Gone) -> bool:
+    """Whether ``g`` being gone means participant 0 can never commit: it is participant 0, a
+    node whose workers are the participants, or a participant whose part is not stored."""
+    if g.kind != me.kind:
+        return True
+    return g.index == 0 or not storage.exists(part_key(scope.task_prefix(), id, g.index))
+
+
+def sharded_by(manifest: Manifest) -> str:
+    """The kind of participants that wrote a sharded checkpoint (``"node"`` for checkpoints of
+    the first ``@parallel`` design, which recorded none)."""
+    by = manifest.source.get("by")
+    return by if by in GONE_KINDS else "node"
+
+
 def shard(manifest: Manifest, rank: int) -> Manifest:
-    """The part of a gang checkpoint that belongs to ``rank``, with paths relative to it."""
+    """The part of a sharded checkpoint that belongs to participant ``rank``, with paths
+    relative to it."""
     base = rank_dir(rank) + "/"
     files = [
         replace(f, path=f.path[len(base) :]) for f in manifest.files if f.path.startswith(base)
@@ -218,4 +449,14 @@ def shard(manifest: Manifest, rank: int) -> Manifest:
 
 
 def is_gang(manifest: Manifest) -> bool:
+    """Whether ``manifest`` is a sharded checkpoint (also one of the first ``@parallel``
+    design, whose key is not flagged)."""
     return manifest.source.get("kind") == KIND
+
+
+def save_id(scope: Scope, name: str, number: int, me: Participant) -> str:
+    """The id of a sharded save: agreed by every participant of a group; random for a group
+    of one, which needs no agreement (two such processes of one task must not collide)."""
+    if me.world == 1:
+        return new_id()
+    return gang_id(scope, name, number, me.kind, me.restart)

@@ -127,39 +127,43 @@ class CheckpointStore:
         name: str,
         metadata: Optional[dict],
         latest: bool,
-        rank: int,
-        world: int,
+        participant: gang.Participant,
         number: int,
         timeout: float,
         created_ms: Optional[int] = None,
+        abort: Optional[gang.Abort] = None,
     ) -> Manifest:
-        """One rank's share of a ``@parallel`` checkpoint (see :mod:`.gang`); returns the
-        committed manifest on every rank once rank 0 has committed it (dated ``created_ms``,
-        rank 0's, default now)."""
+        """One participant's share (its ``number``-th sharded save of ``name``) of a sharded
+        checkpoint (:mod:`.gang`); the committed manifest (dated ``created_ms``, participant
+        0's, default now) on every participant, or :class:`CheckpointIncomplete` (a part
+        missing after ``timeout`` s, a participant gone, ``abort()`` said why to stop)."""
         name = validate_name(name)
         metadata = mf.validate_metadata(metadata)
-        id = gang.gang_id(scope, name, number)
+        id = gang.save_id(scope, name, number, participant)
+        index = participant.index
         self.save(
             src,
             scope,
             name=name,
             metadata=metadata,
             latest=latest,
-            publish=lambda m: gang.write_part(self.storage, scope, id, rank, m),
+            publish=lambda m: gang.write_part(self.storage, scope, id, index, m),
         )
-        if rank == 0:
+        if index == 0:
             return gang.commit(
                 self.storage,
                 scope,
                 id,
-                world,
+                participant,
                 name=name,
                 metadata=metadata,
                 latest=bool(latest),
                 timeout=timeout,
                 created_ms=created_ms,
+                abort=abort,
             )
-        return self.read(gang.wait_committed(self.storage, scope, id, name, timeout))
+        key = gang.wait_committed(self.storage, scope, id, participant, name, timeout, abort=abort)
+        return self.read(key)
 
     def _same_as_newest(self, candidate: Manifest) -> Optional[Manifest]:
         headers = self.headers(candidate.scope.task_prefix(), name=candidate.name)

@@ -17,8 +17,9 @@ from ..core.retention import Retention
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
 from .interrupts import Interrupts
+from .ranks import Ranks
 from .runtime import CheckpointRuntime
-from .saves import GangInfo, TaskSaves
+from .saves import TaskSaves
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class TaskSettings:
     """The ``METAFLOW_CHECKPOINT_*`` values a task process uses, read once when it starts."""
 
     async_budget: int  #: bytes of snapshots background saves may hold (``ASYNC_BUDGET``)
-    parallel_timeout: float  #: seconds a ``@parallel`` rank waits for the others
+    parallel_timeout: float  #: seconds a sharded save waits for the others (``PARALLEL_TIMEOUT``)
     pause_poll_seconds: float  #: seconds between two looks for a pause request
     #: base URL a preemption watcher polls (None: the cloud's link-local address)
     preemption_endpoint: Optional[str] = None
@@ -69,8 +70,7 @@ def build(
     settings: Optional[TaskSettings] = None,
     log: Callable[[str], None] = print,
     retention: Optional[Retention] = None,
-    rank: Optional[int] = None,
-    world: Optional[Callable[[], int]] = None,
+    ranks: Optional[Ranks] = None,
     models: Optional[Mapping[str, str]] = None,
     save_on_interrupt: bool = False,
     guard: Optional[Callable[[], None]] = None,
@@ -87,9 +87,9 @@ def build(
         Where one-line status messages go.
     retention : Retention, optional
         The step's ``keep_*`` rules.
-    rank, world : optional
-        In a ``@parallel`` gang: this process's rank and a function returning the gang's size
-        (read when saving: the local control task learns it late).
+    ranks : Ranks, optional
+        Where this process stands among the task's writers (``Ranks.of_step`` for a step's
+        process, ``Ranks.of_subprocess`` for a process it started); default rank 0, node 0 of 1.
     models : mapping, optional
         Local paths of the declared models, by name.
     save_on_interrupt : bool
@@ -100,11 +100,6 @@ def build(
     """
     if settings is None:
         settings = TaskSettings.read()
-    gang = None
-    if rank is not None:
-        if world is None:
-            raise ValueError("A @parallel rank needs world, a function returning the gang size.")
-        gang = GangInfo(rank=rank, world=world, timeout=settings.parallel_timeout)
     interrupts = Interrupts(save_on_interrupt=save_on_interrupt, log=log)
     saves = TaskSaves(
         store,
@@ -113,7 +108,8 @@ def build(
         async_budget=settings.async_budget,
         log=log,
         retention=retention,
-        gang=gang,
+        ranks=ranks,
+        sharded_timeout=settings.parallel_timeout,
         interrupts=interrupts,
         guard=guard,
     )

@@ -6,6 +6,11 @@ workers, ``subprocess`` children and framework callbacks without access to ``cur
 checked field by field (a malformed one is a :class:`CheckpointConfigError` naming it), and a
 context whose task has ended (its directory removed by the session's end) refuses to be used:
 a process that outlives its task must not commit into a finished task.
+
+The context carries the ``@parallel`` node index and node count of the task's step process; a
+subprocess adds its own ``torchrun`` variables (``LOCAL_RANK``, ``RANK``, ``WORLD_SIZE``,
+``TORCHELASTIC_RESTART_COUNT``) to know which writer and which participant of sharded saves it
+is (:mod:`.ranks`).
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from ..core.position import MAX_INDEX
 from ..core.scope import Scope
 from ..errors import CheckpointConfigError
+
+if TYPE_CHECKING:
+    from .ranks import Ranks
 
 #: JSON: checkpoint root, scope, directory, temp dir root and retention of the running task.
 TASK_ENV = "METAFLOW_CHECKPOINT_TASK"
@@ -37,6 +46,9 @@ class TaskContext:
     directory: str
     temp_dir_root: Optional[str] = None
     retention: dict = field(default_factory=dict)
+    #: The task's ``@parallel`` node index and node count (0 of 1 outside ``@parallel``).
+    node: int = 0
+    nodes: int = 1
 
     def to_env(self) -> str:
         return json.dumps(
@@ -46,6 +58,8 @@ class TaskContext:
                 "directory": self.directory,
                 "temp_dir_root": self.temp_dir_root,
                 "retention": self.retention,
+                "node": self.node,
+                "nodes": self.nodes,
             },
             sort_keys=True,
         )
@@ -58,8 +72,10 @@ class TaskContext:
         ------
         CheckpointConfigError
             ``METAFLOW_CHECKPOINT_TASK`` is malformed (not JSON, a missing field, a wrong type,
-            an unknown or invalid retention rule), naming the variable and what is wrong; or
-            it names a task that has ended (see :meth:`check_running`).
+            an unknown or invalid retention rule, a node index not below the node count),
+            naming the variable and what is wrong; or it names a task that has ended (see
+            :meth:`check_running`).  A context without ``node``/``nodes`` (written by an
+            earlier release) is node 0 of 1.
         """
         raw = environ.get(TASK_ENV)
         if not raw:
@@ -76,6 +92,7 @@ class TaskContext:
             directory=_text(d, "directory"),
             temp_dir_root=_text(d, "temp_dir_root", optional=True),
             retention=_retention(d.get("retention")),
+            **_nodes(d),
         )
         context.check_running()
         return context
@@ -99,10 +116,24 @@ class TaskContext:
                 path=self.directory,
             )
 
-    def runtime(self, directory: Optional[str] = None):
+    def ranks(self, environ: Mapping[str, str] = os.environ) -> Ranks:
+        """This process among the task's writers: the task's node and its own ``torchrun``
+        variables (:meth:`.ranks.Ranks.of_subprocess`).
+
+        Raises
+        ------
+        CheckpointConfigError
+            A ``torchrun`` variable with a malformed value, naming it.
+        """
+        from .ranks import Ranks
+
+        return Ranks.of_subprocess(self.node, self.nodes, environ)
+
+    def runtime(self, directory: Optional[str] = None, ranks: Optional[Ranks] = None):
         """A ``CheckpointRuntime`` on the task's scope (``current.checkpoint``'s twin), made by
-        the task's own builder (``builder.build``) with the settings read here, once.  Its
-        saves refuse once the task has ended (:meth:`check_running`)."""
+        the task's own builder (``builder.build``) with the settings read here, once, saving
+        as ``ranks`` (default :meth:`ranks`).  Its saves refuse once the task has ended
+        (:meth:`check_running`)."""
         from ..common.settings import store_for_url
         from ..core import retention
         from .builder import build_runtime
@@ -112,6 +143,7 @@ class TaskContext:
             self.scope,
             directory or self.directory,
             retention=retention.build(**self.retention),
+            ranks=ranks if ranks is not None else self.ranks(),
             guard=self.check_running,
         )
 
@@ -149,6 +181,17 @@ def _scope(value: Any) -> Scope:
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
         raise _malformed("scope field 'attempt' is %r, not a whole number >= 0" % (attempt,))
     return Scope.from_dict(value)
+
+
+def _nodes(d: Mapping[str, Any]) -> dict:
+    """``node`` and ``nodes`` of a context (absent: node 0 of 1)."""
+    node, nodes = d.get("node", 0), d.get("nodes", 1)
+    for name, value, low in (("node", node, 0), ("nodes", nodes, 1)):
+        if type(value) is not int or not low <= value <= MAX_INDEX:
+            raise _malformed("field %r is %r, not a whole number >= %d" % (name, value, low))
+    if node >= nodes:
+        raise _malformed("field 'node' is %d, not below field 'nodes' (%d)" % (node, nodes))
+    return {"node": node, "nodes": nodes}
 
 
 def _retention(value: Any) -> dict:

@@ -165,6 +165,7 @@ class CheckpointDecorator(StepDecorator):
         from ..common.settings import build_store
         from ..core.scope import Scope, foreach_path
         from .builder import TaskSettings
+        from .ranks import Ranks
         from .session import TaskSession
 
         settings = TaskSettings.read()  # once, before any I/O: a bad value fails here
@@ -175,6 +176,8 @@ class CheckpointDecorator(StepDecorator):
         _register_root(metadata, run_id, step_name, task_id, retry_count, store.url)
         gang = _gang_of(ubf_context)
         indices = _foreach_indices(flow)
+        # The step's process of node n of a gang is writer (n, 0) and node n of its sharded saves.
+        ranks = Ranks.of_step(gang[0], _gang_size(flow), gang=True) if gang else Ranks()
         if gang:
             indices = indices[:-1]  # @parallel is a foreach over ranks: not a split of its own
         scope = Scope(
@@ -193,6 +196,7 @@ class CheckpointDecorator(StepDecorator):
             scope,
             # Lazy: older origins are looked up only while no checkpoint has been found.
             origin_runs=lambda: _origin_chain(flow.name, step_name, origin),
+            position=ranks.position,
         )
         self._session = TaskSession.start(
             store,
@@ -202,8 +206,7 @@ class CheckpointDecorator(StepDecorator):
             temp_dir_root=self.attributes["temp_dir_root"],
             retention=self._retention,
             models=self._models,
-            rank=gang[0] if gang else None,
-            world=_gang_size if gang else None,
+            ranks=ranks,
             save_on_interrupt=self.attributes["save_on_interrupt"],
             save_on_failure=self.attributes["save_on_failure"],
             preemption=self.attributes["preemption"],
@@ -254,8 +257,11 @@ def _gang_of(ubf_context) -> Optional[tuple[int, Optional[str]]]:
     return None
 
 
-def _gang_size() -> int:
-    return int(current.parallel.num_nodes)
+def _gang_size(flow) -> int:
+    """The number of nodes of a @parallel gang: from the gang's foreach iterator (known to every
+    node from the start, the local control task included), else from ``current.parallel``."""
+    size = getattr(getattr(flow, "_parallel_ubf_iter", None), "num_parallel", None)
+    return int(size if size is not None else current.parallel.num_nodes)
 
 
 def _bool_attr(value, name: str, step_name: str) -> bool:

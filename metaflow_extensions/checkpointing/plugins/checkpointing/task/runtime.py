@@ -1,7 +1,7 @@
 """The object behind ``current.checkpoint``: the task's public checkpoint API.
 
 It is built whole by ``builder.build`` (for the task and for its subprocesses alike) from the
-task's saves (``saves.TaskSaves``: store, scope, directory, clock, gang), its pause poller, its
+task's saves (``saves.TaskSaves``: store, scope, directory, clock, ranks), its pause poller, its
 signal handling and its models; it never looks up Metaflow globals or settings itself, so it is
 unit-testable and reusable from subprocesses.  Saving is delegated to ``saves.py``.
 """
@@ -38,7 +38,8 @@ class CheckpointRuntime:
     ----------
     saves : TaskSaves
         The task's saves: its store, scope (namespace, flow, step, foreach path, run, task,
-        attempt), checkpoint directory, clock, ``@parallel`` rank and log come from it.
+        attempt), checkpoint directory, clock, this process's ranks (``ranks.Ranks``) and log
+        come from it.
     pause : PausePoller
         Answers :meth:`should_pause`.
     interrupts : Interrupts
@@ -61,7 +62,7 @@ class CheckpointRuntime:
         self._directory: str = saves.directory
         self._log: Callable[[str], None] = saves.log
         self._clock = saves.clock  # shared: what the listings see, saves must date after
-        self._gang = saves.gang
+        self._ranks = saves.ranks
         self._pause = pause
         self._interrupts = interrupts
         self._models: dict[str, str] = dict(models or {})
@@ -103,8 +104,13 @@ class CheckpointRuntime:
         name: str = DEFAULT_NAME,
         latest: bool = True,
         blocking: bool = True,
+        sharded: bool = False,
     ) -> Union[CheckpointReference, SaveHandle]:
         """Save a directory or file as a checkpoint and return its reference.
+
+        A plain save (the default) commits at once from whichever process calls it, in a
+        ``@parallel`` gang too: ``if rank == 0: save()`` is a checkpoint every node and worker
+        loads on retry, and a process that saves its own state gets its own back.
 
         Parameters
         ----------
@@ -120,7 +126,18 @@ class CheckpointRuntime:
             ``False``: return a :class:`SaveHandle` as soon as the files are snapshotted (an
             in-kernel copy beside :attr:`directory`); hashing, upload and commit continue in the
             background, in order.  The task waits for them before it finishes and fails if
-            one fails.
+            one fails.  Not with ``sharded=True``.
+        sharded : bool
+            ``True``: this process's ``path`` is its part of one checkpoint of every
+            participant, committed only once all parts are stored and returned on every
+            participant then.  Participants are the nodes of a ``@parallel`` gang (from the
+            step, or a process it started without ``RANK``), or the ``torchrun`` ranks
+            (``RANK`` of ``WORLD_SIZE``); elsewhere a group of one (commits at once).  Every
+            participant must call it the same number of times per name.  On retry each loads
+            its own part (``load(..., all_ranks=True)`` every part, under ``rank-<i>/``).  A
+            participant that fails or is interrupted stops the others' wait at once, naming it;
+            one that is alive but never saves makes them give up after
+            ``METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT`` seconds (nothing is committed).
 
         Returns
         -------
@@ -130,15 +147,18 @@ class CheckpointRuntime:
             committed.  With ``blocking=False``, a handle whose ``wait()`` returns it.
         """
         src = self._directory if path is None else os.fspath(path)
-        return self._saves.save(src, metadata, name, latest, blocking)
+        return self._saves.save(src, metadata, name, latest, blocking, sharded)
 
     def _for_this_rank(self, manifest: Manifest, all_ranks: bool = False) -> Manifest:
-        """In a @parallel rank, a gang checkpoint loads as that rank's shard by default."""
+        """A sharded checkpoint loads as this process's part by default: its node's of one
+        sharded by nodes, its rank's of one sharded by ``torchrun`` ranks, every part when it
+        has no rank of that kind."""
         from ..core import gang
 
-        if self._gang is None or all_ranks or not gang.is_gang(manifest):
+        if all_ranks or not gang.is_gang(manifest):
             return manifest
-        return gang.shard(manifest, self._gang.rank)
+        index = self._ranks.shard_of(gang.sharded_by(manifest))
+        return manifest if index is None else gang.shard(manifest, index)
 
     def pending(self) -> list[SaveHandle]:
         """Background saves not committed yet."""
@@ -264,8 +284,12 @@ class CheckpointRuntime:
             load one deliberately.  With False, an unpinned name resolves to its newest version
             whoever published it.
         all_ranks : bool
-            In a ``@parallel`` step, a checkpoint saved by the gang loads this rank's files
-            only; ``True`` loads every rank's, under ``rank-<i>/`` (to re-shard).
+            A sharded checkpoint (``save(sharded=True)``) loads this process's part only;
+            ``True`` loads every part, under ``rank-<i>/`` (to re-shard).
+
+        ``"last"`` and ``"best:<metric>"`` alone pick among the checkpoints this process would
+        load on retry: its own and the sharded ones if it saved any, else rank 0's and the
+        sharded ones (ADR 004).
         """
         existing = loading.REPLACE if path is None else loading.MERGE
         target = self._directory if path is None else loading.check_target(path, existing)
@@ -275,6 +299,7 @@ class CheckpointRuntime:
             other_stores=not namespace_check,
             reader=self._scope.namespace if namespace_check else None,  # None: any publisher
             observe=self._clock.observe,
+            position=self._ranks.position,
         )
         store, manifest = resolve(reference, view)
         manifest = self._for_this_rank(manifest, all_ranks)

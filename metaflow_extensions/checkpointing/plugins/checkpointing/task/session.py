@@ -28,6 +28,7 @@ from .runtime import CheckpointRuntime
 if TYPE_CHECKING:
     from ..core.policies import Resolution
     from .models import ModelSpec
+    from .ranks import Ranks
     from .watchers import PreemptionWatcher
 
 
@@ -64,8 +65,7 @@ class TaskSession:
         temp_dir_root: Optional[str] = None,
         retention: Optional[Mapping[str, object]] = None,
         models: Sequence[ModelSpec] = (),
-        rank: Optional[int] = None,
-        world: Optional[Callable[[], int]] = None,
+        ranks: Optional[Ranks] = None,
         save_on_interrupt: bool = False,
         save_on_failure: bool = False,
         preemption: Optional[str] = None,
@@ -88,8 +88,9 @@ class TaskSession:
             The validated ``keep_*`` attributes (also exported to subprocesses).
         models : list of ModelSpec
             The declared models, downloaded before the runtime is built.
-        rank, world, save_on_interrupt
-            As for ``builder.build``.
+        ranks, save_on_interrupt
+            As for ``builder.build`` (``ranks``: the step's process, ``Ranks.of_step``; its
+            node index and count are exported to subprocesses).
         save_on_failure : bool
             Save the directory when the step's code raises.
         preemption : str, optional
@@ -121,9 +122,8 @@ class TaskSession:
                 settings=settings,
                 log=log,
                 retention=retention_rules.build(**keep),
-                rank=rank,
-                world=world,
                 models=paths,
+                ranks=ranks,
                 save_on_interrupt=save_on_interrupt,
             )
             info = parts.runtime.load_initial(resolution)
@@ -152,6 +152,8 @@ class TaskSession:
             directory=directories[0],
             temp_dir_root=temp_dir_root,
             retention=keep,
+            node=parts.saves.ranks.position.node,
+            nodes=parts.saves.ranks.participant.world,
         ).to_env()
         return session
 
@@ -177,9 +179,12 @@ class TaskSession:
         self._parts.saves.flush()
 
     def step_failed(self, exception: BaseException) -> None:
-        """The step's code raised ``exception``: note a pause, save the directory if
-        ``save_on_failure`` (not after a signal: that was handled), commit pending saves."""
+        """The step's code raised ``exception``: in a ``@parallel`` gang, first publish that
+        this node is gone (the other nodes' sharded saves stop waiting for it, naming it and
+        the error); note a pause, save the directory if ``save_on_failure`` (not after a
+        signal: that was handled), commit pending saves."""
         saves = self._parts.saves
+        saves.leave("its step failed: %s" % _short(exception))
         if isinstance(exception, CheckpointPaused):
             self._paused = True
         elif self._save_on_failure and not isinstance(exception, CheckpointInterrupted):
@@ -216,6 +221,11 @@ class TaskSession:
                 os.environ.pop(DIRECTORY_ENV, None)
             finally:
                 interrupts.restore()
+
+
+def _short(exception: BaseException) -> str:
+    text = "%s: %s" % (type(exception).__name__, exception)
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _remove(directories: Sequence[str]) -> None:

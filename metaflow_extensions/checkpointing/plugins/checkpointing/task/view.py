@@ -17,6 +17,7 @@ from ..common.resolver import other_store_error
 from ..core.layout import flow_prefix, step_prefix
 from ..core.manifest import ManifestHeader
 from ..core.policies import sort_key
+from ..core.position import RANK0, Position
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError
@@ -41,6 +42,9 @@ class TaskView:
     observe : callable, optional
         Called with the dates (``created_ms``) of the task's own checkpoints this view lists,
         so the task's clock never dates a save before one it has seen.
+    position : Position
+        The writer position of the process resolving (``"last"`` and ``"best:<metric>"``
+        alone pick among what it would load on retry: ``policies.visible_to``).
     """
 
     def __init__(
@@ -51,9 +55,11 @@ class TaskView:
         other_stores: bool = False,
         reader: Optional[str] = None,
         observe: Optional[Callable[[Iterable[int]], None]] = None,
+        position: Position = RANK0,
     ):
         self._store = store
         self.task_scope: Optional[Scope] = scope
+        self.position: Optional[Position] = position
         self._other_stores = other_stores
         self._reader = reader
         self._observe = observe
@@ -104,6 +110,7 @@ class NamesView:
     """
 
     task_scope: Optional[Scope] = None
+    position: Optional[Position] = None
 
     def __init__(self, store: CheckpointStore, namespace: Optional[str]):
         self._store = store

@@ -1,0 +1,138 @@
+"""Where one process of a task stands among its writers (ADR 004): its writer position, how it
+takes part in sharded saves, and what it records about itself.
+
+The step's own process of ``@parallel`` node *n* of *N* is writer ``(n, 0)`` and participant
+*n* of *N* nodes (node 0 of 1 outside ``@parallel``).  A process the task started
+(``Checkpoint()`` through ``METAFLOW_CHECKPOINT_TASK``) is writer ``(n, LOCAL_RANK or 0)``; with
+``RANK`` and ``WORLD_SIZE`` set (a ``torchrun`` worker) it is participant ``RANK`` of
+``WORLD_SIZE`` ranks, in restart ``TORCHELASTIC_RESTART_COUNT`` of its worker group, else it
+stands for its node as the step does.  The variables are read and checked here, once, when the
+process builds its runtime; a malformed one is a :class:`CheckpointConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..core.gang import Participant
+from ..core.position import MAX_INDEX, RANK0, Position
+from ..errors import CheckpointConfigError
+
+#: The ``torchrun`` variables a subprocess reads, and the smallest value each may take.
+WORKER_VARIABLES = {
+    "LOCAL_RANK": 0,
+    "RANK": 0,
+    "WORLD_SIZE": 1,
+    "LOCAL_WORLD_SIZE": 1,
+    "TORCHELASTIC_RESTART_COUNT": 0,
+}
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process among its task's writers.
+
+    Attributes
+    ----------
+    position : Position
+        The writer its plain saves record (and the checkpoints its loads prefer).
+    participant : Participant
+        Its part in sharded saves (node *n* of *N*, or ``RANK`` of ``WORLD_SIZE``).
+    gang : bool
+        The step's own process of a ``@parallel`` node: it publishes its node's gone marker
+        when its step fails.
+    source : mapping
+        Recorded in the ``source`` of its checkpoints (``rank``, ``local_rank``,
+        ``world_size`` of a subprocess, where set).
+    problem : str, optional
+        Why sharded saves are refused in this process (its variables do not say which group
+        it belongs to); plain saves are unaffected.
+    """
+
+    position: Position = RANK0
+    participant: Participant = field(default_factory=Participant)
+    gang: bool = False
+    source: Mapping[str, int] = field(default_factory=dict)
+    problem: Optional[str] = None
+
+    @classmethod
+    def of_step(cls, node: int = 0, nodes: int = 1, gang: bool = False) -> Ranks:
+        """The step's own process of node ``node`` of ``nodes`` (``gang``: in ``@parallel``)."""
+        return cls(Position(node, 0), Participant("node", node, nodes), gang=gang)
+
+    @classmethod
+    def of_subprocess(
+        cls, node: int = 0, nodes: int = 1, environ: Mapping[str, str] = os.environ
+    ) -> Ranks:
+        """A process started by the step of node ``node`` of ``nodes``, from its ``torchrun``
+        variables.
+
+        Raises
+        ------
+        CheckpointConfigError
+            A variable that is set but not a whole number in range, or ``RANK`` not below
+            ``WORLD_SIZE``: naming the variable, its value and where it comes from.
+        """
+        env = {name: _read(environ, name, low) for name, low in WORKER_VARIABLES.items()}
+        local, rank, world = env["LOCAL_RANK"], env["RANK"], env["WORLD_SIZE"]
+        source = {
+            k: v
+            for k, v in (("rank", rank), ("local_rank", local), ("world_size", world))
+            if v is not None
+        }
+        position = Position(node, local or 0)
+        if rank is None or world is None:
+            problem = None
+            if (rank is None) != (world is None):
+                problem = (
+                    "save(sharded=True) in this process: %s is set but %s is not, so it is "
+                    "not known which group of ranks the save belongs to. Start the workers "
+                    "with torchrun (it sets both), or set both."
+                    % (("RANK", "WORLD_SIZE") if world is None else ("WORLD_SIZE", "RANK"))
+                )
+            participant = Participant("node", node, nodes)
+            return cls(position, participant, source=source, problem=problem)
+        if rank >= world:
+            raise CheckpointConfigError(
+                "RANK=%d is not below WORLD_SIZE=%d: these torchrun variables of this process "
+                "do not describe a rank of a worker group. Unset them, or start the process "
+                "with torchrun." % (rank, world)
+            )
+        participant = Participant("rank", rank, world, env["TORCHELASTIC_RESTART_COUNT"] or 0)
+        problem = None
+        local_world = env["LOCAL_WORLD_SIZE"]
+        if nodes > 1 and local_world is not None and world <= local_world:
+            # Each node runs its own worker group: their ranks 0..n-1 would be one another's.
+            problem = (
+                "save(sharded=True) in a torchrun worker group local to node %d of a %d-node "
+                "@parallel gang (WORLD_SIZE=%d, LOCAL_WORLD_SIZE=%d): the groups of the "
+                "nodes would save as the same ranks. Run one worker group across the nodes "
+                "(torchrun --nnodes=%d), or save without sharded=True (each rank's own "
+                "checkpoint)." % (node, nodes, world, local_world, nodes)
+            )
+        return cls(position, participant, source=source, problem=problem)
+
+    def shard_of(self, by: str) -> Optional[int]:
+        """Which shard of a checkpoint sharded ``by`` participants of that kind this process
+        loads: its node's of a node-sharded one, its rank's of a rank-sharded one; None
+        (every shard, under ``rank-<i>/``) when it has no rank."""
+        if by == "node":
+            return self.position.node
+        return self.participant.index if self.participant.kind == "rank" else None
+
+
+def _read(environ: Mapping[str, str], name: str, low: int) -> Optional[int]:
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= MAX_INDEX:
+        raise CheckpointConfigError(
+            "%s=%r is not a whole number in %d..%d: Checkpoint() in a process started by a "
+            "@checkpoint task reads it to know which rank saves (torchrun sets it). Unset it "
+            "or fix its value." % (name, raw, low, MAX_INDEX)
+        )
+    return int(text)

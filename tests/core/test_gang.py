@@ -1,0 +1,406 @@
+"""Sharded saves (``save(sharded=True)``, ADR 004) between real processes, and what ends their
+waits early: gone markers and signals.
+
+Participants are real processes (``torchrun``-style workers with ``RANK``/``WORLD_SIZE`` set,
+saving through ``Checkpoint()`` in a task's context; or a ``@parallel`` node's step process
+built by the task's builder with its signal handlers installed) against the local store and
+the moto S3 server.  Waits are bounded by a 120 s ``METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT``: a
+test that ends (pytest-timeout: 90 s) proves a wait was cut short, without timing asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+    store_for_url,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang, layout
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.position import (
+    RANK0,
+    Position,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+    CheckpointConfigError,
+    CheckpointIncomplete,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.context import (
+    TASK_ENV,
+    TaskContext,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.ranks import Ranks
+
+from .helpers import make_scope, options, write_tree
+
+REPO = Path(__file__).resolve().parents[2]
+SCOPE = make_scope(step="train", task="7")
+#: Long enough never to be what ends a test's wait; short enough to fail rather than hang.
+TIMEOUT = "120"
+
+#: A torchrun-style worker: saves its directory with Checkpoint().save(sharded=True), then
+#: loads "last" back; prints one JSON line (what it committed and loaded, or its error).
+WORKER = r"""
+import json, os, sys
+from metaflow import Checkpoint
+src, out = sys.argv[1], sys.argv[2]
+try:
+    ck = Checkpoint()
+    ref = ck.save(src, metadata={"rank": int(os.environ["RANK"])}, sharded=True)
+    loaded = ck.load("last", out)
+    files = sorted(os.path.relpath(os.path.join(p, n), loaded)
+                   for p, _, ns in os.walk(loaded) for n in ns)
+    print(json.dumps({"key": ref.key, "writer": ref.writer, "sharded": ref.sharded,
+                      "loaded": files,
+                      "text": open(os.path.join(loaded, "part.txt")).read()}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def _context(root: str, directory: Path, **fields) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    return TaskContext(root=root, scope=SCOPE, directory=str(directory), **fields).to_env()
+
+
+def _env(tmp_path: Path, root: str, extra: dict, **variables) -> dict:
+    env = dict(os.environ, **extra)
+    env.update({k: str(v) for k, v in variables.items()})
+    env[TASK_ENV] = _context(root, tmp_path / "task-dir")
+    env["METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT"] = TIMEOUT
+    return env
+
+
+def _worker(tmp_path: Path, root: str, rank: int, world: int, extra: dict, src=None):
+    """Start worker ``rank`` of ``world`` saving ``src`` (default: a directory of its own)."""
+    if src is None:
+        src = write_tree(tmp_path / ("src-%d" % rank), {"part.txt": b"rank %d" % rank})
+    env = _env(tmp_path, root, extra, RANK=rank, WORLD_SIZE=world, LOCAL_RANK=rank)
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(src), str(tmp_path / ("out-%d" % rank))],
+        env=env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _result(proc) -> dict:
+    out, err = proc.communicate(timeout=80)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert lines, "no result from a worker:\n%s\n%s" % (out, err)
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    """(root URL, environment a child process needs for it)."""
+    if request.param == "local":
+        return str(tmp_path / "store"), {}
+    s3 = request.getfixturevalue("s3_env")
+    return "s3://%s/ckpt" % s3["new_bucket"](), s3["env"]
+
+
+# ------------------------------------------------------------------------------ a sharded save
+@pytest.mark.timeout(90)
+def test_three_workers_commit_one_checkpoint_and_each_loads_its_own_part(root, tmp_path):
+    url, extra = root
+    procs = [_worker(tmp_path, url, r, 3, extra) for r in range(3)]
+    results = [_result(p) for p in procs]
+    assert all("error" not in r for r in results), results
+    assert len({r["key"] for r in results}) == 1  # one checkpoint, returned on every rank
+    for rank, r in enumerate(results):
+        assert (r["writer"], r["sharded"]) == (None, True)
+        assert (r["loaded"], r["text"]) == (["part.txt"], "rank %d" % rank)  # its own part
+    store = store_for_url(url)
+    [header] = store.headers(SCOPE.task_prefix())
+    assert (header.sharded, header.position) == (True, RANK0) and "-Ls-" in header.key
+    manifest = store.read(header.key)
+    assert manifest.source["ranks"] == 3 and manifest.source["by"] == "rank"
+    assert sorted(f.path for f in manifest.files) == ["rank-%d/part.txt" % r for r in range(3)]
+    assert not store.storage.list(layout.PARTS_PREFIX)  # parts are removed once committed
+
+
+def test_a_process_without_a_rank_loads_every_part_of_a_rank_sharded_checkpoint(tmp_path):
+    """A process of the task with no RANK (the step, a helper) has no part of its own."""
+    url = str(tmp_path / "store")
+    procs = [_worker(tmp_path, url, r, 2, {}) for r in range(2)]
+    assert all("error" not in _result(p) for p in procs)
+    context = TaskContext.from_env({TASK_ENV: _context(url, tmp_path / "task-dir")})
+    runtime = context.runtime(ranks=context.ranks({}))
+    loaded = runtime.load("last", str(tmp_path / "all"))
+    assert sorted(os.listdir(loaded)) == ["rank-0", "rank-1"]
+
+
+# ------------------------------------------------------------------------------ gone markers
+@pytest.mark.timeout(90)
+def test_a_failing_participant_makes_the_others_stop_naming_it(root, tmp_path):
+    """Rank 1's save fails (its directory is gone): it marks itself gone, and ranks 0 and 2
+    stop waiting at once with an error naming rank 1 and its error; nothing is committed."""
+    url, extra = root
+    procs = [
+        _worker(tmp_path, url, r, 3, extra, src=tmp_path / "vanished" if r == 1 else None)
+        for r in range(3)
+    ]
+    results = [_result(p) for p in procs]
+    assert results[1]["error"] == "CheckpointConfigError"
+    for r in (results[0], results[2]):
+        assert r["error"] == "CheckpointIncomplete", r
+        assert "rank 1 will not save it" in r["message"]
+        assert "its sharded save of 'mfchckpt' failed: CheckpointConfigError" in r["message"]
+    store = store_for_url(url)
+    assert store.headers(SCOPE.task_prefix()) == []
+    # Rank 1 is gone, and so are those it stopped (their saves failed too).
+    gone = {(g.kind, g.index): g.reason for g in gang.gone(store.storage, SCOPE)}
+    assert gone[("rank", 1)].startswith("its sharded save of 'mfchckpt' failed")
+
+
+@pytest.mark.timeout(90)
+def test_a_node_marked_gone_stops_a_wait_within_seconds(tmp_path):
+    """Node 0 waits for node 1's part; node 1's step fails (its session publishes the marker,
+    as TaskSaves.leave does): node 0's save ends naming node 1 and why."""
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    src = write_tree(tmp_path / "src", {"part.txt": b"node 0"})
+    outcome: dict = {}
+
+    def node0():
+        try:
+            store.save_gang(
+                str(src), SCOPE, name="mfchckpt", metadata={}, latest=True,
+                participant=gang.Participant("node", 0, 2), number=0, timeout=120,
+            )  # fmt: skip
+        except CheckpointIncomplete as exc:
+            outcome["error"] = exc.message
+
+    t = threading.Thread(target=node0)
+    t.start()
+    _until(lambda: store.storage.list(layout.PARTS_PREFIX))  # node 0 is waiting
+    gang.mark_gone(store.storage, SCOPE, ("node", 1), "its step failed: RuntimeError: boom")
+    t.join(60)
+    assert not t.is_alive()
+    assert "node 1 will not save it" in outcome["error"]
+    assert "node 1: its step failed: RuntimeError: boom" in outcome["error"]
+    assert store.headers(SCOPE.task_prefix()) == []
+
+
+def test_a_participant_gone_after_storing_its_part_does_not_stop_the_commit(tmp_path):
+    """Commit what can be committed: node 1 stored its part, then its step failed."""
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    parts = [write_tree(tmp_path / ("n%d" % n), {"part.txt": b"node %d" % n}) for n in range(2)]
+    id = gang.gang_id(SCOPE, "mfchckpt", 0)
+    store.save(
+        str(parts[1]), SCOPE, publish=lambda m: gang.write_part(store.storage, SCOPE, id, 1, m)
+    )
+    gang.mark_gone(store.storage, SCOPE, ("node", 1), "its step failed after saving")
+    manifest = store.save_gang(
+        str(parts[0]), SCOPE, name="mfchckpt", metadata={}, latest=True,
+        participant=gang.Participant("node", 0, 2), number=0, timeout=120,
+    )  # fmt: skip
+    assert manifest.sharded and len(manifest.files) == 2
+
+
+def test_rank_markers_of_another_restart_do_not_stop_a_wait(tmp_path):
+    """A worker group restarted by torchrun starts clean: restart 0's rank marker does not end
+    restart 1's wait (it times out naming the missing rank instead); a node marker would."""
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    src = write_tree(tmp_path / "src", {"part.txt": b"rank 0"})
+    gang.mark_gone(store.storage, SCOPE, ("rank", 1), "crashed in restart 0", restart=0)
+    me = gang.Participant("rank", 0, 2, restart=1)
+    with pytest.raises(CheckpointIncomplete, match="rank\\(s\\) 1 did not save their part"):
+        store.save_gang(
+            str(src), SCOPE, name="mfchckpt", metadata={}, latest=True, participant=me,
+            number=0, timeout=1,
+        )  # fmt: skip
+    gang.mark_gone(store.storage, SCOPE, ("node", 0), "its step failed")
+    with pytest.raises(CheckpointIncomplete, match="node 0 will not save it"):
+        store.save_gang(
+            str(src), SCOPE, name="mfchckpt", metadata={}, latest=True, participant=me,
+            number=1, timeout=120,
+        )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ signals
+#: A @parallel node 0's step process: its task's parts built by the task's builder, signal
+#: handlers installed, waiting in a sharded save for node 1 (which never saves).
+NODE0 = r"""
+import json, sys
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
+from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import store_for_url
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import TaskSettings, build
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.ranks import Ranks
+root, directory, scope = sys.argv[1], sys.argv[2], Scope.from_dict(json.loads(sys.argv[3]))
+parts = build(store_for_url(root), scope, directory, log=lambda m: None,
+              settings=TaskSettings(async_budget=1 << 30, parallel_timeout=120.0,
+                                    pause_poll_seconds=0.0),
+              ranks=Ranks.of_step(0, 2, gang=True))
+parts.interrupts.install(parts.saves)
+try:
+    parts.runtime.save(metadata={"epoch": 1}, sharded=True)
+    print(json.dumps({"returned": True}))
+except BaseException as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc),
+                      "cause": str(exc.__cause__)}))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_ends_a_participants_wait_and_nothing_is_committed(tmp_path):
+    url = str(tmp_path / "store")
+    directory = write_tree(tmp_path / "dir", {"state.txt": b"epoch 1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", NODE0, url, str(directory), json.dumps(SCOPE.to_dict())],
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    storage = LocalStorage(url)
+    _until(lambda: storage.list(layout.PARTS_PREFIX), proc)  # its part is stored: it waits
+    proc.send_signal(signal.SIGTERM)
+    result = _result(proc)
+    assert result["error"] == "CheckpointInterrupted", result
+    assert "received SIGTERM" in result["message"]
+    assert "stopped waiting for node(s) 1: received SIGTERM" in result["cause"]
+    assert CheckpointStore(storage, options()).headers(SCOPE.task_prefix()) == []
+
+
+# ------------------------------------------------------------------------------ who a process is
+def test_a_subprocess_reads_its_torchrun_variables():
+    ranks = Ranks.of_subprocess(
+        1, 2, {"LOCAL_RANK": "3", "RANK": "7", "WORLD_SIZE": "8", "TORCHELASTIC_RESTART_COUNT": "2"}
+    )
+    assert ranks.position == Position(1, 3)
+    assert ranks.participant == gang.Participant("rank", 7, 8, restart=2)
+    assert ranks.source == {"rank": 7, "local_rank": 3, "world_size": 8}
+    assert ranks.problem is None
+    plain = Ranks.of_subprocess(1, 2, {})
+    assert (plain.position, plain.participant) == (Position(1, 0), gang.Participant("node", 1, 2))
+
+
+@pytest.mark.parametrize(
+    "environ, names",
+    [
+        ({"LOCAL_RANK": "x"}, "LOCAL_RANK='x'"),
+        ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK='-1'"),
+        ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE='0'"),
+        ({"RANK": "1.0", "WORLD_SIZE": "2"}, "RANK='1.0'"),
+        ({"TORCHELASTIC_RESTART_COUNT": "two"}, "TORCHELASTIC_RESTART_COUNT='two'"),
+        ({"RANK": "4", "WORLD_SIZE": "4"}, "RANK=4 is not below WORLD_SIZE=4"),
+    ],
+)
+def test_malformed_torchrun_variables_are_config_errors_naming_them(environ, names):
+    with pytest.raises(CheckpointConfigError, match=names.replace(".", "\\.")):
+        Ranks.of_subprocess(0, 1, environ)
+
+
+@pytest.mark.parametrize(
+    "environ, nodes, says",
+    [
+        ({"RANK": "1"}, 1, "RANK is set but WORLD_SIZE is not"),
+        ({"WORLD_SIZE": "2"}, 1, "WORLD_SIZE is set but RANK is not"),
+        (
+            {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"},
+            2,
+            "worker group local to node 0 of a 2-node @parallel gang",
+        ),
+    ],
+)
+def test_sharded_saves_are_refused_where_the_group_is_unknown(tmp_path, environ, nodes, says):
+    """Plain saves work; a sharded save says why it cannot know its group (nothing written)."""
+    url = str(tmp_path / "store")
+    context = TaskContext.from_env({TASK_ENV: _context(url, tmp_path / "dir", nodes=nodes)})
+    runtime = context.runtime(ranks=context.ranks(environ))
+    src = write_tree(tmp_path / "src", {"a.txt": b"a"})
+    with pytest.raises(CheckpointConfigError, match=says):
+        runtime.save(str(src), sharded=True)
+    assert runtime.save(str(src)).sharded is False
+
+
+def test_the_task_context_carries_the_node(tmp_path):
+    env = _context("/store", tmp_path / "dir", node=1, nodes=2)
+    context = TaskContext.from_env({TASK_ENV: env})
+    assert (context.node, context.nodes) == (1, 2)
+    old = json.loads(env)
+    del old["node"], old["nodes"]  # written by an earlier release: node 0 of 1
+    context = TaskContext.from_env({TASK_ENV: json.dumps(old)})
+    assert (context.node, context.nodes) == (0, 1)
+    for bad, says in [({"node": 2, "nodes": 2}, "not below"), ({"nodes": 0}, "'nodes' is 0")]:
+        with pytest.raises(CheckpointConfigError, match=says):
+            TaskContext.from_env({TASK_ENV: json.dumps(dict(old, **bad))})
+
+
+def test_blocking_false_with_sharded_is_refused(tmp_path):
+    context = TaskContext.from_env({TASK_ENV: _context(str(tmp_path / "s"), tmp_path / "dir")})
+    with pytest.raises(CheckpointConfigError, match="sharded=True, blocking=False"):
+        context.runtime().save(sharded=True, blocking=False)
+
+
+# ------------------------------------------------------------------------------ aliases, client
+def test_last_and_best_in_a_task_follow_the_writers_rule(tmp_path, monkeypatch):
+    """``load("last")``/``"best:<m>"`` pick what the process would load on retry: node 1's own
+    when it saved any, else rank 0's; ``list()`` still shows every writer, with ``writer``."""
+    from metaflow import Checkpoint
+
+    url = str(tmp_path / "store")
+    env = _context(url, tmp_path / "dir", nodes=3)
+
+    def runtime(node):
+        context = TaskContext.from_env({TASK_ENV: env})
+        return context.runtime(ranks=Ranks.of_step(node, 3, gang=True))
+
+    saved = {}
+    for node, loss in ((0, 0.5), (1, 0.9), (1, 0.7), (0, 0.1)):
+        src = write_tree(tmp_path / ("s%d%s" % (node, loss)), {"who.txt": b"node %d" % node})
+        saved[(node, loss)] = runtime(node).save(str(src), metadata={"loss": loss})
+    assert saved[(1, 0.9)].writer == {"node": 1, "local": 0} and not saved[(1, 0.9)].sharded
+    assert saved[(0, 0.5)].writer == {"node": 0, "local": 0}
+    picks = {}
+    for node in (0, 1, 2):
+        rt = runtime(node)
+        picks[node] = [
+            Path(
+                rt.load(alias, str(tmp_path / ("o%d%s" % (node, alias[:4])))), "who.txt"
+            ).read_text()
+            for alias in ("last", "best:loss")
+        ]
+    assert picks == {
+        0: ["node 0", "node 0"],  # never node 1's, though node 1's loss 0.7 beats 0.5
+        1: ["node 1", "node 1"],  # its own: newest 0.7 is also its best
+        2: ["node 0", "node 0"],  # none of its own: rank 0's
+    }
+    assert len(runtime(2).list()) == 4
+    # Checkpoint() in a subprocess of node 1 (LOCAL_RANK unset): node 1's leader.
+    monkeypatch.setenv(TASK_ENV, _context(url, tmp_path / "dir", node=1, nodes=3))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    assert Checkpoint().get("last").key == saved[(1, 0.7)].key
+
+
+def test_sharded_saves_outside_a_task_are_refused(tmp_path, monkeypatch):
+    from metaflow import Checkpoint
+
+    monkeypatch.delenv(TASK_ENV, raising=False)
+    src = write_tree(tmp_path / "src", {"a.txt": b"a"})
+    with pytest.raises(CheckpointConfigError, match="named checkpoint has one writer"):
+        Checkpoint(root=str(tmp_path / "store")).save(str(src), name="model", sharded=True)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _until(condition, proc=None, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail("the participant ended early:\n%s\n%s" % proc.communicate())
+        assert time.monotonic() < deadline, "timed out waiting for the condition"
+        time.sleep(0.02)
