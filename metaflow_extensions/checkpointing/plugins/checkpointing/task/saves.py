@@ -1,39 +1,33 @@
-"""Every save one task process makes: blocking, background, ``@parallel`` gang and final saves.
+"""Every save one task process makes: blocking, background, sharded and final saves.
 
 :class:`TaskSaves` dates each save with the task's clock (never before a checkpoint already
 known in the task), commits it, applies the step's retention after each commit and remembers
 what it committed for the attempt's summary.  ``current.checkpoint.save`` (the runtime), the
 session's save after a failure and the interrupt handler's save on a signal all go through the
 one instance the session builds; blocking saves run inside :meth:`Interrupts.blocking`, so a
-signal arriving during one is handled right after it commits.
+signal arriving during one is handled right after it commits.  Plain saves commit at once with
+the process's writer position (:mod:`.ranks`), in a ``@parallel`` gang too; sharded saves
+(``sharded=True``) are one checkpoint of every participant (``core/gang.py``), and their waits
+stop on a signal or as soon as a participant is marked gone.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, Optional, Union
 
 from ..common.reference import CheckpointReference, reference_of
 from ..core.clock import TaskClock
-from ..core.manifest import Manifest, ManifestHeader
+from ..core.manifest import Manifest, ManifestHeader, parse_key
 from ..core.policies import sort_key
 from ..core.retention import Retention
-from ..core.scope import DEFAULT_NAME, Scope
+from ..core.scope import Scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointException
 from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
 from .interrupts import Interrupts
-
-
-@dataclass
-class GangInfo:
-    """This process's place in a ``@parallel`` gang (see ``core/gang.py``)."""
-
-    rank: int
-    world: Callable[[], int]  # read when saving: the local control task learns it late
-    timeout: float = 600.0  # seconds a rank waits for the others' parts (or rank 0's commit)
-    counts: dict = field(default_factory=dict)  # gang saves made so far, by series name
+from .ranks import Ranks
 
 
 class TaskSaves:
@@ -52,9 +46,13 @@ class TaskSaves:
     log : callable
         Where one-line status messages go.
     retention : Retention, optional
-        The step's ``keep_*`` rules, applied to a series after each commit.
-    gang : GangInfo, optional
-        This process's rank in a ``@parallel`` gang: every save is then a gang save.
+        The step's ``keep_*`` rules, applied to a series of this process's writer after each
+        commit.
+    ranks : Ranks, optional
+        Where this process stands among the task's writers (default: rank 0, node 0 of 1).
+    sharded_timeout : float
+        Seconds a sharded save waits for the others' parts (or participant 0's commit) while
+        none of them is marked gone (``METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT``).
     interrupts : Interrupts, optional
         The process's signal handling (blocking saves defer signals through it).
     clock : TaskClock, optional
@@ -73,7 +71,8 @@ class TaskSaves:
         async_budget: int,
         log: Callable[[str], None] = print,
         retention: Optional[Retention] = None,
-        gang: Optional[GangInfo] = None,
+        ranks: Optional[Ranks] = None,
+        sharded_timeout: float = 600.0,
         interrupts: Optional[Interrupts] = None,
         clock: Optional[TaskClock] = None,
         guard: Optional[Callable[[], None]] = None,
@@ -82,7 +81,9 @@ class TaskSaves:
         self.scope = scope
         self.directory = directory
         self.log = log
-        self.gang = gang
+        self.ranks = ranks if ranks is not None else Ranks()
+        self._sharded_timeout = sharded_timeout
+        self._sharded_counts: dict[str, int] = {}  # sharded saves made so far, by name
         # Dates this process's saves: never before a checkpoint already known in this task.
         self.clock = clock if clock is not None else TaskClock()
         self._retention = retention
@@ -102,6 +103,7 @@ class TaskSaves:
         name: str,
         latest: bool,
         blocking: bool,
+        sharded: bool = False,
     ) -> Union[CheckpointReference, SaveHandle]:
         """``current.checkpoint.save()`` (see its docstring), ``src`` already resolved."""
         from ..core.manifest import validate_metadata
@@ -109,8 +111,14 @@ class TaskSaves:
 
         if self._guard is not None:
             self._guard()
-        if self.gang is not None:
-            return self._save_gang(src, metadata, name, latest, blocking)
+        if sharded:
+            if not blocking:
+                raise CheckpointConfigError(
+                    "save(sharded=True, blocking=False) is not supported: a sharded save "
+                    "returns once every participant's part is committed together; pass "
+                    "blocking=True, or save without sharded=True to save in the background."
+                )
+            return self._save_sharded(src, metadata, name, latest)
         if not blocking:
             # Validate now: a bad argument must fail here, not later in the background.
             validate_name(name)
@@ -132,6 +140,8 @@ class TaskSaves:
             latest=latest,
             created_ms=created,
             seq=seq,
+            position=self.ranks.position,
+            source=dict(self.ranks.source),
         )
         return self._committed(manifest)
 
@@ -156,8 +166,6 @@ class TaskSaves:
         """
         from ..core.store import same_content
 
-        if self.gang is not None:  # every rank must take part in a gang save
-            return self._save_gang(self.directory, metadata, deliver=False)
         known = list(self._manifests)
         if self._loaded_key is not None:
             try:
@@ -189,6 +197,7 @@ class TaskSaves:
                 created_ms=created,
                 seq=seq,
                 reuse=committed_already,
+                position=self.ranks.position,
             )
             ref = None if skipped else self._committed(manifest)
         if skipped:
@@ -204,41 +213,71 @@ class TaskSaves:
             )
         return ref
 
-    def _save_gang(
-        self,
-        src: str,
-        metadata: Optional[dict],
-        name: str = DEFAULT_NAME,
-        latest: bool = True,
-        blocking: bool = True,
-        deliver: bool = True,
+    def _save_sharded(
+        self, src: str, metadata: Optional[dict], name: str, latest: bool
     ) -> CheckpointReference:
-        if not blocking:
-            raise CheckpointConfigError(
-                "save(blocking=False) is not supported in @parallel steps: every rank's save "
-                "is part of one checkpoint committed together; save with blocking=True."
-            )
-        gang = self.gang
-        assert gang is not None
-        number = gang.counts.get(name, 0)
-        gang.counts[name] = number + 1
-        with self._interrupts.blocking(deliver=deliver):
-            # Rank 0 writes the gang's manifest: its task clock dates it.
-            created = self._date()[0] if gang.rank == 0 else None
-            manifest = self.store.save_gang(
-                src,
-                self.scope,
-                name=name,
-                metadata=metadata,
-                latest=latest,
-                rank=gang.rank,
-                world=gang.world(),
-                number=number,
-                timeout=gang.timeout,
-                created_ms=created,
-            )
-            ref = self._committed(manifest)
+        """This process's part of its ``number``-th sharded save of ``name`` (see
+        ``core/gang.py``); the reference once participant 0 has committed the checkpoint.  A
+        signal received meanwhile ends the wait (then it is handled, as after any blocking
+        save); a failure marks this participant gone, so the others stop waiting for it."""
+        from ..core.manifest import validate_metadata
+        from ..core.scope import validate_name
+
+        if self.ranks.problem is not None:
+            raise CheckpointConfigError(self.ranks.problem)
+        name, metadata = validate_name(name), validate_metadata(metadata)
+        me = self.ranks.participant
+        number = self._sharded_counts.get(name, 0)
+        self._sharded_counts[name] = number + 1
+        with self._interrupts.blocking():
+            # Participant 0 writes the manifest: its task clock dates it.
+            created = self._date()[0] if me.index == 0 else None
+            try:
+                manifest = self.store.save_gang(
+                    src,
+                    self.scope,
+                    name=name,
+                    metadata=metadata,
+                    latest=latest,
+                    participant=me,
+                    number=number,
+                    timeout=self._sharded_timeout,
+                    created_ms=created,
+                    abort=self._abort,
+                )
+            except BaseException as exc:
+                if me.world > 1:
+                    self._mark_gone(
+                        (me.kind, me.index),
+                        "its sharded save of %r failed: %s" % (name, _describe(exc)),
+                    )
+                raise
+            ref = self._committed(manifest, prune=me.index == 0)
         return ref
+
+    def _abort(self) -> Optional[str]:
+        """Why a sharded save's wait must stop now: a signal received (and deferred)."""
+        received = self._interrupts.received
+        return None if received is None else "received %s" % received
+
+    def leave(self, reason: str) -> None:
+        """Publish that this process will take part in no more sharded save of the attempt
+        (its node's gone marker; only the step's process of a ``@parallel`` node has one), so
+        the other nodes' waits stop at once naming it and ``reason``."""
+        if self.ranks.gang:
+            self._mark_gone(("node", self.ranks.position.node), reason)
+
+    def _mark_gone(self, who: tuple[str, int], reason: str) -> None:
+        from ..core.gang import mark_gone
+
+        try:
+            restart = self.ranks.participant.restart
+            mark_gone(self.store.storage, self.scope, who, reason, restart=restart)
+        except CheckpointException as exc:  # the others then wait for their timeout
+            self.log(
+                "[@checkpoint] Warning: could not tell the other participants that %s %d is "
+                "gone: %s" % (who[0], who[1], exc.message)
+            )
 
     def _save_in_background(self, src: str, metadata: dict, name: str, latest: bool) -> SaveHandle:
         if self._background is None:
@@ -282,13 +321,16 @@ class TaskSaves:
 
     def write_summaries(self) -> None:
         """Record the summaries of this attempt's saves (once, when the task ends), so
-        listings need not read each manifest.  Rank 0 writes for a ``@parallel`` gang."""
+        listings need not read each manifest.  Each node of a ``@parallel`` gang writes its
+        own (the checkpoints its step process committed)."""
         from ..core.summary import write_task_summaries
 
-        if self.gang is not None and self.gang.rank != 0:
-            return
         write_task_summaries(
-            self.store.storage, self.scope.task_prefix(), self.scope.attempt, self._manifests
+            self.store.storage,
+            self.scope.task_prefix(),
+            self.scope.attempt,
+            self._manifests,
+            self.ranks.position,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -311,16 +353,18 @@ class TaskSaves:
         headers.sort(key=sort_key(within_task=True), reverse=True)
         return headers
 
-    def _committed(self, manifest: Manifest) -> CheckpointReference:
+    def _committed(self, manifest: Manifest, prune: bool = True) -> CheckpointReference:
         self._manifests.append(manifest)
         self.clock.observe([manifest.created_ms])
         ref = reference_of(self.store, manifest)
-        if self._retention is not None and not self._retention.empty:
+        if prune and self._retention is not None and not self._retention.empty:
             self._apply_retention(manifest.name, protect=manifest.key)
         return ref
 
     def _apply_retention(self, name: str, protect: str) -> None:
-        """Prune this task's checkpoints of series ``name`` (all attempts) after a commit.
+        """Prune this task's checkpoints of series ``name`` (all attempts) after a commit:
+        those of the writer of ``protect`` only (``keep_last=3`` keeps three of each rank's,
+        three sharded ones; one rank's saves never prune another's).
 
         ``protect``, the checkpoint just committed, is always kept, and so is the newest
         ``latest=True`` one as a retry orders them (with a background save committing after a
@@ -328,7 +372,12 @@ class TaskSaves:
         logged and the save still counts.
         """
         try:
-            headers = self._task_headers(name=name)
+            writer = parse_key(protect)
+            headers = [
+                h
+                for h in self._task_headers(name=name)
+                if (h.position, h.sharded) == (writer.position, writer.sharded)
+            ]
             for _, plan in self.store.prune(
                 headers,
                 self._retention,
@@ -342,3 +391,8 @@ class TaskSaves:
                         self.log("[@checkpoint] Warning: %s" % warning)
         except CheckpointException as exc:
             self.log("[@checkpoint] Warning: pruning old checkpoints failed: %s" % exc.message)
+
+
+def _describe(error: BaseException) -> str:
+    message = getattr(error, "message", None) or str(error)
+    return "%s: %s" % (type(error).__name__, message) if message else type(error).__name__
