@@ -2,14 +2,23 @@
 saves; the test sends SIGTERM to node 0's task process (its pid is written to ``--pid-file``) and
 node 0 must stop with the interrupt at once, not after METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT.
 
-Node 1 sleeps until its parent (node 0's task process, which started it) has ended: the local
-runtime reads the gang's output until every node has closed it.
+Node 1 sleeps until node 0's task process has ended (it may already have when node 1 starts):
+the local runtime reads the gang's output until every node has closed it.
 """
 
 import os
 import time
 
 from metaflow import FlowSpec, Parameter, checkpoint, current, parallel, step
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (an ended one stays a zombie until the runtime reaps it)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
 
 
 class GangSigtermFlow(FlowSpec):
@@ -25,8 +34,12 @@ class GangSigtermFlow(FlowSpec):
     def train(self):
         node = current.parallel.node_index
         if node == 1:
-            parent, deadline = os.getppid(), time.time() + 300
-            while os.getppid() == parent and time.time() < deadline:
+            deadline = time.time() + 300
+            while not os.path.exists(self.pid_file) and time.time() < deadline:
+                time.sleep(0.05)
+            with open(self.pid_file) as f:
+                node0 = int(f.read())
+            while _running(node0) and time.time() < deadline:
                 time.sleep(0.1)
             raise RuntimeError("node 1 stops: node 0 has ended")
         with open(os.path.join(current.checkpoint.directory, "shard.txt"), "w") as f:

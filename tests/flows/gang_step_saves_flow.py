@@ -48,7 +48,7 @@ class GangStepSavesFlow(FlowSpec):
                 with open(state, "w") as f:
                     f.write("node 0 epoch %d" % epoch)
                 ref = current.checkpoint.save(metadata={"epoch": epoch})
-                self.saved.append((ref.key, ref.writer))
+                self.saved.append((ref.key, ref.get("writer")))
             if current.retry_count == 0 and epoch == CRASH_AFTER:
                 raise RuntimeError("node %d crashes once after epoch %d" % (node, epoch))
         self.final = None
@@ -56,7 +56,7 @@ class GangStepSavesFlow(FlowSpec):
             with open(state, "w") as f:
                 f.write("trained model")
             ref = current.checkpoint.save(name="final", metadata={"epochs": EPOCHS})
-            self.final = (ref.key, ref.writer)
+            self.final = (ref.key, ref.get("writer"))
         self.next(self.join)
 
     @step

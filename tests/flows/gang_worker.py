@@ -50,7 +50,7 @@ def main() -> None:
                 with open(state, "w") as f:
                     f.write("rank %d epoch %d" % (rank, epoch))
                 ref = ckpt.save(metadata={"epoch": epoch, "rank": rank})
-                report["saved"].append((ref.key, ref.writer))
+                report["saved"].append((ref.key, ref.get("writer")))
             if epoch == args.crash_after:
                 _write(args.report, report)
                 raise RuntimeError("rank %d crashes after epoch %d" % (rank, epoch))

@@ -98,7 +98,7 @@ class GangWorkerFlow(FlowSpec):
             with open(os.path.join(current.checkpoint.directory, "state.txt"), "w") as f:
                 f.write("trained model")
             ref = current.checkpoint.save(name="final", metadata={"epochs": EPOCHS})
-            self.final = (ref.key, ref.writer)
+            self.final = (ref.key, ref.get("writer"))
         self.next(self.join)
 
     @step
