@@ -35,6 +35,7 @@ BAD = {
     "LEASE_SECONDS": (["0", "-1", "86401", "nan", "abc"], "greater than 0 and at most 86400"),
     "FSYNC": (["maybe", "2", "enabled"], "one of 1/true/yes/on or 0/false/no/off"),
     "PREEMPTION_POLL_SECONDS": (["0", "-1", "nan", "inf", "soon"], "a number of seconds > 0"),
+    "INTERRUPT_SECONDS": (["0", "-1", "nan", "inf", "3s"], "a number of seconds > 0"),
     "PREEMPTION_ENDPOINT": (
         ["169.254.169.254", "ftp://127.0.0.1", "http://", "http://[::1"],
         "an http:// or https:// URL with a host",
@@ -55,6 +56,7 @@ GOOD = {
     "LEASE_SECONDS": ("90.5", settings.lease_seconds, 90.5),
     "FSYNC": ("no", lambda: settings._bool("CHECKPOINT_FSYNC"), False),
     "PREEMPTION_POLL_SECONDS": ("0.5", settings.preemption_poll_seconds, 0.5),
+    "INTERRUPT_SECONDS": ("2.5", settings.interrupt_seconds, 2.5),
     "PREEMPTION_ENDPOINT": (
         "http://127.0.0.1:8080/",
         settings.preemption_endpoint,
@@ -121,6 +123,7 @@ def test_unset_settings_keep_their_defaults(tmp_path, monkeypatch):
     assert settings.async_budget() == 4 << 30
     assert settings.parallel_timeout() == 600.0
     assert settings.pause_poll_seconds() == 5.0
+    assert settings.interrupt_seconds() == 3.0
     assert settings.lease_seconds() == 1800.0
     assert settings._bool("CHECKPOINT_FSYNC") is False
 

@@ -39,3 +39,6 @@ CHECKPOINT_LEASE_SECONDS = from_conf("CHECKPOINT_LEASE_SECONDS", None)
 # instead of the cloud's http://169.254.169.254, and seconds between two polls (5).
 CHECKPOINT_PREEMPTION_ENDPOINT = from_conf("CHECKPOINT_PREEMPTION_ENDPOINT", None)
 CHECKPOINT_PREEMPTION_POLL_SECONDS = from_conf("CHECKPOINT_PREEMPTION_POLL_SECONDS", None)
+# Seconds from the first SIGTERM/SIGINT to the end of a task's checkpointing; saves not
+# committed by then are abandoned (3).
+CHECKPOINT_INTERRUPT_SECONDS = from_conf("CHECKPOINT_INTERRUPT_SECONDS", None)

@@ -154,6 +154,13 @@ def pause_poll_seconds() -> float:
     return _seconds("CHECKPOINT_PAUSE_POLL_SECONDS", 5)
 
 
+def interrupt_seconds() -> float:
+    """Seconds from the first SIGTERM/SIGINT a task receives to the end of its checkpointing:
+    what has not committed by then is abandoned (``CHECKPOINT_INTERRUPT_SECONDS``; finite and
+    > 0, default 3: Metaflow's local runtime kills tasks 4 to 5 s after Ctrl+C)."""
+    return _seconds("CHECKPOINT_INTERRUPT_SECONDS", 3, 0.0, inclusive=False)
+
+
 def preemption_poll_seconds() -> float:
     """Seconds between two polls of a preemption watcher (``@checkpoint(preemption=...)``);
     finite and > 0, default 5."""

@@ -5,6 +5,11 @@ directory) and returns a :class:`SaveHandle`; one worker thread then hashes, upl
 the snapshots in the order they were taken.  The staged bytes are bounded by a budget: a save
 that would exceed it waits for earlier ones first.  The task waits for every pending save before
 it finishes, and a failed one fails the task.
+
+After a signal the wait is bounded (:meth:`BackgroundSaver.wait_all` with a deadline): the
+saves not committed by then are abandoned.  The one being committed is stopped through its
+:class:`~.fence.Fence` (it can no longer write its manifest), the queued ones are never
+started, and their snapshots are removed at once (the exiting process must not leak them).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -21,6 +27,7 @@ from ..common.reference import CheckpointReference
 from ..core.scan import scan
 from ..core.tempnames import SNAPSHOT_PREFIX
 from ..errors import CheckpointException
+from .fence import Fence, SaveAbandoned
 
 
 class SaveHandle:
@@ -63,6 +70,10 @@ class SaveHandle:
         return self._reference
 
     def _finish(self, reference=None, error=None) -> None:
+        # The first outcome stands: a save abandoned by the flush is not finished again by the
+        # worker thread when its commit later stops.
+        if self._event.is_set():
+            return
         self._reference, self._error = reference, error
         self._event.set()
 
@@ -134,6 +145,9 @@ class BackgroundSaver:
         self._staged = 0
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
+        # After a signal's deadline: the error of a save not committed yet, by description.
+        self._abandoned: Optional[Callable[[str, bool], SaveAbandoned]] = None
+        self._current: Optional[tuple[SaveHandle, Fence, str]] = None  # being committed
 
     def reserve(self, nbytes: int) -> None:
         """Wait until ``nbytes`` more staged bytes fit the budget (always fits when idle)."""
@@ -149,13 +163,21 @@ class BackgroundSaver:
             self._cond.notify_all()
 
     def submit(
-        self, description: str, staging: str, nbytes: int, commit: Callable[[], CheckpointReference]
+        self,
+        description: str,
+        staging: str,
+        nbytes: int,
+        commit: Callable[[], CheckpointReference],
+        fence: Optional[Fence] = None,
     ) -> SaveHandle:
-        """Queue ``commit()`` (which saves from ``staging``); ``staging`` is removed after."""
+        """Queue ``commit()`` (which saves from ``staging``); ``staging`` is removed after.
+
+        ``fence`` is the one ``commit`` saves through (:meth:`.fence.Fence.commit`): after a
+        signal's deadline, :meth:`abandon` stops that save through it."""
         handle = SaveHandle(description)
         with self._cond:
             self._pending.append(handle)
-        self._queue.put((handle, staging, nbytes, commit))
+        self._queue.put((handle, staging, nbytes, commit, fence or Fence()))
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._work, name="checkpoint-background-save", daemon=True
@@ -165,9 +187,14 @@ class BackgroundSaver:
 
     def _work(self) -> None:
         while True:
-            handle, staging, nbytes, commit = self._queue.get()
+            handle, staging, nbytes, commit, fence = self._queue.get()
             reference, error = None, None
+            with self._cond:
+                abandoned = self._abandoned
+                self._current = None if abandoned else (handle, fence, staging)
             try:
+                if abandoned is not None:
+                    raise abandoned(handle.description, False)  # after the deadline: not started
                 reference = commit()
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
                 error = exc
@@ -176,6 +203,7 @@ class BackgroundSaver:
                 # and exit, and this daemon thread with it, leaking the snapshot.
                 shutil.rmtree(staging, ignore_errors=True)
                 with self._cond:
+                    self._current = None
                     self._staged -= nbytes
                     self._cond.notify_all()
             handle._finish(reference=reference, error=error)
@@ -186,17 +214,61 @@ class BackgroundSaver:
         with self._cond:
             return [h for h in self._pending if not h.done()]
 
-    def wait_all(self) -> list[tuple[SaveHandle, BaseException]]:
-        """Wait for every queued save; return the failed ones with their errors."""
+    def wait_all(
+        self,
+        deadline: Optional[float] = None,
+        abandoned: Optional[Callable[[str, bool], SaveAbandoned]] = None,
+    ) -> list[tuple[SaveHandle, BaseException]]:
+        """Wait for every queued save; return the failed ones with their errors.
+
+        With a ``deadline`` (``time.monotonic()``), saves not committed by then are abandoned
+        (:meth:`abandon`) with the error ``abandoned(description, may_have_committed)`` and
+        returned among the failed ones."""
         failed = []
         with self._cond:
             handles, self._pending = self._pending, []
         for h in handles:
+            if deadline is not None and not h._event.wait(max(0.0, deadline - time.monotonic())):
+                assert abandoned is not None
+                self.abandon(abandoned)
             try:
                 h.wait()
             except BaseException as exc:  # noqa: BLE001 - reported to the caller
                 failed.append((h, exc))
         return failed
+
+    def abandon(self, abandoned: Callable[[str, bool], SaveAbandoned]) -> None:
+        """Abandon every save not committed yet (the time allowed after a signal ran out).
+
+        The one being committed is stopped through its fence (unless it committed already:
+        then it finishes normally), the queued ones end with the error without starting, and
+        every snapshot of an abandoned save is removed now.  Each handle is finished before
+        this returns."""
+        with self._cond:
+            self._abandoned = abandoned
+            current = self._current
+        queued = []
+        while True:
+            try:
+                queued.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for handle, staging, nbytes, _, _ in queued:
+            shutil.rmtree(staging, ignore_errors=True)
+            with self._cond:
+                self._staged -= nbytes
+                self._cond.notify_all()
+            handle._finish(error=abandoned(handle.description, False))
+        if current is None:
+            return
+        handle, fence, staging = current
+        state = fence.abandon(abandoned(handle.description, False))
+        if state == Fence.COMMITTED:
+            handle._event.wait()  # committed: what is left is in-memory bookkeeping
+            return
+        # Its uploads stop at their next chunk; the files they read may go now.
+        shutil.rmtree(staging, ignore_errors=True)
+        handle._finish(error=abandoned(handle.description, state == Fence.COMMITTING))
 
 
 @dataclass(frozen=True)

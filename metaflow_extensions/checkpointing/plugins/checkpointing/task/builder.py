@@ -32,6 +32,8 @@ class TaskSettings:
     #: base URL a preemption watcher polls (None: the cloud's link-local address)
     preemption_endpoint: Optional[str] = None
     preemption_poll_seconds: float = 5.0  #: seconds between two polls of a preemption watcher
+    #: seconds from the first SIGTERM/SIGINT to the end of the task's checkpointing
+    interrupt_seconds: float = 3.0
 
     @classmethod
     def read(cls) -> TaskSettings:
@@ -50,6 +52,7 @@ class TaskSettings:
             pause_poll_seconds=settings.pause_poll_seconds(),
             preemption_endpoint=settings.preemption_endpoint(),
             preemption_poll_seconds=settings.preemption_poll_seconds(),
+            interrupt_seconds=settings.interrupt_seconds(),
         )
 
 
@@ -100,7 +103,9 @@ def build(
     """
     if settings is None:
         settings = TaskSettings.read()
-    interrupts = Interrupts(save_on_interrupt=save_on_interrupt, log=log)
+    interrupts = Interrupts(
+        save_on_interrupt=save_on_interrupt, log=log, seconds=settings.interrupt_seconds
+    )
     saves = TaskSaves(
         store,
         scope,

@@ -1,5 +1,9 @@
 """Every save one task process makes: blocking, background, sharded and final saves.
 
+Long module: every kind of save of one process shares the task's clock, the commits recorded
+for the summary and what a signal stops (the fences and the checkpoint that stays latest);
+split by kind, each part would reach into the others' state.
+
 :class:`TaskSaves` dates each save with the task's clock (never before a checkpoint already
 known in the task), commits it, applies the step's retention after each commit and remembers
 what it committed for the attempt's summary.  ``current.checkpoint.save`` (the runtime), the
@@ -26,6 +30,7 @@ from ..core.scope import Scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointException
 from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
+from .fence import Fence, SaveAbandoned
 from .interrupts import Interrupts
 from .ranks import Ranks
 
@@ -123,26 +128,40 @@ class TaskSaves:
             # Validate now: a bad argument must fail here, not later in the background.
             validate_name(name)
             return self._save_in_background(src, validate_metadata(metadata), name, latest)
-        with self._interrupts.blocking():
-            ref = self._commit(src, metadata, name, latest, *self._date())
-        return ref
+        # In a worker thread: after a signal the wait ends with the time allowed (interrupts.py).
+        return self._interrupts.run(
+            lambda fence: self._commit(src, metadata, name, latest, *self._date(), fence=fence)
+        )
 
     def _commit(
-        self, src: str, metadata: Optional[dict], name: str, latest: bool, created: int, seq: int
+        self,
+        src: str,
+        metadata: Optional[dict],
+        name: str,
+        latest: bool,
+        created: int,
+        seq: int,
+        fence=None,
     ) -> CheckpointReference:
         """Save ``src`` dated ``(created, seq)`` and record the commit (blocking and
-        background saves alike)."""
-        manifest = self.store.save(
-            src,
-            self.scope,
-            name=name,
-            metadata=metadata,
-            latest=latest,
-            created_ms=created,
-            seq=seq,
-            position=self.ranks.position,
-            source=dict(self.ranks.source),
-        )
+        background saves alike); through ``fence`` (``interrupts.Fence``) when given, which
+        keeps the save from committing once it is abandoned after a signal."""
+
+        def save(**hooks) -> Manifest:
+            return self.store.save(
+                src,
+                self.scope,
+                name=name,
+                metadata=metadata,
+                latest=latest,
+                created_ms=created,
+                seq=seq,
+                position=self.ranks.position,
+                source=dict(self.ranks.source),
+                **hooks,
+            )
+
+        manifest = save() if fence is None else fence.commit(save)
         return self._committed(manifest)
 
     def note_loaded(self, key: str) -> None:
@@ -156,50 +175,65 @@ class TaskSaves:
 
         An empty directory, or one holding exactly a checkpoint already committed in this task
         (the one loaded at start, one this process saved, or the newest one, e.g. saved by a
-        subprocess) is not committed.  Signals arriving meanwhile are not handled after it:
-        the task is already stopping.
+        subprocess) is not committed.  The save starts at once: what it is compared with is
+        read once its files are uploaded, right before its commit (after a signal every
+        moment counts).  Signals arriving meanwhile are not handled after it: the task is
+        already stopping; but once the time allowed after a signal runs out it is abandoned.
 
         Returns
         -------
         CheckpointReference or None
             The reference, or None when skipped (with one log line saying why).
+
+        Raises
+        ------
+        SaveAbandoned
+            Not committed within the time allowed after a signal (``interrupts.py``).
         """
+        from ..core.policies import newest
         from ..core.store import same_content
 
-        known = list(self._manifests)
-        if self._loaded_key is not None:
-            try:
-                known.append(self.store.read(self._loaded_key))
-            except CheckpointException:
-                pass  # unreadable now: the save goes ahead (it hides nothing readable)
-        newest = next((h for h in self._task_headers() if h.latest), None)
-        if newest is not None and newest.key not in {m.key for m in known}:
-            known.append(self.store.read(newest.key))
         skipped: list[str] = []
+        latest: list[Optional[ManifestHeader]] = []  # the task's newest for this writer
 
         def committed_already(candidate: Manifest) -> Optional[Manifest]:
             # Called with what the save would commit, before the commit (no manifest written).
+            headers = self._task_headers()
+            latest.append(newest(headers, within_task=True, position=self.ranks.position))
             if not candidate.files:
                 skipped.append("it holds no file")
                 return candidate
+            known = list(self._manifests)
+            if self._loaded_key is not None:
+                try:
+                    known.append(self.store.read(self._loaded_key))
+                except CheckpointException:
+                    pass  # unreadable now: the save goes ahead (it hides nothing readable)
+            if latest[0] is not None and latest[0].key not in {m.key for m in known}:
+                known.append(self.store.read(latest[0].key))
             same = next((m for m in known if same_content(m, candidate)), None)
             if same is None:
                 return None
             skipped.append("it holds exactly checkpoint %s, already committed" % same.key)
             return replace(same)  # the caller marks its stats: not ours to change
 
-        with self._interrupts.blocking(deliver=False):
+        def save(fence) -> Optional[CheckpointReference]:
             created, seq = self._date()
-            manifest = self.store.save(
-                self.directory,
-                self.scope,
-                metadata=metadata,
-                created_ms=created,
-                seq=seq,
+            manifest = fence.commit(
+                lambda **hooks: self.store.save(
+                    self.directory,
+                    self.scope,
+                    metadata=metadata,
+                    created_ms=created,
+                    seq=seq,
+                    position=self.ranks.position,
+                    **hooks,
+                ),
                 reuse=committed_already,
-                position=self.ranks.position,
             )
-            ref = None if skipped else self._committed(manifest)
+            return None if skipped else self._committed(manifest)
+
+        ref = self._interrupts.run(save, deliver=False, what="the final save %s" % why)
         if skipped:
             self.log(
                 "[@checkpoint] Skipped the final save %s: %s %s; the retry loads the newest "
@@ -208,7 +242,7 @@ class TaskSaves:
                     why,
                     self.directory,
                     skipped[0],
-                    " (%s)" % newest.key if newest is not None else " (none yet)",
+                    " (%s)" % latest[0].key if latest[0] is not None else " (none yet)",
                 )
             )
         return ref
@@ -292,10 +326,14 @@ class TaskSaves:
             raise
         self._background.adjust(nbytes - size)  # files may have changed since they were sized
 
-        def commit() -> CheckpointReference:
-            return self._commit(staged, metadata, name, latest, created, seq)
+        fence = Fence()  # stops this save if it is abandoned after a signal
 
-        return self._background.submit("save of %s (%r)" % (src, name), staging, nbytes, commit)
+        def commit() -> CheckpointReference:
+            return self._commit(staged, metadata, name, latest, created, seq, fence=fence)
+
+        return self._background.submit(
+            "save of %s (%r)" % (src, name), staging, nbytes, commit, fence=fence
+        )
 
     # ------------------------------------------------------------------ pending saves
     def pending(self) -> list[SaveHandle]:
@@ -303,7 +341,8 @@ class TaskSaves:
         return self._background.pending() if self._background else []
 
     def flush(self, raise_errors: bool = True) -> None:
-        """Wait for every background save.
+        """Wait for every background save; after a signal, only until the time allowed runs
+        out: those not committed by then are abandoned (one log line each, never an error).
 
         Raises
         ------
@@ -312,7 +351,16 @@ class TaskSaves:
         """
         if self._background is None:
             return
-        failed = self._background.wait_all()
+        interrupts = self._interrupts
+        failed = []
+        for handle, error in self._background.wait_all(
+            deadline=interrupts.deadline,
+            abandoned=_abandoned_background(interrupts),
+        ):
+            if isinstance(error, SaveAbandoned):
+                interrupts.record_abandoned("the background " + handle.description, error)
+            else:
+                failed.append((handle, error))
         if failed:
             error = failure(failed)
             if raise_errors:
@@ -345,6 +393,35 @@ class TaskSaves:
             self.clock.learn(h.created_ms for h in self._task_headers())
         return self.clock.tick(), next_seq()
 
+    def task_headers(self) -> list[ManifestHeader]:
+        """This task's checkpoints as listed now (all attempts and processes), newest first."""
+        return self._task_headers()
+
+    def mark(self) -> int:
+        """How many checkpoints this process has committed so far (see :meth:`latest`)."""
+        return len(self._manifests)
+
+    def latest(
+        self, headers: Optional[list[ManifestHeader]], mark: Optional[int] = None
+    ) -> Optional[str]:
+        """The key of the checkpoint a retry of this process would load now (None: none).
+
+        Chosen as the load policy does for this process's writer, among ``headers`` (a
+        listing of the task; None when it failed: then among the checkpoint loaded at start)
+        and this process's own commits, or only the first ``mark`` of them (those committed
+        before a signal: :meth:`mark` then).  No I/O."""
+        from ..core.policies import newest
+
+        own = list(self._manifests)
+        later = {m.key for m in own[mark:]} if mark is not None else set()
+        known = [h for h in headers or [] if h.key not in later]
+        if headers is None and self._loaded_key is not None:
+            known.append(parse_key(self._loaded_key))
+        listed = {h.key for h in known}
+        known += [parse_key(m.key) for m in own[:mark] if m.key not in listed]
+        found = newest(known, within_task=True, position=self.ranks.position)
+        return found.key if found is not None else None
+
     def _task_headers(self, name: Optional[str] = None) -> list[ManifestHeader]:
         """This task's checkpoints (all attempts and processes), newest first as a retry
         orders them; the task's clock learns their dates."""
@@ -357,7 +434,10 @@ class TaskSaves:
         self._manifests.append(manifest)
         self.clock.observe([manifest.created_ms])
         ref = reference_of(self.store, manifest)
-        if prune and self._retention is not None and not self._retention.empty:
+        # Not after a signal: pruning (a listing and deletes) must not hold a stopping task
+        # past its time; the next attempt's saves prune.
+        stopping = self._interrupts.received is not None
+        if prune and not stopping and self._retention is not None and not self._retention.empty:
             self._apply_retention(manifest.name, protect=manifest.key)
         return ref
 
@@ -391,6 +471,11 @@ class TaskSaves:
                         self.log("[@checkpoint] Warning: %s" % warning)
         except CheckpointException as exc:
             self.log("[@checkpoint] Warning: pruning old checkpoints failed: %s" % exc.message)
+
+
+def _abandoned_background(interrupts: Interrupts) -> Callable[[str, bool], SaveAbandoned]:
+    """The error of a background save abandoned after a signal, from its description."""
+    return lambda what, maybe: interrupts.abandoned_error("the background " + what, maybe)
 
 
 def _describe(error: BaseException) -> str:

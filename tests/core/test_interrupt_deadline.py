@@ -1,0 +1,233 @@
+"""After SIGTERM/SIGINT a task's checkpointing ends within METAFLOW_CHECKPOINT_INTERRUPT_SECONDS:
+what has not committed by then is abandoned, never committed later, and the log says which
+checkpoint stays the latest.
+
+Signals are real (sent to this process), stores are real local stores whose blob writes are held
+on a gate: a save "cannot finish in time" because its upload is still held at the deadline.  The
+abandoned save's thread is then let go, and joined, to show that nothing it does afterwards
+commits anything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import is_manifest_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.tempnames import SNAPSHOT_PREFIX
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointInterrupted
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import TaskSettings, build
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.fence import Fence, SaveAbandoned
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.interrupts import Interrupts
+
+from .helpers import make_scope, options
+
+SECONDS = 0.5  # the time allowed after a signal, short: the saves here are held, not slow
+SETTINGS = TaskSettings(
+    async_budget=1 << 30, parallel_timeout=30.0, pause_poll_seconds=0.0, interrupt_seconds=SECONDS
+)
+#: How long a held write waits for the gate: the code before this change committed after it.
+HOLD = 10
+
+
+class GatedStorage(LocalStorage):
+    """A local store whose blob writes wait for :attr:`gate` once :attr:`hold` is set.
+
+    ``signum``, when set, is sent to this process by the first held write (a signal arriving
+    in the middle of an upload).  ``calls`` records ``(thread name, operation, key)``."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.hold = False
+        self.gate = threading.Event()
+        self.held = threading.Event()  # a write is waiting at the gate
+        self.signum = None
+        self.calls: list[tuple[str, str, str]] = []
+
+    def _record(self, op: str, key: str) -> None:
+        self.calls.append((threading.current_thread().name, op, key))
+
+    def _wait_at_gate(self) -> None:
+        if not self.hold:
+            return
+        if not self.held.is_set():
+            self.held.set()
+            if self.signum is not None:
+                os.kill(os.getpid(), self.signum)
+        self.gate.wait(HOLD)
+
+    def ingest_range(self, src, offset, length, digest, key):
+        self._record("ingest", key)
+        self._wait_at_gate()
+        return super().ingest_range(src, offset, length, digest, key)
+
+    def _put_bytes(self, key, data):
+        self._record("put", key)
+        if key.startswith("blobs/"):
+            self._wait_at_gate()
+        super()._put_bytes(key, data)
+
+    def _get_bytes(self, key):
+        self._record("get", key)
+        return super()._get_bytes(key)
+
+    def list(self, prefix, *args, **kwargs):
+        self._record("list", prefix)
+        return super().list(prefix, *args, **kwargs)
+
+    def exists(self, key):
+        self._record("exists", key)
+        return super().exists(key)
+
+
+def _task(tmp_path: Path, save_on_interrupt: bool):
+    """A task's parts on a gated local store; its directory holds state.txt ("epoch 1")."""
+    storage = GatedStorage(str(tmp_path / "store"))
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "state.txt").write_text("epoch 1")
+    logs: list[str] = []
+    parts = build(
+        CheckpointStore(storage, options()),
+        make_scope(),
+        str(directory),
+        settings=SETTINGS,
+        log=logs.append,
+        save_on_interrupt=save_on_interrupt,
+    )
+    return parts, storage, directory, logs
+
+
+def _manifests(storage: LocalStorage) -> list[str]:
+    return sorted(o.key for o in storage.list("manifests/") if is_manifest_key(o.key))
+
+
+def _join_threads(name: str) -> None:
+    for thread in threading.enumerate():
+        if thread.name == name:
+            thread.join(30)
+            assert not thread.is_alive()
+
+
+def test_a_blocking_save_held_past_the_deadline_is_abandoned_and_never_commits(tmp_path):
+    parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=False)
+    first = parts.runtime.save(metadata={"epoch": 1})
+    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    storage.hold, storage.signum = True, signal.SIGTERM
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted) as info:
+            parts.runtime.save(metadata={"epoch": 2})
+    finally:
+        parts.interrupts.restore()
+    assert storage.held.is_set()
+    assert "abandoned the save in progress (not committed within 0.5 s" in info.value.message
+    assert isinstance(info.value.__cause__, SaveAbandoned)
+    start, abandoned, stays = logs[-3:]
+    assert start.startswith("[@checkpoint] Received SIGTERM: committing checkpoints")
+    assert "within 0.5 s (METAFLOW_CHECKPOINT_INTERRUPT_SECONDS)" in start
+    assert start.endswith("(now: %s)." % first.key)
+    assert abandoned == (
+        "[@checkpoint] Abandoned the save in progress: not committed within 0.5 s of SIGTERM "
+        "(METAFLOW_CHECKPOINT_INTERRUPT_SECONDS); nothing of it was committed."
+    )
+    assert stays == (
+        "[@checkpoint] Nothing abandoned was committed: the latest checkpoint stays %s." % first.key
+    )
+    # The abandoned save's thread is let go and runs to its end: it commits nothing.
+    storage.gate.set()
+    _join_threads("checkpoint-save")
+    assert _manifests(storage) == [first.key]
+
+
+def test_pending_background_saves_are_abandoned_with_their_snapshots(tmp_path):
+    parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=False)
+    first = parts.runtime.save(metadata={"epoch": 1})
+    storage.hold = True
+    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    running = parts.runtime.save(metadata={"epoch": 2}, blocking=False)
+    storage.held.wait(HOLD)  # the first background save is uploading, held at the gate
+    queued = parts.runtime.save(metadata={"epoch": 3}, blocking=False)
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted) as info:
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        parts.interrupts.restore()
+    for handle in (running, queued):
+        assert handle.done() and isinstance(handle.exception(), SaveAbandoned)
+        assert "not committed within 0.5 s of SIGINT" in handle.exception().message
+    assert "abandoned the background save of %s" % directory in info.value.message
+    assert [m for m in logs if m.startswith("[@checkpoint] Abandoned the background save")]
+    assert logs[-1].endswith("the latest checkpoint stays %s." % first.key)
+    snapshots = [p for p in os.listdir(tmp_path) if p.startswith(SNAPSHOT_PREFIX)]
+    assert snapshots == []  # removed at once: the exiting process must not leak them
+    # Let the held upload go; a later save queued behind it shows the worker moved on.
+    storage.gate.set()
+    later = parts.runtime.save(metadata={"epoch": 4}, blocking=False)
+    with pytest.raises(SaveAbandoned):  # after the deadline a new save does not even start
+        later.wait(30)
+    assert _manifests(storage) == [first.key]
+
+
+def test_the_final_save_starts_before_any_read_or_listing(tmp_path):
+    """The save on a signal uploads first; what it is compared with (the checkpoint loaded at
+    start, the task's newest) is read right before its commit, and the listing that names the
+    checkpoint staying latest runs aside (was: a read and a listing before the upload)."""
+    parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=True)
+    loaded = parts.runtime.save(metadata={"epoch": 1})
+    parts.saves.note_loaded(loaded.key)
+    (directory / "state.txt").write_text("interrupted in epoch 2")
+    storage.calls.clear()
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted, match="saved checkpoint"):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        parts.interrupts.restore()
+    save_calls = [(op, key) for thread, op, key in storage.calls if thread != "checkpoint-latest"]
+    first_op, first_key = save_calls[0]
+    assert first_key.startswith("blobs/"), save_calls[:5]  # the upload came first
+    assert any(m.startswith("[@checkpoint] Saved checkpoint") for m in logs)
+
+
+def test_a_manifest_write_in_flight_at_the_deadline_is_never_reported_abandoned(tmp_path):
+    """The deadline and the commit race: while the manifest write is in flight the save is
+    not called abandoned (the log says it may have committed), and once it is called
+    abandoned its manifest is never written."""
+    storage = GatedStorage(str(tmp_path / "store"))
+    store = CheckpointStore(storage, options())
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "a.txt").write_text("a")
+    interrupts = Interrupts(seconds=SECONDS)
+    writing, release = threading.Event(), threading.Event()
+    put = storage._put_bytes
+
+    def held_manifest_write(key, data):
+        if is_manifest_key(key):
+            writing.set()
+            release.wait(HOLD)
+        put(key, data)
+
+    storage._put_bytes = held_manifest_write
+    fence = Fence()
+    saver = threading.Thread(
+        target=lambda: fence.commit(
+            lambda **h: store.save(str(tmp_path / "ckpt"), make_scope(), **h)
+        )
+    )
+    saver.start()
+    assert writing.wait(HOLD)
+    assert fence.abandon(interrupts.abandoned_error("the save"), grace=0.1) == Fence.COMMITTING
+    error = interrupts.abandoned_error("the save", may_have_committed=True)
+    assert "it may have committed" in error.message
+    release.set()
+    saver.join(30)
+    assert len(_manifests(storage)) == 1  # it did commit: the log did not say otherwise
+    assert fence.abandon(interrupts.abandoned_error("the save")) == Fence.COMMITTED
