@@ -706,3 +706,25 @@ def test_a_run_record_dated_in_the_future_does_not_block_gc_or_savers(
     assert WriterLease._flagged(ls.list_runs(storage), {})[0] == []
     m = CheckpointStore(storage, options()).save(str(src), make_scope(run="3"))
     assert_loads(CheckpointStore(storage, options()), m, src, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # A later key grammar (an unknown writer token), and an unknown format altogether.
+        "0001733000000000-0-000001-Lx9-abcdef-mfchckpt.json",
+        "checkpoint-v9.json",
+    ],
+)
+def test_gc_stops_at_a_manifest_it_cannot_parse_and_deletes_nothing(storage, tmp_path, name):
+    """A newer release's commit under ``manifests/`` references blobs this release cannot see:
+    collecting beside it would delete them, so the collection stops first, naming it."""
+    _, pruned_blobs = stale(storage, tmp_path)  # something a collection would delete
+    task = layout.task_prefix("user:a", "F", "s", "_", "1", "9")
+    storage.put_bytes(task + name, b"{}")
+    with pytest.raises(ManifestError) as raised:
+        collect(storage)
+    assert name in raised.value.message and "newer release" in raised.value.message
+    assert pruned_blobs <= stored_blobs(storage)  # nothing was deleted
+    storage.delete_many([task + name])
+    assert collect(storage).blobs_deleted == len(pruned_blobs)

@@ -34,6 +34,7 @@ from . import leases as ls
 from . import manifest as mf
 from .gang import part_blobs
 from .gc_run import Run
+from .tempnames import is_temp_name
 from .layout import (
     BLOBS_PREFIX,
     LEASE_NAMES,
@@ -116,9 +117,23 @@ class _Marker:
         return sorted(o.key for o in self.storage.list(PARTS_PREFIX) if is_part_key(o.key))
 
     def list_manifests(self) -> list[str]:
-        return sorted(
-            o.key for o in self.storage.list(MANIFESTS_PREFIX) if mf.is_manifest_key(o.key)
-        )
+        """Every manifest key; an object under ``manifests/`` this release cannot parse stops
+        the collection: it may be the commit of a newer release's checkpoint (whose blobs
+        would otherwise look unreferenced), so nothing may be deleted beside it."""
+        keys = []
+        for o in self.storage.list(MANIFESTS_PREFIX):
+            if mf.is_manifest_key(o.key):
+                keys.append(o.key)
+            elif not o.key.endswith("/") and not is_temp_name(o.key.rsplit("/", 1)[-1]):
+                raise ManifestError(
+                    "Garbage collection stopped before deleting anything: %s is not a "
+                    "checkpoint manifest this release can read (written by a newer release of "
+                    "metaflow-checkpointing, or not a checkpoint), so the blobs it may need are "
+                    "unknown. Upgrade metaflow-checkpointing, or remove that object if it is "
+                    "not a checkpoint, then run gc again." % self.storage.full_url(o.key),
+                    key=o.key,
+                )
+        return sorted(keys)
 
     def mark_parts(self, keys: list[str]) -> set[str]:
         """Read the parts not read yet; return the blobs they reference."""
