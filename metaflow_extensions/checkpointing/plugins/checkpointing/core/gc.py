@@ -34,7 +34,6 @@ from . import leases as ls
 from . import manifest as mf
 from .gang import part_blobs
 from .gc_run import Run
-from .tempnames import is_temp_name
 from .layout import (
     BLOBS_PREFIX,
     LEASE_NAMES,
@@ -47,6 +46,7 @@ from .layout import (
     lease_prefix,
     pinned_manifest,
 )
+from .tempnames import is_temp_name
 
 #: Default grace period: blobs younger than this are never collected.  Leases make in-flight
 #: saves safe without it; it remains a second line of defence (and keeps recent data around).
