@@ -176,6 +176,7 @@ def test_a_signal_during_the_final_save_after_a_failure_does_not_stop_it(tmp_pat
         assert any("Saved checkpoint" in m and "after the step failed" in m for m in logs)
         [ref] = session.runtime.list()
         assert ref.metadata["reason"] == "failure"
+        assert ref.metadata["error"] == "ValueError: boom"  # type and message, as logged
     finally:
         session.end()
 

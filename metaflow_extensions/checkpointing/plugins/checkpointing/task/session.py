@@ -190,7 +190,7 @@ class TaskSession:
         elif self._save_on_failure and not isinstance(exception, CheckpointInterrupted):
             try:
                 ref = saves.final_save(
-                    {"reason": "failure", "error": repr(exception)[:500]},
+                    {"reason": "failure", "error": _short(exception)},
                     why="after the step failed",
                 )
                 if ref is not None:
