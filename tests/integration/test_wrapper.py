@@ -7,10 +7,12 @@ flow.py ... step ...) 1>> >(mflog tee) 2>> >(mflog tee >&2); c=$?; <save logs>; 
 PID 1 of the container's pid namespace and the task is its grandchild.  Here a real step command
 of a real flow runs in that shape (the wrapper expression from ``metaflow.mflog
 .bash_capture_logs``, quoted with ``shlex.split('bash -c "%s"' % ...)`` as Metaflow does) as PID 1
-of a new pid namespace (``unshare --pid --fork``; a plain parent where that is not allowed), and:
+of a new pid namespace (``unshare --pid --fork``), and as a plain child process (where a runner
+such as Argo's executor is PID 1 and passes signals on to bash), and:
 
 * SIGTERM to the wrapper (what the kubelet or ``docker stop`` sends the container) never reaches
-  the task's handler: bash, as PID 1 without a handler for it, never even receives it;
+  the task's handler: bash as PID 1, without a handler for it, never even receives it; bash as a
+  child dies of it and the task goes on, unsignalled;
 * with ``@checkpoint(preemption="aws")`` a spot notice from a fake metadata service is caught by
   the task itself and its ``save_on_interrupt`` checkpoint committed.
 """
@@ -62,11 +64,15 @@ def _wrapper_pid(launcher: subprocess.Popen, namespaced: bool) -> int:
     return int(pids[0])
 
 
-def test_sigterm_to_the_wrapper_never_reaches_the_task_but_a_preemption_notice_does(flow_env):
+@pytest.mark.parametrize("namespaced", [True, False], ids=["bash-as-pid-1", "bash-as-a-child"])
+def test_sigterm_to_the_wrapper_never_reaches_the_task_but_a_preemption_notice_does(
+    flow_env, namespaced
+):
+    if namespaced and not _can_unshare():
+        pytest.skip("unshare --pid --fork is not allowed here")
     env, tmp = flow_env
     run_id = "wrapped-%s" % uuid.uuid4().hex[:8]
     ready, go, notice = tmp / "ready", tmp / "go", tmp / "notice"
-    namespaced = _can_unshare()
     init = run_subprocess(
         [FLOW, "--no-pylint", "init", "--run-id", run_id, "--task-id", "params"], env, tmp
     )
