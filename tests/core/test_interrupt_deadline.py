@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -231,3 +233,81 @@ def test_a_manifest_write_in_flight_at_the_deadline_is_never_reported_abandoned(
     saver.join(30)
     assert len(_manifests(storage)) == 1  # it did commit: the log did not say otherwise
     assert fence.abandon(interrupts.abandoned_error("the save")) == Fence.COMMITTED
+
+
+#: A task whose end waits for a background save held at the gate when SIGINT arrives.
+ENDING_TASK = r"""
+import os, signal, sys, threading, time
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.policies import Resolution
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import TransferOptions
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import TaskSettings
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.session import TaskSession
+
+tmp = sys.argv[1]
+gate = threading.Event()
+
+def in_the_ends_flush():
+    frames = sys._current_frames()[threading.main_thread().ident]
+    while frames is not None:
+        if frames.f_code.co_name == "wait_all":
+            return True
+        frames = frames.f_back
+    return False
+
+class HeldWhileEnding(LocalStorage):
+    armed = False
+    def ingest_range(self, *args):
+        if self.armed:
+            self.armed = False
+            while not in_the_ends_flush():  # the main thread is waiting for this save
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+        if not gate.is_set():
+            gate.wait(10)
+        return super().ingest_range(*args)
+
+storage = HeldWhileEnding(os.path.join(tmp, "store"))
+store = CheckpointStore(storage, TransferOptions(chunk_size=1 << 16, small_size=1 << 14, workers=2))
+scope = Scope(namespace="user:alice", flow="F", step="train", foreach="_", run="1", task="2",
+              attempt=0)
+session = TaskSession.start(
+    store, scope, Resolution(None, "first attempt"), step_name="train",
+    temp_dir_root=os.path.join(tmp, "tmp"), log=lambda m: print(m, flush=True),
+    settings=TaskSettings(async_budget=1 << 30, parallel_timeout=30.0, pause_poll_seconds=0.0,
+                          interrupt_seconds=0.5),
+)
+with open(os.path.join(session.runtime.directory, "weights.bin"), "wb") as f:
+    f.write(os.urandom(1 << 20))
+storage.armed = True
+handle = session.runtime.save(blocking=False)
+session.end()
+print("HANDLE", type(handle.exception()).__name__)
+print("LEFT", sorted(os.listdir(os.path.join(tmp, "tmp"))))
+gate.set()  # the abandoned upload goes on: it must commit nothing, up to the process's exit
+"""
+
+
+def test_a_signal_while_the_task_ends_bounds_its_wait_for_background_saves(tmp_path):
+    """A Ctrl+C while the task's end waits for a background save is absorbed (the end goes on)
+    but its time counts: the save is abandoned at the deadline, the end finishes (summaries,
+    directories), and the abandoned save never commits (was: the end waited for the upload)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ENDING_TASK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert (
+        "Received SIGINT while the task is ending: finishing first. Saves not committed "
+        "within 0.5 s (METAFLOW_CHECKPOINT_INTERRUPT_SECONDS) are abandoned." in out
+    ), out
+    assert "[@checkpoint] Abandoned the background save of" in out
+    assert "HANDLE SaveAbandoned" in out
+    assert "LEFT []" in out
+    storage = LocalStorage(str(tmp_path / "store"))
+    assert _manifests(storage) == []  # after the process ended: nothing committed, ever

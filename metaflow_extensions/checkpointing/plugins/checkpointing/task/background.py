@@ -29,6 +29,9 @@ from ..core.tempnames import SNAPSHOT_PREFIX
 from ..errors import CheckpointException
 from .fence import Fence, SaveAbandoned
 
+#: Seconds between two looks at the deadline while waiting for a background save.
+_TICK = 0.05
+
 
 class SaveHandle:
     """The outcome of a background save, available once it is committed (or has failed)."""
@@ -216,21 +219,25 @@ class BackgroundSaver:
 
     def wait_all(
         self,
-        deadline: Optional[float] = None,
+        deadline: Callable[[], Optional[float]] = lambda: None,
         abandoned: Optional[Callable[[str, bool], SaveAbandoned]] = None,
     ) -> list[tuple[SaveHandle, BaseException]]:
         """Wait for every queued save; return the failed ones with their errors.
 
-        With a ``deadline`` (``time.monotonic()``), saves not committed by then are abandoned
+        ``deadline()`` is ``time.monotonic()`` at which to stop waiting, or None (looked at
+        again while waiting: a signal may set it).  Saves not committed by then are abandoned
         (:meth:`abandon`) with the error ``abandoned(description, may_have_committed)`` and
         returned among the failed ones."""
         failed = []
         with self._cond:
             handles, self._pending = self._pending, []
         for h in handles:
-            if deadline is not None and not h._event.wait(max(0.0, deadline - time.monotonic())):
-                assert abandoned is not None
-                self.abandon(abandoned)
+            while not h._event.wait(_TICK):
+                end = deadline()
+                if end is not None and time.monotonic() >= end:
+                    assert abandoned is not None
+                    self.abandon(abandoned)
+                    break
             try:
                 h.wait()
             except BaseException as exc:  # noqa: BLE001 - reported to the caller

@@ -172,7 +172,8 @@ class Interrupts:
         The end of a task commits what is pending and removes its directories (often GBs in
         the temp dir): a late Ctrl+C or SIGTERM must not interrupt that and leak them.  The
         signal is not delivered afterwards either: by then the task's outcome is recorded and
-        the process is about to exit.
+        the process is about to exit.  Its time still counts: background saves not committed
+        within it are abandoned, and the end goes on.
         """
         self._ending = True
 
@@ -327,9 +328,19 @@ class Interrupts:
             ignored).
         """
         if self._ending:
+            # Absorbed, but its time counts: the end's wait for background saves stops then.
+            first = self._received is None
+            if first:
+                self._received = signum
+                self._deadline = time.monotonic() + self.seconds
             self._log(
-                "[@checkpoint] Received %s while the task is ending: finishing first."
-                % signal.Signals(signum).name
+                "[@checkpoint] Received %s while the task is ending: finishing first.%s"
+                % (
+                    signal.Signals(signum).name,
+                    " Saves not committed within %g s (%s) are abandoned." % (self.seconds, SETTING)
+                    if first
+                    else "",
+                )
             )
             return
         if self._handling:

@@ -354,7 +354,7 @@ class TaskSaves:
         interrupts = self._interrupts
         failed = []
         for handle, error in self._background.wait_all(
-            deadline=interrupts.deadline,
+            deadline=lambda: interrupts.deadline,
             abandoned=_abandoned_background(interrupts),
         ):
             if isinstance(error, SaveAbandoned):
