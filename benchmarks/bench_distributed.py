@@ -1,4 +1,5 @@
-"""Distributed and long-running training targets: background saves, @parallel saves, SIGTERM.
+"""Distributed and long-running training targets: background saves, @parallel saves (sharded and
+rank 0 only), SIGTERM, and how fast a gang fails when one of its ranks does.
 
     python benchmarks/bench_distributed.py                     # defaults: 1 GiB, 3 repeats
     python benchmarks/bench_distributed.py --size-mib 64 --repeat 2   # smoke run, ~1 minute
@@ -11,15 +12,27 @@
    moto server.  Baseline: ``cp -r`` of the same directory, run by the task right next to the
    background save (order rotated).  Targets: blocked ≤ 1.5× ``cp -r``; on S3, blocked ≤ 25% of
    the blocking save.
-2. **@parallel save** (``bench_distributed_parallel_flow.py``): a gang of 2 ranks, each saving
-   half of ``--size-mib`` (one checkpoint, a shard per rank), against one ``@checkpoint`` task
-   saving all of it, local datastore.  Per rank: from the ``save()`` call to its return; the row
-   shows the slower rank.  Target: ≤ 1.2× the single save.
+2. **@parallel save** (``bench_distributed_parallel_flow.py``), local datastore, against one
+   ``@checkpoint`` task saving all of ``--size-mib``:
+
+   * sharded: a gang of 2 ranks, each saving half of it with ``save(..., sharded=True)`` (one
+     checkpoint, a shard per rank).  Per rank: from the ``save()`` call to its return; the row
+     shows the slower rank.  Target: ≤ 1.2× the single save.
+   * rank 0 only: node 0 alone saves all of it with a plain ``save()`` while node 1 does
+     nothing (``if rank == 0: save()``).  Target: ≤ 1.1× the single save (the same code path:
+     the row proves no gang wait is left in a plain save).
 3. **SIGTERM** (``bench_distributed_interrupt_flow.py``): a task with
    ``@checkpoint(save_on_interrupt=True)`` writes ``--state-mib`` of fresh state into
    ``current.checkpoint.directory`` and trains; this script sends SIGTERM to the task's pid and
    polls the store for the final checkpoint's manifest (written last, atomically: the commit).
    Target: committed ≤ 10 s after the signal.  Baseline: ``cp -r`` of that many bytes.
+4. **A rank's failure → the gang's failure** (``bench_distributed_gang_fail_flow.py``, local
+   datastore, ``METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT`` at its default 600 s, no ``@retry``):
+   node 0 waits in a sharded save while node 1 raises before saving; from node 1's raise (a
+   timestamp the flow writes) to node 0's ``save()`` raising (timestamp) and to the end of the
+   ``run`` process.  Targets: ≤ 5 s and ≤ 30 s (issue 13).  And SIGTERM to node 0 while it waits
+   in a sharded save (node 1 never saves): from the signal to node 0's task process ending.
+   Target: ≤ 5 s.  One flow run per repeat and case.
 
 Data is written before any timing (page cache warm); every timed operation, ours and the
 baselines, is preceded by ``_benchutil.prepare`` (sync and memory recycling) as in ``bench.py``.
@@ -64,10 +77,21 @@ from bench import (  # noqa: E402
 ASYNC_FLOW = "bench_distributed_async_flow.py"
 PARALLEL_FLOW = "bench_distributed_parallel_flow.py"
 INTERRUPT_FLOW = "bench_distributed_interrupt_flow.py"
+GANG_FAIL_FLOW = "bench_distributed_gang_fail_flow.py"
 WORLD = 2
 #: At most this many interrupted attempts per flow run (@retry allows times <= 4).
 INTERRUPTS_PER_RUN = 4
 ASYNC_VS_CP, ASYNC_VS_BLOCKING_S3, PARALLEL_VS_SINGLE, SIGTERM_SECONDS = 1.5, 0.25, 1.2, 10.0
+RANK0_VS_SINGLE = 1.1
+#: Issue 13: the gang's save fails within this many seconds of a rank's failure, the run within
+#: FAIL_RUN_SECONDS; SIGTERM during a sharded wait ends the task within GANG_SIGTERM_SECONDS.
+FAIL_SAVE_SECONDS, FAIL_RUN_SECONDS, GANG_SIGTERM_SECONDS = 5.0, 30.0, 5.0
+#: The wait a gang ran into before ADR 004 (the default METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT).
+PARALLEL_TIMEOUT = 600
+#: How long a gang-failure flow run may take before it is killed and reported as a miss.
+GANG_FAIL_CAP = 120.0
+#: Fresh state node 0 saves in the gang-failure flow (its size does not matter there).
+GANG_FAIL_STATE = 16 * MiB
 
 
 def log(msg: str) -> None:
@@ -116,6 +140,7 @@ def parallel_bench(work: Path, data: dict, recycle: bool, gang_poll=None) -> dic
         "world": WORLD,
         "single": [str(p) for p in data["a"]],
         "gang": [[str(p) for p in shares] for shares in data["gang"]],
+        "rank0": [str(p) for p in data["c"]],
         "recycle": recycle,
         "gang_poll": gang_poll,
     }
@@ -142,6 +167,7 @@ def parallel_bench(work: Path, data: dict, recycle: bool, gang_poll=None) -> dic
                 "committed_files": per_rank[0]["files"],
             }
         )
+    out["rank0"] = ranks[0]["rank0_saves"]
     remove(sub / "mf-local" / ".metaflow" / "mf.checkpointing")
     return out
 
@@ -279,6 +305,103 @@ def _stats_of(root: str, task_prefix: str, manifest) -> dict:
     return body.get("stats") or {}
 
 
+# ===================================================================== 4. a rank fails
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _gang_fail_run(work: Path, sub: Path, mode: str, k: int) -> dict:
+    """One run of the gang-failure flow in ``mode`` ("fail" or "sigterm"); times in seconds
+    from node 1's raise (fail) or from the SIGTERM (sigterm), None for what never happened."""
+    out = sub / ("%s-%d" % (mode, k))
+    out.mkdir()
+    spec = {"out": str(out), "mode": mode, "state_bytes": GANG_FAIL_STATE}
+    env = dict(
+        flow_environment(sub, METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT=str(PARALLEL_TIMEOUT)),
+        MFCKPT_BENCH_SPEC=json.dumps(spec),
+    )
+    cmd = [sys.executable, str(HERE / GANG_FAIL_FLOW), "--no-pylint", "run"]
+    logfile = work / ("flow-gang-%s-%d.log" % (mode, k))
+    t_sig = node0_end = run_end = None
+    killed = False
+    with open(logfile, "w") as logf:
+        proc = subprocess.Popen(cmd, env=env, cwd=str(sub), stdout=logf, stderr=subprocess.STDOUT)
+        try:
+            node0 = None
+            if mode == "sigterm":
+                _wait_file(out / "waiting.json", proc, 300)
+                node0 = _wait_file(out / "node0.json", proc, 10)["pid"]
+                t_sig = time.time()
+                os.kill(node0, signal.SIGTERM)
+            deadline = time.monotonic() + GANG_FAIL_CAP
+            while run_end is None:
+                now = time.time()
+                if node0 is None and (out / "node0.json").exists():
+                    node0 = (_read(out / "node0.json") or {}).get("pid")
+                if node0 is not None and node0_end is None and _exited(node0):
+                    node0_end = now
+                if proc.poll() is not None:
+                    run_end = now
+                    break
+                if time.monotonic() > deadline:
+                    killed = True
+                    proc.kill()
+                    proc.wait()
+                    break
+                time.sleep(0.002)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if proc.returncode == 0:
+        raise RuntimeError("the gang-failure flow (%s) succeeded: it must fail" % mode)
+    raised = _read(out / "raised.json")
+    save = _read(out / "save_raised.json")
+    if mode == "fail":
+        if raised is None:
+            tail = "\n".join(logfile.read_text().splitlines()[-40:])
+            raise RuntimeError("node 1 never raised (exit %d):\n%s" % (proc.returncode, tail))
+        t0 = raised["time"]
+    else:
+        t0 = t_sig
+
+    def since(t):
+        return None if t is None else t - t0
+
+    return {
+        "save_raised": since(save and save["time"]),
+        "node0_exited": since(node0_end),
+        "run_ended": None if killed else since(run_end),
+        "killed_after": GANG_FAIL_CAP if killed else None,
+        "error": save and save["error"],
+        "save_returned": (out / "save_returned.json").exists(),
+        "exit": proc.returncode,
+    }
+
+
+def gang_fail_bench(work: Path, args) -> dict:
+    sub = work / "gang-fail"
+    sub.mkdir()
+    res: dict = {"fail": [], "sigterm": []}
+    for k in range(args.repeat):
+        for mode in ("fail", "sigterm"):
+            res[mode].append(_gang_fail_run(work, sub, mode, k))
+            r = res[mode][-1]
+            log(
+                "gang %s %d/%d: save raised after %s s, run ended after %s s"
+                % (mode, k + 1, args.repeat, _opt(r["save_raised"]), _opt(r["run_ended"]))
+            )
+    remove(sub / "mf-local" / ".metaflow" / "mf.checkpointing")
+    return res
+
+
+def _opt(value, fmt="%.2f") -> str:
+    return "—" if value is None else fmt % value
+
+
 # ===================================================================== table
 def _s(seconds: float) -> str:
     return "%.2f s" % seconds
@@ -350,7 +473,7 @@ def parallel_rows(t: Table, res: dict, gang_poll=None) -> None:
     gang = med([r["max"] for r in res["rounds"]])
     nbytes = res["rounds"][0]["bytes"]
     t.add(
-        "local @parallel save, %d ranks × %s: slower rank's `save()`%s"
+        "local @parallel sharded save, %d ranks × %s: slower rank's `save(sharded=True)`%s"
         % (
             WORLD,
             fmt_bytes(nbytes // WORLD),
@@ -364,7 +487,7 @@ def parallel_rows(t: Table, res: dict, gang_poll=None) -> None:
     )
     phases = _gang_phases(res)
     t.add(
-        "local @parallel save: where the time goes (medians)",
+        "local @parallel sharded save: where the time goes (medians)",
         "rank 0 / rank 1 save their shard %s / %s; rank 0 waits for the other part %s, "
         "commits %s; rank 1 waits for the commit %s"
         % (
@@ -378,6 +501,41 @@ def parallel_rows(t: Table, res: dict, gang_poll=None) -> None:
         "—",
         "— (info)",
     )
+
+
+def rank0_rows(t: Table, res: dict) -> None:
+    """Rank 0 alone saving the whole size with a plain save() while node 1 idles."""
+    if not res.get("rank0"):
+        return
+    single = med([s["seconds"] for s in res["single"]])
+    rank0 = med([s["seconds"] for s in res["rank0"]])
+    t.add(
+        "local @parallel rank-0-only `save()` of %s (node 1 idle)"
+        % fmt_bytes(res["rank0"][0]["bytes"]),
+        _s(rank0),
+        "%s (1 task saving %s)" % (_s(single), fmt_bytes(res["single"][0]["bytes"])),
+        "%.2f×" % (rank0 / single),
+        "≤ %.1f× single" % RANK0_VS_SINGLE,
+        rank0 / single <= RANK0_VS_SINGLE,
+    )
+    steps = sum(len(s["events"]) for s in res["rank0"])
+    waited = sum(e[2] for s in res["rank0"] for e in s["events"] if e[0] == "waited")
+    flags = sorted({_flag(s["key"]) for s in res["rank0"]})
+    t.add(
+        "local @parallel rank-0-only `save()`: gang protocol steps taken; key flag",
+        "%d steps (%s waiting) in %d saves; flag %s (rank 0's)"
+        % (steps, _ms(waited), len(res["rank0"]), "/".join(flags)),
+        "—",
+        "—",
+        "no step, flag L",
+        steps == 0 and flags == ["L"],
+    )
+
+
+def _flag(key: str) -> str:
+    """The latest/writer flag of a manifest key (``<created>-<attempt>-<seq>-<flag>-...``)."""
+    parts = key.rsplit("/", 1)[-1].split("-")
+    return parts[3] if len(parts) > 3 else "?"
 
 
 def _gang_phases(res: dict) -> dict:
@@ -451,6 +609,62 @@ def interrupt_rows(t: Table, res: dict, cp_state: list) -> None:
     )
 
 
+def gang_fail_rows(t: Table, res: dict) -> None:
+    before = "%d s (the timeout, before ADR 004)" % PARALLEL_TIMEOUT
+
+    def row(metric, values, limit, baseline=before):
+        done = [v for v in values if v is not None]
+        if len(done) == len(values):
+            value = med(done)
+            t.add(metric, _s(value), baseline, "—", "≤ %.0f s" % limit, value <= limit)
+        else:
+            t.add(
+                metric,
+                "%d of %d never (%.0f s cap)"
+                % (len(values) - len(done), len(values), GANG_FAIL_CAP),
+                baseline,
+                "—",
+                "≤ %.0f s" % limit,
+                False,
+            )
+
+    fail, term = res["fail"], res["sigterm"]
+    row(
+        "local gang, node 1 raises before saving → node 0's `save(sharded=True)` raises",
+        [r["save_raised"] for r in fail],
+        FAIL_SAVE_SECONDS,
+    )
+    row(
+        "local gang, node 1 raises before saving → the run has failed (process exited)",
+        [r["run_ended"] for r in fail],
+        FAIL_RUN_SECONDS,
+    )
+    named = sum(1 for r in fail if r["error"] and "node 1" in r["error"])
+    t.add(
+        "local gang, node 1 raises: node 0's error names node 1",
+        "%d of %d" % (named, len(fail)),
+        "—",
+        "—",
+        "all",
+        named == len(fail),
+    )
+    row(
+        "local gang, SIGTERM to node 0 waiting in `save(sharded=True)` → its task process ended",
+        [r["node0_exited"] for r in term],
+        GANG_SIGTERM_SECONDS,
+        baseline="— (before ADR 004: the wait absorbed it)",
+    )
+    raised = [r["save_raised"] for r in term if r["save_raised"] is not None]
+    ended = [r["run_ended"] for r in term if r["run_ended"] is not None]
+    t.add(
+        "local gang, SIGTERM to node 0 waiting: → its `save()` raised / → the run ended",
+        "%s / %s" % (_s(med(raised)) if raised else "—", _s(med(ended)) if ended else "—"),
+        "—",
+        "—",
+        "— (info)",
+    )
+
+
 def build_table(raw: dict) -> Table:
     t = Table()
     if "async_local" in raw:
@@ -459,8 +673,11 @@ def build_table(raw: dict) -> Table:
         async_rows(t, "S3 (moto)", raw["async_s3"], "blocking")
     if "parallel" in raw:
         parallel_rows(t, raw["parallel"], raw["args"].get("gang_poll"))
+        rank0_rows(t, raw["parallel"])
     if "interrupt" in raw:
         interrupt_rows(t, raw["interrupt"], raw["cp"]["state"])
+    if "gang_fail" in raw:
+        gang_fail_rows(t, raw["gang_fail"])
     return t
 
 
@@ -528,6 +745,16 @@ def print_report(raw: dict, table: Table, args) -> None:
                 ),
             )
         )
+    if par and par.get("rank0"):
+        notes.append(
+            "rank-0-only saves (s): %s (single-task saves above). Phases of the first: %s."
+            % (
+                _all(s["seconds"] for s in par["rank0"]),
+                ", ".join(
+                    "%s %.2f s" % kv for kv in par["rank0"][0]["stats"].get("seconds", {}).items()
+                ),
+            )
+        )
     intr = raw.get("interrupt")
     if intr:
         parts = []
@@ -552,6 +779,22 @@ def print_report(raw: dict, table: Table, args) -> None:
                 _all(intr["run_seconds"], "%.1f"),
             )
         )
+    fails = raw.get("gang_fail")
+    if fails:
+        notes.append(
+            "A rank fails, per run (s after node 1's raise): save raised %s; node 0's task "
+            "process ended %s; run ended %s. SIGTERM, per run (s after the signal): save raised "
+            "%s; node 0's task process ended %s; run ended %s. "
+            "METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT=%d. Node 0's error (first run): %s"
+            % (
+                tuple(
+                    ", ".join(_opt(r[field]) for r in fails[mode])
+                    for mode in ("fail", "sigterm")
+                    for field in ("save_raised", "node0_exited", "run_ended")
+                )
+                + (PARALLEL_TIMEOUT, (fails["fail"][0]["error"] or "—") if fails["fail"] else "—")
+            )
+        )
     for name, error in raw.get("errors", {}).items():
         notes.append("**%s failed to run**: %s" % (name, error.splitlines()[0]))
     notes.append("Total benchmark time: %.0f s." % raw["total_seconds"])
@@ -573,6 +816,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-async", action="store_true", help="skip benchmark 1")
     p.add_argument("--skip-parallel", action="store_true", help="skip benchmark 2")
     p.add_argument("--skip-interrupt", action="store_true", help="skip benchmark 3")
+    p.add_argument("--skip-gang-fail", action="store_true", help="skip benchmark 4")
     p.add_argument(
         "--gang-poll",
         type=float,
@@ -593,10 +837,12 @@ def parse_args(argv=None):
 
 def make_data(work: Path, args) -> dict:
     """Directories a-i (background saves; single-task saves of benchmark 2), b-i (blocking saves;
-    split by hard links into the ranks' shares of benchmark 2), and the SIGTERM-sized one."""
-    data: dict = {"a": [], "b": [], "gang": []}
+    split by hard links into the ranks' shares of benchmark 2), c-i (rank-0-only saves of
+    benchmark 2: new bytes, else they would be deduplicated) and the SIGTERM-sized one."""
+    data: dict = {"a": [], "b": [], "c": [], "gang": []}
+    kinds = ("a", "b") if args.skip_parallel else ("a", "b", "c")
     for i in range(args.repeat):
-        for kind in ("a", "b"):
+        for kind in kinds:
             data[kind].append(work / "data" / ("%s-%d" % (kind, i)))
             make_big(data[kind][-1], args.size_mib)
         files = sorted(os.listdir(data["b"][-1]))
@@ -635,8 +881,13 @@ def main(argv=None) -> int:
         log("work dir %s" % work)
         data = make_data(work, args)
         log(
-            "data: 2 × %d × %s, %s"
-            % (args.repeat, fmt_bytes(args.size_mib * MiB), fmt_bytes(args.state_mib * MiB))
+            "data: %d × %d × %s, %s"
+            % (
+                2 if args.skip_parallel else 3,
+                args.repeat,
+                fmt_bytes(args.size_mib * MiB),
+                fmt_bytes(args.state_mib * MiB),
+            )
         )
         scratch = work / "scratch"
         scratch.mkdir()
@@ -682,6 +933,9 @@ def main(argv=None) -> int:
         if not args.skip_interrupt:
             attempt("interrupt", lambda: interrupt_bench(work, args, recycle))
             log("SIGTERM: done")
+        if not args.skip_gang_fail:
+            attempt("gang_fail", lambda: gang_fail_bench(work, args))
+            log("gang failures: done")
     finally:
         if moto is not None:
             moto.stop()
