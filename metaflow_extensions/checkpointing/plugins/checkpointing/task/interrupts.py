@@ -136,6 +136,12 @@ class Interrupts:
         self._handling = False
         self._ending = False  # the task is ending: signals are absorbed until restore()
 
+    def allow(self, seconds: float) -> None:
+        """Give the next signal at least ``seconds`` (a cloud's preemption notice announces
+        how long the machine has left: the setting's default is made for a local Ctrl+C)."""
+        if self._received is None:
+            self.seconds = max(self.seconds, float(seconds))
+
     def add_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` first when a signal arrives (``current.checkpoint.on_interrupt``)."""
         self._callbacks.append(callback)

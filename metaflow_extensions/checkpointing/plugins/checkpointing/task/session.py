@@ -143,6 +143,7 @@ class TaskSession:
                 endpoint=settings.preemption_endpoint,
                 poll_seconds=settings.preemption_poll_seconds,
                 log=log,
+                allow=parts.interrupts.allow,  # a notice gives more time than a Ctrl+C
             ).start()
         # Child processes and callbacks save into this task with `Checkpoint()`.
         os.environ[DIRECTORY_ENV] = directories[0]

@@ -31,6 +31,11 @@ DEFAULT_ENDPOINT = "http://169.254.169.254"
 REQUEST_TIMEOUT = 2.0
 #: ``@checkpoint(preemption=...)`` values and the cloud each names in the log.
 CLOUDS = {"aws": "AWS EC2 spot", "gcp": "GCE", "azure": "Azure"}
+#: Seconds the task's checkpointing may take after a notice: the cloud's lead time (AWS spot 2
+#: min, GCE 30 s, Azure Preempt events at least 30 s), less a poll interval and a margin for
+#: Metaflow's own end of the task.  Given to ``Interrupts.allow`` when it is more than
+#: ``METAFLOW_CHECKPOINT_INTERRUPT_SECONDS`` (whose 3 s default fits a local Ctrl+C).
+LEAD_SECONDS = {"aws": 90.0, "gcp": 20.0, "azure": 20.0}
 #: IMDSv2 session token lifetime asked for, seconds (AWS allows 1..21600).
 AWS_TOKEN_TTL = 21600
 #: Azure scheduled events that end this VM.
@@ -227,6 +232,9 @@ class PreemptionWatcher:
         Where one-line status messages go.
     interrupt : callable, optional
         What a notice does (default: SIGTERM to this process).
+    allow : callable, optional
+        Called with :data:`LEAD_SECONDS` of the cloud just before ``interrupt``: the time the
+        interrupted task may take (``Interrupts.allow``).
     timeout : float
         Seconds one request may take.
     """
@@ -239,6 +247,7 @@ class PreemptionWatcher:
         log: Callable[[str], None] = print,
         interrupt: Optional[Callable[[], None]] = None,
         timeout: float = REQUEST_TIMEOUT,
+        allow: Optional[Callable[[float], None]] = None,
     ):
         if cloud not in _PROBES:
             raise ValueError("unknown cloud %r (one of %s)" % (cloud, ", ".join(_PROBES)))
@@ -248,6 +257,7 @@ class PreemptionWatcher:
         self._poll = poll_seconds
         self._log = log
         self._interrupt = interrupt or _interrupt_own_process
+        self._allow = allow
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._errors_logged = False
@@ -291,6 +301,8 @@ class PreemptionWatcher:
                     "[@checkpoint] Preemption notice from %s (%s): interrupting the task as "
                     "SIGTERM does." % (CLOUDS[self.cloud], notice)
                 )
+                if self._allow is not None:
+                    self._allow(LEAD_SECONDS[self.cloud])
                 self._interrupt()
                 return
             self._stop.wait(self._poll)
