@@ -259,6 +259,7 @@ def test_sigterm_during_a_gang_wait_ends_the_task_with_the_interrupt(flow_env):
     error = _tasks(result, "train")[0].exception
     assert error is not None and error.type.endswith("CheckpointInterrupted"), result.describe()
     assert "SIGTERM" in error.exception and "600 s" not in error.exception, error
+    assert ".." not in error.exception, error  # one sentence, not a message glued to another
     out = result.stdout + result.stderr
     assert "Received SIGTERM" in out, result.describe()
     assert _stored(tmp) == []  # nothing sharded was committed (nor anything else)

@@ -411,7 +411,8 @@ class Interrupts:
         if failed_save is not None and not isinstance(failed_save, SaveAbandoned):
             parts.append("the save in progress when it arrived failed: %s" % _describe(failed_save))
         assert self._target is not None
-        return "Task %s received %s; %s." % (self._target.scope.pathspec, name, "; ".join(parts))
+        text = "; ".join(parts).rstrip(".")  # a save's error may end with its own period
+        return "Task %s received %s; %s." % (self._target.scope.pathspec, name, text)
 
     def _stays_latest(self) -> str:
         """The end line after something was abandoned: which checkpoint is the latest."""
