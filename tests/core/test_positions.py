@@ -2,8 +2,9 @@
 
 Keys spell the writer (nothing for rank 0, ``w<node>.<local>``, ``s`` for sharded), one spelling
 per key; the manifest body agrees with its key or is refused; old rank-0 keys and bodies read
-as before; and the load rule (own + sharded if the process saved any, else rank 0's + sharded)
-is checked as a table over writers and as a property against a direct statement of the rule.
+as before; and the load rule (own + sharded if the process saved any and its newest is not
+older than the gang's from another attempt, else rank 0's + sharded) is checked as a table over
+writers and as a property against a direct statement of the rule.
 """
 
 from __future__ import annotations
@@ -198,14 +199,19 @@ def test_saves_commit_under_the_writers_key(store, tmp_path):
 A, B, C = RANK0, Position(1, 0), Position(0, 1)
 
 
-def _h(n: int, writer, latest: bool = True):
-    """The ``n``-th checkpoint (later n is newer) of ``writer`` ("s": sharded)."""
+def _h(n: int, writer, latest: bool = True, attempt: int = 0, run: str = "1"):
+    """The ``n``-th checkpoint (later n is newer) of ``writer`` ("s": sharded), or of
+    ``(writer, attempt)``, saved by ``attempt`` of the task in ``run``."""
+    if isinstance(writer, tuple):
+        writer, attempt = writer
     position, sharded = (RANK0, True) if writer == "s" else (writer, False)
-    key = manifest_key(SCOPE, 1_700_000_000_000 + n, 0, latest, ID, "mfchckpt", position, sharded)
+    scope = make_scope(run=run, attempt=attempt)
+    key = manifest_key(scope, 1_700_000_000_000 + n, 0, latest, ID, "mfchckpt", position, sharded)
     return parse_key(key)
 
 
-# (writers of checkpoints 0..n-1 in save order, the process, index of the one it loads or None)
+# (writers of checkpoints 0..n-1 in save order, the process, index of the one it loads or None);
+# a writer alone saved in attempt 0, (writer, k) in attempt k.
 RULE = [
     ([], A, None),
     ([A, A], A, 1),
@@ -225,6 +231,17 @@ RULE = [
     (["s", A], B, 1),  # no own: rank 0's and sharded
     ([A, "s"], B, 1),
     ([C, "s", A], C, 1),  # C's own and the sharded one; rank 0's newer one is not C's
+    # One old save of its own does not pin a process: node 1's failure save of attempt 0,
+    # then rank 0 saved in attempt 1 -> rank 0's (adversarial review r2).
+    ([A, B, (A, 1)], B, 2),
+    ([A, B, (A, 1), (A, 1)], B, 3),
+    ([B, ("s", 1)], B, 1),
+    ([A, B, (A, 1), (B, 1)], B, 3),  # every rank saves its own every attempt: its own
+    ([A, (B, 1), (A, 1)], B, 1),  # own from the gang's newest attempt: its own
+    ([A, B, (A, 1)], C, 2),
+    ([(B, 1), (A, 1)], B, 0),  # same attempt, own older: still its own (ranks never cross-load)
+    ([A, (B, 1)], B, 1),  # own newer than the gang's, from a later attempt
+    ([B, (C, 1)], B, 0),  # the gang saved nothing: its own
 ]
 
 
@@ -233,6 +250,17 @@ def test_which_checkpoint_a_process_loads(saved, process, expected):
     headers = [_h(n, w) for n, w in enumerate(saved)]
     chosen = policies.newest(headers, within_task=True, position=process)
     assert chosen == (None if expected is None else headers[expected])
+
+
+def test_eager_compares_a_processs_own_with_the_gangs_by_date_across_runs():
+    """Across runs (``eager``) only dates compare: node 1's save of run 1 is stale once rank
+    0 saved later in run 2, and counts again once node 1 saved after it."""
+    old, gangs = _h(0, B, run="1"), _h(1, A, run="2")
+    assert policies.newest([old, gangs], position=B) == gangs
+    again = _h(2, B, run="2")
+    assert policies.newest([old, gangs, again], position=B) == again
+    newer = _h(3, B, run="1")  # an own save dated after the gang's newest: it counts
+    assert policies.newest([gangs, newer], position=B) == newer
 
 
 def test_without_a_position_the_newest_of_any_writer_is_chosen():
@@ -248,17 +276,26 @@ def test_only_latest_checkpoints_count_as_a_processs_own():
 
 @PROPS
 @given(
-    st.lists(st.tuples(st.sampled_from([A, B, C, "s"]), st.booleans()), max_size=12),
+    st.lists(
+        st.tuples(st.sampled_from([A, B, C, "s"]), st.booleans(), st.integers(0, 2)),
+        max_size=12,
+    ),
     st.sampled_from([A, B, C]),
 )
 def test_the_rule_as_stated_in_adr_004(saved, process):
-    headers = [_h(n, w, latest) for n, (w, latest) in enumerate(saved)]
+    headers = [_h(n, w, latest, attempt) for n, (w, latest, attempt) in enumerate(saved)]
     latest = [h for h in headers if h.latest]
+    order = policies.sort_key(within_task=True)
     own = [h for h in latest if not h.sharded and h.position == process]
     sharded = [h for h in latest if h.sharded]
-    rank0 = [h for h in latest if not h.sharded and h.position == RANK0]
-    candidates = own + sharded if own else rank0 + sharded
-    expected = max(candidates, key=lambda h: h.created_ms) if candidates else None
+    gang = sharded + [h for h in latest if not h.sharded and h.position == RANK0]
+    counts = bool(own) and (
+        not gang
+        or max(own, key=order).scope.attempt == max(gang, key=order).scope.attempt
+        or order(max(own, key=order)) > order(max(gang, key=order))
+    )
+    candidates = own + sharded if counts else gang
+    expected = max(candidates, key=order) if candidates else None
     assert policies.newest(headers, within_task=True, position=process) == expected
 
 
@@ -272,3 +309,18 @@ def test_a_retry_of_each_node_resolves_by_the_rule(store, tmp_path):
         n: store.resolve("fresh", retry, position=Position(n, 0)).header.key for n in range(3)
     }
     assert picked == {0: rank0.key, 1: node1.key, 2: rank0.key}
+
+
+def test_one_old_save_of_a_node_does_not_pin_it_to_that_save(store, tmp_path):
+    """Rank-0-only training with save_on_failure (adversarial review r2): attempt 0 ends with
+    each node's failure save; in attempt 1 rank 0 saves again and node 1 dies without one.
+    Attempt 2 resumes both nodes from rank 0's newest, not node 1 from its attempt-0 save."""
+    src = str(tiny(tmp_path))
+    first, retry, third = (make_scope(attempt=a) for a in range(3))
+    store.save(src, first, metadata={"epoch": 1})
+    store.save(src, first, metadata={"epoch": 2}, position=Position(1, 0))
+    store.save(src, first, metadata={"epoch": 2})
+    assert store.resolve("fresh", retry, position=Position(1, 0)).header.position == Position(1, 0)
+    newest = store.save(src, retry, metadata={"epoch": 6})
+    picked = {n: store.resolve("fresh", third, position=Position(n, 0)).header.key for n in (0, 1)}
+    assert picked == {0: newest.key, 1: newest.key}

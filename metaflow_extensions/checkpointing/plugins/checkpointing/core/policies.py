@@ -9,7 +9,8 @@
 
 Each lookup is one prefix listing (see :mod:`.scope`).  Which of the checkpoints found a
 process takes depends on its writer position (ADR 004, :func:`visible_to`): its own and the
-sharded ones if it saved any, else rank 0's and the sharded ones.
+sharded ones if its newest is not older than the gang's from another attempt or run, else rank
+0's and the sharded ones.
 """
 
 from __future__ import annotations
@@ -56,13 +57,29 @@ def sort_key(within_task: bool = False) -> Callable[[ManifestHeader], tuple]:
     return (lambda h: h.task_order) if within_task else (lambda h: h.order)
 
 
-def visible_to(headers: Sequence[ManifestHeader], position: Position) -> list[ManifestHeader]:
+def visible_to(
+    headers: Sequence[ManifestHeader], position: Position, within_task: bool = True
+) -> list[ManifestHeader]:
     """The checkpoints of ``headers`` the process at ``position`` chooses among (in the order
-    given): if it wrote any of them, its own and the sharded ones; otherwise rank 0's and the
-    sharded ones.  So ``if rank == 0: save()`` is loaded by every process, a process that
-    saves its own state gets its own back (ranks never cross-load), and a sharded checkpoint
-    is loaded everywhere.  For rank 0 this is every checkpoint but other writers'."""
-    own = any(not h.sharded and h.position == position for h in headers)
+    given): its own and the sharded ones if its own **count**, otherwise rank 0's and the
+    sharded ones (the gang's).
+
+    Its own count when it wrote any and the newest of them is from the same generation (run
+    and attempt) as the gang's newest, or newer than it by :func:`sort_key` (``within_task``:
+    as a retry orders them; else by date, as ``eager`` does).  So ``if rank == 0: save()`` is
+    loaded by every process, a process that saves its own state every attempt gets its own
+    back (ranks never cross-load), one old save of its own (a failure save of an earlier
+    attempt) does not pin a process to it once the gang has saved since, and a sharded
+    checkpoint is loaded everywhere.  For rank 0 this is every checkpoint but other
+    writers'."""
+    own = [h for h in headers if not h.sharded and h.position == position]
+    gang = [h for h in headers if h.sharded or h.position == RANK0]
+    if own and not position.is_rank0 and gang:
+        order = sort_key(within_task)
+        mine, theirs = max(own, key=order), max(gang, key=order)
+        generation = (mine.scope.run, mine.scope.attempt)
+        if generation != (theirs.scope.run, theirs.scope.attempt) and order(mine) < order(theirs):
+            own = []  # older than the gang's newest, from another generation: stale
     mine = position if own else RANK0
     return [h for h in headers if h.sharded or h.position == mine]
 
@@ -81,7 +98,7 @@ def newest(
     the latest ones :func:`visible_to` that process."""
     marked = [h for h in headers if h.latest]
     if position is not None:
-        marked = visible_to(marked, position)
+        marked = visible_to(marked, position, within_task)
     if not marked:
         return None
     return max(marked, key=sort_key(within_task))
