@@ -143,6 +143,101 @@ def test_a_process_without_a_rank_loads_every_part_of_a_rank_sharded_checkpoint(
     assert sorted(os.listdir(loaded)) == ["rank-0", "rank-1"]
 
 
+#: A torchrun-style worker making ``argv[2]`` sharded saves of its directory, each through a
+#: new ``Checkpoint()`` (as a framework callback without ``current`` does); rank 1 a little
+#: behind, as real ranks are.  Prints ``{"saves": [key or error, ...]}``.
+EPOCHS = r"""
+import json, os, sys, time
+from metaflow import Checkpoint
+src, epochs, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rank, out = int(os.environ["RANK"]), []
+for epoch in range(epochs):
+    with open(os.path.join(src, "part.txt"), "w") as f:
+        f.write("rank %d %s %d" % (rank, tag, epoch))
+    if rank == 1:
+        time.sleep(0.3)
+    try:
+        out.append(Checkpoint().save(src, metadata={"epoch": epoch}, sharded=True).key)
+    except Exception as exc:
+        out.append({"error": type(exc).__name__, "message": str(exc)})
+print(json.dumps({"saves": out}))
+"""
+
+
+def _epochs(tmp_path: Path, url: str, rank: int, world: int, epochs: int, tag: str, **env):
+    src = tmp_path / ("src-%d" % rank)
+    src.mkdir(exist_ok=True)
+    variables = _env(tmp_path, url, {}, RANK=rank, WORLD_SIZE=world, LOCAL_RANK=rank)
+    variables.update({k: str(v) for k, v in env.items()})
+    return subprocess.Popen(
+        [sys.executable, "-c", EPOCHS, str(src), str(epochs), tag],
+        env=variables,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _texts(store: CheckpointStore, key: str) -> dict:
+    manifest = store.read(key)
+    return {f.path: store.open(manifest, f.path).read().decode() for f in manifest.files}
+
+
+@pytest.mark.timeout(90)
+def test_a_checkpoint_made_per_save_still_counts_the_saves_of_its_process(tmp_path):
+    """The count of sharded saves is per process (review r1: it was per object, so every
+    epoch's id was the first one's and ranks returned checkpoints of other epochs)."""
+    url = str(tmp_path / "store")
+    procs = [_epochs(tmp_path, url, r, 2, 3, "epoch") for r in range(2)]
+    saves = [_result(p)["saves"] for p in procs]
+    assert saves[0] == saves[1] and len(set(saves[0])) == 3, saves  # the same 3 on both ranks
+    store = store_for_url(url)
+    assert len(store.headers(SCOPE.task_prefix())) == 3
+    for epoch, key in enumerate(saves[0]):
+        assert store.read(key).metadata == {"epoch": epoch}
+        assert _texts(store, key) == {
+            "rank-%d/part.txt" % r: "rank %d epoch %d" % (r, epoch) for r in range(2)
+        }
+
+
+@pytest.mark.timeout(90)
+def test_a_new_process_per_sharded_save_is_refused_not_committed_twice(tmp_path):
+    """A second process per rank starts counting at 0 again: participant 0 refuses to commit
+    an id that already has a manifest, naming the save and what to do, and rank 1 does not
+    take the first round's checkpoint, which lacks its new part, for its own."""
+    url = str(tmp_path / "store")
+    first = [_epochs(tmp_path, url, r, 2, 1, "round-1") for r in range(2)]
+    [key] = {k for p in first for k in _result(p)["saves"]}
+    second = [_epochs(tmp_path, url, r, 2, 1, "round-2") for r in range(2)]
+    [rank0], [rank1] = (_result(p)["saves"] for p in second)
+    assert rank0["error"] == "CheckpointConfigError", rank0
+    assert "Sharded save #0 of 'mfchckpt'" in rank0["message"]
+    assert "was already committed, as %s" % key in rank0["message"]
+    assert "in the same process" in rank0["message"]
+    assert rank1["error"] == "CheckpointIncomplete", rank1
+    store = store_for_url(url)
+    assert [h.key for h in store.headers(SCOPE.task_prefix())] == [key]
+    assert set(_texts(store, key).values()) == {"rank 0 round-1 0", "rank 1 round-1 0"}
+
+
+@pytest.mark.timeout(90)
+def test_a_rank_disagreeing_on_the_world_size_is_named_not_left_out(tmp_path):
+    """Ranks 0 and 1 say WORLD_SIZE=2, rank 2 says 3 (review r6): the id holds the world size,
+    so rank 2 waits for another checkpoint and its timeout says why, instead of returning the
+    two ranks' checkpoint as if its part were in it."""
+    url = str(tmp_path / "store")
+    odd = _epochs(tmp_path, url, 2, 3, 1, "x", METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT=2, LOCAL_RANK=0)
+    pair = [_epochs(tmp_path, url, r, 2, 1, "x") for r in range(2)]
+    keys = [_result(p)["saves"][0] for p in pair]
+    [error] = _result(odd)["saves"]
+    assert keys[0] == keys[1] and isinstance(keys[0], str)
+    assert error["error"] == "CheckpointIncomplete", error
+    assert "agree that there are 3; this is rank 2" in error["message"]
+    store = store_for_url(url)
+    assert [h.key for h in store.headers(SCOPE.task_prefix())] == [keys[0]]
+
+
 # ------------------------------------------------------------------------------ gone markers
 @pytest.mark.timeout(90)
 def test_a_failing_participant_makes_the_others_stop_naming_it(root, tmp_path):
@@ -198,7 +293,7 @@ def test_a_participant_gone_after_storing_its_part_does_not_stop_the_commit(tmp_
     """Commit what can be committed: node 1 stored its part, then its step failed."""
     store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
     parts = [write_tree(tmp_path / ("n%d" % n), {"part.txt": b"node %d" % n}) for n in range(2)]
-    id = gang.gang_id(SCOPE, "mfchckpt", 0)
+    id = gang.gang_id(SCOPE, "mfchckpt", 0, world=2)
     store.save(
         str(parts[1]), SCOPE, publish=lambda m: gang.write_part(store.storage, SCOPE, id, 1, m)
     )

@@ -38,7 +38,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional
 
-from ..errors import CheckpointException, CheckpointIncomplete, ManifestError, StorageNotFound
+from ..errors import (
+    CheckpointConfigError,
+    CheckpointException,
+    CheckpointIncomplete,
+    ManifestError,
+    StorageNotFound,
+)
 from ..storage.base import Storage
 from .commit import new_id, next_seq
 from .layout import GONE_KINDS, gone_key, gone_of, gone_prefix, part_key, parts_prefix
@@ -89,10 +95,22 @@ class Participant:
         return "%s %d" % (self.kind, self.index)
 
 
-def gang_id(scope: Scope, name: str, number: int, kind: str = "node", restart: int = 0) -> str:
+def gang_id(
+    scope: Scope, name: str, number: int, kind: str = "node", restart: int = 0, world: int = 1
+) -> str:
     """The id every participant computes for its ``number``-th sharded save of ``name`` in this
-    attempt (and restart of its worker group)."""
-    text = "%s|%s|%s|%d|%s|%d" % (scope.task_prefix(), scope.attempt, name, number, kind, restart)
+    attempt (and restart of its worker group) among ``world`` participants: a participant that
+    disagrees on the world size waits for another checkpoint, and is named by the timeout
+    instead of being left out of this one."""
+    text = "%s|%s|%s|%d|%s|%d|%d" % (
+        scope.task_prefix(),
+        scope.attempt,
+        name,
+        number,
+        kind,
+        restart,
+        world,
+    )
     return digest(text.encode("utf-8"))[:16]
 
 
@@ -269,18 +287,26 @@ def commit(
     poll: float = 0.2,
     created_ms: Optional[int] = None,
     abort: Optional[Abort] = None,
+    number: int = 0,
 ) -> Manifest:
     """Participant 0: wait for every part, then write the checkpoint's manifest (last) and
     drop the parts.
 
     ``created_ms`` dates it (default: now); participant 0's task clock passes its own.
+    ``number`` is the number of this sharded save of ``name`` (for messages).
 
     Raises
     ------
     CheckpointIncomplete
         A part is missing after ``timeout`` seconds, a participant without a part is marked
         gone, or ``abort`` said to stop: naming who and why; nothing is committed.
+    CheckpointConfigError
+        A checkpoint with this id is already committed: the participants' counts of sharded
+        saves started again (a new process per save); nothing is committed.
     """
+    existing = committed_key(storage, scope, id)
+    if existing is not None:
+        raise CheckpointConfigError(_repeated(name, number, scope, me, existing))
     world = me.world
     prefix = parts_prefix(scope.task_prefix(), id)
     keys = {r: part_key(scope.task_prefix(), id, r) for r in range(world)}
@@ -370,6 +396,76 @@ def commit(
     return manifest
 
 
+def committed_key(storage: Storage, scope: Scope, id: str) -> Optional[str]:
+    """The key of the task's committed checkpoint with ``id``, or None (one listing)."""
+    for o in storage.list(scope.task_prefix()):
+        try:
+            if parse_key(o.key).id == id:
+                return o.key
+        except ManifestError:
+            continue
+    return None
+
+
+def _repeated(name: str, number: int, scope: Scope, me: Participant, existing: str) -> str:
+    return (
+        "Sharded save #%d of %r in task %s (attempt %d) was already committed, as %s: %s %d "
+        "counted its sharded saves of %r from 0 again. Every participant must make its n-th "
+        "sharded save of a name in the same process (the count is per process: not a new "
+        "process per save, e.g. a script started for each epoch); save under a new name per "
+        "process instead. Nothing was committed."
+        % (number, name, scope.pathspec, scope.attempt, existing, me.kind, me.index, name)
+    )
+
+
+def has_part(manifest: Manifest, index: int) -> bool:
+    """Whether the sharded checkpoint ``manifest`` holds a part of participant ``index`` (an
+    empty part is an empty ``rank-<i>`` directory)."""
+    base = rank_dir(index)
+    return any(f.path.startswith(base + "/") for f in manifest.files) or any(
+        d == base or d.startswith(base + "/") for d in manifest.dirs
+    )
+
+
+def check_part(manifest: Manifest, me: Participant, part: Manifest, number: int) -> Manifest:
+    """``manifest`` if it holds exactly the part ``me`` stored (``part``) for this save.
+
+    Raises
+    ------
+    CheckpointIncomplete
+        It does not (participant 0 committed another save of this number: the participants'
+        counts or world sizes disagree); this save is not committed.
+    """
+
+    def files(m: Manifest) -> list:
+        return sorted((f.path, f.size, tuple(f.chunks)) for f in m.files)
+
+    if has_part(manifest, me.index) and files(shard(manifest, me.index)) == files(part):
+        return manifest
+    raise CheckpointIncomplete(
+        "Sharded save #%d of %r of task %s was not committed with this participant's part: "
+        "%s 0 committed %s, made of %s's parts, without the part %s %d of %d just stored. "
+        "Every participant must make its n-th sharded save of a name in the same process "
+        "(not a new process per save) and agree on the number of participants (WORLD_SIZE)."
+        % (
+            number,
+            manifest.name,
+            manifest.scope.pathspec,
+            me.kind,
+            manifest.key,
+            _parts_of(manifest),
+            me.kind,
+            me.index,
+            me.world,
+        )
+    )
+
+
+def _parts_of(manifest: Manifest) -> str:
+    world = manifest.source.get("ranks")
+    return "%d participants" % world if type(world) is int else "other participants"
+
+
 def wait_committed(
     storage: Storage,
     scope: Scope,
@@ -392,13 +488,7 @@ def wait_committed(
     watch = _Watch(storage, scope, me, abort)
 
     def find():
-        for o in storage.list(scope.task_prefix()):
-            try:
-                if parse_key(o.key).id == id:
-                    return o.key
-            except ManifestError:
-                continue
-        return None
+        return committed_key(storage, scope, id)
 
     def stop() -> Optional[str]:
         why = watch.abort()
@@ -415,8 +505,20 @@ def wait_committed(
         timeout,
         poll,
         lambda: (
-            "Checkpoint %r of task %s was not committed by %s 0 within %g s."
-            % (name, scope.pathspec, me.kind, timeout)
+            "Checkpoint %r of task %s was not committed by %s 0 within %g s (all %d %ss must "
+            "call save(sharded=True) the same number of times and agree that there are %d; "
+            "this is %s %d)."
+            % (
+                name,
+                scope.pathspec,
+                me.kind,
+                timeout,
+                me.world,
+                me.kind,
+                me.world,
+                me.kind,
+                me.index,
+            )
         ),
         stop,
     )
@@ -459,4 +561,4 @@ def save_id(scope: Scope, name: str, number: int, me: Participant) -> str:
     of one, which needs no agreement (two such processes of one task must not collide)."""
     if me.world == 1:
         return new_id()
-    return gang_id(scope, name, number, me.kind, me.restart)
+    return gang_id(scope, name, number, me.kind, me.restart, me.world)

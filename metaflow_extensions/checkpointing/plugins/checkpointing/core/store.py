@@ -141,7 +141,7 @@ class CheckpointStore:
         metadata = mf.validate_metadata(metadata)
         id = gang.save_id(scope, name, number, participant)
         index = participant.index
-        self.save(
+        part = self.save(
             src,
             scope,
             name=name,
@@ -161,9 +161,11 @@ class CheckpointStore:
                 timeout=timeout,
                 created_ms=created_ms,
                 abort=abort,
+                number=number,
             )
         key = gang.wait_committed(self.storage, scope, id, participant, name, timeout, abort=abort)
-        return self.read(key)
+        # Only a checkpoint holding the part just stored is this save's (ADR 004 review r1).
+        return gang.check_part(self.read(key), participant, part, number)
 
     def _same_as_newest(self, candidate: Manifest) -> Optional[Manifest]:
         headers = self.headers(candidate.scope.task_prefix(), name=candidate.name)

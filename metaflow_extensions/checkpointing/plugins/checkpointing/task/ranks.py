@@ -8,17 +8,24 @@ The step's own process of ``@parallel`` node *n* of *N* is writer ``(n, 0)`` and
 ``WORLD_SIZE`` ranks, in restart ``TORCHELASTIC_RESTART_COUNT`` of its worker group, else it
 stands for its node as the step does.  The variables are read and checked here, once, when the
 process builds its runtime; a malformed one is a :class:`CheckpointConfigError` naming it.
+
+The number of each sharded save is counted here too, per process (:func:`sharded_number`):
+``current.checkpoint`` and every ``Checkpoint()`` of the process share one count, so a
+``Checkpoint()`` made per save (a framework callback) still agrees with the other
+participants on which save this is.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ..core.gang import Participant
 from ..core.position import MAX_INDEX, RANK0, Position
+from ..core.scope import Scope
 from ..errors import CheckpointConfigError
 
 #: The ``torchrun`` variables a subprocess reads, and the smallest value each may take.
@@ -136,3 +143,27 @@ def _read(environ: Mapping[str, str], name: str, low: int) -> Optional[int]:
             "or fix its value." % (name, raw, low, MAX_INDEX)
         )
     return int(text)
+
+
+#: Sharded saves made so far in this process: by (store, task prefix, attempt, participant
+#: kind, index, restart), a count per name.
+_SHARDED: dict[tuple, dict[str, int]] = {}
+_SHARDED_LOCK = threading.Lock()
+
+
+def sharded_number(root: str, scope: Scope, participant: Participant, name: str) -> int:
+    """The number (from 0) of this process's next sharded save of ``name`` as ``participant``
+    of the attempt ``scope`` in the store at ``root``; counted once per call, by every object
+    of the process (``current.checkpoint``, any number of ``Checkpoint()``), so the ``n``-th
+    sharded save of a name is number ``n - 1`` on every participant that makes them all in
+    one process."""
+    with _SHARDED_LOCK:
+        counts = _SHARDED.setdefault(_who(root, scope, participant), {})
+        number = counts.get(name, 0)
+        counts[name] = number + 1
+    return number
+
+
+def _who(root: str, scope: Scope, participant: Participant) -> tuple:
+    p = participant
+    return (root, scope.task_prefix(), scope.attempt, p.kind, p.index, p.restart)

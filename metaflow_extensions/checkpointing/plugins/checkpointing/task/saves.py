@@ -32,7 +32,7 @@ from ..errors import CheckpointConfigError, CheckpointException
 from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
 from .fence import Fence, SaveAbandoned
 from .interrupts import Interrupts
-from .ranks import Ranks
+from .ranks import Ranks, sharded_number
 
 
 class TaskSaves:
@@ -88,7 +88,6 @@ class TaskSaves:
         self.log = log
         self.ranks = ranks if ranks is not None else Ranks()
         self._sharded_timeout = sharded_timeout
-        self._sharded_counts: dict[str, int] = {}  # sharded saves made so far, by name
         # Dates this process's saves: never before a checkpoint already known in this task.
         self.clock = clock if clock is not None else TaskClock()
         self._retention = retention
@@ -261,8 +260,8 @@ class TaskSaves:
             raise CheckpointConfigError(self.ranks.problem)
         name, metadata = validate_name(name), validate_metadata(metadata)
         me = self.ranks.participant
-        number = self._sharded_counts.get(name, 0)
-        self._sharded_counts[name] = number + 1
+        # Per process, not per object: a Checkpoint() made per save must not start at 0 again.
+        number = sharded_number(self.store.url, self.scope, me, name)
         with self._interrupts.blocking():
             # Participant 0 writes the manifest: its task clock dates it.
             created = self._date()[0] if me.index == 0 else None
