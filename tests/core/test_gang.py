@@ -145,32 +145,34 @@ def test_a_process_without_a_rank_loads_every_part_of_a_rank_sharded_checkpoint(
 
 #: A torchrun-style worker making ``argv[2]`` sharded saves of its directory, each through a
 #: new ``Checkpoint()`` (as a framework callback without ``current`` does); rank 1 a little
-#: behind, as real ranks are.  Prints ``{"saves": [key or error, ...]}``.
+#: behind, as real ranks are; save number ``argv[4]`` fails.  Prints ``{"saves": [key or
+#: error, ...]}``.
 EPOCHS = r"""
 import json, os, sys, time
 from metaflow import Checkpoint
-src, epochs, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+src, epochs, tag, fail = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 rank, out = int(os.environ["RANK"]), []
 for epoch in range(epochs):
     with open(os.path.join(src, "part.txt"), "w") as f:
         f.write("rank %d %s %d" % (rank, tag, epoch))
     if rank == 1:
         time.sleep(0.3)
+    path = src + "-missing" if epoch == fail else src  # fails: its directory is not there
     try:
-        out.append(Checkpoint().save(src, metadata={"epoch": epoch}, sharded=True).key)
+        out.append(Checkpoint().save(path, metadata={"epoch": epoch}, sharded=True).key)
     except Exception as exc:
         out.append({"error": type(exc).__name__, "message": str(exc)})
 print(json.dumps({"saves": out}))
 """
 
 
-def _epochs(tmp_path: Path, url: str, rank: int, world: int, epochs: int, tag: str, **env):
+def _epochs(tmp_path: Path, url: str, rank: int, world: int, epochs: int, tag: str, fail=-1, **env):
     src = tmp_path / ("src-%d" % rank)
     src.mkdir(exist_ok=True)
     variables = _env(tmp_path, url, {}, RANK=rank, WORLD_SIZE=world, LOCAL_RANK=rank)
     variables.update({k: str(v) for k, v in env.items()})
     return subprocess.Popen(
-        [sys.executable, "-c", EPOCHS, str(src), str(epochs), tag],
+        [sys.executable, "-c", EPOCHS, str(src), str(epochs), tag, str(fail)],
         env=variables,
         cwd=str(REPO),
         stdout=subprocess.PIPE,
@@ -256,9 +258,89 @@ def test_a_failing_participant_makes_the_others_stop_naming_it(root, tmp_path):
         assert "its sharded save of 'mfchckpt' failed: CheckpointConfigError" in r["message"]
     store = store_for_url(url)
     assert store.headers(SCOPE.task_prefix()) == []
-    # Rank 1 is gone, and so are those it stopped (their saves failed too).
-    gone = {(g.kind, g.index): g.reason for g in gang.gone(store.storage, SCOPE)}
-    assert gone[("rank", 1)].startswith("its sharded save of 'mfchckpt' failed")
+    # Rank 1 is gone from this save, and so are those it stopped (their saves failed too);
+    # from the attempt only once their processes exited.
+    id = gang.gang_id(SCOPE, "mfchckpt", 0, "rank", world=3)
+    markers = gang.gone(store.storage, SCOPE, save=id)
+    of_save = {g.index: g.reason for g in markers if g.save == id}
+    assert of_save[1].startswith("its sharded save of 'mfchckpt' failed")
+    assert sorted(of_save) == [0, 1, 2]
+    assert {g.reason for g in markers if g.save is None} == {"its process exited"}
+
+
+@pytest.mark.timeout(90)
+def test_one_failed_sharded_save_stops_that_save_only(tmp_path):
+    """Best-effort checkpointing (catch the error, train on): rank 1's save of epoch 1 fails
+    (review r7). That save fails on both ranks, naming rank 1; epochs 0, 2 and 3 commit."""
+    url = str(tmp_path / "store")
+    procs = [_epochs(tmp_path, url, r, 2, 4, "epoch", fail=1 if r == 1 else -1) for r in (0, 1)]
+    rank0, rank1 = (_result(p)["saves"] for p in procs)
+    assert rank1[1]["error"] == "CheckpointConfigError", rank1
+    assert rank0[1]["error"] == "CheckpointIncomplete", rank0
+    assert "rank 1 will not save it" in rank0[1]["message"]
+    assert [rank0[e] for e in (0, 2, 3)] == [rank1[e] for e in (0, 2, 3)]
+    store = store_for_url(url)
+    epochs = sorted(store.read(h.key).metadata["epoch"] for h in store.headers(SCOPE.task_prefix()))
+    assert epochs == [0, 2, 3]
+
+
+@pytest.mark.timeout(90)
+def test_a_rank_that_exited_is_named_not_waited_for(tmp_path):
+    """Rank 0 makes one more sharded save than rank 1, whose process then exits (review r3):
+    rank 0's extra save stops naming rank 1 and what to fix, not after the 120 s timeout."""
+    url = str(tmp_path / "store")
+    rank0, rank1 = (_epochs(tmp_path, url, r, 2, 2 - r, "epoch") for r in (0, 1))
+    assert isinstance(_result(rank1)["saves"][0], str)
+    first, extra = _result(rank0)["saves"]
+    assert isinstance(first, str) and extra["error"] == "CheckpointIncomplete", extra
+    assert (
+        "rank 1: its process exited after 1 sharded save(s) of 'mfchckpt', without making "
+        "this one (every rank must call save(sharded=True) the same number of times per name)"
+    ) in extra["message"]
+
+
+@pytest.mark.timeout(90)
+def test_a_node_whose_step_ended_is_named_not_waited_for(tmp_path):
+    """Node 0 waits in a sharded save that node 1's step never makes; node 1's task ends
+    (its step succeeded): its session's end marks it gone, and node 0 stops naming it."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.policies import Resolution
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import (
+        TaskSettings,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.session import TaskSession
+
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    src = write_tree(tmp_path / "src", {"part.txt": b"node 0"})
+    outcome: dict = {}
+
+    def node0():
+        try:
+            store.save_gang(
+                str(src), SCOPE, name="mfchckpt", metadata={}, latest=True,
+                participant=gang.Participant("node", 0, 2), number=0, timeout=120,
+            )  # fmt: skip
+        except CheckpointIncomplete as exc:
+            outcome["error"] = exc.message
+
+    t = threading.Thread(target=node0)
+    t.start()
+    _until(lambda: store.storage.list(layout.PARTS_PREFIX))  # node 0 is waiting
+    session = TaskSession.start(
+        store,
+        SCOPE,
+        Resolution(None, "first attempt"),
+        step_name="train",
+        temp_dir_root=str(tmp_path / "tmp"),
+        ranks=Ranks.of_step(1, 2, gang=True),
+        settings=TaskSettings(async_budget=1 << 20, parallel_timeout=120.0, pause_poll_seconds=0),
+        log=lambda m: None,
+    )
+    session.step_succeeded()
+    session.end()
+    t.join(60)
+    assert not t.is_alive()
+    assert "node 1: its step ended without making this save" in outcome["error"]
+    assert store.headers(SCOPE.task_prefix()) == []
 
 
 @pytest.mark.timeout(90)

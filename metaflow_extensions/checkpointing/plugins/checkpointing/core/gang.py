@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional
 
@@ -47,7 +48,15 @@ from ..errors import (
 )
 from ..storage.base import Storage
 from .commit import new_id, next_seq
-from .layout import GONE_KINDS, gone_key, gone_of, gone_prefix, part_key, parts_prefix
+from .layout import (
+    GONE_KINDS,
+    gone_key,
+    gone_of,
+    gone_prefix,
+    part_key,
+    parts_prefix,
+    save_gone_key,
+)
 from .manifest import ChunkRef, FileEntry, Manifest, now_ms, parse_key
 from .scope import Scope
 from .transfer import SaveStats, digest
@@ -152,68 +161,114 @@ def part_blobs(data: bytes, key: str) -> set[str]:
 
 
 # ------------------------------------------------------------------------------ gone markers
+#: Longest reason of a gone marker shown (a marker is any object of the store: never trusted).
+REASON_LIMIT = 500
+
+
 class Gone(NamedTuple):
-    """A participant that will take part in no more sharded save of an attempt."""
+    """A participant that will take part in no more sharded save of an attempt (``save``
+    None), or in one sharded save (``save``: its id).  ``saves`` (an ``exited`` rank's
+    marker): how many sharded saves of each name its process made."""
 
     kind: str
     index: int
     reason: str
     restart: int = 0
+    save: Optional[str] = None
+    saves: Optional[Mapping[str, int]] = None
 
     def __str__(self) -> str:
         return "%s %d" % (self.kind, self.index)
 
 
 def mark_gone(
-    storage: Storage, scope: Scope, who: tuple[str, int], reason: str, restart: int = 0
+    storage: Storage,
+    scope: Scope,
+    who: tuple[str, int],
+    reason: str,
+    restart: int = 0,
+    *,
+    save: Optional[str] = None,
+    saves: Optional[Mapping[str, int]] = None,
 ) -> None:
     """Publish that ``who`` (``("node", n)`` or ``("rank", r)``) of the attempt ``scope`` will
-    not save any more, and why (the others' waits stop on it).  Raises what the store raises."""
+    not save any more, and why (the others' waits stop on it); with ``save`` (an id), that
+    only its part of that sharded save failed (the waits of that save stop, later saves go
+    on).  ``saves``: the sharded saves of each name the process made (its exit marker).
+    Raises what the store raises."""
     kind, index = who
     body = {
         "who": "%s %d" % (kind, index),
         "kind": kind,
         "index": index,
-        "reason": str(reason)[:500],
+        "reason": str(reason)[:REASON_LIMIT],
         "restart": restart,
         "at_ms": now_ms(),
     }
-    key = gone_key(scope.task_prefix(), scope.attempt, kind, index)
+    if saves is not None:
+        body["saves"] = dict(saves)
+    prefix, attempt = scope.task_prefix(), scope.attempt
+    if save is None:
+        key = gone_key(prefix, attempt, kind, index)
+    else:
+        key = save_gone_key(prefix, attempt, save, kind, index)
     storage.put_bytes(key, json.dumps(body).encode("utf-8"))
 
 
-def gone(storage: Storage, scope: Scope) -> list[Gone]:
-    """Every participant marked gone in the attempt ``scope`` (one listing, plus one read per
-    marker found).  An unreadable marker still counts: its reason says so."""
+def gone(storage: Storage, scope: Scope, save: Optional[str] = None) -> list[Gone]:
+    """Every participant marked gone in the attempt ``scope``, and those marked gone from the
+    sharded save ``save`` (one listing, plus one read per marker found).  An unreadable
+    marker still counts: its reason says so; a reason is cut at :data:`REASON_LIMIT`."""
     found = []
-    for o in storage.list(gone_prefix(scope.task_prefix(), scope.attempt)):
+    prefix = gone_prefix(scope.task_prefix(), scope.attempt)
+    for o in storage.list(prefix):
         who = gone_of(o.key)
-        if who is None:
+        folder = o.key[len(prefix) :].rpartition("/")[0]
+        if who is None or folder not in ("", "save-%s" % save):
             continue
-        reason, restart = "its marker %s is unreadable" % o.key, 0
+        reason, restart, saves = "its marker %s is unreadable" % o.key, 0, None
         try:
             body = json.loads(storage.get_bytes(o.key))
-            reason = str(body.get("reason") or "no reason given")
+            reason = str(body.get("reason") or "no reason given")[:REASON_LIMIT]
             restart = body.get("restart", 0) if type(body.get("restart", 0)) is int else 0
+            raw = body.get("saves")
+            if type(raw) is dict and all(type(v) is int for v in raw.values()):
+                saves = raw
         except (CheckpointException, ValueError, AttributeError, RecursionError):
             pass
-        found.append(Gone(who[0], who[1], reason, restart))
-    return sorted(found)
+        found.append(Gone(who[0], who[1], reason, restart, save if folder else None, saves))
+    return sorted(found, key=lambda g: (g.kind, g.index, g.save is None, g.reason))
 
 
 class _Watch:
-    """What ends a wait before its timeout: ``abort`` (asked every poll) and the gone markers
-    of the attempt that concern ``me`` (listed at most every :data:`GONE_POLL` seconds).
+    """What ends a wait of sharded save ``id`` (the ``number``-th of ``name``) before its
+    timeout: ``abort`` (asked every poll) and the gone markers that concern ``me`` (listed at
+    most every :data:`GONE_POLL` seconds).
 
-    Node markers concern everyone (a node's workers go with it); rank markers concern the
-    ranks of the same worker group restart only (a restarted group starts clean, and a node's
-    own step process may outlive its workers)."""
+    Markers of this save concern everyone.  Node markers concern everyone (a node's workers
+    go with it).  Rank markers concern the ranks of the same worker group restart only (a
+    restarted group starts clean, and a node's own step process may outlive its workers); a
+    rank's exit marker only the saves of a name it made, and fewer than this one of (an
+    earlier worker process of the same rank that saved other names says nothing about
+    this one)."""
 
-    def __init__(self, storage: Storage, scope: Scope, me: Participant, abort: Optional[Abort]):
+    def __init__(
+        self,
+        storage: Storage,
+        scope: Scope,
+        me: Participant,
+        abort: Optional[Abort],
+        id: Optional[str] = None,
+        name: str = "",
+        number: int = 0,
+    ):
         self._storage = storage
         self._scope = scope
         self._me = me
         self._abort = abort
+        self._id = id
+        self._name = name
+        self._number = number
         self._next = 0.0
 
     def abort(self) -> Optional[str]:
@@ -226,12 +281,29 @@ class _Watch:
         if now < self._next:
             return []
         self._next = now + GONE_POLL
-        me = self._me
         return [
-            g
-            for g in gone(self._storage, self._scope)
-            if g.kind == "node" or (me.kind == "rank" and g.restart == me.restart)
+            self._explained(g)
+            for g in gone(self._storage, self._scope, self._id)
+            if self._concerns(g)
         ]
+
+    def _concerns(self, g: Gone) -> bool:
+        me = self._me
+        if g.save is not None or g.kind == "node":
+            return True
+        if me.kind != "rank" or g.restart != me.restart:
+            return False
+        return g.saves is None or g.saves.get(self._name, -1) in range(self._number + 1)
+
+    def _explained(self, g: Gone) -> Gone:
+        if g.saves is None:
+            return g
+        made = g.saves.get(self._name, 0)
+        return g._replace(
+            reason="%s after %d sharded save(s) of %r, without making this one (every %s "
+            "must call save(sharded=True) the same number of times per name)"
+            % (g.reason, made, self._name, g.kind)
+        )
 
 
 def _wait(
@@ -311,7 +383,7 @@ def commit(
     prefix = parts_prefix(scope.task_prefix(), id)
     keys = {r: part_key(scope.task_prefix(), id, r) for r in range(world)}
     have: set[int] = set()
-    watch = _Watch(storage, scope, me, abort)
+    watch = _Watch(storage, scope, me, abort, id, name, number)
 
     def all_parts():
         listed = {o.key for o in storage.list(prefix)}
@@ -338,6 +410,9 @@ def commit(
             )
         # A participant whose part is stored needs nothing more: the commit can go ahead.
         who = [g for g in watch.gone() if not (g.kind == me.kind and g.index in have)]
+        if not who or all_parts() is not None:  # list once more: a part may have come since
+            return None
+        who = [g for g in who if not (g.kind == me.kind and g.index in have)]
         return _gone_message(name, scope, who) if who else None
 
     _wait(all_parts, timeout, poll, missing, stop)
@@ -475,9 +550,10 @@ def wait_committed(
     timeout: float,
     poll: float = 0.2,
     abort: Optional[Abort] = None,
+    number: int = 0,
 ) -> str:
     """Participants > 0: the key of the checkpoint's manifest once participant 0 has written
-    it.
+    it (``number``: of this sharded save of ``name``).
 
     Raises
     ------
@@ -485,7 +561,7 @@ def wait_committed(
         As for :func:`commit` (a participant gone before its part was stored, participant 0
         gone, ``abort``, the timeout).
     """
-    watch = _Watch(storage, scope, me, abort)
+    watch = _Watch(storage, scope, me, abort, id, name, number)
 
     def find():
         return committed_key(storage, scope, id)
@@ -497,7 +573,8 @@ def wait_committed(
                 name, scope, "stopped waiting for %s 0 to commit it: %s" % (me.kind, why)
             )
         who = [g for g in watch.gone() if _blocks(storage, scope, id, me, g)]
-        # Participant 0 writes the manifest before it removes the parts: look once more.
+        # Participant 0 may have committed meanwhile (it writes the manifest before it
+        # removes the parts, and before it ends): look once more.
         return _gone_message(name, scope, who) if who and find() is None else None
 
     return _wait(

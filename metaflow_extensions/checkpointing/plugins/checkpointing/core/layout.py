@@ -31,6 +31,8 @@ A checkpoint root (``<datastore root>/mf.checkpointing`` or ``METAFLOW_CHECKPOIN
         control/gone/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<attempt>/rank-<r>.json
                 a node or worker that will not take part in any more sharded save of that
                 attempt (who, why, when; see .gang)
+        control/gone/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<attempt>/save-<id>/rank-<r>.json
+                (or node-<n>.json) a participant whose part of one sharded save failed
 
 Every scope component (``<ns>`` ... ``<task>``, promotion namespaces and versions, pause
 components) is percent-encoded by :func:`encode`, so namespaces such as ``user:alice`` are safe
@@ -464,6 +466,14 @@ def gone_key(task_prefix: str, attempt: int, kind: str, index: int) -> str:
     if kind not in GONE_KINDS:
         raise ValueError("a gone marker names a node or a rank, not %r" % (kind,))
     return gone_prefix(task_prefix, attempt) + "%s-%d.json" % (kind, index)
+
+
+def save_gone_key(task_prefix: str, attempt: int, gang_id: str, kind: str, index: int) -> str:
+    """The marker of a participant whose part of the sharded save ``gang_id`` failed (it stops
+    the waits of that save only)."""
+    marker = gone_key(task_prefix, attempt, kind, index)
+    head, tail = marker.rsplit("/", 1)
+    return "%s/save-%s/%s" % (head, gang_id, tail)
 
 
 def gone_of(key: str) -> Optional[tuple[str, int]]:

@@ -149,21 +149,13 @@ class CheckpointStore:
             latest=latest,
             publish=lambda m: gang.write_part(self.storage, scope, id, index, m),
         )
+        common = dict(name=name, timeout=timeout, abort=abort, number=number)
         if index == 0:
             return gang.commit(
-                self.storage,
-                scope,
-                id,
-                participant,
-                name=name,
-                metadata=metadata,
-                latest=bool(latest),
-                timeout=timeout,
-                created_ms=created_ms,
-                abort=abort,
-                number=number,
-            )
-        key = gang.wait_committed(self.storage, scope, id, participant, name, timeout, abort=abort)
+                self.storage, scope, id, participant, metadata=metadata, latest=bool(latest),
+                created_ms=created_ms, **common,
+            )  # fmt: skip
+        key = gang.wait_committed(self.storage, scope, id, participant, **common)
         # Only a checkpoint holding the part just stored is this save's (ADR 004 review r1).
         return gang.check_part(self.read(key), participant, part, number)
 

@@ -17,16 +17,18 @@ participants on which save this is.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..core.gang import Participant
+from ..core.gang import Participant, mark_gone
 from ..core.position import MAX_INDEX, RANK0, Position
 from ..core.scope import Scope
 from ..errors import CheckpointConfigError
+from ..storage.base import Storage
 
 #: The ``torchrun`` variables a subprocess reads, and the smallest value each may take.
 WORKER_VARIABLES = {
@@ -162,6 +164,35 @@ def sharded_number(root: str, scope: Scope, participant: Participant, name: str)
         number = counts.get(name, 0)
         counts[name] = number + 1
     return number
+
+
+#: Worker ranks of this process that made sharded saves: their exit markers are written at
+#: exit (by who, the storage and scope to write them to).
+_EXITS: dict[tuple, tuple] = {}
+
+
+def mark_exit(storage: Storage, root: str, scope: Scope, participant: Participant) -> None:
+    """Have this process write ``participant``'s exit marker when it exits (once, however
+    many times it is called): the other ranks' sharded saves that it never makes stop at
+    once, naming it (``core/gang.py``), instead of waiting for their timeout."""
+    who = _who(root, scope, participant)
+    with _SHARDED_LOCK:
+        if not _EXITS:
+            atexit.register(_write_exit_markers)
+        _EXITS.setdefault(who, (storage, scope, participant))
+
+
+def _write_exit_markers() -> None:
+    with _SHARDED_LOCK:
+        exits = [(entry, dict(_SHARDED.get(who, {}))) for who, entry in _EXITS.items()]
+        _EXITS.clear()
+    for (storage, scope, p), saves in exits:
+        try:
+            mark_gone(
+                storage, scope, (p.kind, p.index), "its process exited", p.restart, saves=saves
+            )
+        except Exception:  # noqa: BLE001 - exiting: the others then wait for their timeout
+            pass
 
 
 def _who(root: str, scope: Scope, participant: Participant) -> tuple:

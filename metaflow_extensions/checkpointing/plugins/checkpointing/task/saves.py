@@ -23,6 +23,7 @@ from typing import Callable, Optional, Union
 
 from ..common.reference import CheckpointReference, reference_of
 from ..core.clock import TaskClock
+from ..core.gang import gang_id
 from ..core.manifest import Manifest, ManifestHeader, parse_key
 from ..core.policies import sort_key
 from ..core.retention import Retention
@@ -32,7 +33,7 @@ from ..errors import CheckpointConfigError, CheckpointException
 from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
 from .fence import Fence, SaveAbandoned
 from .interrupts import Interrupts
-from .ranks import Ranks, sharded_number
+from .ranks import Ranks, mark_exit, sharded_number
 
 
 class TaskSaves:
@@ -88,6 +89,7 @@ class TaskSaves:
         self.log = log
         self.ranks = ranks if ranks is not None else Ranks()
         self._sharded_timeout = sharded_timeout
+        self._left = False  # this node's gone marker is written (leave)
         # Dates this process's saves: never before a checkpoint already known in this task.
         self.clock = clock if clock is not None else TaskClock()
         self._retention = retention
@@ -262,6 +264,9 @@ class TaskSaves:
         me = self.ranks.participant
         # Per process, not per object: a Checkpoint() made per save must not start at 0 again.
         number = sharded_number(self.store.url, self.scope, me, name)
+        if me.kind == "rank" and me.world > 1:
+            # A worker that ends without a save the others make must not be waited for.
+            mark_exit(self.store.storage, self.store.url, self.scope, me)
         with self._interrupts.blocking():
             # Participant 0 writes the manifest: its task clock dates it.
             created = self._date()[0] if me.index == 0 else None
@@ -280,9 +285,12 @@ class TaskSaves:
                 )
             except BaseException as exc:
                 if me.world > 1:
+                    # This save only: a failed save (and those it stopped) must not stop the
+                    # attempt's later sharded saves, which every participant may still make.
                     self._mark_gone(
                         (me.kind, me.index),
                         "its sharded save of %r failed: %s" % (name, _describe(exc)),
+                        save=gang_id(self.scope, name, number, me.kind, me.restart, me.world),
                     )
                 raise
             ref = self._committed(manifest, prune=me.index == 0)
@@ -296,16 +304,18 @@ class TaskSaves:
     def leave(self, reason: str) -> None:
         """Publish that this process will take part in no more sharded save of the attempt
         (its node's gone marker; only the step's process of a ``@parallel`` node has one), so
-        the other nodes' waits stop at once naming it and ``reason``."""
-        if self.ranks.gang:
+        the other nodes' waits stop at once naming it and ``reason``.  Once: the first reason
+        (the step's failure) is kept when the task's end says it again."""
+        if self.ranks.gang and not self._left:
+            self._left = True
             self._mark_gone(("node", self.ranks.position.node), reason)
 
-    def _mark_gone(self, who: tuple[str, int], reason: str) -> None:
+    def _mark_gone(self, who: tuple[str, int], reason: str, save: Optional[str] = None) -> None:
         from ..core.gang import mark_gone
 
         try:
             restart = self.ranks.participant.restart
-            mark_gone(self.store.storage, self.scope, who, reason, restart=restart)
+            mark_gone(self.store.storage, self.scope, who, reason, restart=restart, save=save)
         except CheckpointException as exc:  # the others then wait for their timeout
             self.log(
                 "[@checkpoint] Warning: could not tell the other participants that %s %d is "

@@ -201,10 +201,11 @@ class TaskSession:
         saves.flush(raise_errors=False)
 
     def end(self) -> None:
-        """The task is finishing (whatever happened): commit pending saves, write the attempt's
-        summaries, remove the directories and the subprocess environment, then put the signal
-        handlers back.  A signal meanwhile is logged and absorbed (``Interrupts.ending``): a
-        late Ctrl+C must not leak the task's directory."""
+        """The task is finishing (whatever happened): mark a ``@parallel`` node gone (if its
+        step's failure did not), commit pending saves, write the attempt's summaries, remove
+        the directories and the subprocess environment, then put the signal handlers back.
+        A signal meanwhile is logged and absorbed (``Interrupts.ending``): a late Ctrl+C must
+        not leak the task's directory."""
         interrupts = self._parts.interrupts
         interrupts.ending()
         watcher, self._watcher = self._watcher, None
@@ -212,6 +213,12 @@ class TaskSession:
             watcher.stop()  # joined: no thread outlives the task
         saves = self._parts.saves
         try:
+            # A @parallel node's sharded saves are over: the other nodes must not wait for
+            # one it never makes (kept: a failure's marker, written first thing).
+            saves.leave(
+                "its step ended without making this save (every node must call "
+                "save(sharded=True) the same number of times per name)"
+            )
             saves.flush(raise_errors=False)
             saves.write_summaries()
         finally:
