@@ -33,6 +33,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import C
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointConfigError,
     CheckpointIncomplete,
+    ManifestError,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.context import (
@@ -407,6 +408,44 @@ def test_rank_markers_of_another_restart_do_not_stop_a_wait(tmp_path):
         )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        (b'{"files": 5}', "files must be"),
+        (b'{"files": [{"path": "x"}]}', "size"),
+        (b"[]", "lists no files"),
+        (b'{"files": [{"path": "../../../etc/evil", "size": 0, "mode": 420, "chunks": []}]}',
+         "not a plain relative path"),
+        (b'{"files": [{"path": "a", "size": 5, "mode": 420, "chunks": []}]}', "is empty"),
+        (b"{not json", "Expecting property name"),
+    ],
+)  # fmt: skip
+def test_participant_0_refuses_a_hostile_part_naming_it(tmp_path, body, says):
+    """Whatever rank 1's part holds, participant 0 validates it as a manifest's files are
+    (review r5): a bad one is a ManifestError naming its key and the rank; nothing is
+    committed, no file of it reaches a loading process."""
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    src = write_tree(tmp_path / "src", {"a.txt": b"rank 0"})
+    me = gang.Participant("rank", 0, 2)
+    key = layout.part_key(SCOPE.task_prefix(), gang.save_id(SCOPE, "mfchckpt", 0, me), 1)
+    store.storage.put_bytes(key, body)
+    with pytest.raises(ManifestError) as error:
+        store.save_gang(
+            str(src), SCOPE, name="mfchckpt", metadata={}, latest=True, participant=me,
+            number=0, timeout=120,
+        )  # fmt: skip
+    assert "Part %s of rank 1" % key in error.value.message and says in error.value.message
+    assert store.headers(SCOPE.task_prefix()) == []
+
+
+def test_a_huge_gone_reason_is_cut_when_read(tmp_path):
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    key = layout.gone_key(SCOPE.task_prefix(), 0, "rank", 1)
+    store.storage.put_bytes(key, json.dumps({"reason": "A" * 2_000_000}).encode())
+    [marker] = gang.gone(store.storage, SCOPE)
+    assert marker.reason == "A" * gang.REASON_LIMIT
+
+
 # ------------------------------------------------------------------------------ signals
 #: A @parallel node 0's step process: its task's parts built by the task's builder, signal
 #: handlers installed, waiting in a sharded save for node 1 (which never saves).
@@ -465,11 +504,20 @@ def test_a_subprocess_reads_its_torchrun_variables():
     assert (plain.position, plain.participant) == (Position(1, 0), gang.Participant("node", 1, 2))
 
 
+def test_minus_one_means_not_distributed():
+    """Hugging Face sets LOCAL_RANK=-1 (and some launchers RANK=-1) outside distributed
+    training: treated as unset, not refused (review)."""
+    ranks = Ranks.of_subprocess(1, 2, {"LOCAL_RANK": "-1", "RANK": "-1"})
+    assert (ranks.position, ranks.participant) == (Position(1, 0), gang.Participant("node", 1, 2))
+    assert ranks.problem is None and ranks.source == {}
+
+
 @pytest.mark.parametrize(
     "environ, names",
     [
         ({"LOCAL_RANK": "x"}, "LOCAL_RANK='x'"),
-        ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK='-1'"),
+        ({"RANK": "-2", "WORLD_SIZE": "2"}, "RANK='-2'"),
+        ({"WORLD_SIZE": "-1"}, "WORLD_SIZE='-1'"),
         ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE='0'"),
         ({"RANK": "1.0", "WORLD_SIZE": "2"}, "RANK='1.0'"),
         ({"TORCHELASTIC_RESTART_COUNT": "two"}, "TORCHELASTIC_RESTART_COUNT='two'"),

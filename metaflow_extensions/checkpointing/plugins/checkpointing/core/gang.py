@@ -57,7 +57,7 @@ from .layout import (
     parts_prefix,
     save_gone_key,
 )
-from .manifest import ChunkRef, FileEntry, Manifest, now_ms, parse_key
+from .manifest import Manifest, loads, now_ms, parse_key
 from .scope import Scope
 from .transfer import SaveStats, digest
 
@@ -416,38 +416,6 @@ def commit(
         return _gone_message(name, scope, who) if who else None
 
     _wait(all_parts, timeout, poll, missing, stop)
-    files: list[FileEntry] = []
-    dirs: list[str] = []
-    stats = SaveStats()
-    chunk_size = 0
-    for rank in range(world):
-        key = keys[rank]
-        try:
-            part = json.loads(storage.get_bytes(key))
-        except (StorageNotFound, ValueError) as exc:
-            raise ManifestError(
-                "Part %s of a sharded checkpoint is unreadable: %s" % (key, exc)
-            ) from None
-        base = rank_dir(rank)
-        dirs.append(base)
-        dirs += ["%s/%s" % (base, d) for d in part.get("dirs", [])]
-        for f in part["files"]:
-            files.append(
-                FileEntry(
-                    path="%s/%s" % (base, f["path"]),
-                    size=int(f["size"]),
-                    mode=int(f["mode"]),
-                    chunks=[ChunkRef(str(b), int(o), int(n)) for b, o, n in f["chunks"]],
-                    digest=f.get("digest"),
-                )
-            )
-        s = part.get("stats") or {}
-        for field in ("files", "bytes_read", "bytes_uploaded", "bytes_deduplicated"):
-            setattr(stats, field, getattr(stats, field) + int(s.get(field, 0)))
-        chunk_size = chunk_size or int(part.get("chunk_size", 0))
-    # A rank dir that holds files is implied by them; keep only empty ones.
-    dirs = [d for d in dirs if not any(f.path.startswith(d + "/") for f in files)]
-
     manifest = Manifest(
         id=id,
         name=name,
@@ -456,13 +424,25 @@ def commit(
         created_ms=now_ms() if created_ms is None else created_ms,
         seq=next_seq(),
         metadata=metadata,
-        files=files,
-        dirs=dirs,
+        files=[],
+        dirs=[],
         source={"kind": KIND, "ranks": world, "by": me.kind},
-        stats=stats.to_json(),
-        chunk_size=chunk_size,
         sharded=True,
     )
+    stats = SaveStats()
+    for rank in range(world):
+        part = _read_part(storage, keys[rank], me.kind, rank, manifest)
+        base = rank_dir(rank)
+        manifest.dirs += [base] + ["%s/%s" % (base, d) for d in part.dirs]
+        manifest.files += [replace(f, path="%s/%s" % (base, f.path)) for f in part.files]
+        for field in ("files", "bytes_read", "bytes_uploaded", "bytes_deduplicated"):
+            setattr(stats, field, getattr(stats, field) + part.stats.get(field, 0))
+        manifest.chunk_size = manifest.chunk_size or part.chunk_size
+    # A rank dir that holds files is implied by them; keep only empty ones.
+    manifest.dirs = [
+        d for d in manifest.dirs if not any(f.path.startswith(d + "/") for f in manifest.files)
+    ]
+    manifest.stats = stats.to_json()
     storage.put_bytes(manifest.key, manifest.dumps())
     try:
         storage.delete_many([o.key for o in storage.list(prefix)])
@@ -539,6 +519,33 @@ def check_part(manifest: Manifest, me: Participant, part: Manifest, number: int)
 def _parts_of(manifest: Manifest) -> str:
     world = manifest.source.get("ranks")
     return "%d participants" % world if type(world) is int else "other participants"
+
+
+def _read_part(storage: Storage, key: str, kind: str, index: int, template: Manifest) -> Manifest:
+    """Participant ``index``'s part at ``key``, validated as a manifest's files are (paths,
+    sizes, modes, chunks, digests, conflicts: :func:`.manifest.loads`), as ``template`` with
+    the part's files.
+
+    Raises
+    ------
+    ManifestError
+        Unreadable or invalid: naming the key and the participant; nothing is committed.
+    """
+    try:
+        raw = json.loads(storage.get_bytes(key))
+        body = json.loads(template.dumps())
+        body.update({f: raw[f] for f in ("files", "dirs", "stats", "chunk_size") if f in raw})
+        if "files" not in raw:
+            raise ValueError("it lists no files")
+        return loads(json.dumps(body).encode("utf-8"), template.key)
+    except (StorageNotFound, ValueError, TypeError, RecursionError, ManifestError) as exc:
+        why = getattr(exc, "reason", None) or getattr(exc, "message", None) or str(exc)
+        raise ManifestError(
+            "Part %s of %s %d of sharded checkpoint %r of task %s is unreadable or invalid (%s); "
+            "nothing was committed."
+            % (key, kind, index, template.name, template.scope.pathspec, str(why)[:300]),
+            key=key,
+        ) from None
 
 
 def wait_committed(

@@ -133,9 +133,14 @@ class Ranks:
         return self.participant.index if self.participant.kind == "rank" else None
 
 
+#: Set to -1 by Hugging Face (``TrainingArguments.local_rank``) and others for "not
+#: distributed": the same as unset.
+NOT_DISTRIBUTED = {"LOCAL_RANK", "RANK"}
+
+
 def _read(environ: Mapping[str, str], name: str, low: int) -> Optional[int]:
     raw = environ.get(name)
-    if raw is None or not raw.strip():
+    if raw is None or not raw.strip() or (name in NOT_DISTRIBUTED and raw.strip() == "-1"):
         return None
     text = raw.strip()
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= MAX_INDEX:
