@@ -571,6 +571,71 @@ def test_blocking_false_with_sharded_is_refused(tmp_path):
         context.runtime().save(sharded=True, blocking=False)
 
 
+def test_a_node_with_no_part_of_a_sharded_checkpoint_loads_nothing_and_says_so(tmp_path):
+    """A checkpoint sharded by a 2-node gang, loaded by ``eager`` into a 3-node gang (review
+    r11): node 2 has no part, so it loads nothing (it used to "load" an empty directory),
+    logs why and how to re-shard; an explicit load of it raises CheckpointNotFound."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointNotFound
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import build
+
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    parts = [write_tree(tmp_path / ("n%d" % n), {"shard.pt": b"node %d" % n}) for n in range(2)]
+    saved: dict = {}
+
+    def node(n):
+        saved[n] = store.save_gang(
+            str(parts[n]), SCOPE, name="mfchckpt", metadata={}, latest=True,
+            participant=gang.Participant("node", n, 2), number=0, timeout=120,
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=node, args=(n,)) for n in range(2)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    key = saved[0].key
+    later = make_scope(step="train", task="8", run="200")
+    logs: list = []
+    loaded = {}
+    for n in (1, 2):
+        ranks = Ranks.of_step(n, 3, gang=True)
+        directory = tmp_path / ("new-%d" % n)
+        directory.mkdir()
+        runtime = build(store, later, str(directory), ranks=ranks, log=logs.append).runtime
+        runtime.load_initial(store.resolve("eager", later, position=ranks.position))
+        loaded[n] = (runtime.is_loaded, sorted(os.listdir(directory)))
+    assert loaded == {1: (True, ["shard.pt"]), 2: (False, [])}
+    [warning] = [m for m in logs if "Warning" in m]
+    assert "Checkpoint %s is sharded in 2 parts (one per node)" % key in warning
+    assert "no part for this process (node 2)" in warning
+    assert "load(ref, all_ranks=True)" in warning
+    with pytest.raises(CheckpointNotFound, match="no part for this process \\(node 2\\)"):
+        runtime.load(key, str(tmp_path / "explicit"))
+    every = runtime.load(key, str(tmp_path / "every"), all_ranks=True)
+    assert sorted(os.listdir(every)) == ["rank-0", "rank-1"]
+
+
+def test_rank_0_off_node_0_warns_once_what_to_do(tmp_path):
+    """torchrun's dynamic (c10d) rendezvous can put RANK 0 on node 1 (review r8): its
+    Checkpoint() says once that its saves are node 1's, not the gang's, and how to start
+    torchrun; ranks where they belong say nothing."""
+    url = str(tmp_path / "store")
+    env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1")
+    env[TASK_ENV] = _context(url, tmp_path / "dir", node=1, nodes=2)
+    code = "from metaflow import Checkpoint\nCheckpoint()\nCheckpoint()\nprint('made')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=str(REPO), capture_output=True, text=True
+    )
+    assert "made" in done.stdout, done.stderr
+    assert done.stderr.count("[@checkpoint] Warning: this process has RANK=0 but is node 1") == 1
+    assert "--node_rank=<current.parallel.node_index>" in done.stderr
+    quiet = [
+        (1, {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}),
+        (0, {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}),
+        (1, {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}),
+    ]
+    for node, variables in quiet:
+        assert Ranks.of_subprocess(node, 2, variables).warning is None
+
+
 # ------------------------------------------------------------------------------ aliases, client
 def test_last_and_best_in_a_task_follow_the_writers_rule(tmp_path, monkeypatch):
     """``load("last")``/``"best:<m>"`` pick what the process would load on retry: node 1's own

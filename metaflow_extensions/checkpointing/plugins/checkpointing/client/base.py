@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, Callable, Optional
 
@@ -44,6 +45,8 @@ class ClientBase:
             self._own_dir = tempfile.mkdtemp(prefix="mfckpt-", dir=parent)
         # In a task's subprocess: its writer position and torchrun ranks, read once.
         self._ranks = self._task.ranks() if self._task else None
+        if self._ranks is not None and self._ranks.warning is not None:
+            _warn_once(self._ranks.warning)
         self._runtime = self._task.runtime(self.directory, self._ranks) if self._task else None
 
     @property
@@ -104,6 +107,16 @@ class ClientBase:
     #: ``_headers(target, ...)``: the store and the headers of the committed checkpoints
     #: ``list`` returns for these arguments (keys only), newest first; defined by :mod:`.listing`.
     _headers: Callable[..., tuple[CheckpointStore, list[ManifestHeader]]]
+
+
+#: Warnings already given by this process (one line each, however many objects are made).
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print("[@checkpoint] Warning: %s" % message, file=sys.stderr)
 
 
 def _default_root() -> str:

@@ -59,6 +59,9 @@ class Ranks:
     problem : str, optional
         Why sharded saves are refused in this process (its variables do not say which group
         it belongs to); plain saves are unaffected.
+    warning : str, optional
+        What to tell the user once, when its runtime is built (``RANK`` 0 that is not its
+        node's local rank 0 on node 0: its plain saves are not the gang's).
     """
 
     position: Position = RANK0
@@ -66,6 +69,7 @@ class Ranks:
     gang: bool = False
     source: Mapping[str, int] = field(default_factory=dict)
     problem: Optional[str] = None
+    warning: Optional[str] = None
 
     @classmethod
     def of_step(cls, node: int = 0, nodes: int = 1, gang: bool = False) -> Ranks:
@@ -111,9 +115,21 @@ class Ranks:
                 "with torchrun." % (rank, world)
             )
         participant = Participant("rank", rank, world, env["TORCHELASTIC_RESTART_COUNT"] or 0)
-        problem = None
+        warning = None
         local_world = env["LOCAL_WORLD_SIZE"]
-        if nodes > 1 and local_world is not None and world <= local_world:
+        own_group = local_world is not None and world <= local_world  # one group per node
+        if rank == 0 and not position.is_rank0 and not own_group:
+            # torchrun's dynamic rendezvous (c10d) hands out node ranks by arrival.
+            warning = (
+                "this process has RANK=0 but is %s (LOCAL_RANK=%s): its plain saves are node "
+                "%d's checkpoints, not the gang's, so on a retry the other nodes and workers "
+                "do not load them. Start torchrun with a static "
+                "--node_rank=<current.parallel.node_index> (as "
+                "examples/distributed/ddp_flow.py does), so that RANK 0 is LOCAL_RANK 0 of "
+                "node 0." % (position, "unset" if local is None else local, node)
+            )
+        problem = None
+        if nodes > 1 and own_group:
             # Each node runs its own worker group: their ranks 0..n-1 would be one another's.
             problem = (
                 "save(sharded=True) in a torchrun worker group local to node %d of a %d-node "
@@ -122,7 +138,7 @@ class Ranks:
                 "(torchrun --nnodes=%d), or save without sharded=True (each rank's own "
                 "checkpoint)." % (node, nodes, world, local_world, nodes)
             )
-        return cls(position, participant, source=source, problem=problem)
+        return cls(position, participant, source=source, problem=problem, warning=warning)
 
     def shard_of(self, by: str) -> Optional[int]:
         """Which shard of a checkpoint sharded ``by`` participants of that kind this process

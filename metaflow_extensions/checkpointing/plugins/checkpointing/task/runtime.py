@@ -22,7 +22,7 @@ from ..core.pause import PausePoller
 from ..core.policies import Resolution, sort_key
 from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
-from ..errors import CheckpointPaused
+from ..errors import CheckpointNotFound, CheckpointPaused
 from .background import SaveHandle
 from .interrupts import Interrupts
 from .saves import TaskSaves
@@ -152,13 +152,31 @@ class CheckpointRuntime:
     def _for_this_rank(self, manifest: Manifest, all_ranks: bool = False) -> Manifest:
         """A sharded checkpoint loads as this process's part by default: its node's of one
         sharded by nodes, its rank's of one sharded by ``torchrun`` ranks, every part when it
-        has no rank of that kind."""
+        has no rank of that kind.
+
+        Raises
+        ------
+        CheckpointNotFound
+            The checkpoint has no part for this process (made by a smaller gang, loaded by
+            ``resume``/``eager`` or by reference): saying so and how to load every part.
+        """
         from ..core import gang
 
         if all_ranks or not gang.is_gang(manifest):
             return manifest
-        index = self._ranks.shard_of(gang.sharded_by(manifest))
-        return manifest if index is None else gang.shard(manifest, index)
+        by = gang.sharded_by(manifest)
+        index = self._ranks.shard_of(by)
+        if index is None:
+            return manifest
+        if not gang.has_part(manifest, index):
+            parts = manifest.source.get("ranks")
+            raise CheckpointNotFound(
+                "Checkpoint %s is sharded in %s parts (one per %s) and has no part for this "
+                "process (%s %d): nothing of it was loaded. To re-shard it, load every part "
+                "with load(ref, all_ranks=True) (under rank-<i>/)."
+                % (manifest.key, parts if type(parts) is int else "several", by, by, index)
+            )
+        return gang.shard(manifest, index)
 
     def pending(self) -> list[SaveHandle]:
         """Background saves not committed yet."""
@@ -284,8 +302,9 @@ class CheckpointRuntime:
             load one deliberately.  With False, an unpinned name resolves to its newest version
             whoever published it.
         all_ranks : bool
-            A sharded checkpoint (``save(sharded=True)``) loads this process's part only;
-            ``True`` loads every part, under ``rank-<i>/`` (to re-shard).
+            A sharded checkpoint (``save(sharded=True)``) loads this process's part only
+            (``CheckpointNotFound`` if it has none: a bigger gang than the one that saved
+            it); ``True`` loads every part, under ``rank-<i>/`` (to re-shard).
 
         ``"last"`` and ``"best:<metric>"`` alone pick among the checkpoints this process would
         load on retry: its own and the sharded ones if it saved any, else rank 0's and the
@@ -317,7 +336,11 @@ class CheckpointRuntime:
             self._log("[@checkpoint] No checkpoint loaded: %s." % resolution.reason)
             return None
         manifest = self._store.read(resolution.header.key)
-        self._loaded = self._for_this_rank(manifest)
+        try:
+            self._loaded = self._for_this_rank(manifest)
+        except CheckpointNotFound as exc:  # a bigger gang than the one that saved it
+            self._log("[@checkpoint] Warning: %s" % exc.message)
+            return None
         loading.load(self._store, self._loaded, self._directory, existing=loading.MERGE)
         self._info = self._reference(manifest)
         self._log(
