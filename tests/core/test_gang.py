@@ -491,6 +491,47 @@ def test_sigterm_ends_a_participants_wait_and_nothing_is_committed(tmp_path):
     assert CheckpointStore(storage, options()).headers(SCOPE.task_prefix()) == []
 
 
+SLOW_NODE0 = NODE0.replace(
+    "root, directory",
+    "from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import "
+    "LocalStorage\n"
+    "import time\n"
+    "_ingest = LocalStorage.ingest_range\n"
+    "def _slow(self, *a, **k):\n"
+    "    time.sleep(1.0)\n"
+    "    return _ingest(self, *a, **k)\n"
+    "LocalStorage.ingest_range = _slow\n"
+    "root, directory",
+    1,
+)
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_stops_the_upload_of_a_participants_part(tmp_path):
+    """A signal during the upload of a big part ends it at its next chunk (the part could never
+    be committed without this participant's wait anyway), not after the whole upload."""
+    url = str(tmp_path / "store")
+    # Files of their own blobs (over the 1 MiB packing size), one second each: ~4 s at least.
+    files = {"f%02d.bin" % i: os.urandom(1_200_000) for i in range(64)}
+    directory = write_tree(tmp_path / "dir", files)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_NODE0, url, str(directory), json.dumps(SCOPE.to_dict())],
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    storage = LocalStorage(url)
+    _until(lambda: storage.list(layout.BLOBS_PREFIX), proc)  # its upload has started
+    proc.send_signal(signal.SIGTERM)
+    result = _result(proc)
+    assert result["error"] == "CheckpointInterrupted", result
+    assert "stopped uploading this part: received SIGTERM" in result["cause"], result
+    assert len(storage.list(layout.BLOBS_PREFIX)) < len(files)  # it did not upload on
+    assert not storage.list(layout.PARTS_PREFIX)
+    assert CheckpointStore(storage, options()).headers(SCOPE.task_prefix()) == []
+
+
 # ------------------------------------------------------------------------------ who a process is
 def test_a_subprocess_reads_its_torchrun_variables():
     ranks = Ranks.of_subprocess(

@@ -332,6 +332,21 @@ def _wait(
         delay = min(poll, delay * 2)
 
 
+def upload_guard(name: str, scope: Scope, abort: Optional[Abort]) -> Callable[[int], None]:
+    """A ``progress`` hook for the upload of this participant's part: it raises once ``abort``
+    says why to stop (a signal received), so a big part's upload ends at its next chunk instead
+    of running to the end before the wait notices the signal."""
+
+    def check(nbytes: int) -> None:
+        why = abort() if abort is not None else None
+        if why is not None:
+            raise CheckpointIncomplete(
+                _not_committed(name, scope, "stopped uploading this part: %s" % why)
+            )
+
+    return check
+
+
 def _not_committed(name: str, scope: Scope, why: str) -> str:
     return "Checkpoint %r of task %s was not committed: %s." % (name, scope.pathspec, why)
 

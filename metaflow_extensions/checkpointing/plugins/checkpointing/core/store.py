@@ -148,6 +148,7 @@ class CheckpointStore:
             metadata=metadata,
             latest=latest,
             publish=lambda m: gang.write_part(self.storage, scope, id, index, m),
+            progress=gang.upload_guard(name, scope, abort),
         )
         common = dict(name=name, timeout=timeout, abort=abort, number=number)
         if index == 0:
