@@ -311,3 +311,55 @@ def test_a_signal_while_the_task_ends_bounds_its_wait_for_background_saves(tmp_p
     assert "LEFT []" in out
     storage = LocalStorage(str(tmp_path / "store"))
     assert _manifests(storage) == []  # after the process ended: nothing committed, ever
+
+
+def _signal_once_main_waits_in(function: str, signum: int, ready: threading.Event) -> None:
+    """Send ``signum`` to this process, from a helper thread, once ``ready`` is set and the
+    main thread is inside ``function`` (the signal then arrives during that wait)."""
+
+    def waits_there() -> bool:
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        while frame is not None:
+            if frame.f_code.co_name == function:
+                return True
+            frame = frame.f_back
+        return False
+
+    def send() -> None:
+        ready.wait(HOLD)
+        while not waits_there():
+            threading.Event().wait(0.01)
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=send, name="test-signal", daemon=True).start()
+
+
+def test_a_signal_during_the_wait_for_background_saves_abandons_them(tmp_path):
+    """SIGTERM while the task waits for its background saves (``current.checkpoint.flush()``,
+    the flush at the step's end or after its failure): the signal's bounded flush still sees
+    them, abandons the one not committed in time, removes its snapshot and says so (was: the
+    interrupted wait had already let go of them, so the error said "pending saves were
+    committed first" while the upload went on and committed later)."""
+    parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=False)
+    first = parts.runtime.save(metadata={"epoch": 1})
+    storage.hold = True
+    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    handle = parts.runtime.save(metadata={"epoch": 2}, blocking=False)
+    assert parts.interrupts.install(parts.saves)
+    _signal_once_main_waits_in("wait_all", signal.SIGTERM, storage.held)
+    try:
+        with pytest.raises(CheckpointInterrupted) as info:
+            parts.runtime.flush()
+    finally:
+        parts.interrupts.restore()
+    assert "abandoned the background save of %s" % directory in info.value.message
+    assert "pending saves were committed first" not in info.value.message
+    assert handle.done() and isinstance(handle.exception(), SaveAbandoned)
+    assert [m for m in logs if m.startswith("[@checkpoint] Abandoned the background save")]
+    assert logs[-1].endswith("the latest checkpoint stays %s." % first.key)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(SNAPSHOT_PREFIX)] == []
+    # The held upload goes on: once the worker moved past it, nothing of it was committed.
+    storage.gate.set()
+    with pytest.raises(SaveAbandoned):
+        parts.runtime.save(metadata={"epoch": 3}, blocking=False).wait(30)
+    assert _manifests(storage) == [first.key]

@@ -227,10 +227,14 @@ class BackgroundSaver:
         ``deadline()`` is ``time.monotonic()`` at which to stop waiting, or None (looked at
         again while waiting: a signal may set it).  Saves not committed by then are abandoned
         (:meth:`abandon`) with the error ``abandoned(description, may_have_committed)`` and
-        returned among the failed ones."""
+        returned among the failed ones.
+
+        A handle stays pending until this has its outcome: a signal handled during the wait
+        (in this thread) flushes too, and that bounded flush must still see every save
+        not finished, to commit or abandon it (the interrupted wait never resumes)."""
         failed = []
         with self._cond:
-            handles, self._pending = self._pending, []
+            handles = list(self._pending)
         for h in handles:
             while not h._event.wait(_TICK):
                 end = deadline()
@@ -238,10 +242,13 @@ class BackgroundSaver:
                     assert abandoned is not None
                     self.abandon(abandoned)
                     break
-            try:
-                h.wait()
-            except BaseException as exc:  # noqa: BLE001 - reported to the caller
-                failed.append((h, exc))
+            with self._cond:
+                if h not in self._pending:
+                    continue  # reported by the flush of a signal handled meanwhile
+                self._pending.remove(h)
+            error = h.exception()
+            if error is not None:
+                failed.append((h, error))
         return failed
 
     def abandon(self, abandoned: Callable[[str, bool], SaveAbandoned]) -> None:
