@@ -252,15 +252,30 @@ def test_which_checkpoint_a_process_loads(saved, process, expected):
     assert chosen == (None if expected is None else headers[expected])
 
 
-def test_eager_compares_a_processs_own_with_the_gangs_by_date_across_runs():
-    """Across runs (``eager``) only dates compare: node 1's save of run 1 is stale once rank
-    0 saved later in run 2, and counts again once node 1 saved after it."""
+def test_eager_takes_a_processs_own_only_from_the_run_of_the_gangs_newest():
+    """Across runs (``eager``) the gang's newest, by date, picks the run: node 1's save of
+    run 1 is stale once rank 0 saved in run 2, and counts again once node 1 saved in run 2."""
     old, gangs = _h(0, B, run="1"), _h(1, A, run="2")
     assert policies.newest([old, gangs], position=B) == gangs
     again = _h(2, B, run="2")
     assert policies.newest([old, gangs, again], position=B) == again
-    newer = _h(3, B, run="1")  # an own save dated after the gang's newest: it counts
-    assert policies.newest([gangs, newer], position=B) == newer
+
+
+def test_a_clock_ahead_in_an_old_run_does_not_make_its_save_win_under_eager():
+    """Node 1's clock ran 3 h ahead in run 1, where it made a failure save; rank 0 saved in
+    run 2.  Dates of different machines never make node 1 load its own run-1 save over the
+    gang's (it used to, forever, while node 0 loaded run 2's: the nodes diverged)."""
+    ahead = 3 * 3600 * 1000
+    skewed = _h(ahead, B, run="1")  # dated after everything of run 2
+    gangs = _h(1, A, run="2")
+    assert policies.newest([_h(0, A, run="1"), skewed, gangs], position=B) == gangs
+    # ... nor over its own save of the gang's run, nor the run's sharded one.
+    mine, shard = _h(2, B, run="2"), _h(3, "s", run="2")
+    assert policies.newest([skewed, gangs, mine], position=B) == mine
+    assert policies.newest([skewed, gangs, mine, shard], position=B) == shard
+    # Within a task (a retry orders attempt first) the rule is unchanged.
+    retry = [_h(0, A), _h(ahead, B), _h(1, (A, 1))]
+    assert policies.newest(retry, within_task=True, position=B) == retry[2]
 
 
 def test_without_a_position_the_newest_of_any_writer_is_chosen():
@@ -297,6 +312,45 @@ def test_the_rule_as_stated_in_adr_004(saved, process):
     candidates = own + sharded if counts else gang
     expected = max(candidates, key=order) if candidates else None
     assert policies.newest(headers, within_task=True, position=process) == expected
+
+
+@PROPS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([A, B, C, "s"]),
+            st.integers(0, 2),
+            st.sampled_from(["1", "2", "3"]),
+            st.integers(0, 10**8),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([A, B, C]),
+)
+def test_the_rule_across_runs_as_stated_in_adr_004(saved, process):
+    """``eager``, any clocks: the gang's newest by date picks the run; the process's own
+    count only from that run (by the within-task rule there), never by date from another."""
+    # Distinct dates (any order across runs and attempts): ties would only test tie-breaks.
+    headers = [_h(t * 100 + n, w, True, a, run) for n, (w, a, run, t) in enumerate(saved)]
+    order = policies.sort_key(within_task=True)
+    date = policies.sort_key(within_task=False)
+    gang = [h for h in headers if h.sharded or h.position == RANK0]
+    own = [h for h in headers if not h.sharded and h.position == process]
+    run = max(gang, key=date).scope.run if gang else None
+    if gang and process != RANK0:
+        own = [h for h in own if h.scope.run == run]
+    ran = [h for h in gang if h.scope.run == run]
+    counts = bool(own) and (
+        not gang
+        or process == RANK0
+        or max(own, key=order).scope.attempt == max(ran, key=order).scope.attempt
+        or order(max(own, key=order)) > order(max(ran, key=order))
+    )
+    sharded = [h for h in headers if h.sharded and (run is None or h.scope.run == run)]
+    candidates = own + (sharded if process != RANK0 else [h for h in headers if h.sharded])
+    candidates = candidates if counts else gang
+    expected = max(candidates, key=date) if candidates else None
+    assert policies.newest(headers, position=process) == expected
 
 
 def test_a_retry_of_each_node_resolves_by_the_rule(store, tmp_path):

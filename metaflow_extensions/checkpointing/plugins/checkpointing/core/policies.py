@@ -9,8 +9,8 @@
 
 Each lookup is one prefix listing (see :mod:`.scope`).  Which of the checkpoints found a
 process takes depends on its writer position (ADR 004, :func:`visible_to`): its own and the
-sharded ones if its newest is not older than the gang's from another attempt or run, else rank
-0's and the sharded ones.
+sharded ones if its newest is not older than the gang's from another attempt (across runs: only
+its own of the gang's newest run count), else rank 0's and the sharded ones.
 """
 
 from __future__ import annotations
@@ -64,24 +64,39 @@ def visible_to(
     given): its own and the sharded ones if its own **count**, otherwise rank 0's and the
     sharded ones (the gang's).
 
-    Its own count when it wrote any and the newest of them is from the same generation (run
-    and attempt) as the gang's newest, or newer than it by :func:`sort_key` (``within_task``:
-    as a retry orders them; else by date, as ``eager`` does).  So ``if rank == 0: save()`` is
-    loaded by every process, a process that saves its own state every attempt gets its own
-    back (ranks never cross-load), one old save of its own (a failure save of an earlier
-    attempt) does not pin a process to it once the gang has saved since, and a sharded
-    checkpoint is loaded everywhere.  For rank 0 this is every checkpoint but other
-    writers'."""
+    Within a task (``within_task``: a retry, ``resume``) its own count when it wrote any and
+    the newest of them is from the same attempt as the gang's newest, or later by
+    :func:`sort_key` (attempt first).  Across runs (``eager``) the gang's newest, by date,
+    picks the run: only the process's own checkpoints of that run count, by the same test
+    within it, and only that run's are chosen among; dates never make another run's own
+    checkpoint win over the gang's (a node whose clock ran ahead in an old run would load its
+    old save forever).  So ``if rank == 0: save()`` is loaded by every process, a process that
+    saves its own state every attempt gets its own back (ranks never cross-load), one old
+    save of its own (a failure save of an earlier attempt or run) does not pin a process to
+    it once the gang has saved since, and a sharded checkpoint is loaded everywhere.  For
+    rank 0 this is every checkpoint but other writers'."""
     own = [h for h in headers if not h.sharded and h.position == position]
     gang = [h for h in headers if h.sharded or h.position == RANK0]
+    chosen = headers
     if own and not position.is_rank0 and gang:
-        order = sort_key(within_task)
-        mine, theirs = max(own, key=order), max(gang, key=order)
-        generation = (mine.scope.run, mine.scope.attempt)
-        if generation != (theirs.scope.run, theirs.scope.attempt) and order(mine) < order(theirs):
-            own = []  # older than the gang's newest, from another generation: stale
-    mine = position if own else RANK0
-    return [h for h in headers if h.sharded or h.position == mine]
+        if not within_task:
+            # Dates of different runs come from different machines' clocks: keep the run of
+            # the gang's newest and order inside it as its task's retry would.
+            run = max(gang, key=sort_key(False)).scope.run
+            chosen = [h for h in headers if h.scope.run == run]
+            own = [h for h in own if h.scope.run == run]
+            gang = [h for h in gang if h.scope.run == run]
+        if own:
+            order = sort_key(within_task=True)
+            mine, theirs = max(own, key=order), max(gang, key=order)
+            generation = (mine.scope.run, mine.scope.attempt)
+            if generation != (theirs.scope.run, theirs.scope.attempt) and order(mine) < order(
+                theirs
+            ):
+                own = []  # older than the gang's newest, from another attempt: stale
+    if not own:
+        return [h for h in headers if h.sharded or h.position == RANK0]
+    return [h for h in chosen if h.sharded or h.position == position]
 
 
 def newest(
