@@ -532,6 +532,96 @@ def test_sigterm_stops_the_upload_of_a_participants_part(tmp_path):
     assert CheckpointStore(storage, options()).headers(SCOPE.task_prefix()) == []
 
 
+#: Node 1's step process: stores its part, then waits for node 0's commit.
+NODE1 = NODE0.replace("Ranks.of_step(0, 2", "Ranks.of_step(1, 2", 1)
+
+
+def _node1(tmp_path: Path, url: str):
+    directory = write_tree(tmp_path / "dir1", {"state.txt": b"node 1"})
+    return subprocess.Popen(
+        [sys.executable, "-c", NODE1, url, str(directory), json.dumps(SCOPE.to_dict())],
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _save_node0(store: CheckpointStore, tmp_path: Path):
+    src = write_tree(tmp_path / "dir0", {"state.txt": b"node 0"})
+    return store.save_gang(
+        str(src), SCOPE, name="mfchckpt", metadata={}, latest=True,
+        participant=gang.Participant("node", 0, 2), number=0, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(90)
+def test_a_participant_stopped_by_sigterm_withdraws_its_part_so_it_is_never_committed(tmp_path):
+    """Node 1 stored its part and waits; SIGTERM ends its wait saying nothing was committed.
+    Node 0 arriving later must not commit a checkpoint holding node 1's part (it used to: the
+    message was false); it stops naming node 1 instead."""
+    url = str(tmp_path / "store")
+    storage = LocalStorage(url)
+    proc = _node1(tmp_path, url)
+    _until(lambda: storage.list(layout.PARTS_PREFIX), proc)  # its part is stored: it waits
+    proc.send_signal(signal.SIGTERM)
+    result = _result(proc)
+    assert result["error"] == "CheckpointInterrupted", result
+    assert "stopped waiting for node 0 to commit it: received SIGTERM" in result["cause"]
+    assert "this node withdrew its part, so it never will be" in result["cause"]
+    store = CheckpointStore(storage, options())
+    with pytest.raises(CheckpointIncomplete, match="node 1 will not save it"):
+        _save_node0(store, tmp_path)
+    assert store.headers(SCOPE.task_prefix()) == []
+
+
+class _PausingStorage(LocalStorage):
+    """Participant 0's store: holds it right after it has collected every part."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.collected, self.release = threading.Event(), threading.Event()
+
+    def put_bytes(self, key, data) -> None:
+        super().put_bytes(key, data)
+        if key.endswith("/" + gang.COLLECTED):
+            self.collected.set()
+            self.release.wait(60)
+
+
+@pytest.mark.timeout(90)
+def test_a_part_withdrawn_after_participant_0_collected_it_is_refused_or_said_maybe(tmp_path):
+    """The window that remains: node 0 has collected every part when node 1, stopped by
+    SIGTERM, withdraws its own. Node 1 says the checkpoint may still be committed (not "was
+    not committed"); node 0's last look before the manifest finds the part gone and refuses."""
+    url = str(tmp_path / "store")
+    proc = _node1(tmp_path, url)
+    storage = _PausingStorage(url)
+    _until(lambda: storage.list(layout.PARTS_PREFIX), proc)
+    outcome: dict = {}
+
+    def node0() -> None:
+        try:
+            outcome["manifest"] = _save_node0(CheckpointStore(storage, options()), tmp_path)
+        except CheckpointIncomplete as exc:
+            outcome["error"] = exc.message
+
+    thread = threading.Thread(target=node0)
+    thread.start()
+    try:
+        assert storage.collected.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        result = _result(proc)
+    finally:
+        storage.release.set()
+        thread.join(60)
+    assert result["error"] == "CheckpointInterrupted", result
+    assert "may still be committed by node 0" in result["cause"], result
+    assert "was not committed" not in result["cause"]
+    assert "node(s) 1 withdrew their part" in outcome.get("error", ""), outcome
+    assert CheckpointStore(storage, options()).headers(SCOPE.task_prefix()) == []
+
+
 # ------------------------------------------------------------------------------ who a process is
 def test_a_subprocess_reads_its_torchrun_variables():
     ranks = Ranks.of_subprocess(

@@ -69,6 +69,10 @@ KIND = "parallel"
 GONE_POLL = 0.5
 #: A wait's ``abort``: returns why to stop now (``"received SIGTERM"``), or None.
 Abort = Callable[[], Optional[str]]
+#: Name (under the save's parts, not a part: no ``.json``) of the object participant 0 writes
+#: once it has every part, before it checks them once more and commits: a participant that
+#: withdraws its part and then finds it knows the checkpoint may still be committed.
+COLLECTED = "collected"
 
 
 @dataclass(frozen=True)
@@ -351,13 +355,18 @@ def _not_committed(name: str, scope: Scope, why: str) -> str:
     return "Checkpoint %r of task %s was not committed: %s." % (name, scope.pathspec, why)
 
 
+def _gone_reason(who: list[Gone]) -> str:
+    return "%s will not save it (%s)" % (
+        " and ".join(str(g) for g in who),
+        "; ".join("%s: %s" % (g, g.reason) for g in who),
+    )
+
+
 def _gone_message(name: str, scope: Scope, who: list[Gone]) -> str:
     return _not_committed(
         name,
         scope,
-        "%s will not save it (%s); nothing was committed, the retry loads the previous "
-        "checkpoint"
-        % (" and ".join(str(g) for g in who), "; ".join("%s: %s" % (g, g.reason) for g in who)),
+        "%s; nothing was committed, the retry loads the previous checkpoint" % _gone_reason(who),
     )
 
 
@@ -431,6 +440,10 @@ def commit(
         return _gone_message(name, scope, who) if who else None
 
     _wait(all_parts, timeout, poll, missing, stop)
+    # From here on a participant that withdraws its part (it stopped waiting) may find this and
+    # say the checkpoint may still be committed; one that withdraws before it, is refused below.
+    collected = parts_prefix(scope.task_prefix(), id) + COLLECTED
+    storage.put_bytes(collected, b"{}")
     manifest = Manifest(
         id=id,
         name=name,
@@ -446,7 +459,12 @@ def commit(
     )
     stats = SaveStats()
     for rank in range(world):
-        part = _read_part(storage, keys[rank], me.kind, rank, manifest)
+        try:
+            part = _read_part(storage, keys[rank], me.kind, rank, manifest)
+        except ManifestError:
+            if storage.exists(keys[rank]):
+                raise
+            _refuse_withdrawn(storage, collected, _withdrawn(name, scope, me, [rank]))
         base = rank_dir(rank)
         manifest.dirs += [base] + ["%s/%s" % (base, d) for d in part.dirs]
         manifest.files += [replace(f, path="%s/%s" % (base, f.path)) for f in part.files]
@@ -458,12 +476,78 @@ def commit(
         d for d in manifest.dirs if not any(f.path.startswith(d + "/") for f in manifest.files)
     ]
     manifest.stats = stats.to_json()
+    # Every part once more, right before the manifest: one withdrawn meanwhile is refused.
+    listed = {o.key for o in storage.list(prefix)}
+    gone_parts = [r for r, k in keys.items() if k not in listed]
+    if gone_parts:
+        _refuse_withdrawn(storage, collected, _withdrawn(name, scope, me, gone_parts))
     storage.put_bytes(manifest.key, manifest.dumps())
     try:
         storage.delete_many([o.key for o in storage.list(prefix)])
     except Exception:  # noqa: BLE001 - leftover parts are harmless (GC ignores them)
         pass
     return manifest
+
+
+def _withdrawn(name: str, scope: Scope, me: Participant, ranks: list[int]) -> str:
+    return _not_committed(
+        name,
+        scope,
+        "%s(s) %s withdrew their part (they stopped waiting for this %s: a signal, an error or "
+        "their timeout; their gone marker says why)"
+        % (me.kind, ", ".join(map(str, ranks)), me.kind),
+    )
+
+
+def _refuse_withdrawn(storage: Storage, collected: str, message: str) -> None:
+    try:
+        storage.delete(collected)
+    except CheckpointException:  # a leftover marker only makes a later message cautious
+        pass
+    raise CheckpointIncomplete(message)
+
+
+def withdraw(storage: Storage, scope: Scope, id: str, me: Participant, name: str, why: str) -> str:
+    """A participant > 0 that stops waiting (``why``): delete its part, so participant 0
+    refuses to commit without it, then look once more.  Returns the key of the checkpoint if
+    participant 0 committed it meanwhile (the save is then committed, whatever stopped the
+    wait); otherwise raises.
+
+    Raises
+    ------
+    CheckpointIncomplete
+        Saying the checkpoint was not committed, or, if participant 0 had already collected
+        every part (this one's too) before it was withdrawn, that it may still be committed.
+    """
+    prefix = parts_prefix(scope.task_prefix(), id)
+    try:
+        storage.delete(part_key(scope.task_prefix(), id, me.index))  # missing is no error
+        withdrawn = True
+    except CheckpointException:
+        withdrawn = False
+    key = committed_key(storage, scope, id)
+    if key is not None:
+        return key
+    if withdrawn and not storage.exists(prefix + COLLECTED):
+        raise CheckpointIncomplete(
+            _not_committed(
+                name, scope, "%s; this %s withdrew its part, so it never will be" % (why, me.kind)
+            )
+        )
+    raise CheckpointIncomplete(
+        "Checkpoint %r of task %s may still be committed by %s 0: this %s stopped waiting (%s) "
+        "%s; list the task's checkpoints to know."
+        % (
+            name,
+            scope.pathspec,
+            me.kind,
+            me.kind,
+            why,
+            "after %s 0 had collected every part, its own too" % me.kind
+            if withdrawn
+            else "and could not withdraw its part",
+        )
+    )
 
 
 def committed_key(storage: Storage, scope: Scope, id: str) -> Optional[str]:
@@ -591,36 +675,27 @@ def wait_committed(
     def stop() -> Optional[str]:
         why = watch.abort()
         if why is not None:
-            return _not_committed(
-                name, scope, "stopped waiting for %s 0 to commit it: %s" % (me.kind, why)
-            )
+            return "stopped waiting for %s 0 to commit it: %s" % (me.kind, why)
         who = [g for g in watch.gone() if _blocks(storage, scope, id, me, g)]
         # Participant 0 may have committed meanwhile (it writes the manifest before it
         # removes the parts, and before it ends): look once more.
-        return _gone_message(name, scope, who) if who and find() is None else None
+        return _gone_reason(who) if who and find() is None else None
 
-    return _wait(
-        find,
-        timeout,
-        poll,
-        lambda: (
-            "Checkpoint %r of task %s was not committed by %s 0 within %g s (all %d %ss must "
-            "call save(sharded=True) the same number of times and agree that there are %d; "
-            "this is %s %d)."
-            % (
-                name,
-                scope.pathspec,
-                me.kind,
-                timeout,
-                me.world,
-                me.kind,
-                me.world,
-                me.kind,
-                me.index,
-            )
-        ),
-        stop,
-    )
+    try:
+        return _wait(
+            find,
+            timeout,
+            poll,
+            lambda: (
+                "%s 0 did not commit it within %g s (all %d %ss must call save(sharded=True) "
+                "the same number of times and agree that there are %d; this is %s %d)"
+                % (me.kind, timeout, me.world, me.kind, me.world, me.kind, me.index)
+            ),
+            stop,
+        )
+    except CheckpointIncomplete as exc:
+        # Participant 0 must not commit this part once this participant says it stopped.
+        return withdraw(storage, scope, id, me, name, exc.message)
 
 
 def _blocks(storage: Storage, scope: Scope, id: str, me: Participant, g: Gone) -> bool:
