@@ -9,14 +9,17 @@ is the rendezvous):
 
 1. every participant uploads its files' blobs and writes its part (:func:`.layout.part_key`:
    ``parts/<task's scope>/<id>/rank-<i>.json``);
-2. participant 0 waits until all ``world`` parts exist (bounded), then writes one manifest
-   (flagged sharded, ``s`` in its key) whose files are the parts' files under ``rank-<i>/``, and
-   removes the parts;
+2. participant 0 waits until all ``world`` parts exist (bounded), writes ``collected`` beside
+   them, validates them, lists them once more, then writes one manifest (flagged sharded, ``s``
+   in its key) whose files are the parts' files under ``rank-<i>/``, and removes the parts;
 3. the others wait until that manifest is listed (bounded), so ``save()`` returns on every
-   participant only once the checkpoint is committed.
+   participant only once the checkpoint is committed.  One that stops waiting (a signal, a
+   gone marker, the timeout) first **withdraws** its part, so participant 0 refuses to commit;
+   if ``collected`` already existed its error says the save may still be committed.
 
 All participants derive the checkpoint id from the same inputs (task, attempt, name, the number
-of the save, the participant kind and ``TORCHELASTIC_RESTART_COUNT``), so they agree on it
+of the save, the participant kind, the world size and ``TORCHELASTIC_RESTART_COUNT``), so they
+agree on it
 without talking to each other.  A participant that never writes its part makes participant 0
 time out naming it; nothing is committed, so a checkpoint with a missing part can never be
 listed or loaded.
