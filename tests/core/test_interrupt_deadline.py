@@ -75,9 +75,9 @@ class GatedStorage(LocalStorage):
             self._wait_at_gate()
         super()._put_bytes(key, data)
 
-    def _get_bytes(self, key):
+    def _get_bytes(self, key, *args):
         self._record("get", key)
-        return super()._get_bytes(key)
+        return super()._get_bytes(key, *args)
 
     def list(self, prefix, *args, **kwargs):
         self._record("list", prefix)
@@ -363,3 +363,126 @@ def test_a_signal_during_the_wait_for_background_saves_abandons_them(tmp_path):
     with pytest.raises(SaveAbandoned):
         parts.runtime.save(metadata={"epoch": 3}, blocking=False).wait(30)
     assert _manifests(storage) == [first.key]
+
+
+class PruneStorage(GatedStorage):
+    """Signals arrive during a retention prune: in the save's listing of the series
+    (``signal_on_list``), or in a delete (``hold_deletes``: each delete then waits for
+    :attr:`gate`; ``deleted`` is set once one returned)."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.signal_on_list = False
+        self.handled = lambda: True  # the signal reached its handler (in the main thread)
+        self.hold_deletes = False
+        self.deleted = threading.Event()
+
+    def list(self, prefix, *args, **kwargs):
+        if self.signal_on_list and threading.current_thread().name == "checkpoint-save":
+            self.signal_on_list = False
+            os.kill(os.getpid(), signal.SIGTERM)
+            while not self.handled():  # Python runs the handler at the main thread's next tick
+                threading.Event().wait(0.01)
+        return super().list(prefix, *args, **kwargs)
+
+    def _delete(self, key):
+        self._record("delete", key)
+        if self.hold_deletes:
+            if not self.held.is_set():
+                self.held.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+            self.gate.wait(HOLD)
+        super()._delete(key)
+        self.deleted.set()
+
+
+def _pruning_task(tmp_path: Path):
+    """A task keeping one checkpoint (``keep_last=1``) on a :class:`PruneStorage`."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import retention
+
+    storage = PruneStorage(str(tmp_path / "store"))
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "state.txt").write_text("epoch 1")
+    logs: list[str] = []
+    parts = build(
+        CheckpointStore(storage, options()),
+        make_scope(),
+        str(directory),
+        settings=SETTINGS,
+        log=logs.append,
+        retention=retention.build(keep_last=1),
+    )
+    return parts, storage, directory, logs
+
+
+def test_a_signal_during_the_prune_s_listing_skips_its_deletes(tmp_path):
+    """A signal arriving while a committed save lists its series to prune it: nothing is
+    deleted (the stopping task's time is not spent on pruning), the log says the save
+    committed and the next attempt prunes (was: the prune went on and deleted)."""
+    parts, storage, directory, logs = _pruning_task(tmp_path)
+    first = parts.runtime.save(metadata={"epoch": 1})
+    (directory / "state.txt").write_text("epoch 2")
+    storage.signal_on_list = True
+    storage.handled = lambda: parts.interrupts.received is not None
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted, match="pending saves were committed first"):
+            parts.runtime.save(metadata={"epoch": 2})
+    finally:
+        parts.interrupts.restore()
+    second = parts.saves.latest(None)
+    assert second != first.key and _manifests(storage) == sorted([first.key, second])
+    assert not [c for c in storage.calls if c[1] == "delete"]
+    assert (
+        "[@checkpoint] Committed %s; pruning older checkpoints skipped after SIGTERM (the next "
+        "attempt's saves prune)." % second
+    ) in logs
+
+
+def test_a_delete_in_flight_at_the_deadline_is_not_waited_for(tmp_path):
+    """A blocking save committed and is pruning when SIGTERM arrives; its delete is held past
+    the deadline.  The signal's handling ends without waiting for that delete, and the log
+    says the save committed and its pruning was not waited for (was: the wait after the
+    commit was unbounded, the task stayed until the delete returned)."""
+    parts, storage, directory, logs = _pruning_task(tmp_path)
+    parts.runtime.save(metadata={"epoch": 1})
+    (directory / "state.txt").write_text("epoch 2")
+    storage.hold_deletes = True
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted, match="pending saves were committed first"):
+            parts.runtime.save(metadata={"epoch": 2})
+        assert not storage.deleted.is_set()  # returned while the delete was still held
+    finally:
+        parts.interrupts.restore()
+        storage.gate.set()
+    second = parts.saves.latest(None)
+    assert (
+        "[@checkpoint] The save in progress committed as %s; not waiting for its pruning of "
+        "older checkpoints (the next attempt's saves prune)." % second
+    ) in logs
+
+
+def test_a_background_save_pruning_at_the_deadline_is_not_waited_for(tmp_path):
+    """The same for a background save: committed and pruning when the signal's time runs out,
+    its handle holds its reference (it committed) and the flush returns without waiting for
+    the delete in flight (was: ``BackgroundSaver.abandon`` waited for the whole prune)."""
+    parts, storage, directory, logs = _pruning_task(tmp_path)
+    parts.runtime.save(metadata={"epoch": 1})
+    (directory / "state.txt").write_text("epoch 2")
+    storage.hold_deletes = True
+    handles = []
+    assert parts.interrupts.install(parts.saves)  # before the save: its delete signals
+    try:
+        with pytest.raises(CheckpointInterrupted, match="pending saves were committed first"):
+            handles.append(parts.runtime.save(metadata={"epoch": 2}, blocking=False))
+            parts.runtime.flush()
+        assert not storage.deleted.is_set()  # returned while the delete was still held
+    finally:
+        parts.interrupts.restore()
+        storage.gate.set()
+    (handle,) = handles
+    assert handle.done() and handle.exception() is None
+    assert handle.reference is not None and handle.reference.key in _manifests(storage)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(SNAPSHOT_PREFIX)] == []

@@ -27,7 +27,7 @@ from ..common.reference import CheckpointReference
 from ..core.scan import scan
 from ..core.tempnames import SNAPSHOT_PREFIX
 from ..errors import CheckpointException
-from .fence import Fence, SaveAbandoned
+from .fence import COMMIT_GRACE, Fence, SaveAbandoned
 
 #: Seconds between two looks at the deadline while waiting for a background save.
 _TICK = 0.05
@@ -278,7 +278,15 @@ class BackgroundSaver:
         handle, fence, staging = current
         state = fence.abandon(abandoned(handle.description, False))
         if state == Fence.COMMITTED:
-            handle._event.wait()  # committed: what is left is in-memory bookkeeping
+            # What is left is the bookkeeping, then the retention prune (a listing and
+            # deletes): not waited for past the deadline; the snapshot is no longer needed.
+            if not handle._event.wait(COMMIT_GRACE):
+                published, reference = fence.result(COMMIT_GRACE)
+                shutil.rmtree(staging, ignore_errors=True)
+                if published:
+                    handle._finish(reference=reference)
+                else:
+                    handle._finish(error=abandoned(handle.description, True))
             return
         # Its uploads stop at their next chunk; the files they read may go now.
         shutil.rmtree(staging, ignore_errors=True)

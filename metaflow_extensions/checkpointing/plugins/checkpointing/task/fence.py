@@ -49,6 +49,22 @@ class Fence:
         self._lock = threading.Lock()
         self.state = self.OPEN
         self._error: Optional[SaveAbandoned] = None
+        self._published = threading.Event()
+        self._value: Any = None
+
+    def publish(self, value: Any) -> None:
+        """The save's result, once it committed and is recorded, before its retention prune:
+        after a signal, whoever waits for the save takes it from here instead of waiting for
+        the prune's requests (see :meth:`result`)."""
+        self._value = value
+        self._published.set()
+
+    def result(self, timeout: float) -> tuple[bool, Any]:
+        """``(True, value)`` once :meth:`publish` was called (waiting ``timeout`` s at most),
+        else ``(False, None)``."""
+        if self._published.wait(timeout):
+            return True, self._value
+        return False, None
 
     def commit(
         self,

@@ -265,7 +265,25 @@ class Interrupts:
                 raise self.abandoned_error(what)
             if state == Fence.COMMITTING:
                 raise self.abandoned_error(what, may_have_committed=True)
-            done.wait()  # committed: what is left is in-memory bookkeeping
+            # Committed: what is left is the bookkeeping, then the retention prune (a listing
+            # and deletes), skipped after a signal but a request in flight cannot be cut short.
+            if done.wait(COMMIT_GRACE):
+                break
+            published, value = fence.result(COMMIT_GRACE)
+            if not published:  # its thread stalled between the commit and the bookkeeping
+                error = SaveAbandoned(
+                    "Stopped waiting for %s: it committed, but had not returned %g s after %s"
+                    % (what, self.seconds + COMMIT_GRACE, self.received or "the signal")
+                )
+                error.may_have_committed = True
+                raise error
+            key = getattr(value, "key", None)
+            self._log(
+                "[@checkpoint] %s committed%s; not waiting for its pruning of older checkpoints "
+                "(the next attempt's saves prune)."
+                % (what[0].upper() + what[1:], " as %s" % key if key else "")
+            )
+            return value
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]

@@ -163,7 +163,7 @@ class TaskSaves:
             )
 
         manifest = save() if fence is None else fence.commit(save)
-        return self._committed(manifest)
+        return self._committed(manifest, fence=fence)
 
     def note_loaded(self, key: str) -> None:
         """The checkpoint loaded into :attr:`directory` at task start (a final save of the
@@ -232,7 +232,7 @@ class TaskSaves:
                 ),
                 reuse=committed_already,
             )
-            return None if skipped else self._committed(manifest)
+            return None if skipped else self._committed(manifest, fence=fence)
 
         ref = self._interrupts.run(save, deliver=False, what="the final save %s" % why)
         if skipped:
@@ -439,14 +439,17 @@ class TaskSaves:
         headers.sort(key=sort_key(within_task=True), reverse=True)
         return headers
 
-    def _committed(self, manifest: Manifest, prune: bool = True) -> CheckpointReference:
+    def _committed(
+        self, manifest: Manifest, prune: bool = True, fence: Optional[Fence] = None
+    ) -> CheckpointReference:
+        """Record a commit, publish its reference to ``fence`` (a save waited for after a
+        signal returns it without waiting for the prune), then apply the retention."""
         self._manifests.append(manifest)
         self.clock.observe([manifest.created_ms])
         ref = reference_of(self.store, manifest)
-        # Not after a signal: pruning (a listing and deletes) must not hold a stopping task
-        # past its time; the next attempt's saves prune.
-        stopping = self._interrupts.received is not None
-        if prune and not stopping and self._retention is not None and not self._retention.empty:
+        if fence is not None:
+            fence.publish(ref)
+        if prune and self._retention is not None and not self._retention.empty:
             self._apply_retention(manifest.name, protect=manifest.key)
         return ref
 
@@ -459,7 +462,12 @@ class TaskSaves:
         ``latest=True`` one as a retry orders them (with a background save committing after a
         later blocking one, these differ).  Pruning is best effort: a storage error here is
         logged and the save still counts.
+
+        Not after a signal (looked at before the listing and again before the deletes): a
+        stopping task must not spend its time allowed on pruning; the next attempt prunes.
         """
+        if self._skip_pruning(protect):
+            return
         try:
             writer = parse_key(protect)
             headers = [
@@ -467,6 +475,8 @@ class TaskSaves:
                 for h in self._task_headers(name=name)
                 if (h.position, h.sharded) == (writer.position, writer.sharded)
             ]
+            if self._skip_pruning(protect):
+                return
             for _, plan in self.store.prune(
                 headers,
                 self._retention,
@@ -480,6 +490,17 @@ class TaskSaves:
                         self.log("[@checkpoint] Warning: %s" % warning)
         except CheckpointException as exc:
             self.log("[@checkpoint] Warning: pruning old checkpoints failed: %s" % exc.message)
+
+    def _skip_pruning(self, protect: str) -> bool:
+        """Whether a signal was received (then logged: the commit stands, pruning waits)."""
+        received = self._interrupts.received
+        if received is None:
+            return False
+        self.log(
+            "[@checkpoint] Committed %s; pruning older checkpoints skipped after %s (the next "
+            "attempt's saves prune)." % (protect, received)
+        )
+        return True
 
 
 def _abandoned_background(interrupts: Interrupts) -> Callable[[str, bool], SaveAbandoned]:
