@@ -570,23 +570,66 @@ def test_a_participant_stopped_by_sigterm_withdraws_its_part_so_it_is_never_comm
     assert "stopped waiting for node 0 to commit it: received SIGTERM" in result["cause"]
     assert "this node withdrew its part, so it never will be" in result["cause"]
     store = CheckpointStore(storage, options())
-    with pytest.raises(CheckpointIncomplete, match="node 1 will not save it"):
+    with pytest.raises(CheckpointIncomplete, match="node\\(s\\) 1 withdrew their part"):
         _save_node0(store, tmp_path)
     assert store.headers(SCOPE.task_prefix()) == []
+    assert not storage.list(layout.PARTS_PREFIX)  # the refused save's parts and markers went
 
 
 class _PausingStorage(LocalStorage):
-    """Participant 0's store: holds it right after it has collected every part."""
+    """Participant 0's store: holds it right after it has collected every part (or, with
+    ``before_manifest``, right before its manifest write)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, before_manifest: bool = False):
         super().__init__(root)
         self.collected, self.release = threading.Event(), threading.Event()
+        self._before_manifest = before_manifest
 
     def put_bytes(self, key, data) -> None:
-        super().put_bytes(key, data)
-        if key.endswith("/" + gang.COLLECTED):
+        if self._before_manifest and key.startswith(layout.MANIFESTS_PREFIX):
             self.collected.set()
             self.release.wait(60)
+        super().put_bytes(key, data)
+        if not self._before_manifest and key.endswith("/" + gang.COLLECTED):
+            self.collected.set()
+            self.release.wait(60)
+
+
+@pytest.mark.timeout(90)
+def test_a_part_withdrawn_after_the_last_look_keeps_its_blobs_from_gc(tmp_path):
+    """Node 1 withdraws after node 0's last look, then exits (its lease ends); GC with grace 0
+    runs before node 0's manifest write. The withdrawn part stays a GC root until node 0 is
+    done, so the checkpoint node 0 commits loads whole (review: deleting the part let GC
+    delete node 1's blobs under a committed manifest)."""
+    url = str(tmp_path / "store")
+    other = write_tree(tmp_path / "other", {"o.txt": b"another checkpoint"})
+    earlier = CheckpointStore(LocalStorage(url), options())
+    earlier.save(str(other), make_scope(run="9"))  # so GC needs no force
+    earlier.close()  # that writer is gone: its lease protects nothing
+    proc = _node1(tmp_path, url)
+    storage = _PausingStorage(url, before_manifest=True)
+    _until(lambda: storage.list(layout.PARTS_PREFIX), proc)
+    time.sleep(1.5)  # node 0's lease starts after node 1's uploads (mtimes have 1 s steps)
+    outcome: dict = {}
+
+    def node0() -> None:
+        outcome["manifest"] = _save_node0(CheckpointStore(storage, options()), tmp_path)
+
+    thread = threading.Thread(target=node0)
+    thread.start()
+    try:
+        assert storage.collected.wait(60)  # past its last look, about to write the manifest
+        proc.send_signal(signal.SIGTERM)
+        result = _result(proc)
+        assert "may still be committed by node 0" in result["cause"], result
+        CheckpointStore(LocalStorage(url), options()).gc(grace_seconds=0)
+    finally:
+        storage.release.set()
+        thread.join(60)
+    manifest = outcome["manifest"]
+    store = CheckpointStore(LocalStorage(url), options())
+    store.load(store.read(manifest.key), str(tmp_path / "out"))  # every blob is there
+    assert (tmp_path / "out" / "rank-1" / "state.txt").read_bytes() == b"node 1"
 
 
 @pytest.mark.timeout(90)

@@ -14,8 +14,10 @@ is the rendezvous):
    in its key) whose files are the parts' files under ``rank-<i>/``, and removes the parts;
 3. the others wait until that manifest is listed (bounded), so ``save()`` returns on every
    participant only once the checkpoint is committed.  One that stops waiting (a signal, a
-   gone marker, the timeout) first **withdraws** its part, so participant 0 refuses to commit;
-   if ``collected`` already existed its error says the save may still be committed.
+   gone marker, the timeout) first **withdraws** its part (a :data:`WITHDRAWN` marker beside
+   it; the part itself stays a GC root until participant 0 commits or refuses), so
+   participant 0 refuses to commit; if ``collected`` already existed its error says the save
+   may still be committed.
 
 All participants derive the checkpoint id from the same inputs (task, attempt, name, the number
 of the save, the participant kind, the world size and ``TORCHELASTIC_RESTART_COUNT``), so they
@@ -76,6 +78,11 @@ Abort = Callable[[], Optional[str]]
 #: once it has every part, before it checks them once more and commits: a participant that
 #: withdraws its part and then finds it knows the checkpoint may still be committed.
 COLLECTED = "collected"
+#: Name (beside the parts, not a part) of the marker a participant that stopped waiting writes
+#: to withdraw its part.  Its part itself stays until participant 0 commits or refuses: parts
+#: are garbage collection's roots for the blobs of a save in flight, so deleting one before
+#: the manifest is written would let GC delete blobs that manifest may still reference.
+WITHDRAWN = "withdrawn-%d"
 
 
 @dataclass(frozen=True)
@@ -467,7 +474,7 @@ def commit(
         except ManifestError:
             if storage.exists(keys[rank]):
                 raise
-            _refuse_withdrawn(storage, collected, _withdrawn(name, scope, me, [rank]))
+            _refuse_withdrawn(storage, prefix, _withdrawn(name, scope, me, [rank]))
         base = rank_dir(rank)
         manifest.dirs += [base] + ["%s/%s" % (base, d) for d in part.dirs]
         manifest.files += [replace(f, path="%s/%s" % (base, f.path)) for f in part.files]
@@ -481,9 +488,9 @@ def commit(
     manifest.stats = stats.to_json()
     # Every part once more, right before the manifest: one withdrawn meanwhile is refused.
     listed = {o.key for o in storage.list(prefix)}
-    gone_parts = [r for r, k in keys.items() if k not in listed]
+    gone_parts = [r for r, k in keys.items() if k not in listed or prefix + WITHDRAWN % r in listed]
     if gone_parts:
-        _refuse_withdrawn(storage, collected, _withdrawn(name, scope, me, gone_parts))
+        _refuse_withdrawn(storage, prefix, _withdrawn(name, scope, me, gone_parts))
     storage.put_bytes(manifest.key, manifest.dumps())
     try:
         storage.delete_many([o.key for o in storage.list(prefix)])
@@ -502,19 +509,21 @@ def _withdrawn(name: str, scope: Scope, me: Participant, ranks: list[int]) -> st
     )
 
 
-def _refuse_withdrawn(storage: Storage, collected: str, message: str) -> None:
+def _refuse_withdrawn(storage: Storage, prefix: str, message: str) -> None:
+    """Participant 0 will not commit: the save's parts and markers go (no manifest will
+    reference their blobs), then the refusal is raised."""
     try:
-        storage.delete(collected)
-    except CheckpointException:  # a leftover marker only makes a later message cautious
+        storage.delete_many([o.key for o in storage.list(prefix)])
+    except CheckpointException:  # leftovers only make a later message cautious; GC ages parts
         pass
     raise CheckpointIncomplete(message)
 
 
 def withdraw(storage: Storage, scope: Scope, id: str, me: Participant, name: str, why: str) -> str:
-    """A participant > 0 that stops waiting (``why``): delete its part, so participant 0
-    refuses to commit without it, then look once more.  Returns the key of the checkpoint if
-    participant 0 committed it meanwhile (the save is then committed, whatever stopped the
-    wait); otherwise raises.
+    """A participant > 0 that stops waiting (``why``): withdraw its part (a marker beside it,
+    see :data:`WITHDRAWN`), so participant 0 refuses to commit it, then look once more.
+    Returns the key of the checkpoint if participant 0 committed it meanwhile (the save is
+    then committed, whatever stopped the wait); otherwise raises.
 
     Raises
     ------
@@ -524,7 +533,7 @@ def withdraw(storage: Storage, scope: Scope, id: str, me: Participant, name: str
     """
     prefix = parts_prefix(scope.task_prefix(), id)
     try:
-        storage.delete(part_key(scope.task_prefix(), id, me.index))  # missing is no error
+        storage.put_bytes(prefix + WITHDRAWN % me.index, b"{}")
         withdrawn = True
     except CheckpointException:
         withdrawn = False
