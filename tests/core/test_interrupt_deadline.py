@@ -365,6 +365,40 @@ def test_a_signal_during_the_wait_for_background_saves_abandons_them(tmp_path):
     assert _manifests(storage) == [first.key]
 
 
+def test_a_failure_collected_before_a_signal_during_the_wait_is_still_reported(tmp_path):
+    """The first background save failed before the wait for the second was interrupted by
+    SIGTERM: the signal's flush still reports that failure (was: the interrupted wait had
+    taken it off the pending saves, and it was lost with the wait)."""
+    parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=False)
+    real = storage.ingest_range
+    calls = []
+
+    def first_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("injected: AccessDenied")
+        return real(*args, **kwargs)
+
+    storage.ingest_range = first_fails
+    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    failing = parts.runtime.save(metadata={"epoch": 1}, blocking=False)
+    with pytest.raises(Exception, match="injected"):
+        failing.wait(30)  # it failed before the wait below starts
+    storage.hold = True
+    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    parts.runtime.save(metadata={"epoch": 2}, blocking=False)
+    assert parts.interrupts.install(parts.saves)
+    _signal_once_main_waits_in("wait_all", signal.SIGTERM, storage.held)
+    try:
+        with pytest.raises(CheckpointInterrupted):
+            parts.runtime.flush()
+    finally:
+        parts.interrupts.restore()
+        storage.gate.set()
+    failed = [m for m in logs if "background checkpoint save(s) failed" in m]
+    assert failed and "injected: AccessDenied" in failed[0], logs
+
+
 class PruneStorage(GatedStorage):
     """Signals arrive during a retention prune: in the save's listing of the series
     (``signal_on_list``), or in a delete (``hold_deletes``: each delete then waits for

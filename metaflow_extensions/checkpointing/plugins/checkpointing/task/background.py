@@ -229,10 +229,10 @@ class BackgroundSaver:
         (:meth:`abandon`) with the error ``abandoned(description, may_have_committed)`` and
         returned among the failed ones.
 
-        A handle stays pending until this has its outcome: a signal handled during the wait
-        (in this thread) flushes too, and that bounded flush must still see every save
-        not finished, to commit or abandon it (the interrupted wait never resumes)."""
-        failed = []
+        Handles stay pending until this has every outcome: a signal handled during the wait
+        (in this thread) flushes too, and that bounded flush must still see every save, the
+        unfinished ones to commit or abandon them and the finished ones to report their
+        failures (the interrupted wait never resumes, so what it collected would be lost)."""
         with self._cond:
             handles = list(self._pending)
         for h in handles:
@@ -242,14 +242,11 @@ class BackgroundSaver:
                     assert abandoned is not None
                     self.abandon(abandoned)
                     break
-            with self._cond:
-                if h not in self._pending:
-                    continue  # reported by the flush of a signal handled meanwhile
-                self._pending.remove(h)
-            error = h.exception()
-            if error is not None:
-                failed.append((h, error))
-        return failed
+        with self._cond:
+            # Those still pending are ours to report (a nested flush reported the others).
+            ours = [h for h in handles if h in self._pending]
+            self._pending = [h for h in self._pending if h not in ours]
+        return [(h, h.exception()) for h in ours if h.exception() is not None]
 
     def abandon(self, abandoned: Callable[[str, bool], SaveAbandoned]) -> None:
         """Abandon every save not committed yet (the time allowed after a signal ran out).
