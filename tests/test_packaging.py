@@ -179,6 +179,7 @@ def test_public_api_is_locked():
         "CheckpointIncomplete",
         "CheckpointIntegrityError",
         "CheckpointInterrupted",
+        "CheckpointMetadataError",
         "CheckpointNotFound",
         "CheckpointPaused",
         "CheckpointScopeError",

@@ -7,7 +7,9 @@ its message) instead of an internal traceback::
     MetaflowException
     └── CheckpointException            root; never raised itself
         ├── CheckpointConfigError      a bad decorator attribute, setting, name, metadata or
-        │                              path: raised before any I/O
+        │   │                          path: raised before any I/O
+        │   └── CheckpointMetadataError  a metadata value that cannot be stored (names its
+        │                                key path, e.g. ``metadata['opt']['lr']``)
         ├── CheckpointNotFound         a reference, key, name or pathspec naming no committed
         │                              checkpoint (or a file a checkpoint does not have)
         ├── CheckpointScopeError       a checkpoint of another namespace or flow than the caller's
@@ -23,6 +25,9 @@ its message) instead of an internal traceback::
         ├── CheckpointPaused           ``current.checkpoint.pause()``: the task ends as paused
         └── TrainingStateError         (frameworks/torch_util.py) a training state that cannot
                                        be written or restored
+
+Warnings: :class:`CheckpointMetadataWarning` (a ``UserWarning``), once per save whose metadata
+had NaN or infinite values, stored as ``null``.
 
 Every exception carries structured fields, readable as attributes (None when not given):
 
@@ -131,6 +136,19 @@ class CheckpointConfigError(CheckpointException):
     template = "Invalid checkpoint configuration[ for {path}][: {reason}]."
 
 
+class CheckpointMetadataError(CheckpointConfigError):
+    """A metadata value that cannot be stored; the message names its key path
+    (``metadata['opt']['lr']``), the reason and what to pass instead (raised before any I/O)."""
+
+    headline = "Invalid checkpoint metadata"
+    template = "Invalid checkpoint metadata[: {reason}]."
+
+
+class CheckpointMetadataWarning(UserWarning):
+    """Metadata held NaN or infinite values (Python, NumPy or torch); they are stored as
+    ``null``.  Issued once per save, naming the key paths replaced."""
+
+
 class CheckpointNotFound(CheckpointException):
     """A reference, key or pathspec that names no committed checkpoint."""
 
@@ -208,6 +226,7 @@ __all__ = [
     "CheckpointIncomplete",
     "CheckpointIntegrityError",
     "CheckpointInterrupted",
+    "CheckpointMetadataError",
     "CheckpointNotFound",
     "CheckpointPaused",
     "CheckpointScopeError",

@@ -23,13 +23,20 @@ import json
 import posixpath
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from ..errors import CheckpointConfigError, ManifestError
+from ..errors import (
+    CheckpointConfigError,
+    CheckpointMetadataError,
+    CheckpointMetadataWarning,
+    ManifestError,
+)
 from . import layout
 from .layout import BLOB_NAME_RE, is_blob_name
+from .metadata_values import plain_json
 from .position import RANK0, Position
 from .scope import Scope, validate_name
 
@@ -273,33 +280,51 @@ def is_manifest_key(key: str) -> bool:
 
 
 def validate_metadata(metadata: object) -> dict:
-    """Check user metadata: a JSON-serialisable dict of at most :data:`MAX_METADATA_BYTES`
-    UTF-8 bytes, nested at most :data:`MAX_JSON_DEPTH` deep (what :func:`loads` accepts)."""
+    """Check user metadata and return it as it will be stored (JSON round-tripped).
+
+    ``metadata`` is a dict of JSON values (str/int/float/bool/None, lists, tuples and dicts
+    with string keys) of at most :data:`MAX_METADATA_BYTES` UTF-8 bytes, nested at most
+    :data:`MAX_JSON_DEPTH` deep (what :func:`loads` accepts).  Metrics as users log them are
+    accepted anywhere in it: a value with a callable ``.item()`` and a ``shape``/``ndim``
+    saying it holds one value (a torch tensor, a NumPy array or NumPy scalar) is stored as
+    its ``.item()``.  NaN and infinite floats (Python, NumPy or torch) are stored as ``null``
+    with one :class:`~..errors.CheckpointMetadataWarning` naming their key paths.
+
+    Raises
+    ------
+    CheckpointMetadataError
+        A value that cannot be stored, naming its key path (``metadata['opt']['lr']``), the
+        reason and what to pass instead; or metadata over the size or depth limits.  A
+        subclass of ``CheckpointConfigError``; raised before anything is written.
+    """
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
-        raise CheckpointConfigError(
-            "Checkpoint metadata must be a dict, got %s." % type(metadata).__name__
+        raise CheckpointMetadataError(
+            "Checkpoint metadata must be a dict, got %s." % type(metadata).__name__,
+            reason="not a dict",
         )
-    try:
-        # ensure_ascii=False: the limit counts the bytes stored, not \\uXXXX escapes (which
-        # would count 6 bytes for an 'é' and 12 for an emoji).
-        encoded = json.dumps(metadata, sort_keys=True, allow_nan=False, ensure_ascii=False)
-        size = len(encoded.encode("utf-8"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise CheckpointConfigError(
-            "Checkpoint metadata is not JSON-serialisable (%s). Use str/int/float/bool/None, "
-            "lists and dicts with string keys." % exc
-        ) from exc
+    nonfinite: list[str] = []
+    plain = plain_json(metadata, "metadata", MAX_JSON_DEPTH, nonfinite)
+    # ensure_ascii=False: the limit counts the bytes stored, not \\uXXXX escapes (which would
+    # count 6 bytes for an 'é' and 12 for an emoji).
+    encoded = json.dumps(plain, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    size = len(encoded.encode("utf-8"))
     if size > MAX_METADATA_BYTES:
-        raise CheckpointConfigError(
+        raise CheckpointMetadataError(
             "Checkpoint metadata is %d bytes as JSON (UTF-8); the limit is %d. Store large data "
-            "as files in the checkpoint instead." % (size, MAX_METADATA_BYTES)
+            "as files in the checkpoint instead." % (size, MAX_METADATA_BYTES),
+            reason="too large",
         )
-    if json_depth(metadata) > MAX_JSON_DEPTH:
-        raise CheckpointConfigError(
-            "Checkpoint metadata is nested more than %d levels deep (dicts and lists within "
-            "each other); flatten it." % MAX_JSON_DEPTH
+    if nonfinite:
+        shown = ", ".join(nonfinite[:10]) + (
+            " and %d more" % (len(nonfinite) - 10) if len(nonfinite) > 10 else ""
+        )
+        warnings.warn(
+            "%s %s NaN or infinite: stored as null in the checkpoint metadata (JSON has no NaN)."
+            % (shown, "is" if len(nonfinite) == 1 else "are"),
+            CheckpointMetadataWarning,
+            stacklevel=3,
         )
     return json.loads(encoded)
 
