@@ -27,7 +27,7 @@ from ..core.gang import gang_id
 from ..core.manifest import Manifest, ManifestHeader, parse_key
 from ..core.policies import sort_key
 from ..core.retention import Retention
-from ..core.scope import Scope
+from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointException
 from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
@@ -149,21 +149,35 @@ class TaskSaves:
         keeps the save from committing once it is abandoned after a signal."""
 
         def save(**hooks) -> Manifest:
-            return self.store.save(
-                src,
-                self.scope,
-                name=name,
-                metadata=metadata,
-                latest=latest,
-                created_ms=created,
-                seq=seq,
-                position=self.ranks.position,
-                source=dict(self.ranks.source),
-                **hooks,
-            )
+            return self._store_save(src, metadata, name, latest, created, seq, **hooks)
 
         manifest = save() if fence is None else fence.commit(save)
         return self._committed(manifest, fence=fence)
+
+    def _store_save(
+        self,
+        src: str,
+        metadata: Optional[dict],
+        name: str,
+        latest: bool,
+        created: int,
+        seq: int,
+        **hooks,
+    ) -> Manifest:
+        """``store.save`` as this process's plain saves make it: dated ``(created, seq)``,
+        recording this process's writer position and ranks; ``hooks`` are a fence's."""
+        return self.store.save(
+            src,
+            self.scope,
+            name=name,
+            metadata=metadata,
+            latest=latest,
+            created_ms=created,
+            seq=seq,
+            position=self.ranks.position,
+            source=dict(self.ranks.source),
+            **hooks,
+        )
 
     def note_loaded(self, key: str) -> None:
         """The checkpoint loaded into :attr:`directory` at task start (a final save of the
@@ -221,14 +235,8 @@ class TaskSaves:
         def save(fence) -> Optional[CheckpointReference]:
             created, seq = self._date()
             manifest = fence.commit(
-                lambda **hooks: self.store.save(
-                    self.directory,
-                    self.scope,
-                    metadata=metadata,
-                    created_ms=created,
-                    seq=seq,
-                    position=self.ranks.position,
-                    **hooks,
+                lambda **hooks: self._store_save(
+                    self.directory, metadata, DEFAULT_NAME, True, created, seq, **hooks
                 ),
                 reuse=committed_already,
             )
