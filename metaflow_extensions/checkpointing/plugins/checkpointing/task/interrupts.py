@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 
 from ..errors import CheckpointException, CheckpointInterrupted
+from ..fmt import describe_error
 from .fence import COMMIT_GRACE, Fence, SaveAbandoned
 
 if TYPE_CHECKING:
@@ -427,7 +428,8 @@ class Interrupts:
         else:
             parts.append("pending saves were committed first")
         if failed_save is not None and not isinstance(failed_save, SaveAbandoned):
-            parts.append("the save in progress when it arrived failed: %s" % _describe(failed_save))
+            failed = describe_error(failed_save)
+            parts.append("the save in progress when it arrived failed: %s" % failed)
         assert self._target is not None
         text = "; ".join(parts).rstrip(".")  # a save's error may end with its own period
         return "Task %s received %s; %s." % (self._target.scope.pathspec, name, text)
@@ -470,7 +472,7 @@ class Interrupts:
         else:
             error = lookup.error if lookup is not None else None
             now = "the store could not be listed to name it%s" % (
-                ": %s" % _describe(error) if error is not None else " in time"
+                ": %s" % describe_error(error) if error is not None else " in time"
             )
         self._log(
             "[@checkpoint] Received %s: committing checkpoints before stopping. Saves not "
@@ -482,11 +484,6 @@ class Interrupts:
 
 def _remaining(deadline: Optional[float]) -> float:
     return 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _describe(error: BaseException) -> str:
-    message = getattr(error, "message", None) or str(error)
-    return "%s: %s" % (type(error).__name__, message) if message else type(error).__name__
 
 
 def _restore(previous: dict) -> None:

@@ -30,6 +30,7 @@ from ..core.retention import Retention
 from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointException
+from ..fmt import describe_error
 from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
 from .fence import Fence, SaveAbandoned
 from .interrupts import Interrupts
@@ -297,7 +298,7 @@ class TaskSaves:
                     # attempt's later sharded saves, which every participant may still make.
                     self._mark_gone(
                         (me.kind, me.index),
-                        "its sharded save of %r failed: %s" % (name, _describe(exc)),
+                        "its sharded save of %r failed: %s" % (name, describe_error(exc)),
                         save=gang_id(self.scope, name, number, me.kind, me.restart, me.world),
                     )
                 raise
@@ -514,8 +515,3 @@ class TaskSaves:
 def _abandoned_background(interrupts: Interrupts) -> Callable[[str, bool], SaveAbandoned]:
     """The error of a background save abandoned after a signal, from its description."""
     return lambda what, maybe: interrupts.abandoned_error("the background " + what, maybe)
-
-
-def _describe(error: BaseException) -> str:
-    message = getattr(error, "message", None) or str(error)
-    return "%s: %s" % (type(error).__name__, message) if message else type(error).__name__
