@@ -233,3 +233,18 @@ def test_a_task_still_refuses_another_store(own, tmp_path):
     for root in (str(tmp_path / "other"), str(tmp_path / "store" / "sub"), "memory://store"):
         with pytest.raises(CheckpointScopeError, match="pass namespace_check=False"):
             resolve({"key": m.key, "root": root}, TaskView(local, ME, reader=ME.namespace))
+
+
+def test_the_short_id_of_a_reference_resolves_back_to_it(store, saved):
+    """``ref.short_id`` (the id shown by repr, listings and the CLI's ID column) is the version's
+    first SHORT_ID_LENGTH hex digits, and ``name@<short_id>`` loads that version back."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
+        SHORT_ID_LENGTH,
+        reference_of,
+    )
+
+    ref = reference_of(store, saved["named"])
+    assert SHORT_ID_LENGTH == 8
+    assert ref.short_id == ref.version[:8] and len(ref.short_id) == 8
+    view = views(store)["models"]
+    assert label(resolve("EvalFlow@%s" % ref.short_id, view)) == "named"

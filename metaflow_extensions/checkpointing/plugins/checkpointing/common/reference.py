@@ -47,6 +47,10 @@ FIELDS = (
     "error",
 )
 
+#: Hex digits of a version id shown by ``repr``, listings and the CLI ``ID`` column
+#: (:attr:`CheckpointReference.short_id`), the one length every display uses (ADR 005).
+SHORT_ID_LENGTH = 8
+
 
 class CheckpointReference(dict):
     """A committed checkpoint: a mapping with attribute access.
@@ -95,6 +99,14 @@ class CheckpointReference(dict):
             self.get("attempt"),
             self.get("created_on"),
         )
+
+    @property
+    def short_id(self) -> Optional[str]:
+        """The first :data:`SHORT_ID_LENGTH` hex digits of ``version``: the id shown to people
+        (``repr``, listings); ``<name>@<short_id>`` loads a named one back.  None when the
+        reference has no version."""
+        version = self.get("version")
+        return version[:SHORT_ID_LENGTH] if version else None
 
     # ------------------------------------------------------------------ reading the store
     @property
