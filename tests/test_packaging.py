@@ -175,11 +175,13 @@ def test_public_api_is_locked():
     ]
     assert sorted(errors.__all__) == [
         "CheckpointConfigError",
+        "CheckpointDependencyError",
         "CheckpointException",
         "CheckpointIncomplete",
         "CheckpointIntegrityError",
         "CheckpointInterrupted",
         "CheckpointMetadataError",
+        "CheckpointNotEnabled",
         "CheckpointNotFound",
         "CheckpointPaused",
         "CheckpointScopeError",

@@ -8,8 +8,12 @@ its message) instead of an internal traceback::
     └── CheckpointException            root; never raised itself
         ├── CheckpointConfigError      a bad decorator attribute, setting, name, metadata or
         │   │                          path: raised before any I/O
-        │   └── CheckpointMetadataError  a metadata value that cannot be stored (names its
-        │                                key path, e.g. ``metadata['opt']['lr']``)
+        │   ├── CheckpointMetadataError  a metadata value that cannot be stored (names its
+        │   │                            key path, e.g. ``metadata['opt']['lr']``)
+        │   ├── CheckpointDependencyError  an optional package a feature needs is missing
+        │   │                            (also an ImportError); names the extra to install
+        │   └── CheckpointNotEnabled     ``current.checkpoint`` in a step without
+        │                                ``@checkpoint`` (also an AttributeError)
         ├── CheckpointNotFound         a reference, key, name or pathspec naming no committed
         │                              checkpoint (or a file a checkpoint does not have)
         ├── CheckpointScopeError       a checkpoint of another namespace or flow than the caller's
@@ -149,6 +153,49 @@ class CheckpointMetadataWarning(UserWarning):
     ``null``.  Issued once per save, naming the key paths replaced."""
 
 
+class CheckpointDependencyError(CheckpointConfigError, ImportError):
+    """An optional package a feature needs is not installed (or fails to import).
+
+    Raised when the object needing it is created or the store opened, never mid-training; the
+    message names the package and the extra to install
+    (``pip install "metaflow-checkpointing[torch]"``).  Also an ``ImportError``, so code that
+    guards an optional import with ``except ImportError`` keeps working.
+    """
+
+    headline = "Missing optional package"
+    template = "A package this needs is not installed[: {reason}]."
+
+    def __init__(self, *args: Any, **fields: Any):
+        super().__init__(*args, **fields)
+        # ImportError.__init__ (reached through MetaflowException's) resets its own ``path``
+        # slot, which is also our field: set it again.
+        self.path = fields.get("path")
+
+    @classmethod
+    def of(cls, feature: str, package: str, extra: str, cause: BaseException):
+        """The error for ``feature`` failing to import ``package``, which ``extra`` installs.
+
+        ``cause`` is the ``ImportError`` met; its text becomes :attr:`reason` (a missing module
+        or a broken install say different things).
+        """
+        reason = "%s: %s" % (type(cause).__name__, cause)
+        return cls(
+            "%s needs the package %r, which cannot be imported (%s). Install it with: "
+            'pip install "metaflow-checkpointing[%s]"' % (feature, package, reason, extra),
+            reason=reason,
+        )
+
+
+class CheckpointNotEnabled(CheckpointConfigError, AttributeError):
+    """``current.checkpoint`` used in a step that has no ``@checkpoint`` decorator.
+
+    Also an ``AttributeError``: ``hasattr(current, "checkpoint")`` stays False in such a step.
+    """
+
+    headline = "@checkpoint missing"
+    template = "current.checkpoint needs @checkpoint on the step[: {reason}]."
+
+
 class CheckpointNotFound(CheckpointException):
     """A reference, key or pathspec that names no committed checkpoint."""
 
@@ -222,11 +269,13 @@ class CheckpointPaused(CheckpointException):
 
 __all__ = [
     "CheckpointConfigError",
+    "CheckpointDependencyError",
     "CheckpointException",
     "CheckpointIncomplete",
     "CheckpointIntegrityError",
     "CheckpointInterrupted",
     "CheckpointMetadataError",
+    "CheckpointNotEnabled",
     "CheckpointNotFound",
     "CheckpointPaused",
     "CheckpointScopeError",
