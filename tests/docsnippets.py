@@ -1,0 +1,264 @@
+"""Finding the code blocks of the user docs and turning each into something that runs.
+
+Used by ``tests/test_doc_snippets.py`` (its docstring documents the contexts a block runs in).
+This module only reads markdown and writes source text; running happens in the test.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The pages whose blocks are checked: the README and the user docs (not docs/design/).
+PAGES = ["README.md"] + sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))
+
+#: The kinds a ``<!-- snippet: KIND -->`` marker may name.
+KINDS = ("flow", "step", "client", "signature", "skip")
+
+_FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
+_MARKER = re.compile(r"^\s*<!--\s*snippet:\s*(?P<kind>[\w-]+)(?P<rest>.*?)-->\s*$")
+_REASON = re.compile(r'^\s*reason="(?P<reason>[^"]+)"\s*$')
+_FLOW_CLASS = re.compile(r"^class\s+(\w+)\s*\(\s*FlowSpec\s*\)\s*:", re.M)
+
+
+@dataclass
+class Block:
+    """One fenced code block of a page."""
+
+    page: str  # path relative to the repo
+    line: int  # line of the opening fence (1-based)
+    lang: str  # "python", "bash", "" ...
+    code: str  # dedented content
+    marker: Optional[str]  # the kind named by the marker right before the fence, if any
+    marker_rest: str = ""  # what follows the kind in the marker (e.g. reason="...")
+
+    @property
+    def where(self) -> str:
+        return "%s:%d" % (self.page, self.line)
+
+    @property
+    def kind(self) -> Optional[str]:
+        """The marker's kind, else ``flow`` for a python block defining a FlowSpec, else None."""
+        if self.marker:
+            return self.marker
+        if self.lang == "python" and self.flow_name():
+            return "flow"
+        return None
+
+    @property
+    def reason(self) -> Optional[str]:
+        m = _REASON.match(self.marker_rest)
+        return m.group("reason").strip() if m else None
+
+    def flow_name(self) -> Optional[str]:
+        m = _FLOW_CLASS.search(self.code)
+        return m.group(1) if m else None
+
+    @property
+    def ident(self) -> str:
+        """An identifier naming this block (a step name in generated flows)."""
+        stem = re.sub(r"\W", "_", Path(self.page).stem.lower())
+        return "%s_l%d" % (stem, self.line)
+
+
+def page_blocks(page: str) -> list[Block]:
+    """Every fenced block of ``page`` (relative to the repo), with its marker if any."""
+    lines = (REPO / page).read_text().splitlines()
+    out: list[Block] = []
+    i = 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        start, indent, lang = i, m.group("indent"), m.group("lang")
+        j = i + 1
+        while j < len(lines) and not re.match(r"^\s*```\s*$", lines[j]):
+            j += 1
+        body = [ln[len(indent) :] if ln.startswith(indent) else ln for ln in lines[i + 1 : j]]
+        k = start - 1
+        while k >= 0 and not lines[k].strip():
+            k -= 1
+        mm = _MARKER.match(lines[k]) if k >= 0 else None
+        out.append(
+            Block(
+                page=page,
+                line=start + 1,
+                lang=lang,
+                code=textwrap.dedent("\n".join(body)) + "\n",
+                marker=mm.group("kind") if mm else None,
+                marker_rest=mm.group("rest") if mm else "",
+            )
+        )
+        i = j + 1
+    return out
+
+
+def all_blocks(pages: list[str] = PAGES) -> list[Block]:
+    return [b for page in pages for b in page_blocks(page)]
+
+
+# --- shell lines -------------------------------------------------------------------------------
+
+_CLI_LINE = re.compile(r"^(?:\$\s+)?(?:metaflow|python3?\s+\S+\.py)\s+checkpoint\s+(?P<rest>.*)$")
+
+
+@dataclass
+class ShellCommand:
+    where: str
+    text: str
+    command: str
+    options: list[str]
+
+
+def cli_lines(block: Block) -> list[ShellCommand]:
+    """The ``metaflow checkpoint CMD ...``/``python F.py checkpoint CMD ...`` lines of a block.
+
+    Usage notation is understood: ``[--dry-run]``, ``[TARGET | --flow F]``, ``REF / unpin REF``
+    (several commands on one line), ``COMMAND`` (a placeholder, not checked).  Comments after
+    ``#`` are dropped.
+    """
+    out = []
+    for n, raw in enumerate(block.code.splitlines(), start=block.line + 1):
+        line = raw.strip()
+        if line.startswith("#"):
+            continue
+        m = _CLI_LINE.match(line)
+        if not m:
+            continue
+        rest = m.group("rest")
+        try:
+            tokens = shlex.split(rest, comments=True)
+        except ValueError:
+            tokens = rest.split("#", 1)[0].split()
+        # "pin REF / unpin REF": several commands on one usage line.
+        groups: list[list[str]] = [[]]
+        for t in tokens:
+            if t == "/":
+                groups.append([])
+            else:
+                groups[-1].append(t)
+        for g in groups:
+            if not g or g[0] == "COMMAND":
+                continue
+            opts = []
+            for t in g[1:]:
+                for piece in re.split(r"[\[\]|]", t):
+                    piece = piece.strip()
+                    if piece.startswith("-") and not re.match(r"^-\d", piece):
+                        opts.append(piece.split("=", 1)[0])
+            out.append(ShellCommand("%s:%d" % (block.page, n), line, g[0], opts))
+    return out
+
+
+# --- signatures --------------------------------------------------------------------------------
+
+_SIG_LINE = re.compile(r"^(?P<recv>@?[\w.]+(?:\(\))?)\.?(?P<meth>\w*)\((?P<params>.*)\)\s*(#.*)?$")
+
+
+@dataclass
+class DocSignature:
+    where: str
+    receiver: str  # "current.checkpoint", "Checkpoint()", "@checkpoint"
+    method: str  # "" for the decorator
+    params: ast.arguments
+
+
+def signatures(block: Block) -> list[DocSignature]:
+    """The documented call signatures of a block: ``recv.method(p, *, k=default)  # -> ...``.
+
+    A statement may span lines (an open parenthesis continues it).  ``@checkpoint(a=1)``
+    lines are the decorator's keyword arguments.
+    """
+    out = []
+    lines = block.code.splitlines()
+    i = 0
+    while i < len(lines):
+        first = i
+        text = lines[i].split("  #", 1)[0].rstrip()
+        while text.count("(") > text.count(")") and i + 1 < len(lines):
+            i += 1
+            text += " " + lines[i].split("  #", 1)[0].strip()
+        i += 1
+        text = text.strip()
+        if not text or text.startswith(("#", "from ", "import ")):
+            continue
+        if text.startswith("@"):
+            name, _, params = text[1:].partition("(")
+            recv, meth = "@" + name, ""
+            params = params[:-1] if params.endswith(")") else params
+        else:
+            m = re.match(r"^(?P<recv>[\w.]+(?:\(\))?)\.(?P<meth>\w+)\((?P<params>.*)\)$", text)
+            if not m:
+                raise ValueError(
+                    "%s:%d: not a signature: %r" % (block.page, block.line + 1 + first, text)
+                )
+            recv, meth, params = m["recv"], m["meth"], m["params"]
+        if recv.startswith("@"):
+            # decorator usage: keyword arguments as they are written
+            call = ast.parse("f(%s)" % params).body[0].value  # type: ignore[attr-defined]
+            args = ast.arguments(
+                posonlyargs=[],
+                args=[],
+                vararg=None,
+                kwonlyargs=[ast.arg(k.arg) for k in call.keywords],
+                kw_defaults=[k.value for k in call.keywords],
+                kwarg=None,
+                defaults=[],
+            )
+        else:
+            args = ast.parse("def f(%s): pass" % params).body[0].args  # type: ignore[attr-defined]
+        out.append(DocSignature("%s:%d" % (block.page, block.line + 1 + first), recv, meth, args))
+    return out
+
+
+# --- generated flows ---------------------------------------------------------------------------
+
+#: What a generated flow imports for its step fragments (documented in the test's docstring).
+STEP_PRELUDE = """\
+import os
+import subprocess
+import sys
+
+import torch
+from metaflow import (
+    Checkpoint, Every, FlowSpec, TrainingState, card, checkpoint, current, environment, retry,
+    step,
+)
+"""
+
+
+def _as_step(block: Block) -> ast.FunctionDef:
+    """The block as a step method named after it: its own decorated ``def``, or its statements
+    as the body of a ``@checkpoint`` step."""
+    tree = ast.parse(block.code)
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    if len(tree.body) == 1 and defs:
+        fn = defs[0]
+    else:
+        fn = ast.parse("@checkpoint\n@step\ndef f(self):\n    pass\n").body[0]
+        fn.body = tree.body  # type: ignore[attr-defined]
+    fn.name = block.ident  # type: ignore[attr-defined]
+    return fn  # type: ignore[return-value]
+
+
+def step_flow(blocks: list[Block], name: str = "DocStepsFlow") -> str:
+    """Source of one flow running each block as a step: start -> block 1 -> ... -> end."""
+    steps = [_as_step(b) for b in blocks]
+    names = [s.name for s in steps] + ["end"]
+    for fn, nxt in zip(steps, names[1:]):
+        fn.body.append(ast.parse("self.next(self.%s)" % nxt).body[0])
+    body = ["class %s(FlowSpec):" % name]
+    body.append("    @step\n    def start(self):\n        self.next(self.%s)\n" % names[0])
+    for fn in steps:
+        body.append(textwrap.indent(ast.unparse(fn), "    ") + "\n")
+    body.append("    @step\n    def end(self):\n        pass\n")
+    main = '\nif __name__ == "__main__":\n    %s()\n' % name
+    return STEP_PRELUDE + "\n\n" + "\n".join(body) + main

@@ -1,0 +1,393 @@
+"""Every code block of the README and the user docs (``docs/*.md``, not ``docs/design/``) runs
+as written, or says why it cannot; a failure names the page and line of the block.
+
+How a ```` ```python ```` block runs is decided by the block itself or by an HTML comment on the
+line right before its fence (invisible on the rendered page)::
+
+    <!-- snippet: step -->
+
+- **flow** (no marker needed: the block defines a ``FlowSpec``): written to a file and run with
+  ``metaflow.Runner`` on the local datastore, in its own temp dir and Metaflow home.  A flow that
+  reads another flow's run (``Flow(...)`` in its code) runs where the fixture flow ran.
+- **step**: the block is a step: its own decorated ``def`` (any name), or statements that become
+  the body of a ``@checkpoint`` step.  All step blocks of all pages are steps of ONE generated
+  flow (``start -> block -> block -> ... -> end``, ``self.next`` appended), run where the
+  fixture flow ran; the failing step names its block.  The flow file imports ``os``,
+  ``subprocess``, ``sys``, ``torch`` and, from ``metaflow``, ``Checkpoint``, ``Every``,
+  ``FlowSpec``, ``TrainingState``, ``card``, ``checkpoint``, ``current``, ``environment``,
+  ``retry``, ``step``: a block uses nothing else it does not define or import itself.
+- **client**: run in a notebook-like process after the fixture flow, each block in a fresh
+  working directory holding ``resnet50.pt`` and ``model.pt`` (torch-saved tensors), with
+  ``Checkpoint``, ``Flow``, ``os``, ``torch``, ``run`` (the fixture's run) and ``ref`` (its newest
+  checkpoint) bound.  All client blocks run in one process, each in its own try.
+- **signature**: a documented signature (``Checkpoint().list(target=None, *, name=None)`` or
+  ``@checkpoint(load_policy="eager")``): every parameter it names exists in the real one, of
+  the same kind (positional / keyword-only), with the same default.
+- **skip** ``reason="..."``: only for what cannot run here (a cluster, a cloud account, several
+  nodes); the reason is required and ``SKIPS`` below counts the skips of each page, so a new
+  skip is a visible change to this file.
+
+The fixture flow (:data:`FIXTURE_FLOW`, once per test session and worker) is ``TrainFlow``
+whose step ``train`` saves ``state.pt`` three times with metadata ``epoch``, ``loss`` and
+``val_loss`` and keeps the last reference in ``self.final_checkpoint``; then the named checkpoint
+``resnet50`` is uploaded.  Shell blocks: every ``metaflow checkpoint CMD ...`` and
+``python F.py checkpoint CMD ...`` line names a real command and real options of the click group.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import re
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import flow_environment
+from docsnippets import KINDS, all_blocks, cli_lines, signatures, step_flow
+from integration.flowrun import run_flow, run_subprocess
+
+#: Skipped blocks per page. A new skip changes this (and needs its reason in the marker).
+SKIPS = {
+    "docs/distributed.md": 0,
+}
+
+#: The pages covered so far (all of them by the end of issue 15).
+COVERED = [
+    "docs/index.md",
+    "docs/card.md",
+    "docs/faq.md",
+]
+
+FIXTURE_FLOW = """\
+import os
+
+import torch
+from metaflow import FlowSpec, checkpoint, current, step
+
+
+class TrainFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.train)
+
+    @checkpoint
+    @step
+    def train(self):
+        model = torch.nn.Linear(2, 1)
+        for epoch in range(3):
+            torch.save(model.state_dict(), os.path.join(current.checkpoint.directory, "state.pt"))
+            loss = 1.0 / (epoch + 1)
+            self.final_checkpoint = current.checkpoint.save(
+                metadata={"epoch": epoch, "loss": loss, "val_loss": loss + 0.1}
+            )
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    TrainFlow()
+"""
+
+#: Runs every client block (a JSON list on stdin) in its own dir and try; prints the outcomes.
+CLIENT_RUNNER = r"""
+import json, os, shutil, sys, traceback
+import torch
+from metaflow import Checkpoint, Flow, namespace
+
+blocks = json.load(sys.stdin)
+base = os.getcwd()
+results = {}
+for i, (where, code) in enumerate(blocks):
+    d = os.path.join(base, "client-%d" % i)
+    os.makedirs(d)
+    torch.save(torch.zeros(2), os.path.join(d, "resnet50.pt"))
+    torch.save(torch.zeros(2), os.path.join(d, "model.pt"))
+    os.chdir(d)
+    run = Flow("TrainFlow").latest_run
+    env = {"__name__": "__snippet__", "Checkpoint": Checkpoint, "Flow": Flow, "os": os,
+           "torch": torch, "run": run, "ref": Checkpoint().list(run, limit=1)[0]}
+    try:
+        exec(compile(code, where, "exec"), env)
+        results[where] = None
+    except BaseException:
+        results[where] = traceback.format_exc()
+    os.chdir(base)
+print("RESULTS:" + json.dumps(results))
+"""
+
+
+def _blocks(kind: str, pages: list[str] = COVERED):
+    return [b for b in all_blocks(pages) if b.lang == "python" and b.kind == kind]
+
+
+def _dedup(blocks):
+    """One block per distinct code (the README and index.md share the quick-start flow)."""
+    seen: dict[str, object] = {}
+    for b in blocks:
+        seen.setdefault(b.code, b)
+    return list(seen.values())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _global_client_namespace():
+    """Runner's ``Run`` objects are read in this process, whose user name tests don't set."""
+    from metaflow import namespace
+
+    namespace(None)
+    yield
+
+
+def _read_flows() -> set[str]:
+    """Names of the flows the client blocks read (``Flow("CounterFlow")``)."""
+    return {m for b in _blocks("client") for m in re.findall(r'Flow\("(\w+)"\)', b.code)}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The datastore of the fixture ``TrainFlow``, ``resnet50`` and the doc flows client blocks
+    read: ``(env, cwd, {code: FlowResult})`` (the doc flows' results, not asserted here)."""
+    tmp = tmp_path_factory.mktemp("docs-fixture")
+    (tmp / "home").mkdir()
+    env = flow_environment(tmp)
+    (tmp / "train_flow.py").write_text(FIXTURE_FLOW)
+    run_flow(tmp / "train_flow.py", env, tmp)
+    upload = run_subprocess(
+        [
+            "-c",
+            "import torch; from metaflow import Checkpoint; torch.save(torch.zeros(2), 'r.pt');"
+            "Checkpoint().save('r.pt', name='resnet50')",
+        ],
+        env,
+        tmp,
+    )
+    assert upload.returncode == 0, upload.stderr
+    read = _read_flows() - {"TrainFlow"}
+    ran = {}
+    for b in _dedup(_blocks("flow")):
+        if b.flow_name() in read:
+            path = tmp / ("doc_%s.py" % b.ident)
+            path.write_text(b.code)
+            ran[b.code] = run_flow(path, env, tmp, expect=None)
+    return env, tmp, ran
+
+
+# --- fast checks (no flow runs) ----------------------------------------------------------------
+
+
+def test_every_python_block_of_the_covered_pages_says_how_it_runs():
+    """A python block is a flow or carries a known marker; a skip names its reason."""
+    problems = []
+    skips: Counter = Counter()
+    for b in all_blocks(COVERED):
+        if b.marker is not None and b.marker not in KINDS:
+            problems.append("%s: unknown snippet kind %r (one of %s)" % (b.where, b.marker, KINDS))
+        if b.lang != "python":
+            continue
+        if b.kind is None:
+            problems.append(
+                "%s: a python fragment without a marker: add <!-- snippet: step|client|"
+                'signature|skip reason="..." --> on the line before its fence, or make it a '
+                "complete flow" % b.where
+            )
+        if b.kind == "skip":
+            skips[b.page] += 1
+            if not b.reason:
+                problems.append('%s: a skip needs reason="..."' % b.where)
+    assert not problems, "\n".join(problems)
+    expected = {p: n for p, n in SKIPS.items() if p in COVERED and n}
+    assert dict(skips) == expected, "skipped blocks per page changed: update SKIPS"
+
+
+def _cli_group():
+    from metaflow_extensions.checkpointing.plugins.checkpointing.cli import cli
+
+    return cli.commands["checkpoint"]
+
+
+def test_shell_lines_name_real_commands_and_options():
+    """Every `metaflow checkpoint CMD --opt` in the docs is a command and options that exist."""
+    group = _cli_group()
+    problems, seen = [], 0
+    for b in all_blocks(COVERED):
+        for c in cli_lines(b):
+            seen += 1
+            cmd = group.commands.get(c.command)
+            if cmd is None:
+                problems.append(
+                    "%s: no command %r (commands: %s): %s"
+                    % (c.where, c.command, ", ".join(sorted(group.commands)), c.text)
+                )
+                continue
+            known = {o for p in cmd.params for o in p.opts + p.secondary_opts} | {"--help"}
+            for opt in c.options:
+                if opt not in known:
+                    problems.append(
+                        "%s: `checkpoint %s` has no option %s (options: %s): %s"
+                        % (c.where, c.command, opt, ", ".join(sorted(known)), c.text)
+                    )
+    assert not problems, "\n".join(problems)
+    assert seen > 0
+
+
+def _real_callable(receiver: str, method: str):
+    from metaflow import Checkpoint
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.decorator import (
+        CheckpointDecorator,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (
+        CheckpointRuntime,
+    )
+
+    if receiver == "@checkpoint":
+        return CheckpointDecorator
+    owner = {"current.checkpoint": CheckpointRuntime, "Checkpoint()": Checkpoint}[receiver]
+    return getattr(owner, method)
+
+
+def _signature_problems(sig) -> list[str]:
+    real = _real_callable(sig.receiver, sig.method)
+    label = "%s.%s" % (sig.receiver, sig.method) if sig.method else sig.receiver
+    if sig.receiver == "@checkpoint":
+        names = set(real.defaults)
+        return [
+            "%s: @checkpoint has no attribute %r (it has: %s)" % (sig.where, a.arg, sorted(names))
+            for a in sig.params.kwonlyargs
+            if a.arg not in names
+        ]
+    params = dict(inspect.signature(real).parameters)
+    params.pop("self", None)
+    out = []
+    a = sig.params
+    positional = a.posonlyargs + a.args
+    pos_defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    real_positional = [
+        n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    documented = [(arg, d, True) for arg, d in zip(positional, pos_defaults)] + [
+        (arg, d, False) for arg, d in zip(a.kwonlyargs, a.kw_defaults)
+    ]
+    for i, (arg, default, is_pos) in enumerate(documented):
+        p = params.get(arg.arg)
+        if p is None:
+            out.append(
+                "%s: %s has no parameter %r (real: %s)"
+                % (sig.where, label, arg.arg, inspect.signature(real))
+            )
+            continue
+        if is_pos and (i >= len(real_positional) or real_positional[i] != arg.arg):
+            out.append(
+                "%s: %s: %r is not positional parameter #%d (real: %s)"
+                % (sig.where, label, arg.arg, i + 1, inspect.signature(real))
+            )
+        if not is_pos and p.kind == p.POSITIONAL_ONLY:
+            out.append("%s: %s: %r is positional-only" % (sig.where, label, arg.arg))
+        if default is not None:
+            doc_default = ast.literal_eval(default)
+            if p.default is p.empty or p.default != doc_default:
+                out.append(
+                    "%s: %s: %s defaults to %r, the docs say %r"
+                    % (
+                        sig.where,
+                        label,
+                        arg.arg,
+                        None if p.default is p.empty else p.default,
+                        doc_default,
+                    )
+                )
+    return out
+
+
+def test_documented_signatures_match_the_code():
+    """Parameter names, kinds and defaults in the docs are those of the real methods."""
+    problems, seen = [], 0
+    for b in _blocks("signature"):
+        for sig in signatures(b):
+            seen += 1
+            problems += _signature_problems(sig)
+    assert not problems, "\n".join(problems)
+
+
+# --- blocks that run ---------------------------------------------------------------------------
+
+
+def _flow_params():
+    return [pytest.param(b, id=b.where) for b in _dedup(_blocks("flow"))]
+
+
+@pytest.mark.parametrize("block", _flow_params())
+def test_flow_block_runs(block, flow_env, request):
+    """A block defining a flow runs to success as written."""
+    if block.flow_name() in _read_flows() - {"TrainFlow"}:
+        result = request.getfixturevalue("trained")[2][block.code]  # ran there for the client
+    else:
+        env, cwd = request.getfixturevalue("trained")[:2] if "Flow(" in block.code else flow_env
+        path = Path(cwd) / ("doc_%s.py" % block.ident)
+        path.write_text(block.code)
+        result = run_flow(path, env, cwd, expect=None)
+    assert result.status == "successful", "%s: the flow did not run:\n%s" % (
+        block.where,
+        result.describe(),
+    )
+
+
+def test_step_blocks_run_as_steps_of_one_flow(trained):
+    """Every step fragment runs as a step; a failure names the block of the failing step."""
+    blocks = _dedup(_blocks("step"))
+    if not blocks:
+        pytest.skip("no step blocks on the covered pages")
+    env, cwd, _ = trained
+    path = Path(cwd) / "doc_steps.py"
+    path.write_text(step_flow(blocks))
+    result = run_flow(path, env, cwd, expect=None)
+    if result.status != "successful":
+        by_step = {b.ident: b for b in blocks}
+        ran = [line.step for line in _task_lines(result) if line.step in by_step]
+        where = by_step[ran[-1]].where if ran else "(no block step started)"
+        pytest.fail("%s: the step block failed:\n%s" % (where, result.describe()))
+
+
+def _task_lines(result):
+    from integration.flowrun import _TASK_LINE, TaskLine
+
+    out = []
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
+        m = _TASK_LINE.search(line)
+        if m:
+            out.append(TaskLine(m["run"], m["step"], m["task"], int(m["pid"]), m["msg"]))
+    return out
+
+
+def test_client_blocks_run_after_a_flow(trained):
+    """Every client block runs against the fixture's run; a failure names its block."""
+    import subprocess
+
+    from integration.flowrun import subprocess_env
+
+    blocks = _dedup(_blocks("client"))
+    if not blocks:
+        pytest.skip("no client blocks on the covered pages")
+    env, cwd, _ = trained
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT_RUNNER],
+        input=json.dumps([[b.where, b.code] for b in blocks]),
+        env=subprocess_env(env),
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULTS:")]
+    assert line, out.stdout[-3000:] + out.stderr[-3000:]
+    failed = {w: tb for w, tb in json.loads(line[-1][len("RESULTS:") :]).items() if tb}
+    assert not failed, "\n".join(
+        "%s: the client block failed:\n%s" % (w, textwrap.indent(tb, "    "))
+        for w, tb in failed.items()
+    )
