@@ -30,12 +30,13 @@ def _python(code: str, env: dict | None = None, cwd: str | None = None) -> str:
 
 
 def test_import_metaflow_stays_light(tmp_path):
-    """`import metaflow` loads the decorator but never torch, boto3, botocore or safetensors."""
+    """`import metaflow` loads the decorator but never torch, boto3, botocore, safetensors or
+    Lightning (CheckpointCallback imports it only when a callback is created)."""
     code = (
         "import sys, metaflow\n"
-        "from metaflow import checkpoint, Checkpoint\n"
+        "from metaflow import checkpoint, Checkpoint, CheckpointCallback, TrainingState\n"
         "heavy = [m for m in ('torch', 'boto3', 'botocore', 's3transfer', 'safetensors', "
-        "'numpy', 'fsspec') if m in sys.modules]\n"
+        "'numpy', 'fsspec', 'lightning', 'pytorch_lightning') if m in sys.modules]\n"
         "print(','.join(heavy) or 'none')\n"
     )
     assert _python(code, cwd=str(tmp_path)).strip() == "none"
@@ -118,9 +119,32 @@ def test_public_api_is_locked():
     )
     from metaflow_extensions.checkpointing.toplevel import checkpointing_toplevel as top
 
-    assert top.__all__ == ["Checkpoint", "CheckpointReference", "TrainingState", "Every"]
+    assert top.__all__ == [
+        "Checkpoint",
+        "CheckpointReference",
+        "TrainingState",
+        "Every",
+        "CheckpointCallback",
+        "CheckpointException",
+        "CheckpointConfigError",
+        "CheckpointMetadataError",
+        "CheckpointDependencyError",
+        "CheckpointNotEnabled",
+        "CheckpointNotFound",
+        "CheckpointScopeError",
+        "CheckpointIncomplete",
+        "CheckpointIntegrityError",
+        "ManifestError",
+        "StorageError",
+        "CheckpointInterrupted",
+        "CheckpointPaused",
+        "TrainingStateError",
+        "CheckpointMetadataWarning",
+    ]
     for name in top.__all__:
         assert getattr(metaflow, name) is getattr(top, name)
+    # Every error a user can meet is importable from metaflow (StorageNotFound is internal).
+    assert set(errors.__all__) - set(top.__all__) == {"StorageNotFound"}
     assert CheckpointDecorator.name == "checkpoint"
     assert CheckpointDecorator.defaults == {
         "load_policy": "fresh",

@@ -2,15 +2,57 @@
 
 This is the one place public top-level names are declared; ``tests/test_packaging.py`` locks
 the list.  Loaded on every ``import metaflow``: keep it light (``frameworks.pytorch`` imports
-torch only inside its methods).
+torch only inside its methods, ``frameworks.lightning`` imports Lightning only when a
+``CheckpointCallback`` is created).  The exception classes are here so a step or notebook
+catches them as ``from metaflow import CheckpointNotFound`` (``StorageNotFound`` is internal:
+callers only ever see it translated).
 """
 
 from ..plugins.checkpointing.client import Checkpoint
 from ..plugins.checkpointing.common.reference import CheckpointReference
-from ..plugins.checkpointing.frameworks.pytorch import TrainingState
+from ..plugins.checkpointing.errors import (
+    CheckpointConfigError,
+    CheckpointDependencyError,
+    CheckpointException,
+    CheckpointIncomplete,
+    CheckpointIntegrityError,
+    CheckpointInterrupted,
+    CheckpointMetadataError,
+    CheckpointMetadataWarning,
+    CheckpointNotEnabled,
+    CheckpointNotFound,
+    CheckpointPaused,
+    CheckpointScopeError,
+    ManifestError,
+    StorageError,
+)
+from ..plugins.checkpointing.frameworks.lightning import CheckpointCallback
+from ..plugins.checkpointing.frameworks.pytorch import TrainingState, TrainingStateError
 from ..plugins.checkpointing.frameworks.schedule import Every
 
 __mf_extensions__ = "checkpointing"
 __version__ = "0.1.0"
 
-__all__ = ["Checkpoint", "CheckpointReference", "TrainingState", "Every"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointReference",
+    "TrainingState",
+    "Every",
+    "CheckpointCallback",
+    # errors (and the one warning), as in errors.py's tree
+    "CheckpointException",
+    "CheckpointConfigError",
+    "CheckpointMetadataError",
+    "CheckpointDependencyError",
+    "CheckpointNotEnabled",
+    "CheckpointNotFound",
+    "CheckpointScopeError",
+    "CheckpointIncomplete",
+    "CheckpointIntegrityError",
+    "ManifestError",
+    "StorageError",
+    "CheckpointInterrupted",
+    "CheckpointPaused",
+    "TrainingStateError",
+    "CheckpointMetadataWarning",
+]

@@ -172,17 +172,18 @@ class CheckpointDependencyError(CheckpointConfigError, ImportError):
         self.path = fields.get("path")
 
     @classmethod
-    def of(cls, feature: str, package: str, extra: str, cause: BaseException):
+    def of(cls, feature: str, package: str, extra: str, cause: BaseException, **fields: Any):
         """The error for ``feature`` failing to import ``package``, which ``extra`` installs.
 
         ``cause`` is the ``ImportError`` met; its text becomes :attr:`reason` (a missing module
-        or a broken install say different things).
+        or a broken install say different things).  ``fields``: ``url`` etc., as for any error.
         """
         reason = "%s: %s" % (type(cause).__name__, cause)
         return cls(
             "%s needs the package %r, which cannot be imported (%s). Install it with: "
             'pip install "metaflow-checkpointing[%s]"' % (feature, package, reason, extra),
             reason=reason,
+            **fields,
         )
 
 

@@ -1,13 +1,15 @@
 """A PyTorch Lightning callback that checkpoints through ``current.checkpoint``.
 
-Import it explicitly (it imports Lightning, so ``import metaflow`` never does)::
-
-    from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.lightning import (
-        CheckpointCallback,
-    )
+``from metaflow import CheckpointCallback`` (this module never imports Lightning itself, so
+``import metaflow`` stays light).  Lightning is imported when a callback is created: without
+it, ``CheckpointCallback(...)`` raises ``CheckpointDependencyError`` naming the extra to install
+(``pip install "metaflow-checkpointing[lightning]"``), before any training starts.
 
 It works with ``lightning`` (``lightning.pytorch``) or ``pytorch_lightning``, whichever is
-installed (``lightning.pytorch`` first): pass it to the Trainer of the same package.
+installed (``lightning.pytorch`` first): pass it to the Trainer of the same package.  How: the
+class users see holds all the logic; creating one makes an instance of a subclass that also
+derives from that package's ``Callback`` (built once per class, user subclasses included), so
+``isinstance(cb, CheckpointCallback)`` and ``isinstance(cb, pl.Callback)`` both hold.
 """
 
 from __future__ import annotations
@@ -16,27 +18,64 @@ import math
 import os
 from typing import Any, Optional
 
-try:
-    import lightning.pytorch as pl
-except ImportError:  # the standalone package
-    try:
-        import pytorch_lightning as pl
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "CheckpointCallback needs PyTorch Lightning: "
-            "pip install 'metaflow-checkpointing[lightning]'."
-        ) from exc
-
 from ..core.scope import DEFAULT_NAME, validate_name
-from ..errors import CheckpointConfigError
-from .torch_util import capture_rng, restore_rng
+from ..errors import CheckpointConfigError, CheckpointDependencyError
+from .torch_util import capture_rng, import_torch, restore_rng
 
 __all__ = ["CheckpointCallback"]
 
 _MODES = ("min", "max")
+#: Public class -> its subclass that also derives from Lightning's ``Callback``.
+_WITH_LIGHTNING: dict[type, type] = {}
 
 
-class CheckpointCallback(pl.Callback):
+def lightning_package() -> Any:
+    """``lightning.pytorch`` or ``pytorch_lightning``, or a :class:`CheckpointDependencyError`
+    naming the ``lightning`` extra."""
+    import_torch("CheckpointCallback")
+    try:
+        import lightning.pytorch as pl
+    except ImportError:  # the standalone package
+        try:
+            import pytorch_lightning as pl
+        except ImportError as exc:
+            raise CheckpointDependencyError.of(
+                "CheckpointCallback", "pytorch_lightning", "lightning", exc
+            ) from exc
+    return pl
+
+
+def __getattr__(name: str) -> Any:
+    # ``lightning.pl``: the Lightning package the callbacks derive from, imported on first use.
+    if name == "pl":
+        return lightning_package()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def _with_lightning(cls: type) -> type:
+    """``cls`` itself if it already derives from Lightning's Callback, else its subclass that
+    does (same name, so Lightning's state key and messages read ``CheckpointCallback``)."""
+    pl = lightning_package()
+    if issubclass(cls, pl.Callback):
+        return cls
+    if cls not in _WITH_LIGHTNING:
+        _WITH_LIGHTNING[cls] = type(
+            cls.__name__,
+            (cls, pl.Callback),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "_public": cls},
+        )
+    return _WITH_LIGHTNING[cls]
+
+
+def _rebuild(public: type, state: dict) -> Any:
+    """Unpickle a callback (module-level so pickle finds it): its class is rebuilt, not looked
+    up, since the Lightning subclass is made at run time."""
+    obj = object.__new__(_with_lightning(public))
+    obj.__dict__.update(state)
+    return obj
+
+
+class CheckpointCallback:
     """Save Lightning's full training state as checkpoints: the last one (resumed by
     ``@retry`` and ``resume``) and the best one by a monitored metric.
 
@@ -72,7 +111,21 @@ class CheckpointCallback(pl.Callback):
     >>> cb = CheckpointCallback(monitor="val_loss")
     >>> trainer = Trainer(max_epochs=10, callbacks=[cb], enable_checkpointing=False)
     >>> trainer.fit(model, data, ckpt_path=cb.ckpt_path, weights_only=True)  # None at first
+
+    Raises
+    ------
+    CheckpointDependencyError
+        If neither ``lightning`` nor ``pytorch_lightning`` (or torch) can be imported.
+    CheckpointConfigError
+        If an argument is invalid.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Lightning is imported here, when a callback is made, never by ``import metaflow``.
+        return object.__new__(_with_lightning(cls))
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (getattr(type(self), "_public", type(self)), dict(self.__dict__)))
 
     def __init__(
         self,

@@ -17,8 +17,8 @@ Loading never unpickles arbitrary objects: ``.pt`` files are read with
 ``torch.load(weights_only=True)`` and ``write()`` reads each one back the same way, so a state
 that could not be restored fails at save time, not on the retry that needs it.
 
-torch, safetensors and numpy are imported inside functions only: this module is imported by
-``import metaflow`` (through the top-level names) and must stay light.
+torch, safetensors and numpy are imported inside functions only (``import metaflow`` imports
+this module); a missing torch or safetensors fails ``TrainingState(...)`` naming the extra.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .torch_util import (
     import_torch,
     is_module,
     replace_atomically,
+    require_torch_stack,
     restore_rng,
     safe_load,
     unwrap,
@@ -58,7 +59,8 @@ __all__ = ["Every", "TrainingState", "TrainingStateError"]
 
 # ------------------------------------------------------------------------------------- state
 class TrainingState:
-    """The state of a training loop, saved and restored as one checkpoint.
+    """The state of a training loop, saved and restored as one checkpoint.  Creating one without
+    torch or safetensors raises ``CheckpointDependencyError`` (not at the first save).
 
     Holds references to the live objects; ``write``/``save`` read their current state and
     ``read``/``restore`` load a saved state back into them in place.
@@ -120,6 +122,7 @@ class TrainingState:
         weights_only: bool = True,
         **objects: Any,
     ):
+        require_torch_stack("TrainingState")
         named = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
         named.update(objects)
         self._objects: dict[str, Any] = {}
@@ -254,8 +257,8 @@ class TrainingState:
 
     @staticmethod
     def _check_loadable(path: str, name: str, obj: Any) -> None:
-        """Read a just-written ``.pt`` back as ``read()`` will (memory-mapped: no tensor data is
-        copied), so an unrestorable state fails now rather than on the retry."""
+        """Read a just-written ``.pt`` back as ``read()`` will (memory-mapped), so an
+        unrestorable state fails now rather than on the retry."""
         torch = import_torch()
         try:
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from typing import Any, Callable
 
-from ..errors import CheckpointException
+from ..errors import CheckpointDependencyError, CheckpointException
 
 
 class TrainingStateError(CheckpointException):
@@ -23,14 +23,24 @@ class TrainingStateError(CheckpointException):
 
 
 # ------------------------------------------------------------------------------------- helpers
-def import_torch():
+def import_torch(feature: str = "TrainingState") -> Any:
+    """torch, or a :class:`CheckpointDependencyError` naming ``feature`` and the extra."""
     try:
         import torch
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise TrainingStateError(
-            "TrainingState needs PyTorch: pip install 'metaflow-checkpointing[torch]'."
-        ) from exc
+    except ImportError as exc:
+        raise CheckpointDependencyError.of(feature, "torch", "torch", exc) from exc
     return torch
+
+
+def require_torch_stack(feature: str) -> None:
+    """Import torch and safetensors now, so a missing (or broken) one fails where ``feature`` is
+    created, naming the extra to install, and never at the first save mid-training.  NumPy
+    stays optional: without it, its RNG state is simply not captured."""
+    import_torch(feature)
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError as exc:
+        raise CheckpointDependencyError.of(feature, "safetensors", "torch", exc) from exc
 
 
 def is_module(obj: Any) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Optional
 
-from ..errors import CheckpointConfigError
+from ..errors import CheckpointConfigError, CheckpointDependencyError
 from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, RetryPolicy, Storage
 from .local import _TMP_PREFIX, _may_hold
 
@@ -75,11 +75,11 @@ def open_fs(url: str, storage_options: Optional[dict] = None) -> tuple[Any, str]
         package = impl.get("class", scheme).split(".", 1)[0]
         hint = impl.get("err") or str(exc)
         if package == "fsspec":  # built into fsspec, but needs other packages (named in hint)
-            raise CheckpointConfigError(
+            raise CheckpointDependencyError(
                 "Checkpoint root %r needs optional packages for %s:// URLs: %s"
                 % (url, scheme, hint)
             ) from exc
-        raise CheckpointConfigError(
+        raise CheckpointDependencyError(
             "Checkpoint root %r needs the package %r for %s:// URLs: pip install %s (%s)"
             % (url, package, scheme, package, hint)
         ) from exc

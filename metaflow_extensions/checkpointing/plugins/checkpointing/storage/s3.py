@@ -8,19 +8,19 @@ store a flow, the client or the CLI opens honours them.  Without a config, plain
 apply.  :mod:`.s3_config` holds what a store is handed, :mod:`.s3_errors` how its errors are
 told apart.
 
-boto3 is imported only when the first client is created: this module can be imported while
-``import metaflow`` runs, which must stay free of boto3.
+boto3 is imported only when a store is created (a missing one fails there, naming the ``s3``
+extra): this module can be imported while ``import metaflow`` runs, which must stay free of
+boto3.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import threading
 from collections.abc import Iterator
 from typing import Any, Optional
 
-from ..errors import CheckpointConfigError, StorageError
+from ..errors import CheckpointDependencyError, StorageError
 from .base import (
     LIST_HINT,
     TRANSIENT,
@@ -111,10 +111,12 @@ class S3Storage(Storage):
             "s3://%s/%s" % (self.bucket, self.prefix) if self.prefix else "s3://" + self.bucket,
             retry=retry,
         )
-        if importlib.util.find_spec("boto3") is None:  # checks without importing
-            raise CheckpointConfigError(
-                "Checkpoint root %s is on S3, which needs boto3: pip install boto3" % self.url
-            )
+        try:  # now, so a missing or broken boto3 fails when the store opens, not at a save
+            import boto3  # noqa: F401
+        except ImportError as exc:
+            raise CheckpointDependencyError.of(
+                "Checkpoint root %s (S3)" % self.url, "boto3", "s3", exc, url=self.url
+            ) from exc
         self.workers = int(workers or default_workers())
         self.timeout = float(timeout or 60.0)
         self.role_arn = role_arn
