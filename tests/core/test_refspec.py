@@ -32,6 +32,12 @@ from .helpers import make_scope
 
 KEY = manifest_key(make_scope(), 1_700_000_000_000, 1, True, "0123456789abcdef", "mfchckpt")
 TASK = Target("TrainFlow", "100", "train", "7")
+ID16 = "0123456789abcdef"
+
+
+def match(**fields) -> Alias:
+    return Alias(where=tuple(fields.items()))
+
 
 SPELLINGS = [
     # (spelling, expected spec)
@@ -82,6 +88,37 @@ SPELLINGS = [
         RefSpec("alias", target=Target("TrainFlow", "100", "train"), alias=Alias()),
     ),
     ("TrainFlow/100/train/7@best:x:max", RefSpec("alias", target=TASK, alias=Alias("x", "max"))),
+    # TASK@<id prefix> (issue 15 item 4): 4 to 64 hex digits, any case, read lower-case.
+    ("TrainFlow/100/train/7@1a2b3c4d", RefSpec("task", target=TASK, version="1a2b3c4d")),
+    ("TrainFlow/100/train/7@1A2B", RefSpec("task", target=TASK, version="1a2b")),
+    ("TrainFlow/100/train/7@0123456789abcdef", RefSpec("task", target=TASK, version=ID16)),
+    ("resnet50@DEADBEEF", RefSpec("named", name="resnet50", version="deadbeef")),
+    # TASK@field=value: a metadata match (JSON values, else text; ',' joins fields).
+    ("TrainFlow/100/train/7@epoch=3", RefSpec("alias", target=TASK, alias=match(epoch=3))),
+    (
+        "TrainFlow/100/train/7@epoch=3,phase=finetune,lr=0.001,ok=true,tag=null",
+        RefSpec(
+            "alias",
+            target=TASK,
+            alias=match(epoch=3, phase="finetune", lr=0.001, ok=True, tag=None),
+        ),
+    ),
+    ('TrainFlow/100/train/7@epoch="3"', RefSpec("alias", target=TASK, alias=match(epoch="3"))),
+    (
+        'TrainFlow/@dims=[1,2],note="a,b=c",at=x@y',
+        RefSpec(
+            "alias",
+            target=Target("TrainFlow"),
+            alias=match(dims=[1, 2], note="a,b=c", at="x@y"),
+        ),
+    ),
+    (
+        "TrainFlow/100@loss=NaN",
+        RefSpec("alias", target=Target("TrainFlow", "100"), alias=match(loss="NaN")),
+    ),
+    ("resnet50@stage=prod", RefSpec("alias", name="resnet50", alias=match(stage="prod"))),
+    ("epoch=3", RefSpec("alias", alias=match(epoch=3))),
+    ("last=1", RefSpec("alias", alias=match(last=1))),
 ]
 
 
@@ -108,10 +145,22 @@ MALFORMED = [
     ("not a/reference", "is not a checkpoint reference"),
     ("bad name", "Checkpoint name 'bad name' is invalid"),
     ("@last", "nothing before '@'"),
-    ("resnet50@", "'' is not a version"),
-    ("resnet50@v-1", "'v-1' is not a version"),
-    ("resnet50@1@2", "is not a checkpoint reference"),
-    ("TrainFlow/100@1f0c", "after a pathspec, '@' takes an alias"),
+    ("resnet50@", "unknown alias ''"),
+    ("resnet50@v-1", "unknown alias 'v-1'"),
+    ("resnet50@1@2", "unknown alias '1@2'"),
+    ("TrainFlow/100@1f0c", "a version id names a checkpoint of one task"),
+    ("TrainFlow/@1f0c", "'<Flow/run_id/step/task_id>@1f0c'"),
+    # Typos after '@' are unknown aliases listing what '@' takes (issue 15 item 5), never a
+    # missing named checkpoint 'TrainFlow' of version 'lastt'.
+    ("TrainFlow@lastt", "unknown alias 'lastt' (did you mean 'last'?)"),
+    ("TrainFlow@bset:loss", "unknown alias 'bset:loss' (did you mean 'best:loss'?)"),
+    ("TrainFlow/100/train/7@lastest", "unknown alias 'lastest'"),
+    ("TrainFlow/@latest", "'latest' is the newest version of a named checkpoint"),
+    ("TrainFlow/100/train/7@latest", "a task's newest is 'last'"),
+    ("TrainFlow/100/train/7@abc", "'abc' is too short for a version id"),
+    ("resnet50@1f0", "give at least 4 of its hex digits"),
+    ("TrainFlow/100/train/7@=3", "is not a metadata match"),
+    ("TrainFlow/100/train/7@epoch=3,loss", "'epoch=3,loss' is not a metadata match"),
     ("best:", "is not an alias"),
     ("best:acc:median", "is not an alias"),
     ("TrainFlow@best:acc:median", "is not an alias"),
@@ -126,8 +175,10 @@ def test_a_malformed_reference_is_a_config_error_naming_it(value, fragment):
     message = err.value.message
     assert fragment in message
     if "is not a checkpoint reference" in message:
-        # The accepted forms are spelled out.
-        assert "'Flow/run_id/step/task_id'" in message and "best:<metric>" in message
+        # The accepted forms are spelled out: every reference, or what '@' takes.
+        assert "best:<metric>" in message and "<field>=<value>" in message
+        if "unknown alias" in message:
+            assert "'last'" in message and "hex digits" in message
 
 
 def test_best_alone_is_a_name_not_an_alias():
@@ -141,12 +192,34 @@ _word = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,20}", fullmatch=True).filt
 )
 _component = st.from_regex(r"[^/@\s]{1,12}", fullmatch=True)
 _metric = st.from_regex(r"[^:@\s]{1,12}", fullmatch=True)
-_aliases = st.builds(Alias, st.none(), st.just("min")) | st.builds(
-    Alias, _metric, st.sampled_from(["min", "max"])
+_field = st.from_regex(r"[^=,@\s\"\[\]{}]{1,10}", fullmatch=True).filter(
+    lambda f: not f.startswith("best:")
 )
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+_matches = st.lists(st.tuples(_field, _json_values), min_size=1, max_size=3).map(
+    lambda where: Alias(where=tuple(where))
+)
+_aliases = (
+    st.builds(Alias, st.none(), st.just("min"))
+    | st.builds(Alias, _metric, st.sampled_from(["min", "max"]))
+    | _matches
+)
+# A flow name (a Python class name) holds no '=': 'a=b/...' is a metadata match.
+_flow = st.from_regex(r"[^/@\s=]{1,12}", fullmatch=True)
 _targets = st.builds(
-    lambda parts, n: Target(*parts[:n]),
-    st.lists(_component, min_size=4, max_size=4),
+    lambda flow, parts, n: Target(flow, *parts[: n - 1]),
+    _flow,
+    st.lists(_component, min_size=3, max_size=3),
     st.integers(1, 4),
 )
 _scopes = st.builds(
@@ -170,15 +243,21 @@ _roots = st.none() | st.from_regex(
     r"(/[a-z0-9_]{1,8}){1,3}|s3://[a-z0-9]{3,8}(/[a-z]{1,6})?", fullmatch=True
 )
 
+_versions = st.from_regex(r"[0-9a-f]{4,16}", fullmatch=True)
+
 specs = st.one_of(
     st.builds(lambda k, r: RefSpec("key", key=k, root=r), _keys, _roots),
-    st.builds(lambda t: RefSpec("task", target=t), _targets.filter(lambda t: t.task)),
     st.builds(
-        lambda n, v: RefSpec("named", name=n, version=v),
-        _word,
-        st.just("") | st.from_regex(r"[0-9a-f]{1,16}", fullmatch=True),
+        lambda t, v: RefSpec("task", target=t, version=v),
+        _targets.filter(lambda t: t.task),
+        st.just("") | _versions,
     ),
-    st.builds(lambda a: RefSpec("alias", alias=a), _aliases),
+    st.builds(lambda n, v: RefSpec("named", name=n, version=v), _word, st.just("") | _versions),
+    # Alone, a match's first field holds no '/' (else it reads as a pathspec).
+    st.builds(
+        lambda a: RefSpec("alias", alias=a),
+        _aliases.filter(lambda a: not a.where or "/" not in a.where[0][0]),
+    ),
     st.builds(lambda t, a: RefSpec("alias", target=t, alias=a), _targets, _aliases),
     st.builds(lambda n, a: RefSpec("alias", name=n, alias=a), _word, _aliases),
 )

@@ -248,3 +248,105 @@ def test_the_short_id_of_a_reference_resolves_back_to_it(store, saved):
     assert ref.short_id == ref.version[:8] and len(ref.short_id) == 8
     view = views(store)["models"]
     assert label(resolve("EvalFlow@%s" % ref.short_id, view)) == "named"
+
+
+# ------------------------------------------------------------------------------ short names
+def own_view(store) -> TaskView:
+    return TaskView(store, ME, reader=ME.namespace)
+
+
+def test_a_task_checkpoint_by_its_id_prefix(store, saved):
+    """``TASK@<id prefix>``: that checkpoint of the task, not its newest (was: a config error,
+    '@' after a pathspec took an alias only); the full id and upper case work too."""
+    first = saved["me-0"]
+    for version in (first.id[:4], first.id[:8], first.id, first.id[:8].upper()):
+        assert label(resolve("%s@%s" % (ME.pathspec, version), own_view(store))) == "me-0"
+    assert label(resolve(ME.pathspec, own_view(store))) == "me-1"
+
+
+def test_an_id_prefix_of_no_or_several_checkpoints_lists_the_tasks_ids(store, tmp_path):
+    """No match lists the task's ids and dates; a prefix shared by several lists those (with
+    17 checkpoints, two share their first hex digit)."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.refspec import (
+        RefSpec,
+        Target,
+    )
+
+    ids = []
+    for i in range(17):
+        src = write_tree(tmp_path / str(i), {"i": str(i).encode()})
+        ids.append(store.save(str(src), ME, metadata={"i": i}).id)
+    task = Target(*ME.pathspec.split("/"))
+    digit = next(d for d in "0123456789abcdef" if sum(i.startswith(d) for i in ids) > 1)
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve(RefSpec("task", target=task, version=digit), own_view(store))
+    shared = [i for i in ids if i.startswith(digit)]
+    assert "is the start of the ids of %d checkpoints of task" % len(shared) in err.value.message
+    assert all(i in err.value.message for i in shared) and "Give more" in err.value.message
+    assert "%s (20" % shared[0] in err.value.message  # "<id> (<created_on>)"
+    missing = next(
+        p for p in ("%04x" % n for n in range(65536)) if not any(i.startswith(p) for i in ids)
+    )
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve("%s@%s" % (ME.pathspec, missing), own_view(store))
+    assert "has no checkpoint whose id starts with %r" % missing in err.value.message
+    assert all(i in err.value.message for i in ids)
+
+
+MATCHES = [
+    # (spelling, label): the newest checkpoint whose metadata match
+    (ME.pathspec + "@label=me-0", "me-0"),
+    (ME.pathspec + "@acc=0.5", "me-1"),  # both have it: the newest
+    (ME.pathspec + '@acc=0.5,label="me-0"', "me-0"),
+    ("label=me-0", "me-0"),  # alone: the task's own
+    ("TrainFlow/100@label=me-0", "me-0"),
+    ("EvalFlow/@acc=0.9", "eval-0"),
+]
+
+
+@pytest.mark.parametrize("spelling,expected", MATCHES, ids=[s for s, _ in MATCHES])
+def test_a_metadata_match_is_the_newest_matching_checkpoint(store, saved, spelling, expected):
+    assert label(resolve(spelling, own_view(store))) == expected
+
+
+def test_no_metadata_match_names_the_values_seen(store, saved):
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve(ME.pathspec + "@acc=0.7,epoch=3", own_view(store))
+    assert err.value.message == (
+        "No checkpoint in task TrainFlow/100/train/7 has metadata acc=0.7,epoch=3 (values seen: "
+        "acc: 0.5; epoch: in no checkpoint; fields seen: acc, label)."
+    )
+    with pytest.raises(CheckpointNotFound, match="values seen: acc: 0.5; fields seen"):
+        resolve(ME.pathspec + "@acc=true", own_view(store))  # true is not 1 (nor 0.5)
+
+
+MISSPELT = [
+    # (spelling, message): a step or task the run has no checkpoint of says which it has
+    (
+        "TrainFlow/100/trian/7",
+        "Task TrainFlow/100/trian/7 has no checkpoint: there is no step 'trian' with "
+        "checkpoints in run TrainFlow/100 (its steps with checkpoints: train).",
+    ),
+    (
+        "TrainFlow/100/trian@last",
+        "No checkpoint in step TrainFlow/100/trian: there is no step 'trian' with checkpoints "
+        "in run TrainFlow/100 (its steps with checkpoints: train).",
+    ),
+    (
+        "TrainFlow/100/train/8@best:acc",
+        "No checkpoint in task TrainFlow/100/train/8: step TrainFlow/100/train has checkpoints "
+        "in tasks 7 only.",
+    ),
+    (
+        "TrainFlow/100/train/8@" + "0" * 8,
+        "Task TrainFlow/100/train/8 has no checkpoint: step TrainFlow/100/train has checkpoints "
+        "in tasks 7 only.",
+    ),
+]
+
+
+@pytest.mark.parametrize("spelling,message", MISSPELT, ids=[s for s, _ in MISSPELT])
+def test_a_misspelt_step_or_task_lists_what_the_run_has(store, saved, spelling, message):
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve(spelling, own_view(store))
+    assert err.value.message == message

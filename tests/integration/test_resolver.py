@@ -146,6 +146,16 @@ OTHER_STORE = Err("CheckpointScopeError", "pass namespace_check=False to load it
 UNTRUSTED = Err("CheckpointScopeError", "No version of 'theirs' was published from namespace")
 
 
+def _id(w: World, label: str) -> str:
+    return parse_key(w.keys[label]).id
+
+
+def _absent_id(w: World) -> str:
+    """8 hex digits no checkpoint's id starts with."""
+    ids = [parse_key(k).id for k in w.keys.values()]
+    return next(p for p in ("%08x" % n for n in range(99)) if not any(i.startswith(p) for i in ids))
+
+
 def _url(w: World, label: str) -> str:
     return "%s/%s" % (w.root, w.keys[label])
 
@@ -272,7 +282,52 @@ ROWS: list[tuple[str, Callable[[World], Any], dict]] = [
     (
         "bad version",
         lambda w: "resnet50@v-1",
-        everywhere(Err("CheckpointConfigError", "is not a version")),
+        everywhere(Err("CheckpointConfigError", "unknown alias 'v-1'")),
+    ),
+    # -- short names (issue 15 items 4, 5): TASK@<id prefix>, TASK@field=value, typos
+    ("task@short id", lambda w: w.train + "@" + _id(w, "train-0")[:8], everywhere("train-0")),
+    ("task@ID", lambda w: w.train + "@" + _id(w, "train-1").upper(), everywhere("train-1")),
+    (
+        "task@no such id",
+        lambda w: w.train + "@" + _absent_id(w),
+        everywhere(Err("CheckpointNotFound", "has no checkpoint whose id starts with")),
+    ),
+    ("task@field=value", lambda w: w.train + "@label=train-1", everywhere("train-1")),
+    ("task@number", lambda w: w.train + "@acc=0.5", everywhere("train-0")),
+    ("task@side", lambda w: w.train + "@acc=0.1,label=train-side", everywhere("train-side")),
+    ("run@field=value", lambda w: "%s/%s@acc=0.8" % (FLOW, w.run), everywhere("eval-0")),
+    ("Flow/@field=value", lambda w: FLOW + "/@label=train-0", everywhere("train-0")),
+    ("field=value", lambda w: "label=train-0", inside_outside("train-0", BARE_ALIAS)),
+    (
+        "no match",
+        lambda w: w.train + "@label=nope",
+        everywhere(Err("CheckpointNotFound", "(values seen: label: 'train-0', 'train-1'")),
+    ),
+    (
+        "typo of last",
+        lambda w: FLOW + "@lastt",
+        everywhere(Err("CheckpointConfigError", "unknown alias 'lastt' (did you mean 'last'?)")),
+    ),
+    (
+        "typo of best",
+        lambda w: w.train + "@bset:acc",
+        everywhere(Err("CheckpointConfigError", "(did you mean 'best:acc'?)")),
+    ),
+    (
+        "latest of a flow",
+        lambda w: FLOW + "/@latest",
+        everywhere(Err("CheckpointConfigError", "'latest' is the newest version of a named")),
+    ),
+    (
+        "misspelt step",  # the client lists the run's steps (client/locate.py)
+        lambda w: "%s/%s/trian@last" % (FLOW, w.run),
+        inside_outside(
+            Err(
+                "CheckpointNotFound",
+                "there is no step 'trian' with checkpoints in run %s/" % FLOW,
+            ),
+            Err("CheckpointNotFound", "trian"),
+        ),
     ),
     (
         "bad name",

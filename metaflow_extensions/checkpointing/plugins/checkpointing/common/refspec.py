@@ -11,15 +11,22 @@ spelling                                kind        designates
 ``manifests/<ns>/.../<file>.json``      ``key``     that checkpoint in the caller's store
 ``<root>/manifests/.../<file>.json``    ``key``     that checkpoint in the store ``<root>``
 ``Flow/run/step/task`` or a ``Task``    ``task``    the task's newest ``latest=True`` checkpoint
+``Flow/run/step/task@<id prefix>``      ``task``    the task's checkpoint whose version id starts
+                                                    so (4+ hex digits; ``ref.short_id``)
 ``resnet50``, ``resnet50@latest``       ``named``   the newest version the reader trusts
-``resnet50@<version or its prefix>``    ``named``   that version, whoever published it
+``resnet50@<id prefix>``                ``named``   that version, whoever published it
 ``last``, ``best:<metric>[:min|max]``   ``alias``   among the caller's own task's checkpoints
+``<field>=<value>[,<field>=<value>]``   ``alias``   the newest of them whose metadata match
 ``<target>@last``,                      ``alias``   among the checkpoints of a target: a
-``<target>@best:<metric>[:min|max]``                pathspec ``Flow/``, ``Flow/run[/step[/task]]``
-                                                    (always a flow's), or one word: the named
+``<target>@best:<metric>[:min|max]``,               pathspec ``Flow/``, ``Flow/run[/step[/task]]``
+``<target>@<field>=<value>[,...]``                  (always a flow's), or one word: the named
                                                     checkpoint of that name if the caller's
                                                     store has one, else the flow of that name
 ======================================  ==========  ===========================================
+
+After ``@`` (ADR 005 "refs"): an alias, ``latest``, 4 to 64 hex digits (a version id prefix:
+aliases hold non-hex letters), a metadata match (:mod:`.match`: anything with ``=``), else an
+unknown alias (``Flow@lastt`` is a typo, never a version ``lastt`` of a named ``Flow``).
 
 A root (a dict's ``root``, the part of a URL before ``/manifests/``) is normalised by
 :func:`..storage.factory.normalize_root`, so every spelling of one store is one value.
@@ -29,6 +36,7 @@ Anything else raises :class:`~..errors.CheckpointConfigError` naming the input a
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -38,22 +46,35 @@ from ..core.manifest import is_manifest_key
 from ..core.scope import validate_name
 from ..errors import CheckpointConfigError
 from ..storage.factory import normalize_root
+from .match import format_match, parse_match
 
 KEY, TASK, NAMED, ALIAS = "key", "task", "named", "alias"
 #: How a named checkpoint says "the newest trusted version" explicitly.
 LATEST = "latest"
 LAST = "last"
-#: A version as written after ``name@``: a version id or a prefix of one (ids are alphanumeric).
-_VERSION_RE = re.compile(r"[0-9A-Za-z]{1,64}")
+#: The fewest hex digits of a version id a reference may give (``TASK@1a2b``, ``name@1a2b``).
+MIN_ID_PREFIX = 4
+#: A version as written after ``@``: a version id (16 hex digits) or a prefix of one.
+_VERSION_RE = re.compile(r"[0-9a-f]{%d,64}" % MIN_ID_PREFIX)
+_HEX_RE = re.compile(r"[0-9a-f]+")
+#: What may follow ``@``, as error messages list it.
+AFTER_AT = (
+    "'last', 'best:<metric>' or 'best:<metric>:max' (aliases), a version id or its first %d+ "
+    "hex digits (the ID column of `metaflow checkpoint list`, ref.short_id), '<field>=<value>' "
+    "(newest checkpoint with that metadata; several joined with ','), or 'latest' (the newest "
+    "trusted version of a named checkpoint)" % MIN_ID_PREFIX
+)
 #: One component of a pathspec: Metaflow ids and names hold no '/', '@' nor whitespace.
 _COMPONENT_RE = re.compile(r"[^/@\s]+")
 
 FORMS = (
     "a reference returned by save()/list()/get() or a dict with its 'key' (and 'root'), a "
-    "manifest key or URL, a task pathspec 'Flow/run_id/step/task_id' or Task, a name "
-    "'resnet50' or 'resnet50@<version>', or an alias: 'last' or 'best:<metric>[:min|max]' "
-    "(the running task's checkpoints) or '<Flow/[run_id[/step[/task_id]]] or name>@last' / "
-    "'...@best:<metric>[:max]' (one word before '@': a named checkpoint, else a flow)"
+    "manifest key or URL, a task pathspec 'Flow/run_id/step/task_id' or Task (or "
+    "'Flow/run_id/step/task_id@<id>'), a name 'resnet50' or 'resnet50@<version>', or an "
+    "alias: 'last', 'best:<metric>[:min|max]' or '<field>=<value>' (the running task's "
+    "checkpoints) or '<Flow/[run_id[/step[/task_id]]] or name>@last' / "
+    "'...@best:<metric>[:max]' / '...@<field>=<value>' (one word before '@': a named "
+    "checkpoint, else a flow)"
 )
 
 
@@ -73,14 +94,18 @@ class Target:
 
 @dataclass(frozen=True)
 class Alias:
-    """A checkpoint chosen by role: the newest ``latest=True`` one (``metric`` None: ``last``)
-    or the best by a numeric metadata field (``best:<metric>``, lowest unless ``mode="max"``)."""
+    """A checkpoint chosen by role: the newest ``latest=True`` one (``metric`` None: ``last``),
+    the best by a numeric metadata field (``best:<metric>``, lowest unless ``mode="max"``), or
+    the newest whose metadata holds every ``(field, value)`` of ``where`` (``epoch=3``)."""
 
     metric: Optional[str] = None
     mode: str = "min"
+    where: tuple = ()
 
     @property
     def text(self) -> str:
+        if self.where:
+            return format_match(self.where)
         if self.metric is None:
             return LAST
         return "best:%s%s" % (self.metric, ":max" if self.mode == "max" else "")
@@ -106,7 +131,8 @@ class RefSpec:
         flow of that name (``Flow/@last`` is a ``target``: always the flow).  An alias with
         neither ``target`` nor ``name`` picks among the caller's own task's.
     version : str
-        A version id or prefix (kind ``named``); ``""``: the newest trusted version.
+        A version id or prefix (kind ``named``; kind ``task``: that checkpoint of the task);
+        ``""``: the newest trusted version (named), the task's newest ``latest=True`` (task).
     alias : Alias, optional
         The role (kind ``alias``).
     """
@@ -130,7 +156,8 @@ class RefSpec:
         if self.kind == KEY:
             return "%s/%s" % (self.root, self.key) if self.root else str(self.key)
         if self.kind == TASK:
-            return self.target.pathspec  # type: ignore[union-attr]
+            pathspec = self.target.pathspec  # type: ignore[union-attr]
+            return "%s@%s" % (pathspec, self.version) if self.version else pathspec
         if self.kind == NAMED:
             if self.version:
                 return "%s@%s" % (self.name, self.version)
@@ -174,6 +201,9 @@ def parse(reference: Any) -> RefSpec:
     by_key = key_spec(text)
     if by_key is not None:
         return by_key
+    field = text.partition("@")[0].partition("=")  # names hold no '=': a match, alone
+    if field[1] and "/" not in field[0] and not _is_alias(text):
+        return RefSpec(ALIAS, alias=Alias(where=parse_match(text)))
     if "@" in text:
         return _parse_at(reference, text)
     if _is_alias(text):
@@ -292,30 +322,60 @@ def _parse_mapping(reference: dict) -> RefSpec:
 
 
 def _parse_at(reference: str, text: str) -> RefSpec:
-    before, _, after = text.rpartition("@")
+    # Names and pathspecs hold no '@': the first one ends them (a match value may hold more).
+    before, _, after = text.partition("@")
     if not before:
         raise _bad(reference, "nothing before '@'")
+    alias = None
     if _is_alias(after):
         alias = parse_alias(after)
+    elif "=" in after:
+        alias = Alias(where=parse_match(after))
+    if alias is not None:
         if "/" in before:
             return RefSpec(ALIAS, target=_pathspec(reference, before), alias=alias)
         return RefSpec(ALIAS, name=_name(reference, before), alias=alias)
     if "/" in before:
-        raise _bad(
-            reference,
-            "after a pathspec, '@' takes an alias: '%s@last' or '%s@best:<metric>'"
-            % (before, before),
-        )
+        target = _pathspec(reference, before)
+        version = _version(reference, after, pathspec=True)
+        if target.task is None:
+            raise _bad(
+                reference,
+                "a version id names a checkpoint of one task: '<Flow/run_id/step/task_id>@%s' "
+                "(the PATHSPEC of `metaflow checkpoint list`); among a %s use '@last', "
+                "'@best:<metric>' or '@<field>=<value>'"
+                % (after, "flow" if target.run is None else "run or step"),
+            )
+        return RefSpec(TASK, target=target, version=version)
     name = _name(reference, before)
     if after == LATEST:
         return RefSpec(NAMED, name=name)
-    if not _VERSION_RE.fullmatch(after):
-        raise _bad(
-            reference,
-            "%r is not a version (an id of letters and digits, or a prefix of one), "
-            "'latest', 'last' or 'best:<metric>'" % (after,),
-        )
-    return RefSpec(NAMED, name=name, version=after)
+    return RefSpec(NAMED, name=name, version=_version(reference, after, pathspec=False))
+
+
+def _version(reference: str, after: str, pathspec: bool) -> str:
+    """The version id prefix ``after`` (lower-cased), else the error of an unknown alias."""
+    token = after.lower()
+    if _VERSION_RE.fullmatch(token):
+        return token
+    if _HEX_RE.fullmatch(token):
+        why = "%r is too short for a version id: give at least %d of its hex digits"
+        why %= (after, MIN_ID_PREFIX)
+    elif after == LATEST:  # after a pathspec: 'latest' is a named checkpoint's word
+        why = "'latest' is the newest version of a named checkpoint; a task's newest is 'last'"
+    else:
+        why = "unknown alias %r%s" % (after, _did_you_mean(after))
+    raise CheckpointConfigError(
+        "%r is not a checkpoint reference: %s. After '@' use %s."
+        % (reference, why, AFTER_AT if not pathspec else AFTER_AT.rsplit(", or", 1)[0])
+    )
+
+
+def _did_you_mean(word: str) -> str:
+    head, colon, metric = word.partition(":")
+    close = difflib.get_close_matches(head, [LAST, LATEST, "best"], n=1, cutoff=0.6)
+    guess = close and close[0] + (colon + metric if close[0] == "best" else "")
+    return " (did you mean %r?)" % guess if guess else ""
 
 
 def _split_url(text: str) -> Optional[tuple[str, str]]:

@@ -13,7 +13,8 @@ What each kind resolves to:
 * ``key``: the manifest at that key, in the caller's store or the ``root`` given (a task
   refuses another store unless it loads with ``namespace_check=False``);
 * ``task``: the task's newest ``latest=True`` checkpoint (its newest if none is flagged), as a
-  retry of that task orders them;
+  retry of that task orders them; with a version (``TASK@1a2b3c4d``) the one checkpoint of the
+  task whose id starts so (none or several: the error lists the task's ids and dates);
 * ``named``: :meth:`..core.store.CheckpointStore.named`: a version pinned by id, else the
   newest version the caller's namespace trusts (:mod:`..core.promotions`);
 * ``alias``: among the caller's own task's checkpoints (none outside a task; those its writer
@@ -22,8 +23,12 @@ What each kind resolves to:
   versions of the named checkpoint of that name if the caller's store has one (one listing of
   that name's prefix), else the checkpoints of the flow of that name: ``last`` is the newest
   ``latest=True`` one, ``best:<metric>`` the lowest (``:max`` the highest) numeric metadata
-  value, ties to the newest.  Which of the two one word means is the same rule for every
-  caller: no view judges whether a word is a flow.
+  value, ties to the newest, ``<field>=<value>`` the newest whose metadata match
+  (:mod:`.match`; none: the error names the values each field has).  Which of the two one
+  word means is the same rule for every caller: no view judges whether a word is a flow.
+
+A step or task target with no checkpoint is told apart from a misspelt one: the error names
+the steps (or tasks) of the run that have checkpoints (:func:`misspelt`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any, Optional, Protocol
 
 from ..core import promotions
-from ..core.manifest import Manifest, ManifestHeader
+from ..core.manifest import Manifest, ManifestHeader, iso_time
 from ..core.policies import sort_key, visible_to
 from ..core.position import Position
 from ..core.retention import numeric
@@ -40,6 +45,7 @@ from ..core.scope import Scope, library_scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from . import refspec
+from .match import format_match, matches
 from .refspec import KEY, NAMED, TASK, Alias, RefSpec, Target
 
 
@@ -111,6 +117,11 @@ def resolve(reference: Any, view: View) -> tuple[CheckpointStore, Manifest]:
     if spec.kind == TASK:
         target: Target = spec.target  # type: ignore[assignment]
         store, headers = view.listing(target)
+        if not headers:
+            why = misspelt(view, target)
+            raise CheckpointNotFound("Task %s has no checkpoint%s." % (target.pathspec, why))
+        if spec.version:
+            return store, store.read(_by_version(headers, target, spec.version).key)
         return store, store.read(_latest_of_task(headers, target).key)
     if spec.kind == NAMED:
         store = view.store(None, str(spec.name))
@@ -159,13 +170,61 @@ def _latest_of_task(headers: Sequence[ManifestHeader], target: Target) -> Manife
     return max(marked, key=sort_key(within_task=True))
 
 
+def _by_version(headers: Sequence[ManifestHeader], target: Target, version: str) -> ManifestHeader:
+    """The one checkpoint of the task (``headers``, newest first) whose id starts with
+    ``version``."""
+    found = [h for h in headers if h.id.startswith(version)]
+    if len(found) == 1:
+        return found[0]
+    listed = found or list(headers)
+    ids = ", ".join("%s (%s)" % (h.id, iso_time(h.created_ms)) for h in listed[:20])
+    more = " and %d more" % (len(listed) - 20) if len(listed) > 20 else ""
+    if found:
+        raise CheckpointNotFound(
+            "%r is the start of the ids of %d checkpoints of task %s: %s%s. Give more of the "
+            "id's hex digits." % (version, len(found), target.pathspec, ids, more)
+        )
+    raise CheckpointNotFound(
+        "Task %s has no checkpoint whose id starts with %r; its checkpoints, newest first: "
+        "%s%s." % (target.pathspec, version, ids, more)
+    )
+
+
+def misspelt(view: View, target: Target) -> str:
+    """Why a step or task ``target`` that lists no checkpoint may be misspelt: ``": there is
+    no step 'x' with checkpoints in run F/1 (its steps with checkpoints: ...)"`` (or the tasks
+    of the step that have some), else ``""`` (one listing of the run, on this path only)."""
+    if target.run is None or target.step is None:
+        return ""
+    try:
+        run = view.listing(Target(target.flow, target.run))[1]
+    except (CheckpointNotFound, CheckpointScopeError):
+        return ""
+    steps = sorted({h.scope.step for h in run})
+    tasks = sorted({h.scope.task for h in run if h.scope.step == target.step})
+    if run and target.step not in steps:
+        return ": there is no step %r with checkpoints in run %s/%s (its steps with " % (
+            target.step,
+            target.flow,
+            target.run,
+        ) + "checkpoints: %s)" % ", ".join(steps)
+    if tasks and target.task is not None and target.task not in tasks:
+        return ": step %s/%s/%s has checkpoints in tasks %s only" % (
+            target.flow,
+            target.run,
+            target.step,
+            ", ".join(tasks),
+        )
+    return ""
+
+
 def _visible(
     headers: Sequence[ManifestHeader], alias: Alias, position: Position
 ) -> list[ManifestHeader]:
     """The task's checkpoints (newest first) a process at ``position`` picks ``alias`` among:
     for ``last`` those a retry would choose from (the latest ones, all if none is), for a
     metric every one of its own and the sharded ones, else rank 0's and the sharded ones."""
-    if alias.metric is None:
+    if alias.metric is None and not alias.where:
         return visible_to([h for h in headers if h.latest] or list(headers), position)
     return visible_to(headers, position)
 
@@ -176,6 +235,9 @@ def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest
     if spec.target is not None:
         store, headers = view.listing(spec.target)
         where = "checkpoint in %s" % describe(spec.target)
+        why = "" if headers else misspelt(view, spec.target)
+        if why:
+            raise CheckpointNotFound("No %s%s." % (where, why))
     elif spec.name is not None:
         store = view.store(None, spec.name)
         versions = named_versions(store, spec.name)
@@ -234,9 +296,12 @@ def pick(
     Raises
     ------
     CheckpointNotFound
-        No checkpoint (``last``), or none with a numeric ``metric`` (``best:...``; the message
-        lists the metadata fields seen), naming ``where``.
+        No checkpoint (``last``), none with a numeric ``metric`` (``best:...``; the message
+        lists the metadata fields seen), or none matching (``field=value``: the message lists
+        the values each field has), naming ``where``.
     """
+    if alias.where:
+        return _match(store, headers, alias.where, where, summaries)
     if alias.metric is None:
         marked = [h for h in headers if h.latest] or list(headers)
         if not marked:
@@ -255,6 +320,34 @@ def pick(
     # A stable sort over newest-first headers: ties go to the newest.
     value = {h.key: numeric(metadata[h.key][alias.metric]) for h in scored}
     return sorted(scored, key=lambda h: value[h.key], reverse=alias.mode == "max")[0]
+
+
+def _match(
+    store: CheckpointStore,
+    headers: Sequence[ManifestHeader],
+    where_fields: tuple,
+    where: str,
+    summaries: Optional[dict],
+) -> ManifestHeader:
+    """The newest of ``headers`` whose metadata match ``where_fields``."""
+    if not headers:
+        raise CheckpointNotFound("No %s." % where)
+    if summaries is None:
+        summaries = store.summaries(headers)
+    metadata = [summaries[h.key].get("metadata") or {} for h in headers]
+    for h, md in zip(headers, metadata):
+        if matches(md, where_fields):
+            return h
+    seen = []
+    for field, _ in where_fields:
+        values = sorted({repr(md[field]) for md in metadata if field in md})
+        shown = ", ".join(values[:12]) + (", ..." if len(values) > 12 else "")
+        seen.append("%s: %s" % (field, shown) if values else "%s: in no checkpoint" % field)
+    fields = sorted({k for md in metadata for k in md})
+    raise CheckpointNotFound(
+        "No %s has metadata %s (values seen: %s; fields seen: %s)."
+        % (where, format_match(where_fields), "; ".join(seen), ", ".join(fields) or "none")
+    )
 
 
 def _flow_of_word(
@@ -319,6 +412,7 @@ __all__ = [
     "check_scope",
     "describe",
     "named_versions",
+    "misspelt",
     "other_store_error",
     "pick",
     "resolve",
