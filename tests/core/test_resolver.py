@@ -350,3 +350,25 @@ def test_a_misspelt_step_or_task_lists_what_the_run_has(store, saved, spelling, 
     with pytest.raises(CheckpointNotFound) as err:
         resolve(spelling, own_view(store))
     assert err.value.message == message
+
+
+def test_repr_shows_a_spelling_that_loads_it_back(store, saved, tmp_path):
+    """``repr(ref)``: ``<pathspec>@<short id> attempt=N {metadata}`` (floats to 4 significant
+    digits), ``<name>@<short id> {metadata}`` for a named one; the spelling resolves back."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
+        reference_of,
+    )
+
+    src = write_tree(tmp_path / "m", {"w": b"m"})
+    metadata = {"epoch": 3, "loss": 0.123456789, "lr": [1e-05, 123456.7], "ok": True}
+    ref = reference_of(store, store.save(str(src), ME, metadata=metadata))
+    assert repr(ref) == (
+        "CheckpointReference(TrainFlow/100/train/7@%s attempt=0 {'epoch': 3, 'loss': 0.1235, "
+        "'lr': [1e-05, 123500.0], 'ok': True})" % ref.version[:8]
+    )
+    assert ref.metadata["loss"] == 0.123456789  # only the display is rounded
+    named = reference_of(store, saved["named"])
+    assert repr(named) == "CheckpointReference(EvalFlow@%s {'label': 'named'})" % named.short_id
+    for r in (ref, named):
+        spelling = repr(r)[len("CheckpointReference(") :].split(" ")[0]
+        assert resolve(spelling, own_view(store))[1].key == r.key

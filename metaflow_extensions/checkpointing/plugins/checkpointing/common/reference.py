@@ -48,7 +48,8 @@ FIELDS = (
 )
 
 #: Hex digits of a version id shown by ``repr``, listings and the CLI ``ID`` column
-#: (:attr:`CheckpointReference.short_id`), the one length every display uses (ADR 005).
+#: (:attr:`CheckpointReference.short_id`), the one length every display uses; ``TASK@<short
+#: id>`` resolves it back (ADR 005).
 SHORT_ID_LENGTH = 8
 
 
@@ -92,19 +93,26 @@ class CheckpointReference(dict):
             raise AttributeError(item) from None
 
     def __repr__(self) -> str:
-        return "CheckpointReference(%s, name=%r, pathspec=%r, attempt=%r, created_on=%r)" % (
-            self.get("key"),
-            self.get("name"),
-            self.get("pathspec"),
-            self.get("attempt"),
-            self.get("created_on"),
-        )
+        """``CheckpointReference(TrainFlow/12/train/3@1a2b3c4d attempt=1 {'epoch': 3, 'loss':
+        0.1235})``: what it is as a reference spelling (``<pathspec>@<short_id>``, or
+        ``<name>@<short_id>`` for a named one: :meth:`Checkpoint.load` takes it back), then
+        its attempt and its metadata, floats to 4 significant digits."""
+        if not self.get("version"):
+            return "CheckpointReference(%s)" % self.get("key")
+        owner = self.get("pathspec") or self.get("name")
+        parts = ["%s@%s" % (owner, self.short_id)]
+        if self.get("pathspec"):
+            parts.append("attempt=%s" % self.get("attempt"))
+        if self.get("damaged"):
+            parts.append("damaged")
+        parts.append(repr(_rounded(self.get("metadata") or {})))
+        return "CheckpointReference(%s)" % " ".join(parts)
 
     @property
     def short_id(self) -> Optional[str]:
         """The first :data:`SHORT_ID_LENGTH` hex digits of ``version``: the id shown to people
-        (``repr``, listings); ``<name>@<short_id>`` loads a named one back.  None when the
-        reference has no version."""
+        (``repr``, listings); ``<pathspec>@<short_id>`` (``<name>@<short_id>`` for a named
+        one) loads it back.  None when the reference has no version."""
         version = self.get("version")
         return version[:SHORT_ID_LENGTH] if version else None
 
@@ -189,6 +197,17 @@ class CheckpointReference(dict):
             damaged=False,
             error=None,
         )
+
+
+def _rounded(value: Any) -> Any:
+    """``value`` with every float to 4 significant digits (for display only)."""
+    if isinstance(value, float):
+        return float("%.4g" % value)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def _publisher(scope, source, ref: dict) -> Optional[dict]:
