@@ -112,6 +112,13 @@ def test_the_toplevel_module_exports_the_public_names():
 
     name = _declaring("toplevel").toplevel
     module = importlib.import_module("%s.toplevel.%s" % (EXT, name))
-    assert module.__all__ == ["Checkpoint", "CheckpointReference", "TrainingState", "Every"]
+    # The full list (classes and errors) is locked in tests/test_packaging.py.
+    assert module.__all__[:5] == [
+        "Checkpoint",
+        "CheckpointReference",
+        "TrainingState",
+        "Every",
+        "CheckpointCallback",
+    ]
     for public in module.__all__:
         assert getattr(metaflow, public) is getattr(module, public)

@@ -18,10 +18,8 @@ import os
 
 import torch
 import torch.distributed as dist
-from metaflow import Checkpoint
+from metaflow import Checkpoint, CheckpointNotFound
 from torch.nn.parallel import DistributedDataParallel
-
-from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointNotFound
 
 
 def weights_digest(state_dict: dict) -> str:

@@ -19,10 +19,35 @@ from metaflow.decorators import StepDecorator
 from metaflow.metaflow_current import current
 
 from ..core.policies import validate_policy
-from ..errors import CheckpointConfigError
+from ..errors import CheckpointConfigError, CheckpointNotEnabled
 
 # How many older origins of a resume chain to follow looking for a checkpoint.
 _MAX_ORIGIN_DEPTH = 8
+
+
+def _checkpoint_not_enabled(cur) -> None:
+    """``current.checkpoint`` until ``@checkpoint`` installs it: a clear error naming the step
+    (an AttributeError as well, so ``hasattr(current, "checkpoint")`` is False there)."""
+    step = getattr(cur, "step_name", None)
+    if step:
+        where = "step '%s' of %s has no @checkpoint" % (step, getattr(cur, "flow_name", "the flow"))
+        fix = "add @checkpoint above @step (or run with --with checkpoint)"
+    else:
+        where = "this code does not run in a Metaflow step"
+        fix = (
+            "use it in a step decorated with @checkpoint; in a subprocess of such a step "
+            "(e.g. a torchrun worker) use Checkpoint(init_dir=True)"
+        )
+    raise CheckpointNotEnabled(
+        "current.checkpoint is only available in a step decorated with @checkpoint, and %s: "
+        "%s." % (where, fix)
+    )
+
+
+# Installed before any task, so a step without the decorator meets the error above instead of
+# Current's bare AttributeError; the decorator's current._update_env replaces it in its tasks.
+if "checkpoint" not in type(current).__dict__:
+    type(current).checkpoint = property(_checkpoint_not_enabled)
 
 
 class CheckpointDecorator(StepDecorator):
