@@ -145,3 +145,53 @@ def test_read_many_keeps_order(store, tmp_path):
     ms = [store.save(str(tiny(tmp_path)), make_scope(task=str(i))) for i in range(5)]
     keys = [m.key for m in reversed(ms)]
     assert [m.key for m in store.read_many(keys)] == keys
+
+
+def _client(root):
+    from metaflow_extensions.checkpointing.plugins.checkpointing.client.checkpoint import (
+        Checkpoint,
+    )
+
+    return Checkpoint(root=str(root))
+
+
+def test_a_field_no_listed_checkpoint_has_is_a_typo_naming_the_fields(tmp_path):
+    """order_by, where (dict) and best(metric=) on a field no listed checkpoint has raise
+    CheckpointConfigError listing the fields there are (issue 15, item 5); a field some have
+    is not an error; nor is anything on an empty listing, where there is nothing to check."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+        CheckpointConfigError,
+        CheckpointNotFound,
+    )
+
+    c = _client(tmp_path / "store")
+    assert c.list(order_by="-los") == [] and c.list(where={"los": 1}) == []
+    with pytest.raises(CheckpointNotFound):
+        c.best(metric="los")  # nothing listed: not found, not a typo
+    c.save(str(tiny(tmp_path)), name="model", metadata={"loss": 0.5, "epoch": 1})
+    c.save(str(tiny(tmp_path)), name="model", metadata={"loss": 0.2, "note": "x"})
+
+    with pytest.raises(CheckpointConfigError) as exc:
+        c.list(order_by="-los")
+    assert exc.value.message == (
+        "order_by='-los': no listed checkpoint has a field 'los'; order by a metadata field "
+        "(epoch, loss, note) or by created_on, size, attempt, files_count."
+    )
+    with pytest.raises(CheckpointConfigError) as exc:
+        c.list(where={"los": 0.5, "epoch": 1})
+    assert exc.value.message == (
+        "where={'los': 0.5, 'epoch': 1}: no listed checkpoint has a metadata field 'los'; "
+        "the fields are: epoch, loss, note."
+    )
+    with pytest.raises(CheckpointConfigError) as exc:
+        c.best(metric="los", mode="max")
+    assert exc.value.message == (
+        "best(metric='los'): no checkpoint of the named checkpoints has a metadata field "
+        "'los'; the fields are: epoch, loss, note."
+    )
+    # Fields only some checkpoints have, and the reference's own fields, are accepted.
+    assert [r.metadata.get("epoch") for r in c.list(order_by="epoch")] == [1, None]
+    assert len(c.list(order_by="-size")) == 2 and c.list(where={"note": "x"})
+    assert c.best(metric="loss").metadata["loss"] == 0.2
+    with pytest.raises(CheckpointNotFound, match="numeric metadata field 'note'"):
+        c.best(metric="note")  # the field exists, no value is a number

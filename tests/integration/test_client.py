@@ -116,7 +116,8 @@ def test_browsing_runs_steps_tasks_and_metrics(flow_env):
     assert sorted(x[4] for x in out["where"]) == [0.3, 0.6]
     assert out["best"] == [["train", "1", "mfchckpt", 2, 0.3]]
     assert out["best_max"] == evaluate
-    assert out["best_none"]["error"] == "CheckpointNotFound"
+    # A metric no checkpoint has is a typo: an error listing the fields there are (issue 15).
+    assert out["best_none"]["error"] == "CheckpointConfigError"
     assert "'f1'" in out["best_none"]["message"] and "val_loss" in out["best_none"]["message"]
     assert len(out["task"]) == 4
     # A task's "latest" checkpoint skips saves made with latest=False ("final").

@@ -1,29 +1,49 @@
 """Listing checkpoints from the client: ``Checkpoint().list(...)`` and ``best(...)``.
 
 A target (``"Flow"``, ``"Flow/run"``, ``"Flow/run/step"``, ``"Flow/run/step/task"`` or a client
-object) is located through Metaflow's client (:mod:`.locate`: the run's store, the namespaces
-its checkpoints live under); no target lists the named checkpoints of the client's store.
+object) is located through Metaflow's client (:mod:`.locate`: every store its runs and steps
+recorded, the namespaces its checkpoints live under); no target lists the named checkpoints of
+the client's store.  The stores are listed one by one and merged; a store that cannot be read
+gives one :class:`CheckpointListWarning` naming it and why, and the others are listed.  A field
+(``order_by``, ``where``, ``best(metric=)``) that no listed checkpoint has is refused as a typo,
+naming the fields there are.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional, Union
 
 from ..common.reference import CheckpointReference, references
-from ..common.refspec import parse_target
+from ..common.refspec import Target, parse_target
 from ..core.layout import library_prefix
 from ..core.manifest import ManifestHeader
 from ..core.policies import sort_key
 from ..core.retention import numeric
 from ..core.store import CheckpointStore
-from ..errors import CheckpointConfigError, CheckpointNotFound
+from ..errors import CheckpointConfigError, CheckpointNotFound, StorageError
+from ..fmt import describe_error
 from .base import ClientBase
-from .locate import locate
+from .locate import check_task, locate
 
 Where = Union[dict, Callable[[CheckpointReference], bool], None]
 
 #: Reference fields ``order_by`` accepts besides metadata fields.
 ORDER_FIELDS = ("created_on", "size", "attempt", "files_count")
+
+#: Errors that make one store of a listing unreadable (credentials, server down, permission
+#: denied, a backend package missing) without making the others so.
+_STORE_ERRORS = (StorageError, CheckpointConfigError)
+
+
+class CheckpointListWarning(UserWarning):
+    """A store a listing should have read could not be read: the warning names the store and
+    why; the checkpoints of the other stores are listed (ADR 005, "listings")."""
+
+
+#: One store's part of a listing: the store, its matching headers (newest first) and, when
+#: asked for, their references.
+_Part = tuple[CheckpointStore, list[ManifestHeader], Optional[list[CheckpointReference]]]
 
 
 class Listing(ClientBase):
@@ -46,6 +66,11 @@ class Listing(ClientBase):
     ) -> list[CheckpointReference]:
         """Committed checkpoints, newest first (or ordered by a metadata field).
 
+        A flow's checkpoints are listed from every store its runs and steps used (a run on a
+        local and one on an S3 datastore, a step with ``@checkpoint(root=...)``), merged.  A
+        store that cannot be read (credentials, server down, permission denied) gives one
+        :class:`CheckpointListWarning` naming it and why, and the others are listed.
+
         A checkpoint whose manifest cannot be parsed (truncated, tampered with, written by a
         newer release) is listed too, flagged ``damaged=True`` with the reason in ``error``
         (see :class:`CheckpointReference`); it never hides the others.  Delete it with
@@ -60,7 +85,9 @@ class Listing(ClientBase):
         name : str, optional
             Only this checkpoint name (series).
         step, run, task : str, optional
-            Only checkpoints of this step, run id or task id (narrow a ``"Flow"`` target).
+            Only checkpoints of this step, run id or task id (narrow a ``"Flow"`` target):
+            ``list("F/1", step="s")``, ``list("F", run="1", step="s")`` and ``list("F/1/s")``
+            list the same checkpoints in the same order.
         foreach : str, optional
             Only this foreach split, e.g. ``"3"`` or ``"3.0"`` (``"_"``: outside any foreach).
         attempt : int, optional
@@ -80,24 +107,47 @@ class Listing(ClientBase):
 
         Raises
         ------
+        CheckpointConfigError
+            ``order_by`` or a ``where`` key names a field no listed checkpoint has (a typo:
+            the message lists the fields there are).  An empty listing is not an error.
         CheckpointNotFound
-            Unknown flow or run.
+            Unknown flow, run, step or task (a step's message lists the run's steps).
         CheckpointScopeError
             The run is not visible in the current namespace.
+        StorageError
+            No store of the target could be read.
         """
-        if self._runtime is not None and target is None:
-            # In a task: this task's checkpoints, as current.checkpoint.list() returns them.
-            refs = self._runtime.list(name=name, attempt=attempt)
-            refs = [r for r in refs if not latest_only or r.latest]
-        else:
-            store, headers = self._headers(
-                target, name, step, run, task, foreach, attempt, latest_only
-            )
-            refs = references(store, headers)
+        refs = self._select(target, name, step, run, task, foreach, attempt, latest_only)
+        _check_fields(refs, where, order_by)
         refs = _filter(refs, where)
         if order_by:
             refs = _ordered(refs, order_by)
         return refs[:limit] if limit is not None else refs
+
+    def _select(
+        self,
+        target: Any,
+        name: Optional[str] = None,
+        step: Optional[str] = None,
+        run: Optional[str] = None,
+        task: Optional[str] = None,
+        foreach: Optional[str] = None,
+        attempt: Optional[int] = None,
+        latest_only: bool = False,
+    ) -> list[CheckpointReference]:
+        """The references :meth:`list` filters, newest first, before ``where``/``order_by``."""
+        if self._runtime is not None and target is None:
+            # In a task: this task's checkpoints, as current.checkpoint.list() returns them.
+            refs = self._runtime.list(name=name, attempt=attempt)
+            return [r for r in refs if not latest_only or r.latest]
+        parts, within_task = self._parts(
+            target, name, step, run, task, foreach, attempt, latest_only, read=True
+        )
+        pairs = [(h, r) for _, headers, refs in parts for h, r in zip(headers, refs or [])]
+        if len(parts) > 1:
+            key = sort_key(within_task=within_task)
+            pairs.sort(key=lambda pair: key(pair[0]), reverse=True)
+        return [r for _, r in pairs]
 
     def _headers(
         self,
@@ -110,63 +160,169 @@ class Listing(ClientBase):
         attempt: Optional[int] = None,
         latest_only: bool = False,
     ) -> tuple[CheckpointStore, list[ManifestHeader]]:
-        """The store and the headers of the committed checkpoints :meth:`list` returns for
-        these arguments (keys only: no manifest is read), newest first."""
+        """A store and the headers of its committed checkpoints :meth:`list` returns for these
+        arguments (keys only: no manifest is read), newest first.  When the target's
+        checkpoints are in several stores: the store holding the newest one (a task's
+        checkpoints are always in one store)."""
+        parts, _ = self._parts(target, name, step, run, task, foreach, attempt, latest_only)
+        if len(parts) == 1:
+            return parts[0][0], parts[0][1]
+        key = sort_key(within_task=task is not None)
+        listed = [p for p in parts if p[1]] or parts
+        store, headers, _ = max(listed, key=lambda p: key(p[1][0]) if p[1] else 0)
+        return store, headers
+
+    def _parts(
+        self,
+        target: Any,
+        name: Optional[str],
+        step: Optional[str],
+        run: Optional[str],
+        task: Optional[str],
+        foreach: Optional[str],
+        attempt: Optional[int],
+        latest_only: bool,
+        read: bool = False,
+    ) -> tuple[list[_Part], bool]:
+        """Each readable store's matching headers (and references when ``read``), and whether
+        they are ordered as one task's.  An unreadable store is warned about; when none can
+        be read the error is raised (never an empty listing)."""
+        filters = dict(name=name, run=run, task=task, attempt=attempt, latest_only=latest_only)
         if target is None:
             store = self._store()
-            prefixes = [library_prefix()]
-            runs = None
-        else:
-            t = parse_target(target)
-            located = locate(t, self._root)
-            store, prefixes, runs = self._store(located.root), located.prefixes, located.runs
-            flow, step = t.flow, t.step or step
-            run, task = t.run or run, t.task or task
-        headers = []
-        for prefix in prefixes:
-            for h in store.headers(
-                prefix, name=name, run=run, task=task, attempt=attempt, latest_only=latest_only
-            ):
-                s = h.scope
-                if target is not None and (
-                    s.flow != flow
-                    or (step is not None and s.step != step)
-                    or (runs is not None and s.run not in runs)
-                ):
-                    continue
-                if target is None and step is not None and s.step != step:
-                    continue
-                if foreach is not None and s.foreach != str(foreach):
-                    continue
-                headers.append(h)
-        # One task's checkpoints in the order its retry sees them (attempt, then its task
-        # clock), as current.checkpoint.list() does; across tasks, by date.
-        headers.sort(key=sort_key(within_task=task is not None), reverse=True)
-        return store, headers
+            headers = _matching(store, [library_prefix()], None, step, None, foreach, filters)
+            headers.sort(key=sort_key(), reverse=True)
+            return [(store, headers, references(store, headers) if read else None)], False
+        t = parse_target(target)
+        run = t.run or (str(run) if run is not None else None)
+        step, task = t.step or step, t.task or task
+        if run is not None:
+            # list("F", run="1", step="s") and list("F/1", step="s") are list("F/1/s"): the
+            # same stores, checks and order.
+            t = Target(t.flow, run, step, task if step is not None else None)
+        located = locate(t, self._root, step=step)
+        filters.update(run=run, task=task)
+        within_task = task is not None
+        parts, failures = [], []
+        for root in located.roots:
+            try:
+                store = self._store(root)
+                headers = _matching(
+                    store, located.prefixes, t.flow, step, located.runs, foreach, filters
+                )
+                # One task's checkpoints in the order its retry sees them (attempt, then its
+                # task clock), as current.checkpoint.list() does; across tasks, by date.
+                headers.sort(key=sort_key(within_task=within_task), reverse=True)
+                refs = references(store, headers) if read else None
+            except _STORE_ERRORS as exc:
+                failures.append((root, exc))
+                continue
+            parts.append((store, headers, refs))
+        if failures and not parts:
+            if len(failures) == 1:
+                raise failures[0][1]
+            raise StorageError(
+                "No store of %s could be read: %s."
+                % (
+                    describe(target),
+                    "; ".join("%s (%s)" % (r, describe_error(e)) for r, e in failures),
+                )
+            )
+        for root, exc in failures:
+            warnings.warn(
+                "Could not list the checkpoints of %s in %s (%s); the other stores are listed."
+                % (describe(target), root, describe_error(exc)),
+                CheckpointListWarning,
+                stacklevel=4,
+            )
+        if t.task is not None and not any(headers for _, headers, _ in parts):
+            check_task(t)  # an empty listing of a task: say so if the task does not exist
+        return parts, within_task
 
     def best(
         self, target: Any = None, *, metric: str, mode: str = "min", **filters: Any
     ) -> CheckpointReference:
         """The checkpoint with the lowest (``mode="min"``) or highest (``"max"``) ``metric``.
 
-        ``target`` and ``filters`` are those of :meth:`list`.  Checkpoints without the metric
-        are ignored.
+        ``target`` and ``filters`` are those of :meth:`list` (``limit`` is ignored; the
+        stores are those ``list`` reads).  Checkpoints without the metric are ignored.
 
         Raises
         ------
+        CheckpointConfigError
+            ``mode`` is not ``"min"``/``"max"``, or no listed checkpoint has a metadata field
+            ``metric`` (a typo: the message lists the fields there are).
         CheckpointNotFound
-            If no checkpoint has a numeric ``metric`` in its metadata.
+            No checkpoint is listed, or none has a numeric ``metric``.
         """
         if mode not in ("min", "max"):
             raise CheckpointConfigError("mode=%r: use 'min' or 'max'." % (mode,))
-        refs = self.list(target, order_by=("-" if mode == "max" else "") + metric, **filters)
+        where = filters.pop("where", None)
+        filters.pop("limit", None)
+        refs = self._select(target, **filters)
+        _check_fields(refs, where, None)
+        refs = _filter(refs, where)
+        seen = _metadata_fields(refs)
+        if refs and metric not in seen:
+            raise CheckpointConfigError(
+                "best(metric=%r): no checkpoint of %s has a metadata field %r; the fields "
+                "are: %s." % (metric, describe(target), metric, ", ".join(seen) or "none")
+            )
+        refs = _ordered(refs, ("-" if mode == "max" else "") + metric)
         if not refs or _metric(refs[0], metric) is None:
-            seen = sorted({k for r in refs for k in r.metadata})
             raise CheckpointNotFound(
                 "No checkpoint of %s has a numeric metadata field %r (fields seen: %s)."
                 % (describe(target), metric, ", ".join(seen) or "none")
             )
         return refs[0]
+
+
+def _matching(
+    store: CheckpointStore,
+    prefixes: list[str],
+    flow: Optional[str],
+    step: Optional[str],
+    runs: Optional[set],
+    foreach: Optional[str],
+    filters: dict,
+) -> list[ManifestHeader]:
+    """Headers of ``store`` under ``prefixes`` matching the filters (``flow`` None: named)."""
+    out = []
+    for prefix in prefixes:
+        for h in store.headers(prefix, **filters):
+            s = h.scope
+            if flow is not None and (s.flow != flow or (runs is not None and s.run not in runs)):
+                continue
+            if step is not None and s.step != step:
+                continue
+            if foreach is not None and s.foreach != str(foreach):
+                continue
+            out.append(h)
+    return out
+
+
+def _metadata_fields(refs: list[CheckpointReference]) -> list[str]:
+    return sorted({k for r in refs for k in (r.metadata or {})})
+
+
+def _check_fields(refs: list[CheckpointReference], where: Where, order_by: Optional[str]) -> None:
+    """Refuse an ``order_by`` or ``where`` field that none of ``refs`` has (a typo); an empty
+    listing has nothing to check against."""
+    if not refs:
+        return
+    seen = _metadata_fields(refs)
+    field = (order_by or "").lstrip("-")
+    if field and field not in seen and field not in ORDER_FIELDS:
+        raise CheckpointConfigError(
+            "order_by=%r: no listed checkpoint has a field %r; order by a metadata field (%s) "
+            "or by %s." % (order_by, field, ", ".join(seen) or "none", ", ".join(ORDER_FIELDS))
+        )
+    unknown = [k for k in where if k not in seen] if isinstance(where, dict) else []
+    if unknown:
+        raise CheckpointConfigError(
+            "where=%r: no listed checkpoint has a metadata field %s; the fields are: %s."
+            % (where, ", ".join(repr(k) for k in unknown), ", ".join(seen) or "none")
+        )
 
 
 def describe(target: Any) -> str:
