@@ -172,8 +172,10 @@ def test_best_ties_go_to_the_newest(store, saved):
 
 
 def test_a_task_target_alias_lists_only_the_tasks_namespace(store, saved):
+    """Another namespace's task is not picked from: the error says whose it is (issue 15 item
+    8; was "No checkpoint in task ...")."""
     view = TaskView(store, ME, reader=ME.namespace)
-    with pytest.raises(CheckpointNotFound, match="No checkpoint in task ShyFlow/9/train/2"):
+    with pytest.raises(CheckpointScopeError, match="task ShyFlow/9/train/2 belong to namespace"):
         resolve("ShyFlow/9/train/2@last", view)
     assert label(resolve("TrainFlow/100/train/7@last", view)) == "me-1"
 
@@ -372,3 +374,18 @@ def test_repr_shows_a_spelling_that_loads_it_back(store, saved, tmp_path):
     for r in (ref, named):
         spelling = repr(r)[len("CheckpointReference(") :].split(" ")[0]
         assert resolve(spelling, own_view(store))[1].key == r.key
+
+
+def test_a_task_of_another_namespace_loads_only_without_the_namespace_check(store, saved):
+    """``load("Flow/run/step/task", namespace_check=False)`` finds a task of another namespace
+    as loading by key does (was: "has no checkpoint", the flag ignored); with the check the
+    error says whose it is and how to load it anyway."""
+    bob = OTHER_NS.pathspec
+    assert label(resolve(bob, views(store)["no namespace check"])) == "bob-0"
+    assert label(resolve(bob + "@label=bob-0", views(store)["no namespace check"])) == "bob-0"
+    with pytest.raises(CheckpointScopeError) as err:
+        resolve(bob, own_view(store))
+    assert err.value.message == (
+        "The checkpoints of task ShyFlow/9/train/2 belong to namespace 'user:bob' but this "
+        "task runs in 'user:alice'; pass namespace_check=False to load them anyway."
+    )

@@ -465,3 +465,26 @@ def test_every_spelling_outside_a_task_and_in_the_cli(world):
             if expected[c] is not None:
                 problems.append(_check(row, c, got.get(row + "|" + c), expected[c]))
     assert [p for p in problems if p] == []
+
+
+def test_a_task_of_another_namespace_loads_with_namespace_check_false(world, tmp_path):
+    """``current.checkpoint.load("Flow/run/step/task", namespace_check=False)`` in a task of
+    another namespace loads that task's checkpoint, as loading by key does (issue 15 item 8;
+    was: "has no checkpoint", the flag ignored); without the flag the error says whose it is."""
+    import dataclasses
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+        CheckpointScopeError,
+    )
+
+    theirs = parse_key(world.keys["eval-0"]).scope
+    mine = dataclasses.replace(theirs, namespace="user:someone-else", run="999")
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    runtime = TaskContext(root=world.root, scope=mine, directory=str(directory)).runtime()
+    short = world.train + "@" + parse_key(world.keys["train-1"]).id[:8]
+    for spelling, label in ((world.train, "train-2"), (short, "train-1")):
+        with pytest.raises(CheckpointScopeError, match="pass namespace_check=False"):
+            runtime.load(spelling, str(tmp_path / "refused"))
+        got = runtime.load(spelling, str(tmp_path / label), namespace_check=False)
+        assert Path(got, "label.txt").read_text() == label

@@ -13,14 +13,14 @@ from collections.abc import Iterable
 from typing import Callable, Optional
 
 from ..common.refspec import Target
-from ..common.resolver import other_store_error
-from ..core.layout import flow_prefix, step_prefix
+from ..common.resolver import describe, other_store_error
+from ..core.layout import MANIFESTS_PREFIX, flow_prefix, step_prefix
 from ..core.manifest import ManifestHeader
 from ..core.policies import sort_key
 from ..core.position import RANK0, Position
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
-from ..errors import CheckpointConfigError
+from ..errors import CheckpointConfigError, CheckpointScopeError
 from ..storage.factory import same_root
 
 
@@ -90,11 +90,32 @@ class TaskView:
         else:
             prefix = flow_prefix(namespace, target.flow)
         headers = self._store.headers(prefix, run=target.run, task=target.task)
+        if not headers and target.run is not None:
+            headers = self._other_namespaces(target)
         if self._observe is not None:
             ours = scope.task_prefix()
             self._observe(h.created_ms for h in headers if h.scope.task_prefix() == ours)
         headers.sort(key=sort_key(within_task=target.task is not None), reverse=True)
         return self._store, headers
+
+    def _other_namespaces(self, target: Target) -> list[ManifestHeader]:
+        """The checkpoints of a run (step, task) saved in another namespace: listed when names
+        resolve in any namespace (``namespace_check=False``), else a CheckpointScopeError
+        saying whose they are.  One listing of every namespace, on this path only."""
+        scope = self.task_scope
+        assert scope is not None
+        found = [
+            h
+            for h in self._store.headers(MANIFESTS_PREFIX, run=target.run, task=target.task)
+            if h.scope.flow == target.flow and target.step in (None, h.scope.step)
+        ]
+        if found and self._reader is not None:
+            raise CheckpointScopeError(
+                "The checkpoints of %s belong to namespace %r but this task runs in %r; pass "
+                "namespace_check=False to load them anyway."
+                % (describe(target), found[0].scope.namespace, scope.namespace)
+            )
+        return found
 
 
 class NamesView:
