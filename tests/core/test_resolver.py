@@ -389,3 +389,22 @@ def test_a_task_of_another_namespace_loads_only_without_the_namespace_check(stor
         "The checkpoints of task ShyFlow/9/train/2 belong to namespace 'user:bob' but this "
         "task runs in 'user:alice'; pass namespace_check=False to load them anyway."
     )
+
+
+@pytest.mark.parametrize("spelling", ["TrainFlow", "TrainFlow@latest", "TrainFlow@1a2b3c4d"])
+def test_a_flow_spelt_as_a_name_says_how_to_spell_its_checkpoints(store, saved, spelling):
+    """No checkpoint is named 'TrainFlow', a flow TrainFlow has checkpoints: the error says so
+    and how to spell them (was: only "No checkpoint named 'TrainFlow'", a missing model)."""
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve(spelling, own_view(store))
+    message = err.value.message
+    assert message.startswith("No checkpoint named 'TrainFlow' in %s" % store.url)
+    assert message.endswith(
+        " TrainFlow is a flow with checkpoints: say which, e.g. 'TrainFlow@last', "
+        "'TrainFlow@best:<metric>', 'TrainFlow@<field>=<value>' or "
+        "'TrainFlow/<run_id>/<step>/<task_id>@<id>' ('latest' and a bare name are for named "
+        "checkpoints)."
+    )
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve("nosuch", own_view(store))
+    assert "is a flow" not in err.value.message

@@ -314,6 +314,11 @@ ROWS: list[tuple[str, Callable[[World], Any], dict]] = [
         everywhere(Err("CheckpointConfigError", "(did you mean 'best:acc'?)")),
     ),
     (
+        "a flow as a name",
+        lambda w: FLOW + "@latest",
+        everywhere(Err("CheckpointNotFound", "ResolverFlow is a flow with checkpoints: say which")),
+    ),
+    (
         "latest of a flow",
         lambda w: FLOW + "/@latest",
         everywhere(Err("CheckpointConfigError", "'latest' is the newest version of a named")),

@@ -28,7 +28,8 @@ What each kind resolves to:
   word means is the same rule for every caller: no view judges whether a word is a flow.
 
 A step or task target with no checkpoint is told apart from a misspelt one: the error names
-the steps (or tasks) of the run that have checkpoints (:func:`misspelt`).
+the steps (or tasks) of the run that have checkpoints, and a name no checkpoint has but a flow
+with checkpoints has says how to spell that flow's (:mod:`.hints`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ..core.scope import Scope, library_scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from . import refspec
+from .hints import flow_hint, misspelt
 from .match import format_match, matches
 from .refspec import KEY, NAMED, TASK, Alias, RefSpec, Target
 
@@ -125,7 +127,11 @@ def resolve(reference: Any, view: View) -> tuple[CheckpointStore, Manifest]:
         return store, store.read(_latest_of_task(headers, target).key)
     if spec.kind == NAMED:
         store = view.store(None, str(spec.name))
-        return store, store.named(spec.text(), None if spec.version else view.reader())
+        try:
+            return store, store.named(spec.text(), None if spec.version else view.reader())
+        except CheckpointNotFound as exc:
+            hint = "" if named_versions(store, str(spec.name)) else flow_hint(view, spec)
+            raise CheckpointNotFound(exc.message + hint) from None
     return _resolve_alias(spec, view)
 
 
@@ -188,34 +194,6 @@ def _by_version(headers: Sequence[ManifestHeader], target: Target, version: str)
         "Task %s has no checkpoint whose id starts with %r; its checkpoints, newest first: "
         "%s%s." % (target.pathspec, version, ids, more)
     )
-
-
-def misspelt(view: View, target: Target) -> str:
-    """Why a step or task ``target`` that lists no checkpoint may be misspelt: ``": there is
-    no step 'x' with checkpoints in run F/1 (its steps with checkpoints: ...)"`` (or the tasks
-    of the step that have some), else ``""`` (one listing of the run, on this path only)."""
-    if target.run is None or target.step is None:
-        return ""
-    try:
-        run = view.listing(Target(target.flow, target.run))[1]
-    except (CheckpointNotFound, CheckpointScopeError):
-        return ""
-    steps = sorted({h.scope.step for h in run})
-    tasks = sorted({h.scope.task for h in run if h.scope.step == target.step})
-    if run and target.step not in steps:
-        return ": there is no step %r with checkpoints in run %s/%s (its steps with " % (
-            target.step,
-            target.flow,
-            target.run,
-        ) + "checkpoints: %s)" % ", ".join(steps)
-    if tasks and target.task is not None and target.task not in tasks:
-        return ": step %s/%s/%s has checkpoints in tasks %s only" % (
-            target.flow,
-            target.run,
-            target.step,
-            ", ".join(tasks),
-        )
-    return ""
 
 
 def _visible(
@@ -412,7 +390,6 @@ __all__ = [
     "check_scope",
     "describe",
     "named_versions",
-    "misspelt",
     "other_store_error",
     "pick",
     "resolve",
