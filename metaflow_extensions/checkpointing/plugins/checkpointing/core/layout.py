@@ -17,6 +17,9 @@ A checkpoint root (``<datastore root>/mf.checkpointing`` or ``METAFLOW_CHECKPOIN
     │       checkpoint's manifest
     ├── pins/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<manifest file>
     │       empty marker: retention never prunes the manifest of the same path
+    ├── metrics/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<manifest file>
+    │       one small JSON per save of a task (its numeric metadata): the task's metrics log,
+    │       which retention and deletes never prune, so the card plots every save (.metrics_log)
     ├── indexes/<ns>/<flow>/<step>/summaries.json
     │   indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>[-w<node>.<local>].json
     │       listing hints (summaries of immutable manifests); never the truth; one per
@@ -68,13 +71,14 @@ MANIFESTS = "manifests"
 BLOBS = "blobs"
 PARTS = "parts"
 PINS = "pins"
+METRICS = "metrics"
 INDEXES = "indexes"
 PROMOTIONS = "promotions"
 LEASES = "leases"
 GC_RUNS = "gc/runs"
 CONTROL = "control"
 #: Every top-level prefix, in the order of the tree above.
-TOP_LEVEL = (MANIFESTS, BLOBS, PARTS, PINS, INDEXES, PROMOTIONS, LEASES, GC_RUNS, CONTROL)
+TOP_LEVEL = (MANIFESTS, BLOBS, PARTS, PINS, METRICS, INDEXES, PROMOTIONS, LEASES, GC_RUNS, CONTROL)
 
 MANIFESTS_PREFIX = MANIFESTS + "/"
 BLOBS_PREFIX = BLOBS + "/"
@@ -332,6 +336,18 @@ def pin_key(manifest_key: str) -> str:
 def pinned_manifest(pin: str) -> str:
     """The manifest key a pin marker stands for."""
     return MANIFESTS + pin[len(PINS) :]
+
+
+# ---------------------------------------------------------------------------- metrics log
+def metrics_key(manifest_key: str) -> str:
+    """The metrics log entry of the save committed at ``manifest_key`` (given a task prefix:
+    the prefix of that task's log)."""
+    return METRICS + manifest_key[len(MANIFESTS) :]
+
+
+def metrics_manifest(key: str) -> str:
+    """The manifest key a metrics log entry stands for (that manifest may be pruned)."""
+    return MANIFESTS + key[len(METRICS) :]
 
 
 # ---------------------------------------------------------------------------- summary indexes

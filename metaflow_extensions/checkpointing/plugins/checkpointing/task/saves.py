@@ -458,9 +458,25 @@ class TaskSaves:
         ref = reference_of(self.store, manifest)
         if fence is not None:
             fence.publish(ref)
+        if prune and manifest.position.is_rank0:  # rank 0's saves; a sharded one once
+            self._log_metrics(manifest)
         if prune and self._retention is not None and not self._retention.empty:
             self._apply_retention(manifest.name, protect=manifest.key)
         return ref
+
+    def _log_metrics(self, manifest: Manifest) -> None:
+        """Add a commit to the task's metrics log (``core/metrics_log.py``), which retention
+        never prunes; a failure is one warning per process, never the save's failure."""
+        from ..core.metrics_log import record
+
+        rules = self._retention.keep_best if self._retention is not None else ()
+        problem = record(self.store.storage, manifest, [(r.metric, r.mode) for r in rules])
+        if problem is not None and "metrics log" not in self._warned:
+            self._warned.add("metrics log")
+            self.log(
+                "[@checkpoint] Warning: %s (the checkpoint is committed; the card may not plot "
+                "this save)." % problem
+            )
 
     def _apply_retention(self, name: str, protect: str) -> None:
         """Prune this task's checkpoints of series ``name`` (all attempts) after a commit:
