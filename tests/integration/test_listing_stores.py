@@ -47,6 +47,14 @@ PROBE = PROBE_PRELUDE + textwrap.dedent(
 
     attempt("flow", lambda: warned(lambda: rows(c.list(F))))
     attempt("best", lambda: warned(lambda: rows([c.best(F, metric="loss")])))
+    if os.environ.get("PROBE_PRUNE"):
+        # Each store prunes its own checkpoints; du counts one store and names the others.
+        attempt("du", lambda: warned(lambda: c.du(F)["total"]["checkpoints"]))
+        attempt("prune", lambda: sorted(
+            [g["group"], len(g["deleted"])] for g in c.prune(F, keep_last=1)))
+        attempt("after", lambda: rows(c.list(F)))
+        print("PROBE" + json.dumps(out))
+        sys.exit(0)
     if os.environ.get("PROBE_DOWN"):
         # The run's only store of that step cannot be read: an error, never an empty list.
         attempt("only_store", lambda: c.list("%s/%s/start" % (F, runs[1])))
@@ -205,3 +213,24 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
     warned = [line for line in proc.stderr.splitlines() if s3_root in line]
     assert len(warned) == 1, proc.stderr
     assert "Could not list the checkpoints of MultiStoreFlow" in warned[0]
+
+    # With every store up again: prune keeps each store's newest per group, du says what it
+    # counted.
+    out, _ = _probe(dict(env, PROBE_PRUNE="1"), tmp, local.id, on_s3.id)
+    [(category, message)] = out["du"]["warnings"]
+    assert category == "CheckpointListWarning"
+    assert message == (
+        "du counts one store at a time: %s; not counted: %s, %s (Checkpoint(root=...).du for "
+        "each)." % (side_root, local_root, s3_root)
+    )
+    assert out["du"]["result"] == 4  # the side store's: two of each run
+    assert out["prune"] == [
+        ["MultiStoreFlow/side[_]:mfchckpt in %s" % side_root, 3],
+        ["MultiStoreFlow/start[_]:mfchckpt in %s" % local_root, 1],
+        ["MultiStoreFlow/start[_]:mfchckpt in %s" % s3_root, 1],
+    ]
+    assert out["after"] == [
+        [on_s3.id, "side", 1, side_root],
+        [on_s3.id, "start", 1, s3_root],
+        [local.id, "start", 1, local_root],
+    ]

@@ -106,8 +106,6 @@ class Lifecycle(ClientBase):
         refs = self.list(target, **filters)
         if not refs:
             return []
-        store = self._store(refs[0].root)
-        headers = [parse_key(r.key) for r in refs]
         publishers = {r.key: (r.publisher or {}).get("namespace") or "unknown" for r in refs}
 
         def group_of(h) -> str:
@@ -117,11 +115,18 @@ class Lifecycle(ClientBase):
                 return "named:%s[%s]" % (h.name, publishers[h.key])
             return "%s/%s[%s]:%s" % (s.flow, s.step, s.foreach, h.name)
 
-        plans = store.prune(headers, policy, group_of=group_of, dry_run=dry_run)
-        return [
-            {"group": g, "kept": p.keep, "deleted": p.delete, "warnings": p.warnings}
-            for g, p in plans
-        ]
+        # A flow's listing may span stores (ADR 005, listings): each store prunes its own.
+        roots = list(dict.fromkeys(r.root for r in refs))
+        out = []
+        for root in roots:
+            headers = [parse_key(r.key) for r in refs if r.root == root]
+            plans = self._store(root).prune(headers, policy, group_of=group_of, dry_run=dry_run)
+            suffix = " in %s" % root if len(roots) > 1 else ""
+            out += [
+                {"group": g + suffix, "kept": p.keep, "deleted": p.delete, "warnings": p.warnings}
+                for g, p in plans
+            ]
+        return out
 
     def gc(
         self,
@@ -187,7 +192,8 @@ class Lifecycle(ClientBase):
         else:
             refs = self.list(target, **filters)
             store = self._store(refs[0].root if refs else None)
-            headers = [parse_key(r.key) for r in refs]
+            _warn_other_stores(refs, store.url, "du")
+            headers = [parse_key(r.key) for r in refs if r.root == store.url]
         return store.usage(headers, by).to_json()
 
     def verify(
@@ -284,3 +290,19 @@ class Lifecycle(ClientBase):
         else:
             control.request(store.storage, key, reason, get_namespace())
         return key
+
+
+def _warn_other_stores(refs: list, counted: str, what: str) -> None:
+    """Warn that ``what`` covers the store ``counted`` only, naming the others ``refs`` are in."""
+    import warnings
+
+    from .listing import CheckpointListWarning
+
+    others = sorted({r.root for r in refs} - {counted})
+    if others:
+        warnings.warn(
+            "%s counts one store at a time: %s; not counted: %s (Checkpoint(root=...).%s for "
+            "each)." % (what, counted, ", ".join(others), what),
+            CheckpointListWarning,
+            stacklevel=3,
+        )
