@@ -329,7 +329,7 @@ def test_card_of_a_real_flow_in_chromium(flow_env):
     assert ys == sorted(ys) and len(set(ys)) == 5  # falling loss is drawn lower each save
     vertices = svg.find("polyline", "series").attrs["points"].split()
     assert vertices == ["%s,%s" % (p.attrs["cx"], p.attrs["cy"]) for p in points]
-    assert "5 of 6 checkpoints" in dom.find("figcaption").text()
+    assert "5 of 6 saves" in dom.find("figcaption").text()
 
     # Drawn, not just present in the markup: the line and dots are on screen.
     png = screenshot(html_file, tmp)
@@ -337,6 +337,101 @@ def test_card_of_a_real_flow_in_chromium(flow_env):
     width, height, pixels = png_pixels(png)
     assert (width, height) == (720, 420)
     assert count_color(pixels, SERIES_RGB) > 300
+
+
+@pytest.mark.flow
+def test_card_of_a_training_task_with_retention_and_a_retry_in_chromium(flow_env):
+    """30 saves with keep_last=3 and a crash after 12: the card still plots every save (the
+    metrics log), marks where the retry started and the best points, draws the loss on a log
+    axis and shows the newest 20 saves, the best one and how many more there are."""
+    from metaflow.cards import get_cards
+
+    env, tmp = flow_env
+    result = run_flow(FLOWS / "card_training_flow.py", env, tmp)
+    task = single_task(result.run, "train")
+    assert task.data.started_at == 12  # the retry resumed after attempt 0's 12 saves
+    cards = get_cards(task, type="checkpoint")
+    html_file = tmp / "training.html"
+    html_file.write_text(cards[0].get(), encoding="utf-8")
+    dom = browser_dom(html_file, tmp)
+    assert_self_contained(dom)
+    losses = [10.0 * 0.8**i for i in range(30)]
+    accuracies = [round(0.9 - 0.01 * abs(i - 6), 4) for i in range(30)]
+
+    # Two metrics, one plot each (step is a counter, not a metric), every save on both.
+    acc_svg, loss_svg = dom.find_all("svg", "plot")
+    assert (acc_svg.attrs["data-metric"], loss_svg.attrs["data-metric"]) == ("accuracy", "loss")
+    loss_points = loss_svg.find_all("circle", "point")
+    acc_points = acc_svg.find_all("circle", "point")
+    assert [float(p.attrs["data-y"]) for p in loss_points] == pytest.approx(losses)
+    assert [float(p.attrs["data-y"]) for p in acc_points] == pytest.approx(accuracies)
+    assert [p.attrs["data-attempt"] for p in loss_points] == ["0"] * 12 + ["1"] * 18
+    # keep_last=3 and keep_best kept 4 checkpoints; the other 26 points are pruned saves.
+    kept = [int(p.attrs["data-order"]) for p in loss_points if p.attrs["data-kept"] == "true"]
+    assert kept == [7, 28, 29, 30]
+    assert len(listed(task)) == 4
+
+    # The loss falls almost three decades: log axis, ticks at powers of ten.
+    assert (loss_svg.attrs["data-scale"], acc_svg.attrs["data-scale"]) == ("log", "linear")
+    ticks = [t.text() for t in loss_svg.find_all("text", "y-tick")]
+    assert ticks == ["0.01", "0.1", "1", "10"]
+    ys = [float(p.attrs["cy"]) for p in loss_points]
+    steps = [b - a for a, b in zip(ys, ys[1:])]
+    assert max(steps) - min(steps) < 0.05  # exponential decay is a straight line on it
+
+    # Where attempt 1 started: one dashed marker at save 13 on each plot.
+    for svg in (loss_svg, acc_svg):
+        (marker,) = svg.find_all("line", "attempt-marker")
+        assert marker.attrs["data-attempt"] == "1"
+        x13 = next(p for p in svg.find_all("circle", "point") if p.attrs["data-order"] == "13")
+        assert float(marker.attrs["x1"]) == pytest.approx(float(x13.attrs["cx"]), abs=0.1)
+        assert svg.find("text", "attempt-label").text() == "attempt 1"
+        assert len(svg.find_all("polyline", "series")) == 2  # one line per attempt
+
+    # Best points: accuracy by the step's keep_best (max, save 7), loss as a loss (min, 30).
+    acc_best = acc_svg.find("circle", "best-marker")
+    assert (acc_best.attrs["data-order"], acc_best.attrs["data-mode"]) == ("7", "max")
+    loss_best = loss_svg.find("circle", "best-marker")
+    assert (loss_best.attrs["data-order"], loss_best.attrs["data-mode"]) == ("30", "min")
+    assert "from keep_best" in acc_svg.parent.find("figcaption").text()
+
+    # Table: saves 30..11 (newest 20), a row counting the 9 not shown, then the best save 7.
+    table = dom.find("table", "checkpoints")
+    rows = table.find_all("tr", "checkpoint")
+    assert [int(r.attrs["data-order"]) for r in rows] == list(range(30, 10, -1)) + [7]
+    assert table.find("tr", "more").attrs["data-count"] == "9"
+    assert "9 more saves not shown" in table.find("tr", "more").text()
+    assert rows[-1].attrs["data-best"] == "accuracy" and rows[0].attrs["data-best"] == "loss"
+    assert [r.find("td", "state").text() for r in rows[:4]] == [
+        "kept" + "best loss",
+        "kept",
+        "kept",
+        "pruned",
+    ]
+    assert rows[-1].find("td", "attempt").text() == "0"
+    summary = dom.find("p", "summary").text()
+    assert "30 saves; 4 checkpoints kept" in summary and "26 pruned" in summary
+
+    # Drawn: both metrics' lines, the best rings and the retry marker are on screen.
+    png = screenshot(html_file, tmp, size="720,820")
+    width, height, pixels = png_pixels(png)
+    assert (width, height) == (720, 820)
+    # (About half of what Chromium draws exactly in each colour; anti-aliased edges aside.)
+    assert count_color(pixels, (0x09, 0x69, 0xDA)) > 300  # accuracy line and points
+    assert count_color(pixels, (0xBC, 0x4C, 0x00)) > 300  # loss line and points
+    assert count_color(pixels, (0xD4, 0xA7, 0x2C)) > 80  # the two best rings
+    assert count_color(pixels, (0x6E, 0x77, 0x81)) > 100  # the two attempt markers
+
+
+def listed(task) -> list:
+    from metaflow import Checkpoint, get_namespace, namespace
+
+    previous = get_namespace()
+    namespace(None)
+    try:
+        return Checkpoint().list(task.pathspec)
+    finally:
+        namespace(previous)
 
 
 # ------------------------------------------------------------------------------- renderer
@@ -369,15 +464,24 @@ def test_a_metric_nobody_has_shows_a_note_and_no_plot():
     assert "accuracy" in dom.find("p", "note").text()
 
 
-def test_without_a_metric_option_the_first_mostly_numeric_field_is_plotted():
+def test_without_a_metric_option_every_mostly_numeric_field_but_counters_is_plotted():
     refs = newest_first(
-        ref(1, {"name": "a", "lr": "0.1", "acc": 0.5, "loss": 3.0}),
-        ref(2, {"name": "b", "acc": 0.7, "loss": 2.0}),
-        ref(3, {"name": "c", "loss": 1.0}),  # acc in 2 of 3 checkpoints: still "most"
+        ref(1, {"name": "a", "lr": "0.1", "acc": 0.5, "loss": 3.0, "step": 0, "x": 1}),
+        ref(2, {"name": "b", "acc": 0.7, "loss": 2.0, "step": 5, "x": None}),
+        ref(3, {"name": "c", "loss": 1.0, "step": 9}),  # acc in 2 of 3 checkpoints: "most"
     )
     dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2"))
-    assert dom.find("svg", "plot").attrs["data-metric"] == "acc"
-    assert [float(p.attrs["data-y"]) for p in plot_points(dom)] == [0.5, 0.7]
+    # step never decreases and is an integer: a counter, not plotted; x is in 1 of 3 saves.
+    svgs = dom.find_all("svg", "plot")
+    assert [svg.attrs["data-metric"] for svg in svgs] == ["acc", "loss"]
+    acc = [float(p.attrs["data-y"]) for p in svgs[0].find_all("circle", "point")]
+    assert acc == [0.5, 0.7]
+    # One colour per metric, the first the card's accent colour.
+    colours = [svg.find("polyline", "series").attrs["style"] for svg in svgs]
+    assert colours == ["stroke:#0969da", "stroke:#bc4c00"]
+    # Only counters: they are plotted after all.
+    only = parse_html(render_checkpoints(newest_first(ref(1, {"epoch": 1})), pathspec="F/1/t/2"))
+    assert only.find("svg", "plot").attrs["data-metric"] == "epoch"
 
 
 def test_x_option_uses_a_metadata_field_for_the_x_axis():
@@ -399,7 +503,7 @@ def test_x_option_uses_a_metadata_field_for_the_x_axis():
     # x positions follow the epoch values, not the save order: 10 -> 30 is twice 30 -> 40.
     x0, x1, x2 = (float(p.attrs["cx"]) for p in points)
     assert x1 - x0 == pytest.approx(2 * (x2 - x1), rel=1e-3)
-    assert "3 of 4 checkpoints" in dom.find("figcaption").text()
+    assert "3 of 4 saves" in dom.find("figcaption").text()
     # The x field itself is never picked as the metric.
     auto = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", x="epoch"))
     assert auto.find("svg", "plot").attrs["data-metric"] == "loss"
@@ -495,10 +599,185 @@ def test_options_must_be_a_dict():
         CheckpointCard(options="loss")
 
 
-def test_a_long_history_shows_the_newest_rows_and_plots_every_save():
-    refs = newest_first(*(ref(i, {"loss": 1.0 / i}) for i in range(1, 603)))
-    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", metric="loss"))
+# ------------------------------------------------------------------------------- metrics log
+
+
+def entry(order: int, metrics: dict, attempt: int = 0, best=(), name: str = "mfchckpt"):
+    """The metrics log's entry of the save ``ref(order, ...)`` stands for."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.metrics_log import (
+        MetricsEntry,
+    )
+
+    return MetricsEntry(
+        key="manifests/ns/F/train/_/1/2/%013d-0-%06d-L-id%d-%s.json" % (order, order, order, name),
+        id="id%d" % order,
+        name=name,
+        attempt=attempt,
+        created_ms=order,
+        seq=order,
+        latest=True,
+        metrics=metrics,
+        best=tuple(best),
+    )
+
+
+def test_saves_retention_pruned_are_plotted_from_the_log_and_shown_as_pruned():
+    log = [entry(i, {"loss": 10.0 - i}) for i in range(1, 11)]
+    refs = newest_first(*(ref(i, {"loss": 10.0 - i, "note": "kept"}) for i in (8, 9, 10)))
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", log=log))
+    points = plot_points(dom)
+    assert [float(p.attrs["data-y"]) for p in points] == [10.0 - i for i in range(1, 11)]
+    assert [p.attrs["data-kept"] for p in points] == ["false"] * 7 + ["true"] * 3
+    assert all("pruned" in p.attrs["class"].split() for p in points[:7])
     rows = dom.find_all("tr", "checkpoint")
-    assert len(rows) == 500
-    assert "newest 500 of 602 checkpoints" in " ".join(n.text() for n in dom.find_all("p", "note"))
-    assert len(plot_points(dom)) == 602
+    assert [int(r.attrs["data-order"]) for r in rows] == list(range(10, 0, -1))
+    states = [r.find("td", "state").text() for r in rows[:4]]
+    assert states == ["keptbest loss", "kept", "kept", "pruned"]
+    # A pruned save shows what the log has; a kept one its whole metadata and size.
+    assert [c.text() for c in rows[3].find_all("code", "kv")] == ["loss=3.0"]
+    assert rows[3].find("td", "size").text() == ""
+    assert [c.text() for c in rows[0].find_all("code", "kv")] == ["loss=0.0", "note=kept"]
+    assert "10 saves; 3 checkpoints kept" in dom.find("p", "summary").text()
+
+
+def test_a_checkpoint_missing_from_the_log_is_still_plotted_in_its_place():
+    log = [entry(1, {"loss": 3.0}), entry(3, {"loss": 1.0})]  # save 2's log write failed
+    refs = newest_first(ref(2, {"loss": 2.0}), ref(3, {"loss": 1.0}))
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", log=log))
+    assert [float(p.attrs["data-y"]) for p in plot_points(dom)] == [3.0, 2.0, 1.0]
+    assert [p.attrs["data-kept"] for p in plot_points(dom)] == ["false", "true", "true"]
+
+
+def test_a_thousand_saves_table_shows_the_newest_20_the_best_and_how_many_more():
+    accuracy = [round(0.5 + 0.4 * (1 - abs(i - 100) / 900), 6) for i in range(1, 1001)]
+    log = [
+        entry(i, {"loss": 100.0 / i, "accuracy": accuracy[i - 1]}, best=[("accuracy", "max")])
+        for i in range(1, 1001)
+    ]
+    refs = newest_first(ref(100, {}), ref(999, {}), ref(1000, {}))
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", log=log))
+    svgs = dom.find_all("svg", "plot")
+    assert [len(s.find_all("circle", "point")) for s in svgs] == [1000, 1000]
+    rows = dom.find_all("tr", "checkpoint")
+    assert [int(r.attrs["data-order"]) for r in rows] == list(range(1000, 980, -1)) + [100]
+    more = dom.find("tr", "more")
+    assert more.attrs["data-count"] == "979" and "979 more saves not shown" in more.text()
+    assert rows[-1].attrs["data-best"] == "accuracy"
+    assert "best accuracy" in rows[-1].find("td", "state").text()
+    # The loss's best (lowest, the newest) is already among the newest rows: not repeated.
+    assert rows[0].attrs["data-best"] == "loss"
+
+
+def test_log_scale_only_for_positive_values_spanning_two_decades():
+    def scale(values):
+        log = [entry(i, {"m": v}) for i, v in enumerate(values, start=1)]
+        dom = parse_html(render_checkpoints([ref(1, {})], pathspec="F/1/t/2", log=log))
+        svg = dom.find("svg", "plot")
+        return svg.attrs["data-scale"], [t.text() for t in svg.find_all("text", "y-tick")]
+
+    assert scale([1000.0, 10.0, 1.0]) == ("log", ["1", "10", "100", "1000"])
+    assert scale([0.5, 0.004]) == ("log", ["0.001", "0.01", "0.1", "1"])
+    assert scale([1.0, 50.0])[0] == "linear"  # under two decades
+    assert scale([-1000.0, -1.0, -0.001])[0] == "linear"  # negative: no log axis
+    assert scale([0.0, 1.0, 1000.0])[0] == "linear"  # zero has no logarithm
+    wide = scale([10.0**k for k in range(-12, 12)])  # 23 decades: every second one labelled
+    assert wide == (
+        "log",
+        [
+            "1e-12",
+            "1e-10",
+            "1e-08",
+            "1e-06",
+            "0.0001",
+            "0.01",
+            "1",
+            "100",
+            "10000",
+            "1e+06",
+            "1e+08",
+            "1e+10",
+            "1e+12",
+        ],
+    )
+
+
+def test_one_save_is_one_point_in_a_visible_range():
+    log = [entry(1, {"loss": 0.25})]
+    dom = parse_html(render_checkpoints([ref(1, {"loss": 0.25})], pathspec="F/1/t/2", log=log))
+    (point,) = plot_points(dom)
+    svg = dom.find("svg", "plot")
+    assert 72 < float(point.attrs["cx"]) < 620 and 24 < float(point.attrs["cy"]) < 228
+    assert svg.find_all("line", "attempt-marker") == []
+    assert svg.find("circle", "best-marker").attrs["data-order"] == "1"  # a loss: min
+
+
+def test_a_metric_that_is_always_null_is_not_plotted():
+    log = [entry(i, {"loss": None, "step": i}) for i in range(1, 4)]  # NaN stored as null
+    refs = newest_first(ref(3, {"loss": None, "step": 3}))
+    asked = parse_html(render_checkpoints(refs, pathspec="F/1/t/2", log=log, metric="loss"))
+    assert asked.find_all("svg") == []
+    assert "No save has a finite loss to plot." in asked.find("p", "no-values").text()
+    auto = parse_html(render_checkpoints(refs, pathspec="F/1/t/2", log=log))
+    assert [s.attrs["data-metric"] for s in auto.find_all("svg", "plot")] == ["step"]
+
+
+def test_each_attempt_after_the_first_gets_a_marker_where_it_started():
+    log = [entry(i, {"acc": i / 10}, attempt=a) for i, a in enumerate([0, 0, 1, 1, 1, 2], 1)]
+    dom = parse_html(render_checkpoints([ref(6, {})], pathspec="F/1/t/2", log=log))
+    svg = dom.find("svg", "plot")
+    markers = svg.find_all("line", "attempt-marker")
+    assert [m.attrs["data-attempt"] for m in markers] == ["1", "2"]
+    starts = {p.attrs["data-order"]: float(p.attrs["cx"]) for p in plot_points(dom)}
+    assert [float(m.attrs["x1"]) for m in markers] == pytest.approx([starts["3"], starts["6"]])
+    assert [t.text() for t in svg.find_all("text", "attempt-label")] == ["attempt 1", "attempt 2"]
+    lines = svg.find_all("polyline", "series")
+    assert [len(pl.attrs["points"].split()) for pl in lines] == [2, 3, 1]
+    assert svg.find_all("circle", "best-marker") == []  # acc: higher is not always better
+
+
+def test_the_best_point_follows_keep_best_then_the_best_option_then_loss_names():
+    log = [entry(i, {"loss": float(i), "acc": i / 10, "f1": 1 - i / 10}) for i in (1, 2, 3)]
+    refs = [ref(3, {})]
+
+    def bests(**kwargs):
+        dom = parse_html(render_checkpoints(refs, pathspec="F/1/t/2", **kwargs))
+        return {
+            s.attrs["data-metric"]: (m.attrs["data-order"], m.attrs["data-mode"])
+            for s in dom.find_all("svg", "plot")
+            for m in s.find_all("circle", "best-marker")
+        }
+
+    assert bests(log=log) == {"loss": ("1", "min")}  # only the loss is unambiguous
+    ranked = [entry(e.created_ms, e.metrics, best=[("loss", "max")]) for e in log]
+    assert bests(log=ranked) == {"loss": ("3", "max")}  # the step's keep_best wins
+    assert bests(log=log, best=["acc:max", "f1:min"]) == {
+        "loss": ("1", "min"),
+        "acc": ("3", "max"),
+        "f1": ("3", "min"),
+    }
+    with pytest.raises(TypeError, match="best='acc:higher'"):
+        CheckpointCard(options={"best": "acc:higher"})
+
+
+def test_a_log_that_cannot_be_read_leaves_the_listing_and_says_so():
+    refs = newest_first(ref(1, {"loss": 2.0}), ref(2, {"loss": 1.0}))
+    dom = parse_html(
+        render_checkpoints(refs, pathspec="F/1/t/2", log=None, log_error="StorageError: denied")
+    )
+    assert "StorageError: denied" in dom.find("p", "log-error").text()
+    assert len(plot_points(dom)) == 2
+
+
+def test_render_reads_the_metrics_log_from_the_store_of_the_listed_checkpoints(tmp_path):
+    from metaflow_extensions.checkpointing.plugins.cards.checkpoint_card.card import read_log
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import metrics_key
+
+    root = tmp_path / "store"
+    key = "manifests/ns/F/train/_/1/2/%013d-0-%06d-L-id%d-mfchckpt.json" % (5, 5, 5)
+    path = root / metrics_key(key)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"format": "metaflow-checkpointing-metrics/1", "metrics": {"loss": 1.5}}')
+    entries, error = read_log([ref(9, {}, root=str(root))])
+    assert error is None and [(e.key, e.metrics) for e in entries] == [(key, {"loss": 1.5})]
+    entries, error = read_log([ref(9, {}, root="")])
+    assert entries is None and "CheckpointConfigError" in error

@@ -1,13 +1,14 @@
-"""The ``checkpoint`` card: a task's checkpoints as a table and a metric plotted over saves.
+"""Card type ``"checkpoint"``: a task's training as plots of its metrics and a table of its saves.
 
-Attach it to a ``@checkpoint`` step with ``@card(type="checkpoint")``; options
-``{"metric": "loss", "x": "step"}`` choose what to plot.  The card is one self-contained HTML
-page (inline CSS and SVG, no JavaScript, no external resources) so it renders offline and in
-Metaflow's card viewer alike.
+Attach it to a ``@checkpoint`` step with ``@card(type="checkpoint")``; options choose what to
+plot (``metric``, ``x``, ``best``).  Every save is shown, also those retention pruned: the
+task's metrics log (``core/metrics_log.py``) is merged with the checkpoints still listed.  The
+card is one self-contained HTML page (inline CSS and SVG, no JavaScript, no external
+resources) so it renders offline and in Metaflow's card viewer alike.
 
 This module is imported on every ``import metaflow`` (card packages are loaded eagerly): it
 imports only the standard library and Metaflow's card base class at module level; the client
-is imported inside :meth:`CheckpointCard.render`.
+and the store are imported inside :meth:`CheckpointCard.render`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,25 @@ from typing import Any, Optional
 # initialised, and ``metaflow.cards`` pulls in the card client.
 from metaflow.plugins.cards.card_modules.card import MetaflowCard
 
-from .plot import esc, metadata_of, number, svg_plot
+from .plot import PALETTE, esc, svg_plot
+from .series import (
+    Save,
+    best_modes,
+    best_save,
+    finite,
+    metadata_of,
+    parse_best_option,
+    pick_metrics,
+    saves_of,
+)
 
 __all__ = ["CheckpointCard", "render_checkpoints"]
 
 #: Longest metadata value shown in the table; the full value is in the cell's tooltip.
 MAX_VALUE_CHARS = 80
-#: Rows of the table (newest first); the plot always shows every checkpoint.
-MAX_ROWS = 500
+#: Newest saves in the table (the best save of each plotted metric is added below them); the
+#: plots always show every save.
+TABLE_ROWS = 20
 
 
 _CSS = """
@@ -38,6 +50,7 @@ h1 { font-size: 18px; margin: 0 0 4px 0; }
 .summary, .note, .caption { color: #59636e; margin: 4px 0 12px 0; }
 .error { color: #b42318; background: #fef3f2; border: 1px solid #fecdca; padding: 8px;
          border-radius: 4px; }
+figure { margin: 8px 0 12px 0; }
 table { border-collapse: collapse; margin-top: 12px; }
 th, td { border-bottom: 1px solid #d1d9e0; padding: 4px 10px; text-align: left;
          vertical-align: top; }
@@ -45,27 +58,34 @@ th { background: #f6f8fa; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.created, td.size { white-space: nowrap; }
 td.metadata code { font-size: 12px; margin-right: 8px; white-space: nowrap; }
+tr.pruned td { color: #59636e; }
+tr.more td { color: #59636e; font-style: italic; text-align: center; }
+.badge { font-size: 11px; border-radius: 8px; padding: 0 6px; margin-left: 4px;
+         background: #fff8c5; border: 1px solid #d4a72c; white-space: nowrap; }
 svg.plot { background: #ffffff; border: 1px solid #d1d9e0; border-radius: 4px; }
 svg.plot .axis { stroke: #59636e; stroke-width: 1; }
 svg.plot .grid { stroke: #eaeef2; stroke-width: 1; }
 svg.plot .tick-label { font-size: 11px; fill: #59636e; }
 svg.plot .axis-label { font-size: 12px; fill: #1f2328; }
-svg.plot .series { fill: none; stroke: #0969da; stroke-width: 2; }
-svg.plot .point { fill: #0969da; stroke: #ffffff; stroke-width: 1; }
+svg.plot .attempt-label, svg.plot .best-label { font-size: 11px; fill: #59636e;
+    paint-order: stroke; stroke: #ffffff; stroke-width: 3px; stroke-linejoin: round; }
+svg.plot .best-label { fill: #1f2328; font-weight: 600; }
+svg.plot .series { fill: none; stroke-width: 2; }
+svg.plot .point { stroke-width: 1.5; }
 """
 
 
 class CheckpointCard(MetaflowCard):
-    """Card type ``"checkpoint"``: the checkpoints saved by a task.
-
-    Shows a table of every checkpoint the task saved (all attempts) and an SVG line plot of one
-    numeric metadata field over the saves, oldest to newest.
+    """Card type ``"checkpoint"``: the saves of a task, plotted and tabled.
 
     Parameters
     ----------
     options : dict, optional
-        ``metric``: metadata field to plot (default: the first field that is numeric in most
-        checkpoints). ``x``: metadata field for the x axis (default: save order, 1 = oldest).
+        ``metric``: a metadata field, or a list of them, to plot (default: every field numeric
+        in more than half of the saves, counters such as ``step`` aside, at most six).
+        ``x``: metadata field for the x axis (default: save order, 1 = oldest).
+        ``best``: ``"metric:min"``/``"metric:max"`` (or a list): which point is the best, for
+        a metric the step's ``keep_best`` does not rank.
     components, graph, flow, **kwargs
         Passed by Metaflow to every card; unused.
     """
@@ -85,15 +105,22 @@ class CheckpointCard(MetaflowCard):
             # A TypeError makes Metaflow render its "incorrect card arguments" card.
             raise TypeError("@card(type='checkpoint') options must be a dict, not %r" % (options,))
         metric, x = options.get("metric"), options.get("x")
-        self._metric = None if metric is None else str(metric)
+        if isinstance(metric, (list, tuple)):
+            self._metric: Any = [str(m) for m in metric]
+        else:
+            self._metric = None if metric is None else str(metric)
         self._x = None if x is None else str(x)
+        self._best = options.get("best")
+        parse_best_option(self._best)  # refuse a bad spelling now, not when rendering
 
     def render(self, task: Any) -> str:
         """Render the card of ``task`` (a finished Metaflow client ``Task``).
 
         The checkpoints are listed once, in every namespace (a card shows what its own task
-        saved, whoever renders it). A listing error is shown in the card instead of raised, so
-        the card still says that the step has checkpoints and why they are not shown.
+        saved, whoever renders it), and the task's metrics log is read from the store they live
+        in.  A listing error is shown in the card instead of raised, so the card still says
+        that the step has checkpoints and why they are not shown; a log that cannot be read
+        leaves the plot with the checkpoints listed, and says so.
 
         Parameters
         ----------
@@ -119,20 +146,46 @@ class CheckpointCard(MetaflowCard):
                 namespace(previous)
         except Exception as exc:  # any failure becomes a visible one-line message
             error = "%s: %s" % (type(exc).__name__, exc)
+        log, log_error = (None, None) if not refs else read_log(refs)
         return render_checkpoints(
-            refs, pathspec=pathspec, metric=self._metric, x=self._x, error=error
+            refs,
+            pathspec=pathspec,
+            metric=self._metric,
+            x=self._x,
+            error=error,
+            log=log,
+            log_error=log_error,
+            best=self._best,
         )
+
+
+def read_log(refs: Sequence[Mapping[str, Any]]) -> tuple[Optional[list], Optional[str]]:
+    """``(entries, None)``: the metrics log of the task of ``refs`` (read from the store of
+    the newest), or ``(None, why)`` when it cannot be read."""
+    try:
+        from ...checkpointing.common.access import store_of
+        from ...checkpointing.core import metrics_log
+        from ...checkpointing.core.layout import task_prefix_of
+
+        store = store_of(refs[0])
+        prefix = task_prefix_of(str(refs[0].get("key")))
+        return metrics_log.read(store.storage, prefix, store.options.workers), None
+    except Exception as exc:  # the card still shows what was listed
+        return None, "%s: %s" % (type(exc).__name__, exc)
 
 
 def render_checkpoints(
     refs: Optional[Sequence[Mapping[str, Any]]],
     *,
     pathspec: str,
-    metric: Optional[str] = None,
+    metric: Any = None,
     x: Optional[str] = None,
     error: Optional[str] = None,
+    log: Optional[Sequence[Any]] = None,
+    log_error: Optional[str] = None,
+    best: Any = None,
 ) -> str:
-    """Render the card's HTML from a checkpoint listing.
+    """Render the card's HTML from a checkpoint listing and the task's metrics log.
 
     Parameters
     ----------
@@ -141,12 +194,18 @@ def render_checkpoints(
         ``None`` when listing failed (see ``error``).
     pathspec : str
         The task's pathspec, shown in the title.
-    metric : str, optional
-        Metadata field to plot; default: :func:`pick_metric`.
+    metric : str or list of str, optional
+        Metadata fields to plot, one plot each; default: :func:`.series.pick_metrics`.
     x : str, optional
         Metadata field for the x axis; default: save order (1 = oldest).
     error : str, optional
         Why the checkpoints could not be listed; rendered instead of table and plot.
+    log : sequence of MetricsEntry, optional
+        The task's metrics log, oldest first (every save, pruned ones too).
+    log_error : str, optional
+        Why the metrics log could not be read (shown as a note).
+    best : str or list of str, optional
+        The card's ``best`` option (``"metric:min|max"``).
 
     Returns
     -------
@@ -161,55 +220,33 @@ def render_checkpoints(
             % (esc(pathspec), esc(error or "no listing"))
         )
         return _page(title, parts)
-    if not refs:
+    saves = saves_of(refs, log)
+    if not saves:
         parts.append('<p class="note">This task saved no checkpoints.</p>')
         return _page(title, parts)
 
-    oldest_first = list(reversed(refs))
-    order = {id(ref): i for i, ref in enumerate(oldest_first, start=1)}
-    parts.append('<p class="summary">%s</p>' % esc(_summary(oldest_first)))
-
-    chosen = metric if metric is not None else pick_metric(oldest_first, exclude=x)
-    if chosen is None:
-        parts.append('<p class="note">No numeric metadata to plot.</p>')
-    else:
-        parts.append(svg_plot(oldest_first, chosen, x))
-    shown = refs[:MAX_ROWS]
-    parts.append(_table(shown, order))
-    if len(refs) > len(shown):
+    parts.append('<p class="summary">%s</p>' % esc(_summary(saves)))
+    if any(not s.kept for s in saves):
         parts.append(
-            '<p class="note">Table shows the newest %d of %d checkpoints; list them all with '
-            "<code>Checkpoint().list(&quot;%s&quot;)</code>.</p>"
-            % (len(shown), len(refs), esc(pathspec))
+            '<p class="note legend">Filled points are checkpoints still stored; hollow ones were '
+            "pruned (retention or a delete): their metrics come from the task's metrics log.</p>"
         )
+    if log_error is not None:
+        parts.append(
+            '<p class="note log-error">The metrics log could not be read (%s): only the %d '
+            "checkpoints listed are shown.</p>" % (esc(log_error), len(refs))
+        )
+    if metric is None:
+        metrics = pick_metrics(saves, exclude=x)
+    else:
+        metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric]
+    bests = best_modes(metrics, log, best)
+    if not metrics:
+        parts.append('<p class="note">No numeric metadata to plot.</p>')
+    for i, name in enumerate(metrics):
+        parts.append(svg_plot(saves, name, x, PALETTE[i % len(PALETTE)], bests.get(name)))
+    parts.append(_table(saves, _best_rows(saves, metrics, x, bests), pathspec))
     return _page(title, parts)
-
-
-def pick_metric(refs: Sequence[Mapping[str, Any]], exclude: Optional[str] = None) -> Optional[str]:
-    """The first metadata field (in save order) that is numeric in most checkpoints.
-
-    Parameters
-    ----------
-    refs : sequence of CheckpointReference (or dict)
-        Checkpoints, oldest first.
-    exclude : str, optional
-        A field never picked (the x axis field).
-
-    Returns
-    -------
-    str or None
-        The field's name, or ``None`` if no field is numeric in more than half of ``refs``.
-    """
-    counts: dict[str, int] = {}
-    for ref in refs:
-        for key, value in metadata_of(ref).items():
-            if key != exclude and number(value) is not None:
-                counts[key] = counts.get(key, 0) + 1
-    # dicts keep insertion order: the first field seen (oldest checkpoint first) wins ties.
-    for key, count in counts.items():
-        if count * 2 > len(refs):
-            return key
-    return None
 
 
 # ---------------------------------------------------------------------------------- pieces
@@ -223,16 +260,26 @@ def _page(title: str, parts: list[str]) -> str:
     )
 
 
-def _summary(oldest_first: list) -> str:
+def _summary(saves: Sequence[Save]) -> str:
     from ...checkpointing.fmt import human_size
 
-    total = sum(int(r.get("size") or 0) for r in oldest_first)
-    attempts = sorted({r.get("attempt") for r in oldest_first if r.get("attempt") is not None})
-    text = "%d checkpoint%s, %s in total" % (
-        len(oldest_first),
-        "" if len(oldest_first) == 1 else "s",
-        human_size(total),
-    )
+    kept = [s for s in saves if s.kept]
+    total = sum(int(s.ref.get("size") or 0) for s in kept if s.ref is not None)
+    attempts = sorted({s.attempt for s in saves if s.attempt is not None})
+    text = "%d save%s" % (len(saves), "" if len(saves) == 1 else "s")
+    if len(kept) == len(saves):
+        text = "%d checkpoint%s, %s in total" % (
+            len(saves),
+            "" if len(saves) == 1 else "s",
+            human_size(total),
+        )
+    else:
+        text += "; %d checkpoint%s kept (%s), %d pruned" % (
+            len(kept),
+            "" if len(kept) == 1 else "s",
+            human_size(total),
+            len(saves) - len(kept),
+        )
     if attempts:
         text += ", attempt%s %s" % (
             "" if len(attempts) == 1 else "s",
@@ -241,43 +288,93 @@ def _summary(oldest_first: list) -> str:
     return text + "."
 
 
-def _table(refs: Sequence[Mapping[str, Any]], order: dict) -> str:
-    from ...checkpointing.fmt import human_size
+def _best_rows(
+    saves: Sequence[Save], metrics: Sequence[str], x: Optional[str], bests: dict
+) -> dict[int, list[str]]:
+    """``{id(save): [metric, ...]}``: the save each marked metric ranks best."""
+    out: dict[int, list[str]] = {}
+    for metric in metrics:
+        if metric not in bests:
+            continue
+        points = []
+        for save in saves:
+            y = finite(save.values.get(metric))
+            px = float(save.order) if x is None else finite(save.values.get(x))
+            if y is not None and px is not None:
+                points.append((px, y, save))
+        chosen = best_save(points, bests[metric][0])
+        if chosen is not None:
+            out.setdefault(id(chosen), []).append(metric)
+    return out
 
+
+def _table(saves: Sequence[Save], best: dict[int, list[str]], pathspec: str) -> str:
+    """The newest :data:`TABLE_ROWS` saves, newest first; then, past a row counting the saves
+    not shown, the best save of each marked metric when it is older."""
+    newest = list(reversed(saves))[:TABLE_ROWS]
+    shown = {id(s) for s in newest}
+    older_best = [s for s in reversed(saves) if id(s) in best and id(s) not in shown]
     rows = [
         '<table class="checkpoints"><thead><tr>'
         '<th class="num">#</th><th>Created (UTC)</th><th>Name</th><th class="num">Size</th>'
-        '<th class="num">Attempt</th><th>Latest</th><th>Metadata</th>'
+        '<th class="num">Attempt</th><th>Latest</th><th>Checkpoint</th><th>Metadata</th>'
         "</tr></thead><tbody>"
     ]
-    for ref in refs:  # newest first, like Checkpoint().list()
-        size = int(ref.get("size") or 0)
-        latest = bool(ref.get("latest"))
+    rows += [_row(s, best.get(id(s), [])) for s in newest]
+    hidden = len(saves) - len(newest) - len(older_best)
+    if hidden > 0:
         rows.append(
-            '<tr class="checkpoint" data-key="%s" data-order="%d">'
-            '<td class="num order">%d</td>'
-            '<td class="created">%s</td>'
-            '<td class="name">%s</td>'
-            '<td class="num size" title="%d bytes">%s</td>'
-            '<td class="num attempt">%s</td>'
-            '<td class="latest" data-latest="%s">%s</td>'
-            '<td class="metadata">%s</td></tr>'
-            % (
-                esc(ref.get("key", "")),
-                order[id(ref)],
-                order[id(ref)],
-                esc(_created(ref.get("created_on"))),
-                esc(ref.get("name", "")),
-                size,
-                esc(human_size(size)),
-                esc(ref.get("attempt", "")),
-                "true" if latest else "false",
-                "latest" if latest else "",
-                _metadata_cell(metadata_of(ref)),
-            )
+            '<tr class="more" data-count="%d"><td colspan="8">%d more save%s not shown '
+            "(every save is in the plots; <code>Checkpoint().list(&quot;%s&quot;)</code> lists "
+            "the checkpoints kept)</td></tr>"
+            % (hidden, hidden, "" if hidden == 1 else "s", esc(pathspec))
         )
+    rows += [_row(s, best[id(s)]) for s in older_best]
     rows.append("</tbody></table>")
     return "".join(rows)
+
+
+def _row(save: Save, best_of: list[str]) -> str:
+    from ...checkpointing.fmt import human_size
+
+    ref = save.ref
+    if ref is not None:
+        size = int(ref.get("size") or 0)
+        size_cell = '<td class="num size" title="%d bytes">%s</td>' % (size, esc(human_size(size)))
+        metadata = metadata_of(ref)
+    else:
+        size_cell = '<td class="num size" title="pruned: the checkpoint no longer exists"></td>'
+        metadata = save.values
+    badges = "".join('<span class="badge best">best %s</span>' % esc(m) for m in best_of)
+    classes = "checkpoint" + ("" if save.kept else " pruned") + (" best" if best_of else "")
+    return (
+        '<tr class="%s" data-key="%s" data-order="%d" data-kept="%s"%s>'
+        '<td class="num order">%d</td>'
+        '<td class="created">%s</td>'
+        '<td class="name">%s</td>'
+        "%s"
+        '<td class="num attempt">%s</td>'
+        '<td class="latest" data-latest="%s">%s</td>'
+        '<td class="state">%s%s</td>'
+        '<td class="metadata">%s</td></tr>'
+        % (
+            classes,
+            esc(save.key),
+            save.order,
+            "true" if save.kept else "false",
+            ' data-best="%s"' % esc(" ".join(best_of)) if best_of else "",
+            save.order,
+            esc(_created(save.created_on)),
+            esc(save.name),
+            size_cell,
+            esc("" if save.attempt is None else save.attempt),
+            "true" if save.latest else "false",
+            "latest" if save.latest else "",
+            "kept" if save.kept else "pruned",
+            badges,
+            _metadata_cell(metadata),
+        )
+    )
 
 
 def _metadata_cell(metadata: Mapping[str, Any]) -> str:
