@@ -154,3 +154,22 @@ def test_the_log_key_mirrors_the_manifest_key(prefix):
         layout.metrics_key(key) == "metrics/ns/F/s/_/1/2/0000000000001-0-000001-L-abc-mfchckpt.json"
     )
     assert layout.metrics_manifest(layout.metrics_key(key)) == key
+
+
+@pytest.mark.s3
+def test_the_log_on_s3_keeps_every_save_and_the_card_reads_it_from_a_reference(s3_env, tmp_path):
+    from metaflow_extensions.checkpointing.plugins.cards.checkpoint_card.card import read_log
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        storage_for_url,
+    )
+
+    url = "s3://%s/ckpt" % s3_env["new_bucket"]()
+    store = CheckpointStore(storage_for_url(url), options())
+    scope = make_scope()
+    rt = _runtime(None, tmp_path, scope, store=store, keep_last=1)
+    saved = [_save(rt, i, loss=1.0 / (i + 1)) for i in range(5)]
+    (kept,) = rt.list()
+    entries, error = read_log([kept])  # as the card does: the store named by the reference
+    assert error is None
+    assert [e.key for e in entries] == [r.key for r in saved]
+    assert [e.metrics["loss"] for e in entries] == [1.0 / (i + 1) for i in range(5)]
