@@ -50,6 +50,7 @@ PROBE = PROBE_PRELUDE + textwrap.dedent(
     if os.environ.get("PROBE_PRUNE"):
         # Each store prunes its own checkpoints; du counts one store and names the others.
         attempt("du", lambda: warned(lambda: c.du(F)["total"]["checkpoints"]))
+        attempt("verify", lambda: warned(lambda: [c.verify(F).root, c.verify(F).manifests]))
         attempt("prune", lambda: sorted(
             [g["group"], len(g["deleted"])] for g in c.prune(F, keep_last=1)))
         attempt("after", lambda: rows(c.list(F)))
@@ -224,6 +225,13 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
         "each)." % (side_root, local_root, s3_root)
     )
     assert out["du"]["result"] == 4  # the side store's: two of each run
+    # verify (one store per call, like du) says which stores it left out.
+    assert out["verify"]["result"] == [side_root, 4]
+    assert [c for c, _ in out["verify"]["warnings"]] == ["CheckpointListWarning"] * 2
+    assert out["verify"]["warnings"][0][1] == (
+        "The checkpoints of MultiStoreFlow are in several stores; only %s (which has the "
+        "newest) is used here, not %s, %s." % (side_root, s3_root, local_root)
+    )
     assert out["prune"] == [
         ["MultiStoreFlow/side[_]:mfchckpt in %s" % side_root, 3],
         ["MultiStoreFlow/start[_]:mfchckpt in %s" % local_root, 1],

@@ -162,14 +162,26 @@ class Listing(ClientBase):
     ) -> tuple[CheckpointStore, list[ManifestHeader]]:
         """A store and the headers of its committed checkpoints :meth:`list` returns for these
         arguments (keys only: no manifest is read), newest first.  When the target's
-        checkpoints are in several stores: the store holding the newest one (a task's
-        checkpoints are always in one store)."""
+        checkpoints are in several stores: the store holding the newest one, with a
+        :class:`CheckpointListWarning` naming the others (a task's checkpoints are always in
+        one store)."""
         parts, _ = self._parts(target, name, step, run, task, foreach, attempt, latest_only)
-        if len(parts) == 1:
-            return parts[0][0], parts[0][1]
+        listed = [p for p in parts if p[1]] or parts[:1]
+        if len(listed) == 1:
+            return listed[0][0], listed[0][1]
         key = sort_key(within_task=task is not None)
-        listed = [p for p in parts if p[1]] or parts
-        store, headers, _ = max(listed, key=lambda p: key(p[1][0]) if p[1] else 0)
+        store, headers, _ = max(listed, key=lambda p: key(p[1][0]))
+        warnings.warn(
+            "The checkpoints of %s are in several stores; only %s (which has the newest) is "
+            "used here, not %s."
+            % (
+                describe(target),
+                store.url,
+                ", ".join(p[0].url for p in listed if p[0] is not store),
+            ),
+            CheckpointListWarning,
+            stacklevel=3,
+        )
         return store, headers
 
     def _parts(
