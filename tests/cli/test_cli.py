@@ -28,7 +28,7 @@ pytestmark = pytest.mark.flow
 METAFLOW = Path(sys.executable).parent / "metaflow"
 FLOW_FILE = FLOWS / "cli_flow.py"
 FLOW = "CliCkptFlow"
-HEADER = ["CHECKPOINT", "NAME", "ATTEMPT", "CREATED (UTC)", "SIZE", "METADATA"]
+HEADER = ["CHECKPOINT", "ID", "NAME", "ATTEMPT", "CREATED (UTC)", "SIZE", "METADATA"]
 #: Bytes of each checkpoint of cli_flow.py: weights.bin (300 KiB) + nested/epoch.txt (1 byte).
 CKPT_SIZE = 300 * 1024 + 1
 
@@ -141,6 +141,35 @@ def version_of(line: str) -> str:
     return re.search(r"version ([0-9a-f]+)", line).group(1)
 
 
+def json_stdout(env: dict, cwd: Path, *args: Any, flow: bool = False) -> Any:
+    """``checkpoint ARGS`` (``--json`` among them) as a program reads it: stdout parsed whole by
+    ``json.loads``, nothing stripped; the entry point's banner must be on stderr."""
+    argv = [sys.executable, str(FLOW_FILE)] if flow else [str(METAFLOW)]
+    proc = subprocess.run(
+        [*argv, "checkpoint", *map(str, args)],
+        env=subprocess_env(env),
+        cwd=str(cwd),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.match(r"Metaflow \S+", proc.stderr), proc.stderr  # the banner, on stderr
+    return json.loads(proc.stdout)
+
+
+def json_commands() -> set[str]:
+    """Every ``checkpoint`` command that has ``--json``."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.cli.base import checkpoint
+
+    return {
+        name
+        for name, command in checkpoint.commands.items()
+        if any(p.name == "as_json" for p in command.params)
+    }
+
+
 # ------------------------------------------------------------------------------ fixtures
 
 
@@ -233,12 +262,14 @@ def test_list_prints_a_table_of_a_runs_checkpoints_newest_first(world):
     assert len(rows) == 5
     assert {row[0] for row in rows[1:]} == {world.task}
     assert world.task.startswith("%s/%s/train/" % (FLOW, world.run))
-    assert [row[1] for row in rows[1:]] == ["final", "mfchckpt", "mfchckpt", "mfchckpt"]
-    assert [row[2] for row in rows[1:]] == ["0"] * 4
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[3]) for row in rows[1:])
-    assert [row[4] for row in rows[1:]] == ["300.0 KiB"] * 4
+    # ID: the short id of each version (the first 8 hex digits), in the order of --json.
+    assert [row[1] for row in rows[1:]] == [r["version"][:8] for r in world.refs]
+    assert [row[2] for row in rows[1:]] == ["final", "mfchckpt", "mfchckpt", "mfchckpt"]
+    assert [row[3] for row in rows[1:]] == ["0"] * 4
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[4]) for row in rows[1:])
+    assert [row[5] for row in rows[1:]] == ["300.0 KiB"] * 4
     # Metrics first, at most three fields, then how many more there are.
-    assert [row[5] for row in rows[1:]] == [
+    assert [row[6] for row in rows[1:]] == [
         "done=true",
         "epoch=2 lr=0.1 val_loss=0.3 +1",
         "epoch=1 lr=0.1 val_loss=0.2 +1",
@@ -295,6 +326,36 @@ def test_runs_are_read_from_the_store_their_tasks_used(flow_env):
     assert not (tmp / ".metaflow" / "mf.checkpointing").exists()
 
 
+def test_json_is_the_only_thing_on_stdout_in_both_entry_points(world):
+    """Every command with ``--json``, as ``metaflow checkpoint`` (whose "Metaflow (<version>)"
+    banner used to be stdout's first line) and ``python flow.py checkpoint``: stdout parses
+    as JSON, whole."""
+    run = "%s/%s" % (FLOW, world.run)
+    commands = {
+        "list": ["list", run],
+        "show": ["show", world.task],
+        "du": ["du", FLOW],
+        "verify": ["verify", run],
+        "prune": ["prune", run, "--keep-last", "1", "--dry-run"],
+        "gc": ["gc", "--dry-run"],
+    }
+    assert set(commands) == json_commands()
+    for flow_cli in (False, True):
+        out = {
+            name: json_stdout(world.env, world.tmp, *args, "--json", flow=flow_cli)
+            for name, args in commands.items()
+        }
+        assert [r["key"] for r in out["list"]] == [r["key"] for r in world.refs]
+        assert out["show"]["key"] == world.by_epoch(2)["key"]
+        assert out["du"]["total"]["checkpoints"] == 4
+        assert out["verify"]["ok"] is True
+        assert {p["group"] for p in out["prune"]} == {
+            "%s/train[_]:final" % FLOW,
+            "%s/train[_]:mfchckpt" % FLOW,
+        }
+        assert out["gc"]["blobs_deleted"] == 0
+
+
 def test_list_orders_by_a_metadata_field_and_filters(world):
     target = "%s/%s" % (FLOW, world.run)
 
@@ -306,7 +367,7 @@ def test_list_orders_by_a_metadata_field_and_filters(world):
     assert losses(*base, "--order-by", "-val_loss") == [0.5, 0.3, 0.2, None]
     assert losses(*base, "--order-by=-val_loss", "--limit", "2") == [0.5, 0.3]
     table = cli(*base, "--order-by", "-val_loss").table()
-    assert table[1][5] == "val_loss=0.5 epoch=0 lr=0.1 +1"  # the ordering field comes first
+    assert table[1][6] == "val_loss=0.5 epoch=0 lr=0.1 +1"  # the ordering field comes first
 
     assert [r["name"] for r in cli(*base, "--name", "final", "--json").json()] == ["final"]
     assert len(cli(*base, "--latest-only", "--json").json()) == 3
@@ -348,6 +409,7 @@ def test_show_describes_a_checkpoint_and_its_files(world):
     assert fields["key"] == latest["key"]
     assert fields["url"] == latest["url"]
     assert fields["reference"] == fields["pathspec"] == world.task
+    assert fields["id"] == latest["version"][:8]
     assert (fields["name"], fields["attempt"], fields["latest"]) == ("mfchckpt", "0", "yes")
     assert fields["namespace"] == "user:tester"
     assert fields["size"] == "300.0 KiB (%d bytes)" % CKPT_SIZE
@@ -431,12 +493,12 @@ def test_named_checkpoints_upload_list_show_load_delete(flow_env, model_dir):
     assert second.stdout == "Uploaded 'tiny' version %s (2.6 KiB, 2.6 KiB new).\n" % newer
 
     rows = cli(env, tmp, "list").table()
-    assert rows[0] == HEADER[:2] + ["PUBLISHER"] + HEADER[3:]  # named: who, not an attempt
-    assert [row[:3] for row in rows[1:]] == [
-        ["tiny@" + newer, "tiny", "user:tester"],
-        ["tiny@" + version, "tiny", "user:tester"],
+    assert rows[0] == HEADER[:3] + ["PUBLISHER"] + HEADER[4:]  # named: who, not an attempt
+    assert [row[:4] for row in rows[1:]] == [
+        ["tiny@" + newer, newer[:8], "tiny", "user:tester"],
+        ["tiny@" + version, version[:8], "tiny", "user:tester"],
     ]
-    assert [row[5] for row in rows[1:]] == ["top1=0.8", "top1=0.7"]
+    assert [row[6] for row in rows[1:]] == ["top1=0.8", "top1=0.7"]
     refs = cli(env, tmp, "list", "--json").json()
     assert [r["pathspec"] for r in refs] == [None, None]
     assert refs[1]["metadata"] == {"top1": 0.7}

@@ -158,8 +158,9 @@ def test_cli_promote_show_and_unpromote(flow_env):
     version = upload(env, tmp, b"weights v1")
 
     listed = cli(env, tmp, "list").stdout.splitlines()
-    assert re.split(r"\s{2,}", listed[0])[:3] == ["CHECKPOINT", "NAME", "PUBLISHER"]
-    assert re.split(r"\s{2,}", listed[1])[:3] == ["resnet50@" + version, "resnet50", "user:tester"]
+    assert re.split(r"\s{2,}", listed[0])[:4] == ["CHECKPOINT", "ID", "NAME", "PUBLISHER"]
+    row = ["resnet50@" + version, version[:8], "resnet50", "user:tester"]
+    assert re.split(r"\s{2,}", listed[1])[:4] == row
 
     shown = fields(cli(env, tmp, "show", "resnet50").stdout)
     assert shown["publisher"] == "user:tester via cli"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from metaflow._vendor import click
 
 from .output import one_line
+from .stores import DATASTORES, store_root
 
 if TYPE_CHECKING:
     from ..client.checkpoint import Checkpoint
@@ -115,7 +116,53 @@ def _cli_client(root: Optional[str]) -> Checkpoint:
 
 
 # ---------------------------------------------------------------------------------- groups
-@click.group()
+class _Commands(click.Group):
+    """The group holding ``checkpoint``; it moves the ``metaflow`` command's banner to stderr.
+
+    ``metaflow checkpoint ...`` runs Metaflow's ``start``, which prints ``Metaflow (<version>)``
+    on stdout before any subcommand runs, so ``--json`` output would not parse.  ``start``
+    looks the subcommand up here first (``get_command``), which is where the banner is sent
+    to stderr, for ``checkpoint`` only (ADR 005, cli).
+    """
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name == "checkpoint":
+            _banner_to_stderr()
+        return super().get_command(ctx, cmd_name)
+
+
+def _banner_to_stderr() -> None:
+    """Wrap ``echo_always`` of Metaflow's ``main_cli`` (which ``start`` prints its banner
+    with) so that it writes to stderr while the invoked subcommand is ``checkpoint``.  Idempotent;
+    a no-op in the flow CLI (which prints its banner on stderr itself)."""
+    for module in _main_cli_modules():
+        echo = getattr(module, "echo_always", None)
+        if echo is None or getattr(echo, "checkpoint_banner", False):
+            continue
+
+        def echo_always(line: str, _echo: Callable = echo, **kwargs: Any) -> None:
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None and ctx.invoked_subcommand == "checkpoint":
+                kwargs["err"] = True
+            _echo(line, **kwargs)
+
+        echo_always.checkpoint_banner = True  # type: ignore[attr-defined]
+        module.echo_always = echo_always
+
+
+def _main_cli_modules() -> list:
+    """``metaflow.cmd.main_cli`` as loaded: by the ``metaflow`` script, or as ``__main__``
+    (``python -m metaflow.cmd.main_cli``)."""
+    found = []
+    for name in ("metaflow.cmd.main_cli", "__main__"):
+        module = sys.modules.get(name)
+        spec = getattr(module, "__spec__", None)
+        if module is not None and getattr(spec, "name", name) == "metaflow.cmd.main_cli":
+            found.append(module)
+    return found
+
+
+@click.group(cls=_Commands)
 def cli() -> None:
     """Holds the ``checkpoint`` group for Metaflow's flow CLI and the ``metaflow`` command."""
 
@@ -147,7 +194,7 @@ def command(
         def run(ctx: CliContext, **kwargs: Any) -> None:
             with _user_errors():
                 if "root" in kwargs:
-                    ctx.root = kwargs.pop("root")
+                    ctx.root = store_root(kwargs.pop("root"), kwargs.pop("datastore"))
                 if "all_namespaces" in kwargs:
                     _select_namespace(kwargs.pop("all_namespaces"), kwargs.pop("namespace_"))
                 fn(ctx, **kwargs)
@@ -170,14 +217,25 @@ def command(
 
 
 def root_option(fn: Callable) -> Callable:
-    """``--root URL``: the checkpoint store to use instead of the one found automatically."""
+    """``--root URL`` (also spelled ``--datastore-root``) and ``--datastore NAME``: the
+    checkpoint store to use instead of the one found automatically (see :mod:`.stores`)."""
+    fn = click.option(
+        "--datastore",
+        type=click.Choice(DATASTORES),
+        default=None,
+        help="Use the checkpoint store of this Metaflow datastore (its configured root, or "
+        "--root), for every run and name.",
+    )(fn)
     return click.option(
         "--root",
+        "--datastore-root",
+        "root",
         metavar="URL",
         default=None,
         callback=_check_root,
-        help="Checkpoint store root (path or URL). Default: the store a run's tasks recorded; "
-        "for names and uploads the flow's datastore (flow CLI) or the default datastore.",
+        help="Checkpoint store root, or a datastore root with mf.checkpointing/ below it (path "
+        "or URL). Default: the store a run's tasks recorded; for names and uploads the flow's "
+        "datastore (flow CLI) or the default datastore.",
     )(fn)
 
 
@@ -186,7 +244,8 @@ def _check_root(ctx: click.Context, param: click.Parameter, value: Optional[str]
     ignored silently, so the command read or wrote the default store instead."""
     if value is not None and not value.strip():
         raise click.BadParameter(
-            "empty: give a local path or a URL, or leave --root out to use the default store."
+            "empty: give a local path or a URL, or leave --root out to use the default store.",
+            param_hint="'--root'",  # also for its other spelling, --datastore-root
         )
     return value
 

@@ -19,11 +19,17 @@ from .output import (
     one_line,
     publisher_label,
     reference_label,
+    short_id,
     version,
 )
 
 #: The METADATA cell of a damaged checkpoint in ``list`` (the reason follows the table).
 DAMAGED_LABEL = "DAMAGED (unreadable manifest, see below)"
+#: What ``metaflow checkpoint list`` without a target says on stderr (the store's root).
+NO_TARGET = (
+    "Listing the named checkpoints (uploads) of the store %s; to list a flow's checkpoints: "
+    "metaflow checkpoint list MyFlow"
+)
 #: Files shown by ``show`` without ``--all-files``.
 SHOWN_FILES = 20
 
@@ -81,9 +87,13 @@ def list_checkpoints(
     """
     if named and target:
         raise click.UsageError("Give either a TARGET or --named, not both.")
+    explain = target is None and not named and ctx.flow_name is None
     if target is None and not named:
         target = ctx.flow_name
     client = ctx.run_client() if target else ctx.store_client()
+    if explain:
+        # `metaflow checkpoint list` alone: say what is listed, and how to list a flow.
+        click.echo(NO_TARGET % client._store().url, err=True)
     refs = client.list(
         target,
         name=name,
@@ -106,6 +116,7 @@ def list_checkpoints(
     rows = [
         [
             r.key if keys else reference_label(r),
+            short_id(r),
             r.name,
             publisher_label(r) if target is None else str(r.attempt),
             created(r),
@@ -118,7 +129,7 @@ def list_checkpoints(
     ]
     # Named checkpoints have no attempt; who published each version matters instead.
     third = "PUBLISHER" if target is None else "ATTEMPT"
-    header = ["KEY" if keys else "CHECKPOINT", "NAME", third, "CREATED (UTC)", "SIZE"]
+    header = ["KEY" if keys else "CHECKPOINT", "ID", "NAME", third, "CREATED (UTC)", "SIZE"]
     echo_table([[*header, "METADATA"], *rows])
     for r in refs:
         if r.get("damaged"):
@@ -152,6 +163,7 @@ def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> Non
     stats = ref.stats or {}
     fields = [
         ("reference", reference_label(ref)),
+        ("id", short_id(ref)),
         ("key", ref.key),
         ("url", ref.url),
         ("name", ref.name),

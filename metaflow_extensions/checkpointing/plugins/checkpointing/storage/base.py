@@ -222,6 +222,18 @@ class Storage(abc.ABC):
             validate_key(prefix.rstrip("/") or "x")
         return self._call("list", prefix or "<root>", lambda: list(self._list(prefix)))
 
+    def has_objects(self, prefix: str = "") -> bool:
+        """Whether any object's key starts with ``prefix``.  Reads only the first entry of the
+        listing (one request on S3), so it costs the same on a store of any size; a prefix
+        that does not exist is False."""
+        if prefix:
+            validate_key(prefix.rstrip("/") or "x")
+        first = lambda: next(iter(self._list(prefix)), None) is not None  # noqa: E731
+        try:
+            return self._call("list", prefix or "<root>", first)
+        except StorageNotFound:
+            return False
+
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
         validate_key(key)

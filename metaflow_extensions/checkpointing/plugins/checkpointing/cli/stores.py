@@ -1,0 +1,111 @@
+"""Which checkpoint store ``--datastore``/``--root`` designate (:func:`store_root`).
+
+``--datastore local|s3|azure|gs`` alone is that datastore's configured root (Metaflow's
+``METAFLOW_DATASTORE_SYSROOT_*``, or the ``.metaflow`` directory found from the current
+directory), plus ``mf.checkpointing``.  ``--root URL`` is either a checkpoint root (used as
+given, as before) or a datastore root, below which ``mf.checkpointing/`` is found.  Decisions:
+ADR 005, cli.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from metaflow._vendor import click
+
+from ..common.settings import storage_for_url
+from ..core.layout import MANIFESTS_PREFIX
+from ..errors import CheckpointConfigError
+from ..storage.factory import CHECKPOINT_DIRNAME, normalize_root, root_for_datastore, url_scheme
+
+#: The datastores ``--datastore`` accepts: Metaflow's own ``--datastore`` choices.
+DATASTORES = ("local", "s3", "azure", "gs")
+#: URL schemes of each datastore's roots ("" is a plain path; Metaflow spells an Azure root
+#: ``container/prefix``, without a scheme).
+_SCHEMES = {
+    "local": ("", "file", "local"),
+    "s3": ("s3",),
+    "azure": ("", "az", "abfs", "abfss"),
+    "gs": ("gs", "gcs"),
+}
+_EXAMPLES = {
+    "local": "/path/to/.metaflow",
+    "s3": "s3://bucket/metaflow",
+    "azure": "container/metaflow or az://container/metaflow",
+    "gs": "gs://bucket/metaflow",
+}
+
+
+def store_root(root: Optional[str], datastore: Optional[str]) -> Optional[str]:
+    """The checkpoint root of ``--root``/``--datastore``; None when neither is given.
+
+    Parameters
+    ----------
+    root : str, optional
+        ``--root``: a checkpoint root, or a datastore root with ``mf.checkpointing/`` below.
+    datastore : str, optional
+        ``--datastore``: one of :data:`DATASTORES`.
+
+    Returns
+    -------
+    str or None
+        - ``--datastore D``: ``<D's configured datastore root>/mf.checkpointing``
+          (``METAFLOW_CHECKPOINT_ROOT`` does not apply: the datastore was asked for);
+        - ``--root R`` naming a directory ``mf.checkpointing``, or a store that holds
+          checkpoints (``R/manifests/``): ``R``;
+        - ``--root R`` with ``R/mf.checkpointing/`` holding anything, or with ``--datastore``
+          (R is then that datastore's root, as Metaflow's ``--datastore-root``):
+          ``R/mf.checkpointing``;
+        - else ``R`` (a new, empty store is created there by what writes).
+
+    Raises
+    ------
+    click.UsageError
+        ``--root`` is not a root of ``--datastore`` (e.g. a path with ``--datastore s3``).
+    CheckpointConfigError
+        ``--datastore`` alone with no root configured for it.
+    StorageError
+        The root cannot be read (its URL and the reason are in the message).
+    """
+    if root is None and datastore is None:
+        return None
+    if root is None:
+        return root_for_datastore(datastore, configured_root(datastore))
+    if datastore is not None:
+        scheme = url_scheme(root)
+        if scheme not in _SCHEMES[datastore]:
+            raise click.UsageError(
+                "--root %s is not a root of the %s datastore (e.g. %s): give such a root, or "
+                "leave out --datastore." % (root, datastore, _EXAMPLES[datastore])
+            )
+        if datastore == "azure" and not scheme:
+            root = "az://" + root.strip("/")  # Metaflow's spelling of an Azure root
+    if normalize_root(root).rsplit("/", 1)[-1] == CHECKPOINT_DIRNAME:
+        return root
+    storage = storage_for_url(root, workers=1)
+    if storage.has_objects(MANIFESTS_PREFIX):
+        return root  # already a checkpoint root (e.g. one given to @checkpoint(root=...))
+    below = root_for_datastore(datastore or "local", root)
+    if datastore is not None or storage.has_objects(CHECKPOINT_DIRNAME + "/"):
+        return below
+    return root
+
+
+def configured_root(datastore: str) -> str:
+    """The datastore root Metaflow is configured with for ``datastore`` (what a flow run with
+    ``--datastore <datastore>`` uses)."""
+    from metaflow import plugins
+
+    impl = {d.TYPE: d for d in plugins.DATASTORES}.get(datastore)
+    if impl is None:  # DATASTORES lists only Metaflow's own: always there
+        raise CheckpointConfigError("Metaflow has no %r datastore." % datastore)
+    found = impl.get_datastore_root_from_config(lambda *a, **k: None, create_on_absent=False)
+    if not found:
+        where = "set METAFLOW_DATASTORE_SYSROOT_%s" % datastore.upper()
+        if datastore == "local":
+            where = "no .metaflow directory here or above, and %s unset" % where[4:]
+        raise CheckpointConfigError(
+            "--datastore %s: no %s datastore root is configured (%s): give --root, e.g. "
+            "--root %s." % (datastore, datastore, where, _EXAMPLES[datastore].split(" or ")[0])
+        )
+    return found
