@@ -218,6 +218,17 @@ def test_list_of_empty_store(store):
     assert store.list("x/") == []
 
 
+def test_has_objects_says_whether_a_prefix_holds_any_object(make_store):
+    """``has_objects`` (how the CLI tells a datastore root from a checkpoint root): raw
+    prefixes as ``list`` matches them, inside the root only, False for a missing prefix."""
+    store, sibling = make_store(), make_store("2")
+    sibling.put_bytes("s/x", b"sibling")
+    assert not store.has_objects() and not store.has_objects("a/")
+    store.put_bytes("a/b/c", b"1")
+    assert store.has_objects() and store.has_objects("a/") and store.has_objects("a/b")
+    assert not store.has_objects("a/c") and not store.has_objects("s/")
+
+
 def test_list_stays_inside_the_root(make_store):
     store, sibling = make_store(), make_store("2")
     sibling.put_bytes("x", b"sibling")
