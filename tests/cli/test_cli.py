@@ -264,6 +264,10 @@ def test_list_prints_a_table_of_a_runs_checkpoints_newest_first(world):
     assert world.task.startswith("%s/%s/train/" % (FLOW, world.run))
     # ID: the short id of each version (the first 8 hex digits), in the order of --json.
     assert [row[1] for row in rows[1:]] == [r["version"][:8] for r in world.refs]
+    # The displayed ID is accepted back: TASK@<id> is that checkpoint, in both entry points.
+    for flow_cli in (False, True):
+        shown = cli(world.env, world.tmp, "show", "%s@%s" % tuple(rows[3][:2]), flow=flow_cli)
+        assert shown.fields()["key"] == world.refs[2]["key"]
     assert [row[2] for row in rows[1:]] == ["final", "mfchckpt", "mfchckpt", "mfchckpt"]
     assert [row[3] for row in rows[1:]] == ["0"] * 4
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[4]) for row in rows[1:])
