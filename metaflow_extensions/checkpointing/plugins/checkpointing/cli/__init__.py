@@ -11,8 +11,10 @@ Modules, imports pointing down only (no module imports this package or a sibling
 module, so there is no import loop):
 
 - :mod:`.base`: the groups, :class:`~.base.CliContext`, :func:`~.base.command`, the shared
-  options (``--root``, ``--namespace``/``--all-namespaces``, ``--json``), errors as one line;
-- :mod:`.output`: tables, labels, JSON, progress bars;
+  options (``--root``/``--datastore``, ``--namespace``/``--all-namespaces``, ``--json``), errors
+  as one line;
+- :mod:`.stores`: the store ``--datastore``/``--root`` designate;
+- :mod:`.output`: tables, labels, short ids, rounded floats, JSON, progress bars;
 - one module per command group: :mod:`.browse` (list, show), :mod:`.transfer` (load, upload,
   delete), :mod:`.lifecycle` (prune, gc, du, verify), :mod:`.control` (pin, unpin, pause,
   promote, unpromote).
@@ -30,11 +32,12 @@ the imports below)::
         refs = ctx.run_client().list(target)
         ...
 
-It receives the :class:`~.base.CliContext` first; ``--root``/``--namespace``/``--all-namespaces``
-(when declared with :func:`~.base.root_option`/:func:`~.base.namespace_options`) are applied
-before it runs.  Any ``MetaflowException`` (every ``CheckpointException``) or ``OSError`` it
-raises becomes one line ``Error: <message>`` on stderr and exit status 1; click's usage errors
-exit with 2.  ``tests/test_registration.py`` checks that both entry points list every command.
+It receives the :class:`~.base.CliContext` first; ``--root``/``--datastore``/``--namespace``/
+``--all-namespaces`` (when declared with :func:`~.base.root_option`/
+:func:`~.base.namespace_options`) are applied before it runs.  Any ``MetaflowException``
+(every ``CheckpointException``) or ``OSError`` it raises becomes one line ``Error: <message>``
+on stderr and exit status 1; click's usage errors exit with 2.  ``tests/test_registration.py``
+checks that both entry points list every command.
 """
 
 from . import browse, control, lifecycle, transfer  # noqa: F401 - each registers its commands
