@@ -115,6 +115,29 @@ def test_gc_keeps_the_log_of_pruned_checkpoints(tmp_path):
     assert [e.metrics["loss"] for e in entries] == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_gc_removes_the_log_of_a_task_once_none_of_its_checkpoints_is_left(tmp_path):
+    root = tmp_path / "store"
+    store = _store(root)
+    gone, alive = make_scope(task="1"), make_scope(task="2")
+    rt_gone = _runtime(root, tmp_path, gone, store=store)
+    rt_alive = _runtime(root, tmp_path, alive, store=store, keep_last=1)
+    deleted = [_save(rt_gone, i, loss=float(i)) for i in range(3)]
+    for i in range(3):
+        _save(rt_alive, i, loss=float(i))
+    for r in deleted:
+        store.delete(r.key)
+
+    dry = store.gc(grace_seconds=0, dry_run=True)
+    assert dry.metrics_deleted == 3
+    assert len(metrics_log.read(store.storage, gone.task_prefix())) == 3  # a dry run deletes none
+    # Within the grace period a log is kept (its task may be committing its first save).
+    assert store.gc(grace_seconds=3600).metrics_deleted == 0
+    report = store.gc(grace_seconds=0)
+    assert report.metrics_deleted == 3 and report.to_json()["metrics_deleted"] == 3
+    assert metrics_log.read(store.storage, gone.task_prefix()) == []
+    assert len(metrics_log.read(store.storage, alive.task_prefix())) == 3  # 2 of 3 pruned
+
+
 def test_a_named_checkpoint_outside_a_task_is_not_logged(tmp_path):
     store = _store(tmp_path / "store")
     src = write_tree(tmp_path / "src", {"w.bin": b"weights"})

@@ -16,8 +16,9 @@ committing checkpoint needs):
 5. list the parts, then the manifests, again and mark the new ones (a save that committed and
    ended its lease meanwhile is found here);
 6. delete the candidates in batches, each only while the run's heartbeat (rewritten every
-   :data:`.leases.HEARTBEAT_SECONDS` by a thread) is fresh; then stale pins, expired leases,
-   records of old runs and parts of gangs that never committed; write ``done``.
+   :data:`.leases.HEARTBEAT_SECONDS` by a thread) is fresh; then stale pins, the metrics logs
+   of tasks with no checkpoint left (:mod:`.metrics_log`), expired leases, records of old runs
+   and parts of gangs that never committed; write ``done``.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ from .layout import (
     BLOBS_PREFIX,
     LEASE_NAMES,
     MANIFESTS_PREFIX,
+    METRICS_PREFIX,
     PARTS_PREFIX,
     PINS_PREFIX,
     blob_of,
     gc_run_key,
     is_part_key,
     lease_prefix,
+    metrics_manifest,
     pinned_manifest,
+    task_prefix_of,
 )
 from .tempnames import is_temp_name
 
@@ -78,6 +82,8 @@ class GcReport:
     #: Records of GC runs (this one's excluded) and stale parts removed.
     runs_deleted: int = 0
     parts_deleted: int = 0
+    #: Metrics log entries of tasks with no checkpoint left.
+    metrics_deleted: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -337,6 +343,16 @@ def _collect(
         and (o.mtime is None or o.mtime < now - grace)
     ]
     report.pins_deleted = len(stale_pins)
+    # A task's log is written after its manifests: a task saving meanwhile has a manifest
+    # listed above or an entry younger than this run.
+    tasks = {task_prefix_of(k) for k in marker.manifests}
+    stale_metrics = [
+        o.key
+        for o in storage.list(METRICS_PREFIX)
+        if task_prefix_of(metrics_manifest(o.key)) not in tasks
+        and (o.mtime is None or o.mtime < now - grace)
+    ]
+    report.metrics_deleted = len(stale_metrics)
     expired = [lease for lease in leases if _gone(lease.refreshed, now, 2 * lease.ttl)]
     report.leases_deleted = len(expired)
     old_runs = [
@@ -365,6 +381,7 @@ def _collect(
         storage.delete_many(keys[start : start + batch], marker.workers)
     run.check_fresh()
     storage.delete_many(stale_pins, marker.workers)
+    storage.delete_many(stale_metrics, marker.workers)
     ls.delete_lease_objects(
         storage,
         [k for lease in expired for k in lease.keys],

@@ -19,7 +19,8 @@ A checkpoint root (``<datastore root>/mf.checkpointing`` or ``METAFLOW_CHECKPOIN
     │       empty marker: retention never prunes the manifest of the same path
     ├── metrics/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<manifest file>
     │       one small JSON per save of a task (its numeric metadata): the task's metrics log,
-    │       which retention and deletes never prune, so the card plots every save (.metrics_log)
+    │       which retention and deletes never prune, so the card plots every save
+    │       (.metrics_log); GC removes it once the task has no checkpoint left
     ├── indexes/<ns>/<flow>/<step>/summaries.json
     │   indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>[-w<node>.<local>].json
     │       listing hints (summaries of immutable manifests); never the truth; one per
@@ -84,6 +85,7 @@ MANIFESTS_PREFIX = MANIFESTS + "/"
 BLOBS_PREFIX = BLOBS + "/"
 PARTS_PREFIX = PARTS + "/"
 PINS_PREFIX = PINS + "/"
+METRICS_PREFIX = METRICS + "/"
 LEASES_PREFIX = LEASES + "/"
 GC_RUNS_PREFIX = GC_RUNS + "/"
 

@@ -9,8 +9,8 @@ the manifest key with ``metrics`` for ``manifests``), holding the save's numeric
   rewritten at each save would cost O(saves) bytes per save and a lost update between two
   processes of one task); every writer names its own keys, so concurrent writers never meet;
 * outside ``manifests/``: listings, load policies, retention and deletes never see it; GC
-  lists only what it collects (``manifests/``, ``blobs/``, ``parts/``, ``pins/``, ...) and
-  leaves it alone; the entries live as long as the store keeps the task's prefixes;
+  keeps a task's entries while the task has a checkpoint, and removes them (past its grace
+  period) once every checkpoint of the task is deleted (:mod:`.gc`);
 * best effort: :func:`record` never raises (a failure is returned as a message the task logs
   as a warning); :func:`read` skips an entry that does not parse;
 * reading a log is one listing and one ``get`` per save, in parallel.
