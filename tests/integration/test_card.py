@@ -781,3 +781,16 @@ def test_render_reads_the_metrics_log_from_the_store_of_the_listed_checkpoints(t
     assert error is None and [(e.key, e.metrics) for e in entries] == [(key, {"loss": 1.5})]
     entries, error = read_log([ref(9, {}, root="")])
     assert entries is None and "CheckpointConfigError" in error
+
+
+def test_card_options_name_several_metrics_and_their_best(monkeypatch):
+    listing = newest_first(
+        ref(1, {"acc": 0.2, "loss": 3.0, "lr": 0.1}), ref(2, {"acc": 0.6, "loss": 2.0, "lr": 0.1})
+    )
+    _fake_client(monkeypatch, lambda target: listing)
+    card = CheckpointCard(options={"metric": ["lr", "acc"], "best": "acc:max"})
+    dom = parse_html(card.render(_Task()))
+    svgs = dom.find_all("svg", "plot")
+    assert [s.attrs["data-metric"] for s in svgs] == ["lr", "acc"]
+    assert svgs[0].find_all("circle", "best-marker") == []
+    assert svgs[1].find("circle", "best-marker").attrs["data-order"] == "2"
