@@ -43,7 +43,8 @@ PROBE = PROBE_PRELUDE + textwrap.dedent(
             warnings.simplefilter("always")
             result = fn()
         return {"result": result, "warnings": [
-            [w.category.__name__, str(w.message)] for w in caught]}
+            [w.category.__name__, str(w.message), os.path.basename(w.filename)]
+            for w in caught]}
 
     attempt("flow", lambda: warned(lambda: rows(c.list(F))))
     attempt("best", lambda: warned(lambda: rows([c.best(F, metric="loss")])))
@@ -195,7 +196,8 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
     ]
     for label, result in (("flow", readable), ("best", [[on_s3.id, "side", 1, side_root]])):
         assert out[label]["result"] == result, label
-        [(category, message)] = out[label]["warnings"]
+        [(category, message, filename)] = out[label]["warnings"]
+        assert filename == "probe.py"  # points at the caller's line
         assert category == "CheckpointListWarning"
         assert message.startswith(
             "Could not list the checkpoints of MultiStoreFlow in %s (StorageError: " % s3_root
@@ -212,13 +214,15 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
     listed = json.loads(proc.stdout[proc.stdout.index("[") :])
     assert [[r["run"], r["step"], r["metadata"]["epoch"], r["root"]] for r in listed] == readable
     warned = [line for line in proc.stderr.splitlines() if s3_root in line]
-    assert len(warned) == 1, proc.stderr
-    assert "Could not list the checkpoints of MultiStoreFlow" in warned[0]
+    assert warned == [
+        "Warning: Could not list the checkpoints of MultiStoreFlow in %s (StorageError: %s"
+        % (s3_root, warned[0].split("(StorageError: ", 1)[-1])
+    ], proc.stderr
 
     # With every store up again: prune keeps each store's newest per group, du says what it
     # counted.
     out, _ = _probe(dict(env, PROBE_PRUNE="1"), tmp, local.id, on_s3.id)
-    [(category, message)] = out["du"]["warnings"]
+    [(category, message, _)] = out["du"]["warnings"]
     assert category == "CheckpointListWarning"
     assert message == (
         "du counts one store at a time: %s; not counted: %s, %s (Checkpoint(root=...).du for "
@@ -227,7 +231,7 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
     assert out["du"]["result"] == 4  # the side store's: two of each run
     # verify (one store per call, like du) says which stores it left out.
     assert out["verify"]["result"] == [side_root, 4]
-    assert [c for c, _ in out["verify"]["warnings"]] == ["CheckpointListWarning"] * 2
+    assert [c for c, _, _ in out["verify"]["warnings"]] == ["CheckpointListWarning"] * 2
     assert out["verify"]["warnings"][0][1] == (
         "The checkpoints of MultiStoreFlow are in several stores; only %s (which has the "
         "newest) is used here, not %s, %s." % (side_root, s3_root, local_root)

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from typing import Any, Callable, Optional
 
 from ..common import resolver
@@ -104,9 +105,23 @@ class ClientBase:
     def _resolve(self, reference: Any) -> tuple[CheckpointStore, Manifest]:
         return resolver.resolve(reference, self._view())
 
+    def _warn(self, message: str, stacklevel: int = 2) -> None:
+        """Say what a result left out (a store that could not be read): a
+        :class:`CheckpointListWarning` for code (``stacklevel`` counts from the caller of this
+        method); in the CLI (``_origin == "cli"``) one ``Warning:`` line on stderr."""
+        if self._origin == "cli":
+            print("Warning: %s" % message, file=sys.stderr, flush=True)
+        else:
+            warnings.warn(message, CheckpointListWarning, stacklevel=stacklevel + 1)
+
     #: ``_headers(target, ...)``: the store and the headers of the committed checkpoints
     #: ``list`` returns for these arguments (keys only), newest first; defined by :mod:`.listing`.
     _headers: Callable[..., tuple[CheckpointStore, list[ManifestHeader]]]
+
+
+class CheckpointListWarning(UserWarning):
+    """A store a listing should have read could not be read, or an operation covered one of
+    several stores: the warning names the store and why (ADR 005, "listings")."""
 
 
 #: Warnings already given by this process (one line each, however many objects are made).

@@ -192,7 +192,12 @@ class Lifecycle(ClientBase):
         else:
             refs = self.list(target, **filters)
             store = self._store(refs[0].root if refs else None)
-            _warn_other_stores(refs, store.url, "du")
+            others = sorted({r.root for r in refs} - {store.url})
+            if others:
+                self._warn(
+                    "du counts one store at a time: %s; not counted: %s (Checkpoint(root=...)"
+                    ".du for each)." % (store.url, ", ".join(others))
+                )
             headers = [parse_key(r.key) for r in refs if r.root == store.url]
         return store.usage(headers, by).to_json()
 
@@ -290,19 +295,3 @@ class Lifecycle(ClientBase):
         else:
             control.request(store.storage, key, reason, get_namespace())
         return key
-
-
-def _warn_other_stores(refs: list, counted: str, what: str) -> None:
-    """Warn that ``what`` covers the store ``counted`` only, naming the others ``refs`` are in."""
-    import warnings
-
-    from .listing import CheckpointListWarning
-
-    others = sorted({r.root for r in refs} - {counted})
-    if others:
-        warnings.warn(
-            "%s counts one store at a time: %s; not counted: %s (Checkpoint(root=...).%s for "
-            "each)." % (what, counted, ", ".join(others), what),
-            CheckpointListWarning,
-            stacklevel=3,
-        )

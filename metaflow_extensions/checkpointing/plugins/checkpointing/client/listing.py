@@ -11,7 +11,6 @@ naming the fields there are.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Optional, Union
 
 from ..common.reference import CheckpointReference, references
@@ -23,7 +22,9 @@ from ..core.retention import numeric
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointNotFound, StorageError
 from ..fmt import describe_error
-from .base import ClientBase
+from .base import CheckpointListWarning, ClientBase
+
+__all__ = ["CheckpointListWarning", "Listing", "ORDER_FIELDS"]
 from .locate import check_task, locate
 
 Where = Union[dict, Callable[[CheckpointReference], bool], None]
@@ -34,11 +35,6 @@ ORDER_FIELDS = ("created_on", "size", "attempt", "files_count")
 #: Errors that make one store of a listing unreadable (credentials, server down, permission
 #: denied, a backend package missing) without making the others so.
 _STORE_ERRORS = (StorageError, CheckpointConfigError)
-
-
-class CheckpointListWarning(UserWarning):
-    """A store a listing should have read could not be read: the warning names the store and
-    why; the checkpoints of the other stores are listed (ADR 005, "listings")."""
 
 
 #: One store's part of a listing: the store, its matching headers (newest first) and, when
@@ -171,7 +167,7 @@ class Listing(ClientBase):
             return listed[0][0], listed[0][1]
         key = sort_key(within_task=task is not None)
         store, headers, _ = max(listed, key=lambda p: key(p[1][0]))
-        warnings.warn(
+        self._warn(
             "The checkpoints of %s are in several stores; only %s (which has the newest) is "
             "used here, not %s."
             % (
@@ -179,7 +175,6 @@ class Listing(ClientBase):
                 store.url,
                 ", ".join(p[0].url for p in listed if p[0] is not store),
             ),
-            CheckpointListWarning,
             stacklevel=3,
         )
         return store, headers
@@ -241,10 +236,9 @@ class Listing(ClientBase):
                 )
             )
         for root, exc in failures:
-            warnings.warn(
+            self._warn(
                 "Could not list the checkpoints of %s in %s (%s); the other stores are listed."
-                % (describe(target), root, describe_error(exc)),
-                CheckpointListWarning,
+                % (describe(target), root, _why(exc)),
                 stacklevel=4,
             )
         if t.task is not None and not any(headers for _, headers, _ in parts):
@@ -311,6 +305,13 @@ def _matching(
                 continue
             out.append(h)
     return out
+
+
+def _why(exc: BaseException) -> str:
+    """A store's error in a warning: its type and cause (``reason``), without the advice a
+    failed listing gives (the listing went on)."""
+    reason = getattr(exc, "reason", None)
+    return "%s: %s" % (type(exc).__name__, reason) if reason else describe_error(exc)
 
 
 def _metadata_fields(refs: list[CheckpointReference]) -> list[str]:
