@@ -133,6 +133,7 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
     side_root = str(tmp / "side")
 
     out, _ = _probe(env, tmp, local.id, on_s3.id)
+    out_all = out["flow"]["result"]
     # Every store of both runs, merged newest first; no warning when all can be read.
     assert out["flow"]["warnings"] == []
     assert out["flow"]["result"] == [
@@ -218,6 +219,23 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
         "Warning: Could not list the checkpoints of MultiStoreFlow in %s (StorageError: %s"
         % (s3_root, warned[0].split("(StorageError: ", 1)[-1])
     ], proc.stderr
+
+    # A local store that cannot be read (an I/O error: a symlink loop where its manifests are;
+    # root ignores file modes, so this stands in for permission denied): the same.
+    manifests = tmp / "side" / "manifests"
+    manifests.rename(tmp / "side" / "manifests.moved")
+    manifests.symlink_to("manifests")
+    out, _ = _probe(dict(env, PROBE_DOWN="1"), tmp, local.id, on_s3.id)
+    manifests.unlink()
+    (tmp / "side" / "manifests.moved").rename(manifests)
+    assert out["flow"]["result"] == [row for row in out_all if row[3] != side_root]
+    [(category, message, _)] = out["flow"]["warnings"]
+    assert category == "CheckpointListWarning"
+    assert message.startswith(
+        "Could not list the checkpoints of MultiStoreFlow in %s (StorageError: OSError: "
+        % side_root
+    ), message
+    assert "Too many levels of symbolic links" in message
 
     # With every store up again: prune keeps each store's newest per group, du says what it
     # counted.
