@@ -171,3 +171,43 @@ def test_a_flow_without_safetensors_fails_before_training_naming_the_extra(tmp_p
     ) in out
     assert "training starts" not in out
     assert "Traceback" not in out
+
+
+S3_ROOT_FLOW = """\
+from metaflow import FlowSpec, checkpoint, step
+
+
+class S3RootFlow(FlowSpec):
+    @checkpoint(root="s3://bucket/ckpt")
+    @step
+    def start(self):
+        print("step code ran")
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    S3RootFlow()
+"""
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("_client_namespace")
+def test_a_flow_with_an_s3_root_but_no_boto3_fails_as_its_task_starts(tmp_path):
+    """A local flow whose @checkpoint(root="s3://...") cannot import boto3 fails when the task
+    opens its store, before the step's code runs, naming the root and the s3 extra."""
+    (tmp_path / "home").mkdir()
+    flow = tmp_path / "s3_root_flow.py"
+    flow.write_text(S3_ROOT_FLOW)
+    env = flow_environment(tmp_path, PYTHONPATH=_shadow(tmp_path, boto3=MISSING))
+    result = run_flow(flow, env, tmp_path, expect="failed")
+    out = result.stdout + result.stderr
+    assert (
+        "Checkpoint root s3://bucket/ckpt (S3) needs the package 'boto3', which cannot be "
+        "imported (ModuleNotFoundError: No module named 'boto3'). Install it with: "
+        'pip install "metaflow-checkpointing[s3]"'
+    ) in out, result.describe()
+    assert "step code ran" not in out and "Traceback" not in out

@@ -1,4 +1,5 @@
-"""Small sharp edges of the first hour (issue 15 item 8), in one real flow:
+"""Small sharp edges of the first hour (issue 15 item 8), in one real flow (and the callback's
+class mechanics in this process):
 
 - ``current.checkpoint`` in a step without ``@checkpoint`` raises ``CheckpointNotEnabled``
   naming the step and what to add (was: Current's bare ``AttributeError``), while
@@ -16,7 +17,7 @@ from integration.flowrun import local_root, local_store, run_flow, single_task, 
 pytest.importorskip("torch")
 pytest.importorskip("pytorch_lightning")
 
-pytestmark = pytest.mark.flow
+from metaflow import CheckpointCallback  # noqa: E402
 
 FLOW = """\
 from metaflow import (
@@ -104,6 +105,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.flow
 def test_current_checkpoint_without_the_decorator_and_the_short_import_path(flow_env):
     env, tmp = flow_env
     flow = tmp / "edges_flow.py"
@@ -137,3 +139,35 @@ def test_current_checkpoint_without_the_decorator_and_the_short_import_path(flow
     assert train.last_key in {h.key for h in headers}
     names = [h.name for h in headers]
     assert names.count("mfchckpt") == 2 and names.count("best") >= 1, names  # 2 epochs
+
+
+class EveryTwo(CheckpointCallback):
+    """A user's subclass of the callback."""
+
+    def __init__(self, **kwargs):
+        super().__init__(every_n_epochs=2, **kwargs)
+
+
+def test_the_callback_from_metaflow_is_a_lightning_callback_that_copies_and_pickles():
+    """``from metaflow import CheckpointCallback`` builds a Lightning ``Callback`` on creation:
+    for the class itself and for a user's subclass, with the same state key Lightning stores
+    in its checkpoints, and instances survive deepcopy and pickle (Lightning and DDP copy
+    callbacks)."""
+    import copy
+    import pickle
+
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        import pytorch_lightning as pl
+
+    for cb in (CheckpointCallback(monitor="val_loss", mode="max"), EveryTwo(monitor="loss")):
+        assert isinstance(cb, CheckpointCallback) and isinstance(cb, pl.Callback)
+        assert type(cb).__name__ == type(cb).__mro__[1].__name__  # the public class's name
+        assert cb.state_key.startswith(type(cb).__qualname__ + "{")
+        for twin in (copy.deepcopy(cb), pickle.loads(pickle.dumps(cb))):
+            assert type(twin) is type(cb) and twin.__dict__ == cb.__dict__
+    assert EveryTwo().every_n_epochs == 2
+    assert CheckpointCallback(monitor="val_loss").state_key == (
+        "CheckpointCallback{'monitor': 'val_loss', 'name': 'mfchckpt'}"
+    )
