@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = ["README.md"] + sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))
 
 #: The kinds a ``<!-- snippet: KIND -->`` marker may name.
-KINDS = ("flow", "step", "client", "signature", "skip")
+KINDS = ("flow", "step", "subprocess", "client", "signature", "skip")
 
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
 _MARKER = re.compile(r"^\s*<!--\s*snippet:\s*(?P<kind>[\w-]+)(?P<rest>.*?)-->\s*$")
@@ -227,18 +227,34 @@ import os
 import subprocess
 import sys
 
-import torch
 from metaflow import (
     Checkpoint, Every, FlowSpec, TrainingState, card, checkpoint, current, environment, retry,
     step,
 )
+
+
+class _Torch:
+    # torch, imported on first use: a step that does not use it does not pay for it.
+
+    def __getattr__(self, name):
+        import torch
+
+        return getattr(torch, name)
+
+
+torch = _Torch()
 """
 
 
 def _as_step(block: Block) -> ast.FunctionDef:
-    """The block as a step method named after it: its own decorated ``def``, or its statements
-    as the body of a ``@checkpoint`` step."""
-    tree = ast.parse(block.code)
+    """The block as a step method named after it: its own decorated ``def``, its statements as
+    the body of a ``@checkpoint`` step, or (``subprocess``) a script that step runs."""
+    if block.kind == "subprocess":
+        # A script a step starts: run as `python -c CODE` by a @checkpoint step.
+        code = "subprocess.run([sys.executable, '-c', %r], check=True)" % block.code
+        tree = ast.parse(code)
+    else:
+        tree = ast.parse(block.code)
     defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
     if len(tree.body) == 1 and defs:
         fn = defs[0]
