@@ -12,7 +12,8 @@ line right before its fence (invisible on the rendered page)::
 - **step**: the block is a step: its own decorated ``def`` (any name), or statements that become
   the body of a ``@checkpoint`` step.  All step blocks of all pages are steps of ONE generated
   flow (``start -> block -> block -> ... -> end``, ``self.next`` appended), run where the
-  fixture flow ran; the failing step names its block.  The flow file imports ``os``,
+  fixture flow ran, beside a ``train.py`` that writes a file into ``$METAFLOW_CHECKPOINT_DIR``;
+  the failing step names its block.  The flow file imports ``os``,
   ``subprocess``, ``sys``, ``torch`` and, from ``metaflow``, ``Checkpoint``, ``Every``,
   ``FlowSpec``, ``TrainingState``, ``card``, ``checkpoint``, ``current``, ``environment``,
   ``retry``, ``step``: a block uses nothing else it does not define or import itself.
@@ -62,6 +63,7 @@ SKIPS = {
 
 #: The pages covered so far (all of them by the end of issue 15).
 COVERED = [
+    "docs/api.md",
     "docs/card.md",
     "docs/configuration.md",
     "docs/distributed.md",
@@ -106,6 +108,14 @@ class TrainFlow(FlowSpec):
 
 if __name__ == "__main__":
     TrainFlow()
+"""
+
+#: ``train.py`` beside the flows: a training script writing into the task's checkpoint directory.
+TRAIN_SCRIPT = """\
+import os
+
+with open(os.path.join(os.environ["METAFLOW_CHECKPOINT_DIR"], "weights.txt"), "w") as f:
+    f.write("trained")
 """
 
 #: Runs every client block (a JSON list on stdin) in its own dir and try; prints the outcomes.
@@ -170,6 +180,7 @@ def trained(tmp_path_factory):
     (tmp / "home").mkdir()
     env = flow_environment(tmp, **ONE_THREAD)
     (tmp / "train_flow.py").write_text(FIXTURE_FLOW)
+    (tmp / "train.py").write_text(TRAIN_SCRIPT)
     run_flow(tmp / "train_flow.py", env, tmp)
     upload = run_subprocess(
         [
