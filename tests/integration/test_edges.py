@@ -171,3 +171,28 @@ def test_the_callback_from_metaflow_is_a_lightning_callback_that_copies_and_pick
     assert CheckpointCallback(monitor="val_loss").state_key == (
         "CheckpointCallback{'monitor': 'val_loss', 'name': 'mfchckpt'}"
     )
+
+
+def test_current_checkpoint_outside_any_step_says_where_to_use_it(tmp_path):
+    """In a notebook or script (no task), the error says it is not a step and points at
+    @checkpoint and, for a subprocess of a step, at Checkpoint(init_dir=True)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from metaflow import CheckpointNotEnabled, current\n"
+        "print(hasattr(current, 'checkpoint'))\n"
+        "try:\n"
+        "    current.checkpoint\n"
+        "except CheckpointNotEnabled as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [
+        "False",
+        "current.checkpoint is only available in a step decorated with @checkpoint, and this "
+        "code does not run in a Metaflow step: use it in a step decorated with @checkpoint; in a "
+        "subprocess of such a step (e.g. a torchrun worker) use Checkpoint(init_dir=True).",
+    ]
