@@ -140,6 +140,7 @@ def test_public_api_is_locked():
         "CheckpointPaused",
         "TrainingStateError",
         "CheckpointMetadataWarning",
+        "CheckpointListWarning",
     ]
     for name in top.__all__:
         assert getattr(metaflow, name) is getattr(top, name)

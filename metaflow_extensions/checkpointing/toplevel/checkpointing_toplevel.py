@@ -5,10 +5,11 @@ the list.  Loaded on every ``import metaflow``: keep it light (``frameworks.pyto
 torch only inside its methods, ``frameworks.lightning`` imports Lightning only when a
 ``CheckpointCallback`` is created).  The exception classes are here so a step or notebook
 catches them as ``from metaflow import CheckpointNotFound`` (``StorageNotFound`` is internal:
-callers only ever see it translated).
+callers only ever see it translated), and the two warnings so code can filter them.
 """
 
 from ..plugins.checkpointing.client import Checkpoint
+from ..plugins.checkpointing.client.base import CheckpointListWarning
 from ..plugins.checkpointing.common.reference import CheckpointReference
 from ..plugins.checkpointing.errors import (
     CheckpointConfigError,
@@ -55,4 +56,5 @@ __all__ = [
     "CheckpointPaused",
     "TrainingStateError",
     "CheckpointMetadataWarning",
+    "CheckpointListWarning",
 ]
