@@ -115,7 +115,7 @@ class ShellCommand:
     where: str
     text: str
     command: str
-    options: list[str]
+    args: list[str]  # the tokens after the command, usage brackets and bars removed
 
 
 def cli_lines(block: Block) -> list[ShellCommand]:
@@ -148,13 +148,8 @@ def cli_lines(block: Block) -> list[ShellCommand]:
         for g in groups:
             if not g or g[0] == "COMMAND":
                 continue
-            opts = []
-            for t in g[1:]:
-                for piece in re.split(r"[\[\]|]", t):
-                    piece = piece.strip()
-                    if piece.startswith("-") and not re.match(r"^-\d", piece):
-                        opts.append(piece.split("=", 1)[0])
-            out.append(ShellCommand("%s:%d" % (block.page, n), line, g[0], opts))
+            args = [p for t in g[1:] for p in re.split(r"[\[\]|]", t) if p.strip()]
+            out.append(ShellCommand("%s:%d" % (block.page, n), line, g[0], args))
     return out
 
 

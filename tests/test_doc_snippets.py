@@ -65,6 +65,8 @@ SKIPS = {
 COVERED = [
     "docs/api.md",
     "docs/card.md",
+    "docs/cli.md",
+    "docs/concepts.md",
     "docs/configuration.md",
     "docs/distributed.md",
     "docs/faq.md",
@@ -120,16 +122,15 @@ with open(os.path.join(os.environ["METAFLOW_CHECKPOINT_DIR"], "weights.txt"), "w
 
 #: Runs every client block (a JSON list on stdin) in its own dir and try; prints the outcomes.
 CLIENT_RUNNER = r"""
-import json, os, shutil, sys, traceback
+import json, os, sys, tempfile, traceback
 import torch
-from metaflow import Checkpoint, Flow, namespace
+from metaflow import Checkpoint, Flow
 
 blocks = json.load(sys.stdin)
 base = os.getcwd()
 results = {}
 for i, (where, code) in enumerate(blocks):
-    d = os.path.join(base, "client-%d" % i)
-    os.makedirs(d)
+    d = tempfile.mkdtemp(prefix="client-", dir=base)
     torch.save(torch.zeros(2), os.path.join(d, "resnet50.pt"))
     torch.save(torch.zeros(2), os.path.join(d, "model.pt"))
     os.chdir(d)
@@ -235,6 +236,29 @@ def _cli_group():
     return cli.commands["checkpoint"]
 
 
+def _option_problems(c, cmd) -> list[str]:
+    """Unknown options of a documented command line (an option's value is not an option)."""
+    by_name = {o: p for p in cmd.params for o in p.opts + p.secondary_opts}
+    by_name["--help"] = None
+    out, args, i = [], c.args, 0
+    while i < len(args):
+        tok = args[i]
+        i += 1
+        if not tok.startswith("-") or tok == "-" or re.match(r"^-\d", tok):
+            continue
+        name = tok.split("=", 1)[0]
+        if name not in by_name:
+            out.append(
+                "%s: `checkpoint %s` has no option %s (options: %s): %s"
+                % (c.where, c.command, name, ", ".join(sorted(by_name)), c.text)
+            )
+            continue
+        param = by_name[name]
+        if param is not None and not param.is_flag and "=" not in tok:
+            i += 1  # its value, which may start with "-" (--order-by -val_loss)
+    return out
+
+
 def test_shell_lines_name_real_commands_and_options():
     """Every `metaflow checkpoint CMD --opt` in the docs is a command and options that exist."""
     group = _cli_group()
@@ -249,13 +273,7 @@ def test_shell_lines_name_real_commands_and_options():
                     % (c.where, c.command, ", ".join(sorted(group.commands)), c.text)
                 )
                 continue
-            known = {o for p in cmd.params for o in p.opts + p.secondary_opts} | {"--help"}
-            for opt in c.options:
-                if opt not in known:
-                    problems.append(
-                        "%s: `checkpoint %s` has no option %s (options: %s): %s"
-                        % (c.where, c.command, opt, ", ".join(sorted(known)), c.text)
-                    )
+            problems += _option_problems(c, cmd)
     assert not problems, "\n".join(problems)
     assert seen > 0
 
@@ -365,20 +383,26 @@ def test_flow_block_runs(block, tmp_path, request):
     )
 
 
-def test_step_blocks_run_as_steps_of_one_flow(trained):
-    """Every step fragment runs as a step; a failure names the block of the failing step."""
-    blocks = _dedup(_blocks("step") + _blocks("subprocess"))
-    if not blocks:
-        pytest.skip("no step blocks on the covered pages")
+def _run_step_blocks(blocks, trained):
+    """Run ``blocks`` as the steps of one flow: (the failing block's place or None, result)."""
     env, cwd, _ = trained
     path = Path(cwd) / "doc_steps.py"
     path.write_text(step_flow(blocks))
     result = run_flow(path, env, cwd, expect=None)
-    if result.status != "successful":
-        by_step = {b.ident: b for b in blocks}
-        ran = [line.step for line in _task_lines(result) if line.step in by_step]
-        where = by_step[ran[-1]].where if ran else "(no block step started)"
-        pytest.fail("%s: the step block failed:\n%s" % (where, result.describe()))
+    if result.status == "successful":
+        return None, result
+    by_step = {b.ident: b for b in blocks}
+    failed = [ln.step for ln in _task_lines(result) if ln.msg.strip() == "Task failed."]
+    if failed and failed[-1] in by_step:
+        return by_step[failed[-1]].where, result
+    return "(step %r of the generated flow)" % (failed[-1] if failed else None), result
+
+
+def test_step_blocks_run_as_steps_of_one_flow(trained):
+    """Every step fragment runs as a step; a failure names the block of the failing step."""
+    blocks = _dedup(_blocks("step") + _blocks("subprocess"))
+    where, result = _run_step_blocks(blocks, trained)
+    assert where is None, "%s: the step block failed:\n%s" % (where, result.describe())
 
 
 def _task_lines(result):
@@ -392,15 +416,12 @@ def _task_lines(result):
     return out
 
 
-def test_client_blocks_run_after_a_flow(trained):
-    """Every client block runs against the fixture's run; a failure names its block."""
+def _run_client_blocks(blocks, trained) -> dict:
+    """Run ``blocks`` in one notebook-like process: {place: traceback} of those that failed."""
     import subprocess
 
     from integration.flowrun import subprocess_env
 
-    blocks = _dedup(_blocks("client"))
-    if not blocks:
-        pytest.skip("no client blocks on the covered pages")
     env, cwd, _ = trained
     out = subprocess.run(
         [sys.executable, "-c", CLIENT_RUNNER],
@@ -413,8 +434,91 @@ def test_client_blocks_run_after_a_flow(trained):
     )
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULTS:")]
     assert line, out.stdout[-3000:] + out.stderr[-3000:]
-    failed = {w: tb for w, tb in json.loads(line[-1][len("RESULTS:") :]).items() if tb}
+    return {w: tb for w, tb in json.loads(line[-1][len("RESULTS:") :]).items() if tb}
+
+
+def test_client_blocks_run_after_a_flow(trained):
+    """Every client block runs against the fixture's run; a failure names its block."""
+    failed = _run_client_blocks(_dedup(_blocks("client")), trained)
     assert not failed, "\n".join(
         "%s: the client block failed:\n%s" % (w, textwrap.indent(tb, "    "))
         for w, tb in failed.items()
     )
+
+
+# --- the checks catch what they are for ---------------------------------------------------------
+
+BROKEN_PAGE = """\
+# A page with mistakes
+
+```python
+current.checkpoint.save(metadata={"epoch": 1})
+```
+
+<!-- snippet: skip -->
+```python
+print("no reason given")
+```
+
+```bash
+metaflow checkpoint lst TrainFlow
+metaflow checkpoint list TrainFlow --order-by -val_loss --limt 3
+```
+
+<!-- snippet: signature -->
+```python
+Checkpoint().best(target=None, *, metrics, mode="max")
+```
+"""
+
+
+def test_the_checks_name_the_page_and_line_of_each_mistake(tmp_path):
+    """An unmarked fragment, a skip without reason, a misspelt command or option and a wrong
+    signature are each reported with their page and line (a value like -val_loss is not an
+    option)."""
+    page = tmp_path / "broken.md"
+    page.write_text(BROKEN_PAGE)
+    blocks = all_blocks([str(page)])
+    fragment, skip, shell, sig = blocks
+    assert fragment.kind is None and fragment.where == "%s:3" % page
+    assert skip.kind == "skip" and skip.reason is None
+    commands = cli_lines(shell)
+    assert [(c.where, c.command) for c in commands] == [
+        ("%s:13" % page, "lst"),
+        ("%s:14" % page, "list"),
+    ]
+    group = _cli_group()
+    assert "lst" not in group.commands
+    problems = _option_problems(commands[1], group.commands["list"])
+    assert len(problems) == 1 and "no option --limt" in problems[0], problems
+    assert problems[0].startswith("%s:14:" % page)
+    found = _signature_problems(signatures(sig)[0])
+    assert any("no parameter 'metrics'" in p for p in found), found
+    assert any("mode defaults to 'min', the docs say 'max'" in p for p in found), found
+    assert all(p.startswith("%s:19:" % page) for p in found), found
+
+
+def test_a_failing_client_block_is_named_and_the_others_still_run(trained):
+    """Each client block runs in its own try: one that fails is reported by its page and line,
+    the next one still runs."""
+    from docsnippets import Block
+
+    bad = Block("broken.md", 3, "python", 'Checkpoint().list(run, step="nope")\n', "client")
+    good = Block("broken.md", 9, "python", "assert run.id and ref.pathspec\n", "client")
+    failed = _run_client_blocks([bad, good], trained)
+    assert list(failed) == ["broken.md:3"], failed
+    assert "nope" in failed["broken.md:3"]
+
+
+def test_a_failing_step_block_is_named(trained):
+    """The step flow's failure names the block of the step that failed, not its neighbours."""
+    from docsnippets import Block
+
+    blocks = [
+        Block("broken.md", 3, "python", "x = 1\n", "step"),
+        Block("broken.md", 9, "python", 'raise ValueError("snippet broke")\n', "step"),
+        Block("broken.md", 15, "python", "y = 2\n", "step"),
+    ]
+    where, result = _run_step_blocks(blocks, trained)
+    assert result.status == "failed"
+    assert where == "broken.md:9", result.describe()
