@@ -146,11 +146,34 @@ def cli_lines(block: Block) -> list[ShellCommand]:
             else:
                 groups[-1].append(t)
         for g in groups:
-            if not g or g[0] == "COMMAND":
+            if not g or g[0] in ("COMMAND", "CMD", "..."):
                 continue
             args = [p for t in g[1:] for p in re.split(r"[\[\]|]", t) if p.strip()]
-            out.append(ShellCommand("%s:%d" % (block.page, n), line, g[0], args))
+            for command in g[0].split("/"):  # "show/load/delete"
+                out.append(ShellCommand("%s:%d" % (block.page, n), line, command, args))
     return out
+
+
+def inline_blocks(page: str) -> list[Block]:
+    """The inline code spans of ``page`` outside fences that are a checkpoint command line
+    (`` `metaflow checkpoint gc --dry-run` ``), each as a one-line block."""
+    out, in_fence = [], False
+    for n, line in enumerate((REPO / page).read_text().splitlines(), start=1):
+        if _FENCE.match(line) or re.match(r"^\s*```\s*$", line):
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            continue
+        for span in re.findall(r"`([^`]+)`", line):
+            if _CLI_LINE.match(span.strip()):
+                out.append(Block(page, n - 1, "inline", span.strip() + "\n", None))
+    return out
+
+
+def is_usage(text: str) -> bool:
+    """A usage line (``[--dry-run]``, ``TARGET | --flow F``, ``<key>``, ``...``), not a command
+    to type as it is."""
+    return bool(re.search(r"[\[\]|<>]|\.\.\.|\b[A-Z]{2,}\b|\w/\w+/", text.split("#")[0]))
 
 
 # --- signatures --------------------------------------------------------------------------------

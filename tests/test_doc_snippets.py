@@ -50,7 +50,16 @@ from pathlib import Path
 
 import pytest
 from conftest import flow_environment
-from docsnippets import KINDS, PAGES, all_blocks, cli_lines, signatures, step_flow
+from docsnippets import (
+    KINDS,
+    PAGES,
+    all_blocks,
+    cli_lines,
+    inline_blocks,
+    is_usage,
+    signatures,
+    step_flow,
+)
 from integration.flowrun import run_flow, run_subprocess
 
 #: Skipped blocks per page. A new skip changes this (and needs its reason in the marker).
@@ -247,11 +256,15 @@ def _option_problems(c, cmd) -> list[str]:
     return out
 
 
-def test_shell_lines_name_real_commands_and_options():
-    """Every `metaflow checkpoint CMD --opt` in the docs is a command and options that exist."""
+def _shell_problems(pages: list[str]) -> tuple[list[str], int]:
+    """Problems of the checkpoint command lines of ``pages`` (blocks and inline code), and how
+    many lines were checked."""
+    from metaflow._vendor import click
+
     group = _cli_group()
     problems, seen = [], 0
-    for b in all_blocks(COVERED):
+    blocks = all_blocks(pages) + [b for page in pages for b in inline_blocks(page)]
+    for b in blocks:
         for c in cli_lines(b):
             seen += 1
             cmd = group.commands.get(c.command)
@@ -261,9 +274,26 @@ def test_shell_lines_name_real_commands_and_options():
                     % (c.where, c.command, ", ".join(sorted(group.commands)), c.text)
                 )
                 continue
-            problems += _option_problems(c, cmd)
+            found = _option_problems(c, cmd)
+            problems += found
+            if not found and b.lang != "inline" and not is_usage(c.text):
+                # A block's line to type as it is: click parses it (arguments, values).
+                # (Prose may name a command without its arguments: `metaflow checkpoint gc`.)
+                try:
+                    cmd.make_context(cmd.name, list(c.args))
+                except click.exceptions.Exit:
+                    pass
+                except click.UsageError as exc:
+                    problems.append("%s: %s: %s" % (c.where, exc.format_message(), c.text))
+    return problems, seen
+
+
+def test_shell_lines_name_real_commands_and_options():
+    """Every `metaflow checkpoint CMD --opt` in the docs (blocks and inline code) is a command
+    and options that exist; a block's complete line parses as the CLI parses it."""
+    problems, seen = _shell_problems(COVERED)
     assert not problems, "\n".join(problems)
-    assert seen > 0
+    assert seen > 50
 
 
 def _real_callable(receiver: str, method: str):
@@ -451,39 +481,41 @@ print("no reason given")
 ```bash
 metaflow checkpoint lst TrainFlow
 metaflow checkpoint list TrainFlow --order-by -val_loss --limt 3
+metaflow checkpoint gc now
 ```
 
 <!-- snippet: signature -->
 ```python
 Checkpoint().best(target=None, *, metrics, mode="max")
 ```
+
+Reclaim space with `metaflow checkpoint gc --dryrun`.
 """
 
 
 def test_the_checks_name_the_page_and_line_of_each_mistake(tmp_path):
-    """An unmarked fragment, a skip without reason, a misspelt command or option and a wrong
-    signature are each reported with their page and line (a value like -val_loss is not an
-    option)."""
+    """An unmarked fragment, a skip without reason, a misspelt command or option (in a block or
+    in prose), an extra argument and a wrong signature are each reported with their page and
+    line (a value like -val_loss is not an option)."""
     page = tmp_path / "broken.md"
     page.write_text(BROKEN_PAGE)
     blocks = all_blocks([str(page)])
     fragment, skip, shell, sig = blocks
     assert fragment.kind is None and fragment.where == "%s:3" % page
     assert skip.kind == "skip" and skip.reason is None
-    commands = cli_lines(shell)
-    assert [(c.where, c.command) for c in commands] == [
-        ("%s:13" % page, "lst"),
-        ("%s:14" % page, "list"),
+    problems, seen = _shell_problems([str(page)])
+    assert seen == 4
+    assert [p.split(": ", 1)[0] for p in problems] == [
+        "%s:%d" % (page, n) for n in (13, 14, 15, 23)
     ]
-    group = _cli_group()
-    assert "lst" not in group.commands
-    problems = _option_problems(commands[1], group.commands["list"])
-    assert len(problems) == 1 and "no option --limt" in problems[0], problems
-    assert problems[0].startswith("%s:14:" % page)
+    assert "no command 'lst'" in problems[0]
+    assert "no option --limt" in problems[1]  # and -val_loss is --order-by's value
+    assert "unexpected extra argument" in problems[2]
+    assert "no option --dryrun" in problems[3]
     found = _signature_problems(signatures(sig)[0])
     assert any("no parameter 'metrics'" in p for p in found), found
     assert any("mode defaults to 'min', the docs say 'max'" in p for p in found), found
-    assert all(p.startswith("%s:19:" % page) for p in found), found
+    assert all(p.startswith("%s:20:" % page) for p in found), found
 
 
 def test_a_failing_client_block_is_named_and_the_others_still_run(trained):
