@@ -1,12 +1,16 @@
-"""Finding the code blocks of the user docs and turning each into something that runs.
+"""Finding the code blocks of the user docs, checking what needs no run, and turning the rest
+into something that runs.
 
-Used by ``tests/test_doc_snippets.py`` (its docstring documents the contexts a block runs in).
-This module only reads markdown and writes source text; running happens in the test.
+Used by ``tests/test_doc_snippets.py`` (its docstring documents the contexts a block runs in):
+here are the markdown reading, the checks of command lines against the click group and of
+documented signatures against the code, and the generated flow source; running flows and
+client code happens in the test.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 import shlex
 import textwrap
@@ -234,6 +238,144 @@ def signatures(block: Block) -> list[DocSignature]:
         else:
             args = ast.parse("def f(%s): pass" % params).body[0].args  # type: ignore[attr-defined]
         out.append(DocSignature("%s:%d" % (block.page, block.line + 1 + first), recv, meth, args))
+    return out
+
+
+# --- checks against the code ------------------------------------------------------------------
+
+
+def cli_group():
+    """The ``checkpoint`` click group both entry points serve."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.cli import cli
+
+    return cli.commands["checkpoint"]
+
+
+def option_problems(c: ShellCommand, cmd) -> list[str]:
+    """Unknown options of a documented command line (an option's value is not an option)."""
+    by_name = {o: p for p in cmd.params for o in p.opts + p.secondary_opts}
+    by_name["--help"] = None
+    out, args, i = [], c.args, 0
+    while i < len(args):
+        tok = args[i]
+        i += 1
+        if not tok.startswith("-") or tok == "-" or re.match(r"^-\d", tok):
+            continue
+        name = tok.split("=", 1)[0]
+        if name not in by_name:
+            out.append(
+                "%s: `checkpoint %s` has no option %s (options: %s): %s"
+                % (c.where, c.command, name, ", ".join(sorted(by_name)), c.text)
+            )
+            continue
+        param = by_name[name]
+        if param is not None and not param.is_flag and "=" not in tok:
+            i += 1  # its value, which may start with "-" (--order-by -val_loss)
+    return out
+
+
+def shell_problems(pages: list[str]) -> tuple[list[str], int]:
+    """Problems of the checkpoint command lines of ``pages`` (blocks and inline code), and how
+    many lines were checked."""
+    from metaflow._vendor import click
+
+    group = cli_group()
+    problems, seen = [], 0
+    blocks = all_blocks(pages) + [b for page in pages for b in inline_blocks(page)]
+    for b in blocks:
+        for c in cli_lines(b):
+            seen += 1
+            cmd = group.commands.get(c.command)
+            if cmd is None:
+                problems.append(
+                    "%s: no command %r (commands: %s): %s"
+                    % (c.where, c.command, ", ".join(sorted(group.commands)), c.text)
+                )
+                continue
+            found = option_problems(c, cmd)
+            problems += found
+            if not found and b.lang != "inline" and not is_usage(c.text):
+                # A block's line to type as it is: click parses it (arguments, values).
+                # (Prose may name a command without its arguments: `metaflow checkpoint gc`.)
+                try:
+                    cmd.make_context(cmd.name, list(c.args))
+                except click.exceptions.Exit:
+                    pass
+                except click.UsageError as exc:
+                    problems.append("%s: %s: %s" % (c.where, exc.format_message(), c.text))
+    return problems, seen
+
+
+def real_callable(receiver: str, method: str):
+    """What a documented receiver means: ``current.checkpoint`` is the task's runtime,
+    ``Checkpoint()`` the client, ``@checkpoint`` the decorator class."""
+    from metaflow import Checkpoint
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.decorator import (
+        CheckpointDecorator,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (
+        CheckpointRuntime,
+    )
+
+    if receiver == "@checkpoint":
+        return CheckpointDecorator
+    owner = {"current.checkpoint": CheckpointRuntime, "Checkpoint()": Checkpoint}[receiver]
+    return getattr(owner, method)
+
+
+def signature_problems(sig: DocSignature) -> list[str]:
+    """How a documented signature differs from the real one: a parameter it does not have, a
+    positional one out of place, a keyword-only one that is positional-only, another default."""
+    real = real_callable(sig.receiver, sig.method)
+    label = "%s.%s" % (sig.receiver, sig.method) if sig.method else sig.receiver
+    if sig.receiver == "@checkpoint":
+        names = set(real.defaults)
+        return [
+            "%s: @checkpoint has no attribute %r (it has: %s)" % (sig.where, a.arg, sorted(names))
+            for a in sig.params.kwonlyargs
+            if a.arg not in names
+        ]
+    params = dict(inspect.signature(real).parameters)
+    params.pop("self", None)
+    out = []
+    a = sig.params
+    positional = a.posonlyargs + a.args
+    pos_defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    real_positional = [
+        n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    documented = [(arg, d, True) for arg, d in zip(positional, pos_defaults)] + [
+        (arg, d, False) for arg, d in zip(a.kwonlyargs, a.kw_defaults)
+    ]
+    for i, (arg, default, is_pos) in enumerate(documented):
+        p = params.get(arg.arg)
+        if p is None:
+            out.append(
+                "%s: %s has no parameter %r (real: %s)"
+                % (sig.where, label, arg.arg, inspect.signature(real))
+            )
+            continue
+        if is_pos and (i >= len(real_positional) or real_positional[i] != arg.arg):
+            out.append(
+                "%s: %s: %r is not positional parameter #%d (real: %s)"
+                % (sig.where, label, arg.arg, i + 1, inspect.signature(real))
+            )
+        if not is_pos and p.kind == p.POSITIONAL_ONLY:
+            out.append("%s: %s: %r is positional-only" % (sig.where, label, arg.arg))
+        if default is not None:
+            doc_default = ast.literal_eval(default)
+            if p.default is p.empty or p.default != doc_default:
+                out.append(
+                    "%s: %s: %s defaults to %r, the docs say %r"
+                    % (
+                        sig.where,
+                        label,
+                        arg.arg,
+                        None if p.default is p.empty else p.default,
+                        doc_default,
+                    )
+                )
     return out
 
 

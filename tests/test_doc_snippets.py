@@ -39,8 +39,6 @@ whose step ``train`` saves ``state.pt`` three times with metadata ``epoch``, ``l
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import re
 import sys
@@ -54,9 +52,8 @@ from docsnippets import (
     KINDS,
     PAGES,
     all_blocks,
-    cli_lines,
-    inline_blocks,
-    is_usage,
+    shell_problems,
+    signature_problems,
     signatures,
     step_flow,
 )
@@ -227,142 +224,12 @@ def test_every_python_block_of_the_covered_pages_says_how_it_runs():
     assert dict(skips) == expected, "skipped blocks per page changed: update SKIPS"
 
 
-def _cli_group():
-    from metaflow_extensions.checkpointing.plugins.checkpointing.cli import cli
-
-    return cli.commands["checkpoint"]
-
-
-def _option_problems(c, cmd) -> list[str]:
-    """Unknown options of a documented command line (an option's value is not an option)."""
-    by_name = {o: p for p in cmd.params for o in p.opts + p.secondary_opts}
-    by_name["--help"] = None
-    out, args, i = [], c.args, 0
-    while i < len(args):
-        tok = args[i]
-        i += 1
-        if not tok.startswith("-") or tok == "-" or re.match(r"^-\d", tok):
-            continue
-        name = tok.split("=", 1)[0]
-        if name not in by_name:
-            out.append(
-                "%s: `checkpoint %s` has no option %s (options: %s): %s"
-                % (c.where, c.command, name, ", ".join(sorted(by_name)), c.text)
-            )
-            continue
-        param = by_name[name]
-        if param is not None and not param.is_flag and "=" not in tok:
-            i += 1  # its value, which may start with "-" (--order-by -val_loss)
-    return out
-
-
-def _shell_problems(pages: list[str]) -> tuple[list[str], int]:
-    """Problems of the checkpoint command lines of ``pages`` (blocks and inline code), and how
-    many lines were checked."""
-    from metaflow._vendor import click
-
-    group = _cli_group()
-    problems, seen = [], 0
-    blocks = all_blocks(pages) + [b for page in pages for b in inline_blocks(page)]
-    for b in blocks:
-        for c in cli_lines(b):
-            seen += 1
-            cmd = group.commands.get(c.command)
-            if cmd is None:
-                problems.append(
-                    "%s: no command %r (commands: %s): %s"
-                    % (c.where, c.command, ", ".join(sorted(group.commands)), c.text)
-                )
-                continue
-            found = _option_problems(c, cmd)
-            problems += found
-            if not found and b.lang != "inline" and not is_usage(c.text):
-                # A block's line to type as it is: click parses it (arguments, values).
-                # (Prose may name a command without its arguments: `metaflow checkpoint gc`.)
-                try:
-                    cmd.make_context(cmd.name, list(c.args))
-                except click.exceptions.Exit:
-                    pass
-                except click.UsageError as exc:
-                    problems.append("%s: %s: %s" % (c.where, exc.format_message(), c.text))
-    return problems, seen
-
-
 def test_shell_lines_name_real_commands_and_options():
     """Every `metaflow checkpoint CMD --opt` in the docs (blocks and inline code) is a command
     and options that exist; a block's complete line parses as the CLI parses it."""
-    problems, seen = _shell_problems(COVERED)
+    problems, seen = shell_problems(COVERED)
     assert not problems, "\n".join(problems)
     assert seen > 50
-
-
-def _real_callable(receiver: str, method: str):
-    from metaflow import Checkpoint
-
-    from metaflow_extensions.checkpointing.plugins.checkpointing.task.decorator import (
-        CheckpointDecorator,
-    )
-    from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (
-        CheckpointRuntime,
-    )
-
-    if receiver == "@checkpoint":
-        return CheckpointDecorator
-    owner = {"current.checkpoint": CheckpointRuntime, "Checkpoint()": Checkpoint}[receiver]
-    return getattr(owner, method)
-
-
-def _signature_problems(sig) -> list[str]:
-    real = _real_callable(sig.receiver, sig.method)
-    label = "%s.%s" % (sig.receiver, sig.method) if sig.method else sig.receiver
-    if sig.receiver == "@checkpoint":
-        names = set(real.defaults)
-        return [
-            "%s: @checkpoint has no attribute %r (it has: %s)" % (sig.where, a.arg, sorted(names))
-            for a in sig.params.kwonlyargs
-            if a.arg not in names
-        ]
-    params = dict(inspect.signature(real).parameters)
-    params.pop("self", None)
-    out = []
-    a = sig.params
-    positional = a.posonlyargs + a.args
-    pos_defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
-    real_positional = [
-        n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    documented = [(arg, d, True) for arg, d in zip(positional, pos_defaults)] + [
-        (arg, d, False) for arg, d in zip(a.kwonlyargs, a.kw_defaults)
-    ]
-    for i, (arg, default, is_pos) in enumerate(documented):
-        p = params.get(arg.arg)
-        if p is None:
-            out.append(
-                "%s: %s has no parameter %r (real: %s)"
-                % (sig.where, label, arg.arg, inspect.signature(real))
-            )
-            continue
-        if is_pos and (i >= len(real_positional) or real_positional[i] != arg.arg):
-            out.append(
-                "%s: %s: %r is not positional parameter #%d (real: %s)"
-                % (sig.where, label, arg.arg, i + 1, inspect.signature(real))
-            )
-        if not is_pos and p.kind == p.POSITIONAL_ONLY:
-            out.append("%s: %s: %r is positional-only" % (sig.where, label, arg.arg))
-        if default is not None:
-            doc_default = ast.literal_eval(default)
-            if p.default is p.empty or p.default != doc_default:
-                out.append(
-                    "%s: %s: %s defaults to %r, the docs say %r"
-                    % (
-                        sig.where,
-                        label,
-                        arg.arg,
-                        None if p.default is p.empty else p.default,
-                        doc_default,
-                    )
-                )
-    return out
 
 
 def test_documented_signatures_match_the_code():
@@ -371,7 +238,7 @@ def test_documented_signatures_match_the_code():
     for b in _blocks("signature"):
         for sig in signatures(b):
             seen += 1
-            problems += _signature_problems(sig)
+            problems += signature_problems(sig)
     assert not problems, "\n".join(problems)
 
 
@@ -503,7 +370,7 @@ def test_the_checks_name_the_page_and_line_of_each_mistake(tmp_path):
     fragment, skip, shell, sig = blocks
     assert fragment.kind is None and fragment.where == "%s:3" % page
     assert skip.kind == "skip" and skip.reason is None
-    problems, seen = _shell_problems([str(page)])
+    problems, seen = shell_problems([str(page)])
     assert seen == 4
     assert [p.split(": ", 1)[0] for p in problems] == [
         "%s:%d" % (page, n) for n in (13, 14, 15, 23)
@@ -512,7 +379,7 @@ def test_the_checks_name_the_page_and_line_of_each_mistake(tmp_path):
     assert "no option --limt" in problems[1]  # and -val_loss is --order-by's value
     assert "unexpected extra argument" in problems[2]
     assert "no option --dryrun" in problems[3]
-    found = _signature_problems(signatures(sig)[0])
+    found = signature_problems(signatures(sig)[0])
     assert any("no parameter 'metrics'" in p for p in found), found
     assert any("mode defaults to 'min', the docs say 'max'" in p for p in found), found
     assert all(p.startswith("%s:20:" % page) for p in found), found
