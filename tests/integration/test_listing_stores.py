@@ -48,6 +48,10 @@ PROBE = PROBE_PRELUDE + textwrap.dedent(
 
     attempt("flow", lambda: warned(lambda: rows(c.list(F))))
     attempt("best", lambda: warned(lambda: rows([c.best(F, metric="loss")])))
+    # Aliases pick among what list() shows: every store, not only the newest's.
+    for alias in ("best:loss:max", "loss=0.5", "best:loss"):
+        attempt("alias " + alias, lambda: rows([c.get("%s@%s" % (F, alias))]))
+    attempt("run alias", lambda: rows([c.get("%s/%s@best:loss:max" % (F, runs[0]))]))
     if os.environ.get("PROBE_PRUNE"):
         # Each store prunes its own checkpoints; du counts one store and names the others.
         attempt("du", lambda: warned(lambda: c.du(F)["total"]["checkpoints"]))
@@ -144,6 +148,12 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
     ]
     # best() looks in every store: the lowest loss is in the side store (ties: newest run).
     assert out["best"]["result"] == [[on_s3.id, "side", 1, side_root]]
+    # An alias on a flow or run sees every store, as list() and best() do (the side store
+    # holds the newest checkpoint; these are in the run's datastore).
+    assert out["alias best:loss:max"] == [[on_s3.id, "start", 0, s3_root]]
+    assert out["alias loss=0.5"] == [[on_s3.id, "start", 1, s3_root]]
+    assert out["alias best:loss"] == out["best"]["result"]
+    assert out["run alias"] == [[local.id, "start", 0, local_root]]
     # The spellings of one step's listing agree, row for row, including the side store's.
     for cell, spellings in out["table"].items():
         assert all(s == spellings[0] for s in spellings), (cell, spellings)

@@ -37,3 +37,10 @@ class ClientView:
 
     def listing(self, target: Target) -> tuple[CheckpointStore, list[ManifestHeader]]:
         return self._client._headers(target.pathspec)
+
+    def parts(self, target: Target) -> list[tuple[CheckpointStore, list[ManifestHeader]]]:
+        """Each readable store's checkpoints under ``target``, newest first: exactly the
+        stores ``Checkpoint().list(target)`` merges (an unreadable one is warned about the
+        same way), so an alias on a flow, run or step picks among what ``list()`` shows."""
+        parts, _ = self._client._parts(target.pathspec, None, None, None, None, None, None, False)
+        return [(store, headers) for store, headers, _ in parts]

@@ -48,6 +48,7 @@ from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeE
 from . import refspec
 from .hints import flow_hint, misspelt
 from .match import format_match, matches
+from .merged import StoreOf, every_store
 from .refspec import KEY, NAMED, TASK, Alias, RefSpec, Target
 
 
@@ -210,8 +211,10 @@ def _visible(
 def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest]:
     alias: Alias = spec.alias  # type: ignore[assignment]
     summaries: Optional[dict] = None
+    store_of: Optional[StoreOf] = None
     if spec.target is not None:
-        store, headers = view.listing(spec.target)
+        store_of, headers, summaries = every_store(view, spec.target)
+        store = store_of(headers[0]) if headers else view.store(None, spec.target.flow)
         where = "checkpoint in %s" % describe(spec.target)
         why = "" if headers else misspelt(view, spec.target)
         if why:
@@ -223,7 +226,8 @@ def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest
             headers, summaries = _trusted_versions(store, spec.name, versions, view.reader())
             where = "version of the named checkpoint %r" % spec.name
         else:
-            store, headers = _flow_of_word(spec, store, view)
+            store_of, headers, summaries = _flow_of_word(spec, store, view)
+            store = store_of(headers[0])
             where = "checkpoint in flow %s" % spec.name
     elif view.task_scope is not None:
         scope = view.task_scope
@@ -240,6 +244,8 @@ def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest
             "'<Flow/run_id/step>', a checkpoint name, before the '@')." % (spec.text(), alias.text)
         )
     chosen = pick(store, headers, alias, where, summaries)
+    if store_of is not None:
+        store = store_of(chosen)
     return store, store.read(chosen.key)
 
 
@@ -330,7 +336,7 @@ def _match(
 
 def _flow_of_word(
     spec: RefSpec, store: CheckpointStore, view: View
-) -> tuple[CheckpointStore, list[ManifestHeader]]:
+) -> tuple[StoreOf, list[ManifestHeader], Optional[dict]]:
     """The checkpoints of the flow ``spec.name`` (``word@alias`` where the caller's store
     holds no checkpoint named ``word``), with their store.
 
@@ -347,13 +353,13 @@ def _flow_of_word(
         % (spec.text(), name, name, name, store.url)
     )
     try:
-        found, headers = view.listing(Target(name))
+        found, headers, summaries = every_store(view, Target(name))
     except CheckpointNotFound as exc:
         why = exc.message.rstrip(".")
         raise CheckpointNotFound(neither + "no flow to pick from (%s)." % why) from None
     if not headers:
         raise CheckpointNotFound(neither + "no checkpoint in flow %s." % name)
-    return found, headers
+    return found, headers, summaries
 
 
 def _trusted_versions(
