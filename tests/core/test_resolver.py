@@ -311,6 +311,24 @@ def test_a_metadata_match_is_the_newest_matching_checkpoint(store, saved, spelli
     assert label(resolve(spelling, own_view(store))) == expected
 
 
+def test_what_is_shown_can_be_typed_back(store, tmp_path):
+    """A float saved with noise (0.1 + 0.2) matches the value tables show (0.3); the values an
+    error lists are spelt as a match is (JSON: true, "3"), not in Python's syntax."""
+    src = write_tree(tmp_path / "f", {"w": b"x"})
+    store.save(str(src), ME, metadata={"label": "noisy", "loss": 0.1 + 0.2, "flag": True, "s": "3"})
+    view = own_view(store)
+    assert label(resolve(ME.pathspec + "@loss=0.3", view)) == "noisy"
+    assert label(resolve(ME.pathspec + "@loss=0.30000000000000004", view)) == "noisy"
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve(ME.pathspec + "@loss=0.31", view)
+    assert "values seen: loss: 0.30000000000000004;" in err.value.message
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve(ME.pathspec + "@flag=false,s=3", view)
+    assert 'values seen: flag: true; s: "3";' in err.value.message
+    with pytest.raises(CheckpointNotFound):
+        resolve(ME.pathspec + "@flag=1", view)  # true is still not 1
+
+
 def test_no_metadata_match_names_the_values_seen(store, saved):
     with pytest.raises(CheckpointNotFound) as err:
         resolve(ME.pathspec + "@acc=0.7,epoch=3", own_view(store))
@@ -355,8 +373,9 @@ def test_a_misspelt_step_or_task_lists_what_the_run_has(store, saved, spelling, 
 
 
 def test_repr_shows_a_spelling_that_loads_it_back(store, saved, tmp_path):
-    """``repr(ref)``: ``<pathspec>@<short id> attempt=N {metadata}`` (floats to 4 significant
-    digits), ``<name>@<short id> {metadata}`` for a named one; the spelling resolves back."""
+    """``repr(ref)``: ``<pathspec>@<short id> attempt=N {metadata}`` (exact values: was
+    rounded to 4 significant digits, which a match then missed), ``<name>@<short id>
+    {metadata}`` for a named one; the spelling and each value shown resolve back."""
     from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
         reference_of,
     )
@@ -365,10 +384,11 @@ def test_repr_shows_a_spelling_that_loads_it_back(store, saved, tmp_path):
     metadata = {"epoch": 3, "loss": 0.123456789, "lr": [1e-05, 123456.7], "ok": True}
     ref = reference_of(store, store.save(str(src), ME, metadata=metadata))
     assert repr(ref) == (
-        "CheckpointReference(TrainFlow/100/train/7@%s attempt=0 {'epoch': 3, 'loss': 0.1235, "
-        "'lr': [1e-05, 123500.0], 'ok': True})" % ref.version[:8]
+        "CheckpointReference(TrainFlow/100/train/7@%s attempt=0 {'epoch': 3, 'loss': "
+        "0.123456789, 'lr': [1e-05, 123456.7], 'ok': True})" % ref.version[:8]
     )
-    assert ref.metadata["loss"] == 0.123456789  # only the display is rounded
+    typed = resolve("%s@loss=0.123456789" % ME.pathspec, own_view(store))[1]
+    assert typed.key == ref.key
     named = reference_of(store, saved["named"])
     assert repr(named) == "CheckpointReference(EvalFlow@%s {'label': 'named'})" % named.short_id
     for r in (ref, named):

@@ -301,7 +301,7 @@ ROWS: list[tuple[str, Callable[[World], Any], dict]] = [
     (
         "no match",
         lambda w: w.train + "@label=nope",
-        everywhere(Err("CheckpointNotFound", "(values seen: label: 'train-0', 'train-1'")),
+        everywhere(Err("CheckpointNotFound", '(values seen: label: "train-0", "train-1"')),
     ),
     (
         "typo of last",

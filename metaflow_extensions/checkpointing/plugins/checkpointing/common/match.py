@@ -11,6 +11,7 @@ its first ``=``.  ``True`` never matches ``1`` (JSON tells them apart); ``3`` ma
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from ..errors import CheckpointConfigError
@@ -102,10 +103,25 @@ def _split_fields(text: str) -> list[str]:
 
 
 def same_value(want: Any, got: Any) -> bool:
-    """Whether a metadata value ``got`` is the value ``want`` a match asks for."""
+    """Whether a metadata value ``got`` is the value ``want`` a match asks for.
+
+    Numbers match within float noise (``math.isclose``, ``rel_tol=1e-9``): ``loss=0.3``
+    matches a saved ``0.1 + 0.2`` (0.30000000000000004), which tables show as 0.3 (ADR 005,
+    "fix-refs").  True is not 1."""
     if isinstance(want, bool) or isinstance(got, bool):
         return type(want) is type(got) and want == got
+    if isinstance(want, (int, float)) and isinstance(got, (int, float)):
+        return want == got or math.isclose(want, got, rel_tol=1e-9)
     return want == got
+
+
+def shown(value: Any) -> str:
+    """``value`` as a match spells it (JSON: ``true``, ``"3"``, ``0.30000000000000004``), so a
+    value an error lists can be typed back."""
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def matches(metadata: dict, where: tuple) -> bool:

@@ -94,9 +94,10 @@ class CheckpointReference(dict):
 
     def __repr__(self) -> str:
         """``CheckpointReference(TrainFlow/12/train/3@1a2b3c4d attempt=1 {'epoch': 3, 'loss':
-        0.1235})``: what it is as a reference spelling (``<pathspec>@<short_id>``, or
+        0.12345})``: what it is as a reference spelling (``<pathspec>@<short_id>``, or
         ``<name>@<short_id>`` for a named one: :meth:`Checkpoint.load` takes it back), then
-        its attempt and its metadata, floats to 4 significant digits."""
+        its attempt and its metadata, exact (a float as Python writes it back: what is shown
+        can be typed back, ``@loss=0.12345``; ADR 005, "fix-refs")."""
         if not self.get("version"):
             return "CheckpointReference(%s)" % self.get("key")
         owner = self.get("pathspec") or self.get("name")
@@ -105,7 +106,7 @@ class CheckpointReference(dict):
             parts.append("attempt=%s" % self.get("attempt"))
         if self.get("damaged"):
             parts.append("damaged")
-        parts.append(repr(_rounded(self.get("metadata") or {})))
+        parts.append(repr(self.get("metadata") or {}))
         return "CheckpointReference(%s)" % " ".join(parts)
 
     @property
@@ -197,17 +198,6 @@ class CheckpointReference(dict):
             damaged=False,
             error=None,
         )
-
-
-def _rounded(value: Any) -> Any:
-    """``value`` with every float to 4 significant digits (for display only)."""
-    if isinstance(value, float):
-        return float("%.4g" % value)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
 
 
 def _publisher(scope, source, ref: dict) -> Optional[dict]:

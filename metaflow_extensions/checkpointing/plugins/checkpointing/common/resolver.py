@@ -47,7 +47,7 @@ from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from . import refspec
 from .hints import flow_hint, misspelt
-from .match import format_match, matches
+from .match import format_match, matches, shown
 from .merged import StoreOf, every_store
 from .refspec import KEY, NAMED, TASK, Alias, RefSpec, Target
 
@@ -324,9 +324,9 @@ def _match(
             return h
     seen = []
     for field, _ in where_fields:
-        values = sorted({repr(md[field]) for md in metadata if field in md})
-        shown = ", ".join(values[:12]) + (", ..." if len(values) > 12 else "")
-        seen.append("%s: %s" % (field, shown) if values else "%s: in no checkpoint" % field)
+        values = sorted({shown(md[field]) for md in metadata if field in md})
+        listed = ", ".join(values[:12]) + (", ..." if len(values) > 12 else "")
+        seen.append("%s: %s" % (field, listed) if values else "%s: in no checkpoint" % field)
     fields = sorted({k for md in metadata for k in md})
     raise CheckpointNotFound(
         "No %s has metadata %s (values seen: %s; fields seen: %s)."
