@@ -412,7 +412,10 @@ def test_show_describes_a_checkpoint_and_its_files(world):
     fields = shown.fields()
     assert fields["key"] == latest["key"]
     assert fields["url"] == latest["url"]
-    assert fields["reference"] == fields["pathspec"] == world.task
+    # The reference shown designates this checkpoint (the bare pathspec is the task's latest,
+    # which for an older one is another checkpoint); --json gives the same spelling as "ref".
+    assert fields["reference"] == "%s@%s" % (world.task, latest["version"][:8])
+    assert fields["pathspec"] == world.task
     assert fields["id"] == latest["version"][:8]
     assert (fields["name"], fields["attempt"], fields["latest"]) == ("mfchckpt", "0", "yes")
     assert fields["namespace"] == "user:tester"
@@ -428,6 +431,9 @@ def test_show_describes_a_checkpoint_and_its_files(world):
     for reference in (first["key"], first["url"]):
         data = cli(world.env, world.tmp, "show", reference, "--json").json()
         assert data["key"] == first["key"] and data["metadata"]["epoch"] == 0
+        assert data["ref"] == "%s@%s" % (world.task, first["version"][:8])
+        again = cli(world.env, world.tmp, "show", data["ref"], "--json").json()
+        assert again["key"] == first["key"]  # the spelling shown is typed back
         assert data["files"] == [
             {"path": "nested/epoch.txt", "size": 1},
             {"path": "weights.bin", "size": 300 * 1024},
@@ -444,8 +450,9 @@ def test_load_and_download_write_the_checkpoints_bytes(world):
     tmp = world.tmp / "loads"
     first = world.by_epoch(0)
     loaded = cli(world.env, world.tmp, "load", first["key"], tmp / "epoch0")
-    assert loaded.stdout == "Loaded %s (300.0 KiB, 2 files) into %s\n" % (
+    assert loaded.stdout == "Loaded %s@%s (300.0 KiB, 2 files) into %s\n" % (
         world.task,
+        first["version"][:8],
         tmp / "epoch0",
     )
     assert loaded.diagnostics() == []  # not a terminal: no progress bar
@@ -509,7 +516,7 @@ def test_named_checkpoints_upload_list_show_load_delete(flow_env, model_dir):
 
     shown = cli(env, tmp, "show", "tiny")  # the newest version
     fields = shown.fields()
-    assert (fields["reference"], fields["version"]) == ("tiny@" + newer, newer)
+    assert (fields["reference"], fields["version"]) == ("tiny@" + newer[:8], newer)
     assert "pathspec" not in fields
     assert shown.stdout.count("part-") == 20
     assert shown.stdout.endswith("... and 5 more files (--all-files)\n")
@@ -518,16 +525,19 @@ def test_named_checkpoints_upload_list_show_load_delete(flow_env, model_dir):
     assert everything.stdout.count("part-") == 25 and "more files" not in everything.stdout
 
     loaded = cli(env, tmp, "load", "tiny@" + version, tmp / "out")
-    assert loaded.stdout == "Loaded tiny@%s (2.7 KiB, 25 files) into %s\n" % (version, tmp / "out")
+    assert loaded.stdout == "Loaded tiny@%s (2.7 KiB, 25 files) into %s\n" % (
+        version[:8],
+        tmp / "out",
+    )
     expected = {"part-%02d.bin" % i: bytes([i]) * (100 + i) for i in range(25)}
     assert tree(tmp / "out") == expected
 
     refused = cli(env, tmp, "delete", "tiny", expect=1)  # stdin is not a terminal
-    assert_user_error(refused, "Refusing to delete tiny@%s" % newer, "--yes")
+    assert_user_error(refused, "Refusing to delete tiny@%s" % newer[:8], "--yes")
     assert len(cli(env, tmp, "list", "--json").json()) == 2
 
     deleted = cli(env, tmp, "delete", "tiny", "--yes")
-    assert deleted.stdout.startswith("Deleted tiny@%s (manifests/" % newer)
+    assert deleted.stdout.startswith("Deleted tiny@%s (manifests/" % newer[:8])
     assert [r["key"] for r in cli(env, tmp, "list", "--json").json()] == [refs[1]["key"]]
     assert cli(env, tmp, "show", "tiny").fields()["version"] == version
 
@@ -547,13 +557,13 @@ def test_delete_asks_on_a_terminal(flow_env, model_dir):
 
     kept = answer("n\n")
     assert kept.returncode == 1
-    assert "Delete checkpoint asked@%s" % version in kept.stderr
+    assert "Delete checkpoint asked@%s" % version[:8] in kept.stderr
     assert "Aborted!" in kept.stderr
     assert cli(env, tmp, "show", "asked").fields()["version"] == version
 
     gone = answer("y\n")
     assert gone.returncode == 0, gone.describe()
-    assert gone.stdout.startswith("Deleted asked@%s" % version)
+    assert gone.stdout.startswith("Deleted asked@%s" % version[:8])
     assert_user_error(cli(env, tmp, "show", "asked", expect=1), "No checkpoint named 'asked'")
 
 

@@ -37,7 +37,7 @@ def test_prune_gc_du_and_pins(two_runs):
     oldest = cli(env, tmp, "list", "%s/%s" % (FLOW, first), "--name", "mfchckpt", "--json").json()
     pinned = oldest[-1]
     out = cli(env, tmp, "pin", pinned["key"]).stdout
-    assert out.startswith("Pinned %s" % pinned["pathspec"])
+    assert out.startswith("Pinned %s@%s" % (pinned["pathspec"], pinned["version"][:8]))
     assert_user_error(cli(env, tmp, "delete", pinned["key"], "--yes", expect=1), "is pinned")
 
     dry = cli(env, tmp, "prune", "--flow", FLOW, "--step", "train", "--keep-last", "1", "--dry-run")

@@ -21,6 +21,7 @@ from .output import (
     reference_label,
     short_id,
     version,
+    with_spelling,
 )
 
 #: The METADATA cell of a damaged checkpoint in ``list`` (the reason follows the table).
@@ -106,7 +107,7 @@ def list_checkpoints(
         limit=limit,
     )
     if as_json:
-        echo_json(refs)
+        echo_json([with_spelling(r) for r in refs])
         return
     if not refs:
         click.echo(
@@ -115,7 +116,7 @@ def list_checkpoints(
         return
     rows = [
         [
-            r.key if keys else reference_label(r),
+            r.key if keys else (r.pathspec or "%s@%s" % (r.name, version(r))),
             short_id(r),
             r.name,
             publisher_label(r) if target is None else str(r.attempt),
@@ -158,7 +159,7 @@ def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> Non
     files = ref.files
     story = client._promotion_story(ref)  # named checkpoints: where promoted, and the log
     if as_json:
-        echo_json(dict(ref, files=files, **story))
+        echo_json(dict(with_spelling(ref), files=files, **story))
         return
     stats = ref.stats or {}
     fields = [

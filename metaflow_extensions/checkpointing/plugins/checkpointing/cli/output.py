@@ -48,10 +48,15 @@ def short_id(ref: CheckpointReference) -> str:
 
 
 def reference_label(ref: CheckpointReference) -> str:
-    """How a user refers to it: ``name@version`` for a named checkpoint, else the pathspec."""
-    if ref.pathspec is None:
-        return "%s@%s" % (ref.name, version(ref))
-    return ref.pathspec
+    """How a user refers to exactly this checkpoint: ``TASK@<short_id>`` or
+    ``name@<short_id>`` (:attr:`CheckpointReference.spelling`; a bare task pathspec would be
+    the task's latest, maybe another one)."""
+    return ref.spelling or "%s@%s" % (ref.pathspec or ref.name, short_id(ref))
+
+
+def with_spelling(ref: CheckpointReference) -> dict:
+    """``ref`` for ``--json``: its fields and ``"ref"``, the spelling that designates it."""
+    return dict(ref, ref=reference_label(ref))
 
 
 def publisher_label(ref: CheckpointReference) -> str:

@@ -100,14 +100,22 @@ class CheckpointReference(dict):
         can be typed back, ``@loss=0.12345``; ADR 005, "fix-refs")."""
         if not self.get("version"):
             return "CheckpointReference(%s)" % self.get("key")
-        owner = self.get("pathspec") or self.get("name")
-        parts = ["%s@%s" % (owner, self.short_id)]
+        parts = [str(self.spelling)]
         if self.get("pathspec"):
             parts.append("attempt=%s" % self.get("attempt"))
         if self.get("damaged"):
             parts.append("damaged")
         parts.append(repr(self.get("metadata") or {}))
         return "CheckpointReference(%s)" % " ".join(parts)
+
+    @property
+    def spelling(self) -> Optional[str]:
+        """The reference's spelling that designates exactly it: ``<pathspec>@<short_id>``
+        (``Flow/run/step/task`` alone is the task's latest, maybe another checkpoint), or
+        ``<name>@<short_id>`` for a named one; what ``repr``, the CLI's ``reference:`` lines
+        and ``--json``'s ``"ref"`` show.  None when the reference has no version."""
+        owner = self.get("pathspec") or self.get("name")
+        return "%s@%s" % (owner, self.short_id) if self.short_id and owner else None
 
     @property
     def short_id(self) -> Optional[str]:
