@@ -180,8 +180,9 @@ def test_cli_promote_show_and_unpromote(flow_env):
 
     promoted = cli(env, tmp, "promote", "resnet50@" + version[:6], "--to", PROD).stdout
     assert promoted.splitlines() == [
-        "Promoted resnet50@%s (published by user:tester via cli) to %s; pinned." % (version, PROD),
-        "'resnet50' now resolves to resnet50@%s in %s." % (version, PROD),
+        "Promoted resnet50@%s (published by user:tester via cli) to %s; pinned."
+        % (version[:8], PROD),
+        "'resnet50' now resolves to resnet50@%s in %s." % (version[:8], PROD),
     ]
     story = cli(env, tmp, "show", "resnet50", "--namespace", PROD).stdout
     assert fields(story)["trusted"] == "user:tester (publisher), %s (promoted)" % PROD
