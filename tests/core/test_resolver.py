@@ -428,3 +428,18 @@ def test_a_flow_spelt_as_a_name_says_how_to_spell_its_checkpoints(store, saved, 
     with pytest.raises(CheckpointNotFound) as err:
         resolve("nosuch", own_view(store))
     assert "is a flow" not in err.value.message
+
+
+@pytest.mark.parametrize(
+    "spelling,fragment",
+    [
+        ("lastt", "'lastt' is no alias either (did you mean 'last'?)"),
+        ("bset:loss", "unknown alias 'bset:loss' (did you mean 'best:loss'?)"),
+    ],
+)
+def test_a_bare_alias_misspelt_says_did_you_mean_in_a_task(store, saved, spelling, fragment):
+    """``load("lastt")`` and ``load("bset:loss")`` get the did-you-mean ``Flow@lastt`` gets
+    (was: "no checkpoint named 'lastt'", "name is invalid")."""
+    with pytest.raises((CheckpointNotFound, CheckpointConfigError)) as err:
+        resolve(spelling, own_view(store))
+    assert fragment in err.value.message

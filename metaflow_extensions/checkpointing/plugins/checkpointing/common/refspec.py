@@ -217,6 +217,8 @@ def parse(reference: Any) -> RefSpec:
                 "'%s@best:<metric>'" % (target.pathspec, target.pathspec),
             )
         return RefSpec(TASK, target=target)
+    if ":" in text and did_you_mean(text):  # 'bset:loss' alone: an alias misspelt, no name
+        raise _bad(reference, "unknown alias %r%s" % (text, did_you_mean(text)))
     return RefSpec(NAMED, name=_name(reference, text))
 
 
@@ -364,14 +366,15 @@ def _version(reference: str, after: str, pathspec: bool) -> str:
     elif after == LATEST:  # after a pathspec: 'latest' is a named checkpoint's word
         why = "'latest' is the newest version of a named checkpoint; a task's newest is 'last'"
     else:
-        why = "unknown alias %r%s" % (after, _did_you_mean(after))
+        why = "unknown alias %r%s" % (after, did_you_mean(after))
     raise CheckpointConfigError(
         "%r is not a checkpoint reference: %s. After '@' use %s."
         % (reference, why, AFTER_AT if not pathspec else AFTER_AT.rsplit(", or", 1)[0])
     )
 
 
-def _did_you_mean(word: str) -> str:
+def did_you_mean(word: str) -> str:
+    """`` (did you mean 'last'?)`` for a word close to an alias, else ``""``."""
     head, colon, metric = word.partition(":")
     close = difflib.get_close_matches(head, [LAST, LATEST, "best"], n=1, cutoff=0.6)
     guess = close and close[0] + (colon + metric if close[0] == "best" else "")
@@ -387,8 +390,7 @@ def _split_url(text: str) -> Optional[tuple[str, str]]:
 
 
 def _root(root: Optional[str]) -> Optional[str]:
-    """The one spelling of a store root (None: the caller's store), so that every spelling of
-    the caller's own store is recognised as it (``storage.factory.same_root``)."""
+    """The one spelling of a root (None: the caller's store), for ``factory.same_root``."""
     if not root or not root.strip():
         return None
     return normalize_root(root)

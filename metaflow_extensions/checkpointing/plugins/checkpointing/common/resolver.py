@@ -132,6 +132,12 @@ def resolve(reference: Any, view: View) -> tuple[CheckpointStore, Manifest]:
             return store, store.named(spec.text(), None if spec.version else view.reader())
         except CheckpointNotFound as exc:
             hint = "" if named_versions(store, str(spec.name)) else flow_hint(view, spec)
+            if not hint and not spec.version and refspec.did_you_mean(str(spec.name)):
+                # load("lastt"): an alias misspelt, as Flow@lastt says.
+                hint = " %r is no alias either%s." % (
+                    spec.name,
+                    refspec.did_you_mean(str(spec.name)),
+                )
             raise CheckpointNotFound(exc.message + hint) from None
     return _resolve_alias(spec, view)
 
