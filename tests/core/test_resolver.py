@@ -83,7 +83,9 @@ def test_one_word_before_the_at_is_the_named_checkpoint_for_every_caller(store, 
         try:
             got[who] = label(resolve(spelling, view))
         except (CheckpointNotFound, CheckpointScopeError) as exc:
-            got[who] = exc.message
+            # What a caller that sees the flow EvalFlow is told beyond (how to reach it) is
+            # tested in test_a_named_checkpoint_that_shadows_a_flow_says_how_to_reach_the_flow.
+            got[who] = exc.message.split(" %r names the checkpoint" % spelling)[0]
     want = "named"
     if spelling.endswith("best:w:max"):
         want = (
@@ -153,7 +155,9 @@ MESSAGES = [
     (
         "EvalFlow@best:acc",
         "No version of the named checkpoint 'EvalFlow' has a numeric metadata field 'acc' "
-        "(fields seen: label).",
+        "(fields seen: label). 'EvalFlow@best:acc' names the checkpoint called EvalFlow, which "
+        "shadows the flow EvalFlow; that flow has checkpoints too: 'EvalFlow/@best:acc' picks "
+        "among them.",
     ),
 ]
 
@@ -443,3 +447,14 @@ def test_a_bare_alias_misspelt_says_did_you_mean_in_a_task(store, saved, spellin
     with pytest.raises((CheckpointNotFound, CheckpointConfigError)) as err:
         resolve(spelling, own_view(store))
     assert fragment in err.value.message
+
+
+def test_a_named_checkpoint_that_shadows_a_flow_says_how_to_reach_the_flow(store, saved):
+    """``EvalFlow@acc=0.9`` means the named checkpoint 'EvalFlow' (the documented rule); none
+    of its versions matches, and the flow EvalFlow has a checkpoint that does: the error says
+    so and gives ``EvalFlow/@acc=0.9`` (was: only the named one's values), which resolves."""
+    with pytest.raises(CheckpointNotFound) as err:
+        resolve("EvalFlow@acc=0.9", own_view(store))
+    assert "which shadows the flow EvalFlow" in err.value.message
+    assert "'EvalFlow/@acc=0.9' picks among them" in err.value.message
+    assert label(resolve("EvalFlow/@acc=0.9", own_view(store))) == "eval-0"

@@ -58,3 +58,21 @@ def flow_hint(view: Any, spec: RefSpec) -> str:
         "'%s@<field>=<value>' or '%s/<run_id>/<step>/<task_id>@<id>' ('latest' and a bare "
         "name are for named checkpoints)." % (name, name, name, name, name)
     )
+
+
+def shadowed_flow(view: Any, spec: RefSpec) -> str:
+    """For ``word@<alias>`` that no version of the named checkpoint ``word`` satisfies while a
+    flow ``word`` has checkpoints (the name shadows the flow): how to spell the flow's
+    (``word/@<alias>``), else ``""``."""
+    name = str(spec.name)
+    try:
+        headers = view.listing(Target(name))[1]
+    except _UNLISTABLE:
+        return ""
+    if not headers:
+        return ""
+    return (
+        " %r names the checkpoint called %s, which shadows the flow %s; that flow has "
+        "checkpoints too: '%s/@%s' picks among them."
+        % (spec.text(), name, name, name, spec.alias.text)
+    )

@@ -46,7 +46,7 @@ from ..core.scope import Scope, library_scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from . import refspec
-from .hints import flow_hint, misspelt
+from .hints import flow_hint, misspelt, shadowed_flow
 from .match import format_match, matches, shown
 from .merged import StoreOf, every_store
 from .refspec import KEY, NAMED, TASK, Alias, RefSpec, Target
@@ -249,7 +249,12 @@ def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest
             "'<Flow/run_id/step/task_id>@%s' (or '<Flow>', '<Flow/run_id>', "
             "'<Flow/run_id/step>', a checkpoint name, before the '@')." % (spec.text(), alias.text)
         )
-    chosen = pick(store, headers, alias, where, summaries)
+    try:
+        chosen = pick(store, headers, alias, where, summaries)
+    except CheckpointNotFound as exc:
+        if spec.target is not None or spec.name is None or store_of is not None:
+            raise
+        raise CheckpointNotFound(exc.message + shadowed_flow(view, spec)) from None
     if store_of is not None:
         store = store_of(chosen)
     return store, store.read(chosen.key)
