@@ -47,11 +47,7 @@ def flow_hint(view: Any, spec: RefSpec) -> str:
     with checkpoints the caller sees: how to spell one of that flow's checkpoints (``latest``
     and a bare name are for named checkpoints), else ``""``."""
     name = str(spec.name)
-    try:
-        headers = view.listing(Target(name))[1]
-    except _UNLISTABLE:
-        return ""
-    if not headers:
+    if not _flow_has_checkpoints(view, name):
         return ""
     return (
         " %s is a flow with checkpoints: say which, e.g. '%s@last', '%s@best:<metric>', "
@@ -65,14 +61,18 @@ def shadowed_flow(view: Any, spec: RefSpec) -> str:
     flow ``word`` has checkpoints (the name shadows the flow): how to spell the flow's
     (``word/@<alias>``), else ``""``."""
     name = str(spec.name)
-    try:
-        headers = view.listing(Target(name))[1]
-    except _UNLISTABLE:
-        return ""
-    if not headers:
+    if not _flow_has_checkpoints(view, name):
         return ""
     return (
         " %r names the checkpoint called %s, which shadows the flow %s; that flow has "
         "checkpoints too: '%s/@%s' picks among them."
         % (spec.text(), name, name, name, spec.alias.text)
     )
+
+
+def _flow_has_checkpoints(view: Any, name: str) -> bool:
+    """Whether a flow ``name`` has checkpoints the caller sees (a listing that fails: no)."""
+    try:
+        return bool(view.listing(Target(name))[1])
+    except _UNLISTABLE:
+        return False
