@@ -89,6 +89,8 @@ def test_a_log_that_cannot_be_written_warns_once_and_every_save_still_commits(tm
     assert len(warnings) == 1, lines
     assert warnings[0].startswith("[@checkpoint] Warning: could not add checkpoint")
     assert refs[0].key in warnings[0] and "the checkpoint is committed" in warnings[0]
+    # the real cause, not "no object at": a file stands where the log's directory would go
+    assert "NotADirectoryError" in warnings[0] and "no object at" not in warnings[0], warnings
 
 
 def test_only_rank_0_logs_in_a_gang(tmp_path):

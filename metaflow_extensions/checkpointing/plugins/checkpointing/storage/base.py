@@ -273,9 +273,14 @@ class Storage(abc.ABC):
                 kind = self._classify(exc)
                 cause = "%s: %s" % (type(exc).__name__, exc)
                 if kind == NOT_FOUND:
-                    raise StorageNotFound(
-                        "%s: no object at %s" % (op, url), key=key, url=url, reason=cause
-                    ) from exc
+                    # A write finds "nothing" only when a parent is missing or is a file: name
+                    # the OS error, which says which (NotADirectoryError, ...).
+                    message = (
+                        "%s of %s failed: %s" % (op, url, cause)
+                        if op == "put"
+                        else "%s: no object at %s" % (op, url)
+                    )
+                    raise StorageNotFound(message, key=key, url=url, reason=cause) from exc
                 if kind == TRANSIENT:
                     raise _Transient(exc) from exc
                 raise StorageError(
