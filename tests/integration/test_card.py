@@ -794,3 +794,27 @@ def test_card_options_name_several_metrics_and_their_best(monkeypatch):
     assert [s.attrs["data-metric"] for s in svgs] == ["lr", "acc"]
     assert svgs[0].find_all("circle", "best-marker") == []
     assert svgs[1].find("circle", "best-marker").attrs["data-order"] == "2"
+
+
+def test_a_parallel_step_s_card_plots_rank_0_and_says_how_many_of_other_ranks_are_left_out():
+    """Each rank of a @parallel step saved its own (not sharded) checkpoints under one task:
+    rank 1's must not join rank 0's series nor be its best (only rank 0 logs its saves)."""
+    rank0 = {"node": 0, "local": 0}
+    log = [entry(i, {"loss": 1.0 / i}) for i in (1, 3, 5)]
+    refs = newest_first(
+        ref(1, {"loss": 1.0}, writer=rank0),
+        ref(2, {"loss": 0.001}, writer={"node": 1, "local": 0}),
+        ref(3, {"loss": 1.0 / 3}, writer=rank0),
+        ref(4, {"loss": 0.0001}, writer={"node": 0, "local": 1}),
+        ref(5, {"loss": 0.2}, writer=None, sharded=True),  # every rank wrote a part: rank 0's
+    )
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", log=log))
+    assert [float(p.attrs["data-y"]) for p in plot_points(dom)] == [1.0, 1.0 / 3, 0.2]
+    rows = dom.find_all("tr", "checkpoint")
+    assert [int(r.attrs["data-order"]) for r in rows] == [3, 2, 1]
+    assert rows[0].attrs["data-best"] == "loss"  # not rank 1's 0.001
+    note = dom.find("p", "other-writers")
+    assert note.attrs["data-count"] == "2"
+    assert "2 checkpoints saved by other writers" in note.text()
+    assert "metaflow checkpoint list F/1/train/2" in note.text()
+    assert "3 checkpoints" in dom.find("p", "summary").text()

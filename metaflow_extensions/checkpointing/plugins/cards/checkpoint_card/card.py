@@ -29,6 +29,7 @@ from .series import (
     best_save,
     finite,
     metadata_of,
+    of_rank_0,
     parse_best_option,
     pick_metrics,
     saves_of,
@@ -220,7 +221,21 @@ def render_checkpoints(
             % (esc(pathspec), esc(error or "no listing"))
         )
         return _page(title, parts)
+    refs, other_writers = of_rank_0(refs)
     saves = saves_of(refs, log)
+    if other_writers:
+        parts.append(
+            '<p class="note other-writers" data-count="%d">%d checkpoint%s saved by other '
+            "writers (ranks of a <code>@parallel</code> step other than rank 0) %s left out: "
+            "<code>metaflow checkpoint list %s</code> lists every writer's.</p>"
+            % (
+                other_writers,
+                other_writers,
+                "" if other_writers == 1 else "s",
+                "is" if other_writers == 1 else "are",
+                esc(pathspec),
+            )
+        )
     if not saves:
         parts.append('<p class="note">This task saved no checkpoints.</p>')
         return _page(title, parts)

@@ -71,6 +71,21 @@ def saves_of(
     return saves
 
 
+def of_rank_0(refs: Sequence[Mapping[str, Any]]) -> tuple[list, int]:
+    """``(refs, left_out)``: the checkpoints written by rank 0 (``writer`` ``{"node": 0,
+    "local": 0}``, absent, or None for a sharded checkpoint, which every rank wrote) and how
+    many other writers' checkpoints were left out.  Only rank 0 logs its saves, so only its
+    checkpoints make one series; another rank's would be plotted between them."""
+    kept = [r for r in refs if _is_rank_0(r.get("writer"))]
+    return kept, len(refs) - len(kept)
+
+
+def _is_rank_0(writer: Any) -> bool:
+    if not isinstance(writer, Mapping):
+        return True  # None: sharded (all ranks wrote it); absent: saved before writers
+    return not writer.get("node") and not writer.get("local")
+
+
 def _from_ref(ref: Mapping[str, Any]) -> Save:
     from ...checkpointing.core.metrics_log import numeric_fields
 
