@@ -87,6 +87,9 @@ class EdgesFlow(FlowSpec):
         )
         trainer.fit(Tiny(), data, ckpt_path=cb.ckpt_path)
         self.last_key = cb.last_reference.key
+        # Metaflow ignores warnings in a task; ours must still be shown, once per save.
+        for value in (float("nan"), float("inf")):
+            current.checkpoint.save(name="nonfinite", metadata={"loss": value})
         self.next(self.forgot)
 
     @step
@@ -139,6 +142,12 @@ def test_current_checkpoint_without_the_decorator_and_the_short_import_path(flow
     assert train.last_key in {h.key for h in headers}
     names = [h.name for h in headers]
     assert names.count("mfchckpt") == 2 and names.count("best") >= 1, names  # 2 epochs
+
+    # Our warnings reach the task's output although Metaflow ignores warnings in a task: one
+    # CheckpointMetadataWarning per save whose metadata held NaN/inf (two saves, two lines).
+    out = result.stdout + result.stderr
+    said = "metadata['loss'] is NaN or infinite: stored as null"
+    assert out.count(said) == 2 and "CheckpointMetadataWarning" in out, result.describe()
 
 
 class EveryTwo(CheckpointCallback):

@@ -31,7 +31,9 @@ its message) instead of an internal traceback::
                                        be written or restored
 
 Warnings: :class:`CheckpointMetadataWarning` (a ``UserWarning``), once per save whose metadata
-had NaN or infinite values, stored as ``null``.
+had NaN or infinite values, stored as ``null``.  Every warning of ours is a
+:class:`CheckpointWarning`, which a task shows whatever Metaflow's own filter says
+(``task/session.py``).
 
 Every exception carries structured fields, readable as attributes (None when not given):
 
@@ -148,7 +150,13 @@ class CheckpointMetadataError(CheckpointConfigError):
     template = "Invalid checkpoint metadata[: {reason}]."
 
 
-class CheckpointMetadataWarning(UserWarning):
+class CheckpointWarning(UserWarning):
+    """Base of every warning this package gives.  Metaflow ignores all warnings in a task
+    (``warnings.filterwarnings("ignore")``); a ``@checkpoint`` task puts an ``"always"`` filter
+    for this class in front, so ours reach the task's stderr, each once per event."""
+
+
+class CheckpointMetadataWarning(CheckpointWarning):
     """Metadata held NaN or infinite values (Python, NumPy or torch); they are stored as
     ``null``.  Issued once per save, naming the key paths replaced."""
 

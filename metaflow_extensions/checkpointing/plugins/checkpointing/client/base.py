@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 from ..common import resolver
 from ..core.manifest import Manifest, ManifestHeader
 from ..core.store import CheckpointStore
+from ..errors import CheckpointWarning
 from ..task.context import TaskContext
 
 
@@ -119,7 +120,7 @@ class ClientBase:
     _headers: Callable[..., tuple[CheckpointStore, list[ManifestHeader]]]
 
 
-class CheckpointListWarning(UserWarning):
+class CheckpointListWarning(CheckpointWarning):
     """A store a listing should have read could not be read, or an operation covered one of
     several stores: the warning names the store and why (ADR 005, "listings")."""
 

@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from typing import Any, Callable
 
-from ..errors import CheckpointDependencyError, CheckpointException
+from ..errors import CheckpointDependencyError, CheckpointException, CheckpointWarning
 
 
 class TrainingStateError(CheckpointException):
@@ -142,7 +142,9 @@ def restore_rng(states: dict) -> list[str]:
             import numpy as np
         except ImportError:
             warnings.warn(
-                "The checkpoint holds NumPy's RNG state but NumPy is not installed.", stacklevel=2
+                "The checkpoint holds NumPy's RNG state but NumPy is not installed.",
+                CheckpointWarning,
+                stacklevel=2,
             )
         else:
             s = states["numpy"]
@@ -159,6 +161,7 @@ def restore_rng(states: dict) -> list[str]:
         if not torch.cuda.is_available():
             warnings.warn(
                 "The checkpoint holds CUDA RNG states but CUDA is not available: not restored.",
+                CheckpointWarning,
                 stacklevel=2,
             )
         else:
@@ -167,6 +170,7 @@ def restore_rng(states: dict) -> list[str]:
                 warnings.warn(
                     "The checkpoint holds RNG states of %d CUDA devices, this machine has %d: "
                     "restoring the first %d." % (len(saved), count, min(count, len(saved))),
+                    CheckpointWarning,
                     stacklevel=2,
                 )
             for i in range(min(count, len(saved))):

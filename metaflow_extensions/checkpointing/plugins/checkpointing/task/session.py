@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
-from ..errors import CheckpointInterrupted, CheckpointPaused
+from ..errors import CheckpointInterrupted, CheckpointPaused, CheckpointWarning
 from .builder import TaskParts, TaskSettings, build
 from .context import DIRECTORY_ENV, TASK_ENV, TaskContext
 from .runtime import CheckpointRuntime
@@ -103,6 +104,9 @@ class TaskSession:
         """
         from ..core import retention as retention_rules
 
+        # Metaflow's task ignores every warning; ours (NaN metadata, unreadable stores, RNG
+        # states not restored) must reach the user, one per event.
+        warnings.filterwarnings("always", category=CheckpointWarning)
         settings = settings if settings is not None else TaskSettings.read()
         keep = dict(retention or {})
         if temp_dir_root:
