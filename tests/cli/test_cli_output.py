@@ -97,6 +97,22 @@ def test_root_may_be_a_datastore_root_or_a_checkpoint_root(flow_env, model_dir):
     assert cli(env, tmp, "show", "m", "--json", "--root", datastore).json()["name"] == "m"
 
 
+def test_a_root_with_no_checkpoint_store_is_said_on_read_commands(flow_env, model_dir):
+    """A mistyped ``--root`` on list/show/du/verify says "No checkpoint store at <root>" on
+    stderr (before: "0 checkpoints", "OK" and exit 0, as if it were an empty store); verify
+    exits non-zero; a root that holds checkpoints says nothing of the kind."""
+    env, tmp = flow_env
+    cli(env, tmp, "upload", model_dir, "--name", "m")
+    typo = tmp / "no" / "such" / "dir"
+    said = "No checkpoint store at %s" % typo
+    for args, rc in (("list",), 0), (("du",), 0), (("verify",), 1), (("show", "m"), 1):
+        result = cli(env, tmp, *args, "--root", typo, expect=rc)
+        assert said in result.stderr, result.describe()
+    assert not typo.exists()  # reading did not create it
+    real = cli(env, tmp, "verify", "--root", tmp / ".metaflow")
+    assert "No checkpoint store" not in real.stderr, real.describe()
+
+
 def test_datastore_choices_and_roots_of_another_datastore_are_refused(flow_env):
     env, tmp = flow_env
     unknown = cli(env, tmp, "list", "--datastore", "hdfs", expect=2)

@@ -23,6 +23,7 @@ from .output import (
     version,
     with_spelling,
 )
+from .stores import warn_if_no_store
 
 #: The METADATA cell of a damaged checkpoint in ``list`` (the reason follows the table).
 DAMAGED_LABEL = "DAMAGED (unreadable manifest, see below)"
@@ -88,6 +89,7 @@ def list_checkpoints(
     """
     if named and target:
         raise click.UsageError("Give either a TARGET or --named, not both.")
+    warn_if_no_store(ctx.root)
     explain = target is None and not named and ctx.flow_name is None
     if target is None and not named:
         target = ctx.flow_name
@@ -154,6 +156,7 @@ def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> Non
     ``REFERENCE`` is a name (``resnet50``, ``resnet50@<version>``), a manifest key or URL, or a
     task pathspec ``Flow/run/step/task`` (its latest checkpoint).
     """
+    warn_if_no_store(ctx.root)
     client = ctx.client_for(reference)
     ref = client.get(reference)
     files = ref.files

@@ -13,6 +13,7 @@ from metaflow._vendor import click
 from ..fmt import human_size
 from .base import CliContext, command, json_option, namespace_options, root_option
 from .output import echo_json, echo_table, phase_progress, table_lines
+from .stores import warn_if_no_store
 
 
 @command(
@@ -214,6 +215,7 @@ def gc(ctx: CliContext, dry_run: bool, grace_hours: float, force: bool, as_json:
 @root_option
 def du(ctx: CliContext, target: Optional[str], by: str, as_json: bool) -> None:
     """Print logical and physical bytes per group."""
+    warn_if_no_store(ctx.root)
     client = ctx.run_client() if target else ctx.store_client()
     usage = client.du(target, by=by)
     if as_json:
@@ -255,7 +257,9 @@ def du(ctx: CliContext, target: Optional[str], by: str, as_json: bool) -> None:
 @namespace_options
 @root_option
 def verify(ctx: CliContext, target: Optional[str], deep: bool, as_json: bool) -> None:
-    """Print what the check found (a table of problems, then a summary) and exit 1 if any."""
+    """Print what the check found (a table of problems, then a summary) and exit 1 if any
+    (or if ``--root`` holds no checkpoint store)."""
+    no_store = warn_if_no_store(ctx.root)
     client = ctx.client_for(target) if target else ctx.store_client()
     with phase_progress(VERIFY_PHASES) as progress:
         report = client.verify(target, deep=deep, progress=progress)
@@ -267,7 +271,7 @@ def verify(ctx: CliContext, target: Optional[str], deep: bool, as_json: bool) ->
             echo_table([["PROBLEM", "KEY", "DETAIL"], *[list(r) for r in rows]])
             click.echo("")
         click.echo(report.summary())
-    if not report.ok:
+    if not report.ok or no_store:
         sys.exit(1)
 
 

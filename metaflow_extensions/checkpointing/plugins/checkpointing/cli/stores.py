@@ -109,3 +109,20 @@ def configured_root(datastore: str) -> str:
             "--root %s." % (datastore, datastore, where, _EXAMPLES[datastore].split(" or ")[0])
         )
     return found
+
+
+def warn_if_no_store(root: Optional[str]) -> bool:
+    """Say on stderr that ``root`` (``--root``/``--datastore``; None: the default store, not
+    checked) holds no checkpoint store, as ``gc`` refuses such a root: a mistyped ``--root`` of a
+    read-only command (list, show, du, verify) otherwise answers "0 checkpoints" as if it were
+    an empty store.  Returns True when it said so (verify then exits non-zero).  Test:
+    tests/cli/test_cli_output.py::test_a_root_with_no_checkpoint_store_is_said_on_read_commands.
+    """
+    if root is None or storage_for_url(root, workers=1).has_objects(MANIFESTS_PREFIX):
+        return False
+    click.echo(
+        "No checkpoint store at %s (it holds no checkpoint: check --root, or leave it out to "
+        "use the default store)." % root,
+        err=True,
+    )
+    return True
