@@ -247,6 +247,23 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
     ), message
     assert "Too many levels of symbolic links" in message
 
+    # A local root a run recorded that is not there any more (moved, share not mounted) is
+    # said, not listed as a store without checkpoints; a file in its place, the same.
+    (tmp / "side").rename(tmp / "side.moved")
+    out, _ = _probe(dict(env, PROBE_DOWN="1"), tmp, local.id, on_s3.id)
+    (tmp / "side").write_text("")
+    out_file, _ = _probe(dict(env, PROBE_DOWN="1"), tmp, local.id, on_s3.id)
+    (tmp / "side").unlink()
+    (tmp / "side.moved").rename(tmp / "side")
+    for got, what in ((out, "does not exist here"), (out_file, "is not a directory")):
+        assert got["flow"]["result"] == [row for row in out_all if row[3] != side_root]
+        [(category, message, _)] = got["flow"]["warnings"]
+        assert category == "CheckpointListWarning"
+        assert message == (
+            "Could not list the checkpoints of MultiStoreFlow in %s (%s %s (moved, or not "
+            "mounted?)); the other stores are listed." % (side_root, side_root, what)
+        ), message
+
     # With every store up again: prune keeps each store's newest per group, du says what it
     # counted.
     out, _ = _probe(dict(env, PROBE_PRUNE="1"), tmp, local.id, on_s3.id)

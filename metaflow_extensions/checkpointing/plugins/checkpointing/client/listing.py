@@ -11,6 +11,7 @@ naming the fields there are.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional, Union
 
 from ..common.reference import CheckpointReference, references
@@ -212,6 +213,15 @@ class Listing(ClientBase):
         within_task = task is not None
         parts, failures = [], []
         for root in located.roots:
+            gone = _missing_local_root(root)
+            if gone:
+                # Listed as empty (what is there), but said: a moved or unmounted directory
+                # must not pass for a store without checkpoints.
+                self._warn(
+                    "Could not list the checkpoints of %s in %s (%s); the other stores are "
+                    "listed." % (describe(target), root, gone),
+                    stacklevel=4,
+                )
             try:
                 store = self._store(root)
                 headers = _matching(
@@ -305,6 +315,26 @@ def _matching(
                 continue
             out.append(h)
     return out
+
+
+def _missing_local_root(root: str) -> Optional[str]:
+    """Why the local root a run recorded cannot be there (``None`` if it is, if it is not
+    local, or if it is the default root, which is created by the first save)."""
+    from ..storage.factory import normalize_root, url_scheme
+    from .locate import default_root
+
+    if url_scheme(root) not in ("", "file", "local"):
+        return None
+    path = normalize_root(root)
+    if os.path.isdir(path):
+        return None
+    try:
+        if path == normalize_root(default_root()):
+            return None
+    except CheckpointConfigError:
+        pass  # no default root configured: this one is not it
+    what = "is not a directory" if os.path.exists(path) else "does not exist here"
+    return "%s %s (moved, or not mounted?)" % (path, what)
 
 
 def _why(exc: BaseException) -> str:
