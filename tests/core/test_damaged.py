@@ -107,6 +107,27 @@ def test_loading_a_damaged_checkpoint_still_raises(any_store, tmp_path):
         store.read(bad["newer"])
 
 
+def test_a_manifest_damaged_after_it_was_indexed_is_listed_from_its_index_until_load_or_verify(
+    any_store, tmp_path
+):
+    """Listings read the summary index, so a manifest damaged after it was indexed is still
+    listed as it was (not ``damaged``); loading it and verify always read the manifest and
+    detect it (docs/concepts.md, "Damaged and newer-format checkpoints")."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import verify
+
+    store = any_store
+    good, _ = _populate(store, tmp_path, make_scope(), damaged=False)
+    headers = store.headers(make_scope().task_prefix())
+    store.summaries(headers)  # the first listing writes the summary index
+    store.storage.put_bytes(good[1], store.storage.get_bytes(good[1])[:40])  # truncated later
+    summary = store.summaries(store.headers(make_scope().task_prefix()))[good[1]]
+    assert summary["metadata"] == {"i": 1} and not summary.get("damaged")  # from the index
+    with pytest.raises(ManifestError, match="unreadable or invalid"):
+        store.read(good[1])
+    report = verify.verify(store.storage, None, options=store.options)
+    assert [d.key for d in report.damaged] == [good[1]] and not report.ok
+
+
 # A summary index is a hint: each of these is ignored, and the manifests are read instead.
 MALFORMED_BODIES = {
     "not json": b"{not json",
