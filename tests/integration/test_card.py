@@ -461,7 +461,8 @@ def test_a_metric_nobody_has_shows_a_note_and_no_plot():
     refs = newest_first(ref(1, {"loss": 1.0}), ref(2, {"loss": 0.5}))
     dom = parse_html(render_checkpoints(refs, pathspec="F/1/train/2", metric="accuracy"))
     assert dom.find_all("svg") == []
-    assert "accuracy" in dom.find("p", "note").text()
+    assert "accuracy" in dom.find("p", "no-values").text()
+    assert "metric='accuracy'; numeric fields: loss." in dom.find("p", "unknown-fields").text()
 
 
 def test_without_a_metric_option_every_mostly_numeric_field_but_counters_is_plotted():
@@ -529,7 +530,7 @@ def test_user_strings_are_escaped_and_never_run_in_the_browser(tmp_path):
     assert note.attrs["title"] == "note=" + evil  # full value; the cell shows 80 characters
     assert note.text() == ("note=" + evil)[:79] + "\u2026"
     assert rows[0].find("td", "name").text() == "a<b>"
-    assert rows[0].find_all("code", "kv")[0].text() == '<script>alert("k")</script>=2.0'
+    assert rows[0].find_all("code", "kv")[0].text() == '<script>alert("k")</script>=2'
 
 
 def _fake_client(monkeypatch, list_impl):
@@ -634,9 +635,9 @@ def test_saves_retention_pruned_are_plotted_from_the_log_and_shown_as_pruned():
     states = [r.find("td", "state").text() for r in rows[:4]]
     assert states == ["keptbest loss", "kept", "kept", "pruned"]
     # A pruned save shows what the log has; a kept one its whole metadata and size.
-    assert [c.text() for c in rows[3].find_all("code", "kv")] == ["loss=3.0"]
+    assert [c.text() for c in rows[3].find_all("code", "kv")] == ["loss=3"]
     assert rows[3].find("td", "size").text() == ""
-    assert [c.text() for c in rows[0].find_all("code", "kv")] == ["loss=0.0", "note=kept"]
+    assert [c.text() for c in rows[0].find_all("code", "kv")] == ["loss=0", "note=kept"]
     assert "10 saves; 3 checkpoints kept" in dom.find("p", "summary").text()
 
 
@@ -818,3 +819,30 @@ def test_a_parallel_step_s_card_plots_rank_0_and_says_how_many_of_other_ranks_ar
     assert "2 checkpoints saved by other writers" in note.text()
     assert "metaflow checkpoint list F/1/train/2" in note.text()
     assert "3 checkpoints" in dom.find("p", "summary").text()
+
+
+def test_the_table_rounds_floats_as_the_cli_does_and_the_tooltip_keeps_every_digit():
+    refs = [ref(1, {"lr": 4.23911582752162e-05, "loss": 0.30000000000000004, "hist": [0.123456]})]
+    dom = parse_html(render_checkpoints(refs, pathspec="F/1/t/2"))
+    cells = dom.find("td", "metadata").find_all("code", "kv")
+    assert [c.text() for c in cells] == ["lr=4.239e-05", "loss=0.3", "hist=[0.1235]"]
+    assert cells[0].attrs["title"] == "lr=4.23911582752162e-05"
+
+
+def test_metrics_past_the_plot_limit_and_option_typos_are_named_in_the_card():
+    names = ["m%02d" % i for i in range(12)]
+    refs = newest_first(*(ref(i, {n: float(i + j) for j, n in enumerate(names)}) for i in (1, 2)))
+    auto = parse_html(render_checkpoints(refs, pathspec="F/1/t/2"))
+    assert len(auto.find_all("svg", "plot")) == 6
+    note = auto.find("p", "left-out-metrics")
+    assert "Plotted 6 of 12 metrics (not plotted: m06, m07, m08, m09, m10, m11)" in note.text()
+    assert "metric=[...]" in note.text()
+    assert auto.find_all("p", "unknown-fields") == []
+
+    refs = newest_first(ref(1, {"loss": 1.0, "step": 1, "tag": "a"}), ref(2, {"loss": 0.5}))
+    typo = parse_html(
+        render_checkpoints(refs, pathspec="F/1/t/2", metric=["los", "loss"], x="epoc")
+    )
+    text = typo.find("p", "unknown-fields").text()
+    assert "metric='los', x='epoc'" in text and "numeric fields: loss, step" in text
+    assert typo.find_all("p", "left-out-metrics") == []

@@ -22,8 +22,10 @@ from typing import Any, Optional
 # initialised, and ``metaflow.cards`` pulls in the card client.
 from metaflow.plugins.cards.card_modules.card import MetaflowCard
 
+from .notes import left_out_metrics_note, other_writers_note, unknown_fields_note
 from .plot import PALETTE, esc, svg_plot
 from .series import (
+    MAX_DEFAULT_METRICS,
     Save,
     best_modes,
     best_save,
@@ -224,18 +226,7 @@ def render_checkpoints(
     refs, other_writers = of_rank_0(refs)
     saves = saves_of(refs, log)
     if other_writers:
-        parts.append(
-            '<p class="note other-writers" data-count="%d">%d checkpoint%s saved by other '
-            "writers (ranks of a <code>@parallel</code> step other than rank 0) %s left out: "
-            "<code>metaflow checkpoint list %s</code> lists every writer's.</p>"
-            % (
-                other_writers,
-                other_writers,
-                "" if other_writers == 1 else "s",
-                "is" if other_writers == 1 else "are",
-                esc(pathspec),
-            )
-        )
+        parts.append(other_writers_note(other_writers, pathspec))
     if not saves:
         parts.append('<p class="note">This task saved no checkpoints.</p>')
         return _page(title, parts)
@@ -252,9 +243,12 @@ def render_checkpoints(
             "checkpoints listed are shown.</p>" % (esc(log_error), len(refs))
         )
     if metric is None:
-        metrics = pick_metrics(saves, exclude=x)
+        candidates = pick_metrics(saves, exclude=x, limit=None)
+        metrics = candidates[:MAX_DEFAULT_METRICS]
+        parts.append(left_out_metrics_note(metrics, candidates))
     else:
         metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric]
+    parts.append(unknown_fields_note(saves, [] if metric is None else metrics, x))
     bests = best_modes(metrics, log, best)
     if not metrics:
         parts.append('<p class="note">No numeric metadata to plot.</p>')
@@ -393,11 +387,16 @@ def _row(save: Save, best_of: list[str]) -> str:
 
 
 def _metadata_cell(metadata: Mapping[str, Any]) -> str:
+    """``key=value`` per field, floats rounded as in the CLI's tables (``fmt.cell_json``);
+    the tooltip has every digit."""
+    from ...checkpointing.fmt import cell_json
+
     cells = []
     for key, value in metadata.items():
-        shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        full = "%s=%s" % (key, shown)
-        short = full if len(full) <= MAX_VALUE_CHARS else full[: MAX_VALUE_CHARS - 1] + "\u2026"
+        is_text = isinstance(value, str)
+        full = "%s=%s" % (key, value if is_text else json.dumps(value, sort_keys=True))
+        shown = full if is_text else "%s=%s" % (key, cell_json(value))
+        short = shown if len(shown) <= MAX_VALUE_CHARS else shown[: MAX_VALUE_CHARS - 1] + "\u2026"
         cells.append(
             '<code class="kv" data-field="%s" title="%s">%s</code>'
             % (esc(key), esc(full), esc(short))

@@ -126,11 +126,13 @@ def finite(value: Any) -> Optional[float]:
     return value if value - value == 0 else None  # NaN and infinities fail this
 
 
-def pick_metrics(saves: Sequence[Save], exclude: Optional[str] = None) -> list[str]:
+def pick_metrics(
+    saves: Sequence[Save], exclude: Optional[str] = None, limit: Optional[int] = MAX_DEFAULT_METRICS
+) -> list[str]:
     """The fields plotted when the options name none: those with a finite value in more than
     half of the saves, in the order they first appear, except ``exclude`` (the x axis) and
     counters (ints that never decrease within an attempt, like ``step`` or ``epoch``)
-    unless only counters are left; at most :data:`MAX_DEFAULT_METRICS`."""
+    unless only counters are left; at most ``limit`` (None: all)."""
     counts: dict[str, int] = {}
     for save in saves:
         for key, value in save.values.items():
@@ -138,7 +140,7 @@ def pick_metrics(saves: Sequence[Save], exclude: Optional[str] = None) -> list[s
                 counts[key] = counts.get(key, 0) + 1
     mostly = [k for k, n in counts.items() if n * 2 > len(saves)]
     metrics = [k for k in mostly if not is_counter(saves, k)] or mostly
-    return metrics[:MAX_DEFAULT_METRICS]
+    return metrics if limit is None else metrics[:limit]
 
 
 def is_counter(saves: Sequence[Save], field: str) -> bool:

@@ -7,7 +7,6 @@ the fields of a :class:`~..common.reference.CheckpointReference` and the key lay
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -18,11 +17,10 @@ from metaflow._vendor import click
 
 from ..common.reference import SHORT_ID_LENGTH, CheckpointReference
 from ..core.layout import split_manifest_key
+from ..fmt import TABLE_FLOAT_DIGITS, cell_json, round_float  # noqa: F401 (shared with the card)
 
 #: Metadata fields shown per row of ``list`` (the rest is summarised as "+N").
 TABLE_METADATA_FIELDS = 3
-#: Significant digits of a float in a table cell (``--json`` keeps every digit).
-TABLE_FLOAT_DIGITS = 4
 #: Seconds between two redraws of a progress bar (callbacks arrive per block, from threads).
 PROGRESS_REDRAW_SECONDS = 0.1
 
@@ -88,36 +86,6 @@ def metadata_summary(metadata: dict, first: str = "") -> str:
 def _short(value: Any, width: int = 24) -> str:
     text = value if isinstance(value, str) else cell_json(value)
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def cell_json(value: Any) -> str:
-    """``value`` as JSON for a table cell: every float, also inside lists and dicts, as
-    :func:`round_float` writes it; keys sorted."""
-    if isinstance(value, float):
-        return round_float(value)
-    if isinstance(value, dict):
-        items = sorted(value.items(), key=lambda kv: str(kv[0]))
-        return "{%s}" % ", ".join("%s: %s" % (json.dumps(str(k)), cell_json(v)) for k, v in items)
-    if isinstance(value, (list, tuple)):
-        return "[%s]" % ", ".join(cell_json(v) for v in value)
-    return json.dumps(value, default=str)
-
-
-def round_float(x: float, digits: int = TABLE_FLOAT_DIGITS) -> str:
-    """A float for a table: ``digits`` significant digits, never fewer than its integer digits,
-    without trailing zeros: ``0.30000000000000004`` -> ``0.3``, ``0.123456`` -> ``0.1235``,
-    ``12345.678`` -> ``12346``, ``2.0`` -> ``2``; tiny or huge magnitudes in exponent form
-    (``1.235e-07``); ``nan``/``inf`` as Python spells them."""
-    if not math.isfinite(x):
-        return repr(float(x))
-    if x == 0:
-        return "0"
-    exponent = math.floor(math.log10(abs(x)))
-    if exponent < -4 or exponent >= 15:
-        return "%.*g" % (digits, x)
-    decimals = max(0, digits - 1 - exponent)
-    text = "%.*f" % (decimals, x)
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def one_line(message: str) -> str:
