@@ -64,6 +64,7 @@ PROBE = PROBE_PRELUDE + textwrap.dedent(
     if os.environ.get("PROBE_DOWN"):
         # The run's only store of that step cannot be read: an error, never an empty list.
         attempt("only_store", lambda: c.list("%s/%s/start" % (F, runs[1])))
+        attempt("verify_flow", lambda: c.verify(F).ok)
         print("PROBE" + json.dumps(out))
         sys.exit(0)
     table = {}
@@ -205,15 +206,25 @@ def test_a_flow_s_listing_merges_every_store_and_says_which_it_could_not_read(tw
         for epoch in (1, 0)
         for root in [side_root if step == "side" else local_root]
     ]
-    for label, result in (("flow", readable), ("best", [[on_s3.id, "side", 1, side_root]])):
-        assert out[label]["result"] == result, label
-        [(category, message, filename)] = out[label]["warnings"]
-        assert filename == "probe.py"  # points at the caller's line
-        assert category == "CheckpointListWarning"
-        assert message.startswith(
-            "Could not list the checkpoints of MultiStoreFlow in %s (StorageError: " % s3_root
-        ), message
-        assert message.endswith("; the other stores are listed."), message
+    assert out["flow"]["result"] == readable
+    [(category, message, filename)] = out["flow"]["warnings"]
+    assert filename == "probe.py"  # points at the caller's line
+    assert category == "CheckpointListWarning"
+    assert message.startswith(
+        "Could not list the checkpoints of MultiStoreFlow in %s (StorageError: " % s3_root
+    ), message
+    assert message.endswith("; the other stores are listed."), message
+    # What picks one checkpoint or certifies fails closed (was: an answer from the readable
+    # stores, with a warning): best, every alias, verify of the flow.
+    for label in ("best", "alias best:loss", "alias loss=0.5", "verify_flow"):
+        assert out[label]["error"] == "StorageError", (label, out[label])
+        assert s3_root in out[label]["message"], out[label]
+        assert "could be wrong" in out[label]["message"], out[label]
+    assert out["run alias"] == [[local.id, "start", 0, local_root]]  # its stores are readable
+    for args in (["show", "MultiStoreFlow@last"], ["verify", "MultiStoreFlow"]):
+        proc = run_subprocess([METAFLOW, "checkpoint", *args, "--all-namespaces"], down, tmp)
+        assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "could be wrong" in proc.stderr and s3_root in proc.stderr, proc.stderr
 
     # The CLI lists the same rows and says once, on stderr, which store it could not read.
     proc = run_subprocess(

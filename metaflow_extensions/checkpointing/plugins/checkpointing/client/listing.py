@@ -131,14 +131,16 @@ class Listing(ClientBase):
         foreach: Optional[str] = None,
         attempt: Optional[int] = None,
         latest_only: bool = False,
+        strict: bool = False,
     ) -> list[CheckpointReference]:
-        """The references :meth:`list` filters, newest first, before ``where``/``order_by``."""
+        """The references :meth:`list` filters, newest first, before ``where``/``order_by``
+        (``strict``: an unreadable store raises, see :meth:`_parts`)."""
         if self._runtime is not None and target is None:
             # In a task: this task's checkpoints, as current.checkpoint.list() returns them.
             refs = self._runtime.list(name=name, attempt=attempt)
             return [r for r in refs if not latest_only or r.latest]
         parts, within_task = self._parts(
-            target, name, step, run, task, foreach, attempt, latest_only, read=True
+            target, name, step, run, task, foreach, attempt, latest_only, read=True, strict=strict
         )
         pairs = [(h, r) for _, headers, refs in parts for h, r in zip(headers, refs or [])]
         if len(parts) > 1:
@@ -161,8 +163,10 @@ class Listing(ClientBase):
         arguments (keys only: no manifest is read), newest first.  When the target's
         checkpoints are in several stores: the store holding the newest one, with a
         :class:`CheckpointListWarning` naming the others (a task's checkpoints are always in
-        one store)."""
-        parts, _ = self._parts(target, name, step, run, task, foreach, attempt, latest_only)
+        one store).  It picks a store, so an unreadable one raises (``strict``)."""
+        parts, _ = self._parts(
+            target, name, step, run, task, foreach, attempt, latest_only, strict=True
+        )
         listed = [p for p in parts if p[1]] or parts[:1]
         if len(listed) == 1:
             return listed[0][0], listed[0][1]
@@ -191,10 +195,12 @@ class Listing(ClientBase):
         attempt: Optional[int],
         latest_only: bool,
         read: bool = False,
+        strict: bool = False,
     ) -> tuple[list[_Part], bool]:
         """Each readable store's matching headers (and references when ``read``), and whether
         they are ordered as one task's.  An unreadable store is warned about; when none can
-        be read the error is raised (never an empty listing)."""
+        be read the error is raised (never an empty listing); with ``strict`` (an alias,
+        ``best``, ``verify``: a pick) any unreadable one raises (ADR 005, fix-stores)."""
         filters = dict(name=name, run=run, task=task, attempt=attempt, latest_only=latest_only)
         if target is None:
             store = self._store()
@@ -245,6 +251,13 @@ class Listing(ClientBase):
                     "; ".join("%s (%s)" % (r, describe_error(e)) for r, e in failures),
                 )
             )
+        if failures and strict:  # picking from the readable stores could be wrong
+            why = "; ".join("%s (%s)" % (r, _why(e)) for r, e in failures)
+            raise StorageError(
+                "Could not read the checkpoints of %s in %s; the answer from the other stores "
+                "could be wrong, so none is given: make the store readable and retry, or name "
+                "one store with root=/--root." % (describe(target), why)
+            )
         for root, exc in failures:
             self._warn(
                 "Could not list the checkpoints of %s in %s (%s); the other stores are listed."
@@ -275,7 +288,7 @@ class Listing(ClientBase):
             raise CheckpointConfigError("mode=%r: use 'min' or 'max'." % (mode,))
         where = filters.pop("where", None)
         filters.pop("limit", None)
-        refs = self._select(target, **filters)
+        refs = self._select(target, strict=True, **filters)
         _check_fields(refs, where, None)
         refs = _filter(refs, where)
         seen = _metadata_fields(refs)

@@ -40,7 +40,9 @@ class ClientView:
 
     def parts(self, target: Target) -> list[tuple[CheckpointStore, list[ManifestHeader]]]:
         """Each readable store's checkpoints under ``target``, newest first: exactly the
-        stores ``Checkpoint().list(target)`` merges (an unreadable one is warned about the
-        same way), so an alias on a flow, run or step picks among what ``list()`` shows."""
-        parts, _ = self._client._parts(target.pathspec, None, None, None, None, None, None, False)
+        stores ``Checkpoint().list(target)`` merges, so an alias on a flow, run or step picks
+        among what ``list()`` shows; an unreadable store raises (the pick could be wrong)."""
+        parts, _ = self._client._parts(
+            target.pathspec, None, None, None, None, None, None, False, strict=True
+        )
         return [(store, headers) for store, headers, _ in parts]
