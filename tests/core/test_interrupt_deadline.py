@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -313,9 +315,15 @@ def test_a_signal_while_the_task_ends_bounds_its_wait_for_background_saves(tmp_p
     assert _manifests(storage) == []  # after the process ended: nothing committed, ever
 
 
-def _signal_once_main_waits_in(function: str, signum: int, ready: threading.Event) -> None:
+@contextmanager
+def _signal_once_main_waits_in(function: str, signum: int, ready: threading.Event):
     """Send ``signum`` to this process, from a helper thread, once ``ready`` is set and the
-    main thread is inside ``function`` (the signal then arrives during that wait)."""
+    main thread is inside ``function`` (the signal then arrives during that wait).
+
+    The helper gives up after ``HOLD`` seconds and is stopped and joined when the block ends:
+    a helper left behind would keep polling ``sys._current_frames()`` (which once deadlocked a
+    later test's thread start) and could signal a later test that enters ``function``."""
+    stop = threading.Event()
 
     def waits_there() -> bool:
         frame = sys._current_frames().get(threading.main_thread().ident)
@@ -326,12 +334,21 @@ def _signal_once_main_waits_in(function: str, signum: int, ready: threading.Even
         return False
 
     def send() -> None:
-        ready.wait(HOLD)
+        if not ready.wait(HOLD):
+            return
+        deadline = time.monotonic() + HOLD
         while not waits_there():
-            threading.Event().wait(0.01)
+            if stop.wait(0.01) or time.monotonic() > deadline:
+                return
         os.kill(os.getpid(), signum)
 
-    threading.Thread(target=send, name="test-signal", daemon=True).start()
+    helper = threading.Thread(target=send, name="test-signal", daemon=True)
+    helper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        helper.join(HOLD)
 
 
 def test_a_signal_during_the_wait_for_background_saves_abandons_them(tmp_path):
@@ -346,9 +363,9 @@ def test_a_signal_during_the_wait_for_background_saves_abandons_them(tmp_path):
     (directory / "model.bin").write_bytes(os.urandom(300 << 10))
     handle = parts.runtime.save(metadata={"epoch": 2}, blocking=False)
     assert parts.interrupts.install(parts.saves)
-    _signal_once_main_waits_in("wait_all", signal.SIGTERM, storage.held)
     try:
-        with pytest.raises(CheckpointInterrupted) as info:
+        signal_in_wait = _signal_once_main_waits_in("wait_all", signal.SIGTERM, storage.held)
+        with signal_in_wait, pytest.raises(CheckpointInterrupted) as info:
             parts.runtime.flush()
     finally:
         parts.interrupts.restore()
@@ -388,9 +405,9 @@ def test_a_failure_collected_before_a_signal_during_the_wait_is_still_reported(t
     (directory / "model.bin").write_bytes(os.urandom(300 << 10))
     parts.runtime.save(metadata={"epoch": 2}, blocking=False)
     assert parts.interrupts.install(parts.saves)
-    _signal_once_main_waits_in("wait_all", signal.SIGTERM, storage.held)
     try:
-        with pytest.raises(CheckpointInterrupted):
+        signal_in_wait = _signal_once_main_waits_in("wait_all", signal.SIGTERM, storage.held)
+        with signal_in_wait, pytest.raises(CheckpointInterrupted):
             parts.runtime.flush()
     finally:
         parts.interrupts.restore()
