@@ -9,6 +9,7 @@ flow.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -166,6 +167,17 @@ def run_subprocess(args: list, env: dict, cwd: os.PathLike | str, timeout: int =
         text=True,
         timeout=timeout,
     )
+
+
+def run_probe(source: str, env: dict, tmp: Path, *args: Any) -> tuple[Any, str]:
+    """Run the probe script ``source`` (built on :data:`PROBE_PRELUDE`) with ``args``; return
+    the JSON it printed after ``PROBE`` and its stderr (it must exit 0)."""
+    script = Path(tmp) / "probe.py"
+    script.write_text(source)
+    proc = run_subprocess([script, *args], env, tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("PROBE"))
+    return json.loads(line[len("PROBE") :]), proc.stderr
 
 
 def local_root(tmp: os.PathLike | str) -> Path:

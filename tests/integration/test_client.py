@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from .flowrun import FLOWS, PROBE_PRELUDE, local_root, run_flow, run_subprocess
+from .flowrun import FLOWS, PROBE_PRELUDE, local_root, run_flow, run_probe, run_subprocess
 
 pytestmark = pytest.mark.flow
 
@@ -81,12 +81,7 @@ PROBE = PROBE_PRELUDE + textwrap.dedent(
 
 
 def _probe(env, tmp, *args):
-    script = tmp / "probe.py"
-    script.write_text(PROBE)
-    proc = run_subprocess([script, *args], env, tmp)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("PROBE"))
-    return json.loads(line[len("PROBE") :])
+    return run_probe(PROBE, env, tmp, *args)[0]
 
 
 def test_browsing_runs_steps_tasks_and_metrics(flow_env):

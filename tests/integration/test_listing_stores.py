@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_subprocess
+from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, run_subprocess
 
 pytestmark = [pytest.mark.flow, pytest.mark.s3]
 
@@ -96,12 +96,7 @@ PROBE = PROBE_PRELUDE + textwrap.dedent(
 
 
 def _probe(env, tmp, *args):
-    script = tmp / "probe.py"
-    script.write_text(PROBE)
-    proc = run_subprocess([script, *args], env, tmp)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("PROBE"))
-    return json.loads(line[len("PROBE") :]), proc.stderr
+    return run_probe(PROBE, env, tmp, *args)
 
 
 def _dead_port() -> int:
