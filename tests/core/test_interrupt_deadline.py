@@ -90,9 +90,10 @@ class GatedStorage(LocalStorage):
         return super().exists(key)
 
 
-def _task(tmp_path: Path, save_on_interrupt: bool):
-    """A task's parts on a gated local store; its directory holds state.txt ("epoch 1")."""
-    storage = GatedStorage(str(tmp_path / "store"))
+def _task(tmp_path: Path, save_on_interrupt: bool = False, storage_class=None, **build_args):
+    """A task's parts on a gated local store (``storage_class``, default :class:`GatedStorage`);
+    its directory holds state.txt ("epoch 1"); ``build_args`` go to ``build``."""
+    storage = (storage_class or GatedStorage)(str(tmp_path / "store"))
     directory = tmp_path / "ckpt"
     directory.mkdir()
     (directory / "state.txt").write_text("epoch 1")
@@ -104,6 +105,7 @@ def _task(tmp_path: Path, save_on_interrupt: bool):
         settings=SETTINGS,
         log=logs.append,
         save_on_interrupt=save_on_interrupt,
+        **build_args,
     )
     return parts, storage, directory, logs
 
@@ -451,20 +453,7 @@ def _pruning_task(tmp_path: Path):
     """A task keeping one checkpoint (``keep_last=1``) on a :class:`PruneStorage`."""
     from metaflow_extensions.checkpointing.plugins.checkpointing.core import retention
 
-    storage = PruneStorage(str(tmp_path / "store"))
-    directory = tmp_path / "ckpt"
-    directory.mkdir()
-    (directory / "state.txt").write_text("epoch 1")
-    logs: list[str] = []
-    parts = build(
-        CheckpointStore(storage, options()),
-        make_scope(),
-        str(directory),
-        settings=SETTINGS,
-        log=logs.append,
-        retention=retention.build(keep_last=1),
-    )
-    return parts, storage, directory, logs
+    return _task(tmp_path, storage_class=PruneStorage, retention=retention.build(keep_last=1))
 
 
 def test_a_signal_during_the_prune_s_listing_skips_its_deletes(tmp_path):
