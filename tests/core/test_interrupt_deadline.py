@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -318,32 +317,34 @@ def test_a_signal_while_the_task_ends_bounds_its_wait_for_background_saves(tmp_p
 
 
 @contextmanager
-def _signal_once_main_waits_in(function: str, signum: int, ready: threading.Event):
+def _signal_once_main_waits_in(owner: object, method: str, signum: int, ready: threading.Event):
     """Send ``signum`` to this process, from a helper thread, once ``ready`` is set and the
-    main thread is inside ``function`` (the signal then arrives during that wait).
+    main thread has entered ``owner.<method>`` (which then blocks on the held upload, so the
+    signal arrives during that wait).
 
-    The helper gives up after ``HOLD`` seconds and is stopped and joined when the block ends:
-    a helper left behind would keep polling ``sys._current_frames()`` (which once deadlocked a
-    later test's thread start) and could signal a later test that enters ``function``."""
+    The entry is seen by wrapping the method on the instance, not by polling
+    ``sys._current_frames()``: on CPython 3.11 that call can deadlock with a garbage collection
+    and a thread being started (gh-106883; it hung a clean-clone run).  The helper gives up
+    after ``HOLD`` seconds and is stopped and joined when the block ends, so it never signals a
+    later test."""
     stop = threading.Event()
+    entered = threading.Event()
+    real = getattr(owner, method)
 
-    def waits_there() -> bool:
-        frame = sys._current_frames().get(threading.main_thread().ident)
-        while frame is not None:
-            if frame.f_code.co_name == function:
-                return True
-            frame = frame.f_back
-        return False
+    def wrapped(*args, **kwargs):
+        entered.set()
+        return real(*args, **kwargs)
 
     def send() -> None:
-        if not ready.wait(HOLD):
-            return
-        deadline = time.monotonic() + HOLD
-        while not waits_there():
-            if stop.wait(0.01) or time.monotonic() > deadline:
-                return
-        os.kill(os.getpid(), signum)
+        if ready.wait(HOLD) and not stop.is_set():
+            while not entered.wait(0.01):
+                if stop.is_set():
+                    return
+            # Past the wrapper: the held upload keeps the main thread in the method's wait.
+            if not stop.wait(0.05):
+                os.kill(os.getpid(), signum)
 
+    setattr(owner, method, wrapped)
     helper = threading.Thread(target=send, name="test-signal", daemon=True)
     helper.start()
     try:
@@ -351,6 +352,7 @@ def _signal_once_main_waits_in(function: str, signum: int, ready: threading.Even
     finally:
         stop.set()
         helper.join(HOLD)
+        delattr(owner, method)
 
 
 def test_a_signal_during_the_wait_for_background_saves_abandons_them(tmp_path):
@@ -366,7 +368,9 @@ def test_a_signal_during_the_wait_for_background_saves_abandons_them(tmp_path):
     handle = parts.runtime.save(metadata={"epoch": 2}, blocking=False)
     assert parts.interrupts.install(parts.saves)
     try:
-        signal_in_wait = _signal_once_main_waits_in("wait_all", signal.SIGTERM, storage.held)
+        signal_in_wait = _signal_once_main_waits_in(
+            parts.saves._background, "wait_all", signal.SIGTERM, storage.held
+        )
         with signal_in_wait, pytest.raises(CheckpointInterrupted) as info:
             parts.runtime.flush()
     finally:
@@ -408,7 +412,9 @@ def test_a_failure_collected_before_a_signal_during_the_wait_is_still_reported(t
     parts.runtime.save(metadata={"epoch": 2}, blocking=False)
     assert parts.interrupts.install(parts.saves)
     try:
-        signal_in_wait = _signal_once_main_waits_in("wait_all", signal.SIGTERM, storage.held)
+        signal_in_wait = _signal_once_main_waits_in(
+            parts.saves._background, "wait_all", signal.SIGTERM, storage.held
+        )
         with signal_in_wait, pytest.raises(CheckpointInterrupted):
             parts.runtime.flush()
     finally:
