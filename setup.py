@@ -29,6 +29,8 @@ setup(
         "torch": ["torch==2.13.0", "safetensors>=0.4", "numpy>=1.22"],
         # frameworks/lightning.py: CheckpointCallback (also works with the `lightning` package).
         "lightning": ["pytorch-lightning>=2.1"],
+        # frameworks/hub.py: @huggingface_hub / current.huggingface_hub (imported only in the task).
+        "huggingface": ["huggingface_hub>=0.20"],
         "test": [
             "boto3>=1.28",
             "moto[server]>=5.0",
@@ -40,6 +42,7 @@ setup(
             "ruff>=0.6",
             "mkdocs>=1.6",
             "pytorch-lightning>=2.1",
+            "huggingface_hub>=0.20",
         ],
         "docs": ["mkdocs>=1.6"],
     },
