@@ -1,0 +1,130 @@
+"""What a task loaded for its step: ``current.model.loaded``, ``current.huggingface_hub.loaded``.
+
+A read-only mapping ``{name: local directory}`` with, beside it, ``info[name]`` (the reference
+dict of what was loaded there).  It also owns the directories: :meth:`LoadedModels.directory`
+hands out a fresh temporary directory under ``temp_dir_root`` (or creates the path asked for),
+and :meth:`LoadedModels.close` removes every temporary one when the task ends, so a step that
+loads a model leaves nothing behind on the machine.  A load that did not happen
+(``best_effort_load=True``) is recorded as ``None``.
+
+Nothing here reads a store: the callers (``current.model``, ``current.huggingface_hub``) load
+and then :meth:`LoadedModels.add` what they loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any, Optional
+
+
+class LoadedModels(Mapping):
+    """``{name: local directory}`` of what a step loaded; ``.info[name]`` is its reference.
+
+    ``name in loaded``, ``loaded[name]`` (``None`` for a load skipped by
+    ``best_effort_load=True``), iteration over the names, ``len(loaded)``, ``loaded.info[name]``
+    and ``loaded.cleanup(name)`` behave as in the reference extension's ``LoadedModels``.
+
+    Parameters
+    ----------
+    temp_dir_root : str, optional
+        Parent of the temporary directories (created if absent; default: the system temp dir).
+    prefix : str
+        Start of the temporary directories' names (followed by the entry's name).
+    """
+
+    def __init__(self, temp_dir_root: Optional[str] = None, prefix: str = "metaflow_models_"):
+        self._temp_dir_root = temp_dir_root
+        self._prefix = prefix
+        self._paths: dict[str, Optional[str]] = {}
+        self._info: dict[str, dict] = {}
+        # Directories this object created (temporary ones, and a requested path that did not
+        # exist): the only ones cleanup() and close() remove.
+        self._owned: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ the mapping
+    def __getitem__(self, name: str) -> Optional[str]:
+        try:
+            return self._paths[name]
+        except KeyError:
+            raise KeyError(
+                "Nothing named %r was loaded in this step (loaded: %s)."
+                % (name, ", ".join(repr(n) for n in self._paths) or "nothing")
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._paths))
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __repr__(self) -> str:
+        return "LoadedModels(%r)" % (self._paths,)
+
+    @property
+    def info(self) -> dict[str, dict]:
+        """``{name: reference dict}`` of every entry (the reference it was loaded from, with
+        its ``key``, ``metadata`` and size)."""
+        return self._info
+
+    # ------------------------------------------------------------------ used by the loaders
+    def directory(self, name: str, path: Optional[str] = None) -> str:
+        """The directory to load entry ``name`` into: ``path`` (created if absent), else a new
+        empty temporary directory under ``temp_dir_root``.  Directories created here are
+        removed by :meth:`cleanup` and :meth:`close`."""
+        if path is not None:
+            target = os.path.abspath(os.fspath(path))
+            if not os.path.exists(target):
+                os.makedirs(target)
+                self._owned.setdefault(name, []).append(target)
+            return target
+        if self._temp_dir_root is not None:
+            os.makedirs(self._temp_dir_root, exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40]
+        target = tempfile.mkdtemp(prefix="%s%s_" % (self._prefix, safe), dir=self._temp_dir_root)
+        self._owned.setdefault(name, []).append(target)
+        return target
+
+    def add(self, name: str, path: Optional[str], info: Optional[dict] = None) -> None:
+        """Record that ``name`` is loaded at ``path`` (None: skipped), from reference ``info``."""
+        self._paths[name] = path
+        self._info[name] = dict(info) if info is not None else {}
+
+    def discard(self, name: str, path: str) -> None:
+        """Undo :meth:`directory` of ``name`` that returned ``path`` (its load failed): remove
+        it if it was created there."""
+        owned = self._owned.get(name, [])
+        if path in owned:
+            owned.remove(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+    def cleanup(self, name: str) -> None:
+        """Remove entry ``name``: its directory if this object created it (a temporary one,
+        or a requested path that did not exist before the load), else only the entry (a
+        directory of yours that existed is never deleted).
+
+        Raises
+        ------
+        KeyError
+            Nothing named ``name`` was loaded.
+        """
+        self[name]  # KeyError naming what was loaded
+        for owned in self._owned.pop(name, []):
+            shutil.rmtree(owned, ignore_errors=True)
+        del self._paths[name]
+        self._info.pop(name, None)
+
+    def close(self) -> None:
+        """Remove every directory this object created (at the end of the task)."""
+        for owned in self._owned.values():
+            for directory in owned:
+                shutil.rmtree(directory, ignore_errors=True)
+        self._owned.clear()
+
+
+def as_info(reference: Any) -> dict:
+    """A plain dict of a reference (for :attr:`LoadedModels.info`)."""
+    return dict(reference) if isinstance(reference, Mapping) else {"key": str(reference)}
