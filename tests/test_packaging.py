@@ -141,6 +141,7 @@ def test_public_api_is_locked():
         "TrainingStateError",
         "CheckpointMetadataWarning",
         "CheckpointListWarning",
+        "artifact_store_from",
     ]
     for name in top.__all__:
         assert getattr(metaflow, name) is getattr(top, name)
@@ -159,6 +160,7 @@ def test_public_api_is_locked():
         "save_on_interrupt": False,
         "save_on_failure": False,
         "preemption": None,
+        "show_card": None,
     }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [

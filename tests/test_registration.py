@@ -31,6 +31,9 @@ COMMANDS = [
 EXPECTED = {
     ("plugins", "step_decorator", "checkpoint"): IMPL + ".task.decorator.CheckpointDecorator",
     ("plugins", "cli", "checkpoint"): IMPL + ".cli.cli",
+    # The reference extension's flow decorator, refused before any task (task/refused.py).
+    ("plugins", "flow_decorator", "with_artifact_store"): IMPL
+    + ".task.refused.WithArtifactStoreDecorator",
     ("cmd", "cmd", "checkpoint"): IMPL + ".cli.cli",
 }
 
@@ -78,6 +81,12 @@ def test_each_registration_string_names_the_right_object(declaration):
         from metaflow.decorators import StepDecorator
 
         assert issubclass(target, StepDecorator)
+        assert mf_plugins.get_plugin_name(category, target) == name
+        return
+    if category == "flow_decorator":
+        from metaflow.decorators import FlowDecorator
+
+        assert issubclass(target, FlowDecorator)
         assert mf_plugins.get_plugin_name(category, target) == name
         return
     # A CLI plugin or command is a click group holding exactly one group, named `name`, the

@@ -4,6 +4,11 @@ STEP_DECORATORS_DESC = [
     ("checkpoint", ".checkpointing.task.decorator.CheckpointDecorator"),
 ]
 
+# The reference extension's flow decorator, refused with a message naming our equivalent.
+FLOW_DECORATORS_DESC = [
+    ("with_artifact_store", ".checkpointing.task.refused.WithArtifactStoreDecorator"),
+]
+
 CLIS_DESC = [("checkpoint", ".checkpointing.cli.cli")]
 
 __mf_promote_submodules__: list = []

@@ -30,6 +30,7 @@ from ..plugins.checkpointing.errors import (
 from ..plugins.checkpointing.frameworks.lightning import CheckpointCallback
 from ..plugins.checkpointing.frameworks.pytorch import TrainingState, TrainingStateError
 from ..plugins.checkpointing.frameworks.schedule import Every
+from ..plugins.checkpointing.task.refused import artifact_store_from
 
 __mf_extensions__ = "checkpointing"
 __version__ = "0.1.0"
@@ -57,4 +58,6 @@ __all__ = [
     "TrainingStateError",
     "CheckpointMetadataWarning",
     "CheckpointListWarning",
+    # the reference extension's name, refused on call with a message naming our equivalent
+    "artifact_store_from",
 ]

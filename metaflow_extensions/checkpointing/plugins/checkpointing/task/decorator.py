@@ -20,6 +20,7 @@ from metaflow.metaflow_current import current
 
 from ..core.policies import validate_policy
 from ..errors import CheckpointConfigError, CheckpointNotEnabled
+from .refused import UnknownDecoratorAttribute, split_unknown
 
 # How many older origins of a resume chain to follow looking for a checkpoint.
 _MAX_ORIGIN_DEPTH = 8
@@ -99,6 +100,10 @@ class CheckpointDecorator(StepDecorator):
         daemon thread and, on a notice, interrupt the task as SIGTERM does (``on_interrupt``
         callbacks, the ``save_on_interrupt`` save, then the attempt fails for ``@retry``).
         Default None: no watcher, no metadata request.
+    show_card : bool, optional
+        True: attach the ``checkpoint`` card (``@card(type="checkpoint", id="checkpoint")``)
+        to the step, unless it already has one.  Default None, like False: no card, so no card
+        subprocess per task unless asked (the reference extension's default is True).
 
     MF Add To Current
     -----------------
@@ -124,10 +129,20 @@ class CheckpointDecorator(StepDecorator):
         "save_on_interrupt": False,
         "save_on_failure": False,
         "preemption": None,
+        "show_card": None,
     }
+
+    def __init__(self, attributes=None, statically_defined=False, inserted_by=None):
+        # An unknown attribute is kept aside and refused in step_init: Metaflow's own check
+        # here would raise while the flow file is imported (a traceback); step_init fails the
+        # run with one line that also names the closest supported attribute.
+        self._unknown, attributes = split_unknown(attributes, self.defaults)
+        super().__init__(attributes, statically_defined, inserted_by)
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         # Runs in the launcher before any task: bad attributes fail the run here, with no I/O.
+        if self._unknown:
+            raise UnknownDecoratorAttribute(self.name, self._unknown[0], self.defaults, step_name)
         policy = self.attributes["load_policy"]
         try:
             validate_policy(policy)
@@ -153,12 +168,21 @@ class CheckpointDecorator(StepDecorator):
         self._datastore = (flow_datastore.TYPE, flow_datastore.datastore_root)
         for attr in ("save_on_interrupt", "save_on_failure"):
             self.attributes[attr] = _bool_attr(self.attributes[attr], attr, step_name)
+        if self.attributes["show_card"] is not None:
+            self.attributes["show_card"] = _bool_attr(
+                self.attributes["show_card"], "show_card", step_name
+            )
         from .watchers import validate_preemption
 
         self.attributes["preemption"] = validate_preemption(
             self.attributes["preemption"], step_name
         )
         self._session = None  # the running task's TaskSession (task_pre_step .. task_finished)
+        if self.attributes["show_card"]:
+            # Last: only a valid @checkpoint adds a card.
+            from .card_attach import attach_checkpoint_card
+
+            attach_checkpoint_card(flow, step_name, decorators)
 
     def runtime_init(self, flow, graph, package, run_id):
         # Launcher of a local run/resume, before any task: a missing model fails the run here.
