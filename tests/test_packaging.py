@@ -125,6 +125,8 @@ def test_public_api_is_locked():
         "TrainingState",
         "Every",
         "CheckpointCallback",
+        "load_model",
+        "delete_model",
         "CheckpointException",
         "CheckpointConfigError",
         "CheckpointMetadataError",
@@ -261,3 +263,34 @@ def test_invalid_load_policy_names_the_problem_before_any_task(tmp_path):
     assert not (tmp_path / ".metaflow" / "PlainFlow").exists() or not any(
         (tmp_path / ".metaflow" / "PlainFlow").glob("*/start")
     )
+
+
+def test_model_api_is_locked():
+    """``@model`` takes the reference extension's attributes (plus ``root``); ``current.model``
+    and its ``loaded`` mapping offer exactly the declared attributes."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_decorator import (
+        ModelDecorator,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_loaded import (
+        LoadedModels,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_runtime import (
+        ModelRuntime,
+    )
+
+    assert ModelDecorator.name == "model"
+    assert ModelDecorator.defaults == {
+        "load": None,
+        "best_effort_load": False,
+        "temp_dir_root": None,
+        "root": None,
+    }
+    public = sorted(n for n in dir(ModelRuntime) if not n.startswith("_"))
+    assert public == [
+        "close", "default_label", "load", "load_into", "loaded", "resolve", "save", "store_url",
+    ]  # fmt: skip
+    public = sorted(n for n in dir(LoadedModels) if not n.startswith("_"))
+    assert public == [
+        "add", "cleanup", "close", "directory", "discard", "get", "info", "items", "keys",
+        "values",
+    ]  # fmt: skip

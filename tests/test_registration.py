@@ -30,6 +30,7 @@ COMMANDS = [
 #: (declaring module, category, plugin name) -> the object the string must name.
 EXPECTED = {
     ("plugins", "step_decorator", "checkpoint"): IMPL + ".task.decorator.CheckpointDecorator",
+    ("plugins", "step_decorator", "model"): IMPL + ".task.model_decorator.ModelDecorator",
     ("plugins", "cli", "checkpoint"): IMPL + ".cli.cli",
     # The reference extension's flow decorator, refused before any task (task/refused.py).
     ("plugins", "flow_decorator", "with_artifact_store"): IMPL

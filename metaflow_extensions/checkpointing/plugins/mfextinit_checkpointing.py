@@ -2,6 +2,7 @@
 
 STEP_DECORATORS_DESC = [
     ("checkpoint", ".checkpointing.task.decorator.CheckpointDecorator"),
+    ("model", ".checkpointing.task.model_decorator.ModelDecorator"),
 ]
 
 # The reference extension's flow decorator, refused with a message naming our equivalent.

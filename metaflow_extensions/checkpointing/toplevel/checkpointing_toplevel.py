@@ -31,6 +31,7 @@ from ..plugins.checkpointing.frameworks.lightning import CheckpointCallback
 from ..plugins.checkpointing.frameworks.pytorch import TrainingState, TrainingStateError
 from ..plugins.checkpointing.frameworks.schedule import Every
 from ..plugins.checkpointing.task.refused import artifact_store_from
+from .models import delete_model, load_model
 
 __mf_extensions__ = "checkpointing"
 __version__ = "0.1.0"
@@ -41,6 +42,9 @@ __all__ = [
     "TrainingState",
     "Every",
     "CheckpointCallback",
+    # the reference extension's @model functions (toplevel/models.py)
+    "load_model",
+    "delete_model",
     # errors (and the one warning), as in errors.py's tree
     "CheckpointException",
     "CheckpointConfigError",

@@ -4,8 +4,8 @@ A read-only mapping ``{name: local directory}`` with, beside it, ``info[name]`` 
 dict of what was loaded there).  It also owns the directories: :meth:`LoadedModels.directory`
 hands out a fresh temporary directory under ``temp_dir_root`` (or creates the path asked for),
 and :meth:`LoadedModels.close` removes every temporary one when the task ends, so a step that
-loads a model leaves nothing behind on the machine.  A load that did not happen
-(``best_effort_load=True``) is recorded as ``None``.
+loads a model leaves nothing behind on the machine (a path the step asked for stays).  A load
+that did not happen (``best_effort_load=True``) is recorded as ``None``.
 
 Nothing here reads a store: the callers (``current.model``, ``current.huggingface_hub``) load
 and then :meth:`LoadedModels.add` what they loaded.
@@ -44,6 +44,7 @@ class LoadedModels(Mapping):
         # Directories this object created (temporary ones, and a requested path that did not
         # exist): the only ones cleanup() and close() remove.
         self._owned: dict[str, list[str]] = {}
+        self._temporary: set[str] = set()  # of those, the ones close() removes
 
     # ------------------------------------------------------------------ the mapping
     def __getitem__(self, name: str) -> Optional[str]:
@@ -74,7 +75,7 @@ class LoadedModels(Mapping):
     def directory(self, name: str, path: Optional[str] = None) -> str:
         """The directory to load entry ``name`` into: ``path`` (created if absent), else a new
         empty temporary directory under ``temp_dir_root``.  Directories created here are
-        removed by :meth:`cleanup` and :meth:`close`."""
+        removed by :meth:`cleanup`, temporary ones also by :meth:`close`."""
         if path is not None:
             target = os.path.abspath(os.fspath(path))
             if not os.path.exists(target):
@@ -86,6 +87,7 @@ class LoadedModels(Mapping):
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40]
         target = tempfile.mkdtemp(prefix="%s%s_" % (self._prefix, safe), dir=self._temp_dir_root)
         self._owned.setdefault(name, []).append(target)
+        self._temporary.add(target)
         return target
 
     def add(self, name: str, path: Optional[str], info: Optional[dict] = None) -> None:
@@ -118,10 +120,10 @@ class LoadedModels(Mapping):
         self._info.pop(name, None)
 
     def close(self) -> None:
-        """Remove every directory this object created (at the end of the task)."""
-        for owned in self._owned.values():
-            for directory in owned:
-                shutil.rmtree(directory, ignore_errors=True)
+        """Remove every temporary directory (at the end of the task); a requested path stays."""
+        for directory in self._temporary:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._temporary.clear()
         self._owned.clear()
 
 

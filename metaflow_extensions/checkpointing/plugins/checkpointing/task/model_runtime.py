@@ -1,0 +1,243 @@
+"""``current.model``: save a model from a step, load models into it (``@model``).
+
+A model saved with ``current.model.save(path, label)`` is a new version of the *named
+checkpoint* ``label`` (default ``<Flow>_<step>``), published by the task: the run's namespace
+trusts it by name, content identical to the newest version is not uploaded again, and its
+reference (a :class:`~..common.reference.CheckpointReference` with the reference extension's
+model fields too) works as an artifact, in ``@model(load=[...])``, ``current.model.load``,
+``current.checkpoint.load`` and ``Checkpoint().load``.  Loads resolve every spelling of a
+reference as ``current.checkpoint.load`` does (:func:`..common.resolver.resolve`), download
+verified plain files, and are recorded in :attr:`ModelRuntime.loaded`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+from ..common.reference import CheckpointReference, reference_of
+from ..common.resolver import resolve
+from ..core import loading
+from ..core.promotions import publisher_record
+from ..core.scope import Scope, library_scope, validate_name
+from ..core.store import CheckpointStore
+from ..errors import CheckpointConfigError
+from ..fmt import human_size
+from .model_loaded import LoadedModels
+from .view import TaskView
+
+#: ``storage_format`` values of the reference extension: both store plain files here.
+STORAGE_FORMATS = ("tar", "files")
+
+#: Fields the reference extension's model references carry beyond ours.
+MODEL_FIELDS = ("type", "label", "storage_format", "model_uuid", "version_id", "source")
+
+
+def model_reference(
+    ref: CheckpointReference, label: str, storage_format: str = "files"
+) -> CheckpointReference:
+    """``ref`` with the reference extension's model fields: ``type="model"``, ``label``,
+    ``storage_format``, ``model_uuid`` and ``version_id`` (both the version id), ``source``."""
+    ref.update(
+        type="model",
+        label=label,
+        storage_format=storage_format,
+        model_uuid=ref.get("version"),
+        version_id=ref.get("version"),
+        source="task",
+    )
+    return ref
+
+
+class ModelRuntime:
+    """``current.model`` in a step decorated with ``@model``.
+
+    Parameters
+    ----------
+    store : CheckpointStore
+        Where models are saved and named checkpoints resolve.
+    scope : Scope
+        The running task (its namespace trusts the models it publishes by name).
+    username : str or None
+        Recorded as the publisher of saved models, with the task's namespace and pathspec.
+    loaded : LoadedModels
+        What the step loaded (``@model(load=...)``, then :meth:`load`).
+    log : callable
+        Prints one line to the task's output.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        scope: Scope,
+        username: Optional[str],
+        loaded: LoadedModels,
+        log: Callable[[str], None],
+    ):
+        self._store = store
+        self._scope = scope
+        self._username = username
+        self._loaded = loaded
+        self._log = log
+        self._saved: list[CheckpointReference] = []
+
+    @property
+    def loaded(self) -> LoadedModels:
+        """``{name: local directory}`` of what this step loaded: each ``@model(load=...)``
+        entry by its name, each :meth:`load` by the loaded reference's ``key``;
+        ``loaded.info[name]`` is the reference (``None`` entries: skipped by
+        ``best_effort_load``)."""
+        return self._loaded
+
+    @property
+    def store_url(self) -> str:
+        """The store models are saved to (and names resolve in)."""
+        return self._store.url
+
+    @property
+    def default_label(self) -> str:
+        """``<Flow>_<step>``: the label of a model saved without one."""
+        return "%s_%s" % (self._scope.flow, self._scope.step)
+
+    # ------------------------------------------------------------------ save
+    def save(
+        self,
+        path: str,
+        label: Optional[str] = None,
+        metadata: Optional[dict] = None,
+        storage_format: str = "tar",
+    ) -> CheckpointReference:
+        """Save a model file or directory as a new version of the named checkpoint ``label``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file or directory to save.
+        label : str, optional
+            The model's name (default ``<Flow>_<step>``): later steps and runs of this
+            namespace load its newest version as ``"label"``, any version as
+            ``"label@<version>"``.
+        metadata : dict, optional
+            JSON-serialisable metadata stored with it (``ref["metadata"]``).
+        storage_format : str
+            ``"tar"`` or ``"files"`` (the reference extension's values): accepted for
+            compatibility; either way the files are stored as files, deduplicated.
+
+        Returns
+        -------
+        CheckpointReference
+            Usable as an artifact (``self.my_model = current.model.save(...)``) and by every
+            load; ``ref["version"]`` (also ``model_uuid``/``version_id``) is the version.
+            Content identical to the newest version (same files, metadata and publisher
+            namespace) returns that version: nothing is uploaded (``ref["stats"]["reused"]``).
+
+        Raises
+        ------
+        CheckpointConfigError
+            ``storage_format`` or ``label`` is invalid, or ``path`` does not exist (nothing is
+            read or uploaded).
+        """
+        if storage_format not in STORAGE_FORMATS:
+            raise CheckpointConfigError(
+                "current.model.save(storage_format=%r): accepted values are %s (both store "
+                "plain files here)." % (storage_format, " or ".join(map(repr, STORAGE_FORMATS)))
+            )
+        label = validate_name(self.default_label if label is None else label)
+        if path is None or not os.path.exists(os.fspath(path)):
+            raise CheckpointConfigError(
+                "current.model.save(%r): no such file or directory%s; nothing was uploaded."
+                % (path, "" if path is None else " (%s)" % os.path.abspath(os.fspath(path)))
+            )
+        scope = self._scope
+        manifest = self._store.save(
+            os.path.abspath(os.fspath(path)),
+            library_scope(label),
+            name=label,
+            metadata=metadata,
+            reuse_identical=True,
+            publisher=publisher_record(self._username, scope.namespace, scope.pathspec),
+        )
+        ref = model_reference(reference_of(self._store, manifest), label, storage_format)
+        stats = manifest.stats
+        if stats.get("reused"):
+            self._log(
+                "[@model] Model %r is already stored as version %s (%s): 0 bytes uploaded."
+                % (label, manifest.id, human_size(manifest.size))
+            )
+        else:
+            self._log(
+                "[@model] Saved model %r version %s (%s, %s new)."
+                % (
+                    label,
+                    manifest.id,
+                    human_size(manifest.size),
+                    human_size(int(stats.get("bytes_uploaded", 0))),
+                )
+            )
+        self._saved.append(ref)
+        return ref
+
+    # ------------------------------------------------------------------ load
+    def load(self, reference: Any, path: Optional[str] = None) -> str:
+        """Download a model or checkpoint and return its local directory.
+
+        Parameters
+        ----------
+        reference : CheckpointReference, dict, str or metaflow.Task
+            What ``current.model.save``, ``current.checkpoint.save`` or
+            ``current.huggingface_hub.snapshot_download`` returned (or an artifact holding
+            it), its key or URL, a named checkpoint ``"label"`` / ``"label@<version>"``, or any
+            spelling ``current.checkpoint.load`` accepts.
+        path : str, optional
+            Where to put the files (created if absent; same-named files are replaced).
+            Default: a new temporary directory under ``temp_dir_root``, removed when the task
+            ends.
+
+        Also recorded in :attr:`loaded` under the reference's ``key``.
+
+        Raises
+        ------
+        CheckpointConfigError
+            ``reference`` is None or not a reference; ``path`` is a file.
+        CheckpointNotFound
+            Nothing is stored under that reference (deleted, or never saved).
+        """
+        if reference is None:
+            raise CheckpointConfigError(
+                "current.model.load(None): pass a reference (what current.model.save returned, "
+                "an artifact holding it, its key) or a model name 'label[@version]'."
+            )
+        store, manifest = self.resolve(reference)
+        self.load_into(manifest.key, store, manifest, path, reference)
+        return str(self._loaded[manifest.key])
+
+    def resolve(self, reference: Any):
+        """``(store, manifest)`` of a reference, as this task sees it: its store and any store
+        a reference names; names trusted in the task's namespace."""
+        view = TaskView(self._store, self._scope, other_stores=True, reader=self._scope.namespace)
+        return resolve(reference, view)
+
+    def load_into(
+        self, name: str, store: CheckpointStore, manifest, path: Optional[str], given: Any = None
+    ) -> str:
+        """Download ``manifest`` into ``path`` (or a temporary directory) and record it in
+        :attr:`loaded` as ``name``; ``given`` is the reference the user passed (its model
+        fields are kept in ``loaded.info``)."""
+        if path is not None:
+            loading.check_target(os.fspath(path), loading.MERGE)  # a file there: before reading
+        target = self._loaded.directory(name, path)
+        try:
+            loading.load(store, manifest, target, existing=loading.MERGE)
+        except BaseException:
+            self._loaded.discard(name, target)
+            raise
+        info = dict(reference_of(store, manifest))
+        if isinstance(given, Mapping):
+            info.update((k, given[k]) for k in MODEL_FIELDS if k in given)
+        self._loaded.add(name, target, info)
+        return target
+
+    def close(self) -> None:
+        """End of the task: remove the temporary directories of loaded models."""
+        self._loaded.close()
