@@ -7,6 +7,14 @@ the client's store.  The stores are listed one by one and merged; a store that c
 gives one :class:`CheckpointListWarning` naming it and why, and the others are listed.  A field
 (``order_by``, ``where``, ``best(metric=)``) that no listed checkpoint has is refused as a typo,
 naming the fields there are.
+
+Long module: listing is one pipeline (which task or target, which stores, which attempts,
+which fields) whose steps share their arguments; split, each part would re-check them.
+
+``task=`` designates one task (a pathspec or a ``Task``, or an id narrowing a target) and lists
+its latest attempt unless ``attempt=`` says otherwise (``attempt="all"``: every attempt), as
+code written for other ``@checkpoint`` extensions expects; a positional target browses every
+attempt (so does the CLI's ``--task``, a filter like ``--run``).
 """
 
 from __future__ import annotations
@@ -14,8 +22,9 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, Union
 
+from ..common.attempts import latest_attempts, metaflow_attempt, parse_attempt, store_filter
 from ..common.reference import CheckpointReference, references
-from ..common.refspec import Target, parse_target
+from ..common.refspec import Target, parse_target, task_target
 from ..core.layout import library_prefix
 from ..core.manifest import ManifestHeader
 from ..core.policies import sort_key
@@ -53,13 +62,14 @@ class Listing(ClientBase):
         name: Optional[str] = None,
         step: Optional[str] = None,
         run: Optional[str] = None,
-        task: Optional[str] = None,
+        task: Any = None,
         foreach: Optional[str] = None,
-        attempt: Optional[int] = None,
+        attempt: Union[int, str, None] = None,
         latest_only: bool = False,
         where: Where = None,
         order_by: Optional[str] = None,
         limit: Optional[int] = None,
+        full_namespace: bool = False,
     ) -> list[CheckpointReference]:
         """Committed checkpoints, newest first (or ordered by a metadata field).
 
@@ -81,14 +91,22 @@ class Listing(ClientBase):
             outside any task (``Checkpoint().save``, ``metaflow checkpoint upload``).
         name : str, optional
             Only this checkpoint name (series).
-        step, run, task : str, optional
-            Only checkpoints of this step, run id or task id (narrow a ``"Flow"`` target):
+        step, run : str, optional
+            Only checkpoints of this step or run id (narrow a ``"Flow"`` target):
             ``list("F/1", step="s")``, ``list("F", run="1", step="s")`` and ``list("F/1/s")``
             list the same checkpoints in the same order.
+        task : str or metaflow.Task, optional
+            One task's checkpoints, of its latest attempt unless ``attempt`` says otherwise:
+            a pathspec ``"Flow/run/step/task"`` or a ``Task`` (without ``target``; a ``Task``
+            made with ``attempt=N`` means attempt N), or a task id narrowing ``target``
+            (``list("F/1/s", task="2")``).  The latest attempt is the one Metaflow recorded
+            last, else the highest among the task's checkpoints; in a task, its own attempt
+            for itself.  A positional target (``list("F/1/s/2")``) lists every attempt.
         foreach : str, optional
             Only this foreach split, e.g. ``"3"`` or ``"3.0"`` (``"_"``: outside any foreach).
-        attempt : int, optional
-            Only checkpoints written by this attempt.
+        attempt : int or "all", optional
+            Only checkpoints written by this attempt; ``"all"``: every attempt (also of a
+            ``task=``).
         latest_only : bool
             Only checkpoints saved with ``latest=True``.
         where : dict or callable, optional
@@ -101,12 +119,18 @@ class Listing(ClientBase):
             one of that name.  Default: newest first.
         limit : int, optional
             At most this many.
+        full_namespace : bool
+            With ``task=``: every task and run of that task's step visible in the current
+            namespace, every attempt (``attempt=N`` still filters).  In a task without
+            ``task=``: every task and run of the running step (``within_task=False``).
 
         Raises
         ------
         CheckpointConfigError
             ``order_by`` or a ``where`` key names a field no listed checkpoint has (a typo:
             the message lists the fields there are).  An empty listing is not an error.
+            ``attempt`` is not a number or ``"all"``; ``task=`` is a pathspec and a target
+            is given too; ``full_namespace=True`` outside a task without ``task=``.
         CheckpointNotFound
             Unknown flow, run, step or task (a step's message lists the run's steps).
         CheckpointScopeError
@@ -114,7 +138,17 @@ class Listing(ClientBase):
         StorageError
             No store of the target could be read.
         """
-        refs = self._select(target, name, step, run, task, foreach, attempt, latest_only)
+        refs = self._select(
+            target,
+            name,
+            step,
+            run,
+            task,
+            foreach,
+            attempt,
+            latest_only,
+            full_namespace=full_namespace,
+        )
         _check_fields(refs, where, order_by)
         refs = _filter(refs, where)
         if order_by:
@@ -127,22 +161,41 @@ class Listing(ClientBase):
         name: Optional[str] = None,
         step: Optional[str] = None,
         run: Optional[str] = None,
-        task: Optional[str] = None,
+        task: Any = None,
         foreach: Optional[str] = None,
-        attempt: Optional[int] = None,
+        attempt: Union[int, str, None] = None,
         latest_only: bool = False,
         strict: bool = False,
+        full_namespace: bool = False,
     ) -> list[CheckpointReference]:
         """The references :meth:`list` filters, newest first, before ``where``/``order_by``
         (``strict``: an unreadable store raises, see :meth:`_parts`)."""
+        selected = parse_attempt(attempt)
         if self._runtime is not None and target is None:
-            # In a task: this task's checkpoints, as current.checkpoint.list() returns them.
-            refs = self._runtime.list(name=name, attempt=attempt)
+            # In a task: as current.checkpoint.list() returns them (this task's by default).
+            refs = self._runtime.list(
+                name=name, task=task, attempt=selected, full_namespace=full_namespace
+            )
             return [r for r in refs if not latest_only or r.latest]
+        target, step, run, task, latest_of = _task_keyword(target, step, run, task, full_namespace)
+        if self._origin == "cli":
+            latest_of = None  # the CLI's --task is a filter like --run: every attempt
         parts, within_task = self._parts(
-            target, name, step, run, task, foreach, attempt, latest_only, read=True, strict=strict
+            target,
+            name,
+            step,
+            run,
+            task,
+            foreach,
+            store_filter(selected),
+            latest_only,
+            read=True,
+            strict=strict,
         )
         pairs = [(h, r) for _, headers, refs in parts for h, r in zip(headers, refs or [])]
+        if latest_of is not None and selected is None:
+            keep = {id(h) for h in latest_attempts([h for h, _ in pairs], latest_of)}
+            pairs = [(h, r) for h, r in pairs if id(h) in keep]
         if len(parts) > 1:
             key = sort_key(within_task=within_task)
             pairs.sort(key=lambda pair: key(pair[0]), reverse=True)
@@ -304,6 +357,51 @@ class Listing(ClientBase):
                 % (describe(target), metric, ", ".join(seen) or "none")
             )
         return refs[0]
+
+
+def _task_keyword(
+    target: Any, step: Optional[str], run: Optional[str], task: Any, full_namespace: bool
+) -> tuple[Any, Optional[str], Optional[str], Optional[str], Optional[Callable]]:
+    """``list``'s target, step, run and task id once ``task=`` and ``full_namespace`` are
+    applied, and how to tell a listed task's latest attempt (None: every attempt is listed).
+
+    Raises
+    ------
+    CheckpointConfigError
+        ``task=`` is a pathspec or ``Task`` and a target is given too; ``full_namespace=True``
+        without ``task=`` (outside a task there is no step to widen to).
+    """
+    whole = task is not None and (not isinstance(task, (str, int)) or "/" in str(task))
+    if full_namespace and not whole:
+        raise CheckpointConfigError(
+            "full_namespace=True lists every task and run of a task's step: outside a task, "
+            "pass that task, list(task='Flow/run_id/step/task_id', full_namespace=True), or "
+            "list a flow's step directly: list('Flow', step='train')."
+        )
+    if whole and target is not None:
+        raise CheckpointConfigError(
+            "list(%r, task=%r): task= already names a whole task; pass either a target (and a "
+            "task id, task='2') or task='Flow/run_id/step/task_id' alone."
+            % (describe(target), describe(task))
+        )
+    if whole:
+        t = task_target(task)
+        if full_namespace:  # its step, every task and run: every attempt
+            return t.flow, t.step, None, None, None
+        return t.pathspec, None, None, None, _attempt_known_for(t.pathspec, task)
+    if task is None:
+        return target, step, run, None, None
+    return target, step, run, str(task), _attempt_known_for(None, None)
+
+
+def _attempt_known_for(pathspec: Optional[str], task: Any) -> Callable[[str], Optional[int]]:
+    """The latest attempt of a listed task Metaflow knows (``task`` itself for ``pathspec``: a
+    ``Task`` made with ``attempt=N`` answers N); None: the highest of its checkpoints."""
+
+    def known(listed: str) -> Optional[int]:
+        return metaflow_attempt(task if listed == pathspec and task is not None else listed)
+
+    return known
 
 
 def _matching(

@@ -8,7 +8,7 @@ import os
 from typing import Any, Optional
 
 from ..common import refspec
-from ..common.reference import CheckpointReference, reference_of
+from ..common.reference import FILES, CheckpointReference, check_storage_format, reference_of
 from ..core import promotions
 from ..core.manifest import Manifest
 from ..core.scope import DEFAULT_NAME, library_scope
@@ -29,6 +29,7 @@ class Named(ClientBase):
         name: Optional[str] = None,
         progress: Optional[Progress] = None,
         sharded: bool = False,
+        storage_format: str = FILES,
     ) -> CheckpointReference:
         """Save a file or directory as a checkpoint and return its reference once committed.
 
@@ -45,17 +46,21 @@ class Named(ClientBase):
         uploaded.  Flow steps load it with ``current.checkpoint.load(name)`` or
         ``@checkpoint(models=[name])``.  The version records its publisher (your user and
         namespace, ``ref["publisher"]``): a bare name resolves to it only in that namespace,
-        elsewhere after :meth:`promote` or pinned as ``name@<version>``.
+        elsewhere after :meth:`promote` or pinned as ``name@<version>``.  ``storage_format``
+        (``"files"`` or ``"tar"``, other ``@checkpoint`` extensions' spelling) changes nothing:
+        files are always stored one by one and verified when loaded.
 
         Raises
         ------
         CheckpointConfigError
             ``path`` does not exist, a required argument is missing, or ``name``/``metadata``
-            are invalid (nothing uploaded); ``sharded=True`` outside a task (a named
+            are invalid, or ``storage_format`` is not ``"files"``/``"tar"`` (nothing uploaded);
+            ``sharded=True`` outside a task (a named
             checkpoint has a single writer).
         CheckpointIncomplete
             ``sharded=True``: nothing was committed (a participant is gone or never saved).
         """
+        check_storage_format(storage_format)  # before anything is read
         if self._runtime is not None:
             return self._runtime.save(
                 path, metadata=metadata, name=name or DEFAULT_NAME, latest=latest, sharded=sharded
@@ -88,6 +93,20 @@ class Named(ClientBase):
             publisher=publisher_here(self._origin),
         )
         return reference_of(store, manifest)
+
+    def generate_key(self, name: str, version_id: Any = None) -> str:
+        """Not supported: a key exists once a checkpoint is committed.
+
+        Raises
+        ------
+        CheckpointConfigError
+            Always, naming the equivalent: ``save()`` returns the reference, ``ref["key"]``.
+        """
+        raise CheckpointConfigError(
+            "Checkpoint.generate_key(%r) is not supported: a checkpoint's key exists only once it "
+            "is committed. save() returns its reference; use ref['key'] (or the reference "
+            "itself) to load it later." % (name,)
+        )
 
     def promote(self, reference: Any, to: str) -> CheckpointReference:
         """Let the namespace ``to`` use one version of a named checkpoint by its name.

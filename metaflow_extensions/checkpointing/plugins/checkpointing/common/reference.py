@@ -15,6 +15,7 @@ from ..core.manifest import Manifest, ManifestHeader, iso_time, parse_key
 from ..core.position import writer_of
 from ..core.promotions import publisher_of
 from ..core.summary import damaged
+from ..errors import CheckpointConfigError
 
 if TYPE_CHECKING:  # the store is only needed by the builders, never at import
     from ..core.store import CheckpointStore
@@ -45,7 +46,42 @@ FIELDS = (
     "sharded",
     "damaged",
     "error",
+    "version_id",
+    "type",
+    "storage_format",
+    "creation_context",
 )
+
+#: ``storage_format`` values ``save()`` accepts (other ``@checkpoint`` extensions' spellings):
+#: either way the files are stored one by one and verified when loaded.
+FILES = "files"
+STORAGE_FORMATS = (FILES, "tar")
+
+#: Fields of code written for other ``@checkpoint`` extensions, derived from ours: a reference
+#: pickled before they were recorded answers them too (:meth:`CheckpointReference.__missing__`).
+_COMPAT = {
+    "version_id": lambda ref: dict.get(ref, "version"),
+    "type": lambda ref: "checkpoint",
+    "storage_format": lambda ref: FILES,
+    "creation_context": lambda ref: "task" if dict.get(ref, "pathspec") else "non-task",
+}
+
+
+def check_storage_format(storage_format: Any) -> str:
+    """Check a ``save(storage_format=...)`` argument; return it.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Not one of :data:`STORAGE_FORMATS`, naming them.
+    """
+    if storage_format not in STORAGE_FORMATS:
+        raise CheckpointConfigError(
+            "storage_format=%r is not a storage format: pass 'files' (the default) or 'tar' "
+            "(both store the files one by one, each verified when loaded)." % (storage_format,)
+        )
+    return storage_format
+
 
 #: Hex digits of a version id shown by ``repr``, listings and the CLI ``ID`` column
 #: (:attr:`CheckpointReference.short_id`), the one length every display uses; ``TASK@<short
@@ -79,6 +115,11 @@ class CheckpointReference(dict):
     loading it raises the ``ManifestError``, retention keeps it, and
     ``Checkpoint().delete(ref)`` removes it.
 
+    Code written for other ``@checkpoint`` extensions also reads ``version_id`` (``version``),
+    ``type`` (``"checkpoint"``), ``storage_format`` (``"files"``: files are stored one by one)
+    and ``creation_context`` (``"task"``, or ``"non-task"`` for a named checkpoint); a
+    reference pickled before these were recorded answers them too.
+
     Methods read from the checkpoint's store (``root``): :meth:`load` downloads it,
     :meth:`open` streams one file, :attr:`files` lists its files (through :mod:`.access`: a
     reference is a plain value, it builds no client and is the same in a task or outside).
@@ -91,6 +132,18 @@ class CheckpointReference(dict):
             return self[item]
         except KeyError:
             raise AttributeError(item) from None
+
+    def __missing__(self, item: str) -> Any:
+        """A field another extension's code reads, derived for a reference pickled before it
+        was recorded; any other missing field is a KeyError."""
+        if item in _COMPAT:
+            return _COMPAT[item](self)
+        raise KeyError(item)
+
+    def get(self, item: str, default: Any = None) -> Any:
+        if item in self or item not in _COMPAT:
+            return dict.get(self, item, default)
+        return _COMPAT[item](self)
 
     def __repr__(self) -> str:
         """``CheckpointReference(TrainFlow/12/train/3@1a2b3c4d attempt=1 {'epoch': 3, 'loss':
@@ -205,6 +258,10 @@ class CheckpointReference(dict):
             sharded=header.sharded,
             damaged=False,
             error=None,
+            version_id=header.id,
+            type="checkpoint",
+            storage_format=FILES,
+            creation_context="non-task" if scope.is_library else "task",
         )
 
 

@@ -1,5 +1,9 @@
 """The object behind ``current.checkpoint``: the task's public checkpoint API.
 
+Long module: it is the whole public surface of ``current.checkpoint`` (save, list, load, pause,
+interrupts and the spellings code written for other ``@checkpoint`` extensions uses), each a
+thin delegation; splitting it would split one documented object.
+
 It is built whole by ``builder.build`` (for the task and for its subprocesses alike) from the
 task's saves (``saves.TaskSaves``: store, scope, directory, clock, ranks), its pause poller, its
 signal handling and its models; it never looks up Metaflow globals or settings itself, so it is
@@ -8,11 +12,20 @@ unit-testable and reusable from subprocesses.  Saving is delegated to ``saves.py
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from ..common.reference import CheckpointReference, reference_of, references
+from ..common.attempts import latest_attempts, metaflow_attempt, parse_attempt, store_filter
+from ..common.reference import (
+    FILES,
+    CheckpointReference,
+    check_storage_format,
+    reference_of,
+    references,
+)
 from ..common.refspec import task_target
 from ..common.resolver import check_scope, resolve
 from ..core import loading
@@ -96,6 +109,23 @@ class CheckpointRuntime:
     def scope(self) -> Scope:
         return self._scope
 
+    @property
+    def task_identifier(self) -> str:
+        """An id shared by every attempt and run of this step and foreach split (the lineage
+        ``load_policy="eager"`` continues): 16 hex digits, stable, safe in a file name."""
+        s = self._scope
+        lineage = "\0".join((s.namespace, s.flow, s.step, s.foreach))
+        return hashlib.sha256(lineage.encode("utf-8")).hexdigest()[:16]
+
+    def cleanup(self) -> None:
+        """Empty :attr:`directory` (its path stays: ``save()`` and ``load()`` keep using it)."""
+        _empty(self._directory)
+
+    def refresh_directory(self) -> None:
+        """Make :attr:`directory` empty again (the same path), e.g. before writing a new state
+        into it: what was saved from it is committed and unaffected."""
+        _empty(self._directory)
+
     # ------------------------------------------------------------------ save
     def save(
         self,
@@ -105,6 +135,7 @@ class CheckpointRuntime:
         latest: bool = True,
         blocking: bool = True,
         sharded: bool = False,
+        storage_format: str = FILES,
     ) -> Union[CheckpointReference, SaveHandle]:
         """Save a directory or file as a checkpoint and return its reference.
 
@@ -138,6 +169,10 @@ class CheckpointRuntime:
             participant that fails or is interrupted stops the others' wait at once, naming it;
             one that is alive but never saves makes them give up after
             ``METAFLOW_CHECKPOINT_PARALLEL_TIMEOUT`` seconds (nothing is committed).
+        storage_format : str
+            ``"files"`` (default) or ``"tar"``, accepted for code written for other
+            ``@checkpoint`` extensions: either way the files are stored one by one, each
+            verified when loaded (a ``"tar"`` save loads back as the same files).
 
         Returns
         -------
@@ -146,6 +181,7 @@ class CheckpointRuntime:
             ``load()`` it in a later step or run.  Returned only once the checkpoint is
             committed.  With ``blocking=False``, a handle whose ``wait()`` returns it.
         """
+        check_storage_format(storage_format)  # before anything is read
         src = self._directory if path is None else os.fspath(path)
         return self._saves.save(src, metadata, name, latest, blocking, sharded)
 
@@ -228,7 +264,7 @@ class CheckpointRuntime:
         self,
         name: Optional[str] = None,
         task: Any = None,
-        attempt: Optional[int] = None,
+        attempt: Union[int, str, None] = None,
         within_task: bool = True,
         full_namespace: Optional[bool] = None,
     ) -> list[CheckpointReference]:
@@ -239,22 +275,35 @@ class CheckpointRuntime:
         name : str, optional
             Only checkpoints of this series name.
         task : str or metaflow.Task, optional
-            Only checkpoints written by this task (pathspec ``Flow/run/step/task`` or object).
-        attempt : int, optional
-            Only checkpoints written by this attempt.
+            Only checkpoints written by this task (pathspec ``Flow/run/step/task`` or object),
+            and only by its latest attempt unless ``attempt`` says otherwise: the running
+            attempt for the running task; for another task the one Metaflow recorded last (a
+            ``Task`` made with ``attempt=N``: N), else the highest among its checkpoints.
+        attempt : int or "all", optional
+            Only checkpoints written by this attempt; ``"all"``: every attempt.  Without
+            ``task``, no ``attempt`` lists every attempt of the running task.
         within_task : bool
             Only checkpoints of the running task (default).  ``False`` lists every task and run
-            of this step in the namespace.
+            of this step in the namespace, every attempt.
         full_namespace : bool, optional
-            Another spelling of ``within_task=False`` used by existing code.
+            Another spelling of ``within_task=False`` used by existing code; with ``task``,
+            every task and run of that task's step.
+
+        Raises
+        ------
+        CheckpointConfigError
+            ``task`` is not a task, or ``attempt`` is not a number, ``"all"`` or None.
         """
+        selected = parse_attempt(attempt)
         if full_namespace:
             within_task = False
         scope = self._scope
         flow, step, run, task_id = scope.flow, scope.step, None, None
-        if task is not None:
-            t = task_target(task)
-            flow, run, step, task_id = t.flow, t.run, t.step, t.task
+        t = task_target(task) if task is not None else None
+        if t is not None:
+            flow, step = t.flow, t.step
+            if within_task:
+                run, task_id = t.run, t.task
         elif within_task:
             run, task_id = scope.run, scope.task
         headers = self._store.headers(
@@ -262,14 +311,25 @@ class CheckpointRuntime:
             name=name,
             run=run,
             task=task_id,
-            attempt=attempt,
+            attempt=store_filter(selected),
         )
+        if t is not None and within_task and selected is None:
+            headers = latest_attempts(headers, lambda p: self._latest_attempt(p, task))
         ours = [h for h in headers if h.scope.task_prefix() == scope.task_prefix()]
         self._clock.observe(h.created_ms for h in ours)
         # Newest first as policies.newest orders them: one task's as its retries do, so that
         # list()[0] and load("last") are what a retry would load.
         headers.sort(key=sort_key(within_task=task_id is not None), reverse=True)
         return references(self._store, headers)
+
+    def _latest_attempt(self, pathspec: str, task: Any) -> Optional[int]:
+        """The attempt ``list(task=...)`` lists: a ``Task`` object's own (``Task(p,
+        attempt=N)``: N), else the running attempt for this task, else Metaflow's latest (None:
+        the highest among the task's checkpoints)."""
+        told = None if isinstance(task, str) else metaflow_attempt(task)
+        if told is None and pathspec == self._scope.pathspec:
+            return self._scope.attempt
+        return told if told is not None else metaflow_attempt(task)
 
     # ------------------------------------------------------------------ load
     def load(
@@ -359,3 +419,14 @@ class CheckpointRuntime:
     # ------------------------------------------------------------------ helpers
     def _reference(self, manifest: Manifest) -> CheckpointReference:
         return reference_of(self._store, manifest)
+
+
+def _empty(directory: str) -> None:
+    """Remove everything in ``directory`` and leave it there, empty."""
+    if os.path.isdir(directory):
+        for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    os.makedirs(directory, exist_ok=True)
