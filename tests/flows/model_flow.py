@@ -34,6 +34,12 @@ class ModelFlow(FlowSpec):
         # The same content again: the newest version is reused, nothing is uploaded.
         self.again = current.model.save(d, label="my_model", metadata={"epochs": 3})
         self.plain = current.model.save(os.path.join(d, "weights.bin"), storage_format="files")
+        self.refused = []
+        for path, fmt in ((d, "zip"), (os.path.join(d, "missing"), "tar")):
+            try:
+                current.model.save(path, label="refused", storage_format=fmt)
+            except Exception as exc:
+                self.refused.append([type(exc).__name__, str(exc)])
         with open(os.path.join(current.checkpoint.directory, "state.txt"), "w") as f:
             f.write("epoch 7")
         self.ckpt_ref = current.checkpoint.save(metadata={"epoch": 7})

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, single_task
+from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, run_subprocess, single_task
 
 pytestmark = pytest.mark.flow
 
@@ -33,6 +33,7 @@ OUTSIDE = PROBE_PRELUDE + textwrap.dedent(
     run = Run("ModelFlow/" + sys.argv[1])
     ref = run["start"].task.data.my_model
     dest = os.path.join(sys.argv[2], "outside")
+    attempt("refused_saved", lambda: Checkpoint().get("refused@last").version)
     attempt("load", lambda: [load_model(ref, dest) == dest, sorted(os.listdir(dest))])
     attempt("by_name", lambda: sorted(os.listdir(load_model("my_model", dest + "2"))))
     pinned = run["start"].task.data.plain
@@ -65,6 +66,10 @@ def _check_model_flow(result, version, tmp):
     assert again["version"] == my_model["version"] and again["stats"]["reused"] is True
     assert "already stored as version %s" % my_model["version"] in result.stdout
     assert plain["label"] == "ModelFlow_start" and plain["storage_format"] == "files"
+    (fmt_error, fmt_message), (path_error, path_message) = start.refused
+    assert fmt_error == path_error == "CheckpointConfigError"
+    assert "storage_format='zip'" in fmt_message and "'tar' or 'files'" in fmt_message
+    assert "no such file or directory" in path_message and "nothing was uploaded" in path_message
 
     use = single_task(result.run, "use").data
     assert use.names == [
@@ -105,6 +110,8 @@ def test_models_saved_in_one_step_are_loaded_in_the_next(flow_env):
     _check_model_flow(result, version, tmp)
 
     out, _ = run_probe(OUTSIDE, env, tmp, result.id, tmp)
+    # The refused saves uploaded nothing: no version of "refused" exists.
+    assert out["refused_saved"]["error"] == "CheckpointNotFound"
     assert out["load"] == [True, ["config.json", "weights.bin"]]
     assert out["by_name"] == ["config.json", "weights.bin"]
     assert out["delete_pinned"]["error"] == "CheckpointConfigError"
@@ -144,3 +151,43 @@ def test_a_model_saved_on_one_parallel_node_is_loaded_in_a_later_step(flow_env):
     assert sorted(refs) == [0, 1] and refs[1] is None  # two nodes, one writer
     assert refs[0]["label"] == "gang_model" and not refs[0]["stats"].get("reused")
     assert single_task(result.run, "evaluate").data.content == "trained by the gang"
+
+
+@pytest.mark.parametrize(
+    "load, shown",
+    [
+        ("{'my_model': '/tmp/x'}", "load={'my_model': '/tmp/x'}"),
+        ("['my_model', 3]", "entry 3"),
+        ("[('my_model', '/a', '/b')]", "entry ('my_model', '/a', '/b')"),
+        ("['my_model', 'my_model']", "names 'my_model' twice"),
+    ],
+)
+def test_a_bad_load_attribute_fails_before_any_task(flow_env, load, shown):
+    env, tmp = flow_env
+    flow = tmp / "bad_load_flow.py"
+    flow.write_text(BAD_LOAD_FLOW % load)
+    proc = run_subprocess([flow, "--no-pylint", "run"], env, tmp)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "Step 'start': @model(load=" in text and shown in text
+    assert not (tmp / ".metaflow" / "BadLoadFlow").exists()  # no run, no task
+
+
+BAD_LOAD_FLOW = """
+from metaflow import FlowSpec, model, step
+
+
+class BadLoadFlow(FlowSpec):
+    @model(load=%s)
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    BadLoadFlow()
+"""
