@@ -31,6 +31,8 @@ COMMANDS = [
 EXPECTED = {
     ("plugins", "step_decorator", "checkpoint"): IMPL + ".task.decorator.CheckpointDecorator",
     ("plugins", "step_decorator", "model"): IMPL + ".task.model_decorator.ModelDecorator",
+    ("plugins", "step_decorator", "huggingface_hub"): IMPL
+    + ".frameworks.hub_decorator.HuggingfaceHubDecorator",
     ("plugins", "cli", "checkpoint"): IMPL + ".cli.cli",
     # The reference extension's flow decorator, refused before any task (task/refused.py).
     ("plugins", "flow_decorator", "with_artifact_store"): IMPL

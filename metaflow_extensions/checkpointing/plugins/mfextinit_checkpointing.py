@@ -3,6 +3,7 @@
 STEP_DECORATORS_DESC = [
     ("checkpoint", ".checkpointing.task.decorator.CheckpointDecorator"),
     ("model", ".checkpointing.task.model_decorator.ModelDecorator"),
+    ("huggingface_hub", ".checkpointing.frameworks.hub_decorator.HuggingfaceHubDecorator"),
 ]
 
 # The reference extension's flow decorator, refused with a message naming our equivalent.
