@@ -1,0 +1,185 @@
+"""Code written for the reference extension (``metaflow-checkpoint`` 0.2.14) finds every name it
+uses: each row of ``tests/reference_api.py`` is accepted by ours with the same parameter names,
+or is in :data:`REFUSED` and raises a message naming our equivalent (issue 14)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import textwrap
+import types
+from typing import Any, Callable
+
+import metaflow
+import pytest
+from reference_api import REFERENCE, Row
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (
+    CheckpointRuntime,
+)
+
+#: Where each reference surface lives in ours (a class whose members are checked, or a module).
+OURS: dict[str, Any] = {
+    "current.checkpoint": CheckpointRuntime,  # what @checkpoint installs as current.checkpoint
+    "Checkpoint": metaflow.Checkpoint,
+    "metaflow": metaflow,
+}
+
+#: Sample values of decorator attributes (as reference-style code writes them).
+SAMPLES: dict[str, Any] = {
+    "@checkpoint.load_policy": "eager",
+    "@checkpoint.show_card": False,
+    "@checkpoint.temp_dir_root": "/tmp/ckpt-dirs",
+}
+
+
+def _with_artifact_store() -> None:
+    from metaflow.plugins import FLOW_DECORATORS
+
+    (deco_class,) = [d for d in FLOW_DECORATORS if d.name == "with_artifact_store"]
+    # Its attributes are accepted (the flow file loads); the run is refused at flow_init.
+    deco = deco_class(attributes={"type": "s3", "config": {"root": "s3://bucket/prefix"}})
+    deco.flow_init(types.SimpleNamespace(name="TrainFlow"), *[None] * 7)
+
+
+#: Rows we do not provide: calling them raises CheckpointConfigError naming these equivalents.
+REFUSED: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
+    "metaflow.artifact_store_from": (
+        lambda: metaflow.artifact_store_from(run="TrainFlow/1", config={"root": "s3://b/p"}),
+        ('Checkpoint(root="s3://', "Checkpoint().list(run)", "METAFLOW_CHECKPOINT_ROOT"),
+    ),
+    "metaflow.with_artifact_store": (
+        _with_artifact_store,
+        ('@checkpoint(root="s3://', "METAFLOW_CHECKPOINT_ROOT", 'Checkpoint(root="s3://'),
+    ),
+}
+
+
+def _decorator(surface: str):
+    from metaflow.plugins import STEP_DECORATORS
+
+    (deco_class,) = [d for d in STEP_DECORATORS if d.name == surface.lstrip("@")]
+    return deco_class
+
+
+def _check_params(row: Row, func) -> None:
+    params = inspect.signature(func).parameters
+    for name in row.params:
+        assert name in params, "%s has no parameter %r: %s" % (row.id, name, list(params))
+        assert params[name].kind is not inspect.Parameter.POSITIONAL_ONLY, (row.id, name)
+
+
+@pytest.fixture(scope="module")
+def reference_style_task(tmp_path_factory):
+    """A task of a reference-style step: ``@checkpoint`` with all three reference attributes,
+    one save, the reference kept as an artifact and the task's listing."""
+    from conftest import flow_environment
+    from integration.flowrun import run_flow, single_task
+
+    tmp = tmp_path_factory.mktemp("reference_style")
+    (tmp / "home").mkdir()
+    temp_root = tmp / "ckpt-dirs"
+    flow_file = tmp / "reference_style_flow.py"
+    flow_file.write_text(
+        textwrap.dedent(
+            """
+            import os
+
+            from metaflow import FlowSpec, checkpoint, current, step
+
+
+            class ReferenceStyleFlow(FlowSpec):
+                @checkpoint(load_policy="eager", show_card=False, temp_dir_root=%r)
+                @step
+                def start(self):
+                    self.directory = current.checkpoint.directory
+                    with open(os.path.join(current.checkpoint.directory, "w.txt"), "w") as f:
+                        f.write("weights")
+                    self.ref = current.checkpoint.save(metadata={"loss": 0.5})
+                    self.listed = current.checkpoint.list()
+                    self.next(self.end)
+
+                @step
+                def end(self):
+                    pass
+
+
+            if __name__ == "__main__":
+                ReferenceStyleFlow()
+            """
+            % str(temp_root)
+        )
+    )
+    # Read results outside any user's namespace (as tests/integration/conftest.py does), and
+    # leave the client's namespace as found for the tests after this module.
+    from metaflow import namespace
+    from metaflow.client import core
+
+    saved = core.current_namespace
+    namespace(None)
+    try:
+        result = run_flow(flow_file, flow_environment(tmp), tmp)
+        yield single_task(result.run, "start"), temp_root
+    finally:
+        core.current_namespace = saved
+
+
+@pytest.mark.parametrize("row", REFERENCE, ids=lambda r: r.id)
+def test_every_reference_row_is_accepted_or_refused(row: Row, request):
+    if row.id in REFUSED:
+        call, equivalents = REFUSED[row.id]
+        with pytest.raises(metaflow.CheckpointConfigError) as err:
+            call()
+        assert "(from metaflow-checkpoint) is not provided" in err.value.message
+        for equivalent in equivalents:
+            assert equivalent in err.value.message, (row.id, equivalent, err.value.message)
+        return
+    if row.kind == "attribute":
+        deco_class = _decorator(row.surface)
+        assert row.name in deco_class.defaults
+        value = SAMPLES[row.id]
+        assert deco_class(attributes={row.name: value}).attributes[row.name] == value
+    elif row.kind == "property":
+        assert isinstance(inspect.getattr_static(OURS[row.surface], row.name), property), row.id
+    elif row.kind in ("method", "function"):
+        _check_params(row, getattr(OURS[row.surface], row.name))
+    elif row.kind == "context manager":
+        # `with Checkpoint(init_dir=True) as cp:` gives the object and removes its directory.
+        with OURS[row.surface](init_dir=True) as cp:
+            assert isinstance(cp, metaflow.Checkpoint)
+            directory = cp.directory
+            assert directory and os.path.isdir(directory)
+        assert not os.path.exists(directory)
+    elif row.kind == "field":
+        task, _ = request.getfixturevalue("reference_style_task")
+        ref = task.data.ref
+        assert row.name in ref, "%s missing from %s" % (row.name, sorted(ref))
+        assert ref[row.name] == task.data.listed[0][row.name]
+    else:  # pragma: no cover - a new kind must be checked here
+        raise AssertionError("unchecked row kind %r" % row.kind)
+
+
+@pytest.mark.flow
+def test_decorator_attributes_of_the_reference_are_accepted(reference_style_task):
+    """``@checkpoint(load_policy="eager", show_card=False, temp_dir_root=...)`` runs, with the
+    directory under ``temp_dir_root``, and the reference has the reference's field types."""
+    task, temp_root = reference_style_task
+    assert task.data.directory.startswith(str(temp_root))
+    ref = task.data.ref
+    assert ref["pathspec"] == task.pathspec
+    assert ref["attempt"] == 0
+    assert isinstance(ref["created_on"], str) and isinstance(ref["size"], int)
+    assert ref["metadata"] == {"loss": 0.5}
+    assert ref["name"] == "mfchckpt"  # the reference's default name
+    assert [r["key"] for r in task.data.listed] == [ref["key"]]
+
+
+def test_refused_names_raise_naming_the_equivalent():
+    """``from metaflow import artifact_store_from, with_artifact_store`` works; using either
+    raises CheckpointConfigError naming our equivalent (the REFUSED rows above)."""
+    from metaflow import artifact_store_from, with_artifact_store  # noqa: F401
+
+    for call, equivalents in REFUSED.values():
+        with pytest.raises(metaflow.CheckpointConfigError) as err:
+            call()
+        assert all(e in err.value.message for e in equivalents), err.value.message
