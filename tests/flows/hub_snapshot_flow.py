@@ -5,7 +5,7 @@ manager and as a plain path.  HUB_REVISION / HUB_ALLOW / HUB_FORCE choose the re
 import json
 import os
 
-from metaflow import FlowSpec, current, huggingface_hub, model, step
+from metaflow import FlowSpec, checkpoint, current, huggingface_hub, model, step
 
 REPO = "acme/tiny-bert"
 
@@ -45,10 +45,16 @@ class HubSnapshotFlow(FlowSpec):
         self.plain_files = sorted(_read_tree(plain))
         self.next(self.use)
 
+    @checkpoint
     @model(load=["hf_model"])
     @step
     def use(self):
         self.model_files = _read_tree(current.model.loaded["hf_model"])
+        # The same reference through current.model.load and current.checkpoint.load.
+        self.model_load_files = _read_tree(current.model.load(self.hf_model))
+        self.checkpoint_load_files = _read_tree(
+            current.checkpoint.load(self.hf_model, path="by_checkpoint")
+        )
         self.next(self.end)
 
     @step

@@ -79,6 +79,7 @@ def test_a_snapshot_is_stored_once_and_a_second_run_moves_no_file_bytes(hub_run,
     assert start.plain_files == sorted(_files(COMMIT_A))
     # The reference loads through @model(load=["hf_model"]) in the next step.
     assert use.model_files == _files(COMMIT_A)
+    assert use.model_load_files == use.checkpoint_load_files == _files(COMMIT_A)
     # Downloaded from the Hub once (load() reused what snapshot_download stored).
     assert fake_hub.file_bytes == sum(len(d) for d in _files(COMMIT_A).values())
     stored = blobs(env)
@@ -197,3 +198,24 @@ def test_a_missing_huggingface_hub_names_the_extra(monkeypatch):
         hub_remote.import_hub()
     assert "metaflow-checkpointing[huggingface]" in str(caught.value)
     assert isinstance(caught.value, ImportError)
+
+
+@pytest.mark.parametrize(
+    "scope, other_step_reuses, other_flow_reuses",
+    [("checkpoint", False, False), ("flow", True, False), ("global", True, True)],
+)
+def test_cache_scope_decides_whose_stored_snapshots_are_reused(
+    flow_env, fake_hub, scope, other_step_reuses, other_flow_reuses
+):
+    env, tmp = flow_env
+    (tmp / ".metaflow").mkdir()
+    env = dict(env, **hub_env(fake_hub, str(tmp / "hf_home")), HUB_SCOPE=scope)
+    one_download = sum(len(d) for d in _files(COMMIT_A).values())
+    # Stored by another flow (HubSnapshotFlow) first: reused only with cache_scope="global".
+    run_flow(FLOWS / "hub_snapshot_flow.py", env, tmp)
+    fake_hub.reset()
+    run = run_flow(FLOWS / "hub_scope_flow.py", env, tmp).run
+    first, second = run["again"].task.data.first, run["again"].task.data.second
+    downloads = fake_hub.file_bytes // one_download
+    assert downloads == (0 if other_flow_reuses else 1 if other_step_reuses else 2)
+    assert (first["key"] == second["key"]) == other_step_reuses
