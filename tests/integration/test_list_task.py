@@ -6,14 +6,6 @@ and the other extensions' spellings of ``save``/references (``storage_format``, 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from metaflow_extensions.checkpointing.plugins.checkpointing.common.attempts import (
-    ALL,
-    parse_attempt,
-)
-from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
 
 from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, single_task
 
@@ -155,26 +147,3 @@ def test_list_task_is_the_latest_attempt_in_the_task_and_from_a_notebook(store_e
     ident = d["task_identifier"]
     assert len(ident) == 16 and int(ident, 16) >= 0
     assert ident != end["end_task_identifier"].data
-
-
-@given(st.integers(min_value=0, max_value=10**6))
-def test_an_attempt_number_parses_as_an_int_or_its_digits(n):
-    assert parse_attempt(n) == parse_attempt(str(n)) == parse_attempt(" %d " % n) == n
-
-
-@given(
-    st.one_of(
-        st.integers(max_value=-1),
-        st.booleans(),
-        st.floats(),
-        st.text().filter(lambda t: t != ALL and not t.strip().isdigit()),
-    )
-)
-def test_anything_else_than_a_number_all_or_none_is_refused_naming_the_values(value):
-    with pytest.raises(CheckpointConfigError) as err:
-        parse_attempt(value)
-    assert "'all'" in err.value.message and "attempt number" in err.value.message
-
-
-def test_all_and_none_pass_through():
-    assert parse_attempt(ALL) == ALL and parse_attempt(None) is None
