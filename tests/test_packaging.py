@@ -166,6 +166,7 @@ def test_public_api_is_locked():
     }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [
+        "cleanup",
         "directory",
         "flush",
         "info",
@@ -177,9 +178,11 @@ def test_public_api_is_locked():
         "on_interrupt",
         "pause",
         "pending",
+        "refresh_directory",
         "save",
         "scope",
         "should_pause",
+        "task_identifier",
     ]
     public_client = sorted(n for n in dir(metaflow.Checkpoint) if not n.startswith("_"))
     assert public_client == [
@@ -189,6 +192,7 @@ def test_public_api_is_locked():
         "directory",
         "du",
         "gc",
+        "generate_key",
         "get",
         "list",
         "load",
