@@ -27,13 +27,16 @@ class Row:
     ``surface`` is where it lives (``@checkpoint``, ``current.checkpoint``, ``Checkpoint``,
     ``metaflow`` for top-level names, ``reference`` for the dict a save returns); ``kind`` is
     ``attribute`` (of a decorator), ``property``, ``method``, ``function``, ``context manager``,
-    ``flow decorator`` or ``field``; ``params`` are the parameter names (self excluded).
+    ``flow decorator`` or ``field``; ``params`` are the parameter names (self excluded), in the
+    reference's positional order unless ``by_keyword`` (the reference takes them through
+    ``**kwargs``, so only by keyword).
     """
 
     surface: str
     name: str
     kind: str
     params: tuple[str, ...] = ()
+    by_keyword: bool = False
 
     @property
     def id(self) -> str:
@@ -89,6 +92,7 @@ REFERENCE: list[Row] = [
         "snapshot_download",
         "method",
         ("repo_id", "revision", "allow_patterns"),
+        by_keyword=True,
     ),
     Row("current.huggingface_hub", "load", "method", ("repo_id", "path", "repo_type")),
     Row("current.huggingface_hub", "loaded", "property"),

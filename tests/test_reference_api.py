@@ -207,6 +207,39 @@ def test_decorator_attributes_of_the_reference_are_accepted(reference_style_task
     assert [r["key"] for r in task.data.listed] == [ref["key"]]
 
 
+#: Methods whose parameters ours accepts by the reference's names but not in its positional
+#: order: a positional call written for the reference binds differently here.  Each entry says
+#: what such a call does with ours; keyword calls (the reference's docs and examples) work.
+POSITIONAL_DIFFERENCES: dict[str, str] = {
+    "current.checkpoint.save": "save(path, 'best') passes 'best' as metadata: "
+    "CheckpointMetadataError (must be a dict), nothing saved",
+    "current.checkpoint.list": "a 4th positional argument is within_task, not full_namespace",
+    "Checkpoint.__init__": "Checkpoint('/scratch') is a store root, not temp_dir_root",
+    "metaflow.Checkpoint": "Checkpoint('/scratch') is a store root, not temp_dir_root",
+    "Checkpoint.save": "a 5th positional argument is progress, not storage_format",
+    "Checkpoint.list": "list('name') is a target (flow/run/step/task or reference), not a name",
+}
+
+
+@pytest.mark.parametrize(
+    "row",
+    [r for r in REFERENCE if r.kind in ("method", "function") and r.params and not r.by_keyword],
+    ids=lambda r: r.id,
+)
+def test_positional_order_matches_the_reference_except_where_listed(row: Row):
+    """A positional call written for the reference binds the same way here, or the method is in
+    :data:`POSITIONAL_DIFFERENCES` saying what it does instead (so the list stays exact)."""
+    if row.id in REFUSED:
+        return
+    params = inspect.signature(getattr(OURS[row.surface], row.name)).parameters.values()
+    positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    positional = [n for n in positional if n != "self"][: len(row.params)]
+    assert (positional == list(row.params)) == (row.id not in POSITIONAL_DIFFERENCES), (
+        row.id,
+        positional,
+    )
+
+
 def test_refused_names_raise_naming_the_equivalent():
     """``from metaflow import artifact_store_from, with_artifact_store`` works; using either
     raises CheckpointConfigError naming our equivalent (the REFUSED rows above)."""
