@@ -211,7 +211,8 @@ class ModelDecorator(StepDecorator):
             runtime.loaded.add(name, None, {"key": None})
             return
         target = runtime.load_into(name, store, manifest, path, reference)
-        _log("[@model] Loaded %r (%s) into %s" % (name, manifest.key, target))
+        spelling = runtime.loaded.info[name].get("spelling") or manifest.key
+        _log("[@model] Loaded %r (%s) into %s" % (name, spelling, target))
 
     def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
         runtime, self._runtime = self._runtime, None

@@ -232,7 +232,8 @@ class ModelRuntime:
         except BaseException:
             self._loaded.discard(name, target)
             raise
-        info = dict(reference_of(store, manifest))
+        ref = reference_of(store, manifest)
+        info = dict(ref, spelling=ref.spelling)  # what designates it: name@<id>, task@<id>
         if isinstance(given, Mapping):
             info.update((k, given[k]) for k in MODEL_FIELDS if k in given)
         self._loaded.add(name, target, info)
