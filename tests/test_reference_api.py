@@ -4,6 +4,7 @@ or is in :data:`REFUSED` and raises a message naming our equivalent (issue 14)."
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import textwrap
@@ -13,9 +14,15 @@ from typing import Any, Callable
 
 import metaflow
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from metaflow.exception import InvalidDecoratorAttribute
 from reference_api import REFERENCE, Row
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.hub import HuggingfaceHub
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.decorator import (
+    CheckpointDecorator,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_loaded import LoadedModels
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_runtime import ModelRuntime
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.runtime import (
@@ -249,3 +256,22 @@ def test_refused_names_raise_naming_the_equivalent():
         with pytest.raises(metaflow.CheckpointConfigError) as err:
             call()
         assert all(e in err.value.message for e in equivalents), err.value.message
+
+
+@given(
+    st.from_regex(r"[a-z][a-z_0-9]{0,20}", fullmatch=True).filter(
+        lambda n: n not in CheckpointDecorator.defaults
+    )
+)
+def test_any_unsupported_attribute_is_refused_naming_it_and_every_supported_one(name: str):
+    """``@checkpoint(<anything else>=...)`` (in code or ``--with``) constructs, so the flow file
+    loads, and fails in ``step_init`` (before any task) naming the attribute and the list; a
+    supported name close to it is offered."""
+    deco = CheckpointDecorator(attributes={name: 1})
+    with pytest.raises(InvalidDecoratorAttribute) as err:  # Metaflow's type, ours subclasses it
+        deco.step_init(None, None, "train", [], None, None, None)
+    message = err.value.message
+    assert message.startswith("Step 'train': @checkpoint does not support the attribute %r" % name)
+    assert message.endswith("Supported attributes: %s." % ", ".join(CheckpointDecorator.defaults))
+    close = difflib.get_close_matches(name, list(CheckpointDecorator.defaults), n=1, cutoff=0.6)
+    assert ("did you mean %r?" % close[0] in message) if close else ("did you mean" not in message)
