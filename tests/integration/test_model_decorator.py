@@ -151,6 +151,11 @@ def test_a_model_saved_on_one_parallel_node_is_loaded_in_a_later_step(flow_env):
     assert sorted(refs) == [0, 1] and refs[1] is None  # two nodes, one writer
     assert refs[0]["label"] == "gang_model" and not refs[0]["stats"].get("reused")
     assert single_task(result.run, "evaluate").data.content == "trained by the gang"
+    end = single_task(result.run, "end").data
+    assert end.has_model is False  # current.model outside @model: a clear error
+    assert (
+        end.no_model[0] == "CheckpointNotEnabled" and "step 'end' has no @model" in end.no_model[1]
+    )
 
 
 @pytest.mark.parametrize(
