@@ -18,8 +18,11 @@ $(VENV)/.installed: setup.py | $(BIN)/python
 # The checkpoint card's test renders it in headless Chromium (Debian's package).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-$(VENV)/.test-installed: setup.py $(VENV)/.installed
+# Azurite (Azure Storage emulator, npm) pinned by tests/emulators/package-lock.json, in the venv.
+$(VENV)/.test-installed: setup.py tests/emulators/package-lock.json $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[torch,s3,test]"
+	mkdir -p $(VENV)/emulators && cp tests/emulators/package.json tests/emulators/package-lock.json $(VENV)/emulators/
+	npm ci --prefix $(VENV)/emulators --no-audit --no-fund --loglevel=error
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 	touch $@

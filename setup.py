@@ -31,6 +31,10 @@ setup(
         "lightning": ["pytorch-lightning>=2.1"],
         # frameworks/hub.py: @huggingface_hub / current.huggingface_hub (imported only in the task).
         "huggingface": ["huggingface_hub>=0.20"],
+        # az:// roots (and the azure datastore's checkpoints): adlfs on the Azure SDK.
+        "azure": ["adlfs>=2024.2", "azure-identity>=1.15"],
+        # gs:// roots (and the gs datastore's checkpoints): gcsfs.
+        "gs": ["gcsfs>=2024.2"],
         "test": [
             "boto3>=1.28",
             "moto[server]>=5.0",
@@ -43,6 +47,11 @@ setup(
             "mkdocs>=1.6",
             "pytorch-lightning>=2.1",
             "huggingface_hub>=0.20",
+            # Azure Blob against Azurite, GCS against gcp-storage-emulator (tests/emulators).
+            "adlfs>=2024.2",
+            "azure-identity>=1.15",
+            "gcsfs>=2024.2",
+            "gcp-storage-emulator>=2024.8",
         ],
         "docs": ["mkdocs>=1.6"],
     },

@@ -104,3 +104,80 @@ def flow_env(tmp_path):
     """(env, cwd) for running flows with ``metaflow.Runner`` or a subprocess in ``tmp_path``."""
     (tmp_path / "home").mkdir()
     return flow_environment(tmp_path), tmp_path
+
+
+# ------------------------------------------------------------------ Azure and GCS emulators
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """Azurite's blob service on 127.0.0.1 for this session (one per xdist worker).
+
+    Yields a dict: ``endpoint`` (``http://127.0.0.1:<port>/devstoreaccount1``), ``env`` (the
+    account key adlfs reads), ``new_container()`` creating a fresh container, ``emulator``.
+    """
+    from emulators import AZURITE_KEY, new_azure_container, start_azurite
+
+    emulator = start_azurite(tmp_path_factory.mktemp("azurite"))
+
+    def new_container() -> str:
+        return new_azure_container(emulator, "mfckpt-%s" % uuid.uuid4().hex[:12])
+
+    env = {"AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY}
+    try:
+        yield {
+            "endpoint": emulator.endpoint,
+            "env": env,
+            "new_container": new_container,
+            "emulator": emulator,
+        }
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def azure_env(azurite, monkeypatch):
+    """This process's Azure settings point at Azurite: Metaflow's blob endpoint and the account
+    key (adlfs's ``AZURE_STORAGE_ACCOUNT_KEY``)."""
+    from metaflow import metaflow_config
+
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in azurite["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(
+        metaflow_config, "AZURE_STORAGE_BLOB_SERVICE_ENDPOINT", azurite["endpoint"], raising=False
+    )
+    return azurite
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """gcp-storage-emulator on 127.0.0.1 for this session (one per xdist worker).
+
+    Yields a dict: ``endpoint``, ``env`` (``STORAGE_EMULATOR_HOST``), ``new_bucket()``,
+    ``emulator``.
+    """
+    from emulators import new_gcs_bucket, start_gcs
+
+    emulator = start_gcs(tmp_path_factory.mktemp("gcs"))
+
+    def new_bucket() -> str:
+        return new_gcs_bucket(emulator, "mfckpt-%s" % uuid.uuid4().hex[:12])
+
+    try:
+        yield {
+            "endpoint": emulator.endpoint,
+            "env": dict(emulator.env),
+            "new_bucket": new_bucket,
+            "emulator": emulator,
+        }
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def gcs_env(gcs_emulator, monkeypatch):
+    """This process's GCS clients (gcsfs, google-cloud-storage) talk to the emulator."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    for k, v in gcs_emulator["env"].items():
+        monkeypatch.setenv(k, v)
+    return gcs_emulator

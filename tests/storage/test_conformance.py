@@ -1,7 +1,9 @@
 """One conformance suite for every storage backend: the behaviour the checkpoint core relies on.
 
-Each test runs against memory, local, S3 (a real local moto server), fsspec's memory filesystem
-and fsspec's local filesystem.  A backend passes only if it behaves like the others.
+Each test runs against memory, local, S3 (a real local moto server), Azure Blob (Azurite),
+Google Cloud Storage (gcp-storage-emulator), fsspec's memory filesystem and fsspec's local
+filesystem.  A backend passes only if it behaves like the others.  Azure and GCS stores are made
+by the factory from the settings a user gives (blob endpoint and account key, emulator host).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import uuid
 import metaflow  # noqa: F401  (imported before the extension, as Metaflow itself does)
 import pytest
 
+from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import gcs_options
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     StorageError,
     StorageNotFound,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.base import RetryPolicy
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import storage_for_url
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.fsspec_store import (
     FsspecStorage,
 )
@@ -33,6 +37,8 @@ BACKENDS = [
     "memory",
     "local",
     pytest.param("s3", marks=pytest.mark.s3),
+    "azure",
+    "gs",
     "fsspec-memory",
     "fsspec-local",
 ]
@@ -66,6 +72,21 @@ def make_store(request, tmp_path):
         def make(suffix: str = ""):
             url = "s3://%s/ckpt/root%s" % (bucket, suffix)
             return S3Storage(url, retry=FAST, timeout=30, config=s3_config())
+
+    elif kind == "azure":
+        env = request.getfixturevalue("azure_env")
+        container = env["new_container"]()
+
+        def make(suffix: str = ""):
+            url = "az://%s/ckpt/root%s" % (container, suffix)
+            return storage_for_url(url, retry=FAST, timeout=30, azure_endpoint=env["endpoint"])
+
+    elif kind == "gs":
+        bucket = request.getfixturevalue("gcs_env")["new_bucket"]()
+
+        def make(suffix: str = ""):
+            url = "gs://%s/ckpt/root%s" % (bucket, suffix)
+            return storage_for_url(url, retry=FAST, timeout=30, fsspec_options=gcs_options())
 
     elif kind == "fsspec-memory":
         # fsspec's memory filesystem is global to the process: unique root, removed after.

@@ -14,7 +14,6 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.base import RetryPolicy
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import (
-    azure_options,
     root_for_datastore,
     storage_for_url,
 )
@@ -106,66 +105,8 @@ def test_root_for_datastore_errors(ds_type, ds_root):
         root_for_datastore(ds_type, ds_root)
 
 
-# ------------------------------------------------------------------------------------ Azure
-@pytest.mark.parametrize(
-    "endpoint, env, expected",
-    [
-        (
-            "https://acct.blob.core.windows.net/",
-            {},
-            {"account_name": "acct", "account_host": "acct.blob.core.windows.net"},
-        ),
-        (
-            "https://other.blob.example.org",
-            {},
-            {"account_name": "other", "account_host": "other.blob.example.org"},
-        ),  # fmt: skip
-        (None, {}, {}),
-        ("", {}, {}),
-        # adlfs reads these itself: the endpoint is not needed
-        ("https://acct.blob.core.windows.net/", {"AZURE_STORAGE_ACCOUNT_NAME": "x"}, {}),
-        ("https://acct.blob.core.windows.net/", {"AZURE_STORAGE_CONNECTION_STRING": "x"}, {}),
-    ],
-)
-def test_azure_options_from_the_blob_endpoint(monkeypatch, endpoint, env, expected):
-    for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_CONNECTION_STRING"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert azure_options(endpoint) == expected
-
-
-def test_metaflows_azure_endpoint_reaches_the_azure_filesystem(monkeypatch):
-    # Metaflow's AZURE_STORAGE_BLOB_SERVICE_ENDPOINT is read by common.settings and handed to
-    # the factory; adlfs (stood in for by an in-memory filesystem) gets the account from it.
-    import sys
-
-    from fsspec.implementations.memory import MemoryFileSystem
-    from metaflow import metaflow_config
-
-    from metaflow_extensions.checkpointing.plugins.checkpointing.common import settings
-
-    seen: dict = {}
-
-    class FakeAdlfs(MemoryFileSystem):
-        protocol = ("az", "abfs")
-        cachable = False
-
-        def __init__(self, *args, **kwargs):
-            seen.update(kwargs)
-            super().__init__()
-
-    for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_CONNECTION_STRING"):
-        monkeypatch.delenv(name, raising=False)
-    # fsspec's registry of implementations (the module: ``fsspec.registry`` is its view).
-    monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, "az", FakeAdlfs)
-    monkeypatch.setattr(
-        metaflow_config, "AZURE_STORAGE_BLOB_SERVICE_ENDPOINT", "https://acct.blob.core.windows.net"
-    )
-    assert settings.azure_endpoint() == "https://acct.blob.core.windows.net"
-    store = settings.storage_for_url("az://container/root")
-    assert isinstance(store, FsspecStorage)
-    assert seen["account_name"] == "acct" and seen["account_host"] == "acct.blob.core.windows.net"
+# Azure: the blob endpoint's account and Metaflow's setting reaching a real Azurite are in
+# tests/storage/test_azure_gcs.py.
 
 
 @pytest.mark.parametrize(

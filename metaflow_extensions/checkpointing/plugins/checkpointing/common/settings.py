@@ -13,6 +13,7 @@ converts, and never fails on, a value), and each reader here checks its value, r
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Optional
 
 from ..core.store import CheckpointStore
@@ -247,11 +248,26 @@ def azure_endpoint() -> Optional[str]:
     return _setting("AZURE_STORAGE_BLOB_SERVICE_ENDPOINT")
 
 
+def gcs_options() -> dict:
+    """gcsfs options beyond what gcsfs reads itself.
+
+    gcsfs honours ``STORAGE_EMULATOR_HOST`` (as Google's own client, used by Metaflow's ``gs``
+    datastore, does) and Google's default credentials.  With an emulator and no credentials
+    file the token is anonymous, as Google's client makes it: gcsfs would otherwise probe the
+    GCE metadata server, a lookup outside the host.
+    """
+    if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get(
+        "GOOGLE_APPLICATION_CREDENTIALS"
+    ):
+        return {"token": "anon"}
+    return {}
+
+
 def storage_for_url(url: str, workers: Optional[int] = None) -> Storage:
     """The backend of ``url`` (path or URL) with the configured retries, timeouts, fsync and
-    Metaflow's S3 and Azure settings.  ``workers`` sizes S3's connection pool (default: the
+    Metaflow's S3, Azure and GCS settings.  ``workers`` sizes S3's connection pool (default: the
     configured transfer workers)."""
-    from ..storage.factory import AZURE_SCHEMES, url_scheme
+    from ..storage.factory import AZURE_SCHEMES, GCS_SCHEMES, url_scheme
     from ..storage.factory import storage_for_url as backend_for_url
 
     scheme = url_scheme(str(url or "").strip())
@@ -263,6 +279,7 @@ def storage_for_url(url: str, workers: Optional[int] = None) -> Storage:
         fsync=_bool("CHECKPOINT_FSYNC"),
         s3=s3_config() if scheme == "s3" else None,
         azure_endpoint=azure_endpoint() if scheme in AZURE_SCHEMES else None,
+        fsspec_options=gcs_options() if scheme in GCS_SCHEMES else None,
     )
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the S3 backend loads only for s3:// URLs
 CHECKPOINT_DIRNAME = "mf.checkpointing"
 
 AZURE_SCHEMES = frozenset({"az", "abfs", "abfss"})
+GCS_SCHEMES = frozenset({"gs", "gcs"})
 
 
 def url_scheme(url: str) -> str:
@@ -69,19 +70,6 @@ def same_root(a: str, b: str) -> bool:
     return url_scheme(a) == url_scheme(b) == "" and os.path.realpath(a) == os.path.realpath(b)
 
 
-def azure_options(endpoint: Optional[str]) -> dict:
-    """adlfs options from a blob service endpoint (Metaflow's
-    ``AZURE_STORAGE_BLOB_SERVICE_ENDPOINT``), so ``az://`` finds the same account."""
-    if os.environ.get("AZURE_STORAGE_ACCOUNT_NAME") or os.environ.get(
-        "AZURE_STORAGE_CONNECTION_STRING"
-    ):
-        return {}  # adlfs reads these itself
-    host = urlparse(endpoint).hostname if endpoint else None
-    if not host:
-        return {}
-    return {"account_name": host.split(".", 1)[0], "account_host": host}
-
-
 def storage_for_url(
     url: str,
     *,
@@ -91,6 +79,7 @@ def storage_for_url(
     fsync: bool = False,
     s3: Optional[S3Config] = None,
     azure_endpoint: Optional[str] = None,
+    fsspec_options: Optional[dict] = None,
 ) -> Storage:
     """The backend for a checkpoint root.
 
@@ -110,7 +99,10 @@ def storage_for_url(
     s3 : S3Config, optional
         Client settings of ``s3://`` roots (default: plain boto3).
     azure_endpoint : str, optional
-        Blob service endpoint that names the account of ``az://`` roots.
+        Blob service endpoint of ``az://`` roots: names the account and where it is served
+        (``http://127.0.0.1:10000/devstoreaccount1`` for Azurite).
+    fsspec_options : dict, optional
+        Options of the fsspec filesystem of other URLs (gcsfs: ``token``, ``project``...).
 
     Returns
     -------
@@ -139,8 +131,14 @@ def storage_for_url(
             return S3Storage(url, retry=retry, workers=workers, timeout=timeout, config=s3)
         from .fsspec_store import FsspecStorage
 
-        options = azure_options(azure_endpoint) if scheme in AZURE_SCHEMES else None
-        return FsspecStorage(url, retry=retry, storage_options=options)
+        endpoint = azure_endpoint if scheme in AZURE_SCHEMES else None
+        return FsspecStorage(
+            url,
+            retry=retry,
+            storage_options=fsspec_options,
+            timeout=timeout,
+            azure_endpoint=endpoint,
+        )
     except CheckpointException:
         raise  # ours name the root and say what to do (tests/storage/test_factory.py)
     except Exception as exc:  # noqa: BLE001 - a backend's own error (DNS, connection, option)

@@ -54,8 +54,21 @@ _TRANSIENT_NAMES = frozenset(
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
 
-def open_fs(url: str, storage_options: Optional[dict] = None) -> tuple[Any, str]:
-    """``fsspec.core.url_to_fs`` with errors a user can act on.
+_AZURE = frozenset({"az", "abfs", "abfss"})
+_GCS = frozenset({"gs", "gcs"})
+
+
+def open_fs(
+    url: str,
+    storage_options: Optional[dict] = None,
+    *,
+    timeout: Optional[float] = None,
+    azure_endpoint: Optional[str] = None,
+) -> tuple[Any, str]:
+    """The filesystem and path of ``url``, with errors a user can act on.
+
+    Azure and GCS URLs get the bounded clients of :mod:`.fsspec_clients` (one try per request,
+    ``timeout`` per socket); other URLs ``fsspec.core.url_to_fs``.
 
     Raises
     ------
@@ -69,6 +82,14 @@ def open_fs(url: str, storage_options: Optional[dict] = None) -> tuple[Any, str]
 
     scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
     try:
+        if scheme in _AZURE:
+            from .fsspec_clients import open_azure
+
+            return open_azure(url, storage_options or {}, azure_endpoint, timeout or 60.0)
+        if scheme in _GCS:
+            from .fsspec_clients import open_gcs
+
+            return open_gcs(url, storage_options or {}, timeout or 60.0)
         return url_to_fs(url, **(storage_options or {}))
     except ImportError as exc:
         impl = known_implementations.get(scheme, {})
@@ -90,6 +111,12 @@ def open_fs(url: str, storage_options: Optional[dict] = None) -> tuple[Any, str]
             "Unsupported checkpoint root %r: no storage backend for %s:// URLs. Use a local "
             "path, s3://, gs:// (gcsfs), az:// (adlfs) or another fsspec protocol." % (url, scheme)
         ) from exc
+
+
+def _is_range_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a server's "range not satisfiable" (HTTP 416)."""
+    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    return status == 416 or "InvalidRange" in str(exc)
 
 
 def _mtime(info: dict) -> Optional[float]:
@@ -131,6 +158,11 @@ class FsspecStorage(Storage):
         Bounds for retrying transient errors.
     storage_options : dict, optional
         Passed to the fsspec filesystem (credentials, project, account name...).
+    timeout : float, optional
+        Connect and read timeout of each request of Azure and GCS clients, seconds (default 60).
+    azure_endpoint : str, optional
+        Blob service endpoint of ``az://`` roots (Metaflow's
+        ``AZURE_STORAGE_BLOB_SERVICE_ENDPOINT``): names the account and where it is served.
     """
 
     TYPE = "fsspec"
@@ -140,9 +172,13 @@ class FsspecStorage(Storage):
         url: str,
         retry: Optional[RetryPolicy] = None,
         storage_options: Optional[dict] = None,
+        timeout: Optional[float] = None,
+        azure_endpoint: Optional[str] = None,
     ):
         super().__init__(url, retry=retry)
-        self.fs, root = open_fs(self.url, storage_options)
+        self.fs, root = open_fs(
+            self.url, storage_options, timeout=timeout, azure_endpoint=azure_endpoint
+        )
         self.root = root.rstrip("/")
         protocols = self.fs.protocol
         protocols = {protocols} if isinstance(protocols, str) else set(protocols)
@@ -189,12 +225,25 @@ class FsspecStorage(Storage):
             self.fs.put_file(local_path, self._path(key))
 
     def _get_bytes(self, key: str, start: int, length: Optional[int]) -> bytes:
+        path = self._path(key)
         end = None if length is None else start + length
         try:
-            return self.fs.cat_file(self._path(key), start=start or None, end=end)
+            if length == 0:  # an empty range is no request an object store accepts
+                if not self._is_object(path):
+                    raise FileNotFoundError(path)
+                return b""
+            return self.fs.cat_file(path, start=start or None, end=end)
         except (IsADirectoryError, NotADirectoryError) as exc:
             # A key that is a "directory" (prefix of other keys) is no object.
-            raise FileNotFoundError(self._path(key)) from exc
+            raise FileNotFoundError(path) from exc
+        except Exception as exc:
+            # Azure answers a range starting at or past the end with 416, where S3 (and files)
+            # give what is there: nothing.  The object's size tells which it was.
+            if not _is_range_error(exc):
+                raise
+            if self.fs.size(path) <= start:
+                return b""
+            raise
 
     def _get_file(self, key: str, local_path: str) -> None:
         # Download next to the target and rename, so a failed download leaves nothing behind.
@@ -208,7 +257,7 @@ class FsspecStorage(Storage):
                 with open(tmp, "wb") as f:
                     f.write(self._get_bytes(key, 0, None))
             else:
-                if not self.fs.isfile(self._path(key)):
+                if not self._is_object(self._path(key)):
                     raise FileNotFoundError(self._path(key))
                 self.fs.get_file(self._path(key), tmp)
             os.replace(tmp, local_path)
@@ -219,8 +268,17 @@ class FsspecStorage(Storage):
                 os.unlink(tmp)
             raise
 
+    def _is_object(self, path: str) -> bool:
+        """Whether an object is at ``path``; errors other than "not found" propagate (fsspec's
+        ``isfile`` says False for any error: a dead server would read as an empty store)."""
+        try:
+            info = self.fs.info(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return info.get("type", "file") == "file"
+
     def _exists(self, key: str) -> bool:
-        return self.fs.isfile(self._path(key))
+        return self._is_object(self._path(key))
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         # find() walks directories; start at the deepest one the raw prefix names, then filter.
@@ -248,7 +306,10 @@ class FsspecStorage(Storage):
         their own ``find`` and raise on failure.
         """
         if not self._walks:
-            return self.fs.find(top, withdirs=False, detail=True)
+            found = self.fs.find(top, withdirs=False, detail=True)
+            if isinstance(found, list):  # adlfs, when ``top`` is an object: its bare name
+                found = {path: self.fs.info(path) for path in found}
+            return found
         base = self.root + "/"
         found: dict[str, dict] = {}
         pending = [top.rstrip("/")]

@@ -1,0 +1,107 @@
+"""The fsspec filesystems of Azure Blob (adlfs) and Google Cloud Storage (gcsfs), bounded.
+
+Both SDKs retry on their own, with their own waits (gcsfs: 6 tries over about 30 s; the Azure
+SDK: 3 retries from a 15 s backoff), under :class:`.base.Storage`'s retries: a stopped server
+would hold a call for minutes.  As for S3 (``storage/s3.py``), the clients built here try each
+request once and time out each socket after ``timeout`` seconds; ``RetryPolicy`` alone decides
+what is tried again.  Listing caches are off: another task's writes must show in the next list.
+
+Settings come in as arguments (``common/settings.py`` reads Metaflow's and the environment).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+#: fsspec options of every cloud filesystem: a private instance (its client is replaced below)
+#: and no listing cache.
+_PRIVATE = {"skip_instance_cache": True, "use_listings_cache": False}
+
+
+def azure_account(endpoint: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """``(account name, account URL)`` of a blob service endpoint (Metaflow's
+    ``AZURE_STORAGE_BLOB_SERVICE_ENDPOINT``).
+
+    ``https://acct.blob.core.windows.net`` names ``acct`` by host; an endpoint whose host is an
+    IP address or ``localhost`` (Azurite, a private link proxy) names it by its first path
+    component: ``http://127.0.0.1:10000/devstoreaccount1``.
+    """
+    if not endpoint:
+        return None, None
+    parsed = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
+    host = parsed.hostname or ""
+    path = [p for p in parsed.path.split("/") if p]
+    if (host == "localhost" or host.replace(".", "").isdigit() or ":" in host) and path:
+        account = path[0]
+    else:
+        account = host.split(".", 1)[0]
+    url = "%s://%s%s" % (parsed.scheme or "https", parsed.netloc, parsed.path.rstrip("/"))
+    return (account or None), url
+
+
+def open_azure(url: str, options: dict, endpoint: Optional[str], timeout: float) -> tuple[Any, str]:
+    """adlfs for ``az://``/``abfs://`` URLs, talking to ``endpoint`` when given.
+
+    ``options`` are adlfs's (``connection_string``, ``account_name``, ``account_key``,
+    ``credential``...); without a connection string adlfs also reads its environment variables
+    (``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_ACCOUNT_KEY``, ...) and otherwise uses
+    ``DefaultAzureCredential`` as Metaflow does.
+    """
+    from adlfs import AzureBlobFileSystem
+
+    account, account_url = azure_account(endpoint)
+    options = dict(options)
+    if account and not options.get("connection_string"):
+        options.setdefault("account_name", account)
+    fs = AzureBlobFileSystem(**options, **_PRIVATE)
+    client = fs.service_client
+    # adlfs builds https://<account_host>; the endpoint may be http (Azurite) or path-style.
+    target = account_url if account_url and not options.get("connection_string") else client.url
+    fs.service_client = type(client)(
+        target,
+        credential=client.credential,
+        retry_total=0,
+        connection_timeout=timeout,
+        read_timeout=timeout,
+    )
+    return fs, fs._strip_protocol(url)
+
+
+@cache
+def _gcs_class() -> type:
+    """gcsfs's core filesystem, one try per request.
+
+    The core class, not the one ``gcsfs.GCSFileSystem`` names by default
+    (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``): that one first asks the gRPC Storage Control API
+    for each bucket's layout, for features plain object reads and writes do not use.
+    """
+    from gcsfs.core import GCSFileSystem
+
+    once = getattr(GCSFileSystem._request, "__wrapped__", None)
+    if once is None:  # gcsfs changed its retry decorator: keep its own retries
+        return GCSFileSystem
+
+    class BoundedGCSFileSystem(GCSFileSystem):
+        async def _request(self, *args, **kwargs):
+            return await once(self, *args, **kwargs)
+
+    return BoundedGCSFileSystem
+
+
+def open_gcs(url: str, options: dict, timeout: float) -> tuple[Any, str]:
+    """gcsfs for ``gs://``/``gcs://`` URLs.
+
+    ``options`` are gcsfs's (``endpoint_url``, ``token``, ``project``...); gcsfs itself honours
+    ``STORAGE_EMULATOR_HOST`` and Google's default credentials.
+    """
+    import aiohttp
+
+    cls = _gcs_class()
+    options = dict(options)
+    options.setdefault(
+        "requests_timeout", aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)
+    )
+    fs = cls(**options, **_PRIVATE)
+    return fs, fs._strip_protocol(url)

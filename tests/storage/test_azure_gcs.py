@@ -1,0 +1,147 @@
+"""Azure Blob (Azurite) and GCS (gcp-storage-emulator) specifics: the settings users give reach
+the store, a stopped server is a bounded StorageError, and nothing leaves 127.0.0.1.
+
+The behaviour shared with every backend is in test_conformance.py (``azure``, ``gs`` params).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import metaflow  # noqa: F401  (imported before the extension, as Metaflow itself does)
+import pytest
+from emulators import (
+    AZURITE_KEY,
+    new_azure_container,
+    new_gcs_bucket,
+    start_azurite,
+    start_gcs,
+)
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.common import settings
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+    StorageError,
+    StorageNotFound,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.base import RetryPolicy
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory import storage_for_url
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.fsspec_clients import (
+    azure_account,
+)
+
+TINY = RetryPolicy(attempts=3, max_seconds=10, backoff=0.01, max_backoff=0.05)
+
+
+@pytest.mark.parametrize(
+    "endpoint, account, url",
+    [
+        (
+            "https://acct.blob.core.windows.net/",
+            "acct",
+            "https://acct.blob.core.windows.net",
+        ),
+        ("https://other.blob.example.org", "other", "https://other.blob.example.org"),
+        # Azurite and other path-style endpoints: the account is the first path component.
+        (
+            "http://127.0.0.1:10000/devstoreaccount1",
+            "devstoreaccount1",
+            "http://127.0.0.1:10000/devstoreaccount1",
+        ),
+        ("http://localhost:10000/acct2/", "acct2", "http://localhost:10000/acct2"),
+        ("acct.blob.core.windows.net", "acct", "https://acct.blob.core.windows.net"),
+        (None, None, None),
+        ("", None, None),
+    ],
+)
+def test_azure_account_from_the_blob_endpoint(endpoint, account, url):
+    assert azure_account(endpoint) == (account, url)
+
+
+def test_metaflows_azure_endpoint_reaches_azurite(azure_env):
+    """``METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT`` names the account and where it is
+    served: what the store writes is in that account's container, read with Azure's SDK."""
+    from azure.storage.blob import BlobServiceClient
+
+    container = azure_env["new_container"]()
+    assert settings.azure_endpoint() == azure_env["endpoint"]
+    store = settings.storage_for_url("az://%s/root" % container)
+    store.put_bytes("blobs/k", b"payload")
+    client = BlobServiceClient(azure_env["endpoint"], credential=AZURITE_KEY)
+    blob = client.get_blob_client(container, "root/blobs/k")
+    assert blob.download_blob().readall() == b"payload"
+    assert [i.key for i in store.list()] == ["blobs/k"]
+
+
+def test_gcs_talks_to_the_emulator_only(gcs_env, monkeypatch):
+    """With ``STORAGE_EMULATOR_HOST`` and no credentials, a gs:// store resolves no name but
+    the emulator's: no Google endpoint, no metadata server."""
+    looked_up: list = []
+    real = socket.getaddrinfo
+
+    def recording(host, *args, **kwargs):
+        looked_up.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    bucket = gcs_env["new_bucket"]()
+    store = settings.storage_for_url("gs://%s/root" % bucket)
+    store.put_bytes("k", b"v")
+    assert store.get_bytes("k") == b"v"
+    assert [i.key for i in store.list()] == ["k"]
+    assert looked_up and set(looked_up) == {"127.0.0.1"}, looked_up
+
+
+def _azure_store(tmp_path):
+    emulator = start_azurite(tmp_path / "azurite")
+    container = new_azure_container(emulator, "stopped")
+    store = storage_for_url(
+        "az://%s/root" % container,
+        retry=TINY,
+        timeout=2,
+        azure_endpoint=emulator.endpoint,
+        fsspec_options={"account_key": AZURITE_KEY},
+    )
+    return emulator, store
+
+
+def _gcs_store(tmp_path):
+    emulator = start_gcs(tmp_path / "gcs")
+    bucket = new_gcs_bucket(emulator, "stopped")
+    store = storage_for_url(
+        "gs://%s/root" % bucket,
+        retry=TINY,
+        timeout=2,
+        fsspec_options={"endpoint_url": emulator.endpoint, "token": "anon"},
+    )
+    return emulator, store
+
+
+@pytest.mark.parametrize("make", [_azure_store, _gcs_store], ids=["azure", "gs"])
+def test_a_stopped_server_is_a_bounded_storage_error(make, tmp_path, monkeypatch):
+    """The SDKs' own retries (minutes against a dead server) are off: each call is tried as
+    the RetryPolicy says and fails with a StorageError naming the URL, in seconds."""
+    emulator, store = make(tmp_path)
+    try:
+        store.put_bytes("k", b"before")
+        assert store.get_bytes("k") == b"before"
+    finally:
+        emulator.stop()
+    tries: list = []
+    real_put = store._put_bytes
+    monkeypatch.setattr(store, "_put_bytes", lambda *a: tries.append(1) or real_put(*a))
+
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        store.put_bytes("blobs/k", b"data")
+    assert time.monotonic() - started < 8
+    assert len(tries) == 3
+    assert "%s/blobs/k" % store.url in str(info.value)
+    assert "3 tries" in str(info.value)
+
+    for call in (lambda: store.get_bytes("k"), lambda: store.list("x/"), lambda: store.exists("k")):
+        started = time.monotonic()
+        with pytest.raises(StorageError, match=store.url) as info:
+            call()
+        assert not isinstance(info.value, StorageNotFound)
+        assert time.monotonic() - started < 8
