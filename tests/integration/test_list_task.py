@@ -5,9 +5,14 @@ and the other extensions' spellings of ``save``/references (``storage_format``, 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, single_task
+from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, single_task, subprocess_env
 
 pytestmark = pytest.mark.flow
 
@@ -44,6 +49,7 @@ attempt("bare_id", lambda: s(c.list("%s/%s/%s" % (flow, run, step), task=task_id
 attempt("best", lambda: c.best(task=train, metric="i", mode="min")["metadata"]["i"])
 attempt("full_without_task", lambda: c.list(full_namespace=True))
 attempt("task_and_target", lambda: c.list(flow, task=train))
+attempt("bare_id_alone", lambda: c.list(task=task_id))
 attempt("bad_attempt", lambda: c.list(task=train, attempt=-1))
 attempt("generate_key", lambda: c.generate_key("mfchckpt"))
 attempt("bad_format", lambda: c.save("/no/such/path", name="x", storage_format="zip"))
@@ -124,12 +130,29 @@ def test_list_task_is_the_latest_attempt_in_the_task_and_from_a_notebook(store_e
     for label, says in (
         ("full_without_task", "full_namespace=True"),
         ("task_and_target", "task= already names a whole task"),
+        ("bare_id_alone", "a task id narrows a target"),
         ("bad_attempt", "attempt=-1"),
         ("generate_key", "ref['key']"),
         ("bad_format", "'files'"),
     ):
         assert seen[label]["error"] == "CheckpointConfigError", (label, seen[label])
         assert says in seen[label]["message"], (label, seen[label])
+
+    # The CLI is unchanged: --task is a filter like --run, every attempt (ATTEMPT column).
+    if not options:
+        metaflow = Path(sys.executable).parent / "metaflow"
+        args = ["--run", result.run.id, "--step", "train", "--task", train.id, "--json"]
+        proc = subprocess.run(
+            [str(metaflow), "checkpoint", "list", "ListTaskFlow", *args],
+            env=subprocess_env(env),
+            cwd=str(tmp),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        listed = json.loads(proc.stdout[proc.stdout.index("[") :])
+        assert [[r["attempt"], r["name"], r["metadata"]["i"]] for r in listed] == EVERY
 
     # Reference fields other extensions' code reads, also on a reference pickled without them.
     assert seen["new_fields"] == seen["old_fields"] == [True, "checkpoint", "files", "task"]

@@ -130,7 +130,8 @@ class Listing(ClientBase):
             ``order_by`` or a ``where`` key names a field no listed checkpoint has (a typo:
             the message lists the fields there are).  An empty listing is not an error.
             ``attempt`` is not a number or ``"all"``; ``task=`` is a pathspec and a target
-            is given too; ``full_namespace=True`` outside a task without ``task=``.
+            is given too, or a task id without a target; ``full_namespace=True`` outside a
+            task without ``task=``.
         CheckpointNotFound
             Unknown flow, run, step or task (a step's message lists the run's steps).
         CheckpointScopeError
@@ -177,9 +178,11 @@ class Listing(ClientBase):
                 name=name, task=task, attempt=selected, full_namespace=full_namespace
             )
             return [r for r in refs if not latest_only or r.latest]
-        target, step, run, task, latest_of = _task_keyword(target, step, run, task, full_namespace)
-        if self._origin == "cli":
-            latest_of = None  # the CLI's --task is a filter like --run: every attempt
+        latest_of = None  # the CLI's --task is a filter like --run: every attempt
+        if self._origin != "cli":
+            target, step, run, task, latest_of = _task_keyword(
+                target, step, run, task, full_namespace
+            )
         parts, within_task = self._parts(
             target,
             name,
@@ -368,8 +371,9 @@ def _task_keyword(
     Raises
     ------
     CheckpointConfigError
-        ``task=`` is a pathspec or ``Task`` and a target is given too; ``full_namespace=True``
-        without ``task=`` (outside a task there is no step to widen to).
+        ``task=`` is a pathspec or ``Task`` and a target is given too, or a task id without a
+        target; ``full_namespace=True`` without ``task=`` (outside a task there is no step to
+        widen to).
     """
     whole = task is not None and (not isinstance(task, (str, int)) or "/" in str(task))
     if full_namespace and not whole:
@@ -391,6 +395,12 @@ def _task_keyword(
         return t.pathspec, None, None, None, _attempt_known_for(t.pathspec, task)
     if task is None:
         return target, step, run, None, None
+    if target is None:  # an id alone would filter the named checkpoints: always empty
+        raise CheckpointConfigError(
+            "list(task=%r): a task id narrows a target, list('Flow/run_id/step', task=%r); "
+            "or pass the whole task, task='Flow/run_id/step/task_id' or a Metaflow Task."
+            % (task, task)
+        )
     return target, step, run, str(task), _attempt_known_for(None, None)
 
 
