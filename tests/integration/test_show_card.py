@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import textwrap
 
+import metaflow
 import pytest
 
 from .flowrun import FLOWS, run_flow, run_subprocess
@@ -141,3 +142,29 @@ def test_with_artifact_store_is_refused_before_any_task_naming_the_equivalent(fl
     assert "@with_artifact_store (from metaflow-checkpoint) is not provided" in output, output
     for equivalent in ('@checkpoint(root="s3://', "METAFLOW_CHECKPOINT_ROOT", "Checkpoint(root="):
         assert equivalent in output, output
+
+
+@pytest.mark.s3
+def test_show_card_on_an_s3_datastore(s3_env, flow_env, monkeypatch):
+    """The same flow with ``--datastore=s3`` (a local moto server): the attached card is stored
+    in the S3 datastore, read back with ``get_cards``, and shows the checkpoint saved on S3."""
+    from metaflow import metaflow_config
+    from metaflow.cards import get_cards
+    from metaflow.plugins.datatools.s3 import s3util
+
+    # s3util binds the client params at import; point this process's card reads at the server.
+    monkeypatch.setattr(s3util, "DATATOOLS_CLIENT_PARAMS", metaflow_config.DATATOOLS_CLIENT_PARAMS)
+    env, tmp = flow_env
+    bucket = s3_env["new_bucket"]()
+    env = dict(env, METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/mf" % bucket, **s3_env["env"])
+    run = run_flow(FLOWS / "show_card_flow.py", env, tmp, datastore="s3").run
+
+    task = run["start"].task
+    assert _cards(task) == [("checkpoint", "checkpoint")]
+    html = get_cards(task, id="checkpoint")[0].get()
+    assert task.pathspec in html and task.data  # the task ran on S3
+    (saved,) = metaflow.Checkpoint().list(task)
+    assert saved["url"].startswith("s3://%s/mf/mf.checkpointing/" % bucket)
+    assert saved["key"] in html  # the card lists the checkpoint stored on S3
+    assert _cards(run["off"].task) == [] and _cards(run["default"].task) == []
+    assert _cards(run["explicit"].task) == [("checkpoint", None)]
