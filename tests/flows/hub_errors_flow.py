@@ -1,5 +1,5 @@
-"""@huggingface_hub faults: HUB_CASE picks an unknown repo, an unknown revision or a refused
-argument; the step's code reports what it caught."""
+"""@huggingface_hub faults: HUB_CASE picks an unknown repo or revision, a refused or unknown
+argument, or a snapshot not stored while the Hub is down."""
 
 import os
 
@@ -15,6 +15,10 @@ class HubErrorsFlow(FlowSpec):
             current.huggingface_hub.snapshot_download(repo_id="acme/nope")
         elif case == "revision":
             current.huggingface_hub.snapshot_download(repo_id="acme/tiny-bert", revision="v9")
+        elif case == "unknown_argument":
+            current.huggingface_hub.snapshot_download(repo_id="acme/tiny-bert", bogus=1)
+        elif case == "down":  # nothing stored, the Hub unreachable
+            current.huggingface_hub.snapshot_download(repo_id="acme/tiny-bert")
         elif case == "local_dir":
             current.huggingface_hub.snapshot_download(repo_id="acme/tiny-bert", local_dir="/tmp/x")
         self.next(self.end)

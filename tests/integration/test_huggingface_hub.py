@@ -163,16 +163,19 @@ def test_every_load_form_is_loaded_before_the_step(hub_run):
         ("repo", ["acme/nope", "not found", "HF_ENDPOINT"]),
         ("revision", ["no revision 'v9'", "acme/tiny-bert"]),
         ("local_dir", ["local_dir=...) is not accepted", "path="]),
+        ("unknown_argument", ["unknown argument(s) bogus", "max_workers"]),
+        ("down", ["cannot reach the Hugging Face Hub", "holds no snapshot", "revision 'main'"]),
     ],
 )
 def test_hub_faults_say_what_and_where(flow_env, fake_hub, case, says):
     env, tmp = flow_env
     (tmp / ".metaflow").mkdir()
     env = dict(env, **hub_env(fake_hub, str(tmp / "hf_home")), HUB_CASE=case)
+    fake_hub.down = case == "down"
     failed = run_flow(FLOWS / "hub_errors_flow.py", env, tmp, expect="failed")
     for text in says:
         assert text in failed.stdout, failed.describe()
-    if case != "local_dir":
+    if case in ("repo", "revision", "down"):
         assert fake_hub.url in failed.stdout
     assert fake_hub.file_bytes == 0
 

@@ -28,7 +28,13 @@ from ..core.scope import library_scope
 from ..core.store import CheckpointStore, same_content
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
 from ..task.model_loaded import LoadedModels
-from .hub_remote import HubUnreachable, SnapshotRequest, download, resolve_commit
+from .hub_remote import (
+    HubUnreachable,
+    SnapshotRequest,
+    check_arguments,
+    download,
+    resolve_commit,
+)
 
 CACHE_SCOPES = ("checkpoint", "flow", "global")
 
@@ -191,6 +197,7 @@ class HuggingfaceHub:
     def _ensure(self, request: SnapshotRequest) -> Manifest:
         """The stored version of ``request``'s snapshot, downloading and storing it on a miss."""
         name = request.entry_name
+        check_arguments(request)
         try:
             commit = resolve_commit(request)
         except HubUnreachable as exc:
@@ -223,7 +230,14 @@ class HuggingfaceHub:
                     % (request.repo_id, request.revision, commit[:12])
                 )
                 return found
-        return self._download_and_store(request, commit, same_commit)
+        try:
+            return self._download_and_store(request, commit, same_commit)
+        except HubUnreachable as exc:  # e.g. a pinned commit not stored yet, the Hub down
+            raise CheckpointNotFound(
+                "%s, and the store %s holds no snapshot of %r at commit %s saved by a "
+                "publisher cache_scope=%r trusts."
+                % (exc, self._store.url, request.repo_id, commit, self._cache_scope)
+            ) from None
 
     def _download_and_store(
         self, request: SnapshotRequest, commit: str, same_commit: Callable[[dict], bool]

@@ -154,6 +154,26 @@ class SnapshotRequest:
         }
 
 
+def check_arguments(request: SnapshotRequest) -> None:
+    """Refuse arguments the installed ``snapshot_download`` does not take, before any request
+    (on a cache hit they would otherwise pass unnoticed).
+
+    Raises
+    ------
+    CheckpointConfigError
+        Naming the unknown arguments and the accepted ones.
+    CheckpointDependencyError
+        ``huggingface_hub`` is not installed.
+    """
+    accepted = set(inspect.signature(import_hub().snapshot_download).parameters)
+    unknown = sorted(set(request.extra) - accepted)
+    if unknown:
+        raise CheckpointConfigError(
+            "@huggingface_hub: snapshot_download got unknown argument(s) %s; the installed "
+            "huggingface_hub accepts %s." % (", ".join(unknown), ", ".join(sorted(accepted)))
+        )
+
+
 def resolve_commit(request: SnapshotRequest) -> str:
     """The commit sha ``request.revision`` designates now (one small metadata request; none for
     a 40-hex commit).
@@ -182,13 +202,6 @@ def download(request: SnapshotRequest, commit: str, into: str) -> str:
     """Download the snapshot at ``commit`` into the new directory ``into`` (real files only:
     the Hub client's bookkeeping folder is removed); return ``into``."""
     hub = import_hub()
-    accepted = set(inspect.signature(hub.snapshot_download).parameters)
-    unknown = sorted(set(request.extra) - accepted)
-    if unknown:
-        raise CheckpointConfigError(
-            "@huggingface_hub: snapshot_download got unknown argument(s) %s; the installed "
-            "huggingface_hub accepts %s." % (", ".join(unknown), ", ".join(sorted(accepted)))
-        )
     try:
         hub.snapshot_download(
             request.repo_id,
