@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .flowrun import FLOWS, local_root, run_flow, run_subprocess
+from .flowrun import FLOWS, PROBE_PRELUDE, local_root, run_flow, run_probe, run_subprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_hub import COMMIT_A, COMMIT_B, COMMITS, REPO, FakeHub, hub_env  # noqa: E402
@@ -84,6 +84,18 @@ def test_a_snapshot_is_stored_once_and_a_second_run_moves_no_file_bytes(hub_run,
     assert fake_hub.file_bytes == sum(len(d) for d in _files(COMMIT_A).values())
     stored = blobs(env)
     assert stored
+
+    # Outside any flow, the client loads the reference too.
+    probe = PROBE_PRELUDE + (
+        "from metaflow import Run\n"
+        "namespace(None)\n"
+        "ref = Run(sys.argv[1])['start'].task.data.hf_model\n"
+        "path = Checkpoint().load(ref, 'outside')\n"
+        "out['files'] = sorted(os.listdir(path))\n"
+        "print('PROBE' + json.dumps(out))\n"
+    )
+    outside, _ = run_probe(probe, env, tmp, first.run.pathspec)
+    assert outside["files"] == sorted(p.split("/")[0] for p in _files(COMMIT_A))
 
     fake_hub.reset()
     second = run_flow(FLOWS / "hub_snapshot_flow.py", env, tmp)
@@ -164,6 +176,7 @@ def test_every_load_form_is_loaded_before_the_step(hub_run):
         ("revision", ["no revision 'v9'", "acme/tiny-bert"]),
         ("local_dir", ["local_dir=...) is not accepted", "path="]),
         ("unknown_argument", ["unknown argument(s) bogus", "max_workers"]),
+        ("no_decorator", ["only available in a step decorated with @huggingface_hub", "'end'"]),
         ("down", ["cannot reach the Hugging Face Hub", "holds no snapshot", "revision 'main'"]),
     ],
 )
