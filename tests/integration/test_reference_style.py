@@ -1,0 +1,175 @@
+"""A flow written for the reference extension (``metaflow-checkpoint`` 0.2.14) runs unchanged and
+gives its results (issue 14, "Done when"), on the local and the S3 datastore; then a notebook
+reads the same task and model as the reference's users do.
+
+The flow is ``examples/reference_style_flow.py``; docs/compatibility.md lists the differences
+these tests allow (no card unless ``show_card=True``, references that are our
+``CheckpointReference`` dicts, ``load_model`` returning the path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+
+import pytest
+
+from .flowrun import EXAMPLES, PROBE_PRELUDE, REPO, run_flow, run_probe, single_task
+
+FLOW = EXAMPLES / "reference_style_flow.py"
+
+#: Pages whose rows name the tests that prove them.
+CITING_PAGES = ("docs/compatibility.md", "docs/design/adr-006-drop-in.md")
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("reference_style_flow", FLOW)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _digests(files: dict) -> dict:
+    return {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+
+
+#: The notebook: what a reference user types after the run (argv: the train task, the run, the
+#: model's label).
+NOTEBOOK = (
+    PROBE_PRELUDE
+    + """
+import hashlib
+import tempfile
+from metaflow import Run, Task, load_model
+
+train, run = sys.argv[1], Run(sys.argv[2])
+
+def listing(**kw):
+    refs = Checkpoint().list(**kw)
+    return sorted((c["attempt"], c["name"], c["metadata"]["epoch"]) for c in refs)
+
+def loaded(ref):
+    dest = tempfile.mkdtemp()
+    load_model(ref, dest)
+    out = {}
+    for parent, _, names in os.walk(dest):
+        for n in names:
+            p = os.path.join(parent, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, dest)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+attempt("task", lambda: listing(task=train))
+attempt("task_obj_named", lambda: listing(task=Task(train), name="epoch"))
+attempt("task_attempt_0", lambda: listing(task=train, attempt=0))
+attempt("model_files", lambda: loaded(run.data.trained))
+attempt("model_files_by_key", lambda: loaded(run.data.trained["key"]))
+attempt("model_versions", lambda: [c["key"] for c in Checkpoint().list(name=sys.argv[3])])
+print("PROBE" + json.dumps(out))
+"""
+)
+
+
+@pytest.fixture
+def s3_flow_env(s3_env, flow_env, monkeypatch):
+    """(env, tmp) for ``--datastore=s3`` on a fresh bucket of the moto server."""
+    from metaflow import metaflow_config
+    from metaflow.plugins.datatools.s3 import s3util
+
+    monkeypatch.setattr(s3util, "DATATOOLS_CLIENT_PARAMS", metaflow_config.DATATOOLS_CLIENT_PARAMS)
+    env, tmp = flow_env
+    bucket = s3_env["new_bucket"]()
+    env = dict(env, METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/mf" % bucket, **s3_env["env"])
+    return env, tmp
+
+
+def _cards(task) -> list:
+    """The cards of ``task`` (none: Metaflow raises CardNotPresentException)."""
+    from metaflow.cards import get_cards
+    from metaflow.plugins.cards.exception import CardNotPresentException
+
+    try:
+        return list(get_cards(task))
+    except CardNotPresentException:
+        return []
+
+
+def _check_reference_results(env, tmp):
+    """Run the flow and assert what the reference extension gives for it."""
+    result = run_flow(FLOW, env, tmp)
+    run = result.run
+    train = single_task(run, "train")
+    model_files = _digests(_example().MODEL_FILES)
+
+    # @retry: attempt 1 resumed from attempt 0's newest checkpoint...
+    assert train.current_attempt == 1
+    assert train.data.was_loaded and train.data.resumed_from == "epoch 1"
+    # ...and list(task=current.pathspec, name="epoch") is that task's latest attempt only.
+    assert train.data.listed == [(1, 2, "epoch")]
+    # list() without task: every attempt of the running task.
+    assert train.data.listed_everything == [(0, "epoch"), (0, "epoch"), (1, "best"), (1, "epoch")]
+
+    # current.model.save on node 0 of the gang; @model(load=...) in a later step.
+    assert run["join"].task.data.saved_by == [0]
+    evaluate = single_task(run, "evaluate")
+    assert _digests(evaluate.data.loaded_files) == model_files
+    assert evaluate.data.loaded_info_key == run.data.trained["key"]
+
+    # show_card=False (and @model): no card on any task (the reference adds one per decorator
+    # unless told not to; here nothing is attached unless asked: no per-task overhead).
+    for step in run:
+        for task in step:
+            assert _cards(task) == [], task.pathspec
+
+    # The notebook, as a reference user writes it.
+    label = _example().MODEL_LABEL
+    seen, _ = run_probe(NOTEBOOK, env, tmp, train.pathspec, run.pathspec, label)
+    assert seen["task"] == [[1, "best", 2], [1, "epoch", 2]]
+    assert seen["task_obj_named"] == [[1, "epoch", 2]]
+    assert seen["task_attempt_0"] == [[0, "epoch", 0], [0, "epoch", 1]]
+    assert seen["model_files"] == model_files
+    assert seen["model_files_by_key"] == model_files
+    # Exactly one model version published: node 0's (the other node saved nothing).
+    assert seen["model_versions"] == [run.data.trained["key"]]
+    return result
+
+
+@pytest.mark.flow
+def test_a_reference_style_flow_runs_unchanged_locally(flow_env):
+    """The "Done when" flow on the local datastore: attempt-scoped listing after a retry, one
+    model published from node 0 of a @parallel gang and loaded by @model in a later step with
+    identical files, no card; the notebook lists the task and loads the model."""
+    env, tmp = flow_env
+    _check_reference_results(env, tmp)
+
+
+@pytest.mark.flow
+@pytest.mark.s3
+def test_a_reference_style_flow_runs_unchanged_on_s3(s3_flow_env):
+    """The same flow and notebook on an S3 datastore (a local moto server)."""
+    env, tmp = s3_flow_env
+    # S3 is the configured default datastore, for the run and the notebook alike: a bare key
+    # string (load_model(ref["key"])) is looked up in the default store, as the reference does.
+    result = _check_reference_results(dict(env, METAFLOW_DEFAULT_DATASTORE="s3"), tmp)
+    assert result.run.data.trained["url"].startswith("s3://")
+    assert not (tmp / ".metaflow" / "mf.checkpointing").exists()  # no local checkpoint store
+
+
+def test_the_tests_the_compatibility_pages_cite_exist():
+    """Every ``test_x.py::test_name`` the compatibility page and ADR 006 cite is a test that
+    exists (a renamed or removed test would leave a claim unproven)."""
+    tests = {p.name: p.read_text() for p in (REPO / "tests").rglob("test_*.py")}
+    missing = []
+    for page in CITING_PAGES:
+        path = REPO / page
+        if not path.exists():
+            continue
+        text = path.read_text()
+        for file, name in re.findall(r"(test_\w+\.py)::(test_\w+)", text):
+            if file not in tests or not re.search(r"def %s\b" % name, tests[file]):
+                missing.append("%s: %s::%s" % (page, file, name))
+        for file in re.findall(r"\b(test_\w+\.py)\b", text):
+            if file not in tests:
+                missing.append("%s: %s" % (page, file))
+    assert not missing, "cited tests that do not exist:\n" + "\n".join(sorted(set(missing)))
