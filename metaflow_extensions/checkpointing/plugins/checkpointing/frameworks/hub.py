@@ -285,8 +285,16 @@ class HuggingfaceHub:
 
     def _find(self, name: str, match: Callable[[dict], bool]) -> Optional[Manifest]:
         """The newest version of ``name`` whose metadata ``match``es, from a publisher the
-        cache scope trusts; None if there is none."""
-        for header in self._store.headers(library_scope(name).step_prefix(), name=name):
+        cache scope trusts; None if there is none.  Filtered on the step's summary index
+        (metadata and publisher of every version in one read), then only the match is read."""
+        headers = self._store.headers(library_scope(name).step_prefix(), name=name)
+        summaries = self._store.summaries(headers) if headers else {}
+        for header in headers:
+            summary = summaries.get(header.key) or {}
+            if summary.get("damaged") or not match(summary.get("metadata") or {}):
+                continue
+            if not self._trusts(publisher_of(summary.get("source"))):
+                continue
             try:
                 manifest = self._store.read(header.key)
             except (ManifestError, CheckpointNotFound):
