@@ -13,6 +13,12 @@ import sys
 import uuid
 from pathlib import Path
 
+# Metaflow's vendored typing_extensions replaces typing's parameter collection with one that
+# knows only its own NoDefault sentinel.  Imported after the real typing_extensions (which
+# hypothesis, httpx/anyio and huggingface_hub import), it breaks `import torch` in this process
+# (Runner loads flow files here: "Type parameter ~_R without a default follows ...").  Imported
+# first, the real module's patch wins.  Same order in a user's process: see docs/faq.md.
+import metaflow._vendor.typing_extensions  # noqa: F401
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
