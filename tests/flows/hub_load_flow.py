@@ -19,10 +19,13 @@ def _weights(root):
 
 
 class HubLoadFlow(FlowSpec):
-    @huggingface_hub(load=[REPO])
+    @huggingface_hub(load=[REPO], temp_dir_root="hf_tmp")
     @step
     def start(self):
         path = current.huggingface_hub.loaded[REPO]
+        self.under_root = os.path.dirname(path) == os.path.abspath("hf_tmp")
+        current.huggingface_hub.load(REPO)  # a plain path: lives until the task ends
+        self.during = len(os.listdir("hf_tmp"))
         self.plain = {"files": _tree(path), "weights": _weights(path)}
         self.info = dict(current.huggingface_hub.loaded.info[REPO])
         self.next(self.at_path)
@@ -30,6 +33,7 @@ class HubLoadFlow(FlowSpec):
     @huggingface_hub(load=[(REPO, "./tiny_here")])
     @step
     def at_path(self):
+        self.tmp_left = os.listdir("hf_tmp")  # the previous task removed its temp dirs
         path = current.huggingface_hub.loaded[REPO]
         self.at_path_ok = (
             path == os.path.abspath("./tiny_here") and _tree(path) == self.plain["files"]

@@ -164,6 +164,11 @@ def test_every_load_form_is_loaded_before_the_step(hub_run):
     assert start.plain["weights"] == _files(COMMIT_A)["model.safetensors"]
     assert start.info["repo_id"] == REPO and start.info["commit"] == COMMIT_A
     assert run["at_path"].task.data.at_path_ok
+    # Temporary directories under temp_dir_root (loaded entry, load() without a path) are
+    # removed when the task ends; a path given is kept.
+    assert start.under_root and start.during == 2
+    assert run["at_path"].task.data.tmp_left == []
+    assert (tmp / "tiny_here" / "config.json").is_file()
     assert run["by_dict"].task.data.v1_weights == _files(COMMIT_B)["model.safetensors"]
     assert run["by_dict"].task.data.v1_commit == COMMIT_B
     assert run["dict_at_path"].task.data.json_only == sorted(_files(COMMIT_A, True))

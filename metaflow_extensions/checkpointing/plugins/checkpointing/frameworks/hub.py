@@ -93,9 +93,10 @@ class HuggingfaceHub:
         self._namespace, self._flow, self._step = namespace, flow, step
         self._pathspec, self._user = pathspec, user
         self._cache_scope = cache_scope
-        self._temp_dir_root = temp_dir_root
+        # Absolute: the paths handed out must not change meaning if the step changes directory.
+        self._temp_dir_root = temp_dir_root and os.path.abspath(temp_dir_root)
         self._log = log
-        self._loaded = LoadedModels(temp_dir_root, prefix="metaflow_hf_")
+        self._loaded = LoadedModels(self._temp_dir_root, prefix="metaflow_hf_")
         self._temporary: list[str] = []  # load() without a path: removed at the end of the task
 
     @property
