@@ -159,7 +159,9 @@ def test_a_reference_style_flow_runs_unchanged_on_s3(s3_flow_env):
 def test_the_tests_the_compatibility_pages_cite_exist():
     """Every ``test_x.py::test_name`` the compatibility page and ADR 006 cite is a test that
     exists (a renamed or removed test would leave a claim unproven)."""
-    tests = {p.name: p.read_text() for p in (REPO / "tests").rglob("test_*.py")}
+    tests: dict[str, str] = {}  # file name -> the text of every test file of that name
+    for p in (REPO / "tests").rglob("test_*.py"):
+        tests[p.name] = tests.get(p.name, "") + p.read_text()
     missing = []
     for page in CITING_PAGES:
         path = REPO / page
