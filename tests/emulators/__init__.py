@@ -9,11 +9,16 @@ on 127.0.0.1 only and keep data in memory; Azurite's telemetry is off: no traffi
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
@@ -89,15 +94,63 @@ def azurite_binary() -> Path:
 
 
 def azurite_connection_string(endpoint: str) -> str:
-    return "DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=%s;" % (
+    return "DefaultEndpointsProtocol=%s;AccountName=%s;AccountKey=%s;BlobEndpoint=%s;" % (
+        endpoint.split(":", 1)[0],
         AZURITE_ACCOUNT,
         AZURITE_KEY,
         endpoint,
     )
 
 
-def start_azurite(workdir: Path, port: Optional[int] = None) -> Emulator:
-    """Azurite's blob service on 127.0.0.1, in memory, account ``devstoreaccount1``."""
+def self_signed_certificate(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1/localhost and its key (PEM files in ``workdir``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = workdir / "cert.pem", workdir / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def start_azurite(workdir: Path, port: Optional[int] = None, oauth: bool = False) -> Emulator:
+    """Azurite's blob service on 127.0.0.1, in memory, account ``devstoreaccount1``.
+
+    ``oauth``: HTTPS with a self-signed certificate and bearer tokens accepted (Azure's SDK
+    sends tokens over HTTPS only), as Metaflow's ``azure`` datastore needs; ``env`` then holds
+    the variables that make Python's HTTP clients trust the certificate.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = workdir / "azurite.log"
@@ -113,11 +166,17 @@ def start_azurite(workdir: Path, port: Optional[int] = None) -> Emulator:
         "--disableTelemetry",
         "--silent",
     ]
+    env: dict = {}
+    if oauth:
+        cert, key = self_signed_certificate(workdir)
+        cmd += ["--cert", str(cert), "--key", str(key), "--oauth", "basic"]
+        env = {"REQUESTS_CA_BUNDLE": str(cert), "SSL_CERT_FILE": str(cert)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(workdir))
     _wait_listening(port, proc, "Azurite", log)
-    endpoint = "http://127.0.0.1:%d/%s" % (port, AZURITE_ACCOUNT)
-    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(endpoint)}
+    scheme = "https" if oauth else "http"
+    endpoint = "%s://127.0.0.1:%d/%s" % (scheme, port, AZURITE_ACCOUNT)
+    env["AZURE_STORAGE_CONNECTION_STRING"] = azurite_connection_string(endpoint)
     return Emulator("azurite", proc, port, endpoint, env)
 
 
@@ -147,15 +206,15 @@ def start_gcs(workdir: Path, port: Optional[int] = None) -> Emulator:
 def new_azure_container(emulator: Emulator, name: str) -> str:
     from azure.storage.blob import BlobServiceClient
 
+    verify = emulator.env.get("REQUESTS_CA_BUNDLE", True)
     client = BlobServiceClient.from_connection_string(
-        emulator.env["AZURE_STORAGE_CONNECTION_STRING"]
+        emulator.env["AZURE_STORAGE_CONNECTION_STRING"], connection_verify=verify
     )
     client.create_container(name)
     return name
 
 
 def new_gcs_bucket(emulator: Emulator, name: str) -> str:
-    import json
     import urllib.request
 
     request = urllib.request.Request(
@@ -167,3 +226,108 @@ def new_gcs_bucket(emulator: Emulator, name: str) -> str:
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
     return name
+
+
+class _MetadataHandler(BaseHTTPRequestHandler):
+    """Google's metadata server, the part ``google.auth.default()`` asks on GCE: a project and a
+    bearer token (which the GCS emulator accepts and ignores)."""
+
+    ROUTES = {
+        "/": "",
+        "/computeMetadata/v1/project/project-id": "mfckpt-test",
+        "/computeMetadata/v1/instance/service-accounts/default/email": "tester@mfckpt-test",
+        "/computeMetadata/v1/universe/universe-domain": "googleapis.com",
+        "/computeMetadata/v1/instance/service-accounts/default/token": json.dumps(
+            {"access_token": "emulator-token", "expires_in": 3600, "token_type": "Bearer"}
+        ),
+        "/computeMetadata/v1/instance/service-accounts/default/": json.dumps(
+            {
+                "aliases": ["default"],
+                "email": "tester@mfckpt-test",
+                "scopes": ["https://www.googleapis.com/auth/devstorage.full_control"],
+            }
+        ),
+    }
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = re.sub(r"/service-accounts/[^/]+/", "/service-accounts/default/", self.path)
+        body = self.ROUTES.get(path.split("?", 1)[0])
+        data = (body or "").encode()
+        self.send_response(404 if body is None else 200)
+        self.send_header("Metadata-Flavor", "Google")
+        self.send_header("Content-Type", "application/json" if data[:1] == b"{" else "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@dataclass
+class MetadataServer:
+    """A stand-in GCE metadata server on 127.0.0.1; ``env`` points google-auth at it."""
+
+    server: ThreadingHTTPServer
+    env: dict
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_gce_metadata() -> MetadataServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MetadataHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = "127.0.0.1:%d" % server.server_address[1]
+    return MetadataServer(server, {"GCE_METADATA_HOST": host, "GCE_METADATA_IP": host})
+
+
+def _unsigned_jwt(claims: dict) -> str:
+    def part(value: dict) -> str:
+        raw = json.dumps(value).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return "%s.%s.%s" % (part({"alg": "RS256", "typ": "JWT"}), part(claims), "c2lnbmF0dXJl")
+
+
+class _IdentityHandler(BaseHTTPRequestHandler):
+    """Azure's managed identity endpoint (App Service style, ``IDENTITY_ENDPOINT``): a token for
+    the storage audience, which Azurite checks for issuer, audience and lifetime only."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        now = int(time.time())
+        claims = {
+            "aud": "https://storage.azure.com",
+            "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000000/",
+            "tid": "00000000-0000-0000-0000-000000000000",
+            "oid": "11111111-1111-1111-1111-111111111111",
+            "iat": now - 60,
+            "nbf": now - 60,
+            "exp": now + 3600,
+        }
+        body = json.dumps(
+            {
+                "access_token": _unsigned_jwt(claims),
+                "expires_on": str(now + 3600),
+                "resource": "https://storage.azure.com",
+                "token_type": "Bearer",
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def start_azure_identity() -> MetadataServer:
+    """A stand-in managed identity endpoint on 127.0.0.1; ``env`` points
+    ``DefaultAzureCredential`` (Metaflow's and adlfs's) at it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _IdentityHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = "http://127.0.0.1:%d/msi/token" % server.server_address[1]
+    return MetadataServer(server, {"IDENTITY_ENDPOINT": url, "IDENTITY_HEADER": "emulator"})
