@@ -6,6 +6,7 @@ The behaviour shared with every backend is in test_conformance.py (``azure``, ``
 
 from __future__ import annotations
 
+import pickle
 import socket
 import time
 
@@ -18,6 +19,8 @@ from emulators import (
     start_azurite,
     start_gcs,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.common import settings
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
@@ -56,6 +59,22 @@ TINY = RetryPolicy(attempts=3, max_seconds=10, backoff=0.01, max_backoff=0.05)
 )
 def test_azure_account_from_the_blob_endpoint(endpoint, account, url):
     assert azure_account(endpoint) == (account, url)
+
+
+@given(
+    account=st.from_regex(r"[a-z0-9]{3,24}", fullmatch=True),
+    port=st.integers(1, 65535),
+    host=st.sampled_from(["127.0.0.1", "localhost", "10.1.2.3"]),
+    scheme=st.sampled_from(["http", "https"]),
+    slash=st.sampled_from(["", "/"]),
+)
+def test_azure_account_of_any_endpoint(account, port, host, scheme, slash):
+    """Account-by-host and account-by-path endpoints name the account and keep where it is
+    served (scheme, host, port, path), without a trailing slash."""
+    public = "https://%s.blob.core.windows.net%s" % (account, slash)
+    assert azure_account(public) == (account, public.rstrip("/"))
+    local = "%s://%s:%d/%s%s" % (scheme, host, port, account, slash)
+    assert azure_account(local) == (account, local.rstrip("/"))
 
 
 def test_metaflows_azure_endpoint_reaches_azurite(azure_env):
@@ -145,3 +164,18 @@ def test_a_stopped_server_is_a_bounded_storage_error(make, tmp_path, monkeypatch
             call()
         assert not isinstance(info.value, StorageNotFound)
         assert time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize("kind", ["azure", "gs"])
+def test_pickled_store_works(kind, request):
+    """As S3 stores: a store sent to another process opens its bounded client again."""
+    if kind == "azure":
+        env = request.getfixturevalue("azure_env")
+        url = "az://%s/p" % env["new_container"]()
+    else:
+        url = "gs://%s/p" % request.getfixturevalue("gcs_env")["new_bucket"]()
+    store = settings.storage_for_url(url)
+    store.put_bytes("k", b"v")
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.get_bytes("k") == b"v"
+    assert clone.fs is not store.fs

@@ -176,6 +176,11 @@ class FsspecStorage(Storage):
         azure_endpoint: Optional[str] = None,
     ):
         super().__init__(url, retry=retry)
+        self._open_options = (storage_options, timeout, azure_endpoint)
+        self._open()
+
+    def _open(self) -> None:
+        storage_options, timeout, azure_endpoint = self._open_options
         self.fs, root = open_fs(
             self.url, storage_options, timeout=timeout, azure_endpoint=azure_endpoint
         )
@@ -185,6 +190,17 @@ class FsspecStorage(Storage):
         self._local = bool(protocols & _LOCAL_PROTOCOLS)
         self._memory = "memory" in protocols
         self._walks = _find_walks(self.fs)
+
+    def __getstate__(self) -> dict:
+        # Picklable like S3Storage: the filesystem (its bounded client, a class made at run
+        # time for gcsfs) is opened again on the other side.
+        state = self.__dict__.copy()
+        state["fs"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
 
     def _path(self, key: str) -> str:
         return "%s/%s" % (self.root, key)
