@@ -179,3 +179,27 @@ def test_pickled_store_works(kind, request):
     clone = pickle.loads(pickle.dumps(store))
     assert clone.get_bytes("k") == b"v"
     assert clone.fs is not store.fs
+
+
+@pytest.mark.parametrize(
+    "url, module, package, extra",
+    [
+        ("az://container/root", "adlfs", "adlfs", "azure"),
+        ("abfs://container/root", "adlfs", "adlfs", "azure"),
+        ("gs://bucket/root", "gcsfs.core", "gcsfs", "gs"),
+    ],
+)
+def test_a_missing_package_names_the_extra(url, module, package, extra, monkeypatch):
+    """Without adlfs or gcsfs, opening the root says which extra installs it, before any I/O."""
+    import sys
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+        CheckpointDependencyError,
+    )
+
+    monkeypatch.setitem(sys.modules, module, None)  # "import adlfs" raises ImportError
+    with pytest.raises(CheckpointDependencyError) as info:
+        storage_for_url(url)
+    message = str(info.value)
+    assert repr(package) in message and url in message
+    assert 'pip install "metaflow-checkpointing[%s]"' % extra in message

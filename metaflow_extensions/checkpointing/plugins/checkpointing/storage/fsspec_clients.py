@@ -97,6 +97,7 @@ def open_gcs(url: str, options: dict, timeout: float) -> tuple[Any, str]:
     ``STORAGE_EMULATOR_HOST`` and Google's default credentials.
     """
     import aiohttp
+    import gcsfs.core  # noqa: F401 - here, not in the cached _gcs_class: a missing gcsfs is told
 
     cls = _gcs_class()
     options = dict(options)

@@ -92,6 +92,11 @@ def open_fs(
             return open_gcs(url, storage_options or {}, timeout or 60.0)
         return url_to_fs(url, **(storage_options or {}))
     except ImportError as exc:
+        if scheme in _AZURE or scheme in _GCS:
+            package, extra = ("adlfs", "azure") if scheme in _AZURE else ("gcsfs", "gs")
+            raise CheckpointDependencyError.of(
+                "Checkpoint root %r" % url, package, extra, exc, url=url
+            ) from exc
         impl = known_implementations.get(scheme, {})
         package = impl.get("class", scheme).split(".", 1)[0]
         hint = impl.get("err") or str(exc)
