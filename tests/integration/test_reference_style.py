@@ -61,6 +61,10 @@ def loaded(ref):
     return out
 
 attempt("task", lambda: listing(task=train))
+def kinds(**kw):
+    return sorted({(c["type"], c["version_id"] is not None) for c in Checkpoint().list(**kw)})
+
+attempt("types", lambda: kinds(task=train))
 attempt("task_obj_named", lambda: listing(task=Task(train), name="epoch"))
 attempt("task_attempt_0", lambda: listing(task=train, attempt=0))
 attempt("model_files", lambda: loaded(run.data.trained))
@@ -112,6 +116,9 @@ def _check_reference_results(env, tmp):
 
     # current.model.save on node 0 of the gang; @model(load=...) in a later step.
     assert run["join"].task.data.saved_by == [0]
+    trained = run.data.trained  # the reference's model dict fields
+    assert (trained["type"], trained["label"]) == ("model", _example().MODEL_LABEL)
+    assert trained["metadata"] == {"hidden": 4, "node": 0}
     evaluate = single_task(run, "evaluate")
     assert _digests(evaluate.data.loaded_files) == model_files
     assert evaluate.data.loaded_info_key == run.data.trained["key"]
@@ -126,6 +133,7 @@ def _check_reference_results(env, tmp):
     label = _example().MODEL_LABEL
     seen, _ = run_probe(NOTEBOOK, env, tmp, train.pathspec, run.pathspec, label)
     assert seen["task"] == [[1, "best", 2], [1, "epoch", 2]]
+    assert seen["types"] == [["checkpoint", True]]  # the reference's dict fields
     assert seen["task_obj_named"] == [[1, "epoch", 2]]
     assert seen["task_attempt_0"] == [[0, "epoch", 0], [0, "epoch", 1]]
     assert seen["model_files"] == model_files
