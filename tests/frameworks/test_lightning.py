@@ -3,7 +3,10 @@ crashed fit that resumes on the retry and ends bitwise identical to an uninterru
 
 from __future__ import annotations
 
+import datetime
 import random
+import re
+import time
 import warnings
 
 import pytest
@@ -171,3 +174,136 @@ def test_bad_arguments_and_outside_a_checkpoint_step():
         CheckpointCallback(filename="a/b.ckpt")
     with pytest.raises(CheckpointConfigError, match="@checkpoint"):
         CheckpointCallback().ckpt_path  # noqa: B018
+
+
+# ------------------------------------------------------------------ mid-epoch saves
+class EpochShuffle(torch.utils.data.Sampler):
+    """Each epoch's order from a seed and the epoch (Lightning calls ``set_epoch``), never from
+    the global generators the callback restores."""
+
+    def __init__(self, n: int, seed: int = 7):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A train loader Lightning can resume mid-epoch: it has ``state_dict``/``load_state_dict``
+    (Lightning stores them in the checkpoint), and a restored one skips the batches trained."""
+
+    def __init__(self, dataset, batch_size: int):
+        super().__init__(dataset, batch_size=batch_size, sampler=EpochShuffle(len(dataset)))
+        self.trained, self._skip = 0, 0
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        if skip >= len(self):  # saved after the epoch's last batch: a new epoch starts
+            skip = 0
+        self.trained = skip
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                self.trained = i + 1
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"trained": self.trained}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = state["trained"]
+
+
+def _fit_mid_epoch(runtime, tmp_path, crash_at_step=None, seed=0, **schedule):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    module = TinyModule(crash_at_step)
+    cb = CheckpointCallback(monitor="val_loss", checkpoint=runtime, **schedule)
+    ds = torch.utils.data.TensorDataset(X, Y)
+    train = ResumableLoader(ds, batch_size=8)
+    val = torch.utils.data.DataLoader(ds, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(tmp_path, [cb]).fit(module, train, val, ckpt_path=cb.ckpt_path, weights_only=True)
+    return module, cb
+
+
+@pytest.mark.parametrize("crash_at, resumed_from", [(11, 9), (7, 6)], ids=["mid", "last-batch"])
+def test_every_n_train_steps_saves_mid_epoch_and_resumes_bitwise_identical(
+    tmp_path, crash_at, resumed_from
+):
+    """6 steps per epoch, a save every 3 steps (after batch 3 of an epoch and after its last
+    batch) plus the end of training.  A crash resumes from the last save (Lightning's loop
+    state and the loader's position are in the file, the RNG states in the callback's) and
+    ends bitwise identical to an uninterrupted fit: from mid-epoch and from an epoch's last
+    batch, before its validation."""
+    straight_root, crashed_root = tmp_path / "straight", tmp_path / "crashed"
+    straight, _ = _fit_mid_epoch(
+        _runtime(straight_root, tmp_path, 0), tmp_path, every_n_train_steps=3
+    )
+    steps = [r.metadata["step"] for r in _runtime(straight_root, tmp_path, 1).list(name="mfchckpt")]
+    assert steps == list(range(24, 0, -3))
+
+    first = _runtime(crashed_root, tmp_path, 0)
+    with pytest.raises(Crash):
+        _fit_mid_epoch(first, tmp_path, crash_at_step=crash_at, every_n_train_steps=3)
+    assert [r.metadata["step"] for r in first.list(name="mfchckpt")] == list(
+        range(resumed_from, 0, -3)
+    )
+
+    retry = _runtime(crashed_root, tmp_path, 1)
+    assert retry.info.metadata["step"] == resumed_from
+    resumed, _ = _fit_mid_epoch(retry, tmp_path, seed=99, every_n_train_steps=3)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert [r.metadata["step"] for r in retry.list(name="mfchckpt", attempt=1)] == list(
+        range(24, resumed_from, -3)
+    )
+
+
+class SlowModule(TinyModule):
+    def training_step(self, batch, i):
+        time.sleep(0.003)
+        return super().training_step(batch, i)
+
+
+def test_train_time_interval_saves_when_the_interval_has_passed(tmp_path):
+    """A 1 ms interval with 3 ms steps saves after every step; an hour saves only at the end."""
+    for interval, expected in (
+        (datetime.timedelta(milliseconds=1), list(range(24, 0, -1))),
+        (datetime.timedelta(hours=1), [24]),
+    ):
+        runtime = _runtime(tmp_path / str(interval.total_seconds()), tmp_path, 0)
+        cb = CheckpointCallback(checkpoint=runtime, train_time_interval=interval)
+        train, val = _loaders()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _trainer(tmp_path, [cb]).fit(SlowModule(), train, val)
+        assert [r.metadata["step"] for r in runtime.list(name="mfchckpt")] == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"every_n_train_steps": 0}, "every_n_train_steps=0"),
+        ({"every_n_train_steps": 2.5}, "every_n_train_steps=2.5"),
+        ({"every_n_epochs": True}, "every_n_epochs=True"),
+        ({"train_time_interval": 30}, "positive datetime.timedelta"),
+        ({"train_time_interval": datetime.timedelta(0)}, "positive datetime.timedelta"),
+        ({"every_n_epochs": 1, "every_n_train_steps": 5}, "mutually exclusive"),
+        (
+            {"every_n_train_steps": 5, "train_time_interval": datetime.timedelta(minutes=1)},
+            "every_n_train_steps, train_time_interval",
+        ),
+    ],
+)
+def test_schedules_are_validated_at_construction(kwargs, message):
+    with pytest.raises(CheckpointConfigError, match=re.escape(message)):
+        CheckpointCallback(**kwargs)

@@ -6,27 +6,28 @@ it, ``CheckpointCallback(...)`` raises ``CheckpointDependencyError`` naming the 
 (``pip install "metaflow-checkpointing[lightning]"``), before any training starts.
 
 It works with ``lightning`` (``lightning.pytorch``) or ``pytorch_lightning``, whichever is
-installed (``lightning.pytorch`` first): pass it to the Trainer of the same package.  How: the
-class users see holds all the logic; creating one makes an instance of a subclass that also
-derives from that package's ``Callback`` (built once per class, user subclasses included), so
-``isinstance(cb, CheckpointCallback)`` and ``isinstance(cb, pl.Callback)`` both hold.
+installed (``lightning.pytorch`` first): pass it to the Trainer of the same package.  Creating
+one makes an instance of a subclass that also derives from that package's ``Callback``
+(``late_base.py``), so ``isinstance(cb, CheckpointCallback)`` and ``isinstance(cb, pl.Callback)``
+both hold.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
+import time
 from typing import Any, Optional
 
 from ..core.scope import DEFAULT_NAME, validate_name
 from ..errors import CheckpointConfigError, CheckpointDependencyError
+from . import late_base
 from .torch_util import capture_rng, import_torch, restore_rng
 
 __all__ = ["CheckpointCallback"]
 
 _MODES = ("min", "max")
-#: Public class -> its subclass that also derives from Lightning's ``Callback``.
-_WITH_LIGHTNING: dict[type, type] = {}
 
 
 def lightning_package() -> Any:
@@ -52,34 +53,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
-def _with_lightning(cls: type) -> type:
-    """``cls`` itself if it already derives from Lightning's Callback, else its subclass that
-    does (same name, so Lightning's state key and messages read ``CheckpointCallback``)."""
-    pl = lightning_package()
-    if issubclass(cls, pl.Callback):
-        return cls
-    if cls not in _WITH_LIGHTNING:
-        _WITH_LIGHTNING[cls] = type(
-            cls.__name__,
-            (cls, pl.Callback),
-            {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "_public": cls},
-        )
-    return _WITH_LIGHTNING[cls]
+def callback_base() -> type:
+    """Lightning's ``Callback`` (module-level: pickled instances name it to rebuild their class)."""
+    return lightning_package().Callback
 
 
-def _rebuild(public: type, state: dict) -> Any:
-    """Unpickle a callback (module-level so pickle finds it): its class is rebuilt, not looked
-    up, since the Lightning subclass is made at run time."""
-    obj = object.__new__(_with_lightning(public))
-    obj.__dict__.update(state)
-    return obj
+def _whole(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int)
 
 
 class CheckpointCallback:
     """Save Lightning's full training state as checkpoints: the last one (resumed by
     ``@retry`` and ``resume``) and the best one by a monitored metric.
 
-    At the end of every ``every_n_epochs``-th training epoch (after validation) it writes
+    At the end of every ``every_n_epochs``-th training epoch (after validation), or every
+    ``every_n_train_steps`` optimizer steps, or once ``train_time_interval`` has passed (at the
+    end of a training batch, as Lightning's ``ModelCheckpoint``), it writes
     ``trainer.save_checkpoint()`` (model, optimizers, LR schedulers, precision scaler, loop
     progress, callback states) plus the RNG states of Python, NumPy and torch into
     ``current.checkpoint.directory`` and saves that file as series ``name`` with
@@ -95,8 +84,15 @@ class CheckpointCallback:
         stored in every checkpoint's metadata.  None: only the last checkpoint is saved.
     mode : str
         ``"min"`` (default) or ``"max"``: whether a lower or higher ``monitor`` is better.
-    every_n_epochs : int
-        Save at the end of every this many epochs (default 1), and at the end of training.
+    every_n_epochs : int, optional
+        Save at the end of every this many epochs; default 1 unless ``every_n_train_steps`` or
+        ``train_time_interval`` is given.  Every schedule also saves at the end of training.
+    every_n_train_steps : int, optional
+        Save after every this many optimizer steps (``trainer.global_step``), mid-epoch too.
+    train_time_interval : datetime.timedelta, optional
+        Save at the end of the first training batch at least this long after the previous
+        save (or the start of training).  The three schedules are mutually exclusive, as in
+        Lightning's ``ModelCheckpoint``.
     name : str
         Series of the last checkpoints (default ``"mfchckpt"``, as ``current.checkpoint``).
     best_name : str
@@ -122,33 +118,57 @@ class CheckpointCallback:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # Lightning is imported here, when a callback is made, never by ``import metaflow``.
-        return object.__new__(_with_lightning(cls))
+        return object.__new__(late_base.with_base(cls, callback_base()))
 
     def __reduce__(self) -> Any:
-        return (_rebuild, (getattr(type(self), "_public", type(self)), dict(self.__dict__)))
+        return late_base.reduce(self, callback_base)
 
     def __init__(
         self,
         monitor: Optional[str] = None,
         mode: str = "min",
-        every_n_epochs: int = 1,
+        every_n_epochs: Optional[int] = None,
         name: str = DEFAULT_NAME,
         best_name: str = "best",
         filename: str = "lightning.ckpt",
         checkpoint: Any = None,
+        *,
+        every_n_train_steps: Optional[int] = None,
+        train_time_interval: Optional[datetime.timedelta] = None,
     ):
         if mode not in _MODES:
             raise CheckpointConfigError(
                 "CheckpointCallback(mode=%r): use 'min' or 'max'." % (mode,)
             )
-        if (
-            isinstance(every_n_epochs, bool)
-            or not isinstance(every_n_epochs, int)
-            or (every_n_epochs < 1)
+        for option, value in (
+            ("every_n_epochs", every_n_epochs),
+            ("every_n_train_steps", every_n_train_steps),
+        ):
+            if value is not None and (not _whole(value) or value < 1):
+                raise CheckpointConfigError(
+                    "CheckpointCallback(%s=%r): use a whole number >= 1." % (option, value)
+                )
+        if train_time_interval is not None and (
+            not isinstance(train_time_interval, datetime.timedelta)
+            or train_time_interval <= datetime.timedelta(0)
         ):
             raise CheckpointConfigError(
-                "CheckpointCallback(every_n_epochs=%r): use a whole number >= 1."
-                % (every_n_epochs,)
+                "CheckpointCallback(train_time_interval=%r): use a positive datetime.timedelta, "
+                "e.g. timedelta(minutes=30)." % (train_time_interval,)
+            )
+        given = [
+            option
+            for option, value in (
+                ("every_n_epochs", every_n_epochs),
+                ("every_n_train_steps", every_n_train_steps),
+                ("train_time_interval", train_time_interval),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise CheckpointConfigError(
+                "CheckpointCallback(%s): these schedules are mutually exclusive (as in "
+                "Lightning's ModelCheckpoint); give one." % ", ".join(given)
             )
         if not filename or os.path.basename(filename) != filename:
             raise CheckpointConfigError(
@@ -156,7 +176,13 @@ class CheckpointCallback:
             )
         self.monitor = monitor
         self.mode = mode
-        self.every_n_epochs = every_n_epochs
+        # Like ModelCheckpoint: no epoch-end saves when a step or time schedule is given.
+        self.every_n_epochs = every_n_epochs if given else 1
+        self.every_n_train_steps = every_n_train_steps
+        self.train_time_interval = train_time_interval
+        self._last_time: Optional[float] = None
+        self._mid_epoch = False  # a save from on_train_batch_end is in progress
+        self._pending_rng: Any = None  # restored before the first batch of a resumed fit
         self.name = validate_name(name)
         self.best_name = validate_name(best_name)
         self.filename = filename
@@ -199,18 +225,59 @@ class CheckpointCallback:
     def state_dict(self) -> dict[str, Any]:
         # Stored inside the Lightning checkpoint; only plain values and tensors, so
         # torch.load(weights_only=True) reads it.
-        return {"best_score": self.best_score, "rng": capture_rng()}
+        return {"best_score": self.best_score, "rng": capture_rng(), "mid_epoch": self._mid_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
-        # Lightning restores callbacks before the first batch of the resumed epoch, so the
-        # shuffles and dropout masks that follow are the uninterrupted run's.
-        if state_dict.get("rng"):
-            restore_rng(state_dict["rng"])
+        rng = state_dict.get("rng")
+        if not rng:
+            return
+        if state_dict.get("mid_epoch"):
+            # Saved after a batch: the resumed fit first makes a new train iterator (a
+            # DataLoader draws its base seed from torch's generator), which the uninterrupted
+            # run made at the start of the epoch; restore just before the next batch instead.
+            self._pending_rng = rng
+        else:
+            # Lightning restores callbacks before the resumed epoch's iterator, so the
+            # shuffles and dropout masks that follow are the uninterrupted run's.
+            restore_rng(rng)
 
     # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._last_time = time.monotonic()  # a resumed fit counts from its own start
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        rng, self._pending_rng = self._pending_rng, None
+        if rng:
+            restore_rng(rng)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        due = bool(self.every_n_train_steps) and trainer.global_step % self.every_n_train_steps == 0
+        if self.train_time_interval is not None:
+            now = time.monotonic()
+            late = self._last_time is None or (
+                now - self._last_time >= self.train_time_interval.total_seconds()
+            )
+            # Rank 0's clock decides for all: save_checkpoint is collective.
+            late = bool(trainer.strategy.broadcast(late))
+            if late:
+                self._last_time = now
+            due = due or late
+        if due:
+            # After an epoch's last batch, a resumed fit goes on like one saved at the epoch's
+            # end (validation, then a new epoch): restore the RNG when loaded, as then.
+            self._mid_epoch = batch_idx + 1 < trainer.num_training_batches
+            try:
+                self._save(trainer)
+            finally:
+                self._mid_epoch = False
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._save(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
