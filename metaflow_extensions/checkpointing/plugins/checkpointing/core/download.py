@@ -36,6 +36,7 @@ from ..errors import (
 from ..storage.base import Storage
 from ..storage.local import open_object
 from ..storage.oscopy import UNSUPPORTED_COPY, can_copy_range, copy_range, map_readonly
+from .codec import DecodeError, decode, split
 from .destination import (
     Job,
     Lock,
@@ -60,7 +61,11 @@ _MIN_HOLE = 4096
 
 # ---------------------------------------------------------------------------------------- load
 def _fetch_verified(storage: Storage, manifest: Manifest, blob: str, what: str) -> bytes:
+    """The plain bytes of the stored blob ``blob``, decoded (:mod:`.codec`) and checked against
+    its hash; fetched once more on a mismatch."""
     key = blob_key(blob)
+    h, codec = split(blob)
+    problem = "does not match its BLAKE3 hash"
     for attempt in (0, 1):
         try:
             data = storage.get_bytes(key)
@@ -73,16 +78,23 @@ def _fetch_verified(storage: Storage, manifest: Manifest, blob: str, what: str) 
                 url=storage.url,
                 reason="blob %s is missing" % blob,
             ) from exc
-        if digest(data) == blob:
+        if codec is not None:
+            try:
+                data = decode(codec, data)
+            except DecodeError as exc:
+                problem = "is not a valid %s object: %s" % (codec, exc)
+                continue  # as a hash mismatch: fetch once more, then report it
+            problem = "decompresses to bytes that do not match its BLAKE3 hash"
+        if digest(data) == h:
             return data
         if attempt == 0:
             continue  # a flip in transit is not corruption at rest: fetch once more
     raise CheckpointIntegrityError(
-        "Checkpoint %s: file %s failed verification (blob %s does not match its BLAKE3 hash). "
-        "The stored data is corrupt; load another checkpoint." % (manifest.key, what, blob),
+        "Checkpoint %s: file %s failed verification (blob %s %s). The stored data is corrupt; "
+        "load another checkpoint." % (manifest.key, what, blob, problem),
         key=manifest.key,
         path=what,
-        reason="blob %s does not match its hash" % blob,
+        reason="blob %s %s" % (blob, problem),
     )
 
 
@@ -169,6 +181,8 @@ def _fetch_local(
     """Fast path for stores of plain local files: verify the blob through mmap and copy its
     slices in the kernel.  False when not applicable or the blob does not verify (the generic
     path then re-reads it and reports the error)."""
+    if "." in blob:
+        return False  # stored encoded: decoded by the generic path
     path = storage.local_path(blob_key(blob))
     if path is None or not can_copy_range():
         return False

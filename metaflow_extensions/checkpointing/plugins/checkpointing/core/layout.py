@@ -12,6 +12,8 @@ A checkpoint root (``<datastore root>/mf.checkpointing`` or ``METAFLOW_CHECKPOIN
     │       manifest does); named checkpoints saved outside a task live under
     │       manifests/_library/_library/<name>/_/_/_/
     ├── blobs/<2 hex>/<64 hex>          content-addressed data: BLAKE3 of the bytes it holds
+    │   blobs/<2 hex>/<64 hex>.zst      the same bytes stored zstd-compressed (.codec); the
+    │       name keeps the hash of the plain bytes, so each key holds one form only
     ├── parts/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<gang id>/rank-<i>.json
     │       one participant's shard of a sharded save, until participant 0 commits the
     │       checkpoint's manifest
@@ -284,6 +286,10 @@ def mentions_manifests(text: str) -> bool:
 #: A blob name: a BLAKE3 digest as 64 lowercase hex digits.
 BLOB_NAME_RE = re.compile(r"[0-9a-f]{64}")
 _is_hex64 = BLOB_NAME_RE.fullmatch
+#: A stored blob's name: its digest, then ``.<suffix>`` when it is stored encoded
+#: (:mod:`.codec`; only suffixes this release can decode pass).
+STORED_NAME_RE = re.compile(r"[0-9a-f]{64}(?:\.zst)?")
+_is_stored_name = STORED_NAME_RE.fullmatch
 
 
 def is_blob_name(name: object) -> bool:
@@ -291,16 +297,24 @@ def is_blob_name(name: object) -> bool:
     return type(name) is str and _is_hex64(name) is not None
 
 
+def is_stored_name(name: object) -> bool:
+    """Whether ``name`` names a stored blob: a digest, plain or with a known codec suffix."""
+    return type(name) is str and _is_stored_name(name) is not None
+
+
 def blob_key(digest: str) -> str:
-    """Key of a content-addressed blob: ``blobs/<first 2 hex>/<digest>``.
+    """Key of a content-addressed blob: ``blobs/<first 2 hex>/<name>``.
+
+    ``digest`` is a stored blob's name (:data:`STORED_NAME_RE`): the BLAKE3 digest of the
+    plain bytes, with ``.zst`` when they are stored compressed.
 
     Raises
     ------
     ManifestError
-        If ``digest`` is not a 64-hex BLAKE3 digest: a name from a manifest becomes a storage
-        key, and on local stores a path that is opened, so nothing else may get this far.
+        If ``digest`` is not such a name: a name from a manifest becomes a storage key, and on
+        local stores a path that is opened, so nothing else may get this far.
     """
-    if type(digest) is not str or _is_hex64(digest) is None:
+    if type(digest) is not str or _is_stored_name(digest) is None:
         raise ManifestError(
             "%r is not a blob name (a 64-hex BLAKE3 digest); refusing to read or write it."
             % (digest if len(str(digest)) <= 80 else str(digest)[:77] + "...",)

@@ -75,7 +75,8 @@ NAMES = LEASE_NAMES
 RUN_START, RUN_SWEEP, RUN_DONE = "start", "sweep", "done"
 #: Rank of each phase: the most advanced object of a run tells its phase.
 PHASE_ORDER = {RUN_START: 0, RUN_SWEEP: 1, RUN_DONE: 2}
-_HASH_RE = re.compile(r"^[0-9a-f]{16,128}$")
+#: A blob named by a lease: a stored name (a digest, ``.zst`` when stored compressed).
+_HASH_RE = re.compile(r"^[0-9a-f]{16,128}(?:\.zst)?$")
 
 
 def validate_ttl(value: object, what: str = "METAFLOW_CHECKPOINT_LEASE_SECONDS") -> float:

@@ -13,6 +13,7 @@ import json
 from typing import Any, NoReturn
 
 from ..errors import CheckpointConfigError, ManifestError
+from .codec import CODECS
 from .layout import BLOB_NAME_RE, is_blob_name
 from .manifest_format import (
     FORMAT,
@@ -155,7 +156,15 @@ def _chunk_error(value: Any, where: str) -> NoReturn:
     items = _list(value, where)
     if len(items) != 3:
         raise _Invalid(where, "must be [blob, offset, length], not %s" % show(items))
-    _digest(items[0], where + ".blob")
+    blob = items[0]
+    if type(blob) is str and "." in blob and is_blob_name(blob.split(".", 1)[0]):
+        raise _Invalid(
+            where + ".blob",
+            "is %s: stored with codec %s, which this release cannot decode (it knows %s); "
+            "upgrade metaflow-checkpointing to load it"
+            % (show(blob), show(blob.split(".", 1)[1], 40), ", ".join(sorted(CODECS))),
+        )
+    _digest(blob, where + ".blob")
     offset = _int(items[1], where + ".offset")
     length = _int(items[2], where + ".length")
     raise _Invalid(where, "ends beyond 2**63 (offset %d + length %d)" % (offset, length))
@@ -219,6 +228,7 @@ _STAT_COUNTS = (
     "bytes_deduplicated",
     "blobs_uploaded",
     "blobs_deduplicated",
+    "bytes_stored",
 )
 
 

@@ -35,13 +35,13 @@ from ..errors import (
     ManifestError,
 )
 from . import layout
-from .layout import BLOB_NAME_RE, is_blob_name
+from .layout import STORED_NAME_RE, is_blob_name
 from .metadata_values import plain_json
 from .position import RANK0, Position
 from .scope import Scope, validate_name
 
 FORMAT = "metaflow-checkpointing/1"
-_HEX64 = BLOB_NAME_RE.fullmatch
+_STORED = STORED_NAME_RE.fullmatch
 _FORMAT_RE = re.compile(r"metaflow-checkpointing/([0-9]{1,9})")
 #: Largest accepted user metadata, in UTF-8 bytes of its JSON encoding.
 MAX_METADATA_BYTES = 64 * 1024
@@ -58,7 +58,8 @@ MAX_JSON_DEPTH = 64
 
 @dataclass(frozen=True)
 class ChunkRef:
-    """``length`` bytes at ``offset`` of the blob whose BLAKE3 hash is ``blob``."""
+    """``length`` bytes at ``offset`` of the plain bytes of the blob stored as ``blob``: their
+    BLAKE3 hash, with ``.zst`` when they are stored compressed (:mod:`.codec`)."""
 
     blob: str
     offset: int
@@ -76,7 +77,7 @@ class ChunkRef:
             and 0 <= n < SIZE_LIMIT
             and o + n <= SIZE_LIMIT
             and type(b) is str
-            and _HEX64(b) is not None
+            and _STORED(b) is not None
         ):
             raise ManifestError(
                 "Invalid chunk reference %s: %s." % (show(b), _chunk_problem(b, o, n))
@@ -380,6 +381,11 @@ def json_depth(value: Any) -> int:
 
 def _chunk_problem(blob: Any, offset: Any, length: Any) -> str:
     """Why ``(blob, offset, length)`` is not a valid chunk reference, or ''."""
+    if type(blob) is str and "." in blob and is_blob_name(blob.split(".", 1)[0]):
+        return (
+            "it is stored with codec %s, which this release cannot decode (upgrade "
+            "metaflow-checkpointing to load it)" % show(blob.split(".", 1)[1], 40)
+        )
     if not is_blob_name(blob):
         return "the blob name is not a 64-hex BLAKE3 digest"
     for what, v in (("offset", offset), ("length", length)):

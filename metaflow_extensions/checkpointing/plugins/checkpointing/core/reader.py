@@ -96,7 +96,8 @@ class CheckpointFile(io.RawIOBase):
 
     def _fetch(self, index: int) -> bytes:
         c = self._entry.chunks[index]
-        if self._entry.digest is None:
+        # A compressed blob is read whole (no byte range of it is a range of the file).
+        if self._entry.digest is None or "." in c.blob:
             data = _fetch_verified(self._storage, self._manifest, c.blob, self._entry.path)
             piece = data[c.offset : c.offset + c.length]
             if len(piece) != c.length:
@@ -106,6 +107,13 @@ class CheckpointFile(io.RawIOBase):
                     key=self._manifest.key,
                     path=self._entry.path,
                     reason="blob %s is shorter than the manifest says" % c.blob,
+                )
+            if self._entry.digest is not None and digest(piece) != self._entry.digest:
+                raise CheckpointIntegrityError(
+                    "Checkpoint %s: file %s does not match its recorded hash."
+                    % (self._manifest.key, self._entry.path),
+                    key=self._manifest.key,
+                    path=self._entry.path,
                 )
             return piece
         # A packed file: read only its slice and check the file's own hash.

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError, StorageError
 from ..storage.base import Storage
+from .codec import encode, name_of
 from .layout import blob_key
 from .lease_writer import WriterLease
 from .manifest import ChunkRef, FileEntry
@@ -184,11 +185,21 @@ class BlobWriter:
         h, stored = done
         if stored:
             self.lease.credit(session, h)
+            stats.bytes_stored += length
         self._count(h, length, stored, stats, confirmed=True)
         return h
 
-    def put(self, data: memoryview, stats: SaveStats) -> str:
+    def put(self, data: memoryview, stats: SaveStats, codec: Optional[str] = None) -> str:
+        """Store ``data`` unless a blob of the same content is stored; return its stored name.
+
+        With ``codec`` (:mod:`.codec`), a new blob is stored encoded when that pays.  The blob's
+        identity is the hash of the plain bytes, so a compressed save reuses a copy stored in
+        either form; a plain save looks for the plain one only (one existence check, as before
+        codecs, and what the local in-kernel fast path does).
+        """
         h = digest(data)
+        if codec is not None:
+            return self._put_encoded(h, data, stats, codec)
         key = blob_key(h)
         trusted = h in self.known
         session = self.lease.current
@@ -196,8 +207,28 @@ class BlobWriter:
         if stored:
             self.storage.put_bytes(key, data)
             self.lease.credit(session, h)
+            stats.bytes_stored += len(data)
         self._count(h, len(data), stored, stats, confirmed=not trusted)
         return h
+
+    def _put_encoded(self, h: str, data: memoryview, stats: SaveStats, codec: str) -> str:
+        packed = name_of(h, codec)
+        for name in (packed, h):
+            if name in self.known:
+                self._count(name, len(data), False, stats, confirmed=False)
+                return name
+        session = self.lease.current
+        for name in (packed, h):
+            if self.storage.exists(blob_key(name)):
+                self._count(name, len(data), False, stats, confirmed=True)
+                return name
+        out = encode(codec, data)
+        name = h if out is None else packed
+        self.storage.put_bytes(blob_key(name), data if out is None else out)
+        self.lease.credit(session, name)
+        stats.bytes_stored += len(data) if out is None else len(out)
+        self._count(name, len(data), True, stats, confirmed=True)
+        return name
 
     def vouch(self, manifest_key: str, hashes: Iterable[str]) -> None:
         """Record that the committed manifest ``manifest_key`` references these blobs."""
@@ -288,9 +319,12 @@ def upload_tree(
     pool = _BufferPool(opts.chunk_size + opts.small_size)
     lock = threading.Lock()
 
+    codec = opts.compression
+
     def do_chunk(i: int, off: int, length: int) -> None:
         try:
-            h = writer.put_range(files[i].abs, off, length, stats)
+            # The in-kernel fast path stores plain bytes: not when blobs are to be encoded.
+            h = None if codec else writer.put_range(files[i].abs, off, length, stats)
         except StorageError:
             _check_source(files[i], failed=True)  # a source problem is reported as such
             raise
@@ -305,7 +339,7 @@ def upload_tree(
         try:
             view = memoryview(buf)[:length]
             _read_into(files[i], off, view)
-            h = writer.put(view, stats)
+            h = writer.put(view, stats, codec)
             with lock:
                 chunks[i][off] = ChunkRef(h, 0, length)
                 stats.bytes_read += length
@@ -324,7 +358,7 @@ def upload_tree(
                 _read_into(files[i], 0, view)
                 layout.append((i, pos, size, digest(view)))
                 pos += size
-            h = writer.put(memoryview(buf)[:pos], stats)
+            h = writer.put(memoryview(buf)[:pos], stats, codec)
             with lock:
                 for i, start, size, d in layout:
                     chunks[i][0] = ChunkRef(h, start, size)

@@ -14,6 +14,7 @@ import blake3
 from ..errors import StorageError, StorageNotFound
 from ..storage.base import Storage
 from . import manifest as mf
+from .codec import split, stream_decoder
 from .layout import blob_key
 
 #: ``progress(phase, done, total)``: cumulative counts of one phase (``"manifests"`` and
@@ -80,33 +81,46 @@ def hash_blob(
     declares it, never of the other users of the blob.
     """
     key = blob_key(blob)
+    name, codec = split(blob)
+    # A compressed blob is decoded as it is read: its plain bytes are hashed, in windows too.
+    decoder = stream_decoder(codec) if codec is not None else None
     whole = blake3.blake3()  # the hash of transfer.digest, fed incrementally
     packed = [(s, blake3.blake3()) for s in uses.slices if s[4] is not None]
-    pos = 0
+    pos = 0  # in the plain bytes
+    read = 0  # in the stored object
     while True:
         try:
-            data = storage.get_bytes(key, pos, window)
+            data = storage.get_bytes(key, read, window)
         except StorageNotFound:
-            if pos == 0:
+            if read == 0:
                 return False, [], []
             return True, ["disappeared while it was read"], []
         except StorageError as exc:
             return True, ["unreadable: %s" % exc.message], []
+        read += len(data)
+        stored_len = len(data)
+        if decoder is not None:
+            try:
+                data = decoder.decompress(data)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure: the object is corrupt
+                return True, ["not a valid %s object (%s)" % (codec, exc)], []
         whole.update(data)
         end = pos + len(data)
         for (_k, _p, off, n, _d), h in packed:
             lo, hi = max(off, pos), min(off + n, end)
             if lo < hi:
                 h.update(memoryview(data)[lo - pos : hi - pos])
-        counter.add(len(data))
+        counter.add(stored_len)
         pos = end
-        if len(data) < window or (size is not None and pos >= size):
+        if stored_len < window or (size is not None and read >= size):
             break
+    if decoder is not None and not decoder.eof:
+        return True, ["not a valid %s object (it ends inside its frame)" % codec], []
     past = [(k, p, off, n) for k, p, off, n, _d in uses.slices if off + n > pos]
     unmatched = [
         (k, p, off, n) for (k, p, off, n, d), h in packed if off + n <= pos and h.hexdigest() != d
     ]
-    if whole.hexdigest() != blob:
+    if whole.hexdigest() != name:
         return (
             True,
             ["content does not match its BLAKE3 hash"]

@@ -49,10 +49,13 @@ class TaskContext:
     #: The task's ``@parallel`` node index and node count (0 of 1 outside ``@parallel``).
     node: int = 0
     nodes: int = 1
+    #: The step's ``@checkpoint(compression=...)``: a child's saves store blobs as the task's do.
+    compression: Optional[str] = None
 
     def to_env(self) -> str:
         return json.dumps(
             {
+                **({"compression": self.compression} if self.compression else {}),
                 "root": self.root,
                 "scope": self.scope.to_dict(),
                 "directory": self.directory,
@@ -93,6 +96,7 @@ class TaskContext:
             temp_dir_root=_text(d, "temp_dir_root", optional=True),
             retention=_retention(d.get("retention")),
             **_nodes(d),
+            compression=_compression(d.get("compression")),
         )
         context.check_running()
         return context
@@ -138,8 +142,10 @@ class TaskContext:
         from ..core import retention
         from .builder import build_runtime
 
+        store = store_for_url(self.root)
+        store.options = store.options.with_compression(self.compression)
         return build_runtime(
-            store_for_url(self.root),
+            store,
             self.scope,
             directory or self.directory,
             retention=retention.build(**self.retention),
@@ -192,6 +198,18 @@ def _nodes(d: Mapping[str, Any]) -> dict:
     if node >= nodes:
         raise _malformed("field 'node' is %d, not below field 'nodes' (%d)" % (node, nodes))
     return {"node": node, "nodes": nodes}
+
+
+def _compression(value: Any) -> Optional[str]:
+    """The task's codec (absent, as in contexts of earlier releases: plain)."""
+    from ..core.codec import check_setting
+
+    try:
+        return check_setting(value)
+    except CheckpointConfigError as exc:
+        if isinstance(exc, ImportError):
+            raise  # a missing package names its extra, not a malformed variable
+        raise _malformed("field 'compression' is %r: %s" % (value, exc.message)) from None
 
 
 def _retention(value: Any) -> dict:

@@ -159,6 +159,7 @@ class TaskSession:
             retention=keep,
             node=parts.saves.ranks.position.node,
             nodes=parts.saves.ranks.participant.world,
+            compression=store.options.compression,
         ).to_env()
         return session
 
