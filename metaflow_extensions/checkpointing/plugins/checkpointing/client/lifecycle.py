@@ -11,7 +11,7 @@ from ..common.refspec import parse_target
 from ..core import retention
 from ..core.layout import MANIFESTS_PREFIX
 from ..core.manifest import parse_key
-from ..core.verify import VerifyReport
+from ..core.verify_report import VerifyReport
 from ..errors import CheckpointConfigError, ManifestError
 from .base import ClientBase
 from .listing import describe

@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar, Union
 
-import tenacity
-
 from ..errors import StorageError, StorageNotFound
 
 T = TypeVar("T")
@@ -290,6 +288,10 @@ class Storage(abc.ABC):
                     url=url,
                     reason=cause,
                 ) from exc
+
+        # Imported here, not at module level: `import metaflow` imports this module (through the
+        # decorator) in every task, also where tenacity is not installed (see task/deps.py).
+        import tenacity
 
         policy = self.retry
         retrying = tenacity.Retrying(
