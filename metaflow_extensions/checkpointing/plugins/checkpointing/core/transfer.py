@@ -10,10 +10,11 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError
+from .codec import check_setting
 
 #: Called with a number of bytes each time that many are done (from worker threads).
 Progress = Callable[[int], None]
@@ -46,19 +47,29 @@ class TransferOptions:
         Threads doing I/O, hashing and network calls.
     inflight : int
         Buffers alive at once (bounds memory).  Defaults to ``workers``.
+    compression : str, optional
+        ``"zstd"``: store each new blob zstd-compressed when that pays (:mod:`.codec`).
+        Default None: plain, as every release before codecs.
     """
 
     chunk_size: int = 16 << 20
     small_size: int = 1 << 20
     workers: int = 8
     inflight: Optional[int] = None
+    compression: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.compression is not None:
+            self.compression = check_setting(self.compression)
         if self.chunk_size < 4096:
             raise CheckpointConfigError("chunk_size must be at least 4096 bytes.")
         self.small_size = max(0, min(self.small_size, self.chunk_size))
         self.workers = max(1, int(self.workers))
         self.inflight = max(1, int(self.inflight or self.workers))
+
+    def with_compression(self, codec: Optional[str]) -> TransferOptions:
+        """These options with ``compression=codec`` (a ``@checkpoint(compression=)``)."""
+        return replace(self, compression=codec) if codec != self.compression else self
 
 
 @dataclass
@@ -71,6 +82,8 @@ class SaveStats:
     bytes_deduplicated: int = 0
     blobs_uploaded: int = 0
     blobs_deduplicated: int = 0
+    #: Bytes written to the store for the new blobs: ``bytes_uploaded`` after compression.
+    bytes_stored: int = 0
     seconds: dict = field(default_factory=dict)
     #: Blobs this save stored or saw stored (not stored in the manifest).  Blobs it trusted from
     #: the process-wide known set are checked again before the commit (see ``commit.save``).
@@ -84,6 +97,12 @@ class SaveStats:
             "bytes_deduplicated": self.bytes_deduplicated,
             "blobs_uploaded": self.blobs_uploaded,
             "blobs_deduplicated": self.blobs_deduplicated,
+            # Only when it differs (compression): manifests of plain saves are unchanged.
+            **(
+                {"bytes_stored": self.bytes_stored}
+                if self.bytes_stored != self.bytes_uploaded
+                else {}
+            ),
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
         }
 

@@ -1,5 +1,7 @@
 """``@checkpoint``: the step decorator that installs ``current.checkpoint``.
 
+Long module: Metaflow calls one decorator class per hook; its helpers already live elsewhere.
+
 Thin by design: it validates attributes before any task runs (``step_init``, and
 ``runtime_init`` for the declared models); in the task, its hooks decide what only Metaflow
 knows (the store of the flow's datastore, the task's scope across foreach, ``@parallel`` and
@@ -18,6 +20,7 @@ from typing import Optional
 from metaflow.decorators import StepDecorator
 from metaflow.metaflow_current import current
 
+from ..core.codec import check_setting
 from ..core.policies import validate_policy
 from ..errors import CheckpointConfigError, CheckpointNotEnabled
 from .refused import UnknownDecoratorAttribute, split_unknown
@@ -104,6 +107,9 @@ class CheckpointDecorator(StepDecorator):
         True: attach the ``checkpoint`` card (``@card(type="checkpoint", id="checkpoint")``)
         to the step, unless it already has one.  Default None, like False: no card, so no card
         subprocess per task unless asked (the reference extension's default is True).
+    compression : str, optional
+        ``"zstd"``: store each new blob zstd-compressed when that saves 1/32 of it or more
+        (loads verify the uncompressed bytes); needs the ``zstd`` extra.  Default None.
 
     MF Add To Current
     -----------------
@@ -130,6 +136,7 @@ class CheckpointDecorator(StepDecorator):
         "save_on_failure": False,
         "preemption": None,
         "show_card": None,
+        "compression": None,
     }
 
     def __init__(self, attributes=None, statically_defined=False, inserted_by=None):
@@ -177,6 +184,8 @@ class CheckpointDecorator(StepDecorator):
         self.attributes["preemption"] = validate_preemption(
             self.attributes["preemption"], step_name
         )
+        codec = check_setting(self.attributes["compression"], "Step '%s': @checkpoint" % step_name)
+        self.attributes["compression"] = codec
         self._session = None  # the running task's TaskSession (task_pre_step .. task_finished)
         if self.attributes["show_card"]:
             # Last: only a valid @checkpoint adds a card.
@@ -225,6 +234,7 @@ class CheckpointDecorator(StepDecorator):
         store = build_store(
             flow_datastore.TYPE, flow_datastore.datastore_root, self.attributes["root"]
         )
+        store.options = store.options.with_compression(self.attributes["compression"])
         _register_root(metadata, run_id, step_name, task_id, retry_count, store.url)
         gang = _gang_of(ubf_context)
         indices = _foreach_indices(flow)
