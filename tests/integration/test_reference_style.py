@@ -183,3 +183,16 @@ def test_the_tests_the_compatibility_pages_cite_exist():
             if file not in tests:
                 missing.append("%s: %s" % (page, file))
     assert not missing, "cited tests that do not exist:\n" + "\n".join(sorted(set(missing)))
+
+
+def test_the_compatibility_page_names_every_checkpoint_attribute():
+    """The page's ``@checkpoint`` table names every attribute the decorator accepts (a new one
+    must be added there, as ours or the reference's)."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.decorator import (
+        CheckpointDecorator,
+    )
+
+    text = (REPO / "docs" / "compatibility.md").read_text()
+    section = text.split("## `@checkpoint`", 1)[1].split("\n## ", 1)[0]
+    missing = [a for a in CheckpointDecorator.defaults if "`%s`" % a not in section]
+    assert not missing, "docs/compatibility.md's @checkpoint table does not name %s" % missing
