@@ -31,12 +31,14 @@ def _python(code: str, env: dict | None = None, cwd: str | None = None) -> str:
 
 def test_import_metaflow_stays_light(tmp_path):
     """`import metaflow` loads the decorator but never torch, boto3, botocore, safetensors or
-    Lightning (CheckpointCallback imports it only when a callback is created)."""
+    Lightning or transformers (the callbacks import them only when one is created)."""
     code = (
         "import sys, metaflow\n"
         "from metaflow import checkpoint, Checkpoint, CheckpointCallback, TrainingState\n"
+        "from metaflow import HFCheckpointCallback\n"
         "heavy = [m for m in ('torch', 'boto3', 'botocore', 's3transfer', 'safetensors', "
-        "'numpy', 'fsspec', 'lightning', 'pytorch_lightning') if m in sys.modules]\n"
+        "'numpy', 'fsspec', 'lightning', 'pytorch_lightning', 'transformers', 'accelerate') "
+        "if m in sys.modules]\n"
         "print(','.join(heavy) or 'none')\n"
     )
     assert _python(code, cwd=str(tmp_path)).strip() == "none"
@@ -125,6 +127,7 @@ def test_public_api_is_locked():
         "TrainingState",
         "Every",
         "CheckpointCallback",
+        "HFCheckpointCallback",
         "load_model",
         "delete_model",
         "CheckpointException",

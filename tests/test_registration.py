@@ -125,12 +125,13 @@ def test_the_toplevel_module_exports_the_public_names():
     name = _declaring("toplevel").toplevel
     module = importlib.import_module("%s.toplevel.%s" % (EXT, name))
     # The full list (classes and errors) is locked in tests/test_packaging.py.
-    assert module.__all__[:5] == [
+    assert module.__all__[:6] == [
         "Checkpoint",
         "CheckpointReference",
         "TrainingState",
         "Every",
         "CheckpointCallback",
+        "HFCheckpointCallback",
     ]
     for public in module.__all__:
         assert getattr(metaflow, public) is getattr(module, public)

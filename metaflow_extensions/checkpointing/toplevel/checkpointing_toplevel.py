@@ -3,9 +3,10 @@
 This is the one place public top-level names are declared; ``tests/test_packaging.py`` locks
 the list.  Loaded on every ``import metaflow``: keep it light (``frameworks.pytorch`` imports
 torch only inside its methods, ``frameworks.lightning`` imports Lightning only when a
-``CheckpointCallback`` is created).  The exception classes are here so a step or notebook
-catches them as ``from metaflow import CheckpointNotFound`` (``StorageNotFound`` is internal:
-callers only ever see it translated), and the two warnings so code can filter them.
+``CheckpointCallback`` is created, ``frameworks.hf_trainer`` transformers only when an
+``HFCheckpointCallback`` is).  The exception classes are here so a step or notebook catches
+them as ``from metaflow import CheckpointNotFound`` (``StorageNotFound`` is internal: callers
+only ever see it translated), and the two warnings so code can filter them.
 """
 
 from ..plugins.checkpointing.client import Checkpoint
@@ -27,6 +28,7 @@ from ..plugins.checkpointing.errors import (
     ManifestError,
     StorageError,
 )
+from ..plugins.checkpointing.frameworks.hf_trainer import HFCheckpointCallback
 from ..plugins.checkpointing.frameworks.lightning import CheckpointCallback
 from ..plugins.checkpointing.frameworks.pytorch import TrainingState, TrainingStateError
 from ..plugins.checkpointing.frameworks.schedule import Every
@@ -42,6 +44,7 @@ __all__ = [
     "TrainingState",
     "Every",
     "CheckpointCallback",
+    "HFCheckpointCallback",
     # the reference extension's @model functions (toplevel/models.py)
     "load_model",
     "delete_model",

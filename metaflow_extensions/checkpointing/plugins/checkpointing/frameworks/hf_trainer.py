@@ -1,0 +1,243 @@
+"""A Hugging Face ``transformers`` ``TrainerCallback`` that checkpoints through
+``current.checkpoint``.
+
+``from metaflow import HFCheckpointCallback`` never imports transformers (``import metaflow``
+imports this module): it is imported when a callback is created, and a missing one fails right
+there with ``CheckpointDependencyError`` naming the ``transformers`` extra.  The instance derives
+from ``transformers.TrainerCallback`` (``late_base.py``), so the Trainer calls every hook.
+
+The Trainer keeps deciding when to save (``save_strategy``, ``save_steps``) and writes its own
+``checkpoint-<step>`` directory (model, optimizer, scheduler, scaler, RNG states,
+``trainer_state.json``); the callback saves that directory as a checkpoint of the task in
+``on_save``.  On ``@retry`` or ``resume`` the task loads it into ``current.checkpoint.directory``
+and ``trainer.train(resume_from_checkpoint=cb.resume_from_checkpoint)`` continues from it as
+the Trainer continues from its own directories: bitwise identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any, Optional
+
+from ..core.scope import DEFAULT_NAME, validate_name
+from ..errors import CheckpointConfigError, CheckpointDependencyError, CheckpointWarning
+from . import late_base
+
+__all__ = ["HFCheckpointCallback"]
+
+#: What the Trainer writes last into a checkpoint directory (and reads to resume).
+TRAINER_STATE = "trainer_state.json"
+#: Evaluation outputs that measure the machine, not the model: never metadata.
+_TIMINGS = ("_runtime", "_per_second")
+
+
+def trainer_callback_base() -> type:
+    """``transformers.TrainerCallback``, or a :class:`CheckpointDependencyError` naming the
+    ``transformers`` extra (module-level: pickled callbacks name it to rebuild their class)."""
+    try:
+        from transformers import TrainerCallback
+    except ImportError as exc:
+        raise CheckpointDependencyError.of(
+            "HFCheckpointCallback", "transformers", "transformers", exc
+        ) from exc
+    return TrainerCallback
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+class HFCheckpointCallback:
+    """Save the ``transformers`` Trainer's checkpoints as checkpoints of the task, and resume
+    from them on ``@retry`` and ``resume``.
+
+    Each time the Trainer saves (``TrainingArguments.save_strategy``: ``"steps"`` every
+    ``save_steps``, ``"epoch"``, ``"best"``; ``"no"`` saves nothing), its
+    ``checkpoint-<step>`` directory is saved as series ``name`` with ``latest=True`` (what a
+    retry loads), with metadata ``step`` (global step), ``epoch`` and the evaluation metrics of
+    that step (``eval_loss``, ...).  When ``metric_for_best_model`` reaches a new best
+    (``greater_is_better`` says which way) the same directory is also saved as series
+    ``best_name`` with ``latest=False``: its files are shared, only a manifest is written.
+
+    ``save_total_limit=N`` keeps the N newest checkpoints of series ``name`` of the task (all
+    attempts) and the newest of ``best_name``, as the Trainer keeps its N newest directories
+    and the best one; older ones are deleted after each save (pinned ones stay).
+
+    Parameters
+    ----------
+    name : str
+        Series of the checkpoints a retry resumes from (default ``"mfchckpt"``).
+    best_name : str
+        Series of the best checkpoints (default ``"best"``).
+    checkpoint : object, optional
+        Where to save: default ``current.checkpoint`` in a ``@checkpoint`` step, else
+        ``Checkpoint()`` in a process the task started (``torchrun``, ``accelerate launch``).
+
+    Examples
+    --------
+    >>> cb = HFCheckpointCallback()
+    >>> trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb])
+    >>> trainer.train(resume_from_checkpoint=cb.resume_from_checkpoint)  # None at first
+
+    Raises
+    ------
+    CheckpointDependencyError
+        If transformers cannot be imported.
+    CheckpointConfigError
+        If ``name`` or ``best_name`` is not a valid series name.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # transformers is imported here, when a callback is made, never by ``import metaflow``.
+        return object.__new__(late_base.with_base(cls, trainer_callback_base()))
+
+    def __reduce__(self) -> Any:
+        return late_base.reduce(self, trainer_callback_base)
+
+    def __init__(self, name: str = DEFAULT_NAME, best_name: str = "best", checkpoint: Any = None):
+        self.name = validate_name(name)
+        self.best_name = validate_name(best_name)
+        if self.name == self.best_name:
+            raise CheckpointConfigError(
+                "HFCheckpointCallback(name=%r, best_name=%r): use two different series names "
+                "(a retry resumes from `name`, never from `best_name`)." % (name, best_name)
+            )
+        self._checkpoint = checkpoint
+        self.last_reference: Any = None
+        self.best_reference: Any = None
+        self._metrics: dict[str, float] = {}
+        self._metrics_step: Optional[int] = None
+
+    # ------------------------------------------------------------------ where
+    @property
+    def checkpoint(self) -> Any:
+        """The checkpoint object saved to: the one given, else ``current.checkpoint``, else
+        ``Checkpoint()`` in a process started by a ``@checkpoint`` task."""
+        if self._checkpoint is not None:
+            return self._checkpoint
+        from metaflow import current
+
+        if hasattr(current, "checkpoint"):
+            return current.checkpoint
+        from ..task.context import TASK_ENV
+
+        if os.environ.get(TASK_ENV):
+            from ..client import Checkpoint
+
+            self._checkpoint = Checkpoint()
+            return self._checkpoint
+        raise CheckpointConfigError(
+            "HFCheckpointCallback saves through current.checkpoint: use it in a step decorated "
+            "with @checkpoint (or a process that step started), or pass checkpoint=..."
+        )
+
+    @property
+    def resume_from_checkpoint(self) -> Optional[str]:
+        """The Trainer checkpoint directory loaded when the task started (a ``@retry`` attempt
+        or a ``resume``), for ``trainer.train(resume_from_checkpoint=...)``; None if there is
+        none (a first attempt)."""
+        checkpoint = self.checkpoint
+        if not getattr(checkpoint, "is_loaded", True):
+            return None
+        directory = checkpoint.directory
+        if directory and os.path.isfile(os.path.join(directory, TRAINER_STATE)):
+            return directory
+        return None
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+        if strategy == "no":
+            warnings.warn(
+                "HFCheckpointCallback: TrainingArguments(save_strategy='no') saves nothing, so "
+                "a retry starts from scratch; use 'steps', 'epoch' or 'best'.",
+                CheckpointWarning,
+                stacklevel=2,
+            )
+        elif getattr(args, "save_only_model", False):
+            warnings.warn(
+                "HFCheckpointCallback: TrainingArguments(save_only_model=True) saves no "
+                "optimizer, scheduler or RNG state, so a retry cannot resume training exactly.",
+                CheckpointWarning,
+                stacklevel=2,
+            )
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any
+    ) -> None:
+        # The Trainer evaluates, then saves the same step: keep the metrics for its metadata.
+        numbers = {}
+        for key, value in (metrics or {}).items():
+            number = _number(value)
+            if number is not None and not key.endswith(_TIMINGS):
+                numbers[str(key)] = number
+        self._metrics, self._metrics_step = numbers, state.global_step
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return  # one writer: the Trainer's files of other processes go to the same place
+        folder = os.path.join(args.output_dir, "checkpoint-%d" % state.global_step)
+        if not os.path.isfile(os.path.join(folder, TRAINER_STATE)):
+            raise CheckpointConfigError(
+                "HFCheckpointCallback: the Trainer's checkpoint of step %d is not at %s (a "
+                "hyperparameter search writes each trial elsewhere: not supported)."
+                % (state.global_step, folder)
+            )
+        metadata: dict[str, Any] = {"step": state.global_step, "epoch": _number(state.epoch)}
+        if self._metrics_step == state.global_step:
+            metadata.update(self._metrics)
+        checkpoint = self.checkpoint
+        self.last_reference = checkpoint.save(
+            path=folder, metadata=metadata, name=self.name, latest=True
+        )
+        best = self._best_metric_name(args)
+        if best is not None and self._is_new_best(state, metadata.get(best)):
+            self.best_reference = checkpoint.save(
+                path=folder, metadata=metadata, name=self.best_name, latest=False
+            )
+        limit = args.save_total_limit
+        if limit is not None and limit > 0:
+            self._keep_newest(checkpoint, self.name, limit)
+            if best is not None:
+                self._keep_newest(checkpoint, self.best_name, 1)
+
+    # ------------------------------------------------------------------ best and retention
+    @staticmethod
+    def _best_metric_name(args: Any) -> Optional[str]:
+        """``metric_for_best_model`` as the Trainer reads it from the evaluation metrics."""
+        metric = getattr(args, "metric_for_best_model", None)
+        if not metric:
+            return None
+        return metric if metric.startswith("eval_") else "eval_" + metric
+
+    @staticmethod
+    def _is_new_best(state: Any, value: Optional[float]) -> bool:
+        """Whether the Trainer found a new best at this step (its own decision, which follows
+        ``greater_is_better``)."""
+        if value is None:
+            return False
+        best_step = getattr(state, "best_global_step", None)
+        if best_step is not None:
+            return best_step == state.global_step
+        return state.best_metric is not None and value == state.best_metric  # older Trainers
+
+    def _keep_newest(self, checkpoint: Any, name: str, keep: int) -> None:
+        """Delete the task's checkpoints of series ``name`` but the ``keep`` newest (every
+        attempt, as a retry orders them); a pinned one is kept."""
+        from ..client import Checkpoint
+        from ..errors import CheckpointConfigError as Refused
+        from ..errors import CheckpointNotFound
+
+        old = checkpoint.list(name=name)[keep:]
+        if not old:
+            return
+        client = Checkpoint()
+        for ref in old:
+            try:
+                client.delete(ref)
+            except (Refused, CheckpointNotFound):
+                pass  # pinned (retention never deletes a pin), or deleted meanwhile

@@ -1,0 +1,62 @@
+"""HFCheckpointCallback: the transformers Trainer's checkpoints saved through current.checkpoint;
+a flow that crashes mid-epoch resumes on @retry bitwise identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from integration.flowrun import FLOWS, run_flow, single_task  # noqa: E402
+
+pytestmark = pytest.mark.flow
+
+FLOW = FLOWS / "hf_trainer_flow.py"
+
+
+@pytest.fixture(autouse=True)
+def _client_namespace():
+    from metaflow import namespace
+
+    namespace(None)
+    yield
+
+
+def _offline(flow_env):
+    env, tmp = flow_env
+    # Nothing is downloaded: the model is built from a config in the flow.
+    return dict(env, HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf-home")), tmp
+
+
+def test_a_crash_mid_epoch_resumes_on_retry_bitwise_identical(flow_env):
+    """Saves at steps 5, 10, 15, 20 and 24 (the end); the crash at step 12 (mid-epoch 1) loses
+    steps 11-12, the retry resumes from step 10 in a fresh output_dir and ends with the
+    uninterrupted run's weights.  save_total_limit=2 keeps the two newest of the task (across
+    attempts), the best series only the best."""
+    env, tmp = _offline(flow_env)
+    straight = single_task(run_flow(FLOW, env, tmp).run, "train")
+    crashed = single_task(run_flow(FLOW, env, tmp, run_kwargs={"crash_at": 12}).run, "train")
+
+    assert straight.current_attempt == 0 and straight.data.resumed_from is None
+    assert crashed.current_attempt == 1 and crashed.data.resumed_from == 10
+    s, c = straight.data.weights, crashed.data.weights
+    assert set(s) == set(c) and len(s) > 10
+    for k in s:
+        assert torch.equal(s[k], c[k]), k
+
+    losses = straight.data.eval_losses
+    assert sorted(losses) == [5, 10, 15, 20, 24]  # evaluated at every save
+    best_step = min(losses, key=lambda k: (losses[k], k))  # the first of equals, as HF
+    assert straight.data.saved == [
+        ("best", best_step, 0),
+        ("mfchckpt", 20, 0),
+        ("mfchckpt", 24, 0),
+    ]
+    assert straight.data.best["eval_loss"] == losses[best_step]
+    assert straight.data.best["step"] == best_step
+    assert crashed.data.eval_losses == losses  # the retry's history includes attempt 0's
+    assert [x for x in crashed.data.saved if x[0] == "mfchckpt"] == [
+        ("mfchckpt", 20, 1),
+        ("mfchckpt", 24, 1),
+    ]

@@ -1,0 +1,226 @@
+"""HFCheckpointCallback through a real checkpoint runtime: what each save_strategy saves, the
+best series and save_total_limit, and its errors (bad arguments, no transformers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.policies import (  # noqa: E402
+    resolve,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope  # noqa: E402
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import (  # noqa: E402
+    CheckpointStore,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (  # noqa: E402
+    CheckpointConfigError,
+    CheckpointWarning,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.hf_trainer import (  # noqa: E402
+    HFCheckpointCallback,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (  # noqa: E402
+    LocalStorage,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import (  # noqa: E402
+    build_runtime,
+)
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randint(0, 32, (n, 8), generator=g)
+        self.y = self.x.sum(dim=1) % 2
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def _runtime(tmp_path, attempt=0):
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")))
+    scope = Scope("user:tester", "HFFlow", "train", "_", "1", "2", attempt)
+    directory = tmp_path / ("dir-%d" % attempt)
+    directory.mkdir()
+    runtime = build_runtime(store, scope, str(directory), log=lambda msg: None)
+    runtime.load_initial(resolve(store.storage, "fresh", scope))
+    return runtime
+
+
+def _train(tmp_path, runtime, **args):
+    """2 epochs of 4 steps of a tiny BERT built from a config (nothing downloaded)."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    options = dict(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    options.update(args)
+    cb = HFCheckpointCallback(checkpoint=runtime)
+    trainer = transformers.Trainer(
+        model=transformers.BertForSequenceClassification(config),
+        args=transformers.TrainingArguments(**options),
+        train_dataset=Pairs(32, 0),
+        eval_dataset=Pairs(16, 1),
+        callbacks=[cb],
+    )
+    trainer.train(resume_from_checkpoint=cb.resume_from_checkpoint)
+    return trainer, cb
+
+
+def _steps(runtime, name="mfchckpt"):
+    return [r.metadata["step"] for r in runtime.list(name=name)]
+
+
+def test_steps_strategy_saves_the_trainers_directory_with_step_epoch_and_metrics(tmp_path):
+    runtime = _runtime(tmp_path)
+    trainer, cb = _train(
+        tmp_path, runtime, save_strategy="steps", save_steps=3, eval_strategy="steps", eval_steps=3
+    )
+    assert _steps(runtime) == [8, 6, 3]  # every 3 steps and the end of training
+    assert runtime.list(name="best") == []  # no metric_for_best_model: no best series
+    last = runtime.list(name="mfchckpt")[0]
+    assert last.key == cb.last_reference.key and last.latest
+    assert last.metadata["epoch"] == 2.0
+    six = runtime.list(name="mfchckpt")[1].metadata
+    assert set(six) == {"step", "epoch", "eval_loss"}  # timings are not metadata
+    (logged,) = [h for h in trainer.state.log_history if h.get("step") == 6 and "eval_loss" in h]
+    assert six["eval_loss"] == logged["eval_loss"]
+    # The Trainer's own checkpoint directory, as written: model, optimizer, scheduler, RNG, state.
+    files = {f["path"] for f in last.files}
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"} <= files
+    with last.open("trainer_state.json") as f:
+        assert json.load(f)["global_step"] == 8
+
+
+def test_epoch_strategy_and_the_best_series_follow_greater_is_better(tmp_path):
+    """metric_for_best_model='loss' with greater_is_better=True (a worse loss is 'better'):
+    the best series holds the Trainer's own choice, saved with latest=False; with
+    save_total_limit=1 one checkpoint of each series stays."""
+    runtime = _runtime(tmp_path)
+    trainer, cb = _train(
+        tmp_path,
+        runtime,
+        save_strategy="epoch",
+        eval_strategy="epoch",
+        metric_for_best_model="loss",
+        greater_is_better=True,
+        save_total_limit=1,
+    )
+    losses = {h["step"]: h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h}
+    assert sorted(losses) == [4, 8]
+    assert _steps(runtime) == [8]  # save_total_limit=1: the newest
+    best_step = 8 if losses[8] > losses[4] else 4
+    (best,) = runtime.list(name="best")
+    assert best.metadata["step"] == best_step == trainer.state.best_global_step
+    assert best.metadata["eval_loss"] == max(losses.values()) and not best.latest
+    assert best.key == cb.best_reference.key
+
+
+def test_best_strategy_saves_only_improvements(tmp_path):
+    runtime = _runtime(tmp_path)
+    trainer, _ = _train(
+        tmp_path,
+        runtime,
+        save_strategy="best",
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="loss",
+    )
+    losses = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
+    improved, best = [], float("inf")
+    for s, loss in losses:
+        if loss < best:
+            improved.append(s)
+            best = loss
+    assert _steps(runtime) == improved[::-1]
+    assert _steps(runtime, "best") == improved[::-1]  # every save is a new best
+
+
+def test_without_save_total_limit_every_save_stays_and_no_strategy_warns(tmp_path):
+    runtime = _runtime(tmp_path)
+    _train(tmp_path, runtime, save_strategy="steps", save_steps=1)
+    assert _steps(runtime) == list(range(8, 0, -1))
+    other = tmp_path / "other"
+    other.mkdir()
+    runtime = _runtime(other)
+    with pytest.warns(CheckpointWarning, match="save_strategy='no'"):
+        _train(other, runtime, save_strategy="no")
+    assert runtime.list() == []
+
+
+def test_save_total_limit_keeps_a_pinned_checkpoint(tmp_path):
+    """Old checkpoints beyond the limit are deleted, but never a pinned one."""
+    from metaflow import Checkpoint
+
+    runtime = _runtime(tmp_path)
+    _train(tmp_path, runtime, save_strategy="steps", save_steps=2, max_steps=2)
+    Checkpoint().pin(runtime.list()[0])
+    _train(tmp_path, runtime, save_strategy="steps", save_steps=2, save_total_limit=2)
+    assert _steps(runtime) == [8, 6, 2]
+
+
+def test_bad_arguments_outside_a_step_and_pickling():
+    with pytest.raises(CheckpointConfigError, match="two different series names"):
+        HFCheckpointCallback(name="x", best_name="x")
+    with pytest.raises(CheckpointConfigError, match="invalid"):
+        HFCheckpointCallback(name="a/b")
+    with pytest.raises(CheckpointConfigError, match="@checkpoint"):
+        HFCheckpointCallback().resume_from_checkpoint  # noqa: B018
+    cb = pickle.loads(pickle.dumps(HFCheckpointCallback(best_name="top")))
+    assert isinstance(cb, HFCheckpointCallback) and isinstance(cb, transformers.TrainerCallback)
+    assert cb.best_name == "top"
+
+
+def test_without_transformers_creating_one_names_the_extra(tmp_path):
+    """``from metaflow import HFCheckpointCallback`` works without transformers; creating one
+    raises CheckpointDependencyError naming the package and the extra."""
+    shadow = tmp_path / "shadow" / "transformers"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named %r" % __name__, name=__name__)\n'
+    )
+    code = (
+        "import sys\n"
+        "from metaflow import HFCheckpointCallback, CheckpointDependencyError\n"
+        "assert 'transformers' not in sys.modules or True\n"
+        "try:\n"
+        "    HFCheckpointCallback()\n"
+        "except CheckpointDependencyError as exc:\n"
+        "    print('RAISED', exc)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(shadow.parent), USER="tester")
+    with warnings.catch_warnings():
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr
+    assert "RAISED" in done.stdout and "'transformers'" in done.stdout
+    assert 'pip install "metaflow-checkpointing[transformers]"' in done.stdout
