@@ -123,8 +123,10 @@ class Deployer:
 ROOT_CONFIG = ("--config-value", "ckpt")
 
 
-def root_config(bucket: str) -> tuple[str, ...]:
-    return (*ROOT_CONFIG, json.dumps({"root": "s3://%s/custom" % bucket, "models": ["tiny"]}))
+def root_config(bucket: str, models=("tiny",)) -> tuple[str, ...]:
+    """``--config-value ckpt {"root": s3://<bucket>/custom, "models": [...]}``."""
+    value = {"root": "s3://%s/custom" % bucket, "models": list(models) or None}
+    return (*ROOT_CONFIG, json.dumps(value))
 
 
 @pytest.fixture
