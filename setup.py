@@ -35,6 +35,8 @@ setup(
         "azure": ["adlfs>=2024.2", "azure-identity>=1.15"],
         # gs:// roots (and the gs datastore's checkpoints): gcsfs.
         "gs": ["gcsfs>=2024.2"],
+        # @checkpoint(compression="zstd"): imported only when a blob is compressed or read back.
+        "zstd": ["zstandard>=0.22"],
         "test": [
             "boto3>=1.28",
             "moto[server]>=5.0",
@@ -52,6 +54,7 @@ setup(
             "azure-identity>=1.15",
             "gcsfs>=2024.2",
             "gcp-storage-emulator>=2024.8",
+            "zstandard>=0.22",
             # argo-workflows create (tests/integration/test_deploy_json.py) imports it.
             "kubernetes>=28",
         ],
