@@ -166,6 +166,7 @@ def test_public_api_is_locked():
         "save_on_failure": False,
         "preemption": None,
         "show_card": None,
+        "compression": None,
     }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [
