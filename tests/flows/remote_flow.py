@@ -38,6 +38,9 @@ class RemoteFlow(FlowSpec):
         with open(state) as f:
             self.loaded = f.read()
         print("REMOTE-LOADED", ckpt.info.attempt, ckpt.info.root, self.loaded, flush=True)
+        for name, path in sorted(ckpt.models.items()):
+            with open(path, "rb") as f:
+                print("REMOTE-MODEL", current.namespace, name, f.read().decode(), flush=True)
         self.next(self.end)
 
     @step

@@ -26,7 +26,7 @@ import pytest
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.deps import TASK_PACKAGES
 
-from .flowrun import REPO
+from .flowrun import REPO, run_subprocess
 from .test_deploy_json import NETGUARD, Deployer, argo_container, root_config
 
 pytestmark = [pytest.mark.flow, pytest.mark.s3]
@@ -130,8 +130,10 @@ def run_pod(deployer, workflow: dict, step: str, attempt: int, bin_dir: Path, ex
 
 
 def _manifests(deployer, prefix: str) -> list[str]:
+    """Keys of the checkpoint manifests of RemoteFlow's tasks under ``prefix``."""
     listing = deployer.s3["client"].list_objects_v2(Bucket=deployer.bucket, Prefix=prefix)
-    return [o["Key"] for o in listing.get("Contents", []) if "/manifests/" in o["Key"]]
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    return [k for k in keys if "/manifests/" in k and "/RemoteFlow/" in k]
 
 
 def test_the_code_package_carries_the_extension_and_no_tests(deployer):
@@ -176,8 +178,27 @@ def test_a_pod_with_only_metaflow_and_boto3_names_what_checkpoint_needs(deployer
     assert _manifests(deployer, "custom/") == []
 
 
+#: Publishes a named model into a store and promotes it to a namespace (argv: root, dir, to).
+PUBLISH = """
+import os, sys
+from metaflow import Checkpoint
+src = os.path.join(sys.argv[2], "tiny.bin")
+with open(src, "w") as f:
+    f.write("tiny weights")
+client = Checkpoint(root=sys.argv[1])
+client.promote(client.save(src, name="tiny"), to=sys.argv[3])
+"""
+
+
 def test_a_pod_saves_on_s3_and_its_retry_loads_the_save(deployer, pod_python, pod_deps):
-    config = root_config(deployer.bucket, models=())
+    # A named model reaches a deployed flow's (production) namespace by promotion.
+    root = "s3://%s/custom" % deployer.bucket
+    production = "production:__PLACEHOLDER_PRODUCTION_TOKEN__"  # the --only-json token
+    proc = run_subprocess(
+        ["-c", PUBLISH, root, deployer.tmp, production], deployer.env, deployer.tmp
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = root_config(deployer.bucket, models=["tiny"])
     workflow, _ = deployer.deploy("remote_flow.py", "argo-workflows", *config)
     first = run_pod(deployer, workflow, "start", 0, pod_python, [pod_deps])
     assert first.returncode != 0
@@ -196,6 +217,7 @@ def test_a_pod_saves_on_s3_and_its_retry_loads_the_save(deployer, pod_python, po
         "0 %s saved by attempt 0 of RemoteFlow/argo-remoteflow-t1/start/" % root
     ), line
     assert "[@checkpoint] Loaded checkpoint 'mfchckpt'" in second.stdout
+    assert "REMOTE-MODEL %s tiny tiny weights" % production in second.stdout
     assert _manifests(deployer, "custom/") == saved
 
 
