@@ -26,7 +26,7 @@ import pytest
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.deps import TASK_PACKAGES
 
-from .flowrun import REPO, run_subprocess
+from .flowrun import FLOWS, REPO, run_subprocess
 from .test_deploy_json import NETGUARD, Deployer, argo_container, root_config
 
 pytestmark = [pytest.mark.flow, pytest.mark.s3]
@@ -227,3 +227,21 @@ def test_task_packages_are_the_install_requires():
     requires = setup[setup.index("install_requires") : setup.index("extras_require")]
     for _, requirement in TASK_PACKAGES:
         assert '"%s"' % requirement in requires, requirement
+
+
+@pytest.mark.parametrize("decorator", ["checkpoint", "model", "huggingface_hub"])
+def test_every_decorator_names_a_broken_dependency_before_its_task_starts(decorator, flow_env):
+    """A task whose Python cannot import blake3 (here a broken copy first on PYTHONPATH)
+    fails in the decorator's first hook with the message, whichever decorator it is."""
+    env, tmp = flow_env
+    broken = tmp / "broken"
+    broken.mkdir()
+    (broken / "blake3.py").write_text('raise ImportError("blake3 is broken here (injected)")\n')
+    env = dict(env, PYTHONPATH=str(broken))
+    args = [FLOWS / "plain_flow.py", "--no-pylint", "--with", decorator, "run"]
+    proc = run_subprocess(args, env, tmp)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "@%s in step 'start' needs blake3>=1.0 and tenacity>=8.2" % decorator in out, out[-3000:]
+    assert "blake3>=1.0 (ImportError: blake3 is broken here (injected))" in out
+    assert 'pip install "blake3>=1.0"' in out

@@ -97,6 +97,9 @@ class HuggingfaceHubDecorator(StepDecorator):
     ):
         if retry_count > max_user_code_retries:
             return  # the @catch fallback attempt runs no user code
+        from ..task.deps import require_task_packages
+
+        require_task_packages(step_name, "@huggingface_hub")  # a remote image may lack them
         from ..common.settings import build_store
         from .hub import HuggingfaceHub
 

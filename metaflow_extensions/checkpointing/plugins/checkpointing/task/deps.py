@@ -5,7 +5,8 @@ packages it depends on: an image with only Metaflow and boto3 (what a ``@kuberne
 ``@batch`` task gets by default) has no ``blake3`` or ``tenacity``.  ``import metaflow`` never
 imports them (so steps without ``@checkpoint`` run there, and so do Metaflow's own helpers in
 the pod); a ``@checkpoint`` task checks for them first and fails with one message naming what
-is missing and how to install it, instead of an ImportError from deep inside a save.
+is missing and how to install it, instead of an ImportError from deep inside a save (so do
+``@model`` and ``@huggingface_hub`` tasks).
 ``fsspec`` is needed only for ``az://``/``gs://`` stores, which name it when opened.
 """
 
@@ -21,9 +22,10 @@ from ..errors import CheckpointDependencyError
 TASK_PACKAGES = (("blake3", "blake3>=1.0"), ("tenacity", "tenacity>=8.2"))
 
 
-def require_task_packages(step_name: str) -> None:
+def require_task_packages(step_name: str, decorator: str = "@checkpoint") -> None:
     """Raise :class:`CheckpointDependencyError` if a package of :data:`TASK_PACKAGES` cannot be
-    imported by this task's Python; it names each one, the reason and the install command."""
+    imported by this task's Python; it names ``decorator``, each package, the reason and the
+    install command."""
     missing = []
     for module, requirement in TASK_PACKAGES:
         try:
@@ -34,11 +36,12 @@ def require_task_packages(step_name: str) -> None:
         return
     reason = "; ".join("%s (%s)" % item for item in missing)
     raise CheckpointDependencyError(
-        "@checkpoint in step '%s' needs %s where the task runs, and this task's Python (%s) "
+        "%s in step '%s' needs %s where the task runs, and this task's Python (%s) "
         "cannot import %s. Metaflow's code package carries metaflow-checkpointing's own code "
         "to remote tasks but not the packages it depends on: install them in the task's image "
         "(pip install metaflow-checkpointing, or pip install %s)."
         % (
+            decorator,
             step_name,
             " and ".join(r for _, r in TASK_PACKAGES),
             sys.executable,

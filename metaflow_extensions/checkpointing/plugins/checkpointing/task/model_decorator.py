@@ -156,6 +156,9 @@ class ModelDecorator(StepDecorator):
     ):
         if retry_count > max_user_code_retries:
             return  # the @catch fallback attempt runs no user code
+        from .deps import require_task_packages
+
+        require_task_packages(step_name, "@model")  # a remote image may lack them
         from ..common.settings import build_store
         from ..core.scope import Scope, foreach_path
         from .model_loaded import LoadedModels
