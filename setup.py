@@ -29,6 +29,8 @@ setup(
         "torch": ["torch==2.13.0", "safetensors>=0.4", "numpy>=1.22"],
         # frameworks/lightning.py: CheckpointCallback (also works with the `lightning` package).
         "lightning": ["pytorch-lightning>=2.1"],
+        # frameworks/hf_trainer.py: HFCheckpointCallback (the Trainer needs accelerate).
+        "transformers": ["transformers>=4.40", "accelerate>=0.26"],
         # frameworks/hub.py: @huggingface_hub / current.huggingface_hub (imported only in the task).
         "huggingface": ["huggingface_hub>=0.20"],
         # az:// roots (and the azure datastore's checkpoints): adlfs on the Azure SDK.
@@ -49,6 +51,8 @@ setup(
             "mkdocs>=1.6",
             "pytorch-lightning>=2.1",
             "huggingface_hub>=0.20",
+            "transformers>=4.40",
+            "accelerate>=0.26",
             # Azure Blob against Azurite, GCS against gcp-storage-emulator (tests/emulators).
             "adlfs>=2024.2",
             "azure-identity>=1.15",
