@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import flow_environment  # noqa: E402
 from integration.flowrun import FLOWS, run_flow, single_task  # noqa: E402
 
 pytestmark = pytest.mark.flow
@@ -23,19 +24,25 @@ def _client_namespace():
     yield
 
 
-def _offline(flow_env):
-    env, tmp = flow_env
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """(env, cwd, train task) of one uninterrupted run, shared by the tests of this module."""
+    from metaflow import namespace
+
+    namespace(None)  # results are read through Runner's Run objects
+    tmp = tmp_path_factory.mktemp("hf")
+    (tmp / "home").mkdir()
     # Nothing is downloaded: the model is built from a config in the flow.
-    return dict(env, HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf-home")), tmp
+    env = flow_environment(tmp, HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf-home"))
+    return env, tmp, single_task(run_flow(FLOW, env, tmp).run, "train")
 
 
-def test_a_crash_mid_epoch_resumes_on_retry_bitwise_identical(flow_env):
+def test_a_crash_mid_epoch_resumes_on_retry_bitwise_identical(straight):
     """Saves at steps 5, 10, 15, 20 and 24 (the end); the crash at step 12 (mid-epoch 1) loses
     steps 11-12, the retry resumes from step 10 in a fresh output_dir and ends with the
     uninterrupted run's weights.  save_total_limit=2 keeps the two newest of the task (across
     attempts), the best series only the best."""
-    env, tmp = _offline(flow_env)
-    straight = single_task(run_flow(FLOW, env, tmp).run, "train")
+    env, tmp, straight = straight
     crashed = single_task(run_flow(FLOW, env, tmp, run_kwargs={"crash_at": 12}).run, "train")
 
     assert straight.current_attempt == 0 and straight.data.resumed_from is None
@@ -56,6 +63,23 @@ def test_a_crash_mid_epoch_resumes_on_retry_bitwise_identical(flow_env):
     assert straight.data.best["eval_loss"] == losses[best_step]
     assert straight.data.best["step"] == best_step
     assert crashed.data.eval_losses == losses  # the retry's history includes attempt 0's
+    assert [x for x in crashed.data.saved if x[0] == "mfchckpt"] == [
+        ("mfchckpt", 20, 1),
+        ("mfchckpt", 24, 1),
+    ]
+
+
+def test_in_a_process_the_step_started_it_saves_through_checkpoint(straight):
+    """The Trainer runs in a child process of the step (no ``current`` there): the callback
+    saves into the task through ``Checkpoint()``, and the retry's child resumes from what the
+    task loaded, ending bitwise identical to the in-step uninterrupted run."""
+    env, tmp, straight = straight
+    crashed = single_task(
+        run_flow(FLOW, env, tmp, run_kwargs={"crash_at": 12, "in_subprocess": True}).run, "train"
+    )
+    assert crashed.current_attempt == 1 and crashed.data.resumed_from == 10
+    for k, v in straight.data.weights.items():
+        assert torch.equal(v, crashed.data.weights[k]), k
     assert [x for x in crashed.data.saved if x[0] == "mfchckpt"] == [
         ("mfchckpt", 20, 1),
         ("mfchckpt", 24, 1),
