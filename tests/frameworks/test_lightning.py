@@ -307,3 +307,12 @@ def test_train_time_interval_saves_when_the_interval_has_passed(tmp_path):
 def test_schedules_are_validated_at_construction(kwargs, message):
     with pytest.raises(CheckpointConfigError, match=re.escape(message)):
         CheckpointCallback(**kwargs)
+
+
+def test_a_pickled_callback_keeps_its_class_and_schedule():
+    """Trainers are pickled (spawned DDP workers): the run-time class comes back."""
+    import pickle
+
+    cb = pickle.loads(pickle.dumps(CheckpointCallback(every_n_train_steps=3, monitor="val_loss")))
+    assert isinstance(cb, CheckpointCallback) and isinstance(cb, pl.Callback)
+    assert (cb.every_n_train_steps, cb.every_n_epochs, cb.monitor) == (3, None, "val_loss")

@@ -116,6 +116,13 @@ class CheckpointCallback:
         If an argument is invalid.
     """
 
+    # Defaults for instances unpickled from before these attributes existed.
+    every_n_train_steps: Optional[int] = None
+    train_time_interval: Optional[datetime.timedelta] = None
+    _last_time: Optional[float] = None
+    _mid_epoch = False
+    _pending_rng: Any = None
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # Lightning is imported here, when a callback is made, never by ``import metaflow``.
         return object.__new__(late_base.with_base(cls, callback_base()))
