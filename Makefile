@@ -5,22 +5,26 @@ BIN    := $(VENV)/bin
 # Metaflow refuses to run as root without a user name (CI containers).
 export METAFLOW_USER ?= $(if $(filter root,$(shell id -un)),demo,$(shell id -un))
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test test-lowest lint docs bench clean
+
+# Every pip install here is held to constraints.txt: the exact versions CI tests (setup.py states
+# the ranges users may install; tests/test_versions.py checks that the two agree).
+PIP_C := -c constraints.txt
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_C) --upgrade pip
 
-$(VENV)/.installed: setup.py | $(BIN)/python
-	$(BIN)/pip install -q -e ".[torch,s3]"
+$(VENV)/.installed: setup.py constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q $(PIP_C) -e ".[torch,s3]"
 	touch $@
 
 # The checkpoint card's test renders it in headless Chromium (Debian's package).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Azurite (Azure Storage emulator, npm) pinned by tests/emulators/package-lock.json, in the venv.
-$(VENV)/.test-installed: setup.py tests/emulators/package-lock.json $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[torch,s3,test]"
+$(VENV)/.test-installed: setup.py constraints.txt tests/emulators/package-lock.json $(VENV)/.installed
+	$(BIN)/pip install -q $(PIP_C) -e ".[torch,s3,test]"
 	mkdir -p $(VENV)/emulators && cp tests/emulators/package.json tests/emulators/package-lock.json $(VENV)/emulators/
 	npm ci --prefix $(VENV)/emulators --no-audit --no-fund --loglevel=error
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
@@ -34,6 +38,24 @@ test: $(VENV)/.test-installed  ## lint + the whole test suite (starts its own lo
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q tests
 
+# The same suite on the lowest Metaflow setup.py admits (its metaflow>= floor), everything else as
+# pinned in constraints.txt, in a venv of its own. Not in CI: run it before moving the floor or
+# after bumping the metaflow pin. The emulators and Chromium come from make test's install.
+LOWEST  := .venv-lowest
+METAFLOW_FLOOR := $(shell sed -n 's/^ *"metaflow>=\([0-9.]*\),.*/\1/p' setup.py)
+
+$(LOWEST)/.installed: setup.py constraints.txt
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q $(PIP_C) --upgrade pip
+	grep -v '^metaflow==' constraints.txt > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/pip install -q -c $(LOWEST)/constraints.txt -e ".[torch,s3,test]" \
+		"metaflow==$(METAFLOW_FLOOR)"
+	touch $@
+
+test-lowest: $(LOWEST)/.installed $(VENV)/.test-installed  ## the suite on the lowest supported Metaflow
+	$(LOWEST)/bin/python -c 'import metaflow; print("metaflow", metaflow.__version__)'
+	$(LOWEST)/bin/python -m pytest -n 2 -q tests
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -45,4 +67,4 @@ bench: $(VENV)/.test-installed  ## speed and memory targets (prints a table)
 	$(BIN)/python benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) .demo .bench
+	rm -rf $(VENV) $(LOWEST) .demo .bench
