@@ -12,7 +12,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings imp
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import manifest as mf
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import verify
 
-from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, single_task
+from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, run_subprocess, single_task
 
 pytestmark = pytest.mark.flow
 
@@ -68,3 +68,32 @@ def test_a_compressed_checkpoint_resumes_the_retry_on_s3(s3_env, flow_env, monke
     env = dict(env, METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/mf" % bucket, **s3_env["env"])
     result = run_flow(FLOWS / "compression_flow.py", env, tmp, datastore="s3")
     _check(result, "s3://%s/mf/mf.checkpointing" % bucket, env, tmp)
+
+
+def _refused_before_any_task(proc, tmp) -> str:
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "Task is starting" not in output, output
+    assert "Traceback" not in output, output  # a named one-line error
+    assert not (tmp / ".metaflow" / "mf.checkpointing").exists()
+    return output
+
+
+def test_an_unknown_compression_fails_the_run_before_any_task(flow_env):
+    env, tmp = flow_env
+    args = ["--no-pylint", "--with", "checkpoint:compression=lz4", "run"]
+    proc = run_subprocess([FLOWS / "show_card_plain_flow.py", *args], env, tmp)
+    output = _refused_before_any_task(proc, tmp)
+    assert "@checkpoint(compression='lz4') is not a known compression: use 'zstd'" in output
+
+
+def test_a_missing_zstandard_fails_the_run_before_any_task_naming_the_extra(flow_env):
+    """The launcher cannot import zstandard (a module that raises ImportError shadows it)."""
+    env, tmp = flow_env
+    blocker = tmp / "no_zstd"
+    blocker.mkdir()
+    (blocker / "zstandard.py").write_text("raise ImportError('zstandard is not installed')\n")
+    env = dict(env, PYTHONPATH=str(blocker))
+    proc = run_subprocess([FLOWS / "compression_flow.py", "--no-pylint", "run"], env, tmp)
+    output = _refused_before_any_task(proc, tmp)
+    assert 'pip install "metaflow-checkpointing[zstd]"' in output, output
