@@ -341,3 +341,51 @@ def test_a_task_context_carries_the_codec_to_child_processes(tmp_path):
     bad = dict(json.loads(plain.to_env()), compression="lz4")
     with pytest.raises(CheckpointConfigError, match="compression"):
         TaskContext.from_env({TASK_ENV: json.dumps(bad)})
+
+
+def test_a_sharded_save_of_compressed_parts_commits_and_loads(tmp_path):
+    """Two participants of a sharded save (``@parallel``) each store their shard compressed;
+    the committed checkpoint names the compressed blobs of both and loads back whole."""
+    import threading
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import gang
+
+    storage = LocalStorage(str(tmp_path / "store"))
+    scope = make_scope(step="gang", task="9")
+    shards = [
+        write_tree(tmp_path / ("rank%d" % r), {"shard-%d.jsonl" % r: text(CHUNK + 9, r)})
+        for r in range(2)
+    ]
+    out: dict = {}
+
+    def participant(r: int) -> None:
+        store = CheckpointStore(storage, ZSTD)
+        out[r] = store.save_gang(
+            str(shards[r]), scope, name="mfchckpt", metadata={}, latest=True,
+            participant=gang.Participant("node", r, 2), number=0, timeout=60,
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=participant, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert out[0].key == out[1].key
+    m = CheckpointStore(storage, PLAIN).read(out[0].key)
+    assert {f.path for f in m.files} == {"rank-0/shard-0.jsonl", "rank-1/shard-1.jsonl"}
+    assert all(f.chunks[0].blob.endswith(".zst") for f in m.files)
+    dest = tmp_path / "dest"
+    CheckpointStore(storage, PLAIN).load(m, str(dest))
+    for r in range(2):
+        name = "shard-%d.jsonl" % r
+        assert (dest / ("rank-%d" % r) / name).read_bytes() == (shards[r] / name).read_bytes()
+
+
+def test_verify_refuses_a_frame_declaring_more_than_a_blob_may_hold(tmp_path, monkeypatch):
+    store = CheckpointStore(MemoryStorage(), ZSTD)
+    m = store.save(str(write_tree(tmp_path / "src", mixed_spec())), make_scope())
+    monkeypatch.setattr(codec, "MAX_PLAIN", CHUNK - 1)
+    report = verify.verify(store.storage, deep=True)
+    assert _compressed_chunk(m) in {c.blob for c in report.corrupt}
+    problems = {c.blob: c.problems for c in report.corrupt}[_compressed_chunk(m)]
+    assert any("content size" in p for p in problems)

@@ -139,6 +139,24 @@ def stream_decoder(codec: str) -> Any:
     return _zstd("Checking a zstd-compressed checkpoint").ZstdDecompressor().decompressobj()
 
 
+def check_header(codec: str, head: bytes) -> None:
+    """Refuse an object whose frame header (in its first bytes) declares no content size or
+    more than :data:`MAX_PLAIN`, before a streaming decoder is fed any of it.
+
+    Raises
+    ------
+    DecodeError
+        As :func:`decode` would for that frame.
+    """
+    zstd = _zstd("Checking a zstd-compressed checkpoint")
+    try:
+        size = zstd.frame_content_size(head)
+    except zstd.ZstdError as exc:
+        raise DecodeError("not a zstd frame (%s)" % exc) from None
+    if size < 0 or size > MAX_PLAIN:
+        raise DecodeError("the zstd frame declares no usable content size (%d)" % size)
+
+
 def _zstd(feature: str):
     try:
         import zstandard

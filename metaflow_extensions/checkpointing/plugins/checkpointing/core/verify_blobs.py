@@ -14,7 +14,7 @@ import blake3
 from ..errors import StorageError, StorageNotFound
 from ..storage.base import Storage
 from . import manifest as mf
-from .codec import split, stream_decoder
+from .codec import check_header, split, stream_decoder
 from .layout import blob_key
 
 #: ``progress(phase, done, total)``: cumulative counts of one phase (``"manifests"`` and
@@ -101,6 +101,8 @@ def hash_blob(
         stored_len = len(data)
         if decoder is not None:
             try:
+                if read == stored_len:  # the first window: what the frame declares
+                    check_header(codec, data)
                 data = decoder.decompress(data)
             except Exception as exc:  # noqa: BLE001 - any decoder failure: the object is corrupt
                 return True, ["not a valid %s object (%s)" % (codec, exc)], []
