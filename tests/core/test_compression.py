@@ -389,3 +389,15 @@ def test_verify_refuses_a_frame_declaring_more_than_a_blob_may_hold(tmp_path, mo
     assert _compressed_chunk(m) in {c.blob for c in report.corrupt}
     problems = {c.blob: c.problems for c in report.corrupt}[_compressed_chunk(m)]
     assert any("content size" in p for p in problems)
+
+
+def test_loading_a_compressed_checkpoint_without_zstandard_names_the_extra(tmp_path, monkeypatch):
+    """A notebook without the package: the load fails naming what to install and leaves no
+    directory behind."""
+    store = CheckpointStore(MemoryStorage(), ZSTD)
+    m = store.save(str(write_tree(tmp_path / "src", mixed_spec())), make_scope())
+    manifest = store.read(m.key)
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard -> ImportError
+    with pytest.raises(CheckpointDependencyError, match=r"metaflow-checkpointing\[zstd\]"):
+        store.load(manifest, str(tmp_path / "dest"))
+    assert not (tmp_path / "dest").exists()

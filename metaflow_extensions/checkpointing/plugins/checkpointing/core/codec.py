@@ -157,6 +157,17 @@ def check_header(codec: str, head: bytes) -> None:
         raise DecodeError("the zstd frame declares no usable content size (%d)" % size)
 
 
+def require(codec: str) -> None:
+    """Import ``codec``'s package now (loading a checkpoint with blobs stored with it).
+
+    Raises
+    ------
+    CheckpointDependencyError
+        It is not installed, naming the extra that installs it.
+    """
+    _zstd("Loading a zstd-compressed checkpoint")
+
+
 def _zstd(feature: str):
     try:
         import zstandard

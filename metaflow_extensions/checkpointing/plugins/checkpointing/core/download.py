@@ -36,7 +36,7 @@ from ..errors import (
 from ..storage.base import Storage
 from ..storage.local import open_object
 from ..storage.oscopy import UNSUPPORTED_COPY, can_copy_range, copy_range, map_readonly
-from .codec import DecodeError, decode, split
+from .codec import DecodeError, decode, require, split
 from .destination import (
     Job,
     Lock,
@@ -327,6 +327,8 @@ def download_tree(
                     written[0] += c.length
                 progress(c.length)
 
+        for codec in {split(b)[1] for b in by_blob if "." in b}:
+            require(codec)  # a missing package fails before any blob is fetched
         jobs = (lambda b=b, u=u: fetch(b, u) for b, u in by_blob.items())
         _run_bounded(jobs, opts.workers, opts.inflight)
         commit_renames(job, modes)
