@@ -1,4 +1,4 @@
-"""A per-task logical clock: the time that dates a checkpoint never goes back within a task.
+"""Dates that never go back: a per-task logical clock, and the date of a new named version.
 
 Wall clocks step back (NTP corrections, a VM resumed from a snapshot) and a retry may run on a
 machine whose clock is behind the one of the earlier attempt.  If a save were dated by the wall
@@ -12,6 +12,14 @@ of the process lists the task) and then kept in memory, advanced by every save o
 and by any later listing of the task it sees.  So within one task a save is always dated after
 every checkpoint its process knew of, which makes ``ManifestHeader.order`` and ``task_order``
 agree there.  Across tasks and runs dates remain wall-clock times (see ``docs/concepts.md``).
+
+Everything else users order by "newest" is dated the same way by :func:`after`: a new version of
+a named checkpoint (whoever writes it: ``Checkpoint().save``, ``metaflow checkpoint upload``,
+``current.model.save``, ``@checkpoint(models=["x=./path"])``, Hub snapshots; all go through
+``CheckpointStore.save``) is dated after every version listed just before it commits, and a
+promotion log entry after every entry of the log.  So a version published later from a machine
+whose clock is behind is still the newest, and one published from a clock ahead does not hide
+the versions published after it (they date after it).
 """
 
 from __future__ import annotations
@@ -21,6 +29,23 @@ from collections.abc import Iterable
 from typing import Optional
 
 from . import manifest
+
+
+def after(dates: Iterable[int], now: Optional[int] = None) -> int:
+    """The date of something made after every one of ``dates``: ``max(now, newest + 1)``.
+
+    Parameters
+    ----------
+    dates : iterable of int
+        Dates (ms since the epoch) of what already exists: the versions of a named checkpoint,
+        the entries of a promotion log.
+    now : int, optional
+        This machine's reading of the wall clock (default: read now, ``manifest.now_ms``).
+    """
+    # manifest.now_ms looked up each time: the one time source of the package (tests move it)
+    now = manifest.now_ms() if now is None else int(now)
+    newest = max(dates, default=None)
+    return now if newest is None else max(now, int(newest) + 1)
 
 
 class TaskClock:
@@ -51,8 +76,7 @@ class TaskClock:
     def tick(self) -> int:
         """The date of a new save: ``max(wall now, newest known + 1)``; remembered."""
         with self._lock:
-            now = manifest.now_ms()  # looked up each time: the one time source of the package
-            date = now if self._floor is None else max(now, self._floor + 1)
+            date = after(() if self._floor is None else (self._floor,))
             self._floor = date
             return date
 
@@ -62,4 +86,4 @@ class TaskClock:
                 self._floor = int(d)
 
 
-__all__ = ["TaskClock"]
+__all__ = ["TaskClock", "after"]

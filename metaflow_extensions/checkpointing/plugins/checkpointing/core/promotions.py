@@ -12,7 +12,9 @@ store can add a version.  To keep a version from reaching other namespaces by ac
   whoever published it (an explicit pin is explicit trust);
 * a **promotion** is a small marker object, one put, ``promotions/<name>/to/<namespace>/<id>``,
   and every promote or unpromote is also appended to a log,
-  ``promotions/<name>/log/<ms>-<random>.json``, that ``show`` prints (keys in :mod:`.layout`).
+  ``promotions/<name>/log/<ms>-<random>.json``, that ``show`` prints (keys in :mod:`.layout`;
+  ``<ms>`` is dated after the log's newest entry, so the log is in the order of the events even
+  when a promoting machine's clock is behind).
 
 This prevents accidents (a colleague's upload, a test upload, a stale laptop client), not
 attackers: whoever can write the store can also write a manifest or a marker.
@@ -37,8 +39,8 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
-from . import layout
-from .manifest import Manifest, ManifestHeader, iso_time, now_ms
+from . import clock, layout
+from .manifest import Manifest, ManifestHeader, iso_time
 from .scope import validate_name
 
 LOG_FORMAT = "metaflow-checkpointing-promotion/1"
@@ -127,6 +129,18 @@ def _log_key(name: str, at_ms: int) -> str:
     return layout.promotion_log_key(validate_name(name), at_ms, uuid.uuid4().hex[:8])
 
 
+def _log_date(storage: Storage, name: str) -> int:
+    """The date of a new log entry of ``name``: after every entry already logged (one listing;
+    keys start with their date), so the log keeps the order of events whatever the clocks of
+    the machines that promote say (:func:`.clock.after`)."""
+    dates = []
+    for o in storage.list(layout.promotion_log_prefix(validate_name(name))):
+        stamp = o.key.rsplit("/", 1)[-1].split("-", 1)[0]
+        if stamp.isdigit():
+            dates.append(int(stamp))
+    return clock.after(dates)
+
+
 def promoted_versions(storage: Storage, name: str, namespace: str) -> frozenset:
     """Version ids of ``name`` promoted to ``namespace`` (one listing)."""
     prefix = layout.promoted_to_prefix(validate_name(name), namespace)
@@ -172,7 +186,7 @@ def promote(
             "%s (load it by key or pathspec instead)." % (manifest.key, manifest.scope.pathspec)
         )
     namespace = validate_namespace(namespace)
-    at_ms = now_ms() if at_ms is None else at_ms
+    at_ms = _log_date(storage, manifest.name) if at_ms is None else at_ms
     event = _event("promote", manifest, namespace, by, at_ms)
     body = json.dumps(event, sort_keys=True).encode("utf-8")
     storage.put_bytes(_log_key(manifest.name, at_ms), body)
@@ -198,7 +212,7 @@ def unpromote(
             "%s@%s is not promoted to %s (promoted to: %s)."
             % (manifest.name, manifest.id, namespace, ", ".join(promoted) or "no namespace")
         )
-    at_ms = now_ms() if at_ms is None else at_ms
+    at_ms = _log_date(storage, manifest.name) if at_ms is None else at_ms
     event = _event("unpromote", manifest, namespace, by, at_ms)
     storage.put_bytes(_log_key(manifest.name, at_ms), json.dumps(event, sort_keys=True).encode())
     storage.delete(key)

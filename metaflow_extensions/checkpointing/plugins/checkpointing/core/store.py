@@ -2,6 +2,9 @@
 
 This is the one entry point the runtime (``current.checkpoint``), the client and the CLI use; it
 ties together scopes, manifests, the transfer pipelines, the commit protocol and load policies.
+
+Long module: the store's one facade (save, browse, load, lifecycle) delegates each job to its
+own module; what stays here is the glue between them (e.g. the dating of named versions).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Callable, Optional, TypeVar
 
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, StorageNotFound
 from ..storage.base import Storage
-from . import commit, gang, gc, pins, policies, promotions, pruning, retention, usage
+from . import clock, commit, gang, gc, pins, policies, promotions, pruning, retention, usage
 from . import manifest as mf
 from .download import download_tree
 from .lease_writer import WriterLease
@@ -96,10 +99,17 @@ class CheckpointStore:
         publisher's namespace.  ``position`` is the writer (:mod:`.position`: rank 0 by
         default), ``source`` more fields of the manifest's ``source`` (a subprocess's
         ``rank``, ``local_rank`` and ``world_size``).
+
+        A version of a named checkpoint (a library ``scope``, no ``created_ms`` given) is dated
+        when it is about to commit, after every version of the name listed then
+        (:func:`.clock.after`): versions sort in the order they were published whatever the
+        publishers' clocks say.  That one listing also serves ``reuse_identical``.
         """
         name = validate_name(name)
         metadata = mf.validate_metadata(metadata)
-        if reuse_identical:
+        if scope.is_library and created_ms is None:
+            reuse = self._dated_after_newest(reuse, reuse_identical)
+        elif reuse_identical:
             reuse = self._same_as_newest
         return commit.save(
             self.storage,
@@ -160,8 +170,32 @@ class CheckpointStore:
         # Only a checkpoint holding the part just stored is this save's (ADR 004 review r1).
         return gang.check_part(self.read(key), participant, part, number)
 
-    def _same_as_newest(self, candidate: Manifest) -> Optional[Manifest]:
-        headers = self.headers(candidate.scope.task_prefix(), name=candidate.name)
+    def _dated_after_newest(
+        self, reuse: Optional[Callable[[Manifest], Optional[Manifest]]], identical: bool
+    ) -> Callable[[Manifest], Optional[Manifest]]:
+        """The last step before a new version of a named checkpoint commits (``commit.save``
+        calls ``reuse`` with the manifest about to be committed, after the upload): date it
+        after the newest listed version, then look for a version to reuse instead."""
+
+        def before_commit(candidate: Manifest) -> Optional[Manifest]:
+            headers = self.headers(candidate.scope.task_prefix(), name=candidate.name)
+            # Its key spells the date: it is written with this one.
+            candidate.created_ms = clock.after(
+                (h.created_ms for h in headers), candidate.created_ms
+            )
+            if identical:
+                found = self._same_as_newest(candidate, headers)
+                if found is not None:
+                    return found
+            return reuse(candidate) if reuse is not None else None
+
+        return before_commit
+
+    def _same_as_newest(
+        self, candidate: Manifest, headers: Optional[list[ManifestHeader]] = None
+    ) -> Optional[Manifest]:
+        if headers is None:
+            headers = self.headers(candidate.scope.task_prefix(), name=candidate.name)
         if candidate.scope.is_library:
             # Only a version of the same publisher's namespace: returning another namespace's
             # version would give the publisher a version its own namespace does not trust.
