@@ -15,6 +15,12 @@ from typing import Any, Optional
 
 from ..errors import CheckpointMetadataError
 
+#: What metadata may hold, as every refusal says: exactly what :func:`plain_json` accepts.
+ACCEPTED = (
+    "pass str/int/float/bool/None, lists or tuples (stored as lists), or dicts whose keys are "
+    "strings, or int/float/bool/None (stored as JSON writes them: 1 -> '1', True -> 'true')"
+)
+
 #: Types stored as they are (bool is an int; NumPy's float64 is a float).
 _JSON_SCALARS = (str, int, float, type(None))
 
@@ -47,7 +53,7 @@ def plain_json(value: Any, where: str, max_depth: int, nonfinite: list, depth: i
                     raise _refused(
                         where,
                         "has the key %r (a %s)" % (key, type(key).__name__),
-                        "use string keys",
+                        "a dict key must be a str, int, finite float, bool or None",
                     )
                 out[name] = plain_json(
                     item, "%s[%r]" % (where, key), max_depth, nonfinite, depth + 1
@@ -62,7 +68,7 @@ def plain_json(value: Any, where: str, max_depth: int, nonfinite: list, depth: i
         raise _refused(
             where,
             "(a %s) is not JSON-serialisable" % _type_name(value),
-            "pass str/int/float/bool/None, lists, or dicts with string keys",
+            ACCEPTED,
         )
     if count != 1:
         raise _refused(
