@@ -66,7 +66,8 @@ def load(
     CheckpointConfigError
         ``path`` exists and is not a directory; or is a non-empty directory with
         ``"refuse"``; or, merging, holds a file where the checkpoint has a directory (or the
-        reverse).  Nothing is written.
+        reverse), or a symbolic link out of ``path`` where the checkpoint has a file or a
+        directory.  Nothing is written.
     StorageError
         Writing failed (disk full, quota, permissions); nothing was changed.
     """
@@ -76,6 +77,7 @@ def load(
     elif existing == REPLACE:
         _replace(store, manifest, target, progress)
     else:
+        check_links(manifest, target)
         store.load(manifest, target, progress)
     return target
 
@@ -113,6 +115,48 @@ def check_target(path: str, existing: str = REFUSE) -> str:
             "to overwrite files in it)." % target
         )
     return target
+
+
+def check_links(manifest: Manifest, target: str) -> None:
+    """Refuse to merge into ``target`` when, where the checkpoint has a file or a directory, it
+    holds a symbolic link leading out of ``target`` (or nowhere): a load never writes through a
+    link out of its directory, and this is the user's directory, not a damaged checkpoint.
+    One ``lstat`` per path of the checkpoint that exists in ``target``; changes nothing.
+
+    Raises
+    ------
+    CheckpointConfigError
+        Naming the link, where it leads, and what to do.
+    """
+    root = os.path.realpath(target)
+    exists: dict[str, bool] = {}
+    for rel in [f.path for f in manifest.files] + list(manifest.dirs):
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if sub not in exists:
+                full = os.path.join(target, *parts[:i])
+                exists[sub] = os.path.lexists(full)
+                if exists[sub] and os.path.islink(full):
+                    real = os.path.realpath(full)
+                    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+                        raise CheckpointConfigError(
+                            "Cannot load into %s: %s is a symbolic link to %s, %s, where the "
+                            "checkpoint has a %s; a load never writes through a link out of "
+                            "its directory. Remove or rename the link, or load into an empty "
+                            "directory. Nothing was changed."
+                            % (
+                                target,
+                                full,
+                                os.readlink(full),
+                                "outside it" if os.path.exists(full) else "which does not exist",
+                                "file"
+                                if i == len(parts) and rel not in manifest.dirs
+                                else "directory",
+                            )
+                        )
+            if not exists[sub]:
+                break  # nothing below a path that does not exist
 
 
 def _staging(parent: str) -> str:
