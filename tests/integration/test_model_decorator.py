@@ -59,7 +59,7 @@ def _check_model_flow(result, version, tmp):
     # The reference carries ours and the reference extension's fields, and works as an artifact.
     assert my_model["type"] == "model" and my_model["label"] == "my_model"
     assert my_model["model_uuid"] == my_model["version_id"] == my_model["version"]
-    assert my_model["source"] == "task" and my_model["storage_format"] == "tar"
+    assert my_model["source"] == "task" and my_model["storage_format"] == "files"  # as stored
     assert my_model["metadata"] == {"epochs": 3} and my_model["name"] == "my_model"
     assert my_model["publisher"]["origin"].startswith("ModelFlow/%s/start/" % result.id)
     # An identical re-save is the same version and moved no bytes.

@@ -116,9 +116,15 @@ class CheckpointReference(dict):
     ``Checkpoint().delete(ref)`` removes it.
 
     Code written for other ``@checkpoint`` extensions also reads ``version_id`` (``version``),
-    ``type`` (``"checkpoint"``), ``storage_format`` (``"files"``: files are stored one by one)
-    and ``creation_context`` (``"task"``, or ``"non-task"`` for a named checkpoint); a
-    reference pickled before these were recorded answers them too.
+    ``type`` (``"checkpoint"``, ``"model"`` for a version of ``current.model.save``),
+    ``storage_format`` (``"files"``: files are stored one by one, whatever ``save()`` was
+    asked) and ``creation_context`` (``"task"``, or ``"non-task"`` for a named checkpoint saved
+    outside any task); a model also has ``label``, ``model_uuid``, ``source="task"`` and the
+    saving task's ``attempt`` (its pathspec is ``publisher["origin"]``), a Hugging Face Hub
+    snapshot ``source="huggingface"``, ``repo_id``, ``repo_type``, ``revision`` and ``commit``.
+    Every reader builds these from the manifest (:func:`kind_fields`), so ``save()``'s return,
+    listings, ``get``, the CLI and ``loaded.info`` agree; a reference pickled before they were
+    recorded answers the first four too.
 
     Methods read from the checkpoint's store (``root``): :meth:`load` downloads it,
     :meth:`open` streams one file, :attr:`files` lists its files (through :mod:`.access`: a
@@ -215,6 +221,11 @@ class CheckpointReference(dict):
             stats=dict(manifest.stats),
         )
         ref["publisher"] = _publisher(manifest.scope, manifest.source, ref)
+        ref.update(
+            kind_fields(
+                manifest.scope, manifest.name, manifest.source, ref["metadata"], ref["version"]
+            )
+        )
         return ref
 
     @classmethod
@@ -235,6 +246,11 @@ class CheckpointReference(dict):
             error=summary.get("error"),
         )
         ref["publisher"] = _publisher(header.scope, summary.get("source"), ref)
+        ref.update(
+            kind_fields(
+                header.scope, header.name, summary.get("source"), ref["metadata"], ref["version"]
+            )
+        )
         return ref
 
     @classmethod
@@ -263,6 +279,54 @@ class CheckpointReference(dict):
             storage_format=FILES,
             creation_context="non-task" if scope.is_library else "task",
         )
+
+
+#: ``source["reference"]`` of a manifest: what a version IS for the reference extension's
+#: fields, recorded by its saver (:func:`model_record`) so every reader (``save()``'s return,
+#: listings, ``get``, the CLI, ``loaded.info``) rebuilds the same reference.
+RECORD = "reference"
+
+
+def model_record(attempt: int) -> dict:
+    """The ``source`` fields of a model version saved by ``current.model.save`` in a task's
+    attempt ``attempt`` (:func:`kind_fields` reads them back)."""
+    return {RECORD: {"type": "model", "source": "task", "attempt": int(attempt)}}
+
+
+def kind_fields(scope, name: str, source: Any, metadata: Any, version: str) -> dict:
+    """The reference extension's fields of a version, from what its manifest records: a model
+    (``type="model"``, ``label``, ``model_uuid``, ``source="task"``, the saving task's
+    ``attempt``, ``creation_context="task"``), a Hugging Face Hub snapshot (``source=
+    "huggingface"``, ``repo_id``, ``repo_type``, ``revision``, ``commit``), else nothing (a
+    checkpoint: the defaults of :meth:`CheckpointReference._from_header`).  ``storage_format``
+    is ``"files"`` for every version: what is stored, whatever ``save()`` was asked."""
+    record = source.get(RECORD) if isinstance(source, dict) else None
+    if scope.is_library and isinstance(record, dict) and record.get("type") == "model":
+        attempt = record.get("attempt")
+        valid = type(attempt) is int and 0 <= attempt < 2**31  # an untrusted body
+        return dict(
+            type="model",
+            label=name,
+            model_uuid=version,
+            source="task",
+            attempt=attempt if valid else 0,
+            creation_context="task",
+        )
+    meta = metadata if isinstance(metadata, dict) else {}
+    if (
+        scope.is_library
+        and name.startswith(("hf.", "hf-"))
+        and meta.get("registry") == "huggingface"
+    ):
+        return dict(
+            type="checkpoint",
+            source="huggingface",
+            repo_id=meta.get("repo_id"),
+            repo_type=meta.get("repo_type"),
+            revision=meta.get("revision"),
+            commit=meta.get("commit"),
+        )
+    return {}
 
 
 def _publisher(scope, source, ref: dict) -> Optional[dict]:

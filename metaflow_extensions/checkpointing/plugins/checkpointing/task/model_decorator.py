@@ -179,35 +179,31 @@ class ModelDecorator(StepDecorator):
         loaded = LoadedModels(self.attributes["temp_dir_root"])
         runtime = ModelRuntime(store, scope, current.username, loaded, _log)
         try:
+            is_join = graph[step_name].type == "join"
             for name, path in self._entries:
-                self._load_entry(runtime, flow, name, path)
+                self._load_entry(runtime, flow, name, path, inputs if is_join else None)
         except BaseException:
             runtime.close()  # the task fails here: leave no temporary directory behind
             raise
         self._runtime = runtime
         current._update_env({"model": runtime})
 
-    def _load_entry(self, runtime, flow, name: str, path: Optional[str]) -> None:
-        """Load one ``load`` entry: the artifact ``name`` if the flow has it, else the named
-        checkpoint ``name``."""
-        artifact = _artifact(flow, name)
-        if artifact is not None and not isinstance(artifact, (str, Mapping)):
-            raise CheckpointConfigError(
-                "Step '%s': @model(load=[%r]): self.%s is a %s, not a reference (what "
-                "current.model.save or current.checkpoint.save returned, or its key)."
-                % (self._step_name, name, name, type(artifact).__name__)
-            )
-        reference = name if artifact is None else artifact
+    def _load_entry(self, runtime, flow, name: str, path: Optional[str], join_inputs) -> None:
+        """Load one ``load`` entry: the artifact ``name`` if the flow has it, else (the flow
+        has no artifact of that name at all) the named checkpoint ``name``."""
+        where = "Step '%s': @model(load=[%r])" % (self._step_name, name)
         try:
+            found, artifact = _artifact(flow, name, join_inputs)
+            reference = artifact if found else name
             store, manifest = runtime.resolve(reference)
         except (CheckpointNotFound, CheckpointConfigError) as exc:
-            message = "Step '%s': @model(load=[%r]): %s" % (
-                self._step_name,
-                name,
-                _why_not(name, artifact, runtime.store_url, exc.message),
-            )
+            if isinstance(exc, _Unusable):
+                message, error = "%s: %s" % (where, exc.message), CheckpointConfigError
+            else:
+                why = _why_not(name, found, artifact, runtime.store_url, exc.message)
+                message, error = "%s: %s" % (where, why), CheckpointNotFound
             if not self._best_effort:
-                raise CheckpointNotFound(message) from None
+                raise error(message) from None
             _log(
                 "[@model] Warning: %s; best_effort_load=True: loaded[%r] is None." % (message, name)
             )
@@ -223,24 +219,99 @@ class ModelDecorator(StepDecorator):
             runtime.close()
 
 
-def _artifact(flow, name: str):
-    """``self.<name>`` of the flow, or None when it has no such artifact."""
+class _Unusable(CheckpointConfigError):
+    """The flow has an artifact of the entry's name, but it holds no loadable reference."""
+
+
+#: What a load entry's artifact may hold: a reference (a mapping) or its key/name string.
+_HOLDS = (
+    "a reference (what current.model.save, current.checkpoint.save or "
+    "current.huggingface_hub.snapshot_download returned) or its key"
+)
+
+
+def _artifact(flow, name: str, join_inputs) -> tuple[bool, object]:
+    """``(True, value)`` of the flow's artifact ``name``, ``(False, None)`` when the flow has no
+    artifact of that name at all (then the entry is a named checkpoint).
+
+    A method or step of the flow is no artifact.  In a join step (``join_inputs``: its inputs'
+    datastores) an artifact of the inputs is the value they all hold alike.  An artifact
+    holding None or anything but a reference, one that cannot be read, and a join's inputs
+    holding different values raise :class:`_Unusable` saying which: falling back to a named
+    checkpoint of that name would load another model than the flow's.
+
+    Raises
+    ------
+    _Unusable
+        The flow has the artifact, but it designates no single reference.
+    """
     if "@" in name or not name.isidentifier():
-        return None
+        return False, None
     try:
         value = getattr(flow, name)
     except AttributeError:
-        return None
-    return None if callable(value) else value  # a step or method of the flow is no artifact
+        if not join_inputs:
+            return False, None
+        holders = [i for i, ds in enumerate(join_inputs) if _holds(ds, name)]
+        if not holders:
+            return False, None
+        value = _joined(name, join_inputs, holders)
+    except Exception as exc:  # an artifact that cannot be unpickled or read
+        raise _Unusable(
+            "the artifact self.%s cannot be read (%s: %s); nothing was loaded"
+            % (name, type(exc).__name__, exc)
+        ) from None
+    if callable(value) and not isinstance(value, Mapping):
+        return False, None  # a step or method of the flow is no artifact
+    if value is None:
+        raise _Unusable(
+            "the artifact self.%s is None: it holds no model to load. Set it to %s, or remove "
+            "%r from load= (a named checkpoint %r is only loaded when the flow has no artifact "
+            "of that name)" % (name, _HOLDS, name, name)
+        )
+    if not isinstance(value, (str, Mapping)):
+        raise _Unusable(
+            "the artifact self.%s holds a %s (%s), not %s"
+            % (name, type(value).__name__, _short(value), _HOLDS)
+        )
+    return True, value
 
 
-def _why_not(name: str, artifact, store_url: str, error: str) -> str:
+def _joined(name: str, inputs, holders: list) -> object:
+    """The value of ``name`` in a join step, before ``merge_artifacts``: the one every input
+    holds alike (set before the split), else :class:`_Unusable` (which input's would it be?)."""
+    try:
+        values = [inputs[i][name] for i in holders]
+    except Exception as exc:
+        raise _Unusable(
+            "the artifact %r of this join step's inputs cannot be read (%s: %s); nothing was "
+            "loaded" % (name, type(exc).__name__, exc)
+        ) from None
+    if len(holders) == len(inputs) and all(v == values[0] for v in values[1:]):
+        return values[0]
+    raise _Unusable(
+        "this join step's inputs hold different values of self.%s (%d of %d inputs hold it, "
+        "not all alike), and which one to load is not said; load each input's model in the "
+        "step: current.model.load(inp.%s) for inp in inputs, or set self.%s before the split"
+        % (name, len(holders), len(inputs), name, name)
+    )
+
+
+def _holds(datastore, name: str) -> bool:
+    """Whether a join input's datastore has the artifact ``name``."""
+    try:
+        return name in datastore
+    except Exception:  # a datastore that cannot tell: not a holder
+        return False
+
+
+def _why_not(name: str, found: bool, artifact, store_url: str, error: str) -> str:
     """Why a ``load`` entry has nothing to load: its artifact's reference does not resolve, or
     the flow has no such artifact and the store no such named checkpoint."""
     from ..core.scope import validate_name
 
-    if artifact is not None:
-        return "self.%s = %r cannot be loaded: %s" % (name, _short(artifact), error)
+    if found:
+        return "self.%s = %s cannot be loaded: %s" % (name, _short(artifact), error)
     try:
         validate_name(name.partition("@")[0])
         looked = "no named checkpoint %r in %s: %s" % (name, store_url, error)
@@ -254,10 +325,9 @@ def _why_not(name: str, artifact, store_url: str, error: str) -> str:
 
 
 def _short(value) -> str:
-    """A reference as the user knows it: its key, or the string."""
-    if isinstance(value, Mapping):
-        return str(value.get("key"))
-    return str(value)
+    """A reference as the user knows it: its key, or the string (shortened)."""
+    text = str(value.get("key")) if isinstance(value, Mapping) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _log(message: str) -> None:

@@ -12,15 +12,16 @@ verified plain files, and are recorded in :attr:`ModelRuntime.loaded`.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Mapping
+import re
 from typing import Any, Callable, Optional
 
-from ..common.reference import CheckpointReference, reference_of
+from ..common.reference import CheckpointReference, model_record, reference_of
 from ..common.resolver import resolve
 from ..core import loading
 from ..core.promotions import publisher_record
-from ..core.scope import Scope, library_scope, validate_name
+from ..core.scope import MAX_NAME_LENGTH, Scope, library_scope, validate_name
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError
 from ..fmt import human_size
@@ -30,24 +31,23 @@ from .view import TaskView
 #: ``storage_format`` values of the reference extension: both store plain files here.
 STORAGE_FORMATS = ("tar", "files")
 
-#: Fields the reference extension's model references carry beyond ours.
-MODEL_FIELDS = ("type", "label", "storage_format", "model_uuid", "version_id", "source")
 
-
-def model_reference(
-    ref: CheckpointReference, label: str, storage_format: str = "files"
-) -> CheckpointReference:
-    """``ref`` with the reference extension's model fields: ``type="model"``, ``label``,
-    ``storage_format``, ``model_uuid`` and ``version_id`` (both the version id), ``source``."""
-    ref.update(
-        type="model",
-        label=label,
-        storage_format=storage_format,
-        model_uuid=ref.get("version"),
-        version_id=ref.get("version"),
-        source="task",
-    )
-    return ref
+def default_label(flow: str, step: str) -> str:
+    """The label of a model saved without one: ``<Flow>_<step>`` when that is a valid name, else
+    (a unicode flow or step name, more than 100 characters) the same with every other
+    character made ``_``, cut to fit and ended with ``-<8 hex digits>`` of the original, so
+    it is valid, always the same for one step and different for two steps."""
+    raw = "%s_%s" % (flow, step)
+    try:
+        return validate_name(raw)
+    except CheckpointConfigError:
+        pass
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", raw).replace("..", "__")
+    readable = readable[: MAX_NAME_LENGTH - len(digest) - 1].rstrip(".")
+    if not readable or not re.match(r"[A-Za-z0-9_]", readable):
+        readable = "_" + readable[: MAX_NAME_LENGTH - len(digest) - 2]
+    return validate_name("%s-%s" % (readable, digest))
 
 
 class ModelRuntime:
@@ -97,8 +97,9 @@ class ModelRuntime:
 
     @property
     def default_label(self) -> str:
-        """``<Flow>_<step>``: the label of a model saved without one."""
-        return "%s_%s" % (self._scope.flow, self._scope.step)
+        """``<Flow>_<step>``: the label of a model saved without one (made a valid name by
+        :func:`default_label` when it is not one)."""
+        return default_label(self._scope.flow, self._scope.step)
 
     # ------------------------------------------------------------------ save
     def save(
@@ -122,7 +123,8 @@ class ModelRuntime:
             JSON-serialisable metadata stored with it (``ref["metadata"]``).
         storage_format : str
             ``"tar"`` or ``"files"`` (the reference extension's values): accepted for
-            compatibility; either way the files are stored as files, deduplicated.
+            compatibility; either way the files are stored as files, deduplicated, and the
+            reference says ``storage_format="files"`` (what is stored).
 
         Returns
         -------
@@ -157,8 +159,9 @@ class ModelRuntime:
             metadata=metadata,
             reuse_identical=True,
             publisher=publisher_record(self._username, scope.namespace, scope.pathspec),
+            source=model_record(scope.attempt),  # what it is: every reader rebuilds its fields
         )
-        ref = model_reference(reference_of(self._store, manifest), label, storage_format)
+        ref = reference_of(self._store, manifest)
         stats = manifest.stats
         if stats.get("reused"):
             self._log(
@@ -223,7 +226,7 @@ class ModelRuntime:
     ) -> str:
         """Download ``manifest`` into ``path`` (or a temporary directory) and record it in
         :attr:`loaded` as ``name``; ``given`` is the reference the user passed (its model
-        fields are kept in ``loaded.info``)."""
+        fields are rebuilt from the manifest)."""
         if path is not None:
             loading.check_target(os.fspath(path), loading.MERGE)  # a file there: before reading
         target = self._loaded.directory(name, path)
@@ -232,10 +235,10 @@ class ModelRuntime:
         except BaseException:
             self._loaded.discard(name, target)
             raise
+        # Built from the manifest alone, as every reader does: what the version is (model, Hub
+        # snapshot, checkpoint) is recorded there, not taken from what the user passed.
         ref = reference_of(store, manifest)
         info = dict(ref, spelling=ref.spelling)  # what designates it: name@<id>, task@<id>
-        if isinstance(given, Mapping):
-            info.update((k, given[k]) for k in MODEL_FIELDS if k in given)
         self._loaded.add(name, target, info)
         return target
 
