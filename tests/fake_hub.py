@@ -4,7 +4,7 @@ It implements exactly what the installed ``huggingface_hub``'s ``snapshot_downlo
 ``HfApi.repo_info`` ask for:
 
 - ``GET /api/{type}s/{repo}`` and ``/api/{type}s/{repo}/revision/{rev}``: repo info (``sha``,
-  ``siblings``);
+  ``siblings``; with ``?blobs=true`` each sibling's ``size``, ``blobId`` and ``lfs``);
 - ``GET /api/{type}s/{repo}/tree/{rev}``: the recursive file list (``oid``, ``size``, ``lfs``);
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` (datasets under ``/datasets/``): the file, with
   ``X-Repo-Commit``, ``ETag`` (``X-Linked-Etag`` / ``X-Linked-Size`` for the LFS file) and
@@ -13,7 +13,10 @@ It implements exactly what the installed ``huggingface_hub``'s ``snapshot_downlo
 
 Every request is counted per (method, path), and the bytes of file bodies sent are summed, so a
 test can assert how much a run moved from the Hub. ``acme/tiny-bert`` has two revisions: branch
-``main`` (commit A) and tag ``v1`` (commit B, different weights).
+``main`` (commit A) and tag ``v1`` (commit B, different weights).  ``acme/private-bert`` answers
+only requests carrying ``Authorization: Bearer <PRIVATE_TOKEN>`` (else 401, as the Hub does for a
+private repo).  ``corrupt`` (a set of file paths) serves those files with one byte flipped and
+the right hash headers, as a broken proxy or disk would.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ COMMITS: dict[str, dict[str, dict[str, bytes]]] = {
 }
 REFS: dict[str, dict[str, str]] = {REPO: {"main": COMMIT_A, "v1": COMMIT_B}}
 
+PRIVATE_REPO = "acme/private-bert"
+PRIVATE_TOKEN = "hf_fake_private_token"
+COMMIT_P = "c" * 8 + hashlib.sha1(b"commit P").hexdigest()[8:]
+COMMITS[PRIVATE_REPO] = {COMMIT_P: _files(b"weights P", "p q")}
+REFS[PRIVATE_REPO] = {"main": COMMIT_P}
+
 
 def git_oid(data: bytes) -> str:
     """The git blob id of ``data`` (what the Hub reports as ``oid`` / ``ETag`` for small files)."""
@@ -71,6 +80,8 @@ class FakeHub:
         self.counts: collections.Counter = collections.Counter()
         self.file_bytes = 0
         self.down = False  # True: every request gets a 503 (the Hub unreachable)
+        self.corrupt: set[str] = set()  # file paths served with their first byte flipped
+        self.unauthorized = 0  # requests for the private repo refused (no or a wrong token)
         self._lock = threading.Lock()
         hub = self
 
@@ -115,6 +126,16 @@ class FakeHub:
             self.counts[("HEAD" if head else "GET", path)] += 1
         if self.down:
             return self._send(req, 503, b'{"error": "down"}', head, {})
+        if PRIVATE_REPO in path and req.headers.get("Authorization") != "Bearer " + PRIVATE_TOKEN:
+            with self._lock:
+                self.unauthorized += 1
+            return self._send(
+                req,
+                401,
+                b'{"error": "Invalid credentials"}',
+                head,
+                {"X-Error-Code": "RepoNotFound"},
+            )
         if path.startswith("/api/"):
             return self._api(req, path[len("/api/") :], head)
         repo_path = path[len("/datasets/") :] if path.startswith("/datasets/") else path.lstrip("/")
@@ -146,7 +167,10 @@ class FakeHub:
                 "id": repo,
                 "sha": commit,
                 "private": False,
-                "siblings": [{"rfilename": p} for p in sorted(files)],
+                "siblings": [
+                    self._sibling(p, d, "blobs=true" in req.path.lower())
+                    for p, d in sorted(files.items())
+                ],
             }
         self._send(req, 200, json.dumps(body).encode(), head, {"Content-Type": "application/json"})
 
@@ -156,6 +180,20 @@ class FakeHub:
         if path in LFS_FILES:
             entry["lfs"] = {
                 "oid": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "pointerSize": 134,
+            }
+        return entry
+
+    @staticmethod
+    def _sibling(path: str, data: bytes, blobs: bool) -> dict:
+        """A ``siblings`` entry of repo info; with ``?blobs=true`` (files_metadata) its hashes."""
+        if not blobs:
+            return {"rfilename": path}
+        entry = {"rfilename": path, "size": len(data), "blobId": git_oid(data)}
+        if path in LFS_FILES:
+            entry["lfs"] = {
+                "sha256": hashlib.sha256(data).hexdigest(),
                 "size": len(data),
                 "pointerSize": 134,
             }
@@ -182,6 +220,8 @@ class FakeHub:
         if not head:
             with self._lock:
                 self.file_bytes += len(data)
+        if file in self.corrupt:  # same size and hash headers, other bytes
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
         self._send(req, 200, data, head, headers)
 
     def _error(self, req: BaseHTTPRequestHandler, code: str, head: bool) -> None:

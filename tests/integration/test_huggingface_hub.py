@@ -7,7 +7,11 @@ once" is asserted as bytes that did (not) move.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,17 @@ import pytest
 from .flowrun import FLOWS, PROBE_PRELUDE, local_root, run_flow, run_probe, run_subprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fake_hub import COMMIT_A, COMMIT_B, COMMITS, REPO, FakeHub, hub_env  # noqa: E402
+from fake_hub import (  # noqa: E402
+    COMMIT_A,
+    COMMIT_B,
+    COMMIT_P,
+    COMMITS,
+    PRIVATE_REPO,
+    PRIVATE_TOKEN,
+    REPO,
+    FakeHub,
+    hub_env,
+)
 
 
 @pytest.fixture
@@ -240,3 +254,120 @@ def test_cache_scope_decides_whose_stored_snapshots_are_reused(
     downloads = fake_hub.file_bytes // one_download
     assert downloads == (0 if other_flow_reuses else 1 if other_step_reuses else 2)
     assert (first["key"] == second["key"]) == other_step_reuses
+
+
+# ---------------------------------------------------------------- checks on what enters the store
+def _checks_env(flow_env, fake_hub, case: str, **extra: str) -> tuple[dict, object]:
+    env, tmp = flow_env
+    (tmp / ".metaflow").mkdir(exist_ok=True)
+    env = {k: v for k, v in env.items() if k != "HF_TOKEN"}
+    return dict(env, **hub_env(fake_hub, str(tmp / "hf_home")), HUB_CASE=case, **extra), tmp
+
+
+@pytest.mark.parametrize("corrupt", ["model.safetensors", "config.json", "onnx/model.onnx"])
+def test_bytes_not_matching_the_hubs_hash_are_refused_and_nothing_is_stored(
+    flow_env, fake_hub, corrupt
+):
+    """LFS files (sha256) and small git files (blob sha1): a file served with other bytes than
+    the Hub lists fails the task naming the file, repo and commit, and stores nothing: the
+    next run downloads again and gets the right bytes."""
+    env, tmp = _checks_env(flow_env, fake_hub, "download")
+    fake_hub.corrupt = {corrupt}
+    failed = run_flow(FLOWS / "hub_checks_flow.py", env, tmp, expect="failed")
+    for text in ("Checkpoint integrity error", corrupt, REPO, COMMIT_A, "nothing was stored"):
+        assert text in failed.stdout, failed.describe()
+    fake_hub.corrupt = set()
+    fake_hub.reset()
+    good = run_flow(FLOWS / "hub_checks_flow.py", env, tmp).run["start"].task.data
+    assert good.files == _files(COMMIT_A)
+    assert fake_hub.file_bytes == sum(len(d) for d in _files(COMMIT_A).values())
+
+
+@pytest.mark.parametrize(
+    "auth, revision",
+    [("token", None), ("token", COMMIT_P), ("HF_TOKEN", None), ("headers", None), (None, None)],
+)
+def test_a_private_repo_is_reached_with_the_same_credentials_on_every_request(
+    flow_env, fake_hub, auth, revision
+):
+    """token=, headers= and HF_TOKEN reach every Hub request (revision look-up, file list,
+    files), for a branch and a pinned commit; without them the repo is not found."""
+    extra = {"HUB_REVISION": revision} if revision else {}
+    if auth == "token":
+        extra["HUB_TOKEN"] = PRIVATE_TOKEN
+    elif auth == "HF_TOKEN":
+        extra["HF_TOKEN"] = PRIVATE_TOKEN
+    elif auth == "headers":
+        extra["HUB_HEADER"] = "Bearer " + PRIVATE_TOKEN
+    env, tmp = _checks_env(flow_env, fake_hub, "private", **extra)
+    if auth is None:
+        failed = run_flow(FLOWS / "hub_checks_flow.py", env, tmp, expect="failed")
+        assert "RepositoryNotFoundError" in failed.stdout, failed.describe()
+        assert PRIVATE_REPO in failed.stdout and "HF_TOKEN" in failed.stdout
+        return
+    data = run_flow(FLOWS / "hub_checks_flow.py", env, tmp).run["start"].task.data
+    assert data.ref["commit"] == COMMIT_P
+    assert data.files == COMMITS[PRIVATE_REPO][COMMIT_P]
+    assert fake_hub.unauthorized == 0
+
+
+@pytest.mark.parametrize("case", ["file_target", "entry_target"])
+def test_a_target_that_is_a_file_fails_before_any_hub_request(flow_env, fake_hub, case):
+    env, tmp = _checks_env(flow_env, fake_hub, case)
+    failed = run_flow(FLOWS / "hub_checks_flow.py", env, tmp, expect="failed")
+    assert "it is a file, not a directory" in failed.stdout, failed.describe()
+    assert sum(fake_hub.counts.values()) == 0
+    assert (tmp / "afile").read_text() == "mine"
+
+
+def test_patterns_matching_no_file_store_an_empty_snapshot_with_a_warning(flow_env, fake_hub):
+    """As in the reference extension (and huggingface_hub), not an error; but said."""
+    env, tmp = _checks_env(flow_env, fake_hub, "empty")
+    done = run_flow(FLOWS / "hub_checks_flow.py", env, tmp)
+    assert done.run["start"].task.data.files == {}
+    assert "allow_patterns=['*.nomatch']" in done.stdout
+    assert "select none of the %d files of %s" % (len(_files(COMMIT_A)), REPO) in done.stdout
+
+
+def test_download_directories_of_killed_tasks_are_removed(flow_env, fake_hub):
+    """A task killed (-9) mid-download leaves its download directory; the next download under
+    the same temp_dir_root removes it, and leaves one whose task is alive."""
+    env, tmp = _checks_env(flow_env, fake_hub, "download", HUB_TMP=str(flow_env[1] / "hf_tmp"))
+    holder = (
+        "import os, signal, sys, time\n"
+        "from metaflow_extensions.checkpointing.plugins.checkpointing.core import destination\n"
+        "os.makedirs(sys.argv[1])\n"
+        "destination.Lock(sys.argv[1], os.urandom(6).hex())\n"
+        "open(os.path.join(sys.argv[1], 'part'), 'w').write('x')\n"
+        "print('held', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL) if sys.argv[2] == 'die' else time.sleep(600)\n"
+    )
+    dead, alive = (
+        tmp / "hf_tmp" / "metaflow_hf_download_dead",
+        tmp / "hf_tmp" / "metaflow_hf_download_alive",
+    )
+    proc = subprocess.run([sys.executable, "-c", holder, str(dead), "die"], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL and dead.is_dir()
+    live = subprocess.Popen(
+        [sys.executable, "-c", holder, str(alive), "live"], stdout=subprocess.PIPE
+    )
+    try:
+        assert live.stdout.readline() == b"held\n"
+        run_flow(FLOWS / "hub_checks_flow.py", env, tmp)
+        assert not dead.exists() and alive.is_dir()
+        assert sorted(os.listdir(tmp / "hf_tmp")) == ["metaflow_hf_download_alive"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_pinned_commit_not_stored_fails_fast_while_the_hub_is_down(flow_env, fake_hub):
+    """A 40-hex revision needs no look-up; the file list is the first request and fails at once."""
+    env, tmp = _checks_env(flow_env, fake_hub, "download", HUB_REVISION=COMMIT_A)
+    fake_hub.down = True
+    started = time.monotonic()
+    failed = run_flow(FLOWS / "hub_checks_flow.py", env, tmp, expect="failed")
+    assert "holds no snapshot" in failed.stdout and COMMIT_A in failed.stdout, failed.describe()
+    # One request, not retried: huggingface_hub's back-off would take ~23 s.
+    assert sum(fake_hub.counts.values()) == 1
+    assert time.monotonic() - started < 20

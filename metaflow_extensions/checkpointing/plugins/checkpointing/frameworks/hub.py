@@ -1,5 +1,8 @@
 """``current.huggingface_hub``: Hugging Face Hub snapshots stored once in the checkpoint store.
 
+Long module: the whole of ``current.huggingface_hub`` (snapshot_download, load, load= entries,
+the cache look-up by scope, the download directory's life) plus parsing ``load=``.
+
 A snapshot is a version of a named checkpoint of the store's library (see
 :attr:`.hub_remote.SnapshotRequest.entry_name`: one name per repo and pattern set), whose
 metadata records the repo, the revision asked for and the commit it resolved to.  Its identity
@@ -22,10 +25,12 @@ from typing import Any, Callable, Optional
 
 from ..common.reference import CheckpointReference, reference_of
 from ..core import loading
+from ..core.destination import Lock, take_dead_lock
 from ..core.manifest import Manifest
 from ..core.promotions import publisher_of, publisher_record
 from ..core.scope import library_scope
 from ..core.store import CheckpointStore, same_content
+from ..core.tempnames import LOCK
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
 from ..task.model_loaded import LoadedModels
 from .hub_remote import (
@@ -33,10 +38,12 @@ from .hub_remote import (
     SnapshotRequest,
     check_arguments,
     download,
+    listing,
     resolve_commit,
 )
 
 CACHE_SCOPES = ("checkpoint", "flow", "global")
+DOWNLOAD_PREFIX = "metaflow_hf_download_"
 
 
 class LoadedPath(str):
@@ -101,8 +108,9 @@ class HuggingfaceHub:
 
     @property
     def loaded(self) -> LoadedModels:
-        """``{repo_id: local path}`` of what ``@huggingface_hub(load=[...])`` loaded (and
-        :meth:`load` with a ``path``); ``.info[repo_id]`` is the reference it came from."""
+        """``{repo_id: local path}`` of what ``@huggingface_hub(load=[...])`` loaded before the
+        step's code; ``.info[repo_id]`` is the reference it came from.  :meth:`load` returns
+        its path and is not recorded here (as in the reference extension)."""
         return self._loaded
 
     # ------------------------------------------------------------------ public API
@@ -132,6 +140,8 @@ class HuggingfaceHub:
             The repo or revision does not exist at ``HF_ENDPOINT`` (the message names both).
         CheckpointNotFound
             The Hub cannot be reached and the store holds no snapshot of that revision.
+        CheckpointIntegrityError
+            A downloaded file does not match the Hub's hash for it; nothing was stored.
         """
         request = SnapshotRequest.of(repo_id, **kwargs)
         return self._with_fields(self._ensure(request), request)
@@ -146,12 +156,14 @@ class HuggingfaceHub:
         The result is a ``str`` and also a context manager: ``with
         current.huggingface_hub.load(repo_id) as p:`` removes the temporary directory when the
         block ends (as the reference extension did); used as a plain path it lives until the
-        task ends.  Arguments as for :meth:`snapshot_download`.
+        task ends.  Arguments as for :meth:`snapshot_download`; ``path`` is checked (not a
+        file) before any Hub request (:class:`CheckpointConfigError`).
         """
         request = SnapshotRequest.of(repo_id, repo_type=repo_type, **kwargs)
+        if path is not None:
+            target = loading.check_target(os.fspath(path), loading.MERGE)  # before any request
         ref = self._with_fields(self._ensure(request), request)
         if path is not None:
-            target = os.path.abspath(os.fspath(path))
             os.makedirs(target, exist_ok=True)
         else:
             if self._temp_dir_root is not None:
@@ -174,10 +186,21 @@ class HuggingfaceHub:
         return out
 
     # ------------------------------------------------------------------ @huggingface_hub(load=)
+    def load_entries(self, entries: list[tuple[dict, Optional[str]]]) -> None:
+        """Load the ``@huggingface_hub(load=[...])`` entries (:func:`parse_load`), after
+        checking every target path (none is a file) before any Hub request."""
+        for _, path in entries:
+            if path is not None:
+                loading.check_target(os.fspath(path), loading.MERGE)
+        for spec, path in entries:
+            self.load_entry(dict(spec), path)
+
     def load_entry(self, spec: dict, path: Optional[str]) -> None:
         """Load one ``@huggingface_hub(load=[...])`` entry (``spec``: snapshot_download
         arguments) into ``path`` or a temporary directory; recorded in :attr:`loaded`."""
         request = SnapshotRequest.of(**spec)
+        if path is not None:
+            loading.check_target(os.fspath(path), loading.MERGE)  # before any request
         ref = self._with_fields(self._ensure(request), request)
         target = self._loaded.directory(request.repo_id, path)
         try:
@@ -244,15 +267,20 @@ class HuggingfaceHub:
         self, request: SnapshotRequest, commit: str, same_commit: Callable[[dict], bool]
     ) -> Manifest:
         name = request.entry_name
-        if self._temp_dir_root is not None:
-            os.makedirs(self._temp_dir_root, exist_ok=True)
-        work = tempfile.mkdtemp(prefix="metaflow_hf_download_", dir=self._temp_dir_root)
+        files, total = listing(request, commit)  # the hashes every downloaded file must have
+        if not files:
+            self._log(
+                "[@huggingface_hub] Warning: allow_patterns=%r, ignore_patterns=%r select none "
+                "of the %d files of %s at commit %s: storing an empty snapshot."
+                % (request.allow_patterns, request.ignore_patterns, total, request.repo_id, commit)
+            )
+        work, lock = self._work_directory()
         try:
             self._log(
                 "[@huggingface_hub] Downloading %s@%s (commit %s) from the Hugging Face Hub."
                 % (request.repo_id, request.revision, commit[:12])
             )
-            snapshot = download(request, commit, os.path.join(work, "snapshot"))
+            snapshot = download(request, commit, os.path.join(work, "snapshot"), files)
 
             def committed_meanwhile(candidate: Manifest) -> Optional[Manifest]:
                 # Another task stored the same snapshot while this one downloaded: use its
@@ -270,6 +298,7 @@ class HuggingfaceHub:
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            lock.release()
         stats = manifest.stats
         self._log(
             "[@huggingface_hub] Stored %s@%s as %s@%s (%d bytes new%s)."
@@ -283,6 +312,32 @@ class HuggingfaceHub:
             )
         )
         return manifest
+
+    def _work_directory(self) -> tuple[str, Lock]:
+        """A new download directory under ``temp_dir_root`` holding a lock while this process
+        lives; download directories of processes that died (killed mid-download) are removed
+        first."""
+        parent = self._temp_dir_root or tempfile.gettempdir()
+        os.makedirs(parent, exist_ok=True)
+        try:
+            stale = [e.path for e in os.scandir(parent) if e.name.startswith(DOWNLOAD_PREFIX)]
+        except OSError:
+            stale = []
+        for directory in stale:
+            try:
+                locks = [e.path for e in os.scandir(directory) if LOCK.match(e.name)]
+            except OSError:
+                continue
+            for path in locks:
+                fd = take_dead_lock(path)
+                if fd is not None:
+                    try:
+                        shutil.rmtree(directory, ignore_errors=True)
+                    finally:
+                        os.close(fd)
+                    break
+        work = tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=parent)
+        return work, Lock(work, os.urandom(6).hex())
 
     def _find(self, name: str, match: Callable[[dict], bool]) -> Optional[Manifest]:
         """The newest version of ``name`` whose metadata ``match``es, from a publisher the

@@ -119,8 +119,7 @@ class HuggingfaceHubDecorator(StepDecorator):
             log=_log,
         )
         current._update_env({"huggingface_hub": self._registry})
-        for spec, path in self._load:
-            self._registry.load_entry(dict(spec), path)
+        self._registry.load_entries(self._load)
 
     def task_finished(self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries):
         registry, self._registry = self._registry, None

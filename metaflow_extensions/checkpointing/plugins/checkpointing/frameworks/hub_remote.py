@@ -4,6 +4,11 @@
 is the named checkpoint that holds its snapshots (one version per resolved commit).  The Hub is
 reached only through the installed ``huggingface_hub`` package (it honours ``HF_ENDPOINT``,
 ``HF_TOKEN``, ``HF_HOME``), imported on first use in the task, never at ``import metaflow``.
+
+Every Hub request of one call (revision look-up, file listing, download) carries the same
+authentication and transport arguments (:data:`TRANSPORT_KWARGS`), and every downloaded file is
+checked against the hash the Hub lists for it (LFS sha256, else git blob sha1) before anything
+is stored.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..errors import CheckpointConfigError, CheckpointDependencyError
+from ..errors import CheckpointConfigError, CheckpointDependencyError, CheckpointIntegrityError
 
 #: ``snapshot_download`` arguments we decide ourselves: where files go (the store is the cache).
 REFUSED_KWARGS = {
@@ -29,6 +34,9 @@ REFUSED_KWARGS = {
     "local_files_only": "the store is consulted first; the Hub is asked only on a miss",
     "endpoint": "set HF_ENDPOINT in the task's environment instead",
 }
+#: ``snapshot_download`` arguments that say how to talk to the Hub: given to every request
+#: (``HfApi(...)`` for the revision look-up and the listing, ``snapshot_download`` for files).
+TRANSPORT_KWARGS = ("token", "headers", "library_name", "library_version", "user_agent")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 REPO_TYPES = ("model", "dataset", "space")
 
@@ -188,9 +196,8 @@ def resolve_commit(request: SnapshotRequest) -> str:
     """
     if _COMMIT_RE.fullmatch(request.revision):
         return request.revision
-    hub = import_hub()
     try:
-        info = hub.HfApi().repo_info(
+        info = _api(request).repo_info(
             request.repo_id, repo_type=request.repo_type, revision=request.revision
         )
     except Exception as exc:
@@ -198,9 +205,124 @@ def resolve_commit(request: SnapshotRequest) -> str:
     return str(info.sha)
 
 
-def download(request: SnapshotRequest, commit: str, into: str) -> str:
+def _api(request: SnapshotRequest) -> Any:
+    """An ``HfApi`` carrying the request's authentication and transport arguments."""
+    extra = request.extra
+    return import_hub().HfApi(**{k: extra[k] for k in TRANSPORT_KWARGS if k in extra})
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a commit as the Hub lists it: the hash its bytes must have."""
+
+    path: str
+    size: int
+    algorithm: str  # "sha256" (LFS) or "git-sha1" (a git blob)
+    digest: str
+
+
+def listing(request: SnapshotRequest, commit: str) -> tuple[list[HubFile], int]:
+    """(the files of ``commit`` the request's patterns select, how many files the commit has),
+    with the hash the Hub lists for each (one ``repo_info(files_metadata=True)`` request, not
+    retried: a Hub that is down fails at once rather than after the client's ~23 s back-off).
+
+    Raises
+    ------
+    HubUnreachable, huggingface_hub.errors.RepositoryNotFoundError, ...
+        As :func:`resolve_commit`.
+    CheckpointIntegrityError
+        The Hub lists a selected file without a hash (nothing could check its bytes).
+    """
+    api = _api(request)
+    from huggingface_hub.utils import filter_repo_objects
+
+    try:
+        info = api.repo_info(
+            request.repo_id, repo_type=request.repo_type, revision=commit, files_metadata=True
+        )
+    except Exception as exc:
+        raise _translated(exc, request) from None
+    siblings = list(info.siblings or [])
+    chosen = filter_repo_objects(
+        siblings,
+        allow_patterns=request.allow_patterns,
+        ignore_patterns=request.ignore_patterns,
+        key=lambda f: f.rfilename,
+    )
+    files = []
+    for f in chosen:
+        if f.lfs is not None:
+            files.append(HubFile(f.rfilename, f.lfs.size, "sha256", f.lfs.sha256))
+        elif f.blob_id:
+            files.append(HubFile(f.rfilename, f.size or 0, "git-sha1", f.blob_id))
+        else:
+            raise CheckpointIntegrityError(
+                "Hugging Face Hub: %s lists %s without a hash at commit %s (%s): its bytes "
+                "cannot be checked, so nothing was downloaded."
+                % (request.repo_id, f.rfilename, commit, endpoint()),
+                path=f.rfilename,
+            )
+    return files, len(siblings)
+
+
+def _digest(path: str, algorithm: str, size: int) -> str:
+    h = hashlib.sha256() if algorithm == "sha256" else hashlib.sha1(b"blob %d\0" % size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_snapshot(into: str, files: list[HubFile], request: SnapshotRequest, commit: str) -> None:
+    """Check that ``into`` holds exactly ``files``, each with the bytes the Hub's hash says.
+
+    Raises
+    ------
+    CheckpointIntegrityError
+        A file missing, unexpected, or whose bytes do not match the Hub's hash, naming the
+        file, the repo, the commit and the endpoint.
+    """
+    where = "%s %r at commit %s (%s)" % (request.repo_type, request.repo_id, commit, endpoint())
+    expected = {f.path: f for f in files}
+    present = set()
+    for dirpath, _, names in os.walk(into):
+        present.update(os.path.relpath(os.path.join(dirpath, n), into) for n in names)
+    for path in sorted(present - set(expected)):
+        raise CheckpointIntegrityError(
+            "Hugging Face Hub: %s was downloaded but is not in the Hub's file list of %s; "
+            "nothing was stored." % (path, where),
+            path=path,
+        )
+    for f in files:
+        if f.path not in present:
+            raise CheckpointIntegrityError(
+                "Hugging Face Hub: %s of %s was not downloaded; nothing was stored."
+                % (f.path, where),
+                path=f.path,
+            )
+        local = os.path.join(into, f.path)
+        size = os.path.getsize(local)
+        got = _digest(local, f.algorithm, size)
+        if got != f.digest:
+            raise CheckpointIntegrityError(
+                "Hugging Face Hub: the bytes of %s from %s do not match the Hub's %s %s "
+                "(got %s, %d bytes, %d expected): corrupted in transit or by a proxy; nothing "
+                "was stored. Run again; if it persists, check HF_ENDPOINT and any proxy."
+                % (f.path, where, f.algorithm, f.digest, got, size, f.size),
+                path=f.path,
+            )
+
+
+def download(request: SnapshotRequest, commit: str, into: str, files: list[HubFile]) -> str:
     """Download the snapshot at ``commit`` into the new directory ``into`` (real files only:
-    the Hub client's bookkeeping folder is removed); return ``into``."""
+    the Hub client's bookkeeping folder is removed) and check every file against ``files``
+    (:func:`listing`); return ``into``.
+
+    Raises
+    ------
+    CheckpointIntegrityError
+        See :func:`verify_snapshot`.
+    """
     hub = import_hub()
     try:
         hub.snapshot_download(
@@ -219,6 +341,7 @@ def download(request: SnapshotRequest, commit: str, into: str) -> str:
         os.rmdir(os.path.join(into, ".cache"))
     except OSError:
         pass  # absent, or a .cache folder of the repo itself
+    verify_snapshot(into, files, request, commit)
     return into
 
 
