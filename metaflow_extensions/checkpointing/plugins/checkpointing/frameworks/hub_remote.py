@@ -64,7 +64,10 @@ def import_hub() -> Any:
 
 def endpoint() -> str:
     """The Hub's URL as the client sees it (``HF_ENDPOINT``, else huggingface.co)."""
-    return import_hub().constants.ENDPOINT
+    import_hub()
+    from huggingface_hub import constants  # a lazy attribute of the package: import it
+
+    return constants.ENDPOINT
 
 
 def _patterns(value: Any, attr: str) -> Optional[list[str]]:
@@ -348,13 +351,14 @@ def download(request: SnapshotRequest, commit: str, into: str, files: list[HubFi
 def _translated(exc: Exception, request: SnapshotRequest) -> Exception:
     """``exc`` with a message naming the repo, revision and endpoint; a :class:`HubUnreachable`
     for what says the Hub could not be asked."""
-    hub = import_hub()
-    errors = hub.errors
+    import_hub()
+    from huggingface_hub import errors
+
     where = "%s %r (revision %r) at %s" % (
         request.repo_type,
         request.repo_id,
         request.revision,
-        hub.constants.ENDPOINT,
+        endpoint(),
     )
     if isinstance(exc, errors.RevisionNotFoundError):
         message = "Hugging Face Hub: no revision %r in %s: check the branch, tag or commit." % (
