@@ -30,6 +30,10 @@ class ClientBase:
     #: subclass says "cli").
     _origin = "client"
 
+    #: Whether a client made in a task (or a process it started) acts for it; False: it
+    #: answers as from a notebook (how a task lists another task, one code path).
+    _sees_task = True
+
     def __init__(
         self,
         root: Optional[str] = None,
@@ -38,7 +42,7 @@ class ClientBase:
     ):
         self._root = root
         self._stores: dict[str, CheckpointStore] = {}
-        self._task = TaskContext.from_env() if root is None else None
+        self._task = TaskContext.from_env() if root is None and self._sees_task else None
         self._own_dir: Optional[str] = None
         if init_dir:
             parent = temp_dir_root or (self._task.temp_dir_root if self._task else None)

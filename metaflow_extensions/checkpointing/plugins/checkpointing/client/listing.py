@@ -22,7 +22,14 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, Union
 
-from ..common.attempts import latest_attempts, metaflow_attempt, parse_attempt, store_filter
+from ..common.attempts import (
+    ALL,
+    latest_attempts,
+    metaflow_attempt,
+    parse_attempt,
+    register_task_lister,
+    store_filter,
+)
 from ..common.reference import CheckpointReference, references
 from ..common.refspec import Target, parse_target, task_target
 from ..core.layout import library_prefix
@@ -150,7 +157,7 @@ class Listing(ClientBase):
             latest_only,
             full_namespace=full_namespace,
         )
-        _check_fields(refs, where, order_by)
+        _check_fields(refs, where, order_by, describe(target, task) if task is not None else "")
         refs = _filter(refs, where)
         if order_by:
             refs = _ordered(refs, order_by)
@@ -172,17 +179,25 @@ class Listing(ClientBase):
         """The references :meth:`list` filters, newest first, before ``where``/``order_by``
         (``strict``: an unreadable store raises, see :meth:`_parts`)."""
         selected = parse_attempt(attempt)
-        if self._runtime is not None and target is None:
-            # In a task: as current.checkpoint.list() returns them (this task's by default).
-            refs = self._runtime.list(
-                name=name, task=task, attempt=selected, full_namespace=full_namespace
-            )
-            return [r for r in refs if not latest_only or r.latest]
         latest_of = None  # the CLI's --task is a filter like --run: every attempt
         if self._origin != "cli":
+            _check_narrowing(target, step, run, foreach)
+            if self._runtime is not None and target is None and self._own_task(task):
+                # The task-only conveniences: no target, no task= (or the running task
+                # itself) is this task's checkpoints as current.checkpoint.list() returns
+                # them; full_namespace=True every task and run of this step.  Any other call
+                # is answered below, exactly as from a notebook (one code path).
+                refs = self._runtime.list(
+                    name=name, task=task, attempt=selected, full_namespace=full_namespace
+                )
+                return [r for r in refs if not latest_only or r.latest]
             target, step, run, task, latest_of = _task_keyword(
                 target, step, run, task, full_namespace
             )
+        origin = _cloned_from(target)
+        if origin is not None:  # a task `resume` cloned: its checkpoints are the origin's
+            target = origin
+            latest_of = latest_of and _attempt_known_for(None, None)
         parts, within_task = self._parts(
             target,
             name,
@@ -203,6 +218,14 @@ class Listing(ClientBase):
             key = sort_key(within_task=within_task)
             pairs.sort(key=lambda pair: key(pair[0]), reverse=True)
         return [r for _, r in pairs]
+
+    def _own_task(self, task: Any) -> bool:
+        """Whether ``task=`` designates the task this client runs in (None does)."""
+        if task is None:
+            return True
+        if self._task is None or (isinstance(task, (str, int)) and "/" not in str(task)):
+            return False
+        return task_target(task).pathspec == self._task.scope.pathspec
 
     def _headers(
         self,
@@ -345,21 +368,58 @@ class Listing(ClientBase):
         where = filters.pop("where", None)
         filters.pop("limit", None)
         refs = self._select(target, strict=True, **filters)
-        _check_fields(refs, where, None)
+        what = describe(target, filters.get("task"))
+        _check_fields(refs, where, None, what if filters.get("task") is not None else "")
         refs = _filter(refs, where)
         seen = _metadata_fields(refs)
         if refs and metric not in seen:
             raise CheckpointConfigError(
                 "best(metric=%r): no checkpoint of %s has a metadata field %r; the fields "
-                "are: %s." % (metric, describe(target), metric, ", ".join(seen) or "none")
+                "are: %s." % (metric, what, metric, ", ".join(seen) or "none")
             )
         refs = _ordered(refs, ("-" if mode == "max" else "") + metric)
+        if not refs and self._latest_rule_emptied(target, filters):
+            raise CheckpointNotFound(
+                "No checkpoint of %s: its latest attempt saved none (list(task=...) and "
+                "best(task=...) take a task's latest attempt); earlier attempts did, pass "
+                "attempt='all' (or attempt=N) to consider them." % what
+            )
         if not refs or _metric(refs[0], metric) is None:
             raise CheckpointNotFound(
                 "No checkpoint of %s has a numeric metadata field %r (fields seen: %s)."
-                % (describe(target), metric, ", ".join(seen) or "none")
+                % (what, metric, ", ".join(seen) or "none")
             )
         return refs[0]
+
+    def _latest_rule_emptied(self, target: Any, filters: dict) -> bool:
+        """Whether a ``task=`` listing is empty only because of the latest-attempt rule (an
+        error path only: one more listing, of every attempt)."""
+        if filters.get("task") is None or filters.get("attempt") is not None:
+            return False
+        return bool(self._select(target, strict=True, **dict(filters, attempt=ALL)))
+
+
+def _check_narrowing(
+    target: Any, step: Optional[str], run: Optional[str], foreach: Optional[str]
+) -> None:
+    """Refuse ``step=``/``run=``/``foreach=`` without a target (in a task too): they narrow a
+    flow, run or step, and the named checkpoints have none, so they would silently match
+    nothing (or, in a task, be dropped).
+
+    Raises
+    ------
+    CheckpointConfigError
+        One of them is given without a target, naming how to pass one.
+    """
+    given = [(k, v) for k, v in (("step", step), ("run", run), ("foreach", foreach)) if v]
+    if target is None and given:
+        spelled = ", ".join("%s=%r" % kv for kv in given)
+        raise CheckpointConfigError(
+            "list(%s) without a target: %s narrow a flow, run or step; name it, "
+            "list('Flow', %s) (in a task, current.flow_name is the running flow), or pass "
+            "task='Flow/run_id/step/task_id'."
+            % (spelled, "/".join(k + "=" for k, _ in given), spelled)
+        )
 
 
 def _task_keyword(
@@ -402,6 +462,41 @@ def _task_keyword(
             % (task, task)
         )
     return target, step, run, str(task), _attempt_known_for(None, None)
+
+
+#: Clones followed at most (a resume of a resume of ...), so a loop in metadata cannot hang.
+_MAX_CLONES = 32
+
+
+def clone_origin(task: Target) -> Optional[str]:
+    """The pathspec of the task ``resume`` cloned ``task`` from (following clones of clones),
+    or None when it was not cloned or Metaflow does not know it.  A cloned task ran nothing,
+    so it saved nothing: its checkpoints are the origin's (what the cloned artifact of other
+    ``@checkpoint`` extensions lists).  Metaflow records ``origin-run-id`` and
+    ``origin-task-id`` on every cloned task."""
+    from metaflow import Task
+    from metaflow.exception import MetaflowNotFound
+
+    seen = task
+    for _ in range(_MAX_CLONES):
+        try:
+            md = Task(seen.pathspec, _namespace_check=False).metadata_dict
+        except (MetaflowNotFound, OSError):  # Metaflow cannot tell: the task as named
+            break
+        run, task_id = md.get("origin-run-id"), md.get("origin-task-id")
+        if not run or not task_id:
+            break
+        seen = Target(seen.flow, str(run), seen.step, str(task_id))
+    return seen.pathspec if seen != task else None
+
+
+def _cloned_from(target: Any) -> Optional[str]:
+    """The origin of a task target (``Flow/run/step/task`` or a ``Task``) ``resume`` cloned,
+    else None (any other target: no metadata read)."""
+    if target is None:
+        return None
+    t = parse_target(target)
+    return clone_origin(t) if t.task is not None else None
 
 
 def _attempt_known_for(pathspec: Optional[str], task: Any) -> Callable[[str], Optional[int]]:
@@ -469,31 +564,42 @@ def _metadata_fields(refs: list[CheckpointReference]) -> list[str]:
     return sorted({k for r in refs for k in (r.metadata or {})})
 
 
-def _check_fields(refs: list[CheckpointReference], where: Where, order_by: Optional[str]) -> None:
-    """Refuse an ``order_by`` or ``where`` field that none of ``refs`` has (a typo); an empty
-    listing has nothing to check against."""
+def _check_fields(
+    refs: list[CheckpointReference], where: Where, order_by: Optional[str], what: str = ""
+) -> None:
+    """Refuse an ``order_by`` or ``where`` field that none of ``refs`` (the checkpoints of
+    ``what``) has (a typo); an empty listing has nothing to check against."""
     if not refs:
         return
     seen = _metadata_fields(refs)
     field = (order_by or "").lstrip("-")
     if field and field not in seen and field not in ORDER_FIELDS:
         raise CheckpointConfigError(
-            "order_by=%r: no listed checkpoint has a field %r; order by a metadata field (%s) "
-            "or by %s." % (order_by, field, ", ".join(seen) or "none", ", ".join(ORDER_FIELDS))
+            "order_by=%r: no listed checkpoint%s has a field %r; order by a metadata field "
+            "(%s) or by %s."
+            % (order_by, _of(what), field, ", ".join(seen) or "none", ", ".join(ORDER_FIELDS))
         )
     unknown = [k for k in where if k not in seen] if isinstance(where, dict) else []
     if unknown:
         raise CheckpointConfigError(
-            "where=%r: no listed checkpoint has a metadata field %s; the fields are: %s."
-            % (where, ", ".join(repr(k) for k in unknown), ", ".join(seen) or "none")
+            "where=%r: no listed checkpoint%s has a metadata field %s; the fields are: %s."
+            % (where, _of(what), ", ".join(repr(k) for k in unknown), ", ".join(seen) or "none")
         )
 
 
-def describe(target: Any) -> str:
-    """How messages name a listing target."""
+def _of(what: str) -> str:
+    return " of %s" % what if what else ""
+
+
+def describe(target: Any, task: Any = None) -> str:
+    """How messages name what was listed: a target, ``task=`` (alone or narrowing one), or the
+    named checkpoints."""
+    if task is not None and target is None:
+        return "task %s" % getattr(task, "pathspec", task)
     if target is None:
         return "the named checkpoints"
-    return str(getattr(target, "pathspec", target))
+    named = str(getattr(target, "pathspec", target))
+    return "%s (task %s)" % (named, task) if task is not None else named
 
 
 def _metric(ref: CheckpointReference, field: str) -> Optional[float]:
@@ -526,3 +632,17 @@ def _filter(refs: list[CheckpointReference], where: Where) -> list[CheckpointRef
     raise CheckpointConfigError(
         "where=%r: pass a dict of metadata values or a function of a reference." % (where,)
     )
+
+
+class _Notebook(Listing):
+    """A listing that answers as from a notebook, in a task too (no task of its own)."""
+
+    _sees_task = False
+
+
+def _list_as_from_a_notebook(**kwargs: Any) -> list[CheckpointReference]:
+    """What ``current.checkpoint.list(task=<another task>)`` returns: this module's answer."""
+    return _Notebook().list(**kwargs)
+
+
+register_task_lister(_list_as_from_a_notebook)

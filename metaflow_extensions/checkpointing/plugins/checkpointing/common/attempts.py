@@ -54,16 +54,46 @@ def store_filter(attempt: Attempt) -> Optional[int]:
 
 
 def metaflow_attempt(task: Any) -> Optional[int]:
-    """The attempt Metaflow knows as the latest of ``task`` (a pathspec or a ``Task``; a
-    ``Task`` made with ``attempt=N`` answers N), or None when Metaflow cannot tell."""
-    try:
-        if not isinstance(task, str):
-            return int(task.current_attempt)
-        from metaflow import Task
+    """The attempt Metaflow knows as the latest of ``task`` (a pathspec, in any spelling
+    :func:`..common.refspec.task_target` accepts, or a ``Task``; a ``Task`` made with
+    ``attempt=N`` answers N), or None when Metaflow cannot tell.
 
-        return int(Task(task, _namespace_check=False).current_attempt)
-    except Exception:  # noqa: BLE001 - any failure of the lookup: fall back to the store
+    "Cannot tell" is exactly: Metaflow does not know the task (``MetaflowNotFound``: its
+    metadata is in another metadata service or was removed), or its metadata cannot be reached
+    (``OSError``: a service down, a directory unmounted).  Any other error (a bad pathspec,
+    a bug) is raised, never turned into "the highest attempt among its checkpoints".
+    """
+    from metaflow.exception import MetaflowNotFound
+
+    from .refspec import task_target
+
+    if not isinstance(task, str):
+        return int(task.current_attempt)
+    pathspec = task_target(task).pathspec  # "F/r/s/1/", " /F/r/s/1": one task
+    from metaflow import Task
+
+    try:
+        return int(Task(pathspec, _namespace_check=False).current_attempt)
+    except (MetaflowNotFound, OSError):
         return None
+
+
+#: How a task lists another task's checkpoints: the client's listing, registered by it when
+#: imported (every ``import metaflow`` imports it), so ``current.checkpoint.list(task=...)``
+#: answers exactly as ``Checkpoint().list(task=...)`` from a notebook (one code path, below
+#: the client's layer).  None until registered: the task lists by key prefix alone.
+_TASK_LISTER: Optional[Callable[..., list]] = None
+
+
+def register_task_lister(lister: Callable[..., list]) -> None:
+    """Set how a task lists another task (see :data:`_TASK_LISTER`)."""
+    global _TASK_LISTER
+    _TASK_LISTER = lister
+
+
+def task_lister() -> Optional[Callable[..., list]]:
+    """The registered lister of other tasks' checkpoints, or None."""
+    return _TASK_LISTER
 
 
 def latest_attempts(

@@ -18,7 +18,13 @@ import shutil
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from ..common.attempts import latest_attempts, metaflow_attempt, parse_attempt, store_filter
+from ..common.attempts import (
+    latest_attempts,
+    metaflow_attempt,
+    parse_attempt,
+    store_filter,
+    task_lister,
+)
 from ..common.reference import (
     FILES,
     CheckpointReference,
@@ -300,6 +306,11 @@ class CheckpointRuntime:
         scope = self._scope
         flow, step, run, task_id = scope.flow, scope.step, None, None
         t = task_target(task) if task is not None else None
+        lister = task_lister()
+        if t is not None and t.pathspec != scope.pathspec and lister is not None:
+            # Another task: exactly what Checkpoint().list(task=...) answers from a notebook
+            # (its namespace and existence checks, its stores, a resumed task's origin).
+            return lister(task=task, name=name, attempt=attempt, full_namespace=not within_task)
         if t is not None:
             flow, step = t.flow, t.step
             if within_task:
