@@ -87,8 +87,10 @@ class ModelDecorator(StepDecorator):
         ``current.model.save`` or ``current.checkpoint.save`` returned, or its key) into a new
         temporary directory; ``("artifact_name", "/local/path")`` into that directory
         (``None``: a temporary one); ``"model_name"`` or ``"model_name@<version>"`` when the
-        flow has no such artifact: a named checkpoint (``model_name`` is its newest version
-        published from this run's namespace or promoted to it).
+        flow has no artifact of that name at all: a named checkpoint (``model_name`` is its
+        newest version published from this run's namespace or promoted to it).  An artifact
+        holding None or no reference (in a join: inputs holding different values) is an
+        error naming it, never a fallback to the named checkpoint.
     best_effort_load : bool, default False
         An entry with nothing to load only warns (``loaded[name]`` is None) instead of failing
         the task before the step runs.
