@@ -124,3 +124,30 @@ def test_a_call_in_a_task_a_subprocess_and_a_notebook_gives_one_answer(flow_env)
             assert again[label][0] == "CheckpointNotFound"
             continue
         assert again[label] == notebook[label], label
+
+
+GANG_PROBE = (
+    PROBE_PRELUDE
+    + """
+from metaflow import Task
+c = Checkpoint()
+nodes = lambda refs: sorted(r["metadata"]["node"] for r in refs)
+for p in sys.argv[1:]:
+    attempt(p, lambda: [nodes(c.list(task=p)), nodes(c.list(task=Task(p))), nodes(c.list(p))])
+print("PROBE" + json.dumps(out))
+"""
+)
+
+
+def test_a_parallel_worker_task_lists_its_own_saves_and_the_control_task_the_gangs(flow_env):
+    """A gang saves under its control task (one lineage the gang retries from): a worker's
+    task lists the checkpoints its node saved (by pathspec, Task, positional; in the task and
+    from a notebook), the control task every node's."""
+    env, tmp = flow_env
+    run = run_flow(FLOWS / "list_gang_flow.py", env, tmp).run
+    control = next(t for t in run["train"] if "_node_" not in t.id)
+    worker = next(t for t in run["train"] if t is not control)
+    seen, _ = run_probe(GANG_PROBE, env, tmp, worker.pathspec, control.pathspec)
+    assert seen[worker.pathspec] == [[1], [1], [1]]
+    assert seen[control.pathspec] == [[0, 1], [0, 1], [0, 1]]
+    assert worker["own_task"].data == [1]

@@ -194,9 +194,9 @@ class Listing(ClientBase):
             target, step, run, task, latest_of = _task_keyword(
                 target, step, run, task, full_namespace
             )
-        origin = _cloned_from(target)
-        if origin is not None:  # a task `resume` cloned: its checkpoints are the origin's
-            target = origin
+        listed, node = _listed_as(target)
+        if listed is not None:  # a clone's origin, or the control task of a gang's worker
+            target = listed
             latest_of = latest_of and _attempt_known_for(None, None)
         parts, within_task = self._parts(
             target,
@@ -211,6 +211,8 @@ class Listing(ClientBase):
             strict=strict,
         )
         pairs = [(h, r) for _, headers, refs in parts for h, r in zip(headers, refs or [])]
+        if node is not None:  # a worker's own saves, and the sharded ones it has a part of
+            pairs = [(h, r) for h, r in pairs if r.writer is None or r.writer["node"] == node]
         if latest_of is not None and selected is None:
             keep = {id(h) for h in latest_attempts([h for h, _ in pairs], latest_of)}
             pairs = [(h, r) for h, r in pairs if id(h) in keep]
@@ -468,35 +470,72 @@ def _task_keyword(
 _MAX_CLONES = 32
 
 
-def clone_origin(task: Target) -> Optional[str]:
-    """The pathspec of the task ``resume`` cloned ``task`` from (following clones of clones),
-    or None when it was not cloned or Metaflow does not know it.  A cloned task ran nothing,
-    so it saved nothing: its checkpoints are the origin's (what the cloned artifact of other
-    ``@checkpoint`` extensions lists).  Metaflow records ``origin-run-id`` and
-    ``origin-task-id`` on every cloned task."""
+def _listed_as(target: Any) -> tuple[Optional[str], Optional[int]]:
+    """Which task a task target's checkpoints are listed from, when not its own (None), and
+    which ``@parallel`` node's saves are its own (None: every writer's).
+
+    - A task ``resume`` cloned ran nothing, so it saved nothing: its checkpoints are its
+      origin's (what the cloned artifact of other ``@checkpoint`` extensions lists), following
+      clones of clones.  Metaflow records ``origin-run-id``/``origin-task-id`` on clones.
+    - A worker of a ``@parallel`` gang saves under the gang's control task (one lineage the
+      whole gang retries from): a worker lists the control task's checkpoints it wrote (its
+      node's) and the sharded ones it has a part of, as its own artifact would in other
+      extensions.
+
+    Any other target, or a task Metaflow does not know: ``(None, None)`` (one metadata read
+    of a task target, none of any other).
+    """
+    if target is None:
+        return None, None
+    t = parse_target(target)
+    if t.task is None:
+        return None, None
+    seen, node = t, None
+    for _ in range(_MAX_CLONES):
+        md = _metadata(seen)
+        if md is None:
+            break
+        run, task_id = md.get("origin-run-id"), md.get("origin-task-id")
+        if run and task_id:
+            seen = Target(seen.flow, str(run), seen.step, str(task_id))
+            continue
+        control, node = _gang_of(seen, md)
+        seen = control or seen
+        break
+    return (seen.pathspec if seen != t else None), node
+
+
+def _metadata(t: Target) -> Optional[dict]:
+    """The task's metadata (latest value of each field), None when Metaflow cannot tell."""
     from metaflow import Task
     from metaflow.exception import MetaflowNotFound
 
-    seen = task
-    for _ in range(_MAX_CLONES):
-        try:
-            md = Task(seen.pathspec, _namespace_check=False).metadata_dict
-        except (MetaflowNotFound, OSError):  # Metaflow cannot tell: the task as named
-            break
-        run, task_id = md.get("origin-run-id"), md.get("origin-task-id")
-        if not run or not task_id:
-            break
-        seen = Target(seen.flow, str(run), seen.step, str(task_id))
-    return seen.pathspec if seen != task else None
-
-
-def _cloned_from(target: Any) -> Optional[str]:
-    """The origin of a task target (``Flow/run/step/task`` or a ``Task``) ``resume`` cloned,
-    else None (any other target: no metadata read)."""
-    if target is None:
+    try:
+        return Task(t.pathspec, _namespace_check=False).metadata_dict
+    except (MetaflowNotFound, OSError):
         return None
-    t = parse_target(target)
-    return clone_origin(t) if t.task is not None else None
+
+
+def _gang_of(t: Target, md: dict) -> tuple[Optional[Target], Optional[int]]:
+    """The control task and node index of a ``@parallel`` worker task (``(None, None)`` for
+    any other task).  The node is the last index of its ``foreach-execution-path``; the control
+    task is the one Metaflow's local runtime names it after (``<control>_node_<i>``), else the
+    step's only control task."""
+    if "parallel-world-size" not in md or md.get("internal_task_type") == "control_task":
+        return None, None
+    index = str(md.get("foreach-execution-path", "")).rpartition(":")[2]
+    if not index.isdigit():
+        return None, None
+    control = t.task.rpartition("_node_")[0]
+    if not control:
+        from metaflow import Step
+
+        step = Step("%s/%s/%s" % (t.flow, t.run, t.step), _namespace_check=False)
+        ids = [x.id for x in step if x.metadata_dict.get("internal_task_type") == "control_task"]
+        if len(ids) != 1:
+            return None, None
+        control = ids[0]
+    return Target(t.flow, t.run, t.step, control), int(index)
 
 
 def _attempt_known_for(pathspec: Optional[str], task: Any) -> Callable[[str], Optional[int]]:
