@@ -109,6 +109,10 @@ class Listing(ClientBase):
             (``list("F/1/s", task="2")``).  The latest attempt is the one Metaflow recorded
             last, else the highest among the task's checkpoints; in a task, its own attempt
             for itself.  A positional target (``list("F/1/s/2")``) lists every attempt.
+            A task ``resume`` cloned lists its origin's checkpoints; a ``@parallel`` worker
+            those its node saved (the gang saves under its control task).  In a task, any
+            call but its own task's (no target and no ``task=``, or ``task=`` itself) is
+            answered exactly as from a notebook.
         foreach : str, optional
             Only this foreach split, e.g. ``"3"`` or ``"3.0"`` (``"_"``: outside any foreach).
         attempt : int or "all", optional
@@ -138,7 +142,8 @@ class Listing(ClientBase):
             the message lists the fields there are).  An empty listing is not an error.
             ``attempt`` is not a number or ``"all"``; ``task=`` is a pathspec and a target
             is given too, or a task id without a target; ``full_namespace=True`` outside a
-            task without ``task=``.
+            task without ``task=``; ``step``, ``run`` or ``foreach`` without a target (in a
+            task too: never silently dropped).
         CheckpointNotFound
             Unknown flow, run, step or task (a step's message lists the run's steps).
         CheckpointScopeError

@@ -295,10 +295,16 @@ class CheckpointRuntime:
             Another spelling of ``within_task=False`` used by existing code; with ``task``,
             every task and run of that task's step.
 
+        Another task (``task`` any but the running one) is listed exactly as
+        ``Checkpoint().list(task=...)`` lists it from a notebook: its errors, its stores, a
+        ``resume`` clone's origin, a ``@parallel`` worker's own saves.
+
         Raises
         ------
         CheckpointConfigError
             ``task`` is not a task, or ``attempt`` is not a number, ``"all"`` or None.
+        CheckpointNotFound, CheckpointScopeError
+            Another task that does not exist, or is not in the current namespace.
         """
         selected = parse_attempt(attempt)
         if full_namespace:
