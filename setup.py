@@ -19,7 +19,7 @@ setup(
     install_requires=[
         # Floor: the lowest Metaflow `make test-lowest` passes on (docs/development.md); exact CI
         # versions are in constraints.txt, used by the Makefile only.
-        "metaflow>=2.16.7,<3",
+        "metaflow>=2.19.17,<3",
         "blake3>=1.0",
         "tenacity>=8.2",
         "fsspec>=2023.1",
