@@ -99,13 +99,15 @@ class DecodeError(ValueError):
     """A stored object is not a valid encoding of a blob (corrupt at rest or in transit)."""
 
 
-def decode(codec: str, data: bytes) -> bytes:
-    """The plain bytes of a blob stored with ``codec``.
+def decode(codec: str, data: bytes, expected: int) -> bytes:
+    """The plain bytes of a blob stored with ``codec``, which the manifest says hold
+    ``expected`` bytes.
 
-    The frame must declare its content size (every frame we write does), at most
-    :data:`MAX_PLAIN`, and hold exactly that many bytes: a damaged or hostile object can
-    neither allocate more than it declares nor pass for a shorter blob.  The caller then checks
-    the plain bytes against the blob's hash.
+    The frame must declare its size (every frame we write does), at most ``expected``
+    (every manifest references all of a blob), checked before anything is decompressed, and
+    hold exactly that many: a damaged or hostile object can neither make a reader allocate
+    more than the manifest expects nor pass for a shorter blob.  The caller then checks the
+    plain bytes against the blob's hash (and a shorter blob against the slices it must hold).
 
     Raises
     ------
@@ -115,12 +117,7 @@ def decode(codec: str, data: bytes) -> bytes:
         ``zstandard`` is not installed.
     """
     zstd = _zstd("Loading a zstd-compressed checkpoint")
-    try:
-        size = zstd.frame_content_size(data)
-    except zstd.ZstdError as exc:
-        raise DecodeError("not a zstd frame (%s)" % exc) from None
-    if size < 0 or size > MAX_PLAIN:
-        raise DecodeError("the zstd frame declares no usable content size (%d)" % size)
+    size = declared_size(codec, data, expected)
     dctx = getattr(_local, "dctx", None)
     if dctx is None:
         dctx = _local.dctx = zstd.ZstdDecompressor()
@@ -133,20 +130,17 @@ def decode(codec: str, data: bytes) -> bytes:
     return plain
 
 
-def stream_decoder(codec: str) -> Any:
-    """A streaming decoder (``decompressobj``) for windows of a stored object, for checks that
-    read blobs back in bounded windows (``verify``)."""
-    return _zstd("Checking a zstd-compressed checkpoint").ZstdDecompressor().decompressobj()
+def declared_size(codec: str, head: bytes, expected: int) -> int:
+    """The plain size the frame starting ``head`` declares, refused (before a byte of it is
+    decompressed) when it is more than ``expected``, the size the manifests need.
 
-
-def check_header(codec: str, head: bytes) -> None:
-    """Refuse an object whose frame header (in its first bytes) declares no content size or
-    more than :data:`MAX_PLAIN`, before a streaming decoder is fed any of it.
+    A smaller size is returned: decoding it costs less than the manifest allows, and the hash
+    then tells a corrupt blob from an intact one a manifest asks too much of.
 
     Raises
     ------
     DecodeError
-        As :func:`decode` would for that frame.
+        No frame, no declared size, or more than ``expected``.
     """
     zstd = _zstd("Checking a zstd-compressed checkpoint")
     try:
@@ -155,6 +149,68 @@ def check_header(codec: str, head: bytes) -> None:
         raise DecodeError("not a zstd frame (%s)" % exc) from None
     if size < 0 or size > MAX_PLAIN:
         raise DecodeError("the zstd frame declares no usable content size (%d)" % size)
+    if size > expected:
+        raise DecodeError(
+            "the zstd frame declares %d plain bytes, the manifest expects %d" % (size, expected)
+        )
+    return size
+
+
+class BoundedReader:
+    """The plain bytes of a stored object, decoded while it is read in windows, never more than
+    ``expected`` of them and at most ``window`` at a time (``read``), whatever the object holds.
+
+    ``fetch(offset)`` returns the stored bytes from ``offset`` (one window; ``b""`` at the end).
+    The frame header is checked (:func:`declared_size`) before the decoder sees any byte, and
+    the decoder is bounded by the size it declares from then on.
+    """
+
+    def __init__(self, codec: str, fetch: Any, expected: int, window: int):
+        self._zstd = _zstd("Checking a zstd-compressed checkpoint")
+        self._fetch = fetch
+        self.window = window
+        self.stored = 0  # stored bytes fetched so far
+        self.plain = 0  # plain bytes returned so far
+        self._first: Optional[bytes] = None
+        head = fetch(0)
+        self.stored = len(head)
+        self.expected = declared_size(codec, head, expected)
+        self._first = head
+        self._reader = self._zstd.ZstdDecompressor().stream_reader(
+            self, read_size=window, read_across_frames=False
+        )
+
+    def read(self, n: int = -1) -> bytes:  # the source side, called by the decoder
+        if self._first is not None:
+            data, self._first = self._first, None
+            return data
+        data = self._fetch(self.stored)
+        self.stored += len(data)
+        return data
+
+    def next(self) -> bytes:
+        """The next plain bytes (at most one window; ``b""`` at the end).
+
+        Raises
+        ------
+        DecodeError
+            The object does not decode, holds more than ``expected`` bytes, or ends early.
+        """
+        try:
+            data = self._reader.read(min(self.window, self.expected - self.plain + 1))
+        except self._zstd.ZstdError as exc:
+            raise DecodeError("the zstd frame does not decompress (%s)" % exc) from None
+        self.plain += len(data)
+        if self.plain > self.expected:
+            raise DecodeError(
+                "the zstd frame holds more than the %d bytes declared" % self.expected
+            )
+        if not data and self.plain != self.expected:
+            raise DecodeError(
+                "the zstd frame ends after %d of the %d bytes declared"
+                % (self.plain, self.expected)
+            )
+        return data
 
 
 def require(codec: str) -> None:

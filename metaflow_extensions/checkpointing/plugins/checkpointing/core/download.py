@@ -60,13 +60,24 @@ _MIN_HOLE = 4096
 
 
 # ---------------------------------------------------------------------------------------- load
-def _fetch_verified(storage: Storage, manifest: Manifest, blob: str, what: str) -> bytes:
-    """The plain bytes of the stored blob ``blob``, decoded (:mod:`.codec`) and checked against
-    its hash; fetched once more on a mismatch."""
+def blob_end(manifest: Manifest, blob: str) -> int:
+    """The plain length of ``blob`` that ``manifest`` needs: the end of its last slice (a save
+    references every byte of each blob it writes)."""
+    return max(
+        (c.offset + c.length for f in manifest.files for c in f.chunks if c.blob == blob), default=0
+    )
+
+
+def _fetch_verified(
+    storage: Storage, manifest: Manifest, blob: str, what: str, expected: int
+) -> bytes:
+    """The plain bytes of the stored blob ``blob``, decoded (:mod:`.codec`, never more than the
+    ``expected`` bytes the manifest needs) and checked against its hash; fetched once more on a
+    mismatch."""
     key = blob_key(blob)
     h, codec = split(blob)
     problem = "does not match its BLAKE3 hash"
-    for attempt in (0, 1):
+    for _attempt in (0, 1):  # a flip in transit is not corruption at rest: fetch once more
         try:
             data = storage.get_bytes(key)
         except StorageNotFound as exc:
@@ -80,15 +91,15 @@ def _fetch_verified(storage: Storage, manifest: Manifest, blob: str, what: str) 
             ) from exc
         if codec is not None:
             try:
-                data = decode(codec, data)
+                data = decode(codec, data, expected)
             except DecodeError as exc:
                 problem = "is not a valid %s object: %s" % (codec, exc)
+                del data  # the second fetch must not hold the first
                 continue  # as a hash mismatch: fetch once more, then report it
             problem = "decompresses to bytes that do not match its BLAKE3 hash"
         if digest(data) == h:
             return data
-        if attempt == 0:
-            continue  # a flip in transit is not corruption at rest: fetch once more
+        del data  # the second fetch must not hold the first (a compressed blob's plain bytes)
     raise CheckpointIntegrityError(
         "Checkpoint %s: file %s failed verification (blob %s %s). The stored data is corrupt; "
         "load another checkpoint." % (manifest.key, what, blob, problem),
@@ -307,7 +318,8 @@ def download_tree(
                     written[0] += n
                 progress(n)
                 return
-            data = _fetch_verified(storage, manifest, blob, manifest.files[uses[0][0]].path)
+            end = max(c.offset + c.length for _i, _p, c in uses)  # every use of it: all of it
+            data = _fetch_verified(storage, manifest, blob, manifest.files[uses[0][0]].path, end)
             view = memoryview(data)
             for i, file_pos, c in uses:
                 entry = manifest.files[i]

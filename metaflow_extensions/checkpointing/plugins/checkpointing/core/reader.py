@@ -20,7 +20,7 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
-from .download import _fetch_verified
+from .download import _fetch_verified, blob_end
 from .layout import blob_key
 from .manifest import FileEntry, Manifest
 from .transfer import digest
@@ -98,7 +98,13 @@ class CheckpointFile(io.RawIOBase):
         c = self._entry.chunks[index]
         # A compressed blob is read whole (no byte range of it is a range of the file).
         if self._entry.digest is None or "." in c.blob:
-            data = _fetch_verified(self._storage, self._manifest, c.blob, self._entry.path)
+            data = _fetch_verified(
+                self._storage,
+                self._manifest,
+                c.blob,
+                self._entry.path,
+                blob_end(self._manifest, c.blob),
+            )
             piece = data[c.offset : c.offset + c.length]
             if len(piece) != c.length:
                 raise CheckpointIntegrityError(

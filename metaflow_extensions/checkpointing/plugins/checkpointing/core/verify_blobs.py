@@ -14,7 +14,7 @@ import blake3
 from ..errors import StorageError, StorageNotFound
 from ..storage.base import Storage
 from . import manifest as mf
-from .codec import check_header, split, stream_decoder
+from .codec import BoundedReader, DecodeError, split
 from .layout import blob_key
 
 #: ``progress(phase, done, total)``: cumulative counts of one phase (``"manifests"`` and
@@ -82,42 +82,51 @@ def hash_blob(
     """
     key = blob_key(blob)
     name, codec = split(blob)
-    # A compressed blob is decoded as it is read: its plain bytes are hashed, in windows too.
-    decoder = stream_decoder(codec) if codec is not None else None
     whole = blake3.blake3()  # the hash of transfer.digest, fed incrementally
     packed = [(s, blake3.blake3()) for s in uses.slices if s[4] is not None]
     pos = 0  # in the plain bytes
-    read = 0  # in the stored object
-    while True:
-        try:
-            data = storage.get_bytes(key, read, window)
-        except StorageNotFound:
-            if read == 0:
-                return False, [], []
-            return True, ["disappeared while it was read"], []
-        except StorageError as exc:
-            return True, ["unreadable: %s" % exc.message], []
-        read += len(data)
-        stored_len = len(data)
-        if decoder is not None:
-            try:
-                if read == stored_len:  # the first window: what the frame declares
-                    check_header(codec, data)
-                data = decoder.decompress(data)
-            except Exception as exc:  # noqa: BLE001 - any decoder failure: the object is corrupt
-                return True, ["not a valid %s object (%s)" % (codec, exc)], []
-        whole.update(data)
-        end = pos + len(data)
-        for (_k, _p, off, n, _d), h in packed:
-            lo, hi = max(off, pos), min(off + n, end)
-            if lo < hi:
-                h.update(memoryview(data)[lo - pos : hi - pos])
-        counter.add(stored_len)
-        pos = end
-        if stored_len < window or (size is not None and read >= size):
-            break
-    if decoder is not None and not decoder.eof:
-        return True, ["not a valid %s object (it ends inside its frame)" % codec], []
+    read = [0]  # in the stored object
+
+    def fetch(offset: int) -> bytes:
+        if size is not None and offset >= size:
+            return b""
+        data = storage.get_bytes(key, offset, window)
+        read[0] = offset + len(data)
+        counter.add(len(data))
+        return data
+
+    try:
+        if codec is not None:
+            # A compressed blob is decoded as it is read, never past the plain length the
+            # manifests need (uses.end): its plain bytes are hashed, in windows too.
+            reader = BoundedReader(codec, fetch, uses.end, window)
+            next_window = reader.next
+        else:
+
+            def next_window() -> bytes:
+                if read[0] and (read[0] % window or (size is not None and read[0] >= size)):
+                    return b""  # the last window was short, or the listed size is read
+                return fetch(read[0])
+
+        while True:
+            data = next_window()
+            if not data:
+                break
+            whole.update(data)
+            end = pos + len(data)
+            for (_k, _p, off, n, _d), h in packed:
+                lo, hi = max(off, pos), min(off + n, end)
+                if lo < hi:
+                    h.update(memoryview(data)[lo - pos : hi - pos])
+            pos = end
+    except StorageNotFound:
+        if read[0] == 0:
+            return False, [], []
+        return True, ["disappeared while it was read"], []
+    except StorageError as exc:
+        return True, ["unreadable: %s" % exc.message], []
+    except DecodeError as exc:
+        return True, ["not a valid %s object (%s)" % (codec, exc)], []
     past = [(k, p, off, n) for k, p, off, n, _d in uses.slices if off + n > pos]
     unmatched = [
         (k, p, off, n) for (k, p, off, n, d), h in packed if off + n <= pos and h.hexdigest() != d
