@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import threading
 import time
 
 import metaflow  # noqa: F401  (imported before the extension, as Metaflow itself does)
@@ -203,3 +204,88 @@ def test_a_missing_package_names_the_extra(url, module, package, extra, monkeypa
     message = str(info.value)
     assert repr(package) in message and url in message
     assert 'pip install "metaflow-checkpointing[%s]"' % extra in message
+
+
+class _StallFirst:
+    """A TCP proxy on 127.0.0.1 whose first connection is accepted and never answered (a
+    response that stalls past the timeout); later connections are forwarded to ``port``."""
+
+    def __init__(self, port: int):
+        self.port_to = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list = []
+        self.stalled = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.held:
+                self.held.append(conn)  # read nothing, answer nothing
+                self.stalled += 1
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.port_to))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("kind", ["azure", "gs"])
+def test_a_response_stalled_past_the_timeout_is_retried(kind, tmp_path):
+    """A first request whose response never comes is a timeout of the SDK's own kind (azure-core
+    ServiceResponseTimeoutError, aiohttp's ServerTimeoutError...): retried, and the call
+    succeeds on the next connection."""
+    if kind == "azure":
+        emulator = start_azurite(tmp_path / "azurite")
+        where = new_azure_container(emulator, "stall")
+    else:
+        emulator = start_gcs(tmp_path / "gcs")
+        where = new_gcs_bucket(emulator, "stall")
+    proxy = _StallFirst(emulator.port)
+    try:
+        if kind == "azure":
+            store = storage_for_url(
+                "az://%s/root" % where,
+                retry=TINY,
+                timeout=1,
+                azure_endpoint="http://127.0.0.1:%d/devstoreaccount1" % proxy.port,
+                fsspec_options={"account_key": AZURITE_KEY},
+            )
+        else:
+            store = storage_for_url(
+                "gs://%s/root" % where,
+                retry=TINY,
+                timeout=1,
+                fsspec_options={
+                    "endpoint_url": "http://127.0.0.1:%d" % proxy.port,
+                    "token": "anon",
+                },
+            )
+        store.put_bytes("k", b"payload")
+        assert proxy.stalled == 1
+        assert store.get_bytes("k") == b"payload"
+    finally:
+        proxy.close()
+        emulator.stop()

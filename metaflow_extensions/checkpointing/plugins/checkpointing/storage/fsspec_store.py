@@ -37,18 +37,28 @@ _TRANSIENT_ERRNOS = frozenset(
     }
 )
 # Connection-level exceptions of the HTTP stacks under fsspec backends (aiohttp for gcsfs,
-# azure-core for adlfs), matched by name so none of them has to be imported.
+# azure-core for adlfs, requests/google-auth for gcsfs' credentials), matched by name anywhere in
+# the exception's class hierarchy (so their subclasses, e.g. azure-core's
+# ServiceResponseTimeoutError, are too) and none of them has to be imported.
 _TRANSIENT_NAMES = frozenset(
     {
-        "ServerDisconnectedError",
-        "ClientConnectionError",
-        "ClientConnectorError",
-        "ClientOSError",
+        # aiohttp
+        "ClientConnectionError",  # ClientOSError, ClientConnectorError, ServerDisconnectedError
         "ClientPayloadError",
         "ServerTimeoutError",
-        "ServiceRequestError",
-        "ServiceResponseError",
+        # azure-core
+        "ServiceRequestError",  # ServiceRequestTimeoutError
+        "ServiceResponseError",  # ServiceResponseTimeoutError
+        # http.client / urllib3 / requests / google-auth
         "IncompleteRead",
+        "ProtocolError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "NewConnectionError",
+        "ChunkedEncodingError",
+        "ConnectionError",  # requests.ConnectionError is not the builtin one
+        "Timeout",  # requests.Timeout: ReadTimeout, ConnectTimeout
+        "TransportError",  # google.auth.exceptions.TransportError
     }
 )
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
@@ -362,10 +372,14 @@ class FsspecStorage(Storage):
             return TRANSIENT
         if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
             return TRANSIENT
-        if type(exc).__name__ in _TRANSIENT_NAMES:
+        if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__):
             return TRANSIENT
         # HTTP errors of gcsfs/adlfs carry a status: throttling and 5xx are worth a retry.
-        status = getattr(exc, "code", None) or getattr(exc, "status", None)
+        status = (
+            getattr(exc, "code", None)
+            or getattr(exc, "status", None)
+            or getattr(exc, "status_code", None)
+        )
         if isinstance(status, int) and (status in (408, 429) or 500 <= status < 600):
             return TRANSIENT
         return PERMANENT
