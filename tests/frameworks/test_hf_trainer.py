@@ -40,8 +40,8 @@ def straight(tmp_path_factory):
 def test_a_crash_mid_epoch_resumes_on_retry_bitwise_identical(straight):
     """Saves at steps 5, 10, 15, 20 and 24 (the end); the crash at step 12 (mid-epoch 1) loses
     steps 11-12, the retry resumes from step 10 in a fresh output_dir and ends with the
-    uninterrupted run's weights.  save_total_limit=2 keeps the two newest of the task (across
-    attempts), the best series only the best."""
+    uninterrupted run's weights.  save_total_limit=2 keeps the two newest each attempt's
+    callback saved (it deletes only its own), the best series only the best."""
     env, tmp, straight = straight
     crashed = single_task(run_flow(FLOW, env, tmp, run_kwargs={"crash_at": 12}).run, "train")
 
@@ -57,15 +57,17 @@ def test_a_crash_mid_epoch_resumes_on_retry_bitwise_identical(straight):
     best_step = min(losses, key=lambda k: (losses[k], k))  # the first of equals, as HF
     assert straight.data.saved == [
         ("best", best_step, 0),
-        ("mfchckpt", 20, 0),
-        ("mfchckpt", 24, 0),
+        ("hf_trainer", 20, 0),
+        ("hf_trainer", 24, 0),
     ]
     assert straight.data.best["eval_loss"] == losses[best_step]
     assert straight.data.best["step"] == best_step
     assert crashed.data.eval_losses == losses  # the retry's history includes attempt 0's
-    assert [x for x in crashed.data.saved if x[0] == "mfchckpt"] == [
-        ("mfchckpt", 20, 1),
-        ("mfchckpt", 24, 1),
+    assert [x for x in crashed.data.saved if x[0] == "hf_trainer"] == [
+        ("hf_trainer", 5, 0),  # attempt 0's: the retry's callback did not save them
+        ("hf_trainer", 10, 0),
+        ("hf_trainer", 20, 1),
+        ("hf_trainer", 24, 1),
     ]
 
 
@@ -80,7 +82,9 @@ def test_in_a_process_the_step_started_it_saves_through_checkpoint(straight):
     assert crashed.current_attempt == 1 and crashed.data.resumed_from == 10
     for k, v in straight.data.weights.items():
         assert torch.equal(v, crashed.data.weights[k]), k
-    assert [x for x in crashed.data.saved if x[0] == "mfchckpt"] == [
-        ("mfchckpt", 20, 1),
-        ("mfchckpt", 24, 1),
+    assert [x for x in crashed.data.saved if x[0] == "hf_trainer"] == [
+        ("hf_trainer", 5, 0),  # attempt 0's: the retry's callback did not save them
+        ("hf_trainer", 10, 0),
+        ("hf_trainer", 20, 1),
+        ("hf_trainer", 24, 1),
     ]

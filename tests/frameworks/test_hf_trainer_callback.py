@@ -60,7 +60,7 @@ def _runtime(tmp_path, attempt=0):
     return runtime
 
 
-def _train(tmp_path, runtime, **args):
+def _train(tmp_path, runtime, name="hf_trainer", **args):
     """2 epochs of 4 steps of a tiny BERT built from a config (nothing downloaded)."""
     torch.manual_seed(0)
     config = transformers.BertConfig(
@@ -83,7 +83,7 @@ def _train(tmp_path, runtime, **args):
         disable_tqdm=True,
     )
     options.update(args)
-    cb = HFCheckpointCallback(checkpoint=runtime)
+    cb = HFCheckpointCallback(checkpoint=runtime, name=name)
     trainer = transformers.Trainer(
         model=transformers.BertForSequenceClassification(config),
         args=transformers.TrainingArguments(**options),
@@ -95,7 +95,7 @@ def _train(tmp_path, runtime, **args):
     return trainer, cb
 
 
-def _steps(runtime, name="mfchckpt"):
+def _steps(runtime, name="hf_trainer"):
     return [r.metadata["step"] for r in runtime.list(name=name)]
 
 
@@ -106,10 +106,10 @@ def test_steps_strategy_saves_the_trainers_directory_with_step_epoch_and_metrics
     )
     assert _steps(runtime) == [8, 6, 3]  # every 3 steps and the end of training
     assert runtime.list(name="best") == []  # no metric_for_best_model: no best series
-    last = runtime.list(name="mfchckpt")[0]
+    last = runtime.list(name="hf_trainer")[0]
     assert last.key == cb.last_reference.key and last.latest
     assert last.metadata["epoch"] == 2.0
-    six = runtime.list(name="mfchckpt")[1].metadata
+    six = runtime.list(name="hf_trainer")[1].metadata
     assert set(six) == {"step", "epoch", "eval_loss"}  # timings are not metadata
     (logged,) = [h for h in trainer.state.log_history if h.get("step") == 6 and "eval_loss" in h]
     assert six["eval_loss"] == logged["eval_loss"]
@@ -224,3 +224,54 @@ def test_without_transformers_creating_one_names_the_extra(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "RAISED" in done.stdout and "'transformers'" in done.stdout
     assert 'pip install "metaflow-checkpointing[transformers]"' in done.stdout
+
+
+def _mine(runtime, tmp_path, name="mfchckpt"):
+    mine = tmp_path / ("mine-" + name)
+    mine.mkdir()
+    (mine / "vocab.txt").write_text("my tokenizer")
+    return runtime.save(path=str(mine), metadata={"what": "my own"}, name=name)
+
+
+def test_save_total_limit_deletes_only_what_this_callback_saved(tmp_path):
+    """The user's own checkpoints, of "mfchckpt" and of the callback's own series, and an
+    earlier attempt's, survive save_total_limit=1: only the callback's older saves go."""
+    first = _runtime(tmp_path, 0)
+    _train(tmp_path, first, save_strategy="steps", save_steps=2)  # attempt 0: 4 saves
+    runtime = _runtime(tmp_path, 1)
+    kept = {_mine(runtime, tmp_path).key, _mine(runtime, tmp_path, "hf_trainer").key}
+    kept |= {r.key for r in first.list(name="hf_trainer", attempt=0)}
+    _, cb = _train(
+        tmp_path / "again",
+        runtime,
+        name="hf_trainer",
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=1,
+        num_train_epochs=4,  # resumes from attempt 0's step 8, saves 10, 12, 14, 16
+    )
+    left = {r.key for r in runtime.list(attempt="all")}
+    assert kept <= left  # nothing it did not save is deleted
+    assert left - kept == {cb.last_reference.key}  # of its own saves, only the newest stays
+    assert cb.last_reference.metadata["step"] == 16
+
+
+def test_two_callbacks_in_one_step_each_resume_from_their_own_series(tmp_path):
+    """Two Trainers in one task (series "a": 1 epoch, "b": 2 epochs) and the user's own save
+    after them: on retry the task loads the user's checkpoint, yet each callback resumes from
+    the newest of its own series, and the default series ("hf_trainer") has none."""
+    first = _runtime(tmp_path, 0)
+    _train(tmp_path / "a", first, name="a", num_train_epochs=1, save_strategy="epoch")
+    _train(tmp_path / "b", first, name="b", save_strategy="epoch")
+    _mine(first, tmp_path)
+    retry = _runtime(tmp_path, 1)
+    assert retry.info.name == "mfchckpt"
+
+    def step_of(cb):
+        with open(os.path.join(cb.resume_from_checkpoint, "trainer_state.json")) as f:
+            return json.load(f)["global_step"]
+
+    a = HFCheckpointCallback(checkpoint=retry, name="a")
+    b = HFCheckpointCallback(checkpoint=retry, name="b")
+    assert (step_of(a), step_of(b)) == (4, 8)
+    assert HFCheckpointCallback(checkpoint=retry).resume_from_checkpoint is None

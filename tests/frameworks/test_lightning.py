@@ -84,8 +84,9 @@ def _loaders():
     )
 
 
-def _trainer(root, callbacks, epochs=4):
+def _trainer(root, callbacks, epochs=4, **options):
     return pl.Trainer(
+        **options,
         max_epochs=epochs,
         callbacks=callbacks,
         accelerator="cpu",
@@ -131,7 +132,7 @@ def test_crashed_fit_resumes_on_retry_bitwise_identical(tmp_path):
     first = _runtime(crashed_root, tmp_path, 0)
     with pytest.raises(Crash):
         _fit(first, tmp_path, crash_at_step=15)
-    last = first.list(name="mfchckpt")
+    last = first.list(name="lightning")
     assert [r.metadata["epoch"] for r in last] == [1, 0]
     assert [r.metadata["step"] for r in last] == [12, 6]
 
@@ -142,13 +143,13 @@ def test_crashed_fit_resumes_on_retry_bitwise_identical(tmp_path):
     assert cb.ckpt_path is not None and cb.ckpt_path.endswith("lightning.ckpt")
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
-    assert [r.metadata["epoch"] for r in retry.list(name="mfchckpt")] == [3, 2, 1, 0]
+    assert [r.metadata["epoch"] for r in retry.list(name="lightning")] == [3, 2, 1, 0]
 
 
 def test_best_and_last_series_carry_the_metric(tmp_path):
     runtime = _runtime(tmp_path / "store", tmp_path, 0)
     _, cb = _fit(runtime, tmp_path)
-    last = runtime.list(name="mfchckpt")
+    last = runtime.list(name="lightning")
     best = runtime.list(name="best")
     assert len(last) == 4 and all(r.latest for r in last)
     assert best and not any(r.latest for r in best)  # a retry never resumes from "best"
@@ -220,18 +221,28 @@ class ResumableLoader(torch.utils.data.DataLoader):
         self._skip = state["trained"]
 
 
-def _fit_mid_epoch(runtime, tmp_path, crash_at_step=None, seed=0, **schedule):
+def _fit_mid_epoch(
+    runtime,
+    tmp_path,
+    crash_at_step=None,
+    seed=0,
+    trainer_options=None,
+    name="lightning",
+    **schedule,
+):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     module = TinyModule(crash_at_step)
-    cb = CheckpointCallback(monitor="val_loss", checkpoint=runtime, **schedule)
+    cb = CheckpointCallback(monitor="val_loss", checkpoint=runtime, name=name, **schedule)
     ds = torch.utils.data.TensorDataset(X, Y)
     train = ResumableLoader(ds, batch_size=8)
     val = torch.utils.data.DataLoader(ds, batch_size=16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _trainer(tmp_path, [cb]).fit(module, train, val, ckpt_path=cb.ckpt_path, weights_only=True)
+        _trainer(tmp_path, [cb], **(trainer_options or {})).fit(
+            module, train, val, ckpt_path=cb.ckpt_path, weights_only=True
+        )
     return module, cb
 
 
@@ -248,13 +259,15 @@ def test_every_n_train_steps_saves_mid_epoch_and_resumes_bitwise_identical(
     straight, _ = _fit_mid_epoch(
         _runtime(straight_root, tmp_path, 0), tmp_path, every_n_train_steps=3
     )
-    steps = [r.metadata["step"] for r in _runtime(straight_root, tmp_path, 1).list(name="mfchckpt")]
+    steps = [
+        r.metadata["step"] for r in _runtime(straight_root, tmp_path, 1).list(name="lightning")
+    ]
     assert steps == list(range(24, 0, -3))
 
     first = _runtime(crashed_root, tmp_path, 0)
     with pytest.raises(Crash):
         _fit_mid_epoch(first, tmp_path, crash_at_step=crash_at, every_n_train_steps=3)
-    assert [r.metadata["step"] for r in first.list(name="mfchckpt")] == list(
+    assert [r.metadata["step"] for r in first.list(name="lightning")] == list(
         range(resumed_from, 0, -3)
     )
 
@@ -263,7 +276,7 @@ def test_every_n_train_steps_saves_mid_epoch_and_resumes_bitwise_identical(
     resumed, _ = _fit_mid_epoch(retry, tmp_path, seed=99, every_n_train_steps=3)
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
-    assert [r.metadata["step"] for r in retry.list(name="mfchckpt", attempt=1)] == list(
+    assert [r.metadata["step"] for r in retry.list(name="lightning", attempt=1)] == list(
         range(24, resumed_from, -3)
     )
 
@@ -286,7 +299,7 @@ def test_train_time_interval_saves_when_the_interval_has_passed(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _trainer(tmp_path, [cb]).fit(SlowModule(), train, val)
-        assert [r.metadata["step"] for r in runtime.list(name="mfchckpt")] == expected
+        assert [r.metadata["step"] for r in runtime.list(name="lightning")] == expected
 
 
 @pytest.mark.parametrize(
@@ -316,3 +329,66 @@ def test_a_pickled_callback_keeps_its_class_and_schedule():
     cb = pickle.loads(pickle.dumps(CheckpointCallback(every_n_train_steps=3, monitor="val_loss")))
     assert isinstance(cb, CheckpointCallback) and isinstance(cb, pl.Callback)
     assert (cb.every_n_train_steps, cb.every_n_epochs, cb.monitor) == (3, None, "val_loss")
+
+
+@pytest.mark.parametrize("val_every", [2, 3, 6])
+@pytest.mark.parametrize("every_n", [2, 3])
+@pytest.mark.parametrize("crash_at", [5, 9])
+def test_step_saves_resume_bitwise_identical_whatever_the_validation_interval(
+    tmp_path, val_every, every_n, crash_at
+):
+    """Mid-epoch validation (val_check_interval) on, before or between the step saves: a save
+    due where Lightning validates is made at the validation's end (a fit resumed from it skips
+    that validation, whose loader draws from torch's RNG), so every resume is bitwise
+    identical to the uninterrupted fit."""
+    options = {"val_check_interval": val_every}
+    straight, _ = _fit_mid_epoch(
+        _runtime(tmp_path / "s", tmp_path, 0),
+        tmp_path,
+        trainer_options=options,
+        every_n_train_steps=every_n,
+    )
+    with pytest.raises(Crash):
+        _fit_mid_epoch(
+            _runtime(tmp_path / "c", tmp_path, 0),
+            tmp_path,
+            crash_at_step=crash_at,
+            trainer_options=options,
+            every_n_train_steps=every_n,
+        )
+    retry = _runtime(tmp_path / "c", tmp_path, 1)
+    assert retry.info.metadata["step"] == crash_at // every_n * every_n
+    resumed, _ = _fit_mid_epoch(
+        retry, tmp_path, seed=99, trainer_options=options, every_n_train_steps=every_n
+    )
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_two_callbacks_in_one_step_each_resume_from_their_own_series(tmp_path):
+    """Two fits in one task, each with its own series; the second crashes and the user saves
+    their own "mfchckpt" after it.  On retry the task loads the user's checkpoint (the newest),
+    yet each callback resumes from the newest checkpoint of its own series: "a" from its end of
+    training, "b" from where it crashed."""
+    first = _runtime(tmp_path / "c", tmp_path, 0)
+    a_straight, _ = _fit_mid_epoch(first, tmp_path, name="a", seed=1, every_n_train_steps=3)
+    with pytest.raises(Crash):
+        _fit_mid_epoch(first, tmp_path, crash_at_step=11, name="b", every_n_train_steps=3)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own")
+    first.save(path=str(mine), metadata={"what": "my own"})
+    retry = _runtime(tmp_path / "c", tmp_path, 1)
+    assert retry.info.name == "mfchckpt"
+
+    a = CheckpointCallback(checkpoint=retry, name="a")
+    b = CheckpointCallback(checkpoint=retry, name="b")
+    assert torch.load(a.ckpt_path, weights_only=True)["global_step"] == 24
+    assert torch.load(b.ckpt_path, weights_only=True)["global_step"] == 9
+    assert CheckpointCallback(checkpoint=retry).ckpt_path is None  # no "lightning" series
+    b_straight, _ = _fit_mid_epoch(
+        _runtime(tmp_path / "s", tmp_path, 0), tmp_path, every_n_train_steps=3, name="b"
+    )
+    b_resumed, _ = _fit_mid_epoch(retry, tmp_path, seed=99, name="b", every_n_train_steps=3)
+    for k, v in b_straight.state_dict().items():
+        assert torch.equal(v, b_resumed.state_dict()[k]), k

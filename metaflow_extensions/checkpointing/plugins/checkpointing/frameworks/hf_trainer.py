@@ -21,11 +21,16 @@ import os
 import warnings
 from typing import Any, Optional
 
-from ..core.scope import DEFAULT_NAME, validate_name
+from ..core.scope import validate_name
 from ..errors import CheckpointConfigError, CheckpointDependencyError, CheckpointWarning
 from . import late_base
+from .own_series import own_latest
 
 __all__ = ["HFCheckpointCallback"]
+
+#: Default series: not ``current.checkpoint.save()``'s "mfchckpt", so the user's own saves in
+#: the step are never resumed from nor deleted by the callback.
+DEFAULT_SERIES = "hf_trainer"
 
 #: What the Trainer writes last into a checkpoint directory (and reads to resume).
 TRAINER_STATE = "trainer_state.json"
@@ -63,14 +68,21 @@ class HFCheckpointCallback:
     (``greater_is_better`` says which way) the same directory is also saved as series
     ``best_name`` with ``latest=False``: its files are shared, only a manifest is written.
 
-    ``save_total_limit=N`` keeps the N newest checkpoints of series ``name`` of the task (all
-    attempts) and the newest of ``best_name``, as the Trainer keeps its N newest directories
-    and the best one; older ones are deleted after each save (pinned ones stay).
+    ``save_total_limit=N`` keeps the N newest checkpoints this callback saved of series
+    ``name`` and the newest it saved of ``best_name``, as the Trainer keeps its N newest
+    directories and the best one; its older ones are deleted after each save (pinned ones
+    stay).  Checkpoints the callback did not save (the user's own, another callback's, an
+    earlier attempt's) are never deleted.
+
+    On ``@retry`` or ``resume``, ``resume_from_checkpoint`` is the newest ``latest=True``
+    checkpoint of series ``name`` (loaded if the task loaded another series), so two callbacks
+    in one step each resume from their own series: give each its own ``name``.
 
     Parameters
     ----------
     name : str
-        Series of the checkpoints a retry resumes from (default ``"mfchckpt"``).
+        Series of the checkpoints a retry resumes from (default ``"hf_trainer"``; not
+        ``current.checkpoint``'s ``"mfchckpt"``, so the user's own saves never collide).
     best_name : str
         Series of the best checkpoints (default ``"best"``).
     checkpoint : object, optional
@@ -98,7 +110,7 @@ class HFCheckpointCallback:
     def __reduce__(self) -> Any:
         return late_base.reduce(self, trainer_callback_base)
 
-    def __init__(self, name: str = DEFAULT_NAME, best_name: str = "best", checkpoint: Any = None):
+    def __init__(self, name: str = DEFAULT_SERIES, best_name: str = "best", checkpoint: Any = None):
         self.name = validate_name(name)
         self.best_name = validate_name(best_name)
         if self.name == self.best_name:
@@ -111,6 +123,8 @@ class HFCheckpointCallback:
         self.best_reference: Any = None
         self._metrics: dict[str, float] = {}
         self._metrics_step: Optional[int] = None
+        self._own: set[str] = set()  # keys this callback saved: the only ones it deletes
+        self._resume: Any = False  # not yet resolved
 
     # ------------------------------------------------------------------ where
     @property
@@ -137,12 +151,17 @@ class HFCheckpointCallback:
 
     @property
     def resume_from_checkpoint(self) -> Optional[str]:
-        """The Trainer checkpoint directory loaded when the task started (a ``@retry`` attempt
-        or a ``resume``), for ``trainer.train(resume_from_checkpoint=...)``; None if there is
-        none (a first attempt)."""
+        """The Trainer checkpoint directory to resume from on a ``@retry`` attempt or a
+        ``resume``, for ``trainer.train(resume_from_checkpoint=...)``: the newest ``latest=True``
+        checkpoint of series ``name`` (the one the task loaded if it is of that series, else
+        loaded now); None if there is none (a first attempt)."""
+        if getattr(self, "_resume", False) is not False:
+            return self._resume
         checkpoint = self.checkpoint
-        if not getattr(checkpoint, "is_loaded", True):
-            return None
+        if hasattr(checkpoint, "info"):
+            self._resume = own_latest(checkpoint, self.name, TRAINER_STATE)
+            return self._resume
+        # A process the task started (Checkpoint()): the task's loaded directory, if any.
         directory = checkpoint.directory
         if directory and os.path.isfile(os.path.join(directory, TRAINER_STATE)):
             return directory
@@ -194,11 +213,13 @@ class HFCheckpointCallback:
         self.last_reference = checkpoint.save(
             path=folder, metadata=metadata, name=self.name, latest=True
         )
+        self.__dict__.setdefault("_own", set()).add(self.last_reference.key)
         best = self._best_metric_name(args)
         if best is not None and self._is_new_best(state, metadata.get(best)):
             self.best_reference = checkpoint.save(
                 path=folder, metadata=metadata, name=self.best_name, latest=False
             )
+            self.__dict__.setdefault("_own", set()).add(self.best_reference.key)
         limit = args.save_total_limit
         if limit is not None and limit > 0:
             self._keep_newest(checkpoint, self.name, limit)
@@ -226,13 +247,14 @@ class HFCheckpointCallback:
         return state.best_metric is not None and value == state.best_metric  # older Trainers
 
     def _keep_newest(self, checkpoint: Any, name: str, keep: int) -> None:
-        """Delete the task's checkpoints of series ``name`` but the ``keep`` newest (every
-        attempt, as a retry orders them); a pinned one is kept."""
+        """Delete the checkpoints of series ``name`` this callback saved but the ``keep`` newest
+        (as a retry orders them); a pinned one is kept, and no one else's is ever touched."""
         from ..client import Checkpoint
         from ..errors import CheckpointConfigError as Refused
         from ..errors import CheckpointNotFound
 
-        old = checkpoint.list(name=name)[keep:]
+        own = getattr(self, "_own", set())
+        old = [r for r in checkpoint.list(name=name) if r.key in own][keep:]
         if not old:
             return
         client = Checkpoint()

@@ -20,14 +20,17 @@ import os
 import time
 from typing import Any, Optional
 
-from ..core.scope import DEFAULT_NAME, validate_name
+from ..core.scope import validate_name
 from ..errors import CheckpointConfigError, CheckpointDependencyError
 from . import late_base
+from .own_series import own_latest
 from .torch_util import capture_rng, import_torch, restore_rng
 
 __all__ = ["CheckpointCallback"]
 
 _MODES = ("min", "max")
+#: Default series: not ``current.checkpoint.save()``'s "mfchckpt" (see ``own_series.py``).
+DEFAULT_SERIES = "lightning"
 
 
 def lightning_package() -> Any:
@@ -94,7 +97,10 @@ class CheckpointCallback:
         save (or the start of training).  The three schedules are mutually exclusive, as in
         Lightning's ``ModelCheckpoint``.
     name : str
-        Series of the last checkpoints (default ``"mfchckpt"``, as ``current.checkpoint``).
+        Series of the last checkpoints (default ``"lightning"``; not ``current.checkpoint``'s
+        ``"mfchckpt"``, so the user's own saves never collide).  ``ckpt_path`` resumes from the
+        newest ``latest=True`` checkpoint of this series: two callbacks in one step each need
+        their own ``name``.
     best_name : str
         Series of the best checkpoints (default ``"best"``).
     filename : str
@@ -122,6 +128,8 @@ class CheckpointCallback:
     _last_time: Optional[float] = None
     _mid_epoch = False
     _pending_rng: Any = None
+    _after_validation: Optional[bool] = None
+    _resume: Any = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # Lightning is imported here, when a callback is made, never by ``import metaflow``.
@@ -135,7 +143,7 @@ class CheckpointCallback:
         monitor: Optional[str] = None,
         mode: str = "min",
         every_n_epochs: Optional[int] = None,
-        name: str = DEFAULT_NAME,
+        name: str = DEFAULT_SERIES,
         best_name: str = "best",
         filename: str = "lightning.ckpt",
         checkpoint: Any = None,
@@ -216,13 +224,14 @@ class CheckpointCallback:
 
     @property
     def ckpt_path(self) -> Optional[str]:
-        """The Lightning checkpoint loaded when the task started (a ``@retry`` attempt or a
-        ``resume``), for ``trainer.fit(..., ckpt_path=cb.ckpt_path)``; None if there is none."""
-        checkpoint = self.checkpoint
-        if not getattr(checkpoint, "is_loaded", False):
-            return None
-        path = os.path.join(checkpoint.directory, self.filename)
-        return path if os.path.isfile(path) else None
+        """The Lightning checkpoint to resume from on a ``@retry`` attempt or a ``resume``, for
+        ``trainer.fit(..., ckpt_path=cb.ckpt_path)``: the newest ``latest=True`` checkpoint of
+        series ``name`` (the one the task loaded if it is of that series, else loaded now);
+        None if there is none."""
+        if self._resume is False:
+            directory = own_latest(self.checkpoint, self.name, self.filename)
+            self._resume = None if directory is None else os.path.join(directory, self.filename)
+        return self._resume
 
     # ------------------------------------------------------------------ Lightning state
     @property
@@ -259,6 +268,7 @@ class CheckpointCallback:
         rng, self._pending_rng = self._pending_rng, None
         if rng:
             restore_rng(rng)
+        self._save_deferred(trainer)  # the validation it waited for did not run after all
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -275,19 +285,51 @@ class CheckpointCallback:
                 self._last_time = now
             due = due or late
         if due:
-            # After an epoch's last batch, a resumed fit goes on like one saved at the epoch's
-            # end (validation, then a new epoch): restore the RNG when loaded, as then.
-            self._mid_epoch = batch_idx + 1 < trainer.num_training_batches
-            try:
-                self._save(trainer)
-            finally:
-                self._mid_epoch = False
+            mid_epoch = batch_idx + 1 < trainer.num_training_batches
+            if self._validates_next(trainer):
+                # Lightning validates right after this hook, and a fit resumed from a save made
+                # here skips that validation (whose loader draws from torch's RNG): save at its
+                # end instead, as ModelCheckpoint does, so the RNG states are the ones the
+                # uninterrupted run goes on with (and the monitored value is the fresh one).
+                self._after_validation = mid_epoch
+            else:
+                self._save_now(trainer, mid_epoch)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._save_deferred(trainer)
+
+    @staticmethod
+    def _validates_next(trainer: Any) -> bool:
+        """Whether Lightning runs validation right after this training batch (its own test)."""
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        try:
+            if getattr(loop, "_skip_next_val", False):
+                return False
+            return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        except Exception:  # another Lightning version: save at once, as before
+            return False
+
+    def _save_deferred(self, trainer: Any) -> None:
+        mid_epoch, self._after_validation = self._after_validation, None
+        if mid_epoch is not None:
+            self._save_now(trainer, mid_epoch)
+
+    def _save_now(self, trainer: Any, mid_epoch: bool) -> None:
+        # After an epoch's last batch, a resumed fit goes on like one saved at the epoch's
+        # end (validation, then a new epoch): restore the RNG when loaded, as then.
+        self._mid_epoch = mid_epoch
+        try:
+            self._save(trainer)
+        finally:
+            self._mid_epoch = False
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._save_deferred(trainer)
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._save(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._save_deferred(trainer)
         self._save(trainer)  # e.g. max_steps reached mid-epoch; a no-op if already saved
 
     # ------------------------------------------------------------------ saving

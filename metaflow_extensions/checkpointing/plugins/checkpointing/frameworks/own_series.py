@@ -1,0 +1,43 @@
+"""The checkpoint a framework callback resumes from: the newest of its own series.
+
+A task loads one checkpoint when it starts (the newest of any series).  Several callbacks in one
+step (two Trainers, or a Trainer beside the user's own ``current.checkpoint.save()``) each save
+their own series, so each must resume from the newest ``latest=True`` checkpoint of *its*
+series, never from whatever the task happened to load.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Optional
+
+
+def own_latest(checkpoint: Any, name: str, marker: str) -> Optional[str]:
+    """Directory holding the newest ``latest=True`` checkpoint of series ``name`` that this
+    task would resume from (a ``@retry`` attempt: this task's earlier attempts; a ``resume`` or
+    an eager load: the task the loaded checkpoint came from), if it has file ``marker``.
+
+    The checkpoint the task loaded is used as is when it is of series ``name``; another one of
+    series ``name`` is loaded into a new temporary directory.  None: nothing to resume from (a
+    first attempt, or no checkpoint of series ``name``).
+    """
+    if not getattr(checkpoint, "is_loaded", False):
+        return None
+    info = getattr(checkpoint, "info", None)
+    if info is None:
+        return None
+    if info.name == name:
+        directory = checkpoint.directory
+        return directory if os.path.isfile(os.path.join(directory, marker)) else None
+    refs = [r for r in checkpoint.list(name=name) if r.latest]
+    scope = getattr(checkpoint, "scope", None)
+    if not refs and scope is not None and info.pathspec != scope.pathspec:
+        # A resume or eager load: the task the loaded checkpoint came from.
+        refs = [
+            r for r in checkpoint.list(name=name, task=info.pathspec, attempt="all") if r.latest
+        ]
+    if not refs:
+        return None
+    target = checkpoint.load(refs[0], path=tempfile.mkdtemp(prefix="mfckpt-%s-" % name))
+    return target if os.path.isfile(os.path.join(target, marker)) else None
