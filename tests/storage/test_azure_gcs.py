@@ -7,6 +7,7 @@ The behaviour shared with every backend is in test_conformance.py (``azure``, ``
 from __future__ import annotations
 
 import pickle
+import re
 import socket
 import threading
 import time
@@ -158,6 +159,10 @@ def test_a_stopped_server_is_a_bounded_storage_error(make, tmp_path, monkeypatch
     assert len(tries) == 3
     assert "%s/blobs/k" % store.url in str(info.value)
     assert "3 tries" in str(info.value)
+    # What it did (tries, seconds spent) and the limits are said apart (TINY: 3 tries, 10 s).
+    spent = re.search(r"still failing after 3 tries in ([0-9.]+) s \(", str(info.value))
+    assert spent and float(spent.group(1)) < 8, str(info.value)
+    assert "the limits are 3 tries and 10 s" in str(info.value)
 
     for call in (lambda: store.get_bytes("k"), lambda: store.list("x/"), lambda: store.exists("k")):
         started = time.monotonic()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar, Union
@@ -259,8 +260,10 @@ class Storage(abc.ABC):
         # Every error leaving here names the object: ``key`` (as the backend addresses it; a
         # listing's prefix, or "<root>") and ``url`` (as a user would type it).
         url = self.full_url(key)
+        tries = [0]
 
         def attempt() -> T:
+            tries[0] += 1
             try:
                 return fn()
             except StorageError as exc:  # raised by the backend itself: add what it left out
@@ -301,15 +304,29 @@ class Storage(abc.ABC):
             wait=tenacity.wait_exponential(multiplier=policy.backoff, max=policy.max_backoff),
             reraise=True,
         )
+        started = time.monotonic()
         try:
             return retrying(attempt)
         except _Transient as exc:
             cause = "%s: %s" % (type(exc.original).__name__, exc.original)
+            # What happened (tries made, time spent) and the limits, said apart: a call that
+            # gave up at the attempt limit after 0.6 s must not read as "10 s".
             raise StorageError(
-                "%s of %s still failing after %d tries / %.0f s (%s). The store at %s looks "
-                "unavailable; check connectivity and credentials, or raise "
-                "METAFLOW_CHECKPOINT_RETRY_ATTEMPTS / METAFLOW_CHECKPOINT_RETRY_SECONDS."
-                % (op, url, policy.attempts, policy.max_seconds, cause, self.url),
+                "%s of %s still failing after %d %s in %.1f s (%s); the limits are %d tries "
+                "and %g s. The store at %s looks unavailable; check connectivity and "
+                "credentials, or raise METAFLOW_CHECKPOINT_RETRY_ATTEMPTS / "
+                "METAFLOW_CHECKPOINT_RETRY_SECONDS."
+                % (
+                    op,
+                    url,
+                    tries[0],
+                    "try" if tries[0] == 1 else "tries",
+                    time.monotonic() - started,
+                    cause,
+                    policy.attempts,
+                    policy.max_seconds,
+                    self.url,
+                ),
                 key=key,
                 url=url,
                 reason=cause,
