@@ -36,7 +36,9 @@ def load_model(reference: Any, path: str) -> str:
             "and a target directory."
         )
     from ..plugins.checkpointing.client import Checkpoint
+    from ..plugins.checkpointing.task.deps import require_client_packages
 
+    require_client_packages("load_model()")  # named before any store is touched
     with Checkpoint() as client:
         client.load(reference, os.fspath(path), force=True)
     return os.fspath(path)
@@ -59,7 +61,9 @@ def delete_model(reference: Any) -> bool:
             "delete_model(None): pass the reference to delete (e.g. Run(...).data.my_model)."
         )
     from ..plugins.checkpointing.client import Checkpoint
+    from ..plugins.checkpointing.task.deps import require_client_packages
 
+    require_client_packages("delete_model()")  # named before any store is touched
     with Checkpoint() as client:
         try:
             client.delete(reference)

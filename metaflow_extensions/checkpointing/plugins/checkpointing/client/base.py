@@ -40,6 +40,13 @@ class ClientBase:
         temp_dir_root: Optional[str] = None,
         init_dir: bool = False,
     ):
+        # blake3/tenacity first: without them a save would leave a lease behind before failing
+        # with a bare ImportError (an image with only Metaflow, a step with no decorator).
+        from ..task.deps import require_client_packages
+
+        require_client_packages(
+            "metaflow checkpoint (the CLI)" if self._origin == "cli" else "Checkpoint()"
+        )
         self._root = root
         self._stores: dict[str, CheckpointStore] = {}
         self._task = TaskContext.from_env() if root is None and self._sees_task else None

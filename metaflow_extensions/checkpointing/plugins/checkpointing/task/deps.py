@@ -6,7 +6,8 @@ packages it depends on: an image with only Metaflow and boto3 (what a ``@kuberne
 imports them (so steps without ``@checkpoint`` run there, and so do Metaflow's own helpers in
 the pod); a ``@checkpoint`` task checks for them first and fails with one message naming what
 is missing and how to install it, instead of an ImportError from deep inside a save (so do
-``@model`` and ``@huggingface_hub`` tasks).
+``@model`` and ``@huggingface_hub`` tasks, and the client entry points: ``Checkpoint()``,
+``load_model``/``delete_model`` and the CLI, wherever they run).
 ``fsspec`` is needed only for ``az://``/``gs://`` stores, which name it when opened.
 """
 
@@ -22,27 +23,45 @@ from ..errors import CheckpointDependencyError
 TASK_PACKAGES = (("blake3", "blake3>=1.0"), ("tenacity", "tenacity>=8.2"))
 
 
-def require_task_packages(step_name: str, decorator: str = "@checkpoint") -> None:
-    """Raise :class:`CheckpointDependencyError` if a package of :data:`TASK_PACKAGES` cannot be
-    imported by this task's Python; it names ``decorator``, each package, the reason and the
-    install command."""
+def _missing() -> list[tuple[str, str]]:
+    """(requirement, why) of each package of :data:`TASK_PACKAGES` this Python cannot import."""
     missing = []
     for module, requirement in TASK_PACKAGES:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             missing.append((requirement, "%s: %s" % (type(exc).__name__, exc)))
-    if not missing:
-        return
+    return missing
+
+
+def require_task_packages(step_name: str, decorator: str = "@checkpoint") -> None:
+    """Raise :class:`CheckpointDependencyError` if a package of :data:`TASK_PACKAGES` cannot be
+    imported by this task's Python; it names ``decorator``, each package, the reason and the
+    install command."""
+    missing = _missing()
+    if missing:
+        _raise("%s in step '%s'" % (decorator, step_name), missing)
+
+
+def require_client_packages(entry: str) -> None:
+    """Raise :class:`CheckpointDependencyError` if a package of :data:`TASK_PACKAGES` cannot be
+    imported where a client entry point runs (``Checkpoint()``, ``load_model``, the CLI: in a
+    notebook, a script, or a step with no checkpointing decorator), before it touches a store;
+    it names ``entry``, each package, the reason and the install command."""
+    missing = _missing()
+    if missing:
+        _raise(entry, missing)
+
+
+def _raise(who: str, missing: list[tuple[str, str]]) -> None:
     reason = "; ".join("%s (%s)" % item for item in missing)
     raise CheckpointDependencyError(
-        "%s in step '%s' needs %s where the task runs, and this task's Python (%s) "
-        "cannot import %s. Metaflow's code package carries metaflow-checkpointing's own code "
-        "to remote tasks but not the packages it depends on: install them in the task's image "
+        "%s needs %s where it runs, and this Python (%s) cannot import %s. Metaflow's code "
+        "package carries metaflow-checkpointing's own code to remote tasks but not the packages "
+        "it depends on: install them where this runs, e.g. in the task's image "
         "(pip install metaflow-checkpointing, or pip install %s)."
         % (
-            decorator,
-            step_name,
+            who,
             " and ".join(r for _, r in TASK_PACKAGES),
             sys.executable,
             reason,
