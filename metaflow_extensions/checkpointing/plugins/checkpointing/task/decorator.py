@@ -166,6 +166,12 @@ class CheckpointDecorator(StepDecorator):
         from .models import parse_specs
 
         self._models = parse_specs(self.attributes["models"], step_name)
+        if any(spec.local_path for spec in self._models):
+            from .models import deploy_command, deploy_warnings
+
+            command = deploy_command()
+            for warning in deploy_warnings(self._models, step_name, command) if command else ():
+                print(warning, file=sys.stderr, flush=True)
         self._retention = {k: _number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES}
         try:
             retention.build(**self._retention)  # validated here; the session builds the rules

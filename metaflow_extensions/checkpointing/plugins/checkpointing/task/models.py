@@ -184,6 +184,54 @@ def reader_namespace() -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------ launcher, task
+#: ``<command> create``: the Metaflow commands that deploy a flow to a scheduler.  A deploy runs no
+#: ``runtime_init`` (nothing is uploaded) and deployed runs read in the production namespace.
+DEPLOY_COMMANDS = ("argo-workflows", "step-functions", "airflow")
+
+
+def deploy_command() -> Optional[str]:
+    """``"argo-workflows create"`` (etc.) when this process is deploying the flow, else None.
+
+    Read from the arguments Metaflow's top-level command kept for its subcommand
+    (``saved_args``, which it reads the same way for ``resume``): ``step_init`` runs in every
+    process, and only this tells a deploy from a run, a task or a trampoline.
+    """
+    try:
+        from metaflow._vendor import click
+
+        ctx = click.get_current_context(silent=True)
+    except Exception:  # not under Metaflow's CLI (a notebook, a Runner in-process hook)
+        return None
+    args = list(getattr(ctx.find_root(), "saved_args", None) or []) if ctx else []
+    if len(args) >= 2 and args[0] in DEPLOY_COMMANDS and args[1] == "create":
+        return "%s create" % args[0]
+    return None
+
+
+def deploy_warnings(specs: list[ModelSpec], step_name: str, command: str) -> list[str]:
+    """One warning per ``"name=<local path>"`` model of ``step_name``: ``command`` (a deploy)
+    uploads nothing, and the deployed runs resolve ``name`` in the production namespace."""
+    return [
+        "Warning: step '%s' declares @checkpoint(models=[\"%s=%s\"]), but `%s` does not "
+        "upload local paths: the deployed runs look %r up in the production namespace and fail "
+        "if no version was published there. Upload it first (a local run of the flow, or "
+        "Checkpoint().save(%r, name=%r)), then promote that version: "
+        "`metaflow checkpoint promote %s@<version> --to production:<token>`."
+        % (
+            step_name,
+            spec.name,
+            spec.local_path,
+            command,
+            spec.name,
+            spec.local_path,
+            spec.name,
+            spec.name,
+        )
+        for spec in specs
+        if spec.local_path
+    ]
+
+
 def ensure_available(
     store: CheckpointStore,
     specs: list[ModelSpec],
