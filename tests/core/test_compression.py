@@ -401,3 +401,21 @@ def test_loading_a_compressed_checkpoint_without_zstandard_names_the_extra(tmp_p
     with pytest.raises(CheckpointDependencyError, match=r"metaflow-checkpointing\[zstd\]"):
         store.load(manifest, str(tmp_path / "dest"))
     assert not (tmp_path / "dest").exists()
+
+
+def test_du_counts_compressed_bytes_and_a_plain_and_a_compressed_copy_both(tmp_path):
+    """``du``'s physical bytes are the stored (compressed) bytes; a plain save after a
+    compressed one of the same content stores a second, plain copy, and both are counted."""
+    data = text(40 * 1024, 7)
+    write_tree(tmp_path / "src", {"log.txt": data})
+    zstd = CheckpointStore(LocalStorage(str(tmp_path / "store")), ZSTD)
+    zstd.save(str(tmp_path / "src"), make_scope(task="1"))
+    plain = CheckpointStore(LocalStorage(str(tmp_path / "store")), PLAIN)
+    plain.save(str(tmp_path / "src"), make_scope(task="2"))
+    sizes = {i.key: i.size for i in plain.storage.list("blobs/")}
+    compressed = [k for k in sizes if k.endswith(".zst")]
+    assert compressed and len(sizes) == 2
+    report = plain.usage(plain.headers(""), by="flow")
+    assert report.total.logical_bytes == 2 * len(data)
+    assert report.total.physical_bytes == sum(sizes.values())
+    assert sizes[compressed[0]] < len(data) // 2  # counted compressed, not as its plain size
