@@ -125,7 +125,14 @@ def reference_style_task(tmp_path_factory):
             """
             import os
 
-            from metaflow import FlowSpec, checkpoint, current, step
+            from metaflow import Checkpoint, FlowSpec, checkpoint, current, model, step
+
+
+            def error(call):
+                try:
+                    call()
+                except Exception as exc:
+                    return [type(exc).__name__, str(exc)]
 
 
             class ReferenceStyleFlow(FlowSpec):
@@ -137,6 +144,43 @@ def reference_style_task(tmp_path_factory):
                         f.write("weights")
                     self.ref = current.checkpoint.save(metadata={"loss": 0.5})
                     self.listed = current.checkpoint.list()
+                    self.next(self.positional)
+
+                # Positional calls as written for the reference extension.
+                @model
+                @checkpoint
+                @step
+                def positional(self):
+                    d = current.checkpoint.directory
+                    with open(os.path.join(d, "w.txt"), "w") as f:
+                        f.write("weights")
+                    save = current.checkpoint.save
+                    self.saves = {
+                        "ref_order": save(d, "best"),
+                        "ref_order_metadata": save(d, "best", {"loss": 0.3}),
+                        "our_order": save(d, {"loss": 0.4}, "older"),
+                        "metadata_only": save(d, {"loss": 0.2}),
+                        "client": Checkpoint().save(d, {"m": 1}, True, "client", "tar"),
+                        "client_name_second": Checkpoint().save(d, "second"),
+                    }
+                    self.bad_name = error(lambda: save(d, 5))
+                    scratch = Checkpoint(%r, True)
+                    with open(os.path.join(scratch.directory, "s.txt"), "w") as f:
+                        f.write("scratch")
+                    self.scratch = [scratch.directory, scratch.save(name="scratch")["key"]]
+                    self.scratch_listed = [r["key"] for r in current.checkpoint.list("scratch")]
+                    self.url_first = error(lambda: Checkpoint("s3://bucket/prefix"))
+                    self.by_name = {n: [r["key"] for r in Checkpoint().list(n)] for n in
+                                    ("best", "client", "no_such_name")}
+                    self.flow_listed = [r["pathspec"] for r in Checkpoint().list(current.flow_name)]
+                    save(d, current.flow_name)  # a checkpoint named as the flow
+                    self.ambiguous = error(lambda: Checkpoint().list(current.flow_name))
+                    mref = current.model.save(d, label="tiny")
+                    path = current.model.load(mref)
+                    loaded = current.model.loaded
+                    before = [mref["key"] in loaded, os.path.isdir(path)]
+                    loaded.cleanup(artifact_name=mref["key"])
+                    self.model_cleanup = before + [mref["key"] in loaded, os.path.exists(path)]
                     self.next(self.end)
 
                 @step
@@ -147,7 +191,7 @@ def reference_style_task(tmp_path_factory):
             if __name__ == "__main__":
                 ReferenceStyleFlow()
             """
-            % str(temp_root)
+            % (str(temp_root), str(tmp / "scratch"))
         )
     )
     # Read results outside any user's namespace (as tests/integration/conftest.py does), and
@@ -159,7 +203,7 @@ def reference_style_task(tmp_path_factory):
     namespace(None)
     try:
         result = run_flow(flow_file, flow_environment(tmp), tmp)
-        yield single_task(result.run, "start"), temp_root
+        yield single_task(result.run, "start"), temp_root, single_task(result.run, "positional")
     finally:
         core.current_namespace = saved
 
@@ -191,7 +235,7 @@ def test_every_reference_row_is_accepted_or_refused(row: Row, request):
             assert directory and os.path.isdir(directory)
         assert not os.path.exists(directory)
     elif row.kind == "field":
-        task, _ = request.getfixturevalue("reference_style_task")
+        task = request.getfixturevalue("reference_style_task")[0]
         ref = task.data.ref
         assert row.name in ref, "%s missing from %s" % (row.name, sorted(ref))
         assert ref[row.name] == task.data.listed[0][row.name]
@@ -203,7 +247,7 @@ def test_every_reference_row_is_accepted_or_refused(row: Row, request):
 def test_decorator_attributes_of_the_reference_are_accepted(reference_style_task):
     """``@checkpoint(load_policy="eager", show_card=False, temp_dir_root=...)`` runs, with the
     directory under ``temp_dir_root``, and the reference has the reference's field types."""
-    task, temp_root = reference_style_task
+    task, temp_root, _ = reference_style_task
     assert task.data.directory.startswith(str(temp_root))
     ref = task.data.ref
     assert ref["pathspec"] == task.pathspec
@@ -214,17 +258,74 @@ def test_decorator_attributes_of_the_reference_are_accepted(reference_style_task
     assert [r["key"] for r in task.data.listed] == [ref["key"]]
 
 
+@pytest.mark.flow
+def test_positional_calls_written_for_the_reference_bind_as_there_in_a_task(reference_style_task):
+    """In a real task: ``current.checkpoint.save(path, "best")`` saves under the name "best"
+    (and this package's earlier ``save(path, metadata, name)`` still binds the same, by type);
+    ``Checkpoint().save`` in the reference's order (storage_format 5th); ``Checkpoint(dir,
+    True)`` is temp_dir_root (its saves stay in the task's store; a URL there is refused naming
+    ``root=``); ``Checkpoint().list("best")`` is the name "best" unless a flow of that name
+    exists; ``current.model.loaded.cleanup(artifact_name=...)``."""
+    _, _, task = reference_style_task
+    saves = task.data.saves
+    expected = {
+        "ref_order": ("best", {}),
+        "ref_order_metadata": ("best", {"loss": 0.3}),
+        "our_order": ("older", {"loss": 0.4}),
+        "metadata_only": ("mfchckpt", {"loss": 0.2}),
+        "client": ("client", {"m": 1}),
+        "client_name_second": ("second", {}),
+    }
+    assert {k: (r["name"], r["metadata"] or {}) for k, r in saves.items()} == expected
+    assert all(r["pathspec"] == task.pathspec for r in saves.values())
+    assert task.data.bad_name[0] == "CheckpointConfigError" and "5" in task.data.bad_name[1]
+    scratch_dir, scratch_key = task.data.scratch
+    assert "scratch" in scratch_dir.split(os.sep)  # under the temp_dir_root given positionally
+    assert task.data.scratch_listed == [scratch_key]  # saved in the task's own store
+    kind, message = task.data.url_first
+    assert kind == "CheckpointConfigError" and "Checkpoint(root='s3://bucket/prefix')" in message
+    best = [saves["ref_order_metadata"]["key"], saves["ref_order"]["key"]]
+    assert task.data.by_name == {
+        "best": best,
+        "client": [saves["client"]["key"]],
+        "no_such_name": [],
+    }
+    assert task.pathspec in task.data.flow_listed  # a flow's name is still that flow
+    kind, message = task.data.ambiguous  # unless this task has checkpoints of that name too
+    assert kind == "CheckpointConfigError" and "list(name='ReferenceStyleFlow')" in message
+    assert task.data.model_cleanup == [True, True, False, False]
+
+
+def test_loaded_cleanup_takes_the_reference_s_spellings(tmp_path):
+    """``loaded.cleanup(artifact_name=...)`` (``current.model.loaded``) and ``cleanup()``
+    without a name (``current.huggingface_hub.loaded``: every entry), as in the reference;
+    a directory of yours stays either way."""
+    loaded = LoadedModels(temp_dir_root=str(tmp_path / "t"))
+    for entry in ("a", "b", "c"):
+        loaded.add(entry, loaded.directory(entry), {})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    loaded.add("d", loaded.directory("d", str(mine)), {})
+    a = loaded["a"]
+    loaded.cleanup(artifact_name="a")
+    assert "a" not in loaded and not os.path.exists(a)
+    with pytest.raises(TypeError, match="not both"):
+        loaded.cleanup("b", name="b")
+    with pytest.raises(KeyError, match="'a'"):
+        loaded.cleanup(name="a")
+    paths = [loaded["b"], loaded["c"]]
+    loaded.cleanup()
+    assert len(loaded) == 0 and not any(os.path.exists(p) for p in paths) and mine.is_dir()
+
+
 #: Methods whose parameters ours accepts by the reference's names but not in its positional
 #: order: a positional call written for the reference binds differently here.  Each entry says
 #: what such a call does with ours; keyword calls (the reference's docs and examples) work.
 POSITIONAL_DIFFERENCES: dict[str, str] = {
-    "current.checkpoint.save": "save(path, 'best') passes 'best' as metadata: "
-    "CheckpointMetadataError (must be a dict), nothing saved",
     "current.checkpoint.list": "a 4th positional argument is within_task, not full_namespace",
-    "Checkpoint.__init__": "Checkpoint('/scratch') is a store root, not temp_dir_root",
-    "metaflow.Checkpoint": "Checkpoint('/scratch') is a store root, not temp_dir_root",
-    "Checkpoint.save": "a 5th positional argument is progress, not storage_format",
-    "Checkpoint.list": "list('name') is a target (flow/run/step/task or reference), not a name",
+    "Checkpoint.list": "only the first argument is positional: list('best') in a task is the "
+    "name 'best' (a flow's name: that flow); task=, attempt=, full_namespace= by keyword "
+    "(a 2nd positional argument: TypeError)",
 }
 
 

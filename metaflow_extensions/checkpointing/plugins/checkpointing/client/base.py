@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from ..common import resolver
 from ..core.manifest import Manifest, ManifestHeader
 from ..core.store import CheckpointStore
-from ..errors import CheckpointWarning
+from ..errors import CheckpointConfigError, CheckpointWarning
 from ..task.context import TaskContext
 
 
@@ -36,10 +36,19 @@ class ClientBase:
 
     def __init__(
         self,
-        root: Optional[str] = None,
         temp_dir_root: Optional[str] = None,
         init_dir: bool = False,
+        *,
+        root: Optional[str] = None,
     ):
+        # The reference extension's Checkpoint(temp_dir_root, init_dir): a store root only by
+        # keyword, so Checkpoint("/scratch") never sends a task's saves to another store.
+        if temp_dir_root is not None and "://" in str(temp_dir_root):
+            raise CheckpointConfigError(
+                "Checkpoint(%r): the first argument is temp_dir_root, a local directory for "
+                "init_dir=True. To read or write the store at that URL, pass "
+                "Checkpoint(root=%r)." % (temp_dir_root, temp_dir_root)
+            )
         # blake3/tenacity first: without them a save would leave a lease behind before failing
         # with a bare ImportError (an image with only Metaflow, a step with no decorator).
         from ..task.deps import require_client_packages

@@ -34,16 +34,18 @@ class Checkpoint(Listing, Single, Named, Lifecycle):
 
     Parameters
     ----------
-    root : str, optional
-        Checkpoint store root (path or URL).  Default: the store a run's tasks recorded, else
-        ``METAFLOW_CHECKPOINT_ROOT``, else ``<default datastore root>/mf.checkpointing``.  Giving
-        a root inside a task makes this a plain client of that store.
     temp_dir_root : str, optional
         Parent of the directory ``init_dir=True`` creates (default: the task's
-        ``temp_dir_root``, else the system temp dir).
+        ``temp_dir_root``, else the system temp dir).  The first positional argument, as in
+        the reference extension; a URL here is refused, naming ``root=``.
     init_dir : bool
         Create a fresh empty :attr:`directory` for this object (removed by :meth:`close` or at
         the end of a ``with`` block).
+    root : str, optional
+        Keyword only.  Checkpoint store root (path or URL).  Default: the store a run's tasks
+        recorded, else ``METAFLOW_CHECKPOINT_ROOT``, else ``<default datastore
+        root>/mf.checkpointing``.  Giving a root inside a task makes this a plain client of
+        that store.
 
     Examples
     --------

@@ -95,7 +95,9 @@ class Listing(ClientBase):
         target : str or metaflow client object, optional
             ``"Flow"``, ``"Flow/run"``, ``"Flow/run/step"``, ``"Flow/run/step/task"`` or a
             ``Flow``/``Run``/``Step``/``Task`` object.  None lists the named checkpoints saved
-            outside any task (``Checkpoint().save``, ``metaflow checkpoint upload``).
+            outside any task (``Checkpoint().save``, ``metaflow checkpoint upload``).  In a
+            task, a bare word that names no flow is a checkpoint name, as the reference
+            extension's ``list("best")`` (its first parameter is ``name``).
         name : str, optional
             Only this checkpoint name (series).
         step, run : str, optional
@@ -151,6 +153,8 @@ class Listing(ClientBase):
         StorageError
             No store of the target could be read.
         """
+        if self._runtime is not None and self._origin != "cli":
+            target, name = self._reference_name(target, name)
         refs = self._select(
             target,
             name,
@@ -233,6 +237,32 @@ class Listing(ClientBase):
         if self._task is None or (isinstance(task, (str, int)) and "/" not in str(task)):
             return False
         return task_target(task).pathspec == self._task.scope.pathspec
+
+    def _reference_name(self, target: Any, name: Optional[str]) -> tuple[Any, Optional[str]]:
+        """In a task, ``list("best")`` means what the reference extension means by it, its
+        first positional parameter being ``name``: the checkpoints named ``best`` (of this
+        task, or of ``task=``), unless a flow of that name exists; then it is that flow, as
+        in a notebook.  Only a bare word can be both (a flow name has no ``/``).
+
+        Raises
+        ------
+        CheckpointConfigError
+            A flow of that name exists and this task has checkpoints named so too: the call
+            is ambiguous; the message gives both spellings.
+        """
+        if not isinstance(target, str) or "/" in target or name is not None:
+            return target, name
+        if not target.isidentifier() or not _flow_exists(target):
+            return None, target
+        assert self._runtime is not None  # only called in a task
+        if self._runtime.list(name=target):
+            raise CheckpointConfigError(
+                "list(%r) in a task is ambiguous: this task has checkpoints named %r and a flow "
+                "%r exists. Pass list(name=%r) for the checkpoints of that name (the reference "
+                "extension's list(%r)), or list(%r, ...) with a run, e.g. list('%s/<run_id>')."
+                % (target, target, target, target, target, target, target)
+            )
+        return target, name
 
     def _headers(
         self,
@@ -404,6 +434,20 @@ class Listing(ClientBase):
         if filters.get("task") is None or filters.get("attempt") is not None:
             return False
         return bool(self._select(target, strict=True, **dict(filters, attempt=ALL)))
+
+
+def _flow_exists(flow: str) -> bool:
+    """Whether Metaflow has recorded a flow of this name (in any namespace)."""
+    from metaflow import Flow
+    from metaflow.exception import MetaflowNamespaceMismatch, MetaflowNotFound
+
+    try:
+        Flow(flow)
+    except MetaflowNamespaceMismatch:  # it exists, with no run in this namespace
+        return True
+    except MetaflowNotFound:
+        return False
+    return True
 
 
 def _check_narrowing(

@@ -27,9 +27,10 @@ class Named(ClientBase):
         metadata: Optional[dict] = None,
         latest: bool = True,
         name: Optional[str] = None,
+        storage_format: str = FILES,
+        *,
         progress: Optional[Progress] = None,
         sharded: bool = False,
-        storage_format: str = FILES,
     ) -> CheckpointReference:
         """Save a file or directory as a checkpoint and return its reference once committed.
 
@@ -50,6 +51,10 @@ class Named(ClientBase):
         (``"files"`` or ``"tar"``, other ``@checkpoint`` extensions' spelling) changes nothing:
         files are always stored one by one and verified when loaded.
 
+        The positional order is the reference extension's, ``save(path, metadata, latest,
+        name, storage_format)``; a str second (``save(path, "best")``, the order of
+        ``current.checkpoint.save``) is the name.
+
         Raises
         ------
         CheckpointConfigError
@@ -61,6 +66,8 @@ class Named(ClientBase):
             ``sharded=True``: nothing was committed (a participant is gone or never saved).
         """
         check_storage_format(storage_format)  # before anything is read
+        if isinstance(metadata, str) and name is None:  # save(path, "best"): the name
+            name, metadata = metadata, None
         if self._runtime is not None:
             return self._runtime.save(
                 path, metadata=metadata, name=name or DEFAULT_NAME, latest=latest, sharded=sharded

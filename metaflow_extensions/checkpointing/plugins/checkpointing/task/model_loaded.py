@@ -26,7 +26,8 @@ class LoadedModels(Mapping):
 
     ``name in loaded``, ``loaded[name]`` (``None`` for a load skipped by
     ``best_effort_load=True``), iteration over the names, ``len(loaded)``, ``loaded.info[name]``
-    and ``loaded.cleanup(name)`` behave as in the reference extension's ``LoadedModels``.
+    and ``loaded.cleanup(artifact_name)`` (``cleanup()``: every entry) behave as in the
+    reference extension's ``LoadedModels``.
 
     Parameters
     ----------
@@ -103,21 +104,33 @@ class LoadedModels(Mapping):
             owned.remove(path)
             shutil.rmtree(path, ignore_errors=True)
 
-    def cleanup(self, name: str) -> None:
-        """Remove entry ``name``: its directory if this object created it (a temporary one,
-        or a requested path that did not exist before the load), else only the entry (a
-        directory of yours that existed is never deleted).
+    def cleanup(self, artifact_name: Optional[str] = None, *, name: Optional[str] = None) -> None:
+        """Remove entry ``artifact_name`` (the reference extension's spelling; ``name=`` is
+        the same): its directory if this object created it (a temporary one, or a requested
+        path that did not exist before the load), else only the entry (a directory of yours
+        that existed is never deleted).  Without a name, every entry, as the reference's
+        ``current.huggingface_hub.loaded.cleanup()`` does.
 
         Raises
         ------
         KeyError
-            Nothing named ``name`` was loaded.
+            Nothing named so was loaded.
+        TypeError
+            Both ``artifact_name`` and ``name`` given.
         """
-        self[name]  # KeyError naming what was loaded
-        for owned in self._owned.pop(name, []):
-            shutil.rmtree(owned, ignore_errors=True)
-        del self._paths[name]
-        self._info.pop(name, None)
+        if artifact_name is not None and name is not None:
+            raise TypeError(
+                "cleanup() takes one name: artifact_name=%r or name=%r, not both."
+                % (artifact_name, name)
+            )
+        chosen = artifact_name if artifact_name is not None else name
+        for entry in [chosen] if chosen is not None else list(self._paths):
+            self[entry]  # KeyError naming what was loaded
+            for owned in self._owned.pop(entry, []):
+                shutil.rmtree(owned, ignore_errors=True)
+                self._temporary.discard(owned)
+            del self._paths[entry]
+            self._info.pop(entry, None)
 
     def close(self) -> None:
         """Remove every temporary directory (at the end of the task); a requested path stays."""

@@ -50,6 +50,21 @@ from .view import TaskView
 Reference = Union[CheckpointReference, dict, str, Any]
 
 
+def name_and_metadata(name: Any, metadata: Any) -> tuple[Any, Any]:
+    """``save``'s name and metadata, whichever order they were passed in.
+
+    The reference extension's ``current.checkpoint.save`` takes ``(path, name, metadata)``,
+    earlier releases of this package ``(path, metadata, name)``; the types tell them apart, so
+    either positional call saves what its author meant: a dict or None where the name goes,
+    with a str or nothing where the metadata goes, is the metadata (and that str the name).
+    Anything else is passed on as given, to the usual errors naming the bad argument.  A
+    ``None`` name is the default name.
+    """
+    if (name is None or isinstance(name, dict)) and (metadata is None or isinstance(metadata, str)):
+        name, metadata = metadata, name
+    return (DEFAULT_NAME if name is None else name), metadata
+
+
 class CheckpointRuntime:
     """Save, list and load checkpoints of one running task (``current.checkpoint``).
 
@@ -136,12 +151,13 @@ class CheckpointRuntime:
     def save(
         self,
         path: Optional[str] = None,
-        metadata: Optional[dict] = None,
-        name: str = DEFAULT_NAME,
+        name: Any = DEFAULT_NAME,
+        metadata: Any = None,
         latest: bool = True,
+        storage_format: str = FILES,
+        *,
         blocking: bool = True,
         sharded: bool = False,
-        storage_format: str = FILES,
     ) -> Union[CheckpointReference, SaveHandle]:
         """Save a directory or file as a checkpoint and return its reference.
 
@@ -153,10 +169,13 @@ class CheckpointRuntime:
         ----------
         path : str, optional
             Directory or file to save; defaults to :attr:`directory`.
-        metadata : dict, optional
-            JSON-serialisable metadata stored with the checkpoint (at most 64 KiB as JSON).
         name : str
             Series name; several series can live in one task.  Default ``"mfchckpt"``.
+        metadata : dict, optional
+            JSON-serialisable metadata stored with the checkpoint (at most 64 KiB as JSON).
+            The positional order is the reference extension's, ``save(path, name, metadata)``;
+            ``save(path, metadata, name)`` (this package's earlier order) binds the same: a
+            dict or None second is the metadata, a str the name (:func:`name_and_metadata`).
         latest : bool
             Whether this checkpoint may be loaded automatically on retry / resume.
         blocking : bool
@@ -188,6 +207,7 @@ class CheckpointRuntime:
             committed.  With ``blocking=False``, a handle whose ``wait()`` returns it.
         """
         check_storage_format(storage_format)  # before anything is read
+        name, metadata = name_and_metadata(name, metadata)
         src = self._directory if path is None else os.fspath(path)
         return self._saves.save(src, metadata, name, latest, blocking, sharded)
 
