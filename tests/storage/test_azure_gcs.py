@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.common import settings
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+    CheckpointConfigError,
     StorageError,
     StorageNotFound,
 )
@@ -77,6 +78,13 @@ def test_azure_account_of_any_endpoint(account, port, host, scheme, slash):
     assert azure_account(public) == (account, public.rstrip("/"))
     local = "%s://%s:%d/%s%s" % (scheme, host, port, account, slash)
     assert azure_account(local) == (account, local.rstrip("/"))
+    # Without the account in its path, an IP or localhost endpoint is refused, naming the
+    # setting and the expected form (its host would read as an account named "127").
+    for bare in ("%s://%s:%d%s" % (scheme, host, port, slash), "%s://%s%s" % (scheme, host, slash)):
+        with pytest.raises(CheckpointConfigError) as info:
+            azure_account(bare)
+        assert "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=%r" % bare in str(info.value)
+        assert "http://127.0.0.1:10000/devstoreaccount1" in str(info.value)
 
 
 def test_metaflows_azure_endpoint_reaches_azurite(azure_env):

@@ -15,6 +15,8 @@ from functools import cache
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from ..errors import CheckpointConfigError
+
 #: fsspec options of every cloud filesystem: a private instance (its client is replaced below)
 #: and no listing cache.
 _PRIVATE = {"skip_instance_cache": True, "use_listings_cache": False}
@@ -27,13 +29,27 @@ def azure_account(endpoint: Optional[str]) -> tuple[Optional[str], Optional[str]
     ``https://acct.blob.core.windows.net`` names ``acct`` by host; an endpoint whose host is an
     IP address or ``localhost`` (Azurite, a private link proxy) names it by its first path
     component: ``http://127.0.0.1:10000/devstoreaccount1``.
+
+    Raises
+    ------
+    CheckpointConfigError
+        An IP or ``localhost`` endpoint without the account in its path (its host would read as
+        an account named "127"), naming the setting and the form expected.
     """
     if not endpoint:
         return None, None
     parsed = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
     host = parsed.hostname or ""
     path = [p for p in parsed.path.split("/") if p]
-    if (host == "localhost" or host.replace(".", "").isdigit() or ":" in host) and path:
+    if host == "localhost" or host.replace(".", "").isdigit() or ":" in host:
+        if not path:
+            raise CheckpointConfigError(
+                "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=%r names no storage account: an "
+                "endpoint on an IP address or localhost (Azurite, a private link) names the "
+                "account as its first path component, e.g. "
+                "http://127.0.0.1:10000/devstoreaccount1; a public one names it by host, e.g. "
+                "https://<account>.blob.core.windows.net." % endpoint
+            )
         account = path[0]
     else:
         account = host.split(".", 1)[0]
