@@ -385,3 +385,43 @@ def test_concurrent_puts_from_threads(store):
             expected = b"%d-%d" % (t, i) * (i + 1)
             assert infos["c/%d/%d" % (t, i)] == len(expected)
             assert store.get_bytes("c/%d/%d" % (t, i)) == expected
+
+
+# --------------------------------------------------------------------- missing bucket/container
+@pytest.mark.parametrize("kind", ["s3", "azure", "gs"])
+def test_a_missing_bucket_or_container_is_not_an_empty_store(kind, request):
+    """A root in a bucket/container that does not exist (a typo) must not read as an empty
+    store: every read (list, exists, get) says that it does not exist, naming it.  (Local and
+    memory roots have no bucket: a missing root directory is a store nothing was saved to.)"""
+    name = "nosuch%s" % uuid.uuid4().hex[:8]
+    if kind == "s3":
+        from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+            s3_config,
+        )
+        from metaflow_extensions.checkpointing.plugins.checkpointing.storage.s3 import S3Storage
+
+        request.getfixturevalue("s3_env")
+        store = S3Storage("s3://%s/ckpt/root" % name, retry=FAST, timeout=30, config=s3_config())
+        label = "S3 bucket %r does not exist" % name
+    elif kind == "azure":
+        env = request.getfixturevalue("azure_env")
+        store = storage_for_url(
+            "az://%s/ckpt/root" % name, retry=FAST, timeout=30, azure_endpoint=env["endpoint"]
+        )
+        label = "Azure container %r does not exist" % name
+    else:
+        request.getfixturevalue("gcs_env")
+        store = storage_for_url(
+            "gs://%s/ckpt/root" % name, retry=FAST, timeout=30, fsspec_options=gcs_options()
+        )
+        label = "GCS bucket %r does not exist" % name
+    reads = {
+        "list": lambda: list(store.list("manifests/")),
+        "exists": lambda: store.exists("manifests/x"),
+        "get": lambda: store.get_bytes("manifests/x"),
+    }
+    for op, read in reads.items():
+        with pytest.raises(StorageError) as info:
+            read()
+        assert not isinstance(info.value, StorageNotFound), op
+        assert label in str(info.value), (op, str(info.value))

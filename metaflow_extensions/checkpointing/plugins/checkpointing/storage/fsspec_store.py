@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Optional
 
-from ..errors import CheckpointConfigError, CheckpointDependencyError
+from ..errors import CheckpointConfigError, CheckpointDependencyError, StorageError
 from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, RetryPolicy, Storage
 from .local import _TMP_PREFIX, _may_hold
 
@@ -205,6 +205,11 @@ class FsspecStorage(Storage):
         self._local = bool(protocols & _LOCAL_PROTOCOLS)
         self._memory = "memory" in protocols
         self._walks = _find_walks(self.fs)
+        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else "file"
+        self._bucket_kind = (
+            "Azure container" if scheme in _AZURE else "GCS bucket" if scheme in _GCS else None
+        )
+        self._bucket_seen = False
 
     def __getstate__(self) -> dict:
         # Picklable like S3Storage: the filesystem (its bounded client, a class made at run
@@ -255,7 +260,35 @@ class FsspecStorage(Storage):
         else:
             self.fs.put_file(local_path, self._path(key))
 
+    def _check_bucket(self) -> None:
+        """A read found nothing: on Azure/GCS, say so if the container/bucket itself does not
+        exist (a typo in the root must not read as an empty store).  Asked once per store,
+        only when something is not found."""
+        if self._bucket_kind is None or self._bucket_seen:
+            return
+        name = self.root.split("/", 1)[0]
+        try:
+            self.fs.info(name)
+        except FileNotFoundError:
+            raise StorageError(
+                "%s %r does not exist (checkpoint root %s). Create it or point the checkpoint "
+                "root (METAFLOW_CHECKPOINT_ROOT or the datastore root) at an existing one."
+                % (self._bucket_kind, name, self.url),
+                url=self.url,
+                reason="%s %s does not exist" % (self._bucket_kind, name),
+            ) from None
+        except Exception:  # noqa: BLE001 - e.g. no right to read the bucket itself: it may exist
+            return
+        self._bucket_seen = True
+
     def _get_bytes(self, key: str, start: int, length: Optional[int]) -> bytes:
+        try:
+            return self._get_range(key, start, length)
+        except FileNotFoundError:
+            self._check_bucket()
+            raise
+
+    def _get_range(self, key: str, start: int, length: Optional[int]) -> bytes:
         path = self._path(key)
         end = None if length is None else start + length
         try:
@@ -289,6 +322,7 @@ class FsspecStorage(Storage):
                     f.write(self._get_bytes(key, 0, None))
             else:
                 if not self._is_object(self._path(key)):
+                    self._check_bucket()
                     raise FileNotFoundError(self._path(key))
                 self.fs.get_file(self._path(key), tmp)
             os.replace(tmp, local_path)
@@ -309,9 +343,24 @@ class FsspecStorage(Storage):
         return info.get("type", "file") == "file"
 
     def _exists(self, key: str) -> bool:
-        return self._is_object(self._path(key))
+        if self._is_object(self._path(key)):
+            return True
+        self._check_bucket()
+        return False
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        found = False
+        try:
+            for info in self._list_found(prefix):
+                found = True
+                yield info
+        except FileNotFoundError:
+            self._check_bucket()
+            raise
+        if not found:
+            self._check_bucket()
+
+    def _list_found(self, prefix: str) -> Iterator[ObjectInfo]:
         # find() walks directories; start at the deepest one the raw prefix names, then filter.
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = self._path(head) if head else self.root
