@@ -178,7 +178,7 @@ def test_the_callback_from_metaflow_is_a_lightning_callback_that_copies_and_pick
             assert type(twin) is type(cb) and twin.__dict__ == cb.__dict__
     assert EveryTwo().every_n_epochs == 2
     assert CheckpointCallback(monitor="val_loss").state_key == (
-        "CheckpointCallback{'monitor': 'val_loss', 'name': 'mfchckpt'}"
+        "CheckpointCallback{'monitor': 'val_loss', 'name': 'lightning'}"  # its default series
     )
 
 
