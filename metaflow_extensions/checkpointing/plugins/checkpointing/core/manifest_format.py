@@ -285,11 +285,12 @@ def validate_metadata(metadata: object) -> dict:
 
     ``metadata`` is a dict of JSON values (str/int/float/bool/None, lists, tuples and dicts
     whose keys are strings, or int/float/bool/None stored as JSON writes them) of at most
-    :data:`MAX_METADATA_BYTES` UTF-8 bytes, nested at most :data:`MAX_JSON_DEPTH` deep (what :func:`loads` accepts).  Metrics as users log them are
-    accepted anywhere in it: a value with a callable ``.item()`` and a ``shape``/``ndim``
-    saying it holds one value (a torch tensor, a NumPy array or NumPy scalar) is stored as
-    its ``.item()``.  NaN and infinite floats (Python, NumPy or torch) are stored as ``null``
-    with one :class:`~..errors.CheckpointMetadataWarning` naming their key paths.
+    :data:`MAX_METADATA_BYTES` UTF-8 bytes, nested at most :data:`MAX_JSON_DEPTH` deep (what
+    :func:`loads` accepts). Metrics as users log them are accepted anywhere in it: a value with
+    a callable ``.item()`` and a ``shape``/``ndim`` saying it holds one value (a torch tensor, a
+    NumPy array or NumPy scalar) is stored as its ``.item()``. NaN and infinite floats (Python,
+    NumPy or torch) are stored as ``null`` with one :class:`~..errors.CheckpointMetadataWarning`
+    naming their key paths.
 
     Raises
     ------
