@@ -141,7 +141,7 @@ def test_current_checkpoint_without_the_decorator_and_the_short_import_path(flow
     headers = stored_headers(local_store(local_root(tmp)), "user:tester", "EdgesFlow", "train")
     assert train.last_key in {h.key for h in headers}
     names = [h.name for h in headers]
-    assert names.count("mfchckpt") == 2 and names.count("best") >= 1, names  # 2 epochs
+    assert names.count("lightning") == 2 and names.count("best") >= 1, names  # 2 epochs
 
     # Our warnings reach the task's output although Metaflow ignores warnings in a task: one
     # CheckpointMetadataWarning per save whose metadata held NaN/inf (two saves, two lines).
