@@ -24,6 +24,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import (
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (  # noqa: E402
     CheckpointConfigError,
+    CheckpointWarning,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.lightning import (  # noqa: E402
     CheckpointCallback,
@@ -392,3 +393,12 @@ def test_two_callbacks_in_one_step_each_resume_from_their_own_series(tmp_path):
     b_resumed, _ = _fit_mid_epoch(retry, tmp_path, seed=99, name="b", every_n_train_steps=3)
     for k, v in b_straight.state_dict().items():
         assert torch.equal(v, b_resumed.state_dict()[k]), k
+
+    # Something else saved into a callback's series last: it says so, and starts fresh.
+    (mine / "notes.txt").write_text("into a's series")
+    retry.save(path=str(mine), name="a")
+    with pytest.warns(CheckpointWarning, match="newest checkpoint of series 'a' has no"):
+        assert (
+            CheckpointCallback(checkpoint=_runtime(tmp_path / "c", tmp_path, 2), name="a").ckpt_path
+            is None
+        )

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Any, Optional
+
+from ..errors import CheckpointWarning
 
 
 def own_latest(checkpoint: Any, name: str, marker: str) -> Optional[str]:
@@ -28,8 +31,7 @@ def own_latest(checkpoint: Any, name: str, marker: str) -> Optional[str]:
     if info is None:
         return None
     if info.name == name:
-        directory = checkpoint.directory
-        return directory if os.path.isfile(os.path.join(directory, marker)) else None
+        return _holding(checkpoint.directory, name, marker)
     refs = [r for r in checkpoint.list(name=name) if r.latest]
     scope = getattr(checkpoint, "scope", None)
     if not refs and scope is not None and info.pathspec != scope.pathspec:
@@ -39,5 +41,20 @@ def own_latest(checkpoint: Any, name: str, marker: str) -> Optional[str]:
         ]
     if not refs:
         return None
-    target = checkpoint.load(refs[0], path=tempfile.mkdtemp(prefix="mfckpt-%s-" % name))
-    return target if os.path.isfile(os.path.join(target, marker)) else None
+    return _holding(
+        checkpoint.load(refs[0], path=tempfile.mkdtemp(prefix="mfckpt-%s-" % name)), name, marker
+    )
+
+
+def _holding(directory: str, name: str, marker: str) -> Optional[str]:
+    if os.path.isfile(os.path.join(directory, marker)):
+        return directory
+    # Something else saved into the callback's series last: say so rather than start silently.
+    warnings.warn(
+        "The newest checkpoint of series %r has no %s (was it saved by something other than "
+        "the training callback?): training starts from scratch. Give the callback a series "
+        "of its own with name=..." % (name, marker),
+        CheckpointWarning,
+        stacklevel=3,
+    )
+    return None
