@@ -339,6 +339,8 @@ def download(request: SnapshotRequest, commit: str, into: str, files: list[HubFi
         )
     except Exception as exc:
         raise _translated(exc, request) from None
+    # Patterns that select no file: huggingface_hub before 1.0 creates no local_dir at all.
+    os.makedirs(into, exist_ok=True)
     shutil.rmtree(os.path.join(into, ".cache", "huggingface"), ignore_errors=True)
     try:
         os.rmdir(os.path.join(into, ".cache"))
@@ -352,7 +354,9 @@ def _translated(exc: Exception, request: SnapshotRequest) -> Exception:
     """``exc`` with a message naming the repo, revision and endpoint; a :class:`HubUnreachable`
     for what says the Hub could not be asked."""
     import_hub()
-    from huggingface_hub import errors
+    # huggingface_hub.utils exports these errors in every version of our range (>=0.23);
+    # huggingface_hub.errors has them only from 0.25.
+    from huggingface_hub import utils as errors
 
     where = "%s %r (revision %r) at %s" % (
         request.repo_type,
