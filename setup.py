@@ -36,8 +36,11 @@ setup(
         "torch": ["torch>=2.1", "safetensors>=0.4", "numpy>=1.22"],
         # frameworks/lightning.py: CheckpointCallback (also works with the `lightning` package).
         "lightning": ["pytorch-lightning>=2.1"],
-        # frameworks/hf_trainer.py: HFCheckpointCallback (the Trainer needs accelerate).
-        "transformers": ["transformers>=4.40", "accelerate>=0.26"],
+        # frameworks/hf_trainer.py: HFCheckpointCallback (the Trainer needs accelerate). 4.50.0 with
+        # accelerate 0.26.0 passes tests/frameworks/test_hf_trainer_callback.py and resumes
+        # bitwise in test_hf_trainer.py; before 4.50 the Trainer's own RNG-state load fails on
+        # torch>=2.6 (weights_only).
+        "transformers": ["transformers>=4.50", "accelerate>=0.26"],
         # frameworks/hub.py: @huggingface_hub / current.huggingface_hub (imported only in the task).
         # 0.24: tests/integration/test_huggingface_hub.py passes whole (0.23 cannot parse a
         # model_info without "downloads"; before 0.23 local_dir snapshots are cache symlinks).
@@ -62,7 +65,7 @@ setup(
             "mkdocs>=1.6",
             "pytorch-lightning>=2.1",
             "huggingface_hub>=0.24",
-            "transformers>=4.40",
+            "transformers>=4.50",
             "accelerate>=0.26",
             # Azure Blob against Azurite, GCS against gcp-storage-emulator (tests/emulators).
             "adlfs>=2026.2",
