@@ -35,6 +35,7 @@ from . import leases as ls
 from . import manifest as mf
 from .gang import part_blobs
 from .gc_run import Run
+from .gc_temps import remove_temps, stale_temps
 from .layout import (
     BLOBS_PREFIX,
     LEASE_NAMES,
@@ -84,6 +85,8 @@ class GcReport:
     parts_deleted: int = 0
     #: Metrics log entries of tasks with no checkpoint left.
     metrics_deleted: int = 0
+    #: Temp files of local-store writes killed mid-write, older than the grace period.
+    temps_deleted: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -370,6 +373,8 @@ def _collect(
         if is_part_key(o.key) and _gone(o.mtime, now, STALE_PART_SECONDS)
     ]
     report.parts_deleted = len(stale_parts)
+    temps = stale_temps(storage, now, grace)
+    report.temps_deleted = len(temps)
     if run is None:
         return
 
@@ -393,6 +398,7 @@ def _collect(
         storage.put_bytes(gc_run_key(r.run, ls.RUN_DONE), b'{"state": "dead"}')
     storage.delete_many([k for r in old_runs for k in r.keys], marker.workers)
     storage.delete_many(stale_parts, marker.workers)
+    remove_temps(temps)
 
 
 def _gone(mtime: Optional[float], now: float, age: float) -> bool:
