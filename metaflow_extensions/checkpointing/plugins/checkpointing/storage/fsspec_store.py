@@ -1,5 +1,8 @@
 """fsspec backend: any URL fsspec understands (``gs://``, ``az://``, ``memory://``, ``file://``).
 
+Long module: one backend class over every fsspec filesystem (atomic writes, listings that fail
+closed, error classification, the missing-bucket check); split, its parts would share all state.
+
 Object stores (GCS, Azure Blob) make a single upload visible atomically, so a put is one
 ``pipe_file``/``put_file``.  Filesystem-like implementations (``file``) write a temp file next to
 the target and rename it into place; ``memory`` swaps the whole object in one assignment.
