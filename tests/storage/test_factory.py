@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import metaflow  # noqa: F401  (imported before the extension, as Metaflow itself does)
@@ -55,20 +54,6 @@ def test_memory_url_is_fsspec():
     store.put_bytes("k", b"v")
     assert store.get_bytes("k") == b"v"
     store.delete("k")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs installed")
-def test_gs_without_gcsfs_names_the_package():
-    with pytest.raises(CheckpointConfigError, match="gcsfs") as info:
-        storage_for_url("gs://bucket/root")
-    assert "gs://bucket/root" in str(info.value)
-    assert "pip install gcsfs" in str(info.value)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("adlfs") is not None, reason="adlfs installed")
-def test_az_without_adlfs_names_the_package():
-    with pytest.raises(CheckpointConfigError, match="pip install adlfs"):
-        storage_for_url("az://container/root")
 
 
 @pytest.mark.parametrize("url", ["nosuchproto://x/y", "", "   "])
