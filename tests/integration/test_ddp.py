@@ -69,7 +69,10 @@ def _check_ddp_run(result, tmp) -> None:
     assert "did not save their part" not in out and "rank 0 within" not in out
 
 
-@pytest.mark.timeout(300)
+# torchrun's elastic agents meet at an exit barrier that torch bounds at 300 s; a gang whose
+# agents miss each other there (seen once in a clean-clone run under -n 2) finishes after it,
+# so the test's bound lies beyond torch's (the suite-wide bound is 600 s too).
+@pytest.mark.timeout(600)
 def test_ddp_example_resumes_both_nodes_from_rank0s_checkpoint_locally(flow_env):
     env, tmp = flow_env
     env = dict(env, **WAIT_BOUND)
@@ -83,7 +86,10 @@ def test_ddp_example_resumes_both_nodes_from_rank0s_checkpoint_locally(flow_env)
 
 
 @pytest.mark.s3
-@pytest.mark.timeout(300)
+# torchrun's elastic agents meet at an exit barrier that torch bounds at 300 s; a gang whose
+# agents miss each other there (seen once in a clean-clone run under -n 2) finishes after it,
+# so the test's bound lies beyond torch's (the suite-wide bound is 600 s too).
+@pytest.mark.timeout(600)
 def test_ddp_example_resumes_both_nodes_from_rank0s_checkpoint_on_s3(s3_env, flow_env, monkeypatch):
     # As tests/integration/test_s3.py: metadata stays local, the datastore and checkpoints go to
     # a fresh bucket of the moto server (this process's client reads them there too).
