@@ -15,6 +15,7 @@ from metaflow.decorators import StepDecorator
 from metaflow.metaflow_current import current
 
 from ..errors import CheckpointConfigError, CheckpointNotEnabled
+from ..task.attributes import check_path_attributes, checkpoint_root
 
 
 def _hub_not_enabled(cur) -> None:
@@ -67,18 +68,10 @@ class HuggingfaceHubDecorator(StepDecorator):
                 "Step '%s': @huggingface_hub(cache_scope=%r) must be one of %s."
                 % (step_name, scope, ", ".join(repr(s) for s in CACHE_SCOPES))
             )
-        for attr in ("temp_dir_root", "root"):
-            value = self.attributes[attr]
-            if value is not None and (not isinstance(value, str) or not value):
-                raise CheckpointConfigError(
-                    "Step '%s': @huggingface_hub(%s=%r) must be a non-empty path or URL string."
-                    % (step_name, attr, value)
-                )
+        check_path_attributes("huggingface_hub", self.attributes, step_name)
         self._load = parse_load(self.attributes["load"], step_name)
-        if self.attributes["root"] is None:
-            for deco in decorators:
-                if deco.name == "checkpoint" and deco.attributes.get("root"):
-                    self.attributes["root"] = deco.attributes["root"]
+        if self.attributes["root"] is None:  # the step's @checkpoint(root=...) if it has one
+            self.attributes["root"] = checkpoint_root(decorators)
         self._registry = None
 
     def task_pre_step(

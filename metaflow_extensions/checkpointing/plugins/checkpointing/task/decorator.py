@@ -23,6 +23,7 @@ from metaflow.metaflow_current import current
 from ..core.codec import check_setting
 from ..core.policies import validate_policy
 from ..errors import CheckpointConfigError, CheckpointNotEnabled
+from .attributes import check_path_attributes
 from .refused import UnknownDecoratorAttribute, split_unknown
 
 # How many older origins of a resume chain to follow looking for a checkpoint.
@@ -155,13 +156,7 @@ class CheckpointDecorator(StepDecorator):
             validate_policy(policy)
         except CheckpointConfigError as exc:
             raise CheckpointConfigError("Step '%s': %s" % (step_name, exc.message)) from None
-        for attr in ("temp_dir_root", "root"):
-            value = self.attributes[attr]
-            if value is not None and (not isinstance(value, str) or not value):
-                raise CheckpointConfigError(
-                    "Step '%s': @checkpoint(%s=%r) must be a non-empty path or URL string."
-                    % (step_name, attr, value)
-                )
+        check_path_attributes("checkpoint", self.attributes, step_name)
         from ..core import retention
         from .models import parse_specs
 

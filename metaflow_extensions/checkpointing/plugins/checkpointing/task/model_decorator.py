@@ -17,6 +17,7 @@ from metaflow.decorators import StepDecorator
 from metaflow.metaflow_current import current
 
 from ..errors import CheckpointConfigError, CheckpointNotEnabled, CheckpointNotFound
+from .attributes import check_path_attributes, checkpoint_root
 
 _FORMS = (
     "'artifact_name', ('artifact_name', '/local/path' or None), 'model_name' or "
@@ -118,13 +119,7 @@ class ModelDecorator(StepDecorator):
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         # Launcher and every task process: validate, no I/O.
         self._entries = parse_load(self.attributes["load"], step_name)
-        for attr in ("temp_dir_root", "root"):
-            value = self.attributes[attr]
-            if value is not None and (not isinstance(value, str) or not value):
-                raise CheckpointConfigError(
-                    "Step '%s': @model(%s=%r) must be a non-empty path or URL string."
-                    % (step_name, attr, value)
-                )
+        check_path_attributes("model", self.attributes, step_name)
         best = self.attributes["best_effort_load"]
         if isinstance(best, str) and best.strip().lower() in ("true", "false"):
             best = best.strip().lower() == "true"  # --with model:best_effort_load=true
@@ -134,11 +129,7 @@ class ModelDecorator(StepDecorator):
             )
         self._best_effort = best
         root = self.attributes["root"]
-        if root is None:  # the step's @checkpoint(root=...) if it has one
-            root = next(
-                (d.attributes.get("root") for d in decorators if d.name == "checkpoint"), None
-            )
-        self._root = root
+        self._root = checkpoint_root(decorators) if root is None else root
         self._step_name = step_name
         self._runtime = None
 
