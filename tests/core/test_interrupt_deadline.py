@@ -435,6 +435,9 @@ class PruneStorage(GatedStorage):
         self.handled = lambda: True  # the signal reached its handler (in the main thread)
         self.hold_deletes = False
         self.deleted = threading.Event()
+        # A background save's delete signals only once the test has its handle: otherwise a
+        # fast save thread signals while ``save()`` has not yet returned, and the handle is lost.
+        self.signal_after: threading.Event | None = None
 
     def list(self, prefix, *args, **kwargs):
         if self.signal_on_list and threading.current_thread().name == "checkpoint-save":
@@ -448,6 +451,8 @@ class PruneStorage(GatedStorage):
         self._record("delete", key)
         if self.hold_deletes:
             if not self.held.is_set():
+                if self.signal_after is not None:
+                    self.signal_after.wait(HOLD)
                 self.held.set()
                 os.kill(os.getpid(), signal.SIGTERM)
             self.gate.wait(HOLD)
@@ -518,11 +523,13 @@ def test_a_background_save_pruning_at_the_deadline_is_not_waited_for(tmp_path):
     parts.runtime.save(metadata={"epoch": 1})
     (directory / "state.txt").write_text("epoch 2")
     storage.hold_deletes = True
+    storage.signal_after = threading.Event()
     handles = []
     assert parts.interrupts.install(parts.saves)  # before the save: its delete signals
     try:
         with pytest.raises(CheckpointInterrupted, match="pending saves were committed first"):
             handles.append(parts.runtime.save(metadata={"epoch": 2}, blocking=False))
+            storage.signal_after.set()
             parts.runtime.flush()
         assert not storage.deleted.is_set()  # returned while the delete was still held
     finally:
