@@ -14,7 +14,10 @@ step prefix (``indexes/<ns>/<flow>/<step>/summaries.json``, keys in :mod:`.layou
   (``indexes/<ns>/<flow>/<step>/<foreach>/<run>/<task>/attempt-<n>.json``; each node of a
   ``@parallel`` gang its own, ``attempt-<n>-w<node>.0.json``), so the first listing of a task
   with many checkpoints reads one object per writing process instead of one manifest per
-  checkpoint;
+  checkpoint; the same object records how the attempt ended (``"ended"``: one of
+  :data:`ENDINGS`), which listings show as a checkpoint's ``task_status``
+  (:func:`attempts_ended`; None while the attempt runs, or for a summary written before it was
+  recorded);
 * a malformed index (or entry) is ignored: the manifests are read instead;
 * a manifest that cannot be parsed (truncated, tampered with, written by a newer release) does
   not fail the listing: its summary is :func:`damaged` (``damaged=True`` and the ``error``),
@@ -24,9 +27,10 @@ step prefix (``indexes/<ns>/<flow>/<step>/summaries.json``, keys in :mod:`.layou
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 from ..errors import CheckpointException, ManifestError
 from ..storage.base import Storage
@@ -44,6 +48,12 @@ from .position import RANK0, Position
 INDEX_FORMAT = "metaflow-checkpointing-summaries/1"
 #: Rewrite a step's index once a listing had to read this many manifests (or all of them).
 REWRITE_AFTER = 8
+
+#: How an attempt of a task ended, as its summary records it (``"ended"``): it returned
+#: (``"succeeded"``), raised or was interrupted (``"failed"``), or stopped in
+#: ``current.checkpoint.pause()`` (``"paused"``: to be resumed, not a failure).
+SUCCEEDED, FAILED, PAUSED = "succeeded", "failed", "paused"
+ENDINGS = (SUCCEEDED, FAILED, PAUSED)
 
 
 def summarize(manifest: Manifest) -> dict:
@@ -112,17 +122,63 @@ def write_task_summaries(
     attempt: int,
     manifests: Sequence[Manifest],
     position: Position = RANK0,
+    ended: Optional[str] = None,
 ) -> None:
     """Record what the process at ``position`` committed in one attempt of a task (best
-    effort: it is only a hint)."""
+    effort: it is only a hint) and, when given, how the attempt ``ended`` (one of
+    :data:`ENDINGS`).  Nothing is written when nothing was committed: no listing shows the
+    attempt then."""
     if not manifests:
         return
-    body = {"format": INDEX_FORMAT, "entries": {m.key: summarize(m) for m in manifests}}
+    if ended is not None and ended not in ENDINGS:
+        raise ValueError("ended=%r is not one of %s" % (ended, ", ".join(ENDINGS)))
+    body: dict[str, Any] = {
+        "format": INDEX_FORMAT,
+        "entries": {m.key: summarize(m) for m in manifests},
+    }
+    if ended is not None:
+        body["ended"] = ended
     key = task_summary_key(task_prefix, attempt, position)
     try:
         storage.put_bytes(key, json.dumps(body).encode())
     except CheckpointException:
         pass
+
+
+#: ``attempt-<n>.json`` (rank 0) or ``attempt-<n>-w<node>.<local>.json`` (another node), the
+#: names :func:`.layout.task_summary_key` gives.
+_SUMMARY_NAME = re.compile(r"attempt-(0|[1-9][0-9]{0,8})(-w[0-9]+\.[0-9]+)?\.json")
+
+
+def _parse_summary_name(key: str) -> Optional[tuple[int, bool]]:
+    """``(attempt, is_rank0)`` of a task summary key, None for any other key."""
+    m = _SUMMARY_NAME.fullmatch(key.rsplit("/", 1)[-1])
+    return (int(m.group(1)), m.group(2) is None) if m else None
+
+
+def _ended_of(data: Any) -> Optional[str]:
+    """The ``ended`` of a task summary body, None when absent or not one of :data:`ENDINGS`."""
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+        return None
+    ended = data.get("ended")
+    return ended if ended in ENDINGS else None
+
+
+def attempts_ended(storage: Storage, task_prefix: str) -> dict[int, Optional[str]]:
+    """How each attempt of the task at ``task_prefix`` ended, by attempt number, as its
+    summaries record it (one listing, then one read per attempt): the rank-0 process's
+    summary when present, else any node's of a ``@parallel`` gang.  An attempt without a
+    summary (running, killed, or that committed nothing) is absent; one whose summary predates
+    ``ended`` (or is malformed) maps to None."""
+    chosen: dict[int, tuple[bool, str]] = {}
+    for obj in storage.list(task_summaries_prefix(task_prefix)):
+        parsed = _parse_summary_name(obj.key)
+        if parsed is None:
+            continue
+        attempt, rank0 = parsed
+        if attempt not in chosen or (rank0 and not chosen[attempt][0]):
+            chosen[attempt] = (rank0, obj.key)
+    return {a: _ended_of(_read_json(storage, key)) for a, (_, key) in chosen.items()}
 
 
 class SummaryIndex:
