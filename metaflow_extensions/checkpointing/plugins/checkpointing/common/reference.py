@@ -4,12 +4,16 @@ place references are built (:func:`reference_of`, :func:`references`).
 It is a ``dict`` (so ``ref["key"]`` and ``ref["metadata"]`` work, as in code written for other
 ``@checkpoint`` extensions, and it pickles as an artifact without custom state) whose fields are
 also attributes (``ref.key``, ``ref.pathspec``).
+
+Long module: the reference type, its fields (with the other extensions' and the status
+fields) and the builders every reader goes through are one unit, so that ``save()``'s return,
+listings, ``get``, the CLI and the card build the same reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
 from ..core.manifest import Manifest, ManifestHeader, iso_time, parse_key
 from ..core.position import writer_of
@@ -50,7 +54,13 @@ FIELDS = (
     "type",
     "storage_format",
     "creation_context",
+    "status",
+    "task_status",
 )
+
+# Where a checkpoint stands (``status``); the strings :mod:`..core.upload_status` records.
+LOCAL, UPLOADING, UPLOADED, FAILED = "local", "uploading", "uploaded", "failed"
+STATUSES = (LOCAL, UPLOADING, UPLOADED, FAILED)
 
 #: ``storage_format`` values ``save()`` accepts (other ``@checkpoint`` extensions' spellings):
 #: either way the files are stored one by one and verified when loaded.
@@ -64,6 +74,9 @@ _COMPAT = {
     "type": lambda ref: "checkpoint",
     "storage_format": lambda ref: FILES,
     "creation_context": lambda ref: "task" if dict.get(ref, "pathspec") else "non-task",
+    # Before statuses, every reference was of a checkpoint committed to the flow's store.
+    "status": lambda ref: UPLOADED,
+    "task_status": lambda ref: None,
 }
 
 
@@ -114,6 +127,16 @@ class CheckpointReference(dict):
     its key tells (name, pathspec, attempt, date, ``latest``, writer), no metadata and size 0;
     loading it raises the ``ManifestError``, retention keeps it, and
     ``Checkpoint().delete(ref)`` removes it.
+
+    ``status`` says where the checkpoint stands: ``"uploaded"`` (in the flow's checkpoint
+    store: every checkpoint of ``@checkpoint(upload="each")``, the default, once committed),
+    ``"local"`` (only in the task machine's local tier, ``upload="end"``: uploaded when the
+    task ends), ``"uploading"`` or ``"failed"`` (its upload gave up, ``upload_errors="warn"``;
+    it stays in the local tier).  ``task_status`` says how the attempt that saved it ended:
+    ``"succeeded"``, ``"failed"``, ``"paused"`` (it stopped in ``current.checkpoint.pause()``,
+    to be resumed: not a failure), or None while it runs (or when unknown: an attempt killed
+    before its end, or one of a release that did not record it).  A reference pickled before
+    these fields existed answers ``"uploaded"`` and None.
 
     Code written for other ``@checkpoint`` extensions also reads ``version_id`` (``version``),
     ``type`` (``"checkpoint"``, ``"model"`` for a version of ``current.model.save``),
@@ -208,9 +231,16 @@ class CheckpointReference(dict):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_manifest(cls, manifest: Manifest, root: str, url: str) -> CheckpointReference:
+    def from_manifest(
+        cls,
+        manifest: Manifest,
+        root: str,
+        url: str,
+        status: str = UPLOADED,
+        task_status: Optional[str] = None,
+    ) -> CheckpointReference:
         """Build from a full manifest."""
-        ref = cls._from_header(manifest.key, manifest.scope, root, url)
+        ref = cls._from_header(manifest.key, manifest.scope, root, url, status, task_status)
         ref.update(
             name=manifest.name,
             created_on=manifest.created_on,
@@ -230,10 +260,16 @@ class CheckpointReference(dict):
 
     @classmethod
     def from_summary(
-        cls, header: ManifestHeader, summary: dict, root: str, url: str
+        cls,
+        header: ManifestHeader,
+        summary: dict,
+        root: str,
+        url: str,
+        status: str = UPLOADED,
+        task_status: Optional[str] = None,
     ) -> CheckpointReference:
         """Build from a manifest key and its summary (see ``core.summary``)."""
-        ref = cls._from_header(header.key, header.scope, root, url)
+        ref = cls._from_header(header.key, header.scope, root, url, status, task_status)
         ref.update(
             name=header.name,
             created_on=iso_time(header.created_ms),
@@ -254,7 +290,9 @@ class CheckpointReference(dict):
         return ref
 
     @classmethod
-    def _from_header(cls, key, scope, root, url) -> CheckpointReference:
+    def _from_header(cls, key, scope, root, url, status, task_status) -> CheckpointReference:
+        if status not in STATUSES:
+            raise ValueError("status=%r is not one of %s" % (status, ", ".join(STATUSES)))
         task_of = None if scope.is_library else scope
         header = parse_key(key)
         return cls(
@@ -278,6 +316,8 @@ class CheckpointReference(dict):
             type="checkpoint",
             storage_format=FILES,
             creation_context="non-task" if scope.is_library else "task",
+            status=status,
+            task_status=task_status,
         )
 
 
@@ -338,23 +378,48 @@ def _publisher(scope, source, ref: dict) -> Optional[dict]:
 
 
 # ------------------------------------------------------------------------------ building
-def reference_of(store: CheckpointStore, manifest: Manifest) -> CheckpointReference:
-    """The reference of a checkpoint of ``store`` from its full manifest."""
+def reference_of(
+    store: CheckpointStore,
+    manifest: Manifest,
+    *,
+    status: str = UPLOADED,
+    task_status: Optional[str] = None,
+) -> CheckpointReference:
+    """The reference of a checkpoint of ``store`` from its full manifest, with its ``status``
+    (one of :data:`STATUSES`) and its attempt's ``task_status``."""
     return CheckpointReference.from_manifest(
-        manifest, store.url, store.storage.full_url(manifest.key)
+        manifest, store.url, store.storage.full_url(manifest.key), status, task_status
     )
 
 
+#: Per checkpoint key, or one value for all.
+PerKey = Union[Optional[str], Mapping[str, Optional[str]]]
+
+
+def _of(value: PerKey, key: str, default: Optional[str]) -> Optional[str]:
+    return value.get(key, default) if isinstance(value, Mapping) else value
+
+
 def references(
-    store: CheckpointStore, headers: Sequence[ManifestHeader]
+    store: CheckpointStore,
+    headers: Sequence[ManifestHeader],
+    *,
+    status: PerKey = UPLOADED,
+    task_status: PerKey = None,
 ) -> list[CheckpointReference]:
     """References of the checkpoints of ``store`` listed as ``headers``, in that order, with
     their metadata and sizes from summaries (:meth:`.CheckpointStore.summaries`; a damaged
-    checkpoint's reference says so)."""
+    checkpoint's reference says so).  ``status`` and ``task_status`` are one value for all,
+    or a mapping by manifest key (a key it lacks: ``"uploaded"``, None)."""
     summaries = store.summaries(headers)
     return [
         CheckpointReference.from_summary(
-            h, summaries[h.key], store.url, store.storage.full_url(h.key)
+            h,
+            summaries[h.key],
+            store.url,
+            store.storage.full_url(h.key),
+            _of(status, h.key, UPLOADED) or UPLOADED,
+            _of(task_status, h.key, None),
         )
         for h in headers
     ]
