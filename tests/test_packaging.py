@@ -167,6 +167,8 @@ def test_public_api_is_locked():
         "preemption": None,
         "show_card": None,
         "compression": None,
+        "upload": "each",
+        "upload_errors": "fail",
     }
     public = sorted(n for n in dir(CheckpointRuntime) if not n.startswith("_"))
     assert public == [

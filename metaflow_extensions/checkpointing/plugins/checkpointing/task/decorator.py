@@ -23,7 +23,14 @@ from metaflow.metaflow_current import current
 from ..core.codec import check_setting
 from ..core.policies import validate_policy
 from ..errors import CheckpointConfigError, CheckpointNotEnabled
-from .attributes import check_path_attributes
+from .attributes import (
+    UPLOAD_ERRORS,
+    UPLOAD_MODES,
+    bool_attr,
+    check_path_attributes,
+    choice_attr,
+    number_attr,
+)
 from .refused import UnknownDecoratorAttribute, split_unknown
 
 # How many older origins of a resume chain to follow looking for a checkpoint.
@@ -111,6 +118,16 @@ class CheckpointDecorator(StepDecorator):
     compression : str, optional
         ``"zstd"``: store each new blob zstd-compressed when that saves 1/32 of it or more
         (loads verify the uncompressed bytes); needs the ``zstd`` extra.  Default None.
+    upload : str, default "each"
+        ``"each"``: every ``save()`` commits to the flow's store.  ``"end"``: ``save()``
+        commits to a local tier on the task's disk (status ``"local"``) and, when the task
+        ends (success, exception, ``pause()``, SIGTERM/Ctrl+C, preemption), the newest
+        ``latest=True`` checkpoint and the ``keep_best`` ones are uploaded, only they
+        (docs/upload.md: a hard kill before the end loses the local-only ones).
+    upload_errors : str, default "fail"
+        ``"fail"``: an upload that still fails after the bounded retries fails the save.
+        ``"warn"``: one warning, the checkpoint stays in the local tier with status
+        ``"failed"``, and training continues.
 
     MF Add To Current
     -----------------
@@ -138,6 +155,8 @@ class CheckpointDecorator(StepDecorator):
         "preemption": None,
         "show_card": None,
         "compression": None,
+        "upload": "each",
+        "upload_errors": "fail",
     }
 
     def __init__(self, attributes=None, statically_defined=False, inserted_by=None):
@@ -167,7 +186,7 @@ class CheckpointDecorator(StepDecorator):
             command = deploy_command()
             for warning in deploy_warnings(self._models, step_name, command) if command else ():
                 print(warning, file=sys.stderr, flush=True)
-        self._retention = {k: _number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES}
+        self._retention = {k: number_attr(self.attributes[k]) for k in _RETENTION_ATTRIBUTES}
         try:
             retention.build(**self._retention)  # validated here; the session builds the rules
         except CheckpointConfigError as exc:
@@ -175,15 +194,21 @@ class CheckpointDecorator(StepDecorator):
         self._step_name = step_name
         self._datastore = (flow_datastore.TYPE, flow_datastore.datastore_root)
         for attr in ("save_on_interrupt", "save_on_failure"):
-            self.attributes[attr] = _bool_attr(self.attributes[attr], attr, step_name)
+            self.attributes[attr] = bool_attr(self.attributes[attr], attr, step_name)
         if self.attributes["show_card"] is not None:
-            self.attributes["show_card"] = _bool_attr(
+            self.attributes["show_card"] = bool_attr(
                 self.attributes["show_card"], "show_card", step_name
             )
         from .watchers import validate_preemption
 
         self.attributes["preemption"] = validate_preemption(
             self.attributes["preemption"], step_name
+        )
+        self.attributes["upload"] = choice_attr(
+            self.attributes["upload"], "upload", UPLOAD_MODES, step_name
+        )
+        self.attributes["upload_errors"] = choice_attr(
+            self.attributes["upload_errors"], "upload_errors", UPLOAD_ERRORS, step_name
         )
         codec = check_setting(self.attributes["compression"], "Step '%s': @checkpoint" % step_name)
         self.attributes["compression"] = codec
@@ -327,17 +352,6 @@ def _gang_size(flow) -> int:
     return int(size if size is not None else current.parallel.num_nodes)
 
 
-def _bool_attr(value, name: str, step_name: str) -> bool:
-    """True/False, also from the command line (``--with checkpoint:save_on_failure=true``)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise CheckpointConfigError(
-        "Step '%s': @checkpoint(%s=%r) must be True or False." % (step_name, name, value)
-    )
-
-
 def _exit_as_paused() -> None:
     """Make the task process exit with Metaflow's "do not retry" code once Metaflow is done.
 
@@ -355,18 +369,6 @@ def _exit_as_paused() -> None:
 
     _log("[@checkpoint] Task paused; it will not be retried. Continue with `resume`.")
     atexit.register(leave)
-
-
-def _number_attr(value):
-    """Attributes given on the command line (``--with checkpoint:keep_last=3``) arrive as
-    strings: turn numeric strings into numbers, leave everything else for validation."""
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-    return value
 
 
 def _register_root(metadata, run_id, step_name, task_id, attempt, url) -> None:
