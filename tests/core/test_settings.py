@@ -8,6 +8,7 @@ string from the environment); the ``import metaflow`` rows run a real interprete
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ BAD = {
         ["169.254.169.254", "ftp://127.0.0.1", "http://", "http://[::1"],
         "an http:// or https:// URL with a host",
     ),
+    "LOCAL_TIER": (["relative/tier", "./tier", "/dev/null"], "an absolute path of a directory"),
 }
 
 #: setting -> (a good value, the reader, what it reads) — fractions of seconds are allowed.
@@ -62,6 +64,7 @@ GOOD = {
         settings.preemption_endpoint,
         "http://127.0.0.1:8080",
     ),
+    "LOCAL_TIER": ("~/ckpt-tier", settings.local_tier_base, os.path.expanduser("~/ckpt-tier")),
 }
 
 
@@ -69,6 +72,7 @@ def _read_everything(root: str) -> None:
     """What a task start, the client and the CLI read: a store's settings and the task's."""
     settings.store_for_url(root)
     TaskSettings.read()
+    settings.local_tier_base()
 
 
 def test_every_setting_has_rows():

@@ -42,3 +42,5 @@ CHECKPOINT_PREEMPTION_POLL_SECONDS = from_conf("CHECKPOINT_PREEMPTION_POLL_SECON
 # Seconds from the first SIGTERM/SIGINT to the end of a task's checkpointing; saves not
 # committed by then are abandoned (3).
 CHECKPOINT_INTERRUPT_SECONDS = from_conf("CHECKPOINT_INTERRUPT_SECONDS", None)
+# Directory of the local tier of @checkpoint(upload="end") (default: the system temp directory).
+CHECKPOINT_LOCAL_TIER = from_conf("CHECKPOINT_LOCAL_TIER", None)

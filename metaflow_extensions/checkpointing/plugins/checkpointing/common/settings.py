@@ -206,6 +206,32 @@ def lease_seconds() -> float:
     return validate_ttl(_setting("CHECKPOINT_LEASE_SECONDS", DEFAULT_TTL_SECONDS))
 
 
+def local_tier_base() -> Optional[str]:
+    """Directory under which ``@checkpoint(upload="end")`` keeps its local tier
+    (``CHECKPOINT_LOCAL_TIER``; None when unset: ``@checkpoint(temp_dir_root=)`` or the system
+    temp directory).  ``~`` is expanded.
+
+    Raises
+    ------
+    CheckpointConfigError
+        A value that is not an absolute path (a relative one would move with the task's working
+        directory, and a retry would not find the tier), or names something that is not a
+        directory.
+    """
+    value = _setting("CHECKPOINT_LOCAL_TIER")
+    if value is None:
+        return None
+    path = os.path.expanduser(str(value).strip())
+    if not os.path.isabs(path) or (os.path.exists(path) and not os.path.isdir(path)):
+        raise _invalid(
+            "CHECKPOINT_LOCAL_TIER",
+            value,
+            "an absolute path of a directory (created if missing), e.g. /scratch/ckpt",
+            "the system temp directory",
+        )
+    return path
+
+
 def retry_policy() -> RetryPolicy:
     """Tries (an integer >= 1) and seconds (>= 0) of one storage call's retries."""
     return RetryPolicy(

@@ -39,6 +39,15 @@ A checkpoint root (``<datastore root>/mf.checkpointing`` or ``METAFLOW_CHECKPOIN
                 attempt (who, why, when; see .gang)
         control/gone/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<attempt>/save-<id>/rank-<r>.json
                 (or node-<n>.json) a participant whose part of one sharded save failed
+        control/clock/<32 hex>
+                an empty probe written and deleted at once: its mtime in a listing is the
+                store's "now" (expire_after_days ages checkpoints by it; see .store_clock)
+
+A local tier (``@checkpoint(upload="end")``, :mod:`.tier`) is a root of the same layout on the
+task's machine; it also holds::
+
+    uploads/<ns>/<flow>/<step>/<foreach>/<run>/<task>/<manifest file>
+            the upload status of the tier's checkpoint of the same path (.upload_status)
 
 Every scope component (``<ns>`` ... ``<task>``, promotion namespaces and versions, pause
 components) is percent-encoded by :func:`encode`, so namespaces such as ``user:alice`` are safe
@@ -80,8 +89,22 @@ PROMOTIONS = "promotions"
 LEASES = "leases"
 GC_RUNS = "gc/runs"
 CONTROL = "control"
+#: Upload status records (a local tier only).
+UPLOADS = "uploads"
 #: Every top-level prefix, in the order of the tree above.
-TOP_LEVEL = (MANIFESTS, BLOBS, PARTS, PINS, METRICS, INDEXES, PROMOTIONS, LEASES, GC_RUNS, CONTROL)
+TOP_LEVEL = (
+    MANIFESTS,
+    BLOBS,
+    PARTS,
+    PINS,
+    METRICS,
+    INDEXES,
+    PROMOTIONS,
+    LEASES,
+    GC_RUNS,
+    CONTROL,
+    UPLOADS,
+)
 
 MANIFESTS_PREFIX = MANIFESTS + "/"
 BLOBS_PREFIX = BLOBS + "/"
@@ -366,6 +389,19 @@ def metrics_manifest(key: str) -> str:
     return MANIFESTS + key[len(METRICS) :]
 
 
+# ---------------------------------------------------------------------------- upload records
+def upload_record_key(manifest_key: str) -> str:
+    """The upload status record (in a local tier) of the checkpoint at ``manifest_key`` (given
+    a task prefix: the prefix of that task's records)."""
+    return UPLOADS + manifest_key[len(MANIFESTS) :]
+
+
+def upload_record_manifest(key: str) -> Optional[str]:
+    """The manifest key an upload status record stands for, else None."""
+    prefix = UPLOADS + "/"
+    return MANIFESTS + key[len(UPLOADS) :] if key.startswith(prefix) else None
+
+
 # ---------------------------------------------------------------------------- summary indexes
 def step_index_key(step_prefix: str) -> str:
     """The summary index of the step at ``step_prefix``."""
@@ -466,6 +502,11 @@ def gc_run_of(key: str) -> Optional[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------- control
+def clock_probe_key(token: str) -> str:
+    """The store-clock probe ``token`` (random hex): its mtime is the store's "now"."""
+    return "%s/clock/%s" % (CONTROL, token)
+
+
 def pause_run_key(flow: str, run: str) -> str:
     """The pause request of a whole run."""
     return "%s/pause/%s/%s/_run.json" % (CONTROL, encode(flow), encode(run))
