@@ -1,0 +1,143 @@
+"""Upload status records of a local tier (``core/upload_status.py``): what a listing shows for a
+checkpoint saved with ``upload="end"``.
+
+Records are real files in a tier on disk; a dead writer is a real process that recorded
+``uploading`` and exited, a live one a real process still running.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import layout
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import upload_status as us
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+
+from .helpers import make_scope
+
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _key(task: str = "7", n: int = 0) -> str:
+    return layout.manifest_key(
+        make_scope(task=task).task_prefix(), 1_700_000_000_000 + n, 0, n, True, "ab%d" % n, "m"
+    )
+
+
+@PROPS
+@given(
+    status=st.sampled_from(us.STATUSES),
+    error=st.none() | st.text(max_size=300),
+)
+def test_a_record_reads_back_as_written(tmp_path_factory, status, error):
+    records = us.UploadRecords(LocalStorage(str(tmp_path_factory.mktemp("tier"))))
+    key = _key()
+    before = time.time()
+    records.set(key, status, error)
+    got = records.get(key)
+    assert got is not None
+    assert (got.status, got.error) == (status, error)
+    assert (got.pid, got.host) == (os.getpid(), socket.gethostname())
+    assert before <= got.at <= time.time()
+    # Rewritten whole: the last status wins.
+    records.set(key, us.UPLOADED)
+    assert (records.get(key).status, records.get(key).error) == (us.UPLOADED, None)
+
+
+def test_of_prefix_returns_the_records_of_one_task_by_manifest_key(tmp_path):
+    records = us.UploadRecords(LocalStorage(str(tmp_path / "tier")))
+    a, b, other = _key("7", 1), _key("7", 2), _key("8", 3)
+    records.set(a, us.UPLOADING)
+    records.set(b, us.FAILED, "store unreachable")
+    records.set(other, us.UPLOADED)
+    got = records.of_prefix(make_scope(task="7").task_prefix())
+    assert set(got) == {a, b}
+    assert got[b].status == us.FAILED and got[b].error == "store unreachable"
+    assert records.of_prefix(make_scope(task="9").task_prefix()) == {}
+    records.delete(a)
+    assert records.get(a) is None
+
+
+def test_a_bad_status_is_refused_before_anything_is_written(tmp_path):
+    records = us.UploadRecords(LocalStorage(str(tmp_path / "tier")))
+    with pytest.raises(CheckpointConfigError) as info:
+        records.set(_key(), "done")
+    assert "'done'" in info.value.message and "'uploaded'" in info.value.message
+    assert not (tmp_path / "tier").exists()
+
+
+def test_a_damaged_record_reads_as_no_record(tmp_path):
+    storage = LocalStorage(str(tmp_path / "tier"))
+    records = us.UploadRecords(storage)
+    key = _key()
+    for body in (b"{", b'{"status": "sent"}', b"[]", b'{"status": "failed", "error": 3}'):
+        storage.put_bytes(layout.upload_record_key(key), body)
+        assert records.get(key) is None
+        assert us.effective(records.get(key), in_remote=False) == us.LOCAL
+
+
+_RECORD = textwrap.dedent(
+    """
+    import sys
+    import metaflow  # noqa: F401
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.upload_status import (
+        UploadRecords,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+
+    UploadRecords(LocalStorage(sys.argv[1])).set(sys.argv[2], "uploading")
+    print("recorded", flush=True)
+    if sys.argv[3] == "wait":
+        sys.stdin.read()
+    """
+)
+
+
+def _writer(root: str, key: str, wait: bool) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _RECORD, root, key, "wait" if wait else "exit"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_uploading_reads_as_such_while_the_writer_lives_and_as_local_once_it_died(tmp_path):
+    root = str(tmp_path / "tier")
+    records = us.UploadRecords(LocalStorage(root))
+    key = _key()
+    live = _writer(root, key, wait=True)
+    try:
+        assert live.stdout.readline().strip() == "recorded"
+        record = records.get(key)
+        assert record.pid == live.pid
+        assert us.effective(record, in_remote=False) == us.UPLOADING
+    finally:
+        live.communicate("")
+    assert live.returncode == 0
+    # The same record, its writer gone: the upload never finished, the checkpoint is local.
+    assert us.effective(records.get(key), in_remote=False) == us.LOCAL
+    # Found in the flow's store: uploaded, whatever the record says.
+    assert us.effective(records.get(key), in_remote=True) == us.UPLOADED
+
+
+def test_effective_status_of_each_record():
+    me = (time.time(), os.getpid(), socket.gethostname())
+    assert us.effective(None, in_remote=False) == us.LOCAL
+    assert us.effective(None, in_remote=True) == us.UPLOADED
+    for status in us.STATUSES:
+        assert us.effective(us.Record(status, None, *me), in_remote=True) == us.UPLOADED
+        assert us.effective(us.Record(status, None, *me), in_remote=False) == status
+    # Another host's writer cannot be judged from here: shown as recorded.
+    elsewhere = us.Record(us.UPLOADING, None, time.time(), 1, socket.gethostname() + "-other")
+    assert us.effective(elsewhere, in_remote=False) == us.UPLOADING
