@@ -5,16 +5,25 @@ Each group's checkpoints become :class:`.retention.Item` values in the order
 what no rule keeps is deleted (its manifest only: blobs are reclaimed by :mod:`.gc`).  Pinned
 checkpoints and the keys in ``protect`` are kept; a damaged checkpoint (its manifest does not
 parse) is kept and reported, never deleted or counted.
+
+With ``expire_after_days`` each checkpoint's age is its manifest's mtime in a listing of the
+store, against the store's "now" (:func:`.store_clock.now`): both by the store's clock, so a
+writer whose clock is off by days neither expires nor keeps its checkpoints wrongly (the
+``created_ms`` in a key is the writer's clock).  A dry run probes the store's clock too (so it
+decides as the real run would); only if the probe cannot be written (read-only credentials) does
+it fall back to this machine's clock, and says so.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Callable
 
+from ..errors import StorageError
 from ..storage.base import Storage
-from . import pins, policies, retention
-from .layout import step_prefix_of
+from . import pins, policies, retention, store_clock
+from .layout import step_prefix_of, task_prefix_of
 from .manifest import ManifestHeader
 
 
@@ -44,6 +53,7 @@ def prune(
     pinned: set = set()
     for prefix in {step_prefix_of(h.key) for h in headers}:
         pinned |= pins.pinned_under(storage, prefix)
+    ages, clock_warning = _ages(storage, headers, policy, dry_run)
     grouped: dict[str, list[ManifestHeader]] = {}
     for h in headers:
         grouped.setdefault(group_of(h), []).append(h)
@@ -52,7 +62,12 @@ def prune(
         order = policies.sort_key(within_task)  # the order policies.newest uses
         items = [
             retention.Item(
-                h.key, order(h), h.created_ms, summaries[h.key].get("metadata") or {}, h.latest
+                h.key,
+                order(h),
+                h.created_ms,
+                summaries[h.key].get("metadata") or {},
+                h.latest,
+                ages.get(h.key),
             )
             for h in members
         ]
@@ -64,11 +79,55 @@ def prune(
             protect_newest=protect_newest,
             protect=frozenset(protect),
         )
+        if clock_warning:
+            decision.warnings.append(clock_warning)
         if not dry_run and decision.delete:
             storage.delete_many(decision.delete, workers)
         out.append((group, decision))
     _keep_damaged(out, damaged, group_of, summaries)
     return out
+
+
+def _ages(
+    storage: Storage,
+    headers: Sequence[ManifestHeader],
+    policy: retention.Retention,
+    dry_run: bool,
+) -> tuple[dict[str, float], str]:
+    """Age in days of each of ``headers`` by the store's clock (none without expiry), and a
+    warning when a dry run had to use this machine's clock instead."""
+    if policy.expire_after_days is None or not headers:
+        return {}, ""
+    warning = ""
+    try:
+        now = store_clock.now(storage)
+    except StorageError as exc:
+        if not dry_run:
+            raise
+        now = time.time()
+        warning = (
+            "Dry run: the store's clock could not be read (%s); ages are judged by this "
+            "machine's clock, which a real run does not do." % exc.message
+        )
+    mtimes: dict[str, float] = {}
+    for prefix in _listing_prefixes(headers):
+        for o in storage.list(prefix):
+            if o.mtime is not None:
+                mtimes[o.key] = o.mtime
+    wanted = {h.key for h in headers}
+    ages = {k: (now - m) / 86400.0 for k, m in mtimes.items() if k in wanted}
+    return ages, warning
+
+
+def _listing_prefixes(headers: Sequence[ManifestHeader]) -> list[str]:
+    """The fewest listings that date ``headers``: a task's prefix when a step has one task
+    among them (a prune after a save), else the step's."""
+    tasks_of: dict[str, set[str]] = {}
+    for h in headers:
+        tasks_of.setdefault(step_prefix_of(h.key), set()).add(task_prefix_of(h.key))
+    return sorted(
+        next(iter(tasks)) if len(tasks) == 1 else step for step, tasks in tasks_of.items()
+    )
 
 
 def _keep_damaged(

@@ -9,6 +9,10 @@ the group, never what other rules keep, so the plan is simply their union: a che
 several rules lists every reason, in rule order, and the rest is deleted.  A rule that cannot be
 applied (no checkpoint has its metric) keeps the whole group and says so in a warning.
 
+Expiry (``expire_after_days``, S3-lifecycle style) is not a rule but a limit over them: a
+checkpoint older than that many days (its :attr:`Item.age_days`, by the store's clock) is deleted
+whatever the rules keep, except the pinned, the protected and the newest ``latest=True`` one.
+
 Planning is pure (no storage access), so a dry run and a real run decide the same way;
 deleting is the caller's job (manifests only; their blobs go with garbage collection).
 
@@ -41,6 +45,8 @@ class Item:
     created_ms: int
     metadata: dict
     latest: bool = True
+    #: Days since the manifest was written, by the store's clock; None: unknown.
+    age_days: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -249,10 +255,11 @@ class Retention:
     keep_every_steps: Optional[int] = None
     step_field: str = "step"
     keep_every_minutes: Optional[float] = None
+    expire_after_days: Optional[float] = None
 
     @property
     def empty(self) -> bool:
-        return not self.rules()
+        return not self.rules() and self.expire_after_days is None
 
     def rules(self) -> list[Rule]:
         """The policy's rules as objects, in the order their reasons are listed."""
@@ -267,7 +274,10 @@ class Retention:
         return out
 
     def describe(self) -> str:
-        return ", ".join(r.describe() for r in self.rules()) or "keep everything"
+        parts = [r.describe() for r in self.rules()]
+        if self.expire_after_days is not None:
+            parts.append("expire after %s days" % _show(self.expire_after_days))
+        return ", ".join(parts) or "keep everything"
 
 
 def parse_keep_best(spec: Any) -> KeepBest:
@@ -307,15 +317,18 @@ def build(
     keep_every_steps: Any = None,
     keep_every_minutes: Any = None,
     step_field: str = "step",
+    expire_after_days: Any = None,
 ) -> Retention:
     """Validate retention options into a :class:`Retention`.
 
     Raises
     ------
     CheckpointConfigError
-        A negative or non-integer count, a malformed ``keep_best``, or contradictory rules
-        (the same metric kept both by ``min`` and by ``max``).
+        A negative or non-integer count, a malformed ``keep_best``, contradictory rules
+        (the same metric kept both by ``min`` and by ``max``), or an ``expire_after_days``
+        that is not a positive finite number.
     """
+    _check_expire_after_days(expire_after_days)
     if keep_last is not None and (
         isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
     ):
@@ -358,7 +371,20 @@ def build(
         keep_every_steps=keep_every_steps,
         step_field=step_field,
         keep_every_minutes=float(keep_every_minutes) if keep_every_minutes else None,
+        expire_after_days=None if expire_after_days is None else float(expire_after_days),
     )
+
+
+def _check_expire_after_days(value: Any) -> None:
+    """Refuse anything but a positive finite number of days (float ok)."""
+    if value is None:
+        return
+    days = numeric(value)
+    if days is None or days <= 0:
+        raise CheckpointConfigError(
+            "expire_after_days=%r must be a positive number of days (e.g. 30, or 0.5 for 12 "
+            "hours): not 0, negative, NaN, infinite, a bool or a string." % (value,)
+        )
 
 
 @dataclass
@@ -368,6 +394,19 @@ class Plan:
     keep: dict[str, list[str]] = field(default_factory=dict)
     delete: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The deleted checkpoints that expired (``expire_after_days``), each with why.
+    expired: dict[str, str] = field(default_factory=dict)
+
+
+def expiry(item: Item, days: Optional[float]) -> Optional[str]:
+    """Why ``item`` has expired under ``expire_after_days=days``, or None if it has not (or
+    its age is unknown)."""
+    if days is None or item.age_days is None or not item.age_days > days:
+        return None
+    return "expired: %s days old (expire_after_days=%s)" % (
+        _days(item.age_days),
+        _show(days),
+    )
 
 
 def all_rules(
@@ -400,6 +439,11 @@ def plan(
     cannot be applied keeps the whole group and adds a warning.  Every item is either kept
     (with every reason, in rule order) or deleted (newest first).  An empty policy keeps
     everything (reason ``"no retention rule"``): it has no rule that could choose.
+
+    With ``policy.expire_after_days``, an item older than that (:func:`expiry`) is deleted
+    whatever the policy's rules keep, unless pinned, protected or the newest ``latest=True``;
+    with no keep rule at all, the items not expired are kept (``"not expired (...)"``).  An
+    item of unknown age never expires (one warning per group).
     """
     if policy.empty:
         return Plan(keep={i.key: [NO_RULE] for i in items})
@@ -407,15 +451,46 @@ def plan(
     if not items:
         return out
     reasons: dict[str, list[str]] = {i.key: [] for i in items}
+    guarded: set[str] = set()  # what even expiry never deletes
     for rule in all_rules(policy, pinned, protect, protect_newest):
         kept = rule.keeps(items, group)
         for key, why in kept.reasons.items():
             reasons[key].append(why)
+        if isinstance(rule, (Pinned, Protected, NewestLatest)):
+            guarded |= set(kept.reasons)
         if kept.warning:
             out.warnings.append(kept.warning)
+    days = policy.expire_after_days
+    if days is not None and any(i.age_days is None for i in items):
+        out.warnings.append(
+            "The store gives no age for some checkpoints of %s: expire_after_days=%s cannot "
+            "apply to them, they are kept (or not) by the other rules only."
+            % (group or "this group", _show(days))
+        )
+    only_expiry = not policy.rules()
     for item in newest_first(items):
-        if reasons[item.key]:
+        expired = expiry(item, days)
+        if expired is not None and item.key not in guarded:
+            out.delete.append(item.key)
+            out.expired[item.key] = expired
+        elif reasons[item.key]:
             out.keep[item.key] = reasons[item.key]
+        elif only_expiry:
+            out.keep[item.key] = [_not_expired(item, days)]
         else:
             out.delete.append(item.key)
     return out
+
+
+def _days(age: float) -> str:
+    """An age in days to one decimal, rounded down (an age just past a limit shows the limit)."""
+    return _show(max(0.0, math.floor(age * 10) / 10))
+
+
+def _not_expired(item: Item, days: Optional[float]) -> str:
+    if item.age_days is None:
+        return "age unknown (expire_after_days=%s)" % _show(days or 0.0)
+    return "not expired: %s days old (expire_after_days=%s)" % (
+        _days(item.age_days),
+        _show(days or 0.0),
+    )

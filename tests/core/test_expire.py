@@ -1,0 +1,199 @@
+"""``expire_after_days``: checkpoints older than N days by the STORE's clock are pruned, whatever
+the keep_* rules say, except pinned ones and the newest ``latest=True`` of each group.
+
+Ages come from real stores: a local store whose manifest files are dated back with ``os.utime``
+(what the filesystem then lists), and moto's S3 server whose objects' ``last_modified`` is set
+back in the server's own state (what ListObjectsV2 then returns).  A writer whose clock is off
+by 10 days is a save whose key carries that date (``created_ms``): it must not change anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.common import settings
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import store_clock
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import CONTROL
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.retention import (
+    Item,
+    build,
+    plan,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+
+from .helpers import make_scope, options
+
+DAY = 86400.0
+DAY_MS = 86_400_000
+
+
+def _save(store: CheckpointStore, tmp_path, n: int, created_ms=None, **kw):
+    src = tmp_path / ("src%d" % n)
+    src.mkdir(exist_ok=True)
+    (src / "w.bin").write_bytes(b"weights %d" % n)
+    return store.save(str(src), make_scope(), metadata={"i": n}, created_ms=created_ms, **kw)
+
+
+def _local(tmp_path) -> CheckpointStore:
+    return CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+
+
+def _age_local(store: CheckpointStore, key: str, days: float) -> None:
+    """Date the manifest file ``days`` back: what a store whose object is that old lists."""
+    path = os.path.join(store.storage.root, key)
+    then = time.time() - days * DAY
+    os.utime(path, (then, then))
+
+
+def _prune(store, **kw):
+    headers = store.headers(make_scope().task_prefix())
+    dry_run = kw.pop("dry_run", False)
+    ((_, p),) = store.prune(headers, build(**kw), group_of=lambda h: "g", dry_run=dry_run)
+    return p
+
+
+def test_old_checkpoints_expire_but_the_newest_latest_and_pinned_stay(tmp_path):
+    store = _local(tmp_path)
+    keys = [_save(store, tmp_path, i).key for i in range(5)]  # keys[4] is the newest
+    for k in keys[:3]:
+        _age_local(store, k, 40)
+    _age_local(store, keys[4], 40)  # the newest latest=True is old too: a retry needs it
+    store.pin(keys[1])
+    dry = _prune(store, expire_after_days=30, dry_run=True)
+    assert dry.expired == {
+        keys[2]: "expired: 40 days old (expire_after_days=30)",
+        keys[0]: "expired: 40 days old (expire_after_days=30)",
+    }
+    assert dry.keep[keys[1]] == ["pinned"]
+    assert dry.keep[keys[4]] == ["newest latest=True (what a retry or resume loads)"]
+    assert dry.keep[keys[3]] == ["not expired: 0 days old (expire_after_days=30)"]
+    assert {h.key for h in store.headers(make_scope().task_prefix())} == set(keys)  # dry run
+    real = _prune(store, expire_after_days=30)
+    assert real.delete == dry.delete == [keys[2], keys[0]]
+    left = {h.key for h in store.headers(make_scope().task_prefix())}
+    assert left == {keys[1], keys[3], keys[4]}
+
+
+def test_expiry_overrides_the_keep_rules(tmp_path):
+    store = _local(tmp_path)
+    keys = [_save(store, tmp_path, i).key for i in range(4)]
+    _age_local(store, keys[0], 10)
+    _age_local(store, keys[1], 2.5)
+    # keep_last=10 would keep all four; the 10-day-old one expires anyway.
+    p = _prune(store, keep_last=10, expire_after_days=3)
+    assert p.delete == [keys[0]]
+    assert p.expired == {keys[0]: "expired: 10 days old (expire_after_days=3)"}
+    assert p.keep[keys[1]] == ["keep_last 10 (#3)"]
+    # With keep rules, a young checkpoint they do not keep goes as before.
+    p = _prune(store, keep_last=1, expire_after_days=3)
+    assert p.delete == [keys[2], keys[1]] and p.expired == {}
+
+
+def test_fractional_days(tmp_path):
+    store = _local(tmp_path)
+    keys = [_save(store, tmp_path, i).key for i in range(2)]
+    _age_local(store, keys[0], 0.75)
+    p = _prune(store, expire_after_days=0.5, dry_run=True)
+    assert p.expired == {keys[0]: "expired: 0.7 days old (expire_after_days=0.5)"}
+
+
+@pytest.mark.parametrize("skew_days", [10, -10])
+def test_a_writer_clock_off_by_days_changes_nothing(tmp_path, skew_days):
+    """The key's date is the writer's clock; the age is the store's: a writer 10 days ahead
+    does not make a fresh checkpoint look young forever, one 10 days behind does not make a
+    fresh one expire."""
+    store = _local(tmp_path)
+    skewed = int(time.time() * 1000) + skew_days * DAY_MS
+    old = _save(store, tmp_path, 0, created_ms=skewed).key
+    fresh = _save(store, tmp_path, 1, created_ms=skewed + 1000).key
+    newest = _save(store, tmp_path, 2, created_ms=skewed + 2000).key
+    _age_local(store, old, 8)
+    p = _prune(store, expire_after_days=5, dry_run=True)
+    assert set(p.expired) == {old}
+    assert set(p.keep) == {fresh, newest}
+
+
+@pytest.mark.s3
+def test_s3_ages_by_the_servers_last_modified(s3_env, tmp_path):
+    """On S3 the age is the listing's LastModified against the server's clock (the probe)."""
+    from moto.s3.models import s3_backends
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.s3 import S3Storage
+
+    bucket = s3_env["new_bucket"]()
+    store = CheckpointStore(
+        S3Storage("s3://%s/ckpt" % bucket, config=settings.s3_config()), options()
+    )
+    # A writer 10 days ahead: its key dates the checkpoint in the future.
+    ahead = int(time.time() * 1000) + 10 * DAY_MS
+    keys = [_save(store, tmp_path, i, created_ms=ahead + i).key for i in range(3)]
+    # Age the oldest manifest in the server's own state: what a 40-day-old object lists as.
+    (backend,) = [b["global"] for b in s3_backends.values() if bucket in b["global"].buckets]
+    obj = backend.buckets[bucket].keys["ckpt/" + keys[0]]
+    obj.last_modified = obj.last_modified - datetime.timedelta(days=40)
+    p = _prune(store, expire_after_days=30)
+    assert p.expired == {keys[0]: "expired: 40 days old (expire_after_days=30)"}
+    left = {h.key for h in store.headers(make_scope().task_prefix())}
+    assert left == set(keys[1:])
+    # The clock probe leaves nothing behind.
+    assert store.storage.list(CONTROL + "/") == []
+
+
+def test_the_store_clock_is_the_stores_not_this_machines(tmp_path, monkeypatch):
+    storage = LocalStorage(str(tmp_path / "store"))
+    real = time.time()
+    monkeypatch.setattr(time, "time", lambda: real + 10 * DAY)  # this process's clock only
+    assert abs(store_clock.now(storage) - real) < 60
+    assert storage.list() == []
+
+
+def test_an_age_unknown_never_expires_and_says_so():
+    items = [Item("a", (1,), 1, {}, True, None), Item("b", (0,), 0, {}, True, None)]
+    p = plan(items, build(expire_after_days=1), group="g")
+    assert p.delete == [] and p.expired == {}
+    assert p.keep["b"] == ["age unknown (expire_after_days=1)"]
+    assert "expire_after_days=1 cannot apply" in p.warnings[0]
+
+
+@pytest.mark.parametrize(
+    "bad", [0, -1, -0.5, math.nan, math.inf, -math.inf, True, False, "30", "", [30], 0.0]
+)
+def test_a_bad_expire_after_days_is_refused_naming_it(bad):
+    with pytest.raises(CheckpointConfigError) as exc:
+        build(expire_after_days=bad)
+    assert "expire_after_days=%r must be a positive number of days" % (bad,) in exc.value.message
+
+
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.booleans(),
+        st.text(max_size=5),
+        st.none(),
+    )
+)
+def test_the_validator_accepts_exactly_positive_finite_numbers(value):
+    def finite(v) -> bool:
+        try:
+            return math.isfinite(float(v))
+        except OverflowError:  # an integer beyond what a float holds
+            return False
+
+    ok = value is None or (not isinstance(value, (bool, str)) and finite(value) and value > 0)
+    if ok:
+        policy = build(expire_after_days=value)
+        assert policy.expire_after_days == (None if value is None else float(value))
+        assert policy.empty is (value is None)
+    else:
+        with pytest.raises(CheckpointConfigError, match="expire_after_days="):
+            build(expire_after_days=value)
