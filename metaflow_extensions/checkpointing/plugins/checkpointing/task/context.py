@@ -219,7 +219,11 @@ def _retention(value: Any) -> dict:
         return {}
     if not isinstance(value, dict):
         raise _malformed("field 'retention' is %r, not an object" % (value,))
-    known = [p for p in inspect.signature(retention.build).parameters if p.startswith("keep_")]
+    known = [
+        p
+        for p in inspect.signature(retention.build).parameters
+        if p.startswith("keep_") or p == "expire_after_days"
+    ]
     unknown = sorted(set(value) - set(known))
     if unknown:
         raise _malformed(

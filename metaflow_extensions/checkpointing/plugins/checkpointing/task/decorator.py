@@ -98,6 +98,10 @@ class CheckpointDecorator(StepDecorator):
         Also keep the first checkpoint of every N training steps (metadata field ``step``).
     keep_every_minutes : float, optional
         Also keep the first checkpoint of every T minutes.
+    expire_after_days : float, optional
+        After each save, delete this task's checkpoints of that name older than N days (by
+        the store's clock), whatever the ``keep_*`` rules keep, except pinned ones and the
+        newest ``latest=True`` (docs/lifecycle.md).
     save_on_interrupt : bool, default False
         On SIGTERM or Ctrl+C, save :attr:`current.checkpoint.directory` as a final checkpoint
         (after the ``on_interrupt`` callbacks ran) before the task stops.  Pending background
@@ -150,6 +154,7 @@ class CheckpointDecorator(StepDecorator):
         "keep_best": None,
         "keep_every_steps": None,
         "keep_every_minutes": None,
+        "expire_after_days": None,
         "save_on_interrupt": False,
         "save_on_failure": False,
         "preemption": None,
@@ -325,7 +330,13 @@ class CheckpointDecorator(StepDecorator):
                 _exit_as_paused()
 
 
-_RETENTION_ATTRIBUTES = ("keep_last", "keep_best", "keep_every_steps", "keep_every_minutes")
+_RETENTION_ATTRIBUTES = (
+    "keep_last",
+    "keep_best",
+    "keep_every_steps",
+    "keep_every_minutes",
+    "expire_after_days",
+)
 
 
 def _gang_of(ubf_context) -> Optional[tuple[int, Optional[str]]]:
