@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -390,3 +391,69 @@ def test_uploads_racing_a_collection_in_another_process_lose_nothing(tmp_path):
         dest = tmp_path / ("out%d" % i)
         remote.load(remote.read(key), str(dest))
         assert snapshot(dest) == snapshot(src)
+
+
+_FROZEN_UPLOADER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import metaflow  # noqa: F401
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import tier as T
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import (
+        TransferOptions,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+
+    class Frozen(LocalStorage):
+        def _put_bytes(self, key, data):
+            if key.startswith("manifests/"):
+                os.kill(os.getpid(), signal.SIGSTOP)  # a paused VM, just before the commit
+            super()._put_bytes(key, data)
+
+    root, base, key = sys.argv[1:4]
+    opts = TransferOptions(chunk_size=65536, small_size=16384, workers=4)
+    remote = CheckpointStore(Frozen(root), opts, lease_seconds=1.0)
+    done = T.upload(T.open_tier(remote, base), remote, key)
+    print(done.key, done.blobs)
+    """
+)
+
+
+def test_an_upload_frozen_past_its_lease_before_the_commit_restores_what_gc_removed(tmp_path):
+    """SIGSTOP between the settle and the manifest put, for longer than the lease: GC deletes
+    the old blobs the upload relied on.  After its commit the upload finds them gone and copies
+    them again from the tier, so the checkpoint it reports committed loads."""
+    root = tmp_path / "remote"
+    storage = LocalStorage(str(root))
+    old = _stale_in_remote(storage, tmp_path, SHARED)
+    remote = CheckpointStore(storage, options())
+    tier = _tier(remote, tmp_path)
+    src = write_tree(tmp_path / "src", dict(SHARED, **{"head.bin": rand(CHUNK, 15)}))
+    saved = tier.save(str(src), make_scope(run="2"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_UPLOADER, str(root), str(tmp_path / "base"), saved.key],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with open("/proc/%d/stat" % proc.pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the uploader never reached its commit")
+        time.sleep(2.5)  # its lease (1 s) has expired for GC
+        deleted = _collect(storage).blobs_deleted
+        assert deleted >= len(old)  # the old blobs went (and head.bin's, its lease expired)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    key, blobs = out.split()
+    # head.bin's chunk, then every blob GC removed, copied again from the tier.
+    assert key == saved.key and int(blobs) == 1 + deleted
+    remote.load(remote.read(key), str(tmp_path / "out"))
+    assert snapshot(tmp_path / "out") == snapshot(src)
