@@ -6,6 +6,13 @@ task's metrics log (``core/metrics_log.py``) is merged with the checkpoints stil
 card is one self-contained HTML page (inline CSS and SVG, no JavaScript, no external
 resources) so it renders offline and in Metaflow's card viewer alike.
 
+Live: while the task runs, the task pushes its saves after each commit (``task/card_live.py``)
+and Metaflow renders them with :meth:`CheckpointCard.render_runtime` (the same page, from what
+the task pushed: no store read); a running task's page reloads itself every
+``refresh_interval`` seconds (``<meta http-equiv="refresh">``, still no JavaScript).  Each
+save's ``status`` (uploaded, local, uploading, failed) is a table column; a task that ended
+through ``pause()`` is shown as paused, never as failed.
+
 This module is imported on every ``import metaflow`` (card packages are loaded eagerly): it
 imports only the standard library and Metaflow's card base class at module level; the client
 and the store are imported inside :meth:`CheckpointCard.render`.
@@ -13,16 +20,21 @@ and the store are imported inside :meth:`CheckpointCard.render`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 # The direct module, not ``metaflow.cards``: this runs while ``metaflow.plugins`` is still being
 # initialised, and ``metaflow.cards`` pulls in the card client.
 from metaflow.plugins.cards.card_modules.card import MetaflowCard
 
-from .notes import left_out_metrics_note, other_writers_note, unknown_fields_note
+from .live import live_inputs
+from .notes import (
+    left_out_metrics_note,
+    other_writers_note,
+    refresh_tag,
+    task_status_note,
+    unknown_fields_note,
+)
 from .plot import PALETTE, esc, svg_plot
 from .series import (
     MAX_DEFAULT_METRICS,
@@ -30,20 +42,14 @@ from .series import (
     best_modes,
     best_save,
     finite,
-    metadata_of,
     of_rank_0,
     parse_best_option,
     pick_metrics,
     saves_of,
 )
+from .table import table
 
 __all__ = ["CheckpointCard", "render_checkpoints"]
-
-#: Longest metadata value shown in the table; the full value is in the cell's tooltip.
-MAX_VALUE_CHARS = 80
-#: Newest saves in the table (the best save of each plotted metric is added below them); the
-#: plots always show every save.
-TABLE_ROWS = 20
 
 
 _CSS = """
@@ -65,6 +71,14 @@ tr.pruned td { color: #59636e; }
 tr.more td { color: #59636e; font-style: italic; text-align: center; }
 .badge { font-size: 11px; border-radius: 8px; padding: 0 6px; margin-left: 4px;
          background: #fff8c5; border: 1px solid #d4a72c; white-space: nowrap; }
+td.status .badge { margin-left: 0; }
+.badge.status-local { background: #ddf4ff; border-color: #54aeff; }
+.badge.status-uploading { background: #fbefff; border-color: #c297ff; }
+.badge.status-failed { background: #ffebe9; border-color: #ff8182; color: #82071e; }
+.task-status { padding: 6px 8px; border-radius: 4px; margin: 4px 0 12px 0; }
+.task-status.running { background: #ddf4ff; border: 1px solid #54aeff; }
+.task-status.paused { background: #fff8c5; border: 1px solid #d4a72c; }
+.task-status.failed { background: #ffebe9; border: 1px solid #ff8182; }
 svg.plot { background: #ffffff; border: 1px solid #d1d9e0; border-radius: 4px; }
 svg.plot .axis { stroke: #59636e; stroke-width: 1; }
 svg.plot .grid { stroke: #eaeef2; stroke-width: 1; }
@@ -94,6 +108,10 @@ class CheckpointCard(MetaflowCard):
     """
 
     type = "checkpoint"
+    #: Rendered again while the task runs (``render_runtime``), pushed by the task.
+    RUNTIME_UPDATABLE = True
+    #: Each runtime render is a new page: viewers reload it.
+    RELOAD_POLICY = MetaflowCard.RELOAD_POLICY_ALWAYS
 
     def __init__(
         self,
@@ -159,7 +177,46 @@ class CheckpointCard(MetaflowCard):
             log=log,
             log_error=log_error,
             best=self._best,
+            task_status=_task_status(refs or ()),
         )
+
+    def render_runtime(self, task: Any, data: Mapping[str, Any]) -> str:
+        """Render the card of a running task from what the task pushed (``data["user"]``,
+        see ``task/card_live.py``): the same page as :meth:`render`, plus how the task
+        stands; while it runs, the page reloads itself every ``refresh_interval`` seconds.
+
+        Parameters
+        ----------
+        task : metaflow.Task
+            The running task.
+        data : dict
+            Metaflow's runtime data; ``data["user"]`` is the task's push.
+
+        Returns
+        -------
+        str
+            A complete HTML document.
+        """
+        pushed = live_inputs((data or {}).get("user"))
+        return render_checkpoints(
+            pushed.refs,
+            pathspec=pushed.pathspec or str(getattr(task, "pathspec", task)),
+            metric=self._metric,
+            x=self._x,
+            log=pushed.log,
+            best=self._best,
+            task_status=pushed.task_status,
+            running=pushed.task_status is None,
+            refresh_seconds=pushed.refresh_seconds,
+            updated_at=pushed.pushed_at,
+        )
+
+    def refresh(self, task: Any, data: Mapping[str, Any]) -> dict:
+        """The data update Metaflow stores with each render (viewers compare its reload token
+        with the page's to know a newer page exists); the page itself has no script."""
+        pushed = (data or {}).get("user")
+        saves = pushed.get("saves") if isinstance(pushed, Mapping) else None
+        return {"saves": len(saves) if isinstance(saves, list) else None}
 
 
 def read_log(refs: Sequence[Mapping[str, Any]]) -> tuple[Optional[list], Optional[str]]:
@@ -187,6 +244,10 @@ def render_checkpoints(
     log: Optional[Sequence[Any]] = None,
     log_error: Optional[str] = None,
     best: Any = None,
+    task_status: Optional[str] = None,
+    running: bool = False,
+    refresh_seconds: float = 5.0,
+    updated_at: Optional[float] = None,
 ) -> str:
     """Render the card's HTML from a checkpoint listing and the task's metrics log.
 
@@ -209,6 +270,16 @@ def render_checkpoints(
         Why the metrics log could not be read (shown as a note).
     best : str or list of str, optional
         The card's ``best`` option (``"metric:min|max"``).
+    task_status : str, optional
+        How the task's newest attempt ended: ``"paused"`` and ``"failed"`` are said at the
+        top (``"succeeded"`` and None are not).
+    running : bool
+        The task is still running (a live render): said at the top, and the page reloads
+        itself every ``refresh_seconds``.
+    refresh_seconds : float
+        See ``running``.
+    updated_at : float, optional
+        When the task pushed what is shown (epoch seconds), for a live render.
 
     Returns
     -------
@@ -217,19 +288,24 @@ def render_checkpoints(
     """
     title = "Checkpoints of %s" % pathspec
     parts = ["<h1>%s</h1>" % esc(title)]
+    head = refresh_tag(refresh_seconds) if running else ""
+    status_note = task_status_note(task_status, running, updated_at)
+    if status_note:
+        parts.append(status_note)
     if error is not None or refs is None:
         parts.append(
             '<p class="error">Could not list the checkpoints of %s: %s</p>'
             % (esc(pathspec), esc(error or "no listing"))
         )
-        return _page(title, parts)
+        return _page(title, parts, head)
     refs, other_writers = of_rank_0(refs)
     saves = saves_of(refs, log)
     if other_writers:
         parts.append(other_writers_note(other_writers, pathspec))
     if not saves:
-        parts.append('<p class="note">This task saved no checkpoints.</p>')
-        return _page(title, parts)
+        text = "No checkpoint saved yet." if running else "This task saved no checkpoints."
+        parts.append('<p class="note">%s</p>' % text)
+        return _page(title, parts, head)
 
     parts.append('<p class="summary">%s</p>' % esc(_summary(saves)))
     if any(not s.kept for s in saves):
@@ -254,19 +330,30 @@ def render_checkpoints(
         parts.append('<p class="note">No numeric metadata to plot.</p>')
     for i, name in enumerate(metrics):
         parts.append(svg_plot(saves, name, x, PALETTE[i % len(PALETTE)], bests.get(name)))
-    parts.append(_table(saves, _best_rows(saves, metrics, x, bests), pathspec))
-    return _page(title, parts)
+    parts.append(table(saves, _best_rows(saves, metrics, x, bests), pathspec))
+    return _page(title, parts, head)
 
 
 # ---------------------------------------------------------------------------------- pieces
 
 
-def _page(title: str, parts: list[str]) -> str:
+def _page(title: str, parts: list[str], head: str = "") -> str:
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">%s'
         "<title>%s</title><style>%s</style></head>\n<body>\n%s\n</body></html>\n"
-        % (esc(title), _CSS, "\n".join(parts))
+        % (head, esc(title), _CSS, "\n".join(parts))
     )
+
+
+def _task_status(refs: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    """How the newest attempt among ``refs`` ended, as the listing says (None: unknown)."""
+    attempts = [r for r in refs if isinstance(r.get("attempt"), int)]
+    if not attempts:
+        return None
+    newest = max(r["attempt"] for r in attempts)
+    found = {r.get("task_status") for r in attempts if r["attempt"] == newest}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
 
 
 def _summary(saves: Sequence[Save]) -> str:
@@ -315,104 +402,3 @@ def _best_rows(
         if chosen is not None:
             out.setdefault(id(chosen), []).append(metric)
     return out
-
-
-def _table(saves: Sequence[Save], best: dict[int, list[str]], pathspec: str) -> str:
-    """The newest :data:`TABLE_ROWS` saves, newest first; then, past a row counting the saves
-    not shown, the best save of each marked metric when it is older."""
-    newest = list(reversed(saves))[:TABLE_ROWS]
-    shown = {id(s) for s in newest}
-    older_best = [s for s in reversed(saves) if id(s) in best and id(s) not in shown]
-    rows = [
-        '<table class="checkpoints"><thead><tr>'
-        '<th class="num">#</th><th>Created (UTC)</th><th>Name</th><th class="num">Size</th>'
-        '<th class="num">Attempt</th><th>Latest</th><th>Checkpoint</th><th>Metadata</th>'
-        "</tr></thead><tbody>"
-    ]
-    rows += [_row(s, best.get(id(s), [])) for s in newest]
-    hidden = len(saves) - len(newest) - len(older_best)
-    if hidden > 0:
-        rows.append(
-            '<tr class="more" data-count="%d"><td colspan="8">%d more save%s not shown '
-            "(every save is in the plots; <code>Checkpoint().list(&quot;%s&quot;)</code> lists "
-            "the checkpoints kept)</td></tr>"
-            % (hidden, hidden, "" if hidden == 1 else "s", esc(pathspec))
-        )
-    rows += [_row(s, best[id(s)]) for s in older_best]
-    rows.append("</tbody></table>")
-    return "".join(rows)
-
-
-def _row(save: Save, best_of: list[str]) -> str:
-    from ...checkpointing.fmt import human_size
-
-    ref = save.ref
-    if ref is not None:
-        size = int(ref.get("size") or 0)
-        size_cell = '<td class="num size" title="%d bytes">%s</td>' % (size, esc(human_size(size)))
-        metadata = metadata_of(ref)
-    else:
-        size_cell = '<td class="num size" title="pruned: the checkpoint no longer exists"></td>'
-        metadata = save.values
-    badges = "".join('<span class="badge best">best %s</span>' % esc(m) for m in best_of)
-    classes = "checkpoint" + ("" if save.kept else " pruned") + (" best" if best_of else "")
-    return (
-        '<tr class="%s" data-key="%s" data-order="%d" data-kept="%s"%s>'
-        '<td class="num order">%d</td>'
-        '<td class="created">%s</td>'
-        '<td class="name">%s</td>'
-        "%s"
-        '<td class="num attempt">%s</td>'
-        '<td class="latest" data-latest="%s">%s</td>'
-        '<td class="state">%s%s</td>'
-        '<td class="metadata">%s</td></tr>'
-        % (
-            classes,
-            esc(save.key),
-            save.order,
-            "true" if save.kept else "false",
-            ' data-best="%s"' % esc(" ".join(best_of)) if best_of else "",
-            save.order,
-            esc(_created(save.created_on)),
-            esc(save.name),
-            size_cell,
-            esc("" if save.attempt is None else save.attempt),
-            "true" if save.latest else "false",
-            "latest" if save.latest else "",
-            "kept" if save.kept else "pruned",
-            badges,
-            _metadata_cell(metadata),
-        )
-    )
-
-
-def _metadata_cell(metadata: Mapping[str, Any]) -> str:
-    """``key=value`` per field, floats rounded as in the CLI's tables (``fmt.cell_json``);
-    the tooltip has every digit."""
-    from ...checkpointing.fmt import cell_json
-
-    cells = []
-    for key, value in metadata.items():
-        is_text = isinstance(value, str)
-        full = "%s=%s" % (key, value if is_text else json.dumps(value, sort_keys=True))
-        shown = full if is_text else "%s=%s" % (key, cell_json(value))
-        short = shown if len(shown) <= MAX_VALUE_CHARS else shown[: MAX_VALUE_CHARS - 1] + "\u2026"
-        cells.append(
-            '<code class="kv" data-field="%s" title="%s">%s</code>'
-            % (esc(key), esc(full), esc(short))
-        )
-    return "".join(cells)
-
-
-def _created(created_on: Any) -> str:
-    """``2024-05-01T10:00:00.123+00:00`` as ``2024-05-01 10:00:00.123`` (saves are often less
-    than a second apart); unknown formats as-is."""
-    if not isinstance(created_on, str):
-        return "" if created_on is None else str(created_on)
-    try:
-        moment = datetime.fromisoformat(created_on.replace("Z", "+00:00"))
-    except ValueError:
-        return created_on
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]

@@ -1,9 +1,10 @@
-"""The card's notes on what it leaves out: other writers' checkpoints, metrics past the plot
-limit, and option fields no save has (with the fields there are)."""
+"""The card's notes: what it leaves out (other writers' checkpoints, metrics past the plot
+limit, option fields no save has) and how the task stands (running, paused, failed)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Optional
 
 from .plot import esc
@@ -44,4 +45,37 @@ def unknown_fields_note(saves: Sequence[Save], metrics: Sequence[str], x: Option
     return '<p class="note unknown-fields">No save has a numeric %s; numeric fields: %s.</p>' % (
         esc(", ".join("%s=%r" % pair for pair in unknown)),
         esc(", ".join(numeric) or "none"),
+    )
+
+
+def refresh_tag(seconds: float) -> str:
+    """Reload the page (the newest render) every ``seconds``: a running task's card."""
+    return '<meta http-equiv="refresh" content="%d">' % max(1, int(round(seconds)))
+
+
+#: What the top of the card says of a task that ended otherwise than by succeeding.
+_ENDED = {
+    "paused": "This task paused (current.checkpoint.pause()): it was not retried; "
+    "<code>resume</code> continues from its newest checkpoint.",
+    "failed": "This task's attempt failed; the checkpoints below are what it saved.",
+}
+
+
+def task_status_note(task_status: Optional[str], running: bool, updated_at: Optional[float]) -> str:
+    """The line at the top saying how the task stands (``""``: it succeeded, or unknown)."""
+    if running:
+        when = ""
+        if updated_at is not None:
+            moment = datetime.fromtimestamp(updated_at, timezone.utc)
+            when = " (updated %s UTC)" % moment.strftime("%Y-%m-%d %H:%M:%S")
+        return (
+            '<p class="task-status running" data-task-status="running">Task running: this card '
+            "shows each save as the task makes it%s.</p>" % esc(when)
+        )
+    if task_status not in _ENDED:
+        return ""
+    return '<p class="task-status %s" data-task-status="%s">%s</p>' % (
+        task_status,
+        task_status,
+        _ENDED[task_status],
     )

@@ -101,6 +101,7 @@ class TaskSaves:
         self._loaded_key: Optional[str] = None  # the checkpoint loaded at task start
         self._warned: set = set()
         self._guard = guard
+        self._listeners: list[Callable[..., None]] = []  # add_listener (the live card)
 
     # ------------------------------------------------------------------ saves
     def save(
@@ -353,6 +354,32 @@ class TaskSaves:
             "save of %s (%r)" % (src, name), staging, nbytes, commit, fence=fence
         )
 
+    @property
+    def retention(self) -> Optional[Retention]:
+        """The step's ``keep_*`` rules (None: keep everything)."""
+        return self._retention
+
+    # ------------------------------------------------------------------ listeners
+    def add_listener(self, callback: Callable[..., None]) -> None:
+        """Call ``callback(ref, pruned=keys)`` after each commit of this process (``pruned``:
+        the keys the step's retention deleted right after it) and ``callback(ref)`` when the
+        status of a checkpoint it committed changes (:meth:`notify`).
+
+        Called in the committing thread (a background save's too), after the commit and its
+        pruning; an error in a callback is logged once per process, never the save's error.
+        """
+        self._listeners.append(callback)
+
+    def notify(self, ref: CheckpointReference, pruned: tuple[str, ...] = ()) -> None:
+        """Tell the listeners about ``ref`` (just committed, or its status changed)."""
+        for callback in list(self._listeners):
+            try:
+                callback(ref, pruned=pruned)
+            except Exception as exc:  # noqa: BLE001 - a listener never fails a save
+                if "listener" not in self._warned:
+                    self._warned.add("listener")
+                    self.log("[@checkpoint] Warning: %s (the save is committed)." % exc)
+
     # ------------------------------------------------------------------ pending saves
     def pending(self) -> list[SaveHandle]:
         """Background saves not committed yet."""
@@ -460,8 +487,11 @@ class TaskSaves:
             fence.publish(ref)
         if prune and manifest.position.is_rank0:  # rank 0's saves; a sharded one once
             self._log_metrics(manifest)
+        pruned: tuple[str, ...] = ()
         if prune and self._retention is not None and not self._retention.empty:
-            self._apply_retention(manifest.name, protect=manifest.key)
+            pruned = self._apply_retention(manifest.name, protect=manifest.key)
+        if self._listeners:
+            self.notify(ref, pruned)
         return ref
 
     def _log_metrics(self, manifest: Manifest) -> None:
@@ -478,7 +508,7 @@ class TaskSaves:
                 "this save)." % problem
             )
 
-    def _apply_retention(self, name: str, protect: str) -> None:
+    def _apply_retention(self, name: str, protect: str) -> tuple[str, ...]:
         """Prune this task's checkpoints of series ``name`` (all attempts) after a commit:
         those of the writer of ``protect`` only (``keep_last=3`` keeps three of each rank's,
         three sharded ones; one rank's saves never prune another's).
@@ -490,9 +520,11 @@ class TaskSaves:
 
         Not after a signal (looked at before the listing and again before the deletes): a
         stopping task must not spend its time allowed on pruning; the next attempt prunes.
+        Returns the keys deleted.
         """
+        deleted: list[str] = []
         if self._skip_pruning(protect):
-            return
+            return ()
         try:
             writer = parse_key(protect)
             headers = [
@@ -501,7 +533,7 @@ class TaskSaves:
                 if (h.position, h.sharded) == (writer.position, writer.sharded)
             ]
             if self._skip_pruning(protect):
-                return
+                return ()
             for _, plan in self.store.prune(
                 headers,
                 self._retention,
@@ -509,12 +541,14 @@ class TaskSaves:
                 protect=[protect],
                 within_task=True,
             ):
+                deleted += plan.delete
                 for warning in plan.warnings:
                     if warning not in self._warned:
                         self._warned.add(warning)
                         self.log("[@checkpoint] Warning: %s" % warning)
         except CheckpointException as exc:
             self.log("[@checkpoint] Warning: pruning old checkpoints failed: %s" % exc.message)
+        return tuple(deleted)
 
     def _skip_pruning(self, protect: str) -> bool:
         """Whether a signal was received (then logged: the commit stands, pruning waits)."""
