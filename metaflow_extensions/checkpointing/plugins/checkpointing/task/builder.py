@@ -20,6 +20,7 @@ from .interrupts import Interrupts
 from .ranks import Ranks
 from .runtime import CheckpointRuntime
 from .saves import TaskSaves
+from .upload_policy import UploadPolicy
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class TaskSettings:
     preemption_poll_seconds: float = 5.0  #: seconds between two polls of a preemption watcher
     #: seconds from the first SIGTERM/SIGINT to the end of the task's checkpointing
     interrupt_seconds: float = 3.0
+    #: base directory of the local tier (``LOCAL_TIER``; None: temp_dir_root or the temp dir)
+    local_tier: Optional[str] = None
 
     @classmethod
     def read(cls) -> TaskSettings:
@@ -53,6 +56,7 @@ class TaskSettings:
             preemption_endpoint=settings.preemption_endpoint(),
             preemption_poll_seconds=settings.preemption_poll_seconds(),
             interrupt_seconds=settings.interrupt_seconds(),
+            local_tier=settings.local_tier_base(),
         )
 
 
@@ -77,6 +81,7 @@ def build(
     models: Optional[Mapping[str, str]] = None,
     save_on_interrupt: bool = False,
     guard: Optional[Callable[[], None]] = None,
+    upload: Optional[UploadPolicy] = None,
 ) -> TaskParts:
     """Build a task's runtime and its parts, each handed what it needs through its constructor.
 
@@ -100,6 +105,9 @@ def build(
     guard : callable, optional
         Called before every save; raises to refuse it (a subprocess's context, once its task
         has ended: ``TaskContext.check_running``).
+    upload : UploadPolicy, optional
+        ``@checkpoint(upload=, upload_errors=)`` on ``store`` (default: each save commits to
+        ``store``, a failure fails it).
     """
     if settings is None:
         settings = TaskSettings.read()
@@ -117,6 +125,7 @@ def build(
         sharded_timeout=settings.parallel_timeout,
         interrupts=interrupts,
         guard=guard,
+        upload=upload,
     )
     runtime = CheckpointRuntime(
         saves,

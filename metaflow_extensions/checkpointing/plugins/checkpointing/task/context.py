@@ -51,11 +51,17 @@ class TaskContext:
     nodes: int = 1
     #: The step's ``@checkpoint(compression=...)``: a child's saves store blobs as the task's do.
     compression: Optional[str] = None
+    #: The step's ``@checkpoint(upload=, upload_errors=)`` and its local tier's base directory:
+    #: a child saves into the same tier (``upload_policy.py``).
+    upload: str = "each"
+    upload_errors: str = "fail"
+    tier_base: Optional[str] = None
 
     def to_env(self) -> str:
         return json.dumps(
             {
                 **({"compression": self.compression} if self.compression else {}),
+                **(self._upload_fields() if self.tier_base else {}),
                 "root": self.root,
                 "scope": self.scope.to_dict(),
                 "directory": self.directory,
@@ -97,6 +103,7 @@ class TaskContext:
             retention=_retention(d.get("retention")),
             **_nodes(d),
             compression=_compression(d.get("compression")),
+            **_upload(d),
         )
         context.check_running()
         return context
@@ -144,6 +151,13 @@ class TaskContext:
 
         store = store_for_url(self.root)
         store.options = store.options.with_compression(self.compression)
+        upload = None
+        if self.tier_base is not None:
+            from .upload_policy import UploadPolicy
+
+            upload = UploadPolicy(
+                store, mode=self.upload, errors=self.upload_errors, base=self.tier_base
+            )
         return build_runtime(
             store,
             self.scope,
@@ -151,7 +165,15 @@ class TaskContext:
             retention=retention.build(**self.retention),
             ranks=ranks if ranks is not None else self.ranks(),
             guard=self.check_running,
+            upload=upload,
         )
+
+    def _upload_fields(self) -> dict:
+        return {
+            "upload": self.upload,
+            "upload_errors": self.upload_errors,
+            "tier_base": self.tier_base,
+        }
 
 
 def _malformed(what: str) -> CheckpointConfigError:
@@ -234,3 +256,17 @@ def _retention(value: Any) -> dict:
     except CheckpointConfigError as exc:
         raise _malformed("retention: %s" % exc.message.rstrip(".")) from None
     return dict(value)
+
+
+def _upload(d: Mapping[str, Any]) -> dict:
+    """``upload``, ``upload_errors`` and ``tier_base`` of a context (absent: each, fail)."""
+    from .attributes import UPLOAD_ERRORS, UPLOAD_MODES
+
+    if d.get("tier_base") is None:
+        return {}
+    out = {"tier_base": _text(d, "tier_base")}
+    for name, allowed in (("upload", UPLOAD_MODES), ("upload_errors", UPLOAD_ERRORS)):
+        if d.get(name) not in allowed:
+            raise _malformed("field %r is %r, not one of %s" % (name, d.get(name), allowed))
+        out[name] = d[name]
+    return out

@@ -259,6 +259,8 @@ class CheckpointDecorator(StepDecorator):
         from .builder import TaskSettings
         from .ranks import Ranks
         from .session import TaskSession
+        from .upload_policy import TIER_METADATA as TIER
+        from .upload_policy import policy_for, with_tier
 
         settings = TaskSettings.read()  # once, before any I/O: a bad value fails here
         flow_datastore = task_datastore.parent_datastore
@@ -267,6 +269,11 @@ class CheckpointDecorator(StepDecorator):
         )
         store.options = store.options.with_compression(self.attributes["compression"])
         _register_root(metadata, run_id, step_name, task_id, retry_count, store.url)
+        upload = policy_for(self.attributes, store, settings, _log)
+        if upload is not None:
+            _register_root(
+                metadata, run_id, step_name, task_id, retry_count, upload.metadata_value(), TIER
+            )
         gang = _gang_of(ubf_context)
         indices = _foreach_indices(flow)
         # The step's process of node n of a gang is writer (n, 0) and node n of its sharded saves.
@@ -291,6 +298,10 @@ class CheckpointDecorator(StepDecorator):
             origin_runs=lambda: _origin_chain(flow.name, step_name, origin),
             position=ranks.position,
         )
+        if upload is not None:  # a retry on this machine may load from the local tier
+            resolution = with_tier(
+                resolution, upload, self.attributes["load_policy"], scope, ranks.position
+            )
         self._session = TaskSession.start(
             store,
             scope,
@@ -305,6 +316,7 @@ class CheckpointDecorator(StepDecorator):
             preemption=self.attributes["preemption"],
             settings=settings,
             log=_log,
+            upload=upload,
         )
         current._update_env({"checkpoint": self._session.runtime})
 
@@ -382,11 +394,14 @@ def _exit_as_paused() -> None:
     atexit.register(leave)
 
 
-def _register_root(metadata, run_id, step_name, task_id, attempt, url) -> None:
-    """Record the store root as task metadata so the client finds checkpoints of any root."""
+def _register_root(metadata, run_id, step_name, task_id, attempt, url, field=None) -> None:
+    """Record the store root (or another ``field``: the local tier) as task metadata so the
+    client finds checkpoints of any root."""
     from metaflow.metadata_provider import MetaDatum
 
     from ..common.settings import ROOT_METADATA
+
+    field = field or ROOT_METADATA
 
     metadata.register_metadata(
         run_id,
@@ -394,9 +409,9 @@ def _register_root(metadata, run_id, step_name, task_id, attempt, url) -> None:
         task_id,
         [
             MetaDatum(
-                field=ROOT_METADATA,
+                field=field,
                 value=url,
-                type=ROOT_METADATA,
+                type=field,
                 tags=["attempt_id:%d" % attempt],
             )
         ],

@@ -27,6 +27,7 @@ from ..common.attempts import (
 )
 from ..common.reference import (
     FILES,
+    UPLOADED,
     CheckpointReference,
     check_storage_format,
     reference_of,
@@ -91,7 +92,8 @@ class CheckpointRuntime:
         models: Optional[Mapping[str, str]] = None,
     ):
         self._saves = saves
-        self._store: CheckpointStore = saves.store
+        # What list/load read: the flow's store (merged with the local tier: upload_policy.py).
+        self._store: CheckpointStore = saves.reader  # type: ignore[assignment]
         self._scope: Scope = saves.scope
         self._directory: str = saves.directory
         self._log: Callable[[str], None] = saves.log
@@ -357,7 +359,7 @@ class CheckpointRuntime:
         # Newest first as policies.newest orders them: one task's as its retries do, so that
         # list()[0] and load("last") are what a retry would load.
         headers.sort(key=sort_key(within_task=task_id is not None), reverse=True)
-        return references(self._store, headers)
+        return references(self._store, headers, status=self._statuses(headers))
 
     def _latest_attempt(self, pathspec: str, task: Any) -> Optional[int]:
         """The attempt ``list(task=...)`` lists: a ``Task`` object's own (``Task(p,
@@ -455,7 +457,14 @@ class CheckpointRuntime:
 
     # ------------------------------------------------------------------ helpers
     def _reference(self, manifest: Manifest) -> CheckpointReference:
-        return reference_of(self._store, manifest)
+        return reference_of(self._store, manifest, status=self._statuses([manifest])[manifest.key])
+
+    def _statuses(self, headers) -> dict:
+        """Each checkpoint's status by key (``"uploaded"`` unless the task has a local tier)."""
+        statuses = getattr(type(self._store), "statuses", None)
+        if statuses is None:
+            return {h.key: UPLOADED for h in headers}
+        return statuses(self._store, headers)
 
 
 def _empty(directory: str) -> None:

@@ -35,6 +35,7 @@ from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_b
 from .fence import Fence, SaveAbandoned
 from .interrupts import Interrupts
 from .ranks import Ranks, mark_exit, sharded_number
+from .upload_policy import TieredStore, UploadPolicy
 
 
 class TaskSaves:
@@ -43,7 +44,8 @@ class TaskSaves:
     Parameters
     ----------
     store : CheckpointStore
-        Where checkpoints are committed.
+        The flow's store (:attr:`flow_store`): where checkpoints are committed, unless
+        ``upload`` says the local tier (:attr:`store` then).
     scope : Scope
         The running task's scope.
     directory : str
@@ -67,6 +69,9 @@ class TaskSaves:
     guard : callable, optional
         Called before every :meth:`save`; raises to refuse it (in a subprocess, once its task
         has ended).
+    upload : UploadPolicy, optional
+        ``@checkpoint(upload=, upload_errors=)`` (default: every save commits to ``store``
+        and a failure fails it).
     """
 
     def __init__(
@@ -83,8 +88,12 @@ class TaskSaves:
         interrupts: Optional[Interrupts] = None,
         clock: Optional[TaskClock] = None,
         guard: Optional[Callable[[], None]] = None,
+        upload: Optional[UploadPolicy] = None,
     ):
-        self.store = store
+        self.flow_store = store
+        self.upload = upload
+        # Where saves commit: the local tier with upload="end", else the flow's store.
+        self.store = upload.saves_store() if upload is not None else store
         self.scope = scope
         self.directory = directory
         self.log = log
@@ -101,7 +110,18 @@ class TaskSaves:
         self._loaded_key: Optional[str] = None  # the checkpoint loaded at task start
         self._warned: set = set()
         self._guard = guard
+        self._reader: Optional[TieredStore] = None
         self._listeners: list[Callable[..., None]] = []  # add_listener (the live card)
+
+    @property
+    def reader(self) -> Union[CheckpointStore, TieredStore]:
+        """What the task reads through (``list``, ``load``): the flow's store, merged with the
+        local tier when the upload policy may commit there."""
+        if self.upload is None or not (self.upload.at_end or self.upload.warn):
+            return self.flow_store
+        if self._reader is None:
+            self._reader = TieredStore(self.upload)
+        return self._reader
 
     # ------------------------------------------------------------------ saves
     def save(
@@ -153,7 +173,22 @@ class TaskSaves:
         def save(**hooks) -> Manifest:
             return self._store_save(src, metadata, name, latest, created, seq, **hooks)
 
-        manifest = save() if fence is None else fence.commit(save)
+        try:
+            manifest = save() if fence is None else fence.commit(save)
+        except CheckpointException as exc:
+            if self.upload is None or not self.upload.failed_commit(exc):
+                raise
+            # upload_errors="warn": the checkpoint is kept in the local tier, training goes on.
+            tier = self.upload.tier
+
+            def local(**hooks) -> Manifest:
+                return self._store_save(
+                    src, metadata, name, latest, created, seq, store=tier, **hooks
+                )
+
+            manifest = local() if fence is None else fence.commit(local)
+            self.upload.kept_locally(manifest.key, exc)
+            return self._committed(manifest, fence=fence, store=tier)
         return self._committed(manifest, fence=fence)
 
     def _store_save(
@@ -164,11 +199,12 @@ class TaskSaves:
         latest: bool,
         created: int,
         seq: int,
+        store: Optional[CheckpointStore] = None,
         **hooks,
     ) -> Manifest:
         """``store.save`` as this process's plain saves make it: dated ``(created, seq)``,
         recording this process's writer position and ranks; ``hooks`` are a fence's."""
-        return self.store.save(
+        return (store or self.store).save(
             src,
             self.scope,
             name=name,
@@ -412,18 +448,45 @@ class TaskSaves:
                 raise error
             self.log("[@checkpoint] %s" % error.message)
 
-    def write_summaries(self) -> None:
-        """Record the summaries of this attempt's saves (once, when the task ends), so
-        listings need not read each manifest.  Each node of a ``@parallel`` gang writes its
-        own (the checkpoints its step process committed)."""
+    def write_summaries(self, ended: Optional[str] = None) -> None:
+        """Record the summaries of this attempt's saves in the flow's store (once, when the
+        task ends, with how it ``ended``), so listings need not read each manifest.  Each node
+        of a ``@parallel`` gang writes its own (the checkpoints its step process committed
+        there: with an upload policy, those uploaded)."""
         from ..core.summary import write_task_summaries
 
+        manifests = self._manifests
+        if self.upload is not None:
+            manifests = [m for m in manifests if m.key in self.upload.in_remote]
         write_task_summaries(
-            self.store.storage,
+            self.flow_store.storage,
             self.scope.task_prefix(),
             self.scope.attempt,
-            self._manifests,
+            manifests,
             self.ranks.position,
+            ended=ended,
+        )
+
+    def upload_at_end(self, raise_errors: bool = False) -> list[str]:
+        """The end of the task's upload (``UploadPolicy.upload_at_end``), stopping once the
+        time allowed after a signal runs out; returns the keys now in the flow's store."""
+        import time
+
+        if self.upload is None:
+            return []
+        interrupts = self._interrupts
+
+        def abort() -> Optional[str]:
+            deadline = interrupts.deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                return "not uploaded within %g s of %s (METAFLOW_CHECKPOINT_INTERRUPT_SECONDS)" % (
+                    interrupts.seconds,
+                    interrupts.received or "the signal",
+                )
+            return None
+
+        return self.upload.upload_at_end(
+            self.scope, self.ranks.position, self._retention, abort=abort, raise_errors=raise_errors
         )
 
     # ------------------------------------------------------------------ helpers
@@ -476,13 +539,21 @@ class TaskSaves:
         return headers
 
     def _committed(
-        self, manifest: Manifest, prune: bool = True, fence: Optional[Fence] = None
+        self,
+        manifest: Manifest,
+        prune: bool = True,
+        fence: Optional[Fence] = None,
+        store: Optional[CheckpointStore] = None,
     ) -> CheckpointReference:
-        """Record a commit, publish its reference to ``fence`` (a save waited for after a
-        signal returns it without waiting for the prune), then apply the retention."""
+        """Record a commit (into ``store``, default :attr:`store`), publish its reference to
+        ``fence`` (a save waited for after a signal returns it without waiting for the prune),
+        then apply the retention.  The reference names the flow's store (the same key resolves
+        there once uploaded) with the checkpoint's status."""
         self._manifests.append(manifest)
         self.clock.observe([manifest.created_ms])
-        ref = reference_of(self.store, manifest)
+        store = store or self.store
+        state = self.upload.committed(store, manifest.key) if self.upload is not None else None
+        ref = reference_of(self.flow_store, manifest, **({"status": state} if state else {}))
         if fence is not None:
             fence.publish(ref)
         if prune and manifest.position.is_rank0:  # rank 0's saves; a sharded one once
@@ -500,7 +571,7 @@ class TaskSaves:
         from ..core.metrics_log import record
 
         rules = self._retention.keep_best if self._retention is not None else ()
-        problem = record(self.store.storage, manifest, [(r.metric, r.mode) for r in rules])
+        problem = record(self.flow_store.storage, manifest, [(r.metric, r.mode) for r in rules])
         if problem is not None and "metrics log" not in self._warned:
             self._warned.add("metrics log")
             self.log(

@@ -29,7 +29,9 @@ from .runtime import CheckpointRuntime
 if TYPE_CHECKING:
     from ..core.policies import Resolution
     from .models import ModelSpec
+    from .card_live import LiveCard
     from .ranks import Ranks
+    from .upload_policy import UploadPolicy
     from .watchers import PreemptionWatcher
 
 
@@ -53,7 +55,10 @@ class TaskSession:
         self._save_on_failure = save_on_failure
         self._log = log
         self._paused = False
+        self._ended: Optional[str] = None  # "succeeded" once the step's end was committed
+        self._uploaded = False  # the end of the task's upload ran
         self._watcher: Optional[PreemptionWatcher] = None
+        self._live: Optional[LiveCard] = None  # the step's live checkpoint card, if any
 
     @classmethod
     def start(
@@ -72,6 +77,7 @@ class TaskSession:
         preemption: Optional[str] = None,
         settings: Optional[TaskSettings] = None,
         log: Callable[[str], None] = print,
+        upload: Optional[UploadPolicy] = None,
     ) -> TaskSession:
         """Everything before the step's code runs.
 
@@ -101,6 +107,9 @@ class TaskSession:
             Default: read once, here.
         log : callable
             Where one-line status messages go.
+        upload : UploadPolicy, optional
+            ``@checkpoint(upload=, upload_errors=)`` on ``store`` (``upload_policy.py``); its
+            end-of-task upload runs when the step succeeded, else when the task ends.
         """
         from ..core import retention as retention_rules
 
@@ -129,6 +138,7 @@ class TaskSession:
                 models=paths,
                 ranks=ranks,
                 save_on_interrupt=save_on_interrupt,
+                upload=upload,
             )
             info = parts.runtime.load_initial(resolution)
             if info is not None:
@@ -137,6 +147,9 @@ class TaskSession:
             _remove(directories)
             raise
         session = cls(parts, directories, save_on_failure, log)
+        from .card_live import attach as attach_live_card
+
+        session._live = attach_live_card(parts.saves, step_name)  # None: the step has no card
         installed = parts.interrupts.install(parts.saves)
         if preemption is not None and installed:
             # After the handlers: the watcher's SIGTERM must reach Interrupts, not kill us.
@@ -160,6 +173,7 @@ class TaskSession:
             node=parts.saves.ranks.position.node,
             nodes=parts.saves.ranks.participant.world,
             compression=store.options.compression,
+            **(upload.context() if upload is not None else {}),
         ).to_env()
         return session
 
@@ -177,12 +191,22 @@ class TaskSession:
         """The step's code returned: the task is done only once its background saves are
         committed, and a failed one fails the task (before its artifacts are persisted).
 
+        With ``@checkpoint(upload="end")`` the chosen checkpoints are then uploaded (a
+        signal meanwhile is handled once the upload stops, at the latest when the time allowed
+        runs out; ``upload_errors="fail"``: a failed upload fails the task).
+
         Raises
         ------
         CheckpointException
-            Naming every background save that failed.
+            Naming every background save that failed, or the failed upload.
         """
-        self._parts.saves.flush()
+        saves = self._parts.saves
+        saves.flush()
+        if saves.upload is not None:
+            self._uploaded = True
+            with self._parts.interrupts.blocking():
+                saves.upload_at_end(raise_errors=True)
+        self._ended = "succeeded"
 
     def step_failed(self, exception: BaseException) -> None:
         """The step's code raised ``exception``: in a ``@parallel`` gang, first publish that
@@ -225,7 +249,13 @@ class TaskSession:
                 "save(sharded=True) the same number of times per name)"
             )
             saves.flush(raise_errors=False)
-            saves.write_summaries()
+            if not self._uploaded:
+                self._uploaded = True
+                saves.upload_at_end()
+            ended = "paused" if self._paused else (self._ended or "failed")
+            saves.write_summaries(ended=ended)
+            if self._live is not None:  # a paused/failed task's card says so (no final render)
+                self._live.finish(ended, wait=interrupts.received is None)
         finally:
             try:
                 _remove(self._directories)

@@ -1,0 +1,412 @@
+"""``@checkpoint(upload=..., upload_errors=...)`` in a task process: where its saves commit,
+what they read back, and what is uploaded when the task ends (docs/upload.md).
+
+With ``upload="end"`` every save commits into the local tier (``core/tier.py``: a store on the
+task's disk with the same keys the flow's store would give) and the reference it returns names
+the flow's store with status ``"local"``.  When the task ends, whichever way,
+:meth:`UploadPolicy.upload_at_end` uploads the newest ``latest=True`` checkpoint this process
+would load on retry and, with ``keep_best``, the best ones of each rule, and only they
+(``core/retention`` chooses, over the tier's headers of this attempt); each upload's status goes
+``uploading`` -> ``uploaded``/``failed`` in the tier's records (``core/upload_status.py``).
+
+With ``upload_errors="warn"`` an upload or a commit to the flow's store that still fails after
+the storage layer's bounded retries is one warning and status ``"failed"``: with
+``upload="each"`` the checkpoint is committed into the tier instead, so it is not lost and the
+end of the task tries the newest ``latest=True`` one again.
+
+:class:`TieredStore` is what the task reads through (``list``, ``load``, the retry's load
+policy): the tier and the flow's store as one, a checkpoint in both read once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+from ..core import tier as tiers
+from ..core import upload_status as status
+from ..core.manifest import Manifest, ManifestHeader
+from ..core.policies import Resolution, newest, sort_key, visible_to
+from ..core.position import Position
+from ..core.retention import Item, Retention
+from ..core.scope import Scope
+from ..core.store import CheckpointStore
+from ..errors import CheckpointException, CheckpointNotFound, StorageError
+from ..fmt import describe_error
+
+#: Task metadata naming the tier of an ``upload="end"`` task: JSON ``{"host", "path"}``, so a
+#: client on the machine that ran it lists its local and failed checkpoints too.
+TIER_METADATA = "checkpoint-tier"
+
+
+def tier_base(temp_dir_root: Optional[str], setting: Optional[str]) -> str:
+    """Where the tier lives: ``@checkpoint(temp_dir_root=)``, else
+    ``METAFLOW_CHECKPOINT_LOCAL_TIER``, else the system temp directory."""
+    return temp_dir_root or setting or tempfile.gettempdir()
+
+
+def policy_for(
+    attributes: dict, remote: CheckpointStore, settings: Any, log: Callable[[str], None]
+) -> Optional[UploadPolicy]:
+    """The task's policy from the decorator's validated attributes, or None for the defaults
+    (``upload="each"``, ``upload_errors="fail"``: every save commits to the flow's store)."""
+    mode, errors = attributes.get("upload", "each"), attributes.get("upload_errors", "fail")
+    if (mode, errors) == ("each", "fail"):
+        return None
+    base = tier_base(attributes.get("temp_dir_root"), getattr(settings, "local_tier", None))
+    return UploadPolicy(remote, mode=mode, errors=errors, base=base, log=log)
+
+
+class UploadPolicy:
+    """The upload policy of one task process.
+
+    Parameters
+    ----------
+    remote : CheckpointStore
+        The flow's store.
+    mode : str
+        ``"each"`` or ``"end"`` (validated by the decorator).
+    errors : str
+        ``"fail"`` or ``"warn"``.
+    base : str
+        The tier's base directory (:func:`tier_base`).
+    log : callable
+        Where one-line status messages go.
+    """
+
+    def __init__(
+        self,
+        remote: CheckpointStore,
+        *,
+        mode: str = "each",
+        errors: str = "fail",
+        base: Optional[str] = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.remote = remote
+        self.mode = mode
+        self.errors = errors
+        self.base = base or tempfile.gettempdir()
+        self.log = log
+        self._tier: Optional[CheckpointStore] = None
+        self._records: Optional[status.UploadRecords] = None
+        self.in_remote: set[str] = set()  # keys known to be in the flow's store
+        self._warned = False
+        if mode == "end":
+            self.open()  # now: a bad base fails the task at its start, before any save
+
+    @property
+    def at_end(self) -> bool:
+        return self.mode == "end"
+
+    @property
+    def warn(self) -> bool:
+        return self.errors == "warn"
+
+    @property
+    def root(self) -> str:
+        """The tier's directory (whether or not it exists yet)."""
+        return tiers.tier_root(self.remote.url, self.base)
+
+    @property
+    def tier(self) -> CheckpointStore:
+        """The tier, opened (created) on first use: at start with ``upload="end"``, on the
+        first failed commit with ``upload="each"`` and ``upload_errors="warn"``."""
+        return self.open()[0]
+
+    def open(self) -> tuple[CheckpointStore, status.UploadRecords]:
+        """The tier and its status records (created if needed)."""
+        if self._tier is None or self._records is None:
+            self._tier = tiers.open_tier(self.remote, self.base)
+            self._records = status.UploadRecords(self._tier.storage)
+        return self._tier, self._records
+
+    def existing_tier(self) -> Optional[CheckpointStore]:
+        """The tier if it exists on this machine (never created here)."""
+        if self._tier is None and not os.path.isdir(self.root):
+            return None
+        return self.tier
+
+    @property
+    def records(self) -> status.UploadRecords:
+        return self.open()[1]
+
+    def saves_store(self) -> CheckpointStore:
+        """Where this process's saves commit."""
+        return self.tier if self.at_end else self.remote
+
+    def context(self) -> dict:
+        """The ``TaskContext`` fields a subprocess needs to save as this task does."""
+        return {"upload": self.mode, "upload_errors": self.errors, "tier_base": self.base}
+
+    def metadata_value(self) -> str:
+        """The value of the task's ``checkpoint-tier`` metadata."""
+        return json.dumps({"host": socket.gethostname(), "path": self.root}, sort_keys=True)
+
+    # ------------------------------------------------------------------ status
+    def committed(self, store: CheckpointStore, key: str) -> str:
+        """The status of a checkpoint this process just committed into ``store``."""
+        if store is self.remote:
+            self.in_remote.add(key)
+            return status.UPLOADED
+        return self.status_of(key)
+
+    def status_of(self, key: str) -> str:
+        """A checkpoint's status as a reader shows it (``upload_status.effective``)."""
+        if key in self.in_remote:
+            return status.UPLOADED
+        tier = self.existing_tier()
+        record = self.records.get(key) if tier is not None else None
+        return status.effective(record, False)
+
+    def _set(self, key: str, value: str, error: Optional[str] = None) -> None:
+        try:
+            self.records.set(key, value, error)
+        except (CheckpointException, OSError) as exc:  # a record is a hint, never the failure
+            self.log("[@checkpoint] Warning: could not record %s %s: %s" % (key, value, exc))
+
+    # ------------------------------------------------------------------ upload_errors="warn"
+    def failed_commit(self, error: BaseException) -> bool:
+        """A commit to the flow's store failed after the bounded retries: True when the policy
+        says to commit into the tier instead (``upload="each"``, ``upload_errors="warn"``)."""
+        return self.warn and not self.at_end and isinstance(error, StorageError)
+
+    def kept_locally(self, key: str, error: BaseException) -> None:
+        """Record a checkpoint committed into the tier after its commit to the flow's store
+        failed: status ``failed``, and one warning for the task (the first time)."""
+        text = describe_error(error)
+        self._set(key, status.FAILED, text)
+        self._warn(key, text)
+
+    def _warn(self, key: str, text: str) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        self.log(
+            "[@checkpoint] Warning: uploading checkpoint %s to %s failed after retries (%s); it "
+            "is kept locally at %s with status 'failed' and training continues "
+            "(upload_errors='warn'). Later failures are not logged again; the end of the task "
+            "retries the newest latest=True checkpoint." % (key, self.remote.url, text, self.root)
+        )
+
+    # ------------------------------------------------------------------ the end of the task
+    def upload(self, key: str, abort: Optional[tiers.Abort] = None) -> tiers.Uploaded:
+        """Upload one tier checkpoint; its status goes ``uploading`` -> ``uploaded`` (or back
+        to ``local`` when abandoned, ``failed`` when it failed); one log line when moved.
+
+        Raises
+        ------
+        CheckpointException
+            The upload's error (after the records say so).
+        """
+        self._set(key, status.UPLOADING)
+        started = time.monotonic()
+        try:
+            done = tiers.upload(self.tier, self.remote, key, abort=abort)
+        except tiers.UploadAbandoned:
+            self._set(key, status.LOCAL)
+            raise
+        except CheckpointException as exc:
+            self._set(key, status.FAILED, describe_error(exc))
+            raise
+        self._set(key, status.UPLOADED)
+        self.in_remote.add(key)
+        self.log(
+            "[@checkpoint] Uploaded checkpoint %s to %s: %d bytes in %d blobs, %.2f s%s."
+            % (
+                key,
+                self.remote.url,
+                done.bytes,
+                done.blobs,
+                time.monotonic() - started,
+                " (already there)" if done.already else "",
+            )
+        )
+        return done
+
+    def upload_at_end(
+        self,
+        scope: Scope,
+        position: Position,
+        retention: Optional[Retention],
+        *,
+        abort: Optional[tiers.Abort] = None,
+        raise_errors: bool = False,
+    ) -> list[str]:
+        """Upload what this attempt's end keeps (:func:`to_upload`); returns the keys now in
+        the flow's store.  Nothing when nothing was saved into the tier.
+
+        With ``raise_errors`` (``upload_errors="fail"`` and the step succeeded) the first
+        failure is raised once the others were tried; otherwise each failure is logged (one
+        warning with ``"warn"``) and the checkpoint stays in the tier, the log says where.
+
+        Raises
+        ------
+        CheckpointException
+            An upload failed, with ``raise_errors``.
+        """
+        tier = self._tier if self.at_end else self.existing_tier()
+        if tier is None:
+            return []
+        try:
+            headers = tier.headers(scope.task_prefix(), attempt=scope.attempt)
+            keys = to_upload(tier, headers, position, retention, self.in_remote)
+        except CheckpointException as exc:
+            if raise_errors:
+                raise
+            self.log("[@checkpoint] Could not list the local tier %s: %s" % (self.root, exc))
+            return []
+        done, first = [], None
+        for key in keys:
+            try:
+                self.upload(key, abort)
+                done.append(key)
+            except tiers.UploadAbandoned as exc:
+                self.log(
+                    "[@checkpoint] Checkpoint %s stayed local at %s: %s"
+                    % (key, self.root, exc.message)
+                )
+            except CheckpointException as exc:
+                first = first or exc
+                if self.warn:
+                    self._warn(key, describe_error(exc))
+                elif not raise_errors:
+                    self.log(
+                        "[@checkpoint] Uploading checkpoint %s failed; it stays local at %s: %s"
+                        % (key, self.root, describe_error(exc))
+                    )
+        if first is not None and raise_errors and not self.warn:
+            raise first
+        return done
+
+
+def to_upload(
+    tier: CheckpointStore,
+    headers: Sequence[ManifestHeader],
+    position: Position,
+    retention: Optional[Retention],
+    in_remote: set,
+) -> list[str]:
+    """The keys the end of an attempt uploads, most important first: the newest
+    ``latest=True`` one ``position`` would load on retry, then the best by each ``keep_best``
+    rule (per series name), among ``headers`` (the tier's checkpoints of this attempt); those
+    known in the flow's store are left out."""
+    seen = visible_to(list(headers), position, True)
+    keys: list[str] = []
+    found = newest(seen, within_task=True, position=position)
+    if found is not None:
+        keys.append(found.key)
+    rules = retention.keep_best if retention is not None else ()
+    if rules and seen:
+        summaries = tier.summaries(seen)
+        order = sort_key(True)
+        by_name: dict[str, list[Item]] = {}
+        for h in seen:
+            meta = summaries.get(h.key, {}).get("metadata") or {}
+            by_name.setdefault(h.name, []).append(
+                Item(h.key, order(h), h.created_ms, meta, h.latest)
+            )
+        for items in by_name.values():
+            for rule in rules:
+                keys += [k for k in rule.keeps(items).reasons if k not in keys]
+    return [k for k in keys if k not in in_remote]
+
+
+class TieredStore:
+    """The tier and the flow's store read as one store (the task's ``list``/``load``).
+
+    Headers are merged (a key in both listed once, as the flow's); a manifest and its files
+    are read from the tier when it has them (local disk), else from the flow's store.  Every
+    other attribute is the flow's store's (``url``, ``storage``, names, pause requests).
+    """
+
+    def __init__(self, policy: UploadPolicy):
+        self._policy = policy
+        self._remote = policy.remote
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._remote, name)
+
+    @property
+    def url(self) -> str:
+        return self._remote.url
+
+    def _tier(self) -> Optional[CheckpointStore]:
+        return self._policy.existing_tier()
+
+    def headers(self, prefix: str, **filters: Any) -> list[ManifestHeader]:
+        remote = self._remote.headers(prefix, **filters)
+        ours = {h.key for h in remote}
+        self._policy.in_remote.update(ours)
+        tier = self._tier()
+        local = tier.headers(prefix, **filters) if tier is not None else []
+        return remote + [h for h in local if h.key not in ours]
+
+    def statuses(self, headers: Sequence[ManifestHeader]) -> dict[str, str]:
+        """Each checkpoint's status, by key (no I/O for those in the flow's store)."""
+        return {h.key: self._policy.status_of(h.key) for h in headers}
+
+    def summaries(self, headers: Sequence[ManifestHeader]) -> dict[str, dict]:
+        tier = self._tier()
+        local = [h for h in headers if h.key not in self._policy.in_remote]
+        out = self._remote.summaries([h for h in headers if h.key in self._policy.in_remote])
+        if local:
+            out.update((tier or self._remote).summaries(local))
+        return out
+
+    def _holder(self, key: str) -> CheckpointStore:
+        tier = self._tier()
+        if tier is not None and tier.storage.exists(key):
+            return tier
+        return self._remote
+
+    def read(self, key: str) -> Manifest:
+        tier = self._tier()
+        if tier is not None:
+            try:
+                return tier.read(key)
+            except CheckpointNotFound:
+                pass
+        return self._remote.read(key)
+
+    def read_many(self, keys: Sequence[str]) -> list[Manifest]:
+        return [self.read(k) for k in keys]
+
+    def load(self, manifest: Manifest, dest: str, progress: Any = None) -> int:
+        return self._holder(manifest.key).load(manifest, dest, progress)
+
+    def open(self, manifest: Manifest, path: str):
+        return self._holder(manifest.key).open(manifest, path)
+
+
+def with_tier(
+    resolution: Resolution,
+    policy: UploadPolicy,
+    load_policy: str,
+    scope: Scope,
+    position: Position,
+) -> Resolution:
+    """The load policy's pick among the flow's store (``resolution``) and this machine's tier:
+    on a retry, this task's newest checkpoint of either (a checkpoint in both is one)."""
+    tier = policy.existing_tier()
+    if tier is None or scope.attempt == 0 or load_policy == "none":
+        return resolution
+    local = tier.resolve(load_policy, scope, position=position)
+    ours = scope.task_prefix()
+    found = [
+        h
+        for h in (resolution.header, local.header)
+        if h is not None and h.scope.task_prefix() == ours
+    ]
+    seen = list(resolution.seen or []) + list(local.seen or [])
+    if not found:
+        return Resolution(resolution.header, resolution.reason, seen or resolution.seen)
+    best = max(found, key=sort_key(True))
+    if resolution.header is not None and best.key == resolution.header.key:
+        return Resolution(resolution.header, resolution.reason, seen)
+    return Resolution(best, "%s, from the local tier %s" % (local.reason, policy.root), seen)
