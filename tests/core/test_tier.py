@@ -187,10 +187,8 @@ def _first_blob_path(tier: CheckpointStore, saved) -> str:
 
 
 @pytest.mark.parametrize("compression", [None, "zstd"])
-def test_a_corrupt_tier_blob_fails_the_upload_and_commits_nothing(tmp_path, compression):
-    remote = CheckpointStore(
-        LocalStorage(str(tmp_path / "remote")), options(compression=compression)
-    )
+def test_a_corrupt_tier_blob_fails_the_upload_and_commits_nothing(remote, tmp_path, compression):
+    remote.options = remote.options.with_compression(compression)
     tier = _tier(remote, tmp_path)
     src = write_tree(tmp_path / "src", {"log.txt": b"step loss\n" * 30000, "w.bin": rand(CHUNK, 1)})
     saved = tier.save(str(src), make_scope())
@@ -207,8 +205,7 @@ def test_a_corrupt_tier_blob_fails_the_upload_and_commits_nothing(tmp_path, comp
     assert stored_blobs(remote.storage) == set()
 
 
-def test_a_blob_missing_from_the_tier_fails_the_upload_and_commits_nothing(tmp_path):
-    remote = CheckpointStore(LocalStorage(str(tmp_path / "remote")), options())
+def test_a_blob_missing_from_the_tier_fails_the_upload_and_commits_nothing(remote, tmp_path):
     tier = _tier(remote, tmp_path)
     saved = tier.save(str(write_tree(tmp_path / "src", sample_spec(2))), make_scope())
     os.unlink(_first_blob_path(tier, saved))
@@ -223,12 +220,20 @@ class Failing(HookedLocal):
 
     fail_after = 1
 
-    def _put_bytes(self, key, data):
-        if key.startswith(layout.BLOBS_PREFIX) and self.fail_after is not None:
+    def _fail(self) -> None:
+        if self.fail_after is not None:
             if self.fail_after <= 0:
                 raise PermissionError(13, "injected: access denied")
             self.fail_after -= 1
+
+    def _put_bytes(self, key, data):
+        if key.startswith(layout.BLOBS_PREFIX):
+            self._fail()
         super()._put_bytes(key, data)
+
+    def ingest_range(self, src, offset, length, digest, key_for):  # the in-kernel copy
+        self._fail()
+        return super().ingest_range(src, offset, length, digest, key_for)
 
 
 def test_a_storage_failure_mid_upload_commits_nothing_and_a_later_upload_succeeds(tmp_path):

@@ -160,6 +160,10 @@ def _check(key: str, name: str, data: bytes, need: int) -> None:
         )
 
 
+class _Mismatch(Exception):
+    """A tier blob hashed, in the kernel copy, to another name than its own."""
+
+
 class _Copier:
     """Copies blobs from the tier to the flow store, crediting them to the store's lease."""
 
@@ -176,6 +180,50 @@ class _Copier:
         if why is not None:
             raise UploadAbandoned(key=self.key, reason=why)
 
+    def _missing(self, name: str) -> CheckpointIncomplete:
+        return CheckpointIncomplete(
+            key=self.key, url=self.tier.url, reason="blob %s is missing" % name
+        )
+
+    def _ingest(self, name: str, need: int) -> Optional[int]:
+        """Copy a plain blob in the kernel when the flow's store is a local directory too
+        (:meth:`.Storage.ingest_range`, ~4x faster than through Python), checked against its
+        name before it is renamed into place; the bytes stored (0: it was there already), or
+        None when there is no such path."""
+        src = self.tier.storage.local_path(blob_key(name))
+        if split(name)[1] is not None or src is None:
+            return None
+        try:
+            size = os.stat(src).st_size
+        except FileNotFoundError:
+            raise self._missing(name) from None
+        if size < need:
+            raise CheckpointIntegrityError(
+                key=self.key,
+                reason="blob %s holds %d bytes, the manifest needs %d" % (name, size, need),
+            )
+
+        def key_for(h: str) -> str:
+            if h != name:
+                raise _Mismatch()
+            return blob_key(h)
+
+        try:
+            done = self.remote.storage.ingest_range(src, 0, size, digest, key_for)
+        except _Mismatch:
+            raise CheckpointIntegrityError(
+                key=self.key, reason="blob %s in the local tier does not hash to its name" % name
+            ) from None
+        except OSError as exc:
+            raise StorageError(
+                "Copying blob %s into %s failed: %s" % (name, self.remote.url, exc),
+                key=self.key,
+                url=self.remote.url,
+            ) from exc
+        if done is None:
+            return None
+        return size if done[1] else 0
+
     def copy(self, needs: dict[str, int], check_first: bool = True) -> None:
         """Make every blob of ``needs`` stored in the flow store (in parallel, bounded)."""
         opts = self.remote.options
@@ -188,19 +236,21 @@ class _Copier:
                 with self._lock:
                     self.confirmed.add(name)
                 return
-            try:
-                data = self.tier.storage.get_bytes(bkey)
-            except StorageNotFound:
-                raise CheckpointIncomplete(
-                    key=self.key, url=self.tier.url, reason="blob %s is missing" % name
-                ) from None
-            _check(self.key, name, data, needs[name])
-            self.remote.storage.put_bytes(bkey, data)
-            self.writer.lease.credit(session, name)
+            moved = self._ingest(name, needs[name])
+            if moved is None:
+                try:
+                    data = self.tier.storage.get_bytes(bkey)
+                except StorageNotFound:
+                    raise self._missing(name) from None
+                _check(self.key, name, data, needs[name])
+                self.remote.storage.put_bytes(bkey, data)
+                moved = len(data)
+            if moved:
+                self.writer.lease.credit(session, name)
             with self._lock:
                 self.confirmed.add(name)
-                self.blobs += 1
-                self.bytes += len(data)
+                self.blobs += 1 if moved else 0
+                self.bytes += moved
 
         jobs = (lambda n=n: one(n) for n in sorted(needs))
         _run_bounded(jobs, opts.workers, opts.inflight or opts.workers)
