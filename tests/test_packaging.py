@@ -162,6 +162,7 @@ def test_public_api_is_locked():
         "keep_best": None,
         "keep_every_steps": None,
         "keep_every_minutes": None,
+        "expire_after_days": None,
         "save_on_interrupt": False,
         "save_on_failure": False,
         "preemption": None,

@@ -3,6 +3,7 @@ runs of cli_flow.py (local datastore), as subprocesses."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -169,3 +170,55 @@ def test_prune_dry_run_says_why_each_checkpoint_is_kept_or_deleted(tmp_path):
     assert "has a numeric 'val_loss'" in out.stderr
     assert "Dry run: 1 checkpoints would be deleted." in out.stdout
     assert cli(env, tmp_path, "list", FLOW, "--json").json() == before
+
+
+def _age(ref: dict, days: float) -> None:
+    """Date a checkpoint's manifest file ``days`` back: what a local store then lists."""
+    root = ref["root"][len("file://") :] if ref["root"].startswith("file://") else ref["root"]
+    path = os.path.join(root, ref["key"])
+    then = os.stat(path).st_mtime - days * 86400
+    os.utime(path, (then, then))
+
+
+def test_prune_expire_after_days_overrides_keep_rules_but_not_pins(tmp_path):
+    """``--expire-after-days 30``: checkpoints 40 days old by the store are deleted though
+    ``--keep-last 5`` would keep them; the dry run says why; a pinned one and the newest
+    ``latest=True`` of a series stay (not a series' only ``latest=False`` one); bad values are
+    refused before anything is deleted."""
+    (tmp_path / "home").mkdir()
+    env = flow_environment(tmp_path)
+    run_flow(FLOW_FILE, env, tmp_path)
+    before = cli(env, tmp_path, "list", FLOW, "--json").json()
+    series = {r["metadata"]["epoch"]: r for r in before if r["name"] == "mfchckpt"}
+    for ref in before:
+        _age(ref, 40)  # every checkpoint, the newest of each series too
+    for bad in ("0", "-2", "nan", "inf"):
+        assert_user_error(
+            cli(env, tmp_path, "prune", FLOW, "--expire-after-days", bad, expect=1),
+            "expire_after_days=%s must be a positive number of days" % float(bad),
+        )
+    assert len(cli(env, tmp_path, "list", FLOW, "--json").json()) == len(before)
+
+    args = ["prune", FLOW, "--keep-last", "5", "--expire-after-days", "30"]
+    dry = cli(env, tmp_path, *args, "--dry-run")
+    decisions = dict(
+        (key, (a, why)) for a, why, key in _decisions(dry.stdout)[FLOW + "/train[_]:mfchckpt"]
+    )
+    expired = ("delete", "expired: 40 days old (expire_after_days=30)")
+    assert decisions[series[0]["key"]] == expired
+    assert decisions[series[1]["key"]] == expired
+    assert decisions[series[2]["key"]][0] == "keep"
+    assert "newest latest=True" in decisions[series[2]["key"]][1]
+    # The "final" series' only checkpoint was saved with latest=False: nothing protects it.
+    ((final,),) = [[r["key"] for r in before if r["name"] == "final"]]
+    assert _decisions(dry.stdout)[FLOW + "/train[_]:final"] == [(*expired, final)]
+    assert "Dry run: 3 checkpoints would be deleted." in dry.stdout
+
+    cli(env, tmp_path, "pin", series[0]["key"])
+    done = cli(env, tmp_path, *args, "--json").json()
+    (group,) = [g for g in done if g["group"] == FLOW + "/train[_]:mfchckpt"]
+    assert group["deleted"] == [series[1]["key"]]
+    assert group["expired"] == {series[1]["key"]: expired[1]}
+    assert group["kept"][series[0]["key"]] == ["pinned", "keep_last 5 (#3)"]
+    left = {r["key"] for r in cli(env, tmp_path, "list", FLOW, "--json").json()}
+    assert left == {r["key"] for r in before} - {series[1]["key"], final}

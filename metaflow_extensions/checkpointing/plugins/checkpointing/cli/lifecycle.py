@@ -23,7 +23,10 @@ from .stores import warn_if_no_store
     "Flow/run_id, Flow/run_id/step; default: the flow of 'python flow.py', or the named "
     "checkpoints). Kept are the checkpoints any rule keeps, pinned ones, and each group's "
     "newest latest=True checkpoint (what a retry or resume loads). Only manifests are deleted: "
-    "run 'checkpoint gc' to reclaim storage. At least one --keep-* rule is required.",
+    "run 'checkpoint gc' to reclaim storage. --expire-after-days N deletes every checkpoint "
+    "older than N days by the store's clock, whatever the --keep-* rules say, except pinned ones "
+    "and each group's newest latest=True. At least one --keep-* or --expire-after-days rule is "
+    "required.",
 )
 @click.argument("target", required=False)
 @click.option("--flow", "flow", default=None, help="Same as TARGET=FLOW.")
@@ -52,6 +55,14 @@ from .stores import warn_if_no_store
     help="Keep the first checkpoint of every T minutes.",
 )
 @click.option(
+    "--expire-after-days",
+    type=float,
+    default=None,
+    metavar="N",
+    help="Delete checkpoints older than N days (store's clock; float ok), except pinned ones "
+    "and each group's newest latest=True, whatever the --keep-* rules keep.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Delete nothing; show each checkpoint that would be kept (and why) or deleted.",
@@ -70,6 +81,7 @@ def prune(
     keep_best: tuple,
     keep_every_steps: Optional[int],
     keep_every_minutes: Optional[float],
+    expire_after_days: Optional[float],
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -84,6 +96,7 @@ def prune(
         keep_best=list(keep_best) or None,
         keep_every_steps=keep_every_steps,
         keep_every_minutes=keep_every_minutes,
+        expire_after_days=expire_after_days,
         dry_run=dry_run,
         step=step,
         run=run_id,
@@ -117,12 +130,13 @@ NO_RULE_KEEPS_IT = "no rule keeps it"
 
 def _echo_decisions(plans: list[dict]) -> None:
     """Under each group, one line per checkpoint: ``keep`` with the reasons the plan gives
-    (the rules, pins, the newest ``latest=True``), or ``delete`` (no rule keeps it), then its
-    key (what ``show``, ``pin`` or ``delete`` take)."""
+    (the rules, pins, the newest ``latest=True``), or ``delete`` (expired, or no rule keeps
+    it), then its key (what ``show``, ``pin`` or ``delete`` take)."""
     rows = []
     for plan in plans:
+        expired = plan.get("expired") or {}
         rows += [["keep", ", ".join(why), key] for key, why in plan["kept"].items()]
-        rows += [["delete", NO_RULE_KEEPS_IT, key] for key in plan["deleted"]]
+        rows += [["delete", expired.get(key, NO_RULE_KEEPS_IT), key] for key in plan["deleted"]]
     lines = iter(table_lines(rows) if rows else [])
     click.echo("")
     for plan in plans:

@@ -73,6 +73,7 @@ class Lifecycle(ClientBase):
         keep_best: Any = None,
         keep_every_steps: Optional[int] = None,
         keep_every_minutes: Optional[float] = None,
+        expire_after_days: Optional[float] = None,
         dry_run: bool = False,
         **filters: Any,
     ) -> list[dict]:
@@ -85,23 +86,37 @@ class Lifecycle(ClientBase):
         minutes, every pinned checkpoint, and each group's newest ``latest=True`` checkpoint
         (what a retry or ``resume`` would load).  ``filters`` are those of :meth:`list`.
 
+        ``expire_after_days`` (a positive number, e.g. ``30`` or ``0.5``) deletes every
+        checkpoint older than that by the store's clock (its manifest's modification time in
+        the store), whatever the keep rules say, except pinned ones and each group's newest
+        ``latest=True``; alone, it keeps every checkpoint younger than that.
+
         Returns
         -------
         list of dict
-            Per group: ``group``, ``kept`` (``{key: [reasons]}``), ``deleted`` (keys) and
-            ``warnings`` (e.g. a metric no checkpoint has: that group is left untouched).
+            Per group: ``group``, ``kept`` (``{key: [reasons]}``), ``deleted`` (keys),
+            ``expired`` (``{key: reason}``: the deleted ones that expired, e.g.
+            ``"expired: 40 days old (expire_after_days=30)"``) and ``warnings`` (e.g. a metric
+            no checkpoint has: that group is left untouched).
 
         Raises
         ------
         CheckpointConfigError
             No rule given (that would delete everything), or invalid/contradictory rules;
-            raised before anything is deleted.
+            raised before anything is read or deleted.
         """
-        policy = retention.build(keep_last, keep_best, keep_every_steps, keep_every_minutes)
+        policy = retention.build(
+            keep_last,
+            keep_best,
+            keep_every_steps,
+            keep_every_minutes,
+            expire_after_days=expire_after_days,
+        )
         if policy.empty:
             raise CheckpointConfigError(
                 "prune needs at least one keep rule (keep_last, keep_best, keep_every_steps, "
-                "keep_every_minutes); without one every checkpoint would be deleted."
+                "keep_every_minutes) or expire_after_days; without one every checkpoint would "
+                "be deleted."
             )
         refs = self.list(target, **filters)
         if not refs:
@@ -123,7 +138,13 @@ class Lifecycle(ClientBase):
             plans = self._store(root).prune(headers, policy, group_of=group_of, dry_run=dry_run)
             suffix = " in %s" % root if len(roots) > 1 else ""
             out += [
-                {"group": g + suffix, "kept": p.keep, "deleted": p.delete, "warnings": p.warnings}
+                {
+                    "group": g + suffix,
+                    "kept": p.keep,
+                    "deleted": p.delete,
+                    "expired": p.expired,
+                    "warnings": p.warnings,
+                }
                 for g, p in plans
             ]
         return out
