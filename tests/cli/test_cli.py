@@ -28,7 +28,7 @@ pytestmark = pytest.mark.flow
 METAFLOW = Path(sys.executable).parent / "metaflow"
 FLOW_FILE = FLOWS / "cli_flow.py"
 FLOW = "CliCkptFlow"
-HEADER = ["CHECKPOINT", "ID", "NAME", "ATTEMPT", "CREATED (UTC)", "SIZE", "METADATA"]
+HEADER = ["CHECKPOINT", "ID", "NAME", "ATTEMPT", "STATUS", "CREATED (UTC)", "SIZE", "METADATA"]
 #: Bytes of each checkpoint of cli_flow.py: weights.bin (300 KiB) + nested/epoch.txt (1 byte).
 CKPT_SIZE = 300 * 1024 + 1
 
@@ -269,11 +269,12 @@ def test_list_prints_a_table_of_a_runs_checkpoints_newest_first(world):
         shown = cli(world.env, world.tmp, "show", "%s@%s" % tuple(rows[3][:2]), flow=flow_cli)
         assert shown.fields()["key"] == world.refs[2]["key"]
     assert [row[2] for row in rows[1:]] == ["final", "mfchckpt", "mfchckpt", "mfchckpt"]
-    assert [row[3] for row in rows[1:]] == ["0"] * 4
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[4]) for row in rows[1:])
-    assert [row[5] for row in rows[1:]] == ["300.0 KiB"] * 4
+    assert [row[3] for row in rows[1:]] == ["0"] * 4  # a succeeded attempt: its number alone
+    assert [row[4] for row in rows[1:]] == ["uploaded"] * 4
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[5]) for row in rows[1:])
+    assert [row[6] for row in rows[1:]] == ["300.0 KiB"] * 4
     # Metrics first, at most three fields, then how many more there are.
-    assert [row[6] for row in rows[1:]] == [
+    assert [row[7] for row in rows[1:]] == [
         "done=true",
         "epoch=2 lr=0.1 val_loss=0.3 +1",
         "epoch=1 lr=0.1 val_loss=0.2 +1",
@@ -371,7 +372,7 @@ def test_list_orders_by_a_metadata_field_and_filters(world):
     assert losses(*base, "--order-by", "-val_loss") == [0.5, 0.3, 0.2, None]
     assert losses(*base, "--order-by=-val_loss", "--limit", "2") == [0.5, 0.3]
     table = cli(*base, "--order-by", "-val_loss").table()
-    assert table[1][6] == "val_loss=0.5 epoch=0 lr=0.1 +1"  # the ordering field comes first
+    assert table[1][7] == "val_loss=0.5 epoch=0 lr=0.1 +1"  # the ordering field comes first
 
     assert [r["name"] for r in cli(*base, "--name", "final", "--json").json()] == ["final"]
     assert len(cli(*base, "--latest-only", "--json").json()) == 3
@@ -509,7 +510,7 @@ def test_named_checkpoints_upload_list_show_load_delete(flow_env, model_dir):
         ["tiny@" + newer, newer[:8], "tiny", "user:tester"],
         ["tiny@" + version, version[:8], "tiny", "user:tester"],
     ]
-    assert [row[6] for row in rows[1:]] == ["top1=0.8", "top1=0.7"]
+    assert [row[7] for row in rows[1:]] == ["top1=0.8", "top1=0.7"]
     refs = cli(env, tmp, "list", "--json").json()
     assert [r["pathspec"] for r in refs] == [None, None]
     assert refs[1]["metadata"] == {"top1": 0.7}

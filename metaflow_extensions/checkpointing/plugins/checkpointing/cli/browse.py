@@ -8,10 +8,12 @@ from typing import Optional
 
 from metaflow._vendor import click
 
+from ..common.reference import STATUSES
 from ..core.promotions import describe_publisher
 from ..fmt import human_size
 from .base import CliContext, command, json_option, namespace_options, root_option
 from .output import (
+    attempt_label,
     created,
     echo_json,
     echo_table,
@@ -20,6 +22,7 @@ from .output import (
     publisher_label,
     reference_label,
     short_id,
+    task_status_label,
     version,
     with_spelling,
 )
@@ -52,6 +55,14 @@ SHOWN_FILES = 20
 @click.option("--attempt", type=int, default=None, help="Only checkpoints of this attempt.")
 @click.option("--latest-only", is_flag=True, help="Only checkpoints saved with latest=True.")
 @click.option(
+    "--status",
+    "statuses",
+    type=click.Choice(STATUSES),
+    multiple=True,
+    help="Only checkpoints with this status (repeat for several): uploaded (in the flow's "
+    "store), local (only in this machine's local tier, upload='end'), uploading, failed.",
+)
+@click.option(
     "--order-by",
     metavar="FIELD",
     default=None,
@@ -76,6 +87,7 @@ def list_checkpoints(
     task_id: Optional[str],
     attempt: Optional[int],
     latest_only: bool,
+    statuses: tuple[str, ...],
     order_by: Optional[str],
     limit: Optional[int],
     named: bool,
@@ -107,6 +119,7 @@ def list_checkpoints(
         latest_only=latest_only,
         order_by=order_by or None,
         limit=limit,
+        status=list(statuses) or None,
     )
     if as_json:
         echo_json([with_spelling(r) for r in refs])
@@ -121,7 +134,8 @@ def list_checkpoints(
             r.key if keys else (r.pathspec or "%s@%s" % (r.name, version(r))),
             short_id(r),
             r.name,
-            publisher_label(r) if target is None else str(r.attempt),
+            publisher_label(r) if target is None else attempt_label(r),
+            r.status,
             created(r),
             "-" if r.get("damaged") else human_size(r.size or 0),
             DAMAGED_LABEL
@@ -132,8 +146,9 @@ def list_checkpoints(
     ]
     # Named checkpoints have no attempt; who published each version matters instead.
     third = "PUBLISHER" if target is None else "ATTEMPT"
-    header = ["KEY" if keys else "CHECKPOINT", "ID", "NAME", third, "CREATED (UTC)", "SIZE"]
-    echo_table([[*header, "METADATA"], *rows])
+    first = "KEY" if keys else "CHECKPOINT"
+    header = [first, "ID", "NAME", third, "STATUS", "CREATED (UTC)", "SIZE", "METADATA"]
+    echo_table([header, *rows])
     for r in refs:
         if r.get("damaged"):
             click.echo("Warning: damaged checkpoint %s: %s" % (r.key, one_line(r.error)), err=True)
@@ -171,6 +186,7 @@ def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> Non
         ("key", ref.key),
         ("url", ref.url),
         ("name", ref.name),
+        ("status", ref.status),
     ]
     if ref.pathspec is None:
         fields.append(("version", version(ref)))
@@ -178,6 +194,7 @@ def show(ctx: CliContext, reference: str, all_files: bool, as_json: bool) -> Non
         fields.append(("trusted", _trusted_in(ref.publisher, story["promoted_to"])))
     else:
         fields += [("pathspec", ref.pathspec), ("attempt", str(ref.attempt))]
+        fields.append(("task_status", task_status_label(ref)))
         fields += [("namespace", ref.namespace), ("foreach", ref.foreach)]
     fields += [
         ("created", created(ref) + " UTC"),

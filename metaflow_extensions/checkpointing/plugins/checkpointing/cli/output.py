@@ -62,6 +62,20 @@ def publisher_label(ref: CheckpointReference) -> str:
     return (ref.get("publisher") or {}).get("namespace") or "unknown"
 
 
+def attempt_label(ref: CheckpointReference) -> str:
+    """The ``ATTEMPT`` cell of a task's checkpoint: its attempt and how it ended, when it did not
+    simply succeed: ``0``, ``0 paused`` (stopped in ``current.checkpoint.pause()``: to be
+    resumed, never shown as failed), ``0 failed``.  A running attempt, or one whose end was not
+    recorded, shows its number alone."""
+    ended = ref.get("task_status")
+    return str(ref.attempt) if ended in (None, "succeeded") else "%s %s" % (ref.attempt, ended)
+
+
+def task_status_label(ref: CheckpointReference) -> str:
+    """How ``show`` says the attempt that saved a checkpoint ended."""
+    return ref.get("task_status") or "unknown (running, or its end was not recorded)"
+
+
 def created(ref: CheckpointReference) -> str:
     """Creation time to the second: ``2025-01-02T03:04:05.678+00:00`` -> ``2025-01-02 03:04:05``."""
     return (ref.created_on or "")[:19].replace("T", " ")

@@ -20,6 +20,7 @@ attempt (so does the CLI's ``--task``, a filter like ``--run``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
 from ..common.attempts import (
@@ -37,14 +38,19 @@ from ..core.manifest import ManifestHeader
 from ..core.policies import sort_key
 from ..core.retention import numeric
 from ..core.store import CheckpointStore
+from ..core.summary import endings
+from ..core.upload_status import check_status
 from ..errors import CheckpointConfigError, CheckpointNotFound, StorageError
 from ..fmt import describe_error
 from .base import CheckpointListWarning, ClientBase
 
 __all__ = ["CheckpointListWarning", "Listing", "ORDER_FIELDS"]
 from .locate import check_task, locate
+from .tiers import default_tier, registered_tier, with_tiers
 
 Where = Union[dict, Callable[[CheckpointReference], bool], None]
+#: ``status=`` of :meth:`Listing.list`: one status or several.
+Statuses = Union[str, Sequence[str], None]
 
 #: Reference fields ``order_by`` accepts besides metadata fields.
 ORDER_FIELDS = ("created_on", "size", "attempt", "files_count")
@@ -77,6 +83,7 @@ class Listing(ClientBase):
         order_by: Optional[str] = None,
         limit: Optional[int] = None,
         full_namespace: bool = False,
+        status: Statuses = None,
     ) -> list[CheckpointReference]:
         """Committed checkpoints, newest first (or ordered by a metadata field).
 
@@ -89,6 +96,13 @@ class Listing(ClientBase):
         newer release) is listed too, flagged ``damaged=True`` with the reason in ``error``
         (see :class:`CheckpointReference`); it never hides the others.  Delete it with
         :meth:`delete`.
+
+        Each reference says where its checkpoint stands (``status``) and how the attempt
+        that saved it ended (``task_status``: ``"paused"`` for a task that stopped in
+        ``current.checkpoint.pause()``, never ``"failed"``).  On the machine that ran a task
+        of ``@checkpoint(upload="end")``, its checkpoints still only in the local tier are
+        listed too (``"local"``, ``"uploading"``, ``"failed"``); elsewhere every listed
+        checkpoint is ``"uploaded"``.
 
         Parameters
         ----------
@@ -136,6 +150,9 @@ class Listing(ClientBase):
             With ``task=``: every task and run of that task's step visible in the current
             namespace, every attempt (``attempt=N`` still filters).  In a task without
             ``task=``: every task and run of the running step (``within_task=False``).
+        status : str or list of str, optional
+            Only checkpoints with this status (or one of these): ``"local"``,
+            ``"uploading"``, ``"uploaded"``, ``"failed"``.
 
         Raises
         ------
@@ -145,7 +162,8 @@ class Listing(ClientBase):
             ``attempt`` is not a number or ``"all"``; ``task=`` is a pathspec and a target
             is given too, or a task id without a target; ``full_namespace=True`` outside a
             task without ``task=``; ``step``, ``run`` or ``foreach`` without a target (in a
-            task too: never silently dropped).
+            task too: never silently dropped); ``status`` is not a status (the message names
+            them), checked before anything is read.
         CheckpointNotFound
             Unknown flow, run, step or task (a step's message lists the run's steps).
         CheckpointScopeError
@@ -153,6 +171,7 @@ class Listing(ClientBase):
         StorageError
             No store of the target could be read.
         """
+        wanted = _statuses(status)
         if self._runtime is not None and self._origin != "cli":
             target, name = self._reference_name(target, name)
         refs = self._select(
@@ -168,6 +187,8 @@ class Listing(ClientBase):
         )
         _check_fields(refs, where, order_by, describe(target, task) if task is not None else "")
         refs = _filter(refs, where)
+        if wanted is not None:
+            refs = [r for r in refs if r.status in wanted]
         if order_by:
             refs = _ordered(refs, order_by)
         return refs[:limit] if limit is not None else refs
@@ -352,7 +373,19 @@ class Listing(ClientBase):
                 # One task's checkpoints in the order its retry sees them (attempt, then its
                 # task clock), as current.checkpoint.list() does; across tasks, by date.
                 headers.sort(key=sort_key(within_task=within_task), reverse=True)
-                refs = references(store, headers) if read else None
+                refs = None
+                if read:
+                    refs = references(store, headers, task_status=endings(store.storage, headers))
+                    headers, refs = with_tiers(
+                        store,
+                        headers,
+                        refs,
+                        self._tiers(store, t),
+                        lambda tier: _matching(
+                            tier, located.prefixes, t.flow, step, located.runs, foreach, filters
+                        ),
+                        sort_key(within_task=within_task),
+                    )
             except _STORE_ERRORS as exc:
                 failures.append((root, exc))
                 continue
@@ -384,6 +417,14 @@ class Listing(ClientBase):
             check_task(t)  # an empty listing of a task: say so if the task does not exist
         return parts, within_task
 
+    def _tiers(self, store: CheckpointStore, t: Target) -> list[str]:
+        """The local tiers of this machine that may hold checkpoints of ``t`` in ``store``
+        (see :mod:`.tiers`): a task target's registered one, and the default one."""
+        found = [default_tier(store.url)]
+        if t.task is not None:
+            found.append(registered_tier(_metadata(t)))
+        return [p for p in found if p]
+
     def best(
         self, target: Any = None, *, metric: str, mode: str = "min", **filters: Any
     ) -> CheckpointReference:
@@ -403,11 +444,14 @@ class Listing(ClientBase):
         if mode not in ("min", "max"):
             raise CheckpointConfigError("mode=%r: use 'min' or 'max'." % (mode,))
         where = filters.pop("where", None)
+        wanted = _statuses(filters.pop("status", None))
         filters.pop("limit", None)
         refs = self._select(target, strict=True, **filters)
         what = describe(target, filters.get("task"))
         _check_fields(refs, where, None, what if filters.get("task") is not None else "")
         refs = _filter(refs, where)
+        if wanted is not None:
+            refs = [r for r in refs if r.status in wanted]
         seen = _metadata_fields(refs)
         if refs and metric not in seen:
             raise CheckpointConfigError(
@@ -434,6 +478,25 @@ class Listing(ClientBase):
         if filters.get("task") is None or filters.get("attempt") is not None:
             return False
         return bool(self._select(target, strict=True, **dict(filters, attempt=ALL)))
+
+
+def _statuses(status: Statuses) -> Optional[frozenset]:
+    """The statuses ``status=`` keeps (None: all).
+
+    Raises
+    ------
+    CheckpointConfigError
+        A value that is not a status, naming the statuses.
+    """
+    if status is None:
+        return None
+    values = [status] if isinstance(status, str) else status
+    if not isinstance(values, (list, tuple, set, frozenset)) or not values:
+        raise CheckpointConfigError(
+            "status=%r: pass a status or a list of them: 'local', 'uploading', 'uploaded', "
+            "'failed'." % (status,)
+        )
+    return frozenset(check_status(v) for v in values)
 
 
 def _flow_exists(flow: str) -> bool:

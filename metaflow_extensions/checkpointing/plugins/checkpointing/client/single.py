@@ -12,6 +12,7 @@ from typing import IO, Any, Optional
 from ..common.reference import CheckpointReference, reference_of
 from ..core import loading
 from ..core.manifest import Manifest
+from ..core.summary import attempts_ended
 from ..core.transfer import Progress
 from ..errors import CheckpointConfigError
 from .base import ClientBase
@@ -26,7 +27,8 @@ class Single(ClientBase):
         ``"resnet50@<version id>"``) saved outside any task, or an alias of a target:
         ``"Flow/run@last"``, ``"Flow/run/step@best:val_loss"``, ``"Flow@best:accuracy:max"``,
         ``"resnet50@best:top1:max"``.  In a task (or a process it started) ``"last"`` and
-        ``"best:<metric>"`` alone pick among the task's checkpoints.
+        ``"best:<metric>"`` alone pick among the task's checkpoints.  Its ``task_status``
+        says how the attempt that saved it ended (``"paused"``, ``"failed"``, ...).
 
         Raises
         ------
@@ -37,7 +39,11 @@ class Single(ClientBase):
             running task's checkpoints, outside a task).
         """
         store, manifest = self._resolve(reference)
-        return reference_of(store, manifest)
+        ended = None
+        if not manifest.scope.is_library:  # how its attempt ended (its task_status)
+            scope = manifest.scope
+            ended = attempts_ended(store.storage, scope.task_prefix()).get(scope.attempt)
+        return reference_of(store, manifest, task_status=ended)
 
     def _manifest(self, reference: Any) -> Manifest:
         """The full manifest of a checkpoint (every file with its blobs; for tools)."""

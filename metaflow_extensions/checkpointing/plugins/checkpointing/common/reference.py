@@ -19,6 +19,7 @@ from ..core.manifest import Manifest, ManifestHeader, iso_time, parse_key
 from ..core.position import writer_of
 from ..core.promotions import publisher_of
 from ..core.summary import damaged
+from ..core.upload_status import FAILED, LOCAL, STATUSES, UPLOADED, UPLOADING  # noqa: F401 (status values)
 from ..errors import CheckpointConfigError
 
 if TYPE_CHECKING:  # the store is only needed by the builders, never at import
@@ -58,9 +59,6 @@ FIELDS = (
     "task_status",
 )
 
-# Where a checkpoint stands (``status``); the strings :mod:`..core.upload_status` records.
-LOCAL, UPLOADING, UPLOADED, FAILED = "local", "uploading", "uploaded", "failed"
-STATUSES = (LOCAL, UPLOADING, UPLOADED, FAILED)
 
 #: ``storage_format`` values ``save()`` accepts (other ``@checkpoint`` extensions' spellings):
 #: either way the files are stored one by one and verified when loaded.

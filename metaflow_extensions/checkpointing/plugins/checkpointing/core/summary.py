@@ -181,6 +181,22 @@ def attempts_ended(storage: Storage, task_prefix: str) -> dict[int, Optional[str
     return {a: _ended_of(_read_json(storage, key)) for a, (_, key) in chosen.items()}
 
 
+def endings(storage: Storage, headers: Sequence[ManifestHeader]) -> dict[str, Optional[str]]:
+    """How the attempt that saved each task checkpoint of ``headers`` ended, by key (None:
+    running, unknown, or a named checkpoint): :func:`attempts_ended` of each task, the tasks
+    read in parallel (one listing and one read per attempt shown)."""
+    tasks = sorted({task_prefix_of(h.key) for h in headers if not h.scope.is_library})
+    if not tasks:
+        return {}
+    with ThreadPoolExecutor(min(len(tasks), 16)) as pool:
+        ended = dict(zip(tasks, pool.map(lambda t: attempts_ended(storage, t), tasks)))
+    return {
+        h.key: ended[task_prefix_of(h.key)].get(h.scope.attempt)
+        for h in headers
+        if not h.scope.is_library
+    }
+
+
 class SummaryIndex:
     """Summaries of committed checkpoints, read from indexes where they help.
 

@@ -1,0 +1,111 @@
+"""What a listing on the machine that ran a task adds from its local tier.
+
+A task of ``@checkpoint(upload="end")`` commits its saves into a local tier
+(:mod:`..core.tier`: a store on that machine's disk, same keys as the flow's store) and uploads
+some of them when it ends.  The flow's store is the truth everywhere; on the machine that ran
+the task a listing also shows what only its tier holds, with the status the tier recorded
+(:func:`..core.upload_status.effective`: ``local``, ``uploading`` or ``failed``).  A key in both
+is listed once, from the flow's store, ``uploaded``.
+
+Which tiers: the one the task registered in its metadata (``checkpoint-tier``: ``{"host",
+"path"}``; only when ``host`` is this machine and the path exists), and the tier of the store
+under this machine's default base (``METAFLOW_CHECKPOINT_LOCAL_TIER``, else the system temp
+directory: what a task without ``temp_dir_root=`` uses), so a flow, run or step listing sees
+the tiers of its tasks without reading each task's metadata.  Elsewhere no tier exists and
+every listed checkpoint is ``uploaded``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Sequence
+from typing import Callable, Optional
+
+from ..common.reference import CheckpointReference
+from ..core.layout import task_prefix_of
+from ..core.manifest import ManifestHeader
+from ..core.store import CheckpointStore
+from ..core.summary import endings
+from ..core.tier import tier_root
+from ..core.upload_status import UploadRecords, effective
+from ..errors import CheckpointConfigError, CheckpointException
+from ..storage.local import LocalStorage
+
+#: The task metadata field where a task of ``upload="end"`` records its tier.
+TIER_METADATA = "checkpoint-tier"
+
+
+def registered_tier(metadata: Optional[dict]) -> Optional[str]:
+    """The tier path a task's metadata records, when it is on this machine and exists."""
+    raw = (metadata or {}).get(TIER_METADATA)
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("host") != socket.gethostname():
+        return None
+    path = value.get("path")
+    return path if isinstance(path, str) and os.path.isdir(path) else None
+
+
+def default_tier(store_url: str) -> Optional[str]:
+    """The tier of the store at ``store_url`` under this machine's default base, if present."""
+    from ..common.settings import local_tier_base
+
+    try:
+        base = local_tier_base() or tempfile.gettempdir()
+    except CheckpointConfigError:  # a bad setting fails the task that uses it, not a listing
+        base = tempfile.gettempdir()
+    path = tier_root(store_url, base)
+    return path if os.path.isdir(path) else None
+
+
+def with_tiers(
+    store: CheckpointStore,
+    headers: list[ManifestHeader],
+    refs: list[CheckpointReference],
+    tiers: Sequence[str],
+    matching: Callable[[CheckpointStore], list[ManifestHeader]],
+    order: Callable[[ManifestHeader], tuple],
+) -> tuple[list[ManifestHeader], list[CheckpointReference]]:
+    """``headers``/``refs`` of ``store`` plus the checkpoints only ``tiers`` hold (those
+    ``matching`` selects in each), each with its tier status, all ordered by ``order``
+    (newest first).  A tier that cannot be read adds nothing (it is only this machine's
+    cache: the flow's store is the truth)."""
+    seen = {h.key for h in headers}
+    pairs = list(zip(headers, refs))
+    for path in dict.fromkeys(tiers):
+        tier = CheckpointStore(LocalStorage(path), store.options)
+        try:
+            extra = [h for h in matching(tier) if h.key not in seen]
+            if not extra:
+                continue
+            records = UploadRecords(tier.storage)
+            recorded = {}
+            for prefix in {task_prefix_of(h.key) for h in extra}:
+                recorded.update(records.of_prefix(prefix))
+            summaries = tier.summaries(extra)
+            ended = {**endings(tier.storage, extra), **_known(endings(store.storage, extra))}
+        except CheckpointException:
+            continue
+        for h in extra:
+            ref = CheckpointReference.from_summary(
+                h,
+                summaries[h.key],
+                store.url,  # the key it will have in the flow's store once uploaded
+                store.storage.full_url(h.key),
+                effective(recorded.get(h.key), False),
+                ended.get(h.key),
+            )
+            pairs.append((h, ref))
+            seen.add(h.key)
+    if len(pairs) > len(headers):
+        pairs.sort(key=lambda p: order(p[0]), reverse=True)
+    return [h for h, _ in pairs], [r for _, r in pairs]
+
+
+def _known(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,136 @@
+"""Status everywhere: each checkpoint's ``status`` and ``task_status`` through the client and
+``metaflow checkpoint list/show`` (table and ``--json``), on a local and an S3 (moto) datastore.
+
+StatusFlow's task saves on attempt 0 and fails, then saves on attempt 1 and pauses
+(``current.checkpoint.pause()``): the first checkpoint's attempt ended "failed", the second's
+"paused" (never shown as failed); both are in the flow's store ("uploaded").  ``status=``
+filters (one value or a list) and a value that is not a status is refused, naming the
+statuses, before anything is read.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .flowrun import FLOWS, PROBE_PRELUDE, run_flow, run_probe, single_task, subprocess_env
+
+pytestmark = pytest.mark.flow
+
+METAFLOW = Path(sys.executable).parent / "metaflow"
+
+PROBE = PROBE_PRELUDE + textwrap.dedent(
+    """
+    namespace(None)
+    task = sys.argv[1]
+    flow, run = task.split("/")[:2]
+    c = Checkpoint()
+    refs = c.list(task=task, attempt="all")
+    out["listed"] = [[r["attempt"], r["status"], r["task_status"]] for r in refs]
+    out["get"] = [c.get(r).task_status for r in refs]
+    out["run"] = [[r.attempt, r.status, r.task_status] for r in c.list("%s/%s" % (flow, run))]
+    out["uploaded"] = len(c.list(task=task, attempt="all", status="uploaded"))
+    out["several"] = len(c.list(task=task, attempt="all", status=["local", "uploaded"]))
+    out["local"] = c.list(task=task, attempt="all", status="local")
+    out["failed"] = c.list("%s/%s" % (flow, run), status=("failed",))
+    # Refused before any read: a flow that does not exist is not what the error is about.
+    attempt("bad", lambda: c.list("NoSuchFlow", status="stored"))
+    attempt("bad_type", lambda: c.list(task=task, status=3))
+    attempt("bad_in_list", lambda: c.list(task=task, status=["uploaded", "gone"]))
+    attempt("best", lambda: c.best(task=task, attempt="all", metric="attempt_saved", mode="max",
+                                   status="uploaded")["task_status"])
+    print("PROBE" + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_env(request, flow_env):
+    """(env, tmp, top-level Runner options) for a local, then an S3 (moto) datastore."""
+    env, tmp = flow_env
+    if request.param == "local":
+        return env, tmp, {}
+    s3 = request.getfixturevalue("s3_env")
+    from metaflow import metaflow_config
+    from metaflow.plugins.datatools.s3 import s3util
+
+    # s3util binds the client params at import: point it at the moto server for this test.
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setattr(s3util, "DATATOOLS_CLIENT_PARAMS", metaflow_config.DATATOOLS_CLIENT_PARAMS)
+    bucket = s3["new_bucket"]()
+    env = dict(env, METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/mf" % bucket, **s3["env"])
+    return env, tmp, {"datastore": "s3"}
+
+
+def _cli(env: dict, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(METAFLOW), "checkpoint", *args],
+        env=subprocess_env(env),
+        cwd=str(tmp),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_paused_task_is_shown_paused_and_a_failed_attempt_failed(store_env):
+    env, tmp, options = store_env
+    result = run_flow(FLOWS / "status_flow.py", env, tmp, expect=None, **options)
+    assert result.status == "failed", result.describe()  # a paused run stops, to be resumed
+    task = single_task(result.run, "start")
+    run = "StatusFlow/%s" % result.run.id
+
+    probed, _ = run_probe(PROBE, env, tmp, task.pathspec)
+    assert probed["listed"] == [[1, "uploaded", "paused"], [0, "uploaded", "failed"]]
+    assert probed["get"] == ["paused", "failed"]
+    assert probed["run"] == [[1, "uploaded", "paused"], [0, "uploaded", "failed"]]
+    assert (probed["uploaded"], probed["several"], probed["local"]) == (2, 2, [])
+    assert probed["failed"] == []
+    for label in ("bad", "bad_type", "bad_in_list"):
+        assert probed[label]["error"] == "CheckpointConfigError", probed[label]
+        message = probed[label]["message"]
+        assert all(repr(s) in message for s in ("local", "uploading", "uploaded", "failed"))
+    assert "'stored'" in probed["bad"]["message"] and "'gone'" in probed["bad_in_list"]["message"]
+    assert probed["best"] == "paused"
+
+    table = _cli(env, tmp, "list", run)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == [
+        "CHECKPOINT", "ID", "NAME", "ATTEMPT", "STATUS", "CREATED", "(UTC)", "SIZE", "METADATA"
+    ]  # fmt: skip
+    rows = [line.split("  ") for line in lines[1:]]
+    cells = [[c.strip() for c in row if c.strip()] for row in rows]
+    assert [c[3:5] for c in cells] == [["1 paused", "uploaded"], ["0 failed", "uploaded"]]
+    assert "failed" not in lines[1]  # the paused attempt is never shown as failed
+
+    listed = _cli(env, tmp, "list", run, "--json")
+    assert listed.returncode == 0, listed.stderr
+    refs = json.loads(listed.stdout)
+    assert [(r["attempt"], r["status"], r["task_status"]) for r in refs] == [
+        (1, "uploaded", "paused"),
+        (0, "uploaded", "failed"),
+    ]
+    only = _cli(env, tmp, "list", run, "--status", "local", "--json")
+    assert only.returncode == 0 and json.loads(only.stdout) == [], only.stderr
+    both = _cli(env, tmp, "list", run, "--status", "local", "--status", "uploaded", "--json")
+    assert len(json.loads(both.stdout)) == 2, both.stderr
+    bad = _cli(env, tmp, "list", run, "--status", "stored")
+    assert bad.returncode != 0
+    assert "Invalid value for '--status'" in bad.stderr and "stored" in bad.stderr
+    assert "local, uploading, uploaded, failed" in bad.stderr
+
+    shown = _cli(env, tmp, "show", refs[0]["ref"])
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(
+        line.split(":", 1) for line in shown.stdout.split("\n\n")[0].splitlines() if ":" in line
+    )
+    assert fields["status"].strip() == "uploaded"
+    assert fields["task_status"].strip() == "paused"
+    shown_json = json.loads(_cli(env, tmp, "show", refs[1]["ref"], "--json").stdout)
+    assert (shown_json["status"], shown_json["task_status"]) == ("uploaded", "failed")
