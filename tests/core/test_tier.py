@@ -462,3 +462,49 @@ def test_an_upload_frozen_past_its_lease_before_the_commit_restores_what_gc_remo
     assert key == saved.key and int(blobs) == 1 + deleted
     remote.load(remote.read(key), str(tmp_path / "out"))
     assert snapshot(tmp_path / "out") == snapshot(src)
+
+
+def test_two_processes_uploading_one_checkpoint_at_once_both_succeed(tmp_path):
+    """The end of an attempt and a user's upload of the same tier checkpoint race: each commits
+    the identical manifest, so whichever lands last changes nothing."""
+    root = tmp_path / "remote"
+    remote = CheckpointStore(LocalStorage(str(root)), options())
+    tier = _tier(remote, tmp_path)
+    src = write_tree(tmp_path / "src", sample_spec(6))
+    saved = tier.save(str(src), make_scope())
+    script = textwrap.dedent(
+        """
+        import sys
+        import metaflow  # noqa: F401
+        from metaflow_extensions.checkpointing.plugins.checkpointing.core import tier as T
+        from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import (
+            CheckpointStore,
+        )
+        from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import (
+            TransferOptions,
+        )
+        from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (
+            LocalStorage,
+        )
+
+        root, base, key = sys.argv[1:4]
+        remote = CheckpointStore(LocalStorage(root), TransferOptions(chunk_size=65536))
+        print(T.upload(T.open_tier(remote, base), remote, key).key)
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(root), str(tmp_path / "base"), saved.key],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _out, err in outs]
+    assert [out.strip() for out, _err in outs] == [saved.key, saved.key]
+    assert _committed(remote.storage) == {saved.key}
+    assert remote.storage.get_bytes(saved.key) == tier.storage.get_bytes(saved.key)
+    remote.load(remote.read(saved.key), str(tmp_path / "out"))
+    assert snapshot(tmp_path / "out") == snapshot(src)
