@@ -134,3 +134,103 @@ def test_a_paused_task_is_shown_paused_and_a_failed_attempt_failed(store_env):
     assert fields["task_status"].strip() == "paused"
     shown_json = json.loads(_cli(env, tmp, "show", refs[1]["ref"], "--json").stdout)
     assert (shown_json["status"], shown_json["task_status"]) == ("uploaded", "failed")
+
+
+TIER_PROBE = PROBE_PRELUDE + textwrap.dedent(
+    """
+    namespace(None)
+    task = sys.argv[1]
+    run = "/".join(task.split("/")[:2])
+    c = Checkpoint()
+    out["task"] = [[r.metadata["i"], r.status, r.task_status] for r in c.list(task=task)]
+    out["run"] = [[r.metadata["i"], r.status] for r in c.list(run)]
+    for status in ("local", "uploaded", "failed"):
+        out[status] = [r.metadata["i"] for r in c.list(task=task, status=status)]
+    print("PROBE" + json.dumps(out))
+    """
+)
+
+
+def _without(env: dict, name: str) -> dict:
+    return {k: v for k, v in env.items() if k != name}
+
+
+def test_on_the_machine_that_ran_it_the_local_tier_is_listed_with_its_status(store_env):
+    """upload="end", attempt 0 saves 20 times then pauses: the 20th is uploaded, the other 19
+    are only in this machine's tier, "local".  The task's registered tier (its metadata) is
+    found for a task listing, the default-base tier for any listing; without the tier (another
+    machine) only the uploaded one is listed."""
+    env, tmp, options = store_env
+    tier = tmp / "tierbase"
+    env = dict(env, METAFLOW_CHECKPOINT_LOCAL_TIER=str(tier), UPLOAD_HOW="pause")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp, expect="failed", **options)
+    task = single_task(result.run, "start").pathspec
+
+    probed, _ = run_probe(TIER_PROBE, env, tmp, task)
+    assert probed["task"][0] == [20, "uploaded", "paused"]
+    assert [row[1:] for row in probed["task"][1:]] == [["local", "paused"]] * 19
+    assert [row[0] for row in probed["task"]] == list(range(20, 0, -1))  # newest first, once
+    assert probed["run"] == [row[:2] for row in probed["task"]]
+    assert (probed["uploaded"], probed["local"], probed["failed"]) == (
+        [20],
+        list(range(19, 0, -1)),
+        [],
+    )
+
+    # Without the setting, the task's metadata still names its tier (a task listing); a run
+    # listing looks under the default base only.
+    probed, _ = run_probe(TIER_PROBE, _without(env, "METAFLOW_CHECKPOINT_LOCAL_TIER"), tmp, task)
+    assert len(probed["task"]) == 20 and probed["run"] == [[20, "uploaded"]]
+
+    table = _cli(env, tmp, "list", task, "--status", "local", "--limit", "2")
+    assert table.returncode == 0, table.stderr
+    cells = [
+        [c.strip() for c in line.split("  ") if c.strip()] for line in table.stdout.splitlines()
+    ]
+    assert [c[3:5] for c in cells[1:]] == [["0 paused", "local"]] * 2
+
+    # Another machine: no tier there.
+    (tier / "mfckpt-tier").rename(tmp / "elsewhere")
+    probed, _ = run_probe(TIER_PROBE, env, tmp, task)
+    assert probed["task"] == [[20, "uploaded", "paused"]] and probed["local"] == []
+
+
+def test_a_failed_upload_is_listed_failed_on_the_machine_that_ran_it(flow_env):
+    """upload_errors="warn" with a flow store refusing writes: the step succeeds, the end's
+    upload of the newest checkpoint gives up and is listed "failed"; the others "local"."""
+    env, tmp = flow_env
+    env = dict(
+        env,
+        METAFLOW_CHECKPOINT_LOCAL_TIER=str(tmp / "tierbase"),
+        UPLOAD_HOW="succeed",
+        UPLOAD_ERRORS="warn",
+        FAIL_STORE="1",
+    )
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    task = single_task(result.run, "start").pathspec
+    probed, _ = run_probe(TIER_PROBE, env, tmp, task)
+    assert probed["failed"] == [20]
+    assert probed["local"] == list(range(19, 0, -1))
+    assert probed["uploaded"] == []
+    listed = json.loads(_cli(env, tmp, "list", task, "--status", "failed", "--json").stdout)
+    assert [(r["metadata"]["i"], r["status"]) for r in listed] == [(20, "failed")]
+
+
+def test_a_registered_tier_counts_only_on_its_own_machine_and_when_present(tmp_path):
+    import socket
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.client.tiers import (
+        TIER_METADATA,
+        registered_tier,
+    )
+
+    def md(value):
+        return {TIER_METADATA: value if isinstance(value, str) else json.dumps(value)}
+
+    here = socket.gethostname()
+    assert registered_tier(md({"host": here, "path": str(tmp_path)})) == str(tmp_path)
+    assert registered_tier(md({"host": here + "-other", "path": str(tmp_path)})) is None
+    assert registered_tier(md({"host": here, "path": str(tmp_path / "gone")})) is None
+    for broken in ("{not json", "[1, 2]", {"host": here}, {"host": here, "path": 3}):
+        assert registered_tier(md(broken)) is None
+    assert registered_tier(None) is None and registered_tier({}) is None
