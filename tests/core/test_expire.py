@@ -197,3 +197,23 @@ def test_the_validator_accepts_exactly_positive_finite_numbers(value):
     else:
         with pytest.raises(CheckpointConfigError, match="expire_after_days="):
             build(expire_after_days=value)
+
+
+def test_a_store_without_modification_times_refuses_expiry_and_deletes_nothing(tmp_path):
+    """Some fsspec filesystems list no mtime. No backend of this repository is one, so this
+    store is memory storage whose listing drops them (a fake of such a backend, not of our
+    code): expiry cannot judge ages there and must say so rather than guess."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.base import ObjectInfo
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import (
+        MemoryStorage,
+    )
+
+    class NoMtimes(MemoryStorage):
+        def _list(self, prefix):
+            return (ObjectInfo(o.key, o.size, None) for o in super()._list(prefix))
+
+    store = CheckpointStore(NoMtimes(), options())
+    keys = [_save(store, tmp_path, i).key for i in range(3)]
+    with pytest.raises(CheckpointConfigError, match="does not report modification times"):
+        _prune(store, expire_after_days=1)
+    assert {h.key for h in store.headers(make_scope().task_prefix())} == set(keys)
