@@ -9,10 +9,14 @@ in headless Chromium as tests/integration/test_card.py does.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 # Before our card package: Metaflow imports card packages while it initialises.
 import metaflow  # noqa: F401
+import pytest
 
 from metaflow_extensions.checkpointing.plugins.cards.checkpoint_card.card import CheckpointCard
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import retention
@@ -22,7 +26,8 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local impor
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import build
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.card_live import LiveCard
 
-from .test_card import parse_html
+from .flowrun import run_probe, subprocess_env
+from .test_card import browser_dom, parse_html, screenshot
 
 FLOW = Path(__file__).resolve().parents[1] / "flows" / "live_card_flow.py"
 
@@ -221,3 +226,161 @@ def test_the_final_card_of_a_paused_task_says_paused_from_the_listing(monkeypatc
         [ref(1, {"loss": 1.0}, task_status="paused")], pathspec="F/1/train/2", task_status="paused"
     )
     assert parse_html(html).find("p", "task-status").attrs["data-task-status"] == "paused"
+
+
+# ------------------------------------------------------------------------------- real flows
+
+#: Polls the running task's checkpoint card with the client (``get_cards``) in the flow's
+#: environment and keeps each different page, with whether the task had finished then.
+WATCH = """\
+import json, os, sys, time
+from metaflow import Flow, namespace
+from metaflow.cards import get_cards
+
+namespace(None)
+out, stop = sys.argv[1], sys.argv[2]
+seen, last, deadline = [], None, time.time() + 300
+while time.time() < deadline:
+    stopping = os.path.exists(stop)
+    try:
+        task = next(iter(Flow("LiveCardFlow").latest_run["train"]))
+        finished = task.finished
+        cards = get_cards(task, type="checkpoint")
+        html = cards[0].get() if len(cards) else None
+    except Exception:
+        html = None
+    if html is not None and html != last:
+        last = html
+        name = os.path.join(out, "card-%03d.html" % len(seen))
+        with open(name, "w") as f:
+            f.write(html)
+        seen.append({"file": name, "finished": finished, "at": time.time()})
+    if stopping:
+        break
+    time.sleep(0.2)
+print(json.dumps(seen))
+"""
+
+
+ARTIFACTS = """\
+import json
+from metaflow import Flow, namespace
+
+namespace(None)
+run = Flow("LiveCardFlow").latest_run
+print("PROBE" + json.dumps({
+    s: {"card_processes": run[s].task.data.card_processes, "has_card": run[s].task.data.has_card}
+    for s in ("plain", "train")
+}))
+"""
+
+
+def _run_watched(env: dict, tmp: Path, **extra: str) -> tuple[subprocess.CompletedProcess, list]:
+    """Run LiveCardFlow while WATCH reads its card; (the run, the pages seen)."""
+    env = dict(env, **extra)
+    pages = tmp / "pages"
+    pages.mkdir()
+    stop = tmp / "stop"
+    script = tmp / "watch.py"
+    script.write_text(WATCH)
+    watcher = subprocess.Popen(
+        [sys.executable, str(script), str(pages), str(stop)],
+        env=subprocess_env(env),
+        cwd=str(tmp),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run = subprocess.run(
+            [sys.executable, str(FLOW), "--no-pylint", "run"],
+            env=subprocess_env(env),
+            cwd=str(tmp),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        time.sleep(1.0)  # the watcher reads the final page too
+        stop.write_text("")
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, err[-3000:]
+    return run, json.loads(out)
+
+
+def _rows(html: str) -> list:
+    return parse_html(html).find("table", "checkpoints").find_all("tr", "checkpoint")
+
+
+def _refreshes(html: str) -> bool:
+    return any(n.attrs.get("http-equiv") == "refresh" for n in parse_html(html).find_all("meta"))
+
+
+@pytest.mark.flow
+def test_the_card_of_a_running_task_grows_with_each_save_in_chromium(flow_env):
+    """While ``train`` saves 8 times, 1.5 s apart, ``get_cards`` on the running task returns
+    a card with more saves each time it changes, each row with its status; Chromium draws
+    it; the final card (Metaflow's render, from the store) has all 8 and no longer reloads.
+    A step with no card started no card process."""
+    env, tmp = flow_env
+    run, pages = _run_watched(env, tmp)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    live = [p for p in pages if not p["finished"]]
+    counts = [len(_rows(Path(p["file"]).read_text())) for p in live]
+    assert len(set(counts)) >= 3, counts  # seen growing while the task ran
+    assert counts == sorted(counts), counts
+    assert counts[0] < 8 and max(counts) <= 8, counts
+    for page in live:
+        html = Path(page["file"]).read_text()
+        dom = parse_html(html)
+        assert _refreshes(html)
+        assert dom.find("p", "task-status").attrs["data-task-status"] == "running"
+        statuses = [r.find("td", "status").attrs["data-status"] for r in _rows(html)]
+        kept = [r.attrs["data-kept"] for r in _rows(html)]
+        # keep_last=3: older saves are pruned (no status: the checkpoint is gone).
+        assert statuses == ["uploaded" if k == "true" else "" for k in kept]
+        assert kept.count("true") == min(3, len(kept))
+
+    # Drawn by a browser: the mid-run page's table and plot.
+    mid = Path(live[len(live) // 2]["file"])
+    dom = browser_dom(mid, tmp)
+    rows = dom.find("table", "checkpoints").find_all("tr", "checkpoint")
+    assert len(rows) == counts[len(live) // 2]
+    assert [r.find("td", "status").text() for r in rows][:1] == ["uploaded"]
+    assert len(dom.find("svg", "plot").find_all("circle", "point")) == len(rows)
+    png = screenshot(mid, tmp)
+    assert png.stat().st_size > 5000
+
+    final = Path(pages[-1]["file"]).read_text()
+    assert pages[-1]["finished"] and not _refreshes(final)
+    assert len(_rows(final)) == 8
+    assert not parse_html(final).find_all("p", "task-status")
+
+    steps, _ = run_probe(ARTIFACTS, env, tmp)
+    assert steps["plain"] == {"card_processes": 0, "has_card": False}
+    assert steps["train"]["card_processes"] >= 1 and steps["train"]["has_card"] is True
+
+
+@pytest.mark.flow
+def test_a_paused_task_s_card_says_paused_not_failed(flow_env):
+    """``pause()`` after the 3rd save: Metaflow renders no final card for a task that did not
+    succeed; the task's last render says paused (not failed) and shows its 3 saves."""
+    env, tmp = flow_env
+    run, pages = _run_watched(env, tmp, MFCKPT_PAUSE_AT="3", MFCKPT_LIVE_SLEEP="0.5")
+    assert run.returncode != 0
+    assert "paused" in run.stdout + run.stderr
+    last = Path(pages[-1]["file"]).read_text()
+    dom = parse_html(last)
+    note = dom.find("p", "task-status")
+    assert note.attrs["data-task-status"] == "paused"
+    assert "failed" not in note.text()
+    assert len(_rows(last)) == 3
+    assert not _refreshes(last)
+    page = tmp / "paused.html"
+    page.write_text(last)
+    shown = browser_dom(page, tmp).find("p", "task-status").text()
+    assert "paused" in shown

@@ -63,7 +63,7 @@ def step_has_card(step_name: str) -> bool:
     return bool(CardDecorator.total_decos_on_step.get(step_name))
 
 
-def attach(saves: TaskSaves, step_name: str, pathspec: str) -> Optional[LiveCard]:
+def attach(saves: TaskSaves, step_name: str) -> Optional[LiveCard]:
     """Make the step's ``checkpoint`` card live: a :class:`LiveCard` listening to ``saves``,
     or None (nothing registered) when the step has no ``@card``.
 
@@ -73,14 +73,13 @@ def attach(saves: TaskSaves, step_name: str, pathspec: str) -> Optional[LiveCard
         The task process's saves.
     step_name : str
         The step (its cards were counted by Metaflow's ``step_init``).
-    pathspec : str
-        The task's ``Flow/run/step/task`` (the card's title).
     """
     if not step_has_card(step_name):
         return None
     retention = saves.retention
     best = [(r.metric, r.mode) for r in retention.keep_best] if retention is not None else []
-    live = LiveCard(pathspec, best)
+    scope = saves.scope
+    live = LiveCard("/".join((scope.flow, str(scope.run), scope.step, str(scope.task))), best)
     saves.add_listener(live)
     return live
 
