@@ -4,9 +4,11 @@ Attempt 0 saves 20 times (metadata ``i`` and ``loss``, lowest at save 7), record
 status and what ``list()`` sees, then ends as ``UPLOAD_HOW`` says: ``raise`` (an exception),
 ``sigterm`` (SIGTERM to itself), ``ready`` (writes ``READY_DIR/train`` and waits for a Ctrl+C of
 the run's process group), ``pause`` (``current.checkpoint.pause()``), ``succeed``, or
-``nothing`` (no save, then raises).  Later attempts record what was loaded.  ``KEEP_BEST``
+``nothing`` (no save, then raises).  Later attempts (and a resume) record what was loaded.  ``KEEP_BEST``
 sets ``keep_best``; ``UPLOAD_ERRORS`` sets ``upload_errors``; ``UPLOAD_MODE`` sets ``upload``
-(default ``end``).
+(default ``end``).  ``FAIL_STORE`` makes every write of attempt 0 to the flow's store fail
+(a StorageError, as after the storage layer's retries); ``TIER_BY_ATTEMPT`` gives each attempt
+its own tier base (``temp_dir_root``), as a retry on another machine would have.
 """
 
 import json
@@ -21,6 +23,22 @@ if os.environ.get("SIGINT_OWN_GROUP") and "step" not in sys.argv:
     os.setpgrp()
 
 HOW = os.environ.get("UPLOAD_HOW", "raise")
+# The task's attempt, from its command line (`step start ... --retry-count N`).
+ATTEMPT = int(sys.argv[sys.argv.index("--retry-count") + 1]) if "--retry-count" in sys.argv else 0
+BY_ATTEMPT = os.environ.get("TIER_BY_ATTEMPT")
+
+
+def fail_flow_store():
+    """Every write to the flow's store fails from now on in this process."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
+
+    storage = current.checkpoint._saves.flow_store.storage
+
+    def refuse(*args, **kwargs):
+        raise StorageError(reason="injected: the flow's store refuses writes")
+
+    for method in ("put_bytes", "put_file", "ingest_range"):
+        setattr(storage, method, refuse)
 
 
 def write(text):
@@ -41,11 +59,15 @@ class UploadEndFlow(FlowSpec):
         upload=os.environ.get("UPLOAD_MODE", "end"),
         upload_errors=os.environ.get("UPLOAD_ERRORS", "fail"),
         keep_best=os.environ.get("KEEP_BEST") or None,
+        temp_dir_root=os.path.join(BY_ATTEMPT, str(ATTEMPT)) if BY_ATTEMPT else None,
     )
     @retry(times=1)
     @step
     def start(self):
-        if current.retry_count == 0 and HOW != "succeed_loaded":
+        if current.retry_count == 0 and not current.origin_run_id:
+            note("run", current.run_id)
+            if os.environ.get("FAIL_STORE"):
+                fail_flow_store()
             saved = []
             for i in range(1, 21 if HOW != "nothing" else 1):
                 write("save %d" % i)

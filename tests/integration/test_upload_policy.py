@@ -6,12 +6,17 @@ under ``tmp/tierbase``), so what was uploaded and what stayed local are told apa
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import time
 
 import pytest
 
 from .flowrun import (
     FLOWS,
+    hidden_metaflow_environ,
     local_root,
     local_store,
     run_flow,
@@ -83,4 +88,186 @@ def test_upload_end_uploads_only_the_last_save_of_a_failed_attempt_and_the_retry
     # The retry (same machine) resumed from the 20th save.
     assert single_task(result.run, "start").data.loaded == "save 20"
     # The tier is elsewhere than the flow's store.
+    assert (tier / "mfckpt-tier").is_dir()
+
+
+def _uploaded_lines(result):
+    return [m for m in result.checkpoint_log("start") if "Uploaded checkpoint" in m]
+
+
+def test_with_keep_best_the_end_uploads_the_best_and_the_last(flow_env):
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="raise", KEEP_BEST="loss:min")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    saved = _note(notes, "saved")
+    # save 7 has the lowest loss; save 20 is the last: exactly these two are uploaded.
+    assert sorted(h.key for h in _attempt_headers(store, 0)) == sorted(
+        [saved[6]["key"], saved[19]["key"]]
+    )
+    assert len(_uploaded_lines(result)) == 2
+    assert single_task(result.run, "start").data.loaded == "save 20"
+
+
+def test_sigterm_uploads_the_last_save_and_the_retry_resumes(flow_env):
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="sigterm")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    saved = _note(notes, "saved")
+    assert [h.key for h in _attempt_headers(store, 0)] == [saved[-1]["key"]]
+    assert any("Received SIGTERM" in m for m in result.checkpoint_log("start"))
+    assert single_task(result.run, "start").data.loaded == "save 20"
+
+
+def test_pause_uploads_the_last_save(flow_env):
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="pause")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp, expect="failed")
+    store = local_store(local_root(tmp))
+    saved = _note(notes, "saved")
+    assert [h.key for h in _attempt_headers(store, 0)] == [saved[-1]["key"]]
+    assert len(_uploaded_lines(result)) == 1
+    assert any("Task paused" in m for m in result.checkpoint_log("start"))
+
+
+def test_nothing_saved_nothing_uploaded(flow_env):
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="nothing")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    assert _note(notes, "saved") == []
+    assert _attempt_headers(local_store(local_root(tmp))) == []
+    assert _uploaded_lines(result) == []
+    assert single_task(result.run, "start").data.loaded is None
+
+
+def test_a_retry_on_another_machine_loads_the_uploaded_checkpoint(flow_env):
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="raise", KEEP_BEST="loss:min")
+    env["TIER_BY_ATTEMPT"] = str(tmp / "machines")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    # Attempt 1 ran with a tier of its own (empty): it loaded the uploaded 20th save.
+    assert single_task(result.run, "start").data.loaded == "save 20"
+    assert not any("local tier" in m for m in result.checkpoint_log("start"))
+    assert (tmp / "machines" / "0" / "mfckpt-tier").is_dir()
+
+
+def test_upload_errors_fail_fails_the_step_naming_the_error_and_the_retry_loads_the_tier(
+    flow_env,
+):
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="succeed", FAIL_STORE="1")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    saved = _note(notes, "saved")
+    assert _attempt_headers(local_store(local_root(tmp)), 0) == []
+    assert "injected: the flow's store refuses writes" in result.stdout + result.stderr
+    failed = [m for m in result.checkpoint_log("start") if "failed; it stays local at" in m]
+    assert len(failed) == 1 and saved[-1]["key"] in failed[0], result.checkpoint_log("start")
+    # Attempt 1 (same machine) loaded the 20th save from the local tier: nothing was lost.
+    assert single_task(result.run, "start").data.loaded == "save 20"
+    loaded = [m for m in result.checkpoint_log("start") if m.startswith("[@checkpoint] Loaded")]
+    assert "from the local tier" in loaded[-1], loaded
+
+
+@pytest.mark.parametrize("mode", ["end", "each"])
+def test_upload_errors_warn_logs_one_warning_records_failed_and_the_step_succeeds(flow_env, mode):
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.tier import tier_root
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.upload_status import (
+        UploadRecords,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (
+        LocalStorage,
+    )
+
+    env, tmp, notes, tier = _env(
+        flow_env, UPLOAD_HOW="succeed", FAIL_STORE="1", UPLOAD_ERRORS="warn", UPLOAD_MODE=mode
+    )
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    saved = _note(notes, "saved")
+    assert len(saved) == 20
+    assert {s["status"] for s in saved} == ({"local"} if mode == "end" else {"failed"})
+    # Nothing reached the flow's store; one warning says what failed, where the checkpoint is
+    # kept and that training continues.
+    assert _attempt_headers(store) == []
+    log = result.checkpoint_log("start")
+    warnings = [m for m in log if "upload_errors='warn'" in m]
+    assert len(warnings) == 1, log
+    root = tier_root(store.url, str(tier))
+    assert "kept locally at %s" % root in warnings[0]
+    assert "training continues" in warnings[0]
+    assert "injected: the flow's store refuses writes" in warnings[0]
+    record = UploadRecords(LocalStorage(root)).get(saved[-1]["key"])
+    assert record is not None and record.status == "failed"
+    assert "injected" in record.error
+    # The step succeeded with its attempt 0.
+    assert single_task(result.run, "start").data.saved[-1]["key"] == saved[-1]["key"]
+
+
+async def _run_and_ctrl_c(env: dict, cwd, ready) -> tuple[str, str, int]:
+    """Start the flow with metaflow.Runner, Ctrl+C its process group once the task is ready
+    (as a terminal does: the runtime and the task at once), wait for the run to end."""
+    from metaflow import Runner
+
+    with hidden_metaflow_environ():
+        runner = Runner(
+            str(FLOWS / "upload_end_flow.py"),
+            show_output=False,
+            env=env,
+            cwd=str(cwd),
+            pylint=False,
+        )
+    with runner:
+        executing = await runner.async_run()
+        pid = executing.command_obj.process.pid
+        end = time.monotonic() + 180
+        while not (ready / "train").exists():
+            assert executing.returncode is None, executing.stdout[-3000:]
+            assert time.monotonic() < end, "the task never got ready"
+            await asyncio.sleep(0.1)
+        assert os.getpgid(pid) == pid
+        os.killpg(pid, signal.SIGINT)
+        await executing.wait(timeout=120)
+        return executing.stdout, executing.stderr, executing.returncode
+
+
+def test_ctrl_c_uploads_the_last_save_within_metaflows_limit_and_resume_continues(flow_env):
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="ready", SIGINT_OWN_GROUP="1")
+    ready = tmp / "ready"
+    ready.mkdir()
+    env["READY_DIR"] = str(ready)
+    stdout, stderr, returncode = asyncio.run(_run_and_ctrl_c(env, tmp, ready))
+    output = stdout + stderr
+    assert returncode != 0
+    assert "Killing" not in output, output[-4000:]  # the task ended by itself, in time
+    saved = _note(notes, "saved")
+    store = local_store(local_root(tmp))
+    assert [h.key for h in _attempt_headers(store, 0)] == [saved[-1]["key"]]
+    assert "Uploaded checkpoint %s" % saved[-1]["key"] in output
+    # `resume` (any machine: it reads the flow's store) continues from the 20th save.
+    env = {k: v for k, v in env.items() if k != "SIGINT_OWN_GROUP"}
+    resumed = run_flow(FLOWS / "upload_end_flow.py", env, tmp, resume=_note(notes, "run"))
+    assert single_task(resumed.run, "start").data.loaded == "save 20"
+
+
+@pytest.mark.s3
+def test_upload_end_on_s3_uploads_the_best_and_the_last_and_the_retry_resumes(
+    s3_env, flow_env, monkeypatch
+):
+    from metaflow import metaflow_config
+    from metaflow.plugins.datatools.s3 import s3util
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import parse_key
+
+    monkeypatch.setattr(s3util, "DATATOOLS_CLIENT_PARAMS", metaflow_config.DATATOOLS_CLIENT_PARAMS)
+    env, tmp, notes, tier = _env(flow_env, UPLOAD_HOW="raise", KEEP_BEST="loss:min")
+    bucket = s3_env["new_bucket"]()
+    env = dict(env, METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/mf" % bucket, **s3_env["env"])
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp, datastore="s3")
+    saved = _note(notes, "saved")
+    assert {s["root"] for s in saved} == {"s3://%s/mf/mf.checkpointing" % bucket}
+    prefix = "mf/mf.checkpointing/"
+    pages = (
+        s3_env["client"]
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=bucket, Prefix=prefix + "manifests/")
+    )
+    keys = [o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])]
+    attempt0 = [k for k in keys if parse_key(k).scope.attempt == 0]
+    assert sorted(attempt0) == sorted([saved[6]["key"], saved[19]["key"]])
+    assert single_task(result.run, "start").data.loaded == "save 20"
     assert (tier / "mfckpt-tier").is_dir()

@@ -275,7 +275,7 @@ class UploadPolicy:
                 first = first or exc
                 if self.warn:
                     self._warn(key, describe_error(exc))
-                elif not raise_errors:
+                else:
                     self.log(
                         "[@checkpoint] Uploading checkpoint %s failed; it stays local at %s: %s"
                         % (key, self.root, describe_error(exc))
