@@ -2,6 +2,8 @@
 store's clock) after each save; the flow dates its own saves back to make them old."""
 
 import os
+import subprocess
+import sys
 import time
 
 from metaflow import FlowSpec, checkpoint, current, step
@@ -16,6 +18,26 @@ def age(ref, days: float) -> None:
     path = os.path.join(root, ref["key"])
     then = os.stat(path).st_mtime - days * DAY
     os.utime(path, (then, then))
+
+
+#: A child process of the task (a torchrun worker): its saves follow the step's retention too.
+CHILD = """
+import os, sys
+sys.path.insert(0, os.environ["EXPIRE_FLOW_DIR"])
+from expire_flow import age
+from metaflow import Checkpoint
+
+keys = []
+for i in range(3):
+    with Checkpoint(init_dir=True) as ckpt:
+        with open(os.path.join(ckpt.directory, "i.txt"), "w") as f:
+            f.write(str(i))
+        ref = ckpt.save(name="child", metadata={"i": i})
+        keys.append(ref["key"])
+        if i == 0:
+            age(ref, 8)
+print(" ".join(keys))
+"""
 
 
 class ExpireFlow(FlowSpec):
@@ -33,6 +55,12 @@ class ExpireFlow(FlowSpec):
                 age(ref, 8)  # expired: the next save prunes it
         self.clock = time.time()
         self.left = sorted(r["key"] for r in current.checkpoint.list(name="mfchckpt"))
+        env = dict(os.environ, EXPIRE_FLOW_DIR=os.path.dirname(os.path.abspath(__file__)))
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True
+        )
+        self.child_saved = child.stdout.split()
+        self.child_left = sorted(r["key"] for r in current.checkpoint.list(name="child"))
         self.next(self.end)
 
     @step

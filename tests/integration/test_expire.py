@@ -29,6 +29,8 @@ def test_a_task_prunes_what_expired_by_the_stores_clock(flow_env, skew_days):
     # stays, though this process's clock (10 days ahead) would call it 10 days old, and save
     # 0 went, though a clock 10 days behind would call it 2 days in the future.
     assert start.data.left == sorted(saved[2:])
+    # A child process of the task (METAFLOW_CHECKPOINT_TASK) applies the same rule.
+    assert start.data.child_left == sorted(start.data.child_saved[1:])
     if skew_days:  # the skew did reach the task
         assert abs(start.data.clock - time.time() - skew_days * DAY) < 600
 
