@@ -4,11 +4,13 @@ Attempt 0 saves 20 times (metadata ``i`` and ``loss``, lowest at save 7), record
 status and what ``list()`` sees, then ends as ``UPLOAD_HOW`` says: ``raise`` (an exception),
 ``sigterm`` (SIGTERM to itself), ``ready`` (writes ``READY_DIR/train`` and waits for a Ctrl+C of
 the run's process group), ``pause`` (``current.checkpoint.pause()``), ``succeed``, or
-``nothing`` (no save, then raises).  Later attempts (and a resume) record what was loaded.  ``KEEP_BEST``
+``nothing`` (no save, then raises).  Later attempts (and a resume) record what was
+loaded.  ``KEEP_BEST``
 sets ``keep_best``; ``UPLOAD_ERRORS`` sets ``upload_errors``; ``UPLOAD_MODE`` sets ``upload``
 (default ``end``).  ``FAIL_STORE`` makes every write of attempt 0 to the flow's store fail
 (a StorageError, as after the storage layer's retries); ``TIER_BY_ATTEMPT`` gives each attempt
-its own tier base (``temp_dir_root``), as a retry on another machine would have.
+its own tier base (``temp_dir_root``), as a retry on another machine would have;
+``SLOW_STORE`` (seconds) slows each blob write of attempt 0 to the flow's store.
 """
 
 import json
@@ -54,6 +56,23 @@ def note(name, value):
             json.dump(value, f)
 
 
+def slow_flow_store(seconds):
+    """Each blob write to the flow's store takes ``seconds`` more in this process."""
+    storage = current.checkpoint._saves.flow_store.storage
+    put, ingest = storage.put_bytes, storage.ingest_range
+
+    def slow_put(key, data):
+        if key.startswith("blobs/"):
+            time.sleep(seconds)
+        return put(key, data)
+
+    def slow_ingest(*args, **kwargs):  # blobs read from local files
+        time.sleep(seconds)
+        return ingest(*args, **kwargs)
+
+    storage.put_bytes, storage.ingest_range = slow_put, slow_ingest
+
+
 class UploadEndFlow(FlowSpec):
     @checkpoint(
         upload=os.environ.get("UPLOAD_MODE", "end"),
@@ -68,6 +87,8 @@ class UploadEndFlow(FlowSpec):
             note("run", current.run_id)
             if os.environ.get("FAIL_STORE"):
                 fail_flow_store()
+            if os.environ.get("SLOW_STORE"):
+                slow_flow_store(float(os.environ["SLOW_STORE"]))
             saved = []
             for i in range(1, 21 if HOW != "nothing" else 1):
                 write("save %d" % i)

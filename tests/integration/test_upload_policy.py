@@ -271,3 +271,26 @@ def test_upload_end_on_s3_uploads_the_best_and_the_last_and_the_retry_resumes(
     assert sorted(attempt0) == sorted([saved[6]["key"], saved[19]["key"]])
     assert single_task(result.run, "start").data.loaded == "save 20"
     assert (tier / "mfckpt-tier").is_dir()
+
+
+def test_an_upload_that_cannot_finish_in_the_time_allowed_stays_local_and_the_log_says_where(
+    flow_env,
+):
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.tier import tier_root
+
+    env, tmp, notes, tier = _env(
+        flow_env, UPLOAD_HOW="sigterm", SLOW_STORE="2.5", METAFLOW_CHECKPOINT_INTERRUPT_SECONDS="1"
+    )
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    saved = _note(notes, "saved")
+    assert _attempt_headers(store, 0) == []  # abandoned: nothing half-committed
+    stayed = [m for m in result.checkpoint_log("start") if "stayed local at" in m]
+    root = tier_root(store.url, str(tier))
+    assert len(stayed) == 1, result.checkpoint_log("start")
+    assert stayed[0].startswith(
+        "[@checkpoint] Checkpoint %s stayed local at %s" % (saved[-1]["key"], root)
+    )
+    assert "within 1 s of SIGTERM" in stayed[0]
+    # The retry on this machine loads it from the tier.
+    assert single_task(result.run, "start").data.loaded == "save 20"
