@@ -4,7 +4,8 @@ Attempt 0 saves 20 times (metadata ``i`` and ``loss``, lowest at save 7), record
 status and what ``list()`` sees, then ends as ``UPLOAD_HOW`` says: ``raise`` (an exception),
 ``sigterm`` (SIGTERM to itself), ``ready`` (writes ``READY_DIR/train`` and waits for a Ctrl+C of
 the run's process group), ``pause`` (``current.checkpoint.pause()``), ``succeed``, or
-``nothing`` (no save, then raises).  Later attempts (and a resume) record what was
+``nothing`` (no save, then raises), ``child`` (a child process saves once more, then
+raises).  Later attempts (and a resume) record what was
 loaded.  ``KEEP_BEST``
 sets ``keep_best``; ``UPLOAD_ERRORS`` sets ``upload_errors``; ``UPLOAD_MODE`` sets ``upload``
 (default ``end``).  ``FAIL_STORE`` makes every write of attempt 0 to the flow's store fail
@@ -73,6 +74,28 @@ def slow_flow_store(seconds):
     storage.put_bytes, storage.ingest_range = slow_put, slow_ingest
 
 
+CHILD = r"""
+import json, os
+from metaflow import Checkpoint
+
+with Checkpoint(init_dir=True) as ckpt:
+    with open(os.path.join(ckpt.directory, "state.txt"), "w") as f:
+        f.write("child save")
+    ref = ckpt.save(metadata={"i": 21})
+    print("CHILD " + json.dumps({"key": ref.key, "status": ref.status}))
+"""
+
+
+def child_saves():
+    """A process the task started (as a torchrun worker would) saves with ``Checkpoint()``."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("CHILD "))
+    return json.loads(line[len("CHILD ") :])
+
+
 class UploadEndFlow(FlowSpec):
     @checkpoint(
         upload=os.environ.get("UPLOAD_MODE", "end"),
@@ -113,6 +136,8 @@ class UploadEndFlow(FlowSpec):
                 with open(os.path.join(os.environ["READY_DIR"], "train"), "w") as f:
                     f.write(json.dumps(saved))
                 time.sleep(120)
+            elif HOW == "child":
+                note("child", child_saves())
             elif HOW == "pause":
                 current.checkpoint.pause("test")
             raise RuntimeError("attempt 0 fails after %d saves" % len(saved))

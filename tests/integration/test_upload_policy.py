@@ -294,3 +294,13 @@ def test_an_upload_that_cannot_finish_in_the_time_allowed_stays_local_and_the_lo
     assert "within 1 s of SIGTERM" in stayed[0]
     # The retry on this machine loads it from the tier.
     assert single_task(result.run, "start").data.loaded == "save 20"
+
+
+def test_a_child_process_saves_into_the_tier_and_the_end_uploads_its_checkpoint(flow_env):
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="child")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    child = _note(notes, "child")
+    assert child["status"] == "local"
+    # The child's save is the newest: the one uploaded, and the one the retry loads.
+    assert [h.key for h in _attempt_headers(local_store(local_root(tmp)), 0)] == [child["key"]]
+    assert single_task(result.run, "start").data.loaded == "child save"
