@@ -12,15 +12,17 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import tempfile
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.common import settings
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import store_clock
+from metaflow_extensions.checkpointing.plugins.checkpointing.common import settings as mf_settings
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import policies, store_clock
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import CONTROL
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import Manifest
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.retention import (
     Item,
     build,
@@ -131,7 +133,7 @@ def test_s3_ages_by_the_servers_last_modified(s3_env, tmp_path):
 
     bucket = s3_env["new_bucket"]()
     store = CheckpointStore(
-        S3Storage("s3://%s/ckpt" % bucket, config=settings.s3_config()), options()
+        S3Storage("s3://%s/ckpt" % bucket, config=mf_settings.s3_config()), options()
     )
     # A writer 10 days ahead: its key dates the checkpoint in the future.
     ahead = int(time.time() * 1000) + 10 * DAY_MS
@@ -217,3 +219,90 @@ def test_a_store_without_modification_times_refuses_expiry_and_deletes_nothing(t
     with pytest.raises(CheckpointConfigError, match="does not report modification times"):
         _prune(store, expire_after_days=1)
     assert {h.key for h in store.headers(make_scope().task_prefix())} == set(keys)
+
+
+# ------------------------------------------------------------------------------ property
+@st.composite
+def _group(draw):
+    n = draw(st.integers(1, 10))
+    return [
+        {
+            "created_ms": draw(st.integers(T0 - 20 * DAY_MS, T0 + 20 * DAY_MS)),  # any clock
+            "seq": i,
+            "attempt": draw(st.integers(0, 2)),
+            "latest": draw(st.booleans()),
+            "loss": draw(st.one_of(st.none(), st.floats(0, 10))),
+            "age": draw(st.floats(0, 60)),
+        }
+        for i in range(n)
+    ]
+
+
+T0 = 1_750_000_000_000
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=_group(),
+    keep_last=st.one_of(st.none(), st.integers(0, 5)),
+    keep_best=st.one_of(st.none(), st.just("loss:min:1")),
+    days=st.floats(0.01, 50),
+    data=st.data(),
+)
+def test_expiry_deletes_exactly_the_old_unguarded_and_changes_nothing_else(
+    specs, keep_last, keep_best, days, data
+):
+    """On a real local store with manifests of random ages (by mtime) and random writer dates:
+    an old checkpoint is deleted unless pinned or the newest latest=True (what a retry loads);
+    every other decision is the one the keep rules alone make."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CheckpointStore(LocalStorage(tmp), options())
+        keys = []
+        for i, s in enumerate(specs):
+            m = Manifest(
+                id="%016x" % i,
+                name="mfchckpt",
+                scope=make_scope(attempt=s["attempt"]),
+                latest=s["latest"],
+                created_ms=s["created_ms"],
+                seq=s["seq"],
+                metadata={} if s["loss"] is None else {"loss": s["loss"]},
+                files=[],
+            )
+            store.storage.put_bytes(m.key, m.dumps())
+            _age_local(store, m.key, s["age"])
+            keys.append(m.key)
+        pinned = set(data.draw(st.lists(st.sampled_from(keys), max_size=2)))
+        for k in pinned:
+            store.pin(k)
+        headers = store.headers(make_scope().task_prefix())
+        ages = {k: s["age"] for k, s in zip(keys, specs)}
+        rules = {"keep_last": keep_last, "keep_best": keep_best}
+
+        def run(**extra):
+            ((_, p),) = store.prune(
+                headers,
+                build(**rules, **extra),
+                group_of=lambda h: "g",
+                within_task=True,
+                dry_run=True,
+            )
+            return p
+
+        with_expiry = run(expire_after_days=days)
+        kept, deleted = set(with_expiry.keep), set(with_expiry.delete)
+        assert kept | deleted == set(keys) and not kept & deleted
+        newest = policies.newest(headers, within_task=True)
+        guarded = pinned | ({newest.key} if newest is not None else set())
+        assert guarded <= kept
+        # 1 s of slack: the age is measured a moment after the file was dated.
+        old = {k for k in keys if ages[k] > days + 1 / DAY}
+        young = {k for k in keys if ages[k] < days - 1 / DAY}
+        assert old - guarded <= set(with_expiry.expired) <= deleted
+        assert not young & set(with_expiry.expired)
+        if keep_last is not None or keep_best is not None:
+            alone = run()
+            for k in young - guarded:
+                assert (k in kept) == (k in alone.keep), k
+        else:
+            assert young <= kept
