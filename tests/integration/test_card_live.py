@@ -84,15 +84,29 @@ def test_a_failing_listener_never_fails_the_save_and_is_logged_once(tmp_path):
     assert len(warnings) == 1, logs
 
 
+class _Creator:
+    """Stands in for Metaflow's ``CardCreator``: records each render asked for."""
+
+    def __init__(self, card):
+        self.card = card
+
+    def create(self, **kwargs):
+        data = json.loads(json.dumps(self.card._latest_user_data))
+        self.card.pushed.append(data)
+        self.card.calls.append(kwargs)
+
+
 class _Card:
-    """Stands in for Metaflow's card manager (public ``refresh`` only)."""
+    """Stands in for Metaflow's ``CardComponentManager`` (the attributes LiveCard uses)."""
 
     def __init__(self, interval: float = 5.0):
         self._refresh_interval = interval
+        self._render_seq = 0
+        self._latest_user_data = None
+        self._card_creator_args = {"card_uuid": "u1", "runtime_card": False}
+        self._card_creator = _Creator(self)
         self.pushed: list[dict] = []
-
-    def refresh(self, data=None, force=False):
-        self.pushed.append(json.loads(json.dumps(data)))
+        self.calls: list[dict] = []
 
 
 def test_renders_at_most_once_per_refresh_interval_and_the_next_one_shows_everything(tmp_path):
@@ -127,6 +141,12 @@ def test_finish_renders_a_paused_or_failed_task_at_once_and_a_succeeded_one_neve
     live.finish("paused")
     live.finish("failed")
     assert [p["task_status"] for p in card.pushed] == ["paused", "failed"]
+    # A runtime render, waited for (the task is ending), of a card type Metaflow does not
+    # refresh itself (no extra subprocess at the task's end).
+    assert [(c["mode"], c["sync"], c["runtime_card"]) for c in card.calls] == [
+        ("render_runtime", True, True)
+    ] * 2
+    assert card._render_seq == 2
 
 
 def test_a_step_with_no_checkpoint_card_resolves_none_and_renders_nothing(tmp_path):

@@ -108,10 +108,9 @@ class CheckpointCard(MetaflowCard):
     """
 
     type = "checkpoint"
-    #: Rendered again while the task runs (``render_runtime``), pushed by the task.
-    RUNTIME_UPDATABLE = True
-    #: Each runtime render is a new page: viewers reload it.
-    RELOAD_POLICY = MetaflowCard.RELOAD_POLICY_ALWAYS
+    # Not RUNTIME_UPDATABLE: Metaflow would then run a second synchronous ``card create``
+    # (``refresh``, a data update for a card's JavaScript: this one has none) at the end of
+    # every task, ~2 s.  The task asks for runtime renders itself (``task/card_live.py``).
 
     def __init__(
         self,
@@ -210,13 +209,6 @@ class CheckpointCard(MetaflowCard):
             refresh_seconds=pushed.refresh_seconds,
             updated_at=pushed.pushed_at,
         )
-
-    def refresh(self, task: Any, data: Mapping[str, Any]) -> dict:
-        """The data update Metaflow stores with each render (viewers compare its reload token
-        with the page's to know a newer page exists); the page itself has no script."""
-        pushed = (data or {}).get("user")
-        saves = pushed.get("saves") if isinstance(pushed, Mapping) else None
-        return {"saves": len(saves) if isinstance(saves, list) else None}
 
 
 def read_log(refs: Sequence[Mapping[str, Any]]) -> tuple[Optional[list], Optional[str]]:

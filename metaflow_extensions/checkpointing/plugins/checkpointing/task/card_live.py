@@ -18,7 +18,7 @@ only on its first call or with ``force=True``, which waits for the previous rend
 runs a second subprocess synchronously (seconds inside ``save()``); later calls only write a
 data update for a card's JavaScript, and this card has none.  So the render is asked for the
 way ``refresh`` asks for it, without the wait; if the manager lacks those attributes (another
-Metaflow release), the public ``refresh`` is used.
+Metaflow release) there is no runtime render, and the final card is rendered as before.
 """
 
 from __future__ import annotations
@@ -200,12 +200,13 @@ def _render_runtime(card: Any, data: dict, wait: bool) -> None:
     creator = getattr(card, "_card_creator", None)
     args = getattr(card, "_card_creator_args", None)
     if creator is None or not isinstance(args, dict) or not hasattr(card, "_render_seq"):
-        card.refresh(data)  # public API: renders the first time, later only data updates
-        return
+        return  # another Metaflow: no runtime render (the final card is still rendered)
     card._latest_user_data = data
-    card._render_seq += 1  # a new reload token: viewers reload the card
+    card._render_seq += 1
     card._last_render = time.time()
-    creator.create(**args, mode="render_runtime", sync=wait)
+    # runtime_card: the card type is not RUNTIME_UPDATABLE (see CheckpointCard), so Metaflow
+    # adds no data-update subprocess at the task's end; its runtime renders are ours.
+    creator.create(**dict(args, runtime_card=True), mode="render_runtime", sync=wait)
 
 
 def _fields(ref: CheckpointReference) -> dict:

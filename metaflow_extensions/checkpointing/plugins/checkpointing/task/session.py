@@ -28,8 +28,8 @@ from .runtime import CheckpointRuntime
 
 if TYPE_CHECKING:
     from ..core.policies import Resolution
-    from .models import ModelSpec
     from .card_live import LiveCard
+    from .models import ModelSpec
     from .ranks import Ranks
     from .upload_policy import UploadPolicy
     from .watchers import PreemptionWatcher
