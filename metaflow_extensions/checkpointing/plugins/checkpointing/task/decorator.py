@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from typing import Optional
 
 from metaflow.decorators import StepDecorator
@@ -32,9 +31,6 @@ from .attributes import (
     number_attr,
 )
 from .refused import UnknownDecoratorAttribute, split_unknown
-
-# How many older origins of a resume chain to follow looking for a checkpoint.
-_MAX_ORIGIN_DEPTH = 8
 
 
 def _checkpoint_not_enabled(cur) -> None:
@@ -257,6 +253,7 @@ class CheckpointDecorator(StepDecorator):
         from ..common.settings import build_store
         from ..core.scope import Scope, foreach_path
         from .builder import TaskSettings
+        from .origins import origin_chain
         from .ranks import Ranks
         from .session import TaskSession
         from .upload_policy import TIER_METADATA as TIER
@@ -295,7 +292,7 @@ class CheckpointDecorator(StepDecorator):
             self.attributes["load_policy"],
             scope,
             # Lazy: older origins are looked up only while no checkpoint has been found.
-            origin_runs=lambda: _origin_chain(flow.name, step_name, origin),
+            origin_runs=lambda: origin_chain(flow.name, step_name, origin),
             position=ranks.position,
         )
         if upload is not None:  # a retry on this machine may load from the local tier
@@ -426,31 +423,3 @@ def _foreach_indices(flow) -> list[int]:
     """Index of every enclosing foreach split, outermost first."""
     stack = getattr(flow, "_foreach_stack", None) or []
     return [int(frame.index) for frame in stack]
-
-
-def _origin_chain(flow_name: str, step_name: str, origin: Optional[str]) -> Iterator[str]:
-    """The origin run of a ``resume``, then that run's own origin, and so on.
-
-    Older origins come from the ``origin-run-id`` metadata of the step's tasks in the previous
-    origin; if the client cannot tell (e.g. metadata unavailable), the chain just stops.
-    """
-    seen = set()
-    for _ in range(_MAX_ORIGIN_DEPTH):
-        if not origin or origin in seen:
-            return
-        seen.add(origin)
-        yield origin
-        origin = _origin_of(flow_name, step_name, origin)
-
-
-def _origin_of(flow_name: str, step_name: str, run_id: str) -> Optional[str]:
-    try:
-        from metaflow import Step
-
-        for task in Step("%s/%s/%s" % (flow_name, run_id, step_name), _namespace_check=False):
-            value = task.metadata_dict.get("origin-run-id")
-            if value and value != "None":
-                return str(value)
-    except Exception:  # noqa: BLE001 - the chain is best effort beyond the first origin
-        return None
-    return None
