@@ -255,6 +255,13 @@ class UploadPolicy:
             return []
         try:
             headers = tier.headers(scope.task_prefix(), attempt=scope.attempt)
+            if not self.at_end and headers:
+                # upload="each": the newest is chosen among what reached the flow's store too
+                # (a later save that committed there makes an older failed one moot).
+                known = {h.key for h in headers}
+                remote = self.remote.headers(scope.task_prefix(), attempt=scope.attempt)
+                self.in_remote.update(h.key for h in remote)
+                headers += [h for h in remote if h.key not in known]
             keys = to_upload(tier, headers, position, retention, self.in_remote)
         except CheckpointException as exc:
             if raise_errors:
@@ -302,11 +309,12 @@ def to_upload(
     if found is not None:
         keys.append(found.key)
     rules = retention.keep_best if retention is not None else ()
-    if rules and seen:
-        summaries = tier.summaries(seen)
+    local = [h for h in seen if h.key not in in_remote]  # the best among those in the tier
+    if rules and local:
+        summaries = tier.summaries(local)
         order = sort_key(True)
         by_name: dict[str, list[Item]] = {}
-        for h in seen:
+        for h in local:
             meta = summaries.get(h.key, {}).get("metadata") or {}
             by_name.setdefault(h.name, []).append(
                 Item(h.key, order(h), h.created_ms, meta, h.latest)
