@@ -14,7 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import task_summary_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
+    step_index_key,
+    task_summaries_prefix,
+    task_summary_key,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import Manifest, now_ms
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.position import (
     RANK0,
@@ -26,6 +30,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.summary import
     PAUSED,
     SUCCEEDED,
     attempts_ended,
+    endings,
     write_task_summaries,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
@@ -93,3 +98,73 @@ def test_round_trip_of_endings_by_attempt_and_writer(endings):
         position = RANK0 if node == 0 and local == 0 else Position(node, local)
         write_task_summaries(storage, prefix, attempt, [_manifest(attempt)], position, ended)
     assert attempts_ended(storage, prefix) == {a: e for a, (e, _, _) in endings.items()}
+
+
+# ------------------------------------------------------------------ endings of a listing
+def _save(store, tmp_path, **scope):
+    from .helpers import tiny
+
+    return store.save(str(tiny(tmp_path)), make_scope(**scope))
+
+
+def _drop_task_summaries(storage, headers):
+    for h in headers:
+        for obj in list(storage.list(task_summaries_prefix(h.scope.task_prefix()))):
+            storage.delete(obj.key)
+
+
+def test_a_listing_learns_each_ended_attempt_once_in_the_step_index(any_store, tmp_path):
+    """The first listing reads each task's summaries and keeps what can no longer change in
+    the step index: a later listing answers from it even with the summaries gone; an attempt
+    with no summary yet (running) is read again, and picked up once it ends."""
+    storage = any_store.storage
+    done = _save(any_store, tmp_path, task="1")
+    write_task_summaries(storage, done.scope.task_prefix(), 0, [done], ended=PAUSED)
+    running = _save(any_store, tmp_path, task="2")
+    headers = any_store.headers(make_scope().step_prefix())
+    assert endings(storage, headers) == {done.key: PAUSED, running.key: None}
+    _drop_task_summaries(storage, [h for h in headers if h.key == done.key])
+    assert endings(storage, headers) == {done.key: PAUSED, running.key: None}
+    write_task_summaries(storage, running.scope.task_prefix(), 0, [running], ended=FAILED)
+    assert endings(storage, headers) == {done.key: PAUSED, running.key: FAILED}
+
+
+def test_a_node_summary_alone_is_not_final_and_an_old_rank0_one_is(any_store, tmp_path):
+    storage = any_store.storage
+    gang = _save(any_store, tmp_path, task="1")
+    old = _save(any_store, tmp_path, task="2")
+    # A @parallel node wrote first, without an ending; rank 0's comes later and says paused.
+    write_task_summaries(storage, gang.scope.task_prefix(), 0, [gang], Position(1, 0))
+    write_task_summaries(storage, old.scope.task_prefix(), 0, [old])  # an older release
+    headers = any_store.headers(make_scope().step_prefix())
+    assert endings(storage, headers) == {gang.key: None, old.key: None}
+    write_task_summaries(storage, gang.scope.task_prefix(), 0, [gang], ended=PAUSED)
+    assert endings(storage, headers)[gang.key] == PAUSED
+
+
+def test_rewriting_the_summary_index_keeps_the_endings(any_store, tmp_path):
+    storage = any_store.storage
+    first = _save(any_store, tmp_path, task="1")
+    write_task_summaries(storage, first.scope.task_prefix(), 0, [first], ended=SUCCEEDED)
+    headers = any_store.headers(make_scope().step_prefix())
+    assert endings(storage, headers) == {first.key: SUCCEEDED}
+    _drop_task_summaries(storage, headers)
+    more = [_save(any_store, tmp_path, task=str(t)) for t in range(2, 12)]
+    all_headers = any_store.headers(make_scope().step_prefix())
+    any_store.summaries(all_headers)  # reads the new manifests and rewrites the step index
+    index = json.loads(storage.get_bytes(step_index_key(make_scope().step_prefix())))
+    assert len(index["entries"]) == 11 and index["ended"]
+    ended = endings(storage, all_headers)
+    assert ended[first.key] == SUCCEEDED and {ended[m.key] for m in more} == {None}
+
+
+def test_a_malformed_endings_map_is_ignored(any_store, tmp_path):
+    storage = any_store.storage
+    done = _save(any_store, tmp_path, task="1")
+    write_task_summaries(storage, done.scope.task_prefix(), 0, [done], ended=FAILED)
+    key = step_index_key(make_scope().step_prefix())
+    for bad in ([1], {"_/100/1/0": "exploded"}, {"no-slashes": FAILED}, "x"):
+        body = {"format": "metaflow-checkpointing-summaries/1", "entries": {}, "ended": bad}
+        storage.put_bytes(key, json.dumps(body).encode())
+        headers = any_store.headers(make_scope().step_prefix())
+        assert endings(storage, headers) == {done.key: FAILED}

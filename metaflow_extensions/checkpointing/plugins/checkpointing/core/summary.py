@@ -42,7 +42,7 @@ from .layout import (
     task_summaries_prefix,
     task_summary_key,
 )
-from .manifest import SIZE_LIMIT, Manifest, ManifestHeader
+from .manifest import SIZE_LIMIT, Manifest, ManifestHeader, parse_key
 from .position import RANK0, Position
 
 INDEX_FORMAT = "metaflow-checkpointing-summaries/1"
@@ -164,12 +164,9 @@ def _ended_of(data: Any) -> Optional[str]:
     return ended if ended in ENDINGS else None
 
 
-def attempts_ended(storage: Storage, task_prefix: str) -> dict[int, Optional[str]]:
-    """How each attempt of the task at ``task_prefix`` ended, by attempt number, as its
-    summaries record it (one listing, then one read per attempt): the rank-0 process's
-    summary when present, else any node's of a ``@parallel`` gang.  An attempt without a
-    summary (running, killed, or that committed nothing) is absent; one whose summary predates
-    ``ended`` (or is malformed) maps to None."""
+def _attempts(storage: Storage, task_prefix: str) -> dict[int, tuple[Optional[str], bool]]:
+    """``(ended, final)`` of each attempt of a task with a summary: ``final`` when it is the
+    rank-0 process's, written once at the attempt's end, so what it says never changes."""
     chosen: dict[int, tuple[bool, str]] = {}
     for obj in storage.list(task_summaries_prefix(task_prefix)):
         parsed = _parse_summary_name(obj.key)
@@ -178,23 +175,94 @@ def attempts_ended(storage: Storage, task_prefix: str) -> dict[int, Optional[str
         attempt, rank0 = parsed
         if attempt not in chosen or (rank0 and not chosen[attempt][0]):
             chosen[attempt] = (rank0, obj.key)
-    return {a: _ended_of(_read_json(storage, key)) for a, (_, key) in chosen.items()}
+    return {a: (_ended_of(_read_json(storage, k)), r) for a, (r, k) in chosen.items()}
+
+
+def attempts_ended(storage: Storage, task_prefix: str) -> dict[int, Optional[str]]:
+    """How each attempt of the task at ``task_prefix`` ended, by attempt number, as its
+    summaries record it (one listing, then one read per attempt): the rank-0 process's
+    summary when present, else any node's of a ``@parallel`` gang.  An attempt without a
+    summary (running, killed, or that committed nothing) is absent; one whose summary predates
+    ``ended`` (or is malformed) maps to None."""
+    return {a: ended for a, (ended, _) in _attempts(storage, task_prefix).items()}
+
+
+def _slot(scope: Any, attempt: Optional[int] = None) -> str:
+    """An attempt of a task (``scope``'s, or ``attempt``) within its step's index:
+    ``<foreach>/<run>/<task>/<attempt>``."""
+    attempt = scope.attempt if attempt is None else attempt
+    return "%s/%s/%s/%d" % (scope.foreach, scope.run, scope.task, attempt)
+
+
+def _valid_endings(data: Any) -> dict[str, Optional[str]]:
+    """The well-formed ``ended`` map of a step index body (a hint: anything else is dropped)."""
+    ended = data.get("ended") if isinstance(data, dict) else None
+    if not isinstance(ended, dict) or data.get("format") != INDEX_FORMAT:
+        return {}
+    return {
+        k: v
+        for k, v in ended.items()
+        if isinstance(k, str) and k.count("/") == 3 and (v is None or v in ENDINGS)
+    }
 
 
 def endings(storage: Storage, headers: Sequence[ManifestHeader]) -> dict[str, Optional[str]]:
     """How the attempt that saved each task checkpoint of ``headers`` ended, by key (None:
-    running, unknown, or a named checkpoint): :func:`attempts_ended` of each task, the tasks
-    read in parallel (one listing and one read per attempt shown)."""
-    tasks = sorted({task_prefix_of(h.key) for h in headers if not h.scope.is_library})
-    if not tasks:
-        return {}
-    with ThreadPoolExecutor(min(len(tasks), 16)) as pool:
-        ended = dict(zip(tasks, pool.map(lambda t: attempts_ended(storage, t), tasks)))
-    return {
-        h.key: ended[task_prefix_of(h.key)].get(h.scope.attempt)
-        for h in headers
-        if not h.scope.is_library
-    }
+    running, unknown, or a named checkpoint).
+
+    An attempt's ending, once its rank-0 summary is written, never changes: the step's summary
+    index keeps those it learned (``"ended"``, by :func:`_slot`), so a listing reads the
+    summaries (:func:`attempts_ended`, the tasks in parallel) only of attempts not known there
+    yet: running, killed before their end, or new since the last listing."""
+    groups: dict[str, list[ManifestHeader]] = {}
+    for h in headers:
+        if not h.scope.is_library:
+            groups.setdefault(step_prefix_of(h.key), []).append(h)
+    out: dict[str, Optional[str]] = {}
+    for step_prefix, group in groups.items():
+        index_key = step_index_key(step_prefix)
+        body = _read_json(storage, index_key)
+        known = _valid_endings(body)
+        unknown = {task_prefix_of(h.key): h.scope for h in group if _slot(h.scope) not in known}
+        tasks = sorted(unknown)
+        learned: dict[str, Optional[str]] = {}
+        fresh: dict[tuple[str, int], Optional[str]] = {}
+        if tasks:
+            with ThreadPoolExecutor(min(len(tasks), 16)) as pool:
+                for task, attempts in zip(tasks, pool.map(lambda t: _attempts(storage, t), tasks)):
+                    for attempt, (ended, final) in attempts.items():
+                        fresh[(task, attempt)] = ended
+                        if ended is not None or final:  # it will never change: keep it
+                            learned[_slot(unknown[task], attempt)] = ended
+        for h in group:
+            slot = _slot(h.scope)
+            out[h.key] = (
+                known[slot]
+                if slot in known
+                else fresh.get((task_prefix_of(h.key), h.scope.attempt))
+            )
+        if any(k not in known for k in learned):
+            body = {
+                "format": INDEX_FORMAT,
+                "entries": _valid_entries(body),
+                "ended": {**known, **learned},
+            }
+            try:
+                storage.put_bytes(index_key, json.dumps(body).encode("utf-8"))
+            except CheckpointException:
+                pass  # a read-only reader reads the summaries again next time
+    return out
+
+
+def _parsed(keys: Any) -> list[ManifestHeader]:
+    """Headers of the manifest keys among ``keys``."""
+    out = []
+    for key in keys:
+        try:
+            out.append(parse_key(key))
+        except ManifestError:
+            continue
+    return out
 
 
 class SummaryIndex:
@@ -277,11 +345,17 @@ class SummaryIndex:
         return _valid_entries(_read_json(self._storage, step_index_key(step_prefix)))
 
     def _write_index(self, step_prefix: str, entries: dict[str, dict], relist: bool) -> None:
+        # Keep the attempts' endings :func:`endings` recorded in the index.
+        ended = _valid_endings(_read_json(self._storage, step_index_key(step_prefix)))
         if relist:
             # The index may describe deleted checkpoints: keep only what is still listed.
             live = {o.key for o in self._storage.list(step_prefix)}
             entries = {k: v for k, v in entries.items() if k in live}
-        body = {"format": INDEX_FORMAT, "entries": entries}
+            slots = {_slot(h.scope) for h in _parsed(live)}
+            ended = {k: v for k, v in ended.items() if k in slots}
+        body: dict[str, Any] = {"format": INDEX_FORMAT, "entries": entries}
+        if ended:
+            body["ended"] = ended
         try:
             self._storage.put_bytes(step_index_key(step_prefix), json.dumps(body).encode("utf-8"))
         except CheckpointException:
