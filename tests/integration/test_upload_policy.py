@@ -10,9 +10,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 
 import pytest
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.tier import tier_root
 
 from .flowrun import (
     FLOWS,
@@ -87,8 +90,11 @@ def test_upload_end_uploads_only_the_last_save_of_a_failed_attempt_and_the_retry
     assert len(uploaded) == 1 and saved[-1]["key"] in uploaded[0], log
     # The retry (same machine) resumed from the 20th save.
     assert single_task(result.run, "start").data.loaded == "save 20"
-    # The tier is elsewhere than the flow's store.
+    # The tier is elsewhere than the flow's store, and the task's metadata names it with the
+    # host, so a client on this machine finds its local checkpoints.
     assert (tier / "mfckpt-tier").is_dir()
+    recorded = json.loads(single_task(result.run, "start").metadata_dict["checkpoint-tier"])
+    assert recorded == {"host": socket.gethostname(), "path": tier_root(store.url, str(tier))}
 
 
 def _uploaded_lines(result):
@@ -276,8 +282,6 @@ def test_upload_end_on_s3_uploads_the_best_and_the_last_and_the_retry_resumes(
 def test_an_upload_that_cannot_finish_in_the_time_allowed_stays_local_and_the_log_says_where(
     flow_env,
 ):
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core.tier import tier_root
-
     env, tmp, notes, tier = _env(
         flow_env, UPLOAD_HOW="sigterm", SLOW_STORE="2.5", METAFLOW_CHECKPOINT_INTERRUPT_SECONDS="1"
     )
