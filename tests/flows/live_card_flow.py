@@ -1,6 +1,7 @@
 """The live ``checkpoint`` card: ``train`` saves SAVES times, SLEEP seconds apart, with
 ``@card(type="checkpoint", refresh_interval=1)``, so a reader sees the card grow while the task
-runs.  ``MFCKPT_PAUSE_AT=n`` pauses the task after its n-th save (``current.checkpoint.pause()``).
+runs.  ``MFCKPT_PAUSE_AT=n`` pauses the task after its n-th save (``current.checkpoint.pause()``);
+``MFCKPT_UPLOAD`` is ``train``'s ``@checkpoint(upload=)`` (default ``each``).
 
 ``plain`` saves as often with no card: it records whether any card process was started in its
 process, and whether ``current`` has a card at all.  ``train`` records the same, for contrast.
@@ -13,6 +14,7 @@ from metaflow import FlowSpec, card, checkpoint, current, step
 
 SAVES = int(os.environ.get("MFCKPT_LIVE_SAVES", "8"))
 SLEEP = float(os.environ.get("MFCKPT_LIVE_SLEEP", "1.5"))
+UPLOAD = os.environ.get("MFCKPT_UPLOAD", "each")
 
 
 def _card_processes() -> int:
@@ -39,7 +41,7 @@ class LiveCardFlow(FlowSpec):
         self.next(self.join)
 
     @card(type="checkpoint", refresh_interval=1)
-    @checkpoint(keep_last=3)
+    @checkpoint(keep_last=3, upload=UPLOAD)
     @step
     def train(self):
         path = os.path.join(current.checkpoint.directory, "w.bin")

@@ -404,3 +404,44 @@ def test_a_paused_task_s_card_says_paused_not_failed(flow_env):
     page.write_text(last)
     shown = browser_dom(page, tmp).find("p", "task-status").text()
     assert "paused" in shown
+
+
+def test_a_failed_task_s_last_render_says_failed():
+    html = CheckpointCard().render_runtime("F/1/train/2", _pushed(["uploaded"], "failed"))
+    note = parse_html(html).find("p", "task-status")
+    assert note.attrs["data-task-status"] == "failed" and "failed" in note.text()
+    assert not _refreshes(html)
+
+
+@pytest.mark.flow
+def test_upload_end_saves_show_local_while_running_and_the_paused_end_shows_what_was_uploaded(
+    flow_env,
+):
+    """``@checkpoint(upload="end")``: each save is ``local`` (a badge) while the task runs;
+    pausing uploads the newest one, and the task's last render says paused with that one
+    ``uploaded`` and the others still ``local``; Chromium shows the badges."""
+    env, tmp = flow_env
+    tier = tmp / "tier-base"
+    run, pages = _run_watched(
+        env,
+        tmp,
+        MFCKPT_PAUSE_AT="3",
+        MFCKPT_LIVE_SLEEP="1.2",
+        MFCKPT_UPLOAD="end",
+        METAFLOW_CHECKPOINT_LOCAL_TIER=str(tier),
+    )
+    assert run.returncode != 0 and "paused" in run.stdout + run.stderr
+    live = [Path(p["file"]).read_text() for p in pages[:-1]]
+    assert live, pages
+    for html in live:
+        statuses = [r.find("td", "status").attrs["data-status"] for r in _rows(html)]
+        assert set(statuses) == {"local"}, statuses
+    last = Path(pages[-1]["file"]).read_text()
+    assert parse_html(last).find("p", "task-status").attrs["data-task-status"] == "paused"
+    statuses = [r.find("td", "status").attrs["data-status"] for r in _rows(last)]
+    assert statuses == ["uploaded", "local", "local"], statuses
+    page = tmp / "last.html"
+    page.write_text(last)
+    rows = browser_dom(page, tmp).find("table", "checkpoints").find_all("tr", "checkpoint")
+    badges = [[b.text() for b in r.find("td", "status").find_all("span", "badge")] for r in rows]
+    assert badges == [[], ["local"], ["local"]]

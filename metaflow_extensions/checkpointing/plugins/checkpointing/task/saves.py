@@ -485,9 +485,13 @@ class TaskSaves:
                 )
             return None
 
-        return self.upload.upload_at_end(
+        keys = self.upload.upload_at_end(
             self.scope, self.ranks.position, self._retention, abort=abort, raise_errors=raise_errors
         )
+        if self._listeners:  # the live card: these are "uploaded" now (no I/O to say so)
+            for manifest in [m for m in self._manifests if m.key in set(keys)]:
+                self.notify(reference_of(self.flow_store, manifest))
+        return keys
 
     # ------------------------------------------------------------------ helpers
     def _date(self) -> tuple[int, int]:
