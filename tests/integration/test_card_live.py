@@ -445,3 +445,24 @@ def test_upload_end_saves_show_local_while_running_and_the_paused_end_shows_what
     rows = browser_dom(page, tmp).find("table", "checkpoints").find_all("tr", "checkpoint")
     badges = [[b.text() for b in r.find("td", "status").find_all("span", "badge")] for r in rows]
     assert badges == [[], ["local"], ["local"]]
+
+
+@pytest.mark.flow
+def test_upload_end_final_card_shows_the_uploaded_checkpoint_and_the_local_ones(flow_env):
+    """A successful ``upload="end"`` task: its final card (Metaflow's render, listing the
+    flow's store and, on this machine, the task's local tier) marks the one uploaded
+    checkpoint ``uploaded`` and the other kept ones ``local``."""
+    env, tmp = flow_env
+    run, pages = _run_watched(
+        env,
+        tmp,
+        MFCKPT_LIVE_SAVES="5",
+        MFCKPT_LIVE_SLEEP="0.2",
+        MFCKPT_UPLOAD="end",
+        METAFLOW_CHECKPOINT_LOCAL_TIER=str(tmp / "tier-base"),
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    final = Path(pages[-1]["file"]).read_text()
+    assert pages[-1]["finished"] and not _refreshes(final)
+    statuses = [r.find("td", "status").attrs["data-status"] for r in _rows(final)]
+    assert statuses == ["uploaded", "local", "local", "", ""], statuses
