@@ -151,6 +151,17 @@ TIER_PROBE = PROBE_PRELUDE + textwrap.dedent(
 )
 
 
+DELETE_NEWEST = PROBE_PRELUDE + textwrap.dedent(
+    """
+    namespace(None)
+    c = Checkpoint()
+    ref = c.list(task=sys.argv[1], status="uploaded")[0]
+    out["deleted"] = c.delete(ref).metadata["i"]
+    print("PROBE" + json.dumps(out))
+    """
+)
+
+
 def _without(env: dict, name: str) -> dict:
     return {k: v for k, v in env.items() if k != name}
 
@@ -189,10 +200,18 @@ def test_on_the_machine_that_ran_it_the_local_tier_is_listed_with_its_status(sto
     ]
     assert [c[3:5] for c in cells[1:]] == [["0 paused", "local"]] * 2
 
+    # Deleted from the flow's store, the uploaded one is only in the tier again: "local",
+    # whatever its upload record says (a listing never claims it safe without seeing it).
+    deleted, _ = run_probe(DELETE_NEWEST, env, tmp, task)
+    assert deleted == {"deleted": 20}
+    probed, _ = run_probe(TIER_PROBE, env, tmp, task)
+    assert probed["task"][0] == [20, "local", "paused"] and probed["uploaded"] == []
+    assert len(probed["local"]) == 20
+
     # Another machine: no tier there.
     (tier / "mfckpt-tier").rename(tmp / "elsewhere")
     probed, _ = run_probe(TIER_PROBE, env, tmp, task)
-    assert probed["task"] == [[20, "uploaded", "paused"]] and probed["local"] == []
+    assert probed["task"] == [] and probed["local"] == []
 
 
 def test_a_failed_upload_is_listed_failed_on_the_machine_that_ran_it(flow_env):

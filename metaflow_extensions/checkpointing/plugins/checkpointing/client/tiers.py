@@ -30,7 +30,7 @@ from ..core.manifest import ManifestHeader
 from ..core.store import CheckpointStore
 from ..core.summary import endings
 from ..core.tier import tier_root
-from ..core.upload_status import UploadRecords, effective
+from ..core.upload_status import LOCAL, UPLOADED, Record, UploadRecords, effective
 from ..errors import CheckpointConfigError, CheckpointException
 from ..storage.local import LocalStorage
 
@@ -97,7 +97,7 @@ def with_tiers(
                 summaries[h.key],
                 store.url,  # the key it will have in the flow's store once uploaded
                 store.storage.full_url(h.key),
-                effective(recorded.get(h.key), False),
+                _status(recorded.get(h.key)),
                 ended.get(h.key),
             )
             pairs.append((h, ref))
@@ -105,6 +105,14 @@ def with_tiers(
     if len(pairs) > len(headers):
         pairs.sort(key=lambda p: order(p[0]), reverse=True)
     return [h for h, _ in pairs], [r for _, r in pairs]
+
+
+def _status(record: Optional[Record]) -> str:
+    """A tier-only checkpoint's status: what its record says, but never ``uploaded`` (it is
+    not in the flow's store as listed: deleted there since, or uploaded after the listing;
+    either way a listing does not claim it safe without seeing it there)."""
+    status = effective(record, False)
+    return LOCAL if status == UPLOADED else status
 
 
 def _known(values: dict) -> dict:
