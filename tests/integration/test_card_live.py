@@ -466,3 +466,20 @@ def test_upload_end_final_card_shows_the_uploaded_checkpoint_and_the_local_ones(
     assert pages[-1]["finished"] and not _refreshes(final)
     statuses = [r.find("td", "status").attrs["data-status"] for r in _rows(final)]
     assert statuses == ["uploaded", "local", "local", "", ""], statuses
+
+
+def test_a_long_training_pushes_whole_metadata_for_the_newest_saves_only():
+    """Past the newest 50 saves a push carries only the numeric fields (what the plots use)."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
+        CheckpointReference,
+    )
+
+    card = _Card(interval=0.0)
+    live = LiveCard("F/1/train/2", managers=lambda: [card], clock=lambda: 0.0)
+    for i in range(60):
+        key = "manifests/ns/F/train/_/1/2/%013d-0-%06d-L-id%d-mfchckpt.json" % (i, i, i)
+        live(CheckpointReference(key=key, metadata={"loss": 1.0 / (i + 1), "note": "x" * 100}))
+    saves = card.pushed[-1]["saves"]
+    assert len(saves) == 60
+    assert [s["metadata"] for s in saves[:10]] == [{"loss": 1.0 / (i + 1)} for i in range(10)]
+    assert all(s["metadata"]["note"] == "x" * 100 for s in saves[10:])

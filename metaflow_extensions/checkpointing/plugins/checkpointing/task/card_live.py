@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 CARD_TYPE = "checkpoint"
 #: Marks the data a task pushes (``data["user"]`` of ``render_runtime``).
 FORMAT = "metaflow-checkpointing-live/1"
+#: Newest saves pushed with their whole metadata (the card's table shows 20); older ones carry
+#: only their numeric fields (what the plots use), so a push stays small in a long training.
+FULL_METADATA = 50
 #: Reference fields the card uses (the rest, e.g. ``stats``, stays in the task).
 FIELDS = (
     "key",
@@ -155,11 +158,21 @@ class LiveCard:
 
     def data(self, task_status: Optional[str]) -> dict:
         """What a render receives (``render_runtime``'s ``data["user"]``): JSON values only."""
+        from ..core.metrics_log import numeric_fields
+
+        items = list(self._saves.items())
+        older = len(items) - FULL_METADATA
+        saves = []
+        for i, (key, save) in enumerate(items):
+            save = dict(save, kept=key not in self._pruned)
+            if i < older and isinstance(save.get("metadata"), dict):
+                save["metadata"] = numeric_fields(save["metadata"])
+            saves.append(save)
         return {
             "format": FORMAT,
             "pathspec": self._pathspec,
             "task_status": task_status,
-            "saves": [dict(s, kept=k not in self._pruned) for k, s in self._saves.items()],
+            "saves": saves,
             "best": self._best,
             "pushed_at": time.time(),
         }
