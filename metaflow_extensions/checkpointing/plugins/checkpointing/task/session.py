@@ -255,7 +255,7 @@ class TaskSession:
             ended = "paused" if self._paused else (self._ended or "failed")
             saves.write_summaries(ended=ended)
             if self._live is not None:  # a paused/failed task's card says so (no final render)
-                self._live.finish(ended, wait=interrupts.received is None)
+                self._live.finish(ended, wait=interrupts.deadline is None)  # no wait after a signal
         finally:
             try:
                 _remove(self._directories)
