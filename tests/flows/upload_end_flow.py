@@ -125,6 +125,9 @@ class UploadEndFlow(FlowSpec):
                 loaded = current.checkpoint.load(saved[-1]["key"])
                 with open(os.path.join(loaded, "state.txt")) as f:
                     note("reloaded", f.read())
+                last = current.checkpoint.load("last", os.path.join(loaded, "last"))
+                with open(os.path.join(last, "state.txt")) as f:
+                    note("reloaded_last", f.read())
             if HOW == "succeed":
                 self.saved = saved
                 self.next(self.end)

@@ -82,7 +82,8 @@ def test_upload_end_uploads_only_the_last_save_of_a_failed_attempt_and_the_retry
     listed = _note(notes, "listed")
     assert [k for k, _ in listed][0] == saved[-1]["key"]
     assert {st for _, st in listed} == {"local"}
-    assert _note(notes, "reloaded") == "save 20"
+    assert _note(notes, "reloaded") == "save 20"  # load() by key, from the tier
+    assert _note(notes, "reloaded_last") == "save 20"  # load("last") sees the tier too
     # Exactly one checkpoint of attempt 0 reached the flow's store: the 20th.
     assert [h.key for h in _attempt_headers(store, 0)] == [saved[-1]["key"]]
     log = result.checkpoint_log("start")
