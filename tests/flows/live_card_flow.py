@@ -1,13 +1,15 @@
 """The live ``checkpoint`` card: ``train`` saves SAVES times, SLEEP seconds apart, with
 ``@card(type="checkpoint", refresh_interval=1)``, so a reader sees the card grow while the task
 runs.  ``MFCKPT_PAUSE_AT=n`` pauses the task after its n-th save (``current.checkpoint.pause()``);
-``MFCKPT_UPLOAD`` is ``train``'s ``@checkpoint(upload=)`` (default ``each``).
+``MFCKPT_SIGTERM_AT=n`` sends the task SIGTERM after its n-th save; ``MFCKPT_UPLOAD`` is
+``train``'s ``@checkpoint(upload=)`` (default ``each``).
 
 ``plain`` saves as often with no card: it records whether any card process was started in its
 process, and whether ``current`` has a card at all.  ``train`` records the same, for contrast.
 """
 
 import os
+import signal
 import time
 
 from metaflow import FlowSpec, card, checkpoint, current, step
@@ -46,6 +48,7 @@ class LiveCardFlow(FlowSpec):
     def train(self):
         path = os.path.join(current.checkpoint.directory, "w.bin")
         pause_at = int(os.environ.get("MFCKPT_PAUSE_AT", "0"))
+        sigterm_at = int(os.environ.get("MFCKPT_SIGTERM_AT", "0"))
         self.saved = []
         for i in range(SAVES):
             with open(path, "wb") as f:
@@ -54,6 +57,8 @@ class LiveCardFlow(FlowSpec):
             self.saved.append(ref["key"])
             if pause_at and i + 1 == pause_at:
                 current.checkpoint.pause(reason="paused by the test")
+            if sigterm_at and i + 1 == sigterm_at:
+                os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(SLEEP)
         self.card_processes = _card_processes()
         self.has_card = hasattr(current, "card")

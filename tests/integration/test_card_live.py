@@ -295,8 +295,12 @@ print("PROBE" + json.dumps({
 """
 
 
-def _run_watched(env: dict, tmp: Path, **extra: str) -> tuple[subprocess.CompletedProcess, list]:
-    """Run LiveCardFlow while WATCH reads its card; (the run, the pages seen)."""
+def _run_watched(
+    env: dict, tmp: Path, until: str = "", **extra: str
+) -> tuple[subprocess.CompletedProcess, list]:
+    """Run LiveCardFlow while WATCH reads its card; (the run, the pages seen).  ``until``: once
+    the run ended, keep watching (up to 60 s) until a page holding that text was seen (a render
+    the task started as it ended, without waiting for it)."""
     env = dict(env, **extra)
     pages = tmp / "pages"
     pages.mkdir()
@@ -321,6 +325,12 @@ def _run_watched(env: dict, tmp: Path, **extra: str) -> tuple[subprocess.Complet
             timeout=300,
         )
         time.sleep(1.0)  # the watcher reads the final page too
+        deadline = time.time() + 60
+        while until and time.time() < deadline:
+            if any(until in p.read_text() for p in pages.glob("card-*.html")):
+                time.sleep(0.5)  # the watcher has recorded it
+                break
+            time.sleep(0.2)
         stop.write_text("")
         out, err = watcher.communicate(timeout=60)
     finally:
@@ -483,3 +493,18 @@ def test_a_long_training_pushes_whole_metadata_for_the_newest_saves_only():
     assert len(saves) == 60
     assert [s["metadata"] for s in saves[:10]] == [{"loss": 1.0 / (i + 1)} for i in range(10)]
     assert all(s["metadata"]["note"] == "x" * 100 for s in saves[10:])
+
+
+@pytest.mark.flow
+def test_after_sigterm_the_task_s_card_says_failed(flow_env):
+    """SIGTERM after the 2nd save: the task stops (its checkpoints committed); its last render,
+    started as it ends without waiting for it, says the attempt failed and shows both saves."""
+    env, tmp = flow_env
+    run, pages = _run_watched(
+        env, tmp, 'data-task-status="failed"', MFCKPT_SIGTERM_AT="2", MFCKPT_LIVE_SLEEP="0.5"
+    )
+    assert run.returncode != 0
+    assert "Received SIGTERM" in run.stdout + run.stderr
+    last = Path(pages[-1]["file"]).read_text()
+    assert parse_html(last).find("p", "task-status").attrs["data-task-status"] == "failed"
+    assert len(_rows(last)) == 2 and not _refreshes(last)
