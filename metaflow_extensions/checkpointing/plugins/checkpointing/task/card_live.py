@@ -154,7 +154,7 @@ class LiveCard:
         with self._lock:
             cards = self._resolve()
             if cards:
-                self._render(cards, self.data(task_status), wait=wait)
+                self._render(cards, self.data(task_status), wait=wait, last=True)
 
     def data(self, task_status: Optional[str]) -> dict:
         """What a render receives (``render_runtime``'s ``data["user"]``): JSON values only."""
@@ -185,10 +185,10 @@ class LiveCard:
                 self._cards = []
         return self._cards
 
-    def _render(self, cards: list, data: dict, wait: bool) -> None:
+    def _render(self, cards: list, data: dict, wait: bool, last: bool = False) -> None:
         self.renders += 1
         for card in cards:
-            _render_runtime(card, data, wait)
+            _render_runtime(card, data, wait, last)
 
 
 def _checkpoint_cards() -> list:
@@ -206,20 +206,35 @@ def _interval(cards: list) -> float:
     return min(numbers) if numbers else 5.0
 
 
-def _render_runtime(card: Any, data: dict, wait: bool) -> None:
+def _render_runtime(card: Any, data: dict, wait: bool, last: bool = False) -> None:
     """Ask Metaflow to render ``card`` with ``data`` now (``render_runtime`` in a subprocess;
     ``wait``: until it is done), as ``CardComponentManager.refresh(force=True)`` does minus
-    its synchronous second subprocess."""
+    its synchronous second subprocess.  ``last``: the task's last render, which must not be
+    skipped (Metaflow skips an asynchronous render while the card's previous one runs)."""
     creator = getattr(card, "_card_creator", None)
     args = getattr(card, "_card_creator_args", None)
     if creator is None or not isinstance(args, dict) or not hasattr(card, "_render_seq"):
         return  # another Metaflow: no runtime render (the final card is still rendered)
+    if last and not wait:
+        _stop_running_render(args.get("card_uuid"))
     card._latest_user_data = data
     card._render_seq += 1
     card._last_render = time.time()
     # runtime_card: the card type is not RUNTIME_UPDATABLE (see CheckpointCard), so Metaflow
     # adds no data-update subprocess at the task's end; its runtime renders are ours.
     creator.create(**dict(args, runtime_card=True), mode="render_runtime", sync=wait)
+
+
+def _stop_running_render(card_uuid: Any) -> None:
+    """Stop the card's render still running, if any (it shows older saves than the last)."""
+    try:
+        from metaflow.plugins.cards.card_creator import CardProcessManager
+
+        proc, _ = CardProcessManager._get_card_process(card_uuid)
+        if proc is not None and proc.poll() is None:
+            CardProcessManager._remove_card_process(card_uuid)  # kills it, forgets it
+    except Exception:  # noqa: BLE001 - another Metaflow: the render may then be skipped
+        return
 
 
 def _fields(ref: CheckpointReference) -> dict:
