@@ -42,6 +42,7 @@ BAD = {
         "an http:// or https:// URL with a host",
     ),
     "LOCAL_TIER": (["relative/tier", "./tier", "/dev/null"], "an absolute path of a directory"),
+    "LOCAL_TIER_DAYS": (["0", "-1", "nan", "inf", "7d"], "a number of days > 0"),
 }
 
 #: setting -> (a good value, the reader, what it reads) — fractions of seconds are allowed.
@@ -65,6 +66,7 @@ GOOD = {
         "http://127.0.0.1:8080",
     ),
     "LOCAL_TIER": ("~/ckpt-tier", settings.local_tier_base, os.path.expanduser("~/ckpt-tier")),
+    "LOCAL_TIER_DAYS": ("0.5", settings.local_tier_days, 0.5),
 }
 
 
@@ -73,6 +75,7 @@ def _read_everything(root: str) -> None:
     settings.store_for_url(root)
     TaskSettings.read()
     settings.local_tier_base()
+    settings.local_tier_days()
 
 
 def test_every_setting_has_rows():
@@ -128,6 +131,7 @@ def test_unset_settings_keep_their_defaults(tmp_path, monkeypatch):
     assert settings.parallel_timeout() == 600.0
     assert settings.pause_poll_seconds() == 5.0
     assert settings.interrupt_seconds() == 3.0
+    assert settings.local_tier_days() == 7.0
     assert settings.lease_seconds() == 1800.0
     assert settings._bool("CHECKPOINT_FSYNC") is False
 

@@ -458,10 +458,11 @@ def test_upload_end_saves_show_local_while_running_and_the_paused_end_shows_what
 
 
 @pytest.mark.flow
-def test_upload_end_final_card_shows_the_uploaded_checkpoint_and_the_local_ones(flow_env):
+def test_upload_end_final_card_shows_the_uploaded_checkpoint_once_the_tier_is_cleaned(flow_env):
     """A successful ``upload="end"`` task: its final card (Metaflow's render, listing the
     flow's store and, on this machine, the task's local tier) marks the one uploaded
-    checkpoint ``uploaded`` and the other kept ones ``local``."""
+    checkpoint ``uploaded``; the other saves were removed from the tier at the task's end
+    (docs/upload.md, Cleanup), so they are plotted saves with no checkpoint left."""
     env, tmp = flow_env
     run, pages = _run_watched(
         env,
@@ -475,7 +476,7 @@ def test_upload_end_final_card_shows_the_uploaded_checkpoint_and_the_local_ones(
     final = Path(pages[-1]["file"]).read_text()
     assert pages[-1]["finished"] and not _refreshes(final)
     statuses = [r.find("td", "status").attrs["data-status"] for r in _rows(final)]
-    assert statuses == ["uploaded", "local", "local", "", ""], statuses
+    assert statuses == ["uploaded", "", "", "", ""], statuses
 
 
 def test_a_long_training_pushes_whole_metadata_for_the_newest_saves_only():

@@ -309,3 +309,144 @@ def test_a_child_process_saves_into_the_tier_and_the_end_uploads_its_checkpoint(
     # The child's save is the newest: the one uploaded, and the one the retry loads.
     assert [h.key for h in _attempt_headers(local_store(local_root(tmp)), 0)] == [child["key"]]
     assert single_task(result.run, "start").data.loaded == "child save"
+
+
+# ------------------------------------------------------------------------------ tier cleanup
+def _tier_state(store, base) -> dict:
+    """What the tier holds on disk: manifests, upload records, and the bytes of its blobs."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
+        split_manifest_key,
+    )
+
+    root = tier_root(store.url, str(base))
+    out = {"manifests": [], "records": [], "blob_bytes": 0}
+    for directory, _dirs, files in os.walk(root):
+        rel = os.path.relpath(directory, root).split(os.sep)[0]
+        for name in files:
+            key = os.path.relpath(os.path.join(directory, name), root)
+            if rel == "manifests" and split_manifest_key(key) is not None:
+                out["manifests"].append(key)
+            elif rel == "uploads":
+                out["records"].append(key)
+            elif rel == "blobs":
+                out["blob_bytes"] += os.path.getsize(os.path.join(directory, name))
+    return out
+
+
+def test_a_successful_task_leaves_nothing_in_the_tier_once_its_checkpoint_is_uploaded(flow_env):
+    env, tmp, notes, tier = _env(flow_env, UPLOAD_HOW="succeed")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    saved = _note(notes, "saved")
+    assert _note(notes, "reloaded") == "save 20"  # the tier held them while the step ran
+    # The 20th is in the flow's store and loads; the tier kept none of the 20 saves, no
+    # record, and no blob byte (before this cleanup: every save's blobs stayed).
+    assert [h.key for h in _attempt_headers(store)] == [saved[-1]["key"]]
+    assert _tier_state(store, tier) == {"manifests": [], "records": [], "blob_bytes": 0}
+    assert single_task(result.run, "start").data.saved[-1]["key"] == saved[-1]["key"]
+    assert not any("Warning" in m for m in result.checkpoint_log("start"))
+
+
+def test_a_failed_attempt_keeps_the_tier_for_its_retry_and_the_retrys_success_cleans_it(
+    flow_env,
+):
+    env, tmp, notes, tier = _env(flow_env, UPLOAD_HOW="raise")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    # Attempt 0 failed after uploading its 20th save; the retry (same machine) loaded it, the
+    # tier's copy being kept by the failed attempt, and succeeded: then the tier was emptied.
+    assert single_task(result.run, "start").data.loaded == "save 20"
+    assert _tier_state(store, tier) == {"manifests": [], "records": [], "blob_bytes": 0}
+
+
+def test_a_checkpoint_whose_upload_failed_survives_the_cleanup_and_the_log_says_where(flow_env):
+    env, tmp, notes, tier = _env(flow_env, UPLOAD_HOW="succeed", FAIL_STORE="1")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    saved = _note(notes, "saved")
+    # Attempt 0's end upload failed (its status "failed"); the retry loaded it from the tier and
+    # succeeded; its cleanup removed the 19 other saves and kept the failed one, the only copy.
+    assert single_task(result.run, "start").data.loaded == "save 20"
+    assert _attempt_headers(store) == []
+    state = _tier_state(store, tier)
+    assert state["manifests"] == [os.path.relpath(saved[-1]["key"])]
+    assert len(state["records"]) == 1
+    assert 0 < state["blob_bytes"] < 100  # one checkpoint of 'save 20': its blob, not 20
+    kept = [m for m in result.checkpoint_log("start") if m.startswith("[@checkpoint] Kept 1")]
+    assert len(kept) == 1 and tier_root(store.url, str(tier)) in kept[0], kept
+
+
+def _other_task_in_tier(store, base, task, text, tmp):
+    """A checkpoint of another flow's task committed into this machine's tier."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.tier import open_tier
+
+    src = tmp / ("other-%s" % task)
+    src.mkdir()
+    (src / "state.txt").write_text(text)
+    scope = Scope("user:tester", "OtherFlow", "train", "_", "1", task, 0)
+    tier = open_tier(store, str(base))
+    try:
+        return tier.save(str(src), scope).key
+    finally:
+        tier.close()  # its writer's lease ended: it keeps no blob from the task's collection
+
+
+def test_a_task_start_sweeps_tier_checkpoints_older_than_the_setting_but_failed_ones(flow_env):
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.upload_status import (
+        FAILED,
+        UPLOADED,
+        UploadRecords,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (
+        LocalStorage,
+    )
+
+    env, tmp, notes, tier = _env(
+        flow_env, UPLOAD_HOW="succeed", METAFLOW_CHECKPOINT_LOCAL_TIER_DAYS="2"
+    )
+    store = local_store(local_root(tmp))
+    root = tier_root(store.url, str(tier))
+    old = _other_task_in_tier(store, tier, "1", "old", tmp)
+    old_failed = _other_task_in_tier(store, tier, "2", "old, upload failed", tmp)
+    recent = _other_task_in_tier(store, tier, "3", "recent", tmp)
+    records = UploadRecords(LocalStorage(root))
+    records.set(old, UPLOADED)
+    records.set(old_failed, FAILED, "the store refused")
+    for key, days in ((old, 3), (old_failed, 3), (recent, 1)):
+        then = time.time() - days * 86400
+        os.utime(os.path.join(root, key), (then, then))
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    state = _tier_state(store, tier)
+    # The 3-day-old one went with its record; the failed one stayed (logged with the tier's
+    # path); the 1-day-old one (of a task that may still need it) stayed; this task's own saves
+    # were removed at its successful end.
+    assert sorted(state["manifests"]) == sorted([old_failed, recent])
+    assert [k.split("/", 1)[1] for k in state["records"]] == [old_failed.split("/", 1)[1]]
+    # Its blobs were collected: the blobs left are exactly those the two kept ones reference.
+    kept_store = CheckpointStore(LocalStorage(root))
+    needed = {
+        c.blob for k in (old_failed, recent) for f in kept_store.read(k).files for c in f.chunks
+    }
+    assert {o.key.rsplit("/", 1)[1] for o in kept_store.storage.list("blobs/")} == needed
+    kept = [m for m in result.checkpoint_log("start") if m.startswith("[@checkpoint] Kept 1")]
+    assert len(kept) == 1 and root in kept[0] and old_failed in kept[0], kept
+
+
+def test_two_tasks_sharing_a_tier_at_once_each_upload_and_clean_without_losing_the_others(
+    flow_env,
+):
+    env, tmp, _, tier = _env(flow_env, SAVES="12")
+    result = run_flow(FLOWS / "upload_foreach_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    # Both tasks ran at once (a foreach of two), each uploaded its last save, which loads whole.
+    lasts = result.run["join"].task.data.lasts
+    assert len(set(lasts)) == 2
+    for i, key in enumerate(lasts):
+        dest = tmp / ("loaded%d" % i)
+        store.load(store.read(key), str(dest))
+        assert (dest / "shared.bin").stat().st_size == 3 << 20
+    # And the tier is empty once the second one ended: nothing leaked, nothing kept.
+    state = _tier_state(store, tier)
+    assert state["manifests"] == [] and state["blob_bytes"] == 0, state

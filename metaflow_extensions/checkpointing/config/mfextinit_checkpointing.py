@@ -44,3 +44,5 @@ CHECKPOINT_PREEMPTION_POLL_SECONDS = from_conf("CHECKPOINT_PREEMPTION_POLL_SECON
 CHECKPOINT_INTERRUPT_SECONDS = from_conf("CHECKPOINT_INTERRUPT_SECONDS", None)
 # Directory of the local tier of @checkpoint(upload="end") (default: the system temp directory).
 CHECKPOINT_LOCAL_TIER = from_conf("CHECKPOINT_LOCAL_TIER", None)
+# Days after which a task start removes the local tier's checkpoints of any task (7).
+CHECKPOINT_LOCAL_TIER_DAYS = from_conf("CHECKPOINT_LOCAL_TIER_DAYS", None)

@@ -232,6 +232,30 @@ def local_tier_base() -> Optional[str]:
     return path
 
 
+def local_tier_days() -> float:
+    """Days after which a task's start removes the local tier's checkpoints of any task, but
+    ``failed`` ones (``CHECKPOINT_LOCAL_TIER_DAYS``; a finite number > 0, default 7: 0 would
+    remove what a task running beside it just saved).
+
+    Raises
+    ------
+    CheckpointConfigError
+        Naming the setting, the value and what is accepted.
+    """
+    value = _setting("CHECKPOINT_LOCAL_TIER_DAYS")
+    if value is None:
+        return 7.0
+    number = math.nan
+    if not isinstance(value, bool):
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+    if not math.isfinite(number) or number <= 0:
+        raise _invalid("CHECKPOINT_LOCAL_TIER_DAYS", value, "a number of days > 0", 7)
+    return number
+
+
 def retry_policy() -> RetryPolicy:
     """Tries (an integer >= 1) and seconds (>= 0) of one storage call's retries."""
     return RetryPolicy(

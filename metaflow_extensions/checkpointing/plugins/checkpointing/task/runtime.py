@@ -359,7 +359,16 @@ class CheckpointRuntime:
         # Newest first as policies.newest orders them: one task's as its retries do, so that
         # list()[0] and load("last") are what a retry would load.
         headers.sort(key=sort_key(within_task=task_id is not None), reverse=True)
-        return references(self._store, headers, status=self._statuses(headers))
+        # How each attempt ended, as Checkpoint().list() says it (a retry lists attempt 0's
+        # as "failed"); this running attempt has no ending yet (None).
+        from ..core.summary import endings
+
+        return references(
+            self._store,
+            headers,
+            status=self._statuses(headers),
+            task_status=endings(self._store.storage, headers),
+        )
 
     def _latest_attempt(self, pathspec: str, task: Any) -> Optional[int]:
         """The attempt ``list(task=...)`` lists: a ``Task`` object's own (``Task(p,

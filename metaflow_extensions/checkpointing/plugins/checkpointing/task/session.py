@@ -256,6 +256,15 @@ class TaskSession:
             saves.write_summaries(ended=ended)
             if self._live is not None:  # a paused/failed task's card says so (no final render)
                 self._live.finish(ended, wait=interrupts.deadline is None)  # no wait after a signal
+            if saves.upload is not None:  # keep the local tier from growing (never raises)
+                rules = saves.retention
+                saves.upload.finish(
+                    saves.scope,
+                    saves.ranks.position,
+                    succeeded=ended == "succeeded",
+                    pruned=rules is not None and not rules.empty,
+                    hurry=interrupts.received is not None,
+                )
         finally:
             try:
                 _remove(self._directories)

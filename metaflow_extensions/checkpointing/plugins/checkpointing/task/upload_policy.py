@@ -16,6 +16,13 @@ end of the task tries the newest ``latest=True`` one again.
 
 :class:`TieredStore` is what the task reads through (``list``, ``load``, the retry's load
 policy): the tier and the flow's store as one, a checkpoint in both read once.
+
+The tier is kept from growing (``core/tier_cleanup.py``): :meth:`UploadPolicy.sweep_at_start`
+drops checkpoints older than ``METAFLOW_CHECKPOINT_LOCAL_TIER_DAYS``, :meth:`UploadPolicy.finish`
+this task's once its step succeeded and its end upload did, then the tier's unreferenced blobs.
+
+Long module: the upload policy is one object through the task's life (start sweep, saves,
+status, end upload, cleanup); the read-side merge (:class:`TieredStore`) shares its state.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from ..core import tier as tiers
+from ..core import tier_cleanup as cleanup
 from ..core import upload_status as status
 from ..core.manifest import Manifest, ManifestHeader
 from ..core.policies import Resolution, newest, sort_key, visible_to
@@ -36,7 +44,12 @@ from ..core.position import Position
 from ..core.retention import Item, Retention
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
-from ..errors import CheckpointException, CheckpointNotFound, StorageError
+from ..errors import (
+    CheckpointConfigError,
+    CheckpointException,
+    CheckpointNotFound,
+    StorageError,
+)
 from ..fmt import describe_error
 
 #: Task metadata naming the tier of an ``upload="end"`` task: JSON ``{"host", "path"}``, so a
@@ -59,7 +72,12 @@ def policy_for(
     if (mode, errors) == ("each", "fail"):
         return None
     base = tier_base(attributes.get("temp_dir_root"), getattr(settings, "local_tier", None))
-    return UploadPolicy(remote, mode=mode, errors=errors, base=base, log=log)
+    from ..common.settings import local_tier_days
+
+    days = local_tier_days()  # read (and validated) at the task's start, before any I/O
+    policy = UploadPolicy(remote, mode=mode, errors=errors, base=base, log=log)
+    policy.sweep_at_start(days)
+    return policy
 
 
 class UploadPolicy:
@@ -97,6 +115,8 @@ class UploadPolicy:
         self._records: Optional[status.UploadRecords] = None
         self.in_remote: set[str] = set()  # keys known to be in the flow's store
         self._warned = False
+        self._tier_commits = 0  # saves this process committed into the tier
+        self._end_complete = False  # every checkpoint the end chose is in the flow's store
         if mode == "end":
             self.open()  # now: a bad base fails the task at its start, before any save
 
@@ -154,15 +174,19 @@ class UploadPolicy:
         if store is self.remote:
             self.in_remote.add(key)
             return status.UPLOADED
+        self._tier_commits += 1
         return self.status_of(key)
 
     def status_of(self, key: str) -> str:
-        """A checkpoint's status as a reader shows it (``upload_status.effective``)."""
+        """A checkpoint's status as a reader shows it (``upload_status.effective``).  Only a
+        key known in the flow's store is ``uploaded``: a record saying so for a checkpoint the
+        store lacks (deleted there since) reads ``local``, as ``client/tiers.py`` lists it."""
         if key in self.in_remote:
             return status.UPLOADED
         tier = self.existing_tier()
         record = self.records.get(key) if tier is not None else None
-        return status.effective(record, False)
+        found = status.effective(record, False)
+        return status.LOCAL if found == status.UPLOADED else found
 
     def _set(self, key: str, value: str, error: Optional[str] = None) -> None:
         try:
@@ -268,7 +292,8 @@ class UploadPolicy:
                 raise
             self.log("[@checkpoint] Could not list the local tier %s: %s" % (self.root, exc))
             return []
-        done, first = [], None
+        done: list[str] = []
+        first = None
         for key in keys:
             try:
                 self.upload(key, abort)
@@ -287,9 +312,68 @@ class UploadPolicy:
                         "[@checkpoint] Uploading checkpoint %s failed; it stays local at %s: %s"
                         % (key, self.root, describe_error(exc))
                     )
+        self._end_complete = len(done) == len(keys)
         if first is not None and raise_errors and not self.warn:
             raise first
         return done
+
+    # ------------------------------------------------------------------ cleanup
+    def sweep_at_start(self, days: float) -> None:
+        """Remove tier checkpoints of any task older than ``days`` (their manifest file's age),
+        except ``failed`` ones (one log line naming the tier), and records of checkpoints no
+        longer there; then the blobs nothing references.  Never fails the task."""
+        tier = self._tier if self.at_end else self.existing_tier()
+        if tier is None:
+            return
+        self._tidy(tier, lambda: cleanup.sweep(tier, days * 86400.0), "older than %g days" % days)
+
+    def finish(
+        self, scope: Scope, position: Position, *, succeeded: bool, pruned: bool, hurry: bool
+    ) -> None:
+        """The task's end, after its upload: when the step ``succeeded`` and every checkpoint
+        the end chose is in the flow's store, remove this writer's tier checkpoints (every
+        attempt) but ``failed`` ones; then the records of checkpoints gone from the tier and
+        the tier's unreferenced blobs (also when retention may have ``pruned`` the tier).
+        Nothing after a signal (``hurry``: the time allowed is for the upload; a retry here
+        loads the tier).  Never fails the task: one warning."""
+        tier = self._tier if self.at_end else self.existing_tier()
+        if tier is None or hurry:
+            return
+
+        def clean() -> cleanup.Cleaned:
+            done = cleanup.Cleaned()
+            if succeeded and self._end_complete:
+                headers = tier.headers(scope.task_prefix())
+                done = cleanup.remove(tier, [h.key for h in headers if h.position == position])
+            done.records += cleanup.orphan_records(tier, scope.task_prefix())
+            return done
+
+        self._tidy(tier, clean, "of this task", collect=pruned and self._tier_commits > 0)
+
+    def _tidy(
+        self,
+        tier: CheckpointStore,
+        clean: Callable[[], cleanup.Cleaned],
+        what: str,
+        collect: bool = False,
+    ) -> None:
+        try:
+            done = clean()
+            if done.kept_failed:
+                self.log(
+                    "[@checkpoint] Kept %d checkpoint(s) whose upload failed in the local tier "
+                    "%s (the only copy), e.g. %s."
+                    % (len(done.kept_failed), self.root, done.kept_failed[0])
+                )
+            if done.anything or collect:
+                cleanup.collect(tier)
+        except CheckpointConfigError as exc:  # another task collects the tier right now
+            self.log("[@checkpoint] Local tier %s not collected: %s" % (self.root, exc.message))
+        except (CheckpointException, OSError) as exc:
+            self.log(
+                "[@checkpoint] Warning: cleaning the local tier %s (checkpoints %s) failed: %s"
+                % (self.root, what, exc)
+            )
 
 
 def to_upload(

@@ -1,0 +1,117 @@
+"""Keep a local tier (:mod:`.tier`) from growing without bound (docs/upload.md, "Cleanup").
+
+Three steps, each best effort for the caller (the task logs one warning and goes on):
+
+* :func:`remove` deletes given tier checkpoints and their upload records
+  (:mod:`.upload_status`), except those whose record says ``failed``: the only copy of a
+  checkpoint whose upload gave up is kept;
+* :func:`sweep` deletes the tier checkpoints (of any task) whose manifest file is older than a
+  cutoff by the tier's own clock, except ``failed`` ones and those a live process is uploading,
+  and the records whose checkpoint is gone from the tier;
+* :func:`collect` runs the store's own GC on the tier, so blobs no tier checkpoint references
+  are deleted under the lease protocol of ADR 002: another task saving into the same tier at
+  that moment keeps every blob it relies on (grace 0 is safe, as for any store).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import CheckpointConfigError
+from .gc import GcReport
+from .layout import (
+    MANIFESTS_PREFIX,
+    split_manifest_key,
+    upload_record_key,
+    upload_record_manifest,
+)
+from .store import CheckpointStore
+from .upload_status import FAILED, UPLOADING, UploadRecords, effective
+
+#: Grace period of the tier's GC: 0, because leases protect what a concurrent save relies on
+#: (ADR 002); temp files of writes in flight are kept anyway (``gc_temps.MIN_AGE``).
+GRACE_SECONDS = 0.0
+
+
+@dataclass
+class Cleaned:
+    """What a cleanup deleted (``removed``: manifest keys; ``records``: upload records) and
+    the ``failed`` checkpoints it kept."""
+
+    removed: list[str] = field(default_factory=list)
+    kept_failed: list[str] = field(default_factory=list)
+    records: int = 0
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.removed or self.records)
+
+
+def remove(tier: CheckpointStore, keys: Iterable[str]) -> Cleaned:
+    """Delete the tier checkpoints at ``keys`` and their records, except ``failed`` ones."""
+    records = UploadRecords(tier.storage)
+    out = Cleaned()
+    for key in keys:
+        record = records.get(key)
+        if record is not None and record.status == FAILED:
+            out.kept_failed.append(key)
+            continue
+        tier.delete(key, force=True)
+        out.removed.append(key)
+        if record is not None:
+            records.delete(key)
+            out.records += 1
+    return out
+
+
+def orphan_records(tier: CheckpointStore, prefix: str = MANIFESTS_PREFIX) -> int:
+    """Delete the upload records under ``prefix`` (a task prefix, or every task) whose
+    checkpoint is no longer in the tier (retention pruned it, a cleanup removed it); returns
+    how many."""
+    records = UploadRecords(tier.storage)
+    manifests = {o.key for o in tier.storage.list(prefix)}
+    stale = []
+    for o in tier.storage.list(upload_record_key(prefix)):
+        manifest = upload_record_manifest(o.key)
+        if manifest is not None and manifest not in manifests:
+            stale.append(manifest)
+    for manifest in stale:
+        records.delete(manifest)
+    return len(stale)
+
+
+def sweep(tier: CheckpointStore, max_age_seconds: float, now: Optional[float] = None) -> Cleaned:
+    """Delete the tier's checkpoints whose manifest file is older than ``max_age_seconds``
+    (against ``now``, default this machine's clock: the tier is on its disk), except
+    ``failed`` ones and those a live process on this host is ``uploading``; then the records
+    with no checkpoint left."""
+    if not max_age_seconds >= 0:
+        raise CheckpointConfigError("max_age_seconds must be >= 0, not %r." % (max_age_seconds,))
+    cutoff = (time.time() if now is None else now) - max_age_seconds
+    records = UploadRecords(tier.storage)
+    old = [
+        o.key
+        for o in tier.storage.list(MANIFESTS_PREFIX)
+        if split_manifest_key(o.key) is not None and o.mtime is not None and o.mtime < cutoff
+    ]
+    busy = [k for k in old if effective(records.get(k), False) == UPLOADING]
+    out = remove(tier, [k for k in old if k not in busy])
+    out.records += orphan_records(tier)
+    return out
+
+
+def collect(tier: CheckpointStore) -> GcReport:
+    """Delete the tier's blobs no tier checkpoint references (the store's GC, forced: a tier
+    emptied by a cleanup holds no manifest, which is expected here).
+
+    Raises
+    ------
+    CheckpointConfigError
+        Another collection of this tier is running (its run collects instead).
+    CheckpointException
+        As :func:`.gc.collect`.
+    """
+    return tier.gc(grace_seconds=GRACE_SECONDS, force=True)
