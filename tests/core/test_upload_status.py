@@ -141,3 +141,31 @@ def test_effective_status_of_each_record():
     # Another host's writer cannot be judged from here: shown as recorded.
     elsewhere = us.Record(us.UPLOADING, None, time.time(), 1, socket.gethostname() + "-other")
     assert us.effective(elsewhere, in_remote=False) == us.UPLOADING
+
+
+def test_the_task_view_says_local_for_a_record_saying_uploaded_when_the_store_lacks_it(tmp_path):
+    """The in-task view (``task/upload_policy.py``) follows the client's rule: a tier-only
+    checkpoint is ``uploaded`` only if the key is in the flow's store."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.upload_policy import (
+        TieredStore,
+        UploadPolicy,
+    )
+
+    from .helpers import options, write_tree
+
+    remote = CheckpointStore(LocalStorage(str(tmp_path / "remote")), options())
+    policy = UploadPolicy(remote, mode="end", base=str(tmp_path / "base"), log=lambda m: None)
+    src = write_tree(tmp_path / "src", {"a.txt": b"state"})
+    key = policy.tier.save(str(src), make_scope()).key
+    policy.upload(key)
+    assert policy.status_of(key) == us.UPLOADED
+    remote.delete(key)  # deleted from the flow's store since (by hand, or its retention)
+    later = UploadPolicy(remote, mode="end", base=str(tmp_path / "base"), log=lambda m: None)
+    assert later.records.get(key).status == us.UPLOADED  # the record still says so
+    assert later.status_of(key) == us.LOCAL
+    view = TieredStore(later)
+    headers = view.headers(make_scope().task_prefix())
+    assert view.statuses(headers) == {key: us.LOCAL}
+    for store in (policy.tier, later.tier, remote):
+        store.close()

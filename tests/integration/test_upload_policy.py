@@ -450,3 +450,17 @@ def test_two_tasks_sharing_a_tier_at_once_each_upload_and_clean_without_losing_t
     # And the tier is empty once the second one ended: nothing leaked, nothing kept.
     state = _tier_state(store, tier)
     assert state["manifests"] == [] and state["blob_bytes"] == 0, state
+
+
+@pytest.mark.parametrize("mode", ["each", "end"])
+def test_in_task_list_in_a_retry_says_how_each_attempt_ended(flow_env, mode):
+    """``current.checkpoint.list()`` fills ``task_status`` as ``Checkpoint().list()`` does:
+    attempt 0's checkpoint says its attempt "failed", the running attempt's says None."""
+    env, tmp, _, _ = _env(flow_env, UPLOAD_MODE=mode)
+    result = run_flow(FLOWS / "list_retry_flow.py", env, tmp)
+    listed = result.run["start"].task.data.listed
+    # With upload="end" attempt 0's save was uploaded at its end; attempt 1's is still local.
+    assert listed == [
+        [1, None, "local" if mode == "end" else "uploaded"],
+        [0, "failed", "uploaded"],
+    ]
