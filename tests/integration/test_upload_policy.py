@@ -464,3 +464,22 @@ def test_in_task_list_in_a_retry_says_how_each_attempt_ended(flow_env, mode):
         [1, None, "local" if mode == "end" else "uploaded"],
         [0, "failed", "uploaded"],
     ]
+
+
+@pytest.mark.parametrize("keep_last", [None, 1])
+def test_retention_pruning_a_tier_checkpoint_removes_its_upload_record(flow_env, keep_last):
+    """Attempt 0 of an ``upload="end"`` task saves, fails, and its end uploads that save (a
+    record ``uploaded`` in the tier).  Attempt 1 saves once: with ``keep_last=1`` retention
+    prunes attempt 0's checkpoint from the tier, and its record goes at once."""
+    extra = {"KEEP_LAST": str(keep_last)} if keep_last else {}
+    env, tmp, _, _ = _env(flow_env, UPLOAD_MODE="end", **extra)
+    result = run_flow(FLOWS / "list_retry_flow.py", env, tmp)
+    data = result.run["start"].task.data
+    attempt0 = [
+        h.key
+        for h in stored_headers(
+            local_store(local_root(tmp)), "user:tester", "ListRetryFlow", "start", attempt=0
+        )
+    ]
+    assert len(attempt0) == 1
+    assert data.records == ([] if keep_last else attempt0)

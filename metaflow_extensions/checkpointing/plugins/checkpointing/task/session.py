@@ -150,6 +150,8 @@ class TaskSession:
         from .card_live import attach as attach_live_card
 
         session._live = attach_live_card(parts.saves, step_name)  # None: the step has no card
+        if upload is not None:  # retention's prunes of the tier take their upload records along
+            parts.saves.add_listener(upload.on_commit)
         installed = parts.interrupts.install(parts.saves)
         if preemption is not None and installed:
             # After the handlers: the watcher's SIGTERM must reach Interrupts, not kill us.

@@ -318,6 +318,17 @@ class UploadPolicy:
         return done
 
     # ------------------------------------------------------------------ cleanup
+    def on_commit(self, ref: Any, pruned: Sequence[str] = ()) -> None:
+        """A ``TaskSaves`` listener: the upload records of the tier checkpoints retention just
+        pruned go with them (best effort; the task's end removes any left)."""
+        if not pruned or not self.at_end:
+            return
+        for key in pruned:
+            try:
+                self.records.delete(key)
+            except (CheckpointException, OSError):
+                pass  # a record is a hint; finish() removes orphans
+
     def sweep_at_start(self, days: float) -> None:
         """Remove tier checkpoints of any task older than ``days`` (their manifest file's age),
         except ``failed`` ones (one log line naming the tier), and records of checkpoints no
