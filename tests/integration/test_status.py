@@ -253,3 +253,83 @@ def test_a_registered_tier_counts_only_on_its_own_machine_and_when_present(tmp_p
     for broken in ("{not json", "[1, 2]", {"host": here}, {"host": here, "path": 3}):
         assert registered_tier(md(broken)) is None
     assert registered_tier(None) is None and registered_tier({}) is None
+
+
+PICK_PROBE = PROBE_PRELUDE + textwrap.dedent(
+    """
+    import pickle, socket
+    namespace(None)
+    task, dest = sys.argv[1], sys.argv[2]
+    run = "/".join(task.split("/")[:2])
+    c = Checkpoint()
+
+    def seen(ref):
+        return [ref.metadata["i"], ref.status]
+
+    best = c.best(task=task, metric="loss")
+    out["best"] = seen(best)
+    out["best_run"] = seen(c.best(run, metric="loss"))
+    out["alias"] = seen(c.get(task + "@best:loss"))
+    out["alias_run"] = seen(c.get(run + "@best:loss"))
+    out["first"] = seen(c.list(task=task)[0])
+    out["task"] = seen(c.get(task))
+    out["latest"] = seen(c.get(task + "@last"))
+    out["short"] = seen(c.get("%s@%s" % (task, best.short_id)))
+    out["short_id"] = best.short_id
+    if os.path.exists(dest + ".pickle"):  # elsewhere: the reference pickled on the machine
+        with open(dest + ".pickle", "rb") as f:
+            local = pickle.load(f)
+        out["load_local"] = {"status": local.status}
+        attempt("load_local", lambda: c.load(local, dest + "-c"))
+        attempt("ref_load_local", lambda: local.load(dest + "-d"))
+        attempt("short_local", lambda: c.get("%s@%s" % (task, local.short_id)))
+        out["host"] = socket.gethostname()
+    else:
+        c.load(best, dest + "-a")
+        best.load(dest + "-b")
+        out["loaded"] = [
+            open(os.path.join(dest + s, "state.txt")).read() for s in ("-a", "-b")
+        ] + [c.open(best, "state.txt").read().decode()]
+        with open(dest + ".pickle", "wb") as f:
+            pickle.dump(best, f)
+    print("PROBE" + json.dumps(out))
+    """
+)
+
+
+def test_picks_choose_among_what_loads_from_here_and_a_local_one_elsewhere_says_where(store_env):
+    """upload="end", 20 saves (lowest loss at save 7), then pause: only save 20 is uploaded.
+    On the machine that ran it, best(), list()[0], the aliases (task and run), the task's
+    latest, short ids and ``metaflow checkpoint show TASK@<id>`` agree, and the local save 7
+    loads (client, reference and open) from the tier.  Elsewhere (tier gone), the picks choose
+    among the uploaded ones only, and loading the reference pickled on the machine says it was
+    not uploaded, on which host and where it is, and what to do (never "deleted")."""
+    env, tmp, options = store_env
+    tier = tmp / "tierbase"
+    env = dict(env, METAFLOW_CHECKPOINT_LOCAL_TIER=str(tier), UPLOAD_HOW="pause")
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp, expect="failed", **options)
+    task = single_task(result.run, "start").pathspec
+    dest = str(tmp / "dl")
+
+    here, _ = run_probe(PICK_PROBE, env, tmp, task, dest)
+    for pick in ("best", "best_run", "alias", "alias_run", "short"):
+        assert here[pick] == [7, "local"], (pick, here)
+    for pick in ("first", "task", "latest"):
+        assert here[pick] == [20, "uploaded"], (pick, here)
+    assert here["loaded"] == ["save 7"] * 3
+    shown = json.loads(_cli(env, tmp, "show", "%s@%s" % (task, here["short_id"]), "--json").stdout)
+    assert (shown["metadata"]["i"], shown["status"]) == (7, "local")
+
+    (tier / "mfckpt-tier").rename(tmp / "elsewhere")  # another machine: no tier there
+    there, _ = run_probe(PICK_PROBE, env, tmp, task, dest)
+    for pick in ("best", "best_run", "alias", "alias_run", "first", "task", "latest", "short"):
+        assert there[pick] == [20, "uploaded"], (pick, there)
+    assert there["load_local"]["error"] == "CheckpointNotFound"
+    for attempt in ("load_local", "ref_load_local"):
+        message = there[attempt]["message"]
+        assert there[attempt]["error"] == "CheckpointNotFound"
+        assert "upload='end'" in message and "not uploaded (status 'local')" in message
+        assert "host %s at %s" % (there["host"], tier / "mfckpt-tier") in message, message
+        assert "Load it on that machine" in message and "deleted" not in message
+    assert there["short_local"]["error"] == "CheckpointNotFound"
+    assert not Path(dest + "-c").exists() and not Path(dest + "-d").exists()  # nothing written

@@ -46,7 +46,7 @@ from .base import CheckpointListWarning, ClientBase
 
 __all__ = ["CheckpointListWarning", "Listing", "ORDER_FIELDS"]
 from .locate import check_task, locate
-from .tiers import default_tier, registered_tier, with_tiers
+from .tiers import default_tier, registered_tier, tier_parts, with_tiers
 
 Where = Union[dict, Callable[[CheckpointReference], bool], None]
 #: ``status=`` of :meth:`Listing.list`: one status or several.
@@ -295,14 +295,26 @@ class Listing(ClientBase):
         foreach: Optional[str] = None,
         attempt: Optional[int] = None,
         latest_only: bool = False,
+        tiers: bool = False,
     ) -> tuple[CheckpointStore, list[ManifestHeader]]:
         """A store and the headers of its committed checkpoints :meth:`list` returns for these
         arguments (keys only: no manifest is read), newest first.  When the target's
         checkpoints are in several stores: the store holding the newest one, with a
         :class:`CheckpointListWarning` naming the others (a task's checkpoints are always in
-        one store).  It picks a store, so an unreadable one raises (``strict``)."""
+        one store).  It picks a store, so an unreadable one raises (``strict``).  With
+        ``tiers``, the checkpoints only this machine's tiers hold are among the headers (read
+        them through :func:`..common.local_tier.read`)."""
         parts, _ = self._parts(
-            target, name, step, run, task, foreach, attempt, latest_only, strict=True
+            target,
+            name,
+            step,
+            run,
+            task,
+            foreach,
+            attempt,
+            latest_only,
+            strict=True,
+            tiers="merged" if tiers else "",
         )
         listed = [p for p in parts if p[1]] or parts[:1]
         if len(listed) == 1:
@@ -333,11 +345,19 @@ class Listing(ClientBase):
         latest_only: bool,
         read: bool = False,
         strict: bool = False,
+        tiers: str = "",
     ) -> tuple[list[_Part], bool]:
         """Each readable store's matching headers (and references when ``read``), and whether
         they are ordered as one task's.  An unreadable store is warned about; when none can
         be read the error is raised (never an empty listing); with ``strict`` (an alias,
-        ``best``, ``verify``: a pick) any unreadable one raises (ADR 005, fix-stores)."""
+        ``best``, ``verify``: a pick) any unreadable one raises (ADR 005, fix-stores).
+
+        The checkpoints only this machine's local tiers hold (:mod:`.tiers`) are in the
+        references when ``read`` (with their status), and in the headers with ``tiers``:
+        ``"merged"`` into their flow store's (read through :func:`..common.local_tier.read`),
+        ``"apart"`` as parts of their own (a :class:`..common.local_tier.TierStore` each), so
+        that a pick (an alias, a short id, a task's latest) chooses among what ``list()``
+        shows on this machine: what can be loaded from here."""
         filters = dict(name=name, run=run, task=task, attempt=attempt, latest_only=latest_only)
         if target is None:
             store = self._store()
@@ -354,7 +374,7 @@ class Listing(ClientBase):
         located = locate(t, self._root, step=step)
         filters.update(run=run, task=task)
         within_task = task is not None
-        parts, failures = [], []
+        parts, failures, apart = [], [], []
         for root in located.roots:
             gone = _missing_local_root(root)
             if gone:
@@ -374,6 +394,21 @@ class Listing(ClientBase):
                 # task clock), as current.checkpoint.list() does; across tasks, by date.
                 headers.sort(key=sort_key(within_task=within_task), reverse=True)
                 refs = None
+                if tiers and not read:
+                    extra = tier_parts(
+                        store,
+                        headers,
+                        self._tiers(store, t),
+                        lambda tier: _matching(
+                            tier, located.prefixes, t.flow, step, located.runs, foreach, filters
+                        ),
+                        sort_key(within_task=within_task),
+                    )
+                    if tiers == "merged" and extra:
+                        headers = headers + [h for _, hs in extra for h in hs]
+                        headers.sort(key=sort_key(within_task=within_task), reverse=True)
+                    elif extra:
+                        apart.extend((tier, hs, None) for tier, hs in extra)
                 if read:
                     refs = references(store, headers, task_status=endings(store.storage, headers))
                     headers, refs = with_tiers(
@@ -413,9 +448,9 @@ class Listing(ClientBase):
                 % (describe(target), root, _why(exc)),
                 stacklevel=4,
             )
-        if t.task is not None and not any(headers for _, headers, _ in parts):
+        if t.task is not None and not any(headers for _, headers, _ in parts + apart):
             check_task(t)  # an empty listing of a task: say so if the task does not exist
-        return parts, within_task
+        return parts + apart, within_task
 
     def _tiers(self, store: CheckpointStore, t: Target) -> list[str]:
         """The local tiers of this machine that may hold checkpoints of ``t`` in ``store``

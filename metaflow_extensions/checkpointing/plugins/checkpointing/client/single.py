@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import IO, Any, Optional
 
-from ..common.reference import CheckpointReference, reference_of
+from ..common.local_tier import TierStore, status_in
+from ..common.reference import UPLOADED, CheckpointReference, reference_of
 from ..core import loading
 from ..core.manifest import Manifest
 from ..core.summary import attempts_ended
@@ -30,20 +31,33 @@ class Single(ClientBase):
         ``"best:<metric>"`` alone pick among the task's checkpoints.  Its ``task_status``
         says how the attempt that saved it ended (``"paused"``, ``"failed"``, ...).
 
+        A checkpoint of ``@checkpoint(upload="end")`` not uploaded is found on the machine
+        whose local tier holds it (its ``status`` says so: ``"local"``, ...); ``load`` and
+        ``open`` read it from there.
+
         Raises
         ------
         CheckpointNotFound
-            If there is no such checkpoint.
+            If there is no such checkpoint; for one saved with ``upload="end"`` and not
+            uploaded, read elsewhere than on the machine holding it, the message says so,
+            on which host and where it is, and what to do.
         CheckpointConfigError
             If ``reference`` is not a reference in any of these forms (or is an alias of the
             running task's checkpoints, outside a task).
         """
         store, manifest = self._resolve(reference)
+        status, stores = UPLOADED, [store]
+        if isinstance(store, TierStore):  # not uploaded: read from this machine's local tier
+            status, store = status_in(store, manifest.key), store.remote
+            stores.insert(0, store)
         ended = None
         if not manifest.scope.is_library:  # how its attempt ended (its task_status)
             scope = manifest.scope
-            ended = attempts_ended(store.storage, scope.task_prefix()).get(scope.attempt)
-        return reference_of(store, manifest, task_status=ended)
+            for where in stores:  # the flow's store, else what the tier recorded
+                ended = ended or attempts_ended(where.storage, scope.task_prefix()).get(
+                    scope.attempt
+                )
+        return reference_of(store, manifest, status=status, task_status=ended)
 
     def _manifest(self, reference: Any) -> Manifest:
         """The full manifest of a checkpoint (every file with its blobs; for tools)."""

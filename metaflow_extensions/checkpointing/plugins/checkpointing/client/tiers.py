@@ -17,50 +17,45 @@ every listed checkpoint is ``uploaded``.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import tempfile
 from collections.abc import Sequence
 from typing import Callable, Optional
 
+from ..common.local_tier import TIER_METADATA, TierStore, default_tier, registered_tier
 from ..common.reference import CheckpointReference
 from ..core.layout import task_prefix_of
 from ..core.manifest import ManifestHeader
 from ..core.store import CheckpointStore
 from ..core.summary import endings
-from ..core.tier import tier_root
 from ..core.upload_status import LOCAL, UPLOADED, Record, UploadRecords, effective
-from ..errors import CheckpointConfigError, CheckpointException
-from ..storage.local import LocalStorage
+from ..errors import CheckpointException
 
-#: The task metadata field where a task of ``upload="end"`` records its tier.
-TIER_METADATA = "checkpoint-tier"
+__all__ = ["TIER_METADATA", "default_tier", "registered_tier", "tier_parts", "with_tiers"]
 
 
-def registered_tier(metadata: Optional[dict]) -> Optional[str]:
-    """The tier path a task's metadata records, when it is on this machine and exists."""
-    raw = (metadata or {}).get(TIER_METADATA)
-    try:
-        value = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("host") != socket.gethostname():
-        return None
-    path = value.get("path")
-    return path if isinstance(path, str) and os.path.isdir(path) else None
-
-
-def default_tier(store_url: str) -> Optional[str]:
-    """The tier of the store at ``store_url`` under this machine's default base, if present."""
-    from ..common.settings import local_tier_base
-
-    try:
-        base = local_tier_base() or tempfile.gettempdir()
-    except CheckpointConfigError:  # a bad setting fails the task that uses it, not a listing
-        base = tempfile.gettempdir()
-    path = tier_root(store_url, base)
-    return path if os.path.isdir(path) else None
+def tier_parts(
+    store: CheckpointStore,
+    headers: list[ManifestHeader],
+    tiers: Sequence[str],
+    matching: Callable[[CheckpointStore], list[ManifestHeader]],
+    order: Callable[[ManifestHeader], tuple],
+) -> list[tuple[TierStore, list[ManifestHeader]]]:
+    """Each of ``tiers`` with the checkpoints ``matching`` selects there that neither
+    ``store`` (its ``headers``) nor an earlier tier holds, newest first by ``order`` (keys
+    only: what an alias or a short id picks among besides the flow's store).  A tier that
+    cannot be read adds nothing."""
+    seen = {h.key for h in headers}
+    out = []
+    for path in dict.fromkeys(tiers):
+        tier = TierStore(path, store)
+        try:
+            extra = [h for h in matching(tier) if h.key not in seen]
+        except CheckpointException:
+            continue
+        if extra:
+            extra.sort(key=order, reverse=True)
+            seen.update(h.key for h in extra)
+            out.append((tier, extra))
+    return out
 
 
 def with_tiers(
@@ -78,7 +73,7 @@ def with_tiers(
     seen = {h.key for h in headers}
     pairs = list(zip(headers, refs))
     for path in dict.fromkeys(tiers):
-        tier = CheckpointStore(LocalStorage(path), store.options)
+        tier = TierStore(path, store)
         try:
             extra = [h for h in matching(tier) if h.key not in seen]
             if not extra:

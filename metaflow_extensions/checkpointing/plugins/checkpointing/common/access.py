@@ -41,15 +41,21 @@ def store_of(reference: Mapping[str, Any]) -> CheckpointStore:
 def manifest_of(reference: Mapping[str, Any]) -> tuple[CheckpointStore, Manifest]:
     """The store and the full manifest of a reference.
 
+    A checkpoint of ``@checkpoint(upload="end")`` not uploaded (``status`` ``"local"``,
+    ``"uploading"``, ``"failed"``) is read from this machine's local tier when it holds it
+    (:func:`.local_tier.read`: the store returned is then that tier).
+
     Raises
     ------
     CheckpointNotFound
-        It was deleted (or never committed in that store).
+        It was deleted (or never committed in that store); for one not uploaded and not on
+        this machine, the message says so, where it is and what to do.
     ManifestError
         Its manifest does not parse (a damaged checkpoint).
     """
-    store = store_of(reference)
-    return store, store.read(str(reference.get("key")))
+    from .local_tier import read
+
+    return read(store_of(reference), str(reference.get("key")), reference.get("status"))
 
 
 def files(reference: Mapping[str, Any]) -> list[dict]:

@@ -34,7 +34,7 @@ with checkpoints has says how to spell that flow's (:mod:`.hints`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Protocol
 
 from ..core import promotions
@@ -116,7 +116,8 @@ def resolve(reference: Any, view: View) -> tuple[CheckpointStore, Manifest]:
     spec = refspec.parse(reference)
     if spec.kind == KEY:
         store = view.store(spec.root, str(spec.key))
-        return store, store.read(str(spec.key))
+        status = reference.get("status") if isinstance(reference, Mapping) else None
+        return _read(view, store, str(spec.key), status)
     if spec.kind == TASK:
         target: Target = spec.target  # type: ignore[assignment]
         store, headers = view.listing(target)
@@ -124,8 +125,8 @@ def resolve(reference: Any, view: View) -> tuple[CheckpointStore, Manifest]:
             why = misspelt(view, target)
             raise CheckpointNotFound("Task %s has no checkpoint%s." % (target.pathspec, why))
         if spec.version:
-            return store, store.read(_by_version(headers, target, spec.version).key)
-        return store, store.read(_latest_of_task(headers, target).key)
+            return _read(view, store, _by_version(headers, target, spec.version).key)
+        return _read(view, store, _latest_of_task(headers, target).key)
     if spec.kind == NAMED:
         store = view.store(None, str(spec.name))
         try:
@@ -257,7 +258,13 @@ def _resolve_alias(spec: RefSpec, view: View) -> tuple[CheckpointStore, Manifest
         raise CheckpointNotFound(exc.message + shadowed_flow(view, spec)) from None
     if store_of is not None:
         store = store_of(chosen)
-    return store, store.read(chosen.key)
+    return _read(view, store, chosen.key)
+
+
+def _read(view: View, store: CheckpointStore, key: str, status: Optional[str] = None) -> Any:
+    """``key``'s store and manifest, by the view's ``read`` if any (the client's: local tiers)."""
+    read = getattr(view, "read", None)
+    return read(store, key, status) if read is not None else (store, store.read(key))
 
 
 def named_versions(store: CheckpointStore, name: str) -> list[ManifestHeader]:
