@@ -221,6 +221,55 @@ def test_a_store_without_modification_times_refuses_expiry_and_deletes_nothing(t
     assert {h.key for h in store.headers(make_scope().task_prefix())} == set(keys)
 
 
+# ------------------------------------------------------------------------ paused tasks
+def test_a_paused_tasks_resume_point_survives_expiry_and_keep_rules_across_runs(tmp_path):
+    """Across runs (one group per step and name), the newest latest=True of a task whose last
+    attempt paused is kept by keep_last and expiry alike, with why; a failed task's expire."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.pruning import (
+        resume_points,
+    )
+
+    store = _local(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+
+    def save(n, latest=True, **scope):
+        (src / "w.bin").write_bytes(b"weights %d" % n)
+        ref = store.save(str(src), make_scope(**scope), metadata={"i": n}, latest=latest)
+        _age_local(store, ref.key, 40)
+        return ref.key
+
+    paused = [save(0, run="100"), save(1, run="100", attempt=1), save(2, run="100", attempt=1)]
+    after_pause = save(3, latest=False, run="100", attempt=1)  # resume never loads it
+    failed = [save(4, run="101"), save(5, run="101")]
+    # Attempt 0 paused, but the task's last attempt (1) failed: no resume point.
+    retried = [save(6, run="102"), save(7, run="102", attempt=1)]
+    newest = save(8, run="103")
+    ended = {k: "paused" for k in paused + [after_pause, retried[0]]}
+    ended.update({k: "failed" for k in failed + [retried[1]]})
+    ended[newest] = "succeeded"
+    headers = store.headers("manifests/user%3Aalice/TrainFlow/train/")
+    assert len(headers) == 9
+    points = resume_points(headers, ended)
+    why = "newest latest=True of paused task TrainFlow/100/train/7: its resume point"
+    assert points == {paused[2]: why}
+    for rules in (
+        {"keep_last": 1},
+        {"expire_after_days": 30},
+        {"keep_last": 9, "expire_after_days": 30},
+    ):
+        ((_, p),) = store.prune(
+            headers, build(**rules), group_of=lambda h: "g", dry_run=True, protect=points
+        )
+        assert p.keep[paused[2]][0] == why, rules
+        assert set(p.keep) == {paused[2], newest}, rules
+    ((_, p),) = store.prune(
+        headers, build(expire_after_days=30), group_of=lambda h: "g", protect=points
+    )
+    left = {h.key for h in store.headers("manifests/user%3Aalice/TrainFlow/train/")}
+    assert left == {paused[2], newest}
+
+
 # ------------------------------------------------------------------------------ property
 @st.composite
 def _group(draw):

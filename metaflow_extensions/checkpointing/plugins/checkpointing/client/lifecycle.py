@@ -1,5 +1,10 @@
 """Keeping a store tidy from the client: ``Checkpoint().delete``, ``pin``, ``unpin``,
-``prune``, ``gc``, ``du``, ``verify`` and ``pause`` (a request the tasks of a run see)."""
+``prune``, ``gc``, ``du``, ``verify`` and ``pause`` (a request the tasks of a run see).
+
+They act on the flow's store only: a listing on the machine that ran an ``upload="end"`` task
+also shows what only its local tier holds (status ``local``, ``uploading``, ``failed``), but
+that is this machine's cache, not the store's; ``prune`` and ``du`` take the ``uploaded``
+checkpoints of a listing (``status=`` is not one of their filters)."""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from typing import Any, Callable, Optional
 from ..common import refspec
 from ..common.reference import CheckpointReference, damaged_reference, reference_of
 from ..common.refspec import parse_target
-from ..core import retention
+from ..core import pruning, retention
 from ..core.layout import MANIFESTS_PREFIX
 from ..core.manifest import parse_key
+from ..core.upload_status import UPLOADED
 from ..core.verify_report import VerifyReport
 from ..errors import CheckpointConfigError, ManifestError
 from .base import ClientBase
@@ -83,13 +89,17 @@ class Lifecycle(ClientBase):
         ``target`` (per name and publisher's namespace for named checkpoints).  Kept are: the
         newest ``keep_last``, the ``keep_best`` (``"val_loss:min:2"``, or a list of such), the
         first of every ``keep_every_steps`` steps (metadata ``step``) or ``keep_every_minutes``
-        minutes, every pinned checkpoint, and each group's newest ``latest=True`` checkpoint
-        (what a retry or ``resume`` would load).  ``filters`` are those of :meth:`list`.
+        minutes, every pinned checkpoint, each group's newest ``latest=True`` checkpoint
+        (what a retry or ``resume`` would load), and the newest ``latest=True`` checkpoint of
+        every task whose last attempt paused (``current.checkpoint.pause()``: its resume
+        point, whatever newer runs saved).  ``filters`` are those of :meth:`list` but
+        ``status``: prune acts on the flow's store, never on a machine's local tier.
 
         ``expire_after_days`` (a positive number, e.g. ``30`` or ``0.5``) deletes every
         checkpoint older than that by the store's clock (its manifest's modification time in
-        the store), whatever the keep rules say, except pinned ones and each group's newest
-        ``latest=True``; alone, it keeps every checkpoint younger than that.
+        the store), whatever the keep rules say, except pinned ones, each group's newest
+        ``latest=True`` and paused tasks' resume points; alone, it keeps every checkpoint
+        younger than that.  A failed task's checkpoints expire like any other.
 
         Returns
         -------
@@ -102,9 +112,10 @@ class Lifecycle(ClientBase):
         Raises
         ------
         CheckpointConfigError
-            No rule given (that would delete everything), or invalid/contradictory rules;
-            raised before anything is read or deleted.
+            No rule given (that would delete everything), invalid/contradictory rules, or a
+            ``status`` filter; raised before anything is read or deleted.
         """
+        _no_status("prune", filters)
         policy = retention.build(
             keep_last,
             keep_best,
@@ -118,9 +129,10 @@ class Lifecycle(ClientBase):
                 "keep_every_minutes) or expire_after_days; without one every checkpoint would "
                 "be deleted."
             )
-        refs = self.list(target, **filters)
+        refs = self.list(target, status=UPLOADED, **filters)
         if not refs:
             return []
+        ended = {r.key: r.task_status for r in refs}
         publishers = {r.key: (r.publisher or {}).get("namespace") or "unknown" for r in refs}
 
         def group_of(h) -> str:
@@ -135,7 +147,13 @@ class Lifecycle(ClientBase):
         out = []
         for root in roots:
             headers = [parse_key(r.key) for r in refs if r.root == root]
-            plans = self._store(root).prune(headers, policy, group_of=group_of, dry_run=dry_run)
+            plans = self._store(root).prune(
+                headers,
+                policy,
+                group_of=group_of,
+                dry_run=dry_run,
+                protect=pruning.resume_points(headers, ended),
+            )
             suffix = " in %s" % root if len(roots) > 1 else ""
             out += [
                 {
@@ -192,7 +210,9 @@ class Lifecycle(ClientBase):
         root), grouped ``by`` ``"flow"``, ``"step"``, ``"run"`` or ``"name"``.
 
         ``logical_bytes`` is what loading them would write; ``physical_bytes`` is the size of
-        the distinct blobs they reference (after deduplication and packing).
+        the distinct blobs they reference (after deduplication and packing).  Only the flow's
+        store is counted, never a machine's local tier (``filters``: those of :meth:`list`
+        but ``status``).
 
         Returns
         -------
@@ -203,6 +223,7 @@ class Lifecycle(ClientBase):
         """
         from ..core.usage import GROUPINGS
 
+        _no_status("du", filters)
         if by not in GROUPINGS:
             raise CheckpointConfigError(
                 "by=%r: use one of %s." % (by, ", ".join(repr(g) for g in GROUPINGS))
@@ -211,7 +232,7 @@ class Lifecycle(ClientBase):
             store = self._store()
             headers = store.headers(MANIFESTS_PREFIX)
         else:
-            refs = self.list(target, **filters)
+            refs = self.list(target, status=UPLOADED, **filters)
             store = self._store(refs[0].root if refs else None)
             others = sorted({r.root for r in refs} - {store.url})
             if others:
@@ -316,3 +337,12 @@ class Lifecycle(ClientBase):
         else:
             control.request(store.storage, key, reason, get_namespace())
         return key
+
+
+def _no_status(what: str, filters: dict) -> None:
+    """Refuse ``status=`` for a command that acts on the flow's store only."""
+    if "status" in filters:
+        raise CheckpointConfigError(
+            "%s(status=%r): %s acts on the checkpoints in the flow's store (status 'uploaded') "
+            "only, never on a machine's local tier; drop status=." % (what, filters["status"], what)
+        )

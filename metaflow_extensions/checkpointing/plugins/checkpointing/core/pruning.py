@@ -12,19 +12,24 @@ writer whose clock is off by days neither expires nor keeps its checkpoints wron
 ``created_ms`` in a key is the writer's clock).  A dry run probes the store's clock too (so it
 decides as the real run would); only if the probe cannot be written (read-only credentials) does
 it fall back to this machine's clock, and says so.
+
+A paused task (``current.checkpoint.pause()``) is a promised resume point: the caller finds its
+newest ``latest=True`` checkpoints with :func:`resume_points` (from the attempts' endings) and
+passes them in ``protect``, so neither the keep rules across runs nor expiry delete them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from typing import Callable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Callable, Optional, Union
 
 from ..errors import StorageError
 from ..storage.base import Storage
 from . import pins, policies, retention, store_clock
 from .layout import step_prefix_of, task_prefix_of
 from .manifest import ManifestHeader
+from .summary import PAUSED
 
 
 def prune(
@@ -36,7 +41,7 @@ def prune(
     group_of: Callable[[ManifestHeader], str],
     dry_run: bool = False,
     protect_newest: bool = True,
-    protect: Iterable[str] = (),
+    protect: Union[Iterable[str], Mapping[str, str]] = (),
     within_task: bool = False,
     workers: int = 8,
 ) -> list[tuple[str, retention.Plan]]:
@@ -77,7 +82,7 @@ def prune(
             frozenset(pinned),
             group=group,
             protect_newest=protect_newest,
-            protect=frozenset(protect),
+            protect=protect if isinstance(protect, Mapping) else frozenset(protect),
         )
         if clock_warning:
             decision.warnings.append(clock_warning)
@@ -85,6 +90,37 @@ def prune(
             storage.delete_many(decision.delete, workers)
         out.append((group, decision))
     _keep_damaged(out, damaged, group_of, summaries)
+    return out
+
+
+def resume_points(
+    headers: Sequence[ManifestHeader], ended: Mapping[str, Optional[str]]
+) -> dict[str, str]:
+    """The checkpoints a ``resume`` of each paused task among ``headers`` loads, each with why
+    it must be kept: per task whose last attempt among ``headers`` ended ``"paused"``
+    (``ended``: each key's attempt ending, :func:`.summary.endings`), its newest
+    ``latest=True`` checkpoint in the order a retry or ``resume`` uses, one per name and
+    writer (each process of a gang resumes from its own).  A failed or succeeded task has
+    none: its checkpoints expire like any other."""
+    tasks: dict[str, list[ManifestHeader]] = {}
+    for h in headers:
+        if not h.scope.is_library:
+            tasks.setdefault(task_prefix_of(h.key), []).append(h)
+    order = policies.sort_key(within_task=True)
+    out: dict[str, str] = {}
+    for members in tasks.values():
+        last = max(h.scope.attempt for h in members)
+        if not any(ended.get(h.key) == PAUSED for h in members if h.scope.attempt == last):
+            continue
+        writers: dict[tuple, list[ManifestHeader]] = {}
+        for h in members:
+            if h.latest:
+                writers.setdefault((h.name, None if h.sharded else h.position), []).append(h)
+        for candidates in writers.values():
+            newest = max(candidates, key=order)
+            out[newest.key] = "newest latest=True of paused task %s: its resume point" % (
+                newest.scope.pathspec
+            )
     return out
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -226,12 +226,16 @@ class Pinned(Rule):
 
 @dataclass(frozen=True)
 class Protected(Rule):
-    """Keep the checkpoints named by the caller, e.g. the one a ``save()`` has just returned."""
+    """Keep the checkpoints named by the caller, e.g. the one a ``save()`` has just returned,
+    or a paused task's resume point; ``reasons`` says why for some (default ``"protected"``)."""
 
     keys: frozenset = frozenset()
+    reasons: Mapping[str, str] = field(default_factory=dict)
 
     def keeps(self, items: Sequence[Item], group: str = "") -> Kept:
-        return Kept({i.key: "protected" for i in items if i.key in self.keys})
+        return Kept(
+            {i.key: self.reasons.get(i.key, "protected") for i in items if i.key in self.keys}
+        )
 
 
 @dataclass(frozen=True)
@@ -415,9 +419,11 @@ def all_rules(
     protect: Collection[str] = frozenset(),
     protect_newest: bool = True,
 ) -> list[Rule]:
-    """Every rule :func:`plan` applies: pinned, protected, the newest ``latest=True`` (if
-    ``protect_newest``), then the policy's own rules."""
-    out: list[Rule] = [Pinned(frozenset(pinned)), Protected(frozenset(protect))]
+    """Every rule :func:`plan` applies: pinned, protected (``protect``: keys, or keys with
+    the reason to give), the newest ``latest=True`` (if ``protect_newest``), then the
+    policy's own rules."""
+    why = dict(protect) if isinstance(protect, Mapping) else {}
+    out: list[Rule] = [Pinned(frozenset(pinned)), Protected(frozenset(protect), why)]
     if protect_newest:
         out.append(NewestLatest())
     return out + policy.rules()
@@ -429,13 +435,14 @@ def plan(
     pinned: frozenset = frozenset(),
     group: str = "",
     protect_newest: bool = True,
-    protect: Collection[str] = frozenset(),
+    protect: Collection[str] = frozenset(),  # or a Mapping key -> reason
 ) -> Plan:
     """Decide which of ``items`` (one group) to keep: the union of what every rule of
     :func:`all_rules` keeps.
 
     ``protect_newest`` keeps the newest ``latest=True`` checkpoint (:class:`NewestLatest`);
-    ``protect`` names checkpoints kept whatever the rules say (:class:`Protected`).  A rule that
+    ``protect`` names checkpoints kept whatever the rules say (:class:`Protected`; a mapping
+    gives each one's reason, e.g. a paused task's resume point).  A rule that
     cannot be applied keeps the whole group and adds a warning.  Every item is either kept
     (with every reason, in rule order) or deleted (newest first).  An empty policy keeps
     everything (reason ``"no retention rule"``): it has no rule that could choose.
