@@ -276,6 +276,7 @@ PICK_PROBE = PROBE_PRELUDE + textwrap.dedent(
     out["latest"] = seen(c.get(task + "@last"))
     out["short"] = seen(c.get("%s@%s" % (task, best.short_id)))
     out["short_id"] = best.short_id
+    out["best_uploaded"] = seen(c.best(task=task, metric="loss", status="uploaded"))
     if os.path.exists(dest + ".pickle"):  # elsewhere: the reference pickled on the machine
         with open(dest + ".pickle", "rb") as f:
             local = pickle.load(f)
@@ -290,6 +291,7 @@ PICK_PROBE = PROBE_PRELUDE + textwrap.dedent(
         out["loaded"] = [
             open(os.path.join(dest + s, "state.txt")).read() for s in ("-a", "-b")
         ] + [c.open(best, "state.txt").read().decode()]
+        out["files"] = [f["path"] for f in best.files]
         with open(dest + ".pickle", "wb") as f:
             pickle.dump(best, f)
     print("PROBE" + json.dumps(out))
@@ -316,7 +318,8 @@ def test_picks_choose_among_what_loads_from_here_and_a_local_one_elsewhere_says_
         assert here[pick] == [7, "local"], (pick, here)
     for pick in ("first", "task", "latest"):
         assert here[pick] == [20, "uploaded"], (pick, here)
-    assert here["loaded"] == ["save 7"] * 3
+    assert here["loaded"] == ["save 7"] * 3 and here["files"] == ["state.txt"]
+    assert here["best_uploaded"] == [20, "uploaded"]
     shown = json.loads(_cli(env, tmp, "show", "%s@%s" % (task, here["short_id"]), "--json").stdout)
     assert (shown["metadata"]["i"], shown["status"]) == (7, "local")
 
