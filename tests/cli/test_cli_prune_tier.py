@@ -40,6 +40,9 @@ ckpt = Checkpoint()
 attempt("prune", lambda: ckpt.prune(sys.argv[1], keep_last=5, dry_run=True))
 attempt("du", lambda: ckpt.du(sys.argv[1])["total"]["checkpoints"])
 attempt("status", lambda: ckpt.prune(sys.argv[1], keep_last=5, status="local"))
+local = next(r for r in ckpt.list(sys.argv[1]) if r.status == "local")
+attempt("delete", lambda: ckpt.delete(local))
+attempt("pin", lambda: ckpt.pin(local))
 print("PROBE" + json.dumps(out))
 """
 )
@@ -66,6 +69,10 @@ def test_prune_and_du_act_on_the_flows_store_and_leave_the_tier_alone(tmp_path):
     assert out["du"] == 2
     assert out["status"]["error"] == "CheckpointConfigError"
     assert "acts on the checkpoints in the flow's store" in out["status"]["message"]
+    for what in ("delete", "pin"):  # a tier-only reference: refused, saying why
+        assert out[what]["error"] == "CheckpointNotFound", out
+        assert "only in this machine's local tier (status 'local')" in out[what]["message"]
+        assert "%s acts on the flow's store only" % what in out[what]["message"]
 
     done = cli(env, tmp_path, "prune", FLOW, "--keep-last", "1", "--json").json()
     ((group,),) = [done]

@@ -21,12 +21,14 @@ from .stores import warn_if_no_store
     help="Delete the checkpoints no retention rule keeps.\n\n"
     "Rules apply per step, foreach split and name, across the runs under TARGET (Flow, "
     "Flow/run_id, Flow/run_id/step; default: the flow of 'python flow.py', or the named "
-    "checkpoints). Kept are the checkpoints any rule keeps, pinned ones, and each group's "
-    "newest latest=True checkpoint (what a retry or resume loads). Only manifests are deleted: "
-    "run 'checkpoint gc' to reclaim storage. --expire-after-days N deletes every checkpoint "
-    "older than N days by the store's clock, whatever the --keep-* rules say, except pinned ones "
-    "and each group's newest latest=True. At least one --keep-* or --expire-after-days rule is "
-    "required.",
+    "checkpoints). Kept are the checkpoints any rule keeps, pinned ones, each group's "
+    "newest latest=True checkpoint (what a retry or resume loads) and each paused task's "
+    "resume point (its newest latest=True), whatever newer runs saved. Only manifests in the "
+    "flow's store are deleted (never this machine's local tier of upload='end'): run "
+    "'checkpoint gc' to reclaim storage. --expire-after-days N deletes every checkpoint older "
+    "than N days by the store's clock, whatever the --keep-* rules say, except pinned ones, "
+    "each group's newest latest=True and paused tasks' resume points. At least one --keep-* "
+    "or --expire-after-days rule is required.",
 )
 @click.argument("target", required=False)
 @click.option("--flow", "flow", default=None, help="Same as TARGET=FLOW.")
@@ -59,8 +61,9 @@ from .stores import warn_if_no_store
     type=float,
     default=None,
     metavar="N",
-    help="Delete checkpoints older than N days (store's clock; float ok), except pinned ones "
-    "and each group's newest latest=True, whatever the --keep-* rules keep.",
+    help="Delete checkpoints older than N days (store's clock; float ok), except pinned ones, "
+    "each group's newest latest=True and paused tasks' resume points, whatever the --keep-* "
+    "rules keep.",
 )
 @click.option(
     "--dry-run",
@@ -213,6 +216,7 @@ def gc(ctx: CliContext, dry_run: bool, grace_hours: float, force: bool, as_json:
     "du",
     help="Storage used by checkpoints: logical bytes against physical bytes after dedup.\n\n"
     "TARGET is Flow, Flow/run_id or Flow/run_id/step (default: every checkpoint of the store). "
+    "Only the flow's store is counted, never this machine's local tier of upload='end'. "
     "Physical bytes count the distinct stored blobs a group references; 'stored' is every "
     "blob of the store, including data only 'gc' would reclaim.",
 )

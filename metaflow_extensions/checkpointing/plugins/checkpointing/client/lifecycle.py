@@ -18,7 +18,7 @@ from ..core.layout import MANIFESTS_PREFIX
 from ..core.manifest import parse_key
 from ..core.upload_status import UPLOADED
 from ..core.verify_report import VerifyReport
-from ..errors import CheckpointConfigError, ManifestError
+from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
 from .base import ClientBase
 from .listing import describe
 from .locate import locate
@@ -40,8 +40,10 @@ class Lifecycle(ClientBase):
         CheckpointConfigError
             The checkpoint is pinned (unpin it first).
         CheckpointNotFound
-            There is no such checkpoint.
+            There is no such checkpoint, or the reference is of one only in this machine's
+            local tier (not ``"uploaded"``): delete acts on the flow's store only.
         """
+        _in_store(reference, "delete")
         ref = self._deletable(reference)
         self._store(ref.root).delete(ref.key)
         return ref
@@ -60,13 +62,17 @@ class Lifecycle(ClientBase):
             return damaged_reference(store, key, exc.message)
 
     def pin(self, reference: Any) -> CheckpointReference:
-        """Pin a checkpoint: retention never prunes it and :meth:`delete` refuses it."""
+        """Pin a checkpoint: retention never prunes it and :meth:`delete` refuses it (one in
+        the flow's store: a reference to a checkpoint only in the local tier raises
+        CheckpointNotFound, naming its status)."""
+        _in_store(reference, "pin")
         ref = self.get(reference)
         self._store(ref.root).pin(ref.key)
         return ref
 
     def unpin(self, reference: Any) -> CheckpointReference:
         """Remove a pin set with :meth:`pin`."""
+        _in_store(reference, "unpin")
         ref = self.get(reference)
         self._store(ref.root).pin(ref.key, pinned=False)
         return ref
@@ -345,4 +351,19 @@ def _no_status(what: str, filters: dict) -> None:
         raise CheckpointConfigError(
             "%s(status=%r): %s acts on the checkpoints in the flow's store (status 'uploaded') "
             "only, never on a machine's local tier; drop status=." % (what, filters["status"], what)
+        )
+
+
+def _in_store(reference: Any, what: str) -> None:
+    """Refuse a reference a listing found only in this machine's local tier (``upload="end"``):
+    the flow's store has no such key, and saying why beats "never committed"."""
+    if not isinstance(reference, CheckpointReference):
+        return
+    status = reference.get("status")
+    if status is not None and status != UPLOADED:
+        raise CheckpointNotFound(
+            key=reference.key,
+            url=reference.root,
+            reason="it is only in this machine's local tier (status %r), never uploaded; %s acts "
+            "on the flow's store only" % (status, what),
         )
