@@ -135,6 +135,23 @@ def test_a_paused_task_is_shown_paused_and_a_failed_attempt_failed(store_env):
     shown_json = json.loads(_cli(env, tmp, "show", refs[1]["ref"], "--json").stdout)
     assert (shown_json["status"], shown_json["task_status"]) == ("uploaded", "failed")
 
+    # A deleted checkpoint of upload="each" is not mistaken for one not uploaded.
+    gone, _ = run_probe(DELETED_LOAD, env, tmp, task.pathspec, str(tmp / "gone"))
+    assert gone["load"]["error"] == "CheckpointNotFound"
+    assert "deleted" in gone["load"]["message"] and "upload" not in gone["load"]["message"]
+
+
+DELETED_LOAD = PROBE_PRELUDE + textwrap.dedent(
+    """
+    namespace(None)
+    c = Checkpoint()
+    ref = c.list(task=sys.argv[1], attempt="all")[-1]
+    c.delete(ref)
+    attempt("load", lambda: c.load(ref, sys.argv[2]))
+    print("PROBE" + json.dumps(out))
+    """
+)
+
 
 TIER_PROBE = PROBE_PRELUDE + textwrap.dedent(
     """
