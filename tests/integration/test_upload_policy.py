@@ -160,7 +160,8 @@ def test_upload_errors_fail_fails_the_step_naming_the_error_and_the_retry_loads_
     env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="succeed", FAIL_STORE="1")
     result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
     saved = _note(notes, "saved")
-    assert _attempt_headers(local_store(local_root(tmp)), 0) == []
+    # Attempt 0's end failed to upload it; attempt 1's end did (what it resumed from).
+    assert [h.key for h in _attempt_headers(local_store(local_root(tmp)), 0)] == [saved[-1]["key"]]
     assert "injected: the flow's store refuses writes" in result.stdout + result.stderr
     failed = [m for m in result.checkpoint_log("start") if "failed; it stays local at" in m]
     assert len(failed) == 1 and saved[-1]["key"] in failed[0], result.checkpoint_log("start")
@@ -289,16 +290,22 @@ def test_an_upload_that_cannot_finish_in_the_time_allowed_stays_local_and_the_lo
     result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
     store = local_store(local_root(tmp))
     saved = _note(notes, "saved")
-    assert _attempt_headers(store, 0) == []  # abandoned: nothing half-committed
-    stayed = [m for m in result.checkpoint_log("start") if "stayed local at" in m]
+    log = result.checkpoint_log("start")
+    stayed = [m for m in log if "stayed local at" in m]
     root = tier_root(store.url, str(tier))
     assert len(stayed) == 1, result.checkpoint_log("start")
     assert stayed[0].startswith(
         "[@checkpoint] Checkpoint %s stayed local at %s" % (saved[-1]["key"], root)
     )
     assert "within 1 s of SIGTERM" in stayed[0]
-    # The retry on this machine loads it from the tier.
+    # The retry on this machine loads it from the tier, and its end uploads it (the abandoned
+    # upload committed nothing; this one the whole checkpoint, which loads).
     assert single_task(result.run, "start").data.loaded == "save 20"
+    after = log[log.index(stayed[0]) :]
+    assert any("Uploaded checkpoint %s" % saved[-1]["key"] in m for m in after), log
+    assert [h.key for h in _attempt_headers(store, 0)] == [saved[-1]["key"]]
+    store.load(store.read(saved[-1]["key"]), str(tmp / "loaded"))
+    assert (tmp / "loaded" / "state.txt").read_text() == "save 20"
 
 
 def test_a_child_process_saves_into_the_tier_and_the_end_uploads_its_checkpoint(flow_env):
@@ -359,21 +366,92 @@ def test_a_failed_attempt_keeps_the_tier_for_its_retry_and_the_retrys_success_cl
     assert _tier_state(store, tier) == {"manifests": [], "records": [], "blob_bytes": 0}
 
 
-def test_a_checkpoint_whose_upload_failed_survives_the_cleanup_and_the_log_says_where(flow_env):
+def test_a_retry_uploads_the_checkpoint_it_resumed_from_when_the_failed_attempts_upload_failed(
+    flow_env,
+):
+    """Default ``upload_errors="fail"``: attempt 0 trains to the end but its end upload fails (a
+    store outage), so the step fails; attempt 1 (same machine) loads save 20 from the tier and
+    has nothing left to save.  Its end uploads that checkpoint: a run that ends "Done" never
+    leaves its only checkpoint in the tier (before: the flow's store held nothing)."""
     env, tmp, notes, tier = _env(flow_env, UPLOAD_HOW="succeed", FAIL_STORE="1")
     result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
     store = local_store(local_root(tmp))
     saved = _note(notes, "saved")
-    # Attempt 0's end upload failed (its status "failed"); the retry loaded it from the tier and
-    # succeeded; its cleanup removed the 19 other saves and kept the failed one, the only copy.
     assert single_task(result.run, "start").data.loaded == "save 20"
+    assert [h.key for h in _attempt_headers(store)] == [saved[-1]["key"]]
+    dest = tmp / "loaded"
+    store.load(store.read(saved[-1]["key"]), str(dest))
+    assert (dest / "state.txt").read_text() == "save 20"
+    uploaded = [m for m in result.checkpoint_log("start") if "Uploaded checkpoint" in m]
+    assert len(uploaded) == 1 and saved[-1]["key"] in uploaded[0], uploaded
+    # Now confirmed in the flow's store, it (and the 19 it superseded) left the tier.
+    assert _tier_state(store, tier) == {"manifests": [], "records": [], "blob_bytes": 0}
+
+
+def test_a_checkpoint_whose_upload_failed_survives_the_cleanup_and_the_log_says_where(flow_env):
+    """``upload_errors="warn"``: the step succeeds though its end upload failed; the cleanup
+    removes only what is confirmed in the flow's store (or superseded there), so the failed
+    one, the only copy, stays, and the warning names the tier."""
+    env, tmp, notes, tier = _env(
+        flow_env, UPLOAD_HOW="succeed", FAIL_STORE="1", UPLOAD_ERRORS="warn"
+    )
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    saved = _note(notes, "saved")
     assert _attempt_headers(store) == []
     state = _tier_state(store, tier)
-    assert state["manifests"] == [os.path.relpath(saved[-1]["key"])]
-    assert len(state["records"]) == 1
-    assert 0 < state["blob_bytes"] < 100  # one checkpoint of 'save 20': its blob, not 20
-    kept = [m for m in result.checkpoint_log("start") if m.startswith("[@checkpoint] Kept 1")]
-    assert len(kept) == 1 and tier_root(store.url, str(tier)) in kept[0], kept
+    assert os.path.relpath(saved[-1]["key"]) in state["manifests"]
+    tier_store = local_store(tier_root(store.url, str(tier)))
+    dest = tmp / "from-tier"
+    tier_store.load(tier_store.read(saved[-1]["key"]), str(dest))
+    assert (dest / "state.txt").read_text() == "save 20"
+    warned = [m for m in result.checkpoint_log("start") if "upload_errors='warn'" in m]
+    assert len(warned) == 1 and "kept locally at %s" % tier_root(store.url, str(tier)) in warned[0]
+
+
+def test_the_end_uploads_the_newest_of_every_series_and_logs_the_latest_false_ones_left_local(
+    flow_env,
+):
+    """``save(name="best", latest=False)`` kept as an artifact loads in the next step: the end
+    uploads the newest checkpoint of every series this task saved besides the retry's pick; the
+    ``latest=False`` saves it does not upload are counted in one log line naming the tier."""
+    env, tmp, _, tier = _env(flow_env)
+    result = run_flow(FLOWS / "upload_series_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    data = result.run["start"].task.data
+    uploaded = stored_headers(store, "user:tester", "UploadSeriesFlow", "start")
+    assert sorted(h.key for h in uploaded) == sorted([data.last, data.best.key])
+    assert result.run["evaluate"].task.data.evaluated == "epoch 2"
+    log = result.checkpoint_log("start")
+    stay = [m for m in log if "saved with latest=False stay only in the local tier" in m]
+    assert len(stay) == 1, log
+    assert stay[0].startswith("[@checkpoint] 2 checkpoint(s)")
+    assert tier_root(store.url, str(tier)) in stay[0]
+    # The two left local (the draft and the older "best") still load on this machine.
+    state = _tier_state(store, tier)
+    assert os.path.relpath(data.draft) in state["manifests"] and len(state["manifests"]) == 2
+
+
+def test_each_warn_keeps_the_tier_bounded_by_keep_last_and_drops_failed_ones_once_superseded(
+    flow_env,
+):
+    """``upload="each"``, ``upload_errors="warn"``, ``keep_last=2``: saves 3-7 fail (outage) and
+    are committed into the tier, where retention prunes them like the flow's store; once save 12
+    is uploaded the failed ones are moot, and the successful end removes them: the task lists
+    the 2 that keep_last keeps, nothing "failed"."""
+    env, tmp, _, tier = _env(flow_env, OUTAGE="1")
+    result = run_flow(FLOWS / "upload_series_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    statuses = result.run["start"].task.data.statuses
+    assert statuses == ["uploaded"] * 2 + ["failed"] * 5 + ["uploaded"] * 5
+    assert result.run["start"].task.data.tier_during == 2  # keep_last bounded the tier (not 5)
+    uploaded = stored_headers(store, "user:tester", "UploadSeriesFlow", "start")
+    assert len(uploaded) == 2
+    state = _tier_state(store, tier)
+    assert state == {"manifests": [], "records": [], "blob_bytes": 0}, state
+    log = result.checkpoint_log("start")
+    pruned_in_tier = [m for m in log if "Warning: pruning" in m]
+    assert pruned_in_tier == [], log
 
 
 def _other_task_in_tier(store, base, task, text, tmp):

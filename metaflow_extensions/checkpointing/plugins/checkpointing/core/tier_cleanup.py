@@ -3,8 +3,8 @@
 Three steps, each best effort for the caller (the task logs one warning and goes on):
 
 * :func:`remove` deletes given tier checkpoints and their upload records
-  (:mod:`.upload_status`), except those whose record says ``failed``: the only copy of a
-  checkpoint whose upload gave up is kept;
+  (:mod:`.upload_status`), except, unless the caller knows it is moot, those whose record says
+  ``failed``: the only copy of a checkpoint whose upload gave up is kept;
 * :func:`sweep` deletes the tier checkpoints (of any task) whose manifest file is older than a
   cutoff by the tier's own clock, except ``failed`` ones and those a live process is uploading,
   and the records whose checkpoint is gone from the tier;
@@ -50,13 +50,15 @@ class Cleaned:
         return bool(self.removed or self.records)
 
 
-def remove(tier: CheckpointStore, keys: Iterable[str]) -> Cleaned:
-    """Delete the tier checkpoints at ``keys`` and their records, except ``failed`` ones."""
+def remove(tier: CheckpointStore, keys: Iterable[str], keep_failed: bool = True) -> Cleaned:
+    """Delete the tier checkpoints at ``keys`` and their records, except ``failed`` ones
+    (with ``keep_failed``; the caller passes False for keys it knows are in the flow's store
+    or superseded by a newer uploaded one: a moot failure)."""
     records = UploadRecords(tier.storage)
     out = Cleaned()
     for key in keys:
         record = records.get(key)
-        if record is not None and record.status == FAILED:
+        if keep_failed and record is not None and record.status == FAILED:
             out.kept_failed.append(key)
             continue
         tier.delete(key, force=True)

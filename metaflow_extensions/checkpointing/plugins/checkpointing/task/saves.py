@@ -488,6 +488,15 @@ class TaskSaves:
         keys = self.upload.upload_at_end(
             self.scope, self.ranks.position, self._retention, abort=abort, raise_errors=raise_errors
         )
+        stay = [m for m in self._manifests if not m.latest and m.key not in self.upload.in_remote]
+        stay = [m for m in stay if m.key not in self.upload.chosen]  # (their failure is logged)
+        if stay:
+            self.log(
+                "[@checkpoint] %d checkpoint(s) this process saved with latest=False stay only in "
+                "the local tier %s, e.g. %s: the end of the task uploads what a retry loads and "
+                "the newest of each series, not these; their references load only on this "
+                "machine (until the tier is swept)." % (len(stay), self.upload.root, stay[0].key)
+            )
         if self._listeners:  # the live card: these are "uploaded" now (no I/O to say so)
             for manifest in [m for m in self._manifests if m.key in set(keys)]:
                 self.notify(reference_of(self.flow_store, manifest))
@@ -534,10 +543,13 @@ class TaskSaves:
         found = newest(known, within_task=True, position=self.ranks.position)
         return found.key if found is not None else None
 
-    def _task_headers(self, name: Optional[str] = None) -> list[ManifestHeader]:
-        """This task's checkpoints (all attempts and processes), newest first as a retry
-        orders them; the task's clock learns their dates."""
-        headers = self.store.headers(self.scope.task_prefix(), name=name)
+    def _task_headers(
+        self, name: Optional[str] = None, store: Optional[CheckpointStore] = None
+    ) -> list[ManifestHeader]:
+        """This task's checkpoints (all attempts and processes) in ``store`` (default
+        :attr:`store`), newest first as a retry orders them; the task's clock learns their
+        dates."""
+        headers = (store or self.store).headers(self.scope.task_prefix(), name=name)
         self.clock.observe(h.created_ms for h in headers)
         headers.sort(key=sort_key(within_task=True), reverse=True)
         return headers
@@ -564,7 +576,9 @@ class TaskSaves:
             self._log_metrics(manifest)
         pruned: tuple[str, ...] = ()
         if prune and self._retention is not None and not self._retention.empty:
-            pruned = self._apply_retention(manifest.name, protect=manifest.key)
+            # In the store it committed to: a tier fallback commit (upload="each",
+            # upload_errors="warn") is pruned there like the flow's, so keep_last bounds it.
+            pruned = self._apply_retention(manifest.name, protect=manifest.key, store=store)
         if self._listeners:
             self.notify(ref, pruned)
         return ref
@@ -583,7 +597,9 @@ class TaskSaves:
                 "this save)." % problem
             )
 
-    def _apply_retention(self, name: str, protect: str) -> tuple[str, ...]:
+    def _apply_retention(
+        self, name: str, protect: str, store: Optional[CheckpointStore] = None
+    ) -> tuple[str, ...]:
         """Prune this task's checkpoints of series ``name`` (all attempts) after a commit:
         those of the writer of ``protect`` only (``keep_last=3`` keeps three of each rank's,
         three sharded ones; one rank's saves never prune another's).
@@ -595,8 +611,10 @@ class TaskSaves:
 
         Not after a signal (looked at before the listing and again before the deletes): a
         stopping task must not spend its time allowed on pruning; the next attempt prunes.
-        Returns the keys deleted.
+        Returns the keys deleted.  ``store``: where ``protect`` was committed (default
+        :attr:`store`).
         """
+        store = store or self.store
         deleted: list[str] = []
         if self._skip_pruning(protect):
             return ()
@@ -604,12 +622,12 @@ class TaskSaves:
             writer = parse_key(protect)
             headers = [
                 h
-                for h in self._task_headers(name=name)
+                for h in self._task_headers(name=name, store=store)
                 if (h.position, h.sharded) == (writer.position, writer.sharded)
             ]
             if self._skip_pruning(protect):
                 return ()
-            for _, plan in self.store.prune(
+            for _, plan in store.prune(
                 headers,
                 self._retention,
                 group_of=lambda h: name,

@@ -4,10 +4,12 @@ what they read back, and what is uploaded when the task ends (docs/upload.md).
 With ``upload="end"`` every save commits into the local tier (``core/tier.py``: a store on the
 task's disk with the same keys the flow's store would give) and the reference it returns names
 the flow's store with status ``"local"``.  When the task ends, whichever way,
-:meth:`UploadPolicy.upload_at_end` uploads the newest ``latest=True`` checkpoint this process
-would load on retry and, with ``keep_best``, the best ones of each rule, and only they
-(``core/retention`` chooses, over the tier's headers of this attempt); each upload's status goes
-``uploading`` -> ``uploaded``/``failed`` in the tier's records (``core/upload_status.py``).
+:meth:`UploadPolicy.upload_at_end` uploads what a retry of this process would load (chosen over
+every attempt's checkpoints, in the tier and in the flow's store: an earlier attempt's that
+stayed local is not stranded), the newest of each series (name) it saved and, with
+``keep_best``, the best ones of each rule, those not in the flow's store yet (:func:`to_upload`);
+each upload's status goes ``uploading`` -> ``uploaded``/``failed`` in the tier's records
+(``core/upload_status.py``).
 
 With ``upload_errors="warn"`` an upload or a commit to the flow's store that still fails after
 the storage layer's bounded retries is one warning and status ``"failed"``: with
@@ -19,7 +21,8 @@ policy): the tier and the flow's store as one, a checkpoint in both read once.
 
 The tier is kept from growing (``core/tier_cleanup.py``): :meth:`UploadPolicy.sweep_at_start`
 drops checkpoints older than ``METAFLOW_CHECKPOINT_LOCAL_TIER_DAYS``, :meth:`UploadPolicy.finish`
-this task's once its step succeeded and its end upload did, then the tier's unreferenced blobs.
+this writer's once its step succeeded, only those confirmed in the flow's store or superseded by
+a newer ``latest=True`` one of their series there, then the tier's unreferenced blobs.
 
 Long module: the upload policy is one object through the task's life (start sweep, saves,
 status, end upload, cleanup); the read-side merge (:class:`TieredStore`) shares its state.
@@ -116,7 +119,8 @@ class UploadPolicy:
         self.in_remote: set[str] = set()  # keys known to be in the flow's store
         self._warned = False
         self._tier_commits = 0  # saves this process committed into the tier
-        self._end_complete = False  # every checkpoint the end chose is in the flow's store
+        self.chosen: list[str] = []  # the keys the end of the task chose to upload
+        self._remote_headers: list[ManifestHeader] = []  # the task's, as the end listed them
         if mode == "end":
             self.open()  # now: a bad base fails the task at its start, before any save
 
@@ -277,21 +281,34 @@ class UploadPolicy:
         tier = self._tier if self.at_end else self.existing_tier()
         if tier is None:
             return []
+        prefix = scope.task_prefix()
         try:
-            headers = tier.headers(scope.task_prefix(), attempt=scope.attempt)
-            if not self.at_end and headers:
-                # upload="each": the newest is chosen among what reached the flow's store too
-                # (a later save that committed there makes an older failed one moot).
-                known = {h.key for h in headers}
-                remote = self.remote.headers(scope.task_prefix(), attempt=scope.attempt)
-                self.in_remote.update(h.key for h in remote)
-                headers += [h for h in remote if h.key not in known]
+            # Every attempt's: a checkpoint an earlier attempt left local (its upload failed,
+            # was abandoned after a signal, or killed) may be what this attempt resumed from.
+            local = tier.headers(prefix)
+        except CheckpointException as exc:
+            if raise_errors:
+                raise
+            self.log("[@checkpoint] Could not list the local tier %s: %s" % (self.root, exc))
+            return []
+        if not local:
+            return []
+        try:
+            self._remote_headers = self.remote.headers(prefix)
+            self.in_remote.update(h.key for h in self._remote_headers)
+        except CheckpointException as exc:  # each upload still finds a key already there
+            self.log("[@checkpoint] Could not list %s: %s" % (self.remote.url, exc))
+        known = {h.key for h in local}
+        headers = local + [h for h in self._remote_headers if h.key not in known]
+        try:
             keys = to_upload(tier, headers, position, retention, self.in_remote)
         except CheckpointException as exc:
             if raise_errors:
                 raise
             self.log("[@checkpoint] Could not list the local tier %s: %s" % (self.root, exc))
             return []
+        keys = [k for k in keys if k in known]  # (the others are in the flow's store)
+        self.chosen = keys
         done: list[str] = []
         first = None
         for key in keys:
@@ -312,7 +329,6 @@ class UploadPolicy:
                         "[@checkpoint] Uploading checkpoint %s failed; it stays local at %s: %s"
                         % (key, self.root, describe_error(exc))
                     )
-        self._end_complete = len(done) == len(keys)
         if first is not None and raise_errors and not self.warn:
             raise first
         return done
@@ -321,7 +337,7 @@ class UploadPolicy:
     def on_commit(self, ref: Any, pruned: Sequence[str] = ()) -> None:
         """A ``TaskSaves`` listener: the upload records of the tier checkpoints retention just
         pruned go with them (best effort; the task's end removes any left)."""
-        if not pruned or not self.at_end:
+        if not pruned or (self._tier is None and not self.at_end):
             return
         for key in pruned:
             try:
@@ -341,21 +357,25 @@ class UploadPolicy:
     def finish(
         self, scope: Scope, position: Position, *, succeeded: bool, pruned: bool, hurry: bool
     ) -> None:
-        """The task's end, after its upload: when the step ``succeeded`` and every checkpoint
-        the end chose is in the flow's store, remove this writer's tier checkpoints (every
-        attempt) but ``failed`` ones; then the records of checkpoints gone from the tier and
-        the tier's unreferenced blobs (also when retention may have ``pruned`` the tier).
-        Nothing after a signal (``hurry``: the time allowed is for the upload; a retry here
-        loads the tier).  Never fails the task: one warning."""
+        """The task's end, after its upload: when the step ``succeeded``, remove this writer's
+        tier checkpoints (every attempt) that are confirmed in the flow's store, or superseded
+        there (:func:`superseded`: a newer ``latest=True`` one of the same series is uploaded;
+        a ``failed`` one too, it is moot), never one only the tier holds that a retry or a
+        reference could still need; then the records of checkpoints gone from the tier and the
+        tier's unreferenced blobs (also when retention may have ``pruned`` the tier).  Nothing
+        after a signal (``hurry``: the time allowed is for the upload; a retry here loads the
+        tier).  Never fails the task: one warning."""
         tier = self._tier if self.at_end else self.existing_tier()
         if tier is None or hurry:
             return
 
         def clean() -> cleanup.Cleaned:
             done = cleanup.Cleaned()
-            if succeeded and self._end_complete:
-                headers = tier.headers(scope.task_prefix())
-                done = cleanup.remove(tier, [h.key for h in headers if h.position == position])
+            if succeeded:
+                own = [h for h in tier.headers(scope.task_prefix()) if h.position == position]
+                gone = superseded(own + self._remote_headers, self.in_remote)
+                keys = [h.key for h in own if h.key in self.in_remote or h.key in gone]
+                done = cleanup.remove(tier, keys, keep_failed=False)
             done.records += cleanup.orphan_records(tier, scope.task_prefix())
             return done
 
@@ -394,20 +414,26 @@ def to_upload(
     retention: Optional[Retention],
     in_remote: set,
 ) -> list[str]:
-    """The keys the end of an attempt uploads, most important first: the newest
-    ``latest=True`` one ``position`` would load on retry, then the best by each ``keep_best``
-    rule (per series name), among ``headers`` (the tier's checkpoints of this attempt); those
-    known in the flow's store are left out."""
+    """The keys the end of a task attempt uploads, most important first, among ``headers`` (the
+    task's checkpoints of every attempt, in the tier and in the flow's store): the newest
+    ``latest=True`` one ``position`` would load on retry, the newest of each series (name) it
+    sees, then the best by each ``keep_best`` rule (per series, among those in the tier);
+    those known in the flow's store (``in_remote``) are left out."""
     seen = visible_to(list(headers), position, True)
     keys: list[str] = []
     found = newest(seen, within_task=True, position=position)
     if found is not None:
         keys.append(found.key)
+    order = sort_key(True)
+    series: dict[str, ManifestHeader] = {}
+    for h in seen:  # best.pt and last.pt: the newest of each, whatever its latest flag
+        if h.name not in series or order(h) > order(series[h.name]):
+            series[h.name] = h
+    keys += [h.key for h in sorted(series.values(), key=order, reverse=True) if h.key not in keys]
     rules = retention.keep_best if retention is not None else ()
     local = [h for h in seen if h.key not in in_remote]  # the best among those in the tier
     if rules and local:
         summaries = tier.summaries(local)
-        order = sort_key(True)
         by_name: dict[str, list[Item]] = {}
         for h in local:
             meta = summaries.get(h.key, {}).get("metadata") or {}
@@ -418,6 +444,22 @@ def to_upload(
             for rule in rules:
                 keys += [k for k in rule.keeps(items).reasons if k not in keys]
     return [k for k in keys if k not in in_remote]
+
+
+def superseded(headers: Sequence[ManifestHeader], in_remote: set) -> set[str]:
+    """The keys of ``headers`` (one writer's) a retry never loads again: a ``latest=True`` one
+    with a newer ``latest=True`` one of the same series (name) in the flow's store
+    (``in_remote``).  A ``latest=False`` one is never superseded (only its reference names it)."""
+    order = sort_key(True)
+    newest_uploaded: dict[str, tuple] = {}
+    for h in (h for h in headers if h.latest and h.key in in_remote):
+        if h.name not in newest_uploaded or order(h) > newest_uploaded[h.name]:
+            newest_uploaded[h.name] = order(h)
+    return {
+        h.key
+        for h in headers
+        if h.latest and h.name in newest_uploaded and order(h) < newest_uploaded[h.name]
+    }
 
 
 class TieredStore:
