@@ -561,3 +561,35 @@ def test_retention_pruning_a_tier_checkpoint_removes_its_upload_record(flow_env,
     ]
     assert len(attempt0) == 1
     assert data.records == ([] if keep_last else attempt0)
+
+
+@pytest.mark.parametrize("corrupt", ["blob", "manifest"])
+def test_a_damaged_tier_copy_is_read_from_the_flow_store_with_one_warning(flow_env, corrupt):
+    """Attempt 0's last save is uploaded, then its tier copy is damaged (a flipped blob byte, a
+    truncated manifest): the retry on this machine loads the flow's store's intact copy, and
+    one warning names the tier's bad copy (before: every retry there failed)."""
+    env, tmp, notes, tier = _env(flow_env, CORRUPT=corrupt)
+    result = run_flow(FLOWS / "upload_corrupt_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    data = single_task(result.run, "start").data
+    assert data.corrupted_first, "the helper did not damage the tier before the retry"
+    assert data.loaded == "save 3"
+    root = tier_root(store.url, str(tier))
+    warned = [m for m in result.checkpoint_log("start") if "local tier's copy" in m]
+    assert len(warned) == 1, result.checkpoint_log("start")
+    assert "is damaged" in warned[0] and root in warned[0]
+    assert _note(notes, "saved")[-1] in warned[0]
+
+
+def test_a_damaged_tier_copy_the_flow_store_lacks_fails_naming_the_tier_copy(flow_env):
+    """The flow's store refused attempt 0's upload, then the tier's copy was damaged: the retry
+    fails, and its error says the local tier's copy is the bad one and where it is."""
+    env, tmp, notes, tier = _env(flow_env, CORRUPT="blob", FAIL_STORE="1")
+    result = run_flow(FLOWS / "upload_corrupt_flow.py", env, tmp, expect="failed")
+    output = result.stdout + result.stderr
+    store = local_store(local_root(tmp))
+    assert (notes / "corrupted").exists()
+    assert "The local tier's copy of checkpoint %s is damaged" % _note(notes, "saved")[-1] in (
+        output.replace("\n", " ")
+    ), output[-3000:]
+    assert "in the local tier %s" % tier_root(store.url, str(tier)) in output.replace("\n", " ")

@@ -50,7 +50,10 @@ from ..core.store import CheckpointStore
 from ..errors import (
     CheckpointConfigError,
     CheckpointException,
+    CheckpointIncomplete,
+    CheckpointIntegrityError,
     CheckpointNotFound,
+    ManifestError,
     StorageError,
 )
 from ..fmt import describe_error
@@ -462,17 +465,26 @@ def superseded(headers: Sequence[ManifestHeader], in_remote: set) -> set[str]:
     }
 
 
+#: A tier copy that fails verification: a blob not matching its hash, data missing, or an
+#: unreadable manifest (a bad disk, a truncation, a /tmp cleaner).
+DAMAGED = (CheckpointIntegrityError, CheckpointIncomplete, ManifestError)
+
+
 class TieredStore:
     """The tier and the flow's store read as one store (the task's ``list``/``load``).
 
     Headers are merged (a key in both listed once, as the flow's); a manifest and its files
-    are read from the tier when it has them (local disk), else from the flow's store.  Every
-    other attribute is the flow's store's (``url``, ``storage``, names, pause requests).
+    are read from the tier when it has them (local disk), else from the flow's store.  A tier
+    copy that fails verification (:data:`DAMAGED`) is read from the flow's store instead when
+    it has the key (one warning naming the tier's copy); else the error says the tier's copy is
+    the bad one, and where.  Every other attribute is the flow's store's (``url``,
+    ``storage``, names, pause requests).
     """
 
     def __init__(self, policy: UploadPolicy):
         self._policy = policy
         self._remote = policy.remote
+        self._warned: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._remote, name)
@@ -510,6 +522,33 @@ class TieredStore:
             return tier
         return self._remote
 
+    def _damaged(self, tier: CheckpointStore, key: str, exc: CheckpointException) -> None:
+        """The tier's copy of ``key`` failed verification: return when the flow's store has
+        the key (warned once per key: it is read from there), else raise naming the tier's
+        copy as the bad one."""
+        where = tier.storage.local_path(key) or self._policy.root
+        try:
+            there = self._remote.storage.exists(key)
+        except CheckpointException:
+            there = False
+        if there:
+            if key not in self._warned:
+                self._warned.add(key)
+                self._policy.log(
+                    "[@checkpoint] Warning: the local tier's copy of checkpoint %s (%s, tier %s) "
+                    "is damaged (%s); reading the flow's store's copy instead."
+                    % (key, where, self._policy.root, exc.message)
+                )
+            return
+        raise type(exc)(
+            "The local tier's copy of checkpoint %s is damaged (%s) and the flow's store %s has "
+            "no copy. The bad copy is %s in the local tier %s: delete it (or the tier) so this "
+            "machine stops reading it." % (key, exc.message, self._remote.url, where, tier.url),
+            key=key,
+            path=where,
+            url=tier.url,
+        ) from exc
+
     def read(self, key: str) -> Manifest:
         tier = self._tier()
         if tier is not None:
@@ -517,16 +556,30 @@ class TieredStore:
                 return tier.read(key)
             except CheckpointNotFound:
                 pass
+            except DAMAGED as exc:
+                self._damaged(tier, key, exc)
         return self._remote.read(key)
 
     def read_many(self, keys: Sequence[str]) -> list[Manifest]:
         return [self.read(k) for k in keys]
 
     def load(self, manifest: Manifest, dest: str, progress: Any = None) -> int:
-        return self._holder(manifest.key).load(manifest, dest, progress)
+        holder = self._holder(manifest.key)
+        if holder is not self._remote:
+            try:
+                return holder.load(manifest, dest, progress)
+            except DAMAGED as exc:
+                self._damaged(holder, manifest.key, exc)
+        return self._remote.load(manifest, dest, progress)
 
     def open(self, manifest: Manifest, path: str):
-        return self._holder(manifest.key).open(manifest, path)
+        holder = self._holder(manifest.key)
+        if holder is not self._remote:
+            try:
+                return holder.open(manifest, path)
+            except DAMAGED as exc:
+                self._damaged(holder, manifest.key, exc)
+        return self._remote.open(manifest, path)
 
 
 def with_tier(
