@@ -83,7 +83,7 @@ def test_tier_root_is_stable_per_store_and_distinct_between_stores(tmp_path):
     base = str(tmp_path)
     a = T.tier_root("s3://bucket/ckpt", base)
     assert a == T.tier_root("s3://bucket/ckpt", base)  # every attempt finds the same tier
-    assert os.path.dirname(a) == os.path.join(base, T.TIER_DIR)
+    assert os.path.dirname(a) == os.path.join(base, "mfckpt-tier-%d" % os.getuid())  # per user
     name = os.path.basename(a)
     assert len(name) == 16 and all(c in "0123456789abcdef" for c in name)
     others = {T.tier_root(u, base) for u in ("s3://bucket/ckpt2", "s3://other/ckpt", "/data/c")}
@@ -508,3 +508,124 @@ def test_two_processes_uploading_one_checkpoint_at_once_both_succeed(tmp_path):
     assert remote.storage.get_bytes(saved.key) == tier.storage.get_bytes(saved.key)
     remote.load(remote.read(saved.key), str(tmp_path / "out"))
     assert snapshot(tmp_path / "out") == snapshot(src)
+
+
+# ------------------------------------------------------------------------------ one tier per user
+def _plant(base: Path, remote: CheckpointStore, how: str) -> str:
+    """Make this machine's tier path (or its per-user parent) what another user could leave:
+    ``owner`` (theirs: chown, as root can), ``mode`` (ours, but 0o777), ``symlink`` (the tier a
+    symlink to a directory of theirs), ``parent-symlink``; returns the path at fault."""
+    root = T.tier_root(remote.url, str(base))
+    parent = os.path.dirname(root)
+    if how == "parent-symlink":
+        target = base / "theirs"
+        target.mkdir(mode=0o700)
+        os.symlink(target, parent)
+        return parent
+    os.makedirs(parent, mode=0o700)
+    if how == "symlink":
+        target = base / "theirs"
+        target.mkdir(mode=0o700)
+        os.symlink(target, root)
+        return root
+    os.mkdir(root, 0o700)
+    if how == "owner":
+        os.chown(parent, 65534, 65534)
+        return parent
+    os.chmod(root, 0o777)
+    return root
+
+
+@pytest.mark.parametrize("how", ["owner", "mode", "symlink", "parent-symlink"])
+def test_open_tier_refuses_a_tier_another_user_could_have_planted(tmp_path, how):
+    """A tier (or its per-user parent) that is a symlink, another user's, or group/other
+    accessible is refused before anything in it is read: its checkpoints would be loaded and
+    uploaded as ours.  The error names the path, the owner and mode found, and the setting."""
+    if how == "owner" and os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    remote = CheckpointStore(LocalStorage(str(tmp_path / "remote")))
+    bad = _plant(tmp_path, remote, how)
+    with pytest.raises(CheckpointConfigError) as info:
+        T.open_tier(remote, str(tmp_path))
+    message = info.value.message
+    assert "Refusing the local checkpoint tier %s" % T.tier_root(remote.url, str(tmp_path)) in (
+        message
+    )
+    assert bad in message and "owner uid" in message and "mode 0o" in message
+    assert "METAFLOW_CHECKPOINT_LOCAL_TIER" in message
+    assert {"owner": "another user", "mode": "group or others", "symlink": "symlink"}.get(
+        how, "symlink"
+    ) in message
+
+
+def test_a_fresh_tier_and_its_parent_are_private_to_the_user(tmp_path):
+    remote = CheckpointStore(LocalStorage(str(tmp_path / "remote")))
+    old = os.umask(0)  # even under a permissive umask
+    try:
+        tier = T.open_tier(remote, str(tmp_path))
+    finally:
+        os.umask(old)
+    root = T.tier_root(remote.url, str(tmp_path))
+    for path in (root, os.path.dirname(root)):
+        st = os.lstat(path)
+        assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+    assert tier.url == LocalStorage(root).url
+    T.open_tier(remote, str(tmp_path))  # and reopening it is fine
+
+
+SECOND_USER = """
+import os, sys
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import tier as T
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+remote = CheckpointStore(LocalStorage(sys.argv[1]))
+tier = T.open_tier(remote, sys.argv[2])
+src = sys.argv[3]
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
+print(T.tier_root(remote.url, sys.argv[2]))
+print(tier.save(src, Scope("user:bob", "F", "s", "_", "1", "1", 0)).key)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to a second uid needs root")
+def test_a_second_user_on_the_machine_gets_a_tier_of_its_own(tmp_path):
+    """Two users with the same store URL and base: each saves into a tier of its own (before:
+    the second user's first save failed with a PermissionError in the first user's tier)."""
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="tier-users-"))  # pytest's tmp is root-only (0o700)
+    os.chmod(top, 0o755)
+    try:
+        _second_user(top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _second_user(tmp_path: Path) -> None:
+    base, src, remote_dir = tmp_path / "base", tmp_path / "src", tmp_path / "remote"
+    for d in (base, src, remote_dir):
+        d.mkdir()
+        os.chmod(d, 0o1777)
+    (src / "a.txt").write_text("bob's")
+    os.chmod(src / "a.txt", 0o644)
+    remote = CheckpointStore(LocalStorage(str(remote_dir)))
+    mine = T.open_tier(remote, str(base))
+    mine.save(str(src), make_scope())
+    other = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c"]
+        + [SECOND_USER, str(remote_dir), str(base), str(src)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HOME=str(tmp_path)),
+    )
+    assert other.returncode == 0, other.stderr[-2000:]
+    their_root, key = other.stdout.split()[:2]
+    assert their_root == os.path.join(str(base), "mfckpt-tier-65534", os.path.basename(their_root))
+    assert their_root != T.tier_root(remote.url, str(base))
+    assert os.lstat(os.path.dirname(their_root)).st_uid == 65534
+    # And ours refuses theirs: their parent directory is not ours.
+    assert key.startswith("manifests/")

@@ -226,7 +226,7 @@ def test_on_the_machine_that_ran_it_the_local_tier_is_listed_with_its_status(sto
     assert len(probed["local"]) == 20
 
     # Another machine: no tier there.
-    (tier / "mfckpt-tier").rename(tmp / "elsewhere")
+    next(tier.glob("mfckpt-tier*")).rename(tmp / "elsewhere")
     probed, _ = run_probe(TIER_PROBE, env, tmp, task)
     assert probed["task"] == [] and probed["local"] == []
 
@@ -340,7 +340,7 @@ def test_picks_choose_among_what_loads_from_here_and_a_local_one_elsewhere_says_
     shown = json.loads(_cli(env, tmp, "show", "%s@%s" % (task, here["short_id"]), "--json").stdout)
     assert (shown["metadata"]["i"], shown["status"]) == (7, "local")
 
-    (tier / "mfckpt-tier").rename(tmp / "elsewhere")  # another machine: no tier there
+    next(tier.glob("mfckpt-tier*")).rename(tmp / "elsewhere")  # another machine: no tier there
     there, _ = run_probe(PICK_PROBE, env, tmp, task, dest)
     for pick in ("best", "best_run", "alias", "alias_run", "first", "task", "latest", "short"):
         assert there[pick] == [20, "uploaded"], (pick, there)

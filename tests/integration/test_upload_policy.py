@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core.tier import tier_root
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.tier import tier_dir, tier_root
 
 from .flowrun import (
     FLOWS,
@@ -93,7 +93,7 @@ def test_upload_end_uploads_only_the_last_save_of_a_failed_attempt_and_the_retry
     assert single_task(result.run, "start").data.loaded == "save 20"
     # The tier is elsewhere than the flow's store, and the task's metadata names it with the
     # host, so a client on this machine finds its local checkpoints.
-    assert (tier / "mfckpt-tier").is_dir()
+    assert (tier / tier_dir()).is_dir()
     recorded = json.loads(single_task(result.run, "start").metadata_dict["checkpoint-tier"])
     assert recorded == {"host": socket.gethostname(), "path": tier_root(store.url, str(tier))}
 
@@ -151,7 +151,7 @@ def test_a_retry_on_another_machine_loads_the_uploaded_checkpoint(flow_env):
     # Attempt 1 ran with a tier of its own (empty): it loaded the uploaded 20th save.
     assert single_task(result.run, "start").data.loaded == "save 20"
     assert not any("local tier" in m for m in result.checkpoint_log("start"))
-    assert (tmp / "machines" / "0" / "mfckpt-tier").is_dir()
+    assert (tmp / "machines" / "0" / tier_dir()).is_dir()
 
 
 def test_upload_errors_fail_fails_the_step_naming_the_error_and_the_retry_loads_the_tier(
@@ -278,7 +278,7 @@ def test_upload_end_on_s3_uploads_the_best_and_the_last_and_the_retry_resumes(
     attempt0 = [k for k in keys if parse_key(k).scope.attempt == 0]
     assert sorted(attempt0) == sorted([saved[6]["key"], saved[19]["key"]])
     assert single_task(result.run, "start").data.loaded == "save 20"
-    assert (tier / "mfckpt-tier").is_dir()
+    assert (tier / tier_dir()).is_dir()
 
 
 def test_an_upload_that_cannot_finish_in_the_time_allowed_stays_local_and_the_log_says_where(
@@ -593,3 +593,27 @@ def test_a_damaged_tier_copy_the_flow_store_lacks_fails_naming_the_tier_copy(flo
         output.replace("\n", " ")
     ), output[-3000:]
     assert "in the local tier %s" % tier_root(store.url, str(tier)) in output.replace("\n", " ")
+
+
+def test_a_tier_another_user_could_reach_fails_the_task_before_any_save(flow_env):
+    """The per-user tier directory left group/other-writable (as another user sharing the base
+    could have made it, then planting checkpoints in it): the task refuses it at its start,
+    naming the path, the mode found and the setting, and saves nothing."""
+    env, tmp, notes, tier = _env(flow_env, UPLOAD_HOW="succeed")
+    parent = tier / tier_dir()
+    parent.mkdir(parents=True)
+    os.chmod(parent, 0o777)
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp, expect="failed")
+    output = (result.stdout + result.stderr).replace("\n", " ")
+    assert "Refusing the local checkpoint tier" in output, output[-3000:]
+    assert (
+        "%s is accessible by group or others (owner uid %d, mode 0o777)"
+        % (
+            parent,
+            os.geteuid(),
+        )
+        in output
+    )
+    assert "METAFLOW_CHECKPOINT_LOCAL_TIER" in output
+    assert not (notes / "saved").exists()
+    assert os.listdir(parent) == []

@@ -68,6 +68,12 @@ class CheckpointStore:
     def url(self) -> str:
         return self.storage.url
 
+    @property
+    def writer(self) -> BlobWriter:
+        """This store's writer session (its lease and the blobs it vouches for), shared by
+        every commit into it from this process (a tier's upload credits blobs to it)."""
+        return self._writer
+
     # ------------------------------------------------------------------ save
     def save(
         self,

@@ -7,9 +7,11 @@ uploaded to the flow's store by :func:`upload`, which moves the tier's blobs the
 and then commits the *identical* manifest under the *same* key: a reference taken from the tier
 names the uploaded checkpoint too, and a second upload finds the key and moves nothing.
 
-The tier lives at :func:`tier_root` ``(remote URL, base)``: one directory per flow store, the
-same for every attempt of a task on one machine, so a retry there loads what the failed attempt
-saved.
+The tier lives at :func:`tier_root` ``(remote URL, base)``: one directory per user and flow
+store, the same for every attempt of a task on one machine, so a retry there loads what the
+failed attempt saved.  :func:`open_tier` refuses a tier (or its per-user parent) that another
+user could have planted or can reach: a symlink, not owned by this user, or group/other
+accessible; its checkpoints would be loaded and uploaded as this user's.
 
 How :func:`upload` commits (the protocol of :mod:`.commit`, ADR 002):
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -55,8 +58,15 @@ from .store import CheckpointStore
 from .transfer import _run_bounded, digest
 from .upload import BlobWriter
 
-#: The directory under the base that holds every tier (one per flow store).
+#: The directory under the base that holds a user's tiers (one per flow store), suffixed with
+#: the user's uid (:func:`tier_dir`): users of one machine never share a tier.
 TIER_DIR = "mfckpt-tier"
+
+
+def tier_dir() -> str:
+    """``mfckpt-tier-<uid>``: this user's directory of tiers under the base."""
+    return "%s-%d" % (TIER_DIR, os.getuid())
+
 
 #: ``abort()`` -> a reason to stop the upload now (None: go on).
 Abort = Callable[[], Optional[str]]
@@ -87,8 +97,8 @@ class Uploaded:
 
 
 def tier_root(remote_url: str, base: str) -> str:
-    """``<base>/mfckpt-tier/<16 hex of sha256(remote_url)>``: the tier of the flow store at
-    ``remote_url`` (a store's ``url``) under the directory ``base``.
+    """``<base>/mfckpt-tier-<uid>/<16 hex of sha256(remote_url)>``: this user's tier of the flow
+    store at ``remote_url`` (a store's ``url``) under the directory ``base``.
 
     Raises
     ------
@@ -101,23 +111,60 @@ def tier_root(remote_url: str, base: str) -> str:
             "@checkpoint(temp_dir_root=...) or METAFLOW_CHECKPOINT_LOCAL_TIER." % (base,)
         )
     name = hashlib.sha256(str(remote_url).encode("utf-8")).hexdigest()[:16]
-    return os.path.join(os.path.abspath(os.path.expanduser(base)), TIER_DIR, name)
+    return os.path.join(os.path.abspath(os.path.expanduser(base)), tier_dir(), name)
+
+
+def _unsafe(root: str, path: str, problem: str) -> CheckpointConfigError:
+    return CheckpointConfigError(
+        "Refusing the local checkpoint tier %s: %s. It must be a directory (not a symlink) "
+        "owned by you (uid %d) that no other user can access (mode 0o700), or another user "
+        "could plant checkpoints this task would load and upload as yours. Remove or fix it "
+        "(chmod 700), or choose another base with @checkpoint(temp_dir_root=...) or "
+        "METAFLOW_CHECKPOINT_LOCAL_TIER." % (root, problem, os.geteuid()),
+        path=path,
+    )
+
+
+def _private_dir(root: str, path: str) -> None:
+    """Create ``path`` readable by this user only, or check the one there (never following
+    a symlink); raise :func:`_unsafe` if it is not this user's private directory."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    found = "owner uid %d, mode 0o%03o" % (st.st_uid, mode)
+    if stat.S_ISLNK(st.st_mode):
+        raise _unsafe(root, path, "%s is a symlink (%s)" % (path, found))
+    if not stat.S_ISDIR(st.st_mode):
+        raise _unsafe(root, path, "%s is not a directory (%s)" % (path, found))
+    if st.st_uid != os.geteuid():
+        raise _unsafe(root, path, "%s belongs to another user (%s)" % (path, found))
+    if mode & 0o077:
+        raise _unsafe(root, path, "%s is accessible by group or others (%s)" % (path, found))
 
 
 def open_tier(remote: CheckpointStore, base: str) -> CheckpointStore:
     """The tier of ``remote`` under ``base``: a store on :class:`LocalStorage` at
-    :func:`tier_root` with ``remote``'s transfer options (compression included), its directory
-    created readable by this user only (it holds the user's checkpoints).
+    :func:`tier_root` with ``remote``'s transfer options (compression included), it and its
+    per-user parent created readable by this user only (it holds the user's checkpoints), or
+    checked to be so before anything in it is read.
 
     Raises
     ------
     CheckpointConfigError
-        The directory cannot be created (naming it, and how to choose another).
+        The directory cannot be created or accessed (naming it, and how to choose another), or
+        it or its parent is a symlink, another user's, or group/other accessible (naming the
+        path, the owner and mode found, and the setting).
     """
     root = tier_root(remote.url, base)
     try:
-        os.makedirs(os.path.dirname(root), exist_ok=True)
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.dirname(root)), exist_ok=True)
+        _private_dir(root, os.path.dirname(root))
+        _private_dir(root, root)
+    except PermissionError as exc:
+        raise _unsafe(root, exc.filename or root, "%s: %s" % (type(exc).__name__, exc)) from exc
     except OSError as exc:
         raise CheckpointConfigError(
             "Cannot create the local checkpoint tier %s (%s: %s): choose a writable directory "
@@ -128,7 +175,7 @@ def open_tier(remote: CheckpointStore, base: str) -> CheckpointStore:
     return CheckpointStore(
         LocalStorage(root),
         replace(remote.options),
-        lease_seconds=remote._writer.lease.ttl,
+        lease_seconds=remote.writer.lease.ttl,
     )
 
 
@@ -169,7 +216,7 @@ class _Copier:
 
     def __init__(self, tier: CheckpointStore, remote: CheckpointStore, key: str, abort: Abort):
         self.tier, self.remote, self.key, self.abort = tier, remote, key, abort
-        self.writer: BlobWriter = remote._writer  # the store's one writer session per process
+        self.writer: BlobWriter = remote.writer  # the store's one writer session per process
         self.confirmed: set[str] = set()
         self.blobs = 0
         self.bytes = 0
