@@ -9,7 +9,8 @@ raises).  Later attempts (and a resume) record what was
 loaded.  ``KEEP_BEST``
 sets ``keep_best``; ``UPLOAD_ERRORS`` sets ``upload_errors``; ``UPLOAD_MODE`` sets ``upload``
 (default ``end``).  ``FAIL_STORE`` makes every write of attempt 0 to the flow's store fail
-(a StorageError, as after the storage layer's retries); ``TIER_BY_ATTEMPT`` gives each attempt
+(a StorageError, as after the storage layer's retries; ``FAIL_STORE=blobs``: only blob writes,
+so the attempt's summary still lands); ``TIER_BY_ATTEMPT`` gives each attempt
 its own tier base (``temp_dir_root``), as a retry on another machine would have;
 ``SLOW_STORE`` (seconds) slows each blob write of attempt 0 to the flow's store.
 """
@@ -36,12 +37,21 @@ def fail_flow_store():
     from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
 
     storage = current.checkpoint._saves.flow_store.storage
+    blobs_only = os.environ.get("FAIL_STORE") == "blobs"
 
-    def refuse(*args, **kwargs):
-        raise StorageError(reason="injected: the flow's store refuses writes")
+    def refusing(method):
+        real = getattr(storage, method)
+
+        def refuse(*args, **kwargs):
+            key = args[0] if args and isinstance(args[0], str) else ""
+            if blobs_only and method != "ingest_range" and not key.startswith("blobs/"):
+                return real(*args, **kwargs)
+            raise StorageError(reason="injected: the flow's store refuses writes")
+
+        return refuse
 
     for method in ("put_bytes", "put_file", "ingest_range"):
-        setattr(storage, method, refuse)
+        setattr(storage, method, refusing(method))
 
 
 def write(text):

@@ -617,3 +617,31 @@ def test_a_tier_another_user_could_reach_fails_the_task_before_any_save(flow_env
     assert "METAFLOW_CHECKPOINT_LOCAL_TIER" in output
     assert not (notes / "saved").exists()
     assert os.listdir(parent) == []
+
+
+def test_a_paused_task_whose_upload_failed_is_shown_paused(flow_env):
+    """``upload_errors="warn"``: the end upload of a task that called ``pause()`` fails (blob
+    writes refused), so none of its checkpoints reach the flow's store; the attempt's ending is
+    still recorded there (a summary with no entries), and the CLI shows its checkpoints'
+    ``task_status`` "paused" (before: None, as for a running task)."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.summary import (
+        attempts_ended,
+    )
+
+    env, tmp, notes, _ = _env(
+        flow_env, UPLOAD_HOW="pause", UPLOAD_ERRORS="warn", FAIL_STORE="blobs"
+    )
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp, expect="failed")
+    store = local_store(local_root(tmp))
+    assert any("Task paused" in m for m in result.checkpoint_log("start"))
+    assert _attempt_headers(store) == []  # nothing uploaded
+    key = _note(notes, "saved")[-1]["key"]
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import parse_key
+
+    assert attempts_ended(store.storage, parse_key(key).scope.task_prefix()) == {0: "paused"}
+    proc = run_subprocess(
+        [FLOWS / "upload_end_flow.py", "--no-pylint", "checkpoint", "list", "--json"], env, tmp
+    )
+    listed = json.loads(proc.stdout)
+    mine = [r for r in listed if r["key"] == key]
+    assert mine and mine[0]["status"] == "failed" and mine[0]["task_status"] == "paused", listed

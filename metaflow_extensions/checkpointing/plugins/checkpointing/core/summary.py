@@ -123,12 +123,15 @@ def write_task_summaries(
     manifests: Sequence[Manifest],
     position: Position = RANK0,
     ended: Optional[str] = None,
+    ending_only: bool = False,
 ) -> None:
     """Record what the process at ``position`` committed in one attempt of a task (best
     effort: it is only a hint) and, when given, how the attempt ``ended`` (one of
-    :data:`ENDINGS`).  Nothing is written when nothing was committed: no listing shows the
-    attempt then."""
-    if not manifests:
+    :data:`ENDINGS`).  Nothing is written when nothing was committed (no listing shows the
+    attempt then), unless ``ending_only`` and ``ended``: then a summary with no entries
+    records the ending alone, for an attempt whose checkpoints are elsewhere (in a local tier,
+    their upload failed) so that readers still show how it ended (paused, not failed)."""
+    if not manifests and not (ending_only and ended is not None):
         return
     if ended is not None and ended not in ENDINGS:
         raise ValueError("ended=%r is not one of %s" % (ended, ", ".join(ENDINGS)))

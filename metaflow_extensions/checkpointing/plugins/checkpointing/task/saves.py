@@ -452,7 +452,8 @@ class TaskSaves:
         """Record the summaries of this attempt's saves in the flow's store (once, when the
         task ends, with how it ``ended``), so listings need not read each manifest.  Each node
         of a ``@parallel`` gang writes its own (the checkpoints its step process committed
-        there: with an upload policy, those uploaded)."""
+        there: with an upload policy, those uploaded; the ending alone when it committed only
+        into the tier)."""
         from ..core.summary import write_task_summaries
 
         manifests = self._manifests
@@ -465,6 +466,9 @@ class TaskSaves:
             manifests,
             self.ranks.position,
             ended=ended,
+            # Its checkpoints stayed in the tier (upload failed): the ending is still recorded
+            # in the flow's store, so a paused task whose upload failed is shown paused.
+            ending_only=bool(self._manifests),
         )
 
     def upload_at_end(self, raise_errors: bool = False) -> list[str]:
