@@ -281,6 +281,38 @@ def test_upload_end_on_s3_uploads_the_best_and_the_last_and_the_retry_resumes(
     assert (tier / tier_dir()).is_dir()
 
 
+@pytest.mark.s3
+def test_on_s3_a_retry_uploads_the_checkpoint_it_resumed_from_when_the_first_upload_failed(
+    s3_env, flow_env, monkeypatch
+):
+    """Moto S3: attempt 0's end upload fails (every write refused), the step fails; attempt 1
+    loads save 20 from the tier and succeeds without saving: its end uploads save 20, whole."""
+    from metaflow import metaflow_config
+    from metaflow.plugins.datatools.s3 import s3util
+
+    monkeypatch.setattr(s3util, "DATATOOLS_CLIENT_PARAMS", metaflow_config.DATATOOLS_CLIENT_PARAMS)
+    env, tmp, notes, tier = _env(flow_env, UPLOAD_HOW="succeed", FAIL_STORE="1")
+    bucket = s3_env["new_bucket"]()
+    env = dict(env, METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/mf" % bucket, **s3_env["env"])
+    result = run_flow(FLOWS / "upload_end_flow.py", env, tmp, datastore="s3")
+    saved = _note(notes, "saved")
+    assert single_task(result.run, "start").data.loaded == "save 20"
+    prefix = "mf/mf.checkpointing/"
+    client = s3_env["client"]
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "manifests/"
+    )
+    keys = [o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])]
+    assert keys == [saved[-1]["key"]]
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import loads
+
+    body = client.get_object(Bucket=bucket, Key=prefix + keys[0])["Body"].read()
+    manifest = loads(body, keys[0])
+    for blob in {c.blob for f in manifest.files for c in f.chunks}:  # every blob is there
+        client.head_object(Bucket=bucket, Key=prefix + blob_key(blob))
+
+
 def test_an_upload_that_cannot_finish_in_the_time_allowed_stays_local_and_the_log_says_where(
     flow_env,
 ):
