@@ -490,7 +490,12 @@ class TaskSaves:
             return None
 
         keys = self.upload.upload_at_end(
-            self.scope, self.ranks.position, self._retention, abort=abort, raise_errors=raise_errors
+            self.scope,
+            self.ranks.position,
+            self._retention,
+            abort=abort,
+            raise_errors=raise_errors,
+            hurry=interrupts.received is not None,
         )
         stay = [m for m in self._manifests if not m.latest and m.key not in self.upload.in_remote]
         stay = [m for m in stay if m.key not in self.upload.chosen]  # (their failure is logged)

@@ -268,9 +268,14 @@ class UploadPolicy:
         *,
         abort: Optional[tiers.Abort] = None,
         raise_errors: bool = False,
+        hurry: bool = False,
     ) -> list[str]:
         """Upload what this attempt's end keeps (:func:`to_upload`); returns the keys now in
         the flow's store.  Nothing when nothing was saved into the tier.
+
+        The task's checkpoints in the flow's store are listed first (one listing: the pick
+        is among both), except with ``upload="end"`` after a signal (``hurry``): the time
+        allowed is for the upload, which finds a key already there by itself.
 
         With ``raise_errors`` (``upload_errors="fail"`` and the step succeeded) the first
         failure is raised once the others were tried; otherwise each failure is logged (one
@@ -297,8 +302,9 @@ class UploadPolicy:
         if not local:
             return []
         try:
-            self._remote_headers = self.remote.headers(prefix)
-            self.in_remote.update(h.key for h in self._remote_headers)
+            if not (hurry and self.at_end):
+                self._remote_headers = self.remote.headers(prefix)
+                self.in_remote.update(h.key for h in self._remote_headers)
         except CheckpointException as exc:  # each upload still finds a key already there
             self.log("[@checkpoint] Could not list %s: %s" % (self.remote.url, exc))
         known = {h.key for h in local}
