@@ -215,3 +215,38 @@ def test_a_cleanup_beside_another_process_saving_into_the_same_tier_loses_nothin
         assert snapshot(dest) == snapshot(Path(src))
     tier.close()
     remote.close()
+
+
+def test_the_start_sweep_removes_an_old_failed_checkpoint_once_the_flow_store_supersedes_it(
+    tmp_path,
+):
+    """An old ``failed`` tier checkpoint whose task later uploaded a newer ``latest=True`` one
+    of the same series (or that the flow's store holds after all) is moot: the start sweep of
+    an upload policy removes it.  One nothing supersedes is still kept, and logged."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.upload_policy import (
+        UploadPolicy,
+    )
+
+    remote = CheckpointStore(LocalStorage(str(tmp_path / "remote")), options())
+    base = str(tmp_path / "base")
+    tier = T.open_tier(remote, base)
+    moot = _save(tier, tmp_path, "moot", task="1").key
+    uploaded_after_all = _save(tier, tmp_path, "there", task="3", seed=3).key
+    only_copy = _save(tier, tmp_path, "only", task="2", seed=2).key
+    records = UploadRecords(tier.storage)
+    for key in (moot, uploaded_after_all, only_copy):
+        records.set(key, FAILED, "the store refused")
+        _age(tier, key, 3 * DAY)
+    T.upload(tier, remote, uploaded_after_all)  # (its record still says failed)
+    src = write_tree(tmp_path / "newer", {"w.bin": rand(CHUNK, 9)})
+    remote.save(str(src), make_scope(task="1"))  # task 1's series moved on in the flow's store
+    tier.close()
+    log: list = []
+    policy = UploadPolicy(remote, mode="end", base=base, log=log.append)
+    policy.sweep_at_start(2)
+    assert _manifests(policy.tier) == {only_copy}
+    assert [k.split("/", 1)[1] for k in _records(policy.tier)] == [only_copy.split("/", 1)[1]]
+    kept = [m for m in log if m.startswith("[@checkpoint] Kept 1")]
+    assert len(kept) == 1 and only_copy in kept[0], log
+    policy.tier.close()
+    remote.close()

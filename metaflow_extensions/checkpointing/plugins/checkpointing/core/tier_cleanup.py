@@ -16,7 +16,7 @@ Three steps, each best effort for the caller (the task logs one warning and goes
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -85,11 +85,18 @@ def orphan_records(tier: CheckpointStore, prefix: str = MANIFESTS_PREFIX) -> int
     return len(stale)
 
 
-def sweep(tier: CheckpointStore, max_age_seconds: float, now: Optional[float] = None) -> Cleaned:
+def sweep(
+    tier: CheckpointStore,
+    max_age_seconds: float,
+    now: Optional[float] = None,
+    moot: Optional[Callable[[list[str]], set[str]]] = None,
+) -> Cleaned:
     """Delete the tier's checkpoints whose manifest file is older than ``max_age_seconds``
     (against ``now``, default this machine's clock: the tier is on its disk), except
     ``failed`` ones and those a live process on this host is ``uploading``; then the records
-    with no checkpoint left."""
+    with no checkpoint left.  ``moot(keys)``, given the old ``failed`` keys, returns those
+    whose failure no longer matters (in the flow's store after all, or superseded there by a
+    newer upload of their series): they are deleted too."""
     if not max_age_seconds >= 0:
         raise CheckpointConfigError("max_age_seconds must be >= 0, not %r." % (max_age_seconds,))
     cutoff = (time.time() if now is None else now) - max_age_seconds
@@ -99,8 +106,15 @@ def sweep(tier: CheckpointStore, max_age_seconds: float, now: Optional[float] = 
         for o in tier.storage.list(MANIFESTS_PREFIX)
         if split_manifest_key(o.key) is not None and o.mtime is not None and o.mtime < cutoff
     ]
-    busy = [k for k in old if effective(records.get(k), False) == UPLOADING]
-    out = remove(tier, [k for k in old if k not in busy])
+    states = {k: effective(records.get(k), False) for k in old}
+    out = remove(tier, [k for k in old if states[k] != UPLOADING])
+    if moot is not None and out.kept_failed:
+        gone = moot(list(out.kept_failed))
+        if gone:
+            done = remove(tier, [k for k in out.kept_failed if k in gone], keep_failed=False)
+            out.removed += done.removed
+            out.records += done.records
+            out.kept_failed = [k for k in out.kept_failed if k not in gone]
     out.records += orphan_records(tier)
     return out
 

@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional
 from ..core import tier as tiers
 from ..core import tier_cleanup as cleanup
 from ..core import upload_status as status
-from ..core.manifest import Manifest, ManifestHeader
+from ..core.manifest import Manifest, ManifestHeader, parse_key
 from ..core.policies import Resolution, newest, sort_key, visible_to
 from ..core.position import Position
 from ..core.retention import Item, Retention
@@ -361,7 +361,32 @@ class UploadPolicy:
         tier = self._tier if self.at_end else self.existing_tier()
         if tier is None:
             return
-        self._tidy(tier, lambda: cleanup.sweep(tier, days * 86400.0), "older than %g days" % days)
+        self._tidy(
+            tier,
+            lambda: cleanup.sweep(tier, days * 86400.0, moot=self._moot),
+            "older than %g days" % days,
+        )
+
+    def _moot(self, keys: list[str]) -> set[str]:
+        """Of these ``failed`` tier checkpoints, those the flow's store holds or supersedes
+        (:func:`superseded`, per writer): one listing per task, only when the sweep found an
+        old failed one; a listing that fails keeps that task's (best effort)."""
+        by_task: dict[str, list[ManifestHeader]] = {}
+        for key in keys:
+            h = parse_key(key)
+            by_task.setdefault(h.scope.task_prefix(), []).append(h)
+        out: set[str] = set()
+        for prefix, ours in by_task.items():
+            try:
+                remote = self.remote.headers(prefix)
+            except CheckpointException:
+                continue
+            there = {h.key for h in remote}
+            for h in ours:
+                same = [r for r in remote if r.position == h.position]
+                if h.key in there or h.key in superseded([h] + same, there):
+                    out.add(h.key)
+        return out
 
     def finish(
         self, scope: Scope, position: Position, *, succeeded: bool, pruned: bool, hurry: bool
