@@ -144,11 +144,14 @@ def test_effective_status_of_each_record():
 
 
 def test_the_task_view_says_local_for_a_record_saying_uploaded_when_the_store_lacks_it(tmp_path):
-    """The in-task view (``task/upload_policy.py``) follows the client's rule: a tier-only
-    checkpoint is ``uploaded`` only if the key is in the flow's store."""
+    """The in-task view (``task/upload_policy.py``, ``task/tiered_store.py``) follows the
+    client's rule: a tier-only checkpoint is ``uploaded`` only if the key is in the flow's
+    store."""
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
-    from metaflow_extensions.checkpointing.plugins.checkpointing.task.upload_policy import (
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.tiered_store import (
         TieredStore,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.task.upload_policy import (
         UploadPolicy,
     )
 

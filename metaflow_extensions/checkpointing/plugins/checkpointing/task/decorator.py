@@ -256,8 +256,9 @@ class CheckpointDecorator(StepDecorator):
         from .origins import origin_chain
         from .ranks import Ranks
         from .session import TaskSession
+        from .tiered_store import with_tier
         from .upload_policy import TIER_METADATA as TIER
-        from .upload_policy import policy_for, with_tier
+        from .upload_policy import policy_for
 
         settings = TaskSettings.read()  # once, before any I/O: a bad value fails here
         flow_datastore = task_datastore.parent_datastore

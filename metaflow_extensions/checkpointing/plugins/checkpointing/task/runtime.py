@@ -92,7 +92,7 @@ class CheckpointRuntime:
         models: Optional[Mapping[str, str]] = None,
     ):
         self._saves = saves
-        # What list/load read: the flow's store (merged with the local tier: upload_policy.py).
+        # What list/load read: the flow's store (merged with the local tier: tiered_store.py).
         self._store: CheckpointStore = saves.reader  # type: ignore[assignment]
         self._scope: Scope = saves.scope
         self._directory: str = saves.directory

@@ -35,7 +35,8 @@ from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_b
 from .fence import Fence, SaveAbandoned
 from .interrupts import Interrupts
 from .ranks import Ranks, mark_exit, sharded_number
-from .upload_policy import TieredStore, UploadPolicy
+from .tiered_store import TieredStore
+from .upload_policy import UploadPolicy
 
 
 class TaskSaves:

@@ -1,5 +1,6 @@
-"""``@checkpoint(upload=..., upload_errors=...)`` in a task process: where its saves commit,
-what they read back, and what is uploaded when the task ends (docs/upload.md).
+"""``@checkpoint(upload=..., upload_errors=...)`` in a task process: where its saves commit and
+what is uploaded when the task ends (docs/upload.md); what the task reads back, the tier and
+the flow's store as one, is ``task/tiered_store.py``.
 
 With ``upload="end"`` every save commits into the local tier (``core/tier.py``: a store on the
 task's disk with the same keys the flow's store would give) and the reference it returns names
@@ -7,25 +8,19 @@ the flow's store with status ``"local"``.  When the task ends, whichever way,
 :meth:`UploadPolicy.upload_at_end` uploads what a retry of this process would load (chosen over
 every attempt's checkpoints, in the tier and in the flow's store: an earlier attempt's that
 stayed local is not stranded), the newest of each series (name) it saved and, with
-``keep_best``, the best ones of each rule, those not in the flow's store yet (:func:`to_upload`);
-each upload's status goes ``uploading`` -> ``uploaded``/``failed`` in the tier's records
-(``core/upload_status.py``).
+``keep_best``, the best ones of each rule, those not in the flow's store yet (the choice:
+``core/upload_choice.py``); each upload's status goes ``uploading`` -> ``uploaded``/``failed``
+in the tier's records (``core/upload_status.py``).
 
 With ``upload_errors="warn"`` an upload or a commit to the flow's store that still fails after
 the storage layer's bounded retries is one warning and status ``"failed"``: with
 ``upload="each"`` the checkpoint is committed into the tier instead, so it is not lost and the
 end of the task tries the newest ``latest=True`` one again.
 
-:class:`TieredStore` is what the task reads through (``list``, ``load``, the retry's load
-policy): the tier and the flow's store as one, a checkpoint in both read once.
-
 The tier is kept from growing (``core/tier_cleanup.py``): :meth:`UploadPolicy.sweep_at_start`
 drops checkpoints older than ``METAFLOW_CHECKPOINT_LOCAL_TIER_DAYS``, :meth:`UploadPolicy.finish`
 this writer's once its step succeeded, only those confirmed in the flow's store or superseded by
 a newer ``latest=True`` one of their series there, then the tier's unreferenced blobs.
-
-Long module: the upload policy is one object through the task's life (start sweep, saves,
-status, end upload, cleanup); the read-side merge (:class:`TieredStore`) shares its state.
 """
 
 from __future__ import annotations
@@ -41,21 +36,13 @@ from typing import Any, Callable, Optional
 from ..core import tier as tiers
 from ..core import tier_cleanup as cleanup
 from ..core import upload_status as status
-from ..core.manifest import Manifest, ManifestHeader, parse_key
-from ..core.policies import Resolution, newest, sort_key, visible_to
+from ..core.manifest import ManifestHeader
 from ..core.position import Position
-from ..core.retention import Item, Retention
+from ..core.retention import Retention
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
-from ..errors import (
-    CheckpointConfigError,
-    CheckpointException,
-    CheckpointIncomplete,
-    CheckpointIntegrityError,
-    CheckpointNotFound,
-    ManifestError,
-    StorageError,
-)
+from ..core.upload_choice import by_task, moot, superseded, to_upload
+from ..errors import CheckpointConfigError, CheckpointException, StorageError
 from ..fmt import describe_error
 
 #: Task metadata naming the tier of an ``upload="end"`` task: JSON ``{"host", "path"}``, so a
@@ -369,23 +356,15 @@ class UploadPolicy:
 
     def _moot(self, keys: list[str]) -> set[str]:
         """Of these ``failed`` tier checkpoints, those the flow's store holds or supersedes
-        (:func:`superseded`, per writer): one listing per task, only when the sweep found an
-        old failed one; a listing that fails keeps that task's (best effort)."""
-        by_task: dict[str, list[ManifestHeader]] = {}
-        for key in keys:
-            h = parse_key(key)
-            by_task.setdefault(h.scope.task_prefix(), []).append(h)
+        (:func:`moot`): one listing per task, only when the sweep found an old failed one; a
+        listing that fails keeps that task's (best effort)."""
         out: set[str] = set()
-        for prefix, ours in by_task.items():
+        for prefix, ours in by_task(keys).items():
             try:
                 remote = self.remote.headers(prefix)
             except CheckpointException:
                 continue
-            there = {h.key for h in remote}
-            for h in ours:
-                same = [r for r in remote if r.position == h.position]
-                if h.key in there or h.key in superseded([h] + same, there):
-                    out.add(h.key)
+            out |= moot(ours, remote)
         return out
 
     def finish(
@@ -439,203 +418,3 @@ class UploadPolicy:
                 "[@checkpoint] Warning: cleaning the local tier %s (checkpoints %s) failed: %s"
                 % (self.root, what, exc)
             )
-
-
-def to_upload(
-    tier: CheckpointStore,
-    headers: Sequence[ManifestHeader],
-    position: Position,
-    retention: Optional[Retention],
-    in_remote: set,
-) -> list[str]:
-    """The keys the end of a task attempt uploads, most important first, among ``headers`` (the
-    task's checkpoints of every attempt, in the tier and in the flow's store): the newest
-    ``latest=True`` one ``position`` would load on retry, the newest of each series (name) it
-    sees, then the best by each ``keep_best`` rule (per series, among those in the tier);
-    those known in the flow's store (``in_remote``) are left out."""
-    seen = visible_to(list(headers), position, True)
-    keys: list[str] = []
-    found = newest(seen, within_task=True, position=position)
-    if found is not None:
-        keys.append(found.key)
-    order = sort_key(True)
-    series: dict[str, ManifestHeader] = {}
-    for h in seen:  # best.pt and last.pt: the newest of each, whatever its latest flag
-        if h.name not in series or order(h) > order(series[h.name]):
-            series[h.name] = h
-    keys += [h.key for h in sorted(series.values(), key=order, reverse=True) if h.key not in keys]
-    rules = retention.keep_best if retention is not None else ()
-    local = [h for h in seen if h.key not in in_remote]  # the best among those in the tier
-    if rules and local:
-        summaries = tier.summaries(local)
-        by_name: dict[str, list[Item]] = {}
-        for h in local:
-            meta = summaries.get(h.key, {}).get("metadata") or {}
-            by_name.setdefault(h.name, []).append(
-                Item(h.key, order(h), h.created_ms, meta, h.latest)
-            )
-        for items in by_name.values():
-            for rule in rules:
-                keys += [k for k in rule.keeps(items).reasons if k not in keys]
-    return [k for k in keys if k not in in_remote]
-
-
-def superseded(headers: Sequence[ManifestHeader], in_remote: set) -> set[str]:
-    """The keys of ``headers`` (one writer's) a retry never loads again: a ``latest=True`` one
-    with a newer ``latest=True`` one of the same series (name) in the flow's store
-    (``in_remote``).  A ``latest=False`` one is never superseded (only its reference names it)."""
-    order = sort_key(True)
-    newest_uploaded: dict[str, tuple] = {}
-    for h in (h for h in headers if h.latest and h.key in in_remote):
-        if h.name not in newest_uploaded or order(h) > newest_uploaded[h.name]:
-            newest_uploaded[h.name] = order(h)
-    return {
-        h.key
-        for h in headers
-        if h.latest and h.name in newest_uploaded and order(h) < newest_uploaded[h.name]
-    }
-
-
-#: A tier copy that fails verification: a blob not matching its hash, data missing, or an
-#: unreadable manifest (a bad disk, a truncation, a /tmp cleaner).
-DAMAGED = (CheckpointIntegrityError, CheckpointIncomplete, ManifestError)
-
-
-class TieredStore:
-    """The tier and the flow's store read as one store (the task's ``list``/``load``).
-
-    Headers are merged (a key in both listed once, as the flow's); a manifest and its files
-    are read from the tier when it has them (local disk), else from the flow's store.  A tier
-    copy that fails verification (:data:`DAMAGED`) is read from the flow's store instead when
-    it has the key (one warning naming the tier's copy); else the error says the tier's copy is
-    the bad one, and where.  Every other attribute is the flow's store's (``url``,
-    ``storage``, names, pause requests).
-    """
-
-    def __init__(self, policy: UploadPolicy):
-        self._policy = policy
-        self._remote = policy.remote
-        self._warned: set[str] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._remote, name)
-
-    @property
-    def url(self) -> str:
-        return self._remote.url
-
-    def _tier(self) -> Optional[CheckpointStore]:
-        return self._policy.existing_tier()
-
-    def headers(self, prefix: str, **filters: Any) -> list[ManifestHeader]:
-        remote = self._remote.headers(prefix, **filters)
-        ours = {h.key for h in remote}
-        self._policy.in_remote.update(ours)
-        tier = self._tier()
-        local = tier.headers(prefix, **filters) if tier is not None else []
-        return remote + [h for h in local if h.key not in ours]
-
-    def statuses(self, headers: Sequence[ManifestHeader]) -> dict[str, str]:
-        """Each checkpoint's status, by key (no I/O for those in the flow's store)."""
-        return {h.key: self._policy.status_of(h.key) for h in headers}
-
-    def summaries(self, headers: Sequence[ManifestHeader]) -> dict[str, dict]:
-        tier = self._tier()
-        local = [h for h in headers if h.key not in self._policy.in_remote]
-        out = self._remote.summaries([h for h in headers if h.key in self._policy.in_remote])
-        if local:
-            out.update((tier or self._remote).summaries(local))
-        return out
-
-    def _holder(self, key: str) -> CheckpointStore:
-        tier = self._tier()
-        if tier is not None and tier.storage.exists(key):
-            return tier
-        return self._remote
-
-    def _damaged(self, tier: CheckpointStore, key: str, exc: CheckpointException) -> None:
-        """The tier's copy of ``key`` failed verification: return when the flow's store has
-        the key (warned once per key: it is read from there), else raise naming the tier's
-        copy as the bad one."""
-        where = tier.storage.local_path(key) or self._policy.root
-        try:
-            there = self._remote.storage.exists(key)
-        except CheckpointException:
-            there = False
-        if there:
-            if key not in self._warned:
-                self._warned.add(key)
-                self._policy.log(
-                    "[@checkpoint] Warning: the local tier's copy of checkpoint %s (%s, tier %s) "
-                    "is damaged (%s); reading the flow's store's copy instead."
-                    % (key, where, self._policy.root, exc.message)
-                )
-            return
-        raise type(exc)(
-            "The local tier's copy of checkpoint %s is damaged (%s) and the flow's store %s has "
-            "no copy. The bad copy is %s in the local tier %s: delete it (or the tier) so this "
-            "machine stops reading it." % (key, exc.message, self._remote.url, where, tier.url),
-            key=key,
-            path=where,
-            url=tier.url,
-        ) from exc
-
-    def read(self, key: str) -> Manifest:
-        tier = self._tier()
-        if tier is not None:
-            try:
-                return tier.read(key)
-            except CheckpointNotFound:
-                pass
-            except DAMAGED as exc:
-                self._damaged(tier, key, exc)
-        return self._remote.read(key)
-
-    def read_many(self, keys: Sequence[str]) -> list[Manifest]:
-        return [self.read(k) for k in keys]
-
-    def load(self, manifest: Manifest, dest: str, progress: Any = None) -> int:
-        holder = self._holder(manifest.key)
-        if holder is not self._remote:
-            try:
-                return holder.load(manifest, dest, progress)
-            except DAMAGED as exc:
-                self._damaged(holder, manifest.key, exc)
-        return self._remote.load(manifest, dest, progress)
-
-    def open(self, manifest: Manifest, path: str):
-        holder = self._holder(manifest.key)
-        if holder is not self._remote:
-            try:
-                return holder.open(manifest, path)
-            except DAMAGED as exc:
-                self._damaged(holder, manifest.key, exc)
-        return self._remote.open(manifest, path)
-
-
-def with_tier(
-    resolution: Resolution,
-    policy: UploadPolicy,
-    load_policy: str,
-    scope: Scope,
-    position: Position,
-) -> Resolution:
-    """The load policy's pick among the flow's store (``resolution``) and this machine's tier:
-    on a retry, this task's newest checkpoint of either (a checkpoint in both is one)."""
-    tier = policy.existing_tier()
-    if tier is None or scope.attempt == 0 or load_policy == "none":
-        return resolution
-    local = tier.resolve(load_policy, scope, position=position)
-    ours = scope.task_prefix()
-    found = [
-        h
-        for h in (resolution.header, local.header)
-        if h is not None and h.scope.task_prefix() == ours
-    ]
-    seen = list(resolution.seen or []) + list(local.seen or [])
-    if not found:
-        return Resolution(resolution.header, resolution.reason, seen or resolution.seen)
-    best = max(found, key=sort_key(True))
-    if resolution.header is not None and best.key == resolution.header.key:
-        return Resolution(resolution.header, resolution.reason, seen)
-    return Resolution(best, "%s, from the local tier %s" % (local.reason, policy.root), seen)
