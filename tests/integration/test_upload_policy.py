@@ -677,3 +677,29 @@ def test_a_paused_task_whose_upload_failed_is_shown_paused(flow_env):
     listed = json.loads(proc.stdout)
     mine = [r for r in listed if r["key"] == key]
     assert mine and mine[0]["status"] == "failed" and mine[0]["task_status"] == "paused", listed
+
+
+@pytest.mark.parametrize("mode", ["end", "each"])
+def test_a_nodes_failed_upload_survives_another_nodes_newer_upload_of_the_same_name(flow_env, mode):
+    """``@parallel``, ``upload_errors="warn"``: node 0's upload fails, node 1's newer checkpoint
+    of the same name is uploaded.  Another writer's upload never supersedes node 0's: its only
+    copy stays in the tier and is listed ``failed``; node 1's is listed ``uploaded``."""
+    env, tmp, notes, tier = _env(flow_env, UPLOAD_MODE=mode)
+    result = run_flow(FLOWS / "upload_parallel_warn_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    control, worker = _note(notes, "node-0")["key"], _note(notes, "node-1")["key"]
+    tier_store = local_store(tier_root(store.url, str(tier)))
+    dest = tmp / "from-tier"
+    tier_store.load(tier_store.read(control), str(dest))
+    assert (dest / "state.txt").read_text() == "node 0"
+    assert [
+        h.key for h in stored_headers(store, "user:tester", "UploadParallelWarnFlow", "train")
+    ] == [worker]
+    proc = run_subprocess(
+        [FLOWS / "upload_parallel_warn_flow.py", "--no-pylint", "checkpoint", "list", "--json"],
+        env,
+        tmp,
+    )
+    listed = {r["key"]: r["status"] for r in json.loads(proc.stdout)}
+    assert listed == {control: "failed", worker: "uploaded"}, listed
+    assert result.run.successful

@@ -35,13 +35,16 @@ def to_upload(
     if found is not None:
         keys.append(found.key)
     order = sort_key(True)
+    # The series and the best are this writer's (and sharded ones): another node's or rank's
+    # is its own writer's to upload.
+    mine = [h for h in seen if h.sharded or h.position == position]
     series: dict[str, ManifestHeader] = {}
-    for h in seen:  # best.pt and last.pt: the newest of each, whatever its latest flag
+    for h in mine:  # best.pt and last.pt: the newest of each, whatever its latest flag
         if h.name not in series or order(h) > order(series[h.name]):
             series[h.name] = h
     keys += [h.key for h in sorted(series.values(), key=order, reverse=True) if h.key not in keys]
     rules = retention.keep_best if retention is not None else ()
-    local = [h for h in seen if h.key not in in_remote]  # the best among those in the tier
+    local = [h for h in mine if h.key not in in_remote]  # the best among those in the tier
     if rules and local:
         summaries = tier.summaries(local)
         by_name: dict[str, list[Item]] = {}
@@ -57,18 +60,22 @@ def to_upload(
 
 
 def superseded(headers: Sequence[ManifestHeader], in_remote: set) -> set[str]:
-    """The keys of ``headers`` (one writer's) a retry never loads again: a ``latest=True`` one
-    with a newer ``latest=True`` one of the same series (name) in the flow's store
-    (``in_remote``).  A ``latest=False`` one is never superseded (only its reference names it)."""
+    """The keys of ``headers`` a retry never loads again: a ``latest=True`` one with a newer
+    ``latest=True`` one of the same series (name) and writer (position) in the flow's store
+    (``in_remote``): another node's or rank's newer upload never supersedes this writer's.  A
+    ``latest=False`` one is never superseded (only its reference names it)."""
     order = sort_key(True)
-    newest_uploaded: dict[str, tuple] = {}
+    newest_uploaded: dict[tuple, tuple] = {}
     for h in (h for h in headers if h.latest and h.key in in_remote):
-        if h.name not in newest_uploaded or order(h) > newest_uploaded[h.name]:
-            newest_uploaded[h.name] = order(h)
+        series = (h.name, h.position)
+        if series not in newest_uploaded or order(h) > newest_uploaded[series]:
+            newest_uploaded[series] = order(h)
     return {
         h.key
         for h in headers
-        if h.latest and h.name in newest_uploaded and order(h) < newest_uploaded[h.name]
+        if h.latest
+        and (h.name, h.position) in newest_uploaded
+        and order(h) < newest_uploaded[(h.name, h.position)]
     }
 
 
