@@ -131,3 +131,32 @@ def test_a_paused_tasks_resume_point_survives_prune_across_runs_and_resume_loads
 
     resumed = run_flow(FLOW_FILE, {**env, "END": "succeed"}, tmp_path, resume=paused)
     assert resumed.run["start"].task.data.loaded == "%s 0 2" % paused
+
+
+def test_a_paused_task_whose_end_upload_failed_keeps_its_uploaded_resume_point(tmp_path):
+    """Attempt 0 fails (its end upload works), attempt 1 pauses but its end upload is refused;
+    a newer run succeeds.  The paused task's only uploaded checkpoint (attempt 0's newest) is
+    what resume loads elsewhere: prune's keep rules and expiry keep it, because the task's
+    ending comes from its recorded attempts, not from the uploaded-only listing."""
+    env = _env(tmp_path, UPLOAD_ERRORS="warn")
+    paused = _run(env, tmp_path, REFUSE_RETRY_UPLOAD="1")
+    newest = _run(env, tmp_path, END="succeed")
+    _backdate(tmp_path, paused, 10)
+    rows = cli(env, tmp_path, "list", FLOW, "--step", "start", "--json").json()
+    uploaded = {
+        (r["run"], r["attempt"], r["metadata"]["i"]): r["key"]
+        for r in rows
+        if r["status"] == "uploaded"
+    }
+    assert set(uploaded) == {(paused, 0, 2), (newest, 0, 2)}, rows
+    assert {r["task_status"] for r in rows if r["run"] == paused and r["attempt"] == 1} == {
+        "paused"
+    }
+    resume_point = uploaded[(paused, 0, 2)]
+    for rule in (("--keep-last", "1"), ("--expire-after-days", "5")):
+        (group,) = cli(env, tmp_path, "prune", FLOW, "--step", "start", *rule, "--json").json()
+        assert group["kept"][resume_point] == [RESUME % (FLOW, paused)], rule
+    # Gone from the tier (another machine): resume loads that uploaded checkpoint.
+    os.rename(tmp_path / "tierbase", tmp_path / "tierbase.away")
+    resumed = run_flow(FLOW_FILE, {**env, "END": "succeed"}, tmp_path, resume=paused)
+    assert resumed.run["start"].task.data.loaded == "%s 0 2" % paused

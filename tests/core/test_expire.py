@@ -240,17 +240,21 @@ def test_a_paused_tasks_resume_point_survives_expiry_and_keep_rules_across_runs(
         return ref.key
 
     paused = [save(0, run="100"), save(1, run="100", attempt=1), save(2, run="100", attempt=1)]
-    after_pause = save(3, latest=False, run="100", attempt=1)  # resume never loads it
+    save(3, latest=False, run="100", attempt=1)  # resume never loads it
     failed = [save(4, run="101"), save(5, run="101")]
     # Attempt 0 paused, but the task's last attempt (1) failed: no resume point.
     retried = [save(6, run="102"), save(7, run="102", attempt=1)]
     newest = save(8, run="103")
-    ended = {k: "paused" for k in paused + [after_pause, retried[0]]}
-    ended.update({k: "failed" for k in failed + [retried[1]]})
-    ended[newest] = "succeeded"
+    task = {k: k.rsplit("/", 1)[0] + "/" for k in paused + failed + retried + [newest]}
+    last_ended = {
+        task[paused[0]]: "paused",
+        task[failed[0]]: "failed",
+        task[retried[0]]: "failed",
+        task[newest]: "succeeded",
+    }
     headers = store.headers("manifests/user%3Aalice/TrainFlow/train/")
     assert len(headers) == 9
-    points = resume_points(headers, ended)
+    points = resume_points(headers, last_ended)
     why = "newest latest=True of paused task TrainFlow/100/train/7: its resume point"
     assert points == {paused[2]: why}
     for rules in (

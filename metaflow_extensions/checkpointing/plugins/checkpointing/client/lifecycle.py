@@ -13,8 +13,8 @@ from typing import Any, Callable, Optional
 from ..common import refspec
 from ..common.reference import CheckpointReference, damaged_reference, reference_of
 from ..common.refspec import parse_target
-from ..core import pruning, retention
-from ..core.layout import MANIFESTS_PREFIX
+from ..core import pruning, retention, summary
+from ..core.layout import MANIFESTS_PREFIX, task_prefix_of
 from ..core.manifest import parse_key
 from ..core.upload_status import UPLOADED
 from ..core.verify_report import VerifyReport
@@ -138,7 +138,6 @@ class Lifecycle(ClientBase):
         refs = self.list(target, status=UPLOADED, **filters)
         if not refs:
             return []
-        ended = {r.key: r.task_status for r in refs}
         publishers = {r.key: (r.publisher or {}).get("namespace") or "unknown" for r in refs}
 
         def group_of(h) -> str:
@@ -153,12 +152,17 @@ class Lifecycle(ClientBase):
         out = []
         for root in roots:
             headers = [parse_key(r.key) for r in refs if r.root == root]
-            plans = self._store(root).prune(
+            store = self._store(root)
+            # Each task's ending from its recorded summaries, not from these (uploaded-only)
+            # refs: a paused attempt whose end upload failed has none here (issue 16, adv4-2).
+            tasks = [task_prefix_of(h.key) for h in headers if not h.scope.is_library]
+            last_ended = summary.last_endings(store.storage, tasks)
+            plans = store.prune(
                 headers,
                 policy,
                 group_of=group_of,
                 dry_run=dry_run,
-                protect=pruning.resume_points(headers, ended),
+                protect=pruning.resume_points(headers, last_ended),
             )
             suffix = " in %s" % root if len(roots) > 1 else ""
             out += [

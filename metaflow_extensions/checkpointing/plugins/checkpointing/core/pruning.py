@@ -14,7 +14,8 @@ decides as the real run would); only if the probe cannot be written (read-only c
 it fall back to this machine's clock, and says so.
 
 A paused task (``current.checkpoint.pause()``) is a promised resume point: the caller finds its
-newest ``latest=True`` checkpoints with :func:`resume_points` (from the attempts' endings) and
+newest ``latest=True`` checkpoints with :func:`resume_points` (from each task's last recorded
+ending) and
 passes them in ``protect``, so neither the keep rules across runs nor expiry delete them.
 """
 
@@ -94,23 +95,24 @@ def prune(
 
 
 def resume_points(
-    headers: Sequence[ManifestHeader], ended: Mapping[str, Optional[str]]
+    headers: Sequence[ManifestHeader], last_ended: Mapping[str, Optional[str]]
 ) -> dict[str, str]:
     """The checkpoints a ``resume`` of each paused task among ``headers`` loads, each with why
-    it must be kept: per task whose last attempt among ``headers`` ended ``"paused"``
-    (``ended``: each key's attempt ending, :func:`.summary.endings`), its newest
-    ``latest=True`` checkpoint in the order a retry or ``resume`` uses, one per name and
-    writer (each process of a gang resumes from its own).  A failed or succeeded task has
-    none: its checkpoints expire like any other."""
+    it must be kept: per task whose last RECORDED attempt ended ``"paused"`` (``last_ended``:
+    by task prefix, :func:`.summary.last_endings`), its newest ``latest=True`` checkpoint
+    among ``headers`` in the order a retry or ``resume`` uses, one per name and writer (each
+    process of a gang resumes from its own).  The ending is the task's, not that of the last
+    attempt among ``headers``: a listing of uploaded checkpoints may lack the paused attempt
+    (its end upload failed), and resume then loads an earlier attempt's.  A failed or
+    succeeded task has none: its checkpoints expire like any other."""
     tasks: dict[str, list[ManifestHeader]] = {}
     for h in headers:
         if not h.scope.is_library:
             tasks.setdefault(task_prefix_of(h.key), []).append(h)
     order = policies.sort_key(within_task=True)
     out: dict[str, str] = {}
-    for members in tasks.values():
-        last = max(h.scope.attempt for h in members)
-        if not any(ended.get(h.key) == PAUSED for h in members if h.scope.attempt == last):
+    for task, members in tasks.items():
+        if last_ended.get(task) != PAUSED:
             continue
         writers: dict[tuple, list[ManifestHeader]] = {}
         for h in members:

@@ -190,6 +190,19 @@ def attempts_ended(storage: Storage, task_prefix: str) -> dict[int, Optional[str
     return {a: ended for a, (ended, _) in _attempts(storage, task_prefix).items()}
 
 
+def last_endings(storage: Storage, task_prefixes: Sequence[str]) -> dict[str, Optional[str]]:
+    """How the last recorded attempt of each task at ``task_prefixes`` ended (its summary with
+    the highest attempt number, :func:`attempts_ended`; None: no summary, or one that predates
+    ``ended``).  What a resume of the task continues from depends on this, not on the
+    attempts that happen to have checkpoints in a (status-filtered) listing."""
+    tasks = sorted(set(task_prefixes))
+    if not tasks:
+        return {}
+    with ThreadPoolExecutor(min(len(tasks), 16)) as pool:
+        found = list(pool.map(lambda t: attempts_ended(storage, t), tasks))
+    return {t: (ended[max(ended)] if ended else None) for t, ended in zip(tasks, found)}
+
+
 def _slot(scope: Any, attempt: Optional[int] = None) -> str:
     """An attempt of a task (``scope``'s, or ``attempt``) within its step's index:
     ``<foreach>/<run>/<task>/<attempt>``."""
