@@ -2,7 +2,9 @@
 ``@card(type="checkpoint", refresh_interval=1)``, so a reader sees the card grow while the task
 runs.  ``MFCKPT_PAUSE_AT=n`` pauses the task after its n-th save (``current.checkpoint.pause()``);
 ``MFCKPT_SIGTERM_AT=n`` sends the task SIGTERM after its n-th save; ``MFCKPT_UPLOAD`` is
-``train``'s ``@checkpoint(upload=)`` (default ``each``).
+``train``'s ``@checkpoint(upload=)`` (default ``each``); ``MFCKPT_UPLOAD_ERRORS`` its
+``upload_errors`` (default ``fail``); ``MFCKPT_FAIL_STORE=1`` makes the flow's store refuse
+every blob write of ``train`` (a StorageError, as after the storage layer's retries).
 
 ``plain`` saves as often with no card: it records whether any card process was started in its
 process, and whether ``current`` has a card at all.  ``train`` records the same, for contrast.
@@ -17,6 +19,27 @@ from metaflow import FlowSpec, card, checkpoint, current, step
 SAVES = int(os.environ.get("MFCKPT_LIVE_SAVES", "8"))
 SLEEP = float(os.environ.get("MFCKPT_LIVE_SLEEP", "1.5"))
 UPLOAD = os.environ.get("MFCKPT_UPLOAD", "each")
+UPLOAD_ERRORS = os.environ.get("MFCKPT_UPLOAD_ERRORS", "fail")
+
+
+def _refuse_blob_writes() -> None:
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
+
+    storage = current.checkpoint._saves.flow_store.storage
+
+    def refusing(method):
+        real = getattr(storage, method)
+
+        def refuse(*args, **kwargs):
+            key = args[0] if args and isinstance(args[0], str) else ""
+            if method != "ingest_range" and not key.startswith("blobs/"):
+                return real(*args, **kwargs)
+            raise StorageError(reason="injected: the flow's store refuses blob writes")
+
+        return refuse
+
+    for method in ("put_bytes", "put_file", "ingest_range"):
+        setattr(storage, method, refusing(method))
 
 
 def _card_processes() -> int:
@@ -43,9 +66,11 @@ class LiveCardFlow(FlowSpec):
         self.next(self.join)
 
     @card(type="checkpoint", refresh_interval=1)
-    @checkpoint(keep_last=3, upload=UPLOAD)
+    @checkpoint(keep_last=3, upload=UPLOAD, upload_errors=UPLOAD_ERRORS)
     @step
     def train(self):
+        if os.environ.get("MFCKPT_FAIL_STORE"):
+            _refuse_blob_writes()
         path = os.path.join(current.checkpoint.directory, "w.bin")
         pause_at = int(os.environ.get("MFCKPT_PAUSE_AT", "0"))
         sigterm_at = int(os.environ.get("MFCKPT_SIGTERM_AT", "0"))

@@ -458,6 +458,41 @@ def test_upload_end_saves_show_local_while_running_and_the_paused_end_shows_what
 
 
 @pytest.mark.flow
+def test_a_paused_task_s_last_render_shows_failed_for_the_checkpoint_whose_end_upload_failed(
+    flow_env,
+):
+    """``upload="end"``, ``upload_errors="warn"``, the flow's store refuses blob writes: the
+    pause's end upload of the newest save fails, and the task's last render shows it
+    ``failed``, as ``checkpoint list`` does, not ``local``."""
+    env, tmp = flow_env
+    env = dict(env, METAFLOW_CHECKPOINT_LOCAL_TIER=str(tmp / "tier-base"))
+    run, pages = _run_watched(
+        env,
+        tmp,
+        MFCKPT_PAUSE_AT="3",
+        MFCKPT_LIVE_SLEEP="0.5",
+        MFCKPT_UPLOAD="end",
+        MFCKPT_UPLOAD_ERRORS="warn",
+        MFCKPT_FAIL_STORE="1",
+    )
+    assert run.returncode != 0 and "paused" in run.stdout + run.stderr
+    last = Path(pages[-1]["file"]).read_text()
+    assert parse_html(last).find("p", "task-status").attrs["data-task-status"] == "paused"
+    statuses = [r.find("td", "status").attrs["data-status"] for r in _rows(last)]
+    assert statuses == ["failed", "local", "local"], statuses
+    listed = subprocess.run(
+        [sys.executable, str(FLOW), "--no-pylint", "checkpoint", "list", "--json"],
+        env=subprocess_env(env),
+        cwd=str(tmp),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    rows = [r for r in json.loads(listed.stdout) if "/train/" in r["key"]]
+    assert sorted(r["status"] for r in rows) == ["failed", "local", "local"], rows
+
+
+@pytest.mark.flow
 def test_upload_end_final_card_shows_the_uploaded_checkpoint_once_the_tier_is_cleaned(flow_env):
     """A successful ``upload="end"`` task: its final card (Metaflow's render, listing the
     flow's store and, on this machine, the task's local tier) marks the one uploaded

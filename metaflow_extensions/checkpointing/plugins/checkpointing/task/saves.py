@@ -490,14 +490,18 @@ class TaskSaves:
                 )
             return None
 
-        keys = self.upload.upload_at_end(
-            self.scope,
-            self.ranks.position,
-            self._retention,
-            abort=abort,
-            raise_errors=raise_errors,
-            hurry=interrupts.received is not None,
-        )
+        try:
+            keys = self.upload.upload_at_end(
+                self.scope,
+                self.ranks.position,
+                self._retention,
+                abort=abort,
+                raise_errors=raise_errors,
+                hurry=interrupts.received is not None,
+            )
+        finally:
+            if self._listeners:  # the live card: every chosen key's status changed (or not)
+                self._notify_chosen()
         stay = [m for m in self._manifests if not m.latest and m.key not in self.upload.in_remote]
         stay = [m for m in stay if m.key not in self.upload.chosen]  # (their failure is logged)
         if stay:
@@ -507,10 +511,21 @@ class TaskSaves:
                 "the newest of each series, not these; their references load only on this "
                 "machine (until the tier is swept)." % (len(stay), self.upload.root, stay[0].key)
             )
-        if self._listeners:  # the live card: these are "uploaded" now (no I/O to say so)
-            for manifest in [m for m in self._manifests if m.key in set(keys)]:
-                self.notify(reference_of(self.flow_store, manifest))
         return keys
+
+    def _notify_chosen(self) -> None:
+        """Tell the listeners the status of each checkpoint of this process the end chose to
+        upload: ``uploaded``, or, when its upload failed or was abandoned, its record's
+        (``failed``, ``local``), as ``Checkpoint().list()`` says."""
+        if self.upload is None:
+            return
+        chosen = set(self.upload.chosen)
+        for manifest in [m for m in self._manifests if m.key in chosen]:
+            try:
+                state = self.upload.status_of(manifest.key)
+            except (CheckpointException, OSError):
+                continue  # a record is a hint; the final listing says the status
+            self.notify(reference_of(self.flow_store, manifest, status=state))
 
     # ------------------------------------------------------------------ helpers
     def _date(self) -> tuple[int, int]:
