@@ -629,3 +629,51 @@ def _second_user(tmp_path: Path) -> None:
     assert os.lstat(os.path.dirname(their_root)).st_uid == 65534
     # And ours refuses theirs: their parent directory is not ours.
     assert key.startswith("manifests/")
+
+
+OPEN_AS_SECOND_USER = """
+import sys
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import tier as T
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+try:
+    T.open_tier(CheckpointStore(LocalStorage(sys.argv[1])), sys.argv[2])
+except CheckpointConfigError as exc:
+    print(exc.message)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to a second uid needs root")
+def test_a_shared_base_another_user_created_0755_names_the_base_and_says_1777(tmp_path):
+    """The first user created the shared base with mode 0755: the second user's error names
+    the base (its owner and mode), not the tier path that does not exist, and says a shared
+    base needs mode 1777."""
+    import shutil
+    import tempfile
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    top = Path(tempfile.mkdtemp(prefix="tier-base-"))  # pytest's tmp is root-only (0o700)
+    try:
+        os.chmod(top, 0o755)
+        remote_dir, base = top / "remote", top / "base"
+        remote_dir.mkdir()
+        remote = CheckpointStore(LocalStorage(str(remote_dir)))
+        T.open_tier(remote, str(base))  # the first user: the base is created 0o755
+        assert stat.S_IMODE(os.stat(base).st_mode) == 0o755
+        other = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c"]
+            + [OPEN_AS_SECOND_USER, str(remote_dir), str(base)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, HOME=str(top)),
+        )
+        message = other.stdout
+        assert "may not create directories in %s (owner uid 0, mode 0o755" % base in message, (
+            message + other.stderr[-2000:]
+        )
+        assert "1777" in message and "METAFLOW_CHECKPOINT_LOCAL_TIER" in message
+        assert "chmod 700" not in message
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -703,3 +703,26 @@ def test_a_nodes_failed_upload_survives_another_nodes_newer_upload_of_the_same_n
     listed = {r["key"]: r["status"] for r in json.loads(proc.stdout)}
     assert listed == {control: "failed", worker: "uploaded"}, listed
     assert result.run.successful
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_local_tier_fails_the_save_naming_the_tier_and_how_to_move_it(flow_env):
+    """The tier's disk is full (an 8 KiB tmpfs): the save's error says it is the local tier,
+    where it is, and that METAFLOW_CHECKPOINT_LOCAL_TIER moves it (before: only the OS error
+    on a blob path)."""
+    import subprocess
+
+    env, tmp, notes, _ = _env(flow_env, UPLOAD_HOW="succeed")
+    full = tmp / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(full)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        env["METAFLOW_CHECKPOINT_LOCAL_TIER"] = str(full)
+        result = run_flow(FLOWS / "upload_end_flow.py", env, tmp, expect=None)
+    finally:
+        subprocess.run(["umount", "-l", str(full)])
+    out = result.stdout + result.stderr
+    assert "the local checkpoint tier %s/mfckpt-tier-0/" % full in out, out[-3000:]
+    assert "is full" in out and "METAFLOW_CHECKPOINT_LOCAL_TIER" in out

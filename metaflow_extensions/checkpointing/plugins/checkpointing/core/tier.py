@@ -31,6 +31,7 @@ The tier is opened with the flow store's options, so both normally agree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -125,13 +126,32 @@ def _unsafe(root: str, path: str, problem: str) -> CheckpointConfigError:
     )
 
 
+def _unwritable_parent(path: str) -> Optional[str]:
+    """The existing directory this user may not create ``path`` in, or None."""
+    parent = path
+    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    ok = parent == path or not os.path.isdir(parent) or os.access(parent, os.W_OK | os.X_OK)
+    return None if ok else parent
+
+
+def _unwritable(root: str, blocked: str, exc: OSError) -> CheckpointConfigError:
+    st = os.stat(blocked)
+    return CheckpointConfigError(
+        "Cannot create the local checkpoint tier %s: you (uid %d) may not create directories in "
+        "%s (owner uid %d, mode 0o%03o). A base shared by several users needs mode 1777 (as "
+        "/tmp: chmod 1777 %s, by its owner); or give each user a base of their own with "
+        "@checkpoint(temp_dir_root=...) or METAFLOW_CHECKPOINT_LOCAL_TIER. (%s)"
+        % (root, os.geteuid(), blocked, st.st_uid, stat.S_IMODE(st.st_mode), blocked, exc),
+        path=blocked,
+    )
+
+
 def _private_dir(root: str, path: str) -> None:
     """Create ``path`` readable by this user only, or check the one there (never following
     a symlink); raise :func:`_unsafe` if it is not this user's private directory."""
-    try:
+    with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
     st = os.lstat(path)
     mode = stat.S_IMODE(st.st_mode)
     found = "owner uid %d, mode 0o%03o" % (st.st_uid, mode)
@@ -154,9 +174,9 @@ def open_tier(remote: CheckpointStore, base: str) -> CheckpointStore:
     Raises
     ------
     CheckpointConfigError
-        The directory cannot be created or accessed (naming it, and how to choose another), or
-        it or its parent is a symlink, another user's, or group/other accessible (naming the
-        path, the owner and mode found, and the setting).
+        The directory cannot be created or accessed (naming the one at fault: the base when
+        this user may not write into it, with its owner, mode and the 1777 a shared base needs),
+        or it or its parent is a symlink, another user's, or group/other accessible.
     """
     root = tier_root(remote.url, base)
     try:
@@ -164,6 +184,9 @@ def open_tier(remote: CheckpointStore, base: str) -> CheckpointStore:
         _private_dir(root, os.path.dirname(root))
         _private_dir(root, root)
     except PermissionError as exc:
+        blocked = _unwritable_parent(exc.filename or root)
+        if blocked is not None:
+            raise _unwritable(root, blocked, exc) from exc
         raise _unsafe(root, exc.filename or root, "%s: %s" % (type(exc).__name__, exc)) from exc
     except OSError as exc:
         raise CheckpointConfigError(

@@ -29,7 +29,7 @@ from ..core.policies import sort_key
 from ..core.retention import Retention
 from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
-from ..errors import CheckpointConfigError, CheckpointException
+from ..errors import CheckpointConfigError, CheckpointException, StorageError
 from ..fmt import describe_error
 from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
 from .fence import Fence, SaveAbandoned
@@ -204,19 +204,31 @@ class TaskSaves:
         **hooks,
     ) -> Manifest:
         """``store.save`` as this process's plain saves make it: dated ``(created, seq)``,
-        recording this process's writer position and ranks; ``hooks`` are a fence's."""
-        return (store or self.store).save(
-            src,
-            self.scope,
-            name=name,
-            metadata=metadata,
-            latest=latest,
-            created_ms=created,
-            seq=seq,
-            position=self.ranks.position,
-            source=dict(self.ranks.source),
-            **hooks,
-        )
+        recording this process's writer position and ranks; ``hooks`` are a fence's.  A full
+        local tier (ENOSPC, EDQUOT) is an error naming the tier and how to move it."""
+        target = store or self.store
+        try:
+            return target.save(
+                src,
+                self.scope,
+                name=name,
+                metadata=metadata,
+                latest=latest,
+                created_ms=created,
+                seq=seq,
+                position=self.ranks.position,
+                source=dict(self.ranks.source),
+                **hooks,
+            )
+        except (StorageError, OSError) as exc:
+            if self.upload is None or target is self.flow_store or not _disk_full(exc):
+                raise
+            raise StorageError(
+                url=self.upload.root,
+                reason="the local checkpoint tier %s is full (%s): free space there, or move "
+                "the tier to a larger disk with METAFLOW_CHECKPOINT_LOCAL_TIER or "
+                "@checkpoint(temp_dir_root=...)" % (self.upload.root, describe_error(exc)),
+            ) from exc
 
     def note_loaded(self, key: str) -> None:
         """The checkpoint loaded into :attr:`directory` at task start (a final save of the
@@ -683,3 +695,17 @@ class TaskSaves:
 def _abandoned_background(interrupts: Interrupts) -> Callable[[str, bool], SaveAbandoned]:
     """The error of a background save abandoned after a signal, from its description."""
     return lambda what, maybe: interrupts.abandoned_error("the background " + what, maybe)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a full disk or an exhausted quota."""
+    import errno
+
+    seen: set[int] = set()
+    cause: Optional[BaseException] = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
