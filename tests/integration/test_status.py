@@ -353,3 +353,24 @@ def test_picks_choose_among_what_loads_from_here_and_a_local_one_elsewhere_says_
         assert "Load it on that machine" in message and "deleted" not in message
     assert there["short_local"]["error"] == "CheckpointNotFound"
     assert not Path(dest + "-c").exists() and not Path(dest + "-d").exists()  # nothing written
+
+
+def test_a_superseded_local_reference_loaded_on_its_own_machine_says_it_was_removed(flow_env):
+    """upload="end": save() references (status "local" when made) kept as an artifact and
+    loaded in the next step on the same machine.  The task's success uploaded the newest and
+    removed the others from the tier: their load says so (not "only in the local tier of host
+    ..."); the newest loads, its reference still saying "local" (a snapshot from save time)."""
+    env, tmp = flow_env
+    env = dict(env, METAFLOW_CHECKPOINT_LOCAL_TIER=str(tmp / "tierbase"))
+    result = run_flow(FLOWS / "pickled_ref_flow.py", env, tmp)
+    outcomes = result.run["end"].task.data.outcomes
+    assert [o[:3] for o in outcomes] == [
+        [0, "local", "CheckpointNotFound"],
+        [1, "local", "CheckpointNotFound"],
+        [2, "local", "ok"],
+    ], outcomes
+    assert outcomes[2][3] == "2"
+    for _, _, _, message in outcomes[:2]:
+        assert "was removed from the local tier when its task ended" in message, message
+        assert "uploads only the newest" in message, message
+        assert "only in the local tier" not in message, message

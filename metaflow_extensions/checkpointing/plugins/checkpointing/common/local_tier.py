@@ -136,23 +136,41 @@ def read(
             raise
         missing = exc
     metadata = task_metadata(key)
+    searched = False
     for path in dict.fromkeys(p for p in (default_tier(store.url), registered_tier(metadata)) if p):
         tier = TierStore(path, store)
         try:
             return tier, tier.read(key)
         except CheckpointNotFound:
+            searched = True
             continue
     where = recorded(metadata)
     if status in NOT_UPLOADED or where is not None:
-        raise not_uploaded(key, store.url, status, where) from None
+        # This machine's tier was read and lacks it, and no other machine is recorded as
+        # holding it: the task's end removed it (not "it is only in a tier elsewhere").
+        gone = searched and (where is None or where.get("host") == socket.gethostname())
+        raise not_uploaded(key, store.url, status, where, gone=gone) from None
     raise missing
 
 
 def not_uploaded(
-    key: str, root: str, status: Optional[str], where: Optional[dict]
+    key: str, root: str, status: Optional[str], where: Optional[dict], *, gone: bool = False
 ) -> CheckpointNotFound:
     """The error of a checkpoint not in the flow's store ``root`` that a tier elsewhere holds
-    (``status`` from its reference, ``where`` the ``{"host", "path"}`` its task recorded)."""
+    (``status`` from its reference, ``where`` the ``{"host", "path"}`` its task recorded), or,
+    with ``gone``, that this machine's tier held and no longer holds: a reference's status is
+    a snapshot from when it was made, and the task's end removes what it does not upload."""
+    if gone:
+        return CheckpointNotFound(
+            "Checkpoint %s is not in %s; it was saved with @checkpoint(upload='end')%s and "
+            "was removed from the local tier when "
+            "its task ended: upload='end' uploads only the newest latest=True checkpoint of "
+            "each series and the keep_best ones, and drops the others (retention or a delete "
+            "may also have removed it). Load an uploaded one (Checkpoint().get(task) or "
+            "Checkpoint().list(task)), or save with @checkpoint(upload='each') to keep every "
+            "checkpoint in the flow's store."
+            % (key, root, " (status %r when its reference was made)" % status if status else "")
+        )
     if where is not None:
         place = "the local tier of host %s at %s" % (where.get("host") or "?", where["path"])
     else:
