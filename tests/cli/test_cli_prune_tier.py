@@ -158,5 +158,10 @@ def test_a_paused_task_whose_end_upload_failed_keeps_its_uploaded_resume_point(t
         assert group["kept"][resume_point] == [RESUME % (FLOW, paused)], rule
     # Gone from the tier (another machine): resume loads that uploaded checkpoint.
     os.rename(tmp_path / "tierbase", tmp_path / "tierbase.away")
+    # There the paused task lists attempt 0's checkpoint only; its row says the task's last
+    # attempt paused, so the table does not pass it off as failed.
+    table = cli(env, tmp_path, "list", "%s/%s" % (FLOW, paused)).stdout
+    assert "0 failed, last 1 paused" in table, table
+    assert table.count("last 1 paused") == 1, table
     resumed = run_flow(FLOW_FILE, {**env, "END": "succeed"}, tmp_path, resume=paused)
     assert resumed.run["start"].task.data.loaded == "%s 0 2" % paused

@@ -9,7 +9,10 @@ from typing import Optional
 from metaflow._vendor import click
 
 from ..common.reference import STATUSES
+from ..core import summary
+from ..core.layout import task_prefix_of
 from ..core.promotions import describe_publisher
+from ..core.summary import FAILED
 from ..fmt import human_size
 from .base import CliContext, command, json_option, namespace_options, root_option
 from .output import (
@@ -129,12 +132,13 @@ def list_checkpoints(
             "No checkpoints of %s." % target if target else "No named checkpoints.", err=True
         )
         return
+    later = {} if target is None else _later_attempts(client, refs)
     rows = [
         [
             r.key if keys else (r.pathspec or "%s@%s" % (r.name, version(r))),
             short_id(r),
             r.name,
-            publisher_label(r) if target is None else attempt_label(r),
+            publisher_label(r) if target is None else attempt_label(r) + later.get(i, ""),
             r.status,
             created(r),
             "-" if r.get("damaged") else human_size(r.size or 0),
@@ -142,7 +146,7 @@ def list_checkpoints(
             if r.get("damaged")
             else metadata_summary(r.metadata or {}, first=(order_by or "").lstrip("-")),
         ]
-        for r in refs
+        for i, r in enumerate(refs)
     ]
     # Named checkpoints have no attempt; who published each version matters instead.
     third = "PUBLISHER" if target is None else "ATTEMPT"
@@ -152,6 +156,34 @@ def list_checkpoints(
     for r in refs:
         if r.get("damaged"):
             click.echo("Warning: damaged checkpoint %s: %s" % (r.key, one_line(r.error)), err=True)
+
+
+def _later_attempts(client, refs: list) -> dict[int, str]:
+    """``", last 1 paused"`` for the first listed row (by index in ``refs``) of each task whose
+    last RECORDED attempt has no listed checkpoint (its upload failed, a ``--status`` filter,
+    the tier is on another machine), so the table never hides that a task paused or
+    succeeded after the attempt it shows.  Only tasks whose newest listed attempt failed or
+    did not record its end are asked (one listing of summaries each): an attempt that
+    succeeded or paused is its task's last."""
+    newest: dict[tuple[str, str], tuple[int, Optional[str], int]] = {}
+    for i, r in enumerate(refs):
+        if not r.pathspec or r.get("damaged"):
+            continue
+        task = (r.root, task_prefix_of(r.key))
+        if task not in newest or r.attempt > newest[task][0]:
+            first = newest[task][2] if task in newest else i
+            newest[task] = (r.attempt, r.get("task_status"), first)
+    ask: dict[str, list[str]] = {}
+    for (root, prefix), (_, ended, _) in newest.items():
+        if ended in (None, FAILED):
+            ask.setdefault(root, []).append(prefix)
+    out: dict[int, str] = {}
+    for root, prefixes in ask.items():
+        for prefix, last in summary.last_recorded(client._store(root).storage, prefixes).items():
+            attempt, _, first = newest[(root, prefix)]
+            if last is not None and last[0] > attempt:
+                out[first] = ", last %d %s" % (last[0], last[1] or "(end not recorded)")
+    return out
 
 
 @command(

@@ -190,17 +190,25 @@ def attempts_ended(storage: Storage, task_prefix: str) -> dict[int, Optional[str
     return {a: ended for a, (ended, _) in _attempts(storage, task_prefix).items()}
 
 
-def last_endings(storage: Storage, task_prefixes: Sequence[str]) -> dict[str, Optional[str]]:
-    """How the last recorded attempt of each task at ``task_prefixes`` ended (its summary with
-    the highest attempt number, :func:`attempts_ended`; None: no summary, or one that predates
-    ``ended``).  What a resume of the task continues from depends on this, not on the
-    attempts that happen to have checkpoints in a (status-filtered) listing."""
+def last_recorded(
+    storage: Storage, task_prefixes: Sequence[str]
+) -> dict[str, Optional[tuple[int, Optional[str]]]]:
+    """The last recorded attempt of each task at ``task_prefixes`` and how it ended: its
+    summary with the highest attempt number (:func:`attempts_ended`, the tasks in parallel);
+    None: no summary.  A resume continues after this attempt, whatever attempts happen to
+    have checkpoints in a (status-filtered) listing."""
     tasks = sorted(set(task_prefixes))
     if not tasks:
         return {}
     with ThreadPoolExecutor(min(len(tasks), 16)) as pool:
         found = list(pool.map(lambda t: attempts_ended(storage, t), tasks))
-    return {t: (ended[max(ended)] if ended else None) for t, ended in zip(tasks, found)}
+    return {t: ((max(e), e[max(e)]) if e else None) for t, e in zip(tasks, found)}
+
+
+def last_endings(storage: Storage, task_prefixes: Sequence[str]) -> dict[str, Optional[str]]:
+    """How the last recorded attempt of each task ended (:func:`last_recorded`; None: no
+    summary, or one that predates ``ended``)."""
+    return {t: v[1] if v else None for t, v in last_recorded(storage, task_prefixes).items()}
 
 
 def _slot(scope: Any, attempt: Optional[int] = None) -> str:
