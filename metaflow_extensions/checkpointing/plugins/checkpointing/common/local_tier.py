@@ -6,7 +6,8 @@ them when it ends.  A reference to one of the others (``status`` ``"local"``, ``
 or ``"failed"``) names the flow's store as its ``root`` (the key it would have once uploaded).
 On the machine that holds the tier it loads from the tier (:func:`read`); elsewhere the error
 says it was not uploaded, on which host and in which directory it is, and what to do
-(:func:`not_uploaded`), never that it was deleted.
+(:func:`not_uploaded`), never that it was deleted; on the machine whose tier no longer holds it
+(the task's end keeps only what it uploads), it says the end removed it.
 
 Which tiers: the one the task registered in its metadata (``checkpoint-tier``: ``{"host",
 "path"}``; only when ``host`` is this machine and the path exists), and the tier of the store
