@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -726,3 +728,79 @@ def test_a_full_local_tier_fails_the_save_naming_the_tier_and_how_to_move_it(flo
     out = result.stdout + result.stderr
     assert "the local checkpoint tier %s/mfckpt-tier-0/" % full in out, out[-3000:]
     assert "is full" in out and "METAFLOW_CHECKPOINT_LOCAL_TIER" in out
+
+
+def _start_live(env: dict, tmp, sync) -> subprocess.Popen:
+    """Run UploadSweepLiveFlow in the background until its task saved (SYNC/saved)."""
+    from .flowrun import subprocess_env
+
+    sync.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(FLOWS / "upload_sweep_live_flow.py"), "--no-pylint", "run"],
+        env=subprocess_env(dict(env, SYNC=str(sync))),
+        cwd=str(tmp),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (sync / "saved").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    return proc
+
+
+def test_a_start_sweep_leaves_a_live_tasks_old_checkpoint_and_logs_what_it_removed(flow_env):
+    """Task A saved, then waits; task B starts with METAFLOW_CHECKPOINT_LOCAL_TIER_DAYS shorter
+    than A's wait.  B's sweep removes an old checkpoint of a task that ended (one log line: how
+    many, of how many tasks, the tier) but never A's, whose writer is alive: A's end uploads it
+    (before: it was deleted and A ended "successfully" with nothing uploaded)."""
+    env, tmp, _notes, tier = _env(flow_env)
+    first = run_flow(FLOWS / "upload_sweep_live_flow.py", env, tmp)  # leaves a record, dead pid
+    store = local_store(local_root(tmp))
+    root = tier_root(store.url, str(tier))
+    left = os.path.join(root, first.run["start"].task.data.key)
+    os.makedirs(os.path.dirname(left), exist_ok=True)
+    tier_store = local_store(root)
+    # A copy the first task's cleanup removed, put back as an old, abandoned tier checkpoint.
+    with open(left, "wb") as f:
+        f.write(store.storage.get_bytes(first.run["start"].task.data.key))
+    del tier_store
+    sync = tmp / "sync"
+    proc = _start_live(env, tmp, sync)
+    live_key = (sync / "saved").read_text()
+    time.sleep(1.5)
+    try:
+        second = run_flow(
+            FLOWS / "upload_sweep_live_flow.py",
+            dict(env, METAFLOW_CHECKPOINT_LOCAL_TIER_DAYS="0.00001"),
+            tmp,
+        )
+    finally:
+        (sync / "go").write_text("")
+        out = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert os.path.exists(os.path.join(root, live_key)) or store.storage.exists(live_key)
+    assert store.storage.exists(live_key), out[-3000:]
+    removed = [m for m in second.checkpoint_log("start") if m.startswith("[@checkpoint] Removed")]
+    assert len(removed) == 1 and "1 checkpoint(s) of 1 task(s)" in removed[0], removed
+    assert root in removed[0]
+    assert not os.path.exists(left)
+
+
+@pytest.mark.parametrize("errors", ["fail", "warn"])
+def test_a_task_whose_tier_checkpoint_vanished_before_its_upload_says_so(flow_env, errors):
+    """Something removed the task's only checkpoint from the tier while it ran (a temp-directory
+    cleaner): its end says so, naming it; with "fail" the step fails (before: "Task finished
+    successfully" with nothing uploaded)."""
+    env, tmp, _notes, tier = _env(flow_env, UPLOAD_ERRORS=errors)
+    sync = tmp / "sync"
+    proc = _start_live(env, tmp, sync)
+    key = (sync / "saved").read_text()
+    store = local_store(local_root(tmp))
+    os.remove(os.path.join(tier_root(store.url, str(tier)), key))
+    (sync / "go").write_text("")
+    out = proc.communicate(timeout=180)[0]
+    assert "removed from the local tier before its upload" in out, out[-3000:]
+    assert key in out
+    assert (proc.returncode != 0) == (errors == "fail"), out[-3000:]

@@ -6,8 +6,9 @@ Three steps, each best effort for the caller (the task logs one warning and goes
   (:mod:`.upload_status`), except, unless the caller knows it is moot, those whose record says
   ``failed``: the only copy of a checkpoint whose upload gave up is kept;
 * :func:`sweep` deletes the tier checkpoints (of any task) whose manifest file is older than a
-  cutoff by the tier's own clock, except ``failed`` ones and those a live process is uploading,
-  and the records whose checkpoint is gone from the tier;
+  cutoff by the tier's own clock, except ``failed`` ones, those a live process is uploading and
+  every one of a task whose writer is alive on this host, and the records whose checkpoint is
+  gone from the tier;
 * :func:`collect` runs the store's own GC on the tier, so blobs no tier checkpoint references
   are deleted under the lease protocol of ADR 002: another task saving into the same tier at
   that moment keeps every blob it relies on (grace 0 is safe, as for any store).
@@ -15,6 +16,8 @@ Three steps, each best effort for the caller (the task logs one warning and goes
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,7 +32,10 @@ from .layout import (
     upload_record_manifest,
 )
 from .store import CheckpointStore
-from .upload_status import FAILED, UPLOADING, UploadRecords, effective
+from .upload_status import FAILED, UPLOADING, UploadRecords, effective, live_writer
+
+#: Where :func:`mark_writer` records a live writer of a task: ``writers/<task>/<host>-<pid>``.
+WRITERS_PREFIX = "writers/"
 
 #: Grace period of the tier's GC: 0, because leases protect what a concurrent save relies on
 #: (ADR 002); temp files of writes in flight are kept anyway (``gc_temps.MIN_AGE``).
@@ -39,11 +45,16 @@ GRACE_SECONDS = 0.0
 @dataclass
 class Cleaned:
     """What a cleanup deleted (``removed``: manifest keys; ``records``: upload records) and
-    the ``failed`` checkpoints it kept."""
+    the ``failed`` checkpoints it kept; a sweep also says how many ``tasks`` it removed
+    checkpoints of, the ``oldest`` age (seconds) among them, and the task prefixes it left
+    alone because their writer is alive (``live``)."""
 
     removed: list[str] = field(default_factory=list)
     kept_failed: list[str] = field(default_factory=list)
     records: int = 0
+    tasks: int = 0
+    oldest: float = 0.0
+    live: list[str] = field(default_factory=list)
 
     @property
     def anything(self) -> bool:
@@ -99,15 +110,22 @@ def sweep(
     newer upload of their series): they are deleted too."""
     if not max_age_seconds >= 0:
         raise CheckpointConfigError("max_age_seconds must be >= 0, not %r." % (max_age_seconds,))
-    cutoff = (time.time() if now is None else now) - max_age_seconds
+    now = time.time() if now is None else now
+    cutoff = now - max_age_seconds
     records = UploadRecords(tier.storage)
-    old = [
-        o.key
+    ages = {
+        o.key: now - o.mtime
         for o in tier.storage.list(MANIFESTS_PREFIX)
         if split_manifest_key(o.key) is not None and o.mtime is not None and o.mtime < cutoff
-    ]
+    }
+    # A task whose writer is alive on this host (its mark_writer) may still load or upload
+    # any of its checkpoints, however old: its whole prefix is left alone.
+    prefixes = {k: k.rsplit("/", 1)[0] + "/" for k in ages}
+    live = sorted(p for p in set(prefixes.values()) if _writer_alive(tier, p))
+    old = [k for k in ages if prefixes[k] not in live]
     states = {k: effective(records.get(k), False) for k in old}
     out = remove(tier, [k for k in old if states[k] != UPLOADING])
+    out.live = live
     if moot is not None and out.kept_failed:
         gone = moot(list(out.kept_failed))
         if gone:
@@ -116,7 +134,38 @@ def sweep(
             out.records += done.records
             out.kept_failed = [k for k in out.kept_failed if k not in gone]
     out.records += orphan_records(tier)
+    out.tasks = len({prefixes[k] for k in out.removed})
+    out.oldest = max((ages[k] for k in out.removed), default=0.0)
     return out
+
+
+def _writer_key(task_prefix: str, host: str = "", pid: int = 0) -> str:
+    rest = task_prefix[len(MANIFESTS_PREFIX) :] if task_prefix.startswith(MANIFESTS_PREFIX) else ""
+    return WRITERS_PREFIX + rest + ("%s-%d" % (host, pid) if host else "")
+
+
+def mark_writer(tier: CheckpointStore, task_prefix: str) -> None:
+    """Record that this process (host, pid) writes the task at ``task_prefix`` into the tier:
+    a sweep leaves that task's checkpoints alone while it is alive."""
+    tier.storage.put_bytes(_writer_key(task_prefix, socket.gethostname(), os.getpid()), b"")
+
+
+def unmark_writer(tier: CheckpointStore, task_prefix: str) -> None:
+    """This process no longer writes the task at ``task_prefix`` (its end)."""
+    tier.storage.delete(_writer_key(task_prefix, socket.gethostname(), os.getpid()))
+
+
+def _writer_alive(tier: CheckpointStore, task_prefix: str) -> bool:
+    """Whether a writer of the task at ``task_prefix`` is alive on this host; the marks of dead
+    writers are removed on the way."""
+    alive = False
+    for o in tier.storage.list(_writer_key(task_prefix)):
+        host, _, pid = o.key.rsplit("/", 1)[1].rpartition("-")
+        if pid.isdigit() and live_writer(host, int(pid)):
+            alive = True
+        else:
+            tier.storage.delete(o.key)
+    return alive
 
 
 def collect(tier: CheckpointStore) -> GcReport:

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Optional
 
+from ..errors import CheckpointException
 from .manifest import ManifestHeader, parse_key
 from .policies import newest, sort_key, visible_to
 from .position import Position
 from .retention import Item, Retention
 from .store import CheckpointStore
 
-__all__ = ["by_task", "moot", "superseded", "to_upload"]
+__all__ = ["by_task", "moot", "moot_in", "superseded", "to_upload"]
 
 
 def to_upload(
@@ -98,4 +99,18 @@ def moot(ours: Sequence[ManifestHeader], remote: Sequence[ManifestHeader]) -> se
         same = [r for r in remote if r.position == h.position]
         if h.key in there or h.key in superseded([h] + same, there):
             out.add(h.key)
+    return out
+
+
+def moot_in(remote: CheckpointStore, keys: list[str]) -> set[str]:
+    """Of these ``failed`` tier checkpoints, those the flow's store ``remote`` holds or
+    supersedes (:func:`moot`): one listing per task, only when a sweep found an old failed
+    one; a listing that fails keeps that task's (best effort)."""
+    out: set[str] = set()
+    for prefix, ours in by_task(keys).items():
+        try:
+            there = remote.headers(prefix)
+        except CheckpointException:
+            continue
+        out |= moot(ours, there)
     return out

@@ -161,6 +161,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def live_writer(host: str, pid: int) -> bool:
+    """Whether process ``pid`` of ``host`` is alive on this host (a task that may still load or
+    upload its task's tier checkpoints)."""
+    return host == socket.gethostname() and _alive(pid)
+
+
 def effective(record: Optional[Record], in_remote: bool) -> str:
     """The status a reader shows for a tier checkpoint.
 

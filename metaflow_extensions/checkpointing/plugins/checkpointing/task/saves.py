@@ -29,7 +29,7 @@ from ..core.policies import sort_key
 from ..core.retention import Retention
 from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
-from ..errors import CheckpointConfigError, CheckpointException, StorageError
+from ..errors import CheckpointConfigError, CheckpointException, CheckpointNotFound, StorageError
 from ..fmt import describe_error
 from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_bytes
 from .fence import Fence, SaveAbandoned
@@ -514,6 +514,8 @@ class TaskSaves:
         finally:
             if self._listeners:  # the live card: every chosen key's status changed (or not)
                 self._notify_chosen()
+        if interrupts.received is None:
+            self._check_not_vanished(raise_errors)
         stay = [m for m in self._manifests if not m.latest and m.key not in self.upload.in_remote]
         stay = [m for m in stay if m.key not in self.upload.chosen]  # (their failure is logged)
         if stay:
@@ -524,6 +526,34 @@ class TaskSaves:
                 "machine (until the tier is swept)." % (len(stay), self.upload.root, stay[0].key)
             )
         return keys
+
+    def _check_not_vanished(self, raise_errors: bool) -> None:
+        """The newest ``latest=True`` checkpoint this process saved into the tier must be in
+        the flow's store or still in the tier: if something removed it before its upload
+        (another task's sweep, a /tmp cleaner), say so, never end silently without it.
+
+        Raises
+        ------
+        CheckpointNotFound
+            With ``raise_errors`` (``upload_errors="fail"`` and the step succeeded).
+        """
+        upload = self.upload
+        mine = [m for m in self._manifests if m.latest]
+        tier = upload.existing_tier() if upload is not None and mine else None
+        if upload is None or tier is None or not upload.at_end:
+            return
+        key = mine[-1].key
+        if key in upload.in_remote or tier.storage.exists(key):
+            return
+        error = CheckpointNotFound(
+            key=key,
+            url=upload.root,
+            reason="removed from the local tier before its upload (another task's sweep: "
+            "METAFLOW_CHECKPOINT_LOCAL_TIER_DAYS, or a temp-directory cleaner); it is lost",
+        )
+        if raise_errors and not upload.warn:
+            raise error
+        self.log("[@checkpoint] Warning: %s" % describe_error(error))
 
     def _notify_chosen(self) -> None:
         """Tell the listeners the status of each checkpoint of this process the end chose to

@@ -31,6 +31,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Callable, Optional
 
 from ..core import tier as tiers
@@ -41,7 +42,7 @@ from ..core.position import Position
 from ..core.retention import Retention
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
-from ..core.upload_choice import by_task, moot, superseded, to_upload
+from ..core.upload_choice import moot_in, superseded, to_upload
 from ..errors import CheckpointConfigError, CheckpointException, StorageError
 from ..fmt import describe_error
 
@@ -169,6 +170,8 @@ class UploadPolicy:
             self.in_remote.add(key)
             return status.UPLOADED
         self._tier_commits += 1
+        if self._tier_commits == 1:  # a sweep leaves this task's checkpoints be while it lives
+            self._hint(lambda: cleanup.mark_writer(store, key.rsplit("/", 1)[0] + "/"))
         return self.status_of(key)
 
     def status_of(self, key: str) -> str:
@@ -183,12 +186,14 @@ class UploadPolicy:
         return status.LOCAL if found == status.UPLOADED else found
 
     def _set(self, key: str, value: str, error: Optional[str] = None) -> None:
-        try:
-            self.records.set(key, value, error)
-        except (CheckpointException, OSError) as exc:  # a record is a hint, never the failure
-            self.log("[@checkpoint] Warning: could not record %s %s: %s" % (key, value, exc))
+        self._hint(lambda: self.records.set(key, value, error), "%s %s" % (key, value))
 
-    # ------------------------------------------------------------------ upload_errors="warn"
+    def _hint(self, write: Callable[[], None], what: str = "this task's writer") -> None:
+        try:
+            write()
+        except (CheckpointException, OSError) as exc:  # a record is a hint, never the failure
+            self.log("[@checkpoint] Warning: could not record %s: %s" % (what, exc))
+
     def failed_commit(self, error: BaseException) -> bool:
         """A commit to the flow's store failed after the bounded retries: True when the policy
         says to commit into the tier instead (``upload="each"``, ``upload_errors="warn"``)."""
@@ -350,22 +355,9 @@ class UploadPolicy:
             return
         self._tidy(
             tier,
-            lambda: cleanup.sweep(tier, days * 86400.0, moot=self._moot),
+            lambda: cleanup.sweep(tier, days * 86400.0, moot=partial(moot_in, self.remote)),
             "older than %g days" % days,
         )
-
-    def _moot(self, keys: list[str]) -> set[str]:
-        """Of these ``failed`` tier checkpoints, those the flow's store holds or supersedes
-        (:func:`moot`): one listing per task, only when the sweep found an old failed one; a
-        listing that fails keeps that task's (best effort)."""
-        out: set[str] = set()
-        for prefix, ours in by_task(keys).items():
-            try:
-                remote = self.remote.headers(prefix)
-            except CheckpointException:
-                continue
-            out |= moot(ours, remote)
-        return out
 
     def finish(
         self, scope: Scope, position: Position, *, succeeded: bool, pruned: bool, hurry: bool
@@ -390,6 +382,7 @@ class UploadPolicy:
                 keys = [h.key for h in own if h.key in self.in_remote or h.key in gone]
                 done = cleanup.remove(tier, keys, keep_failed=False)
             done.records += cleanup.orphan_records(tier, scope.task_prefix())
+            cleanup.unmark_writer(tier, scope.task_prefix())
             return done
 
         self._tidy(tier, clean, "of this task", collect=pruned and self._tier_commits > 0)
@@ -403,10 +396,17 @@ class UploadPolicy:
     ) -> None:
         try:
             done = clean()
+            if done.tasks:
+                self.log(
+                    "[@checkpoint] Removed %d checkpoint(s) of %d task(s) %s from the local tier "
+                    "%s (the oldest %.2f days old)."
+                    % (len(done.removed), done.tasks, what, self.root, done.oldest / 86400.0)
+                )
             if done.kept_failed:
                 self.log(
                     "[@checkpoint] Kept %d checkpoint(s) whose upload failed in the local tier "
-                    "%s (the only copy), e.g. %s."
+                    "%s (the only copy), e.g. %s; once no longer needed (e.g. a resume replaced "
+                    "its run), delete its manifest file there (the next sweep removes the rest)."
                     % (len(done.kept_failed), self.root, done.kept_failed[0])
                 )
             if done.anything or collect:
