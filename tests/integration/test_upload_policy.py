@@ -804,3 +804,20 @@ def test_a_task_whose_tier_checkpoint_vanished_before_its_upload_says_so(flow_en
     assert "removed from the local tier before its upload" in out, out[-3000:]
     assert key in out
     assert (proc.returncode != 0) == (errors == "fail"), out[-3000:]
+
+
+def test_twenty_successful_tasks_leave_no_empty_directory_in_the_tier(flow_env):
+    """20 ``upload="end"`` tasks of a foreach succeed on one machine: their cleanup removes the
+    directories it empties (manifests, upload records, writer marks), so the tier does not grow
+    by a few empty directories per task (before: ~4 per task, forever)."""
+    env, tmp, _, tier = _env(flow_env, TASKS="20")
+    run_flow(FLOWS / "upload_many_flow.py", env, tmp)
+    store = local_store(local_root(tmp))
+    root = tier_root(store.url, str(tier))
+    empty = [  # (a top-level folder, e.g. manifests/, may stay)
+        os.path.relpath(d, root)
+        for d, dirs, files in os.walk(root)
+        if not dirs and not files and os.path.dirname(d) != root and d != root
+    ]
+    assert empty == [], empty
+    assert len(stored_headers(store, "user:tester", "UploadManyFlow", "train")) == 20

@@ -16,6 +16,7 @@ Three steps, each best effort for the caller (the task logs one warning and goes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -26,6 +27,8 @@ from typing import Optional
 from ..errors import CheckpointConfigError
 from .gc import GcReport
 from .layout import (
+    BLOBS,
+    LEASES,
     MANIFESTS_PREFIX,
     split_manifest_key,
     upload_record_key,
@@ -77,7 +80,30 @@ def remove(tier: CheckpointStore, keys: Iterable[str], keep_failed: bool = True)
         if record is not None:
             records.delete(key)
             out.records += 1
+    prune_dirs(tier, [k for key in out.removed for k in (key, upload_record_key(key))])
     return out
+
+
+def prune_dirs(tier: CheckpointStore, keys: Iterable[str]) -> None:
+    """Remove the directories left empty above the tier paths of deleted ``keys``, up to (not
+    including) their top-level folder (``manifests/``, ``uploads/``, ...).  A writer that puts
+    into one at that moment makes it again (``LocalStorage`` retries a put whose directory
+    vanished), so a non-empty or re-created directory simply stays."""
+    dirs: set[str] = set()
+    for key in keys:
+        path = tier.storage.local_path(key)
+        top = tier.storage.local_path(key.split("/", 1)[0])
+        if path is None or top is None:
+            return  # not a local tier
+        parent = os.path.dirname(path)
+        while len(parent) > len(top) and parent.startswith(top + os.sep):
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+    for directory in sorted(dirs, key=len, reverse=True):  # deepest first
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass  # not empty (another task's), or gone already
 
 
 def orphan_records(tier: CheckpointStore, prefix: str = MANIFESTS_PREFIX) -> int:
@@ -93,6 +119,7 @@ def orphan_records(tier: CheckpointStore, prefix: str = MANIFESTS_PREFIX) -> int
             stale.append(manifest)
     for manifest in stale:
         records.delete(manifest)
+    prune_dirs(tier, [upload_record_key(m) for m in stale])
     return len(stale)
 
 
@@ -152,7 +179,9 @@ def mark_writer(tier: CheckpointStore, task_prefix: str) -> None:
 
 def unmark_writer(tier: CheckpointStore, task_prefix: str) -> None:
     """This process no longer writes the task at ``task_prefix`` (its end)."""
-    tier.storage.delete(_writer_key(task_prefix, socket.gethostname(), os.getpid()))
+    key = _writer_key(task_prefix, socket.gethostname(), os.getpid())
+    tier.storage.delete(key)
+    prune_dirs(tier, [key])
 
 
 def _writer_alive(tier: CheckpointStore, task_prefix: str) -> bool:
@@ -179,4 +208,12 @@ def collect(tier: CheckpointStore) -> GcReport:
     CheckpointException
         As :func:`.gc.collect`.
     """
-    return tier.gc(grace_seconds=GRACE_SECONDS, force=True)
+    report = tier.gc(grace_seconds=GRACE_SECONDS, force=True)
+    # The empty directories of deleted blobs and of closed lease sessions go too; a writer
+    # that puts into one at that moment makes it again (LocalStorage retries such a put).
+    for top in (tier.storage.local_path(BLOBS), tier.storage.local_path(LEASES)):
+        for directory, dirs, files in os.walk(top, topdown=False) if top else ():
+            if directory != top and not dirs and not files:
+                with contextlib.suppress(OSError):  # a file arrived meanwhile
+                    os.rmdir(directory)
+    return report
