@@ -7,6 +7,9 @@ import tempfile
 
 from metaflow import FlowSpec, Parameter, checkpoint, current, parallel, retry, step
 
+#: ``@checkpoint(upload=...)``: sharded saves commit to the flow's store either way.
+UPLOAD = os.environ.get("MFCKPT_TEST_UPLOAD", "each")
+
 
 class ParallelCkptFlow(FlowSpec):
     nodes = Parameter("nodes", default=2, type=int)
@@ -15,7 +18,7 @@ class ParallelCkptFlow(FlowSpec):
     def start(self):
         self.next(self.train, num_parallel=self.nodes)
 
-    @checkpoint
+    @checkpoint(upload=UPLOAD)
     @retry(times=1)
     @parallel
     @step

@@ -11,9 +11,12 @@ from .flowrun import FLOWS, local_root, local_store, run_flow
 pytestmark = pytest.mark.flow
 
 
-@pytest.mark.parametrize("nodes", [2, 3])
-def test_each_rank_resumes_from_its_own_shard_of_one_checkpoint(flow_env, nodes):
+@pytest.mark.parametrize("nodes, upload", [(2, "each"), (3, "each"), (2, "end")])
+def test_each_rank_resumes_from_its_own_shard_of_one_checkpoint(flow_env, nodes, upload):
+    """Also with ``upload="end"``: a sharded save commits to the flow's store (where the
+    participants on other machines meet), never into one machine's local tier."""
     env, tmp = flow_env
+    env = dict(env, MFCKPT_TEST_UPLOAD=upload)
     result = run_flow(FLOWS / "parallel_flow.py", env, tmp, run_kwargs={"nodes": nodes})
     join = result.run["join"].task
     keys = {key for _, key in join.data.by_rank.values()}

@@ -313,7 +313,11 @@ class TaskSaves:
         """This process's part of its ``number``-th sharded save of ``name`` (see
         ``core/gang.py``); the reference once participant 0 has committed the checkpoint.  A
         signal received meanwhile ends the wait (then it is handled, as after any blocking
-        save); a failure marks this participant gone, so the others stop waiting for it."""
+        save); a failure marks this participant gone, so the others stop waiting for it.
+
+        Always in the flow's store, whatever ``upload`` says: the participants (other
+        machines) meet there, and a part left in one machine's local tier would never be
+        seen by the others."""
         from ..core.manifest import validate_metadata
         from ..core.scope import validate_name
 
@@ -322,15 +326,16 @@ class TaskSaves:
         name, metadata = validate_name(name), validate_metadata(metadata)
         me = self.ranks.participant
         # Per process, not per object: a Checkpoint() made per save must not start at 0 again.
-        number = sharded_number(self.store.url, self.scope, me, name)
+        store = self.flow_store
+        number = sharded_number(store.url, self.scope, me, name)
         if me.kind == "rank" and me.world > 1:
             # A worker that ends without a save the others make must not be waited for.
-            mark_exit(self.store.storage, self.store.url, self.scope, me)
+            mark_exit(store.storage, store.url, self.scope, me)
         with self._interrupts.blocking():
             # Participant 0 writes the manifest: its task clock dates it.
             created = self._date()[0] if me.index == 0 else None
             try:
-                manifest = self.store.save_gang(
+                manifest = store.save_gang(
                     src,
                     self.scope,
                     name=name,
@@ -352,7 +357,7 @@ class TaskSaves:
                         save=gang_id(self.scope, name, number, me.kind, me.restart, me.world),
                     )
                 raise
-            ref = self._committed(manifest, prune=me.index == 0)
+            ref = self._committed(manifest, prune=me.index == 0, store=store)
         return ref
 
     def _abort(self) -> Optional[str]:
@@ -374,7 +379,8 @@ class TaskSaves:
 
         try:
             restart = self.ranks.participant.restart
-            mark_gone(self.store.storage, self.scope, who, reason, restart=restart, save=save)
+            # In the flow's store, where the other participants look (never the local tier).
+            mark_gone(self.flow_store.storage, self.scope, who, reason, restart=restart, save=save)
         except CheckpointException as exc:  # the others then wait for their timeout
             self.log(
                 "[@checkpoint] Warning: could not tell the other participants that %s %d is "
