@@ -350,9 +350,15 @@ def test_card_of_a_training_task_with_retention_and_a_retry_in_chromium(flow_env
     result = run_flow(FLOWS / "card_training_flow.py", env, tmp)
     task = single_task(result.run, "train")
     assert task.data.started_at == 12  # the retry resumed after attempt 0's 12 saves
-    cards = get_cards(task, type="checkpoint")
+    # One card per attempt (Metaflow gives each attempt's @card its own id): attempt 0's last
+    # live render says it failed; the final attempt's card is the one without that line.
+    htmls = [c.get() for c in get_cards(task, type="checkpoint")]
+    assert len(htmls) == 2
+    failed = [h for h in htmls if 'data-task-status="failed"' in h]
+    final = [h for h in htmls if "data-task-status=" not in h]
+    assert len(failed) == 1 and len(final) == 1, [h[:300] for h in htmls]
     html_file = tmp / "training.html"
-    html_file.write_text(cards[0].get(), encoding="utf-8")
+    html_file.write_text(final[0], encoding="utf-8")
     dom = browser_dom(html_file, tmp)
     assert_self_contained(dom)
     losses = [10.0 * 0.8**i for i in range(30)]
