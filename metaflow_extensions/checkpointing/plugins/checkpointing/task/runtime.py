@@ -360,14 +360,17 @@ class CheckpointRuntime:
         # list()[0] and load("last") are what a retry would load.
         headers.sort(key=sort_key(within_task=task_id is not None), reverse=True)
         # How each attempt ended, as Checkpoint().list() says it (a retry lists attempt 0's
-        # as "failed"); this running attempt has no ending yet (None).
+        # as "failed"); this running attempt has no ending yet (None) and is not looked up:
+        # a first attempt listing its own checkpoints reads nothing more than before.
         from ..core.summary import endings
 
+        running = (scope.task_prefix(), scope.attempt)
+        ended = [h for h in headers if (h.scope.task_prefix(), h.scope.attempt) != running]
         return references(
             self._store,
             headers,
             status=self._statuses(headers),
-            task_status=endings(self._store.storage, headers),
+            task_status=endings(self._store.storage, ended) if ended else None,
         )
 
     def _latest_attempt(self, pathspec: str, task: Any) -> Optional[int]:
