@@ -131,6 +131,7 @@ def test_renders_at_most_once_per_refresh_interval_and_the_next_one_shows_everyt
     assert [s["kept"] for s in pushed["saves"]] == [False, False, True, True]
     assert [s["status"] for s in pushed["saves"]] == ["uploaded"] * 4
     assert pushed["task_status"] is None
+    assert pushed["refresh_seconds"] == 5.0  # the page reloads per the card's refresh_interval
 
 
 def test_finish_renders_a_paused_or_failed_task_at_once_and_a_succeeded_one_never(tmp_path):

@@ -187,6 +187,8 @@ class LiveCard:
 
     def _render(self, cards: list, data: dict, wait: bool, last: bool = False) -> None:
         self.renders += 1
+        # The running page reloads itself as often as the card is re-rendered.
+        data = dict(data, refresh_seconds=_interval(cards))
         for card in cards:
             _render_runtime(card, data, wait, last)
 
