@@ -37,11 +37,30 @@ def validate_policy(policy: object) -> str:
     return policy  # type: ignore[return-value]
 
 
+#: Attribute a listed header carries: its manifest's mtime in that listing (None when the
+#: storage gives none).  Not a field: equality, hashing and keys stay those of the manifest key.
+_MTIME = "_listed_mtime"
+
+
 def list_headers(storage: Storage, prefix: str) -> list[ManifestHeader]:
-    """Headers of every committed manifest under ``prefix``, newest first."""
-    headers = [parse_key(o.key) for o in storage.list(prefix) if is_manifest_key(o.key)]
+    """Headers of every committed manifest under ``prefix``, newest first; each keeps the
+    mtime the listing gave (:func:`listed_mtime`), so expiry needs no second listing."""
+    headers = []
+    for o in storage.list(prefix):
+        if is_manifest_key(o.key):
+            h = parse_key(o.key)
+            object.__setattr__(h, _MTIME, o.mtime)  # frozen dataclass: set outside its fields
+            headers.append(h)
     headers.sort(key=lambda h: h.order, reverse=True)
     return headers
+
+
+def listed_mtime(header: ManifestHeader) -> tuple[bool, Optional[float]]:
+    """``(True, mtime)`` for a header from :func:`list_headers` (its manifest's mtime in that
+    listing, None when the storage gives none); ``(False, None)`` for one built otherwise."""
+    if hasattr(header, _MTIME):
+        return True, getattr(header, _MTIME)
+    return False, None
 
 
 def sort_key(within_task: bool = False) -> Callable[[ManifestHeader], tuple]:

@@ -7,7 +7,8 @@ checkpoints and the keys in ``protect`` are kept; a damaged checkpoint (its mani
 parse) is kept and reported, never deleted or counted.
 
 With ``expire_after_days`` each checkpoint's age is its manifest's mtime in a listing of the
-store, against the store's "now" (:func:`.store_clock.now`): both by the store's clock, so a
+store (the one its header came from, :func:`.policies.listed_mtime`), against the store's
+"now" (:func:`.store_clock.now`): both by the store's clock, so a
 writer whose clock is off by days neither expires nor keeps its checkpoints wrongly (the
 ``created_ms`` in a key is the writer's clock).  A dry run probes the store's clock too (so it
 decides as the real run would); only if the probe cannot be written (read-only credentials) does
@@ -148,10 +149,19 @@ def _ages(
             "machine's clock, which a real run does not do." % exc.message
         )
     mtimes: dict[str, float] = {}
-    for prefix in _listing_prefixes(headers):
+    undated = []
+    for h in headers:
+        listed, mtime = policies.listed_mtime(h)
+        if not listed:
+            undated.append(h)
+        elif mtime is not None:
+            mtimes[h.key] = mtime
+    # Only headers not from a listing (built by hand) need one: a prune after a listing
+    # reads the prefix once.
+    for prefix in _listing_prefixes(undated):
         for o in storage.list(prefix):
             if o.mtime is not None:
-                mtimes[o.key] = o.mtime
+                mtimes.setdefault(o.key, o.mtime)
     wanted = {h.key for h in headers}
     ages = {k: (now - m) / 86400.0 for k, m in mtimes.items() if k in wanted}
     return ages, warning
