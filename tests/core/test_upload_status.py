@@ -83,7 +83,7 @@ def test_a_damaged_record_reads_as_no_record(tmp_path):
     for body in (b"{", b'{"status": "sent"}', b"[]", b'{"status": "failed", "error": 3}'):
         storage.put_bytes(layout.upload_record_key(key), body)
         assert records.get(key) is None
-        assert us.effective(records.get(key), in_remote=False) == us.LOCAL
+        assert us.effective(records.get(key)) == us.LOCAL
 
 
 _RECORD = textwrap.dedent(
@@ -121,26 +121,24 @@ def test_uploading_reads_as_such_while_the_writer_lives_and_as_local_once_it_die
         assert live.stdout.readline().strip() == "recorded"
         record = records.get(key)
         assert record.pid == live.pid
-        assert us.effective(record, in_remote=False) == us.UPLOADING
+        assert us.effective(record) == us.UPLOADING
     finally:
         live.communicate("")
     assert live.returncode == 0
     # The same record, its writer gone: the upload never finished, the checkpoint is local.
-    assert us.effective(records.get(key), in_remote=False) == us.LOCAL
-    # Found in the flow's store: uploaded, whatever the record says.
-    assert us.effective(records.get(key), in_remote=True) == us.UPLOADED
+    assert us.effective(records.get(key)) == us.LOCAL
 
 
 def test_effective_status_of_each_record():
     me = (time.time(), os.getpid(), socket.gethostname())
-    assert us.effective(None, in_remote=False) == us.LOCAL
-    assert us.effective(None, in_remote=True) == us.UPLOADED
+    assert us.effective(None) == us.LOCAL
     for status in us.STATUSES:
-        assert us.effective(us.Record(status, None, *me), in_remote=True) == us.UPLOADED
-        assert us.effective(us.Record(status, None, *me), in_remote=False) == status
+        # An "uploaded" record of a key the flow's store lacks (as read) is not taken for it.
+        want = us.LOCAL if status == us.UPLOADED else status
+        assert us.effective(us.Record(status, None, *me)) == want
     # Another host's writer cannot be judged from here: shown as recorded.
     elsewhere = us.Record(us.UPLOADING, None, time.time(), 1, socket.gethostname() + "-other")
-    assert us.effective(elsewhere, in_remote=False) == us.UPLOADING
+    assert us.effective(elsewhere) == us.UPLOADING
 
 
 def test_the_task_view_says_local_for_a_record_saying_uploaded_when_the_store_lacks_it(tmp_path):

@@ -18,7 +18,7 @@ every listed checkpoint is ``uploaded``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Callable
 
 from ..common.local_tier import TIER_METADATA, TierStore, default_tier, registered_tier
 from ..common.reference import CheckpointReference
@@ -26,7 +26,7 @@ from ..core.layout import task_prefix_of
 from ..core.manifest import ManifestHeader
 from ..core.store import CheckpointStore
 from ..core.summary import endings
-from ..core.upload_status import LOCAL, UPLOADED, Record, UploadRecords, effective
+from ..core.upload_status import UploadRecords, effective
 from ..errors import CheckpointException
 
 __all__ = ["TIER_METADATA", "default_tier", "registered_tier", "tier_parts", "with_tiers"]
@@ -92,7 +92,7 @@ def with_tiers(
                 summaries[h.key],
                 store.url,  # the key it will have in the flow's store once uploaded
                 store.storage.full_url(h.key),
-                _status(recorded.get(h.key)),
+                effective(recorded.get(h.key)),
                 ended.get(h.key),
             )
             pairs.append((h, ref))
@@ -100,14 +100,6 @@ def with_tiers(
     if len(pairs) > len(headers):
         pairs.sort(key=lambda p: order(p[0]), reverse=True)
     return [h for h, _ in pairs], [r for _, r in pairs]
-
-
-def _status(record: Optional[Record]) -> str:
-    """A tier-only checkpoint's status: what its record says, but never ``uploaded`` (it is
-    not in the flow's store as listed: deleted there since, or uploaded after the listing;
-    either way a listing does not claim it safe without seeing it there)."""
-    status = effective(record, False)
-    return LOCAL if status == UPLOADED else status
 
 
 def _known(values: dict) -> dict:

@@ -29,9 +29,7 @@ from ..core.tier import tier_root
 from ..core.upload_status import (
     FAILED,
     LOCAL,
-    UPLOADED,
     UPLOADING,
-    Record,
     UploadRecords,
     effective,
 )
@@ -108,9 +106,7 @@ def task_metadata(key: str) -> Optional[dict]:
 def status_in(tier: CheckpointStore, key: str) -> str:
     """A tier checkpoint's status as its record says, never ``uploaded`` (the flow's store,
     as read, lacks it)."""
-    record: Optional[Record] = UploadRecords(tier.storage).get(key)
-    status = effective(record, False)
-    return LOCAL if status == UPLOADED else status
+    return effective(UploadRecords(tier.storage).get(key))
 
 
 def read(

@@ -150,7 +150,7 @@ def sweep(
     prefixes = {k: k.rsplit("/", 1)[0] + "/" for k in ages}
     live = sorted(p for p in set(prefixes.values()) if _writer_alive(tier, p))
     old = [k for k in ages if prefixes[k] not in live]
-    states = {k: effective(records.get(k), False) for k in old}
+    states = {k: effective(records.get(k)) for k in old}
     out = remove(tier, [k for k in old if states[k] != UPLOADING])
     out.live = live
     if moot is not None and out.kept_failed:

@@ -8,9 +8,9 @@ flow's store: then ``uploading``, and ``uploaded`` once its manifest is committe
 The tier keeps one small JSON record per checkpoint it tried to upload,
 ``uploads/<task path>/<manifest file>`` (:func:`.layout.upload_record_key`), rewritten whole
 (atomic put) at each change.  The record is a hint: the flow's store is the truth, so
-:func:`effective` says ``uploaded`` for a key found there whatever the record says, and an
-``uploading`` record left by a writer that died (its pid is gone from this host) reads as
-``local``.
+a reader says ``uploaded`` for a key found there whatever the record says; for one the
+flow's store lacks, :func:`effective` says ``local`` for an ``uploaded`` record and for an
+``uploading`` record left by a writer that died (its pid is gone from this host).
 """
 
 from __future__ import annotations
@@ -167,17 +167,18 @@ def live_writer(host: str, pid: int) -> bool:
     return host == socket.gethostname() and _alive(pid)
 
 
-def effective(record: Optional[Record], in_remote: bool) -> str:
-    """The status a reader shows for a tier checkpoint.
+def effective(record: Optional[Record]) -> str:
+    """The status a reader shows for a checkpoint it found in a tier and not in the flow's
+    store (one found there is ``uploaded``, whatever the record says: the reader says so).
 
-    In the flow's store: ``uploaded``, whatever the record says.  No record: ``local``.  An
-    ``uploading`` record of a process no longer alive on this host: ``local`` (its writer died
-    mid-upload; the next attempt's end uploads it again).  Else the record's status (an
-    ``uploading`` record of another host cannot be judged and is shown as it is).
+    No record: ``local``.  An ``uploaded`` record: ``local`` (the flow's store, as read, lacks
+    it: deleted there since, or uploaded after the reading; either way a reader does not claim
+    it safe without seeing it there).  An ``uploading`` record of a process no longer alive on
+    this host: ``local`` (its writer died mid-upload; the next attempt's end uploads it again).
+    Else the record's status (an ``uploading`` record of another host cannot be judged and is
+    shown as it is).
     """
-    if in_remote:
-        return UPLOADED
-    if record is None:
+    if record is None or record.status == UPLOADED:
         return LOCAL
     if record.status == UPLOADING and record.host == socket.gethostname():
         return UPLOADING if _alive(record.pid) else LOCAL

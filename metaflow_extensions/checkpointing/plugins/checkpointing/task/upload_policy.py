@@ -181,9 +181,7 @@ class UploadPolicy:
         if key in self.in_remote:
             return status.UPLOADED
         tier = self.existing_tier()
-        record = self.records.get(key) if tier is not None else None
-        found = status.effective(record, False)
-        return status.LOCAL if found == status.UPLOADED else found
+        return status.effective(self.records.get(key) if tier is not None else None)
 
     def _set(self, key: str, value: str, error: Optional[str] = None) -> None:
         self._hint(lambda: self.records.set(key, value, error), "%s %s" % (key, value))
