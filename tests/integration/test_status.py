@@ -255,7 +255,7 @@ def test_a_failed_upload_is_listed_failed_on_the_machine_that_ran_it(flow_env):
 def test_a_registered_tier_counts_only_on_its_own_machine_and_when_present(tmp_path):
     import socket
 
-    from metaflow_extensions.checkpointing.plugins.checkpointing.client.tiers import (
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.local_tier import (
         TIER_METADATA,
         registered_tier,
     )

@@ -31,6 +31,7 @@ from ..common.attempts import (
     register_task_lister,
     store_filter,
 )
+from ..common.local_tier import machine_tiers
 from ..common.reference import CheckpointReference, references
 from ..common.refspec import Target, parse_target, task_target
 from ..core.layout import library_prefix
@@ -46,7 +47,7 @@ from .base import CheckpointListWarning, ClientBase
 
 __all__ = ["CheckpointListWarning", "Listing", "ORDER_FIELDS"]
 from .locate import check_task, locate
-from .tiers import default_tier, registered_tier, tier_parts, with_tiers
+from .tiers import tier_parts, with_tiers
 
 Where = Union[dict, Callable[[CheckpointReference], bool], None]
 #: ``status=`` of :meth:`Listing.list`: one status or several.
@@ -394,14 +395,18 @@ class Listing(ClientBase):
                 # task clock), as current.checkpoint.list() does; across tasks, by date.
                 headers.sort(key=sort_key(within_task=within_task), reverse=True)
                 refs = None
+
+                def in_tier(tier: CheckpointStore) -> list[ManifestHeader]:
+                    return _matching(
+                        tier, located.prefixes, t.flow, step, located.runs, foreach, filters
+                    )
+
                 if tiers and not read:
                     extra = tier_parts(
                         store,
                         headers,
                         self._tiers(store, t),
-                        lambda tier: _matching(
-                            tier, located.prefixes, t.flow, step, located.runs, foreach, filters
-                        ),
+                        in_tier,
                         sort_key(within_task=within_task),
                     )
                     if tiers == "merged" and extra:
@@ -416,9 +421,7 @@ class Listing(ClientBase):
                         headers,
                         refs,
                         self._tiers(store, t),
-                        lambda tier: _matching(
-                            tier, located.prefixes, t.flow, step, located.runs, foreach, filters
-                        ),
+                        in_tier,
                         sort_key(within_task=within_task),
                     )
             except _STORE_ERRORS as exc:
@@ -455,10 +458,7 @@ class Listing(ClientBase):
     def _tiers(self, store: CheckpointStore, t: Target) -> list[str]:
         """The local tiers of this machine that may hold checkpoints of ``t`` in ``store``
         (see :mod:`.tiers`): a task target's registered one, and the default one."""
-        found = [default_tier(store.url)]
-        if t.task is not None:
-            found.append(registered_tier(_metadata(t)))
-        return [p for p in found if p]
+        return machine_tiers(store.url, _metadata(t) if t.task is not None else None)
 
     def best(
         self, target: Any = None, *, metric: str, mode: str = "min", **filters: Any

@@ -17,10 +17,10 @@ every listed checkpoint is ``uploaded``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, Optional
 
-from ..common.local_tier import TIER_METADATA, TierStore, default_tier, registered_tier
+from ..common.local_tier import TierStore
 from ..common.reference import CheckpointReference
 from ..core.layout import task_prefix_of
 from ..core.manifest import ManifestHeader
@@ -29,7 +29,7 @@ from ..core.summary import endings
 from ..core.upload_status import UploadRecords, effective
 from ..errors import CheckpointException
 
-__all__ = ["TIER_METADATA", "default_tier", "registered_tier", "tier_parts", "with_tiers"]
+__all__ = ["tier_parts", "with_tiers"]
 
 
 def tier_parts(
@@ -43,19 +43,7 @@ def tier_parts(
     ``store`` (its ``headers``) nor an earlier tier holds, newest first by ``order`` (keys
     only: what an alias or a short id picks among besides the flow's store).  A tier that
     cannot be read adds nothing."""
-    seen = {h.key for h in headers}
-    out = []
-    for path in dict.fromkeys(tiers):
-        tier = TierStore(path, store)
-        try:
-            extra = [h for h in matching(tier) if h.key not in seen]
-        except CheckpointException:
-            continue
-        if extra:
-            extra.sort(key=order, reverse=True)
-            seen.update(h.key for h in extra)
-            out.append((tier, extra))
-    return out
+    return [(t, extra) for t, extra, _ in _extras(store, headers, tiers, matching, order)]
 
 
 def with_tiers(
@@ -70,22 +58,20 @@ def with_tiers(
     ``matching`` selects in each), each with its tier status, all ordered by ``order``
     (newest first).  A tier that cannot be read adds nothing (it is only this machine's
     cache: the flow's store is the truth)."""
-    seen = {h.key for h in headers}
+
+    def read(tier: TierStore, extra: list[ManifestHeader]) -> tuple[dict, dict, dict]:
+        records = UploadRecords(tier.storage)
+        recorded = {}
+        for prefix in {task_prefix_of(h.key) for h in extra}:
+            recorded.update(records.of_prefix(prefix))
+        summaries = tier.summaries(extra)
+        ended = {**endings(tier.storage, extra), **_known(endings(store.storage, extra))}
+        return recorded, summaries, ended
+
     pairs = list(zip(headers, refs))
-    for path in dict.fromkeys(tiers):
-        tier = TierStore(path, store)
-        try:
-            extra = [h for h in matching(tier) if h.key not in seen]
-            if not extra:
-                continue
-            records = UploadRecords(tier.storage)
-            recorded = {}
-            for prefix in {task_prefix_of(h.key) for h in extra}:
-                recorded.update(records.of_prefix(prefix))
-            summaries = tier.summaries(extra)
-            ended = {**endings(tier.storage, extra), **_known(endings(store.storage, extra))}
-        except CheckpointException:
-            continue
+    for _, extra, (recorded, summaries, ended) in _extras(
+        store, headers, tiers, matching, order, read
+    ):
         for h in extra:
             ref = CheckpointReference.from_summary(
                 h,
@@ -96,10 +82,35 @@ def with_tiers(
                 ended.get(h.key),
             )
             pairs.append((h, ref))
-            seen.add(h.key)
     if len(pairs) > len(headers):
         pairs.sort(key=lambda p: order(p[0]), reverse=True)
     return [h for h, _ in pairs], [r for _, r in pairs]
+
+
+def _extras(
+    store: CheckpointStore,
+    headers: list[ManifestHeader],
+    tiers: Sequence[str],
+    matching: Callable[[CheckpointStore], list[ManifestHeader]],
+    order: Callable[[ManifestHeader], tuple],
+    read: Optional[Callable[[TierStore, list[ManifestHeader]], Any]] = None,
+) -> Iterator[tuple[TierStore, list[ManifestHeader], Any]]:
+    """Each tier with what ``matching`` selects there that neither ``store`` nor an earlier
+    tier holds (newest first), and what ``read`` makes of it; a tier that cannot be listed or
+    ``read`` adds nothing (and its keys stay open to a later tier)."""
+    seen = {h.key for h in headers}
+    for path in dict.fromkeys(tiers):
+        tier = TierStore(path, store)
+        try:
+            extra = [h for h in matching(tier) if h.key not in seen]
+            if not extra:
+                continue
+            extra.sort(key=order, reverse=True)
+            found = read(tier, extra) if read is not None else None
+        except CheckpointException:
+            continue
+        seen.update(h.key for h in extra)
+        yield tier, extra, found
 
 
 def _known(values: dict) -> dict:

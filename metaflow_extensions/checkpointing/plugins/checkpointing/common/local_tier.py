@@ -86,6 +86,14 @@ def default_tier(store_url: str) -> Optional[str]:
     return path if os.path.isdir(path) else None
 
 
+def machine_tiers(store_url: str, metadata: Optional[dict]) -> list[str]:
+    """The tiers of this machine that may hold checkpoints of the store at ``store_url``: the
+    default one (:func:`default_tier`) and the one a task's ``metadata`` registers
+    (:func:`registered_tier`), those present, each once."""
+    found = (default_tier(store_url), registered_tier(metadata))
+    return list(dict.fromkeys(p for p in found if p))
+
+
 def task_metadata(key: str) -> Optional[dict]:
     """The metadata of the task that saved the checkpoint ``key`` (None: a named checkpoint,
     or Metaflow cannot tell)."""
@@ -134,7 +142,7 @@ def read(
         missing = exc
     metadata = task_metadata(key)
     searched = False
-    for path in dict.fromkeys(p for p in (default_tier(store.url), registered_tier(metadata)) if p):
+    for path in machine_tiers(store.url, metadata):
         tier = TierStore(path, store)
         try:
             return tier, tier.read(key)
