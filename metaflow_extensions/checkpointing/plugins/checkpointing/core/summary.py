@@ -311,7 +311,8 @@ class SummaryIndex:
             groups.setdefault(step_prefix_of(h.key), []).append(h)
         out: dict[str, dict] = {}
         for step_prefix, group in groups.items():
-            known = self._read_index(step_prefix)
+            body = _read_json(self._storage, step_index_key(step_prefix))
+            known = _valid_entries(body)  # absent, unreadable or malformed: only a hint
             missing = [h.key for h in group if h.key not in known]
             fresh = self._from_task_summaries(missing)
             missing = [k for k in missing if k not in fresh]
@@ -325,7 +326,7 @@ class SummaryIndex:
             if fresh and (len(fresh) >= REWRITE_AFTER or len(fresh) == readable):
                 stale_possible = any(k not in out for k in known)
                 known.update(fresh)
-                self._write_index(step_prefix, known, relist=stale_possible)
+                self._write_index(step_prefix, known, _valid_endings(body), stale_possible)
         return out
 
     def _read_manifests(self, keys: Sequence[str]) -> dict[str, dict]:
@@ -364,13 +365,15 @@ class SummaryIndex:
                 found.update({k: v for k, v in entries.items() if k in wanted})
         return found
 
-    def _read_index(self, step_prefix: str) -> dict[str, dict]:
-        # Absent, unreadable or malformed: it is only a hint.
-        return _valid_entries(_read_json(self._storage, step_index_key(step_prefix)))
-
-    def _write_index(self, step_prefix: str, entries: dict[str, dict], relist: bool) -> None:
-        # Keep the attempts' endings :func:`endings` recorded in the index.
-        ended = _valid_endings(_read_json(self._storage, step_index_key(step_prefix)))
+    def _write_index(
+        self,
+        step_prefix: str,
+        entries: dict[str, dict],
+        ended: dict[str, Optional[str]],
+        relist: bool,
+    ) -> None:
+        # ``ended``: the attempts' endings :func:`endings` recorded in the index, as read by
+        # this listing (one GET of the index per listing, not a second one to write it).
         if relist:
             # The index may describe deleted checkpoints: keep only what is still listed.
             live = {o.key for o in self._storage.list(step_prefix)}
