@@ -169,11 +169,9 @@ class TaskContext:
         )
 
     def _upload_fields(self) -> dict:
-        return {
-            "upload": self.upload,
-            "upload_errors": self.upload_errors,
-            "tier_base": self.tier_base,
-        }
+        from .upload_policy import upload_fields  # (loaded already: this task has a policy)
+
+        return upload_fields(self.upload, self.upload_errors, self.tier_base)
 
 
 def _malformed(what: str) -> CheckpointConfigError:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, Callable, Optional
 
+from ..common.local_tier import TIER_METADATA as TIER_METADATA  # (decorator.py reads it)
 from ..core import tier as tiers
 from ..core import tier_cleanup as cleanup
 from ..core import upload_status as status
@@ -46,9 +47,10 @@ from ..core.upload_choice import moot_in, superseded, to_upload
 from ..errors import CheckpointConfigError, CheckpointException, StorageError
 from ..fmt import describe_error
 
-#: Task metadata naming the tier of an ``upload="end"`` task: JSON ``{"host", "path"}``, so a
-#: client on the machine that ran it lists its local and failed checkpoints too.
-TIER_METADATA = "checkpoint-tier"
+
+def upload_fields(upload: str, upload_errors: str, tier_base: Optional[str]) -> dict:
+    """The ``TaskContext`` fields of a policy (its session's, its processes' via to_env)."""
+    return {"upload": upload, "upload_errors": upload_errors, "tier_base": tier_base}
 
 
 def tier_base(temp_dir_root: Optional[str], setting: Optional[str]) -> str:
@@ -157,7 +159,7 @@ class UploadPolicy:
 
     def context(self) -> dict:
         """The ``TaskContext`` fields a subprocess needs to save as this task does."""
-        return {"upload": self.mode, "upload_errors": self.errors, "tier_base": self.base}
+        return upload_fields(self.mode, self.errors, self.base)
 
     def metadata_value(self) -> str:
         """The value of the task's ``checkpoint-tier`` metadata."""
@@ -276,7 +278,7 @@ class UploadPolicy:
         CheckpointException
             An upload failed, with ``raise_errors``.
         """
-        tier = self._tier if self.at_end else self.existing_tier()
+        tier = self.existing_tier()  # (opened at the start with upload='end')
         if tier is None:
             return []
         prefix = scope.task_prefix()
@@ -348,7 +350,7 @@ class UploadPolicy:
         """Remove tier checkpoints of any task older than ``days`` (their manifest file's age),
         except ``failed`` ones (one log line naming the tier), and records of checkpoints no
         longer there; then the blobs nothing references.  Never fails the task."""
-        tier = self._tier if self.at_end else self.existing_tier()
+        tier = self.existing_tier()  # (opened at the start with upload='end')
         if tier is None:
             return
         self._tidy(
@@ -368,7 +370,7 @@ class UploadPolicy:
         tier's unreferenced blobs (also when retention may have ``pruned`` the tier).  Nothing
         after a signal (``hurry``: the time allowed is for the upload; a retry here loads the
         tier).  Never fails the task: one warning."""
-        tier = self._tier if self.at_end else self.existing_tier()
+        tier = self.existing_tier()  # (opened at the start with upload='end')
         if tier is None or hurry:
             return
 
