@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..core.pause import PausePoller
 from ..core.retention import Retention
@@ -20,7 +20,9 @@ from .interrupts import Interrupts
 from .ranks import Ranks
 from .runtime import CheckpointRuntime
 from .saves import TaskSaves
-from .upload_policy import UploadPolicy
+
+if TYPE_CHECKING:  # loaded when a task has an upload policy, not in every task
+    from .upload_policy import UploadPolicy
 
 
 @dataclass(frozen=True)

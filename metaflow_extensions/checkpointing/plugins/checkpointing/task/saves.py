@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from ..common.reference import CheckpointReference, reference_of
 from ..core.clock import TaskClock
@@ -35,8 +35,10 @@ from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_b
 from .fence import Fence, SaveAbandoned
 from .interrupts import Interrupts
 from .ranks import Ranks, mark_exit, sharded_number
-from .tiered_store import TieredStore
-from .upload_policy import UploadPolicy
+
+if TYPE_CHECKING:  # loaded when a task has an upload policy, not in every task
+    from .tiered_store import TieredStore
+    from .upload_policy import UploadPolicy
 
 
 class TaskSaves:
@@ -121,6 +123,8 @@ class TaskSaves:
         if self.upload is None or not (self.upload.at_end or self.upload.warn):
             return self.flow_store
         if self._reader is None:
+            from .tiered_store import TieredStore
+
             self._reader = TieredStore(self.upload)
         return self._reader
 
