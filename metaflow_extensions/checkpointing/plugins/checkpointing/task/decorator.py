@@ -256,7 +256,6 @@ class CheckpointDecorator(StepDecorator):
         from .origins import origin_chain
         from .ranks import Ranks
         from .session import TaskSession
-        from .tiered_store import with_tier
         from .upload_policy import TIER_METADATA as TIER
         from .upload_policy import policy_for
 
@@ -297,6 +296,8 @@ class CheckpointDecorator(StepDecorator):
             position=ranks.position,
         )
         if upload is not None:  # a retry on this machine may load from the local tier
+            from .tiered_store import with_tier
+
             resolution = with_tier(
                 resolution, upload, self.attributes["load_policy"], scope, ranks.position
             )
