@@ -77,6 +77,8 @@ setup(
             "kubernetes>=28",
         ],
         "docs": ["mkdocs>=1.6"],
+        # benchmarks/bench_curves.py plots its cost curves to PNG (make bench installs it).
+        "bench": ["matplotlib>=3.7", "psutil>=5.9", "boto3>=1.28", "moto[server]>=5.0"],
     },
     classifiers=["Programming Language :: Python :: 3", "Framework :: Metaflow"],
 )
