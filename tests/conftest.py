@@ -21,6 +21,9 @@ from pathlib import Path
 import metaflow._vendor.typing_extensions  # noqa: F401
 import pytest
 
+# Loop-mounted XFS and btrfs for the reflink-clone tests (mounted only when a test asks).
+from reflink_fs import reflink_dir, reflink_mounts  # noqa: F401, E402
+
 REPO = Path(__file__).resolve().parents[1]
 FLOWS = Path(__file__).resolve().parent / "flows"
 

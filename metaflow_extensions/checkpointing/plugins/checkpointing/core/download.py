@@ -34,6 +34,7 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
+from ..storage.clone import clone_range
 from ..storage.local import open_object
 from ..storage.oscopy import UNSUPPORTED_COPY, can_copy_range, copy_range, map_readonly
 from .codec import DecodeError, decode, require, split
@@ -57,6 +58,10 @@ _HOLE_BLOCK = 64 << 10
 _ZEROS = bytes(_HOLE_BLOCK)
 #: Slices shorter than this are written whole (a hole smaller than a page saves nothing).
 _MIN_HOLE = 4096
+#: Slices of a local store at least this long are cloned where the filesystem can (a large
+#: file's chunks); shorter ones, and packs of small files, are copied: as fast, and a clone of
+#: a few blocks only fragments the file.
+_MIN_CLONE = 64 << 10
 
 
 # ---------------------------------------------------------------------------------------- load
@@ -217,22 +222,71 @@ def _fetch_local(
         os.close(fd)
 
 
+def _clone_uses(
+    blob: str, uses: list[_Use], job: Job, fd: int, size: int
+) -> list[tuple[_Use, int]]:
+    """Clone the slices of ``blob`` that are the whole blob (a large file's chunks, never a
+    pack of small files) into their temp files (:mod:`..storage.clone`); return each use with
+    the bytes cloned from its start (0 where the filesystem cannot clone: copied instead)."""
+    done: list[tuple[_Use, int]] = []
+    for use in uses:
+        i, file_pos, c = use
+        n = 0
+        if c.offset == 0 and c.length == size >= _MIN_CLONE:
+            try:
+                out = os.open(job.temps[i], os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    n = clone_range(fd, out, 0, c.length, file_pos, size)
+                finally:
+                    os.close(out)
+            except OSError as exc:
+                raise job.write_error(exc, i) from exc
+        done.append((use, n))
+    return done
+
+
+def _unclone(job: Job, i: int, file_pos: int, n: int) -> None:
+    """Zero ``n`` cloned bytes at ``file_pos`` of temp file ``i``: the blob did not verify, and
+    the generic path that rewrites it leaves all-zero blocks unwritten."""
+    try:
+        with open(job.temps[i], "r+b", buffering=0) as f:
+            if _extend_to(job.manifest.files[i]):
+                f.truncate(0)  # the file's one slice: the generic path re-creates it
+                return
+            zeros = bytes(min(n, 1 << 20))
+            for off in range(0, n, len(zeros)):
+                os.pwrite(f.fileno(), zeros[: min(len(zeros), n - off)], file_pos + off)
+    except OSError as exc:
+        raise job.write_error(exc, i) from exc
+
+
 def _copy_mapped(
     manifest: Manifest, blob: str, uses: list[_Use], job: Job, fd: int, path: str, mapped
 ) -> bool:
+    # Clone first, verify after: the hash is taken over the stored blob (its page cache) once
+    # the clones exist, so bytes the blob held when cloned and were changed since fail it too
+    # (ADR 001, "Reflink loads").
+    cloned = _clone_uses(blob, uses, job, fd, len(mapped))
     with memoryview(mapped) as view:
         if digest(view) != blob:
+            for (i, file_pos, _c), n in cloned:
+                if n:
+                    _unclone(job, i, file_pos, n)
             return False
-        for i, file_pos, c in uses:
+        for (i, file_pos, c), n in cloned:
             entry = manifest.files[i]
             with view[c.offset : c.offset + c.length] as piece:
                 _check_slice(manifest, blob, entry, piece, c.length)
+                if n == c.length:
+                    continue
+                rest_at = file_pos + n
 
-                def copy(out: int, start: int, n: int, c=c, file_pos=file_pos) -> None:
-                    copy_range(fd, out, n, c.offset + start, file_pos + start, what=path)
+                def copy(out: int, start: int, k: int, c=c, n=n, rest_at=rest_at) -> None:
+                    copy_range(fd, out, k, c.offset + n + start, rest_at + start, what=path)
 
                 try:
-                    _place(job.temps[i], _extend_to(entry), piece, copy)
+                    with piece[n:] as rest:
+                        _place(job.temps[i], _extend_to(entry), rest, copy)
                 except OSError as exc:
                     if exc.errno in UNSUPPORTED_COPY:
                         return False
