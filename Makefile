@@ -19,7 +19,8 @@ $(VENV)/.installed: setup.py constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q $(PIP_C) -e ".[torch,s3]"
 	touch $@
 
-# The checkpoint card's test renders it in headless Chromium (Debian's package).
+# The checkpoint card's test renders it in headless Chromium (Debian's package); the reflink
+# load tests loop-mount XFS and btrfs images (xfsprogs, btrfs-progs; tests/reflink_fs.py).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Azurite (Azure Storage emulator, npm) pinned by tests/emulators/package-lock.json, in the venv.
@@ -27,8 +28,10 @@ $(VENV)/.test-installed: setup.py constraints.txt tests/emulators/package-lock.j
 	$(BIN)/pip install -q $(PIP_C) -e ".[torch,s3,test]"
 	mkdir -p $(VENV)/emulators && cp tests/emulators/package.json tests/emulators/package-lock.json $(VENV)/emulators/
 	npm ci --prefix $(VENV)/emulators --no-audit --no-fund --loglevel=error
-	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
-		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	command -v chromium >/dev/null 2>&1 && command -v mkfs.xfs >/dev/null 2>&1 && \
+		command -v mkfs.btrfs >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium xfsprogs btrfs-progs; }
 	touch $@
 
 demo: $(VENV)/.installed  ## train a tiny model that crashes once and resumes from its checkpoint
