@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Metaflow refuses to run as root without a user name (CI containers).
 export METAFLOW_USER ?= $(if $(filter root,$(shell id -un)),demo,$(shell id -un))
 
-.PHONY: demo test test-lowest lint docs bench clean
+.PHONY: demo test test-lowest lint docs bench bench-report clean
 
 # Every pip install here is held to constraints.txt: the exact versions CI tests (setup.py states
 # the ranges users may install; tests/test_versions.py checks that the two agree).
@@ -68,6 +68,11 @@ docs: $(VENV)/.test-installed  ## build the mkdocs site strictly (broken links f
 
 bench: $(VENV)/.test-installed  ## speed and memory targets (prints a table)
 	$(BIN)/python benchmarks/bench.py
+
+# Runs every benchmark (bench_vs_reference.py builds the reference's venv under .bench/ once) and
+# rewrites README.md's Performance section from what they measured. Long: run on a quiet machine.
+bench-report: $(VENV)/.test-installed  ## benchmarks -> README.md's Performance section
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) $(LOWEST) .demo .bench
