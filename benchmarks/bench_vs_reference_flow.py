@@ -1,0 +1,315 @@
+"""The flow ``bench_vs_reference.py`` runs twice: once with our package, once with the reference.
+
+Not meant to be run by hand: ``bench_vs_reference.py`` starts it in our venv (``.venv``) and in a
+separate venv holding ``metaflow-checkpoint==0.2.14`` instead of our package, passing what to do
+in ``MFCKPT_VSREF_SPEC`` (JSON).  Only the public ``@checkpoint`` API both packages share is used
+(``current.checkpoint.save(path=...)``, ``current.checkpoint.load(key, path=...)``,
+``current.checkpoint.directory``), so the flow code is the same for both.
+
+* ``start`` saves the large directory, the many-files directory and a torch state dict
+  (``torch.save`` + ``save``), then saves a 4 KiB file ``tiny_saves`` times (new bytes each);
+* ``load`` (a new task) loads each of them by key into a fresh directory (and ``torch.load``s the
+  state dict), then reads every byte of what it got: the reference's local load returns symbolic
+  links into its store, so for it the read is part of what a load costs;
+* ``retry`` saves the retry directory on attempt 0 and fails; ``@retry`` starts attempt 1, whose
+  ``@checkpoint`` loads it back before the step runs (timed by wrapping the decorator's
+  ``task_pre_step``), and the step reads every byte of ``current.checkpoint.directory``.
+
+Every timed operation is preceded by ``_benchutil.prepare`` (``sync`` and memory recycling, as
+for the baselines) and sampled every 10 ms for the RSS of the whole process tree (the task and
+its children: Metaflow's S3 client downloads in subprocesses) and for the disk used under
+``TMPDIR`` and the task's working directory (where Metaflow's S3 client stages files).
+Results go to ``<out>.json`` (one JSON object per line, merged by the driver).
+"""
+
+import json
+import os
+import shutil
+import statistics
+import threading
+import time
+
+from _benchutil import prepare, recycle_size
+from metaflow import FlowSpec, checkpoint, current, retry, step
+
+MiB = 1 << 20
+
+
+def _spec() -> dict:
+    return json.loads(os.environ["MFCKPT_VSREF_SPEC"])
+
+
+def _emit(record: dict) -> None:
+    with open(_spec()["out"] + ".json", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _disk_usage(path: str, skip: str = "") -> int:
+    """Bytes allocated under ``path`` (``lstat``: a symbolic link counts as itself)."""
+    total = 0
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.path == skip:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                total += _disk_usage(entry.path, skip)
+            else:
+                total += entry.stat(follow_symlinks=False).st_blocks * 512
+        except OSError:  # removed while we looked: a temp file
+            continue
+    return total
+
+
+def _temp_dirs() -> list:
+    return [os.environ["TMPDIR"], os.getcwd()]
+
+
+class TreeSampler:
+    """Peak RSS of this process and all its descendants, and peak disk under the temp dirs.
+
+    Both are reported above their level at ``__enter__``.  ``skip`` is left out of the disk
+    count (a load's destination when it lies under a temp dir).
+    """
+
+    def __init__(self, interval: float = 0.01, skip: str = ""):
+        import psutil
+
+        self._psutil = psutil
+        self._proc = psutil.Process()
+        self._interval = interval
+        self._skip = skip
+        self._stop = threading.Event()
+        self._thread = None
+        self.rss0 = self.rss_peak = self.disk0 = self.disk_peak = 0
+
+    def _rss(self) -> int:
+        total = 0
+        for proc in [self._proc] + self._proc.children(recursive=True):
+            try:
+                total += proc.memory_info().rss
+            except self._psutil.Error:  # exited between listing and reading
+                pass
+        return total
+
+    def _disk(self) -> int:
+        return sum(_disk_usage(d, self._skip) for d in _temp_dirs())
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.rss_peak = max(self.rss_peak, self._rss())
+            self.disk_peak = max(self.disk_peak, self._disk())
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> "TreeSampler":
+        self.rss0 = self.rss_peak = self._rss()
+        self.disk0 = self.disk_peak = self._disk()
+        self._thread = threading.Thread(target=self._sample, name="tree-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rss_peak = max(self.rss_peak, self._rss())
+        self.disk_peak = max(self.disk_peak, self._disk())
+
+    def to_json(self) -> dict:
+        return {"rss_extra": self.rss_peak - self.rss0, "disk_extra": self.disk_peak - self.disk0}
+
+
+def _timed(fn, recycle_bytes: int, skip: str = "") -> dict:
+    spec = _spec()
+    prepare(recycle_bytes, spec["recycle"] and recycle_bytes > 0, spec["workdir"])
+    with TreeSampler(skip=skip) as sampler:
+        t0 = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - t0
+    return dict(sampler.to_json(), seconds=seconds, value=value)
+
+
+def _tree(path: str) -> tuple:
+    """(files, bytes, symlinks) under ``path``, following links to count the bytes."""
+    files = total = links = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            p = os.path.join(dirpath, name)
+            files += 1
+            links += os.path.islink(p)
+            total += os.path.getsize(p)
+    return files, total, links
+
+
+def _read_all(path: str) -> int:
+    """Read every byte under ``path`` (following links); returns the byte count."""
+    total = 0
+    buf = bytearray(8 * MiB)
+    view = memoryview(buf)
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                while True:
+                    n = f.readinto(view)
+                    if not n:
+                        break
+                    total += n
+    return total
+
+
+def _read_timed(path: str) -> dict:
+    t0 = time.perf_counter()
+    _read_all(path)
+    files, size, links = _tree(path)
+    return {"read_seconds": time.perf_counter() - t0, "files": files, "bytes": size, "links": links}
+
+
+def _instrument() -> None:
+    """Time the decorator's ``task_pre_step`` on attempt 1 of ``retry``: the auto-load."""
+    try:
+        from metaflow_extensions.checkpointing.plugins.checkpointing.task.decorator import (
+            CheckpointDecorator,
+        )
+    except ImportError:  # the reference's venv
+        from metaflow_extensions.obcheckpoint.plugins.machine_learning_utilities.checkpoints.decorator import (  # noqa: E501
+            CheckpointDecorator,
+        )
+    original = CheckpointDecorator.task_pre_step
+
+    def timed(self, step_name, *args, **kwargs):
+        retry_count = args[6] if len(args) > 6 else kwargs.get("retry_count")
+        if step_name != "retry" or retry_count != 1:
+            return original(self, step_name, *args, **kwargs)
+        size = _spec()["retry_bytes"]
+        measured = _timed(lambda: original(self, step_name, *args, **kwargs), recycle_size(size))
+        measured.pop("value")
+        _emit({"autoload": measured})
+        return None
+
+    CheckpointDecorator.task_pre_step = timed
+
+
+if "MFCKPT_VSREF_SPEC" in os.environ:
+    _instrument()
+
+
+def _state_dict(mib: int) -> dict:
+    import torch
+
+    # 16 tensors of random float32: a model's weights do not compress or deduplicate.
+    per = mib * MiB // 16 // 4
+    return {"layer%02d.weight" % i: torch.rand(per) for i in range(16)}
+
+
+class VsReferenceFlow(FlowSpec):
+    """Same code for both packages: only the installed ``@checkpoint`` differs."""
+
+    @checkpoint(load_policy="none")
+    @step
+    def start(self):
+        import torch
+
+        spec = _spec()
+        cp = current.checkpoint
+        self.keys = {}
+        for kind in ("dir", "many"):
+            size = _tree(spec[kind])[1]
+            measured = _timed(
+                lambda kind=kind: cp.save(path=spec[kind], name=kind), recycle_size(size)
+            )
+            self.keys[kind] = measured.pop("value")["key"]
+            _emit({"save": kind, **measured, "bytes": size})
+
+        state = _state_dict(spec["torch_mib"])
+        tdir = os.path.join(spec["workdir"], "torch-src-%d" % os.getpid())
+        os.makedirs(tdir)
+
+        def torch_save():
+            torch.save(state, os.path.join(tdir, "model.pt"))
+            return cp.save(path=tdir, name="torch")
+
+        measured = _timed(torch_save, recycle_size(spec["torch_mib"] * MiB))
+        self.keys["torch"] = measured.pop("value")["key"]
+        _emit(
+            {"save": "torch", **measured, "bytes": os.path.getsize(os.path.join(tdir, "model.pt"))}
+        )
+        shutil.rmtree(tdir)
+        state = None  # free it before the 4 KiB saves
+
+        tiny = os.path.join(spec["workdir"], "tiny-%d" % os.getpid())
+        os.makedirs(tiny)
+        times = []
+        for _ in range(spec["tiny_saves"]):
+            with open(os.path.join(tiny, "state.bin"), "wb") as f:
+                f.write(os.urandom(4096))
+            t0 = time.perf_counter()
+            cp.save(path=tiny, name="tiny")
+            times.append(time.perf_counter() - t0)
+        shutil.rmtree(tiny)
+        _emit({"tiny": times, "median": statistics.median(times)})
+        self.next(self.load)
+
+    @checkpoint(load_policy="none")
+    @step
+    def load(self):
+        import torch
+
+        spec = _spec()
+        cp = current.checkpoint
+        for kind in ("dir", "many"):
+            dest = os.path.join(spec["workdir"], "dest-%s-%d" % (kind, os.getpid()))
+            size = _tree(spec[kind])[1]
+            measured = _timed(
+                lambda kind=kind, dest=dest: cp.load(self.keys[kind], path=dest), recycle_size(size)
+            )
+            measured.pop("value")
+            measured.update(_read_timed(dest))
+            if measured["bytes"] != size:
+                raise RuntimeError(
+                    "load of %s: %d bytes, expected %d" % (kind, measured["bytes"], size)
+                )
+            _emit({"load": kind, **measured})
+            shutil.rmtree(dest)
+
+        dest = os.path.join(spec["workdir"], "dest-torch-%d" % os.getpid())
+
+        def torch_load():
+            cp.load(self.keys["torch"], path=dest)
+            return torch.load(os.path.join(dest, "model.pt"))
+
+        measured = _timed(torch_load, recycle_size(spec["torch_mib"] * MiB))
+        state = measured.pop("value")
+        nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        # torch.load read every byte already: the read is part of the timed call for both.
+        _emit({"load": "torch", **measured, "bytes": nbytes, "links": _tree(dest)[2]})
+        shutil.rmtree(dest)
+        self.next(self.retry)
+
+    @retry(times=1, minutes_between_retries=0)
+    @checkpoint
+    @step
+    def retry(self):
+        spec = _spec()
+        if current.retry_count == 0:
+            current.checkpoint.save(path=spec["retry"], name="retry")
+            raise RuntimeError("planned failure: the retry auto-loads the checkpoint")
+        directory = current.checkpoint.directory
+        measured = _read_timed(directory)
+        if measured["bytes"] != spec["retry_bytes"]:
+            raise RuntimeError(
+                "auto-load: %d bytes, expected %d" % (measured["bytes"], spec["retry_bytes"])
+            )
+        # The loaded copy lies under TMPDIR: its bytes are the destination, not extra temp disk.
+        measured["dest_disk"] = _disk_usage(directory)
+        _emit({"autoload_read": measured})
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    VsReferenceFlow()

@@ -1,0 +1,226 @@
+"""Run the benchmarks and rewrite the README's "Performance" section from what they measured.
+
+    python benchmarks/report.py            # full sizes (``make bench-report``; over an hour)
+    python benchmarks/report.py --quick    # smoke sizes: checks the pipeline, numbers are not final
+    python benchmarks/report.py --skip bench_curves --skip bench_local_files
+
+Runs ``bench.py`` and ``bench_vs_reference.py`` (and ``bench_curves.py`` and
+``bench_local_files.py`` when they exist), each with ``--json``, keeps every output under
+``.bench/report/`` (JSON and the printed tables), and replaces what lies between the markers
+``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in README.md (the section is created before
+"## Documentation" when the markers are missing) with: the machine (CPUs, RAM, kernel, CPU
+model), the date, the command, the head-to-head table and ``bench.py``'s table, all measured by
+this run.  A ``--quick`` run says so in the section's heading.  A script that fails or is
+missing is named in the section, not silently left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
+
+# (script, arguments of a full run, arguments of a --quick run)
+SCRIPTS = [
+    (
+        "bench.py",
+        [],
+        [
+            "--size-mib",
+            "64",
+            "--small-files",
+            "500",
+            "--repeat",
+            "1",
+            "--overhead-runs",
+            "2",
+            "--latency-saves",
+            "5",
+        ],
+    ),  # fmt: skip
+    ("bench_vs_reference.py", [], ["--quick"]),
+    ("bench_curves.py", [], ["--quick"]),
+    ("bench_local_files.py", [], ["--quick"]),
+]
+
+
+def log(msg: str) -> None:
+    print("[report] %s" % msg, file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    """CPUs, RAM, kernel and CPU model of this machine, in one line."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = "unknown RAM"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = "%.1f GiB RAM" % (int(line.split()[1]) / (1 << 20))
+    except OSError:
+        pass
+    return "%d CPUs (nproc), %s, Linux %s, %s" % (
+        len(os.sched_getaffinity(0)),
+        ram,
+        platform.release(),
+        model,
+    )
+
+
+def run_script(name: str, extra: list, out: Path) -> dict:
+    """Run one benchmark with ``--json``; its JSON (None if it failed), stdout and status."""
+    json_path = out / (Path(name).stem + ".json")
+    cmd = [sys.executable, str(HERE / name), *extra, "--json", str(json_path)]
+    log("running %s" % " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True)
+    (out / (Path(name).stem + ".out.md")).write_text(proc.stdout)
+    (out / (Path(name).stem + ".err.log")).write_text(proc.stderr)
+    if proc.returncode != 0 or not json_path.exists():
+        log("%s failed (exit %d); see %s" % (name, proc.returncode, out))
+        return {"status": "failed (exit %d)" % proc.returncode, "stdout": proc.stdout}
+    return {"status": "ok", "stdout": proc.stdout, "json": json.loads(json_path.read_text())}
+
+
+def bench_table(raw: dict) -> str:
+    """``bench.py``'s table, rebuilt from its raw JSON by its own code."""
+    import bench
+
+    args = Namespace(**raw["args"])
+    big_bytes = max(1, args.size_mib * bench.MiB // bench.BIG_FILES) * bench.BIG_FILES
+    return bench.build_table(raw, big_bytes, args).markdown()
+
+
+def vs_table(raw: dict) -> str:
+    """The head-to-head table, shortened to the columns that decide each row."""
+    head = ("row", "ours", "theirs", "theirs/ours", "raw baseline", "peak RSS ours / theirs")
+    head += ("result",)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    from bench import fmt_bytes
+
+    for r in raw["rows"]:
+        base = "—" if r.get("base_s") is None else "%.3f s (%s)" % (r["base_s"], r["base_name"])
+        rss = "—"
+        if "ours_rss" in r:
+            rss = "%s / %s" % (fmt_bytes(r["ours_rss"]), fmt_bytes(r["theirs_rss"]))
+        ratio = "—" if r.get("ratio") is None else "%.1f×" % r["ratio"]
+        cells = (
+            r["row"],
+            "%.3f s" % r["ours_s"],
+            "%.3f s%s" % (r["theirs_s"], " ¹" if r.get("theirs_links") else ""),
+            ratio,
+            base,
+            rss,
+            "%s (%s)" % (r["verdict"], r["target"]),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def section(results: dict, args, when: str) -> str:
+    quick = " — quick run (smoke sizes, not the final figures)" if args.quick else ""
+    command = "make bench-report" if not args.quick else "python benchmarks/report.py --quick"
+    parts = [
+        BEGIN,
+        "## Performance%s" % quick,
+        "",
+        "Measured on %s, %s, by `%s` (which rewrites this section). Every number below is "
+        "measured by that run; what each row means, the method and the other benchmarks are in "
+        "[benchmarks/README.md](benchmarks/README.md)." % (machine(), when, command),
+        "",
+    ]
+    vs = results.get("bench_vs_reference.py", {})
+    parts.append("### Head-to-head with metaflow-checkpoint 0.2.14")
+    parts.append("")
+    if vs.get("status") == "ok":
+        raw = vs["json"]
+        parts += [
+            "Same flows, same bytes, each package in its own venv; medians of %d runs. "
+            "theirs/ours above 1: ours is faster. ¹ their load leaves links into their store, "
+            "so their time includes reading every byte." % raw["args"]["repeat"],
+            "",
+            vs_table(raw),
+        ]
+    else:
+        parts.append("Not measured: bench_vs_reference.py %s." % vs.get("status", "not run"))
+    parts += ["", "### Speed and memory targets (bench.py)", ""]
+    b = results.get("bench.py", {})
+    if b.get("status") == "ok":
+        raw = b["json"]
+        a = raw["args"]
+        parts += [
+            "%d × %d MiB in 16 files and %d × %d files of 4 KiB; medians."
+            % (a["repeat"], a["size_mib"], a["repeat"], a["small_files"]),
+            "",
+            bench_table(raw),
+        ]
+    else:
+        parts.append("Not measured: bench.py %s." % b.get("status", "not run"))
+    others = [
+        "%s (%s)" % (name, results[name]["status"])
+        for name, _full, _quick in SCRIPTS[2:]
+        if name in results
+    ]
+    if others:
+        parts += ["", "Also run: %s; their tables are in benchmarks/README.md." % ", ".join(others)]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def rewrite_readme(readme: Path, text: str) -> None:
+    """Replace the marked section, or put it before "## Documentation" (else at the end)."""
+    old = readme.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if pattern.search(old):
+        new = pattern.sub(lambda _m: text, old, count=1)
+    elif "\n## Documentation" in old:
+        new = old.replace("\n## Documentation", "\n" + text + "\n\n## Documentation", 1)
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    readme.write_text(new)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke sizes (numbers not final)")
+    p.add_argument("--skip", action="append", default=[], help="a script to leave out (stem)")
+    p.add_argument("--out", default=str(REPO / ".bench" / "report"), help="outputs go here")
+    p.add_argument("--readme", default=str(REPO / "README.md"))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results: dict = {}
+    for name, full, quick in SCRIPTS:
+        if Path(name).stem in args.skip or name in args.skip:
+            continue
+        if not (HERE / name).exists():
+            log("%s is missing: skipped" % name)
+            results[name] = {"status": "missing, skipped"}
+            continue
+        results[name] = run_script(name, quick if args.quick else full, out)
+    rewrite_readme(Path(args.readme), section(results, args, when))
+    log("README.md rewritten; outputs in %s" % out)
+    return 0 if all(r["status"] in ("ok", "missing, skipped") for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
