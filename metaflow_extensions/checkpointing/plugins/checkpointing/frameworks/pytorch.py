@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..core.scope import DEFAULT_NAME
 from .schedule import Every
+from .state_files import FORMAT, FORMAT_VERSION, RNG_FILE, STATE_FILE, live_parts, write_files
 from .torch_util import (
     TrainingStateError,
-    capture_rng,
-    import_torch,
     is_module,
-    replace_atomically,
     require_torch_stack,
     restore_rng,
     safe_load,
@@ -45,11 +42,8 @@ from .torch_util import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..common.reference import CheckpointReference
+    from ..task.background import SaveHandle
 
-STATE_FILE = "state.json"
-RNG_FILE = "rng.pt"
-FORMAT = "metaflow-checkpointing/training-state"
-FORMAT_VERSION = 1
 # File names are built from object names: keep them plain and distinct from our own files.
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 _RESERVED = {"rng", "state"}
@@ -196,81 +190,8 @@ class TrainingState:
             If a counter is not an integer, ``extra`` is not JSON-serialisable, or a state
             could not be read back with ``torch.load(weights_only=True)``.
         """
-        torch = import_torch()
-        for counter in ("step", "epoch"):
-            value = getattr(self, counter)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TrainingStateError(
-                    "state.%s=%r must be an int (e.g. int(%s))." % (counter, value, counter)
-                )
-        try:
-            extra_json = json.loads(json.dumps(self.extra))
-        except (TypeError, ValueError) as exc:
-            raise TrainingStateError(
-                "state.extra must be JSON-serialisable (numbers, strings, lists, dicts): %s. "
-                "Convert tensors with .item() or .tolist()." % exc
-            ) from exc
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        files: dict[str, dict] = {}
-        for name, obj in self._objects.items():
-            if is_module(obj):
-                from safetensors.torch import save_model
-
-                module = unwrap(obj)
-                path = os.path.join(directory, name + ".safetensors")
-                replace_atomically(path, lambda p, m=module: save_model(m, p))
-                files[name] = {"file": name + ".safetensors", "kind": "module"}
-            else:
-                path = os.path.join(directory, name + ".pt")
-                state = obj.state_dict()
-                replace_atomically(path, lambda p, s=state: torch.save(s, p))
-                if self.weights_only:
-                    self._check_loadable(path, name, obj)
-                files[name] = {
-                    "file": name + ".pt",
-                    "kind": "state_dict",
-                    "type": "%s.%s" % (type(obj).__module__, type(obj).__qualname__),
-                }
-        rng_sources: list[str] = []
-        if self.rng:
-            states = capture_rng()
-            rng_sources = sorted(states)
-            replace_atomically(os.path.join(directory, RNG_FILE), lambda p: torch.save(states, p))
-        doc = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "step": self.step,
-            "epoch": self.epoch,
-            "extra": extra_json,
-            "objects": files,
-            "rng": {"file": RNG_FILE, "sources": rng_sources} if self.rng else None,
-            "torch_version": str(torch.__version__),
-        }
-
-        def write_json(p: str) -> None:
-            with open(p, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-
-        replace_atomically(os.path.join(directory, STATE_FILE), write_json)
-        return doc
-
-    @staticmethod
-    def _check_loadable(path: str, name: str, obj: Any) -> None:
-        """Read a just-written ``.pt`` back as ``read()`` will (memory-mapped), so an
-        unrestorable state fails now rather than on the retry."""
-        torch = import_torch()
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()
-            raise TrainingStateError(
-                "The state_dict() of %s (%s) cannot be read back with "
-                "torch.load(weights_only=True), so it could not be restored safely: %s. Make it "
-                "hold only tensors and plain Python values, or register its classes with "
-                "torch.serialization.add_safe_globals([...])."
-                % (name, type(obj).__name__, first[0] if first else exc)
-            ) from exc
+        parts = live_parts(self._objects, self.step, self.epoch, self.extra, self.rng)
+        return write_files(parts, os.fspath(directory), self.weights_only)
 
     def read(self, directory: str, *, strict: bool = True) -> bool:
         """Restore the state saved in ``directory`` into the tracked objects, in place.
@@ -367,15 +288,23 @@ class TrainingState:
         name: str = DEFAULT_NAME,
         latest: bool = True,
         **save_options: Any,
-    ) -> CheckpointReference:
+    ) -> CheckpointReference | SaveHandle:
         """Write the state into ``checkpoint.directory`` and save that directory.
+
+        With ``blocking=False`` and ``current.checkpoint``, the call blocks only to copy the
+        state to host memory (every tensor, CUDA ones into pinned memory; the rest deep-copied;
+        the RNG states), as ``torch.distributed.checkpoint.async_save`` does; the task's
+        background save thread then writes the files from that copy into the save's own
+        snapshot (``checkpoint.directory`` itself is not written; its other files are saved
+        with the state, as a blocking save does) and commits it.  At most two copies are held
+        at once (one being written, one waiting): a third save waits for the older one.
 
         Parameters
         ----------
         checkpoint : current.checkpoint
             The task's checkpoint object (or anything with ``directory`` and
             ``save(path, metadata, name, latest)``, such as ``Checkpoint(init_dir=True)`` in
-            a subprocess).
+            a subprocess: there ``blocking=False`` writes the files first).
         metadata : dict, optional
             Checkpoint metadata (e.g. ``{"loss": 0.31}``).  ``step`` and ``epoch`` are added
             unless given, so retention rules (``keep_every_steps``) and listings see them.
@@ -384,16 +313,24 @@ class TrainingState:
         latest : bool
             Whether a retry or resume may load this checkpoint automatically (default True).
         **save_options
-            Passed on to ``checkpoint.save`` as they are.
+            Passed on to ``checkpoint.save`` as they are (``blocking=False``: see above).
 
         Returns
         -------
-        CheckpointReference
-            The committed checkpoint (what ``checkpoint.save`` returns).
+        CheckpointReference or SaveHandle
+            The committed checkpoint (what ``checkpoint.save`` returns); with
+            ``blocking=False``, the background save's handle (``wait()`` returns it; an error
+            while writing or saving fails it, and the task at its end).
         """
-        self.write(checkpoint.directory)
         meta = {"step": self.step, "epoch": self.epoch}
         meta.update(metadata or {})
+        if save_options == {"blocking": False}:
+            from .staged_state import save_in_background
+
+            handle = save_in_background(self, checkpoint, meta, name, latest)
+            if handle is not None:
+                return handle
+        self.write(checkpoint.directory)
         return checkpoint.save(metadata=meta, name=name, latest=latest, **save_options)
 
     def restore(self, checkpoint: Any, *, strict: bool = True) -> bool:

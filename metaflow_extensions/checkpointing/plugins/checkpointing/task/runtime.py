@@ -45,7 +45,7 @@ from ..core.store import CheckpointStore
 from ..errors import CheckpointNotFound, CheckpointPaused
 from .background import SaveHandle
 from .interrupts import Interrupts
-from .saves import TaskSaves
+from .saves import Prepare, TaskSaves
 from .view import TaskView
 
 Reference = Union[CheckpointReference, dict, str, Any]
@@ -477,6 +477,26 @@ class CheckpointRuntime:
         if statuses is None:
             return {h.key: UPLOADED for h in headers}
         return statuses(self._store, headers)
+
+
+def save_prepared(
+    checkpoint: Any,
+    path: str,
+    prepare: Prepare,
+    metadata: Optional[dict],
+    name: str = DEFAULT_NAME,
+    latest: bool = True,
+) -> Optional[SaveHandle]:
+    """A background save of ``path`` (snapshotted now) that ``prepare.write`` completes in the
+    background thread before the commit; None if ``checkpoint`` is not a task's
+    ``current.checkpoint`` (the caller then saves another way).  For ``frameworks/``:
+    ``TrainingState.save(..., blocking=False)`` writes its host-memory copy of the state there,
+    and the handle is then one of the task's background saves (waited for at the end, failing
+    the task if it fails, committed or abandoned after a signal)."""
+    if not isinstance(checkpoint, CheckpointRuntime):
+        return None
+    src = os.fspath(path)
+    return checkpoint._saves.save(src, metadata, name, latest, False, prepare=prepare)
 
 
 def _empty(directory: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Union
 
 from ..common.reference import CheckpointReference, reference_of
 from ..core.clock import TaskClock
@@ -39,6 +39,17 @@ from .ranks import Ranks, mark_exit, sharded_number
 if TYPE_CHECKING:  # loaded when a task has an upload policy, not in every task
     from .tiered_store import TieredStore
     from .upload_policy import UploadPolicy
+
+
+class Prepare(Protocol):
+    """What completes a background save's snapshot in the background thread (before its
+    commit): ``TrainingState.save(..., blocking=False)`` writes its host-memory copy there."""
+
+    nbytes: int  #: bytes :meth:`write` adds (counted in the background budget)
+    what: str  #: what is saved, in messages ("save of <what> ('<name>')")
+
+    def write(self, directory: str, abandoned: Callable[[], bool]) -> None:
+        """Write into the snapshot's ``directory``; stop (raise) once ``abandoned()``."""
 
 
 class TaskSaves:
@@ -137,8 +148,12 @@ class TaskSaves:
         latest: bool,
         blocking: bool,
         sharded: bool = False,
+        prepare: Optional[Prepare] = None,
     ) -> Union[CheckpointReference, SaveHandle]:
-        """``current.checkpoint.save()`` (see its docstring), ``src`` already resolved."""
+        """``current.checkpoint.save()`` (see its docstring), ``src`` already resolved.
+
+        ``prepare`` (background saves only, ``runtime.save_prepared``) completes the snapshot
+        of ``src`` in the background thread before its commit."""
         from ..core.manifest import validate_metadata
         from ..core.scope import validate_name
 
@@ -155,7 +170,7 @@ class TaskSaves:
         if not blocking:
             # Validate now: a bad argument must fail here, not later in the background.
             validate_name(name)
-            return self._save_in_background(src, validate_metadata(metadata), name, latest)
+            return self._save_in_background(src, validate_metadata(metadata), name, latest, prepare)
         # In a worker thread: after a signal the wait ends with the time allowed (interrupts.py).
         return self._interrupts.run(
             lambda fence: self._commit(src, metadata, name, latest, *self._date(), fence=fence)
@@ -391,10 +406,13 @@ class TaskSaves:
                 "gone: %s" % (who[0], who[1], exc.message)
             )
 
-    def _save_in_background(self, src: str, metadata: dict, name: str, latest: bool) -> SaveHandle:
+    def _save_in_background(
+        self, src: str, metadata: dict, name: str, latest: bool, prepare: Optional[Prepare] = None
+    ) -> SaveHandle:
         if self._background is None:
             self._background = BackgroundSaver(self._async_budget)
-        size = source_bytes(src)
+        extra = prepare.nbytes if prepare is not None else 0  # what it will write there
+        size = source_bytes(src) + extra
         self._background.reserve(size)
         try:
             created, seq = self._date()  # dated at the snapshot: orders before later saves
@@ -402,15 +420,20 @@ class TaskSaves:
         except BaseException:
             self._background.adjust(-size)
             raise
+        nbytes += extra
         self._background.adjust(nbytes - size)  # files may have changed since they were sized
 
         fence = Fence()  # stops this save if it is abandoned after a signal
 
         def commit() -> CheckpointReference:
+            if prepare is not None:
+                # Stops between files once the save is abandoned (its staging goes then).
+                prepare.write(staged, lambda: fence.state == Fence.ABANDONED)
             return self._commit(staged, metadata, name, latest, created, seq, fence=fence)
 
+        what = prepare.what if prepare is not None else src
         return self._background.submit(
-            "save of %s (%r)" % (src, name), staging, nbytes, commit, fence=fence
+            "save of %s (%r)" % (what, name), staging, nbytes, commit, fence=fence
         )
 
     @property

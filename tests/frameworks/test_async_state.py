@@ -1,0 +1,304 @@
+"""TrainingState.save(..., blocking=False) blocks only to copy the state to host memory.
+
+Real tiny torch models and real local stores.  A store whose blob writes wait at a gate keeps
+the task's background save thread busy with an earlier save, so the state's files are written
+only after the test has gone on training: what the checkpoint holds is then provably the copy
+taken at the call, not the live tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest import (  # noqa: E402
+    is_manifest_key,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope  # noqa: E402
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import (  # noqa: E402
+    CheckpointStore,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.tempnames import (  # noqa: E402
+    SNAPSHOT_PREFIX,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (  # noqa: E402
+    CheckpointException,
+    CheckpointInterrupted,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.pytorch import (  # noqa: E402
+    TrainingState,
+    TrainingStateError,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.staged_state import (  # noqa: E402
+    MAX_STAGED,
+    stage,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (  # noqa: E402
+    LocalStorage,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import (  # noqa: E402
+    TaskSettings,
+    build,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.fence import (  # noqa: E402
+    SaveAbandoned,
+)
+
+from .test_pytorch import (  # noqa: E402
+    assert_same_tensors,
+    full_state,
+    make_state,
+    scramble_rngs,
+    seed_all,
+    train_step,
+)
+
+HOLD = 30  # seconds a held write waits for the gate at most (the tests open it far sooner)
+SETTINGS = TaskSettings(
+    async_budget=1 << 30, parallel_timeout=30.0, pause_poll_seconds=0.0, interrupt_seconds=0.5
+)
+
+
+class GatedStorage(LocalStorage):
+    """A local store whose blob writes wait for :attr:`gate` while :attr:`hold` is set."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.hold = False
+        self.gate = threading.Event()
+        self.held = threading.Event()  # a write is waiting at the gate
+
+    def _wait(self) -> None:
+        if self.hold:
+            self.held.set()
+            self.gate.wait(HOLD)
+
+    def ingest_range(self, src, offset, length, digest, key):
+        self._wait()
+        return super().ingest_range(src, offset, length, digest, key)
+
+    def _put_bytes(self, key, data):
+        if key.startswith("blobs/"):
+            self._wait()
+        super()._put_bytes(key, data)
+
+
+def _task(tmp_path):
+    """A task's parts on a gated local store; its directory holds notes.txt, a file of the
+    user's that a TrainingState save takes along."""
+    storage = GatedStorage(str(tmp_path / "store"))
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "notes.txt").write_text("tokenizer v2")
+    logs: list[str] = []
+    scope = Scope("user:tester", "TrainFlow", "train", "_", "1", "2", 0)
+    parts = build(
+        CheckpointStore(storage), scope, str(directory), settings=SETTINGS, log=logs.append
+    )
+    return parts, storage, directory, logs
+
+
+def _busy_worker(parts, storage, directory):
+    """Hold the background save thread on a plain background save's upload."""
+    (directory / "big.bin").write_bytes(os.urandom(256 << 10))
+    storage.hold = True
+    handle = parts.runtime.save(blocking=False)
+    assert storage.held.wait(HOLD)
+    os.unlink(directory / "big.bin")
+    return handle
+
+
+def _manifests(storage) -> list[str]:
+    return sorted(o.key for o in storage.list("manifests/") if is_manifest_key(o.key))
+
+
+def _leftovers(tmp_path) -> list[str]:
+    return [p for p in os.listdir(tmp_path) if p.startswith((SNAPSHOT_PREFIX, ".mfckpt-staged-"))]
+
+
+class TiedNet(torch.nn.Module):
+    """Two names for one weight: safetensors keeps one and records the other in metadata."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def _files(directory) -> dict:
+    return {
+        name: open(os.path.join(directory, name), "rb").read()
+        for name in sorted(os.listdir(directory))
+    }
+
+
+# ------------------------------------------------------------------------------ the files
+def test_an_async_save_writes_byte_for_byte_the_files_of_a_blocking_save(tmp_path):
+    parts, _, directory, _ = _task(tmp_path)
+    runtime = parts.runtime
+    seed_all(0)
+    state = make_state(0, epoch=3, tied=TiedNet())
+    for _ in range(4):
+        train_step(state)
+    blocking = state.save(runtime, metadata={"loss": 0.5})
+    handle = state.save(runtime, metadata={"loss": 0.5}, blocking=False)
+    background = handle.wait(HOLD)
+    assert background.metadata == blocking.metadata == {"step": 4, "epoch": 3, "loss": 0.5}
+    a = _files(runtime.load(blocking, str(tmp_path / "a")))
+    b = _files(runtime.load(background, str(tmp_path / "b")))
+    assert sorted(b) == [
+        "model.safetensors",
+        "notes.txt",  # the user's file in checkpoint.directory, as a blocking save takes it
+        "optimizer.pt",
+        "rng.pt",
+        "scaler.pt",
+        "scheduler.pt",
+        "state.json",
+        "tied.safetensors",
+    ]
+    for name in a:
+        if name.endswith(".pt"):  # a zip whose folder is named after its (temporary) file
+            load = torch.load  # noqa: E731
+            da, db = (load(os.path.join(tmp_path, d, name), weights_only=True) for d in "ab")
+            assert_same_tensors(da, db, name)
+        else:
+            assert a[name] == b[name], name
+    restored = make_state(5, tied=TiedNet())
+    restored.read(str(tmp_path / "b"))
+    assert_same_tensors(full_state(restored), full_state(state))
+    assert restored.tied.head.weight is restored.tied.embed.weight
+    runtime.flush()
+    assert _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ the call's state
+def test_training_goes_on_at_once_and_the_checkpoint_holds_the_state_of_the_call(tmp_path):
+    parts, storage, directory, _ = _task(tmp_path)
+    runtime = parts.runtime
+    seed_all(1)
+    state = make_state(1)
+    train_step(state)
+    train_step(state)
+    busy = _busy_worker(parts, storage, directory)
+    handle = state.save(runtime, blocking=False)
+    expected = full_state(state)
+    draws = (torch.rand(3), np.random.rand(3), random.random())  # right after the call
+    for _ in range(3):
+        train_step(state)  # changes every parameter and optimizer buffer in place
+    assert not handle.done()  # its files are not even written: the worker is still held
+    changed = full_state(state)["model"]
+    assert not all(torch.equal(changed[k], expected["model"][k]) for k in changed)
+    storage.gate.set()
+    busy.wait(HOLD)
+    ref = handle.wait(HOLD)
+    assert ref.metadata == {"step": 2, "epoch": 0}
+
+    restored = make_state(9)
+    scramble_rngs()
+    assert restored.read(runtime.load(ref, str(tmp_path / "loaded")))
+    assert restored.step == 2 and len(restored.extra["losses"]) == 2
+    assert_same_tensors(full_state(restored), expected)
+    again = (torch.rand(3), np.random.rand(3), random.random())  # RNGs as at the call
+    assert torch.equal(again[0], draws[0]) and (again[1] == draws[1]).all()
+    assert again[2] == draws[2]
+    runtime.flush()
+
+
+def test_at_most_two_copies_are_held_a_third_save_waits_for_the_older_one(tmp_path):
+    parts, storage, directory, _ = _task(tmp_path)
+    runtime = parts.runtime
+    seed_all(2)
+    state = make_state(2)
+    busy = _busy_worker(parts, storage, directory)
+    handles = []
+    for _ in range(MAX_STAGED):
+        train_step(state)
+        handles.append(state.save(runtime, blocking=False))  # both copies held: none written
+    train_step(state)
+    third = threading.Thread(target=lambda: handles.append(state.save(runtime, blocking=False)))
+    third.start()
+    third.join(0.5)
+    assert third.is_alive() and len(handles) == MAX_STAGED  # waits for room, copies nothing
+    storage.gate.set()
+    third.join(HOLD)
+    assert not third.is_alive()
+    busy.wait(HOLD)
+    assert [h.wait(HOLD).metadata["step"] for h in handles] == [1, 2, 3]
+    runtime.flush()
+
+
+# ------------------------------------------------------------------------------ failures
+class Opaque:
+    """Not something torch.load(weights_only=True) rebuilds."""
+
+
+class Holder:
+    def state_dict(self):
+        return {"what": Opaque(), "weights": torch.ones(3)}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_an_error_while_writing_in_the_background_fails_the_handle_and_the_flush(tmp_path):
+    parts, storage, directory, _ = _task(tmp_path)
+    runtime = parts.runtime
+    state = TrainingState(model=torch.nn.Linear(2, 2), holder=Holder(), step=7)
+    handle = state.save(runtime, blocking=False)  # the copy is taken; the check is a write's
+    with pytest.raises(TrainingStateError, match="cannot be read back"):
+        handle.wait(HOLD)
+    with pytest.raises(CheckpointException) as info:
+        runtime.flush()  # what the end of the task does: the task fails naming the save
+    (failed,) = info.value.failures
+    assert failed.error_type == "TrainingStateError"
+    assert failed.save == "save of the training state (step 7) ('mfchckpt')"
+    assert _manifests(storage) == []
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_signal_abandons_an_async_save_not_committed_in_time(tmp_path):
+    parts, storage, directory, logs = _task(tmp_path)
+    runtime = parts.runtime
+    first = runtime.save()
+    state = make_state(3)
+    train_step(state)
+    storage.hold = True
+    handle = state.save(runtime, blocking=False)
+    assert storage.held.wait(HOLD)  # its files are written, its upload is held
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted) as info:
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        parts.interrupts.restore()
+    assert handle.done() and isinstance(handle.exception(), SaveAbandoned)
+    assert "abandoned the background save of the training state (step 1)" in info.value.message
+    assert logs[-1].endswith("the latest checkpoint stays %s." % first.key)
+    assert _leftovers(tmp_path) == []
+    storage.gate.set()  # the held upload goes on, and never commits
+    with pytest.raises(SaveAbandoned):
+        runtime.save(blocking=False).wait(HOLD)
+    assert _manifests(storage) == [first.key]
+
+
+def test_the_copy_is_taken_on_the_host_without_cuda(tmp_path):
+    """On a machine without CUDA nothing asks for pinned memory: every tensor is a plain CPU
+    copy sharing no memory with the live one."""
+    state = make_state(4)
+    train_step(state)
+    parts, nbytes = stage(state.objects, state.step, state.epoch, state.extra, state.rng)
+    live = state.model.state_dict()
+    for name, tensor in parts.entries["model"].tensors.items():
+        assert tensor.device.type == "cpu" and tensor.is_contiguous()
+        assert tensor.data_ptr() != live[name].data_ptr() and torch.equal(tensor, live[name])
+    exp_avg = parts.entries["optimizer"].state["state"][0]["exp_avg"]
+    assert exp_avg.data_ptr() != state.optimizer.state_dict()["state"][0]["exp_avg"].data_ptr()
+    assert nbytes >= sum(t.numel() * t.element_size() for t in live.values())
