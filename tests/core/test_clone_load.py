@@ -181,3 +181,19 @@ def test_any_sizes_load_back_exactly(reflink_mounts, tmp_path_factory, sizes, ze
     m = store.save(str(src), make_scope())
     store.load(store.read(m.key), str(base / "out"))
     assert snapshot(base / "out") == snapshot(src)
+
+
+def test_chunks_off_block_boundaries_are_copied(reflink_dir):
+    """A chunk size that is no multiple of the block size puts later chunks off block
+    boundaries: those are copied, the first is cloned, the file loads exactly."""
+    store = CheckpointStore(
+        LocalStorage(str(reflink_dir / "store")),
+        options(chunk_size=64 * KIB + 512, small_size=16 * KIB),
+    )
+    src = reflink_dir / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(rand(5 * 64 * KIB, 7))
+    m = store.save(str(src), make_scope())
+    store.load(store.read(m.key), str(reflink_dir / "out"))
+    assert snapshot(reflink_dir / "out") == snapshot(src)
+    assert 64 * KIB <= shared_bytes(str(reflink_dir / "out" / "f.bin")) < 5 * 64 * KIB
