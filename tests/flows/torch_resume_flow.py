@@ -15,6 +15,7 @@ class TorchResumeFlow(FlowSpec):
     steps = Parameter("steps", default=10, help="Optimizer steps in total.")
     save_every = Parameter("save_every", default=4, help="Save every N steps.")
     crash_after = Parameter("crash_after", default=0, help="Attempt 0 crashes after this step.")
+    async_saves = Parameter("async_saves", default=False, help="save(..., blocking=False).")
 
     @step
     def start(self):
@@ -57,7 +58,8 @@ class TorchResumeFlow(FlowSpec):
             state.step += 1
             state.extra["losses"].append(loss.item())
             if every.due(state.step, final=state.step == self.steps):
-                state.save(current.checkpoint, metadata={"loss": loss.item()})
+                meta = {"loss": loss.item()}
+                state.save(current.checkpoint, metadata=meta, blocking=not self.async_saves)
             if current.retry_count == 0 and state.step == self.crash_after:
                 raise RuntimeError("Simulated crash after step %d" % state.step)
 

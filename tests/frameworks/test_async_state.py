@@ -218,11 +218,13 @@ def test_at_most_two_copies_are_held_a_third_save_waits_for_the_older_one(tmp_pa
     seed_all(2)
     state = make_state(2)
     busy = _busy_worker(parts, storage, directory)
-    handles = []
+    handles, expected = [], []
     for _ in range(MAX_STAGED):
         train_step(state)
         handles.append(state.save(runtime, blocking=False))  # both copies held: none written
+        expected.append(full_state(state))
     train_step(state)
+    expected.append(full_state(state))
     third = threading.Thread(target=lambda: handles.append(state.save(runtime, blocking=False)))
     third.start()
     third.join(0.5)
@@ -231,7 +233,16 @@ def test_at_most_two_copies_are_held_a_third_save_waits_for_the_older_one(tmp_pa
     third.join(HOLD)
     assert not third.is_alive()
     busy.wait(HOLD)
-    assert [h.wait(HOLD).metadata["step"] for h in handles] == [1, 2, 3]
+    handles[-1].wait(HOLD)
+    train_step(state)  # a fourth save copies into the memory of a written one: still its own
+    handles.append(state.save(runtime, blocking=False))
+    expected.append(full_state(state))
+    for i, handle in enumerate(handles):
+        ref = handle.wait(HOLD)
+        assert ref.metadata["step"] == i + 1
+        restored = make_state(9)
+        restored.read(runtime.load(ref, str(tmp_path / ("loaded%d" % i))))
+        assert_same_tensors(full_state(restored), expected[i], "save %d" % i)
     runtime.flush()
 
 
@@ -294,7 +305,7 @@ def test_the_copy_is_taken_on_the_host_without_cuda(tmp_path):
     copy sharing no memory with the live one."""
     state = make_state(4)
     train_step(state)
-    parts, nbytes = stage(state.objects, state.step, state.epoch, state.extra, state.rng)
+    parts, _, nbytes = stage(state.objects, state.step, state.epoch, state.extra, state.rng)
     live = state.model.state_dict()
     for name, tensor in parts.entries["model"].tensors.items():
         assert tensor.device.type == "cpu" and tensor.is_contiguous()
@@ -302,3 +313,24 @@ def test_the_copy_is_taken_on_the_host_without_cuda(tmp_path):
     exp_avg = parts.entries["optimizer"].state["state"][0]["exp_avg"]
     assert exp_avg.data_ptr() != state.optimizer.state_dict()["state"][0]["exp_avg"].data_ptr()
     assert nbytes >= sum(t.numel() * t.element_size() for t in live.values())
+
+
+# ------------------------------------------------------------------------------ in a flow
+@pytest.mark.flow
+def test_a_crash_right_after_an_async_save_resumes_from_it_on_retry(flow_env):
+    """Attempt 0 saves at step 4 with blocking=False and crashes at once: the failing task
+    still commits that save, and the retry resumes from it and ends bitwise identical to an
+    uninterrupted run with blocking saves."""
+    from integration.flowrun import FLOWS, run_flow, single_task
+    from metaflow import namespace
+
+    namespace(None)
+    env, tmp = flow_env
+    flow = FLOWS / "torch_resume_flow.py"
+    straight = run_flow(flow, env, tmp)
+    crashed = run_flow(flow, env, tmp, run_kwargs={"crash_after": 4, "async_saves": True})
+    s_task, c_task = single_task(straight.run, "train"), single_task(crashed.run, "train")
+    assert c_task.current_attempt == 1 and c_task.data.resumed_at == 4
+    for name in ("model_state", "optimizer_state", "scheduler_state", "scaler_state"):
+        assert_same_tensors(getattr(c_task.data, name), getattr(s_task.data, name), name)
+    assert c_task.data.losses == s_task.data.losses and len(s_task.data.losses) == 10

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .state_files import (
@@ -45,32 +46,48 @@ _TICK = 0.05  # seconds between two looks at the copies still held
 _cond = threading.Condition()
 _staged: list[StagedWrite] = []  # saves submitted whose copies may still be held
 _reserved = 0  # saves copying their state now
+_pool: list = []  # the tensors of the last copy written, reused by the next copy
 
 
 class StagedWrite:
     """A state copied to host memory, written into a snapshot by the background save thread
-    (``task.saves.Prepare``)."""
+    (``task.saves.Prepare``).
 
-    def __init__(self, parts: Parts, nbytes: int, weights_only: bool, what: str):
+    It owns ``others`` (the temporary copy of the directory's other files, already
+    snapshotted by the save): removed by the background thread, or when the save is dropped
+    unwritten (abandoned), or at exit, never in the caller's time."""
+
+    def __init__(
+        self, parts: Parts, buffers: list, nbytes: int, weights_only: bool, what: str, others: str
+    ):
         self.parts: Optional[Parts] = parts
+        self.buffers: Optional[list] = buffers
         self.nbytes = nbytes
         self.what = what
         self.weights_only = weights_only
         self.handle: Any = None  # the save's handle, once submitted
+        self.remove_others = weakref.finalize(self, shutil.rmtree, others, True)
 
     def holds_memory(self) -> bool:
         return self.parts is not None and not (self.handle is not None and self.handle.done())
 
     def write(self, directory: str, abandoned: Callable[[], bool]) -> None:
-        parts = self.parts
-        if parts is None:  # pragma: no cover - written once
+        global _pool
+        self.remove_others()
+        parts, buffers = self.parts, self.buffers
+        if parts is None or buffers is None:  # pragma: no cover - written once
             raise RuntimeError("%s was already written." % self.what)
+        written = False
         try:
             write_files(parts, directory, self.weights_only, abandoned)
+            written = True
         finally:
             # The files hold it now (or the save failed): the copy goes before the upload.
-            self.parts = None
+            self.parts = self.buffers = None
+            del parts
             with _cond:
+                if written:  # its buffers take the next copy (fresh memory is slow to fault in)
+                    _pool = buffers
                 _cond.notify_all()
 
 
@@ -83,25 +100,31 @@ def save_in_background(
 
     if not isinstance(checkpoint, CheckpointRuntime):
         return None
-    global _reserved
+    global _reserved, _pool
     objects = state.objects
     with _cond:
         while True:
             _staged[:] = [s for s in _staged if s.holds_memory()]
             if len(_staged) + _reserved < MAX_STAGED:
                 _reserved += 1
+                pool, _pool = _pool, []  # copies held + this one + the pool stay <= MAX_STAGED
                 break
             _cond.wait(_TICK)  # a failed or abandoned save frees its copy without notifying
     try:
-        parts, nbytes = stage(objects, state.step, state.epoch, state.extra, state.rng)
+        parts, buffers, nbytes = stage(
+            objects, state.step, state.epoch, state.extra, state.rng, pool
+        )
+        del pool  # what it did not reuse
+        others = snapshot_others(checkpoint.directory, own_files(list(objects)))
         what = "the training state (step %d)" % parts.step
-        staged = StagedWrite(parts, nbytes, state.weights_only, what)
-        tmp = snapshot_others(checkpoint.directory, own_files(list(objects)))
+        staged = StagedWrite(parts, buffers, nbytes, state.weights_only, what, others)
+        del parts, buffers
         try:
-            root = os.path.join(tmp, os.listdir(tmp)[0])
+            root = os.path.join(others, os.listdir(others)[0])
             staged.handle = save_prepared(checkpoint, root, staged, metadata, name, latest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # the save took its own snapshot of it
+        except BaseException:
+            staged.remove_others()
+            raise
         with _cond:
             _staged.append(staged)
     finally:
@@ -111,11 +134,15 @@ def save_in_background(
     return staged.handle
 
 
-def stage(objects: dict, step: Any, epoch: Any, extra: Any, rng: bool) -> tuple[Parts, int]:
-    """A copy of everything a write reads, in host memory; and the bytes of its tensors."""
+def stage(
+    objects: dict, step: Any, epoch: Any, extra: Any, rng: bool, pool: Optional[list] = None
+) -> tuple[Parts, list, int]:
+    """A copy of everything a write reads, in host memory: the parts, the tensors holding it
+    (to be reused once written) and their bytes.  ``pool``: tensors of an earlier copy to
+    copy into where shape and dtype match."""
     torch = import_torch()
     parts = Parts(step, epoch, checked_counters_and_extra(step, epoch, extra))
-    copier = _Copier(torch)
+    copier = _Copier(torch, pool or [])
     for name, obj in objects.items():
         if is_module(obj):
             tensors, metadata = _module_tensors(unwrap(obj))
@@ -131,7 +158,7 @@ def stage(objects: dict, step: Any, epoch: Any, extra: Any, rng: bool) -> tuple[
             )
     parts.rng = capture_rng() if rng else None  # at the call, as a blocking write does
     copier.finish()
-    return parts, copier.nbytes
+    return parts, copier.buffers, copier.nbytes
 
 
 def _module_tensors(module: Any) -> tuple[dict, Optional[dict]]:
@@ -154,32 +181,36 @@ class _Copier:
     """Copies tensors to host memory: CUDA ones into pinned memory when it can be had
     (asynchronously, one synchronisation at the end), every other one with a plain copy."""
 
-    def __init__(self, torch: Any):
+    def __init__(self, torch: Any, pool: list):
         self.torch = torch
         self.pin = torch.cuda.is_available()  # pinned memory needs a CUDA driver
         self.cuda = False
         self.nbytes = 0
+        self.buffers: list = []  # every host tensor of the copy
+        self.pool: dict = {}
+        for buffer in pool:
+            self.pool.setdefault(_fits(buffer), []).append(buffer)
 
     def __call__(self, tensor: Any) -> Any:
         torch = self.torch
         t = tensor.detach()
         self.nbytes += t.numel() * t.element_size()
-        if t.device.type == "cuda":
-            out = None
-            if self.pin:
-                try:
-                    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                except RuntimeError:  # no pinned memory to be had: pageable, still correct
-                    self.pin = False
-            if out is None:
-                out = torch.empty(t.shape, dtype=t.dtype)
-            out.copy_(t, non_blocking=True)
-            self.cuda = True
-            return out
-        if t.device.type == "cpu":
-            # Contiguous, as save_model(force_contiguous=True) writes it.
-            return t.clone(memory_format=torch.contiguous_format)
-        return t.to("cpu", copy=True)  # another accelerator: a blocking copy
+        cuda = t.device.type == "cuda"
+        reuse = self.pool.get((tuple(t.shape), t.dtype, cuda and self.pin))
+        out = reuse.pop() if reuse else None
+        if out is None and cuda and self.pin:
+            try:
+                out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            except RuntimeError:  # no pinned memory to be had: pageable, still correct
+                self.pin = False
+        if out is None:
+            out = torch.empty(t.shape, dtype=t.dtype)  # contiguous, as save_model writes it
+        # From an accelerator: asynchronous into pinned memory (one synchronisation at the
+        # end), else a plain copy.  CPU tensors are copied too: training changes them in place.
+        out.copy_(t, non_blocking=cuda and out.is_pinned())
+        self.cuda = self.cuda or cuda
+        self.buffers.append(out)
+        return out
 
     def deep(self, state: Any) -> Any:
         """A deep copy of a ``state_dict()`` whose tensors are host copies."""
@@ -202,6 +233,11 @@ class _Copier:
     def finish(self) -> None:
         if self.cuda:  # the non-blocking copies must be complete before training goes on
             self.torch.cuda.synchronize()
+
+
+def _fits(buffer: Any) -> tuple:
+    """What a pooled buffer can take: a tensor of this shape and dtype, from CUDA if pinned."""
+    return (tuple(buffer.shape), buffer.dtype, bool(buffer.is_pinned()))
 
 
 def snapshot_others(directory: str, own: set) -> str:
