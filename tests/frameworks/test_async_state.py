@@ -8,12 +8,15 @@ taken at the call, not the live tensors.
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import signal
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
@@ -39,6 +42,9 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.pytorch 
 from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.staged_state import (  # noqa: E402
     MAX_STAGED,
     stage,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.state_files import (  # noqa: E402
+    write_files,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (  # noqa: E402
     LocalStorage,
@@ -298,6 +304,74 @@ def test_a_signal_abandons_an_async_save_not_committed_in_time(tmp_path):
     with pytest.raises(SaveAbandoned):
         runtime.save(blocking=False).wait(HOLD)
     assert _manifests(storage) == [first.key]
+
+
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool]
+
+
+def _tensor(draw_shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(draw_shape, generator=g) * 100).to(dtype)
+
+
+_tensors = st.builds(
+    _tensor,
+    st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
+    st.sampled_from(_DTYPES),
+    st.integers(0, 1000),
+)
+_values = st.recursive(
+    _tensors | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=5) | st.none(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+class Bag:
+    """Any state_dict() of tensors, numbers, strings, lists and dicts."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.state = state
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(state=st.dictionaries(st.text(min_size=1, max_size=4), _values, max_size=4))
+def test_a_staged_copy_writes_the_state_of_the_call(tmp_path_factory, state):
+    """Any state_dict() of tensors (every dtype, empty and 0-d ones) and plain values: what the
+    background writes from the copy reads back as the state at the call, whatever the live
+    tensors became."""
+    expected = copy.deepcopy(state)
+    parts, _, _ = stage({"bag": Bag(state)}, 1, 0, {}, False)
+    for value in _leaves(state):  # training changes the live tensors after the call
+        if isinstance(value, torch.Tensor) and value.numel():
+            value.view(-1)[0] = ~value.view(-1)[0] if value.dtype == torch.bool else 7
+    directory = str(tmp_path_factory.mktemp("staged"))
+    write_files(parts, directory, weights_only=True)
+    loaded = Bag(None)
+    assert TrainingState(bag=loaded, rng=False).read(directory)
+    assert_same_tensors(loaded.state, expected, "bag")
 
 
 def test_the_copy_is_taken_on_the_host_without_cuda(tmp_path):

@@ -12,7 +12,9 @@ the end of the task, the errors and what a signal does are those of
 
 Memory: at most :data:`MAX_STAGED` host copies exist in the process at once, the one being
 written and one waiting; a further save blocks until the older one is written (its copy is
-dropped as soon as its files are, before the upload).
+released as soon as its files are, before the upload).  The tensors of the last copy written
+are kept for the next copy to reuse (fresh memory is slow to fault in, pinned memory slow to
+allocate), counted among those two: between saves a process holds one copy of its state.
 """
 
 from __future__ import annotations
