@@ -138,6 +138,8 @@ def run_main_flow(python: Path, work: Path, tag: str, data: dict, args, s3: dict
     if s3 is not None:
         extra = dict(
             S3_ENV,
+            # The reference picks its store from the default datastore, not --datastore.
+            METAFLOW_DEFAULT_DATASTORE="s3",
             METAFLOW_S3_ENDPOINT_URL=s3["endpoint"],
             METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/%s" % (s3["bucket"], tag),
         )
@@ -169,8 +171,27 @@ def run_main_flow(python: Path, work: Path, tag: str, data: dict, args, s3: dict
             result["autoload"] = rec["autoload"]
         elif "autoload_read" in rec:
             result["autoload_read"] = rec["autoload_read"]
-    remove(run)  # its store: free the disk (and, on S3, moto keeps its own copy)
+    remove(run)  # its store: free the disk
+    if s3 is not None:
+        stored = s3_drop_prefix(s3["client"], s3["bucket"], tag + "/")
+        # Both must have written to S3 (not to a local store by mistake): every byte once.
+        if stored < data["retry_bytes"]:
+            raise RuntimeError("%s stored %d bytes in S3: not an S3 run" % (tag, stored))
+        result["s3_bytes_stored"] = stored
     return result
+
+
+def s3_drop_prefix(client, bucket: str, prefix: str) -> int:
+    """Delete every object under ``prefix`` (moto keeps them in memory); their total size."""
+    total = 0
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        objects = page.get("Contents", [])
+        total += sum(o["Size"] for o in objects)
+        if objects:
+            batch = [{"Key": o["Key"]} for o in objects]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": batch})
+    return total
 
 
 def overhead(pythons: dict, work: Path, runs: int) -> dict:
@@ -394,8 +415,10 @@ def notes(raw: dict, args) -> list:
         "reading every byte (ours leaves files: its time is the load alone).",
         "Peak RSS: the task process and all its children (Metaflow's S3 client downloads in "
         "subprocesses), sampled every 10 ms, above the level just before the call; the largest "
-        "over the runs.  Extra temp disk: bytes allocated under TMPDIR and the task's working "
-        "directory during the call (the loaded directory of an auto-load excluded).",
+        "over the runs; a sum of RSS, so pages shared by processes (each child's interpreter "
+        "and libraries) count once per process.  Extra temp disk: bytes allocated under "
+        "TMPDIR and the task's working directory during the call (the loaded directory of an "
+        "auto-load excluded).",
         "Before each timed operation, for every contender and baseline: `sync`, then memory "
         "recycling (see _benchutil.py)%s." % (" (off: --no-recycle)" if args.no_recycle else ""),
         "Raw baselines: `cp -r` of the same directory (local); boto3 TransferManager upload / "
@@ -504,7 +527,7 @@ def main(argv=None) -> int:
                     client, bucket, "tm/" + what, [data[what]] * args.repeat, work, workers, recycle
                 )
             log("TransferManager done")
-            contest("s3", {"endpoint": moto.endpoint, "bucket": bucket})
+            contest("s3", {"endpoint": moto.endpoint, "bucket": bucket, "client": client})
     finally:
         if moto is not None:
             moto.stop()
