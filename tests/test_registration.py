@@ -38,6 +38,9 @@ EXPECTED = {
     ("plugins", "flow_decorator", "with_artifact_store"): IMPL
     + ".task.refused.WithArtifactStoreDecorator",
     ("cmd", "cmd", "checkpoint"): IMPL + ".cli.cli",
+    # The reference extension's datastores: Metaflow's S3 datastore under their names.
+    ("plugins", "datastore", "s3-compatible"): IMPL + ".task.datastores.S3CompatibleStorage",
+    ("plugins", "datastore", "coreweave"): IMPL + ".task.datastores.CoreweaveStorage",
 }
 
 
@@ -84,6 +87,12 @@ def test_each_registration_string_names_the_right_object(declaration):
         from metaflow.decorators import StepDecorator
 
         assert issubclass(target, StepDecorator)
+        assert mf_plugins.get_plugin_name(category, target) == name
+        return
+    if category == "datastore":
+        from metaflow.plugins.datastores.s3_storage import S3Storage
+
+        assert issubclass(target, S3Storage)
         assert mf_plugins.get_plugin_name(category, target) == name
         return
     if category == "flow_decorator":
