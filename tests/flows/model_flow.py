@@ -31,7 +31,7 @@ class ModelFlow(FlowSpec):
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump({"layers": 2}, f)
         self.my_model = current.model.save(d, label="my_model", metadata={"epochs": 3})
-        # The same content again: the newest version is reused, nothing is uploaded.
+        # The same content again: its own version, no byte uploaded again (issue 14 F5).
         self.again = current.model.save(d, label="my_model", metadata={"epochs": 3})
         self.plain = current.model.save(os.path.join(d, "weights.bin"), storage_format="files")
         self.refused = []

@@ -169,7 +169,7 @@ NAMED = textwrap.dedent(
         f.write(b"more")
     second = c.save(os.path.join(src, "model.pt"), name="resnet50", metadata={"top1": 0.8})
     out["versions"] = [r.key.split("-")[4] for r in c.list(name="resnet50")]
-    out["ids"] = [second.key.split("-")[4], first.key.split("-")[4]]
+    out["ids"] = [r.key.split("-")[4] for r in (second, again, first)]
     out["pathspec"] = second.pathspec
     out["latest_read"] = c.open("resnet50", "model.pt").read()[-4:].decode()
     out["old_read"] = len(c.open("resnet50@" + first.key.split("-")[4][:8], "model.pt").read())
@@ -180,7 +180,7 @@ NAMED = textwrap.dedent(
     except MetaflowException as exc:
         out["missing"] = exc.message
     out["deleted"] = c.delete("resnet50@" + second.key.split("-")[4]).key == second.key
-    out["after_delete"] = c.get("resnet50").key == first.key
+    out["after_delete"] = c.get("resnet50").key == again.key
     print("PROBE" + json.dumps(out))
     """
 )
@@ -197,7 +197,8 @@ def _named(env, tmp, *args):
 
 def _check_named(out):
     assert out["first"] == [7000, False]
-    assert out["again"] == [0, True, True]  # identical content: no data, same version
+    # Identical content: no data uploaded, but its own version (issue 14 F5).
+    assert out["again"] == [0, None, False]
     assert out["versions"] == out["ids"]  # newest first
     assert out["pathspec"] is None
     assert out["latest_read"] == "more"
@@ -221,7 +222,7 @@ def test_named_checkpoints_on_s3(flow_env, s3_server):
     env = dict(env, **s3_server["env"])
     _check_named(_named(env, tmp, "s3://%s/ckpt" % bucket))
     keys = s3_server["client"].list_objects_v2(Bucket=bucket, Prefix="ckpt/manifests/_library/")
-    assert keys["KeyCount"] == 1  # one version left after the delete
+    assert keys["KeyCount"] == 2  # two versions left after the delete
 
 
 def test_a_step_gets_models_by_name(flow_env, monkeypatch):

@@ -42,6 +42,9 @@ OUTSIDE = PROBE_PRELUDE + textwrap.dedent(
     attempt("delete", lambda: delete_model(ref))
     attempt("again", lambda: delete_model(ref))
     attempt("load_deleted", lambda: load_model(ref, dest + "3"))
+    # The identical re-save of the same step is its own version: still there (issue 14 F5).
+    attempt("again_kept", lambda: sorted(os.listdir(load_model(
+        run["start"].task.data.again, dest + "4"))))
     print("PROBE" + json.dumps(out))
     """
 )
@@ -62,9 +65,10 @@ def _check_model_flow(result, version, tmp):
     assert my_model["source"] == "task" and my_model["storage_format"] == "files"  # as stored
     assert my_model["metadata"] == {"epochs": 3} and my_model["name"] == "my_model"
     assert my_model["publisher"]["origin"].startswith("ModelFlow/%s/start/" % result.id)
-    # An identical re-save is the same version and moved no bytes.
-    assert again["version"] == my_model["version"] and again["stats"]["reused"] is True
-    assert "already stored as version %s" % my_model["version"] in result.stdout
+    # An identical re-save is its own version (own origin) and moved no bytes (issue 14 F5).
+    assert again["version"] != my_model["version"] and not again["stats"].get("reused")
+    assert again["stats"]["bytes_uploaded"] == 0 and again["label"] == "my_model"
+    assert "Saved model 'my_model' version %s (" % again["version"] in result.stdout
     assert plain["label"] == "ModelFlow_start" and plain["storage_format"] == "files"
     (fmt_error, fmt_message), (path_error, path_message) = start.refused
     assert fmt_error == path_error == "CheckpointConfigError"
@@ -118,6 +122,7 @@ def test_models_saved_in_one_step_are_loaded_in_the_next(flow_env):
     assert "pinned" in out["delete_pinned"]["message"]
     assert out["delete"] is True and out["again"] is False
     assert out["load_deleted"]["error"] == "CheckpointNotFound"
+    assert out["again_kept"] == ["config.json", "weights.bin"]
 
 
 @pytest.mark.s3

@@ -63,7 +63,10 @@ def upload(ctx: CliContext, path: str, name: str, metadata_json: Optional[str]) 
     client = ctx.store_client()
     total = source_bytes(path)
     with progress_bar("Uploading %s" % human_size(total), total) as progress:
-        ref = client.save(path, name=name, metadata=metadata, progress=progress)
+        # An explicit upload may return the identical newest version, and says so below.
+        ref = client.save(
+            path, name=name, metadata=metadata, progress=progress, reuse_identical=True
+        )
     stats = ref.stats or {}
     if stats.get("reused"):
         click.echo(

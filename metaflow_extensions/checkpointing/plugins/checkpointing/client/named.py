@@ -31,6 +31,7 @@ class Named(ClientBase):
         *,
         progress: Optional[Progress] = None,
         sharded: bool = False,
+        reuse_identical: bool = False,
     ) -> CheckpointReference:
         """Save a file or directory as a checkpoint and return its reference once committed.
 
@@ -42,9 +43,13 @@ class Named(ClientBase):
         rank's ``path`` is its part of one checkpoint committed once all parts are stored
         (each rank loads its own part back); in a process without ``RANK``, its part of its
         node's in a ``@parallel`` gang.  Elsewhere: a new version of the named checkpoint
-        ``name`` (required, as is ``path``); content identical to the newest version is not
-        saved again: that version is returned, with ``stats["reused"]`` true and 0 bytes
-        uploaded.  Flow steps load it with ``current.checkpoint.load(name)`` or
+        ``name`` (required, as is ``path``); every call is its own version, even for content
+        identical to a stored one (only bytes not stored yet are uploaded: ``stats
+        ["bytes_uploaded"]``), so deleting one version never breaks another's reference.
+        With ``reuse_identical=True`` (what ``metaflow checkpoint upload`` does, and says)
+        content identical to your namespace's newest version returns that version instead
+        (``stats["reused"]`` true): both are then one version, deleted together.
+        Flow steps load it with ``current.checkpoint.load(name)`` or
         ``@checkpoint(models=[name])``.  The version records its publisher (your user and
         namespace, ``ref["publisher"]``): a bare name resolves to it only in that namespace,
         elsewhere after :meth:`promote` or pinned as ``name@<version>``.  ``storage_format``
@@ -95,7 +100,9 @@ class Named(ClientBase):
             name=name,
             metadata=metadata,
             latest=latest,
-            reuse_identical=True,
+            # By default its own version, never another save's (issue 14 F5): a shared version
+            # is deleted for every holder by delete() of either.
+            reuse_identical=reuse_identical,
             progress=progress,
             publisher=publisher_here(self._origin),
         )

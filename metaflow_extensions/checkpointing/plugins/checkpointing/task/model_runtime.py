@@ -2,7 +2,8 @@
 
 A model saved with ``current.model.save(path, label)`` is a new version of the *named
 checkpoint* ``label`` (default ``<Flow>_<step>``), published by the task: the run's namespace
-trusts it by name, content identical to the newest version is not uploaded again, and its
+trusts it by name, every save is its own version (own manifest and origin; its files are
+content-addressed, so bytes already stored are not uploaded again), and its
 reference (a :class:`~..common.reference.CheckpointReference` with the reference extension's
 model fields too) works as an artifact, in ``@model(load=[...])``, ``current.model.load``,
 ``current.checkpoint.load`` and ``Checkpoint().load``.  Loads resolve every spelling of a
@@ -131,8 +132,10 @@ class ModelRuntime:
         CheckpointReference
             Usable as an artifact (``self.my_model = current.model.save(...)``) and by every
             load; ``ref["version"]`` (also ``model_uuid``/``version_id``) is the version.
-            Content identical to the newest version (same files, metadata and publisher
-            namespace) returns that version: nothing is uploaded (``ref["stats"]["reused"]``).
+            Every call is its own version, with its own origin (this task), even when the
+            content is identical to a stored one: deleting another version never breaks it.
+            Only bytes not stored yet are uploaded (``ref["stats"]["bytes_uploaded"]``): an
+            identical re-save writes one small manifest.
 
         Raises
         ------
@@ -157,27 +160,22 @@ class ModelRuntime:
             library_scope(label),
             name=label,
             metadata=metadata,
-            reuse_identical=True,
+            # Never another save's version (issue 14 F5): a version shared by two saves is
+            # deleted for both by delete_model() of either; the blobs are shared instead.
             publisher=publisher_record(self._username, scope.namespace, scope.pathspec),
             source=model_record(scope.attempt),  # what it is: every reader rebuilds its fields
         )
         ref = reference_of(self._store, manifest)
         stats = manifest.stats
-        if stats.get("reused"):
-            self._log(
-                "[@model] Model %r is already stored as version %s (%s): 0 bytes uploaded."
-                % (label, manifest.id, human_size(manifest.size))
+        self._log(
+            "[@model] Saved model %r version %s (%s, %s new)."
+            % (
+                label,
+                manifest.id,
+                human_size(manifest.size),
+                human_size(int(stats.get("bytes_uploaded", 0))),
             )
-        else:
-            self._log(
-                "[@model] Saved model %r version %s (%s, %s new)."
-                % (
-                    label,
-                    manifest.id,
-                    human_size(manifest.size),
-                    human_size(int(stats.get("bytes_uploaded", 0))),
-                )
-            )
+        )
         self._saved.append(ref)
         return ref
 
