@@ -1,0 +1,724 @@
+"""Cost curves: how time and memory grow with checkpoint size, count and concurrent writers.
+
+    python benchmarks/bench_curves.py --quick              # small sizes, < 3 minutes
+    python benchmarks/bench_curves.py --json curves.json   # the full curves (about an hour)
+    python benchmarks/bench_curves.py --only list,gc       # some curves only
+
+Four curves, each printed as a table with its fitted growth rate (the slope of log(cost)
+against log(size): 1 is linear, 0 flat; a slope above ``SUPERLINEAR`` is flagged) and plotted
+to ``--png-dir`` (matplotlib, the ``bench`` extra):
+
+* ``size``: save and load time and peak RSS of one checkpoint of 1, 4, 16 GiB on a local store
+  and 1, 4 GiB on S3 (moto on 127.0.0.1, its own process).  Each save and each load runs in a
+  fresh Python process through the store API (``CheckpointStore.save`` / ``load``, what
+  ``current.checkpoint`` calls; no flow: a task's start-up would only add a constant), so its
+  peak RSS above the interpreter's baseline is that operation's alone.
+* ``list``: ``Checkpoint(root=...).list()`` and ``best(metric=...)`` over 1,000, 10,000 and
+  100,000 checkpoints of one series (local and S3).  The checkpoints are real saves through
+  ``CheckpointStore.save`` (one small unique file each, so one blob each), made once and grown
+  from one size to the next.  ``cold``: a new client, with the step's summary index removed
+  (every manifest is read); ``warm``: a new client, index present; ``hot``: the same client
+  again.
+* ``gc``: ``CheckpointStore.gc`` over the same stores (as many blobs as checkpoints, all
+  referenced, nothing to delete: the mark and sweep work itself), and once more after half
+  the manifests are deleted at the largest size (the deletes included).
+* ``concurrency``: 1, 8 and 32 tasks of a real foreach flow (``bench_curves_flow.py`` run
+  with ``--datastore=s3 --max-workers N``) each saving 64 MiB into the one S3 store:
+  aggregate throughput (bytes over the span from the first save's start to the last one's
+  end), failed tasks, and the non-2xx answers moto logged (throttles, retries).
+
+This machine has 2 cores shared with other work: single figures are noisy (sizes are
+interleaved nowhere, each point is measured once unless ``--repeat``); the growth rates are
+what to read.  Nothing asserts: the exit status is non-zero only when something fails to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _benchutil import MiB, PeakRSS  # noqa: E402
+from bench import S3_ENV, MotoServer, flow_environment, fmt_bytes, log, s3_client  # noqa: E402
+
+GiB = 1 << 30
+#: A fitted log-log slope above this is flagged as worse than linear (noise allows a little).
+SUPERLINEAR = 1.15
+#: Bytes per data file of the size curve (a checkpoint of 4 GiB is four 1 GiB files).
+FILE_BYTES = GiB
+_PKG = "metaflow_extensions.checkpointing.plugins.checkpointing"
+
+
+# ----------------------------------------------------------------------------------- fitting
+def slope(xs: list, ys: list) -> float:
+    """Least-squares slope of log(y) on log(x): the growth exponent (1 linear, 0 flat)."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y and y > 0]
+    if len(pts) < 2:
+        return float("nan")
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    var = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / var if var else float("nan")
+
+
+def verdict(s: float, flat: bool = False) -> str:
+    if s != s:  # nan
+        return "n/a"
+    if flat:
+        return "flat" if s < 0.3 else ("sublinear" if s < 0.85 else "GROWS")
+    return "WORSE THAN LINEAR" if s > SUPERLINEAR else ("linear" if s > 0.85 else "sublinear")
+
+
+# ----------------------------------------------------------------------------------- data
+def make_data(root: Path, nbytes: int) -> None:
+    """``nbytes`` of incompressible, never-repeating bytes in files of ``FILE_BYTES``.
+
+    One 64 MiB random block, each MiB of it stamped with a running counter: every chunk's
+    content is new (nothing deduplicates) at a fraction of ``os.urandom``'s cost.
+    """
+    root.mkdir(parents=True)
+    block = bytearray(os.urandom(64 * MiB))
+    counter = 0
+    index = 0
+    left = nbytes
+    while left > 0:
+        size = min(FILE_BYTES, left)
+        with open(root / ("part-%03d.bin" % index), "wb") as f:
+            todo = size
+            while todo > 0:
+                n = min(len(block), todo)
+                for off in range(0, n, MiB):
+                    block[off : off + 16] = counter.to_bytes(16, "little")
+                    counter += 1
+                f.write(memoryview(block)[:n])
+                todo -= n
+        left -= size
+        index += 1
+
+
+# ----------------------------------------------------------------------------------- workers
+def _worker(spec: dict) -> dict:
+    """One save or load in this (fresh) process: seconds and peak RSS above the baseline."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        store_for_url,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
+
+    if spec["op"] == "listgc":
+        return _list_gc(spec)
+    store = store_for_url(spec["url"])
+    if spec["op"] == "save":
+        scope = Scope("user:bench", "CurveFlow", "train", "_", "1", "1", 0)
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            manifest = store.save(spec["src"], scope, name="size")
+            seconds = time.perf_counter() - t0
+        store.close()
+        return dict(rss.to_json(), seconds=seconds, key=manifest.key, bytes=manifest.size)
+    manifest = store.read(spec["key"])
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        store.load(manifest, spec["dest"])
+        seconds = time.perf_counter() - t0
+    return dict(rss.to_json(), seconds=seconds, bytes=manifest.size)
+
+
+def run_worker(spec: dict, env: dict) -> dict:
+    # stderr passes through: the worker's progress lines and, if it fails, its traceback.
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError("worker %s failed (exit %d)" % (spec["op"], proc.returncode))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------- size
+def size_curve(work: Path, sizes_gib: list, backend: str, moto_log: Path) -> list:
+    rows = []
+    for gib in sizes_gib:
+        nbytes = int(gib * GiB)
+        moto = None
+        env = dict(os.environ)
+        try:
+            if backend == "s3":
+                moto = MotoServer(moto_log)
+                bucket = "curve-%s" % uuid.uuid4().hex[:8]
+                s3_client(moto.endpoint, 4).create_bucket(Bucket=bucket)
+                env.update(S3_ENV, METAFLOW_S3_ENDPOINT_URL=moto.endpoint)
+                url = "s3://%s/mf.checkpointing" % bucket
+            else:
+                url = str(work / "store")
+            src, dest = work / "src", work / "dest"
+            make_data(src, nbytes)
+            os.sync()
+            save = run_worker({"op": "save", "url": url, "src": str(src)}, env)
+            shutil.rmtree(src)
+            os.sync()
+            load = run_worker(
+                {"op": "load", "url": url, "key": save["key"], "dest": str(dest)}, env
+            )
+            if load["bytes"] != nbytes:
+                raise RuntimeError("load of %s GiB returned %d bytes" % (gib, load["bytes"]))
+            rows.append({"backend": backend, "bytes": nbytes, "save": save, "load": load})
+            log(
+                "size %s %s: save %.1f s (%s RSS), load %.1f s (%s RSS)"
+                % (
+                    backend,
+                    fmt_bytes(nbytes),
+                    save["seconds"],
+                    fmt_bytes(save["rss_extra"]),
+                    load["seconds"],
+                    fmt_bytes(load["rss_extra"]),
+                )
+            )
+        finally:
+            for p in ("src", "dest", "store"):
+                shutil.rmtree(work / p, ignore_errors=True)
+            if moto is not None:
+                moto.stop()
+    return rows
+
+
+# ----------------------------------------------------------------------------------- list, gc
+#: Processes making the list/gc curves' checkpoints (on this shared machine more processes
+#: mostly means a larger share of the CPUs; each is a writer with its own lease).
+MAKERS = 4
+
+
+def _make_range(url: str, work: str, lo: int, hi: int) -> None:
+    """Save checkpoints ``lo`` .. ``hi - 1`` of the series: one unique 64-byte file each."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        store_for_url,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import library_scope
+
+    store = store_for_url(url)
+    scope = library_scope("curve")
+    src = Path(work) / ("tiny-%d" % lo)
+    src.mkdir(exist_ok=True)
+    base = 1_700_000_000_000
+    for i in range(lo, hi):
+        (src / "w.bin").write_bytes(b"%064d" % i)
+        store.save(
+            str(src),
+            scope,
+            name="curve",
+            metadata={"loss": ((i * 7919) % 100_003) / 100_003.0, "step": i},
+            created_ms=base + i,
+        )
+    store.close()  # its lease would keep the blobs from the gc curve's collection
+    shutil.rmtree(src, ignore_errors=True)
+
+
+def _grow(url: str, work: Path, have: int, want: int) -> None:
+    """Save checkpoints ``have`` .. ``want - 1`` with :data:`MAKERS` processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    step = -(-(want - have) // MAKERS)
+    ranges = [(lo, min(lo + step, want)) for lo in range(have, want, step)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(ranges), mp_context=ctx) as pool:
+        for fut in [pool.submit(_make_range, url, str(work), lo, hi) for lo, hi in ranges]:
+            fut.result()
+
+
+def _timed(fn) -> tuple:
+    t0 = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - t0, value
+
+
+def list_gc_curve(work: Path, counts: list, backend: str, moto_log: Path, curves: set) -> dict:
+    """The list/best and gc curves of one backend, measured in a fresh process (the S3
+    endpoint is read when Metaflow's configuration is imported)."""
+    moto = None
+    env = dict(os.environ)
+    try:
+        if backend == "s3":
+            moto = MotoServer(moto_log)
+            bucket = "curve-%s" % uuid.uuid4().hex[:8]
+            s3_client(moto.endpoint, 4).create_bucket(Bucket=bucket)
+            env.update(S3_ENV, METAFLOW_S3_ENDPOINT_URL=moto.endpoint)
+            url = "s3://%s/mf.checkpointing" % bucket
+        else:
+            url = str(work / "liststore")
+        spec = {
+            "op": "listgc",
+            "url": url,
+            "backend": backend,
+            "work": str(work),
+            "counts": counts,
+            "curves": sorted(curves),
+        }
+        return run_worker(spec, env)
+    finally:
+        if moto is not None:
+            moto.stop()
+        shutil.rmtree(work / "liststore", ignore_errors=True)
+
+
+def _list_gc(spec: dict) -> dict:
+    """:func:`list_gc_curve`'s work, in the worker process."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.client.checkpoint import (
+        Checkpoint,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
+        store_for_url,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
+        MANIFESTS_PREFIX,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import library_scope
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.summary import (
+        step_index_key,
+    )
+
+    url, backend, work, curves = spec["url"], spec["backend"], Path(spec["work"]), spec["curves"]
+    out: dict = {"list": [], "gc": []}
+    store = store_for_url(url)
+    scope = library_scope("curve")
+    have = 0
+    for n in spec["counts"]:
+        t_make, _ = _timed(lambda n=n, have=have: _grow(url, work, have, n))
+        have = n
+        log("list %s: %d checkpoints made (%.1f ms each)" % (backend, n, t_make / n * 1e3))
+        if "list" in curves:
+            store.storage.delete(step_index_key(scope.step_prefix()))
+            row = {"backend": backend, "count": n}
+            for label in ("cold", "warm"):
+                client = Checkpoint(root=url)
+                row[label + "_list"], refs = _timed(client.list)
+                row[label + "_best"], best = _timed(lambda c=client: c.best(metric="loss"))
+                if label == "warm":
+                    row["hot_list"], _ = _timed(client.list)
+                    row["hot_best"], _ = _timed(lambda c=client: c.best(metric="loss"))
+                if len(refs) != n or best.metadata["loss"] != 0.0:
+                    raise RuntimeError("list found %d of %d checkpoints" % (len(refs), n))
+            out["list"].append(row)
+            log(
+                "list %s %d: %s"
+                % (
+                    backend,
+                    n,
+                    {k: round(v, 2) for k, v in row.items() if k.endswith(("t", "best"))},
+                )
+            )
+        if "gc" in curves:
+            seconds, report = _timed(lambda: store.gc(grace_seconds=0))
+            if report.blobs_deleted:
+                raise RuntimeError("gc deleted %d referenced blobs" % report.blobs_deleted)
+            out["gc"].append(
+                {"backend": backend, "blobs": report.blobs, "seconds": seconds, "deleted": 0}
+            )
+            log("gc %s: %d blobs, %.1f s" % (backend, report.blobs, seconds))
+    if "gc" in curves:
+        keys = sorted(o.key for o in store.storage.list(MANIFESTS_PREFIX))
+        store.storage.delete_many(keys[::2], 16)
+        seconds, report = _timed(lambda: store.gc(grace_seconds=0))
+        out["gc"].append(
+            {
+                "backend": backend,
+                "blobs": report.blobs,
+                "seconds": seconds,
+                "deleted": report.blobs_deleted,
+            }
+        )
+        log("gc %s, half deleted: %d blobs gone, %.1f s" % (backend, report.blobs_deleted, seconds))
+    return out
+
+
+# ----------------------------------------------------------------------------------- concurrency
+_STATUS = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) [^"]*" (\d{3}) ')
+
+
+def concurrency_curve(work: Path, widths: list, mib: int) -> list:
+    rows = []
+    for width in widths:
+        moto_log = work / ("moto-conc-%d.log" % width)
+        moto = MotoServer(moto_log)
+        try:
+            bucket = "curve-%s" % uuid.uuid4().hex[:8]
+            s3_client(moto.endpoint, 4).create_bucket(Bucket=bucket)
+            out = work / ("conc-%d" % width)
+            out.mkdir()
+            env = flow_environment(
+                work,
+                METAFLOW_S3_ENDPOINT_URL=moto.endpoint,
+                METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/mf" % bucket,
+                MFCKPT_CURVE_SPEC=json.dumps({"width": width, "mib": mib, "out": str(out)}),
+                **S3_ENV,
+            )
+            failed = ""
+            cmd = [sys.executable, str(HERE / "bench_curves_flow.py"), "--no-pylint"]
+            cmd += ["--datastore=s3", "run", "--max-workers", str(width)]
+            cmd += ["--max-num-splits", str(max(100, width))]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, cwd=str(work), capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                failed = (proc.stdout + proc.stderr)[-800:]
+            saves = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+            codes = Counter()
+            for line in moto_log.read_text(errors="replace").splitlines():
+                m = _STATUS.search(line)
+                if m:
+                    codes[(m.group(1), m.group(2))] += 1
+            nbytes = sum(s["bytes"] for s in saves)
+            span = (max(s["end"] for s in saves) - min(s["start"] for s in saves)) if saves else 0
+            bad = {"%s %s" % k: v for k, v in codes.items() if not k[1].startswith("2")}
+            # A HEAD/GET answered 404 is an existence check finding nothing (a new blob).
+            throttles = sum(v for (m, c), v in codes.items() if c in ("429", "503", "500"))
+            rows.append(
+                {
+                    "tasks": width,
+                    "saved": len(saves),
+                    "bytes": nbytes,
+                    "span": span,
+                    "wall": wall,
+                    "aggregate_mbps": nbytes / span / 1e6 if span else 0.0,
+                    "task_seconds_median": sorted(s["seconds"] for s in saves)[len(saves) // 2]
+                    if saves
+                    else float("nan"),
+                    "requests": sum(codes.values()),
+                    "non_2xx": bad,
+                    "throttles": throttles,
+                    "failed": failed,
+                }
+            )
+            log("concurrency %d: %s" % (width, rows[-1]))
+        finally:
+            moto.stop()
+            shutil.rmtree(work / ("conc-%d" % width), ignore_errors=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------------- report
+def _fmt_s(x: float) -> str:
+    return "—" if x != x else ("%.3f" % x if x < 10 else "%.1f" % x)
+
+
+def report(raw: dict) -> list:
+    """Print the tables; return the growth rates (one dict per fitted series)."""
+    rates = []
+
+    def rate(curve: str, series: str, xs, ys, flat: bool = False) -> str:
+        s = slope(xs, ys)
+        rates.append({"curve": curve, "series": series, "slope": s, "verdict": verdict(s, flat)})
+        return "%.2f (%s)" % (s, verdict(s, flat))
+
+    for backend in ("local", "s3"):
+        rows = [r for r in raw.get("size", []) if r["backend"] == backend]
+        if not rows:
+            continue
+        print("\n### Size: one checkpoint, %s store\n" % backend)
+        print("| size | save s | save MB/s | save peak RSS | load s | load MB/s | load peak RSS |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            b = r["bytes"]
+            print(
+                "| %s | %s | %.0f | %s | %s | %.0f | %s |"
+                % (
+                    fmt_bytes(b),
+                    _fmt_s(r["save"]["seconds"]),
+                    b / r["save"]["seconds"] / 1e6,
+                    fmt_bytes(r["save"]["rss_extra"]),
+                    _fmt_s(r["load"]["seconds"]),
+                    b / r["load"]["seconds"] / 1e6,
+                    fmt_bytes(r["load"]["rss_extra"]),
+                )
+            )
+        xs = [r["bytes"] for r in rows]
+        print()
+        for op in ("save", "load"):
+            print(
+                "- %s time growth: %s"
+                % (op, rate("size-" + backend, op + " time", xs, [r[op]["seconds"] for r in rows]))
+            )
+            print(
+                "- %s peak RSS growth: %s"
+                % (
+                    op,
+                    rate(
+                        "size-" + backend,
+                        op + " RSS",
+                        xs,
+                        [max(r[op]["rss_extra"], MiB) for r in rows],
+                        flat=True,
+                    ),
+                )
+            )
+    for backend in ("local", "s3"):
+        rows = [r for r in raw.get("list", []) if r["backend"] == backend]
+        if not rows:
+            continue
+        cols = ("cold_list", "cold_best", "warm_list", "warm_best", "hot_list", "hot_best")
+        print("\n### list() and best(), %s store (seconds)\n" % backend)
+        print("| checkpoints | " + " | ".join(c.replace("_", " ") for c in cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        for r in rows:
+            print("| {:,} | ".format(r["count"]) + " | ".join(_fmt_s(r[c]) for c in cols) + " |")
+        print()
+        xs = [r["count"] for r in rows]
+        for c in cols:
+            print(
+                "- %s growth: %s"
+                % (c.replace("_", " "), rate("list-" + backend, c, xs, [r[c] for r in rows]))
+            )
+    for backend in ("local", "s3"):
+        rows = [r for r in raw.get("gc", []) if r["backend"] == backend]
+        if not rows:
+            continue
+        print("\n### gc, %s store\n" % backend)
+        print("| blobs | deleted | seconds | blobs/s |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(
+                "| {:,} | {:,} | {} | {:,.0f} |".format(
+                    r["blobs"], r["deleted"], _fmt_s(r["seconds"]), r["blobs"] / r["seconds"]
+                )
+            )
+        marked = [r for r in rows if not r["deleted"]]
+        print()
+        print(
+            "- gc time growth (nothing to delete): %s"
+            % rate(
+                "gc-" + backend,
+                "seconds",
+                [r["blobs"] for r in marked],
+                [r["seconds"] for r in marked],
+            )
+        )
+    rows = raw.get("concurrency", [])
+    if rows:
+        print("\n### Concurrent tasks saving into one S3 store (moto)\n")
+        print(
+            "| tasks | saved | total | span s | aggregate MB/s | median task save s | requests "
+            "| throttles (429/5xx) | other non-2xx | failed |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                "| %d | %d | %s | %s | %.0f | %s | %d | %d | %s | %s |"
+                % (
+                    r["tasks"],
+                    r["saved"],
+                    fmt_bytes(r["bytes"]),
+                    _fmt_s(r["span"]),
+                    r["aggregate_mbps"],
+                    _fmt_s(r["task_seconds_median"]),
+                    r["requests"],
+                    r["throttles"],
+                    ", ".join("%s: %d" % kv for kv in sorted(r["non_2xx"].items())) or "none",
+                    "yes" if r["failed"] else "no",
+                )
+            )
+        print()
+        xs = [r["tasks"] for r in rows]
+        print(
+            "- span growth with tasks (same bytes per task): %s"
+            % rate("concurrency", "span", xs, [r["span"] for r in rows])
+        )
+        print(
+            "- requests per task growth: %s"
+            % rate(
+                "concurrency",
+                "requests/task",
+                xs,
+                [r["requests"] / r["tasks"] for r in rows],
+                flat=True,
+            )
+        )
+    worse = [r for r in rates if r["verdict"] in ("WORSE THAN LINEAR", "GROWS")]
+    print("\n### Growth rates (log-log slopes)\n")
+    for r in rates:
+        print("- %s / %s: %.2f %s" % (r["curve"], r["series"], r["slope"], r["verdict"]))
+    print(
+        "\nWorse than expected: %s"
+        % (", ".join("%s/%s" % (r["curve"], r["series"]) for r in worse) or "none")
+    )
+    return rates
+
+
+def plot(raw: dict, png_dir: Path) -> list:
+    """One small PNG per curve (log-log axes); returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name: str) -> None:
+        path = png_dir / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=72)
+        plt.close(fig)
+        written.append(str(path))
+
+    if raw.get("size"):
+        fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+        for backend in ("local", "s3"):
+            rows = [r for r in raw["size"] if r["backend"] == backend]
+            if not rows:
+                continue
+            xs = [r["bytes"] / GiB for r in rows]
+            for op, style in (("save", "o-"), ("load", "s--")):
+                a.plot(xs, [r[op]["seconds"] for r in rows], style, label="%s %s" % (backend, op))
+                b.plot(
+                    xs,
+                    [r[op]["rss_extra"] / MiB for r in rows],
+                    style,
+                    label="%s %s" % (backend, op),
+                )
+        a.set(xscale="log", yscale="log", xlabel="checkpoint GiB", ylabel="seconds", title="time")
+        b.set(xscale="log", xlabel="checkpoint GiB", ylabel="MiB above baseline", title="peak RSS")
+        a.legend(fontsize=7)
+        b.legend(fontsize=7)
+        save(fig, "size.png")
+    if raw.get("list"):
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+        for ax, backend in zip(axes, ("local", "s3")):
+            rows = [r for r in raw["list"] if r["backend"] == backend]
+            xs = [r["count"] for r in rows]
+            for c in ("cold_list", "warm_list", "hot_list", "cold_best", "warm_best"):
+                ax.plot(
+                    xs,
+                    [r[c] for r in rows],
+                    "o-" if "list" in c else "s--",
+                    label=c.replace("_", " "),
+                )
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xlabel="checkpoints",
+                ylabel="seconds",
+                title="list/best, %s" % backend,
+            )
+            ax.legend(fontsize=6)
+        save(fig, "list.png")
+    if raw.get("gc"):
+        fig, ax = plt.subplots(figsize=(4, 3.2))
+        for backend in ("local", "s3"):
+            rows = [r for r in raw["gc"] if r["backend"] == backend and not r["deleted"]]
+            if rows:
+                ax.plot(
+                    [r["blobs"] for r in rows], [r["seconds"] for r in rows], "o-", label=backend
+                )
+        ax.set(
+            xscale="log", yscale="log", xlabel="blobs", ylabel="seconds", title="gc (mark + sweep)"
+        )
+        ax.legend(fontsize=7)
+        save(fig, "gc.png")
+    if raw.get("concurrency"):
+        rows = raw["concurrency"]
+        fig, ax = plt.subplots(figsize=(4, 3.2))
+        ax.plot([r["tasks"] for r in rows], [r["aggregate_mbps"] for r in rows], "o-")
+        ax.set(
+            xscale="log",
+            xlabel="concurrent tasks",
+            ylabel="aggregate MB/s",
+            title="64 MiB per task, S3",
+        )
+        save(fig, "concurrency.png")
+    return written
+
+
+# ----------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run, < 3 min")
+    p.add_argument("--only", default="size,list,gc,concurrency", help="curves to run")
+    p.add_argument("--skip-s3", action="store_true", help="local store only")
+    p.add_argument("--skip-local", action="store_true", help="S3 only (size, list, gc)")
+    p.add_argument("--json", help="write every measurement to this file")
+    p.add_argument("--png-dir", default=str(HERE / "curves"), help="where the PNGs go")
+    p.add_argument("--workdir", help="parent of the temporary work directory")
+    p.add_argument("--size-gib", help="local sizes, e.g. 1,4,16")
+    p.add_argument("--s3-size-gib", help="S3 sizes, e.g. 1,4")
+    p.add_argument("--counts", help="checkpoint counts of the list/gc curves, e.g. 1000,10000")
+    p.add_argument("--s3-counts", help="the same on S3")
+    p.add_argument("--tasks", help="concurrent tasks, e.g. 1,8,32")
+    p.add_argument("--task-mib", type=int, help="MiB each concurrent task saves")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    def ints(text, default, cast=float):
+        return [cast(x) for x in (text.split(",") if text else default)]
+
+    q = args.quick
+    args.size_gib = ints(args.size_gib, ["0.03125", "0.125", "0.5"] if q else ["1", "4", "16"])
+    args.s3_size_gib = ints(args.s3_size_gib, ["0.03125", "0.125"] if q else ["1", "4"])
+    args.counts = ints(
+        args.counts, ["100", "300", "1000"] if q else ["1000", "10000", "100000"], int
+    )
+    # 100,000 on moto takes about an hour to make and collect (--s3-counts adds it).
+    args.s3_counts = ints(args.s3_counts, ["100", "300"] if q else ["1000", "10000"], int)
+    args.tasks = ints(args.tasks, ["1", "2"] if q else ["1", "8", "32"], int)
+    args.task_mib = args.task_mib or (8 if q else 64)
+    args.only = set(args.only.split(","))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="mfckpt-curves-", dir=args.workdir)).resolve()
+    if not args.skip_s3:
+        os.environ.update(S3_ENV)  # moto's fake credentials, for boto3 here and in workers
+    raw: dict = {"args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()}}
+    started = time.perf_counter()
+    try:
+        if "size" in args.only:
+            raw["size"] = []
+            if not args.skip_local:
+                raw["size"] += size_curve(work, args.size_gib, "local", work / "moto.log")
+            if not args.skip_s3:
+                raw["size"] += size_curve(work, args.s3_size_gib, "s3", work / "moto.log")
+        if args.only & {"list", "gc"}:
+            raw["list"], raw["gc"] = [], []
+            if not args.skip_local:
+                got = list_gc_curve(work, args.counts, "local", work / "moto.log", args.only)
+                raw["list"], raw["gc"] = got["list"], got["gc"]
+            if not args.skip_s3:
+                got = list_gc_curve(work, args.s3_counts, "s3", work / "moto.log", args.only)
+                raw["list"] += got["list"]
+                raw["gc"] += got["gc"]
+        if "concurrency" in args.only and not args.skip_s3:
+            raw["concurrency"] = concurrency_curve(work, args.tasks, args.task_mib)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    raw["total_seconds"] = time.perf_counter() - started
+    raw["rates"] = report(raw)
+    print("\nPNGs: %s" % ", ".join(plot(raw, Path(args.png_dir))))
+    print(
+        "Total %.0f s on %d CPUs (shared: figures are noisy, the slopes are what to read)."
+        % (raw["total_seconds"], os.cpu_count() or 0)
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
