@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -38,7 +39,14 @@ def mounted(kind: str, base: Path, size: int = 512 << 20) -> Iterator[Path]:
         f.truncate(size)
     subprocess.run([*_MKFS[kind], str(image)], check=True, capture_output=True)
     mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
+    for attempt in range(5):
+        # Two workers mounting at once may draw the same free loop device: one fails, retries.
+        done = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True)
+        if done.returncode == 0:
+            break
+        time.sleep(0.2 * (attempt + 1))
+    else:
+        raise RuntimeError("mount -o loop %s failed: %s" % (image, done.stderr.decode().strip()))
     try:
         yield mnt
     finally:

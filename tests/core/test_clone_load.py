@@ -197,3 +197,30 @@ def test_chunks_off_block_boundaries_are_copied(reflink_dir):
     store.load(store.read(m.key), str(reflink_dir / "out"))
     assert snapshot(reflink_dir / "out") == snapshot(src)
     assert 64 * KIB <= shared_bytes(str(reflink_dir / "out" / "f.bin")) < 5 * 64 * KIB
+
+
+class _WrittenBlobs(LocalStorage):
+    """A local store that writes every blob through ``put_bytes`` (as when the kernel cannot
+    copy ranges): all-zero chunks are stored as written zero blocks, not holes."""
+
+    def ingest_range(self, *args, **kwargs):
+        return None
+
+
+def test_sparse_files_stay_sparse_when_cloned(reflink_dir):
+    """Only a chunk's data runs are cloned: a mostly-empty disk image loads with about as few
+    blocks as it has data, even from blobs holding their zeros as written blocks."""
+    store = CheckpointStore(_WrittenBlobs(str(reflink_dir / "store")), options(**OPTS))
+    src = reflink_dir / "src"
+    src.mkdir()
+    with open(src / "disk.img", "wb") as f:
+        f.truncate(8 * MIB)
+        f.seek(5 * MIB + 100)
+        f.write(rand(5000, 1))
+    m = store.save(str(src), make_scope())
+    zeros = next(c.blob for c in m.files[0].chunks)
+    assert os.stat(_blob(reflink_dir, zeros)).st_blocks * 512 >= MIB  # zeros written, no hole
+    store.load(store.read(m.key), str(reflink_dir / "out"))
+    assert snapshot(reflink_dir / "out") == snapshot(src)
+    assert os.stat(reflink_dir / "out" / "disk.img").st_blocks * 512 <= 128 * KIB
+    assert shared_bytes(str(reflink_dir / "out" / "disk.img")) > 0

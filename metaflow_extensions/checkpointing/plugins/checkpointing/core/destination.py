@@ -8,6 +8,8 @@ verifies the bytes):
 * each load holds a :class:`Lock` while it has temp files (``.mfckpt-part-<token>-<n>``, names
   from :mod:`.tempnames`); the next load removes the leftovers of loads that died
   (:func:`remove_leftovers`, :func:`remove_dead_staging`);
+* :func:`place` writes a slice's non-zero runs into its temp file (:func:`data_runs`: all-zero
+  blocks stay holes, so sparse files stay sparse);
 * :func:`commit_renames` renames every temp file into place and, if a rename fails, puts back
   what was replaced: a load applies completely or not at all.
 """
@@ -20,11 +22,17 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError, ManifestError, StorageError
 from .manifest import FileEntry, Manifest, safe_relpath
 from .tempnames import LOCK, PART, PART_PREFIX, STAGING
+
+#: All-zero blocks of this size are left as holes (sparse files stay sparse).
+_HOLE_BLOCK = 64 << 10
+_ZEROS = bytes(_HOLE_BLOCK)
+#: Slices shorter than this are written whole (a hole smaller than a page saves nothing).
+_MIN_HOLE = 4096
 
 
 def target_path(dest: str, rel: str, cache: Optional[dict] = None) -> str:
@@ -337,3 +345,55 @@ def commit_renames(job: Job, modes: list[int]) -> None:
         raise job.write_error(exc, i) from exc
     finally:
         job.stuck |= not all([unlink_quietly(b) for b in backups.values()])
+
+
+# ------------------------------------------------------------------------ writing temp files
+def data_runs(piece: memoryview) -> list[tuple[int, int]]:
+    """(start, length) of the parts of ``piece`` to write: all-zero blocks are skipped.
+
+    A block is compared in full only when its first, middle and last bytes are zero, so data
+    that is not mostly zeros costs three byte reads per 64 KiB."""
+    n = len(piece)
+    if n < _MIN_HOLE:
+        return [(0, n)]
+    runs: list[tuple[int, int]] = []
+    start = -1
+    for off in range(0, n, _HOLE_BLOCK):
+        end = min(off + _HOLE_BLOCK, n)
+        block = piece[off:end]
+        zero = (
+            block[0] == 0
+            and block[-1] == 0
+            and block[(end - off) // 2] == 0
+            and block.tobytes() == (_ZEROS if end - off == _HOLE_BLOCK else bytes(end - off))
+        )
+        if zero:
+            if start >= 0:
+                runs.append((start, off - start))
+                start = -1
+        elif start < 0:
+            start = off
+    if start >= 0:
+        runs.append((start, n - start))
+    return runs
+
+
+def place(
+    tmp: str, extend_to: int, piece: memoryview, copy: Callable[[int, int, int], None]
+) -> None:
+    """Write the non-zero runs of ``piece`` into ``tmp`` through ``copy(fd, start, length)``;
+    with ``extend_to`` > 0, make the file that long if the last run ends before (a hole)."""
+    n = len(piece)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if n < _MIN_HOLE or (n <= _HOLE_BLOCK and (piece[0] or piece[-1] or piece[n // 2])):
+            copy(fd, 0, n)  # small or one block of data: no hole to look for
+            return
+        end = 0
+        for start, length in data_runs(piece):
+            copy(fd, start, length)
+            end = start + length
+        if extend_to and end < n:
+            os.ftruncate(fd, extend_to)
+    finally:
+        os.close(fd)

@@ -18,15 +18,17 @@ What a load guarantees (docs/concepts.md, "What is saved"):
 * the destination filesystem failing (full, over quota, read-only) is a ``StorageError``
   naming the path.
 
-This module fetches, verifies and writes the bytes; looking at the destination, temp names,
-locks and the final renames are :mod:`.destination`.
+This module fetches, verifies and writes the bytes (from a local store on a filesystem that
+clones, large files' chunks are cloned into place: :mod:`..storage.clone`); looking at the
+destination, temp names, locks, hole-preserving writes and the final renames are
+:mod:`.destination`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import (
     CheckpointIncomplete,
@@ -42,7 +44,9 @@ from .destination import (
     Job,
     Lock,
     commit_renames,
+    data_runs,
     mode_of,
+    place,
     plan,
     remove_dead_staging,
     remove_leftovers,
@@ -53,11 +57,6 @@ from .layout import blob_key
 from .manifest import ChunkRef, FileEntry, Manifest
 from .transfer import Progress, TransferOptions, _no_progress, _run_bounded, digest
 
-#: All-zero blocks of this size are left as holes (sparse files stay sparse).
-_HOLE_BLOCK = 64 << 10
-_ZEROS = bytes(_HOLE_BLOCK)
-#: Slices shorter than this are written whole (a hole smaller than a page saves nothing).
-_MIN_HOLE = 4096
 #: Slices of a local store at least this long are cloned where the filesystem can (a large
 #: file's chunks); shorter ones, and packs of small files, are copied: as fast, and a clone of
 #: a few blocks only fragments the file.
@@ -131,57 +130,6 @@ def _check_slice(manifest: Manifest, blob: str, entry: FileEntry, piece, length:
         )
 
 
-def _data_runs(piece: memoryview) -> list[tuple[int, int]]:
-    """(start, length) of the parts of ``piece`` to write: all-zero blocks are skipped.
-
-    A block is compared in full only when its first, middle and last bytes are zero, so data
-    that is not mostly zeros costs three byte reads per 64 KiB."""
-    n = len(piece)
-    if n < _MIN_HOLE:
-        return [(0, n)]
-    runs: list[tuple[int, int]] = []
-    start = -1
-    for off in range(0, n, _HOLE_BLOCK):
-        end = min(off + _HOLE_BLOCK, n)
-        block = piece[off:end]
-        zero = (
-            block[0] == 0
-            and block[-1] == 0
-            and block[(end - off) // 2] == 0
-            and block.tobytes() == (_ZEROS if end - off == _HOLE_BLOCK else bytes(end - off))
-        )
-        if zero:
-            if start >= 0:
-                runs.append((start, off - start))
-                start = -1
-        elif start < 0:
-            start = off
-    if start >= 0:
-        runs.append((start, n - start))
-    return runs
-
-
-def _place(
-    tmp: str, extend_to: int, piece: memoryview, copy: Callable[[int, int, int], None]
-) -> None:
-    """Write the non-zero runs of ``piece`` into ``tmp`` through ``copy(fd, start, length)``;
-    with ``extend_to`` > 0, make the file that long if the last run ends before (a hole)."""
-    n = len(piece)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        if n < _MIN_HOLE or (n <= _HOLE_BLOCK and (piece[0] or piece[-1] or piece[n // 2])):
-            copy(fd, 0, n)  # small or one block of data: no hole to look for
-            return
-        end = 0
-        for start, length in _data_runs(piece):
-            copy(fd, start, length)
-            end = start + length
-        if extend_to and end < n:
-            os.ftruncate(fd, extend_to)
-    finally:
-        os.close(fd)
-
-
 def _extend_to(entry: FileEntry) -> int:
     # Files of one slice are created by the worker holding it; others were sized up front.
     return entry.size if len(entry.chunks) == 1 else 0
@@ -222,40 +170,82 @@ def _fetch_local(
         os.close(fd)
 
 
-def _clone_uses(
-    blob: str, uses: list[_Use], job: Job, fd: int, size: int
-) -> list[tuple[_Use, int]]:
-    """Clone the slices of ``blob`` that are the whole blob (a large file's chunks, never a
-    pack of small files) into their temp files (:mod:`..storage.clone`); return each use with
-    the bytes cloned from its start (0 where the filesystem cannot clone: copied instead)."""
-    done: list[tuple[_Use, int]] = []
+#: Where a slice went before its blob was verified: the (file position, length) ranges written
+#: into the temp file, or None when the slice is left to the copy path.
+_Cloned = tuple[_Use, Optional[list[tuple[int, int]]]]
+
+
+def _clone_uses(uses: list[_Use], job: Job, fd: int, path: str, view: memoryview) -> list[_Cloned]:
+    """Clone the slices of the blob mapped in ``view`` that are the whole blob (a large file's
+    chunks, never a pack of small files) into their temp files (:mod:`..storage.clone`).
+
+    Only the data runs are cloned: all-zero blocks stay holes, as on the copy path (a blob may
+    hold its zeros as written blocks).  What a run's clone leaves (a partial last block inside
+    the file) is copied from the same blob."""
+    done: list[_Cloned] = []
+    size = len(view)
     for use in uses:
         i, file_pos, c = use
-        n = 0
+        written: Optional[list[tuple[int, int]]] = None
         if c.offset == 0 and c.length == size >= _MIN_CLONE:
             try:
-                out = os.open(job.temps[i], os.O_WRONLY | os.O_CREAT, 0o600)
-                try:
-                    n = clone_range(fd, out, 0, c.length, file_pos, size)
-                finally:
-                    os.close(out)
+                written = _clone_runs(fd, job.temps[i], file_pos, view, path)
+                end = written[-1][0] + written[-1][1] if written else file_pos
+                # Sized only if its last blocks are holes: a truncate to the same size would
+                # unshare the last, partial block on XFS.
+                if (
+                    written is not None
+                    and end < file_pos + size
+                    and _extend_to(job.manifest.files[i])
+                ):
+                    os.truncate(job.temps[i], _extend_to(job.manifest.files[i]))
             except OSError as exc:
                 raise job.write_error(exc, i) from exc
-        done.append((use, n))
+        done.append((use, written))
     return done
 
 
-def _unclone(job: Job, i: int, file_pos: int, n: int) -> None:
-    """Zero ``n`` cloned bytes at ``file_pos`` of temp file ``i``: the blob did not verify, and
-    the generic path that rewrites it leaves all-zero blocks unwritten."""
+def _clone_runs(
+    fd: int, tmp: str, file_pos: int, view: memoryview, path: str
+) -> Optional[list[tuple[int, int]]]:
+    """Clone the non-zero runs of the whole blob ``view`` to ``file_pos`` of ``tmp``; None when
+    its first run does not clone (no reflink here, or not aligned): the copy path takes it."""
+    size = len(view)
+    written: list[tuple[int, int]] = []
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for start, length in data_runs(view):
+            n = clone_range(fd, out, start, length, file_pos + start, size)
+            if n == 0 and not written:
+                return None
+            written.append((file_pos + start, length))
+            if n < length:
+                try:
+                    copy_range(fd, out, length - n, start + n, file_pos + start + n, what=path)
+                except OSError as exc:
+                    if exc.errno not in UNSUPPORTED_COPY:
+                        raise
+                    with view[start + n : start + length] as rest:
+                        put = 0
+                        while put < len(rest):
+                            put += os.pwrite(out, rest[put:], file_pos + start + n + put)
+        return written
+    finally:
+        os.close(out)
+
+
+def _unclone(job: Job, i: int, ranges: list[tuple[int, int]]) -> None:
+    """Zero the ranges written into temp file ``i`` before its blob failed verification: the
+    generic path that rewrites it leaves all-zero blocks unwritten."""
     try:
         with open(job.temps[i], "r+b", buffering=0) as f:
             if _extend_to(job.manifest.files[i]):
                 f.truncate(0)  # the file's one slice: the generic path re-creates it
                 return
-            zeros = bytes(min(n, 1 << 20))
-            for off in range(0, n, len(zeros)):
-                os.pwrite(f.fileno(), zeros[: min(len(zeros), n - off)], file_pos + off)
+            for pos, n in ranges:
+                zeros = bytes(min(n, 1 << 20))
+                for off in range(0, n, len(zeros)):
+                    os.pwrite(f.fileno(), zeros[: min(len(zeros), n - off)], pos + off)
     except OSError as exc:
         raise job.write_error(exc, i) from exc
 
@@ -263,30 +253,28 @@ def _unclone(job: Job, i: int, file_pos: int, n: int) -> None:
 def _copy_mapped(
     manifest: Manifest, blob: str, uses: list[_Use], job: Job, fd: int, path: str, mapped
 ) -> bool:
-    # Clone first, verify after: the hash is taken over the stored blob (its page cache) once
-    # the clones exist, so bytes the blob held when cloned and were changed since fail it too
-    # (ADR 001, "Reflink loads").
-    cloned = _clone_uses(blob, uses, job, fd, len(mapped))
     with memoryview(mapped) as view:
+        # Clone first, verify after: the hash is taken over the stored blob (its page cache)
+        # once the clones exist, so bytes the blob held when cloned and were changed since
+        # fail it too (ADR 001, "Reflink loads").
+        cloned = _clone_uses(uses, job, fd, path, view)
         if digest(view) != blob:
-            for (i, file_pos, _c), n in cloned:
-                if n:
-                    _unclone(job, i, file_pos, n)
+            for (i, _pos, _c), ranges in cloned:
+                if ranges:
+                    _unclone(job, i, ranges)
             return False
-        for (i, file_pos, c), n in cloned:
+        for (i, file_pos, c), ranges in cloned:
             entry = manifest.files[i]
             with view[c.offset : c.offset + c.length] as piece:
                 _check_slice(manifest, blob, entry, piece, c.length)
-                if n == c.length:
+                if ranges is not None:
                     continue
-                rest_at = file_pos + n
 
-                def copy(out: int, start: int, k: int, c=c, n=n, rest_at=rest_at) -> None:
-                    copy_range(fd, out, k, c.offset + n + start, rest_at + start, what=path)
+                def copy(out: int, start: int, n: int, c=c, file_pos=file_pos) -> None:
+                    copy_range(fd, out, n, c.offset + start, file_pos + start, what=path)
 
                 try:
-                    with piece[n:] as rest:
-                        _place(job.temps[i], _extend_to(entry), rest, copy)
+                    place(job.temps[i], _extend_to(entry), piece, copy)
                 except OSError as exc:
                     if exc.errno in UNSUPPORTED_COPY:
                         return False
@@ -386,7 +374,7 @@ def download_tree(
                         put += os.pwrite(fd, piece[start + put : start + n], file_pos + start + put)
 
                 try:
-                    _place(job.temps[i], _extend_to(entry), piece, copy)
+                    place(job.temps[i], _extend_to(entry), piece, copy)
                 except OSError as exc:
                     raise job.write_error(exc, i) from exc
                 with counter:
