@@ -9,16 +9,15 @@ gc, du, verify, pause).
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import tempfile
 import warnings
 from typing import Any, Callable, Optional
 
 from ..common import resolver
 from ..core.manifest import Manifest, ManifestHeader
 from ..core.store import CheckpointStore
+from ..core.user_dirs import make_temp_dir
 from ..errors import CheckpointConfigError, CheckpointWarning
 from ..task.context import TaskContext
 
@@ -62,9 +61,8 @@ class ClientBase:
         self._own_dir: Optional[str] = None
         if init_dir:
             parent = temp_dir_root or (self._task.temp_dir_root if self._task else None)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            self._own_dir = tempfile.mkdtemp(prefix="mfckpt-", dir=parent)
+            what = "Checkpoint(temp_dir_root=%r)" % (parent,)
+            self._own_dir = make_temp_dir(parent, "mfckpt-", what)
         # In a task's subprocess: its writer position and torchrun ranks, read once.
         self._ranks = self._task.ranks() if self._task else None
         if self._ranks is not None and self._ranks.warning is not None:

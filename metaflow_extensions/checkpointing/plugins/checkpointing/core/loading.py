@@ -33,6 +33,7 @@ from .scan import holds_data
 from .store import CheckpointStore
 from .tempnames import STAGING_PREFIX
 from .transfer import Progress
+from .user_dirs import config_error
 
 REFUSE, MERGE, REPLACE = "refuse", "merge", "replace"
 
@@ -159,13 +160,18 @@ def check_links(manifest: Manifest, target: str) -> None:
                 break  # nothing below a path that does not exist
 
 
-def _staging(parent: str) -> str:
-    """A new staging directory in ``parent``, after removing those of killed loads.
+def _staging(target: str) -> str:
+    """A new staging directory beside ``target`` (in its parent), after removing those of
+    killed loads.
 
     Created with the mode ``os.makedirs`` gives (``0o777`` less the umask), not
     ``tempfile.mkdtemp``'s ``0o700``: a load into a new directory renames this one into place,
     so its mode is the loaded directory's."""
-    os.makedirs(parent, exist_ok=True)
+    parent = os.path.dirname(target)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:  # the user's target: which, and why (not a raw traceback)
+        raise config_error("Cannot load into %s" % target, parent, exc) from None
     remove_dead_staging(parent)
     while True:
         staging = os.path.join(parent, STAGING_PREFIX + secrets.token_hex(4))
@@ -174,13 +180,15 @@ def _staging(parent: str) -> str:
             return staging
         except FileExistsError:  # a name another load drew: draw again
             continue
+        except OSError as exc:  # no permission to write in the target's parent
+            raise config_error("Cannot load into %s" % target, parent, exc) from None
 
 
 def _into_new(
     store: CheckpointStore, manifest: Manifest, target: str, progress: Optional[Progress]
 ) -> None:
     """A new directory appears only once complete: download beside it, then rename."""
-    staging = _staging(os.path.dirname(target))
+    staging = _staging(target)
     try:
         store.load(manifest, staging, progress)
         os.rename(staging, target)
@@ -192,7 +200,7 @@ def _replace(
     store: CheckpointStore, manifest: Manifest, target: str, progress: Optional[Progress]
 ) -> None:
     """Download beside ``target``, then swap its contents: a failed load leaves it unchanged."""
-    staging = _staging(os.path.dirname(target))
+    staging = _staging(target)
     try:
         store.load(manifest, staging, progress)
         _empty_directory(target)

@@ -31,6 +31,7 @@ from ..core.promotions import publisher_of, publisher_record
 from ..core.scope import library_scope
 from ..core.store import CheckpointStore, same_content
 from ..core.tempnames import LOCK
+from ..core.user_dirs import make_dirs, make_temp_dir
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
 from ..task.model_loaded import LoadedModels
 from .hub_remote import (
@@ -103,7 +104,9 @@ class HuggingfaceHub:
         # Absolute: the paths handed out must not change meaning if the step changes directory.
         self._temp_dir_root = temp_dir_root and os.path.abspath(temp_dir_root)
         self._log = log
-        self._loaded = LoadedModels(self._temp_dir_root, prefix="metaflow_hf_")
+        self._loaded = LoadedModels(
+            self._temp_dir_root, prefix="metaflow_hf_", owner="@huggingface_hub"
+        )
         self._temporary: list[str] = []  # load() without a path: removed at the end of the task
 
     @property
@@ -164,11 +167,10 @@ class HuggingfaceHub:
             target = loading.check_target(os.fspath(path), loading.MERGE)  # before any request
         ref = self._with_fields(self._ensure(request), request)
         if path is not None:
-            os.makedirs(target, exist_ok=True)
+            make_dirs(target, "current.huggingface_hub.load(path=%r)" % (path,))
         else:
-            if self._temp_dir_root is not None:
-                os.makedirs(self._temp_dir_root, exist_ok=True)
-            target = tempfile.mkdtemp(prefix="metaflow_hf_", dir=self._temp_dir_root)
+            what = "@huggingface_hub(temp_dir_root=%r)" % (self._temp_dir_root,)
+            target = make_temp_dir(self._temp_dir_root, "metaflow_hf_", what)
             self._temporary.append(target)
         try:
             loading.load(self._store, self._store.read(ref["key"]), target, existing=loading.MERGE)
@@ -318,7 +320,7 @@ class HuggingfaceHub:
         lives; download directories of processes that died (killed mid-download) are removed
         first."""
         parent = self._temp_dir_root or tempfile.gettempdir()
-        os.makedirs(parent, exist_ok=True)
+        make_dirs(parent, "@huggingface_hub(temp_dir_root=%r)" % (self._temp_dir_root,))
         try:
             stale = [e.path for e in os.scandir(parent) if e.name.startswith(DOWNLOAD_PREFIX)]
         except OSError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from ..core.user_dirs import check_not_a_file
 from ..errors import CheckpointConfigError
 
 #: Attributes that name a directory or a store: None, or a non-empty string.
@@ -14,7 +15,9 @@ PATH_ATTRIBUTES = ("temp_dir_root", "root")
 
 def check_path_attributes(decorator: str, attributes: dict, step_name: str) -> None:
     """Raise :class:`CheckpointConfigError` for a ``temp_dir_root``/``root`` that is set but is
-    not a non-empty string (checked in ``step_init``, before any task)."""
+    not a non-empty string, or a ``temp_dir_root`` that is a file here (checked in
+    ``step_init``, before any task; what only the task's machine knows, such as permissions,
+    is checked where the directory is made: ``core/user_dirs.py``)."""
     for attr in PATH_ATTRIBUTES:
         value = attributes[attr]
         if value is not None and (not isinstance(value, str) or not value):
@@ -22,6 +25,12 @@ def check_path_attributes(decorator: str, attributes: dict, step_name: str) -> N
                 "Step '%s': @%s(%s=%r) must be a non-empty path or URL string."
                 % (step_name, decorator, attr, value)
             )
+    temp_dir_root = attributes["temp_dir_root"]
+    if temp_dir_root:
+        check_not_a_file(
+            temp_dir_root,
+            "Step '%s': @%s(temp_dir_root=%r)" % (step_name, decorator, temp_dir_root),
+        )
 
 
 def checkpoint_root(decorators: Iterable[Any]) -> Optional[str]:

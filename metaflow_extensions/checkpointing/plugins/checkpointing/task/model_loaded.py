@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
+
+from ..core.user_dirs import config_error, make_temp_dir
 
 
 class LoadedModels(Mapping):
@@ -35,11 +36,19 @@ class LoadedModels(Mapping):
         Parent of the temporary directories (created if absent; default: the system temp dir).
     prefix : str
         Start of the temporary directories' names (followed by the entry's name).
+    owner : str
+        The decorator whose ``temp_dir_root`` it is (named in errors).
     """
 
-    def __init__(self, temp_dir_root: Optional[str] = None, prefix: str = "metaflow_models_"):
+    def __init__(
+        self,
+        temp_dir_root: Optional[str] = None,
+        prefix: str = "metaflow_models_",
+        owner: str = "@model",
+    ):
         self._temp_dir_root = temp_dir_root
         self._prefix = prefix
+        self._owner = owner
         self._paths: dict[str, Optional[str]] = {}
         self._info: dict[str, dict] = {}
         # Directories this object created (temporary ones, and a requested path that did not
@@ -80,13 +89,15 @@ class LoadedModels(Mapping):
         if path is not None:
             target = os.path.abspath(os.fspath(path))
             if not os.path.exists(target):
-                os.makedirs(target)
+                try:
+                    os.makedirs(target)
+                except OSError as exc:  # the user's path=: say which and why, not a traceback
+                    raise config_error("Loading %r (path=%r)" % (name, path), target, exc) from None
                 self._owned.setdefault(name, []).append(target)
             return target
-        if self._temp_dir_root is not None:
-            os.makedirs(self._temp_dir_root, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40]
-        target = tempfile.mkdtemp(prefix="%s%s_" % (self._prefix, safe), dir=self._temp_dir_root)
+        what = "%s(temp_dir_root=%r)" % (self._owner, self._temp_dir_root)
+        target = make_temp_dir(self._temp_dir_root, "%s%s_" % (self._prefix, safe), what)
         self._owned.setdefault(name, []).append(target)
         self._temporary.add(target)
         return target

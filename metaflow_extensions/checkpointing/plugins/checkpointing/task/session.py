@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
+from ..core.user_dirs import make_temp_dir
 from ..errors import CheckpointInterrupted, CheckpointPaused, CheckpointWarning
 from .builder import TaskParts, TaskSettings, build
 from .context import DIRECTORY_ENV, TASK_ENV, TaskContext
@@ -118,15 +118,15 @@ class TaskSession:
         warnings.filterwarnings("always", category=CheckpointWarning)
         settings = settings if settings is not None else TaskSettings.read()
         keep = dict(retention or {})
-        if temp_dir_root:
-            os.makedirs(temp_dir_root, exist_ok=True)
-        directories = [tempfile.mkdtemp(prefix="mfckpt-%s-" % step_name, dir=temp_dir_root)]
+        # A bad temp_dir_root (a file, /proc, no permission) is the user's setting, named as such.
+        what = "Step '%s': @checkpoint(temp_dir_root=%r)" % (step_name, temp_dir_root)
+        directories = [make_temp_dir(temp_dir_root, "mfckpt-%s-" % step_name, what)]
         try:
             paths: dict[str, str] = {}
             if models:
                 from .models import load_models
 
-                directories.append(tempfile.mkdtemp(prefix="mfckpt-models-", dir=temp_dir_root))
+                directories.append(make_temp_dir(temp_dir_root, "mfckpt-models-", what))
                 paths = load_models(store, list(models), directories[1], namespace=scope.namespace)
             parts = build(
                 store,
