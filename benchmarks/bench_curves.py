@@ -3,6 +3,7 @@
     python benchmarks/bench_curves.py --quick              # small sizes, < 3 minutes
     python benchmarks/bench_curves.py --json curves.json   # the full curves (about an hour)
     python benchmarks/bench_curves.py --only list,gc       # some curves only
+    python benchmarks/bench_curves.py --from-json a.json,b.json  # tables and PNGs of saved runs
 
 Four curves, each printed as a table with its fitted growth rate (the slope of log(cost)
 against log(size): 1 is linear, 0 flat; a slope above ``SUPERLINEAR`` is flagged) and plotted
@@ -591,6 +592,7 @@ def plot(raw: dict, png_dir: Path) -> list:
                 )
         a.set(xscale="log", yscale="log", xlabel="checkpoint GiB", ylabel="seconds", title="time")
         b.set(xscale="log", xlabel="checkpoint GiB", ylabel="MiB above baseline", title="peak RSS")
+        b.set_ylim(bottom=0)
         a.legend(fontsize=7)
         b.legend(fontsize=7)
         save(fig, "size.png")
@@ -658,6 +660,11 @@ def parse_args(argv=None):
     p.add_argument("--s3-counts", help="the same on S3")
     p.add_argument("--tasks", help="concurrent tasks, e.g. 1,8,32")
     p.add_argument("--task-mib", type=int, help="MiB each concurrent task saves")
+    p.add_argument(
+        "--from-json",
+        help="measure nothing: print and plot the curves of these --json files (comma-separated, "
+        "e.g. runs of different curves merged)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -682,6 +689,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    if args.from_json:
+        raw = {}
+        for name in args.from_json.split(","):
+            for curve, rows in json.loads(Path(name).read_text()).items():
+                if curve in ("size", "list", "gc", "concurrency"):
+                    raw.setdefault(curve, []).extend(rows)
+        report(raw)
+        print("\nPNGs: %s" % ", ".join(plot(raw, Path(args.png_dir))))
         return 0
     work = Path(tempfile.mkdtemp(prefix="mfckpt-curves-", dir=args.workdir)).resolve()
     if not args.skip_s3:
