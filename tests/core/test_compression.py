@@ -228,12 +228,15 @@ def _compressed_chunk(m: mf.Manifest) -> str:
     return names(m, "logs/train.jsonl")[1]
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "other_frame"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "other_frame", "empty", "trailing", "second_frame"]
+)
 def test_a_damaged_compressed_blob_is_an_integrity_error_naming_the_file(
     make_storage, tmp_path, damage
 ):
-    """A flipped byte, a cut frame or a valid frame of other bytes: the load fails naming the
-    file and the blob, and writes nothing."""
+    """A flipped byte, a cut frame, a valid frame of other bytes, an empty object, or bytes
+    after the frame (garbage or a second frame): the load fails naming the file and the blob,
+    and writes nothing, and deep verify finds the same blob corrupt (one rule for both)."""
     store = CheckpointStore(make_storage(), ZSTD)
     m = store.save(str(write_tree(tmp_path / "src", mixed_spec())), make_scope())
     key = blob_key(_compressed_chunk(m))
@@ -242,6 +245,12 @@ def test_a_damaged_compressed_blob_is_an_integrity_error_naming_the_file(
         data = data[:40] + bytes([data[40] ^ 0x10]) + data[41:]
     elif damage == "truncate":
         data = data[: len(data) // 2]
+    elif damage == "empty":
+        data = b""
+    elif damage == "trailing":
+        data += b"GARBAGE" * 100
+    elif damage == "second_frame":
+        data += zstandard.ZstdCompressor(write_content_size=True).compress(text(1000, 7))
     else:
         data = zstandard.ZstdCompressor().compress(text(CHUNK, 99))
     store.storage.put_bytes(key, data)
@@ -251,6 +260,10 @@ def test_a_damaged_compressed_blob_is_an_integrity_error_naming_the_file(
     assert "logs/train.jsonl" in str(err.value) and _compressed_chunk(m) in str(err.value)
     assert err.value.path == "logs/train.jsonl"
     assert not dest.exists() or not os.listdir(dest)
+    opened = store.open(store.read(m.key), "logs/train.jsonl")
+    with pytest.raises(CheckpointIntegrityError), opened as f:  # a ranged read of it too
+        f.seek(CHUNK + 5)
+        f.read(50)
     report = verify.verify(store.storage, deep=True)
     assert [c.blob for c in report.corrupt] == [_compressed_chunk(m)]
 

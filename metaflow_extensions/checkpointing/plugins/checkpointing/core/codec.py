@@ -104,9 +104,11 @@ def decode(codec: str, data: bytes, expected: int) -> bytes:
     ``expected`` bytes.
 
     The frame must declare its size (every frame we write does), at most ``expected``
-    (every manifest references all of a blob), checked before anything is decompressed, and
-    hold exactly that many: a damaged or hostile object can neither make a reader allocate
-    more than the manifest expects nor pass for a shorter blob.  The caller then checks the
+    (every manifest references all of a blob), checked before anything is decompressed, hold
+    exactly that many, and be all the object holds (bytes after it are refused, as by
+    :class:`BoundedReader`, so a load and ``verify --deep`` judge an object alike): a damaged or
+    hostile object can neither make a reader allocate more than the manifest expects nor pass
+    for a shorter blob.  The caller then checks the
     plain bytes against the blob's hash (and a shorter blob against the slices it must hold).
 
     Raises
@@ -122,7 +124,7 @@ def decode(codec: str, data: bytes, expected: int) -> bytes:
     if dctx is None:
         dctx = _local.dctx = zstd.ZstdDecompressor()
     try:
-        plain = dctx.decompress(data, max_output_size=size)
+        plain = dctx.decompress(data, max_output_size=size, allow_extra_data=False)
     except zstd.ZstdError as exc:
         raise DecodeError("the zstd frame does not decompress (%s)" % exc) from None
     if len(plain) != size:
