@@ -4,6 +4,7 @@ crashed fit that resumes on the retry and ends bitwise identical to an uninterru
 from __future__ import annotations
 
 import datetime
+import os
 import random
 import re
 import time
@@ -402,3 +403,110 @@ def test_two_callbacks_in_one_step_each_resume_from_their_own_series(tmp_path):
             CheckpointCallback(checkpoint=_runtime(tmp_path / "c", tmp_path, 2), name="a").ckpt_path
             is None
         )
+
+
+# ------------------------------------------------------------------ gradient accumulation
+ACCUMULATE = 4  # micro-batches per optimizer step: 12 batches of 4 per epoch, 3 steps
+
+
+class AccumModule(TinyModule):
+    """Crashes at the ``micro``-th micro-batch of the window of optimizer step ``step``; each
+    batch takes 2 ms, so a 1 ms ``train_time_interval`` is due at every batch."""
+
+    def __init__(self, crash: tuple[int, int] | None = None):
+        super().__init__()
+        self.crash = crash
+
+    def training_step(self, batch, i):
+        if self.crash == (self.global_step, i % ACCUMULATE):
+            raise Crash("simulated crash at step %d, micro-batch %d" % self.crash)
+        time.sleep(0.002)
+        return super().training_step(batch, i)
+
+
+def _fit_accum(runtime, tmp_path, schedule, crash=None, seed=0, ckpt_path=False):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    module = AccumModule(crash)
+    cb = CheckpointCallback(monitor="val_loss", checkpoint=runtime, **schedule)
+    ds = torch.utils.data.TensorDataset(X, Y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(tmp_path, [cb], epochs=2, accumulate_grad_batches=ACCUMULATE).fit(
+            module,
+            ResumableLoader(ds, batch_size=4),
+            torch.utils.data.DataLoader(ds, batch_size=16),
+            ckpt_path=cb.ckpt_path if ckpt_path is False else ckpt_path,
+            weights_only=True,
+        )
+    return module
+
+
+def _micro_batches_trained(ref) -> int:
+    """How many training batches the fit had run when it wrote this checkpoint."""
+    with ref.open("lightning.ckpt") as f:
+        loops = torch.load(f, weights_only=True)["loops"]["fit_loop"]
+    return loops["epoch_loop.batch_progress"]["total"]["ready"]
+
+
+def _assert_same_weights(a, b):
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+SCHEDULES = [
+    {"every_n_train_steps": 1},
+    {"train_time_interval": datetime.timedelta(milliseconds=1)},
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=["steps", "time"])
+def test_with_gradient_accumulation_saves_fall_on_optimizer_steps_and_each_resumes_bitwise(
+    tmp_path, schedule
+):
+    """accumulate_grad_batches=4: the step and time schedules save only after a batch that
+    ended an optimizer step (never at step 0, after 1 of 4 micro-batches, whose gradients no
+    checkpoint holds), and a fit resumed from any of those saves ends bitwise identical to the
+    uninterrupted one."""
+    straight = _fit_accum(_runtime(tmp_path / "s", tmp_path, 0), tmp_path, schedule)
+    reader = _runtime(tmp_path / "s", tmp_path, 1)
+    saves = reader.list(name="lightning")
+    assert [r.metadata["step"] for r in saves] == [6, 5, 4, 3, 2, 1]
+    assert [_micro_batches_trained(r) for r in saves] == [24, 20, 16, 12, 8, 4]
+    for ref in saves:
+        where = tmp_path / ("from-%d" % ref.metadata["step"])
+        path = reader.load(ref, path=str(where))
+        other = _runtime(tmp_path / ("r%d" % ref.metadata["step"]), tmp_path, 0)
+        resumed = _fit_accum(
+            other, tmp_path, schedule, seed=99, ckpt_path=os.path.join(path, "lightning.ckpt")
+        )
+        _assert_same_weights(straight, resumed)
+        # The resumed fit never saves again the step it started at.
+        assert [r.metadata["step"] for r in other.list(name="lightning")] == list(
+            range(6, ref.metadata["step"], -1)
+        )
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=["steps", "time"])
+def test_with_gradient_accumulation_a_second_crash_after_a_resume_still_resumes_bitwise(
+    tmp_path, schedule
+):
+    """Attempt 0 crashes inside the window of step 0 (nothing saved: a retry starts afresh),
+    attempt 1 inside that of step 2 (saved steps 1 and 2), attempt 2 resumes from step 2 and
+    crashes again before step 3 without saving anything (no repeated save of step 2 after its
+    first micro-batch), and attempt 3 resumes from step 2: bitwise identical throughout."""
+    straight = _fit_accum(_runtime(tmp_path / "s", tmp_path, 0), tmp_path, schedule)
+    root = tmp_path / "c"
+    for attempt, crash, steps in ((0, (0, 2), []), (1, (2, 2), [2, 1]), (2, (2, 3), [])):
+        runtime = _runtime(root, tmp_path, attempt)
+        with pytest.raises(Crash):
+            # Attempt 1 starts afresh, seeded as the user's script seeds every attempt; the
+            # resumed ones get other seeds: the checkpoint restores the RNG states.
+            _fit_accum(runtime, tmp_path, schedule, crash=crash, seed=attempt // 2 * attempt)
+        assert [r.metadata["step"] for r in runtime.list(name="lightning", attempt=attempt)] == (
+            steps
+        )
+    last = _runtime(root, tmp_path, 3)
+    assert last.info.metadata["step"] == 2 and last.info.attempt == 1
+    _assert_same_weights(straight, _fit_accum(last, tmp_path, schedule, seed=3))

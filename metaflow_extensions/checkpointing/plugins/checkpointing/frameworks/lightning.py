@@ -95,7 +95,10 @@ class CheckpointCallback:
     train_time_interval : datetime.timedelta, optional
         Save at the end of the first training batch at least this long after the previous
         save (or the start of training).  The three schedules are mutually exclusive, as in
-        Lightning's ``ModelCheckpoint``.
+        Lightning's ``ModelCheckpoint``.  The step and time schedules save only after a batch
+        that made an optimizer step (with ``accumulate_grad_batches > 1``, at the end of an
+        accumulation window), never at step 0, and a resumed fit never saves again the step
+        it resumed at: every save resumes bitwise identically.
     name : str
         Series of the last checkpoints (default ``"lightning"``; not ``current.checkpoint``'s
         ``"mfchckpt"``, so the user's own saves never collide).  ``ckpt_path`` resumes from the
@@ -130,6 +133,7 @@ class CheckpointCallback:
     _pending_rng: Any = None
     _after_validation: Optional[bool] = None
     _resume: Any = False
+    _step_at_batch_start: Optional[int] = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # Lightning is imported here, when a callback is made, never by ``import metaflow``.
@@ -206,6 +210,7 @@ class CheckpointCallback:
         self.last_reference: Any = None
         self.best_reference: Any = None
         self._last_saved_step: Optional[int] = None
+        self._step_at_batch_start: Optional[int] = None  # global_step before this batch
 
     # ------------------------------------------------------------------ where
     @property
@@ -261,6 +266,11 @@ class CheckpointCallback:
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_time = time.monotonic()  # a resumed fit counts from its own start
+        # The step the fit starts at is saved already (a resumed fit: the file it loaded) or
+        # has nothing to save (a new fit, step 0: as ModelCheckpoint, no steps, no save).
+        # Saving it again after the resumed fit's first micro-batch would store a state in
+        # the middle of an accumulation window, which no resume continues exactly.
+        self._last_saved_step = trainer.global_step
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
@@ -269,10 +279,16 @@ class CheckpointCallback:
         if rng:
             restore_rng(rng)
         self._save_deferred(trainer)  # the validation it waited for did not run after all
+        self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.global_step == self._step_at_batch_start:
+            # No optimizer step in this batch (accumulate_grad_batches > 1: a micro-batch
+            # inside the window; gradients not yet applied are in no checkpoint): a save here
+            # could not be resumed exactly.  The time schedule waits for the window's end.
+            return
         due = bool(self.every_n_train_steps) and trainer.global_step % self.every_n_train_steps == 0
         if self.train_time_interval is not None:
             now = time.monotonic()
