@@ -90,6 +90,12 @@ class GatedStorage(LocalStorage):
         self._wait()
         return super().ingest_range(src, offset, length, digest, key)
 
+    def ingest_filled(self, *args, **kwargs):
+        # Small files packed into one blob, on stores that have that path.
+        self._wait()
+        inner = getattr(super(), "ingest_filled", None)
+        return None if inner is None else inner(*args, **kwargs)
+
     def _put_bytes(self, key, data):
         if key.startswith("blobs/"):
             self._wait()
@@ -113,7 +119,7 @@ def _task(tmp_path):
 
 def _busy_worker(parts, storage, directory):
     """Hold the background save thread on a plain background save's upload."""
-    (directory / "big.bin").write_bytes(os.urandom(256 << 10))
+    (directory / "big.bin").write_bytes(os.urandom(2 << 20))
     storage.hold = True
     handle = parts.runtime.save(blocking=False)
     assert storage.held.wait(HOLD)
