@@ -312,6 +312,51 @@ def test_a_signal_abandons_an_async_save_not_committed_in_time(tmp_path):
     assert _manifests(storage) == [first.key]
 
 
+class SlowToPickle:
+    """Pickled (by torch.save, in the background write) only once :attr:`gate` opens."""
+
+    writing = threading.Event()
+    gate = threading.Event()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        SlowToPickle.writing.set()
+        SlowToPickle.gate.wait(HOLD)
+        return (int, (0,))
+
+
+class SlowHolder:
+    def state_dict(self):
+        return {"slow": SlowToPickle(), "weights": torch.ones(3)}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_a_signal_while_the_files_are_written_abandons_the_save_and_removes_them(tmp_path):
+    parts, storage, directory, logs = _task(tmp_path)
+    runtime = parts.runtime
+    first = runtime.save()
+    state = TrainingState(model=torch.nn.Linear(2, 2), holder=SlowHolder(), step=5)
+    handle = state.save(runtime, blocking=False)
+    assert SlowToPickle.writing.wait(HOLD)  # the background thread is writing holder.pt
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted) as info:
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        parts.interrupts.restore()
+        SlowToPickle.gate.set()  # the write goes on into a directory that is gone
+    assert handle.done() and isinstance(handle.exception(), SaveAbandoned)
+    assert "abandoned the background save of the training state (step 5)" in info.value.message
+    with pytest.raises(SaveAbandoned):  # queued behind it: the worker has moved past it
+        runtime.save(blocking=False).wait(HOLD)
+    assert _manifests(storage) == [first.key]
+    assert _leftovers(tmp_path) == []
+
+
 _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool]
 
 
