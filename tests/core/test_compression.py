@@ -336,6 +336,36 @@ def test_shallow_verify_does_not_mistake_a_smaller_compressed_blob_for_a_truncat
     assert verify.verify(store.storage, deep=True, options=options(chunk_size=4096)).ok
 
 
+@pytest.mark.parametrize(
+    "damage, whole",
+    [(d, w) for d in ("empty", "not_a_frame", "shorter_frame") for w in (True, False)]
+    + [("grown", True)],  # sizes come from a listing only
+)
+def test_shallow_verify_finds_a_compressed_blob_whose_header_or_size_is_wrong(
+    tmp_path, damage, whole
+):
+    """Without --deep, each compressed blob's first bytes are read: an empty object, one that
+    is not a zstd frame or a frame declaring another plain size is read back and reported
+    corrupt, both when the whole store is listed and when a checkpoint's blobs are checked one
+    by one; so is an object larger than a compressed blob of its size is ever stored at, when
+    a listing gives sizes."""
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), ZSTD)
+    m = store.save(str(write_tree(tmp_path / "src", mixed_spec())), make_scope())
+    key = blob_key(_compressed_chunk(m))
+    data = store.storage.get_bytes(key)
+    plain = zstandard.ZstdDecompressor().decompress(data)
+    data = {
+        "empty": b"",
+        "not_a_frame": b"GARBAGE" * 100,
+        "shorter_frame": zstandard.ZstdCompressor(write_content_size=True).compress(plain[:-10]),
+        "grown": data + rand(len(plain), 5),
+    }[damage]
+    store.storage.put_bytes(key, data)
+    report = verify.verify(store.storage, None if whole else [m.key])
+    assert not report.ok
+    assert [c.blob for c in report.corrupt] == [_compressed_chunk(m)]
+
+
 def test_a_task_context_carries_the_codec_to_child_processes(tmp_path):
     """Processes started by a compressed task (torchrun workers) save compressed too."""
     from metaflow_extensions.checkpointing.plugins.checkpointing.task.context import (

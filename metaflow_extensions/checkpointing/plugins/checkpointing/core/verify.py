@@ -12,7 +12,8 @@ keys (a flow, run, step, task or one checkpoint, resolved by the client) or the 
 3. with ``deep``, read every referenced blob back (streamed in windows of one chunk, at most
    ``options.inflight`` windows in memory, on ``options.workers`` threads), re-hash it with
    BLAKE3 and check each packed file's own digest and every slice's bounds.  Without ``deep``,
-   only the blobs that some slice reaches past are read back (see below);
+   only the blobs that some slice reaches past are read back (see below), and each compressed
+   blob's first bytes are read (:func:`.verify_blobs.compressed_looks_whole`);
 4. for the whole root only: expired leases still present (*orphaned*: their writer died without
    cleaning up) and *unreferenced* blobs (no manifest, ``@parallel`` part or live lease needs
    them: what ``gc`` reclaims, ignoring its grace period).
@@ -43,8 +44,7 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import CheckpointNotFound, ManifestError, StorageError, StorageNotFound
 from ..storage.base import ObjectInfo, Storage
@@ -61,6 +61,8 @@ from .leases import list_leases
 from .scope import Scope
 from .transfer import TransferOptions, _run_bounded
 from .verify_blobs import Counter, SliceFinding, Uses, VerifyProgress, hash_blob
+from .verify_blobs import compressed_looks_whole as looks_whole
+from .verify_blobs import parallel as _parallel
 from .verify_report import (
     INVALID,
     KEY_MISMATCH,
@@ -146,13 +148,6 @@ def _part_blobs(storage: Storage, key: str) -> tuple[set[str], Optional[DamagedE
             "@parallel part %s is unreadable (%s: %s); garbage collection cannot know its blobs."
             % (key, type(exc).__name__, exc),
         )
-
-
-def _parallel(fn: Callable, items: Sequence, workers: int) -> list:
-    if len(items) <= 1:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix="mfckpt") as pool:
-        return list(pool.map(fn, items))
 
 
 # ------------------------------------------------------------------------------ verify
@@ -242,6 +237,7 @@ def verify(
     # 2. Which blobs exist (and, from a listing, how big they are).
     sizes: Optional[dict[str, int]] = None
     listed: list[ObjectInfo] = []
+    suspect: set[str] = set()  # compressed blobs that a shallow check must read back
     if whole or (uses and len(uses) > EXISTS_LIMIT):
         listed = [o for o in storage.list(BLOBS_PREFIX) if blob_of(o.key) is not None]
         sizes = {blob_of(o.key): o.size for o in listed}
@@ -254,14 +250,25 @@ def verify(
         report.blob_check = "exists" if uses else ""
         counter = Counter(progress, "blobs", len(uses))
 
-        def stored(h: str) -> bool:
+        def stored(h: str) -> Optional[bool]:
             try:
-                return storage.exists(blob_key(h))
+                if "." in h:  # compressed: its header read also says whether it exists
+                    return looks_whole(storage, h, uses[h].end)
+                return storage.exists(blob_key(h)) or None
             finally:
                 counter.add()
 
         blobs = sorted(uses)
-        present = {h for h, ok in zip(blobs, _parallel(stored, blobs, opts.workers)) if ok}
+        state = dict(zip(blobs, _parallel(stored, blobs, opts.workers)))
+        present = {h for h, ok in state.items() if ok is not None}
+        suspect = {h for h, ok in state.items() if ok is False}
+    if sizes is not None and not deep:
+        zst = sorted(h for h in present if "." in h)
+        looks = _parallel(
+            lambda h: looks_whole(storage, h, uses[h].end, sizes[h]), zst, opts.workers
+        )
+        present -= {h for h, ok in zip(zst, looks) if ok is None}
+        suspect |= {h for h, ok in zip(zst, looks) if ok is False}
     problems: dict[str, list[str]] = {}
     findings: list[SliceFinding] = []
 
@@ -271,9 +278,10 @@ def verify(
     if deep:
         todo = sorted(present)
     else:
-        # (A compressed blob's listed size says nothing about its plain length.)
+        # (A compressed blob's listed size says little about its plain length: its header does.)
         todo = sorted(
-            h for h in present if sizes is not None and "." not in h and uses[h].end > sizes[h]
+            suspect
+            | {h for h in present if sizes is not None and "." not in h and uses[h].end > sizes[h]}
         )
     if todo:
         total = sum(sizes[h] if sizes is not None else uses[h].end for h in todo)

@@ -6,6 +6,8 @@ re-hash that tells a corrupt blob from a manifest declaring bytes its intact blo
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -14,7 +16,7 @@ import blake3
 from ..errors import StorageError, StorageNotFound
 from ..storage.base import Storage
 from . import manifest as mf
-from .codec import BoundedReader, DecodeError, split
+from .codec import MIN_SAVING, BoundedReader, DecodeError, declared_size, split
 from .layout import blob_key
 
 #: ``progress(phase, done, total)``: cumulative counts of one phase (``"manifests"`` and
@@ -58,6 +60,46 @@ class Counter:
             self.done += n
             if self.progress is not None:
                 self.progress(self.phase, self.done, self.total)
+
+
+def parallel(fn: Callable, items: Sequence, workers: int) -> list:
+    """``[fn(i) for i in items]``, on up to ``workers`` threads."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix="mfckpt") as pool:
+        return list(pool.map(fn, items))
+
+
+#: Enough of a stored object for any zstd frame header (ZSTD_FRAMEHEADERSIZE_MAX).
+HEAD = 18
+
+
+def compressed_looks_whole(
+    storage: Storage, blob: str, end: int, size: Optional[int] = None
+) -> Optional[bool]:
+    """A shallow check of the compressed blob ``blob``, which manifests need ``end`` plain
+    bytes of: None when it does not exist, False when it must be read back (:func:`hash_blob`
+    then tells who is to blame), True when it looks whole.
+
+    It looks whole when its listed ``size`` (if known) is neither 0 nor more than a compressed
+    blob of ``end`` bytes is ever stored at (:data:`.codec.MIN_SAVING`), and its first
+    :data:`HEAD` bytes are a zstd frame header declaring exactly ``end`` plain bytes.  One small
+    ranged read; nothing is decompressed.  A frame cut after its header, or a flipped byte in
+    its body, still looks whole: only ``deep`` finds those.
+    """
+    codec = split(blob)[1]
+    if size is not None and (size == 0 or size > end - end * MIN_SAVING):
+        return False
+    try:
+        head = storage.get_bytes(blob_key(blob), 0, HEAD)
+    except StorageNotFound:
+        return None
+    except StorageError:
+        return False  # read back: the report says why it is unreadable
+    try:
+        return bool(head) and declared_size(codec, head, end) == end
+    except DecodeError:
+        return False
 
 
 #: (manifest key, file path, what is wrong with that file's slice): a finding of one checkpoint.
