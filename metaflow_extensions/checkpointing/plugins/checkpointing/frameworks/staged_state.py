@@ -102,6 +102,10 @@ def save_in_background(
 
     if not isinstance(checkpoint, CheckpointRuntime):
         return None
+    try:  # what save_model drops of tensors sharing memory (see _module_tensors)
+        from safetensors.torch import _remove_duplicate_names  # noqa: F401
+    except ImportError:  # pragma: no cover - a safetensors without it: write first, as before
+        return None
     global _reserved, _pool
     objects = state.objects
     with _cond:
