@@ -85,6 +85,19 @@ def test_azure_account_of_any_endpoint(account, port, host, scheme, slash):
             azure_account(bare)
         assert "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=%r" % bare in str(info.value)
         assert "http://127.0.0.1:10000/devstoreaccount1" in str(info.value)
+    # Anything after the account (a container, a second component), any path on a public
+    # endpoint, or a query string (a SAS token) is refused the same way: kept, it would make
+    # every request fail naming the container; dropped, a credential would be lost unsaid.
+    for wrong in (
+        local.rstrip("/") + "/cont1",
+        public.rstrip("/") + "/" + account,
+        local.rstrip("/") + "?sv=2020&sig=x",
+        public.rstrip("/") + "/?sig=x",
+    ):
+        with pytest.raises(CheckpointConfigError) as info:
+            azure_account(wrong)
+        assert "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=%r" % wrong in str(info.value)
+        assert "https://<account>.blob.core.windows.net" in str(info.value)
 
 
 def test_metaflows_azure_endpoint_reaches_azurite(azure_env):

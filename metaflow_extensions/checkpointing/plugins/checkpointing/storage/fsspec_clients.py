@@ -28,31 +28,43 @@ def azure_account(endpoint: Optional[str]) -> tuple[Optional[str], Optional[str]
 
     ``https://acct.blob.core.windows.net`` names ``acct`` by host; an endpoint whose host is an
     IP address or ``localhost`` (Azurite, a private link proxy) names it by its first path
-    component: ``http://127.0.0.1:10000/devstoreaccount1``.
+    component: ``http://127.0.0.1:10000/devstoreaccount1``.  Nothing else may follow: a
+    container or other path after the account, or a query string (a SAS token belongs in the
+    credential settings), would otherwise be silently kept or dropped, and every request would
+    then fail naming the container.
 
     Raises
     ------
     CheckpointConfigError
         An IP or ``localhost`` endpoint without the account in its path (its host would read as
-        an account named "127"), naming the setting and the form expected.
+        an account named "127"), or an endpoint with more path, a query or a fragment, naming
+        the setting and the form expected.
     """
     if not endpoint:
         return None, None
     parsed = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
     host = parsed.hostname or ""
     path = [p for p in parsed.path.split("/") if p]
-    if host == "localhost" or host.replace(".", "").isdigit() or ":" in host:
-        if not path:
-            raise CheckpointConfigError(
-                "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=%r names no storage account: an "
-                "endpoint on an IP address or localhost (Azurite, a private link) names the "
-                "account as its first path component, e.g. "
-                "http://127.0.0.1:10000/devstoreaccount1; a public one names it by host, e.g. "
-                "https://<account>.blob.core.windows.net." % endpoint
-            )
-        account = path[0]
-    else:
-        account = host.split(".", 1)[0]
+    by_path = host == "localhost" or host.replace(".", "").isdigit() or ":" in host
+    expected = (
+        "an endpoint on an IP address or localhost (Azurite, a private link) names the account "
+        "as its only path component, e.g. http://127.0.0.1:10000/devstoreaccount1; a public one "
+        "names it by host, with no path, e.g. https://<account>.blob.core.windows.net"
+    )
+    if by_path and not path:
+        raise CheckpointConfigError(
+            "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=%r names no storage account: %s."
+            % (endpoint, expected)
+        )
+    extra = path[1:] if by_path else path
+    if extra or parsed.query or parsed.fragment or parsed.params:
+        what = "a path after the account (%s)" % "/".join(extra) if extra else "a query string"
+        raise CheckpointConfigError(
+            "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=%r has %s: it must be the blob "
+            "service endpoint alone (the container goes in the checkpoint root, az://<container>"
+            "/<prefix>, and credentials in their own settings); %s." % (endpoint, what, expected)
+        )
+    account = path[0] if by_path else host.split(".", 1)[0]
     url = "%s://%s%s" % (parsed.scheme or "https", parsed.netloc, parsed.path.rstrip("/"))
     return (account or None), url
 
