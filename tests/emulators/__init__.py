@@ -39,8 +39,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: How long an emulator may take to listen.  Azurite (node) starts in ~1 s on an idle machine,
+#: but took over 30 s once with both cores busy (several xdist workers and other processes);
+#: a start that still misses this is tried once more (:func:`_started`).
+START_LIMIT = 90.0
+
+
+class _NotListening(RuntimeError):
+    pass
+
+
 def _wait_listening(port: int, proc: subprocess.Popen, name: str, log: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + START_LIMIT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("%s exited (%s) at start: %s" % (name, proc.returncode, _tail(log)))
@@ -50,9 +60,19 @@ def _wait_listening(port: int, proc: subprocess.Popen, name: str, log: Path) -> 
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(
-        "%s did not listen on 127.0.0.1:%d within 30 s: %s" % (name, port, _tail(log))
+    proc.wait()
+    raise _NotListening(
+        "%s did not listen on 127.0.0.1:%d within %g s: %s" % (name, port, START_LIMIT, _tail(log))
     )
+
+
+def _started(start, port: Optional[int]):
+    """``start(port)``, tried once more (on a new port unless one was asked for) when the
+    emulator did not listen in time: a loaded machine must not fail a test at setup."""
+    try:
+        return start(port or free_port())
+    except _NotListening:
+        return start(port or free_port())
 
 
 def _tail(log: Path) -> str:
@@ -151,8 +171,11 @@ def start_azurite(workdir: Path, port: Optional[int] = None, oauth: bool = False
     sends tokens over HTTPS only), as Metaflow's ``azure`` datastore needs; ``env`` then holds
     the variables that make Python's HTTP clients trust the certificate.
     """
+    return _started(lambda p: _start_azurite(workdir, p, oauth), port)
+
+
+def _start_azurite(workdir: Path, port: int, oauth: bool) -> Emulator:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     log = workdir / "azurite.log"
     cmd = [
         str(azurite_binary()),
@@ -182,8 +205,11 @@ def start_azurite(workdir: Path, port: Optional[int] = None, oauth: bool = False
 
 def start_gcs(workdir: Path, port: Optional[int] = None) -> Emulator:
     """gcp-storage-emulator's JSON API on 127.0.0.1, in memory."""
+    return _started(lambda p: _start_gcs(workdir, p), port)
+
+
+def _start_gcs(workdir: Path, port: int) -> Emulator:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     log = workdir / "gcs.log"
     cmd = [
         sys.executable,
