@@ -269,11 +269,44 @@ def list_gc_curve(work: Path, counts: list, backend: str, moto_log: Path, curves
             "counts": counts,
             "curves": sorted(curves),
         }
-        return run_worker(spec, env)
+        out = run_worker(spec, env)
+        if moto is not None:
+            counts = _requests_between(moto_log.read_text(errors="replace"))
+            for row in out["list"]:
+                for op in (
+                    "cold_list",
+                    "cold_best",
+                    "warm_list",
+                    "warm_best",
+                    "hot_list",
+                    "hot_best",
+                ):
+                    row[op + "_requests"] = counts.get("%d-%s" % (row["count"], op))
+            for row in out["gc"]:
+                if not row["deleted"]:
+                    row["requests"] = counts.get("%d-gc" % row["blobs"])
+        return out
     finally:
         if moto is not None:
             moto.stop()
         shutil.rmtree(work / "liststore", ignore_errors=True)
+
+
+#: Where :func:`_list_gc`'s marks read (nothing is there).
+MARK = "bench-marks/"
+
+
+def _requests_between(moto_log: str) -> dict:
+    """Requests moto logged after each mark, up to the next one, by the mark's label."""
+    counts: dict = {}
+    label = None
+    for line in moto_log.splitlines():
+        if MARK in line:
+            label = line.split(MARK, 1)[1].split(" ", 1)[0]
+            counts.setdefault(label, 0)
+        elif label is not None and '"' in line:  # every other line is a request
+            counts[label] += 1
+    return counts
 
 
 def _list_gc(spec: dict) -> dict:
@@ -291,10 +324,20 @@ def _list_gc(spec: dict) -> dict:
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.summary import (
         step_index_key,
     )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageNotFound
 
     url, backend, work, curves = spec["url"], spec["backend"], Path(spec["work"]), spec["curves"]
     out: dict = {"list": [], "gc": []}
     store = store_for_url(url)
+
+    def mark(label: str) -> None:
+        """A read of a missing object, found in moto's log: the requests between two marks
+        are one operation's (see :func:`_requests_between`)."""
+        try:
+            store.storage.get_bytes(MARK + label)
+        except StorageNotFound:
+            pass
+
     scope = library_scope("curve")
     have = 0
     for n in spec["counts"]:
@@ -306,11 +349,16 @@ def _list_gc(spec: dict) -> dict:
             row = {"backend": backend, "count": n}
             for label in ("cold", "warm"):
                 client = Checkpoint(root=url)
+                mark("%d-%s_list" % (n, label))
                 row[label + "_list"], refs = _timed(client.list)
+                mark("%d-%s_best" % (n, label))
                 row[label + "_best"], best = _timed(lambda c=client: c.best(metric="loss"))
                 if label == "warm":
+                    mark("%d-hot_list" % n)
                     row["hot_list"], _ = _timed(client.list)
+                    mark("%d-hot_best" % n)
                     row["hot_best"], _ = _timed(lambda c=client: c.best(metric="loss"))
+                mark("%d-end" % n)
                 if len(refs) != n or best.metadata["loss"] != 0.0:
                     raise RuntimeError("list found %d of %d checkpoints" % (len(refs), n))
             out["list"].append(row)
@@ -323,7 +371,9 @@ def _list_gc(spec: dict) -> dict:
                 )
             )
         if "gc" in curves:
+            mark("%d-gc" % n)
             seconds, report = _timed(lambda: store.gc(grace_seconds=0))
+            mark("%d-end" % n)
             if report.blobs_deleted:
                 raise RuntimeError("gc deleted %d referenced blobs" % report.blobs_deleted)
             out["gc"].append(
@@ -478,6 +528,27 @@ def report(raw: dict) -> list:
             print("| {:,} | ".format(r["count"]) + " | ".join(_fmt_s(r[c]) for c in cols) + " |")
         print()
         xs = [r["count"] for r in rows]
+        if rows[0].get("cold_list_requests") is not None:
+            print(
+                "| checkpoints | "
+                + " | ".join(c.replace("_", " ") + " requests" for c in cols)
+                + " |"
+            )
+            print("|---|" + "---|" * len(cols))
+            for r in rows:
+                print(
+                    "| {:,} | ".format(r["count"])
+                    + " | ".join("{:,}".format(r[c + "_requests"] or 0) for c in cols)
+                    + " |"
+                )
+            print()
+            for c in cols:
+                ys = [r[c + "_requests"] for r in rows]
+                if all(ys):
+                    print(
+                        "- %s requests growth: %s"
+                        % (c.replace("_", " "), rate("list-" + backend, c + " requests", xs, ys))
+                    )
         for c in cols:
             print(
                 "- %s growth: %s"
@@ -497,6 +568,21 @@ def report(raw: dict) -> list:
                 )
             )
         marked = [r for r in rows if not r["deleted"]]
+        if all(r.get("requests") for r in marked):
+            print()
+            print(
+                "- S3 requests: %s"
+                % ", ".join("{:,} blobs {:,}".format(r["blobs"], r["requests"]) for r in marked)
+            )
+            print(
+                "- gc requests growth: %s"
+                % rate(
+                    "gc-" + backend,
+                    "requests",
+                    [r["blobs"] for r in marked],
+                    [r["requests"] for r in marked],
+                )
+            )
         print()
         print(
             "- gc time growth (nothing to delete): %s"
@@ -597,8 +683,9 @@ def plot(raw: dict, png_dir: Path) -> list:
         b.legend(fontsize=7)
         save(fig, "size.png")
     if raw.get("list"):
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-        for ax, backend in zip(axes, ("local", "s3")):
+        backends = [b for b in ("local", "s3") if any(r["backend"] == b for r in raw["list"])]
+        fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 3.2), squeeze=False)
+        for ax, backend in zip(axes[0], backends):
             rows = [r for r in raw["list"] if r["backend"] == backend]
             xs = [r["count"] for r in rows]
             for c in ("cold_list", "warm_list", "hot_list", "cold_best", "warm_best"):
@@ -726,13 +813,13 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     raw["total_seconds"] = time.perf_counter() - started
     raw["rates"] = report(raw)
+    if args.json:  # before plotting: a plotting failure must not lose the measurements
+        Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
     print("\nPNGs: %s" % ", ".join(plot(raw, Path(args.png_dir))))
     print(
         "Total %.0f s on %d CPUs (shared: figures are noisy, the slopes are what to read)."
         % (raw["total_seconds"], os.cpu_count() or 0)
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
     return 0
 
 
