@@ -5,13 +5,13 @@
     python benchmarks/report.py --skip bench_curves --skip bench_local_files
 
 Runs ``bench.py`` and ``bench_vs_reference.py`` (and ``bench_curves.py`` and
-``bench_local_files.py`` when they exist), each with ``--json``, keeps every output under
-``.bench/report/`` (JSON and the printed tables), and replaces what lies between the markers
-``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in README.md (the section is created before
-"## Documentation" when the markers are missing) with: the machine (CPUs, RAM, kernel, CPU
+``bench_local_files.py`` when they exist and take ``--json``), each with ``--json``, keeps every
+output under ``.bench/report/`` (JSON and the printed tables), and replaces what lies between the
+markers ``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in README.md (the section is created
+before "## Documentation" when the markers are missing) with: the machine (CPUs, RAM, kernel, CPU
 model), the date, the command, the head-to-head table and ``bench.py``'s table, all measured by
-this run.  A ``--quick`` run says so in the section's heading.  A script that fails or is
-missing is named in the section, not silently left out.
+this run. A ``--quick`` run says so in the section's heading. A script that fails or is missing is
+named in the section, not silently left out.
 """
 
 from __future__ import annotations
@@ -142,9 +142,10 @@ def section(results: dict, args, when: str) -> str:
         BEGIN,
         "## Performance%s" % quick,
         "",
-        "Measured on %s, %s, by `%s` (which rewrites this section). Every number below is "
-        "measured by that run; what each row means, the method and the other benchmarks are in "
-        "[benchmarks/README.md](benchmarks/README.md)." % (machine(), when, command),
+        "Measured on %s, in a run started %s, by `%s` (which rewrites this section). Every "
+        "number below is measured by that run; what each row means, the method and the other "
+        "benchmarks are in [benchmarks/README.md](benchmarks/README.md)."
+        % (machine(), when, command),
         "",
     ]
     vs = results.get("bench_vs_reference.py", {})
@@ -216,10 +217,19 @@ def main(argv=None) -> int:
             log("%s is missing: skipped" % name)
             results[name] = {"status": "missing, skipped"}
             continue
+        helptext = subprocess.run(
+            [sys.executable, str(HERE / name), "--help"], capture_output=True, text=True
+        ).stdout
+        if "--json" not in helptext:
+            log("%s has no --json option: skipped" % name)
+            results[name] = {"status": "no --json option, skipped"}
+            continue
         results[name] = run_script(name, quick if args.quick else full, out)
     rewrite_readme(Path(args.readme), section(results, args, when))
     log("README.md rewritten; outputs in %s" % out)
-    return 0 if all(r["status"] in ("ok", "missing, skipped") for r in results.values()) else 1
+    return (
+        0 if all(r["status"] == "ok" or "skipped" in r["status"] for r in results.values()) else 1
+    )
 
 
 if __name__ == "__main__":
