@@ -1,7 +1,7 @@
 """Head-to-head: our ``@checkpoint`` against the reference extension (``metaflow-checkpoint``).
 
-    python benchmarks/bench_vs_reference.py            # full run (1 GiB, ~15 min on 2 cores)
-    python benchmarks/bench_vs_reference.py --quick    # smoke run (small sizes, < 2 min)
+    python benchmarks/bench_vs_reference.py            # full sizes (1 GiB): an hour or more
+    python benchmarks/bench_vs_reference.py --quick    # smoke run (64 MiB, one run each)
     python benchmarks/bench_vs_reference.py --skip-s3 --json out.json
 
 The reference runs in a virtual environment of its own, created on first use (and reused while
