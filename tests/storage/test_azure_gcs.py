@@ -7,9 +7,9 @@ The behaviour shared with every backend is in test_conformance.py (``azure``, ``
 from __future__ import annotations
 
 import pickle
+import random
 import re
 import socket
-import threading
 import time
 
 import metaflow  # noqa: F401  (imported before the extension, as Metaflow itself does)
@@ -35,6 +35,8 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.storage.factory imp
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.fsspec_clients import (
     azure_account,
 )
+
+from .hostile import Proxy
 
 TINY = RetryPolicy(attempts=3, max_seconds=10, backoff=0.01, max_backoff=0.05)
 
@@ -232,50 +234,63 @@ def test_a_missing_package_names_the_extra(url, module, package, extra, monkeypa
     assert 'pip install "metaflow-checkpointing[%s]"' % extra in message
 
 
-class _StallFirst:
-    """A TCP proxy on 127.0.0.1 whose first connection is accepted and never answered (a
-    response that stalls past the timeout); later connections are forwarded to ``port``."""
+def _proxied(kind: str, request, proxy_mode: str, retry=TINY, timeout: float = 1, **proxy):
+    """(a direct store, the same root through a hostile :class:`.hostile.Proxy`, the proxy),
+    on the session's emulator."""
+    if kind == "azure":
+        env = request.getfixturevalue("azurite")
+        url = "az://%s/root" % env["new_container"]()
+        emulator = env["emulator"]
+        prx = Proxy(emulator.port, proxy_mode, **proxy)
 
-    def __init__(self, port: int):
-        self.port_to = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.held: list = []
-        self.stalled = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        def open_store(endpoint, retry=TINY, timeout=10):
+            return storage_for_url(
+                url,
+                retry=retry,
+                timeout=timeout,
+                azure_endpoint=endpoint,
+                fsspec_options={"account_key": AZURITE_KEY},
+            )
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.held:
-                self.held.append(conn)  # read nothing, answer nothing
-                self.stalled += 1
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.port_to))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+        return (
+            open_store(emulator.endpoint),
+            open_store(prx.url + "/devstoreaccount1", retry, timeout),
+            prx,
+        )
+    env = request.getfixturevalue("gcs_emulator")
+    url = "gs://%s/root" % env["new_bucket"]()
+    prx = Proxy(env["emulator"].port, proxy_mode, **proxy)
 
-    def close(self) -> None:
-        self.listener.close()
-        for conn in self.held:
-            conn.close()
+    def open_gs(endpoint, retry=TINY, timeout=10):
+        options = {"endpoint_url": endpoint, "token": "anon"}
+        return storage_for_url(url, retry=retry, timeout=timeout, fsspec_options=options)
+
+    return open_gs(env["endpoint"]), open_gs(prx.url, retry, timeout), prx
 
 
-def _pipe(a: socket.socket, b: socket.socket) -> None:
+@pytest.mark.parametrize("kind", ["azure", "gs"])
+def test_a_body_cut_mid_transfer_is_retried(kind, request):
+    """A connection closed in the middle of a download (azure-core wraps it in a status-less
+    HttpResponseError, gcsfs lets aiohttp's ClientPayloadError through) is transient on both:
+    retried, the call succeeds once the link holds, and a link that always cuts gives the
+    bounded "still failing" StorageError."""
+    data = random.Random(3).randbytes(3 << 20)
+    direct, store, proxy = _proxied(
+        kind, request, "cut", retry=RetryPolicy(5, 30, 0.01, 0.05), after=200_000, times=3
+    )
     try:
-        while data := a.recv(65536):
-            b.sendall(data)
-    except OSError:
-        pass
+        direct.put_bytes("big", data)
+        assert store.get_bytes("big") == data
+        assert proxy.cuts == 3  # (Azure's SDK re-downloads twice itself, then it is ours)
     finally:
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        proxy.close()
+    direct, store, proxy = _proxied(kind, request, "cut", after=200_000)
+    try:
+        direct.put_bytes("big", data)
+        with pytest.raises(StorageError, match="still failing after 3 tries"):
+            store.get_bytes("big")
+    finally:
+        proxy.close()
 
 
 @pytest.mark.parametrize("kind", ["azure", "gs"])
@@ -289,7 +304,7 @@ def test_a_response_stalled_past_the_timeout_is_retried(kind, tmp_path):
     else:
         emulator = start_gcs(tmp_path / "gcs")
         where = new_gcs_bucket(emulator, "stall")
-    proxy = _StallFirst(emulator.port)
+    proxy = Proxy(emulator.port, "stall_first")
     try:
         if kind == "azure":
             store = storage_for_url(

@@ -389,10 +389,12 @@ def test_concurrent_puts_from_threads(store):
 
 # --------------------------------------------------------------------- missing bucket/container
 @pytest.mark.parametrize("kind", ["s3", "azure", "gs"])
-def test_a_missing_bucket_or_container_is_not_an_empty_store(kind, request):
+def test_a_missing_bucket_or_container_is_not_an_empty_store(kind, request, tmp_path):
     """A root in a bucket/container that does not exist (a typo) must not read as an empty
-    store: every read (list, exists, get) says that it does not exist, naming it.  (Local and
-    memory roots have no bucket: a missing root directory is a store nothing was saved to.)"""
+    store: every read (list, exists, get) and every write (put of bytes or of a file, the
+    first thing a save does) says that it does not exist, naming it, and is no "not found" of
+    a key.  (Local and memory roots have no bucket: a missing root directory is a store
+    nothing was saved to.)"""
     name = "nosuch%s" % uuid.uuid4().hex[:8]
     if kind == "s3":
         from metaflow_extensions.checkpointing.plugins.checkpointing.common.settings import (
@@ -419,7 +421,11 @@ def test_a_missing_bucket_or_container_is_not_an_empty_store(kind, request):
         "list": lambda: list(store.list("manifests/")),
         "exists": lambda: store.exists("manifests/x"),
         "get": lambda: store.get_bytes("manifests/x"),
+        "put": lambda: store.put_bytes("leases/x/start", b"{}"),
+        "put_file": lambda: store.put_file("blobs/ab/x", str(local)),
     }
+    local = tmp_path / "file"
+    local.write_bytes(b"payload")
     for op, read in reads.items():
         with pytest.raises(StorageError) as info:
             read()

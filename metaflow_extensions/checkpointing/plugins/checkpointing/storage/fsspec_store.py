@@ -255,13 +255,25 @@ class FsspecStorage(Storage):
             self._atomic(key, write)
         else:
             # One upload is atomic on object stores; their clients expect bytes.
-            self.fs.pipe_file(self._path(key), data if isinstance(data, bytes) else bytes(data))
+            body = data if isinstance(data, bytes) else bytes(data)
+            self._upload(lambda: self.fs.pipe_file(self._path(key), body))
 
     def _put_file(self, key: str, local_path: str) -> None:
         if self._local:
             self._atomic(key, lambda tmp: self.fs.put_file(local_path, tmp))
         else:
-            self.fs.put_file(local_path, self._path(key))
+            self._upload(lambda: self.fs.put_file(local_path, self._path(key)))
+
+    def _upload(self, write) -> None:
+        """An object-store write; one answered "not found" (gcsfs: FileNotFoundError, adlfs:
+        ResourceNotFoundError, 404) means the bucket/container is missing: said as on reads."""
+        try:
+            write()
+        except Exception as exc:
+            status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+            if isinstance(exc, FileNotFoundError) or status == 404:
+                self._check_bucket()
+            raise
 
     def _check_bucket(self) -> None:
         """A read found nothing: on Azure/GCS, say so if the container/bucket itself does not
@@ -434,4 +446,27 @@ class FsspecStorage(Storage):
         )
         if isinstance(status, int) and (status in (408, 429) or 500 <= status < 600):
             return TRANSIENT
+        if status is None and _wraps_transient(exc):
+            return TRANSIENT
         return PERMANENT
+
+
+def _wraps_transient(exc: BaseException) -> bool:
+    """Whether an error without an HTTP status wraps a connection-level one: azure-core raises
+    a body cut mid-transfer (aiohttp's ClientPayloadError/ContentLengthError) as a bare
+    ``HttpResponseError`` with the cut as its ``inner_exception``/cause, where gcsfs lets the
+    aiohttp error itself through (and it is retried)."""
+    seen: set = set()
+    todo = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen or len(seen) > 8:
+            continue
+        seen.add(id(err))
+        if err is not exc and any(c.__name__ in _TRANSIENT_NAMES for c in type(err).__mro__):
+            return True
+        for attr in ("inner_exception", "exc_value", "__cause__", "__context__"):
+            inner = getattr(err, attr, None)
+            if isinstance(inner, BaseException):
+                todo.append(inner)
+    return False

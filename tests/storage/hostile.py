@@ -1,0 +1,107 @@
+"""A small hostile TCP proxy on 127.0.0.1, in front of an emulator or moto: it stalls, trickles
+or cuts responses, to test that every network backend bounds and retries what a degraded link
+does (a real server, a real SDK, a real socket; only the link misbehaves).
+
+Modes (``Proxy(port_to, mode, ...)``):
+
+* ``"pass"``: forward both ways;
+* ``"stall_first"``: the first connection is accepted and never answered, later ones pass;
+* ``"drip"``: responses are forwarded one byte every ``delay`` seconds, so no socket read
+  ever waits long but a response never ends in useful time;
+* ``"cut"``: the first ``times`` responses longer than ``after`` bytes are cut there (the
+  connection closed mid-body), later ones pass.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+
+class Proxy:
+    """Forward 127.0.0.1:``port`` to 127.0.0.1:``port_to``, misbehaving as ``mode`` says."""
+
+    def __init__(
+        self,
+        port_to: int,
+        mode: str = "pass",
+        *,
+        delay: float = 0.2,
+        after: int = 0,
+        times: int = 1 << 30,
+    ):
+        self.port_to, self.mode, self.delay, self.after = port_to, mode, delay, after
+        self.times = times
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled = 0
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self._open.append(conn)
+            if self.mode == "stall_first" and not self.stalled:
+                self.stalled += 1  # read nothing, answer nothing
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.port_to))
+            except OSError:
+                conn.close()
+                continue
+            self._open.append(upstream)
+            threading.Thread(target=self._pipe, args=(conn, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, conn, True), daemon=True).start()
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.cuts >= self.times:
+                return False
+            self.cuts += 1
+            return True
+
+    def _pipe(self, a: socket.socket, b: socket.socket, response: bool) -> None:
+        drip = response and self.mode == "drip"
+        cut = response and self.mode == "cut"
+        sent = 0
+        try:
+            while True:
+                data = a.recv(1 if drip else 65536)
+                if not data:
+                    break
+                if drip:
+                    time.sleep(self.delay)
+                if cut and sent + len(data) > self.after:
+                    if self._take_cut():
+                        b.sendall(data[: self.after - sent])
+                        break
+                    cut = False  # this connection passes from now on
+                b.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self._open:
+            try:
+                conn.close()
+            except OSError:
+                pass
