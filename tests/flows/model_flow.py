@@ -34,6 +34,8 @@ class ModelFlow(FlowSpec):
         # The same content again: its own version, no byte uploaded again (issue 14 F5).
         self.again = current.model.save(d, label="my_model", metadata={"epochs": 3})
         self.plain = current.model.save(os.path.join(d, "weights.bin"), storage_format="files")
+        # A free-text label, as the reference extension takes (issue 14 F1).
+        self.free = current.model.save(os.path.join(d, "config.json"), label="bert base: v2")
         self.refused = []
         for path, fmt in ((d, "zip"), (os.path.join(d, "missing"), "tar")):
             try:
@@ -54,6 +56,7 @@ class ModelFlow(FlowSpec):
             "ckpt_key",
             "ModelFlow_start",
             "pretrained@" + PINNED,
+            "bert base: v2",
         ]
     )
     @step

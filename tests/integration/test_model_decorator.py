@@ -82,7 +82,11 @@ def _check_model_flow(result, version, tmp):
         "ckpt_key",
         "ModelFlow_start",
         "pretrained@" + version[:8],
+        "bert base: v2",
     ]
+    # A free-text label loads by the same text; the reference keeps it (issue 14 F1).
+    assert start.free["label"] == use.info["bert base: v2"]["label"] == "bert base: v2"
+    assert use.files["bert base: v2"] == ["config.json"]
     assert use.files["my_model"] == ["config.json", "weights.bin"]
     assert use.paths["ckpt_ref"] == str(tmp / "tuple_dir")  # the (artifact, path) entry
     assert use.state == "epoch 7" and use.files["ckpt_key"] == ["state.txt"]

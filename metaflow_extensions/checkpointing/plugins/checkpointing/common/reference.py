@@ -323,12 +323,19 @@ class CheckpointReference(dict):
 #: fields, recorded by its saver (:func:`model_record`) so every reader (``save()``'s return,
 #: listings, ``get``, the CLI, ``loaded.info``) rebuilds the same reference.
 RECORD = "reference"
+#: Longest model label text kept in a version (a longer one reads back as the stored name).
+MAX_LABEL = 4096
 
 
-def model_record(attempt: int) -> dict:
+def model_record(attempt: int, label: Optional[str] = None) -> dict:
     """The ``source`` fields of a model version saved by ``current.model.save`` in a task's
-    attempt ``attempt`` (:func:`kind_fields` reads them back)."""
-    return {RECORD: {"type": "model", "source": "task", "attempt": int(attempt)}}
+    attempt ``attempt`` with the label text ``label`` as the user gave it (free text, stored
+    under a name derived from it; None: the name is the label); :func:`kind_fields` reads
+    them back."""
+    record = {"type": "model", "source": "task", "attempt": int(attempt)}
+    if label is not None:
+        record["label"] = label
+    return {RECORD: record}
 
 
 def kind_fields(scope, name: str, source: Any, metadata: Any, version: str) -> dict:
@@ -342,9 +349,10 @@ def kind_fields(scope, name: str, source: Any, metadata: Any, version: str) -> d
     if scope.is_library and isinstance(record, dict) and record.get("type") == "model":
         attempt = record.get("attempt")
         valid = type(attempt) is int and 0 <= attempt < 2**31  # an untrusted body
+        label = record.get("label")
         return dict(
             type="model",
-            label=name,
+            label=label if isinstance(label, str) and len(label) <= MAX_LABEL else name,
             model_uuid=version,
             source="task",
             attempt=attempt if valid else 0,

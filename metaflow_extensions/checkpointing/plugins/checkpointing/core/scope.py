@@ -41,9 +41,13 @@ def validate_name(name: object) -> str:
             % (name[:20], len(name), MAX_NAME_LENGTH)
         )
     if ".." in name or not _NAME_RE.fullmatch(name):
+        # Free-text names of other @checkpoint extensions land here: suggest a valid spelling
+        # (a name selects a series in listings, load policies, retention and the CLI).
+        suggestion = re.sub(r"[^A-Za-z0-9_.\-]", "_", name).replace("..", "__").lstrip(".-")
         raise CheckpointConfigError(
             "Checkpoint name %r is invalid: use letters, digits, '_', '-' and '.', starting with a "
-            "letter, digit or '_', without '/', '..', spaces or control characters." % name
+            "letter, digit or '_', without '/', '..', spaces or control characters%s."
+            % (name, " (e.g. %r)" % suggestion if suggestion else "")
         )
     return name
 

@@ -18,13 +18,14 @@ import os
 import re
 from typing import Any, Callable, Optional
 
+from ..common import refspec
 from ..common.reference import CheckpointReference, model_record, reference_of
 from ..common.resolver import resolve
 from ..core import loading
 from ..core.promotions import publisher_record
 from ..core.scope import MAX_NAME_LENGTH, Scope, library_scope, validate_name
 from ..core.store import CheckpointStore
-from ..errors import CheckpointConfigError
+from ..errors import CheckpointConfigError, CheckpointNotFound
 from ..fmt import human_size
 from .model_loaded import LoadedModels
 from .view import TaskView
@@ -34,11 +35,30 @@ STORAGE_FORMATS = ("tar", "files")
 
 
 def default_label(flow: str, step: str) -> str:
-    """The label of a model saved without one: ``<Flow>_<step>`` when that is a valid name, else
-    (a unicode flow or step name, more than 100 characters) the same with every other
-    character made ``_``, cut to fit and ended with ``-<8 hex digits>`` of the original, so
-    it is valid, always the same for one step and different for two steps."""
-    raw = "%s_%s" % (flow, step)
+    """The label of a model saved without one: ``<Flow>_<step>``, stored under
+    :func:`label_name` of it (always the same for one step and different for two steps)."""
+    return label_name("%s_%s" % (flow, step))
+
+
+def label_name(label: str) -> str:
+    """The checkpoint name a model label is stored under (the reference extension's labels are
+    free text): the label itself when it is a valid name, else (spaces, unicode, ``:``, ``/``,
+    more than 100 characters...) the label with every other character made ``_``, cut to fit
+    and ended with ``-<8 hex digits>`` of the SHA-256 of the label, so it is valid, always the
+    same for one label and different for two (two labels meet only if one is spelled exactly
+    like the other's stored name, or on a 32-bit hash collision of two labels alike once
+    sanitised).  The label itself is kept in the version (``ref["label"]``).
+
+    Raises
+    ------
+    CheckpointConfigError
+        ``label`` is not a str.
+    """
+    if not isinstance(label, str):
+        raise CheckpointConfigError(
+            "current.model.save(label=%r): a label is a str (any text)." % (label,)
+        )
+    raw = label
     try:
         return validate_name(raw)
     except CheckpointConfigError:
@@ -117,9 +137,12 @@ class ModelRuntime:
         path : str or os.PathLike
             The file or directory to save.
         label : str, optional
-            The model's name (default ``<Flow>_<step>``): later steps and runs of this
-            namespace load its newest version as ``"label"``, any version as
-            ``"label@<version>"``.
+            The model's name (default ``<Flow>_<step>``), any text as in the reference
+            extension: later steps and runs of this namespace load its newest version as
+            ``"label"`` (``@model(load=[...])``, :meth:`load`).  A label that is no valid
+            checkpoint name (spaces, unicode, ``:``, ``/``, over 100 characters) is stored
+            under :func:`label_name` of it, ``ref["name"]``, and kept as given in
+            ``ref["label"]``; a version is pinned as ``"<ref['name']>@<version>"``.
         metadata : dict, optional
             JSON-serialisable metadata stored with it (``ref["metadata"]``).
         storage_format : str
@@ -140,15 +163,19 @@ class ModelRuntime:
         Raises
         ------
         CheckpointConfigError
-            ``storage_format`` or ``label`` is invalid, or ``path`` does not exist (nothing is
-            read or uploaded).
+            ``storage_format`` is invalid, ``label`` is not a str, or ``path`` does not exist
+            (nothing is read or uploaded).
         """
         if storage_format not in STORAGE_FORMATS:
             raise CheckpointConfigError(
                 "current.model.save(storage_format=%r): accepted values are %s (both store "
                 "plain files here)." % (storage_format, " or ".join(map(repr, STORAGE_FORMATS)))
             )
-        label = validate_name(self.default_label if label is None else label)
+        # Free text, as in the reference extension: stored under a valid stable name, the text
+        # kept in the version (ref["label"]) and found again by current.model.load(text).  The
+        # default label reads back as its stored name (current.model.default_label).
+        text = label
+        label = self.default_label if label is None else label_name(label)
         if path is None or not os.path.exists(os.fspath(path)):
             raise CheckpointConfigError(
                 "current.model.save(%r): no such file or directory%s; nothing was uploaded."
@@ -163,7 +190,8 @@ class ModelRuntime:
             # Never another save's version (issue 14 F5): a version shared by two saves is
             # deleted for both by delete_model() of either; the blobs are shared instead.
             publisher=publisher_record(self._username, scope.namespace, scope.pathspec),
-            source=model_record(scope.attempt),  # what it is: every reader rebuilds its fields
+            # What it is (and the label as given): every reader rebuilds its fields from it.
+            source=model_record(scope.attempt, text),
         )
         ref = reference_of(self._store, manifest)
         stats = manifest.stats
@@ -217,7 +245,18 @@ class ModelRuntime:
         """``(store, manifest)`` of a reference, as this task sees it: its store and any store
         a reference names; names trusted in the task's namespace."""
         view = TaskView(self._store, self._scope, other_stores=True, reader=self._scope.namespace)
-        return resolve(reference, view)
+        if not isinstance(reference, str) or label_name(reference) == reference:
+            return resolve(reference, view)
+        try:
+            return resolve(reference, view)  # a key, a URL, a pathspec, name@version...
+        except (CheckpointConfigError, CheckpointNotFound) as exc:
+            # ...else a free-text label ("bert base v2", "facebook/opt-125m"): the model saved
+            # under it.  Tried second, so the other spellings cost no extra store listing.
+            named = refspec.RefSpec(refspec.NAMED, name=label_name(reference))
+            try:
+                return resolve(named, view)
+            except CheckpointNotFound:
+                raise exc from None
 
     def load_into(
         self, name: str, store: CheckpointStore, manifest, path: Optional[str], given: Any = None
