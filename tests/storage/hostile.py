@@ -8,6 +8,8 @@ Modes (``Proxy(port_to, mode, ...)``):
 * ``"stall_first"``: the first connection is accepted and never answered, later ones pass;
 * ``"drip"``: responses are forwarded one byte every ``delay`` seconds, so no socket read
   ever waits long but a response never ends in useful time;
+* ``"rate"``: responses are forwarded at about ``rate`` bytes per second (a slow but moving
+  link);
 * ``"cut"``: the first ``times`` responses longer than ``after`` bytes are cut there (the
   connection closed mid-body), later ones pass.
 """
@@ -30,9 +32,10 @@ class Proxy:
         delay: float = 0.2,
         after: int = 0,
         times: int = 1 << 30,
+        rate: int = 256 << 10,
     ):
         self.port_to, self.mode, self.delay, self.after = port_to, mode, delay, after
-        self.times = times
+        self.times, self.rate = times, rate
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.stalled = 0
@@ -74,14 +77,17 @@ class Proxy:
     def _pipe(self, a: socket.socket, b: socket.socket, response: bool) -> None:
         drip = response and self.mode == "drip"
         cut = response and self.mode == "cut"
+        slow = response and self.mode == "rate"
         sent = 0
         try:
             while True:
-                data = a.recv(1 if drip else 65536)
+                data = a.recv(1 if drip else self.rate // 16 if slow else 65536)
                 if not data:
                     break
                 if drip:
                     time.sleep(self.delay)
+                if slow:
+                    time.sleep(len(data) / self.rate)
                 if cut and sent + len(data) > self.after:
                     if self._take_cut():
                         b.sendall(data[: self.after - sent])

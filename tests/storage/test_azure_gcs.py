@@ -269,6 +269,47 @@ def _proxied(kind: str, request, proxy_mode: str, retry=TINY, timeout: float = 1
 
 
 @pytest.mark.parametrize("kind", ["azure", "gs"])
+def test_a_trickling_server_is_cut_per_try(kind, request):
+    """A link that forwards one byte every 0.2 s never lets a socket read time out; each try
+    is cut after ``timeout`` plus its bytes at MIN_RATE, so a call fails within its retry
+    limits (was: 2-3 minutes for one existence check, days for a 3 MB read)."""
+    retry = RetryPolicy(attempts=2, max_seconds=10, backoff=0.01, max_backoff=0.05)
+    direct, store, proxy = _proxied(kind, request, "drip", retry=retry, timeout=0.5, delay=0.2)
+    try:
+        direct.put_bytes("k", b"x" * 1000)
+        calls = {
+            "exists": lambda: store.exists("k"),
+            "get": lambda: store.get_bytes("k", 0, 1000),
+            "put": lambda: store.put_bytes("k2", b"y" * 1000),
+        }
+        for op, call in calls.items():
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="still failing after 2 tries") as info:
+                call()
+            assert "no complete answer within" in str(info.value), op
+            assert time.monotonic() - started < 8, op
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["azure", "gs"])
+def test_a_slow_but_moving_transfer_is_not_cut(kind, request, tmp_path):
+    """The per-try bound scales with the bytes moved: a 512 KiB object over a 256 KiB/s link
+    (2 s, far past the 0.5 s timeout) downloads whole, in one try, as a file and as a range."""
+    data = random.Random(5).randbytes(512 << 10)
+    direct, store, proxy = _proxied(
+        kind, request, "rate", retry=RetryPolicy(1, 60), timeout=0.5, rate=256 << 10
+    )
+    try:
+        direct.put_bytes("big", data)
+        store.get_file("big", str(tmp_path / "big"))
+        assert (tmp_path / "big").read_bytes() == data
+        assert store.get_bytes("big", 0, len(data)) == data
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["azure", "gs"])
 def test_a_body_cut_mid_transfer_is_retried(kind, request):
     """A connection closed in the middle of a download (azure-core wraps it in a status-less
     HttpResponseError, gcsfs lets aiohttp's ClientPayloadError through) is transient on both:

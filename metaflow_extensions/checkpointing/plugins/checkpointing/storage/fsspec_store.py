@@ -65,6 +65,12 @@ _TRANSIENT_NAMES = frozenset(
     }
 )
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
+#: Slowest transfer (bytes/s) an Azure/GCS request may keep before its try is cut: each try of
+#: a request moving n bytes ends within ``timeout + n / MIN_RATE`` seconds.  The SDKs' timeouts
+#: apply per socket read, so a link that trickles a byte at a time would hold a call for ever.
+MIN_RATE = 64 << 10
+#: Bytes assumed for requests with small answers (existence, object info).
+_SMALL = 16 << 10
 
 
 _AZURE = frozenset({"az", "abfs", "abfss"})
@@ -213,6 +219,24 @@ class FsspecStorage(Storage):
             "Azure container" if scheme in _AZURE else "GCS bucket" if scheme in _GCS else None
         )
         self._bucket_seen = False
+        self._timeout = (timeout or 60.0) if self._bucket_kind else None
+
+    def _bounded(self, call, nbytes: Optional[int]):
+        """``call(**kw)``, on Azure/GCS with fsspec's ``timeout=`` (the whole try, cancelled
+        when it passes): ``timeout`` plus the time to move ``nbytes`` at :data:`MIN_RATE`.
+        ``nbytes`` None (a whole object of unknown size): bounded per socket read only."""
+        if self._timeout is None or nbytes is None:
+            return call()
+        from fsspec.exceptions import FSTimeoutError
+
+        limit = self._timeout + nbytes / MIN_RATE
+        try:
+            return call(timeout=limit)
+        except FSTimeoutError:
+            raise TimeoutError(
+                "no complete answer within %.0f s (the timeout, %g s, plus %d bytes at %d KiB/s)"
+                % (limit, self._timeout, nbytes, MIN_RATE >> 10)
+            ) from None
 
     def __getstate__(self) -> dict:
         # Picklable like S3Storage: the filesystem (its bounded client, a class made at run
@@ -256,13 +280,19 @@ class FsspecStorage(Storage):
         else:
             # One upload is atomic on object stores; their clients expect bytes.
             body = data if isinstance(data, bytes) else bytes(data)
-            self._upload(lambda: self.fs.pipe_file(self._path(key), body))
+            path = self._path(key)
+            self._upload(
+                lambda: self._bounded(lambda **b: self.fs.pipe_file(path, body, **b), len(body))
+            )
 
     def _put_file(self, key: str, local_path: str) -> None:
         if self._local:
             self._atomic(key, lambda tmp: self.fs.put_file(local_path, tmp))
         else:
-            self._upload(lambda: self.fs.put_file(local_path, self._path(key)))
+            path, size = self._path(key), os.path.getsize(local_path)
+            self._upload(
+                lambda: self._bounded(lambda **b: self.fs.put_file(local_path, path, **b), size)
+            )
 
     def _upload(self, write) -> None:
         """An object-store write; one answered "not found" (gcsfs: FileNotFoundError, adlfs:
@@ -311,7 +341,9 @@ class FsspecStorage(Storage):
                 if not self._is_object(path):
                     raise FileNotFoundError(path)
                 return b""
-            return self.fs.cat_file(path, start=start or None, end=end)
+            return self._bounded(
+                lambda **b: self.fs.cat_file(path, start=start or None, end=end, **b), length
+            )
         except (IsADirectoryError, NotADirectoryError) as exc:
             # A key that is a "directory" (prefix of other keys) is no object.
             raise FileNotFoundError(path) from exc
@@ -336,10 +368,12 @@ class FsspecStorage(Storage):
                 with open(tmp, "wb") as f:
                     f.write(self._get_bytes(key, 0, None))
             else:
-                if not self._is_object(self._path(key)):
+                info = self._info(self._path(key))
+                if info is None:
                     self._check_bucket()
                     raise FileNotFoundError(self._path(key))
-                self.fs.get_file(self._path(key), tmp)
+                size = int(info.get("size") or 0)
+                self._bounded(lambda **b: self.fs.get_file(self._path(key), tmp, **b), size)
             os.replace(tmp, local_path)
         except BaseException:
             if os.path.isdir(tmp):
@@ -351,11 +385,15 @@ class FsspecStorage(Storage):
     def _is_object(self, path: str) -> bool:
         """Whether an object is at ``path``; errors other than "not found" propagate (fsspec's
         ``isfile`` says False for any error: a dead server would read as an empty store)."""
+        return self._info(path) is not None
+
+    def _info(self, path: str) -> Optional[dict]:
+        """The info of the object at ``path``, None when there is none (see _is_object)."""
         try:
-            info = self.fs.info(path)
+            info = self._bounded(lambda **b: self.fs.info(path, **b), _SMALL)
         except (FileNotFoundError, NotADirectoryError):
-            return False
-        return info.get("type", "file") == "file"
+            return None
+        return info if info.get("type", "file") == "file" else None
 
     def _exists(self, key: str) -> bool:
         if self._is_object(self._path(key)):
