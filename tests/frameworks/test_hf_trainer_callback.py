@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import warnings
@@ -60,7 +61,7 @@ def _runtime(tmp_path, attempt=0):
     return runtime
 
 
-def _train(tmp_path, runtime, name="hf_trainer", **args):
+def _train(tmp_path, runtime, name="hf_trainer", callbacks=(), **args):
     """2 epochs of 4 steps of a tiny BERT built from a config (nothing downloaded)."""
     torch.manual_seed(0)
     config = transformers.BertConfig(
@@ -89,7 +90,7 @@ def _train(tmp_path, runtime, name="hf_trainer", **args):
         args=transformers.TrainingArguments(**options),
         train_dataset=Pairs(32, 0),
         eval_dataset=Pairs(16, 1),
-        callbacks=[cb],
+        callbacks=[cb, *callbacks],
     )
     trainer.train(resume_from_checkpoint=cb.resume_from_checkpoint)
     return trainer, cb
@@ -275,3 +276,54 @@ def test_two_callbacks_in_one_step_each_resume_from_their_own_series(tmp_path):
     b = HFCheckpointCallback(checkpoint=retry, name="b")
     assert (step_of(a), step_of(b)) == (4, 8)
     assert HFCheckpointCallback(checkpoint=retry).resume_from_checkpoint is None
+
+
+class CrashAt(transformers.TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("simulated crash at step %d" % self.step)
+
+
+def _weights(trainer):
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def test_load_best_model_at_end_survives_a_retry_on_another_machine(tmp_path):
+    """load_best_model_at_end with the best checkpoint not the last (greater_is_better=True on
+    the loss): attempt 0 crashes at step 5, and the retry runs where attempt 0's output_dir is
+    gone (another pod, another output_dir).  trainer_state.json names the best as a path of
+    that pod; the callback restores it from the store into this output_dir and points the
+    state at it, so the retry ends with the best model, bitwise the uninterrupted run's."""
+    args = dict(
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        metric_for_best_model="loss",
+        greater_is_better=True,
+        load_best_model_at_end=True,
+    )
+    full = tmp_path / "full"
+    full.mkdir()
+    straight, _ = _train(full, _runtime(full), **args)
+    best_step = straight.state.best_global_step
+    assert best_step not in (None, 8)  # the best is not the last: loading it matters
+
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    with pytest.raises(RuntimeError, match="crash at step 5"):
+        _train(crashed, _runtime(crashed, 0), callbacks=[CrashAt(5)], **args)
+    shutil.rmtree(crashed / "out")  # the retry's machine never had attempt 0's files
+    pod = crashed / "pod2"  # and its own output_dir
+    retry = _runtime(crashed, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointWarning)
+        resumed, cb = _train(pod, retry, **args)
+    assert cb.resume_from_checkpoint is not None  # resumed from step 4
+    assert resumed.state.best_model_checkpoint == str(pod / "out" / ("checkpoint-%d" % best_step))
+    assert torch.equal(_weights(straight), _weights(resumed))
+    # cb.best_reference is the run's best, saved by attempt 0 or by this one.
+    assert cb.best_reference.metadata["step"] == best_step

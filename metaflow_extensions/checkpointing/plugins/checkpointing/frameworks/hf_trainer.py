@@ -16,15 +16,18 @@ the Trainer continues from its own directories: bitwise identical to an uninterr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
+import tempfile
 import warnings
 from typing import Any, Optional
 
 from ..core.scope import validate_name
 from ..errors import CheckpointConfigError, CheckpointDependencyError, CheckpointWarning
 from . import late_base
-from .own_series import own_latest
+from .own_series import own_latest, own_refs
 
 __all__ = ["HFCheckpointCallback"]
 
@@ -184,6 +187,75 @@ class HFCheckpointCallback:
                 CheckpointWarning,
                 stacklevel=2,
             )
+        if state.global_step:  # resumed from a checkpoint
+            self._restore_best(args, state)
+            if self.best_reference is None and self._best_metric_name(args) is not None:
+                # The best saved by an earlier attempt: cb.best_reference after train() is the
+                # run's best, as uninterrupted, even if no later step improves on it.
+                best = getattr(state, "best_global_step", None)
+                self.best_reference = next(
+                    (
+                        r
+                        for r in own_refs(self.checkpoint, self.best_name)
+                        if best is None or (r.metadata or {}).get("step") == best
+                    ),
+                    None,
+                )
+
+    def _restore_best(self, args: Any, state: Any) -> None:
+        """Make the resumed state's best checkpoint a directory of this machine.
+
+        ``trainer_state.json`` records the best checkpoint as a path on the machine of the
+        attempt that saved it (``<output_dir>/checkpoint-<step>``).  A retry in another pod, or
+        with another ``output_dir``, has no such directory: the Trainer drops it, and
+        ``load_best_model_at_end`` then ends with the last model, not the best.  So the best
+        checkpoint is loaded from the store into ``<output_dir>/checkpoint-<step>``, where the
+        uninterrupted run has it, and the state points there.
+        """
+        recorded = state.best_model_checkpoint
+        if recorded is not None and os.path.isdir(recorded):
+            return  # a retry on the same machine: the directory is still there
+        step = getattr(state, "best_global_step", None)
+        if not step and recorded:  # Trainers before best_global_step: the path names it
+            match = re.search(r"checkpoint-(\d+)$", os.path.normpath(recorded))
+            step = int(match.group(1)) if match else None
+        state.best_model_checkpoint = None  # never a path of another machine
+        if not step or not getattr(args, "load_best_model_at_end", False):
+            return  # nothing reads it but the Trainer's rotation of its own directories
+        ref = self._stored_step(step)
+        if ref is None:
+            warnings.warn(
+                "HFCheckpointCallback: the best checkpoint (step %d) of the resumed run is not "
+                "in series %r or %r, so load_best_model_at_end loads the best of this attempt "
+                "only." % (step, self.best_name, self.name),
+                CheckpointWarning,
+                stacklevel=3,
+            )
+            return
+        target = os.path.join(args.output_dir, "checkpoint-%d" % step)
+        # One process per machine loads it (the others wait, then find it), into a hidden
+        # directory renamed at the end: the Trainer never sees a partial checkpoint.
+        first = getattr(args, "main_process_first", None)
+        with first(local=True, desc="restore best") if first else contextlib.nullcontext():
+            if not os.path.isdir(target):
+                os.makedirs(args.output_dir, exist_ok=True)
+                partial = tempfile.mkdtemp(prefix=".checkpoint-%d-" % step, dir=args.output_dir)
+                self.checkpoint.load(ref, path=partial)
+                try:
+                    os.rename(partial, target)
+                except OSError:  # another machine sharing output_dir restored it first
+                    if not os.path.isdir(target):
+                        raise
+        state.best_model_checkpoint = target
+
+    def _stored_step(self, step: int) -> Any:
+        """The newest checkpoint of step ``step`` of series ``best_name`` (else ``name``) this
+        task resumes from: its earlier attempts, or on a ``resume`` the task it came from."""
+        for name in (self.best_name, self.name):
+            for ref in own_refs(self.checkpoint, name):
+                if (ref.metadata or {}).get("step") == step:
+                    return ref
+        return None
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any

@@ -46,6 +46,22 @@ def own_latest(checkpoint: Any, name: str, marker: str) -> Optional[str]:
     )
 
 
+def own_refs(checkpoint: Any, name: str) -> list[Any]:
+    """Checkpoints of series ``name`` this task resumes from, newest first: its own (on a
+    ``@retry``, its earlier attempts'), else, on a ``resume`` or an eager load, those of the
+    task the loaded checkpoint came from.  What a callback saved in an earlier attempt (its
+    best one) is found here, not in its memory, which a retry starts without."""
+    lister = getattr(checkpoint, "list", None)
+    if lister is None:
+        return []
+    refs = list(lister(name=name))
+    info = getattr(checkpoint, "info", None)
+    scope = getattr(checkpoint, "scope", None)
+    if not refs and info is not None and scope is not None and info.pathspec != scope.pathspec:
+        refs = list(lister(name=name, task=info.pathspec, attempt="all"))
+    return refs
+
+
 def _holding(directory: str, name: str, marker: str) -> Optional[str]:
     if os.path.isfile(os.path.join(directory, marker)):
         return directory
