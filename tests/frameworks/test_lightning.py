@@ -112,12 +112,12 @@ def _runtime(root, tmp_path, attempt: int) -> CheckpointRuntime:
     return runtime
 
 
-def _fit(runtime, tmp_path, crash_at_step=None, seed=0):
+def _fit(runtime, tmp_path, crash_at_step=None, seed=0, mode="min"):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     module = TinyModule(crash_at_step)
-    cb = CheckpointCallback(monitor="val_loss", checkpoint=runtime)
+    cb = CheckpointCallback(monitor="val_loss", checkpoint=runtime, mode=mode)
     train, val = _loaders()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's hints about workers and log intervals
@@ -166,6 +166,22 @@ def test_best_and_last_series_carry_the_metric(tmp_path):
         ckpt = torch.load(f, weights_only=True)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("CheckpointCallback")]
     assert {"python", "numpy", "torch"} <= set(state["rng"])
+
+
+def test_a_retry_knows_the_best_an_earlier_attempt_saved(tmp_path):
+    """mode="max" on a falling loss: the best is epoch 0's.  After a crash in epoch 2 the
+    retry never improves on it, yet cb.best_reference is that checkpoint (found in the store:
+    the callback's memory of attempt 0 is gone), as after an uninterrupted fit."""
+    first = _runtime(tmp_path / "c", tmp_path, 0)
+    with pytest.raises(Crash):
+        _fit(first, tmp_path, crash_at_step=15, mode="max")
+    (best,) = first.list(name="best")
+    assert best.metadata["epoch"] == 0
+    retry = _runtime(tmp_path / "c", tmp_path, 1)
+    _, cb = _fit(retry, tmp_path, seed=1, mode="max")
+    assert retry.list(name="best") == [best]  # nothing later was better
+    assert cb.best_reference is not None and cb.best_reference.key == best.key
+    assert cb.best_score == best.metadata["val_loss"]
 
 
 def test_bad_arguments_and_outside_a_checkpoint_step():

@@ -23,7 +23,7 @@ from typing import Any, Optional
 from ..core.scope import validate_name
 from ..errors import CheckpointConfigError, CheckpointDependencyError
 from . import late_base
-from .own_series import own_latest
+from .own_series import own_latest, own_refs
 from .torch_util import capture_rng, import_torch, restore_rng
 
 __all__ = ["CheckpointCallback"]
@@ -271,6 +271,18 @@ class CheckpointCallback:
         # Saving it again after the resumed fit's first micro-batch would store a state in
         # the middle of an accumulation window, which no resume continues exactly.
         self._last_saved_step = trainer.global_step
+        resumed = trainer.global_step and trainer.is_global_zero  # rank 0 saves, and lists
+        if resumed and self.monitor is not None and self.best_reference is None:
+            # The best an earlier attempt saved (the loaded best_score is its value): so
+            # cb.best_reference after fit() is the run's best even if nothing later beats it.
+            self.best_reference = next(
+                (
+                    r
+                    for r in own_refs(self.checkpoint, self.best_name)
+                    if (r.metadata or {}).get("step", 0) <= trainer.global_step
+                ),
+                None,
+            )
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
