@@ -28,6 +28,10 @@ to ``--png-dir`` (matplotlib, the ``bench`` extra):
   aggregate throughput (bytes over the span from the first save's start to the last one's
   end), failed tasks, and the non-2xx answers moto logged (throttles, retries).
 
+``--quick`` (32 MiB to 512 MiB, 100 to 1,000 checkpoints, 1 and 2 tasks of 8 MiB) checks that
+everything runs; its sizes are below the transfer pipeline's buffer bound, so peak RSS still
+rises with size there and may be flagged: read memory from the full sizes.
+
 This machine has 2 cores shared with other work: single figures are noisy (sizes are
 interleaved nowhere, each point is measured once unless ``--repeat``); the growth rates are
 what to read.  Nothing asserts: the exit status is non-zero only when something fails to run.
