@@ -19,6 +19,7 @@ and of CPU time (user + system, our process or cp's), and ``cp / ours`` of the w
 (the target is >= 0.8).  CPU time is the steadier figure on a shared machine: wall time
 depends on what else runs, CPU time mostly on the work done.
 
+``--json FILE`` keeps every measurement ((wall, cpu) pairs per case and contender).
 ``--flow`` also runs ``bench_flow.py`` (``current.checkpoint.save(path=...)`` and ``load``
 in real Metaflow tasks, ``bench.py``'s machinery) on the same directories.  Nothing asserts.
 """
@@ -26,6 +27,7 @@ in real Metaflow tasks, ``bench.py``'s machinery) on the same directories.  Noth
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -202,6 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--flow", action="store_true", help="also save/load through a real flow")
     p.add_argument("--no-recycle", action="store_true", help="no memory recycling (_benchutil)")
     p.add_argument("--workdir", help="parent of the temporary directory")
+    p.add_argument("--json", help="also write every measurement to this file")
     args = p.parse_args(argv)
     repeat = args.repeat or (3 if args.quick else 5)
     recycle = not args.no_recycle
@@ -243,6 +246,9 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(results, flow))
+    if args.json:
+        raw = {"args": vars(args), "repeat": repeat, "cases": results, "flow": flow}
+        Path(args.json).write_text(json.dumps(raw, indent=1))
     print()
     print("Load average at the end: %s. Phases of the median save (s):" % (os.getloadavg(),))
     for name, res in results.items():

@@ -62,3 +62,87 @@ def test_store_survives_removal_of_its_directories(local, tmp_path):
     m = fresh.save(str(src), make_scope(attempt=1))
     fresh.load(fresh.read(m.key), str(tmp_path / "again"))
     assert snapshot(tmp_path / "again") == snapshot(src)
+
+
+#: Packs of files up to 512 KiB, in blobs of up to 1 MiB.
+PACKS = options(chunk_size=1 << 20, small_size=512 << 10)
+
+
+def test_packs_copied_in_kernel_equal_packs_read_through_memory(tmp_path, monkeypatch):
+    """Small files are packed in the kernel (each copied into the staged pack, then hashed from
+    it): the same blobs and per-file digests as the read-through-memory path, which a kernel
+    refusing copy_file_range (EXDEV, injected) still gets, and both load back intact."""
+    import errno
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):  # tiny members (staged through memory) and larger ones (copied)
+        size = 1000 + 37 * i if i % 3 else 70_000 + 9_000 * i
+        (src / ("f%02d.bin" % i)).write_bytes(rand(size, i))
+    fast = CheckpointStore(LocalStorage(str(tmp_path / "fast")), PACKS)
+    m_fast = fast.save(str(src), make_scope())
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    slow = CheckpointStore(LocalStorage(str(tmp_path / "slow")), PACKS)
+    m_slow = slow.save(str(src), make_scope())
+    monkeypatch.undo()
+
+    def layout(m):
+        return [
+            (f.path, f.digest, [(c.blob, c.offset, c.length) for c in f.chunks]) for f in m.files
+        ]
+
+    assert layout(m_fast) == layout(m_slow)
+    assert len({c.blob for f in m_fast.files for c in f.chunks}) < len(m_fast.files)  # packed
+    for f in m_fast.files:
+        assert f.digest == digest((src / f.path).read_bytes())
+    for name, store in (("fast", fast), ("slow", slow)):
+        blobs = [p for p in (tmp_path / name / "blobs").rglob("*") if p.is_file()]
+        assert blobs and all(digest(p.read_bytes()) == p.name for p in blobs)
+        store.load(
+            store.read(m_fast.key if name == "fast" else m_slow.key), str(tmp_path / name / "out")
+        )
+        assert snapshot(tmp_path / name / "out") == snapshot(src)
+
+
+@pytest.mark.parametrize("how", ["grow", "shrink", "replace"])
+def test_a_packed_file_changing_during_its_in_kernel_copy_fails_the_save(tmp_path, how):
+    """A pack member copied in the kernel is checked like one read through memory (one fstat
+    after the copy): a file that grew, shrank or was replaced since the scan fails the save."""
+    import os
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.scan import scan
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import SaveStats
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.upload import (
+        BlobWriter,
+        upload_tree,
+    )
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+        CheckpointConfigError,
+    )
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(rand(300_000, 1))  # > 64 KiB: copied, not staged
+    (src / "b.txt").write_bytes(b"b")
+    files, _dirs, _kind = scan(str(src))
+    path = src / "a.bin"
+    if how == "grow":
+        with open(path, "ab") as f:
+            f.write(b"more")
+    elif how == "shrink":
+        os.truncate(path, 299_999)
+    else:
+        other = src / "other"
+        other.write_bytes(rand(300_000, 2))
+        st = os.stat(path)
+        os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(other, path)
+    storage = LocalStorage(str(tmp_path / "store"))
+    with pytest.raises(CheckpointConfigError, match=r"a\.bin changed while save\(\) was reading"):
+        upload_tree(files, BlobWriter(storage), PACKS, SaveStats())
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]  # no blob, no temp

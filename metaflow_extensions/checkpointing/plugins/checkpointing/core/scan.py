@@ -10,6 +10,9 @@ Rules (docs/concepts.md, "What is saved"):
 * what cannot be read is an error naming the path, never a silent omission: an unreadable
   directory or file, a dangling symlink, a symlink loop (``a -> a``), an entry that vanishes
   while the tree is scanned.  Sockets, FIFOs and device files hold no data and are skipped;
+* a file read for the save is checked, by one ``fstat`` on the descriptor read from, to be the
+  one the scan saw (:func:`_read_into`, :func:`_copy_member`): a file written meanwhile fails
+  the save;
 * the package's own temporary names (:func:`.tempnames.is_temp_name`: files of a load in progress or
   killed, staging directories) are never saved.
 """
@@ -22,6 +25,7 @@ import stat
 from dataclasses import dataclass
 
 from ..errors import CheckpointConfigError
+from ..storage.oscopy import UNSUPPORTED_COPY, copy_range
 from .tempnames import is_temp_name
 
 
@@ -59,7 +63,7 @@ class _File:
     size: int
     mode: int
     # What identifies unchanged content for the stat cache (see StatCache) and detects a file
-    # that changes while it is saved (see upload._check_unchanged).
+    # that changes while it is saved (see _check_unchanged).
     fingerprint: tuple = ()
 
 
@@ -214,3 +218,134 @@ def _empty_dirs(visited: list[tuple[str, int, bool]]) -> list[str]:
         else:
             leftover.add(parent)
     return sorted(empty)
+
+
+# ------------------------------------------------------------------------- reading sources
+def _read_into(f: _File, offset: int, view: memoryview) -> None:
+    """Fill ``view`` with the bytes of ``f`` at ``offset``; fail if ``f`` is no longer the file
+    :func:`.scan.scan` saw (one ``fstat`` after the read, on the descriptor read from)."""
+    try:
+        fd = os.open(f.abs, os.O_RDONLY)
+    except OSError as exc:
+        raise _unreadable(f.abs, exc, "file") from exc
+    try:
+        got = 0
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                break
+            got += n
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise _unreadable(f.abs, exc, "file") from exc
+    finally:
+        os.close(fd)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != f.fingerprint or (
+        got < len(view)
+    ):
+        _check_unchanged(f, st, ended_early=got < len(view))
+
+
+def _check_unchanged(f: _File, st: os.stat_result, ended_early: bool = False) -> None:
+    """Raise if ``st`` shows that ``f`` changed since the scan: its inode, size, modification or
+    change time differ (it was replaced, grew, shrank or was written to)."""
+    _dev, ino, size, mtime_ns, ctime_ns = f.fingerprint
+    if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (ino, size, mtime_ns, ctime_ns):
+        if not ended_early:
+            return  # only the device number differs (fstat and stat may disagree on it)
+        how = "it ended early"
+    elif st.st_ino != ino:
+        how = "it was replaced by another file"
+    elif st.st_size != size:
+        how = "it %s from %d to %d bytes" % (
+            "grew" if st.st_size > size else "shrank",
+            size,
+            st.st_size,
+        )
+    else:
+        how = "it was written to"
+    raise CheckpointConfigError(
+        "%s changed while save() was reading it (%s), so the checkpoint would not hold one "
+        "consistent version of it. Finish writing files before calling save(), or save a copy."
+        % (f.abs, how)
+    )
+
+
+def _check_source(f: _File, failed: bool = False) -> None:
+    """Check by path that ``f`` is unchanged after the backend's fast path read it.
+
+    With ``failed`` (the fast path raised), also report a file that cannot be read: the
+    backend wraps every ``OSError`` in a ``StorageError``, which would blame the store."""
+    try:
+        st = os.stat(f.abs)
+    except OSError as exc:
+        raise _unreadable(f.abs, exc, "file") from exc
+    _check_unchanged(f, st)
+    effective = os.access in os.supports_effective_ids
+    if failed and not os.access(f.abs, os.R_OK, effective_ids=effective):
+        raise _unreadable(f.abs, PermissionError(errno.EACCES, "Permission denied"), "file")
+
+
+def _copy_member(f: _File, fd: int, pos: int) -> None:
+    """Copy all of ``f`` into ``fd`` at ``pos`` in the kernel; fail if ``f`` is no longer the
+    file :func:`.scan.scan` saw (one ``fstat`` after the copy, on the descriptor copied from).
+
+    An ``OSError`` of :data:`.oscopy.UNSUPPORTED_COPY` propagates as is (the caller falls back
+    to reading through memory)."""
+    try:
+        src = os.open(f.abs, os.O_RDONLY)
+    except OSError as exc:
+        raise _unreadable(f.abs, exc, "file") from exc
+    ended_early = False
+    try:
+        try:
+            copy_range(src, fd, f.size, 0, pos, what=f.abs)
+        except OSError as exc:
+            if exc.errno in UNSUPPORTED_COPY:
+                raise
+            if exc.errno != errno.EIO:
+                raise _unreadable(f.abs, exc, "file") from exc
+            ended_early = True  # copy_range's "ended early": the file shrank
+        st = os.fstat(src)
+    finally:
+        os.close(src)
+    if ended_early or (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
+        f.fingerprint
+    ):
+        _check_unchanged(f, st, ended_early=ended_early)
+
+
+#: Pack members up to this size are staged through memory (see _pack_in_kernel), at most
+#: _STAGE bytes of them at a time.
+_TINY = 64 << 10
+_STAGE = 1 << 20
+
+
+def _write_all(fd: int, data: memoryview, pos: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, pos)
+        data = data[n:]
+        pos += n
+
+
+def _copy_pack(members: list[tuple[_File, int, int]], fd: int) -> None:
+    """Write each ``(file, start, size)`` of a pack into ``fd`` at ``start``, each file checked
+    as it is read.  Larger members are copied in the kernel (:func:`_copy_member`); tiny ones
+    are read into one small staging buffer written with one ``pwrite`` per MiB:
+    ``copy_file_range`` costs more than a read and a share of one write for them."""
+    stage = memoryview(bytearray(_STAGE + _TINY))
+    staged = 0
+    stage_at = 0
+    for f, start, size in members:
+        if size > _TINY:
+            _copy_member(f, fd, start)
+            continue
+        if staged and stage_at + staged != start or staged + size > len(stage):
+            _write_all(fd, stage[:staged], stage_at)
+            staged = 0
+        if not staged:
+            stage_at = start
+        _read_into(f, 0, stage[staged : staged + size])
+        staged += size
+    if staged:
+        _write_all(fd, stage[:staged], stage_at)

@@ -6,24 +6,27 @@ chunks; files smaller than ``small_size`` are concatenated into *packs* of up to
 bytes so that many tiny files cost a few requests, not one each.  Work runs on a thread pool
 (hashing, file I/O and network calls release the GIL) with at most ``inflight`` buffers alive,
 so memory stays bounded by ``inflight * (chunk_size + small_size)`` whatever the checkpoint size.
+
+On a local store both go through the kernel (:meth:`.Storage.ingest_range` and
+:meth:`.Storage.ingest_filled`): chunks and pack members are copied with ``copy_file_range``
+into a staged file (tiny members through a 1 MiB buffer), which is then hashed from a read-only
+mapping, so the blob's name is the hash of the bytes as stored and no 16 MiB buffer is filled.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Callable, Optional
 
-from ..errors import CheckpointConfigError, StorageError
+from ..errors import StorageError
 from ..storage.base import Storage
 from .codec import encode, name_of
 from .layout import blob_key
 from .lease_writer import WriterLease
 from .manifest import ChunkRef, FileEntry
-from .scan import _File, _unreadable
+from .scan import _check_source, _copy_pack, _File, _read_into
 from .transfer import (
     Progress,
     SaveStats,
@@ -51,71 +54,6 @@ class _BufferPool:
     def give(self, buf: bytearray) -> None:
         with self._lock:
             self._free.append(buf)
-
-
-def _read_into(f: _File, offset: int, view: memoryview) -> None:
-    """Fill ``view`` with the bytes of ``f`` at ``offset``; fail if ``f`` is no longer the file
-    :func:`.scan.scan` saw (one ``fstat`` after the read, on the descriptor read from)."""
-    try:
-        fd = os.open(f.abs, os.O_RDONLY)
-    except OSError as exc:
-        raise _unreadable(f.abs, exc, "file") from exc
-    try:
-        got = 0
-        while got < len(view):
-            n = os.preadv(fd, [view[got:]], offset + got)
-            if n == 0:
-                break
-            got += n
-        st = os.fstat(fd)
-    except OSError as exc:
-        raise _unreadable(f.abs, exc, "file") from exc
-    finally:
-        os.close(fd)
-    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != f.fingerprint or (
-        got < len(view)
-    ):
-        _check_unchanged(f, st, ended_early=got < len(view))
-
-
-def _check_unchanged(f: _File, st: os.stat_result, ended_early: bool = False) -> None:
-    """Raise if ``st`` shows that ``f`` changed since the scan: its inode, size, modification or
-    change time differ (it was replaced, grew, shrank or was written to)."""
-    _dev, ino, size, mtime_ns, ctime_ns = f.fingerprint
-    if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (ino, size, mtime_ns, ctime_ns):
-        if not ended_early:
-            return  # only the device number differs (fstat and stat may disagree on it)
-        how = "it ended early"
-    elif st.st_ino != ino:
-        how = "it was replaced by another file"
-    elif st.st_size != size:
-        how = "it %s from %d to %d bytes" % (
-            "grew" if st.st_size > size else "shrank",
-            size,
-            st.st_size,
-        )
-    else:
-        how = "it was written to"
-    raise CheckpointConfigError(
-        "%s changed while save() was reading it (%s), so the checkpoint would not hold one "
-        "consistent version of it. Finish writing files before calling save(), or save a copy."
-        % (f.abs, how)
-    )
-
-
-def _check_source(f: _File, failed: bool = False) -> None:
-    """Check by path that ``f`` is unchanged after the backend's fast path read it.
-
-    With ``failed`` (the fast path raised), also report a file that cannot be read: the
-    backend wraps every ``OSError`` in a ``StorageError``, which would blame the store."""
-    try:
-        st = os.stat(f.abs)
-    except OSError as exc:
-        raise _unreadable(f.abs, exc, "file") from exc
-    _check_unchanged(f, st)
-    effective = os.access in os.supports_effective_ids
-    if failed and not os.access(f.abs, os.R_OK, effective_ids=effective):
-        raise _unreadable(f.abs, PermissionError(errno.EACCES, "Permission denied"), "file")
 
 
 # ---------------------------------------------------------------------------------------- save
@@ -187,6 +125,29 @@ class BlobWriter:
             self.lease.credit(session, h)
             stats.bytes_stored += length
         self._count(h, length, stored, stats, confirmed=True)
+        return h
+
+    def put_filled(
+        self,
+        length: int,
+        fill: Callable[[int], None],
+        digest_of: Callable[[memoryview], str],
+        stats: SaveStats,
+    ) -> Optional[str]:
+        """Store the ``length`` bytes ``fill(fd)`` writes through the backend's in-kernel
+        path (:meth:`.Storage.ingest_filled`), named ``digest_of(the bytes as stored)``;
+        None if the backend has no such path."""
+        session = self.lease.current  # before the put: the blob is younger than its start
+        done = self.storage.ingest_filled(length, fill, digest_of, blob_key)
+        if done is None:
+            return None
+        h, stored = done
+        if stored:
+            self.lease.credit(session, h)
+            stats.bytes_stored += length
+        # A blob this process already trusted counts as trusted, not confirmed, as in put():
+        # the pre-commit check looks it up again, nearer the commit.
+        self._count(h, length, stored, stats, confirmed=stored or h not in self.known)
         return h
 
     def put(self, data: memoryview, stats: SaveStats, codec: Optional[str] = None) -> str:
@@ -279,6 +240,46 @@ def _plan(
         yield "pack", pack
 
 
+def _pack_in_kernel(
+    files: list[_File],
+    indices: list[int],
+    writer: BlobWriter,
+    stats: SaveStats,
+    lock: threading.Lock,
+    chunks: list[dict[int, ChunkRef]],
+    digests: dict[int, str],
+) -> bool:
+    """Store the pack of ``files[indices]`` through the backend's in-kernel path: each file is
+    copied into the staged pack, then the pack and each file are hashed from one read-only
+    mapping of it (the bytes as stored).  False if the backend has no such path."""
+    layout = []
+    pos = 0
+    for i in indices:
+        layout.append((i, pos, files[i].size))
+        pos += files[i].size
+    own: dict[int, str] = {}
+
+    def fill(fd: int) -> None:
+        _copy_pack([(files[i], start, size) for i, start, size in layout], fd)
+
+    def digest_of(view) -> str:
+        with memoryview(view) as whole:
+            for i, start, size in layout:
+                with whole[start : start + size] as part:
+                    own[i] = digest(part)
+            return digest(whole)
+
+    h = writer.put_filled(pos, fill, digest_of, stats)
+    if h is None:
+        return False
+    with lock:
+        for i, start, size in layout:
+            chunks[i][0] = ChunkRef(h, start, size)
+            digests[i] = own[i]
+        stats.bytes_read += pos
+    return True
+
+
 def upload_tree(
     files: list[_File],
     writer: BlobWriter,
@@ -348,6 +349,10 @@ def upload_tree(
             pool.give(buf)
 
     def do_pack(indices: list[int]) -> None:
+        # Locally, packs are assembled in the kernel (no Python buffer to fill and zero).
+        if not codec and _pack_in_kernel(files, indices, writer, stats, lock, chunks, digests):
+            progress(sum(files[i].size for i in indices))
+            return
         buf = pool.take()
         try:
             pos = 0

@@ -170,6 +170,21 @@ class Storage(abc.ABC):
         """
         return None
 
+    def ingest_filled(
+        self,
+        length: int,
+        fill: Callable[[int], None],
+        digest: Callable[[Buffer], str],
+        key_for: Callable[[str], str],
+    ) -> Optional[tuple[str, bool]]:
+        """Like :meth:`ingest_range` for ``length`` bytes that ``fill(fd)`` writes at offset 0
+        of a new file of the store (e.g. many small files copied in the kernel into one pack).
+
+        Returns ``(digest, newly_stored)``, or None when unsupported, also when ``fill`` raises
+        an ``OSError`` whose errno is in :data:`.oscopy.UNSUPPORTED_COPY`.
+        """
+        return None
+
     # ------------------------------------------------------------------ public API
     def full_url(self, key: str) -> str:
         """The URL or path of ``key`` as a user would type it."""

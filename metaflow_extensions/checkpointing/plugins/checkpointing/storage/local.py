@@ -162,16 +162,35 @@ class LocalStorage(Storage):
         # digest is then taken over the staged copy through mmap, so no byte crosses into Python.
         if length <= 0 or not can_copy_range():
             return None
-        os.makedirs(self.root, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
-        try:
+
+        def fill(fd: int) -> None:
             with open(src, "rb") as fin:
-                try:
-                    copy_range(fin.fileno(), fd, length, offset, 0, what=src)
-                except OSError as exc:
-                    if exc.errno in UNSUPPORTED_COPY:
-                        return None  # finally removes tmp; caller falls back
-                    raise
+                copy_range(fin.fileno(), fd, length, offset, 0, what=src)
+
+        return self.ingest_filled(length, fill, digest, key_for)
+
+    def ingest_filled(
+        self,
+        length: int,
+        fill: Callable[[int], None],
+        digest: Callable[[Buffer], str],
+        key_for: Callable[[str], str],
+    ) -> Optional[tuple[str, bool]]:
+        if length <= 0 or not can_copy_range():
+            return None
+        self._makedirs(self.root)  # once per process, not a mkdir per blob
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+        except FileNotFoundError:  # the root was removed since we made it: make it again
+            self._makedirs(self.root, force=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+        try:
+            try:
+                fill(fd)
+            except OSError as exc:
+                if exc.errno in UNSUPPORTED_COPY:
+                    return None  # finally removes tmp; caller falls back
+                raise
             with map_readonly(fd, length) as view:
                 h = digest(view)
             if self.fsync:
