@@ -20,6 +20,7 @@ import errno
 import fcntl
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -92,12 +93,19 @@ class Job:
     temps: list[str] = field(default_factory=list)
     #: Some temp file could not be removed: keep the lock file so a later load removes it.
     stuck: bool = False
+    #: One lock per directory, held while a small file is written there (see download.py).
+    dir_locks: dict[str, threading.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # str.rpartition: os.path.dirname per file cost ~1% of a load of many small files.
         self.parents = [f.rpartition(os.sep)[0] or os.sep for f in self.finals]
         stem = os.sep + PART_PREFIX + self.token + "-"
         self.temps = [parent + stem + str(i) for i, parent in enumerate(self.parents)]
+        self.dir_locks = {parent: threading.Lock() for parent in set(self.parents)}
+
+    def dir_lock(self, i: int) -> threading.Lock:
+        """The lock of file ``i``'s directory."""
+        return self.dir_locks[self.parents[i]]
 
     def temp(self, i: int, backup: bool = False) -> str:
         """Temp name of file ``i`` (or of the backup of what it replaces), beside its target."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from typing import Optional
 
 from ..errors import (
@@ -36,7 +37,7 @@ from ..errors import (
     StorageNotFound,
 )
 from ..storage.base import Storage
-from ..storage.clone import clone_range
+from ..storage.clone import clone_capable, clone_range
 from ..storage.local import open_object
 from ..storage.oscopy import UNSUPPORTED_COPY, can_copy_range, copy_range, map_readonly
 from .codec import DecodeError, decode, require, split
@@ -264,22 +265,43 @@ def _copy_mapped(
                     _unclone(job, i, ranges)
             return False
         for (i, file_pos, c), ranges in cloned:
-            entry = manifest.files[i]
             with view[c.offset : c.offset + c.length] as piece:
-                _check_slice(manifest, blob, entry, piece, c.length)
+                _check_slice(manifest, blob, manifest.files[i], piece, c.length)
                 if ranges is not None:
                     continue
 
-                def copy(out: int, start: int, n: int, c=c, file_pos=file_pos) -> None:
-                    copy_range(fd, out, n, c.offset + start, file_pos + start, what=path)
-
                 try:
-                    place(job.temps[i], _extend_to(entry), piece, copy)
+                    _place(job, i, file_pos, piece, c.length < len(view), (fd, c.offset, path))
                 except OSError as exc:
                     if exc.errno in UNSUPPORTED_COPY:
                         return False
                     raise job.write_error(exc, i) from exc
     return True
+
+
+def _place(
+    job: Job, i: int, pos: int, piece: memoryview, member: bool, source: Optional[tuple] = None
+) -> None:
+    """Write the verified ``piece`` (at ``pos`` of file ``i``) into its temp file, all-zero
+    blocks left as holes, with ``pwrite``: from a local store's mapping that is 25% less CPU
+    than ``copy_file_range`` on ext4.  A large file's chunk from a local store (``source``: the
+    blob's fd, the slice's offset, its path) uses ``copy_file_range`` where the filesystems may
+    clone (XFS, btrfs clone even a chunk too short for :func:`_clone_uses`).  A pack ``member``
+    is written holding its directory's lock: threads creating files in one directory contend
+    (10,000 x 4 KiB loaded 2x slower with 2-8 threads than with one); hashing stays parallel.
+    """
+
+    def copy(out: int, start: int, n: int) -> None:
+        if source is not None and not member and clone_capable(source[0], out):
+            copy_range(source[0], out, n, source[1] + start, pos + start, what=source[2])
+            return
+        with piece[start : start + n] as part:  # released at once: the mapping closes after
+            done = 0
+            while done < n:
+                done += os.pwrite(out, part[done:], pos + start + done)
+
+    with job.dir_lock(i) if member else nullcontext():
+        place(job.temps[i], _extend_to(job.manifest.files[i]), piece, copy)
 
 
 # ---------------------------------------------------------------------------------- download
@@ -332,9 +354,8 @@ def download_tree(
         by_blob: dict[str, list[_Use]] = {}
         for i, entry in enumerate(manifest.files):
             created.append(job.temps[i])
-            # A file held by one slice (most files; every small one) is created by the worker
-            # that has its bytes; only multi-chunk and empty files are created (sized, all
-            # holes) up front.
+            # A file of one slice (most; every small one) is created by the worker holding its
+            # bytes; only multi-chunk and empty files are created (sized, all holes) up front.
             if len(entry.chunks) != 1:
                 try:
                     fd = os.open(job.temps[i], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -368,13 +389,8 @@ def download_tree(
                 piece = view[c.offset : c.offset + c.length]
                 _check_slice(manifest, blob, entry, piece, c.length)
 
-                def copy(fd: int, start: int, n: int, piece=piece, file_pos=file_pos) -> None:
-                    put = 0
-                    while put < n:
-                        put += os.pwrite(fd, piece[start + put : start + n], file_pos + start + put)
-
                 try:
-                    place(job.temps[i], _extend_to(entry), piece, copy)
+                    _place(job, i, file_pos, piece, c.length < len(view))
                 except OSError as exc:
                     raise job.write_error(exc, i) from exc
                 with counter:
