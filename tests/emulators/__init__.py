@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import socket
 import subprocess
@@ -43,36 +44,147 @@ def free_port() -> int:
 #: but took over 30 s once with both cores busy (several xdist workers and other processes);
 #: a start that still misses this is tried once more (:func:`_started`).
 START_LIMIT = 90.0
+#: Starts on a fresh port when the one :func:`free_port` gave was taken before the emulator
+#: bound it (another xdist worker or process picks ports the same way).
+PORT_TRIES = 3
+#: Without ``/proc`` (no way to see who owns a listener): how long the emulator must stay alive
+#: after the first successful connect.
+SETTLE = 0.5
 
 
-class _NotListening(RuntimeError):
+class _Retryable(RuntimeError):
     pass
 
 
+class _NotListening(_Retryable):
+    pass
+
+
+class _PortTaken(_Retryable):
+    pass
+
+
+def _listener_inodes(port: int) -> Optional[set]:
+    """Socket inodes listening on TCP ``port`` in this network namespace; None without /proc."""
+    inodes: set = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            cols = row.split()
+            # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; column 9 is the inode.
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    return inodes if readable else None
+
+
+def _family(pid: int) -> list:
+    """``pid`` and its descendants (an emulator may listen from a child process)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            tasks = os.listdir("/proc/%d/task" % p)
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open("/proc/%d/task/%s/children" % (p, tid)) as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+    return found
+
+
+def _owns_listener(pid: int, port: int) -> Optional[bool]:
+    """Whether the listener on ``port`` is a socket of ``pid`` (or a descendant): a connect
+    alone cannot tell our emulator from a foreign process that took the port first (ours then
+    fails to bind, and may even stay alive: gcp-storage-emulator and Azurite both do).  None
+    when the system cannot say (no /proc)."""
+    inodes = _listener_inodes(port)
+    if inodes is None:
+        return None
+    wanted = {"socket:[%s]" % i for i in inodes}
+    for p in _family(pid):
+        try:
+            fds = os.listdir("/proc/%d/fd" % p)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (p, fd)) in wanted:
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+def _port_in_use(log: Path) -> bool:
+    text = _tail(log).lower()
+    return "eaddrinuse" in text or "address already in use" in text
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 def _wait_listening(port: int, proc: subprocess.Popen, name: str, log: Path) -> None:
+    """Return once ``proc`` itself accepts connections on ``port``; raise :class:`_PortTaken`
+    (another listener has the port), :class:`_NotListening` (too slow, both retryable) or
+    RuntimeError (the emulator failed).  A failed start leaves no process behind."""
     deadline = time.monotonic() + START_LIMIT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("%s exited (%s) at start: %s" % (name, proc.returncode, _tail(log)))
+            message = "%s exited (%s) at start: %s" % (name, proc.returncode, _tail(log))
+            raise (_PortTaken if _port_in_use(log) else RuntimeError)(message)
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                pass
         except OSError:
             time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+            continue
+        owned = _owns_listener(proc.pid, port)
+        if owned is None:
+            # No /proc: a foreign listener would make ours exit, usually at once.
+            time.sleep(SETTLE)
+            owned = proc.poll() is None
+        if owned:
+            return
+        _stop(proc)
+        raise _PortTaken(
+            "127.0.0.1:%d is another process's listener, not %s's: %s" % (port, name, _tail(log))
+        )
+    _stop(proc)
     raise _NotListening(
         "%s did not listen on 127.0.0.1:%d within %g s: %s" % (name, port, START_LIMIT, _tail(log))
     )
 
 
 def _started(start, port: Optional[int]):
-    """``start(port)``, tried once more (on a new port unless one was asked for) when the
-    emulator did not listen in time: a loaded machine must not fail a test at setup."""
-    try:
-        return start(port or free_port())
-    except _NotListening:
-        return start(port or free_port())
+    """``start(port)`` on a new port (from :func:`free_port`) while the port was taken before
+    the emulator bound it (up to :data:`PORT_TRIES` times), and tried once more when the
+    emulator did not listen in time: a loaded machine must not fail a test at setup.  A port
+    the caller asked for is not replaced."""
+    taken = slow = 0
+    while True:
+        try:
+            return start(port or free_port())
+        except _PortTaken:
+            taken += 1
+            if port or taken == PORT_TRIES:
+                raise
+        except _NotListening:
+            slow += 1
+            if slow == 2:
+                raise
 
 
 def _tail(log: Path) -> str:
