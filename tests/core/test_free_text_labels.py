@@ -15,7 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import reference_of
+from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
+    MAX_LABEL,
+    reference_of,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
     MAX_NAME_LENGTH,
     validate_name,
@@ -82,21 +85,104 @@ def test_a_reference_style_label_saves_and_loads_back_by_the_same_text(tmp_path,
     assert runtime.loaded.info[ref["key"]]["label"] == label
 
 
+def _loads_its_own_or_says_ambiguous(runtime, text, src, others) -> None:
+    """``load(text)`` gives the model saved under the label ``text``, or refuses naming the
+    label's stored name when the text also designates another stored checkpoint; never the
+    files of another model."""
+    try:
+        loaded = runtime.load(text)
+    except CheckpointConfigError as exc:
+        assert "ambiguous" in exc.message and repr(label_name(text)) in exc.message
+        assert any(ref["key"] in exc.message for ref in others)
+        return
+    assert snapshot(loaded) == snapshot(src)  # its own model, by its text
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.lists(labels, min_size=2, max_size=3, unique=True))
-def test_any_labels_round_trip_and_never_share_a_model(tmp_path_factory, texts):
+@given(st.lists(labels, min_size=2, max_size=3, unique=True), st.data())
+def test_any_labels_round_trip_and_never_share_a_model(tmp_path_factory, texts, data):
     tmp_path = tmp_path_factory.mktemp("labels")
     store = CheckpointStore(MemoryStorage(), options())
     runtime = _runtime(store, tmp_path)
+    # Sometimes a label that is another spelling of an earlier save: "<its label>@<a prefix
+    # of its version>", its key.
     refs = []
     for i, text in enumerate(texts):
+        if refs and data.draw(st.booleans(), label="collide"):
+            earlier = data.draw(st.sampled_from([ref for ref, _ in refs]), label="earlier")
+            cut = data.draw(st.integers(1, len(earlier["version"])), label="prefix")
+            text = data.draw(
+                st.sampled_from(
+                    ["%s@%s" % (earlier["name"], earlier["version"][:cut]), earlier["key"]]
+                ),
+                label="colliding text",
+            )
+            if text in texts or any(ref["label"] == text for ref, _ in refs):
+                continue
         src = write_tree(tmp_path / ("m%d" % i), {"w.bin": b"model %d" % i})
         refs.append((runtime.save(str(src), label=text), src))
-    for (ref, src), text in zip(refs, texts):
-        assert ref["label"] == text
-        assert snapshot(runtime.load(text)) == snapshot(src)  # its own model, by its text
+    for ref, src in refs:
+        others = [other for other, _ in refs if other["key"] != ref["key"]]
+        _loads_its_own_or_says_ambiguous(runtime, ref["label"], src, others)
+
+
+def test_a_label_spelled_like_a_version_of_another_model_never_loads_that_model(tmp_path):
+    """Model ``a``, then a model labelled ``"a@<prefix of a's version>"``: the label's text
+    also reads as that version of ``a``.  Loading the text used to give ``a``'s files
+    silently; now it says both meanings.  Each model still loads by an exact spelling."""
+    store = CheckpointStore(MemoryStorage(), options())
+    runtime = _runtime(store, tmp_path)
+    a_src = write_tree(tmp_path / "a", {"w.bin": b"model A"})
+    a = runtime.save(str(a_src), label="a")
+    text = "a@" + a["version"][:6]
+    b_src = write_tree(tmp_path / "b", {"w.bin": b"model B"})
+    b = runtime.save(str(b_src), label=text)
+    assert b["name"] == label_name(text) != text
+
+    with pytest.raises(CheckpointConfigError) as exc:
+        runtime.load(text)
+    message = exc.value.message
+    assert "ambiguous" in message and repr(b["name"]) in message and a["key"] in message
+    assert not runtime.loaded  # nothing was downloaded
+    # The spellings the message gives load exactly one model each.
+    assert snapshot(runtime.load(b["name"])) == snapshot(b_src)
+    assert snapshot(runtime.load(a["key"])) == snapshot(a_src)
+    # A label spelled like a key of another model: the same.
+    c_src = write_tree(tmp_path / "c", {"w.bin": b"model C"})
+    c = runtime.save(str(c_src), label=a["key"])
+    with pytest.raises(CheckpointConfigError, match="ambiguous"):
+        runtime.load(a["key"])
+    assert snapshot(runtime.load(c["name"])) == snapshot(c_src)
+
+
+def test_a_text_that_is_no_label_still_loads_its_other_spelling(tmp_path):
+    """No label of that text: ``name@<version prefix>`` loads that version (the extra check
+    finds no label series and changes nothing)."""
+    store = CheckpointStore(MemoryStorage(), options())
+    runtime = _runtime(store, tmp_path)
+    a_src = write_tree(tmp_path / "a", {"w.bin": b"model A"})
+    a = runtime.save(str(a_src), label="a")
+    assert snapshot(runtime.load("a@" + a["version"][:6])) == snapshot(a_src)
+
+
+def test_a_label_longer_than_readers_keep_is_refused_before_anything_is_written(tmp_path):
+    """Readers keep at most MAX_LABEL characters of label text (a manifest body is untrusted):
+    a longer label used to save and read back as the stored name.  Refused at save, naming
+    the limit, with nothing written; MAX_LABEL characters still round-trip."""
+    storage = MemoryStorage()
+    store = CheckpointStore(storage, options())
+    runtime = _runtime(store, tmp_path)
+    src = write_tree(tmp_path / "model", {"w.bin": b"weights"})
+    for text in ("L" * (MAX_LABEL + 1), "é" * 1_000_000):
+        with pytest.raises(CheckpointConfigError, match="at most %d characters" % MAX_LABEL):
+            runtime.save(str(src), label=text)
+    assert list(storage.list("")) == []  # nothing written, not even a blob
+    text = "x " * (MAX_LABEL // 2)
+    ref = runtime.save(str(src), label=text)
+    assert ref["label"] == text
+    assert reference_of(store, store.read(ref["key"]))["label"] == text
 
 
 @settings(max_examples=300, deadline=None)

@@ -323,7 +323,8 @@ class CheckpointReference(dict):
 #: fields, recorded by its saver (:func:`model_record`) so every reader (``save()``'s return,
 #: listings, ``get``, the CLI, ``loaded.info``) rebuilds the same reference.
 RECORD = "reference"
-#: Longest model label text kept in a version (a longer one reads back as the stored name).
+#: Longest model label text: ``current.model.save`` refuses a longer one before writing; a
+#: longer one in a manifest body (untrusted) reads back as the stored name.
 MAX_LABEL = 4096
 
 

@@ -19,13 +19,13 @@ import re
 from typing import Any, Callable, Optional
 
 from ..common import refspec
-from ..common.reference import CheckpointReference, model_record, reference_of
-from ..common.resolver import resolve
+from ..common.reference import MAX_LABEL, CheckpointReference, model_record, reference_of
+from ..common.resolver import named_versions, resolve
 from ..core import loading
 from ..core.promotions import publisher_record
 from ..core.scope import MAX_NAME_LENGTH, Scope, library_scope, validate_name
 from ..core.store import CheckpointStore
-from ..errors import CheckpointConfigError, CheckpointNotFound
+from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from ..fmt import human_size
 from .model_loaded import LoadedModels
 from .view import TaskView
@@ -142,7 +142,9 @@ class ModelRuntime:
             ``"label"`` (``@model(load=[...])``, :meth:`load`).  A label that is no valid
             checkpoint name (spaces, unicode, ``:``, ``/``, over 100 characters) is stored
             under :func:`label_name` of it, ``ref["name"]``, and kept as given in
-            ``ref["label"]``; a version is pinned as ``"<ref['name']>@<version>"``.
+            ``ref["label"]``; a version is pinned as ``"<ref['name']>@<version>"``.  At most
+            :data:`~..common.reference.MAX_LABEL` (4096) characters, so every reader gives
+            back the text as given.
         metadata : dict, optional
             JSON-serialisable metadata stored with it (``ref["metadata"]``).
         storage_format : str
@@ -163,9 +165,17 @@ class ModelRuntime:
         Raises
         ------
         CheckpointConfigError
-            ``storage_format`` is invalid, ``label`` is not a str, or ``path`` does not exist
-            (nothing is read or uploaded).
+            ``storage_format`` is invalid, ``label`` is not a str or longer than 4096
+            characters, or ``path`` does not exist (nothing is read or uploaded).
         """
+        if isinstance(label, str) and len(label) > MAX_LABEL:
+            # Readers cap the text they trust in a manifest at MAX_LABEL (a longer one reads
+            # back as the stored name): refused here, before anything is written, so
+            # ref["label"] is always the text given.
+            raise CheckpointConfigError(
+                "current.model.save(label=%r...): a label is at most %d characters, this one "
+                "has %d; nothing was uploaded." % (label[:40], MAX_LABEL, len(label))
+            )
         if storage_format not in STORAGE_FORMATS:
             raise CheckpointConfigError(
                 "current.model.save(storage_format=%r): accepted values are %s (both store "
@@ -243,20 +253,55 @@ class ModelRuntime:
 
     def resolve(self, reference: Any):
         """``(store, manifest)`` of a reference, as this task sees it: its store and any store
-        a reference names; names trusted in the task's namespace."""
+        a reference names; names trusted in the task's namespace.
+
+        A str that is no valid name may be both another spelling (a key, a pathspec,
+        ``name@<version prefix>``) and a free-text label (``"bert@abc"``): it loads what it
+        designates only when the other meaning has nothing stored.
+
+        Raises
+        ------
+        CheckpointConfigError
+            Both meanings designate stored checkpoints: the message gives a spelling for each.
+        """
         view = TaskView(self._store, self._scope, other_stores=True, reader=self._scope.namespace)
         if not isinstance(reference, str) or label_name(reference) == reference:
             return resolve(reference, view)
+        name = label_name(reference)
         try:
-            return resolve(reference, view)  # a key, a URL, a pathspec, name@version...
+            found = resolve(reference, view)  # a key, a URL, a pathspec, name@version...
+        except CheckpointScopeError as exc:
+            # Stored but not for this task (another store, an untrusted version): still a
+            # meaning of the text, so a label of the same text is ambiguous, not a fallback.
+            if named_versions(self._store, name):
+                raise self._ambiguous(reference, name, exc.message) from None
+            raise
         except (CheckpointConfigError, CheckpointNotFound) as exc:
             # ...else a free-text label ("bert base v2", "facebook/opt-125m"): the model saved
             # under it.  Tried second, so the other spellings cost no extra store listing.
-            named = refspec.RefSpec(refspec.NAMED, name=label_name(reference))
+            named = refspec.RefSpec(refspec.NAMED, name=name)
             try:
                 return resolve(named, view)
             except CheckpointNotFound:
                 raise exc from None
+        # The text designates a stored checkpoint; if a model was also saved with it as its
+        # label, loading either one silently would be the wrong weights half of the time
+        # (one listing of the label's prefix, only for texts that are no name).
+        ref = reference_of(found[0], found[1])
+        if ref["name"] != name and named_versions(self._store, name):
+            raise self._ambiguous(
+                reference, name, "%s (key %r)" % (ref.spelling or ref["key"], ref["key"])
+            )
+        return found
+
+    @staticmethod
+    def _ambiguous(text: str, name: str, other: str) -> CheckpointConfigError:
+        """The error for a text that is both a stored label and another reference."""
+        return CheckpointConfigError(
+            "current.model.load(%r) is ambiguous: it is the label of the model stored as %r "
+            "and it also designates %s. Load the label's model as %r (or '%s@<version>'), the "
+            "other by its key." % (text, name, other, name, name)
+        )
 
     def load_into(
         self, name: str, store: CheckpointStore, manifest, path: Optional[str], given: Any = None
