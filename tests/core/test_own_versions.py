@@ -13,12 +13,21 @@ from __future__ import annotations
 import metaflow  # noqa: F401, I001  (Metaflow before the package, as in conftest.py)
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.core import loading
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.promotions import publisher_of
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import library_scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointNotFound
+from metaflow_extensions.checkpointing.plugins.checkpointing.fmt import human_size
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import MemoryStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_loaded import LoadedModels
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_runtime import (
     ModelRuntime,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.models import (
+    MODELS_ENV,
+    ensure_available,
+    load_models,
+    parse_specs,
 )
 
 from .helpers import make_scope, options, rand, snapshot, write_tree
@@ -103,3 +112,45 @@ def test_identical_named_saves_outside_a_task_are_two_versions(tmp_path, monkeyp
     dest = client.load(second, str(tmp_path / "out"))
     assert snapshot(dest) == snapshot(src)
     assert client.get("named").key == second.key  # the name still resolves
+
+
+def test_launcher_uploads_of_identical_content_in_two_runs_are_two_versions(tmp_path, monkeypatch):
+    """``@checkpoint(models=["vocab=./vocab_dir"])``: the launcher of each run uploads the
+    directory.  Two runs used to get one version (``reuse_identical``): deleting the first
+    run's deleted the second's.  Now each run's upload is its own version, naming its run; the
+    second moves no bytes, and after the first is deleted and gc runs the second loads."""
+    import metaflow.metaflow_config
+
+    monkeypatch.setattr(metaflow.metaflow_config, "USER", "alice")  # the run's user
+    monkeypatch.delenv("METAFLOW_PRODUCTION_TOKEN", raising=False)
+    storage = CountingStorage()
+    store = CheckpointStore(storage, options())
+    src = _tree(tmp_path)
+    specs = parse_specs(["vocab=%s" % src], "start")
+    for spec in specs:  # load_models exports the paths: restored after the test
+        monkeypatch.delenv(spec.env_var, raising=False)
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+
+    def versions(store):
+        return [h.key for h in store.headers(library_scope("vocab").step_prefix(), name="vocab")]
+
+    lines: list[str] = []
+    ensure_available(store, specs, "start", lines.append, origin="ModelsFlow/1")
+    puts_first = len(storage.blob_puts)
+    ensure_available(store, specs, "start", lines.append, origin="ModelsFlow/2")
+
+    origin = {publisher_of(m.source)["origin"]: m for m in map(store.read, versions(store))}
+    assert sorted(origin) == ["ModelsFlow/1", "ModelsFlow/2"]  # two versions, one per run
+    first, second = origin["ModelsFlow/1"], origin["ModelsFlow/2"]
+    assert puts_first > 0 and len(storage.blob_puts) == puts_first  # bytes uploaded once
+    assert second.stats["bytes_uploaded"] == 0 and not second.stats.get("reused")
+    assert lines[-1] == "[@checkpoint] Uploaded model 'vocab' version %s (%s, 0 B new)." % (
+        second.id,
+        human_size(second.size),
+    )
+
+    store.delete(first.key)
+    store.close()  # end this writer's lease, as the launcher does
+    assert store.gc(grace_seconds=0).blobs_deleted == 0
+    paths = load_models(store, specs, str(tmp_path / "models"), "user:alice")
+    assert snapshot(paths["vocab"]) == snapshot(src)

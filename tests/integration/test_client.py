@@ -252,10 +252,9 @@ def test_a_step_gets_models_by_name(flow_env, monkeypatch):
     assert start.data.loaded_dir == ["tiny.pt"]
     assert "Uploaded model 'vocab'" in first.stdout
 
-    # The same local directory again: nothing is uploaded and the run says so.
+    # The same local directory again: the run's own version, no byte uploaded, and it says so.
     second = run_flow(FLOWS / "models_flow.py", env, tmp)
-    assert "Model 'vocab' is already stored" in second.stdout
-    assert "0 bytes uploaded" in second.stdout
+    assert "Uploaded model 'vocab'" in second.stdout and ", 0 B new)" in second.stdout
     assert second.run["start"].task.data.vocab_files == ["words.txt"]
 
 

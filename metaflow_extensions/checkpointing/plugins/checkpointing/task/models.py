@@ -239,10 +239,13 @@ def ensure_available(
     log: Callable[[str], None],
     origin: str = "launcher",
 ) -> None:
-    """Upload local sources that are not stored yet, then check every model resolves in the
+    """Upload local sources (``"name=<local path>"``), then check every model resolves in the
     namespace of the run (this process's :func:`identity`).
 
     ``origin`` (the run's pathspec ``Flow/run_id``) is recorded as the publisher of uploads.
+    Each run's upload is its own version, as ``current.model.save``'s: deleting one run's never
+    breaks another's; its files are content-addressed, so bytes already stored are not uploaded
+    again (an unchanged directory writes one small manifest).
 
     Raises
     ------
@@ -269,7 +272,8 @@ def ensure_available(
                 os.path.abspath(spec.local_path),
                 library_scope(spec.name),
                 name=spec.name,
-                reuse_identical=True,
+                # No reuse_identical: a version shared by two runs would be deleted for both
+                # by delete_model() of either (review rv1 1.6, issue 14 F5); bytes are shared.
                 publisher=publisher_record(user, namespace, origin),
             )
             log(describe_upload(spec.name, manifest))
@@ -313,19 +317,12 @@ def describe_resolution(name: str, resolved, namespace: Optional[str]) -> str:
 
 
 def describe_upload(name: str, manifest: Manifest) -> str:
-    """One line saying what an upload did (and that identical content moved no data)."""
-    stats = manifest.stats
-    if stats.get("reused"):
-        return "[@checkpoint] Model %r is already stored as version %s (%s): 0 bytes uploaded." % (
-            name,
-            manifest.id,
-            human_size(manifest.size),
-        )
+    """One line saying what an upload did (``0 B new``: identical content moved no data)."""
     return "[@checkpoint] Uploaded model %r version %s (%s, %s new)." % (
         name,
         manifest.id,
         human_size(manifest.size),
-        human_size(int(stats.get("bytes_uploaded", 0))),
+        human_size(int(manifest.stats.get("bytes_uploaded", 0))),
     )
 
 
