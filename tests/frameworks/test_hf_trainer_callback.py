@@ -28,6 +28,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (  # 
     CheckpointWarning,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.frameworks.hf_trainer import (  # noqa: E402
+    TRAINER_STATE,
     HFCheckpointCallback,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import (  # noqa: E402
@@ -51,8 +52,8 @@ class Pairs(torch.utils.data.Dataset):
         return {"input_ids": self.x[i], "labels": self.y[i]}
 
 
-def _runtime(tmp_path, attempt=0):
-    store = CheckpointStore(LocalStorage(str(tmp_path / "store")))
+def _runtime(tmp_path, attempt=0, storage=None):
+    store = CheckpointStore(storage or LocalStorage(str(tmp_path / "store")))
     scope = Scope("user:tester", "HFFlow", "train", "_", "1", "2", attempt)
     directory = tmp_path / ("dir-%d" % attempt)
     directory.mkdir()
@@ -327,3 +328,100 @@ def test_load_best_model_at_end_survives_a_retry_on_another_machine(tmp_path):
     assert torch.equal(_weights(straight), _weights(resumed))
     # cb.best_reference is the run's best, saved by attempt 0 or by this one.
     assert cb.best_reference.metadata["step"] == best_step
+
+
+class FaultyBlobs(LocalStorage):
+    """A local store whose blob reads fail (``fail``), or whose first blob read finds that
+    another machine sharing ``output_dir`` has just restored the same checkpoint (``race``)."""
+
+    fail = False
+    race: object = None  # a directory to create, with a file, at the first blob read
+
+    def local_path(self, key):
+        # No direct reads of the stored files: every blob goes through the gets below.
+        return None if key.startswith("blobs/") else super().local_path(key)
+
+    def _blob_read(self, key):
+        if not key.startswith("blobs/"):
+            return
+        if self.fail:
+            raise PermissionError("injected: the store refuses %s" % key)
+        if self.race is not None:
+            os.makedirs(self.race)
+            (self.race / "from-the-other-machine").write_text("theirs")
+            self.race = None
+
+    def _get_bytes(self, key, start, length):
+        self._blob_read(key)
+        return super()._get_bytes(key, start, length)
+
+    def _get_file(self, key, local_path):
+        self._blob_read(key)
+        super()._get_file(key, local_path)
+
+
+def _saved(runtime, tmp_path, step, name, latest):
+    """A checkpoint directory as the callback saves it (the Trainer's files, metadata step)."""
+    folder = tmp_path / ("saved-%s-%d" % (name, step))
+    folder.mkdir()
+    (folder / TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+    (folder / "model.safetensors").write_bytes(os.urandom(64 << 10))
+    return runtime.save(path=str(folder), metadata={"step": step}, name=name, latest=latest)
+
+
+def _begin(cb, output_dir, load_best, **state):
+    """The callback's on_train_begin of a train() resumed at ``state['global_step']``."""
+    args = transformers.TrainingArguments(
+        output_dir=str(output_dir),
+        save_strategy="steps",
+        eval_strategy="steps",
+        metric_for_best_model="loss",
+        load_best_model_at_end=load_best,
+        report_to="none",
+        use_cpu=True,
+    )
+    trainer_state = transformers.TrainerState(**state)
+    cb.on_train_begin(args, trainer_state, transformers.TrainerControl())
+    return trainer_state
+
+
+@pytest.mark.parametrize("fault", ["the load fails", "another machine renames first"])
+def test_restoring_the_best_never_leaves_a_partial_directory_in_output_dir(tmp_path, fault):
+    """The best checkpoint is loaded into a hidden .checkpoint-<step>-* directory of output_dir
+    (a whole model) and renamed: a load that fails, or a rename lost to another machine
+    sharing output_dir, removes it; the state then points at the other machine's copy."""
+    storage = FaultyBlobs(str(tmp_path / "store"))
+    first = _runtime(tmp_path, 0, storage)
+    _saved(first, tmp_path, 2, "best", latest=False)
+    _saved(first, tmp_path, 4, "hf_trainer", latest=True)
+    retry = _runtime(tmp_path, 1, storage)  # loads step 4, before any fault
+    out = tmp_path / "pod2" / "out"
+    target = out / "checkpoint-2"
+    cb = HFCheckpointCallback(checkpoint=retry)
+    recorded = str(tmp_path / "pod1" / "out" / "checkpoint-2")  # not on this machine
+    if fault == "the load fails":
+        storage.fail = True
+        with pytest.raises(Exception, match="injected: the store refuses"):
+            _begin(cb, out, True, global_step=4, best_global_step=2, best_model_checkpoint=recorded)
+        assert not target.exists()
+    else:
+        storage.race = target
+        state = _begin(
+            cb, out, True, global_step=4, best_global_step=2, best_model_checkpoint=recorded
+        )
+        assert state.best_model_checkpoint == str(target)
+        assert os.listdir(target) == ["from-the-other-machine"]  # theirs, untouched
+    assert [p for p in os.listdir(out) if p.startswith(".checkpoint-")] == []
+
+
+def test_a_retry_never_takes_a_best_saved_after_the_step_it_resumed_at(tmp_path):
+    """A Trainer without best_global_step resumed at step 4: the best an earlier attempt saved
+    at step 6 (after that checkpoint: its latest save was lost) is not this run's best yet;
+    cb.best_reference is the best of step 2, as the resumed state knows it."""
+    first = _runtime(tmp_path, 0)
+    two = _saved(first, tmp_path, 2, "best", latest=False)
+    _saved(first, tmp_path, 4, "hf_trainer", latest=True)
+    _saved(first, tmp_path, 6, "best", latest=False)
+    cb = HFCheckpointCallback(checkpoint=_runtime(tmp_path, 1))
+    _begin(cb, tmp_path / "out", False, global_step=4, best_global_step=None)
+    assert cb.best_reference is not None and cb.best_reference.key == two.key

@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from typing import Any, Optional
@@ -192,15 +193,21 @@ class HFCheckpointCallback:
             if self.best_reference is None and self._best_metric_name(args) is not None:
                 # The best saved by an earlier attempt: cb.best_reference after train() is the
                 # run's best, as uninterrupted, even if no later step improves on it.
-                best = getattr(state, "best_global_step", None)
-                self.best_reference = next(
-                    (
-                        r
-                        for r in own_refs(self.checkpoint, self.best_name)
-                        if best is None or (r.metadata or {}).get("step") == best
-                    ),
-                    None,
-                )
+                self.best_reference = self._earlier_best(state)
+
+    def _earlier_best(self, state: Any) -> Any:
+        """The best checkpoint an earlier attempt saved, as of the step the Trainer resumed at.
+
+        A best saved *after* the resumed checkpoint (a crash between that best save and the
+        next ``latest`` one) belongs to steps this attempt trains again, maybe to another
+        result: it is never taken, as the Lightning callback's ``step <= global_step``.
+        """
+        best = getattr(state, "best_global_step", None)
+        for ref in own_refs(self.checkpoint, self.best_name):
+            step = (ref.metadata or {}).get("step", 0)
+            if step <= state.global_step and (best is None or step == best):
+                return ref
+        return None
 
     def _restore_best(self, args: Any, state: Any) -> None:
         """Make the resumed state's best checkpoint a directory of this machine.
@@ -238,15 +245,26 @@ class HFCheckpointCallback:
         first = getattr(args, "main_process_first", None)
         with first(local=True, desc="restore best") if first else contextlib.nullcontext():
             if not os.path.isdir(target):
-                os.makedirs(args.output_dir, exist_ok=True)
-                partial = tempfile.mkdtemp(prefix=".checkpoint-%d-" % step, dir=args.output_dir)
-                self.checkpoint.load(ref, path=partial)
-                try:
-                    os.rename(partial, target)
-                except OSError:  # another machine sharing output_dir restored it first
-                    if not os.path.isdir(target):
-                        raise
+                self._load_into(ref, target, args.output_dir, step)
         state.best_model_checkpoint = target
+
+    def _load_into(self, ref: Any, target: str, output_dir: str, step: int) -> None:
+        """Load ``ref`` into a hidden directory of ``output_dir``, then rename it ``target``.
+
+        The hidden directory (a whole model: it may be GBs) never outlives the call: a failed
+        load, or a rename lost to another machine sharing ``output_dir``, removes it.
+        """
+        os.makedirs(output_dir, exist_ok=True)
+        partial = tempfile.mkdtemp(prefix=".checkpoint-%d-" % step, dir=output_dir)
+        try:
+            self.checkpoint.load(ref, path=partial)
+            try:
+                os.rename(partial, target)
+            except OSError:  # another machine sharing output_dir restored it first
+                if not os.path.isdir(target):
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # gone already if renamed
 
     def _stored_step(self, step: int) -> Any:
         """The newest checkpoint of step ``step`` of series ``best_name`` (else ``name``) this
