@@ -264,17 +264,33 @@ class Opaque:
 
 
 class Holder:
+    """A tracked object whose state_dict() holds ``value`` beside a tensor."""
+
+    def __init__(self, value):
+        self.value = value
+
     def state_dict(self):
-        return {"what": Opaque(), "weights": torch.ones(3)}
+        return {"what": self.value, "weights": torch.ones(3)}
 
     def load_state_dict(self, state):
         pass
 
 
+def _sigterm(parts) -> CheckpointInterrupted:
+    """SIGTERM to this process with the task's handlers installed: what they raise."""
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted) as info:
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        parts.interrupts.restore()
+    return info.value
+
+
 def test_an_error_while_writing_in_the_background_fails_the_handle_and_the_flush(tmp_path):
     parts, storage, directory, _ = _task(tmp_path)
     runtime = parts.runtime
-    state = TrainingState(model=torch.nn.Linear(2, 2), holder=Holder(), step=7)
+    state = TrainingState(model=torch.nn.Linear(2, 2), holder=Holder(Opaque()), step=7)
     handle = state.save(runtime, blocking=False)  # the copy is taken; the check is a write's
     with pytest.raises(TrainingStateError, match="cannot be read back"):
         handle.wait(HOLD)
@@ -296,14 +312,9 @@ def test_a_signal_abandons_an_async_save_not_committed_in_time(tmp_path):
     storage.hold = True
     handle = state.save(runtime, blocking=False)
     assert storage.held.wait(HOLD)  # its files are written, its upload is held
-    assert parts.interrupts.install(parts.saves)
-    try:
-        with pytest.raises(CheckpointInterrupted) as info:
-            os.kill(os.getpid(), signal.SIGTERM)
-    finally:
-        parts.interrupts.restore()
+    interrupted = _sigterm(parts)
     assert handle.done() and isinstance(handle.exception(), SaveAbandoned)
-    assert "abandoned the background save of the training state (step 1)" in info.value.message
+    assert "abandoned the background save of the training state (step 1)" in interrupted.message
     assert logs[-1].endswith("the latest checkpoint stays %s." % first.key)
     assert _leftovers(tmp_path) == []
     storage.gate.set()  # the held upload goes on, and never commits
@@ -313,10 +324,12 @@ def test_a_signal_abandons_an_async_save_not_committed_in_time(tmp_path):
 
 
 class SlowToPickle:
-    """Pickled (by torch.save, in the background write) only once :attr:`gate` opens."""
+    """Pickled (by torch.save, in the background write) only once ``gate`` opens; sets
+    ``writing`` when pickling starts.  Both are made anew for each test (:func:`slow_pickle`):
+    events left set by an earlier run would let the test go on before the write is held."""
 
-    writing = threading.Event()
-    gate = threading.Event()
+    writing: threading.Event
+    gate: threading.Event
 
     def __deepcopy__(self, memo):
         return self
@@ -327,30 +340,32 @@ class SlowToPickle:
         return (int, (0,))
 
 
-class SlowHolder:
-    def state_dict(self):
-        return {"slow": SlowToPickle(), "weights": torch.ones(3)}
+@pytest.fixture
+def slow_pickle(monkeypatch):
+    """Fresh events for :class:`SlowToPickle`; the gate is opened at the end, whatever failed,
+    so no background write is left waiting."""
+    monkeypatch.setattr(SlowToPickle, "writing", threading.Event(), raising=False)
+    monkeypatch.setattr(SlowToPickle, "gate", threading.Event(), raising=False)
+    gate = SlowToPickle.gate
+    yield SlowToPickle
+    gate.set()
 
-    def load_state_dict(self, state):
-        pass
 
-
-def test_a_signal_while_the_files_are_written_abandons_the_save_and_removes_them(tmp_path):
+def test_a_signal_while_the_files_are_written_abandons_the_save_and_removes_them(
+    tmp_path, slow_pickle
+):
     parts, storage, directory, logs = _task(tmp_path)
     runtime = parts.runtime
     first = runtime.save()
-    state = TrainingState(model=torch.nn.Linear(2, 2), holder=SlowHolder(), step=5)
+    state = TrainingState(model=torch.nn.Linear(2, 2), holder=Holder(slow_pickle()), step=5)
     handle = state.save(runtime, blocking=False)
-    assert SlowToPickle.writing.wait(HOLD)  # the background thread is writing holder.pt
-    assert parts.interrupts.install(parts.saves)
+    assert slow_pickle.writing.wait(HOLD)  # the background thread is writing holder.pt
     try:
-        with pytest.raises(CheckpointInterrupted) as info:
-            os.kill(os.getpid(), signal.SIGTERM)
+        interrupted = _sigterm(parts)
     finally:
-        parts.interrupts.restore()
-        SlowToPickle.gate.set()  # the write goes on into a directory that is gone
+        slow_pickle.gate.set()  # the write goes on into a directory that is gone
     assert handle.done() and isinstance(handle.exception(), SaveAbandoned)
-    assert "abandoned the background save of the training state (step 5)" in info.value.message
+    assert "abandoned the background save of the training state (step 5)" in interrupted.message
     with pytest.raises(SaveAbandoned):  # queued behind it: the worker has moved past it
         runtime.save(blocking=False).wait(HOLD)
     assert _manifests(storage) == [first.key]
