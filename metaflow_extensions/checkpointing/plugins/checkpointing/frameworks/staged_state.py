@@ -40,6 +40,7 @@ from .torch_util import capture_rng, import_torch, is_module, unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..task.background import SaveHandle
+    from .pytorch import TrainingState
 
 #: Host copies alive at once in a process: one being written, one waiting to be.
 MAX_STAGED = 2
@@ -48,7 +49,7 @@ _TICK = 0.05  # seconds between two looks at the copies still held
 _cond = threading.Condition()
 _staged: list[StagedWrite] = []  # saves submitted whose copies may still be held
 _reserved = 0  # saves copying their state now
-_pool: list = []  # the tensors of the last copy written, reused by the next copy
+_pool: list[Any] = []  # the tensors of the last copy written, reused by the next copy
 
 
 class StagedWrite:
@@ -57,23 +58,70 @@ class StagedWrite:
 
     It owns ``others`` (the temporary copy of the directory's other files, already
     snapshotted by the save): removed by the background thread, or when the save is dropped
-    unwritten (abandoned), or at exit, never in the caller's time."""
+    unwritten (abandoned), or at exit, never in the caller's time.
+
+    Parameters
+    ----------
+    parts : Parts
+        The copy: what :func:`state_files.write_files` writes.
+    buffers : list of torch.Tensor
+        The host tensors holding the copy, pooled for the next copy once written.
+    nbytes : int
+        Bytes of those tensors (counted in the task's background-save budget).
+    weights_only : bool
+        Check that each ``.pt`` file loads with ``torch.load(weights_only=True)``.
+    what : str
+        The save in messages ("the training state (step N)").
+    others : str
+        Temporary directory holding the copy of ``checkpoint.directory``'s other files.
+    """
 
     def __init__(
-        self, parts: Parts, buffers: list, nbytes: int, weights_only: bool, what: str, others: str
-    ):
+        self,
+        parts: Parts,
+        buffers: list[Any],
+        nbytes: int,
+        weights_only: bool,
+        what: str,
+        others: str,
+    ) -> None:
         self.parts: Optional[Parts] = parts
-        self.buffers: Optional[list] = buffers
+        self.buffers: Optional[list[Any]] = buffers
         self.nbytes = nbytes
         self.what = what
         self.weights_only = weights_only
-        self.handle: Any = None  # the save's handle, once submitted
+        self.handle: Optional[SaveHandle] = None  # the save's handle, once submitted
         self.remove_others = weakref.finalize(self, shutil.rmtree, others, True)
 
     def holds_memory(self) -> bool:
+        """Whether the copy still counts toward :data:`MAX_STAGED`.
+
+        True until its files are written; False once they are, or once its save ended
+        without writing them (failed, or abandoned at a signal: the worker then drops the
+        save, and with it the copy, without calling :meth:`write`).
+        """
         return self.parts is not None and not (self.handle is not None and self.handle.done())
 
     def write(self, directory: str, abandoned: Callable[[], bool]) -> None:
+        """Write the state's files from the copy into the snapshot's ``directory`` (the
+        background save thread's call, before the commit), then release the copy.
+
+        Parameters
+        ----------
+        directory : str
+            The save's snapshot directory: the files land at its top, beside the copied
+            other files of ``checkpoint.directory``.
+        abandoned : callable
+            Asked between files (and while ``torch.save`` pickles): True once a signal
+            abandoned the save, which then stops with an error.
+
+        Raises
+        ------
+        TrainingStateError
+            If a ``.pt`` file does not load with ``weights_only=True`` (when asked).
+        RuntimeError
+            If the copy was already written (each is written once).
+        """
         global _pool
         self.remove_others()
         parts, buffers = self.parts, self.buffers
@@ -94,10 +142,11 @@ class StagedWrite:
 
 
 def save_in_background(
-    state: Any, checkpoint: Any, metadata: dict, name: str, latest: bool
+    state: TrainingState, checkpoint: Any, metadata: dict, name: str, latest: bool
 ) -> Optional[SaveHandle]:
     """``state.save(checkpoint, ..., blocking=False)`` as described above; None (nothing done)
-    if ``checkpoint`` is not a task's ``current.checkpoint``."""
+    if ``checkpoint`` is not a task's ``current.checkpoint`` (or safetensors lacks what the
+    copy needs): the caller then writes first, as a blocking save does."""
     from ..task.runtime import CheckpointRuntime, save_prepared
 
     if not isinstance(checkpoint, CheckpointRuntime):
@@ -141,8 +190,13 @@ def save_in_background(
 
 
 def stage(
-    objects: dict, step: Any, epoch: Any, extra: Any, rng: bool, pool: Optional[list] = None
-) -> tuple[Parts, list, int]:
+    objects: dict[str, Any],
+    step: Any,
+    epoch: Any,
+    extra: Any,
+    rng: bool,
+    pool: Optional[list[Any]] = None,
+) -> tuple[Parts, list[Any], int]:
     """A copy of everything a write reads, in host memory: the parts, the tensors holding it
     (to be reused once written) and their bytes.  ``pool``: tensors of an earlier copy to
     copy into where shape and dtype match."""
@@ -246,7 +300,7 @@ def _fits(buffer: Any) -> tuple:
     return (tuple(buffer.shape), buffer.dtype, bool(buffer.is_pinned()))
 
 
-def snapshot_others(directory: str, own: set) -> str:
+def snapshot_others(directory: str, own: set[str]) -> str:
     """A new temporary directory beside ``directory`` holding a copy of its files other than
     the state's own (``own``: names at its top): a blocking save saves them with the state.
     Returns the path to save (``<tmp>/<basename>``); the caller removes ``<tmp>``."""
@@ -266,7 +320,7 @@ def snapshot_others(directory: str, own: set) -> str:
     return tmp
 
 
-def own_files(names: list) -> set:
+def own_files(names: list[str]) -> set[str]:
     """The names a write of these objects replaces in a directory."""
     own = {STATE_FILE, RNG_FILE}
     for name in names:

@@ -22,6 +22,7 @@ from .torch_util import (
     capture_rng,
     import_torch,
     is_module,
+    refusal,
     replace_atomically,
     unwrap,
 )
@@ -41,8 +42,8 @@ class Entry:
     kind: str  #: "module" or "state_dict"
     type_name: str  #: the object's class, recorded for state_dict entries
     module: Any = None
-    tensors: Optional[dict] = None
-    metadata: Optional[dict] = None
+    tensors: Optional[dict[str, Any]] = None
+    metadata: Optional[dict[str, str]] = None
     state: Any = None
 
 
@@ -79,7 +80,7 @@ def checked_counters_and_extra(step: Any, epoch: Any, extra: Any) -> Any:
         ) from exc
 
 
-def live_parts(objects: dict, step: Any, epoch: Any, extra: Any, rng: bool) -> Parts:
+def live_parts(objects: dict[str, Any], step: Any, epoch: Any, extra: Any, rng: bool) -> Parts:
     """The parts of a blocking write: references to the live objects (nothing copied)."""
     parts = Parts(step, epoch, checked_counters_and_extra(step, epoch, extra))
     for name, obj in objects.items():
@@ -92,6 +93,7 @@ def live_parts(objects: dict, step: Any, epoch: Any, extra: Any, rng: bool) -> P
 
 
 def type_name(obj: Any) -> str:
+    """``module.QualName`` of ``obj``'s class, as ``state.json`` records it."""
     return "%s.%s" % (type(obj).__module__, type(obj).__qualname__)
 
 
@@ -165,11 +167,10 @@ def check_loadable(path: str, name: str, type_name: str) -> None:
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
         raise TrainingStateError(
             "The state_dict() of %s (%s) cannot be read back with "
             "torch.load(weights_only=True), so it could not be restored safely: %s. Make it "
             "hold only tensors and plain Python values, or register its classes with "
             "torch.serialization.add_safe_globals([...])."
-            % (name, type_name.rsplit(".", 1)[-1], first[0] if first else exc)
+            % (name, type_name.rsplit(".", 1)[-1], refusal(exc))
         ) from exc

@@ -83,14 +83,20 @@ def safe_load(path: str, what: str, weights_only: bool = True) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
         raise TrainingStateError(
             "Refusing to load %s (%s): it holds objects that torch.load(weights_only=True) does "
             "not allow, and nothing in it was executed. Detail: %s. If you wrote this file "
             "yourself, register its classes with torch.serialization.add_safe_globals([...]), or "
             "pass weights_only=False to TrainingState to unpickle it (runs arbitrary code: only "
-            "for files you trust)." % (what, path, first[0] if first else exc.__class__.__name__)
+            "for files you trust)." % (what, path, refusal(exc))
         ) from exc
+
+
+def refusal(exc: pickle.UnpicklingError) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in one line: the first of its message
+    (the lines after it are advice naming torch's own APIs, which our messages replace)."""
+    first = str(exc).strip().splitlines()
+    return first[0] if first else exc.__class__.__name__
 
 
 # ------------------------------------------------------------------------------------- RNG
