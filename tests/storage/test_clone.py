@@ -28,6 +28,17 @@ def _clone(d: Path, data: bytes, src_off=0, length=None, dst_off=0, dest_size=0)
         os.close(dst)
 
 
+def _clones_nothing(src: int, dst: int) -> None:
+    """A 1 MiB clone between the two descriptors (then closed) returns 0, and the pair of
+    devices is remembered as unable to clone."""
+    try:
+        assert clone.clone_range(src, dst, 0, MIB, 0, MIB) == 0
+        assert not clone.clone_capable(src, dst)
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
 def test_a_clone_shares_blocks_and_a_write_changes_only_the_clone(reflink_dir):
     """The whole file, its unaligned last block included, is shared; writing the clone
     leaves the source as it was (copy-on-write)."""
@@ -71,13 +82,7 @@ def test_filesystems_without_reflink_clone_nothing_and_are_remembered(tmp_path, 
     for base in (tmp_path, Path("/dev/shm")):
         d = base / ("clone-%d" % os.getpid()) if base != tmp_path else tmp_path
         d.mkdir(exist_ok=True)
-        src, dst = _pair(d, os.urandom(MIB))
-        try:
-            assert clone.clone_range(src, dst, 0, MIB, 0, MIB) == 0
-            assert not clone.clone_capable(src, dst)
-        finally:
-            os.close(src)
-            os.close(dst)
+        _clones_nothing(*_pair(d, os.urandom(MIB)))
         assert clone.shared_bytes(str(d / "dst")) == 0
         if d != tmp_path:
             for name in ("src", "dst"):
@@ -92,13 +97,7 @@ def test_two_filesystems_clone_nothing(reflink_mounts, tmp_path, monkeypatch):
     d.mkdir()
     (d / "src").write_bytes(os.urandom(MIB))
     src = os.open(d / "src", os.O_RDONLY)
-    dst = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        assert clone.clone_range(src, dst, 0, MIB, 0, MIB) == 0
-        assert not clone.clone_capable(src, dst)
-    finally:
-        os.close(src)
-        os.close(dst)
+    _clones_nothing(src, os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600))
 
 
 def test_cloning_turned_off_clones_nothing(reflink_dir, monkeypatch):
