@@ -39,7 +39,7 @@ demo: $(VENV)/.installed  ## train a tiny model that crashes once and resumes fr
 
 test: $(VENV)/.test-installed  ## lint + the whole test suite (starts its own local S3 server)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 -q --durations=25 tests
 
 # The same suite on the lowest Metaflow setup.py admits (its metaflow>= floor), everything else as
 # pinned in constraints.txt, in a venv of its own. Not in CI: run it before moving the floor or
