@@ -8,8 +8,10 @@ Modes (``Proxy(port_to, mode, ...)``):
 * ``"stall_first"``: the first connection is accepted and never answered, later ones pass;
 * ``"drip"``: responses are forwarded one byte every ``delay`` seconds, so no socket read
   ever waits long but a response never ends in useful time;
-* ``"rate"``: responses are forwarded at about ``rate`` bytes per second (a slow but moving
-  link);
+* ``"rate"``: responses are forwarded at about ``rate`` bytes per second each (a slow but
+  moving link per connection);
+* ``"link"``: all responses together are forwarded at about ``rate`` bytes per second: one
+  slow link shared by every transfer in flight (each gets ``rate`` / their number);
 * ``"cut"``: the first ``times`` responses longer than ``after`` bytes are cut there (the
   connection closed mid-body), later ones pass.
 """
@@ -38,8 +40,11 @@ class Proxy:
         self.times, self.rate = times, rate
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        self.accepted = 0  # connections accepted
         self.stalled = 0
         self.cuts = 0
+        self.sent = 0  # response bytes forwarded, all connections together
+        self._link_free = 0.0  # "link" mode: when the shared link has sent what it was given
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
@@ -55,6 +60,7 @@ class Proxy:
             except OSError:
                 return
             self._open.append(conn)
+            self.accepted += 1
             if self.mode == "stall_first" and not self.stalled:
                 self.stalled += 1  # read nothing, answer nothing
                 continue
@@ -67,6 +73,14 @@ class Proxy:
             threading.Thread(target=self._pipe, args=(conn, upstream, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, conn, True), daemon=True).start()
 
+    def _on_link(self, size: int) -> float:
+        """Seconds to wait before ``size`` bytes leave the shared link (queued after the bytes
+        every other connection put on it before)."""
+        with self._lock:
+            now = time.monotonic()
+            self._link_free = max(now, self._link_free) + size / self.rate
+            return self._link_free - now
+
     def _take_cut(self) -> bool:
         with self._lock:
             if self.cuts >= self.times:
@@ -78,16 +92,19 @@ class Proxy:
         drip = response and self.mode == "drip"
         cut = response and self.mode == "cut"
         slow = response and self.mode == "rate"
+        shared = response and self.mode == "link"
         sent = 0
         try:
             while True:
-                data = a.recv(1 if drip else self.rate // 16 if slow else 65536)
+                data = a.recv(1 if drip else self.rate // 16 if slow or shared else 65536)
                 if not data:
                     break
                 if drip:
                     time.sleep(self.delay)
                 if slow:
                     time.sleep(len(data) / self.rate)
+                if shared:
+                    time.sleep(self._on_link(len(data)))
                 if cut and sent + len(data) > self.after:
                     if self._take_cut():
                         b.sendall(data[: self.after - sent])
@@ -95,6 +112,9 @@ class Proxy:
                     cut = False  # this connection passes from now on
                 b.sendall(data)
                 sent += len(data)
+                if response:
+                    with self._lock:
+                        self.sent += len(data)
         except OSError:
             pass
         finally:

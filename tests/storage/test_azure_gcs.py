@@ -178,13 +178,15 @@ def test_a_stopped_server_is_a_bounded_storage_error(make, tmp_path, monkeypatch
     started = time.monotonic()
     with pytest.raises(StorageError) as info:
         store.put_bytes("blobs/k", b"data")
-    assert time.monotonic() - started < 8
+    # Seconds, not the minutes of the SDKs' own retries: 3 tries counted, each refused at once
+    # (~0.1-0.5 s in all; a try is bounded by the 2 s timeout and none starts after 10 s).
+    assert time.monotonic() - started < 30
     assert len(tries) == 3
     assert "%s/blobs/k" % store.url in str(info.value)
     assert "3 tries" in str(info.value)
     # What it did (tries, seconds spent) and the limits are said apart (TINY: 3 tries, 10 s).
     spent = re.search(r"still failing after 3 tries in ([0-9.]+) s \(", str(info.value))
-    assert spent and float(spent.group(1)) < 8, str(info.value)
+    assert spent and float(spent.group(1)) < 30, str(info.value)
     assert "the limits are 3 tries and 10 s" in str(info.value)
 
     for call in (lambda: store.get_bytes("k"), lambda: store.list("x/"), lambda: store.exists("k")):
@@ -192,7 +194,7 @@ def test_a_stopped_server_is_a_bounded_storage_error(make, tmp_path, monkeypatch
         with pytest.raises(StorageError, match=store.url) as info:
             call()
         assert not isinstance(info.value, StorageNotFound)
-        assert time.monotonic() - started < 8
+        assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize("kind", ["azure", "gs"])
@@ -271,8 +273,8 @@ def _proxied(kind: str, request, proxy_mode: str, retry=TINY, timeout: float = 1
 @pytest.mark.parametrize("kind", ["azure", "gs"])
 def test_a_trickling_server_is_cut_per_try(kind, request):
     """A link that forwards one byte every 0.2 s never lets a socket read time out; each try
-    is cut after ``timeout`` plus its bytes at MIN_RATE, so a call fails within its retry
-    limits (was: 2-3 minutes for one existence check, days for a 3 MB read)."""
+    is cut after ``timeout`` plus its bytes at MIN_RATE, so a call fails after its tries (was:
+    2-3 minutes for one existence check, days for a 3 MB read)."""
     retry = RetryPolicy(attempts=2, max_seconds=10, backoff=0.01, max_backoff=0.05)
     direct, store, proxy = _proxied(kind, request, "drip", retry=retry, timeout=0.5, delay=0.2)
     try:
@@ -286,25 +288,43 @@ def test_a_trickling_server_is_cut_per_try(kind, request):
             started = time.monotonic()
             with pytest.raises(StorageError, match="still failing after 2 tries") as info:
                 call()
+            # Cut by the bound (an SDK's own timeout would say otherwise), 2 tries counted.
             assert "no complete answer within" in str(info.value), op
-            assert time.monotonic() - started < 8, op
+            # ~1.2-1.6 s here; one uncut answer (its headers alone, 300+ bytes) takes over 60 s.
+            assert time.monotonic() - started < 40, op
     finally:
         proxy.close()
 
 
 @pytest.mark.parametrize("kind", ["azure", "gs"])
-def test_a_slow_but_moving_transfer_is_not_cut(kind, request, tmp_path):
-    """The per-try bound scales with the bytes moved: a 512 KiB object over a 256 KiB/s link
-    (2 s, far past the 0.5 s timeout) downloads whole, in one try, as a file and as a range."""
-    data = random.Random(5).randbytes(512 << 10)
+def test_transfers_sharing_a_slow_link_are_not_cut(kind, request, tmp_path):
+    """The per-try bound scales with the bytes moved and with the transfers in flight: 8
+    transfers of 240 KiB at once over one 320 KiB/s link (40 KiB/s each, 6 s, far past the 1 s
+    timeout and slower than MIN_RATE each) all complete in their first try, as files and as
+    ranges: the link carries each object's bytes once.  (Bounded per request alone, each try
+    was cut after 1 + 240 KiB / 64 KiB/s = 4.75 s and every retry was cut again.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size, count = 240 << 10, 8
     direct, store, proxy = _proxied(
-        kind, request, "rate", retry=RetryPolicy(1, 60), timeout=0.5, rate=256 << 10
+        kind, request, "link", retry=RetryPolicy(3, 120, 0.01, 0.05), timeout=1, rate=320 << 10
     )
     try:
-        direct.put_bytes("big", data)
-        store.get_file("big", str(tmp_path / "big"))
-        assert (tmp_path / "big").read_bytes() == data
-        assert store.get_bytes("big", 0, len(data)) == data
+        blobs = {"b%d" % i: random.Random(i).randbytes(size) for i in range(count)}
+        for key, data in blobs.items():
+            direct.put_bytes(key, data)
+
+        def fetch(key: str) -> bytes:
+            if int(key[1:]) % 2:
+                return store.get_bytes(key, 0, size)
+            store.get_file(key, str(tmp_path / key))
+            return (tmp_path / key).read_bytes()
+
+        with ThreadPoolExecutor(count) as pool:
+            got = dict(zip(blobs, pool.map(fetch, blobs)))
+        assert got == blobs
+        # A cut transfer is retried from its first byte: a second pass would show here.
+        assert proxy.sent < 1.1 * size * count, proxy.sent
     finally:
         proxy.close()
 

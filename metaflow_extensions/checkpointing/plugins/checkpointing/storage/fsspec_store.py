@@ -1,7 +1,6 @@
 """fsspec backend: any URL fsspec understands (``gs://``, ``az://``, ``memory://``, ``file://``).
 
-Long module: one backend class over every fsspec filesystem (atomic writes, listings that fail
-closed, error classification, the missing-bucket check); split, its parts would share all state.
+The bound on each try of an Azure/GCS request lives in :mod:`.fsspec_limits`.
 
 Object stores (GCS, Azure Blob) make a single upload visible atomically, so a put is one
 ``pipe_file``/``put_file``.  Filesystem-like implementations (``file``) write a temp file next to
@@ -10,68 +9,20 @@ the target and rename it into place; ``memory`` swaps the whole object in one as
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, Optional
 
 from ..errors import CheckpointConfigError, CheckpointDependencyError, StorageError
-from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, RetryPolicy, Storage
+from .base import Buffer, ObjectInfo, RetryPolicy, Storage
+from .fsspec_limits import SMALL, bounded, classify
 from .local import _TMP_PREFIX, _may_hold
 
-# errno values that usually clear up on their own (network filesystems, busy servers).
-_TRANSIENT_ERRNOS = frozenset(
-    {
-        errno.EAGAIN,
-        errno.EINTR,
-        errno.ESTALE,
-        errno.ECONNRESET,
-        errno.ECONNREFUSED,
-        errno.ECONNABORTED,
-        errno.ETIMEDOUT,
-        errno.EPIPE,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.ENETDOWN,
-    }
-)
-# Connection-level exceptions of the HTTP stacks under fsspec backends (aiohttp for gcsfs,
-# azure-core for adlfs, requests/google-auth for gcsfs' credentials), matched by name anywhere in
-# the exception's class hierarchy (so their subclasses, e.g. azure-core's
-# ServiceResponseTimeoutError, are too) and none of them has to be imported.
-_TRANSIENT_NAMES = frozenset(
-    {
-        # aiohttp
-        "ClientConnectionError",  # ClientOSError, ClientConnectorError, ServerDisconnectedError
-        "ClientPayloadError",
-        "ServerTimeoutError",
-        # azure-core
-        "ServiceRequestError",  # ServiceRequestTimeoutError
-        "ServiceResponseError",  # ServiceResponseTimeoutError
-        # http.client / urllib3 / requests / google-auth
-        "IncompleteRead",
-        "ProtocolError",
-        "ReadTimeoutError",
-        "ConnectTimeoutError",
-        "NewConnectionError",
-        "ChunkedEncodingError",
-        "ConnectionError",  # requests.ConnectionError is not the builtin one
-        "Timeout",  # requests.Timeout: ReadTimeout, ConnectTimeout
-        "TransportError",  # google.auth.exceptions.TransportError
-    }
-)
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
-#: Slowest transfer (bytes/s) an Azure/GCS request may keep before its try is cut: each try of
-#: a request moving n bytes ends within ``timeout + n / MIN_RATE`` seconds.  The SDKs' timeouts
-#: apply per socket read, so a link that trickles a byte at a time would hold a call for ever.
-MIN_RATE = 64 << 10
-#: Bytes assumed for requests with small answers (existence, object info).
-_SMALL = 16 << 10
-
 
 _AZURE = frozenset({"az", "abfs", "abfss"})
 _GCS = frozenset({"gs", "gcs"})
@@ -221,22 +172,13 @@ class FsspecStorage(Storage):
         self._bucket_seen = False
         self._timeout = (timeout or 60.0) if self._bucket_kind else None
 
-    def _bounded(self, call, nbytes: Optional[int]):
-        """``call(**kw)``, on Azure/GCS with fsspec's ``timeout=`` (the whole try, cancelled
-        when it passes): ``timeout`` plus the time to move ``nbytes`` at :data:`MIN_RATE`.
-        ``nbytes`` None (a whole object of unknown size): bounded per socket read only."""
+    def _bounded(self, method: str, *args: Any, nbytes: Optional[int]) -> Any:
+        """``self.fs.<method>(*args)``; on Azure/GCS each try is bounded as a whole (see
+        :func:`.fsspec_limits.bounded`).  ``nbytes`` None (a whole object of unknown size):
+        bounded per socket read only."""
         if self._timeout is None or nbytes is None:
-            return call()
-        from fsspec.exceptions import FSTimeoutError
-
-        limit = self._timeout + nbytes / MIN_RATE
-        try:
-            return call(timeout=limit)
-        except FSTimeoutError:
-            raise TimeoutError(
-                "no complete answer within %.0f s (the timeout, %g s, plus %d bytes at %d KiB/s)"
-                % (limit, self._timeout, nbytes, MIN_RATE >> 10)
-            ) from None
+            return getattr(self.fs, method)(*args)
+        return bounded(self.fs, method, *args, timeout=self._timeout, nbytes=nbytes)
 
     def __getstate__(self) -> dict:
         # Picklable like S3Storage: the filesystem (its bounded client, a class made at run
@@ -281,20 +223,16 @@ class FsspecStorage(Storage):
             # One upload is atomic on object stores; their clients expect bytes.
             body = data if isinstance(data, bytes) else bytes(data)
             path = self._path(key)
-            self._upload(
-                lambda: self._bounded(lambda **b: self.fs.pipe_file(path, body, **b), len(body))
-            )
+            self._upload(lambda: self._bounded("pipe_file", path, body, nbytes=len(body)))
 
     def _put_file(self, key: str, local_path: str) -> None:
         if self._local:
             self._atomic(key, lambda tmp: self.fs.put_file(local_path, tmp))
         else:
             path, size = self._path(key), os.path.getsize(local_path)
-            self._upload(
-                lambda: self._bounded(lambda **b: self.fs.put_file(local_path, path, **b), size)
-            )
+            self._upload(lambda: self._bounded("put_file", local_path, path, nbytes=size))
 
-    def _upload(self, write) -> None:
+    def _upload(self, write: Callable[[], Any]) -> None:
         """An object-store write; one answered "not found" (gcsfs: FileNotFoundError, adlfs:
         ResourceNotFoundError, 404) means the bucket/container is missing: said as on reads."""
         try:
@@ -341,9 +279,7 @@ class FsspecStorage(Storage):
                 if not self._is_object(path):
                     raise FileNotFoundError(path)
                 return b""
-            return self._bounded(
-                lambda **b: self.fs.cat_file(path, start=start or None, end=end, **b), length
-            )
+            return self._bounded("cat_file", path, start or None, end, nbytes=length)
         except (IsADirectoryError, NotADirectoryError) as exc:
             # A key that is a "directory" (prefix of other keys) is no object.
             raise FileNotFoundError(path) from exc
@@ -373,7 +309,7 @@ class FsspecStorage(Storage):
                     self._check_bucket()
                     raise FileNotFoundError(self._path(key))
                 size = int(info.get("size") or 0)
-                self._bounded(lambda **b: self.fs.get_file(self._path(key), tmp, **b), size)
+                self._bounded("get_file", self._path(key), tmp, nbytes=size)
             os.replace(tmp, local_path)
         except BaseException:
             if os.path.isdir(tmp):
@@ -390,7 +326,7 @@ class FsspecStorage(Storage):
     def _info(self, path: str) -> Optional[dict]:
         """The info of the object at ``path``, None when there is none (see _is_object)."""
         try:
-            info = self._bounded(lambda **b: self.fs.info(path, **b), _SMALL)
+            info = self._bounded("info", path, nbytes=SMALL)
         except (FileNotFoundError, NotADirectoryError):
             return None
         return info if info.get("type", "file") == "file" else None
@@ -468,43 +404,4 @@ class FsspecStorage(Storage):
 
     # ------------------------------------------------------------------ errors
     def _classify(self, exc: BaseException) -> str:
-        if isinstance(exc, FileNotFoundError):
-            return NOT_FOUND
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return TRANSIENT
-        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-            return TRANSIENT
-        if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__):
-            return TRANSIENT
-        # HTTP errors of gcsfs/adlfs carry a status: throttling and 5xx are worth a retry.
-        status = (
-            getattr(exc, "code", None)
-            or getattr(exc, "status", None)
-            or getattr(exc, "status_code", None)
-        )
-        if isinstance(status, int) and (status in (408, 429) or 500 <= status < 600):
-            return TRANSIENT
-        if status is None and _wraps_transient(exc):
-            return TRANSIENT
-        return PERMANENT
-
-
-def _wraps_transient(exc: BaseException) -> bool:
-    """Whether an error without an HTTP status wraps a connection-level one: azure-core raises
-    a body cut mid-transfer (aiohttp's ClientPayloadError/ContentLengthError) as a bare
-    ``HttpResponseError`` with the cut as its ``inner_exception``/cause, where gcsfs lets the
-    aiohttp error itself through (and it is retried)."""
-    seen: set = set()
-    todo = [exc]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen or len(seen) > 8:
-            continue
-        seen.add(id(err))
-        if err is not exc and any(c.__name__ in _TRANSIENT_NAMES for c in type(err).__mro__):
-            return True
-        for attr in ("inner_exception", "exc_value", "__cause__", "__context__"):
-            inner = getattr(err, attr, None)
-            if isinstance(inner, BaseException):
-                todo.append(inner)
-    return False
+        return classify(exc)
