@@ -75,19 +75,6 @@ print("PROBE" + json.dumps(out))
 )
 
 
-@pytest.fixture
-def s3_flow_env(s3_env, flow_env, monkeypatch):
-    """(env, tmp) for ``--datastore=s3`` on a fresh bucket of the moto server."""
-    from metaflow import metaflow_config
-    from metaflow.plugins.datatools.s3 import s3util
-
-    monkeypatch.setattr(s3util, "DATATOOLS_CLIENT_PARAMS", metaflow_config.DATATOOLS_CLIENT_PARAMS)
-    env, tmp = flow_env
-    bucket = s3_env["new_bucket"]()
-    env = dict(env, METAFLOW_DATASTORE_SYSROOT_S3="s3://%s/mf" % bucket, **s3_env["env"])
-    return env, tmp
-
-
 def _cards(task) -> list:
     """The cards of ``task`` (none: Metaflow raises CardNotPresentException)."""
     from metaflow.cards import get_cards
@@ -156,7 +143,7 @@ def test_a_reference_style_flow_runs_unchanged_locally(flow_env):
 @pytest.mark.s3
 def test_a_reference_style_flow_runs_unchanged_on_s3(s3_flow_env):
     """The same flow and notebook on an S3 datastore (a local moto server)."""
-    env, tmp = s3_flow_env
+    env, tmp, _bucket = s3_flow_env
     # S3 is the configured default datastore, for the run and the notebook alike: a bare key
     # string (load_model(ref["key"])) is looked up in the default store, as the reference does.
     result = _check_reference_results(dict(env, METAFLOW_DEFAULT_DATASTORE="s3"), tmp)

@@ -5,12 +5,15 @@ calls ``metaflow.decorators._attach_decorators_to_step`` from ``step_init``.  ``
 in every process of a run (the launcher, each task, each ``card create``), and a task receives
 the card attached by the launcher as ``--with card:...``; so a card is attached only when the
 step has no ``checkpoint`` card yet: the user's own ``@card(type="checkpoint")`` or one attached
-earlier.  Imported by every ``import metaflow`` (through the decorator): nothing heavy.
+earlier.  On a datastore Metaflow cannot store cards on (``s3-compatible``, ``coreweave``) no
+card is attached and the launcher says so once (task/datastores.py).  Imported by every
+``import metaflow`` (through the decorator): nothing heavy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Optional
 
 #: The card type registered by ``plugins/cards/checkpoint_card``.
 CARD_TYPE = "checkpoint"
@@ -26,7 +29,9 @@ def has_checkpoint_card(decorators: Iterable) -> bool:
     )
 
 
-def attach_checkpoint_card(flow, step_name: str, decorators: list) -> bool:
+def attach_checkpoint_card(
+    flow, step_name: str, decorators: list, ds_type: Optional[str] = None
+) -> bool:
     """Attach ``@card(type="checkpoint", id="checkpoint")`` to the step unless it has one.
 
     Parameters
@@ -38,6 +43,8 @@ def attach_checkpoint_card(flow, step_name: str, decorators: list) -> bool:
     decorators : list
         The step's decorators (``step_init``'s ``decorators``): the card is appended to this
         list, so Metaflow runs its ``step_init`` after ours in the same loop.
+    ds_type : str, optional
+        The flow's datastore type: none is attached where Metaflow cannot store cards.
 
     Returns
     -------
@@ -46,6 +53,12 @@ def attach_checkpoint_card(flow, step_name: str, decorators: list) -> bool:
     """
     if has_checkpoint_card(decorators):
         return False
+    if ds_type is not None:
+        from .datastores import cards_supported, warn_no_cards
+
+        if not cards_supported(ds_type):
+            warn_no_cards(ds_type)
+            return False
     from metaflow.decorators import _attach_decorators_to_step
 
     step = getattr(flow, step_name)

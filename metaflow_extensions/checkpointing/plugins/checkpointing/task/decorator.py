@@ -218,7 +218,7 @@ class CheckpointDecorator(StepDecorator):
             # Last: only a valid @checkpoint adds a card.
             from .card_attach import attach_checkpoint_card
 
-            attach_checkpoint_card(flow, step_name, decorators)
+            attach_checkpoint_card(flow, step_name, decorators, flow_datastore.TYPE)
 
     def runtime_init(self, flow, graph, package, run_id):
         # Launcher of a local run/resume, before any task: a missing model fails the run here.
