@@ -33,7 +33,7 @@ from .scan import holds_data
 from .store import CheckpointStore
 from .tempnames import STAGING_PREFIX
 from .transfer import Progress
-from .user_dirs import config_error
+from .user_dirs import config_error, user_path
 
 REFUSE, MERGE, REPLACE = "refuse", "merge", "replace"
 
@@ -95,8 +95,9 @@ def check_target(path: str, existing: str = REFUSE) -> str:
     if existing not in (REFUSE, MERGE, REPLACE):
         raise ValueError("existing=%r: use 'refuse', 'merge' or 'replace'" % (existing,))
     try:
-        # A bytes path is decoded as the OS would (every name below is then a str).
-        target = os.path.abspath(os.fsdecode(os.fspath(path)))
+        # A bytes path is decoded as the OS would (every name below is then a str); a leading
+        # ~ is the home directory, as in a shell (not a directory named "~": review r14 R8).
+        target = os.path.abspath(user_path(path))
     except TypeError:
         raise CheckpointConfigError(
             "Cannot load into %r: a target directory is a path (str, bytes or os.PathLike)."

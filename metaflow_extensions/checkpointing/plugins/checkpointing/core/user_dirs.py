@@ -4,6 +4,11 @@ OS error says which argument, which path and why, as a :class:`CheckpointConfigE
 Without this, ``@checkpoint(temp_dir_root="/etc/passwd")`` failed the task as Metaflow's
 "Internal error" with a raw ``FileExistsError`` traceback, and ``current.model.load(ref,
 path="/proc/x/y")`` with a raw ``FileNotFoundError``.
+
+A leading ``~`` (``~/ckpt``, ``~alice/ckpt``) is the user's home, as in a shell
+(:func:`user_path`): Python's own calls do not expand it, so ``temp_dir_root="~/tmp"`` used
+to create a directory literally named ``~`` in the task's working directory (review r14 R8),
+a trap for whoever later runs ``rm -rf ~*`` there.
 """
 
 from __future__ import annotations
@@ -11,9 +16,21 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from typing import Optional
+from typing import Optional, Union
 
 from ..errors import CheckpointConfigError
+
+
+def user_path(path: Union[str, bytes, os.PathLike[str]]) -> str:
+    """``path`` as a str with a leading ``~``/``~user`` expanded (``os.path.expanduser``; a
+    bytes path decoded as the OS would).  Not made absolute: callers that need it do so.
+
+    Raises
+    ------
+    TypeError
+        ``path`` is not a path (str, bytes or ``os.PathLike``).
+    """
+    return os.path.expanduser(os.fsdecode(os.fspath(path)))
 
 
 def reason(exc: OSError, path: str) -> str:
@@ -37,12 +54,12 @@ def config_error(what: str, path: str, exc: OSError) -> CheckpointConfigError:
 
 
 def make_dirs(path: str, what: str) -> str:
-    """``os.makedirs(path, exist_ok=True)``; return ``path``.
+    """``os.makedirs(path, exist_ok=True)``; return ``path`` (``~`` expanded).
 
     Parameters
     ----------
     path : str
-        The directory a user named.
+        The directory a user named (``~`` is the home directory: :func:`user_path`).
     what : str
         How the user named it, for the message (``"Step 'train': @checkpoint(temp_dir_root=
         '/x')"``, ``"current.model.load(path=...)"``).
@@ -53,6 +70,7 @@ def make_dirs(path: str, what: str) -> str:
         ``path`` is a file, a parent is a file, cannot be created (permissions, a read-only
         or virtual file system such as ``/proc``): names ``what``, ``path`` and the reason.
     """
+    path = user_path(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -62,9 +80,9 @@ def make_dirs(path: str, what: str) -> str:
 
 def make_temp_dir(parent: Optional[str], prefix: str, what: str) -> str:
     """A new private temporary directory under ``parent`` (created if absent; None: the
-    system temp dir), OS errors as :func:`make_dirs` says them."""
+    system temp dir; ``~`` expanded), OS errors as :func:`make_dirs` says them."""
     if parent:
-        make_dirs(parent, what)
+        parent = make_dirs(parent, what)
     try:
         return tempfile.mkdtemp(prefix=prefix, dir=parent or None)
     except OSError as exc:
@@ -73,7 +91,8 @@ def make_temp_dir(parent: Optional[str], prefix: str, what: str) -> str:
 
 def check_not_a_file(path: str, what: str) -> None:
     """Refuse a ``path`` that exists and is not a directory (a check without side effects,
-    for a decorator's ``step_init``: nothing is created before a task runs)."""
+    for a decorator's ``step_init``: nothing is created before a task runs; ``~`` expanded)."""
+    path = user_path(path)
     if os.path.lexists(path) and not os.path.isdir(path):
         raise CheckpointConfigError(
             "%s: cannot use %s as a directory: it is a file, not a directory." % (what, path)

@@ -31,7 +31,7 @@ from ..core.promotions import publisher_of, publisher_record
 from ..core.scope import library_scope
 from ..core.store import CheckpointStore, same_content
 from ..core.tempnames import LOCK
-from ..core.user_dirs import make_dirs, make_temp_dir
+from ..core.user_dirs import make_dirs, make_temp_dir, user_path
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
 from ..task.model_loaded import LoadedModels
 from .hub_remote import (
@@ -102,7 +102,8 @@ class HuggingfaceHub:
         self._pathspec, self._user = pathspec, user
         self._cache_scope = cache_scope
         # Absolute: the paths handed out must not change meaning if the step changes directory.
-        self._temp_dir_root = temp_dir_root and os.path.abspath(temp_dir_root)
+        # ~ is home (core/user_dirs.py), not a directory named "~" below the cwd.
+        self._temp_dir_root = temp_dir_root and os.path.abspath(user_path(temp_dir_root))
         self._log = log
         self._loaded = LoadedModels(
             self._temp_dir_root, prefix="metaflow_hf_", owner="@huggingface_hub"

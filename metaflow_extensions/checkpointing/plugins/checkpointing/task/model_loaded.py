@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
-from ..core.user_dirs import config_error, make_temp_dir
+from ..core.user_dirs import config_error, make_temp_dir, user_path
 
 
 class LoadedModels(Mapping):
@@ -87,7 +87,7 @@ class LoadedModels(Mapping):
         empty temporary directory under ``temp_dir_root``.  Directories created here are
         removed by :meth:`cleanup`, temporary ones also by :meth:`close`."""
         if path is not None:
-            target = os.path.abspath(os.fspath(path))
+            target = os.path.abspath(user_path(path))  # ~ is home (core/user_dirs.py)
             if not os.path.exists(target):
                 try:
                     os.makedirs(target)

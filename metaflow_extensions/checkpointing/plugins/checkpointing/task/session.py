@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from ..core.scope import Scope
 from ..core.store import CheckpointStore
-from ..core.user_dirs import make_temp_dir
+from ..core.user_dirs import make_temp_dir, user_path
 from ..errors import CheckpointInterrupted, CheckpointPaused, CheckpointWarning
 from .builder import TaskParts, TaskSettings, build
 from .context import DIRECTORY_ENV, TASK_ENV, TaskContext
@@ -120,6 +120,8 @@ class TaskSession:
         keep = dict(retention or {})
         # A bad temp_dir_root (a file, /proc, no permission) is the user's setting, named as such.
         what = "Step '%s': @checkpoint(temp_dir_root=%r)" % (step_name, temp_dir_root)
+        # ~ is home, once here: the task's processes (TaskContext) get the same directory.
+        temp_dir_root = user_path(temp_dir_root) if temp_dir_root else temp_dir_root
         directories = [make_temp_dir(temp_dir_root, "mfckpt-%s-" % step_name, what)]
         try:
             paths: dict[str, str] = {}
