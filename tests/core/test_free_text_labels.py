@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import pickle
+import unicodedata
 
 import metaflow  # noqa: F401, I001  (Metaflow before the package, as in conftest.py)
 import pytest
@@ -24,7 +25,10 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
     validate_name,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
-from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointConfigError
+from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+    CheckpointConfigError,
+    CheckpointNotFound,
+)
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import MemoryStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_loaded import LoadedModels
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_runtime import (
@@ -66,8 +70,8 @@ def test_every_label_has_a_valid_stable_name_and_distinct_labels_distinct_names(
         assert name == validate_name(a)  # a valid name is kept as it is
     except CheckpointConfigError:
         pass
-    if a != b:
-        assert label_name(b) != name
+    if unicodedata.normalize("NFC", a) != unicodedata.normalize("NFC", b):
+        assert label_name(b) != name  # canonically equivalent texts are one label (below)
 
 
 @pytest.mark.parametrize("label", REFERENCE_LABELS)
@@ -200,3 +204,79 @@ def test_a_free_text_checkpoint_name_is_refused_suggesting_a_valid_one(text):
     if " (e.g. " in message:
         suggestion = message.rsplit(" (e.g. ", 1)[1][:-2]
         assert validate_name(ast.literal_eval(suggestion)) == ast.literal_eval(suggestion)
+
+
+def _nfc_nfd(text: str) -> tuple[str, str]:
+    return unicodedata.normalize("NFC", text), unicodedata.normalize("NFD", text)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    labels
+    | st.sampled_from(["résumé model", "Ångström", "naïve/café:v1", "한국어 모델", "ḍ̇ model"]),
+    st.booleans(),
+)
+def test_nfc_and_nfd_spellings_of_a_label_are_one_label(tmp_path_factory, text, saved_nfc):
+    """Text pasted from macOS file names or web pages often arrives decomposed (NFD): a model
+    saved under one form loads by the other, and a save under the other form is a newer
+    version of the same model (review R5: they were two labels, and loading by the other form
+    blamed the name grammar).  ``ref["label"]`` keeps the text as given."""
+    tmp_path = tmp_path_factory.mktemp("nfc")
+    runtime = _runtime(CheckpointStore(MemoryStorage(), options()), tmp_path)
+    nfc, nfd = _nfc_nfd(text)
+    first, other = (nfc, nfd) if saved_nfc else (nfd, nfc)
+    src = write_tree(tmp_path / "m1", {"w.bin": b"first"})
+    ref = runtime.save(str(src), label=first)
+    assert ref["label"] == first and label_name(other) == ref["name"]
+    assert snapshot(runtime.load(other)) == snapshot(src)
+    src2 = write_tree(tmp_path / "m2", {"w.bin": b"second"})
+    ref2 = runtime.save(str(src2), label=other)
+    assert ref2["name"] == ref["name"] and ref2["label"] == other
+    assert snapshot(runtime.load(first)) == snapshot(src2)  # the newest of the one label
+
+
+def test_an_unknown_label_says_no_model_is_saved_under_it(tmp_path):
+    """A free-text label with no saved model: "no model saved under label X (stored name Y)"
+    and the spelling that pins a version, not "Checkpoint name X is invalid" (review R6).
+    A text that parses as another spelling keeps that spelling's message first."""
+    runtime = _runtime(CheckpointStore(MemoryStorage(), options()), tmp_path)
+    for text in ["résumé model", "my model:v1@6c0bd2a1", "facebook/opt-125m"]:
+        with pytest.raises(CheckpointNotFound) as exc:
+            runtime.load(text)
+        message = exc.value.message
+        name = label_name(text)
+        assert "no model saved under label %r (stored name %r)" % (text, name) in message
+        assert "'%s@<version>'" % name in message and "invalid" not in message
+    with pytest.raises(CheckpointNotFound) as exc:
+        runtime.load("NoSuchFlow/1/start/2")
+    assert exc.value.message.startswith("Task NoSuchFlow/1/start/2 has no checkpoint")
+    assert "No model is saved under the label 'NoSuchFlow/1/start/2' either" in exc.value.message
+
+
+def test_a_version_of_a_free_text_label_is_pinned_as_text_at_version(tmp_path):
+    """``"<label>@<version>"`` (split at the last ``@``) loads that version of a saved free-text
+    label, as ``"<ref['name']>@<version>"`` does; a version it does not have is refused naming
+    the label; a text that is also a saved label itself is ambiguous, never a silent pick."""
+    runtime = _runtime(CheckpointStore(MemoryStorage(), options()), tmp_path)
+    text = "my model:v1"
+    old_src = write_tree(tmp_path / "old", {"w.bin": b"old"})
+    old = runtime.save(str(old_src), label=text)
+    new_src = write_tree(tmp_path / "new", {"w.bin": b"new"})
+    runtime.save(str(new_src), label=unicodedata.normalize("NFD", text))
+    assert snapshot(runtime.load("%s@%s" % (text, old["version"][:8]))) == snapshot(old_src)
+    assert snapshot(runtime.load("%s@%s" % (old["name"], old["version"]))) == snapshot(old_src)
+    assert snapshot(runtime.load(text)) == snapshot(new_src)
+
+    with pytest.raises(CheckpointNotFound) as exc:
+        runtime.load(text + "@ffffffff0000")
+    assert "%r is the label of the model stored as %r" % (text, old["name"]) in exc.value.message
+
+    at = "%s@%s" % (text, old["version"][:8])
+    at_src = write_tree(tmp_path / "at", {"w.bin": b"a label with @ in it"})
+    at_ref = runtime.save(str(at_src), label=at)
+    with pytest.raises(CheckpointConfigError, match="ambiguous") as amb:
+        runtime.load(at)
+    assert repr(at_ref["name"]) in amb.value.message and old["key"] in amb.value.message
+    assert snapshot(runtime.load(at_ref["name"])) == snapshot(at_src)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from typing import Any, Callable, Optional
 
 from ..common import refspec
@@ -49,6 +50,12 @@ def label_name(label: str) -> str:
     like the other's stored name, or on a 32-bit hash collision of two labels alike once
     sanitised).  The label itself is kept in the version (``ref["label"]``).
 
+    Canonically equivalent spellings of one text are one label: the name is derived from the
+    label's NFC form, so ``"résumé"`` typed precomposed and the same word pasted decomposed
+    (NFD, as macOS file names and some web pages give it) save into, and load, the same model.
+    Only canonical equivalence (NFC), not compatibility forms (NFKC would make ``"ﬁ"`` and
+    ``"fi"``, ``"²"`` and ``"2"`` one label).  A valid name is ASCII, so it is unchanged.
+
     Raises
     ------
     CheckpointConfigError
@@ -58,7 +65,7 @@ def label_name(label: str) -> str:
         raise CheckpointConfigError(
             "current.model.save(label=%r): a label is a str (any text)." % (label,)
         )
-    raw = label
+    raw = unicodedata.normalize("NFC", label)
     try:
         return validate_name(raw)
     except CheckpointConfigError:
@@ -142,7 +149,8 @@ class ModelRuntime:
             ``"label"`` (``@model(load=[...])``, :meth:`load`).  A label that is no valid
             checkpoint name (spaces, unicode, ``:``, ``/``, over 100 characters) is stored
             under :func:`label_name` of it, ``ref["name"]``, and kept as given in
-            ``ref["label"]``; a version is pinned as ``"<ref['name']>@<version>"``.  At most
+            ``ref["label"]``; a version is pinned as ``"<ref['name']>@<version>"`` (or
+            ``"<label>@<version>"``).  Canonically equivalent texts (NFC, NFD) are one label.  At most
             :data:`~..common.reference.MAX_LABEL` (4096) characters, so every reader gives
             back the text as given.
         metadata : dict, optional
@@ -226,8 +234,9 @@ class ModelRuntime:
         reference : CheckpointReference, dict, str or metaflow.Task
             What ``current.model.save``, ``current.checkpoint.save`` or
             ``current.huggingface_hub.snapshot_download`` returned (or an artifact holding
-            it), its key or URL, a named checkpoint ``"label"`` / ``"label@<version>"``, or any
-            spelling ``current.checkpoint.load`` accepts.
+            it), its key or URL, a model label ``"label"`` / ``"label@<version>"`` (any text;
+            canonically equivalent spellings, NFC/NFD, are one label), or any spelling
+            ``current.checkpoint.load`` accepts.
         path : str, optional
             Where to put the files (created if absent; same-named files are replaced).
             Default: a new temporary directory under ``temp_dir_root``, removed when the task
@@ -257,12 +266,20 @@ class ModelRuntime:
 
         A str that is no valid name may be both another spelling (a key, a pathspec,
         ``name@<version prefix>``) and a free-text label (``"bert@abc"``): it loads what it
-        designates only when the other meaning has nothing stored.
+        designates only when the other meaning has nothing stored.  A text that is neither is
+        read as ``"<label>@<version>"`` (split at the last ``@``) when its head is a saved
+        free-text label: ``"bert base@1f2e"`` pins that version of ``"bert base"`` (a text that
+        is a label itself and also such a version is ambiguous too).  Labels are compared in
+        NFC (:func:`label_name`).
 
         Raises
         ------
         CheckpointConfigError
             Both meanings designate stored checkpoints: the message gives a spelling for each.
+        CheckpointNotFound
+            Nothing is stored under any meaning of the text; for a text that can only be a
+            label, the message says no model is saved under that label, its stored name, and
+            the spelling that pins a version.
         """
         view = TaskView(self._store, self._scope, other_stores=True, reader=self._scope.namespace)
         if not isinstance(reference, str) or label_name(reference) == reference:
@@ -281,9 +298,20 @@ class ModelRuntime:
             # under it.  Tried second, so the other spellings cost no extra store listing.
             named = refspec.RefSpec(refspec.NAMED, name=name)
             try:
-                return resolve(named, view)
+                labelled = resolve(named, view)
             except CheckpointNotFound:
-                raise exc from None
+                labelled = None
+            # "<label>@<version>" of a free-text label: only after the whole text is neither
+            # another spelling nor a label, or when both the text and its head are labels.
+            pinned = self._label_at_version(reference, view, strict=labelled is None)
+            if labelled is not None and pinned is not None:
+                other = reference_of(pinned[0], pinned[1])
+                raise self._ambiguous(
+                    reference, name, "%s (key %r)" % (other.spelling or other["key"], other["key"])
+                ) from None
+            if labelled is not None or pinned is not None:
+                return labelled or pinned
+            raise self._no_label(reference, name, exc) from None
         # The text designates a stored checkpoint; if a model was also saved with it as its
         # label, loading either one silently would be the wrong weights half of the time
         # (one listing of the label's prefix, only for texts that are no name).
@@ -293,6 +321,55 @@ class ModelRuntime:
                 reference, name, "%s (key %r)" % (ref.spelling or ref["key"], ref["key"])
             )
         return found
+
+    def _label_at_version(self, text: str, view: TaskView, strict: bool):
+        """``(store, manifest)`` of ``"<label>@<version>"``, a version of the free-text label
+        ``<label>`` (split at the last ``@``), or None when ``<label>`` is a valid name (the
+        resolver's ``name@<version>``) or no saved label.  One listing of the label's stored
+        name, only for a text with ``@`` whose head is no valid name.
+
+        Raises
+        ------
+        CheckpointNotFound
+            ``strict`` and ``<label>`` is a saved label with no such version: the message
+            says which label it read and the spelling that pins a version.
+        """
+        head, at, version = text.rpartition("@")
+        stored = label_name(head) if at else head
+        if not at or stored == head or not named_versions(self._store, stored):
+            return None
+        try:
+            return resolve("%s@%s" % (stored, version), view)
+        except CheckpointScopeError as exc:
+            if strict:
+                raise
+            # Stored but not for this task: still a meaning of the text (as in resolve).
+            raise self._ambiguous(text, label_name(text), exc.message) from None
+        except (CheckpointConfigError, CheckpointNotFound) as exc:
+            if not strict:
+                return None
+            raise CheckpointNotFound(
+                "current.model.load(%r): %r is the label of the model stored as %r, and %r "
+                "designates no version of it: %s" % (text, head, stored, version, exc.message)
+            ) from None
+
+    def _no_label(
+        self, text: str, name: str, other: CheckpointConfigError | CheckpointNotFound
+    ) -> CheckpointNotFound:
+        """The error for a text that is no saved label and designates nothing else stored.
+
+        A text that is no reference grammar (``other`` is a CheckpointConfigError) can only be
+        a label, so the message is about the label, not the name grammar it fails (issue R6);
+        a reference that parsed but has nothing stored keeps its own message first."""
+        if isinstance(other, CheckpointNotFound):
+            return CheckpointNotFound(
+                "%s No model is saved under the label %r either (stored name %r); to pin a "
+                "version of a label use '%s@<version>'." % (other.message, text, name, name)
+            )
+        return CheckpointNotFound(
+            "current.model.load(%r): no model saved under label %r (stored name %r); to pin a "
+            "version use '%s@<version>'." % (text, text, name, name)
+        )
 
     @staticmethod
     def _ambiguous(text: str, name: str, other: str) -> CheckpointConfigError:
