@@ -39,9 +39,10 @@ T0 = 1_750_000_000_000  # a fixed wall-clock reading (2025-06-15)
 ALICE = publisher_record("alice", "user:alice", "cli")
 _dirs = itertools.count()
 
-#: How the writers of named versions call the store: ``Checkpoint().save``, the CLI upload,
-#: ``current.model.save`` and ``models=["x=./path"]`` check for identical content; a Hub
-#: snapshot passes its own reuse check; a plain save has none.
+#: How the writers of named versions call the store: ``metaflow checkpoint upload`` checks for
+#: identical content (``reuse_identical``; the only writer that reuses a version by content);
+#: a Hub snapshot passes its own reuse check; ``Checkpoint().save``, ``current.model.save``
+#: and ``models=["x=./path"]`` save plainly (every save its own version).
 WRITERS = ("reuse_identical", "reuse_callback", "plain")
 
 
