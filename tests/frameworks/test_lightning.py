@@ -526,3 +526,63 @@ def test_with_gradient_accumulation_a_second_crash_after_a_resume_still_resumes_
     last = _runtime(root, tmp_path, 3)
     assert last.info.metadata["step"] == 2 and last.info.attempt == 1
     _assert_same_weights(straight, _fit_accum(last, tmp_path, schedule, seed=3))
+
+
+# ------------------------------------------------------------------ an epoch's last batch
+def _fit_boundary(runtime, tmp_path, accumulate, every_n, trainer_options, seed=0, ckpt_path=None):
+    """6 batches of 8 per epoch, 2 epochs; one step save every ``every_n`` optimizer steps."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    module = TinyModule()
+    cb = CheckpointCallback(monitor="val_loss", checkpoint=runtime, every_n_train_steps=every_n)
+    ds = torch.utils.data.TensorDataset(X, Y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(
+            tmp_path, [cb], epochs=2, accumulate_grad_batches=accumulate, **trainer_options
+        ).fit(
+            module,
+            ResumableLoader(ds, batch_size=8),
+            torch.utils.data.DataLoader(ds, batch_size=16),
+            ckpt_path=ckpt_path,
+            weights_only=True,
+        )
+    return module
+
+
+@pytest.mark.parametrize("accumulate, every_n", [(1, 3), (4, 1)], ids=["acc1", "acc4"])
+@pytest.mark.parametrize("val_every_n_epochs", [1, 2], ids=["val-each-epoch", "val-every-2"])
+@pytest.mark.parametrize("val_check", [3, 4], ids=["val-divides", "val-not-dividing"])
+def test_a_step_save_after_an_epochs_last_batch_resumes_bitwise_with_or_without_validation(
+    tmp_path, accumulate, every_n, val_every_n_epochs, val_check
+):
+    """Epoch 0's last batch is followed by validation (val_check_interval 3 divides the epoch's
+    6 batches, check_val_every_n_epoch=1) or not (interval 4, or validation every 2nd epoch).
+    Without it, a fit resumed from a save made in that batch's hook would restart "on train
+    batch end" and make a val loader iterator the uninterrupted fit never made (one draw from
+    torch's RNG): the callback saves at the epoch's end instead, as every_n_epochs does.  A fit
+    resumed from every save before the end of training ends bitwise identical."""
+    options = {"val_check_interval": val_check, "check_val_every_n_epoch": val_every_n_epochs}
+    straight = _fit_boundary(
+        _runtime(tmp_path / "s", tmp_path, 0), tmp_path, accumulate, every_n, options
+    )
+    reader = _runtime(tmp_path / "s", tmp_path, 1)
+    saves = reader.list(name="lightning")
+    steps_per_epoch = 6 // accumulate + (6 % accumulate > 0)
+    assert [r.metadata["step"] for r in saves] == list(range(2 * steps_per_epoch, 0, -every_n))
+    # Among them the one after epoch 0's last batch (micro-batch 6), as epoch 0's.
+    assert any(_micro_batches_trained(r) == 6 and r.metadata["epoch"] == 0 for r in saves)
+    for ref in saves[1:]:  # the newest is the end of training: nothing left to resume
+        where = tmp_path / ("from-%d" % ref.metadata["step"])
+        path = reader.load(ref, path=str(where))
+        resumed = _fit_boundary(
+            _runtime(tmp_path / ("r%d" % ref.metadata["step"]), tmp_path, 0),
+            tmp_path,
+            accumulate,
+            every_n,
+            options,
+            seed=99,
+            ckpt_path=os.path.join(path, "lightning.ckpt"),
+        )
+        _assert_same_weights(straight, resumed)

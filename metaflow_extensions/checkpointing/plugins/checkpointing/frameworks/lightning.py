@@ -98,7 +98,9 @@ class CheckpointCallback:
         Lightning's ``ModelCheckpoint``.  The step and time schedules save only after a batch
         that made an optimizer step (with ``accumulate_grad_batches > 1``, at the end of an
         accumulation window), never at step 0, and a resumed fit never saves again the step
-        it resumed at: every save resumes bitwise identically.
+        it resumed at: every save resumes bitwise identically.  A save due after a batch that
+        Lightning validates after, or after an epoch's last batch, is made at the validation's or
+        the epoch's end.
     name : str
         Series of the last checkpoints (default ``"lightning"``; not ``current.checkpoint``'s
         ``"mfchckpt"``, so the user's own saves never collide).  ``ckpt_path`` resumes from the
@@ -131,7 +133,7 @@ class CheckpointCallback:
     _last_time: Optional[float] = None
     _mid_epoch = False
     _pending_rng: Any = None
-    _after_validation: Optional[bool] = None
+    _deferred: Optional[bool] = None  # mid_epoch of a save waiting for a later hook
     _resume: Any = False
     _step_at_batch_start: Optional[int] = None
 
@@ -314,12 +316,16 @@ class CheckpointCallback:
             due = due or late
         if due:
             mid_epoch = batch_idx + 1 < trainer.num_training_batches
-            if self._validates_next(trainer):
+            if self._validates_next(trainer) or not mid_epoch:
                 # Lightning validates right after this hook, and a fit resumed from a save made
                 # here skips that validation (whose loader draws from torch's RNG): save at its
                 # end instead, as ModelCheckpoint does, so the RNG states are the ones the
                 # uninterrupted run goes on with (and the monitored value is the fresh one).
-                self._after_validation = mid_epoch
+                # After the epoch's last batch with no validation, save at the epoch's end (as
+                # every_n_epochs): a fit resumed from this hook restarts "on train batch end"
+                # and fast-forwards the next epoch's validation progress, which makes a val
+                # loader iterator: one draw from torch's RNG the uninterrupted run never made.
+                self._deferred = mid_epoch
             else:
                 self._save_now(trainer, mid_epoch)
 
@@ -338,7 +344,7 @@ class CheckpointCallback:
             return False
 
     def _save_deferred(self, trainer: Any) -> None:
-        mid_epoch, self._after_validation = self._after_validation, None
+        mid_epoch, self._deferred = self._deferred, None
         if mid_epoch is not None:
             self._save_now(trainer, mid_epoch)
 
