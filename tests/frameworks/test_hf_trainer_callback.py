@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import pickle
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+from unprivileged import run_unprivileged, world_tmpdir  # noqa: E402
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.policies import (  # noqa: E402
     resolve,
@@ -425,3 +428,85 @@ def test_a_retry_never_takes_a_best_saved_after_the_step_it_resumed_at(tmp_path)
     cb = HFCheckpointCallback(checkpoint=_runtime(tmp_path, 1))
     _begin(cb, tmp_path / "out", False, global_step=4, best_global_step=None)
     assert cb.best_reference is not None and cb.best_reference.key == two.key
+
+
+def test_a_best_deleted_from_the_store_ends_with_the_last_model_and_says_so(tmp_path):
+    """The resumed run's best checkpoint is gone from the store (retention, gc, a manual
+    delete) and from this machine: the warning says what happens, and it does. The Trainer
+    keeps the run's best_metric (the best the run has seen), so a later evaluation is loaded at
+    the end only if it beats it; here none does, and the retry ends with its last model."""
+    args = dict(
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        metric_for_best_model="loss",
+        greater_is_better=True,
+        load_best_model_at_end=True,
+    )
+    with pytest.raises(RuntimeError, match="crash at step 7"):
+        _train(tmp_path, _runtime(tmp_path, 0), callbacks=[CrashAt(7)], **args)
+    recorded = json.loads((tmp_path / "out" / "checkpoint-6" / TRAINER_STATE).read_text())
+    best_step, best_metric = recorded["best_global_step"], recorded["best_metric"]
+    assert best_step in (2, 4)  # not the checkpoint the retry resumes from
+    shutil.rmtree(tmp_path / "out")  # another machine: not on disk here
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")))
+    first = _runtime(tmp_path, 1)
+    for name in ("best", "hf_trainer"):  # and deleted from the store
+        for ref in first.list(name=name):
+            if ref.metadata["step"] == best_step:
+                store.delete(ref.key)
+    pod = tmp_path / "pod2"
+    with pytest.warns(CheckpointWarning) as caught:
+        resumed, cb = _train(pod, _runtime(tmp_path, 2), **args)
+    assert cb.resume_from_checkpoint is not None  # resumed from step 6
+    message = " ".join(str(w.message) for w in caught)
+    assert "best checkpoint (step %d, eval_loss %s)" % (best_step, best_metric) in message
+    assert "ends with the last model unless a later evaluation beats that eval_loss" in message
+    # What the message says happens: the run's best stays the lost one, nothing is loaded at
+    # the end, and the model is the last one (bitwise the retry's step-8 checkpoint).
+    assert resumed.state.best_global_step == best_step
+    assert resumed.state.best_metric == best_metric
+    assert resumed.state.best_model_checkpoint is None
+    from safetensors.torch import load_file
+
+    last = load_file(str(pod / "out" / "checkpoint-8" / "model.safetensors"))
+    model = resumed.model.state_dict()
+    assert last and all(torch.equal(model[k], v) for k, v in last.items())
+
+
+def _begin_read_only(tmp: str) -> str:
+    """As an unprivileged user (root writes anywhere): a retry whose output_dir is read-only."""
+    out = os.path.join(tmp, "out")
+    cb = HFCheckpointCallback(checkpoint=_RETRY[0])
+    try:
+        _begin(cb, out, True, global_step=4, best_global_step=2, best_model_checkpoint="/gone")
+    except CheckpointConfigError as exc:
+        return "%s|%s" % (type(exc.__cause__).__name__, exc)
+    return "no error"
+
+
+_RETRY: list = []  # the retry's runtime, made by root and inherited by the forked child
+
+
+def test_a_read_only_output_dir_fails_the_best_restore_with_a_clear_error(tmp_path):
+    """Restoring the best into a read-only output_dir stops train() at its start with a
+    CheckpointConfigError naming output_dir (the Trainer's own saves would fail there too),
+    not a bare PermissionError from a temporary directory."""
+    with world_tmpdir() as tmp:
+        root = pathlib.Path(tmp)
+        first = _runtime(root, 0)
+        _saved(first, root, 2, "best", latest=False)
+        _saved(first, root, 4, "hf_trainer", latest=True)
+        _RETRY[:] = [_runtime(root, 1)]
+        os.makedirs(os.path.join(tmp, "out"))
+        os.chmod(os.path.join(tmp, "out"), 0o555)
+        try:
+            result = run_unprivileged(_begin_read_only, tmp)
+        finally:
+            _RETRY.clear()
+        cause, message = result.split("|", 1)
+        assert cause == "PermissionError"
+        assert os.path.join(tmp, "out") in message
+        assert "is not writable" in message and "best checkpoint (step 2)" in message
+        assert os.listdir(os.path.join(tmp, "out")) == []

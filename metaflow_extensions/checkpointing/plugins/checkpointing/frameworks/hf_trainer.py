@@ -231,10 +231,15 @@ class HFCheckpointCallback:
             return  # nothing reads it but the Trainer's rotation of its own directories
         ref = self._stored_step(step)
         if ref is None:
+            # state.best_metric stays step N's: it is the best this run has seen, so a later
+            # evaluation becomes the best (and is loaded at the end) only if it beats it, as
+            # in the uninterrupted run; resetting it would make a worse model "the best".
+            metric = self._best_metric_name(args) or "metric"
             warnings.warn(
-                "HFCheckpointCallback: the best checkpoint (step %d) of the resumed run is not "
-                "in series %r or %r, so load_best_model_at_end loads the best of this attempt "
-                "only." % (step, self.best_name, self.name),
+                "HFCheckpointCallback: the best checkpoint (step %d, %s %s) of the resumed run "
+                "is not in series %r or %r (deleted or expired), so load_best_model_at_end ends "
+                "with the last model unless a later evaluation beats that %s."
+                % (step, metric, state.best_metric, self.best_name, self.name, metric),
                 CheckpointWarning,
                 stacklevel=3,
             )
@@ -254,8 +259,19 @@ class HFCheckpointCallback:
         The hidden directory (a whole model: it may be GBs) never outlives the call: a failed
         load, or a rename lost to another machine sharing ``output_dir``, removes it.
         """
-        os.makedirs(output_dir, exist_ok=True)
-        partial = tempfile.mkdtemp(prefix=".checkpoint-%d-" % step, dir=output_dir)
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            partial = tempfile.mkdtemp(prefix=".checkpoint-%d-" % step, dir=output_dir)
+        except OSError as exc:
+            # The Trainer saves its checkpoints into output_dir too, so this train() could not
+            # go on anyway: say so now, naming the directory, not as a bare OSError.
+            raise CheckpointConfigError(
+                path=output_dir,
+                reason="TrainingArguments(output_dir=...) is not writable (%s: %s), so "
+                "HFCheckpointCallback cannot restore the best checkpoint (step %d) there for "
+                "load_best_model_at_end, and the Trainer could not save its checkpoints there "
+                "either; use a writable output_dir" % (type(exc).__name__, exc, step),
+            ) from exc
         try:
             self.checkpoint.load(ref, path=partial)
             try:
