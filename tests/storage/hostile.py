@@ -14,6 +14,9 @@ Modes (``Proxy(port_to, mode, ...)``):
   slow link shared by every transfer in flight (each gets ``rate`` / their number);
 * ``"cut"``: the first ``times`` responses longer than ``after`` bytes are cut there (the
   connection closed mid-body), later ones pass.
+
+With ``up=True``, ``"drip"``, ``"rate"`` and ``"link"`` slow the requests (upload bodies)
+instead of the responses.
 """
 
 from __future__ import annotations
@@ -35,15 +38,17 @@ class Proxy:
         after: int = 0,
         times: int = 1 << 30,
         rate: int = 256 << 10,
+        up: bool = False,
     ):
         self.port_to, self.mode, self.delay, self.after = port_to, mode, delay, after
-        self.times, self.rate = times, rate
+        self.times, self.rate, self.up = times, rate, up
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0  # connections accepted
         self.stalled = 0
         self.cuts = 0
         self.sent = 0  # response bytes forwarded, all connections together
+        self.received = 0  # request bytes forwarded, all connections together
         self._link_free = 0.0  # "link" mode: when the shared link has sent what it was given
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
@@ -89,10 +94,11 @@ class Proxy:
             return True
 
     def _pipe(self, a: socket.socket, b: socket.socket, response: bool) -> None:
-        drip = response and self.mode == "drip"
+        slowed = response != self.up  # the direction drip, rate and link apply to
+        drip = slowed and self.mode == "drip"
         cut = response and self.mode == "cut"
-        slow = response and self.mode == "rate"
-        shared = response and self.mode == "link"
+        slow = slowed and self.mode == "rate"
+        shared = slowed and self.mode == "link"
         sent = 0
         try:
             while True:
@@ -112,9 +118,11 @@ class Proxy:
                     cut = False  # this connection passes from now on
                 b.sendall(data)
                 sent += len(data)
-                if response:
-                    with self._lock:
+                with self._lock:
+                    if response:
                         self.sent += len(data)
+                    else:
+                        self.received += len(data)
         except OSError:
             pass
         finally:
@@ -127,6 +135,13 @@ class Proxy:
     def close(self) -> None:
         self.listener.close()
         for conn in self._open:
+            # shutdown first: a bare close() leaves the connection open while another thread
+            # is blocked in recv() on it, and a server still waiting for a dripped request
+            # body would wait for ever (gcp-storage-emulator serves one request at a time).
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 conn.close()
             except OSError:

@@ -297,6 +297,64 @@ def test_a_trickling_server_is_cut_per_try(kind, request):
 
 
 @pytest.mark.parametrize("kind", ["azure", "gs"])
+def test_a_slow_upload_is_bounded_per_try_not_per_read(kind, request):
+    """An upload's body is handed to the socket at once and its buffered part drains while the
+    SDK waits for the answer: with a per-read timeout, a 384 KiB put over a steady 128 KiB/s
+    uplink (3 s) was cut at the 1 s timeout on every try.  It now has the documented bound
+    (1 s + 384 KiB at 64 KiB/s = 7 s) and completes in its first try: the link carries its
+    bytes once.  A trickled upload is still cut, and the error says by which limit."""
+    size = 384 << 10
+    direct, store, proxy = _proxied(
+        kind, request, "rate", retry=RetryPolicy(3, 60, 0.01, 0.05), rate=128 << 10, up=True
+    )
+    try:
+        data = random.Random(5).randbytes(size)
+        store.put_bytes("up", data)
+        assert direct.get_bytes("up") == data
+        # A cut try is sent again from its first byte: a second pass would show here.
+        assert proxy.received < 1.2 * size, proxy.received
+    finally:
+        proxy.close()
+    retry = RetryPolicy(attempts=2, max_seconds=10, backoff=0.01, max_backoff=0.05)
+    _, store, proxy = _proxied(kind, request, "drip", retry=retry, timeout=0.5, up=True)
+    try:
+        with pytest.raises(StorageError, match="still failing after 2 tries") as info:
+            store.put_bytes("k2", b"y" * 1000)  # 1000 bytes at 5 B/s: 200 s per try
+        assert "cut by the whole-try bound" in str(info.value)
+        assert "per-socket timeout" not in str(info.value)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["azure", "gs"])
+def test_a_socket_timeout_is_told_from_the_whole_try_bound(kind, request):
+    """A ranged get of 1 MiB whose request is never answered: the SDK's per-read timeout
+    (0.5 s) fires long before the whole-try bound (0.5 s + 16 s), and the error says it was
+    the socket's timeout, with the SDK's own text (fsspec's bare FSTimeoutError had none)."""
+    retry = RetryPolicy(1, 10, 0.01, 0.05)
+    direct, store, proxy = _proxied(kind, request, "stall_first", retry=retry, timeout=0.5)
+    try:
+        direct.put_bytes("k", b"z" * (1 << 20))
+        with pytest.raises(StorageError) as info:
+            store.get_bytes("k", 0, 1 << 20)
+        assert proxy.stalled == 1
+        message = str(info.value)
+        assert "the SDK's per-socket timeout, not the whole-try bound" in message, message
+        assert re.search(r"Timeout\w*Error: \S", message), message
+    finally:
+        proxy.close()
+    # A whole object of unknown size (a manifest) has no whole-try bound: the same is said.
+    _, store, proxy = _proxied(kind, request, "stall_first", retry=retry, timeout=0.5)
+    try:
+        with pytest.raises(StorageError) as info:
+            store.get_bytes("k")
+        assert "the SDK's per-socket timeout" in str(info.value), str(info.value)
+        assert re.search(r"Timeout\w*Error: \S", str(info.value)), str(info.value)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["azure", "gs"])
 def test_transfers_sharing_a_slow_link_are_not_cut(kind, request, tmp_path):
     """The per-try bound scales with the bytes moved and with the transfers in flight: 8
     transfers of 240 KiB at once over one 320 KiB/s link (40 KiB/s each, 6 s, far past the 1 s
@@ -356,9 +414,9 @@ def test_a_body_cut_mid_transfer_is_retried(kind, request):
 
 @pytest.mark.parametrize("kind", ["azure", "gs"])
 def test_a_response_stalled_past_the_timeout_is_retried(kind, tmp_path):
-    """A first request whose response never comes is a timeout of the SDK's own kind (azure-core
-    ServiceResponseTimeoutError, aiohttp's ServerTimeoutError...): retried, and the call
-    succeeds on the next connection."""
+    """A first request whose response never comes (here a put: cut by the whole-try bound, as
+    uploads have no per-read timeout; a get's by the SDK's per-read timeout) is retried, and
+    the call succeeds on the next connection."""
     if kind == "azure":
         emulator = start_azurite(tmp_path / "azurite")
         where = new_azure_container(emulator, "stall")

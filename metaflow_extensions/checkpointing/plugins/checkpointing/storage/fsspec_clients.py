@@ -3,8 +3,9 @@
 Both SDKs retry on their own, with their own waits (gcsfs: 6 tries over about 30 s; the Azure
 SDK: 3 retries from a 15 s backoff), under :class:`.base.Storage`'s retries: a stopped server
 would hold a call for minutes.  As for S3 (``storage/s3.py``), the clients built here try each
-request once and time out each socket after ``timeout`` seconds; ``RetryPolicy`` alone decides
-what is tried again.  Listing caches are off: another task's writes must show in the next list.
+request once and time out each socket after ``timeout`` seconds (connecting, and each read
+except an upload's: see :data:`.fsspec_limits.uploading`); ``RetryPolicy`` alone decides what
+is tried again.  Listing caches are off: another task's writes must show in the next list.
 
 Settings come in as arguments (``common/settings.py`` reads Metaflow's and the environment).
 """
@@ -16,6 +17,7 @@ from typing import Any, Optional
 from urllib.parse import urlparse
 
 from ..errors import CheckpointConfigError
+from .fsspec_limits import uploading
 
 #: fsspec options of every cloud filesystem: a private instance (its client is replaced below)
 #: and no listing cache.
@@ -85,16 +87,31 @@ def open_azure(url: str, options: dict, endpoint: Optional[str], timeout: float)
         options.setdefault("account_name", account)
     fs = AzureBlobFileSystem(**options, **_PRIVATE)
     client = fs.service_client
+    cls = _azure_transport()
     # adlfs builds https://<account_host>; the endpoint may be http (Azurite) or path-style.
     target = account_url if account_url and not options.get("connection_string") else client.url
     fs.service_client = type(client)(
         target,
         credential=client.credential,
         retry_total=0,
-        connection_timeout=timeout,
-        read_timeout=timeout,
+        transport=cls(connection_timeout=timeout, read_timeout=timeout),
     )
     return fs, fs._strip_protocol(url)
+
+
+@cache
+def _azure_transport() -> type:
+    """azure-core's aiohttp transport, without a read timeout for an upload's requests: the
+    response's read timer starts while the body still drains from the socket buffers."""
+    from azure.core.pipeline.transport import AioHttpTransport
+
+    class UploadAwareTransport(AioHttpTransport):
+        async def send(self, request, **config):
+            if uploading.get():
+                config["read_timeout"] = None
+            return await super().send(request, **config)
+
+    return UploadAwareTransport
 
 
 @cache
@@ -105,15 +122,29 @@ def _gcs_class() -> type:
     (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``): that one first asks the gRPC Storage Control API
     for each bucket's layout, for features plain object reads and writes do not use.
     """
+    import aiohttp
     from gcsfs.core import GCSFileSystem
 
     once = getattr(GCSFileSystem._request, "__wrapped__", None)
-    if once is None:  # gcsfs changed its retry decorator: keep its own retries
-        return GCSFileSystem
 
     class BoundedGCSFileSystem(GCSFileSystem):
-        async def _request(self, *args, **kwargs):
-            return await once(self, *args, **kwargs)
+        # gcsfs reads ``self.requests_timeout`` for every request: an upload's (see
+        # fsspec_limits.uploading) has no read timeout, its connect timeout stays.
+        @property
+        def requests_timeout(self) -> Any:
+            given = self._requests_timeout
+            if uploading.get() and isinstance(given, aiohttp.ClientTimeout):
+                return aiohttp.ClientTimeout(sock_connect=given.sock_connect)
+            return given
+
+        @requests_timeout.setter
+        def requests_timeout(self, value: Any) -> None:
+            self._requests_timeout = value
+
+        if once is not None:  # else gcsfs changed its retry decorator: keep its own retries
+
+            async def _request(self, *args, **kwargs):
+                return await once(self, *args, **kwargs)
 
     return BoundedGCSFileSystem
 

@@ -7,6 +7,12 @@ by the transfers this process has in flight at once (they share one link): see :
 No byte-level "stall" rule is used: neither SDK path lets the bytes of one call be observed as
 they arrive (aiohttp reports a body once it is whole, gcsfs reads whole bodies, the Azure SDK's
 progress hook fires per multi-MiB chunk), and a trickle of one byte every 0.2 s is progress.
+
+An upload's try has no SDK per-read timeout (:data:`uploading`): its body is handed to the socket
+at once, and the SDKs start the response's read timer while the buffered part still drains (up
+to the socket buffers, MiBs), so a slow but steady upload was cut at ``timeout`` instead of by
+the bound below.  The errors say which limit fired: the whole-try cut, or a socket's own timeout
+(connecting, or waiting for an answer to a get or a small request).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import errno
 import threading
 import time
 from collections.abc import Awaitable
+from contextvars import ContextVar
 from typing import Any, Callable, TypeVar
 
 from .base import NOT_FOUND, PERMANENT, TRANSIENT
@@ -75,6 +82,10 @@ _TICK = 0.1
 #: How long a cut try is given to finish its cancellation before the TimeoutError is raised.
 _CLEANUP = 5.0
 
+#: True in the task of an upload's try: the clients of :mod:`.fsspec_clients` then give its
+#: requests no per-read timeout, so the whole-try bound is the one that applies to them.
+uploading: ContextVar[bool] = ContextVar("checkpoint_uploading", default=False)
+
 _lock = threading.Lock()
 _in_flight = 0
 
@@ -114,7 +125,7 @@ async def _watched(
         while True:
             done, _ = await asyncio.wait({task}, timeout=_TICK)
             if done:
-                return task.result()
+                return _result(task, timeout, time.monotonic() - began)
             now = time.monotonic()
             if now - began > timeout:
                 share += (now - max(last, began + timeout)) * rate / max(in_flight(), 1)
@@ -132,14 +143,56 @@ async def _watched(
             # TimeoutError is raised".  Nothing does: tries of get_file never share a temp
             # name, and a retried put writes the same bytes to the same key.
             await asyncio.wait({task}, timeout=_CLEANUP)
-    raise TimeoutError(
-        "no complete answer within %.1f s (the timeout, %g s, plus %d bytes at %d KiB/s shared "
-        "by the transfers in flight, %d when cut)"
+    raise TryCut(
+        "no complete answer within %.1f s: cut by the whole-try bound (the timeout, %g s, plus "
+        "%d bytes at %d KiB/s shared by the transfers in flight, %d when cut)"
         % (elapsed, timeout, nbytes, int(rate) >> 10, sharing)
     )
 
 
-def bounded(fs: Any, method: str, *args: Any, timeout: float, nbytes: int, **kwargs: Any) -> Any:
+class TryCut(TimeoutError):
+    """A try cut by the whole-try bound (:func:`_watched`)."""
+
+
+class SocketTimeout(TimeoutError):
+    """A try ended by an SDK's per-socket timeout (connect, or no byte for ``timeout`` s)."""
+
+
+def _is_sdk_timeout(exc: BaseException) -> bool:
+    """aiohttp's ServerTimeoutError family (an asyncio.TimeoutError) and azure-core's
+    Service{Request,Response}TimeoutError: a socket's connect or read timed out."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return isinstance(exc, TimeoutError) or bool(
+        names & {"ServiceRequestTimeoutError", "ServiceResponseTimeoutError"}
+    )
+
+
+def _result(task: asyncio.Future, timeout: float, elapsed: float) -> Any:
+    """``task``'s result; an SDK's socket timeout is raised as a :class:`SocketTimeout` that
+    says so, and how far into the try (not as the whole-try bound, nor with an empty text)."""
+    try:
+        return task.result()
+    except TryCut:
+        raise
+    except Exception as exc:
+        if not _is_sdk_timeout(exc):
+            raise
+        raise SocketTimeout(
+            "a socket connect or read waited more than the timeout, %g s (the SDK's per-socket "
+            "timeout, not the whole-try bound), %.1f s into the try (%s: %s)"
+            % (timeout, elapsed, type(exc).__name__, str(exc) or repr(exc))
+        ) from exc
+
+
+def bounded(
+    fs: Any,
+    method: str,
+    *args: Any,
+    timeout: float,
+    nbytes: int,
+    upload: bool = False,
+    **kwargs: Any,
+) -> Any:
     """``fs.<method>(*args, **kwargs)`` with the whole try bounded (see :func:`_watched`).
 
     Parameters
@@ -152,23 +205,62 @@ def bounded(fs: Any, method: str, *args: Any, timeout: float, nbytes: int, **kwa
         Seconds every try is given before its bytes count (the store's timeout).
     nbytes : int
         Bytes the call moves (:data:`SMALL` for small answers).
+    upload : bool
+        An upload: its requests get no SDK per-read timeout (:data:`uploading`).
 
     Raises
     ------
-    TimeoutError
+    TryCut
         When the allowance ran out; the try was cancelled. Transient: retried by the store.
+    SocketTimeout
+        When an SDK's per-socket timeout fired first. Transient too.
     """
     from fsspec.asyn import sync
     from fsspec.exceptions import FSTimeoutError
 
     call: Callable[..., Awaitable[Any]] = getattr(fs, "_" + method)
+
+    async def start() -> Any:
+        # Set inside the try's own task (a copy of the context): no other call sees it.
+        uploading.set(upload)
+        return await call(*args, **kwargs)
+
     try:
-        return sync(fs.loop, _watched, lambda: call(*args, **kwargs), timeout, nbytes, MIN_RATE)
+        return sync(fs.loop, _watched, start, timeout, nbytes, MIN_RATE)
     except FSTimeoutError as exc:
-        # sync() hides every TimeoutError (ours, aiohttp's) behind a bare FSTimeoutError.
-        if isinstance(exc.__cause__, TimeoutError):
-            raise exc.__cause__ from None
-        raise
+        err = unwrap(exc)
+        raise err from err.__cause__
+
+
+def unbounded(fs: Any, method: str, *args: Any) -> Any:
+    """``fs.<method>(*args)`` bounded by the SDK's per-socket timeouts only (a whole object of
+    unknown size), their timeout said as such (fsspec's own error for it has no text)."""
+    from fsspec.exceptions import FSTimeoutError
+
+    try:
+        return getattr(fs, method)(*args)
+    except Exception as exc:
+        if not isinstance(exc, FSTimeoutError) and not _is_sdk_timeout(exc):
+            raise
+        err = unwrap(exc)
+        raise err from err.__cause__
+
+
+def unwrap(exc: BaseException) -> TimeoutError:
+    """The error behind fsspec's ``FSTimeoutError`` (``sync()`` raises every TimeoutError of
+    the coroutine, ours or aiohttp's per-read one, as a bare one whose text is empty), or an
+    SDK's own socket timeout, as a :class:`SocketTimeout` that says so."""
+    from fsspec.exceptions import FSTimeoutError
+
+    cause = exc.__cause__ if isinstance(exc, FSTimeoutError) else exc
+    if isinstance(cause, (TryCut, SocketTimeout)):
+        return cause
+    err = SocketTimeout(
+        "a socket connect or read timed out (the SDK's per-socket timeout) (%s: %s)"
+        % (type(cause or exc).__name__, str(cause or exc) or "no text")
+    )
+    err.__cause__ = cause
+    return err
 
 
 def wraps_transient(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from ..errors import CheckpointConfigError, CheckpointDependencyError, StorageError
 from .base import Buffer, ObjectInfo, RetryPolicy, Storage
-from .fsspec_limits import SMALL, bounded, classify
+from .fsspec_limits import SMALL, bounded, classify, unbounded
 from .local import _TMP_PREFIX, _may_hold
 
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
@@ -172,13 +172,15 @@ class FsspecStorage(Storage):
         self._bucket_seen = False
         self._timeout = (timeout or 60.0) if self._bucket_kind else None
 
-    def _bounded(self, method: str, *args: Any, nbytes: Optional[int]) -> Any:
+    def _bounded(self, method: str, *args: Any, nbytes: Optional[int], upload: bool = False) -> Any:
         """``self.fs.<method>(*args)``; on Azure/GCS each try is bounded as a whole (see
-        :func:`.fsspec_limits.bounded`).  ``nbytes`` None (a whole object of unknown size):
-        bounded per socket read only."""
-        if self._timeout is None or nbytes is None:
+        :func:`.fsspec_limits.bounded`; an ``upload`` has no per-read timeout).  ``nbytes``
+        None (a whole object of unknown size): bounded per socket read only."""
+        if self._timeout is None:
             return getattr(self.fs, method)(*args)
-        return bounded(self.fs, method, *args, timeout=self._timeout, nbytes=nbytes)
+        if nbytes is None:
+            return unbounded(self.fs, method, *args)
+        return bounded(self.fs, method, *args, timeout=self._timeout, nbytes=nbytes, upload=upload)
 
     def __getstate__(self) -> dict:
         # Picklable like S3Storage: the filesystem (its bounded client, a class made at run
@@ -223,14 +225,18 @@ class FsspecStorage(Storage):
             # One upload is atomic on object stores; their clients expect bytes.
             body = data if isinstance(data, bytes) else bytes(data)
             path = self._path(key)
-            self._upload(lambda: self._bounded("pipe_file", path, body, nbytes=len(body)))
+            self._upload(
+                lambda: self._bounded("pipe_file", path, body, nbytes=len(body), upload=True)
+            )
 
     def _put_file(self, key: str, local_path: str) -> None:
         if self._local:
             self._atomic(key, lambda tmp: self.fs.put_file(local_path, tmp))
         else:
             path, size = self._path(key), os.path.getsize(local_path)
-            self._upload(lambda: self._bounded("put_file", local_path, path, nbytes=size))
+            self._upload(
+                lambda: self._bounded("put_file", local_path, path, nbytes=size, upload=True)
+            )
 
     def _upload(self, write: Callable[[], Any]) -> None:
         """An object-store write; one answered "not found" (gcsfs: FileNotFoundError, adlfs:
