@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import download  # noqa: E402
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import download_local  # noqa: E402
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope  # noqa: E402
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import (  # noqa: E402
     CheckpointStore,
@@ -121,12 +121,12 @@ def bench_size(mnt: Path, size_mib: int, runs: int) -> list[tuple]:
 
     def load_copy():
         clone.set_enabled(False)
-        real = download.copy_range
-        download.copy_range = _sendfile_copy
+        real = download_local.copy_range
+        download_local.copy_range = _sendfile_copy
         try:
             store.load(manifest, str(out))
         finally:
-            download.copy_range = real
+            download_local.copy_range = real
             clone.set_enabled(True)
 
     def cp(*flags):

@@ -146,3 +146,101 @@ def test_a_packed_file_changing_during_its_in_kernel_copy_fails_the_save(tmp_pat
     with pytest.raises(CheckpointConfigError, match=r"a\.bin changed while save\(\) was reading"):
         upload_tree(files, BlobWriter(storage), PACKS, SaveStats())
     assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]  # no blob, no temp
+
+
+@pytest.mark.parametrize("members", ["copied", "staged"])
+def test_a_store_filling_up_during_a_packed_save_is_a_storage_error_naming_the_store(
+    tmp_path, members
+):
+    """The store's filesystem filling up while a pack is assembled in the kernel is a
+    ``StorageError`` naming the store, never "cannot read" the user's file (a config error)
+    nor a bare ``OSError``: members over 64 KiB are copied with copy_file_range, whose errno
+    does not say which side failed (source and store on one tmpfs, so the kernel copies);
+    tiny ones are staged and written with pwrite.  No temp is left in the store."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
+
+    from .test_trees import tiny_filesystem
+
+    with tiny_filesystem(tmp_path / "fs", "6m" if members == "copied" else "1m") as fs:
+        src = (fs if members == "copied" else tmp_path) / "src"
+        src.mkdir()
+        count, size = (20, 200_000) if members == "copied" else (400, 4096)
+        for i in range(count):
+            (src / ("f%03d.bin" % i)).write_bytes(rand(size, i))
+        store = CheckpointStore(LocalStorage(str(fs / "store")), PACKS)
+        with pytest.raises(StorageError) as err:
+            store.save(str(src), make_scope())
+        message = str(err.value)
+        assert "No space left on device" in message and str(fs / "store") in message
+        assert "cannot read" not in message
+        assert not [p for p in (fs / "store").rglob(".mfckpt-tmp-*")]
+
+
+def test_a_store_that_cannot_be_mapped_saves_and_loads_through_memory(tmp_path, monkeypatch):
+    """On a filesystem without mmap (FUSE direct_io and some network filesystems refuse it
+    with ENODEV, injected), saves and loads of a local store take the read-through-memory path:
+    every byte still hashed and verified, the load equal to the source."""
+    import errno
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import download_local
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage import local as local_mod
+
+    def no_mmap(*_args):
+        raise OSError(errno.ENODEV, "No such device")
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(rand(5 * 64 * 1024 + 17, 1))  # chunks
+    for i in range(5):  # packed: tiny members and ones copied in the kernel
+        (src / ("s%d.bin" % i)).write_bytes(rand(100 + 70_000 * (i % 2), i))
+    monkeypatch.setattr(local_mod, "map_readonly", no_mmap)
+    monkeypatch.setattr(download_local, "map_readonly", no_mmap)
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    m = store.save(str(src), make_scope())
+    blobs = [p for p in (tmp_path / "store" / "blobs").rglob("*") if p.is_file()]
+    assert blobs and all(digest(p.read_bytes()) == p.name for p in blobs)
+    store.load(store.read(m.key), str(tmp_path / "out"))
+    assert snapshot(tmp_path / "out") == snapshot(src)
+
+
+@pytest.mark.parametrize("when", ["before its bytes are written", "after its hash"])
+def test_a_blob_rewritten_in_place_during_a_load_never_lands_unverified(
+    tmp_path, monkeypatch, when
+):
+    """Another process rewriting a stored blob in place while a load maps it (a repair tool,
+    rsync --inplace into the store): the load either refuses it (a named integrity error,
+    nothing in place) or writes exactly the saved bytes, never the rewritten ones.  The blob is
+    hashed after its slices are written, so bytes changed before or while they are written
+    fail it."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import download_local
+
+    src = tmp_path / "src"
+    src.mkdir()
+    saved = rand(300_000, 5)
+    (src / "model.bin").write_bytes(saved)
+    store = CheckpointStore(
+        LocalStorage(str(tmp_path / "store")), options(chunk_size=1 << 20, small_size=0)
+    )
+    m = store.save(str(src), make_scope())
+    blob = m.files[0].chunks[0].blob
+    path = tmp_path / "store" / "blobs" / blob[:2] / blob
+    hook = "place" if when.startswith("before") else "_check_slice"
+    real = getattr(download_local, hook)
+    rewrites = []
+
+    def rewrite_then(*args, **kwargs):
+        if not rewrites:
+            with open(path, "r+b") as f:  # in place: the same inode, seen by the mapping
+                f.write(b"EVIL")
+            rewrites.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(download_local, hook, rewrite_then)
+    dest = tmp_path / "out"
+    try:
+        store.load(store.read(m.key), str(dest))
+    except CheckpointIntegrityError as exc:
+        assert "model.bin" in str(exc) and not (dest / "model.bin").exists()
+    else:
+        assert (dest / "model.bin").read_bytes() == saved
+    assert rewrites

@@ -286,12 +286,18 @@ def _check_source(f: _File, failed: bool = False) -> None:
         raise _unreadable(f.abs, PermissionError(errno.EACCES, "Permission denied"), "file")
 
 
+#: copy_file_range errnos that only the side written can cause: a full, over-quota or
+#: read-only store, never the user's source file.
+_STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
 def _copy_member(f: _File, fd: int, pos: int) -> None:
     """Copy all of ``f`` into ``fd`` at ``pos`` in the kernel; fail if ``f`` is no longer the
     file :func:`.scan.scan` saw (one ``fstat`` after the copy, on the descriptor copied from).
 
     An ``OSError`` of :data:`.oscopy.UNSUPPORTED_COPY` propagates as is (the caller falls back
-    to reading through memory)."""
+    to reading through memory), and so does one of :data:`_STORE_ERRNOS`: ``copy_file_range``
+    does not say which side failed, and those are the destination's (the store is full)."""
     try:
         src = os.open(f.abs, os.O_RDONLY)
     except OSError as exc:
@@ -301,8 +307,8 @@ def _copy_member(f: _File, fd: int, pos: int) -> None:
         try:
             copy_range(src, fd, f.size, 0, pos, what=f.abs)
         except OSError as exc:
-            if exc.errno in UNSUPPORTED_COPY:
-                raise
+            if exc.errno in UNSUPPORTED_COPY or exc.errno in _STORE_ERRNOS:
+                raise  # the caller falls back / names the store (BlobWriter.put_filled)
             if exc.errno != errno.EIO:
                 raise _unreadable(f.abs, exc, "file") from exc
             ended_early = True  # copy_range's "ended early": the file shrank

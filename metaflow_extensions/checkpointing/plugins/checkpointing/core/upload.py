@@ -133,12 +133,19 @@ class BlobWriter:
         fill: Callable[[int], None],
         digest_of: Callable[[memoryview], str],
         stats: SaveStats,
+        what: str = "a pack of files",
     ) -> Optional[str]:
         """Store the ``length`` bytes ``fill(fd)`` writes through the backend's in-kernel
         path (:meth:`.Storage.ingest_filled`), named ``digest_of(the bytes as stored)``;
-        None if the backend has no such path."""
+        None if the backend has no such path.  A store write failing is a ``StorageError``
+        naming the store and ``what``; a source that cannot be read fails ``fill``."""
         session = self.lease.current  # before the put: the blob is younger than its start
-        done = self.storage.ingest_filled(length, fill, digest_of, blob_key)
+        try:
+            done = self.storage.ingest_filled(length, fill, digest_of, blob_key)
+        except OSError as exc:  # the store's side (full, read-only): the source's is not OSError
+            raise StorageError(
+                "Saving %s into %s failed: %s" % (what, self.storage.url, exc)
+            ) from exc
         if done is None:
             return None
         h, stored = done
@@ -269,7 +276,8 @@ def _pack_in_kernel(
                     own[i] = digest(part)
             return digest(whole)
 
-    h = writer.put_filled(pos, fill, digest_of, stats)
+    what = "a pack of %d files (%s, ...)" % (len(indices), files[indices[0]].abs)
+    h = writer.put_filled(pos, fill, digest_of, stats, what)
     if h is None:
         return False
     with lock:

@@ -181,7 +181,9 @@ class Storage(abc.ABC):
         of a new file of the store (e.g. many small files copied in the kernel into one pack).
 
         Returns ``(digest, newly_stored)``, or None when unsupported, also when ``fill`` raises
-        an ``OSError`` whose errno is in :data:`.oscopy.UNSUPPORTED_COPY`.
+        an ``OSError`` whose errno is in :data:`.oscopy.UNSUPPORTED_COPY` or the staged file
+        cannot be mapped.  Raises what ``fill`` raises, and ``OSError`` when writing the store
+        fails (callers name the store: :meth:`.BlobWriter.put_filled`).
         """
         return None
 

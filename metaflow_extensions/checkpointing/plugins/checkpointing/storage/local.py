@@ -191,7 +191,11 @@ class LocalStorage(Storage):
                 if exc.errno in UNSUPPORTED_COPY:
                     return None  # finally removes tmp; caller falls back
                 raise
-            with map_readonly(fd, length) as view:
+            try:
+                mapped = map_readonly(fd, length)
+            except OSError:  # no mmap here (FUSE direct_io, some network filesystems)
+                return None  # finally removes tmp; the caller reads through memory
+            with mapped as view:
                 h = digest(view)
             if self.fsync:
                 os.fsync(fd)
