@@ -111,17 +111,21 @@ def saved(src: Path, root: Path):
 
 
 def baseline_download(tree: str):
-    """``download_tree`` of ``core/download.py`` and ``core/destination.py`` of another checkout
-    ``tree`` (e.g. ``git worktree add --detach /tmp/base HEAD~1``), loaded beside ours: timed
-    interleaved with the current code in one process, for before/after figures."""
+    """``download_tree`` of ``core/download.py``, ``core/download_local.py`` (where the tree has
+    it) and ``core/destination.py`` of another checkout ``tree`` (e.g. ``git worktree add
+    --detach /tmp/base HEAD~1``), loaded beside ours: timed interleaved with the current code
+    in one process, for before/after figures."""
     import importlib.util
 
     core = "metaflow_extensions.checkpointing.plugins.checkpointing.core"
     base = Path(tree) / core.replace(".", "/")
     mods = {}
-    for name in ("destination", "download"):
+    for name in ("destination", "download_local", "download"):
+        if not (base / (name + ".py")).exists():
+            continue  # download_local.py split out of download.py later
         text = (base / (name + ".py")).read_text()
-        text = text.replace("from .destination import", "from ._baseline_destination import")
+        for dep in ("destination", "download_local"):
+            text = text.replace("from .%s import" % dep, "from ._baseline_%s import" % dep)
         spec = importlib.util.spec_from_loader("%s._baseline_%s" % (core, name), loader=None)
         mod = importlib.util.module_from_spec(spec)
         mod.__package__ = core
