@@ -81,7 +81,20 @@ def test_packs_copied_in_kernel_equal_packs_read_through_memory(tmp_path, monkey
         size = 1000 + 37 * i if i % 3 else 70_000 + 9_000 * i
         (src / ("f%02d.bin" % i)).write_bytes(rand(size, i))
     fast = CheckpointStore(LocalStorage(str(tmp_path / "fast")), PACKS)
+    real_copy, copies = os.copy_file_range, []
+
+    def counted(*args, **kwargs):
+        copies.append(args[2])
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(os, "copy_file_range", counted)
     m_fast = fast.save(str(src), make_scope())
+    # The in-kernel path ran: each member over 64 KiB copied by the kernel, no tiny one.
+    assert sorted(copies) == sorted(
+        n
+        for n in (1000 + 37 * i if i % 3 else 70_000 + 9_000 * i for i in range(40))
+        if n > 64 << 10
+    )
 
     def refuse(*_args, **_kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
@@ -109,12 +122,25 @@ def test_packs_copied_in_kernel_equal_packs_read_through_memory(tmp_path, monkey
         assert snapshot(tmp_path / name / "out") == snapshot(src)
 
 
-@pytest.mark.parametrize("how", ["grow", "shrink", "replace"])
-def test_a_packed_file_changing_during_its_in_kernel_copy_fails_the_save(tmp_path, how):
-    """A pack member copied in the kernel is checked like one read through memory (one fstat
-    after the copy): a file that grew, shrank or was replaced since the scan fails the save."""
+@pytest.mark.parametrize(
+    "member, when, how",
+    [
+        (member, "before", how)
+        for member in ("copied", "staged")
+        for how in ("grow", "shrink", "replace")
+    ]
+    + [("copied", "during", how) for how in ("grow", "shrink", "rewrite")],
+)
+def test_a_packed_file_changing_during_its_in_kernel_copy_fails_the_save(
+    tmp_path, monkeypatch, member, when, how
+):
+    """A pack member copied in the kernel (over 64 KiB) or staged through memory (tiny) is
+    checked like one read through memory: a file that grew, shrank, was rewritten or replaced
+    since the scan ("before" the copy) or while the kernel copied it ("during": changed after
+    copy_file_range returned, before the fstat on the descriptor copied from) fails the save."""
     import os
 
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import scan as scan_mod
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.scan import scan
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import SaveStats
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.upload import (
@@ -127,21 +153,38 @@ def test_a_packed_file_changing_during_its_in_kernel_copy_fails_the_save(tmp_pat
 
     src = tmp_path / "src"
     src.mkdir()
-    (src / "a.bin").write_bytes(rand(300_000, 1))  # > 64 KiB: copied, not staged
+    size = 300_000 if member == "copied" else 3000
+    (src / "a.bin").write_bytes(rand(size, 1))
     (src / "b.txt").write_bytes(b"b")
     files, _dirs, _kind = scan(str(src))
     path = src / "a.bin"
-    if how == "grow":
-        with open(path, "ab") as f:
-            f.write(b"more")
-    elif how == "shrink":
-        os.truncate(path, 299_999)
+
+    def change():
+        if how == "grow":
+            with open(path, "ab") as f:
+                f.write(b"more")
+        elif how == "shrink":
+            os.truncate(path, size - 1)
+        elif how == "rewrite":
+            with open(path, "r+b") as f:
+                f.write(b"EVIL")
+        else:
+            other = src / "other"
+            other.write_bytes(rand(size, 2))
+            st = os.stat(path)
+            os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.replace(other, path)
+
+    if when == "before":
+        change()
     else:
-        other = src / "other"
-        other.write_bytes(rand(300_000, 2))
-        st = os.stat(path)
-        os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.replace(other, path)
+        real = scan_mod.copy_range
+
+        def copy_then_change(*args, **kwargs):
+            real(*args, **kwargs)
+            change()
+
+        monkeypatch.setattr(scan_mod, "copy_range", copy_then_change)
     storage = LocalStorage(str(tmp_path / "store"))
     with pytest.raises(CheckpointConfigError, match=r"a\.bin changed while save\(\) was reading"):
         upload_tree(files, BlobWriter(storage), PACKS, SaveStats())
