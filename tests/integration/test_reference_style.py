@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import re
 
 import pytest
 
@@ -20,9 +19,6 @@ from .flowrun import EXAMPLES, PROBE_PRELUDE, REPO, run_flow, run_probe, single_
 FLOW = EXAMPLES / "reference_style_flow.py"
 
 #: Pages whose rows name the tests that prove them.
-CITING_PAGES = ("docs/compatibility.md", "docs/design/adr-006-drop-in.md")
-
-
 def _example():
     spec = importlib.util.spec_from_file_location("reference_style_flow", FLOW)
     module = importlib.util.module_from_spec(spec)
@@ -149,27 +145,6 @@ def test_a_reference_style_flow_runs_unchanged_on_s3(s3_flow_env):
     result = _check_reference_results(dict(env, METAFLOW_DEFAULT_DATASTORE="s3"), tmp)
     assert result.run.data.trained["url"].startswith("s3://")
     assert not (tmp / ".metaflow" / "mf.checkpointing").exists()  # no local checkpoint store
-
-
-def test_the_tests_the_compatibility_pages_cite_exist():
-    """Every ``test_x.py::test_name`` the compatibility page and ADR 006 cite is a test that
-    exists (a renamed or removed test would leave a claim unproven)."""
-    tests: dict[str, str] = {}  # file name -> the text of every test file of that name
-    for p in (REPO / "tests").rglob("test_*.py"):
-        tests[p.name] = tests.get(p.name, "") + p.read_text()
-    missing = []
-    for page in CITING_PAGES:
-        path = REPO / page
-        if not path.exists():
-            continue
-        text = path.read_text()
-        for file, name in re.findall(r"(test_\w+\.py)::(test_\w+)", text):
-            if file not in tests or not re.search(r"def %s\b" % name, tests[file]):
-                missing.append("%s: %s::%s" % (page, file, name))
-        for file in re.findall(r"\b(test_\w+\.py)\b", text):
-            if file not in tests:
-                missing.append("%s: %s" % (page, file))
-    assert not missing, "cited tests that do not exist:\n" + "\n".join(sorted(set(missing)))
 
 
 def test_the_compatibility_page_names_every_checkpoint_attribute():
