@@ -287,3 +287,41 @@ def test_a_blob_rewritten_in_place_during_a_load_never_lands_unverified(
     else:
         assert (dest / "model.bin").read_bytes() == saved
     assert rewrites
+
+
+def test_a_blob_failing_after_its_bytes_were_written_leaves_no_stale_byte(tmp_path, monkeypatch):
+    """A blob that fails its hash after its slices were written (changed in place meanwhile) and
+    verifies when the generic path reads it again: the file holds exactly the saved bytes, even
+    in an all-zero block that the generic path leaves unwritten and even when every ``pwrite``
+    writes only part of its bytes (short writes are legal: each is finished)."""
+    import os
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import download_local
+
+    src = tmp_path / "src"
+    src.mkdir()
+    saved = bytes(64 << 10) + rand(200_000, 7)  # the first 64 KiB block is all zeros
+    (src / "model.bin").write_bytes(saved)
+    storage = LocalStorage(str(tmp_path / "store"))
+    store = CheckpointStore(storage, options(chunk_size=128 << 10, small_size=0))
+    m = store.save(str(src), make_scope())
+    blob = m.files[0].chunks[0].blob
+    path = tmp_path / "store" / "blobs" / blob[:2] / blob
+    good = path.read_bytes()
+    real_place, real_get, real_pwrite = download_local.place, storage.get_bytes, os.pwrite
+
+    def rewrite_then_place(*args, **kwargs):
+        if path.read_bytes() == good:
+            with open(path, "r+b") as f:  # in place, before the fast path writes the slice
+                f.write(b"EVIL")
+        return real_place(*args, **kwargs)
+
+    def repaired_get(key, *args, **kwargs):
+        path.write_bytes(good)  # the generic path reads it again: verified this time
+        return real_get(key, *args, **kwargs)
+
+    monkeypatch.setattr(download_local, "place", rewrite_then_place)
+    monkeypatch.setattr(storage, "get_bytes", repaired_get)
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, pos: real_pwrite(fd, data[:3], pos))
+    store.load(store.read(m.key), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "model.bin").read_bytes() == saved

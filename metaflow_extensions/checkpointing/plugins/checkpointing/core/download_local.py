@@ -143,12 +143,17 @@ def _clone_runs(
                     if exc.errno not in UNSUPPORTED_COPY:
                         raise
                     with view[start + n : start + length] as rest:
-                        put = 0
-                        while put < len(rest):
-                            put += os.pwrite(out, rest[put:], file_pos + start + n + put)
+                        _pwrite_all(out, rest, file_pos + start + n)
         return written
     finally:
         os.close(out)
+
+
+def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
+    """Write all of ``data`` at ``pos``: ``pwrite`` may write only part of it."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], pos + done)
 
 
 def _unclone(job: Job, i: int, ranges: list[tuple[int, int]]) -> None:
@@ -162,7 +167,7 @@ def _unclone(job: Job, i: int, ranges: list[tuple[int, int]]) -> None:
             for pos, n in ranges:
                 zeros = bytes(min(n, 1 << 20))
                 for off in range(0, n, len(zeros)):
-                    os.pwrite(f.fileno(), zeros[: min(len(zeros), n - off)], pos + off)
+                    _pwrite_all(f.fileno(), memoryview(zeros)[: n - off], pos + off)
     except OSError as exc:
         raise job.write_error(exc, i) from exc
 
@@ -231,9 +236,7 @@ def _place(
             copy_range(source[0], out, n, source[1] + start, pos + start, what=source[2])
             return
         with piece[start : start + n] as part:  # released at once: the mapping closes after
-            done = 0
-            while done < n:
-                done += os.pwrite(out, part[done:], pos + start + done)
+            _pwrite_all(out, part, pos + start)
 
     with job.dir_lock(i) if member else nullcontext():
         place(job.temps[i], _extend_to(job.manifest.files[i]), piece, copy)
