@@ -17,18 +17,19 @@ the Trainer continues from its own directories: bitwise identical to an uninterr
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
 import shutil
 import tempfile
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..core.scope import validate_name
 from ..errors import CheckpointConfigError, CheckpointDependencyError, CheckpointWarning
 from . import late_base
-from .own_series import own_latest, own_refs
+from .own_series import own_best, own_latest, own_refs
 
 __all__ = ["HFCheckpointCallback"]
 
@@ -189,27 +190,18 @@ class HFCheckpointCallback:
                 stacklevel=2,
             )
         if state.global_step:  # resumed from a checkpoint
-            self._restore_best(args, state)
+            # Series best_name is listed at most once per resume, by whichever needs it first.
+            best_refs = functools.cache(lambda: own_refs(self.checkpoint, self.best_name))
+            self._restore_best(args, state, best_refs)
             if self.best_reference is None and self._best_metric_name(args) is not None:
-                # The best saved by an earlier attempt: cb.best_reference after train() is the
-                # run's best, as uninterrupted, even if no later step improves on it.
-                self.best_reference = self._earlier_best(state)
+                # The best saved by an earlier attempt as of the resumed step (never a newer
+                # one): cb.best_reference after train() is the run's best, as uninterrupted,
+                # even if no later step improves on it.
+                self.best_reference = own_best(
+                    best_refs(), state.global_step, getattr(state, "best_global_step", None)
+                )
 
-    def _earlier_best(self, state: Any) -> Any:
-        """The best checkpoint an earlier attempt saved, as of the step the Trainer resumed at.
-
-        A best saved *after* the resumed checkpoint (a crash between that best save and the
-        next ``latest`` one) belongs to steps this attempt trains again, maybe to another
-        result: it is never taken, as the Lightning callback's ``step <= global_step``.
-        """
-        best = getattr(state, "best_global_step", None)
-        for ref in own_refs(self.checkpoint, self.best_name):
-            step = (ref.metadata or {}).get("step", 0)
-            if step <= state.global_step and (best is None or step == best):
-                return ref
-        return None
-
-    def _restore_best(self, args: Any, state: Any) -> None:
+    def _restore_best(self, args: Any, state: Any, best_refs: Callable[[], list[Any]]) -> None:
         """Make the resumed state's best checkpoint a directory of this machine.
 
         ``trainer_state.json`` records the best checkpoint as a path on the machine of the
@@ -229,7 +221,7 @@ class HFCheckpointCallback:
         state.best_model_checkpoint = None  # never a path of another machine
         if not step or not getattr(args, "load_best_model_at_end", False):
             return  # nothing reads it but the Trainer's rotation of its own directories
-        ref = self._stored_step(step)
+        ref = self._stored_step(step, best_refs)
         if ref is None:
             # state.best_metric stays step N's: it is the best this run has seen, so a later
             # evaluation becomes the best (and is loaded at the end) only if it beats it, as
@@ -282,11 +274,12 @@ class HFCheckpointCallback:
         finally:
             shutil.rmtree(partial, ignore_errors=True)  # gone already if renamed
 
-    def _stored_step(self, step: int) -> Any:
-        """The newest checkpoint of step ``step`` of series ``best_name`` (else ``name``) this
-        task resumes from: its earlier attempts, or on a ``resume`` the task it came from."""
-        for name in (self.best_name, self.name):
-            for ref in own_refs(self.checkpoint, name):
+    def _stored_step(self, step: int, best_refs: Callable[[], list[Any]]) -> Any:
+        """The newest checkpoint of step ``step`` of series ``best_name`` (``best_refs()``,
+        else series ``name``) this task resumes from: its earlier attempts, or on a ``resume``
+        the task it came from."""
+        for refs in (best_refs, lambda: own_refs(self.checkpoint, self.name)):
+            for ref in refs():
                 if (ref.metadata or {}).get("step") == step:
                     return ref
         return None

@@ -23,7 +23,7 @@ from typing import Any, Optional
 from ..core.scope import validate_name
 from ..errors import CheckpointConfigError, CheckpointDependencyError
 from . import late_base
-from .own_series import own_latest, own_refs
+from .own_series import own_best, own_latest, own_refs
 from .torch_util import capture_rng, import_torch, restore_rng
 
 __all__ = ["CheckpointCallback"]
@@ -277,13 +277,8 @@ class CheckpointCallback:
         if resumed and self.monitor is not None and self.best_reference is None:
             # The best an earlier attempt saved (the loaded best_score is its value): so
             # cb.best_reference after fit() is the run's best even if nothing later beats it.
-            self.best_reference = next(
-                (
-                    r
-                    for r in own_refs(self.checkpoint, self.best_name)
-                    if (r.metadata or {}).get("step", 0) <= trainer.global_step
-                ),
-                None,
+            self.best_reference = own_best(
+                own_refs(self.checkpoint, self.best_name), trainer.global_step
             )
 
     def on_train_batch_start(

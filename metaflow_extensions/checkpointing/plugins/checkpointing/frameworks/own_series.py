@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..errors import CheckpointWarning
 
@@ -32,13 +32,7 @@ def own_latest(checkpoint: Any, name: str, marker: str) -> Optional[str]:
         return None
     if info.name == name:
         return _holding(checkpoint.directory, name, marker)
-    refs = [r for r in checkpoint.list(name=name) if r.latest]
-    scope = getattr(checkpoint, "scope", None)
-    if not refs and scope is not None and info.pathspec != scope.pathspec:
-        # A resume or eager load: the task the loaded checkpoint came from.
-        refs = [
-            r for r in checkpoint.list(name=name, task=info.pathspec, attempt="all") if r.latest
-        ]
+    refs = own_refs(checkpoint, name, keep=lambda r: r.latest)
     if not refs:
         return None
     return _holding(
@@ -46,20 +40,45 @@ def own_latest(checkpoint: Any, name: str, marker: str) -> Optional[str]:
     )
 
 
-def own_refs(checkpoint: Any, name: str) -> list[Any]:
+def own_refs(checkpoint: Any, name: str, keep: Optional[Callable[[Any], bool]] = None) -> list[Any]:
     """Checkpoints of series ``name`` this task resumes from, newest first: its own (on a
     ``@retry``, its earlier attempts'), else, on a ``resume`` or an eager load, those of the
     task the loaded checkpoint came from.  What a callback saved in an earlier attempt (its
-    best one) is found here, not in its memory, which a retry starts without."""
+    best one) is found here, not in its memory, which a retry starts without.
+
+    ``keep`` (default: all) filters both listings, *before* deciding to fall back: a task with
+    checkpoints of ``name`` but none kept resumes from the loaded-from task's kept ones.
+    """
     lister = getattr(checkpoint, "list", None)
     if lister is None:
         return []
-    refs = list(lister(name=name))
+    refs = [r for r in lister(name=name) if keep is None or keep(r)]
     info = getattr(checkpoint, "info", None)
     scope = getattr(checkpoint, "scope", None)
     if not refs and info is not None and scope is not None and info.pathspec != scope.pathspec:
-        refs = list(lister(name=name, task=info.pathspec, attempt="all"))
+        # A resume or eager load: the task the loaded checkpoint came from.
+        refs = [
+            r
+            for r in lister(name=name, task=info.pathspec, attempt="all")
+            if keep is None or keep(r)
+        ]
     return refs
+
+
+def own_best(refs: list[Any], up_to_step: int, exact_step: Optional[int] = None) -> Any:
+    """The newest of ``refs`` (newest first, as :func:`own_refs` lists them) saved at or
+    before step ``up_to_step`` (and, if given, at exactly ``exact_step``); None if none is.
+
+    A best saved *after* the step a fit resumed at (a crash between that best save and the
+    next ``latest`` one) belongs to steps the resumed fit trains again, maybe to another
+    result: it is never the run's best.  Both framework callbacks take their earlier
+    attempt's best from here, so the rule lives once.
+    """
+    for ref in refs:
+        step = (ref.metadata or {}).get("step", 0)
+        if step <= up_to_step and (exact_step is None or step == exact_step):
+            return ref
+    return None
 
 
 def _holding(directory: str, name: str, marker: str) -> Optional[str]:
