@@ -22,6 +22,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference im
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import (
     MAX_NAME_LENGTH,
+    library_scope,
     validate_name,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
@@ -280,3 +281,43 @@ def test_a_version_of_a_free_text_label_is_pinned_as_text_at_version(tmp_path):
         runtime.load(at)
     assert repr(at_ref["name"]) in amb.value.message and old["key"] in amb.value.message
     assert snapshot(runtime.load(at_ref["name"])) == snapshot(at_src)
+
+
+class ListCounting(MemoryStorage):
+    """A memory store recording the prefixes listed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed: list[str] = []
+
+    def list(self, prefix: str = ""):
+        self.listed.append(prefix)
+        return super().list(prefix)
+
+
+def test_loading_a_key_or_name_at_version_again_lists_no_label_series(tmp_path):
+    """A text that is a key or ``name@<version>`` may also be a free-text label (the ambiguity
+    check above): that label's series is listed once per task, not on every load, so a
+    ``@model(load=[...])`` of N keys, or a loop of loads, does not pay one store listing (a
+    LIST round trip on S3) per load for it; a valid name never lists a label series."""
+    storage = ListCounting()
+    runtime = _runtime(CheckpointStore(storage, options()), tmp_path)
+    a = runtime.save(str(write_tree(tmp_path / "a", {"w.bin": b"model A"})), label="a")
+    pinned = "a@" + a["version"][:8]
+    labels = {text: library_scope(label_name(text)).step_prefix() for text in (a["key"], pinned)}
+    for text, label_prefix in labels.items():
+        storage.listed.clear()
+        runtime.load(text)
+        assert storage.listed.count(label_prefix) == 1, storage.listed  # the check, once
+        first = list(storage.listed)
+        storage.listed.clear()
+        runtime.load(text)
+        assert label_prefix not in storage.listed, storage.listed
+        assert len(storage.listed) == len(first) - 1  # the load itself lists what it did
+    storage.listed.clear()
+    runtime.load("a")
+    assert not [p for p in storage.listed if p in labels.values()]
+    # A label saved later in the task is seen by the next load of the text it collides with.
+    runtime.save(str(write_tree(tmp_path / "b", {"w.bin": b"model B"})), label=a["key"])
+    with pytest.raises(CheckpointConfigError, match="ambiguous"):
+        runtime.load(a["key"])

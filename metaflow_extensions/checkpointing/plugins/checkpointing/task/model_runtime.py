@@ -109,6 +109,9 @@ class ModelRuntime:
         self._loaded = loaded
         self._log = log
         self._saved: list[CheckpointReference] = []
+        # Stored name -> a model was saved under that label: the ambiguity check of a text that
+        # designates something else lists a label's series once per task, not on every load.
+        self._labels: dict[str, bool] = {}
 
     @property
     def loaded(self) -> LoadedModels:
@@ -150,9 +153,9 @@ class ModelRuntime:
             checkpoint name (spaces, unicode, ``:``, ``/``, over 100 characters) is stored
             under :func:`label_name` of it, ``ref["name"]``, and kept as given in
             ``ref["label"]``; a version is pinned as ``"<ref['name']>@<version>"`` (or
-            ``"<label>@<version>"``).  Canonically equivalent texts (NFC, NFD) are one label.  At most
-            :data:`~..common.reference.MAX_LABEL` (4096) characters, so every reader gives
-            back the text as given.
+            ``"<label>@<version>"``).  Canonically equivalent texts (NFC, NFD) are one
+            label.  At most :data:`~..common.reference.MAX_LABEL` (4096) characters, so every
+            reader gives back the text as given.
         metadata : dict, optional
             JSON-serialisable metadata stored with it (``ref["metadata"]``).
         storage_format : str
@@ -223,6 +226,7 @@ class ModelRuntime:
             )
         )
         self._saved.append(ref)
+        self._labels[label] = True  # a later load of a text it collides with must see it
         return ref
 
     # ------------------------------------------------------------------ load
@@ -282,15 +286,15 @@ class ModelRuntime:
             the spelling that pins a version.
         """
         view = TaskView(self._store, self._scope, other_stores=True, reader=self._scope.namespace)
-        if not isinstance(reference, str) or label_name(reference) == reference:
+        name = label_name(reference) if isinstance(reference, str) else None
+        if name is None or name == reference:  # a valid name: no label can differ from it
             return resolve(reference, view)
-        name = label_name(reference)
         try:
             found = resolve(reference, view)  # a key, a URL, a pathspec, name@version...
         except CheckpointScopeError as exc:
             # Stored but not for this task (another store, an untrusted version): still a
             # meaning of the text, so a label of the same text is ambiguous, not a fallback.
-            if named_versions(self._store, name):
+            if self._is_label(name):
                 raise self._ambiguous(reference, name, exc.message) from None
             raise
         except (CheckpointConfigError, CheckpointNotFound) as exc:
@@ -314,13 +318,20 @@ class ModelRuntime:
             raise self._no_label(reference, name, exc) from None
         # The text designates a stored checkpoint; if a model was also saved with it as its
         # label, loading either one silently would be the wrong weights half of the time
-        # (one listing of the label's prefix, only for texts that are no name).
+        # (one listing of the label's prefix per task, only for texts that are no name).
         ref = reference_of(found[0], found[1])
-        if ref["name"] != name and named_versions(self._store, name):
+        if ref["name"] != name and self._is_label(name):
             raise self._ambiguous(
                 reference, name, "%s (key %r)" % (ref.spelling or ref["key"], ref["key"])
             )
         return found
+
+    def _is_label(self, name: str) -> bool:
+        """Whether a model is saved under the label stored as ``name`` (one listing per name
+        per task; this task's own saves mark theirs)."""
+        if name not in self._labels:
+            self._labels[name] = bool(named_versions(self._store, name))
+        return self._labels[name]
 
     def _label_at_version(self, text: str, view: TaskView, strict: bool):
         """``(store, manifest)`` of ``"<label>@<version>"``, a version of the free-text label
