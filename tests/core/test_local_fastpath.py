@@ -325,3 +325,29 @@ def test_a_blob_failing_after_its_bytes_were_written_leaves_no_stale_byte(tmp_pa
     monkeypatch.setattr(os, "pwrite", lambda fd, data, pos: real_pwrite(fd, data[:3], pos))
     store.load(store.read(m.key), str(tmp_path / "out"))
     assert (tmp_path / "out" / "model.bin").read_bytes() == saved
+
+
+def test_packs_from_a_filesystem_the_kernel_cannot_copy_from_are_staged_once(tmp_path, monkeypatch):
+    """A source on another filesystem than the local store (copy_file_range: EXDEV, injected):
+    the first pack finds out, every later pack of that filesystem is read through memory at
+    once instead of staging its members in the kernel again; the blobs are the same."""
+    import errno
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):  # ~3 files of 300 KB per 1 MiB pack: 7 packs
+        (src / ("f%02d.bin" % i)).write_bytes(rand(300_000, i))
+    tries = []
+
+    def refuse(*_args, **_kwargs):
+        tries.append(1)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), PACKS)
+    m = store.save(str(src), make_scope())
+    assert len({c.blob for f in m.files for c in f.chunks}) == 7 and len(tries) == 1
+    monkeypatch.undo()
+    store.load(store.read(m.key), str(tmp_path / "out"))
+    assert snapshot(tmp_path / "out") == snapshot(src)

@@ -107,6 +107,9 @@ class BlobWriter:
         self.stat_cache = StatCache()
         # blob -> the newest manifest this process committed that references it.
         self.referenced_by: dict[str, str] = {}
+        # Source devices the store's in-kernel pack path declined (EXDEV: another filesystem):
+        # their packs are read through memory at once, not staged and then staged again.
+        self.no_kernel_packs: set = set()
         self._lock = threading.Lock()
 
     def put_range(self, path: str, offset: int, length: int, stats: SaveStats) -> Optional[str]:
@@ -259,6 +262,9 @@ def _pack_in_kernel(
     """Store the pack of ``files[indices]`` through the backend's in-kernel path: each file is
     copied into the staged pack, then the pack and each file are hashed from one read-only
     mapping of it (the bytes as stored).  False if the backend has no such path."""
+    devices = {files[i].fingerprint[:1] for i in indices}
+    if devices & writer.no_kernel_packs:
+        return False
     layout = []
     pos = 0
     for i in indices:
@@ -279,6 +285,7 @@ def _pack_in_kernel(
     what = "a pack of %d files (%s, ...)" % (len(indices), files[indices[0]].abs)
     h = writer.put_filled(pos, fill, digest_of, stats, what)
     if h is None:
+        writer.no_kernel_packs |= devices
         return False
     with lock:
         for i, start, size in layout:
