@@ -8,24 +8,28 @@ in subprocesses, against a real S3 server (moto).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from cli.test_cli import assert_user_error, cli, version_of
-from metaflow_extensions.checkpointing.plugins.checkpointing.cli.stores import (
-    DATASTORES,
-    datastore_kinds,
-)
+from metaflow_extensions.checkpointing.plugins.checkpointing.cli.stores import datastore_kinds
 
 
-def test_datastore_choices_are_the_registered_datastores():
-    """One source: the choices are Metaflow's registered datastores (its own ``--datastore``
-    choices), so a datastore a flow accepts is never refused by the checkpoint CLI."""
-    from metaflow import plugins
+def test_datastore_choices_are_the_registered_datastores(flow_env):
+    """The checkpoint CLI's ``--datastore`` accepts exactly Metaflow's own ``--datastore``
+    choices (read from Metaflow's command, not from our list), so a datastore a flow accepts
+    is never refused by the checkpoint CLI; another name is a usage error naming them all."""
+    from metaflow.cli import start
 
-    assert sorted(DATASTORES) == sorted(d.TYPE for d in plugins.DATASTORES)
-    assert DATASTORES[:4] == ("local", "s3", "azure", "gs")  # stable, readable order
+    (theirs,) = [p.type.choices for p in start.params if p.name == "datastore"]
+    env, tmp = flow_env
+    result = cli(env, tmp, "list", "--datastore", "bogus", expect=2)
+    offered = re.search(r"invalid choice: bogus\. \(choose from (.*)\)", result.stderr)
+    assert offered, result.describe()
+    assert sorted(offered.group(1).split(", ")) == sorted(theirs)
+    assert offered.group(1).startswith("local, s3, azure, gs, ")  # stable, readable order
     kinds = datastore_kinds()
     # Ours are Metaflow's S3 datastore under other names: an S3 root; spin is a local one.
     assert {d: kinds[d] for d in ("s3-compatible", "coreweave", "spin")} == {

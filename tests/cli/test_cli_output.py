@@ -123,14 +123,6 @@ def test_datastore_choices_and_roots_of_another_datastore_are_refused(flow_env):
     assert_user_error(missing, "no s3 datastore root is configured", "--root")
 
 
-def test_datastore_choices_are_metaflows():
-    from metaflow import plugins
-
-    from metaflow_extensions.checkpointing.plugins.checkpointing.cli.stores import DATASTORES
-
-    assert set(DATASTORES) <= {d.TYPE for d in plugins.DATASTORES}
-
-
 def test_datastore_alone_builds_each_datastores_checkpoint_root(flow_env):
     """``--datastore D`` alone is D's configured root + ``mf.checkpointing`` (Azure's
     ``container/prefix`` as ``az://``), whatever METAFLOW_CHECKPOINT_ROOT says.  Azure and GCS
