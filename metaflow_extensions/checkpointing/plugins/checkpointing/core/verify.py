@@ -237,38 +237,43 @@ def verify(
     # 2. Which blobs exist (and, from a listing, how big they are).
     sizes: Optional[dict[str, int]] = None
     listed: list[ObjectInfo] = []
-    suspect: set[str] = set()  # compressed blobs that a shallow check must read back
+    heads: list[str] = []  # compressed blobs a shallow check reads the header of (below)
+    ticks = Counter(None, "blobs", 0)  # progress of the exists() check only
     if whole or (uses and len(uses) > EXISTS_LIMIT):
         listed = [o for o in storage.list(BLOBS_PREFIX) if blob_of(o.key) is not None]
         sizes = {blob_of(o.key): o.size for o in listed}
         report.blob_check = "listing" if uses else ""
         present = {h for h in uses if h in sizes}
+        heads = [] if deep else sorted(h for h in present if "." in h)
     elif deep:
         report.blob_check = "read" if uses else ""
         present = set(uses)  # reading tells
     else:
         report.blob_check = "exists" if uses else ""
-        counter = Counter(progress, "blobs", len(uses))
+        ticks = Counter(progress, "blobs", len(uses))
+        # A compressed blob's header read also says whether it exists: no exists() for it.
+        heads = sorted(h for h in uses if "." in h)
+        plain = sorted(h for h in uses if "." not in h)
 
-        def stored(h: str) -> Optional[bool]:
+        def stored(h: str) -> bool:
             try:
-                if "." in h:  # compressed: its header read also says whether it exists
-                    return looks_whole(storage, h, uses[h].end)
-                return storage.exists(blob_key(h)) or None
+                return storage.exists(blob_key(h))
             finally:
-                counter.add()
+                ticks.add()
 
-        blobs = sorted(uses)
-        state = dict(zip(blobs, _parallel(stored, blobs, opts.workers)))
-        present = {h for h, ok in state.items() if ok is not None}
-        suspect = {h for h, ok in state.items() if ok is False}
-    if sizes is not None and not deep:
-        zst = sorted(h for h in present if "." in h)
-        looks = _parallel(
-            lambda h: looks_whole(storage, h, uses[h].end, sizes[h]), zst, opts.workers
-        )
-        present -= {h for h, ok in zip(zst, looks) if ok is None}
-        suspect |= {h for h, ok in zip(zst, looks) if ok is False}
+        present = {h for h, ok in zip(plain, _parallel(stored, plain, opts.workers)) if ok}
+        present |= set(heads)  # settled by the header pass
+
+    # Shallow, compressed: one header read each (None: missing, False: suspect, read back).
+    def header(h: str) -> Optional[bool]:
+        try:
+            return looks_whole(storage, h, uses[h].end, None if sizes is None else sizes[h])
+        finally:
+            ticks.add()
+
+    looks = dict(zip(heads, _parallel(header, heads, opts.workers)))
+    present -= {h for h, ok in looks.items() if ok is None}
+    suspect = {h for h, ok in looks.items() if ok is False}
     problems: dict[str, list[str]] = {}
     findings: list[SliceFinding] = []
 
