@@ -13,7 +13,7 @@ import unicodedata
 
 import metaflow  # noqa: F401, I001  (Metaflow before the package, as in conftest.py)
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.common.reference import (
@@ -205,6 +205,26 @@ def test_a_free_text_checkpoint_name_is_refused_suggesting_a_valid_one(text):
     if " (e.g. " in message:
         suggestion = message.rsplit(" (e.g. ", 1)[1][:-2]
         assert validate_name(ast.literal_eval(suggestion)) == ast.literal_eval(suggestion)
+
+
+@settings(max_examples=300, deadline=None)
+@given(labels | st.sampled_from(["-x y", ".a", "-" * (MAX_NAME_LENGTH - 10)]))
+def test_the_suggested_checkpoint_name_is_the_name_a_model_label_of_the_text_gets(text):
+    """One sanitiser of the name grammar (core/scope.py ``sanitized``): the valid spelling the
+    error suggests for a free-text checkpoint name is the readable part of the name
+    ``current.model.save(label=text)`` stores the same text under (``"-x y"``: ``'_-x_y'``
+    and ``'_-x_y-<hash>'``; they used to differ), so a user sees one spelling of a text."""
+    text = unicodedata.normalize("NFC", text)
+    # Short enough that the name's cut (room for "-<hash>") keeps the whole suggestion.
+    assume(0 < len(text) <= MAX_NAME_LENGTH - 10)
+    try:
+        validate_name(text)
+        return
+    except CheckpointConfigError as exc:
+        suggestion = ast.literal_eval(exc.message.rsplit(" (e.g. ", 1)[1][:-2])
+    assert label_name(text).rsplit("-", 1)[0] == suggestion
+    if text == "-x y":
+        assert suggestion == "_-x_y"
 
 
 def _nfc_nfd(text: str) -> tuple[str, str]:

@@ -20,6 +20,24 @@ NO_FOREACH = "_"
 DEFAULT_NAME = "mfchckpt"
 MAX_NAME_LENGTH = 100
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+#: One character a name cannot hold (outside ``_NAME_RE``'s class).
+_INVALID = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def sanitized(text: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """``text`` spelled as a valid name of at most ``limit`` characters: every character a name
+    cannot hold made ``_``, ``..`` made ``__``, cut to ``limit`` without a trailing ``.``, and
+    ``_`` put first when the first character cannot start a name.  The one sanitiser of the
+    name grammar: the suggestion of :func:`validate_name` and the stored name of a free-text
+    model label (``task/model_runtime.label_name``) are spelled by it, so they agree.
+
+    >>> sanitized("-x y")
+    '_-x_y'
+    """
+    out = _INVALID.sub("_", text).replace("..", "__")[:limit].rstrip(".")
+    if not out or not _NAME_RE.match(out[0]):
+        out = "_" + out[: limit - 1]
+    return out
 
 
 def validate_name(name: object) -> str:
@@ -43,11 +61,11 @@ def validate_name(name: object) -> str:
     if ".." in name or not _NAME_RE.fullmatch(name):
         # Free-text names of other @checkpoint extensions land here: suggest a valid spelling
         # (a name selects a series in listings, load policies, retention and the CLI).
-        suggestion = re.sub(r"[^A-Za-z0-9_.\-]", "_", name).replace("..", "__").lstrip(".-")
+        suggestion = sanitized(name)
         raise CheckpointConfigError(
             "Checkpoint name %r is invalid: use letters, digits, '_', '-' and '.', starting with a "
-            "letter, digit or '_', without '/', '..', spaces or control characters%s."
-            % (name, " (e.g. %r)" % suggestion if suggestion else "")
+            "letter, digit or '_', without '/', '..', spaces or control characters (e.g. %r)."
+            % (name, suggestion)
         )
     return name
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import unicodedata
 from typing import Any, Callable, Optional
 
@@ -24,7 +23,7 @@ from ..common.reference import MAX_LABEL, CheckpointReference, model_record, ref
 from ..common.resolver import named_versions, resolve
 from ..core import loading
 from ..core.promotions import publisher_record
-from ..core.scope import MAX_NAME_LENGTH, Scope, library_scope, validate_name
+from ..core.scope import MAX_NAME_LENGTH, Scope, library_scope, sanitized, validate_name
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from ..fmt import human_size
@@ -71,10 +70,7 @@ def label_name(label: str) -> str:
     except CheckpointConfigError:
         pass
     digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", raw).replace("..", "__")
-    readable = readable[: MAX_NAME_LENGTH - len(digest) - 1].rstrip(".")
-    if not readable or not re.match(r"[A-Za-z0-9_]", readable):
-        readable = "_" + readable[: MAX_NAME_LENGTH - len(digest) - 2]
+    readable = sanitized(raw, MAX_NAME_LENGTH - len(digest) - 1)  # as validate_name suggests
     return validate_name("%s-%s" % (readable, digest))
 
 
