@@ -17,7 +17,6 @@ from typing import Any, Callable, Optional
 from ..common import resolver
 from ..core.manifest import Manifest, ManifestHeader
 from ..core.store import CheckpointStore
-from ..core.user_dirs import make_temp_dir
 from ..errors import CheckpointConfigError, CheckpointWarning
 from ..task.context import TaskContext
 
@@ -60,6 +59,8 @@ class ClientBase:
         self._task = TaskContext.from_env() if root is None and self._sees_task else None
         self._own_dir: Optional[str] = None
         if init_dir:
+            from ..core.user_dirs import make_temp_dir  # here: `import metaflow` loads this
+
             parent = temp_dir_root or (self._task.temp_dir_root if self._task else None)
             what = "Checkpoint(temp_dir_root=%r)" % (parent,)
             self._own_dir = make_temp_dir(parent, "mfckpt-", what)

@@ -33,7 +33,6 @@ from .scan import holds_data
 from .store import CheckpointStore
 from .tempnames import STAGING_PREFIX
 from .transfer import Progress
-from .user_dirs import config_error, user_path
 
 REFUSE, MERGE, REPLACE = "refuse", "merge", "replace"
 
@@ -94,6 +93,9 @@ def check_target(path: str, existing: str = REFUSE) -> str:
     """
     if existing not in (REFUSE, MERGE, REPLACE):
         raise ValueError("existing=%r: use 'refuse', 'merge' or 'replace'" % (existing,))
+    # Imported here: `import metaflow` loads this module (Checkpoint), not its loads.
+    from .user_dirs import user_path
+
     try:
         # A bytes path is decoded as the OS would (every name below is then a str); a leading
         # ~ is the home directory, as in a shell (not a directory named "~": review r14 R8).
@@ -168,6 +170,8 @@ def _staging(target: str) -> str:
     Created with the mode ``os.makedirs`` gives (``0o777`` less the umask), not
     ``tempfile.mkdtemp``'s ``0o700``: a load into a new directory renames this one into place,
     so its mode is the loaded directory's."""
+    from .user_dirs import config_error  # at use: `import metaflow` loads this module
+
     parent = os.path.dirname(target)
     try:
         os.makedirs(parent, exist_ok=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from ..core.user_dirs import check_not_a_file
 from ..errors import CheckpointConfigError
 
 #: Attributes that name a directory or a store: None, or a non-empty string.
@@ -27,6 +26,10 @@ def check_path_attributes(decorator: str, attributes: dict, step_name: str) -> N
             )
     temp_dir_root = attributes["temp_dir_root"]
     if temp_dir_root:
+        # Here, not at module level: this module is imported by `import metaflow`, the check
+        # runs at step_init only (review rv3 item 2).
+        from ..core.user_dirs import check_not_a_file
+
         check_not_a_file(
             temp_dir_root,
             "Step '%s': @%s(temp_dir_root=%r)" % (step_name, decorator, temp_dir_root),
