@@ -27,6 +27,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.task.context import
     TASK_ENV,
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_loaded import LoadedModels
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.model_runtime import ModelRuntime
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.session import TaskSession
 
 from .helpers import make_scope, options, write_tree
@@ -126,3 +127,39 @@ def test_step_init_checks_the_home_path_and_roots_expand(home):
         check_path_attributes("checkpoint", {"temp_dir_root": "~/file", "root": None}, "train")
     check_path_attributes("checkpoint", {"temp_dir_root": "~/new", "root": None}, "train")
     assert normalize_root("~/ckpt") == str(home / "ckpt")
+
+
+def test_save_sources_are_under_home(home, tmp_path):
+    """current.checkpoint.save(path="~/m"), current.model.save("~/m") and, outside a task,
+    Checkpoint(root=...).save("~/m", name=...) save HOME/m (review rv3 item 7: they failed
+    with "no such file or directory", or saved a literal ``./~/m`` had one existed, while a
+    load's ``path="~/m"`` was already HOME/m)."""
+    from metaflow import Checkpoint
+
+    write_tree(home / "m", {"w.bin": b"weights in home"})
+    store = _store(tmp_path)
+
+    def files(ref, into: str) -> bytes:
+        target = loading.load(store, store.read(ref["key"]), str(tmp_path / into))
+        return (Path(target) / "w.bin").read_bytes()
+
+    session = TaskSession.start(
+        store,
+        make_scope(),
+        Resolution(None, "first attempt"),
+        step_name="train",
+        settings=SETTINGS,
+        log=lambda m: None,
+    )
+    try:
+        assert files(session.runtime.save(path="~/m", name="ckpt"), "a") == b"weights in home"
+    finally:
+        session.end()
+    model = ModelRuntime(store, make_scope(), "alice", LoadedModels(), log=lambda m: None)
+    assert files(model.save("~/m", label="clf"), "b") == b"weights in home"
+
+    client = Checkpoint(root=str(tmp_path / "named"))
+    ref = client.save("~/m", name="named")
+    assert ref["name"] == "named"
+    client.load(ref, str(tmp_path / "c"))
+    assert (tmp_path / "c" / "w.bin").read_bytes() == b"weights in home"

@@ -88,7 +88,9 @@ class Named(ClientBase):
                 "Outside a @checkpoint task, save() makes a named checkpoint: pass both a path "
                 "and a name, e.g. Checkpoint().save('./model.pt', name='resnet50')."
             )
-        src = os.path.abspath(os.fspath(path))
+        from ..core.user_dirs import user_path  # here: `import metaflow` loads this module
+
+        src = os.path.abspath(user_path(path))  # ~ is home, as in a shell
         if not os.path.exists(src):
             raise CheckpointConfigError("Cannot save %s: no such file or directory." % src)
         from ..task.models import publisher_here

@@ -25,6 +25,7 @@ from ..core import loading
 from ..core.promotions import publisher_record
 from ..core.scope import MAX_NAME_LENGTH, Scope, library_scope, sanitized, validate_name
 from ..core.store import CheckpointStore
+from ..core.user_dirs import user_path
 from ..errors import CheckpointConfigError, CheckpointNotFound, CheckpointScopeError
 from ..fmt import human_size
 from .model_loaded import LoadedModels
@@ -193,14 +194,15 @@ class ModelRuntime:
         # default label reads back as its stored name (current.model.default_label).
         text = label
         label = self.default_label if label is None else label_name(label)
-        if path is None or not os.path.exists(os.fspath(path)):
+        src = None if path is None else os.path.abspath(user_path(path))  # ~ is home
+        if src is None or not os.path.exists(src):
             raise CheckpointConfigError(
                 "current.model.save(%r): no such file or directory%s; nothing was uploaded."
-                % (path, "" if path is None else " (%s)" % os.path.abspath(os.fspath(path)))
+                % (path, "" if src is None else " (%s)" % src)
             )
         scope = self._scope
         manifest = self._store.save(
-            os.path.abspath(os.fspath(path)),
+            src,
             library_scope(label),
             name=label,
             metadata=metadata,

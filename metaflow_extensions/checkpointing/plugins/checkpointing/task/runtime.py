@@ -42,6 +42,7 @@ from ..core.pause import PausePoller
 from ..core.policies import Resolution, sort_key
 from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
+from ..core.user_dirs import user_path
 from ..errors import CheckpointNotFound, CheckpointPaused
 from .background import SaveHandle
 from .interrupts import Interrupts
@@ -210,7 +211,7 @@ class CheckpointRuntime:
         """
         check_storage_format(storage_format)  # before anything is read
         name, metadata = name_and_metadata(name, metadata)
-        src = self._directory if path is None else os.fspath(path)
+        src = self._directory if path is None else user_path(path)  # ~ is home, as in a shell
         return self._saves.save(src, metadata, name, latest, blocking, sharded)
 
     def _for_this_rank(self, manifest: Manifest, all_ranks: bool = False) -> Manifest:
