@@ -499,3 +499,75 @@ def test_a_crash_right_after_an_async_save_resumes_from_it_on_retry(flow_env):
         expected = getattr(straight, name).state_dict()
         assert_same_tensors(getattr(task.data, name + "_state"), expected, name)
     assert task.data.losses == straight.extra["losses"] and len(task.data.losses) == 6
+
+
+# -------------------------------------------------------------------------------- the other files
+def test_a_relative_link_in_the_directory_is_saved_as_a_blocking_save_saves_it(tmp_path):
+    """checkpoint.directory's other files are copied once, by the background save's own
+    snapshot with save()'s rules for links: a relative link to a file outside the directory
+    (tok.json -> ../other/tok.json) is saved as that file's bytes, as a blocking save saves
+    it (was: copied as a link into a temporary directory where it dangled, failing the call
+    with an error naming that temporary path)."""
+    parts, _, directory, _ = _task(tmp_path)
+    runtime = parts.runtime
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "tok.json").write_text('{"vocab": 3}')
+    os.symlink(os.path.join("..", "other", "tok.json"), directory / "tok.json")
+    state = TrainingState(model=torch.nn.Linear(2, 2), step=1)
+    blocking = state.save(runtime)
+    before = set(os.listdir(tmp_path))
+    handle = state.save(runtime, blocking=False)
+    made = sorted(set(os.listdir(tmp_path)) - before)
+    assert [p for p in made if not p.startswith(SNAPSHOT_PREFIX)] == []  # one copy: the snapshot
+    a = _files(runtime.load(blocking, str(tmp_path / "a")))
+    b = _files(runtime.load(handle.wait(HOLD), str(tmp_path / "b")))
+    assert (
+        sorted(b)
+        == sorted(a)
+        == [
+            "model.safetensors",
+            "notes.txt",
+            "rng.pt",
+            "state.json",
+            "tok.json",
+        ]
+    )
+    assert b["tok.json"] == b'{"vocab": 3}' and b["state.json"] == a["state.json"]
+    runtime.flush()
+    assert _leftovers(tmp_path) == []
+
+
+def test_blocking_false_with_other_save_options_returns_once_the_state_is_copied(
+    tmp_path, slow_pickle
+):
+    """Every blocking=False call takes the staged path, whatever other save options it has
+    (was: only exactly blocking=False; any other option wrote the files in the call): the
+    call returns while the background thread is still held writing the state's files, and
+    the options reach the save."""
+    parts, _, directory, _ = _task(tmp_path)
+    runtime = parts.runtime
+    # weights_only=False: the gate pickles as a call of int, which only a full unpickler takes
+    state = TrainingState(
+        model=torch.nn.Linear(2, 2), holder=Holder(slow_pickle()), step=3, weights_only=False
+    )
+    handle = state.save(
+        runtime, {"loss": 0.25}, "warmup", False, blocking=False, storage_format="tar"
+    )
+    assert slow_pickle.writing.wait(HOLD)  # the background thread is writing holder.pt ...
+    assert not handle.done()  # ... and the call has returned
+    assert not (directory / "holder.pt").exists()  # never written into the directory itself
+    slow_pickle.gate.set()
+    ref = handle.wait(HOLD)
+    assert ref.name == "warmup" and ref.latest is False
+    assert ref.metadata == {"loss": 0.25, "step": 3, "epoch": 0}
+    loaded = runtime.load(ref, str(tmp_path / "loaded"))
+    assert sorted(os.listdir(loaded)) == [
+        "holder.pt",
+        "model.safetensors",
+        "notes.txt",
+        "rng.pt",
+        "state.json",
+    ]
+    with pytest.raises(TypeError):  # an option checkpoint.save does not take: refused
+        state.save(runtime, blocking=False, no_such_option=1)
+    runtime.flush()

@@ -313,7 +313,9 @@ class TrainingState:
         latest : bool
             Whether a retry or resume may load this checkpoint automatically (default True).
         **save_options
-            Passed on to ``checkpoint.save`` as they are (``blocking=False``: see above).
+            Passed on to ``checkpoint.save`` as they are (``blocking=False``: see above; it takes
+            the copy-to-memory path with any other option too, except a ``path=`` other than
+            ``checkpoint.directory``: the files are then written first, then that path saved).
 
         Returns
         -------
@@ -324,10 +326,17 @@ class TrainingState:
         """
         meta = {"step": self.step, "epoch": self.epoch}
         meta.update(metadata or {})
-        if save_options == {"blocking": False}:
+        options = dict(save_options)
+        path = options.pop("path", None)
+        if options.pop("blocking", True) is False and (
+            # Another path than the directory: the state's files go where a blocking save
+            # writes them, inside that path or not (write first, then save it).
+            path is None or _same_path(path, checkpoint.directory)
+        ):
             from .staged_state import save_in_background
 
-            handle = save_in_background(self, checkpoint, meta, name, latest)
+            # Every other option goes on to the save (checked there as checkpoint.save does).
+            handle = save_in_background(self, checkpoint, meta, name, latest, **options)
             if handle is not None:
                 return handle
         self.write(checkpoint.directory)
@@ -353,3 +362,8 @@ class TrainingState:
         if not getattr(checkpoint, "is_loaded", False):
             return False
         return self.read(checkpoint.directory, strict=strict)
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """Whether two paths name the same place (``checkpoint.directory`` spelt another way)."""
+    return os.path.abspath(os.fspath(a)) == os.path.abspath(os.fspath(b))

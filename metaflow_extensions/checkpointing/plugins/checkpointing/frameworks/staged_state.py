@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .state_files import (
@@ -54,11 +51,9 @@ _pool: list[Any] = []  # the tensors of the last copy written, reused by the nex
 
 class StagedWrite:
     """A state copied to host memory, written into a snapshot by the background save thread
-    (``task.saves.Prepare``).
-
-    It owns ``others`` (the temporary copy of the directory's other files, already
-    snapshotted by the save): removed by the background thread, or when the save is dropped
-    unwritten (abandoned), or at exit, never in the caller's time.
+    (``task.saves.Prepare``).  The snapshot is of ``checkpoint.directory`` but for the files
+    this write replaces (:attr:`replaces`): the directory's other files are copied once, by
+    the save's own snapshot, with ``save()``'s rules for links, as a blocking save reads them.
 
     Parameters
     ----------
@@ -72,8 +67,6 @@ class StagedWrite:
         Check that each ``.pt`` file loads with ``torch.load(weights_only=True)``.
     what : str
         The save in messages ("the training state (step N)").
-    others : str
-        Temporary directory holding the copy of ``checkpoint.directory``'s other files.
     """
 
     def __init__(
@@ -83,7 +76,6 @@ class StagedWrite:
         nbytes: int,
         weights_only: bool,
         what: str,
-        others: str,
     ) -> None:
         self.parts: Optional[Parts] = parts
         self.buffers: Optional[list[Any]] = buffers
@@ -91,7 +83,8 @@ class StagedWrite:
         self.what = what
         self.weights_only = weights_only
         self.handle: Optional[SaveHandle] = None  # the save's handle, once submitted
-        self.remove_others = weakref.finalize(self, shutil.rmtree, others, True)
+        # Names at the snapshot's top that write() writes: not copied from the directory.
+        self.replaces = own_files(list(parts.entries))
 
     def holds_memory(self) -> bool:
         """Whether the copy still counts toward :data:`MAX_STAGED`.
@@ -123,7 +116,6 @@ class StagedWrite:
             If the copy was already written (each is written once).
         """
         global _pool
-        self.remove_others()
         parts, buffers = self.parts, self.buffers
         if parts is None or buffers is None:  # pragma: no cover - written once
             raise RuntimeError("%s was already written." % self.what)
@@ -142,11 +134,18 @@ class StagedWrite:
 
 
 def save_in_background(
-    state: TrainingState, checkpoint: Any, metadata: dict, name: str, latest: bool
+    state: TrainingState,
+    checkpoint: Any,
+    metadata: dict,
+    name: str,
+    latest: bool,
+    **options: Any,
 ) -> Optional[SaveHandle]:
-    """``state.save(checkpoint, ..., blocking=False)`` as described above; None (nothing done)
-    if ``checkpoint`` is not a task's ``current.checkpoint`` (or safetensors lacks what the
-    copy needs): the caller then writes first, as a blocking save does."""
+    """``state.save(checkpoint, ..., blocking=False, **options)`` as described above; None
+    (nothing done) if ``checkpoint`` is not a task's ``current.checkpoint`` (or safetensors
+    lacks what the copy needs): the caller then writes first, as a blocking save does.
+    ``options``: the other options of ``current.checkpoint.save`` (``storage_format``,
+    ``sharded``), checked as it checks them."""
     from ..task.runtime import CheckpointRuntime, save_prepared
 
     if not isinstance(checkpoint, CheckpointRuntime):
@@ -170,16 +169,14 @@ def save_in_background(
             objects, state.step, state.epoch, state.extra, state.rng, pool
         )
         del pool  # what it did not reuse
-        others = snapshot_others(checkpoint.directory, own_files(list(objects)))
         what = "the training state (step %d)" % parts.step
-        staged = StagedWrite(parts, buffers, nbytes, state.weights_only, what, others)
+        staged = StagedWrite(parts, buffers, nbytes, state.weights_only, what)
         del parts, buffers
-        try:
-            root = os.path.join(others, os.listdir(others)[0])
-            staged.handle = save_prepared(checkpoint, root, staged, metadata, name, latest)
-        except BaseException:
-            staged.remove_others()
-            raise
+        directory = os.fspath(checkpoint.directory)
+        os.makedirs(directory, exist_ok=True)  # as write() makes it: the snapshot's source
+        staged.handle = save_prepared(
+            checkpoint, directory, staged, metadata, name, latest, **options
+        )
         with _cond:
             _staged.append(staged)
     finally:
@@ -300,29 +297,9 @@ def _fits(buffer: Any) -> tuple:
     return (tuple(buffer.shape), buffer.dtype, bool(buffer.is_pinned()))
 
 
-def snapshot_others(directory: str, own: set[str]) -> str:
-    """A new temporary directory beside ``directory`` holding a copy of its files other than
-    the state's own (``own``: names at its top): a blocking save saves them with the state.
-    Returns the path to save (``<tmp>/<basename>``); the caller removes ``<tmp>``."""
-    parent = os.path.dirname(os.path.abspath(directory))
-    tmp = tempfile.mkdtemp(prefix=".mfckpt-staged-", dir=parent if os.path.isdir(parent) else None)
-    root = os.path.join(tmp, os.path.basename(os.path.abspath(directory)) or "checkpoint")
-    os.makedirs(root)
-    if os.path.isdir(directory):
-        for entry in os.scandir(directory):
-            if entry.name in own:
-                continue
-            target = os.path.join(root, entry.name)
-            if entry.is_dir(follow_symlinks=False):
-                shutil.copytree(entry.path, target, symlinks=True)
-            else:
-                shutil.copy(entry.path, target, follow_symlinks=False)
-    return tmp
-
-
-def own_files(names: list[str]) -> set[str]:
+def own_files(names: list[str]) -> frozenset[str]:
     """The names a write of these objects replaces in a directory."""
     own = {STATE_FILE, RNG_FILE}
     for name in names:
         own.update((name + ".safetensors", name + ".pt"))
-    return own
+    return frozenset(own)

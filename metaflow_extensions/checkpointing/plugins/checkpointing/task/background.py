@@ -93,12 +93,16 @@ class SaveHandle:
         return "SaveHandle(%s, %s)" % (self.description, state)
 
 
-def source_bytes(path: str) -> int:
-    """Bytes of the regular files under ``path`` (a file or directory; 0 if it is missing)."""
+def source_bytes(path: str, exclude: frozenset[str] = frozenset()) -> int:
+    """Bytes of the regular files under ``path`` (a file or directory; 0 if it is missing),
+    but for the names ``exclude`` at its top (as :func:`snapshot` skips them)."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     total = 0
-    for dirpath, _, filenames in os.walk(path):
+    for dirpath, dirnames, filenames in os.walk(path):
+        if exclude and dirpath == path:
+            dirnames[:] = [d for d in dirnames if d not in exclude]
+            filenames = [f for f in filenames if f not in exclude]
         for filename in filenames:
             try:
                 total += os.path.getsize(os.path.join(dirpath, filename))
@@ -107,13 +111,20 @@ def source_bytes(path: str) -> int:
     return total
 
 
-def snapshot(src: str, staging_parent: Optional[str]) -> tuple[str, str, int]:
+def snapshot(
+    src: str, staging_parent: Optional[str], exclude: frozenset[str] = frozenset()
+) -> tuple[str, str, int]:
     """Copy ``src`` (file or directory, with save()'s rules for links) into a new staging dir.
 
     Returns ``(staging dir, path to save inside it, bytes copied)``.  Copies go through the
     kernel (``shutil.copy`` uses ``sendfile``/``copy_file_range``), mode bits are kept.
+    ``exclude``: names at the top of a directory ``src`` not to copy (a ``Prepare`` of the save
+    writes those into the snapshot itself).
     """
     files, dirs, kind = scan(src)
+    if exclude and kind == "dir":
+        files = [f for f in files if f.rel.split("/", 1)[0] not in exclude]
+        dirs = [d for d in dirs if d.split("/", 1)[0] not in exclude]
     staging = tempfile.mkdtemp(prefix=SNAPSHOT_PREFIX, dir=staging_parent)
     try:
         if kind == "file":

@@ -487,17 +487,23 @@ def save_prepared(
     metadata: Optional[dict],
     name: str = DEFAULT_NAME,
     latest: bool = True,
+    *,
+    storage_format: str = FILES,
+    sharded: bool = False,
 ) -> Optional[SaveHandle]:
-    """A background save of ``path`` (snapshotted now) that ``prepare.write`` completes in the
-    background thread before the commit; None if ``checkpoint`` is not a task's
-    ``current.checkpoint`` (the caller then saves another way).  For ``frameworks/``:
-    ``TrainingState.save(..., blocking=False)`` writes its host-memory copy of the state there,
-    and the handle is then one of the task's background saves (waited for at the end, failing
-    the task if it fails, committed or abandoned after a signal)."""
+    """A background save of ``path`` (snapshotted now, but for ``prepare.replaces``) that
+    ``prepare.write`` completes in the background thread before the commit; None if
+    ``checkpoint`` is not a task's ``current.checkpoint`` (the caller then saves another way).
+    For ``frameworks/``: ``TrainingState.save(..., blocking=False)`` writes its host-memory
+    copy of the state there, and the handle is then one of the task's background saves
+    (waited for at the end, failing the task if it fails, committed or abandoned after a
+    signal).  ``storage_format`` and ``sharded`` are checked as :meth:`CheckpointRuntime.save`
+    checks them."""
     if not isinstance(checkpoint, CheckpointRuntime):
         return None
+    check_storage_format(storage_format)
     src = os.fspath(path)
-    return checkpoint._saves.save(src, metadata, name, latest, False, prepare=prepare)
+    return checkpoint._saves.save(src, metadata, name, latest, False, sharded, prepare=prepare)
 
 
 def _empty(directory: str) -> None:

@@ -47,6 +47,7 @@ class Prepare(Protocol):
 
     nbytes: int  #: bytes :meth:`write` adds (counted in the background budget)
     what: str  #: what is saved, in messages ("save of <what> ('<name>')")
+    replaces: frozenset[str]  #: names at the snapshot's top :meth:`write` writes (not copied)
 
     def write(self, directory: str, abandoned: Callable[[], bool]) -> None:
         """Write into the snapshot's ``directory``; stop (raise) once ``abandoned()``."""
@@ -412,11 +413,12 @@ class TaskSaves:
         if self._background is None:
             self._background = BackgroundSaver(self._async_budget)
         extra = prepare.nbytes if prepare is not None else 0  # what it will write there
-        size = source_bytes(src) + extra
+        exclude = prepare.replaces if prepare is not None else frozenset()  # it writes those
+        size = source_bytes(src, exclude) + extra
         self._background.reserve(size)
         try:
             created, seq = self._date()  # dated at the snapshot: orders before later saves
-            staging, staged, nbytes = snapshot(src, os.path.dirname(self.directory))
+            staging, staged, nbytes = snapshot(src, os.path.dirname(self.directory), exclude)
         except BaseException:
             self._background.adjust(-size)
             raise
