@@ -31,15 +31,17 @@ def _python(code: str, env: dict | None = None, cwd: str | None = None) -> str:
 
 def test_import_metaflow_stays_light(tmp_path):
     """`import metaflow` loads the decorator but never torch, boto3, botocore, safetensors or
-    Lightning or transformers (the callbacks import them only when one is created)."""
+    Lightning or transformers (the callbacks import them only when one is created), nor our
+    modules used only when a TrainingState is written or saved."""
     code = (
         "import sys, metaflow\n"
         "from metaflow import checkpoint, Checkpoint, CheckpointCallback, TrainingState\n"
         "from metaflow import HFCheckpointCallback\n"
         "heavy = [m for m in ('torch', 'boto3', 'botocore', 's3transfer', 'safetensors', "
-        "'numpy', 'fsspec', 'lightning', 'pytorch_lightning', 'transformers', 'accelerate') "
+        "'numpy', 'fsspec', 'lightning', 'pytorch_lightning', 'transformers', 'accelerate', "
+        "'%s.frameworks.state_files', '%s.frameworks.staged_state') "
         "if m in sys.modules]\n"
-        "print(','.join(heavy) or 'none')\n"
+        "print(','.join(heavy) or 'none')\n" % (PKG, PKG)
     )
     assert _python(code, cwd=str(tmp_path)).strip() == "none"
 

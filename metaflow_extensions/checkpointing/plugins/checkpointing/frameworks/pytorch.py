@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..core.scope import DEFAULT_NAME
 from .schedule import Every
-from .state_files import FORMAT, FORMAT_VERSION, RNG_FILE, STATE_FILE, live_parts, write_files
 from .torch_util import (
     TrainingStateError,
     is_module,
@@ -190,6 +189,8 @@ class TrainingState:
             If a counter is not an integer, ``extra`` is not JSON-serialisable, or a state
             could not be read back with ``torch.load(weights_only=True)``.
         """
+        from .state_files import live_parts, write_files  # not at import: ``import metaflow``
+
         parts = live_parts(self._objects, self.step, self.epoch, self.extra, self.rng)
         return write_files(parts, os.fspath(directory), self.weights_only)
 
@@ -221,6 +222,8 @@ class TrainingState:
             If ``state.json`` is unreadable or of a newer format, the objects do not match
             (``strict``), or a ``.pt`` file holds objects that may not be unpickled.
         """
+        from .state_files import FORMAT, FORMAT_VERSION, RNG_FILE, STATE_FILE
+
         directory = os.fspath(directory)
         state_path = os.path.join(directory, STATE_FILE)
         if not os.path.isfile(state_path):
