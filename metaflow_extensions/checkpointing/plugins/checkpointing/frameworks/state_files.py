@@ -5,8 +5,9 @@ blocking=False)`` (``staged_state.py``) both end here, in :func:`write_files`, s
 the same files from the same values: a ``.safetensors`` file per module, a ``.pt`` file per
 other object, ``rng.pt``, then ``state.json`` last.
 
-torch and safetensors are imported inside functions only (``import metaflow`` imports this
-module through ``pytorch.py``).
+torch and safetensors are imported inside functions only.  ``pytorch.py`` imports this module
+inside ``write``/``read`` only, so ``import metaflow`` does not load it
+(``tests/test_packaging.py::test_import_metaflow_stays_light``).
 """
 
 from __future__ import annotations
