@@ -32,16 +32,17 @@ def _python(code: str, env: dict | None = None, cwd: str | None = None) -> str:
 def test_import_metaflow_stays_light(tmp_path):
     """`import metaflow` loads the decorator but never torch, boto3, botocore, safetensors or
     Lightning or transformers (the callbacks import them only when one is created), nor our
-    modules used only when a TrainingState is written or saved."""
+    modules used only when a TrainingState is written or saved, or a user's directory is
+    made (``core/user_dirs.py``)."""
     code = (
         "import sys, metaflow\n"
         "from metaflow import checkpoint, Checkpoint, CheckpointCallback, TrainingState\n"
         "from metaflow import HFCheckpointCallback\n"
         "heavy = [m for m in ('torch', 'boto3', 'botocore', 's3transfer', 'safetensors', "
         "'numpy', 'fsspec', 'lightning', 'pytorch_lightning', 'transformers', 'accelerate', "
-        "'%s.frameworks.state_files', '%s.frameworks.staged_state') "
+        "'%s.frameworks.state_files', '%s.frameworks.staged_state', '%s.core.user_dirs') "
         "if m in sys.modules]\n"
-        "print(','.join(heavy) or 'none')\n" % (PKG, PKG)
+        "print(','.join(heavy) or 'none')\n" % (PKG, PKG, PKG)
     )
     assert _python(code, cwd=str(tmp_path)).strip() == "none"
 
