@@ -70,6 +70,17 @@ class GatedStorage(LocalStorage):
         self._wait_at_gate()
         return super().ingest_range(src, offset, length, digest, key)
 
+    def ingest_filled(self, length, fill, digest, key_for):
+        # Small files packed into one blob in the kernel (local stores): the blob's key is
+        # known once its bytes are staged and hashed, so it is recorded and gated there.
+        def gated_key_for(hexdigest):
+            key = key_for(hexdigest)
+            self._record("ingest", key)
+            self._wait_at_gate()
+            return key
+
+        return super().ingest_filled(length, fill, digest, gated_key_for)
+
     def _put_bytes(self, key, data):
         self._record("put", key)
         if key.startswith("blobs/"):
