@@ -50,6 +50,7 @@ class Hooked:
         self.hooks: list = []
         self.calls: list = []
         self._hook_lock = threading.Lock()
+        self._in_range = threading.local()
 
     def when(self, ops, match, fn, after: bool = False) -> dict:
         ops = {ops} if isinstance(ops, str) else set(ops)
@@ -100,8 +101,19 @@ class Hooked:
         super()._delete(key)
 
     def ingest_range(self, src, offset, length, digest, key_for):
-        done = super().ingest_range(src, offset, length, digest, key_for)
+        self._in_range.on = True  # LocalStorage.ingest_range goes through ingest_filled
+        try:
+            done = super().ingest_range(src, offset, length, digest, key_for)
+        finally:
+            self._in_range.on = False
         if done is not None:
+            self._fire("ingest", key_for(done[0]), True)
+        return done
+
+    def ingest_filled(self, length, fill, digest, key_for):
+        # Packs of small files copied in the kernel (local stores) are blob writes too.
+        done = super().ingest_filled(length, fill, digest, key_for)
+        if done is not None and not getattr(self._in_range, "on", False):
             self._fire("ingest", key_for(done[0]), True)
         return done
 
