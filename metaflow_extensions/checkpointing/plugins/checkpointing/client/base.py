@@ -59,11 +59,11 @@ class ClientBase:
         self._task = TaskContext.from_env() if root is None and self._sees_task else None
         self._own_dir: Optional[str] = None
         if init_dir:
-            from ..core.user_dirs import make_temp_dir  # here: `import metaflow` loads this
+            from ..core.user_dirs import make_temp_dir, user_path  # here: import metaflow loads us
 
             parent = temp_dir_root or (self._task.temp_dir_root if self._task else None)
             what = "Checkpoint(temp_dir_root=%r)" % (parent,)
-            self._own_dir = make_temp_dir(parent, "mfckpt-", what)
+            self._own_dir = make_temp_dir(parent and user_path(parent), "mfckpt-", what)
         # In a task's subprocess: its writer position and torchrun ranks, read once.
         self._ranks = self._task.ranks() if self._task else None
         if self._ranks is not None and self._ranks.warning is not None:

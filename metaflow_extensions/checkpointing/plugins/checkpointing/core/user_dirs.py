@@ -8,7 +8,9 @@ path="/proc/x/y")`` with a raw ``FileNotFoundError``.
 A leading ``~`` (``~/ckpt``, ``~alice/ckpt``) is the user's home, as in a shell
 (:func:`user_path`): Python's own calls do not expand it, so ``temp_dir_root="~/tmp"`` used
 to create a directory literally named ``~`` in the task's working directory (review r14 R8),
-a trap for whoever later runs ``rm -rf ~*`` there.
+a trap for whoever later runs ``rm -rf ~*`` there.  Expanded once, where a user's path enters
+(a decorator's or ``Checkpoint``'s ``temp_dir_root``, a load's ``path=``, a save's source);
+the functions below take paths already expanded.
 """
 
 from __future__ import annotations
@@ -54,12 +56,12 @@ def config_error(what: str, path: str, exc: OSError) -> CheckpointConfigError:
 
 
 def make_dirs(path: str, what: str) -> str:
-    """``os.makedirs(path, exist_ok=True)``; return ``path`` (``~`` expanded).
+    """``os.makedirs(path, exist_ok=True)``; return ``path``.
 
     Parameters
     ----------
     path : str
-        The directory a user named (``~`` is the home directory: :func:`user_path`).
+        The directory a user named (a ``~`` already expanded: :func:`user_path`).
     what : str
         How the user named it, for the message (``"Step 'train': @checkpoint(temp_dir_root=
         '/x')"``, ``"current.model.load(path=...)"``).
@@ -70,7 +72,6 @@ def make_dirs(path: str, what: str) -> str:
         ``path`` is a file, a parent is a file, cannot be created (permissions, a read-only
         or virtual file system such as ``/proc``): names ``what``, ``path`` and the reason.
     """
-    path = user_path(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -80,7 +81,7 @@ def make_dirs(path: str, what: str) -> str:
 
 def make_temp_dir(parent: Optional[str], prefix: str, what: str) -> str:
     """A new private temporary directory under ``parent`` (created if absent; None: the
-    system temp dir; ``~`` expanded), OS errors as :func:`make_dirs` says them."""
+    system temp dir), OS errors as :func:`make_dirs` says them."""
     if parent:
         parent = make_dirs(parent, what)
     try:
@@ -91,8 +92,7 @@ def make_temp_dir(parent: Optional[str], prefix: str, what: str) -> str:
 
 def check_not_a_file(path: str, what: str) -> None:
     """Refuse a ``path`` that exists and is not a directory (a check without side effects,
-    for a decorator's ``step_init``: nothing is created before a task runs; ``~`` expanded)."""
-    path = user_path(path)
+    for a decorator's ``step_init``: nothing is created before a task runs)."""
     if os.path.lexists(path) and not os.path.isdir(path):
         raise CheckpointConfigError(
             "%s: cannot use %s as a directory: it is a file, not a directory." % (what, path)

@@ -31,7 +31,7 @@ from ..core.promotions import publisher_of, publisher_record
 from ..core.scope import library_scope
 from ..core.store import CheckpointStore, same_content
 from ..core.tempnames import LOCK
-from ..core.user_dirs import make_dirs, make_temp_dir, user_path
+from ..core.user_dirs import make_dirs, make_temp_dir
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
 from ..task.model_loaded import LoadedModels
 from .hub_remote import (
@@ -101,13 +101,11 @@ class HuggingfaceHub:
         self._namespace, self._flow, self._step = namespace, flow, step
         self._pathspec, self._user = pathspec, user
         self._cache_scope = cache_scope
-        # Absolute: the paths handed out must not change meaning if the step changes directory.
-        # ~ is home (core/user_dirs.py), not a directory named "~" below the cwd.
-        self._temp_dir_root = temp_dir_root and os.path.abspath(user_path(temp_dir_root))
         self._log = log
-        self._loaded = LoadedModels(
-            self._temp_dir_root, prefix="metaflow_hf_", owner="@huggingface_hub"
-        )
+        self._loaded = LoadedModels(temp_dir_root, prefix="metaflow_hf_", owner="@huggingface_hub")
+        # Absolute, ~ expanded once (by LoadedModels): the paths handed out must not change
+        # meaning if the step changes directory, nor be a directory named "~" below the cwd.
+        self._temp_dir_root = self._loaded.temp_dir_root
         self._temporary: list[str] = []  # load() without a path: removed at the end of the task
 
     @property

@@ -28,10 +28,10 @@ def check_path_attributes(decorator: str, attributes: dict, step_name: str) -> N
     if temp_dir_root:
         # Here, not at module level: this module is imported by `import metaflow`, the check
         # runs at step_init only (review rv3 item 2).
-        from ..core.user_dirs import check_not_a_file
+        from ..core.user_dirs import check_not_a_file, user_path
 
         check_not_a_file(
-            temp_dir_root,
+            user_path(temp_dir_root),  # ~ is home: where the task will make it
             "Step '%s': @%s(temp_dir_root=%r)" % (step_name, decorator, temp_dir_root),
         )
 

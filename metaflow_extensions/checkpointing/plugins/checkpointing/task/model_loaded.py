@@ -46,7 +46,10 @@ class LoadedModels(Mapping):
         prefix: str = "metaflow_models_",
         owner: str = "@model",
     ):
-        self._temp_dir_root = temp_dir_root
+        self._given = temp_dir_root  # as the user wrote it, for messages
+        # Absolute, ~ expanded (core/user_dirs.py): a directory handed out must not change
+        # meaning if the step changes directory.
+        self._temp_dir_root = temp_dir_root and os.path.abspath(user_path(temp_dir_root))
         self._prefix = prefix
         self._owner = owner
         self._paths: dict[str, Optional[str]] = {}
@@ -76,6 +79,12 @@ class LoadedModels(Mapping):
         return "LoadedModels(%r)" % (self._paths,)
 
     @property
+    def temp_dir_root(self) -> Optional[str]:
+        """Where temporary directories are made: the given ``temp_dir_root``, absolute and
+        ``~`` expanded (None: the system temp dir)."""
+        return self._temp_dir_root
+
+    @property
     def info(self) -> dict[str, dict]:
         """``{name: reference dict}`` of every entry (the reference it was loaded from, with
         its ``key``, ``metadata`` and size)."""
@@ -96,7 +105,7 @@ class LoadedModels(Mapping):
                 self._owned.setdefault(name, []).append(target)
             return target
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40]
-        what = "%s(temp_dir_root=%r)" % (self._owner, self._temp_dir_root)
+        what = "%s(temp_dir_root=%r)" % (self._owner, self._given)
         target = make_temp_dir(self._temp_dir_root, "%s%s_" % (self._prefix, safe), what)
         self._owned.setdefault(name, []).append(target)
         self._temporary.add(target)
