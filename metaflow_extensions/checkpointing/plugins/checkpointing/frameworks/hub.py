@@ -33,7 +33,7 @@ from ..core.store import CheckpointStore, same_content
 from ..core.tempnames import LOCK
 from ..core.user_dirs import make_dirs, make_temp_dir
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
-from ..task.model_loaded import LoadedModels
+from ..task.model_loaded import LoadedModels, temp_root
 from .hub_remote import (
     HubUnreachable,
     SnapshotRequest,
@@ -105,7 +105,7 @@ class HuggingfaceHub:
         self._loaded = LoadedModels(temp_dir_root, prefix="metaflow_hf_", owner="@huggingface_hub")
         # Absolute, ~ expanded once (by LoadedModels): the paths handed out must not change
         # meaning if the step changes directory, nor be a directory named "~" below the cwd.
-        self._temp_dir_root = self._loaded.temp_dir_root
+        self._temp_dir_root = temp_root(self._loaded)
         self._temporary: list[str] = []  # load() without a path: removed at the end of the task
 
     @property

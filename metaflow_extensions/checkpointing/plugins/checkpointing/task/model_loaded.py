@@ -79,12 +79,6 @@ class LoadedModels(Mapping):
         return "LoadedModels(%r)" % (self._paths,)
 
     @property
-    def temp_dir_root(self) -> Optional[str]:
-        """Where temporary directories are made: the given ``temp_dir_root``, absolute and
-        ``~`` expanded (None: the system temp dir)."""
-        return self._temp_dir_root
-
-    @property
     def info(self) -> dict[str, dict]:
         """``{name: reference dict}`` of every entry (the reference it was loaded from, with
         its ``key``, ``metadata`` and size)."""
@@ -163,3 +157,10 @@ class LoadedModels(Mapping):
 def as_info(reference: Any) -> dict:
     """A plain dict of a reference (for :attr:`LoadedModels.info`)."""
     return dict(reference) if isinstance(reference, Mapping) else {"key": str(reference)}
+
+
+def temp_root(loaded: LoadedModels) -> Optional[str]:
+    """Where ``loaded`` makes temporary directories: its ``temp_dir_root``, absolute and ``~``
+    expanded (None: the system temp dir).  A function, not an attribute: ``current.model
+    .loaded``'s public API is the reference extension's (tests/test_packaging.py locks it)."""
+    return loaded._temp_dir_root
