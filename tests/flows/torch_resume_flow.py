@@ -63,14 +63,11 @@ class TorchResumeFlow(FlowSpec):
     crash_after = Parameter("crash_after", default=0, help="Attempt 0 crashes after this step.")
     async_saves = Parameter("async_saves", default=False, help="save(..., blocking=False).")
 
-    @step
-    def start(self):
-        self.next(self.train)
-
+    # Training is the start step: a separate start would cost one more step process per run.
     @checkpoint
     @retry(times=1)
     @step
-    def train(self):
+    def start(self):
         state, data = build()
         self.resumed_at = state.step if state.restore(current.checkpoint) else None
         every = Every(steps=self.save_every)

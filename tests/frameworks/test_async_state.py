@@ -492,7 +492,7 @@ def test_a_crash_right_after_an_async_save_resumes_from_it_on_retry(flow_env):
     crashed = run_flow(
         flow, env, tmp, run_kwargs={"steps": 6, "crash_after": 4, "async_saves": True}
     )
-    task = single_task(crashed.run, "train")
+    task = single_task(crashed.run, "start")
     assert task.current_attempt == 1 and task.data.resumed_at == 4
     straight = _uninterrupted(flow, 6)
     for name in ("model", "optimizer", "scheduler", "scaler"):

@@ -47,7 +47,7 @@ def test_crash_and_retry_ends_bitwise_identical_to_an_uninterrupted_run(flow_env
     # Saves at steps 4 and 8; the crash after step 6 loses steps 5-6, which the retry redoes.
     crashed = run_flow(flow, env, tmp, run_kwargs={"crash_after": 6})
 
-    s_task, c_task = single_task(straight.run, "train"), single_task(crashed.run, "train")
+    s_task, c_task = single_task(straight.run, "start"), single_task(crashed.run, "start")
     assert s_task.current_attempt == 0 and s_task.data.resumed_at is None
     assert c_task.current_attempt == 1 and c_task.data.resumed_at == 4
     s, c = s_task.data, c_task.data
