@@ -116,14 +116,11 @@ class HFTrainerFlow(FlowSpec):
     save_strategy = Parameter("save_strategy", default="steps")
     in_subprocess = Parameter("in_subprocess", default=False, help="Train in a child process.")
 
-    @step
-    def start(self):
-        self.next(self.train)
-
+    # Training is the start step: a separate start would cost one more step process per run.
     @checkpoint
     @retry(times=1)
     @step
-    def train(self):
+    def start(self):
         options = (
             self.crash_at,
             self.save_steps,
@@ -132,13 +129,13 @@ class HFTrainerFlow(FlowSpec):
             current.retry_count,
         )
         if self.in_subprocess:
-            import torch
-
             result = os.path.join(tempfile.mkdtemp(), "result.pt")
             code = CHILD % os.path.dirname(os.path.abspath(__file__))
             subprocess.run(
                 [sys.executable, "-c", code, result] + [str(o) for o in options], check=True
             )
+            import torch  # after the child: a crashed attempt never imports it here
+
             out = torch.load(result, weights_only=True)
         else:
             out = fit(*options)

@@ -34,7 +34,7 @@ def straight(tmp_path_factory):
     (tmp / "home").mkdir()
     # Nothing is downloaded: the model is built from a config in the flow.
     env = flow_environment(tmp, HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf-home"))
-    return env, tmp, single_task(run_flow(FLOW, env, tmp).run, "train")
+    return env, tmp, single_task(run_flow(FLOW, env, tmp).run, "start")
 
 
 def test_a_crash_mid_epoch_resumes_on_retry_bitwise_identical(straight):
@@ -43,7 +43,7 @@ def test_a_crash_mid_epoch_resumes_on_retry_bitwise_identical(straight):
     uninterrupted run's weights.  save_total_limit=2 keeps the two newest each attempt's
     callback saved (it deletes only its own), the best series only the best."""
     env, tmp, straight = straight
-    crashed = single_task(run_flow(FLOW, env, tmp, run_kwargs={"crash_at": 12}).run, "train")
+    crashed = single_task(run_flow(FLOW, env, tmp, run_kwargs={"crash_at": 12}).run, "start")
 
     assert straight.current_attempt == 0 and straight.data.resumed_from is None
     assert crashed.current_attempt == 1 and crashed.data.resumed_from == 10
@@ -77,7 +77,7 @@ def test_in_a_process_the_step_started_it_saves_through_checkpoint(straight):
     task loaded, ending bitwise identical to the in-step uninterrupted run."""
     env, tmp, straight = straight
     crashed = single_task(
-        run_flow(FLOW, env, tmp, run_kwargs={"crash_at": 12, "in_subprocess": True}).run, "train"
+        run_flow(FLOW, env, tmp, run_kwargs={"crash_at": 12, "in_subprocess": True}).run, "start"
     )
     assert crashed.current_attempt == 1 and crashed.data.resumed_from == 10
     for k, v in straight.data.weights.items():
