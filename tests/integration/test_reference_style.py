@@ -18,7 +18,7 @@ from .flowrun import EXAMPLES, PROBE_PRELUDE, REPO, run_flow, run_probe, single_
 
 FLOW = EXAMPLES / "reference_style_flow.py"
 
-#: Pages whose rows name the tests that prove them.
+
 def _example():
     spec = importlib.util.spec_from_file_location("reference_style_flow", FLOW)
     module = importlib.util.module_from_spec(spec)
