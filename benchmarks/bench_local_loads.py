@@ -26,13 +26,11 @@ import cProfile
 import json
 import os
 import pstats
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from _benchutil import MiB, prepare, recycle_size  # noqa: E402
+from bench_local_files import log, make_case, timed  # noqa: E402
 
 KiB = 1 << 10
 #: name -> (files, bytes per file, in --quick as (files, bytes))
@@ -50,34 +49,6 @@ CASES = {
     "256 x 256 KiB": (256, 256 * KiB, (256, 256 * KiB)),
     "10000 x 4 KiB": (10000, 4 * KiB, (2000, 4 * KiB)),
 }
-
-
-def log(msg: str) -> None:
-    print("[bench %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
-
-
-def make_case(root: Path, count: int, size: int) -> None:
-    root.mkdir(parents=True)
-    for i in range(count):
-        with open(root / ("f%05d.bin" % i), "wb") as f:
-            left = size
-            while left:
-                n = min(8 * MiB, left)
-                f.write(os.urandom(n))
-                left -= n
-
-
-def _cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def timed(fn, nbytes: int, recycle: bool, scratch: Path) -> tuple[float, float]:
-    prepare(recycle_size(nbytes), recycle, str(scratch))
-    c0, t0 = _cpu(), time.perf_counter()
-    fn()
-    return time.perf_counter() - t0, _cpu() - c0
 
 
 def tree_bytes(root: Path) -> int:
