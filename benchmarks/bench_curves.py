@@ -154,22 +154,37 @@ def run_worker(spec: dict, env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _new_bucket(moto: MotoServer) -> str:
+    """A new bucket on ``moto``, named for this run."""
+    bucket = "curve-%s" % uuid.uuid4().hex[:8]
+    s3_client(moto.endpoint, 4).create_bucket(Bucket=bucket)
+    return bucket
+
+
+def _store(backend: str, moto_log: Path, local: Path) -> tuple:
+    """``(moto server or None, environment, store URL)`` for one curve: a new bucket on a new
+    moto server for ``"s3"`` (the caller stops it), else the local directory ``local``."""
+    env = dict(os.environ)
+    if backend != "s3":
+        return None, env, str(local)
+    moto = MotoServer(moto_log)
+    try:
+        bucket = _new_bucket(moto)
+    except BaseException:
+        moto.stop()  # the caller never gets it to stop
+        raise
+    env.update(S3_ENV, METAFLOW_S3_ENDPOINT_URL=moto.endpoint)
+    return moto, env, "s3://%s/mf.checkpointing" % bucket
+
+
 # ----------------------------------------------------------------------------------- size
 def size_curve(work: Path, sizes_gib: list, backend: str, moto_log: Path) -> list:
     rows = []
     for gib in sizes_gib:
         nbytes = int(gib * GiB)
         moto = None
-        env = dict(os.environ)
         try:
-            if backend == "s3":
-                moto = MotoServer(moto_log)
-                bucket = "curve-%s" % uuid.uuid4().hex[:8]
-                s3_client(moto.endpoint, 4).create_bucket(Bucket=bucket)
-                env.update(S3_ENV, METAFLOW_S3_ENDPOINT_URL=moto.endpoint)
-                url = "s3://%s/mf.checkpointing" % bucket
-            else:
-                url = str(work / "store")
+            moto, env, url = _store(backend, moto_log, work / "store")
             src, dest = work / "src", work / "dest"
             make_data(src, nbytes)
             os.sync()
@@ -255,16 +270,8 @@ def list_gc_curve(work: Path, counts: list, backend: str, moto_log: Path, curves
     """The list/best and gc curves of one backend, measured in a fresh process (the S3
     endpoint is read when Metaflow's configuration is imported)."""
     moto = None
-    env = dict(os.environ)
     try:
-        if backend == "s3":
-            moto = MotoServer(moto_log)
-            bucket = "curve-%s" % uuid.uuid4().hex[:8]
-            s3_client(moto.endpoint, 4).create_bucket(Bucket=bucket)
-            env.update(S3_ENV, METAFLOW_S3_ENDPOINT_URL=moto.endpoint)
-            url = "s3://%s/mf.checkpointing" % bucket
-        else:
-            url = str(work / "liststore")
+        moto, env, url = _store(backend, moto_log, work / "liststore")
         spec = {
             "op": "listgc",
             "url": url,
@@ -410,8 +417,7 @@ def concurrency_curve(work: Path, widths: list, mib: int) -> list:
         moto_log = work / ("moto-conc-%d.log" % width)
         moto = MotoServer(moto_log)
         try:
-            bucket = "curve-%s" % uuid.uuid4().hex[:8]
-            s3_client(moto.endpoint, 4).create_bucket(Bucket=bucket)
+            bucket = _new_bucket(moto)
             out = work / ("conc-%d" % width)
             out.mkdir()
             env = flow_environment(
