@@ -1,7 +1,7 @@
 """Cost curves: how time and memory grow with checkpoint size, count and concurrent writers.
 
     python benchmarks/bench_curves.py --quick              # small sizes, < 3 minutes
-    python benchmarks/bench_curves.py --json curves.json   # the full curves (about an hour)
+    python benchmarks/bench_curves.py --json curves.json   # all curves (hours; S3 list/gc ~1 h)
     python benchmarks/bench_curves.py --only list,gc       # some curves only
     python benchmarks/bench_curves.py --from-json a.json,b.json  # tables and PNGs of saved runs
 
@@ -17,9 +17,11 @@ to ``--png-dir`` (matplotlib, the ``bench`` extra):
 * ``list``: ``Checkpoint(root=...).list()`` and ``best(metric=...)`` over 1,000, 10,000 and
   100,000 checkpoints of one series (local and S3).  The checkpoints are real saves through
   ``CheckpointStore.save`` (one small unique file each, so one blob each), made once and grown
-  from one size to the next.  ``cold``: a new client, with the step's summary index removed
-  (every manifest is read); ``warm``: a new client, index present; ``hot``: the same client
-  again.
+  from one size to the next; on S3 they are saved into a local store whose objects are then
+  copied into the bucket (:func:`_copy_to_s3`: moto makes only 15-60 saves a second), and
+  what is measured is the real S3 listing and GC.  ``cold``: a new client, with the step's
+  summary index removed (every manifest is read); ``warm``: a new client, index present;
+  ``hot``: the same client again.
 * ``gc``: ``CheckpointStore.gc`` over the same stores (as many blobs as checkpoints, all
   referenced, nothing to delete: the mark and sweep work itself), and once more after half
   the manifests are deleted at the largest size (the deletes included).
@@ -45,6 +47,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -260,6 +263,66 @@ def _grow(url: str, work: Path, have: int, want: int) -> None:
             fut.result()
 
 
+#: Threads copying a locally built store into the S3 bucket (see :func:`_copy_to_s3`).
+COPY_THREADS = 24
+#: Names the local backend gives its temporary files (never objects: not copied).
+_TMP_PREFIX = ".mfckpt-tmp-"
+
+
+def _copy_to_s3(local_root: Path, url: str, copied: dict) -> tuple:
+    """Make the S3 store ``url`` hold what the local store at ``local_root`` holds.
+
+    Every regular file under ``local_root`` is an object whose key is its path relative to
+    the root (the local backend's layout; the S3 backend puts the same key under the URL's
+    prefix).  Files new or changed since the last call (``copied``: key -> (mtime, size),
+    updated here) are put on :data:`COPY_THREADS` threads; keys copied before and gone
+    locally since are deleted.  Returns ``(objects put, objects deleted)``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    root_key = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    client = s3_client(os.environ["METAFLOW_S3_ENDPOINT_URL"], COPY_THREADS)
+    seen, todo = set(), []
+    for directory, _dirs, files in os.walk(local_root):
+        for name in files:
+            if name.startswith(_TMP_PREFIX):
+                continue
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            key = Path(path).relative_to(local_root).as_posix()
+            seen.add(key)
+            sig = (st.st_mtime_ns, st.st_size)
+            if copied.get(key) != sig:
+                todo.append((key, path, sig))
+
+    def put(item: tuple) -> None:
+        key, path, sig = item
+        with open(path, "rb") as f:
+            body = f.read()
+        if len(body) != sig[1]:
+            raise RuntimeError("%s changed while being copied" % path)
+        client.put_object(Bucket=bucket, Key=root_key + key, Body=body)
+        copied[key] = sig
+
+    with ThreadPoolExecutor(COPY_THREADS) as pool:
+        for _ in pool.map(put, todo):
+            pass
+    gone = sorted(k for k in copied if k not in seen)
+    for lo in range(0, len(gone), 1000):
+        batch = gone[lo : lo + 1000]
+        answer = client.delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": root_key + k} for k in batch]}
+        )
+        if answer.get("Errors"):
+            raise RuntimeError("deleting copied objects failed: %s" % answer["Errors"][:3])
+        for k in batch:
+            del copied[k]
+    return len(todo), len(gone)
+
+
 def _timed(fn) -> tuple:
     t0 = time.perf_counter()
     value = fn()
@@ -301,6 +364,7 @@ def list_gc_curve(work: Path, counts: list, backend: str, moto_log: Path, curves
         if moto is not None:
             moto.stop()
         shutil.rmtree(work / "liststore", ignore_errors=True)
+        shutil.rmtree(work / "s3build", ignore_errors=True)
 
 
 #: Where :func:`_list_gc`'s marks read (nothing is there).
@@ -350,11 +414,42 @@ def _list_gc(spec: dict) -> dict:
             pass
 
     scope = library_scope("curve")
+    # S3: the checkpoints are real saves into a local store, whose objects are then copied
+    # into the bucket (moto makes only 15-60 saves a second; see the README).
+    build = work / "s3build" if backend == "s3" else None
+    copied: dict = {}
     have = 0
     for n in spec["counts"]:
-        t_make, _ = _timed(lambda n=n, have=have: _grow(url, work, have, n))
+        made = have
+        t_make, _ = _timed(lambda n=n, have=have: _grow(str(build or url), work, have, n))
         have = n
-        log("list %s: %d checkpoints made (%.1f ms each)" % (backend, n, t_make / n * 1e3))
+        log(
+            "list %s: %d checkpoints made%s (%.2f ms each)"
+            % (backend, n, " locally" if build else "", t_make / max(n - made, 1) * 1e3)
+        )
+        if build is not None:
+            t_copy, (put, gone) = _timed(lambda: _copy_to_s3(build, url, copied))
+            out.setdefault("build", []).append(
+                {
+                    "backend": backend,
+                    "count": n,
+                    "make_seconds": t_make,
+                    "copy_seconds": t_copy,
+                    "objects_put": put,
+                    "objects_deleted": gone,
+                    "objects": len(copied),
+                }
+            )
+            log(
+                "list %s: %d objects copied to S3 in %.1f s (%.0f/s), %d deleted, %d in all"
+                % (backend, put, t_copy, put / t_copy if t_copy else 0, gone, len(copied))
+            )
+            if "list" not in curves:  # the list curve checks its own counts
+                listed = len(Checkpoint(root=url).list())
+                if listed != n:
+                    raise RuntimeError(
+                        "S3 listing after the copy found %d of %d checkpoints" % (listed, n)
+                    )
         if "list" in curves:
             store.storage.delete(step_index_key(scope.step_prefix()))
             row = {"backend": backend, "count": n}
@@ -774,8 +869,8 @@ def parse_args(argv=None):
     args.counts = ints(
         args.counts, ["100", "300", "1000"] if q else ["1000", "10000", "100000"], int
     )
-    # 100,000 on moto takes about an hour to make and collect (--s3-counts adds it).
-    args.s3_counts = ints(args.s3_counts, ["100", "300"] if q else ["1000", "10000"], int)
+    # The S3 stores are built locally and copied into moto (see _copy_to_s3).
+    args.s3_counts = ints(args.s3_counts, ["100", "300"] if q else ["1000", "10000", "100000"], int)
     args.tasks = ints(args.tasks, ["1", "2"] if q else ["1", "8", "32"], int)
     args.task_mib = args.task_mib or (8 if q else 64)
     args.only = set(args.only.split(","))
@@ -817,6 +912,7 @@ def main(argv=None) -> int:
                 got = list_gc_curve(work, args.s3_counts, "s3", work / "moto.log", args.only)
                 raw["list"] += got["list"]
                 raw["gc"] += got["gc"]
+                raw["s3_build"] = got.get("build", [])
         if "concurrency" in args.only and not args.skip_s3:
             raw["concurrency"] = concurrency_curve(work, args.tasks, args.task_mib)
     finally:
