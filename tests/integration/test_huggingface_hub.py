@@ -335,9 +335,9 @@ def test_download_directories_of_killed_tasks_are_removed(flow_env, fake_hub):
     env, tmp = _checks_env(flow_env, fake_hub, "download", HUB_TMP=str(flow_env[1] / "hf_tmp"))
     holder = (
         "import os, signal, sys, time\n"
-        "from metaflow_extensions.checkpointing.plugins.checkpointing.core import destination\n"
+        "from metaflow_extensions.checkpointing.plugins.checkpointing.core import load_locks\n"
         "os.makedirs(sys.argv[1])\n"
-        "destination.Lock(sys.argv[1], os.urandom(6).hex())\n"
+        "load_locks.Lock(sys.argv[1], os.urandom(6).hex())\n"
         "open(os.path.join(sys.argv[1], 'part'), 'w').write('x')\n"
         "print('held', flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL) if sys.argv[2] == 'die' else time.sleep(600)\n"

@@ -33,19 +33,10 @@ from typing import Optional
 from ..errors import CheckpointIncomplete, CheckpointIntegrityError, StorageNotFound
 from ..storage.base import Storage
 from .codec import DecodeError, decode, require, split
-from .destination import (
-    Job,
-    Lock,
-    commit_renames,
-    mode_of,
-    plan,
-    remove_dead_staging,
-    remove_leftovers,
-    target_path,
-    unlink_quietly,
-)
+from .destination import CREATE, Job, commit_renames, mode_of, plan, target_path
 from .download_local import _check_slice, _fetch_local, _place, _Use
 from .layout import blob_key
+from .load_locks import Lock, remove_dead_staging, remove_leftovers, unlink_quietly
 from .manifest import Manifest
 from .transfer import Progress, TransferOptions, _no_progress, _run_bounded, digest
 
@@ -107,13 +98,17 @@ def download_tree(
     dest: str,
     opts: TransferOptions,
     progress: Optional[Progress] = None,
+    fresh: bool = False,
 ) -> int:
     """Materialise ``manifest`` under the directory ``dest``; return bytes written.
 
     Files are written to temp names and renamed into place only after every blob has been
     fetched and verified; anything in ``dest`` in the way is reported before any change, and a
     failure while renaming restores what was replaced.  So a load applies completely or not at
-    all.  Files already in ``dest`` that the checkpoint does not have are left alone.
+    all.  Files already in ``dest`` that the checkpoint does not have are left alone.  With
+    ``fresh``, ``dest`` is an empty directory the caller made for this load alone and renames
+    into place afterwards (:mod:`.loading`'s staging directory): files are written at their
+    final names, without temp names and renames.
 
     Raises
     ------
@@ -125,10 +120,11 @@ def download_tree(
     progress = progress or _no_progress
     # Validate every target and look at the destination before touching it.
     resolved: dict = {}
-    dirs = [target_path(dest, d, resolved) for d in manifest.dirs]
-    finals = [target_path(dest, entry.path, resolved) for entry in manifest.files]
+    links = not fresh  # a fresh directory holds no links to look for
+    dirs = [target_path(dest, d, resolved, links) for d in manifest.dirs]
+    finals = [target_path(dest, entry.path, resolved, links) for entry in manifest.files]
     modes = [mode_of(manifest, entry) for entry in manifest.files]
-    job = Job(manifest, dest, finals)
+    job = Job(manifest, dest, finals, fresh=fresh, modes=modes)
     plan(job, dirs)
 
     made: list[str] = []
@@ -145,7 +141,7 @@ def download_tree(
             lock = Lock(dest, job.token)
         except OSError as exc:
             raise job.write_error(exc, path=current) from exc
-        remove_leftovers(job)
+        remove_leftovers(dest, job.token, job.leftovers)
 
         by_blob: dict[str, list[_Use]] = {}
         for i, entry in enumerate(manifest.files):
@@ -154,7 +150,7 @@ def download_tree(
             # bytes; only multi-chunk and empty files are created (sized, all holes) up front.
             if len(entry.chunks) != 1:
                 try:
-                    fd = os.open(job.temps[i], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    fd = os.open(job.temps[i], CREATE | os.O_TRUNC, job.create_mode(i))
                     try:
                         if entry.size:
                             os.ftruncate(fd, entry.size)
@@ -180,23 +176,24 @@ def download_tree(
             end = max(c.offset + c.length for _i, _p, c in uses)  # every use of it: all of it
             data = _fetch_verified(storage, manifest, blob, manifest.files[uses[0][0]].path, end)
             view = memoryview(data)
-            for i, file_pos, c in uses:
-                entry = manifest.files[i]
-                piece = view[c.offset : c.offset + c.length]
-                _check_slice(manifest, blob, entry, piece, c.length)
-                try:
-                    _place(job, i, file_pos, piece, c.length < len(view))
-                except OSError as exc:
-                    raise job.write_error(exc, i) from exc
-                with counter:
-                    written[0] += c.length
-                progress(c.length)
+            with job.hold() as hold:
+                for i, file_pos, c in uses:
+                    entry = manifest.files[i]
+                    piece = view[c.offset : c.offset + c.length]
+                    _check_slice(manifest, blob, entry, piece, c.length)
+                    try:
+                        _place(job, i, file_pos, piece, c.length < len(view), hold=hold)
+                    except OSError as exc:
+                        raise job.write_error(exc, i) from exc
+                    with counter:
+                        written[0] += c.length
+                    progress(c.length)
 
         for codec in {split(b)[1] for b in by_blob if "." in b}:
             require(codec)  # a missing package fails before any blob is fetched
         jobs = (lambda b=b, u=u: fetch(b, u) for b, u in by_blob.items())
         _run_bounded(jobs, opts.workers, opts.inflight)
-        commit_renames(job, modes)
+        commit_renames(job)
         done = True
         return written[0]
     finally:

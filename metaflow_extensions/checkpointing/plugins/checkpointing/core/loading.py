@@ -195,7 +195,7 @@ def _into_new(
     """A new directory appears only once complete: download beside it, then rename."""
     staging = _staging(target)
     try:
-        store.load(manifest, staging, progress)
+        store.load(manifest, staging, progress, fresh=True)
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -207,7 +207,7 @@ def _replace(
     """Download beside ``target``, then swap its contents: a failed load leaves it unchanged."""
     staging = _staging(target)
     try:
-        store.load(manifest, staging, progress)
+        store.load(manifest, staging, progress, fresh=True)
         _empty_directory(target)
         for entry in os.listdir(staging):
             os.replace(os.path.join(staging, entry), os.path.join(target, entry))

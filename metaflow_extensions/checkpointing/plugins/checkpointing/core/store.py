@@ -332,11 +332,21 @@ class CheckpointStore:
             return list(pool.map(read, keys))
 
     # ------------------------------------------------------------------ load
-    def load(self, manifest: Manifest, dest: str, progress: Optional[Progress] = None) -> int:
+    def load(
+        self,
+        manifest: Manifest,
+        dest: str,
+        progress: Optional[Progress] = None,
+        fresh: bool = False,
+    ) -> int:
         """Write the files of ``manifest`` under the directory ``dest``; return bytes written.
 
-        ``progress`` is called (from worker threads) with each number of bytes written."""
-        return download_tree(self.storage, manifest, os.path.abspath(dest), self.options, progress)
+        ``progress`` is called (from worker threads) with each number of bytes written;
+        ``fresh``: ``dest`` is an empty directory made for this load alone, renamed into place
+        by the caller (files are written at their final names, see
+        :func:`.download.download_tree`)."""
+        dest = os.path.abspath(dest)
+        return download_tree(self.storage, manifest, dest, self.options, progress, fresh)
 
     def resolve(
         self,

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from ..common.reference import CheckpointReference, reference_of
 from ..core import loading
-from ..core.destination import Lock, take_dead_lock
+from ..core.load_locks import Lock, take_dead_lock
 from ..core.manifest import Manifest
 from ..core.promotions import publisher_of, publisher_record
 from ..core.scope import library_scope

@@ -125,14 +125,14 @@ class TieredStore:
     def read_many(self, keys: Sequence[str]) -> list[Manifest]:
         return [self.read(k) for k in keys]
 
-    def load(self, manifest: Manifest, dest: str, progress: Any = None) -> int:
+    def load(self, manifest: Manifest, dest: str, progress: Any = None, fresh: bool = False) -> int:
         holder = self._holder(manifest.key)
         if holder is not self._remote:
             try:
-                return holder.load(manifest, dest, progress)
+                return holder.load(manifest, dest, progress, fresh)
             except DAMAGED as exc:
                 self._damaged(holder, manifest.key, exc)
-        return self._remote.load(manifest, dest, progress)
+        return self._remote.load(manifest, dest, progress, fresh)
 
     def open(self, manifest: Manifest, path: str):
         holder = self._holder(manifest.key)
