@@ -66,12 +66,17 @@ lint: $(VENV)/.test-installed
 docs: $(VENV)/.test-installed  ## build the mkdocs site strictly (broken links fail)
 	$(BIN)/mkdocs build --strict -d site
 
-bench: $(VENV)/.test-installed  ## speed and memory targets (prints a table)
+# The bench extra: matplotlib for bench_curves.py's PNGs (make test does not need it).
+$(VENV)/.bench-installed: setup.py constraints.txt $(VENV)/.test-installed
+	$(BIN)/pip install -q $(PIP_C) -e ".[torch,s3,test,bench]"
+	touch $@
+
+bench: $(VENV)/.bench-installed  ## speed and memory targets (prints a table)
 	$(BIN)/python benchmarks/bench.py
 
 # Runs every benchmark (bench_vs_reference.py builds the reference's venv under .bench/ once) and
 # rewrites README.md's Performance section from what they measured. Long: run on a quiet machine.
-bench-report: $(VENV)/.test-installed  ## benchmarks -> README.md's Performance section
+bench-report: $(VENV)/.bench-installed  ## benchmarks -> README.md's Performance section
 	$(BIN)/python benchmarks/report.py
 
 clean:
