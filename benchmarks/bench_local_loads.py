@@ -11,10 +11,13 @@ Cases (random bytes, written once; saved once into a local store with the option
 * ``256 x 256 KiB`` (64 MiB packed: files under 1 MiB share blobs), ``10000 x 4 KiB``.
 
 Each repeat times, interleaved and each after ``_benchutil.prepare`` (``sync`` and memory
-recycling, as ``bench.py``): ``cp -r`` of the source directory, and ``CheckpointStore.load``
-by a fresh store (a new process's view) into a new directory: every stored blob hashed
-(BLAKE3) before its bytes count.  Page cache warm for both (as after a save).  The table shows
-medians of wall and CPU time and ``cp / load`` of the wall times (issue 18's target: >= 0.8).
+recycling, as ``bench.py``): ``cp -r`` of the source directory, and a load by a fresh store (a
+new process's view) into a new directory through ``core.loading.load`` (what
+``Checkpoint().load`` and ``current.checkpoint.load`` run): every stored blob hashed (BLAKE3)
+before its bytes count.  What a timed operation wrote is moved aside until the end
+(``_benchutil.discard``: ext4 without a journal).  Page cache warm for both (as after a
+save).  The table shows medians of wall and CPU time and ``cp / load`` of the wall times
+(issue 18's target: >= 0.8).
 ``--json FILE`` keeps every measurement.  Nothing asserts; see benchmarks/README.md,
 "Local loads at disk speed".
 """
@@ -38,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _benchutil import MiB, prepare, recycle_size  # noqa: E402
+from _benchutil import MiB, discard, prepare, recycle_size  # noqa: E402
 from bench_local_files import log, make_case, timed  # noqa: E402
 
 KiB = 1 << 10
@@ -107,11 +110,13 @@ def baseline_download(tree: str):
 
 
 def load_round(fresh, key, dest, nbytes, recycle, scratch, download=None):
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import loading
+
     store = fresh()
     try:
         manifest = store.read(key)
-        if download is None:
-            out = timed(lambda: store.load(manifest, str(dest)), nbytes, recycle, scratch)
+        if download is None:  # what Checkpoint().load and current.checkpoint.load run
+            out = timed(lambda: loading.load(store, manifest, str(dest)), nbytes, recycle, scratch)
         else:  # the baseline's download_tree, as CheckpointStore.load calls it
             out = timed(
                 lambda: download(store.storage, manifest, str(dest), store.options),
@@ -123,7 +128,7 @@ def load_round(fresh, key, dest, nbytes, recycle, scratch, download=None):
         store.close()
     if tree_bytes(dest) != nbytes:
         raise RuntimeError("the load wrote %d bytes, not %d" % (tree_bytes(dest), nbytes))
-    shutil.rmtree(dest)
+    discard(str(dest), str(scratch))
     return out
 
 
@@ -136,7 +141,7 @@ def cp_round(src: Path, dest: Path, nbytes: int, recycle: bool, scratch: Path):
             scratch,
         )
     finally:
-        shutil.rmtree(dest, ignore_errors=True)
+        discard(str(dest), str(scratch))
 
 
 def fmt(s: float) -> str:

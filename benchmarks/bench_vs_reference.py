@@ -69,6 +69,7 @@ def _requirements() -> list:
 
 def reference_venv(path: Path) -> Path:
     """The reference's venv at ``path`` (created, or reused when its requirements match)."""
+    path = path.resolve()  # the probe below runs in /
     constraints = (REPO / "constraints.txt").read_text()
     stamp = hashlib.sha256(
         (json.dumps(_requirements()) + constraints + sys.version).encode()

@@ -3,15 +3,17 @@
     python benchmarks/report.py            # full sizes (``make bench-report``; over an hour)
     python benchmarks/report.py --quick    # smoke sizes: checks the pipeline, numbers are not final
     python benchmarks/report.py --skip bench_curves --skip bench_local_files
+    python benchmarks/report.py --reuse    # scripts whose JSON is in .bench/report/ are not rerun
 
 Runs ``bench.py`` and ``bench_vs_reference.py`` (and ``bench_curves.py`` and
 ``bench_local_files.py`` when they exist and take ``--json``), each with ``--json``, keeps every
 output under ``.bench/report/`` (JSON and the printed tables), and replaces what lies between the
 markers ``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in README.md (the section is created
 before "## Documentation" when the markers are missing) with: the machine (CPUs, RAM, kernel, CPU
-model), the date, the command, the head-to-head table and ``bench.py``'s table, all measured by
-this run. A ``--quick`` run says so in the section's heading. A script that fails or is missing is
-named in the section, not silently left out.
+model), the date, the command, the head-to-head table, ``bench.py``'s table, the local-files table
+and the cost curves' growth rates, all measured by this run (with ``--reuse``, by the runs whose
+JSON is kept; each is dated). A ``--quick`` run says so in the section's heading. A script that
+fails or is missing is named in the section, not silently left out.
 """
 
 from __future__ import annotations
@@ -148,10 +150,14 @@ def section(results: dict, args, when: str) -> str:
         % (machine(), when, command),
         "",
     ]
+    parts += [
+        "Scripts: %s." % "; ".join("%s %s" % (n, r["status"]) for n, r in results.items()),
+        "",
+    ]
     vs = results.get("bench_vs_reference.py", {})
     parts.append("### Head-to-head with metaflow-checkpoint 0.2.14")
     parts.append("")
-    if vs.get("status") == "ok":
+    if vs.get("status", "").startswith("ok"):
         raw = vs["json"]
         parts += [
             "Same flows, same bytes, each package in its own venv; medians of %d runs. "
@@ -164,7 +170,7 @@ def section(results: dict, args, when: str) -> str:
         parts.append("Not measured: bench_vs_reference.py %s." % vs.get("status", "not run"))
     parts += ["", "### Speed and memory targets (bench.py)", ""]
     b = results.get("bench.py", {})
-    if b.get("status") == "ok":
+    if b.get("status", "").startswith("ok"):
         raw = b["json"]
         a = raw["args"]
         parts += [
@@ -175,13 +181,41 @@ def section(results: dict, args, when: str) -> str:
         ]
     else:
         parts.append("Not measured: bench.py %s." % b.get("status", "not run"))
-    others = [
-        "%s (%s)" % (name, results[name]["status"])
-        for name, _full, _quick in SCRIPTS[2:]
-        if name in results
-    ]
-    if others:
-        parts += ["", "Also run: %s; their tables are in benchmarks/README.md." % ", ".join(others)]
+    parts += ["", "### Local files against cp -r (bench_local_files.py)", ""]
+    lf = results.get("bench_local_files.py", {})
+    if lf.get("status", "").startswith("ok"):
+        import bench_local_files
+
+        raw = lf["json"]
+        parts += [
+            "Store level, medians of %d rounds, wall time (CPU time); cp/ours above 1: ours is "
+            "faster (target >= 0.8). Every byte is hashed (BLAKE3) on save and on load."
+            % raw["repeat"],
+            "",
+            bench_local_files.table(raw["cases"], raw.get("flow") or {}),
+        ]
+    else:
+        parts.append("Not measured: bench_local_files.py %s." % lf.get("status", "not run"))
+    parts += ["", "### Cost curves: growth rates (bench_curves.py)", ""]
+    cv = results.get("bench_curves.py", {})
+    if cv.get("status", "").startswith("ok"):
+        import contextlib
+        import io
+
+        import bench_curves
+
+        with contextlib.redirect_stdout(io.StringIO()):  # its tables go to benchmarks/README
+            rates = bench_curves.report(cv["json"])
+        parts += [
+            "Least-squares slope of log(cost) on log(size, count or tasks): 1 linear, 0 flat. "
+            'Tables and plots: benchmarks/README.md, "Cost curves".',
+            "",
+            "| curve | series | slope | growth |",
+            "|---|---|---:|---|",
+        ]
+        parts += ["| %(curve)s | %(series)s | %(slope).2f | %(verdict)s |" % r for r in rates]
+    else:
+        parts.append("Not measured: bench_curves.py %s." % cv.get("status", "not run"))
     parts.append(END)
     return "\n".join(parts)
 
@@ -205,6 +239,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip", action="append", default=[], help="a script to leave out (stem)")
     p.add_argument("--out", default=str(REPO / ".bench" / "report"), help="outputs go here")
     p.add_argument("--readme", default=str(REPO / "README.md"))
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use a script's JSON already in --out (from an earlier run) instead of running it",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,12 +263,20 @@ def main(argv=None) -> int:
             log("%s has no --json option: skipped" % name)
             results[name] = {"status": "no --json option, skipped"}
             continue
+        kept = out / (Path(name).stem + ".json")
+        if args.reuse and kept.exists():
+            log("%s: reusing %s" % (name, kept))
+            when_kept = datetime.datetime.fromtimestamp(kept.stat().st_mtime, datetime.timezone.utc)
+            results[name] = {
+                "status": "ok (run %s)" % when_kept.strftime("%Y-%m-%d %H:%M UTC"),
+                "json": json.loads(kept.read_text()),
+            }
+            continue
         results[name] = run_script(name, quick if args.quick else full, out)
     rewrite_readme(Path(args.readme), section(results, args, when))
     log("README.md rewritten; outputs in %s" % out)
-    return (
-        0 if all(r["status"] == "ok" or "skipped" in r["status"] for r in results.values()) else 1
-    )
+    ok = all(r["status"].startswith("ok") or "skipped" in r["status"] for r in results.values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
