@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import loading
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import download, loading
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointIntegrityError,
@@ -24,7 +25,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 
-from .helpers import make_scope, options, write_tree
+from .helpers import CHUNK, make_scope, options, write_tree
 
 MODES = {"r.txt": 0o644, "secret.key": 0o600, "run.sh": 0o755, "group.cfg": 0o640}
 MODES.update({"ro.bin": 0o444, "setuid": 0o4755, "sub/deep/x": 0o751, "sub/w": 0o666})
@@ -93,7 +94,7 @@ def test_the_new_directory_appears_only_once_complete_without_a_rename_per_file(
 
 
 @pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "existing"])
-def test_a_symlink_where_a_file_goes_is_never_written_through(tmp_path, fresh):
+def test_a_symlink_where_a_file_goes_is_never_written_through(tmp_path, monkeypatch, fresh):
     src = write_tree(tmp_path / "src", {"model.bin": b"weights" * 1000, "cfg.json": b"{}"})
     store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
     m = store.save(str(src), make_scope())
@@ -101,7 +102,16 @@ def test_a_symlink_where_a_file_goes_is_never_written_through(tmp_path, fresh):
     outside.write_bytes(b"precious")
     dest = tmp_path / "dest"
     dest.mkdir()
-    (dest / "model.bin").symlink_to(outside)  # planted by another process
+    if fresh:  # planted by another process once the load has begun
+        real_plan = download.plan
+
+        def plant_then_plan(*args, **kwargs):
+            (dest / "model.bin").symlink_to(outside)
+            return real_plan(*args, **kwargs)
+
+        monkeypatch.setattr(download, "plan", plant_then_plan)
+    else:
+        (dest / "model.bin").symlink_to(outside)
     with pytest.raises(Exception) as info:
         store.load(m, str(dest), fresh=fresh)
     if fresh:  # created with O_NOFOLLOW: the open fails, the load says where
@@ -110,6 +120,100 @@ def test_a_symlink_where_a_file_goes_is_never_written_through(tmp_path, fresh):
     else:  # a load into an existing directory refuses a link out of it before writing
         assert "outside" in str(info.value) or "symlink" in str(info.value)
     assert outside.read_bytes() == b"precious"
+
+
+def test_a_file_another_process_puts_where_a_fresh_load_writes_fails_the_load(
+    tmp_path, monkeypatch
+):
+    """Each file of a fresh load is created exclusively: bytes someone else wrote under its
+    name (or a second checkpoint path naming the same file on a case-folding filesystem)
+    never mix with the loaded ones; the load fails, naming the file."""
+    src = write_tree(tmp_path / "src", {"a.bin": os.urandom(20_000), "b.txt": b"b" * 300})
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    m = store.save(str(src), make_scope())
+    target = tmp_path / "out" / "model"
+    real_plan = download.plan
+
+    def plant_then_plan(job, dirs):
+        (Path(job.dest) / "a.bin").write_bytes(b"X" * 160_000)  # longer than the saved file
+        return real_plan(job, dirs)
+
+    monkeypatch.setattr(download, "plan", plant_then_plan)
+    with pytest.raises(StorageError) as info:
+        loading.load(store, m, str(target))
+    assert "a.bin" in str(info.value) and "exists already" in str(info.value)
+    assert not target.exists()  # nothing half-loaded appears
+    monkeypatch.undo()
+    loading.load(store, m, str(target))  # the next load beside it is complete
+    assert contents(target) == contents(src)
+
+
+def _load_as_nobody(root: str) -> dict:
+    os.umask(0o022)
+    store = CheckpointStore(LocalStorage(root + "/store"), options())
+    m = store.read(Path(root, "key").read_text())
+    loading.load(store, m, root + "/new")
+    os.mkdir(root + "/old")
+    loading.load(store, m, root + "/old", existing=loading.MERGE)
+    return {d: (modes_of(Path(root, d)), contents(Path(root, d))) for d in ("new", "old")}
+
+
+def test_read_only_files_load_for_a_user_without_roots_bypass():
+    """Files saved without the owner's write bit (0o444, 0o555, 0o400): a large one written by
+    several workers, one of a single chunk, small packed ones; loaded by ``nobody`` (root
+    ignores file modes, which would hide a reopen of a read-only file)."""
+    from unprivileged import run_unprivileged, world_tmpdir
+
+    tree = {
+        "ro-small.txt": (b"r" * 300, 0o444),
+        "exec-ro.sh": (b"#!" * 100, 0o555),
+        "owner-only.key": (os.urandom(2000), 0o400),
+        "big-ro.bin": (os.urandom(3 * CHUNK + 100), 0o444),  # several chunks
+        "one-chunk.bin": (os.urandom(CHUNK), 0o440),
+        "rw.txt": (b"w" * 10, 0o644),
+    }
+    with world_tmpdir() as root:
+        src = write_tree(Path(root, "src"), tree)
+        store = CheckpointStore(LocalStorage(root + "/store"), options())
+        Path(root, "key").write_text(store.save(str(src), make_scope()).key)
+        for dirpath, dirs, files in os.walk(root + "/store"):  # readable and writable by nobody
+            for name in dirs:
+                os.chmod(os.path.join(dirpath, name), 0o777)
+            for name in files:
+                os.chmod(os.path.join(dirpath, name), 0o666)
+        os.chmod(root + "/key", 0o644)
+        got = run_unprivileged(_load_as_nobody, root)
+    for d in ("new", "old"):
+        assert got[d][0] == {rel: mode for rel, (_data, mode) in tree.items()}
+        assert got[d][1] == {rel: data for rel, (data, _mode) in tree.items()}
+
+
+def _posix_acl(entries: list[tuple[int, int]]) -> bytes:
+    """A system.posix_acl_default value: version 2, then (tag, permissions, id) entries."""
+    body = b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in entries)
+    return struct.pack("<I", 2) + body
+
+
+def test_modes_are_restored_under_a_default_acl_that_overrides_the_umask(tmp_path):
+    """A directory with a default ACL (setfacl -d -m u::rwx,g::rwx,o::---) gives new files the
+    ACL's bits, not the umask's: the loaded modes are still the saved ones."""
+    tree = {"public.txt": (b"p" * 100, 0o644), "run.sh": (b"#!" * 50, 0o755)}
+    src = write_tree(tmp_path / "src", tree)
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    m = store.save(str(src), make_scope())
+    parent = tmp_path / "acl"
+    parent.mkdir()
+    # USER_OBJ rwx, GROUP_OBJ rwx, OTHER ---: fails where the filesystem has no ACLs.
+    os.setxattr(parent, "system.posix_acl_default", _posix_acl([(1, 7), (4, 7), (32, 0)]))
+    previous = os.umask(0o022)
+    try:
+        loading.load(store, m, str(parent / "new"))
+        (parent / "old").mkdir()
+        loading.load(store, m, str(parent / "old"), existing=loading.MERGE)
+    finally:
+        os.umask(previous)
+    expected = {rel: mode for rel, (_data, mode) in tree.items()}
+    assert modes_of(parent / "new") == expected == modes_of(parent / "old")
 
 
 @settings(

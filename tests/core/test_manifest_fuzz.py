@@ -382,6 +382,16 @@ def _body(**changes) -> tuple[bytes, str]:
         ("files__0__chunks", {}, r"chunks must be a list, not an object"),
         ("files__0__digest", "xyz", r"digest is 'xyz', not a 64-hex"),
         ("files__0__path", "../x", r"files\[0\].path is '../x': not a plain relative path"),
+        (
+            "files__0__path",
+            ".mfckpt-part-0123456789ab",
+            r"files\[0\].path is '.mfckpt-part-0123456789ab': named like a temporary file",
+        ),
+        (
+            "files__0__path",
+            "sub/.mfckpt-load-abcd1234/w.bin",
+            r"path is 'sub/.mfckpt-load-abcd1234/w.bin': named like a temporary file",
+        ),
         ("files__0", "w.bin", r"files\[0\] must be an object, not a string"),
         ("files", {"w.bin": 1}, r"files must be a list, not an object"),
         ("created_ms", MAX_CREATED_MS + 1, r"created_ms is 253402300800000, outside"),

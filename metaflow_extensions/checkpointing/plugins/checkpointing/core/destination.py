@@ -8,8 +8,8 @@ verifies the bytes):
 * each load holds a lock while it has temp files (``.mfckpt-part-<token>-<n>``, names from
   :mod:`.tempnames`); the next load removes the leftovers of loads that died
   (:mod:`.load_locks`);
-* :func:`place` writes a slice's non-zero runs into its temp file (:func:`data_runs`: all-zero
-  blocks stay holes, so sparse files stay sparse);
+* :func:`place` writes a slice's non-zero runs into its file (:func:`data_runs`: all-zero
+  blocks stay holes, so sparse files stay sparse), opened by :meth:`Job.open_file`;
 * :func:`commit_renames` renames every temp file into place and, if a rename fails, puts back
   what was replaced: a load applies completely or not at all.
 """
@@ -33,6 +33,8 @@ _HOLE_BLOCK = 64 << 10
 _ZEROS = bytes(_HOLE_BLOCK)
 #: Slices shorter than this are written whole (a hole smaller than a page saves nothing).
 _MIN_HOLE = 4096
+#: How a load opens (creating) the files it writes: never through a symlink.
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
 
 
 def target_path(dest: str, rel: str, cache: Optional[dict] = None, links: bool = True) -> str:
@@ -101,6 +103,8 @@ class Job:
     fresh: bool = False
     #: The permission bits each file gets (:func:`mode_of`).
     modes: list[int] = field(default_factory=list)
+    #: Which files a fresh load created so far: each is created once, exclusively.
+    created: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # str.rpartition: os.path.dirname per file cost ~1% of a load of many small files.
@@ -114,11 +118,42 @@ class Job:
             stem = os.sep + PART_PREFIX + self.token + "-"
             self.temps = [parent + stem + str(i) for i, parent in enumerate(self.parents)]
         self.dir_locks = {parent: threading.Lock() for parent in set(self.parents)}
+        self.created = [False] * len(self.finals)
 
-    def create_mode(self, i: int) -> int:
-        """The mode to create file ``i`` with: its own in a fresh directory (no chmod needed
-        unless the umask takes bits away), else ``0o600`` until it is renamed into place."""
-        return self.modes[i] if self.fresh else 0o600
+    def open_file(self, i: int, flags: int = 0) -> int:
+        """A descriptor to write file ``i`` (its temp file; in a fresh load, its final name).
+
+        Never through a symbolic link (``O_NOFOLLOW``).  A fresh load creates each file once,
+        exclusively (``O_EXCL``: a name that exists already, two checkpoint paths one file on
+        a filesystem that folds case, or a file another process put there, fails the load
+        instead of mixing bytes), with its own permission bits plus the owner's read and write
+        (set with ``fchmod``, whatever the umask or a default ACL); :func:`commit_renames`
+        takes those two away where the checkpoint's mode lacks them."""
+        path = self.temps[i]
+        if not self.fresh:
+            return os.open(path, CREATE | flags, 0o600)
+        if self.created[i]:
+            return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | flags)
+        mode = self.modes[i] | 0o600
+        try:
+            fd = os.open(path, CREATE | os.O_EXCL | flags, mode)
+        except FileExistsError:
+            raise StorageError(
+                "Loading checkpoint %s into %s: %s exists already. Two of its paths name one "
+                "file on this filesystem (it folds case or normalises names), or another "
+                "process writes into the load's directory. Load into a directory on a "
+                "case-sensitive filesystem." % (self.manifest.key, self.dest, path),
+                key=self.manifest.key,
+                path=path,
+                reason="the file exists already",
+            ) from None
+        self.created[i] = True
+        try:
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def dir_lock(self, i: int) -> threading.Lock:
         """The lock of file ``i``'s directory."""
@@ -268,33 +303,25 @@ def plan(job: Job, dirs: list[str]) -> None:
         )
 
 
-def _umask() -> Optional[int]:
-    """This process's umask, read without changing it (``os.umask`` sets it: a thread
-    creating a file meanwhile would get the wrong mode); None where /proc does not say."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def commit_renames(job: Job) -> None:
     """Rename every temp file into place; on a failure, put back what was replaced.  A
-    ``fresh`` job's files are already in place, created with their modes: only those the
-    umask took bits from are changed."""
+    ``fresh`` job's files are already in place with their modes (:meth:`Job.open_file`):
+    only those whose mode lacks the owner's read or write are changed."""
     i: Optional[int] = None
     backups: dict[int, str] = {}
     modes = job.modes
-    mask = _umask() if job.fresh else None
     try:
-        for i, tmp in enumerate(job.temps):
-            if mask is None or modes[i] & mask:
-                os.chmod(tmp, modes[i])
         if job.fresh:
+            for i, path in enumerate(job.temps):
+                if modes[i] & 0o600 != 0o600:
+                    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+                    try:
+                        os.fchmod(fd, modes[i])
+                    finally:
+                        os.close(fd)
             return
+        for i, tmp in enumerate(job.temps):
+            os.chmod(tmp, modes[i])
         # A hard link of each file about to be replaced restores it if a later rename fails.
         for i in sorted(job.replace):
             try:
@@ -354,22 +381,17 @@ def data_runs(piece: memoryview) -> list[tuple[int, int]]:
     return runs
 
 
-#: How a load opens (creating) the files it writes: never through a symlink.
-CREATE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
-
-
 def place(
-    tmp: str,
+    opener: Callable[[], int],
     extend_to: int,
     piece: memoryview,
     copy: Callable[[int, int, int], None],
-    mode: int = 0o600,
 ) -> None:
-    """Write the non-zero runs of ``piece`` into ``tmp`` (created with ``mode`` if new) through
+    """Write the non-zero runs of ``piece`` into the file ``opener()`` opens through
     ``copy(fd, start, length)``; with ``extend_to`` > 0, make the file that long if the last
     run ends before (a hole)."""
     n = len(piece)
-    fd = os.open(tmp, CREATE, mode)
+    fd = opener()
     try:
         if n < _MIN_HOLE or (n <= _HOLE_BLOCK and (piece[0] or piece[-1] or piece[n // 2])):
             copy(fd, 0, n)  # small or one block of data: no hole to look for

@@ -2,7 +2,9 @@
 
 Load fetches each blob once, verifies its hash (fetching again once on a mismatch: a flip in
 transit is not corruption at rest), writes its slices into temp files beside their final
-names, and renames every file into place only when all of them are complete.
+names, and renames every file into place only when all of them are complete.  Into a new
+directory (``fresh``: :mod:`.loading`'s staging directory, renamed once by the caller), files
+are written under their final names instead.
 
 What a load guarantees (docs/concepts.md, "What is saved"):
 
@@ -33,7 +35,7 @@ from typing import Optional
 from ..errors import CheckpointIncomplete, CheckpointIntegrityError, StorageNotFound
 from ..storage.base import Storage
 from .codec import DecodeError, decode, require, split
-from .destination import CREATE, Job, commit_renames, mode_of, plan, target_path
+from .destination import Job, commit_renames, mode_of, plan, target_path
 from .download_local import _check_slice, _fetch_local, _place, _Use
 from .layout import blob_key
 from .load_locks import Lock, remove_dead_staging, remove_leftovers, unlink_quietly
@@ -102,13 +104,14 @@ def download_tree(
 ) -> int:
     """Materialise ``manifest`` under the directory ``dest``; return bytes written.
 
-    Files are written to temp names and renamed into place only after every blob has been
-    fetched and verified; anything in ``dest`` in the way is reported before any change, and a
-    failure while renaming restores what was replaced.  So a load applies completely or not at
-    all.  Files already in ``dest`` that the checkpoint does not have are left alone.  With
-    ``fresh``, ``dest`` is an empty directory the caller made for this load alone and renames
-    into place afterwards (:mod:`.loading`'s staging directory): files are written at their
-    final names, without temp names and renames.
+    Files are written to temp names (``fresh``: final names, see below) and renamed into place
+    only after every blob has been fetched and verified; anything in ``dest`` in the way is
+    reported before any change, and a failure while renaming restores what was replaced. So a
+    load applies completely or not at all. Files already in ``dest`` that the checkpoint does
+    not have are left alone. With ``fresh``, ``dest`` is an empty directory the caller made for
+    this load alone and renames into place afterwards (:mod:`.loading`'s staging directory):
+    files are written at their final names, each created exclusively, without temp names and
+    renames (a ``dest`` that is not empty is loaded into as without ``fresh``).
 
     Raises
     ------
@@ -119,6 +122,12 @@ def download_tree(
     """
     progress = progress or _no_progress
     # Validate every target and look at the destination before touching it.
+    if fresh:  # only an empty directory is: anything in it is loaded into as usual
+        try:
+            with os.scandir(dest) as it:
+                fresh = next(it, None) is None
+        except OSError:
+            fresh = False
     resolved: dict = {}
     links = not fresh  # a fresh directory holds no links to look for
     dirs = [target_path(dest, d, resolved, links) for d in manifest.dirs]
@@ -150,7 +159,7 @@ def download_tree(
             # bytes; only multi-chunk and empty files are created (sized, all holes) up front.
             if len(entry.chunks) != 1:
                 try:
-                    fd = os.open(job.temps[i], CREATE | os.O_TRUNC, job.create_mode(i))
+                    fd = job.open_file(i, os.O_TRUNC)
                     try:
                         if entry.size:
                             os.ftruncate(fd, entry.size)
@@ -176,18 +185,20 @@ def download_tree(
             end = max(c.offset + c.length for _i, _p, c in uses)  # every use of it: all of it
             data = _fetch_verified(storage, manifest, blob, manifest.files[uses[0][0]].path, end)
             view = memoryview(data)
+            for i, _pos, c in uses:  # hashed before the directory lock is taken
+                piece = view[c.offset : c.offset + c.length]
+                _check_slice(manifest, blob, manifest.files[i], piece, c.length)
             with job.hold() as hold:
                 for i, file_pos, c in uses:
-                    entry = manifest.files[i]
                     piece = view[c.offset : c.offset + c.length]
-                    _check_slice(manifest, blob, entry, piece, c.length)
                     try:
                         _place(job, i, file_pos, piece, c.length < len(view), hold=hold)
                     except OSError as exc:
                         raise job.write_error(exc, i) from exc
-                    with counter:
-                        written[0] += c.length
-                    progress(c.length)
+            n = sum(c.length for _i, _p, c in uses)
+            with counter:
+                written[0] += n
+            progress(n)
 
         for codec in {split(b)[1] for b in by_blob if "." in b}:
             require(codec)  # a missing package fails before any blob is fetched

@@ -19,7 +19,7 @@ from ..storage.base import Storage
 from ..storage.clone import clone_capable, clone_range
 from ..storage.local import open_object
 from ..storage.oscopy import UNSUPPORTED_COPY, can_copy_range, copy_range, map_readonly
-from .destination import CREATE, DirHold, Job, data_runs, place
+from .destination import DirHold, Job, data_runs, place
 from .layout import blob_key
 from .manifest import ChunkRef, FileEntry, Manifest
 from .transfer import digest
@@ -94,7 +94,7 @@ _Cloned = tuple[_Use, Optional[list[tuple[int, int]]]]
 
 def _clone_uses(uses: list[_Use], job: Job, fd: int, path: str, view: memoryview) -> list[_Cloned]:
     """Clone the slices of the blob mapped in ``view`` that are the whole blob (a large file's
-    chunks, never a pack of small files) into their temp files (:mod:`..storage.clone`).
+    chunks, never a pack of small files) into their files (:mod:`..storage.clone`).
 
     Only the data runs are cloned: all-zero blocks stay holes, as on the copy path (a blob may
     hold its zeros as written blocks).  What a run's clone leaves (a partial last block inside
@@ -106,16 +106,7 @@ def _clone_uses(uses: list[_Use], job: Job, fd: int, path: str, view: memoryview
         written: Optional[list[tuple[int, int]]] = None
         if c.offset == 0 and c.length == size >= _MIN_CLONE:
             try:
-                written = _clone_runs(fd, job.temps[i], file_pos, view, path, job.create_mode(i))
-                end = written[-1][0] + written[-1][1] if written else file_pos
-                # Sized only if its last blocks are holes: a truncate to the same size would
-                # unshare the last, partial block on XFS.
-                if (
-                    written is not None
-                    and end < file_pos + size
-                    and _extend_to(job.manifest.files[i])
-                ):
-                    os.truncate(job.temps[i], _extend_to(job.manifest.files[i]))
+                written = _clone_runs(fd, job, i, file_pos, view, path)
             except OSError as exc:
                 raise job.write_error(exc, i) from exc
         done.append((use, written))
@@ -123,13 +114,14 @@ def _clone_uses(uses: list[_Use], job: Job, fd: int, path: str, view: memoryview
 
 
 def _clone_runs(
-    fd: int, tmp: str, file_pos: int, view: memoryview, path: str, mode: int
+    fd: int, job: Job, i: int, file_pos: int, view: memoryview, path: str
 ) -> Optional[list[tuple[int, int]]]:
-    """Clone the non-zero runs of the whole blob ``view`` to ``file_pos`` of ``tmp``; None when
-    its first run does not clone (no reflink here, or not aligned): the copy path takes it."""
+    """Clone the non-zero runs of the whole blob ``view`` to ``file_pos`` of file ``i``; None
+    when its first run does not clone (no reflink here, or not aligned): the copy path takes
+    it."""
     size = len(view)
     written: list[tuple[int, int]] = []
-    out = os.open(tmp, CREATE, mode)
+    out = job.open_file(i)
     try:
         for start, length in data_runs(view):
             n = clone_range(fd, out, start, length, file_pos + start, size)
@@ -144,6 +136,11 @@ def _clone_runs(
                         raise
                     with view[start + n : start + length] as rest:
                         _pwrite_all(out, rest, file_pos + start + n)
+        end = written[-1][0] + written[-1][1] if written else file_pos
+        # Sized only if its last blocks are holes: a truncate to the same size would unshare
+        # the last, partial block on XFS.
+        if end < file_pos + size and _extend_to(job.manifest.files[i]):
+            os.ftruncate(out, _extend_to(job.manifest.files[i]))
         return written
     finally:
         os.close(out)
@@ -160,14 +157,17 @@ def _unclone(job: Job, i: int, ranges: list[tuple[int, int]]) -> None:
     """Zero the ranges written into temp file ``i`` before its blob failed verification: the
     generic path that rewrites it leaves all-zero blocks unwritten."""
     try:
-        with open(job.temps[i], "r+b", buffering=0) as f:
+        fd = os.open(job.temps[i], os.O_RDWR | os.O_NOFOLLOW)
+        try:
             if _extend_to(job.manifest.files[i]):
-                f.truncate(0)  # the file's one slice: the generic path re-creates it
+                os.ftruncate(fd, 0)  # the file's one slice: the generic path rewrites it
                 return
             for pos, n in ranges:
                 zeros = bytes(min(n, 1 << 20))
                 for off in range(0, n, len(zeros)):
-                    _pwrite_all(f.fileno(), memoryview(zeros)[: n - off], pos + off)
+                    _pwrite_all(fd, memoryview(zeros)[: n - off], pos + off)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise job.write_error(exc, i) from exc
 
@@ -262,7 +262,7 @@ def _place(
         with piece[start : start + n] as part:  # released at once: the mapping closes after
             _pwrite_all(out, part, pos + start)
 
-    args = (job.temps[i], _extend_to(job.manifest.files[i]), piece, copy, job.create_mode(i))
+    args = (lambda: job.open_file(i), _extend_to(job.manifest.files[i]), piece, copy)
     if member and hold is not None:
         hold.enter(i)
         place(*args)

@@ -1,9 +1,9 @@
 """Load a checkpoint into a local directory: the one routine of the task and the client.
 
 :func:`.download.download_tree` writes a checkpoint's files into a directory all or nothing
-(temp names, renamed into place once every blob is verified; what was replaced is put back on
-a failure).  This module decides what happens to the directory around it, in one of three
-ways (``existing``):
+(temp names, renamed into place once every blob is verified; what was replaced is put back on a
+failure; into a staging directory, final names, the directory renamed once). This module decides
+what happens to the directory around it, in one of three ways (``existing``):
 
 * ``"refuse"`` (``Checkpoint().load(ref, path)``): an existing directory must be empty (the
   leftovers of a killed load do not count);

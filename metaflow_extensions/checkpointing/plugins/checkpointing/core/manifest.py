@@ -35,6 +35,7 @@ from .manifest_format import (
     parse_key,
     safe_relpath,
     show,
+    temp_named,
     validate_metadata,
 )
 from .position import RANK0, Position
@@ -185,7 +186,7 @@ def _file(f: Any, i: int) -> FileEntry:
     try:
         safe_relpath(path)  # type: ignore[arg-type]
     except ManifestError:
-        problem = "is missing" if "path" not in f else "is %s: not a plain relative path"
+        problem = "is missing" if "path" not in f else "is %s: " + _path_problem(path)
         raise _Invalid("files[%d].path" % i, problem.replace("%s", show(path))) from None
     size = f.get("size")
     if not (type(size) is int and 0 <= size < SIZE_LIMIT):
@@ -301,6 +302,12 @@ def _check_format(d: dict, key: str) -> None:
     )
 
 
+def _path_problem(path: Any) -> str:
+    if isinstance(path, str) and temp_named(path):
+        return "named like a temporary file of this package (a save never writes one)"
+    return "not a plain relative path"
+
+
 def _parse(d: Any, key: str) -> Manifest:
     if type(d) is not dict:
         raise _Invalid("the body", "must be a JSON object, not %s" % _kind(d))
@@ -313,7 +320,7 @@ def _parse(d: Any, key: str) -> Manifest:
         try:
             dirs.append(safe_relpath(p))
         except ManifestError:
-            raise _Invalid("dirs[%d]" % i, "is %s: not a plain relative path" % show(p)) from None
+            raise _Invalid("dirs[%d]" % i, "is %s: %s" % (show(p), _path_problem(p))) from None
     _check_no_conflicts(key, [f.path for f in files], dirs)
     try:
         name = validate_name(_field(d, "name", ""))

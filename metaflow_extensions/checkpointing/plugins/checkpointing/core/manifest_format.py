@@ -39,6 +39,7 @@ from .layout import STORED_NAME_RE, is_blob_name
 from .metadata_values import plain_json
 from .position import RANK0, Position
 from .scope import Scope, validate_name
+from .tempnames import is_temp_name
 
 FORMAT = "metaflow-checkpointing/1"
 _STORED = STORED_NAME_RE.fullmatch
@@ -331,6 +332,12 @@ def validate_metadata(metadata: object) -> dict:
     return json.loads(encoded)
 
 
+def temp_named(path: str) -> bool:
+    """Whether a component of the manifest path ``path`` is named like one of the package's
+    temporary files (:func:`.tempnames.is_temp_name`)."""
+    return ".mfckpt-" in path and any(is_temp_name(part) for part in path.split("/"))
+
+
 def safe_relpath(path: str) -> str:
     """Validate a manifest file path: relative, normalised, inside the checkpoint."""
     if (
@@ -347,6 +354,14 @@ def safe_relpath(path: str) -> str:
             "Manifest lists the path %s, which is not a plain relative path inside the "
             "checkpoint; refusing to load it." % show(path),
             path=path if isinstance(path, str) else None,
+        )
+    if temp_named(path):
+        # A save never writes these; loaded, such a file would pass for a load's lock file or
+        # temp file, and a load beside it would remove it (or the directory holding it).
+        raise ManifestError(
+            "Manifest lists the path %s, named like one of this package's temporary files; a "
+            "save never writes such a path; refusing to load it." % show(path),
+            path=path,
         )
     return path
 
