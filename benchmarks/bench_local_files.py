@@ -29,6 +29,7 @@ in real Metaflow tasks, ``bench.py``'s machinery) on the same directories.  Noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -45,7 +46,7 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _benchutil import MiB, discard, prepare, recycle_size  # noqa: E402
+from _benchutil import MiB, discard, ext4_image, prepare, recycle_size  # noqa: E402
 
 KiB = 1 << 10
 #: name -> (number of files, bytes per file, in --quick)
@@ -210,8 +211,24 @@ def main(argv=None) -> int:
     p.add_argument("--flow", action="store_true", help="also save/load through a real flow")
     p.add_argument("--no-recycle", action="store_true", help="no memory recycling (_benchutil)")
     p.add_argument("--workdir", help="parent of the temporary directory")
+    p.add_argument(
+        "--ext4-image",
+        type=int,
+        metavar="GIB",
+        help="work in a fresh journaled ext4 of GIB GiB, loop-mounted (root; _benchutil)",
+    )
     p.add_argument("--json", help="also write every measurement to this file")
     args = p.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.ext4_image:
+            args.workdir = stack.enter_context(
+                ext4_image(args.ext4_image, args.workdir or tempfile.gettempdir())
+            )
+            log("working in a fresh journaled ext4 at %s" % args.workdir)
+        return run(args)
+
+
+def run(args) -> int:
     repeat = args.repeat or (3 if args.quick else 5)
     recycle = not args.no_recycle
     wanted = [c.strip() for c in args.cases.split(",")] if args.cases else None

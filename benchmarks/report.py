@@ -55,7 +55,8 @@ SCRIPTS = [
     ),  # fmt: skip
     ("bench_vs_reference.py", [], ["--quick"]),
     ("bench_curves.py", [], ["--quick"]),
-    ("bench_local_files.py", [], ["--quick"]),
+    # A fresh journaled ext4 (loop image): see _benchutil.ext4_image.
+    ("bench_local_files.py", ["--ext4-image", "24"], ["--quick", "--ext4-image", "8"]),
 ]
 
 
