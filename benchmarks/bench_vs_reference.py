@@ -26,6 +26,7 @@ exit status is non-zero only when something fails to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _benchutil import MiB  # noqa: E402
+from _benchutil import MiB, ext4_image  # noqa: E402
 from bench import (  # noqa: E402
     S3_ENV,
     MotoServer,
@@ -451,6 +452,12 @@ def parse_args(argv=None):
     p.add_argument("--venv", default=str(REPO / ".bench" / "ref-venv"), help="reference venv")
     p.add_argument("--workdir", default=str(REPO / ".bench"), help="parent of the temp dir")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument(
+        "--ext4-image",
+        type=int,
+        metavar="GIB",
+        help="work in a fresh journaled ext4 of GIB GiB, loop-mounted (root; _benchutil)",
+    )
     p.add_argument("--json", help="write the rows and every raw measurement to this file")
     args = p.parse_args(argv)
     full = dict(
@@ -467,6 +474,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.ext4_image:  # a fresh journaled ext4 for the flows' files (_benchutil)
+            args.workdir = stack.enter_context(ext4_image(args.ext4_image, args.workdir))
+            log("working in a fresh journaled ext4 at %s" % args.workdir)
+        return run(args)
+
+
+def run(args) -> int:
     t_start = time.perf_counter()
     pythons = {"ours": Path(sys.executable), "theirs": reference_venv(Path(args.venv))}
     os.makedirs(args.workdir, exist_ok=True)

@@ -53,7 +53,7 @@ SCRIPTS = [
             "5",
         ],
     ),  # fmt: skip
-    ("bench_vs_reference.py", [], ["--quick"]),
+    ("bench_vs_reference.py", ["--ext4-image", "40"], ["--quick", "--ext4-image", "16"]),
     ("bench_curves.py", [], ["--quick"]),
     # A fresh journaled ext4 (loop image): see _benchutil.ext4_image.
     ("bench_local_files.py", ["--ext4-image", "24"], ["--quick", "--ext4-image", "8"]),
