@@ -96,19 +96,26 @@ def remove_dead_staging(parent: str) -> None:
     except OSError:
         return
     for staging in candidates:
-        try:
-            with os.scandir(staging) as it:
-                locks = [e.path for e in it if LOCK.match(e.name)]
-        except OSError:
-            continue
-        for lock in locks:
-            fd = take_dead_lock(lock)
-            if fd is not None:
-                try:
-                    shutil.rmtree(staging, ignore_errors=True)
-                finally:
-                    os.close(fd)
-                break
+        remove_if_dead(staging)
+
+
+def remove_if_dead(directory: str) -> bool:
+    """Remove ``directory`` (a staging or download directory) if it holds the lock file of a
+    load that died (see :class:`Lock`); True if it was removed."""
+    try:
+        with os.scandir(directory) as it:
+            locks = [e.path for e in it if LOCK.match(e.name)]
+    except OSError:
+        return False
+    for lock in locks:
+        fd = take_dead_lock(lock)
+        if fd is not None:
+            try:
+                shutil.rmtree(directory, ignore_errors=True)
+            finally:
+                os.close(fd)
+            return True
+    return False
 
 
 def unlink_quietly(path: str) -> bool:

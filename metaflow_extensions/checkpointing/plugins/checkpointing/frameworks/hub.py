@@ -25,12 +25,11 @@ from typing import Any, Callable, Optional
 
 from ..common.reference import CheckpointReference, reference_of
 from ..core import loading
-from ..core.load_locks import Lock, take_dead_lock
+from ..core.load_locks import Lock, remove_if_dead
 from ..core.manifest import Manifest
 from ..core.promotions import publisher_of, publisher_record
 from ..core.scope import library_scope
 from ..core.store import CheckpointStore, same_content
-from ..core.tempnames import LOCK
 from ..core.user_dirs import make_dirs, make_temp_dir
 from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError
 from ..task.model_loaded import LoadedModels, temp_root
@@ -325,18 +324,7 @@ class HuggingfaceHub:
         except OSError:
             stale = []
         for directory in stale:
-            try:
-                locks = [e.path for e in os.scandir(directory) if LOCK.match(e.name)]
-            except OSError:
-                continue
-            for path in locks:
-                fd = take_dead_lock(path)
-                if fd is not None:
-                    try:
-                        shutil.rmtree(directory, ignore_errors=True)
-                    finally:
-                        os.close(fd)
-                    break
+            remove_if_dead(directory)
         work = tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=parent)
         return work, Lock(work, os.urandom(6).hex())
 
