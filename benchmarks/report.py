@@ -56,7 +56,7 @@ SCRIPTS = [
     ("bench_vs_reference.py", ["--ext4-image", "40"], ["--quick", "--ext4-image", "16"]),
     ("bench_curves.py", [], ["--quick"]),
     # A fresh journaled ext4 (loop image): see _benchutil.ext4_image.
-    ("bench_local_files.py", ["--ext4-image", "24"], ["--quick", "--ext4-image", "8"]),
+    ("bench_local_files.py", ["--ext4-image", "48"], ["--quick", "--ext4-image", "8"]),
 ]
 
 
@@ -141,14 +141,18 @@ def vs_table(raw: dict) -> str:
 def section(results: dict, args, when: str) -> str:
     quick = " — quick run (smoke sizes, not the final figures)" if args.quick else ""
     command = "make bench-report" if not args.quick else "python benchmarks/report.py --quick"
+    if getattr(args, "reuse", False):
+        command = "python benchmarks/report.py --reuse%s" % (" --quick" if args.quick else "")
     parts = [
         BEGIN,
         "## Performance%s" % quick,
         "",
-        "Measured on %s, in a run started %s, by `%s` (which rewrites this section). Every "
-        "number below is measured by that run; what each row means, the method and the other "
-        "benchmarks are in [benchmarks/README.md](benchmarks/README.md)."
-        % (machine(), when, command),
+        "Measured on %s; section written %s by `%s` (`make bench-report` runs every script "
+        "and rewrites it; with `--reuse`, from the runs dated below). Every number below is "
+        "measured by those runs. The head-to-head and local-files rows ran in a fresh "
+        "journaled ext4 (a loop image, `--ext4-image`), bench.py's on the VM's root ext4, "
+        "which has no journal. What each row means, the method and the other benchmarks are in "
+        "[benchmarks/README.md](benchmarks/README.md)." % (machine(), when, command),
         "",
     ]
     parts += [
@@ -274,6 +278,8 @@ def main(argv=None) -> int:
             }
             continue
         results[name] = run_script(name, quick if args.quick else full, out)
+        if results[name]["status"] == "ok":
+            results[name]["status"] = "ok (run %s)" % when
     rewrite_readme(Path(args.readme), section(results, args, when))
     log("README.md rewritten; outputs in %s" % out)
     ok = all(r["status"].startswith("ok") or "skipped" in r["status"] for r in results.values())
