@@ -433,6 +433,21 @@ def notes(raw: dict, args) -> list:
         % (REFERENCE, raw["reference_venv"]),
         "Total time: %.0f s." % raw["total_seconds"],
     ]
+    for backend in ("local", "s3"):
+        split = {
+            side: [
+                r["save"]["torch"]["torch_save_seconds"]
+                for r in raw[side].get(backend, [])
+                if "torch_save_seconds" in r.get("save", {}).get("torch", {})
+            ]
+            for side in ("ours", "theirs")
+        }
+        if split["ours"] and split["theirs"]:
+            out.append(
+                "%s torch row: torch.save alone took %.3f s (ours) / %.3f s (theirs), medians; "
+                "the rest is the package's save."
+                % (backend, med(split["ours"]), med(split["theirs"]))
+            )
     return out
 
 

@@ -157,10 +157,6 @@ class Job:
             raise
         return fd
 
-    def dir_lock(self, i: int) -> threading.Lock:
-        """The lock of file ``i``'s directory."""
-        return self.dir_locks[self.parents[i]]
-
     def hold(self) -> DirHold:
         """A holder of one directory lock at a time, for a run of writes (see :class:`DirHold`)."""
         return DirHold(self)

@@ -192,7 +192,7 @@ def download_tree(
                 for i, file_pos, c in uses:
                     piece = view[c.offset : c.offset + c.length]
                     try:
-                        _place(job, i, file_pos, piece, c.length < len(view), hold=hold)
+                        _place(job, i, file_pos, piece, c.length < len(view), hold)
                     except OSError as exc:
                         raise job.write_error(exc, i) from exc
             n = sum(c.length for _i, _p, c in uses)

@@ -11,7 +11,6 @@ share: slice checks (:func:`_check_slice`) and hole-preserving writes (:func:`_p
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from typing import Optional
 
 from ..errors import CheckpointIntegrityError
@@ -194,9 +193,9 @@ def _copy_mapped(
                                 file_pos,
                                 piece,
                                 c.length < len(view),
+                                hold,
                                 done[k][1],
                                 (fd, c.offset, path),
-                                hold,
                             )
                         except OSError as exc:
                             if exc.errno not in UNSUPPORTED_COPY:
@@ -239,9 +238,9 @@ def _place(
     pos: int,
     piece: memoryview,
     member: bool,
+    hold: DirHold,
     written: Optional[list] = None,
     source: Optional[tuple] = None,
-    hold: Optional[DirHold] = None,
 ) -> None:
     """Write ``piece`` (at ``pos`` of file ``i``) into its temp file, all-zero blocks left as
     holes, with ``pwrite``: from a local store's mapping that is 25% less CPU than
@@ -262,10 +261,6 @@ def _place(
         with piece[start : start + n] as part:  # released at once: the mapping closes after
             _pwrite_all(out, part, pos + start)
 
-    args = (lambda: job.open_file(i), _extend_to(job.manifest.files[i]), piece, copy)
-    if member and hold is not None:
+    if member:
         hold.enter(i)
-        place(*args)
-        return
-    with job.dir_lock(i) if member else nullcontext():
-        place(*args)
+    place(lambda: job.open_file(i), _extend_to(job.manifest.files[i]), piece, copy)
