@@ -267,7 +267,7 @@ class CheckpointReference(dict):
         task_status: Optional[str] = None,
     ) -> CheckpointReference:
         """Build from a manifest key and its summary (see ``core.summary``)."""
-        ref = cls._from_header(header.key, header.scope, root, url, status, task_status)
+        ref = cls._from_header(header.key, header.scope, root, url, status, task_status, header)
         ref.update(
             name=header.name,
             created_on=iso_time(header.created_ms),
@@ -288,11 +288,14 @@ class CheckpointReference(dict):
         return ref
 
     @classmethod
-    def _from_header(cls, key, scope, root, url, status, task_status) -> CheckpointReference:
+    def _from_header(
+        cls, key, scope, root, url, status, task_status, header=None
+    ) -> CheckpointReference:
         if status not in STATUSES:
             raise ValueError("status=%r is not one of %s" % (status, ", ".join(STATUSES)))
         task_of = None if scope.is_library else scope
-        header = parse_key(key)
+        if header is None:  # a listing's header is parse_key(key) already: not parsed again
+            header = parse_key(key)
         return cls(
             key=key,
             version=header.id,

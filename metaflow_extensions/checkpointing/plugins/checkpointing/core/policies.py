@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..errors import CheckpointConfigError
+from ..errors import CheckpointConfigError, ManifestError
 from ..storage.base import Storage
-from .manifest import ManifestHeader, is_manifest_key, parse_key
+from .manifest import ManifestHeader, parse_key
 from .position import RANK0, Position
 from .scope import Scope
 
@@ -47,10 +47,12 @@ def list_headers(storage: Storage, prefix: str) -> list[ManifestHeader]:
     mtime the listing gave (:func:`listed_mtime`), so expiry needs no second listing."""
     headers = []
     for o in storage.list(prefix):
-        if is_manifest_key(o.key):
-            h = parse_key(o.key)
-            object.__setattr__(h, _MTIME, o.mtime)  # frozen dataclass: set outside its fields
-            headers.append(h)
+        try:
+            h = parse_key(o.key)  # once: a key that does not parse is not a manifest's
+        except ManifestError:
+            continue
+        object.__setattr__(h, _MTIME, o.mtime)  # frozen dataclass: set outside its fields
+        headers.append(h)
     headers.sort(key=lambda h: h.order, reverse=True)
     return headers
 
