@@ -295,21 +295,26 @@ def _weights(trainer):
     return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
 
+#: load_best_model_at_end with a checkpoint and an evaluation every 2 steps, where "best" is the
+#: highest loss (greater_is_better=True): the best is an early checkpoint, never the last.
+BEST_NOT_LAST = dict(
+    save_strategy="steps",
+    save_steps=2,
+    eval_strategy="steps",
+    eval_steps=2,
+    metric_for_best_model="loss",
+    greater_is_better=True,
+    load_best_model_at_end=True,
+)
+
+
 def test_load_best_model_at_end_survives_a_retry_on_another_machine(tmp_path):
     """load_best_model_at_end with the best checkpoint not the last (greater_is_better=True on
     the loss): attempt 0 crashes at step 5, and the retry runs where attempt 0's output_dir is
     gone (another pod, another output_dir).  trainer_state.json names the best as a path of
     that pod; the callback restores it from the store into this output_dir and points the
     state at it, so the retry ends with the best model, bitwise the uninterrupted run's."""
-    args = dict(
-        save_strategy="steps",
-        save_steps=2,
-        eval_strategy="steps",
-        eval_steps=2,
-        metric_for_best_model="loss",
-        greater_is_better=True,
-        load_best_model_at_end=True,
-    )
+    args = BEST_NOT_LAST
     full = tmp_path / "full"
     full.mkdir()
     straight, _ = _train(full, _runtime(full), **args)
@@ -435,15 +440,7 @@ def test_a_best_deleted_from_the_store_ends_with_the_last_model_and_says_so(tmp_
     delete) and from this machine: the warning says what happens, and it does. The Trainer
     keeps the run's best_metric (the best the run has seen), so a later evaluation is loaded at
     the end only if it beats it; here none does, and the retry ends with its last model."""
-    args = dict(
-        save_strategy="steps",
-        save_steps=2,
-        eval_strategy="steps",
-        eval_steps=2,
-        metric_for_best_model="loss",
-        greater_is_better=True,
-        load_best_model_at_end=True,
-    )
+    args = BEST_NOT_LAST
     with pytest.raises(RuntimeError, match="crash at step 7"):
         _train(tmp_path, _runtime(tmp_path, 0), callbacks=[CrashAt(7)], **args)
     recorded = json.loads((tmp_path / "out" / "checkpoint-6" / TRAINER_STATE).read_text())
