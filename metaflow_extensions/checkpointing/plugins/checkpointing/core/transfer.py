@@ -147,14 +147,22 @@ def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int
             raise fut.exception()
 
 
-def timed(stats: SaveStats, phase: str):
+class _Timed:
+    """:func:`timed`'s context manager (a class of its own: not built anew at every call)."""
+
+    __slots__ = ("stats", "phase", "t")
+
+    def __init__(self, stats: SaveStats, phase: str):
+        self.stats, self.phase = stats, phase
+
+    def __enter__(self) -> None:
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        seconds = self.stats.seconds
+        seconds[self.phase] = seconds.get(self.phase, 0.0) + time.perf_counter() - self.t
+
+
+def timed(stats: SaveStats, phase: str) -> _Timed:
     """Context manager adding the elapsed seconds of a block to ``stats.seconds[phase]``."""
-
-    class _T:
-        def __enter__(self):
-            self.t = time.perf_counter()
-
-        def __exit__(self, *exc):
-            stats.seconds[phase] = stats.seconds.get(phase, 0.0) + time.perf_counter() - self.t
-
-    return _T()
+    return _Timed(stats, phase)
