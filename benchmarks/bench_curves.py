@@ -348,6 +348,7 @@ def list_gc_curve(work: Path, counts: list, backend: str, moto_log: Path, curves
             counts = _requests_between(moto_log.read_text(errors="replace"))
             for row in out["list"]:
                 for op in (
+                    "raw_list",
                     "cold_list",
                     "cold_best",
                     "warm_list",
@@ -382,6 +383,24 @@ def _requests_between(moto_log: str) -> dict:
         elif label is not None and '"' in line:  # every other line is a request
             counts[label] += 1
     return counts
+
+
+def _raw_list(url: str) -> int:
+    """The baseline of the list curve: the bare listing of every manifest key, with no
+    checkpoint code (boto3's ``list_objects_v2`` paginator on S3, ``os.walk`` locally).
+    Returns the number of keys."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import (
+        MANIFESTS_PREFIX,
+    )
+
+    if not url.startswith("s3://"):
+        return sum(len(files) for _d, _s, files in os.walk(os.path.join(url, MANIFESTS_PREFIX)))
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    client = s3_client(os.environ["METAFLOW_S3_ENDPOINT_URL"], 4)
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix.strip("/") + "/" + MANIFESTS_PREFIX
+    )
+    return sum(page.get("KeyCount", 0) for page in pages)
 
 
 def _list_gc(spec: dict) -> dict:
@@ -453,6 +472,10 @@ def _list_gc(spec: dict) -> dict:
         if "list" in curves:
             store.storage.delete(step_index_key(scope.step_prefix()))
             row = {"backend": backend, "count": n}
+            mark("%d-raw_list" % n)
+            row["raw_list"], raw_keys = _timed(lambda: _raw_list(url))
+            if raw_keys != n:
+                raise RuntimeError("the raw listing found %d of %d manifests" % (raw_keys, n))
             for label in ("cold", "warm"):
                 client = Checkpoint(root=url)
                 mark("%d-%s_list" % (n, label))
@@ -626,6 +649,8 @@ def report(raw: dict) -> list:
         if not rows:
             continue
         cols = ("cold_list", "cold_best", "warm_list", "warm_best", "hot_list", "hot_best")
+        if all(r.get("raw_list") is not None for r in rows):  # runs before 2026-12-07 lack it
+            cols = ("raw_list",) + cols
         print("\n### list() and best(), %s store (seconds)\n" % backend)
         print("| checkpoints | " + " | ".join(c.replace("_", " ") for c in cols) + " |")
         print("|---|" + "---|" * len(cols))
@@ -793,7 +818,9 @@ def plot(raw: dict, png_dir: Path) -> list:
         for ax, backend in zip(axes[0], backends):
             rows = [r for r in raw["list"] if r["backend"] == backend]
             xs = [r["count"] for r in rows]
-            for c in ("cold_list", "warm_list", "hot_list", "cold_best", "warm_best"):
+            for c in ("raw_list", "cold_list", "warm_list", "hot_list", "cold_best", "warm_best"):
+                if any(r.get(c) is None for r in rows):
+                    continue
                 ax.plot(
                     xs,
                     [r[c] for r in rows],

@@ -1,14 +1,16 @@
 """Local saves and loads of small files and single files against ``cp -r`` of the same bytes.
 
-    python benchmarks/bench_local_files.py            # 4 cases, 5 repeats, store level
-    python benchmarks/bench_local_files.py --quick    # no 4 GiB case, 3 repeats (~1 minute)
+    python benchmarks/bench_local_files.py            # 5 cases, 5 repeats, store level
+    python benchmarks/bench_local_files.py --quick    # 3 small cases, 3 repeats (~1 minute)
     python benchmarks/bench_local_files.py --flow     # also through a real flow (bench_flow.py)
 
 Cases (random bytes, written once before any timing, page cache warm for everyone):
 
 * ``256 x 256 KiB``: 64 MiB in 256 files (packed: files under 1 MiB share blobs);
 * ``10000 x 4 KiB``: 40 MiB in 10,000 files;
-* ``1 x 256 MiB`` and ``1 x 4 GiB`` (not with ``--quick``): one file, split into chunks.
+* ``1 x 256 MiB`` and ``1 x 4 GiB`` (not with ``--quick``): one file, split into chunks;
+* ``16 x 64 MiB`` (not with ``--quick``): the 1 GiB of ``bench.py`` and the head-to-head, at
+  the store level (what their rows cost without a task around them).
 
 Each repeat runs, interleaved and each after ``_benchutil.prepare`` (``sync`` and memory
 recycling, as ``bench.py``): ``cp -r src dst``; ``CheckpointStore.save(src)`` into a fresh
@@ -55,6 +57,8 @@ CASES = {
     "10000 x 4 KiB": (10000, 4 * KiB, True),
     "1 x 256 MiB": (1, 256 * MiB, True),
     "1 x 4 GiB": (1, 4096 * MiB, False),
+    # The shape of bench.py's and the head-to-head's 1 GiB rows.
+    "16 x 64 MiB": (16, 64 * MiB, False),
 }
 
 

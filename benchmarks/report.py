@@ -3,17 +3,20 @@
     python benchmarks/report.py            # full sizes (``make bench-report``; over an hour)
     python benchmarks/report.py --quick    # smoke sizes: checks the pipeline, numbers are not final
     python benchmarks/report.py --skip bench_curves --skip bench_local_files
-    python benchmarks/report.py --reuse    # scripts whose JSON is in .bench/report/ are not rerun
+    python benchmarks/report.py --reuse    # a script with a run in benchmarks/results/: not rerun
+    python benchmarks/report.py --adopt bench_curves.py=/tmp/c.json   # keep a run made by hand
 
 Runs ``bench.py`` and ``bench_vs_reference.py`` (and ``bench_curves.py`` and
 ``bench_local_files.py`` when they exist and take ``--json``), each with ``--json``, keeps every
-output under ``.bench/report/`` (JSON and the printed tables), and replaces what lies between the
-markers ``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in README.md (the section is created
-before "## Documentation" when the markers are missing) with: the machine (CPUs, RAM, kernel, CPU
-model), the date, the command, the head-to-head table, ``bench.py``'s table, the local-files table
-and the cost curves' growth rates, all measured by this run (with ``--reuse``, by the runs whose
-JSON is kept; each is dated). A ``--quick`` run says so in the section's heading. A script that
-fails or is missing is named in the section, not silently left out.
+output under ``.bench/report/`` (JSON, printed tables, logs) and each full run's JSON, stamped
+with its time, in ``benchmarks/results/`` (committed: the data behind the section, so that
+``--reuse`` works in any checkout), and replaces what lies between the markers
+``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in README.md (the section is created before
+"## Documentation" when the markers are missing) with: the machine (CPUs, RAM, kernel, CPU
+model), the date, the command, the head-to-head table, ``bench.py``'s table, the local-files
+table and the cost curves' growth rates, all measured by this run (with ``--reuse``, by the
+kept runs; each is dated). A ``--quick`` run says so in the section's heading and keeps
+nothing. A script that fails or is missing is named in the section, not silently left out.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
+#: The JSON of the runs behind README.md's section, committed: ``--reuse`` reads it here, so
+#: the section can be rebuilt (or one script rerun) in any checkout.
+RESULTS = HERE / "results"
+#: Key under which a kept JSON records when its run ended (file times do not survive a clone).
+RUN_AT = "report_run_utc"
 
 # (script, arguments of a full run, arguments of a --quick run)
 SCRIPTS = [
@@ -101,6 +109,25 @@ def run_script(name: str, extra: list, out: Path) -> dict:
         log("%s failed (exit %d); see %s" % (name, proc.returncode, out))
         return {"status": "failed (exit %d)" % proc.returncode, "stdout": proc.stdout}
     return {"status": "ok", "stdout": proc.stdout, "json": json.loads(json_path.read_text())}
+
+
+def keep(name: str, raw: dict, when: str, results: Path) -> None:
+    """Keep a full run's JSON in ``results`` (committed), stamped with when it ran."""
+    results.mkdir(parents=True, exist_ok=True)
+    kept = dict(raw, **{RUN_AT: when})
+    (results / (Path(name).stem + ".json")).write_text(json.dumps(kept, indent=1) + "\n")
+
+
+def reused(name: str, results: Path) -> dict | None:
+    """The kept run of ``name`` as :func:`main` records it, or None when none is kept."""
+    kept = results / (Path(name).stem + ".json")
+    if not kept.exists():
+        return None
+    raw = json.loads(kept.read_text())
+    when = raw.get(RUN_AT) or datetime.datetime.fromtimestamp(
+        kept.stat().st_mtime, datetime.timezone.utc
+    ).strftime("%Y-%m-%d %H:%M UTC")
+    return {"status": "ok (run %s)" % when, "json": raw}
 
 
 def bench_table(raw: dict) -> str:
@@ -247,9 +274,39 @@ def main(argv=None) -> int:
     p.add_argument(
         "--reuse",
         action="store_true",
-        help="use a script's JSON already in --out (from an earlier run) instead of running it",
+        help="use a script's kept JSON (--results, from an earlier run) instead of running it",
+    )
+    p.add_argument(
+        "--results",
+        default=str(RESULTS),
+        help="where full runs' JSON is kept and --reuse reads it (default: benchmarks/results)",
+    )
+    p.add_argument(
+        "--adopt",
+        action="append",
+        default=[],
+        metavar="SCRIPT=JSON",
+        help="keep the JSON of a run made by hand (e.g. bench_curves.py=/tmp/c.json, dated by "
+        "the file's time) in --results, as if this script had run it; implies --reuse",
     )
     args = p.parse_args(argv)
+    for item in args.adopt:
+        name, _, path = item.partition("=")
+        stem = Path(name).stem
+        if stem not in {Path(n).stem for n, _f, _q in SCRIPTS} or not path:
+            p.error(
+                "--adopt %r: expected SCRIPT=JSON with SCRIPT one of %s"
+                % (item, ", ".join(n for n, _f, _q in SCRIPTS))
+            )
+        raw_path = Path(path)
+        ran = datetime.datetime.fromtimestamp(raw_path.stat().st_mtime, datetime.timezone.utc)
+        keep(
+            stem,
+            json.loads(raw_path.read_text()),
+            ran.strftime("%Y-%m-%d %H:%M UTC"),
+            Path(args.results),
+        )
+        args.reuse = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -268,18 +325,16 @@ def main(argv=None) -> int:
             log("%s has no --json option: skipped" % name)
             results[name] = {"status": "no --json option, skipped"}
             continue
-        kept = out / (Path(name).stem + ".json")
-        if args.reuse and kept.exists():
-            log("%s: reusing %s" % (name, kept))
-            when_kept = datetime.datetime.fromtimestamp(kept.stat().st_mtime, datetime.timezone.utc)
-            results[name] = {
-                "status": "ok (run %s)" % when_kept.strftime("%Y-%m-%d %H:%M UTC"),
-                "json": json.loads(kept.read_text()),
-            }
+        kept = reused(name, Path(args.results)) if args.reuse else None
+        if kept is not None:
+            log("%s: reusing its run in %s" % (name, args.results))
+            results[name] = kept
             continue
         results[name] = run_script(name, quick if args.quick else full, out)
         if results[name]["status"] == "ok":
             results[name]["status"] = "ok (run %s)" % when
+            if not args.quick:  # smoke numbers never replace a full run's
+                keep(name, results[name]["json"], when, Path(args.results))
     rewrite_readme(Path(args.readme), section(results, args, when))
     log("README.md rewritten; outputs in %s" % out)
     ok = all(r["status"].startswith("ok") or "skipped" in r["status"] for r in results.values())
