@@ -34,6 +34,7 @@ from ..common.attempts import (
 from ..common.local_tier import machine_tiers
 from ..common.reference import CheckpointReference, references
 from ..common.refspec import Target, parse_target, task_target
+from ..core.bulk import paused_gc
 from ..core.layout import library_prefix
 from ..core.manifest import ManifestHeader
 from ..core.policies import sort_key
@@ -69,6 +70,7 @@ _Part = tuple[CheckpointStore, list[ManifestHeader], Optional[list[CheckpointRef
 class Listing(ClientBase):
     """``list`` and ``best`` of :class:`~.checkpoint.Checkpoint`."""
 
+    @paused_gc()
     def list(
         self,
         target: Any = None,
@@ -460,6 +462,7 @@ class Listing(ClientBase):
         (see :mod:`.tiers`): a task target's registered one, and the default one."""
         return machine_tiers(store.url, _metadata(t) if t.task is not None else None)
 
+    @paused_gc()
     def best(
         self, target: Any = None, *, metric: str, mode: str = "min", **filters: Any
     ) -> CheckpointReference:

@@ -71,6 +71,7 @@ the one place that knows the whole layout stays one module past 400 lines.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple, Optional
 from urllib.parse import quote, unquote
@@ -242,8 +243,18 @@ def manifest_components(key: object) -> Optional[tuple[str, ...]]:
     """``(namespace, flow, step, foreach, run, task)`` of any object one level below a task
     prefix under ``manifests/`` (from its path alone: also for a file name that does not
     parse), or None."""
-    parts = key.split("/") if isinstance(key, str) else []
-    if len(parts) != 8 or parts[0] != MANIFESTS or not all(parts[1:7]):
+    if not isinstance(key, str):
+        return None
+    return _task_components(key.rpartition("/")[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _task_components(prefix: str) -> Optional[tuple[str, ...]]:
+    """:func:`manifest_components` of the keys under the task prefix ``prefix`` (no trailing
+    ``/``).  Cached: a listing parses many keys of few tasks (100,000 keys of one task
+    decoded 600,000 components, a tenth of the listing's time)."""
+    parts = prefix.split("/")
+    if len(parts) != 7 or parts[0] != MANIFESTS or not all(parts[1:7]):
         return None
     return tuple(decode(p) for p in parts[1:7])
 

@@ -38,7 +38,7 @@ from . import layout
 from .layout import STORED_NAME_RE, is_blob_name
 from .metadata_values import plain_json
 from .position import RANK0, Position
-from .scope import Scope, validate_name
+from .scope import Scope, shared_scope, validate_name
 from .tempnames import is_temp_name
 
 FORMAT = "metaflow-checkpointing/1"
@@ -267,7 +267,7 @@ def parse_key(key: str) -> ManifestHeader:
             "of range." % show(key),
             key=given,
         )
-    scope = Scope(k.namespace, k.flow, k.step, k.foreach, k.run, k.task, k.attempt)
+    scope = shared_scope(k.namespace, k.flow, k.step, k.foreach, k.run, k.task, k.attempt)
     return ManifestHeader(
         key, scope, k.created_ms, k.seq, k.latest, k.id, name, k.position, k.sharded
     )
