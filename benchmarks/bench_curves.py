@@ -4,6 +4,7 @@
     python benchmarks/bench_curves.py --json curves.json   # all curves (hours; S3 list/gc ~1 h)
     python benchmarks/bench_curves.py --only list,gc       # some curves only
     python benchmarks/bench_curves.py --from-json a.json,b.json  # tables and PNGs of saved runs
+                                                       # (merged into one with --json FILE)
 
 Four curves, each printed as a table with its fitted growth rate (the slope of log(cost)
 against log(size): 1 is linear, 0 flat; a slope above ``SUPERLINEAR`` is flagged) and plotted
@@ -913,9 +914,11 @@ def main(argv=None) -> int:
         raw = {}
         for name in args.from_json.split(","):
             for curve, rows in json.loads(Path(name).read_text()).items():
-                if curve in ("size", "list", "gc", "concurrency"):
+                if curve in ("size", "list", "gc", "concurrency", "s3_build"):
                     raw.setdefault(curve, []).extend(rows)
-        report(raw)
+        raw["rates"] = report(raw)
+        if args.json:  # the merged runs as one (report.py --adopt takes it)
+            Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
         print("\nPNGs: %s" % ", ".join(plot(raw, Path(args.png_dir))))
         return 0
     work = Path(tempfile.mkdtemp(prefix="mfckpt-curves-", dir=args.workdir)).resolve()
