@@ -114,7 +114,7 @@ def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int
 
     Jobs are pulled lazily from ``jobs``; after the first failure nothing new is started, the
     running ones finish, and the first error is raised.  A single job runs in the calling
-    thread: starting a pool thread and handing it over cost about half of a small save.
+    thread: starting a pool thread and handing the job over was a fifth of a small save.
     """
     pending = iter(jobs)
     first = next(pending, None)
