@@ -70,7 +70,6 @@ _Part = tuple[CheckpointStore, list[ManifestHeader], Optional[list[CheckpointRef
 class Listing(ClientBase):
     """``list`` and ``best`` of :class:`~.checkpoint.Checkpoint`."""
 
-    @paused_gc()
     def list(
         self,
         target: Any = None,
@@ -177,17 +176,18 @@ class Listing(ClientBase):
         wanted = _statuses(status)
         if self._runtime is not None and self._origin != "cli":
             target, name = self._reference_name(target, name)
-        refs = self._select(
-            target,
-            name,
-            step,
-            run,
-            task,
-            foreach,
-            attempt,
-            latest_only,
-            full_namespace=full_namespace,
-        )
+        with paused_gc():  # a with block, not a decorator: warnings' stack levels count frames
+            refs = self._select(
+                target,
+                name,
+                step,
+                run,
+                task,
+                foreach,
+                attempt,
+                latest_only,
+                full_namespace=full_namespace,
+            )
         _check_fields(refs, where, order_by, describe(target, task) if task is not None else "")
         refs = _filter(refs, where)
         if wanted is not None:
@@ -462,7 +462,6 @@ class Listing(ClientBase):
         (see :mod:`.tiers`): a task target's registered one, and the default one."""
         return machine_tiers(store.url, _metadata(t) if t.task is not None else None)
 
-    @paused_gc()
     def best(
         self, target: Any = None, *, metric: str, mode: str = "min", **filters: Any
     ) -> CheckpointReference:
@@ -484,7 +483,8 @@ class Listing(ClientBase):
         where = filters.pop("where", None)
         wanted = _statuses(filters.pop("status", None))
         filters.pop("limit", None)
-        refs = self._select(target, strict=True, **filters)
+        with paused_gc():
+            refs = self._select(target, strict=True, **filters)
         what = describe(target, filters.get("task"))
         _check_fields(refs, where, None, what if filters.get("task") is not None else "")
         refs = _filter(refs, where)

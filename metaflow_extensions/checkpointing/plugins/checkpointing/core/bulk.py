@@ -15,7 +15,10 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
-    """Pause the cyclic GC for the block (also usable as a decorator).
+    """Pause the cyclic GC for the block.
+
+    A ``with`` block, not a decorator, around public calls: a decorator adds a frame, and
+    the warnings a listing gives point at the caller's line by counting frames.
 
     Reference counting still frees everything that is not in a cycle; cycles made meanwhile
     are collected at the next pass after the block.  The collector is turned back on only if

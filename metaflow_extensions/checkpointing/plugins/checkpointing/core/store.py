@@ -19,7 +19,6 @@ from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, S
 from ..storage.base import Storage
 from . import clock, commit, gang, gc, pins, policies, promotions, pruning, retention, usage
 from . import manifest as mf
-from .bulk import paused_gc
 from .download import download_tree
 from .lease_writer import WriterLease
 from .manifest import Manifest, ManifestHeader
@@ -221,7 +220,6 @@ class CheckpointStore:
         return newest if same else None
 
     # ------------------------------------------------------------------ browse
-    @paused_gc()
     def headers(
         self,
         prefix: str,
