@@ -429,6 +429,8 @@ def test_a_lapsed_session_is_replaced_and_what_it_protected_is_checked(tmp_path)
 
 
 def test_close_removes_the_lease_and_a_later_save_starts_another(storage, tmp_path):
+    """Closing a writer deletes its lease, and on a local store its session directory (a
+    tier whose tasks end after its cleanup grew by one empty directory per task)."""
     store = CheckpointStore(storage, options())
     src = content_x(tmp_path)
     store.save(str(src), make_scope())
@@ -436,6 +438,9 @@ def test_close_removes_the_lease_and_a_later_save_starts_another(storage, tmp_pa
     assert not lease.expired and lease.started is not None and lease.names == frozenset()
     store.close()
     assert storage.list(layout.LEASES_PREFIX) == []
+    leases_dir = storage.local_path(layout.lease_key(lease.session, ls.START))
+    if leases_dir is not None:  # a local store keeps no empty leases/<session>/ directory
+        assert not os.path.exists(os.path.dirname(leases_dir))
     store.save(str(src), make_scope())
     assert [x.session for x in ls.list_leases(storage)] != [lease.session]
 
