@@ -19,6 +19,7 @@ from ..errors import CheckpointConfigError, CheckpointNotFound, ManifestError, S
 from ..storage.base import Storage
 from . import clock, commit, gang, gc, pins, policies, promotions, pruning, retention, usage
 from . import manifest as mf
+from .bulk import paused_gc
 from .download import download_tree
 from .lease_writer import WriterLease
 from .manifest import Manifest, ManifestHeader
@@ -232,18 +233,19 @@ class CheckpointStore:
     ) -> list[ManifestHeader]:
         """Committed checkpoints under ``prefix`` matching the filters, newest first."""
         out = []
-        for h in policies.list_headers(self.storage, prefix):
-            if name is not None and h.name != name:
-                continue
-            if run is not None and h.scope.run != str(run):
-                continue
-            if task is not None and h.scope.task != str(task):
-                continue
-            if attempt is not None and h.scope.attempt != int(attempt):
-                continue
-            if latest_only and not h.latest:
-                continue
-            out.append(h)
+        with paused_gc():  # a heap that only grows: see core/bulk.py
+            for h in policies.list_headers(self.storage, prefix):
+                if name is not None and h.name != name:
+                    continue
+                if run is not None and h.scope.run != str(run):
+                    continue
+                if task is not None and h.scope.task != str(task):
+                    continue
+                if attempt is not None and h.scope.attempt != int(attempt):
+                    continue
+                if latest_only and not h.latest:
+                    continue
+                out.append(h)
         return out
 
     def read(self, key: str) -> Manifest:
