@@ -6,7 +6,6 @@ at close and at process exit (a forked child starts over).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import math
 import os
@@ -238,9 +237,7 @@ class WriterLease:
         try:
             delete_lease_objects(self.storage, [k for s in idle for k in s.keys], _delete)
         except Exception:  # noqa: BLE001 - an unremoved lease just expires
-            return
-        for s in idle:
-            _remove_session_dir(self.storage, s.id)
+            pass
 
     # -------------------------------------------------------------- internals
     def _start_session(self) -> _Session:
@@ -381,15 +378,6 @@ class WriterLease:
                 delete_lease_objects(self.storage, s.keys, _delete)
             except Exception:  # noqa: BLE001 - GC removes expired leases
                 pass
-
-
-def _remove_session_dir(storage: Storage, sid: str) -> None:
-    # On a local store the session's directory would stay, empty, after its objects are gone;
-    # only this session writes into it, and its refresh thread has stopped.
-    path = storage.local_path(lease_key(sid, START))
-    if path is not None:
-        with contextlib.suppress(OSError):  # not empty (a refresh raced), or gone already
-            os.rmdir(os.path.dirname(path))
 
 
 def _delete(storage: Storage, keys: list[str]) -> None:

@@ -29,8 +29,10 @@ writer); the writer side is :class:`.lease_writer.WriterLease`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -364,8 +366,13 @@ def delete_lease_objects(
     delete: Optional[Callable[[Storage, list[str]], None]] = None,
 ) -> None:
     """Remove lease objects, every ``start`` last: a lease left without its ``start`` cannot be
-    dated and would keep every blob while it lives."""
+    dated and would keep every blob while it lives.  On a local store, then the session
+    directories they leave empty (a tier would gain one per task for ever); a writer that
+    puts into one meanwhile makes it again (``LocalStorage`` retries such a put)."""
     delete = delete or (lambda st, ks: st.delete_many(ks))
     keys = list(keys)
     delete(storage, [k for k in keys if not k.endswith("/" + START)])
     delete(storage, [k for k in keys if k.endswith("/" + START)])
+    for directory in {os.path.dirname(p) for p in map(storage.local_path, keys) if p}:
+        with contextlib.suppress(OSError):  # not empty, or gone already
+            os.rmdir(directory)
