@@ -70,12 +70,18 @@ def test_store_survives_removal_of_its_directories(local, tmp_path):
 PACKS = options(chunk_size=1 << 20, small_size=512 << 10)
 
 
-def test_packs_copied_in_kernel_equal_packs_read_through_memory(tmp_path, monkeypatch):
-    """Small files are packed in the kernel (each copied into the staged pack, then hashed from
-    it): the same blobs and per-file digests as the read-through-memory path, which a kernel
-    refusing copy_file_range (EXDEV, injected) still gets, and both load back intact."""
+@pytest.mark.parametrize("path", ["buffer", "kernel"])
+def test_packs_staged_in_the_store_equal_packs_read_through_memory(tmp_path, monkeypatch, path):
+    """Small files are packed into a staged file of the store: through one buffer that hashes
+    each file and the pack as it writes them ("buffer", where the filesystem cannot clone:
+    no copy_file_range at all), or, where it can ("kernel", forced here), each member over
+    64 KiB copied by the kernel and hashed from the staged pack.  Either gives the same blobs
+    and per-file digests as the read-through-memory path, which a kernel refusing
+    copy_file_range (EXDEV, injected) still gets, and all load back intact."""
     import errno
     import os
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import packing
 
     src = tmp_path / "src"
     src.mkdir()
@@ -90,18 +96,23 @@ def test_packs_copied_in_kernel_equal_packs_read_through_memory(tmp_path, monkey
         return real_copy(*args, **kwargs)
 
     monkeypatch.setattr(os, "copy_file_range", counted)
+    if path == "kernel":
+        monkeypatch.setattr(packing, "pack_clones", lambda members, fd: True)
     m_fast = fast.save(str(src), make_scope())
-    # The in-kernel path ran: each member over 64 KiB copied by the kernel, no tiny one.
+    # The kernel path: each member over 64 KiB copied by the kernel, no tiny one; the buffer
+    # path (this test's ext4 or tmpfs cannot clone): none.
     assert sorted(copies) == sorted(
         n
         for n in (1000 + 37 * i if i % 3 else 70_000 + 9_000 * i for i in range(40))
-        if n > 64 << 10
+        if n > 64 << 10 and path == "kernel"
     )
+    monkeypatch.undo()
 
     def refuse(*_args, **_kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "copy_file_range", refuse)
+    monkeypatch.setattr(packing, "pack_clones", lambda members, fd: True)  # tries the kernel
     slow = CheckpointStore(LocalStorage(str(tmp_path / "slow")), PACKS)
     m_slow = slow.save(str(src), make_scope())
     monkeypatch.undo()
@@ -125,24 +136,31 @@ def test_packs_copied_in_kernel_equal_packs_read_through_memory(tmp_path, monkey
 
 
 @pytest.mark.parametrize(
-    "member, when, how",
+    "member, when, how, path",
     [
-        (member, "before", how)
+        (member, "before", how, path)
         for member in ("copied", "staged")
         for how in ("grow", "shrink", "replace")
+        for path in ("buffer", "kernel")
     ]
-    + [("copied", "during", how) for how in ("grow", "shrink", "rewrite")],
+    + [("copied", "during", how, "kernel") for how in ("grow", "shrink", "rewrite")]
+    + [
+        (member, "during", how, "buffer")
+        for member in ("copied", "staged")
+        for how in ("grow", "shrink", "rewrite")
+    ],
 )
-def test_a_packed_file_changing_during_its_in_kernel_copy_fails_the_save(
-    tmp_path, monkeypatch, member, when, how
+def test_a_packed_file_changing_while_it_is_staged_fails_the_save(
+    tmp_path, monkeypatch, member, when, how, path
 ):
-    """A pack member copied in the kernel (over 64 KiB) or staged through memory (tiny) is
-    checked like one read through memory: a file that grew, shrank, was rewritten or replaced
-    since the scan ("before" the copy) or while the kernel copied it ("during": changed after
-    copy_file_range returned, before the fstat on the descriptor copied from) fails the save."""
+    """A pack member over 64 KiB (copied by the kernel where the store's filesystem clones) or
+    tiny (staged through memory), or any member passing through the hashing buffer, is checked
+    like one read through memory: a file that grew, shrank, was rewritten or replaced since the
+    scan ("before") or while it was copied ("during": changed after copy_file_range or the
+    read returned, before the fstat on the descriptor read from) fails the save."""
     import os
 
-    from metaflow_extensions.checkpointing.plugins.checkpointing.core import scan as scan_mod
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import packing
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.scan import scan
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import SaveStats
     from metaflow_extensions.checkpointing.plugins.checkpointing.core.upload import (
@@ -159,34 +177,46 @@ def test_a_packed_file_changing_during_its_in_kernel_copy_fails_the_save(
     (src / "a.bin").write_bytes(rand(size, 1))
     (src / "b.txt").write_bytes(b"b")
     files, _dirs, _kind = scan(str(src))
-    path = src / "a.bin"
+    path_ = src / "a.bin"
 
     def change():
         if how == "grow":
-            with open(path, "ab") as f:
+            with open(path_, "ab") as f:
                 f.write(b"more")
         elif how == "shrink":
-            os.truncate(path, size - 1)
+            os.truncate(path_, size - 1)
         elif how == "rewrite":
-            with open(path, "r+b") as f:
+            with open(path_, "r+b") as f:
                 f.write(b"EVIL")
         else:
             other = src / "other"
             other.write_bytes(rand(size, 2))
-            st = os.stat(path)
+            st = os.stat(path_)
             os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
-            os.replace(other, path)
+            os.replace(other, path_)
 
+    if path == "kernel":
+        monkeypatch.setattr(packing, "pack_clones", lambda members, fd: True)
     if when == "before":
         change()
-    else:
-        real = scan_mod.copy_range
+    elif path == "kernel":
+        real = packing.copy_range
 
         def copy_then_change(*args, **kwargs):
             real(*args, **kwargs)
             change()
 
-        monkeypatch.setattr(scan_mod, "copy_range", copy_then_change)
+        monkeypatch.setattr(packing, "copy_range", copy_then_change)
+    else:
+        real_read = os.preadv
+
+        def read_then_change(fd, buffers, offset):
+            n = real_read(fd, buffers, offset)
+            if n == size:  # a.bin's read (b.txt is one byte)
+                change()
+            return n
+
+        monkeypatch.setattr(os, "preadv", read_then_change)
     storage = LocalStorage(str(tmp_path / "store"))
     with pytest.raises(CheckpointConfigError, match=r"a\.bin changed while save\(\) was reading"):
         upload_tree(files, BlobWriter(storage), PACKS, SaveStats())
@@ -329,16 +359,21 @@ def test_a_blob_failing_after_its_bytes_were_written_leaves_no_stale_byte(tmp_pa
     assert (tmp_path / "out" / "model.bin").read_bytes() == saved
 
 
+@pytest.mark.parametrize("path", ["buffer", "kernel"])
 @pytest.mark.parametrize("workers", [1, 4])
 def test_packs_from_a_filesystem_the_kernel_cannot_copy_from_are_staged_once(
-    tmp_path, monkeypatch, workers
+    tmp_path, monkeypatch, workers, path
 ):
-    """A source on another filesystem than the local store (copy_file_range: EXDEV, injected):
-    the first pack finds out, every pack started later on that filesystem is read through
-    memory at once instead of staging its members in the kernel again (packs already in
-    flight on other workers try once each); the blobs are the same."""
+    """A source on another filesystem than the local store (copy_file_range: EXDEV, injected).
+    Through the hashing buffer ("buffer": the store cannot clone from it), no pack asks the
+    kernel.  Where the kernel path is taken ("kernel", forced), the first pack finds out, and
+    every pack started later on that filesystem is read through memory at once instead of
+    staging its members in the kernel again (packs already in flight on other workers try once
+    each).  The blobs are the same."""
     import errno
     import os
+
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import packing
 
     src = tmp_path / "src"
     src.mkdir()
@@ -351,10 +386,15 @@ def test_packs_from_a_filesystem_the_kernel_cannot_copy_from_are_staged_once(
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "copy_file_range", refuse)
+    if path == "kernel":
+        monkeypatch.setattr(packing, "pack_clones", lambda members, fd: True)
     store = CheckpointStore(LocalStorage(str(tmp_path / "store")), replace(PACKS, workers=workers))
     m = store.save(str(src), make_scope())
     assert len({c.blob for f in m.files for c in f.chunks}) == 7
-    assert len(tries) == 1 if workers == 1 else 1 <= len(tries) <= workers < 7
+    if path == "buffer":
+        assert tries == []
+    else:
+        assert len(tries) == 1 if workers == 1 else 1 <= len(tries) <= workers < 7
     monkeypatch.undo()
     store.load(store.read(m.key), str(tmp_path / "out"))
     assert snapshot(tmp_path / "out") == snapshot(src)

@@ -25,7 +25,6 @@ import stat
 from dataclasses import dataclass
 
 from ..errors import CheckpointConfigError
-from ..storage.oscopy import UNSUPPORTED_COPY, copy_range
 from .tempnames import is_temp_name
 
 
@@ -284,74 +283,3 @@ def _check_source(f: _File, failed: bool = False) -> None:
     effective = os.access in os.supports_effective_ids
     if failed and not os.access(f.abs, os.R_OK, effective_ids=effective):
         raise _unreadable(f.abs, PermissionError(errno.EACCES, "Permission denied"), "file")
-
-
-#: copy_file_range errnos that only the side written can cause: a full, over-quota or
-#: read-only store, never the user's source file.
-_STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
-
-
-def _copy_member(f: _File, fd: int, pos: int) -> None:
-    """Copy all of ``f`` into ``fd`` at ``pos`` in the kernel; fail if ``f`` is no longer the
-    file :func:`.scan.scan` saw (one ``fstat`` after the copy, on the descriptor copied from).
-
-    An ``OSError`` of :data:`.oscopy.UNSUPPORTED_COPY` propagates as is (the caller falls back
-    to reading through memory), and so does one of :data:`_STORE_ERRNOS`: ``copy_file_range``
-    does not say which side failed, and those are the destination's (the store is full)."""
-    try:
-        src = os.open(f.abs, os.O_RDONLY)
-    except OSError as exc:
-        raise _unreadable(f.abs, exc, "file") from exc
-    ended_early = False
-    try:
-        try:
-            copy_range(src, fd, f.size, 0, pos, what=f.abs)
-        except OSError as exc:
-            if exc.errno in UNSUPPORTED_COPY or exc.errno in _STORE_ERRNOS:
-                raise  # the caller falls back / names the store (BlobWriter.put_filled)
-            if exc.errno != errno.EIO:
-                raise _unreadable(f.abs, exc, "file") from exc
-            ended_early = True  # copy_range's "ended early": the file shrank
-        st = os.fstat(src)
-    finally:
-        os.close(src)
-    if ended_early or (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
-        f.fingerprint
-    ):
-        _check_unchanged(f, st, ended_early=ended_early)
-
-
-#: Pack members up to this size are staged through memory (see _pack_in_kernel), at most
-#: _STAGE bytes of them at a time.
-_TINY = 64 << 10
-_STAGE = 1 << 20
-
-
-def _write_all(fd: int, data: memoryview, pos: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, pos)
-        data = data[n:]
-        pos += n
-
-
-def _copy_pack(members: list[tuple[_File, int, int]], fd: int) -> None:
-    """Write each ``(file, start, size)`` of a pack into ``fd`` at ``start``, each file checked
-    as it is read.  Larger members are copied in the kernel (:func:`_copy_member`); tiny ones
-    are read into one small staging buffer written with one ``pwrite`` per MiB:
-    ``copy_file_range`` costs more than a read and a share of one write for them."""
-    stage = memoryview(bytearray(_STAGE + _TINY))
-    staged = 0
-    stage_at = 0
-    for f, start, size in members:
-        if size > _TINY:
-            _copy_member(f, fd, start)
-            continue
-        if staged and stage_at + staged != start or staged + size > len(stage):
-            _write_all(fd, stage[:staged], stage_at)
-            staged = 0
-        if not staged:
-            stage_at = start
-        _read_into(f, 0, stage[staged : staged + size])
-        staged += size
-    if staged:
-        _write_all(fd, stage[:staged], stage_at)

@@ -25,13 +25,26 @@ def _no_progress(n: int) -> None:
     pass
 
 
-def digest(data) -> str:
-    """BLAKE3-256 hex digest of a buffer."""
-    # Imported on first use, not with the module: `import metaflow` reaches this module in
-    # every task, also in a remote image without blake3 (task/deps.py names what is missing).
-    import blake3
+class _Blake3:
+    """BLAKE3-256: ``digest(buffer)`` is the hex digest of a buffer, ``digest.new()`` an
+    incremental hasher of the same (``update(buffer)``, ``hexdigest()``), which lets a local
+    store hash pieces as it copies them (:meth:`.Storage.ingest_range`)."""
 
-    return blake3.blake3(data).hexdigest()
+    def __call__(self, data) -> str:
+        # Imported on first use, not with the module: `import metaflow` reaches this module
+        # in every task, also in a remote image without blake3 (task/deps.py names it).
+        import blake3
+
+        return blake3.blake3(data).hexdigest()
+
+    def new(self):
+        import blake3
+
+        return blake3.blake3()
+
+
+#: The content hash of every blob and recorded file digest.
+digest = _Blake3()
 
 
 @dataclass

@@ -7,10 +7,11 @@ bytes so that many tiny files cost a few requests, not one each.  Work runs on a
 (hashing, file I/O and network calls release the GIL) with at most ``inflight`` buffers alive,
 so memory stays bounded by ``inflight * (chunk_size + small_size)`` whatever the checkpoint size.
 
-On a local store both go through the kernel (:meth:`.Storage.ingest_range` and
-:meth:`.Storage.ingest_filled`): chunks and pack members are copied with ``copy_file_range``
-into a staged file (tiny members through a 1 MiB buffer), which is then hashed from a read-only
-mapping, so the blob's name is the hash of the bytes as stored and no 16 MiB buffer is filled.
+On a local store both are written into a staged file of the store
+(:meth:`.Storage.ingest_range`, :meth:`.Storage.ingest_filled`): through a 1 MiB buffer that
+hashes the bytes it writes (:mod:`.packing`, ``oscopy.copy_hashing``), or, where the filesystem
+clones, by the kernel and then hashed from a read-only mapping.  Either way the blob's name is
+the hash of the bytes as stored, and no 16 MiB buffer is filled.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .codec import encode, name_of
 from .layout import blob_key
 from .lease_writer import WriterLease
 from .manifest import ChunkRef, FileEntry
-from .scan import _check_source, _copy_pack, _File, _read_into
+from .packing import StagedPack
+from .scan import _check_source, _File, _read_into
 from .transfer import (
     Progress,
     SaveStats,
@@ -259,9 +261,8 @@ def _pack_in_kernel(
     chunks: list[dict[int, ChunkRef]],
     digests: dict[int, str],
 ) -> bool:
-    """Store the pack of ``files[indices]`` through the backend's in-kernel path: each file is
-    copied into the staged pack, then the pack and each file are hashed from one read-only
-    mapping of it (the bytes as stored).  False if the backend has no such path."""
+    """Store the pack of ``files[indices]`` through the backend's staged-file path
+    (:class:`.packing.StagedPack`).  False if the backend has no such path."""
     devices = {files[i].fingerprint[:1] for i in indices}
     if devices & writer.no_kernel_packs:
         return False
@@ -270,27 +271,16 @@ def _pack_in_kernel(
     for i in indices:
         layout.append((i, pos, files[i].size))
         pos += files[i].size
-    own: dict[int, str] = {}
-
-    def fill(fd: int) -> None:
-        _copy_pack([(files[i], start, size) for i, start, size in layout], fd)
-
-    def digest_of(view) -> str:
-        with memoryview(view) as whole:
-            for i, start, size in layout:
-                with whole[start : start + size] as part:
-                    own[i] = digest(part)
-            return digest(whole)
-
+    pack = StagedPack([(files[i], start, size) for i, start, size in layout])
     what = "a pack of %d files (%s, ...)" % (len(indices), files[indices[0]].abs)
-    h = writer.put_filled(pos, fill, digest_of, stats, what)
+    h = writer.put_filled(pos, pack.fill, pack.digest_of, stats, what)
     if h is None:
         writer.no_kernel_packs |= devices
         return False
     with lock:
-        for i, start, size in layout:
+        for (i, start, size), own in zip(layout, pack.own):
             chunks[i][0] = ChunkRef(h, start, size)
-            digests[i] = own[i]
+            digests[i] = own
         stats.bytes_read += pos
     return True
 

@@ -166,19 +166,24 @@ class Storage(abc.ABC):
 
         Returns ``(digest, newly_stored)``, or None when unsupported (callers then read the bytes
         and use :meth:`put_bytes`).  The digest is computed over the bytes as stored, so a file
-        changing meanwhile can never leave a blob that does not match its key.
+        changing meanwhile can never leave a blob that does not match its key.  If ``digest``
+        has a ``new()`` method returning an incremental hasher of the same hash
+        (:class:`.oscopy.Hasher`), a backend may hash the bytes piece by piece as it writes
+        them.
         """
         return None
 
     def ingest_filled(
         self,
         length: int,
-        fill: Callable[[int], None],
+        fill: Callable[[int], Optional[str]],
         digest: Callable[[Buffer], str],
         key_for: Callable[[str], str],
     ) -> Optional[tuple[str, bool]]:
         """Like :meth:`ingest_range` for ``length`` bytes that ``fill(fd)`` writes at offset 0
         of a new file of the store (e.g. many small files copied in the kernel into one pack).
+        ``fill`` returns None, and the bytes are then hashed as stored with ``digest``, or the
+        digest of exactly the bytes it wrote, taken as it wrote them (not read again).
 
         Returns ``(digest, newly_stored)``, or None when unsupported, also when ``fill`` raises
         an ``OSError`` whose errno is in :data:`.oscopy.UNSUPPORTED_COPY` or the staged file
