@@ -203,3 +203,91 @@ def test_a_save_where_the_filesystem_clones_shares_the_sources_blocks(reflink_di
     assert all(_blob(reflink_dir, n).read_bytes() == data for n, data in stored.items())
     store.load(store.read(m.key), str(reflink_dir / "out"))
     assert (reflink_dir / "out" / "big.bin").read_bytes() == rand(3 * MIB + 5000, 1)
+
+
+# ------------------------------------------------------------------------------------ loads
+def _pattern(n: int, zero_every: int, seed: int) -> bytes:
+    """``n`` bytes: random, with every ``zero_every``-th 64 KiB block all zeros (0: none)."""
+    data = bytearray(rand(n, seed))
+    if zero_every:
+        for k, off in enumerate(range(0, n, 64 * KIB)):
+            if k % zero_every == 0:
+                data[off : off + 64 * KIB] = bytes(min(64 * KIB, n - off))
+    return bytes(data)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    files=st.lists(
+        st.tuples(
+            st.sampled_from([1, 4096, 70_000, PIECE - 1, PIECE + 1, 3 * PIECE + 4097])
+            | st.integers(1, 4 * PIECE),
+            st.sampled_from([0, 1, 2, 3]),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_a_local_load_hashes_what_it_writes_on_its_fast_path(tmp_path_factory, files):
+    """Chunks and pack members of any size, with zero blocks (left as holes) anywhere, are
+    written from the store's mapping, a chunk hashed piece by piece as it is written: each
+    verifies there, so no blob is fetched again by the generic path, and the files load back
+    exactly."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.core import download
+
+    base = tmp_path_factory.mktemp("load")
+    src = base / "src"
+    src.mkdir()
+    for k, (n, zero_every) in enumerate(files):
+        (src / ("f%d" % k)).write_bytes(_pattern(n, zero_every, k))
+    store = CheckpointStore(
+        LocalStorage(str(base / "store")), options(chunk_size=2 * MIB, small_size=128 * KIB)
+    )
+    m = store.save(str(src), make_scope())
+    real, generic = download._fetch_verified, []
+
+    def counted(*args, **kwargs):
+        generic.append(args[2])
+        return real(*args, **kwargs)
+
+    download._fetch_verified = counted
+    try:
+        store.load(store.read(m.key), str(base / "out"))
+    finally:
+        download._fetch_verified = real
+    assert generic == []
+    assert snapshot(base / "out") == snapshot(src)
+
+
+@pytest.mark.parametrize("where", ["data", "hole"])
+@pytest.mark.parametrize("kind", ["chunk", "member"])
+def test_a_stored_byte_flipped_anywhere_fails_the_fast_path_load(tmp_path, kind, where):
+    """A byte flipped in the store, in data or in a zero block the load leaves as a hole, of a
+    large file's chunk or of a pack member: the load is an integrity error naming the file,
+    and the file is not left in the target."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
+        CheckpointIntegrityError,
+    )
+
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 3 * PIECE + 5 if kind == "chunk" else 100 * KIB
+    (src / "f.bin").write_bytes(_pattern(size, 2, 1))  # blocks 0, 2, 4, ... are zeros
+    (src / "g.bin").write_bytes(rand(50 * KIB, 2))
+    store = CheckpointStore(
+        LocalStorage(str(tmp_path / "store")), options(chunk_size=4 * MIB, small_size=128 * KIB)
+    )
+    m = store.save(str(src), make_scope())
+    (entry,) = [f for f in m.files if f.path == "f.bin"]
+    c = entry.chunks[0]
+    at = c.offset + (64 * KIB + 10 if where == "data" else 10)
+    blob = tmp_path / "store" / "blobs" / c.blob[:2] / c.blob
+    data = bytearray(blob.read_bytes())
+    data[at] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CheckpointIntegrityError, match="f.bin"):
+        store.load(store.read(m.key), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "f.bin").exists()
