@@ -322,6 +322,12 @@ def _place(
                 if hasher is not None:
                     hasher.add(off, part)
 
+    def opener() -> int:
+        fd = job.open_file(i)
+        if len(piece) >= _MIN_CLONE:
+            hold.release()  # creating the file is what contends, not writing 64 KiB into it
+        return fd
+
     if member:
         hold.enter(i)
-    place(lambda: job.open_file(i), _extend_to(job.manifest.files[i]), piece, copy)
+    place(opener, _extend_to(job.manifest.files[i]), piece, copy)
