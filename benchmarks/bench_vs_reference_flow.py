@@ -16,9 +16,10 @@ in ``MFCKPT_VSREF_SPEC`` (JSON).  Only the public ``@checkpoint`` API both packa
   ``task_pre_step``), and the step reads every byte of ``current.checkpoint.directory``.
 
 Every timed operation is preceded by ``_benchutil.prepare`` (``sync`` and memory recycling, as
-for the baselines) and sampled every 10 ms for the RSS of the whole process tree (the task and
-its children: Metaflow's S3 client downloads in subprocesses) and for the disk used under
-``TMPDIR`` and the task's working directory (where Metaflow's S3 client stages files).
+for the baselines) and sampled every 10 ms, from a separate process (``_tree_sampler.py``), for
+the RSS of the whole process tree (the task and its children: Metaflow's S3 client downloads
+in subprocesses) and for the disk used under ``TMPDIR`` and the task's working directory
+(where Metaflow's S3 client stages files).
 Results go to ``<out>.json`` (one JSON object per line, merged by the driver).
 """
 
@@ -26,10 +27,12 @@ import json
 import os
 import shutil
 import statistics
-import threading
+import subprocess
+import sys
 import time
 
 from _benchutil import prepare, recycle_size
+from _tree_sampler import disk_usage as _disk_usage
 from metaflow import FlowSpec, checkpoint, current, retry, step
 
 MiB = 1 << 20
@@ -44,81 +47,47 @@ def _emit(record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _disk_usage(path: str, skip: str = "") -> int:
-    """Bytes allocated under ``path`` (``lstat``: a symbolic link counts as itself)."""
-    total = 0
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return 0
-    for entry in entries:
-        try:
-            if entry.path == skip:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                total += _disk_usage(entry.path, skip)
-            else:
-                total += entry.stat(follow_symlinks=False).st_blocks * 512
-        except OSError:  # removed while we looked: a temp file
-            continue
-    return total
-
-
 def _temp_dirs() -> list:
     return [os.environ["TMPDIR"], os.getcwd()]
 
 
 class TreeSampler:
-    """Peak RSS of this process and all its descendants, and peak disk under the temp dirs.
+    """Peak RSS of this process and all its descendants, and peak disk under the temp dirs,
+    sampled by ``_tree_sampler.py`` in a separate process (an in-process sampler thread held
+    this process's GIL for every walk of the directories).
 
     Both are reported above their level at ``__enter__``.  ``skip`` is left out of the disk
     count (a load's destination when it lies under a temp dir).
     """
 
     def __init__(self, interval: float = 0.01, skip: str = ""):
-        import psutil
-
-        self._psutil = psutil
-        self._proc = psutil.Process()
-        self._interval = interval
-        self._skip = skip
-        self._stop = threading.Event()
-        self._thread = None
-        self.rss0 = self.rss_peak = self.disk0 = self.disk_peak = 0
-
-    def _rss(self) -> int:
-        total = 0
-        for proc in [self._proc] + self._proc.children(recursive=True):
-            try:
-                total += proc.memory_info().rss
-            except self._psutil.Error:  # exited between listing and reading
-                pass
-        return total
-
-    def _disk(self) -> int:
-        return sum(_disk_usage(d, self._skip) for d in _temp_dirs())
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.rss_peak = max(self.rss_peak, self._rss())
-            self.disk_peak = max(self.disk_peak, self._disk())
-            self._stop.wait(self._interval)
+        self._args = [str(os.getpid()), str(interval), skip or "-", *_temp_dirs()]
+        self._proc = None
+        self.levels: dict = {}
 
     def __enter__(self) -> "TreeSampler":
-        self.rss0 = self.rss_peak = self._rss()
-        self.disk0 = self.disk_peak = self._disk()
-        self._thread = threading.Thread(target=self._sample, name="tree-sampler", daemon=True)
-        self._thread.start()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tree_sampler.py")
+        self._proc = subprocess.Popen(
+            [sys.executable, script, *self._args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self._proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("_tree_sampler.py did not start")
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.rss_peak = max(self.rss_peak, self._rss())
-        self.disk_peak = max(self.disk_peak, self._disk())
+        self._proc.stdin.close()
+        self.levels = json.loads(self._proc.stdout.readline())
+        self._proc.wait()
 
     def to_json(self) -> dict:
-        return {"rss_extra": self.rss_peak - self.rss0, "disk_extra": self.disk_peak - self.disk0}
+        lv = self.levels
+        return {
+            "rss_extra": lv["rss_peak"] - lv["rss0"],
+            "disk_extra": lv["disk_peak"] - lv["disk0"],
+        }
 
 
 def _timed(fn, recycle_bytes: int, skip: str = "") -> dict:
