@@ -416,7 +416,8 @@ def notes(raw: dict, args) -> list:
         "¹ the reference's load left symbolic links into its store: its time is the load plus "
         "reading every byte (ours leaves files: its time is the load alone).",
         "Peak RSS: the task process and all its children (Metaflow's S3 client downloads in "
-        "subprocesses), sampled every 10 ms by a separate process (_tree_sampler.py), above the level just before the call; the largest "
+        "subprocesses), sampled every 10 ms by a separate process (_tree_sampler.py), above "
+        "the level just before the call; the largest "
         "over the runs; a sum of RSS, so pages shared by processes (each child's interpreter "
         "and libraries) count once per process.  Extra temp disk: bytes allocated under "
         "TMPDIR and the task's working directory during the call (the loaded directory of an "
