@@ -18,9 +18,11 @@ directory (16 files) and of many 256 KiB files, the retry's auto-load, a torch s
 overhead of the decorator with and without a save.  A load of the reference that leaves symbolic
 links into its store (its local datastore does) is counted as load + reading every byte.
 Raw baselines on the same bytes: ``cp -r`` (local) and boto3's ``TransferManager`` (S3), from
-``bench.py``.  Verdict per row: ours ≥ 2× faster than the reference, or, where 2× the
-reference would beat the raw copy, within 10% of the raw baseline.  Nothing here asserts: the
-exit status is non-zero only when something fails to run.
+``bench.py``; for the local torch rows, ``torch.save`` then ``cp -r`` of its directory, and
+``cp -r`` then ``torch.load`` of the copy (:func:`time_torch_raw`).  Verdict per row: ours ≥ 2×
+faster than the reference, or, where 2× the reference would beat the raw copy, within 10% of
+the raw baseline.  Nothing here asserts: the exit status is non-zero only when something fails
+to run.
 """
 
 from __future__ import annotations
@@ -223,6 +225,37 @@ def overhead(pythons: dict, work: Path, runs: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------- table
+def time_torch_raw(mib: int, repeat: int, scratch: Path, recycle: bool) -> dict:
+    """Raw baselines of the torch rows, without any checkpoint package: ``torch.save`` of the
+    flow's kind of state dict into a directory, then ``cp -r`` of it (save); ``cp -r`` of that
+    directory, then ``torch.load`` of the copy (load).  ``prepare`` before each."""
+    import torch
+    from _benchutil import prepare, recycle_size
+
+    per = mib * MiB // 16 // 4  # as bench_vs_reference_flow._state_dict
+    out: dict = {"save": [], "load": []}
+    for i in range(repeat):
+        state = {"layer%02d.weight" % k: torch.rand(per) for k in range(16)}
+        src, dst = scratch / ("torch-%d" % i), scratch / ("torch-cp-%d" % i)
+        src.mkdir()
+        prepare(recycle_size(mib * MiB), recycle, str(scratch))
+        t0 = time.perf_counter()
+        torch.save(state, src / "model.pt")
+        subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+        out["save"].append(time.perf_counter() - t0)
+        remove(dst)
+        state = None
+        prepare(recycle_size(mib * MiB), recycle, str(scratch))
+        t0 = time.perf_counter()
+        subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+        state = torch.load(dst / "model.pt")
+        out["load"].append(time.perf_counter() - t0)
+        state = None
+        remove(dst)
+        remove(src)
+    return out
+
+
 def med(values) -> float:
     return statistics.median(values)
 
@@ -352,7 +385,9 @@ def baseline(raw: dict, backend: str, row: str) -> tuple:
     if kind == "autoload":
         kind, what = "load", "retry"
     if what == "torch":
-        return None, None
+        times = raw.get("torch_raw", {}).get(kind) if backend == "local" else None
+        name = "torch.save + cp -r" if kind == "save" else "cp -r + torch.load"
+        return (med(times), name) if times else (None, None)
     if backend == "local":
         times = raw["cp"].get(what)
         return (med(times["seconds"]), "cp -r") if times else (None, None)
@@ -426,7 +461,9 @@ def notes(raw: dict, args) -> list:
         "recycling (see _benchutil.py)%s." % (" (off: --no-recycle)" if args.no_recycle else ""),
         "Raw baselines: `cp -r` of the same directory (local); boto3 TransferManager upload / "
         "download of the same files with our worker count (S3), against the same moto server; "
-        "the auto-load row's baseline is the same copy of the retry directory.",
+        "the auto-load row's baseline is the same copy of the retry directory; the local torch "
+        "rows' are `torch.save` then `cp -r` (save) and `cp -r` then `torch.load` (load) of "
+        "the same kind of state dict.",
         "Overhead rows: `run` wall time of a start -> end flow with a bare @checkpoint on start "
         "(and one save) minus the same flow without it, in the same venv; medians of %d runs."
         % args.overhead_runs,
@@ -530,6 +567,7 @@ def run(args) -> int:
         raw["cp"] = {}
         for what in ("dir", "many", "retry"):
             raw["cp"][what] = time_cp([data[what]] * args.repeat, scratch, recycle)
+        raw["torch_raw"] = time_torch_raw(args.torch_mib, args.repeat, scratch, recycle)
         log("cp -r done")
 
         def contest(backend: str, s3: dict = None) -> None:
