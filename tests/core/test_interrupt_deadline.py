@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,10 +126,11 @@ def _manifests(storage: LocalStorage) -> list[str]:
 
 
 def _join_threads(name: str) -> None:
-    for thread in threading.enumerate():
-        if thread.name == name:
-            thread.join(30)
-            assert not thread.is_alive()
+    """Wait until no thread is named ``name`` (a save worker is renamed once its save ends)."""
+    end = time.monotonic() + 30
+    while any(t.name == name for t in threading.enumerate()):
+        assert time.monotonic() < end, "a thread named %s still runs after 30 s" % name
+        time.sleep(0.01)
 
 
 def test_a_blocking_save_held_past_the_deadline_is_abandoned_and_never_commits(tmp_path):

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 
 from ..errors import CheckpointException, CheckpointInterrupted
 from ..fmt import describe_error
+from . import save_threads
 from .fence import COMMIT_GRACE, Fence, SaveAbandoned
 
 if TYPE_CHECKING:
@@ -254,9 +255,9 @@ class Interrupts:
             finally:
                 done.set()
 
-        # A daemon: an abandoned save must not keep the process alive (the fence keeps it from
-        # committing; its uploads stop at their next chunk).
-        threading.Thread(target=save, name="checkpoint-save", daemon=True).start()
+        # In a daemon thread: an abandoned save must not keep the process alive (the fence
+        # keeps it from committing; its uploads stop at their next chunk).
+        save_threads.start(save)
         while not done.wait(_TICK):
             self._announce()
             if self._deadline is None or time.monotonic() < self._deadline:
