@@ -121,6 +121,7 @@ LIBRARY = "_library"
 
 
 # ---------------------------------------------------------------------------- key components
+@functools.lru_cache(maxsize=8192, typed=True)  # a save spells its task's prefix ~5 times
 def encode(component: object) -> str:
     """Percent-encode one key component (no '/', never empty, never '.' or '..')."""
     encoded = quote(str(component), safe="") or "%00"
