@@ -25,6 +25,7 @@ fails to run.  See benchmarks/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _benchutil import MiB, PeakRSS, prepare, recycle_size  # noqa: E402
+from _benchutil import MiB, PeakRSS, ext4_image, prepare, recycle_size  # noqa: E402
 
 BIG_FILES = 16
 SMALL_FILE_SIZE = 4096
@@ -593,6 +594,12 @@ def parse_args(argv=None):
         action="store_true",
         help="skip the memory recycling before timed operations (see _benchutil.py)",
     )
+    p.add_argument(
+        "--ext4-image",
+        type=int,
+        metavar="GIB",
+        help="work in a fresh journaled ext4 of GIB GiB, loop-mounted (root; _benchutil)",
+    )
     p.add_argument("--json", help="also write every raw measurement to this file")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.size_mib < 1 or args.small_files < 1:
@@ -602,6 +609,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.ext4_image:
+            args.workdir = stack.enter_context(
+                ext4_image(args.ext4_image, args.workdir or tempfile.gettempdir())
+            )
+            log("working in a fresh journaled ext4 at %s" % args.workdir)
+        return run(args)
+
+
+def run(args) -> int:
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mfckpt-bench-", dir=args.workdir or None)).resolve()
