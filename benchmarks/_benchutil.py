@@ -5,6 +5,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -98,6 +99,20 @@ def ext4_image(gib: int, parent: str):
             subprocess.run(["umount", mnt], check=False)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ext4_workdir(args):
+    """With ``args.ext4_image`` (GiB), point ``args.workdir`` at a fresh journaled ext4
+    (:func:`ext4_image`, under the given ``--workdir`` or the temp dir) while the block runs;
+    without it, change nothing."""
+    if not args.ext4_image:
+        yield
+        return
+    with ext4_image(args.ext4_image, args.workdir or tempfile.gettempdir()) as mnt:
+        args.workdir = mnt
+        print("working in a fresh journaled ext4 at %s" % mnt, file=sys.stderr, flush=True)
+        yield
 
 
 def recycle_size(data_bytes: int) -> int:

@@ -25,7 +25,6 @@ fails to run.  See benchmarks/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _benchutil import MiB, PeakRSS, ext4_image, prepare, recycle_size  # noqa: E402
+from _benchutil import MiB, PeakRSS, ext4_workdir, prepare, recycle_size  # noqa: E402
 
 BIG_FILES = 16
 SMALL_FILE_SIZE = 4096
@@ -609,12 +608,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        if args.ext4_image:
-            args.workdir = stack.enter_context(
-                ext4_image(args.ext4_image, args.workdir or tempfile.gettempdir())
-            )
-            log("working in a fresh journaled ext4 at %s" % args.workdir)
+    with ext4_workdir(args):  # a fresh journaled ext4 with --ext4-image (_benchutil)
         return run(args)
 
 

@@ -31,7 +31,6 @@ in real Metaflow tasks, ``bench.py``'s machinery) on the same directories.  Noth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -48,7 +47,7 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _benchutil import MiB, discard, ext4_image, prepare, recycle_size  # noqa: E402
+from _benchutil import MiB, discard, ext4_workdir, prepare, recycle_size  # noqa: E402
 
 KiB = 1 << 10
 #: name -> (number of files, bytes per file, in --quick)
@@ -223,12 +222,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--json", help="also write every measurement to this file")
     args = p.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        if args.ext4_image:
-            args.workdir = stack.enter_context(
-                ext4_image(args.ext4_image, args.workdir or tempfile.gettempdir())
-            )
-            log("working in a fresh journaled ext4 at %s" % args.workdir)
+    with ext4_workdir(args):  # a fresh journaled ext4 with --ext4-image (_benchutil)
         return run(args)
 
 

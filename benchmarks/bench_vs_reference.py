@@ -28,7 +28,6 @@ to run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -44,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _benchutil import MiB, ext4_image  # noqa: E402
+from _benchutil import MiB, ext4_workdir  # noqa: E402
 from bench import (  # noqa: E402
     S3_ENV,
     MotoServer,
@@ -527,10 +526,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        if args.ext4_image:  # a fresh journaled ext4 for the flows' files (_benchutil)
-            args.workdir = stack.enter_context(ext4_image(args.ext4_image, args.workdir))
-            log("working in a fresh journaled ext4 at %s" % args.workdir)
+    with ext4_workdir(args):  # a fresh journaled ext4 with --ext4-image (_benchutil)
         return run(args)
 
 
