@@ -23,6 +23,7 @@ from ..storage.oscopy import (
     can_copy_range,
     copy_range,
     map_readonly,
+    write_all,
 )
 from .destination import DirHold, Job, data_runs, place
 from .layout import blob_key
@@ -140,7 +141,7 @@ def _clone_runs(
                     if exc.errno not in UNSUPPORTED_COPY:
                         raise
                     with view[start + n : start + length] as rest:
-                        _pwrite_all(out, rest, file_pos + start + n)
+                        write_all(out, rest, file_pos + start + n)
         end = written[-1][0] + written[-1][1] if written else file_pos
         # Sized only if its last blocks are holes: a truncate to the same size would unshare
         # the last, partial block on XFS.
@@ -176,13 +177,6 @@ class _Follow:
         self.pos = max(self.pos, end)
 
 
-def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
-    """Write all of ``data`` at ``pos``: ``pwrite`` may write only part of it."""
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], pos + done)
-
-
 def _unclone(job: Job, i: int, ranges: list[tuple[int, int]]) -> None:
     """Zero the ranges written into temp file ``i`` before its blob failed verification: the
     generic path that rewrites it leaves all-zero blocks unwritten."""
@@ -195,7 +189,7 @@ def _unclone(job: Job, i: int, ranges: list[tuple[int, int]]) -> None:
             for pos, n in ranges:
                 zeros = bytes(min(n, 1 << 20))
                 for off in range(0, n, len(zeros)):
-                    _pwrite_all(fd, memoryview(zeros)[: n - off], pos + off)
+                    write_all(fd, memoryview(zeros)[: n - off], pos + off)
         finally:
             os.close(fd)
     except OSError as exc:
@@ -217,10 +211,10 @@ def _copy_mapped(
         # from memory again (5-8% of a load's CPU).  Not pack members: they are written
         # holding their directory's lock, and their hashes run in parallel after it.
         follow = (
-            not _per_file(manifest, done)
-            and len(done) == 1
+            len(done) == 1
             and done[0][0][2].offset == 0
             and done[0][0][2].length == len(view)
+            and not _per_file(manifest, done)
         )
         hashed: Optional[str] = None
         with job.hold() as hold:
@@ -318,7 +312,7 @@ def _place(
         step = PIECE if hasher is not None else max(n, 1)
         for off in range(start, start + n, step):
             with piece[off : min(off + step, start + n)] as part:  # released: the map closes
-                _pwrite_all(out, part, pos + off)
+                write_all(out, part, pos + off)
                 if hasher is not None:
                     hasher.add(off, part)
 

@@ -36,6 +36,10 @@ def can_copy_range() -> bool:
     return hasattr(os, "copy_file_range")
 
 
+def _ended_early(what: str, missing: int) -> OSError:
+    return OSError(errno.EIO, "%s ended %d bytes early (modified while copied?)" % (what, missing))
+
+
 def copy_range(
     src_fd: int, dst_fd: int, length: int, src_off: int, dst_off: int, what: str
 ) -> None:
@@ -47,10 +51,7 @@ def copy_range(
     while done < length:
         n = os.copy_file_range(src_fd, dst_fd, length - done, src_off + done, dst_off + done)
         if n == 0:
-            raise OSError(
-                errno.EIO,
-                "%s ended %d bytes early (modified while copied?)" % (what, length - done),
-            )
+            raise _ended_early(what, length - done)
         done += n
 
 
@@ -99,10 +100,7 @@ def copy_hashing(
     while done < length:
         n = os.preadv(src_fd, [buf[: min(PIECE, length - done)]], src_off + done)
         if n == 0:
-            raise OSError(
-                errno.EIO,
-                "%s ended %d bytes early (modified while copied?)" % (what, length - done),
-            )
+            raise _ended_early(what, length - done)
         piece = buf[:n]
         hasher.update(piece)
         write_all(dst_fd, piece, dst_off + done)
