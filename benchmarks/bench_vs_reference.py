@@ -17,9 +17,10 @@ directory (16 files) and of many 256 KiB files, the retry's auto-load, a torch s
 (``torch.save`` + ``save``; ``load`` + ``torch.load``), 4 KiB saves (median) and the per-task
 overhead of the decorator with and without a save.  A load of the reference that leaves symbolic
 links into its store (its local datastore does) is counted as load + reading every byte.
-Raw baselines on the same bytes: ``cp -r`` (local) and boto3's ``TransferManager`` (S3), from
-``bench.py``; for the local torch rows, ``torch.save`` then ``cp -r`` of its directory, and
-``cp -r`` then ``torch.load`` of the copy (:func:`time_torch_raw`).  Verdict per row: ours ≥ 2×
+Raw baselines on the same bytes: locally ``cp -r``, timed by the flow in the same task beside
+each operation (for the torch rows ``torch.save`` then ``cp -r`` of its directory, and ``cp -r``
+then ``torch.load`` of the copy), the median over our runs; on S3 boto3's ``TransferManager``
+(``bench.py``'s), timed here before the S3 runs.  Verdict per row: ours ≥ 2×
 faster than the reference, or, where 2× the reference would beat the raw copy, within 10% of
 the raw baseline.  Nothing here asserts: the exit status is non-zero only when something fails
 to run.
@@ -53,7 +54,6 @@ from bench import (  # noqa: E402
     make_big,
     remove,
     s3_client,
-    time_cp,
     tm_transfer,
 )
 
@@ -158,6 +158,7 @@ def run_main_flow(python: Path, work: Path, tag: str, data: dict, args, s3: dict
         "torch_mib": args.torch_mib,
         "tiny_saves": args.tiny_saves,
         "recycle": not args.no_recycle,
+        "paired": s3 is None,  # raw baselines beside each local operation (the flow's doc)
     }
     env["MFCKPT_VSREF_SPEC"] = json.dumps(spec)
     run_flow(python, FLOW, env, run / "cwd", top, logfile=work / ("flow-%s.log" % tag))
@@ -224,37 +225,6 @@ def overhead(pythons: dict, work: Path, runs: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------- table
-def time_torch_raw(mib: int, repeat: int, scratch: Path, recycle: bool) -> dict:
-    """Raw baselines of the torch rows, without any checkpoint package: ``torch.save`` of the
-    flow's kind of state dict into a directory, then ``cp -r`` of it (save); ``cp -r`` of that
-    directory, then ``torch.load`` of the copy (load).  ``prepare`` before each."""
-    import torch
-    from _benchutil import prepare, recycle_size
-
-    per = mib * MiB // 16 // 4  # as bench_vs_reference_flow._state_dict
-    out: dict = {"save": [], "load": []}
-    for i in range(repeat):
-        state = {"layer%02d.weight" % k: torch.rand(per) for k in range(16)}
-        src, dst = scratch / ("torch-%d" % i), scratch / ("torch-cp-%d" % i)
-        src.mkdir()
-        prepare(recycle_size(mib * MiB), recycle, str(scratch))
-        t0 = time.perf_counter()
-        torch.save(state, src / "model.pt")
-        subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
-        out["save"].append(time.perf_counter() - t0)
-        remove(dst)
-        state = None
-        prepare(recycle_size(mib * MiB), recycle, str(scratch))
-        t0 = time.perf_counter()
-        subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
-        state = torch.load(dst / "model.pt")
-        out["load"].append(time.perf_counter() - t0)
-        state = None
-        remove(dst)
-        remove(src)
-    return out
-
-
 def med(values) -> float:
     return statistics.median(values)
 
@@ -383,17 +353,34 @@ def baseline(raw: dict, backend: str, row: str) -> tuple:
     kind, _, what = row.partition(":")
     if kind == "autoload":
         kind, what = "load", "retry"
-    if what == "torch":
-        times = raw.get("torch_raw", {}).get(kind) if backend == "local" else None
-        name = "torch.save + cp -r" if kind == "save" else "cp -r + torch.load"
-        return (med(times), name) if times else (None, None)
     if backend == "local":
-        times = raw["cp"].get(what)
-        return (med(times["seconds"]), "cp -r") if times else (None, None)
+        return paired_baseline(raw["ours"]["local"], row)
+    if what == "torch":
+        return None, None
     tm = raw["tm"].get(what)
     if not tm:
         return None, None
     return med([m["seconds"] for m in tm[kind]]), "TransferManager"
+
+
+def paired_baseline(runs: list, row: str) -> tuple:
+    """Median seconds of the raw baseline the flow timed beside ``row``'s operation in our
+    ``runs`` (bench_vs_reference_flow's ``_paired``), and its name; (None, None) if absent."""
+    kind, _, what = row.partition(":")
+    times = []
+    for r in runs:
+        rec = r["autoload"] if kind == "autoload" else r[kind][what]
+        if what == "torch" and kind == "save" and "cp_seconds" in rec:
+            times.append(rec["torch_save_seconds"] + rec["cp_seconds"])
+        elif what == "torch" and "raw_seconds" in rec:
+            times.append(rec["raw_seconds"])
+        elif what != "torch" and "cp_seconds" in rec:
+            times.append(rec["cp_seconds"])
+    if not times:
+        return None, None
+    if what == "torch":
+        return med(times), "torch.save + cp -r" if kind == "save" else "cp -r + torch.load"
+    return med(times), "cp -r"
 
 
 def markdown(rows: list) -> str:
@@ -458,11 +445,12 @@ def notes(raw: dict, args) -> list:
         "auto-load excluded).",
         "Before each timed operation, for every contender and baseline: `sync`, then memory "
         "recycling (see _benchutil.py)%s." % (" (off: --no-recycle)" if args.no_recycle else ""),
-        "Raw baselines: `cp -r` of the same directory (local); boto3 TransferManager upload / "
-        "download of the same files with our worker count (S3), against the same moto server; "
-        "the auto-load row's baseline is the same copy of the retry directory; the local torch "
-        "rows' are `torch.save` then `cp -r` (save) and `cp -r` then `torch.load` (load) of "
-        "the same kind of state dict.",
+        "Raw baselines: locally `cp -r` of the same directory, timed in the same task just "
+        "before the operation (after the same preparation), median over our runs; the "
+        "auto-load row's is the same copy of the retry directory; the torch rows' are "
+        "`torch.save` then `cp -r` of its directory (save) and `cp -r` then `torch.load` of "
+        "the loaded one (load).  On S3: boto3 TransferManager upload / download of the same "
+        "files with our worker count, against the same moto server.",
         "Overhead rows: `run` wall time of a start -> end flow with a bare @checkpoint on start "
         "(and one save) minus the same flow without it, in the same venv; medians of %d runs."
         % args.overhead_runs,
@@ -558,13 +546,6 @@ def run(args) -> int:
         make_many(data["many"], args.many_files)
         data["retry_bytes"] = make_big(data["retry"], args.size_mib)
         os.sync()
-        scratch = work / "scratch"
-        scratch.mkdir()
-        raw["cp"] = {}
-        for what in ("dir", "many", "retry"):
-            raw["cp"][what] = time_cp([data[what]] * args.repeat, scratch, recycle)
-        raw["torch_raw"] = time_torch_raw(args.torch_mib, args.repeat, scratch, recycle)
-        log("cp -r done")
 
         def contest(backend: str, s3: dict = None) -> None:
             for side in ("ours", "theirs"):

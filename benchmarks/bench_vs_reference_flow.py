@@ -15,6 +15,14 @@ in ``MFCKPT_VSREF_SPEC`` (JSON).  Only the public ``@checkpoint`` API both packa
   ``@checkpoint`` loads it back before the step runs (timed by wrapping the decorator's
   ``task_pre_step``), and the step reads every byte of ``current.checkpoint.directory``.
 
+On the local datastore every timed operation is paired with its raw baseline, measured in the
+same task just before it (just after, where the bytes to copy are what it wrote), after the same
+preparation: ``cp -r`` of the same directory (``cp_seconds``); for the torch rows ``cp -r`` of
+the saved state dict's directory (added to ``torch.save``'s time) and ``cp -r`` + ``torch.load``
+of the loaded one (``raw_seconds``).  A baseline timed apart, minutes earlier, met another state
+of this VM's page cache and disk (its write-back, its balloon): ``cp -r`` of the same 1 GiB took
+0.25-0.47 s from one minute to the next, so only a baseline beside the operation is a fair one.
+
 Every timed operation is preceded by ``_benchutil.prepare`` (``sync`` and memory recycling, as
 for the baselines) and sampled every 10 ms, from a separate process (``_tree_sampler.py``), for
 the RSS of the whole process tree (the task and its children: Metaflow's S3 client downloads
@@ -30,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 
 from _benchutil import prepare, recycle_size
 from _tree_sampler import disk_usage as _disk_usage
@@ -100,6 +109,35 @@ def _timed(fn, recycle_bytes: int, skip: str = "") -> dict:
     return dict(sampler.to_json(), seconds=seconds, value=value)
 
 
+def _raw(fn, recycle_bytes: int) -> float:
+    """Seconds of ``fn()`` (a raw baseline) after the same ``prepare`` as a timed operation."""
+    spec = _spec()
+    prepare(recycle_bytes, spec["recycle"] and recycle_bytes > 0, spec["workdir"])
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _paired(src: str, recycle_bytes: int, key: str = "cp_seconds", then=None) -> dict:
+    """``{key: seconds}`` of the raw baseline beside a timed operation: ``cp -r -L`` of ``src``
+    into a fresh directory (links followed: the reference's load leaves links), then
+    ``then(copy)``; ``{}`` off the local datastore (the S3 baseline, TransferManager, is the
+    driver's)."""
+    if not _spec().get("paired"):
+        return {}
+    dst = os.path.join(_spec()["workdir"], "raw-%s" % uuid.uuid4().hex)
+
+    def run():
+        subprocess.run(["cp", "-r", "-L", src, dst], check=True)
+        if then is not None:
+            then(dst)
+
+    try:
+        return {key: _raw(run, recycle_bytes)}
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)
+
+
 def _tree(path: str) -> tuple:
     """(files, bytes, symlinks) under ``path``, following links to count the bytes."""
     files = total = links = 0
@@ -152,8 +190,10 @@ def _instrument() -> None:
         if step_name != "retry" or retry_count != 1:
             return original(self, step_name, *args, **kwargs)
         size = _spec()["retry_bytes"]
+        paired = _paired(_spec()["retry"], recycle_size(size))
         measured = _timed(lambda: original(self, step_name, *args, **kwargs), recycle_size(size))
         measured.pop("value")
+        measured.update(paired)
         _emit({"autoload": measured})
         return None
 
@@ -185,11 +225,12 @@ class VsReferenceFlow(FlowSpec):
         self.keys = {}
         for kind in ("dir", "many"):
             size = _tree(spec[kind])[1]
+            paired = _paired(spec[kind], recycle_size(size))
             measured = _timed(
                 lambda kind=kind: cp.save(path=spec[kind], name=kind), recycle_size(size)
             )
             self.keys[kind] = measured.pop("value")["key"]
-            _emit({"save": kind, **measured, "bytes": size})
+            _emit({"save": kind, **measured, **paired, "bytes": size})
 
         state = _state_dict(spec["torch_mib"])
         tdir = os.path.join(spec["workdir"], "torch-src-%d" % os.getpid())
@@ -206,7 +247,9 @@ class VsReferenceFlow(FlowSpec):
         measured = _timed(torch_save, recycle_size(spec["torch_mib"] * MiB))
         self.keys["torch"] = measured.pop("value")["key"]
         nbytes = os.path.getsize(os.path.join(tdir, "model.pt"))
-        _emit({"save": "torch", **measured, **split, "bytes": nbytes})
+        # Raw: torch.save (timed above, the same for both packages) + cp -r of its directory.
+        paired = _paired(tdir, recycle_size(nbytes))
+        _emit({"save": "torch", **measured, **split, **paired, "bytes": nbytes})
         shutil.rmtree(tdir)
         state = None  # free it before the 4 KiB saves
 
@@ -233,10 +276,12 @@ class VsReferenceFlow(FlowSpec):
         for kind in ("dir", "many"):
             dest = os.path.join(spec["workdir"], "dest-%s-%d" % (kind, os.getpid()))
             size = _tree(spec[kind])[1]
+            paired = _paired(spec[kind], recycle_size(size))
             measured = _timed(
                 lambda kind=kind, dest=dest: cp.load(self.keys[kind], path=dest), recycle_size(size)
             )
             measured.pop("value")
+            measured.update(paired)
             measured.update(_read_timed(dest))
             if measured["bytes"] != size:
                 raise RuntimeError(
@@ -254,6 +299,15 @@ class VsReferenceFlow(FlowSpec):
         measured = _timed(torch_load, recycle_size(spec["torch_mib"] * MiB))
         state = measured.pop("value")
         nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        # Raw: cp -r of what was loaded, then torch.load of the copy.
+        measured.update(
+            _paired(
+                dest,
+                recycle_size(spec["torch_mib"] * MiB),
+                "raw_seconds",
+                lambda copy: torch.load(os.path.join(copy, "model.pt")),
+            )
+        )
         # torch.load read every byte already: the read is part of the timed call for both.
         _emit({"load": "torch", **measured, "bytes": nbytes, "links": _tree(dest)[2]})
         shutil.rmtree(dest)
