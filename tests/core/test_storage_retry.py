@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
@@ -107,6 +110,60 @@ def test_retry_stops_on_total_time_bound():
     with pytest.raises(StorageError):
         s.get_bytes("some/key")
     assert 2 <= s.calls["get"] < 100
+
+
+@settings(max_examples=60, deadline=None)
+@given(attempts=st.integers(1, 5), failures=st.integers(0, 6), op=st.sampled_from(sorted(OPS)))
+def test_tries_are_counted_from_the_first_one(attempts, failures, op):
+    """A call is tried at most ``attempts`` times in all, the first try included (made without
+    the retry machinery): it succeeds iff the store recovers within them, and a give-up says
+    how many tries it made."""
+    policy = RetryPolicy(attempts=attempts, max_seconds=30, backoff=0, max_backoff=0)
+    s = Flaky(failures=failures, retry=policy)
+    _seed(s)
+    if failures < attempts:
+        OPS[op](s)
+        assert s.calls[op] == failures + 1
+        return
+    with pytest.raises(StorageError) as err:
+        OPS[op](s)
+    assert s.calls[op] == attempts
+    assert "after %d %s" % (attempts, "try" if attempts == 1 else "tries") in str(err.value)
+
+
+class Timed(Flaky):
+    """Flaky storage recording when each ``get`` try starts."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.starts: list = []
+
+    def _get_bytes(self, key, start, length):
+        self.starts.append(time.monotonic())
+        return super()._get_bytes(key, start, length)
+
+
+def test_waits_between_tries_double_from_the_first_failure():
+    """The wait after the first failed try is ``backoff``, then it doubles up to
+    ``max_backoff``: the schedule of one policy from the first try on."""
+    policy = RetryPolicy(attempts=5, max_seconds=30, backoff=0.05, max_backoff=0.15)
+    s = Timed(failures=10**6, retry=policy)
+    with pytest.raises(StorageError):
+        s.get_bytes("some/key")
+    gaps = [b - a for a, b in zip(s.starts, s.starts[1:])]
+    assert len(gaps) == 4
+    for gap, wait in zip(gaps, (0.05, 0.10, 0.15, 0.15)):
+        assert wait <= gap < wait + 0.5, gaps
+
+
+def test_time_bound_counts_from_the_first_try():
+    """``max_seconds`` bounds the whole call: with a first wait longer than the bound there
+    is exactly one retry (tenacity's clock, started after that wait, must not restart it)."""
+    policy = RetryPolicy(attempts=10, max_seconds=0.1, backoff=0.3, max_backoff=0.3)
+    s = Timed(failures=10**6, retry=policy)
+    with pytest.raises(StorageError):
+        s.get_bytes("some/key")
+    assert len(s.starts) == 2
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, PermissionError, ValueError])
