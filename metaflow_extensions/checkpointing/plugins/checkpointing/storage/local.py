@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Optional
 
@@ -16,6 +16,31 @@ from .oscopy import UNSUPPORTED_COPY, can_copy_range, copy_hashing, copy_range, 
 
 # Temp files of in-flight writes start with this; listings never show them.
 _TMP_PREFIX = ".mfckpt-tmp-"
+
+
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def temp_file(directory: str) -> tuple[int, str]:
+    """Create a new temp file ``.mfckpt-tmp-<8 random characters>`` in ``directory``, as
+    ``tempfile.mkstemp`` does (exclusive, mode 0600, open for reading and writing): its fd and
+    path.  A third of mkstemp's cost (its Python name generator): a 4 KiB save makes three.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``directory`` does not exist.
+    FileExistsError
+        100 random names in a row were taken.
+    """
+    for _ in range(100):
+        name = base64.b32encode(os.urandom(5)).decode("ascii").lower()  # 8 of [a-z2-7]
+        path = os.path.join(directory, _TMP_PREFIX + name)
+        try:
+            return os.open(path, _CREATE_FLAGS, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
 
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -115,17 +140,17 @@ class LocalStorage(Storage):
         directory = os.path.dirname(path)
         self._makedirs(directory)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+            fd, tmp = temp_file(directory)
         except FileNotFoundError:  # removed since we made it (e.g. by a cleanup): make again
             self._makedirs(directory, force=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+            fd, tmp = temp_file(directory)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 if self.fsync:
                     f.flush()
                     os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
+                os.fchmod(f.fileno(), 0o644)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -193,10 +218,10 @@ class LocalStorage(Storage):
             return None
         self._makedirs(self.root)  # once per process, not a mkdir per blob
         try:
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+            fd, tmp = temp_file(self.root)
         except FileNotFoundError:  # the root was removed since we made it: make it again
             self._makedirs(self.root, force=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+            fd, tmp = temp_file(self.root)
         try:
             try:
                 h = fill(fd)  # the digest, when fill hashed what it wrote
@@ -213,13 +238,13 @@ class LocalStorage(Storage):
                     h = digest(view)
             if self.fsync:
                 os.fsync(fd)
+            os.fchmod(fd, 0o644)
             os.close(fd)
             fd = -1
             path = self._path(key_for(h))
             if _is_object(path):
                 return h, False
             self._makedirs(os.path.dirname(path))
-            os.chmod(tmp, 0o644)
             try:
                 os.replace(tmp, path)
             except FileNotFoundError:  # directory removed since we made it: make again
