@@ -182,7 +182,33 @@ def _store(backend: str, moto_log: Path, local: Path) -> tuple:
 
 
 # ----------------------------------------------------------------------------------- size
+def drop_caches() -> bool:
+    """``sync``, then empty the page cache where this process may (root, Linux): the next
+    operation reads from disk.  False (only synced) where it may not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def _cp_seconds(src: Path, dst: Path) -> float:
+    """Wall time of ``cp -r src dst`` (``dst`` removed after)."""
+    t0 = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(dst)
+    return seconds
+
+
 def size_curve(work: Path, sizes_gib: list, backend: str, moto_log: Path) -> list:
+    """One save and one load per size.  Locally, each starts with an empty page cache
+    (:func:`drop_caches`) and is followed by its raw baseline, ``cp -r`` of the same bytes from
+    an empty page cache too: of the source directory (save), of the store's directory (load):
+    at 16 GiB source, store and destination do not all fit in this machine's memory, so the
+    disk's speed, not the code, sets the slope; the baseline shows it."""
     rows = []
     for gib in sizes_gib:
         nbytes = int(gib * GiB)
@@ -191,18 +217,26 @@ def size_curve(work: Path, sizes_gib: list, backend: str, moto_log: Path) -> lis
             moto, env, url = _store(backend, moto_log, work / "store")
             src, dest = work / "src", work / "dest"
             make_data(src, nbytes)
-            os.sync()
+            cold = drop_caches()
             save = run_worker({"op": "save", "url": url, "src": str(src)}, env)
+            row = {"backend": backend, "bytes": nbytes, "save": save, "cold": cold}
+            if backend == "local":
+                drop_caches()
+                row["cp_save"] = _cp_seconds(src, work / "cp")
             shutil.rmtree(src)
-            os.sync()
+            drop_caches()
             load = run_worker(
                 {"op": "load", "url": url, "key": save["key"], "dest": str(dest)}, env
             )
             if load["bytes"] != nbytes:
                 raise RuntimeError("load of %s GiB returned %d bytes" % (gib, load["bytes"]))
-            rows.append({"backend": backend, "bytes": nbytes, "save": save, "load": load})
+            row["load"] = load
+            if backend == "local":
+                drop_caches()
+                row["cp_load"] = _cp_seconds(work / "store", work / "cp")
+            rows.append(row)
             log(
-                "size %s %s: save %.1f s (%s RSS), load %.1f s (%s RSS)"
+                "size %s %s: save %.1f s (%s RSS), load %.1f s (%s RSS)%s"
                 % (
                     backend,
                     fmt_bytes(nbytes),
@@ -210,10 +244,13 @@ def size_curve(work: Path, sizes_gib: list, backend: str, moto_log: Path) -> lis
                     fmt_bytes(save["rss_extra"]),
                     load["seconds"],
                     fmt_bytes(load["rss_extra"]),
+                    "; cp -r %.1f s / %.1f s" % (row["cp_save"], row["cp_load"])
+                    if "cp_save" in row
+                    else "",
                 )
             )
         finally:
-            for p in ("src", "dest", "store"):
+            for p in ("src", "dest", "store", "cp"):
                 shutil.rmtree(work / p, ignore_errors=True)
             if moto is not None:
                 moto.stop()
@@ -608,25 +645,44 @@ def report(raw: dict) -> list:
         rows = [r for r in raw.get("size", []) if r["backend"] == backend]
         if not rows:
             continue
+        raw_cp = all("cp_save" in r for r in rows)  # local runs since 2026-12-07 10:20 UTC
         print("\n### Size: one checkpoint, %s store\n" % backend)
-        print("| size | save s | save MB/s | save peak RSS | load s | load MB/s | load peak RSS |")
-        print("|---|---|---|---|---|---|---|")
+        if raw_cp:
+            print("Each operation and its `cp -r` baseline start with an empty page cache.\n")
+        head = ["size", "save s", "save MB/s", "save peak RSS", "load s", "load MB/s"]
+        head += ["load peak RSS"] + (["cp -r save-side s", "cp -r load-side s"] if raw_cp else [])
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
         for r in rows:
             b = r["bytes"]
-            print(
-                "| %s | %s | %.0f | %s | %s | %.0f | %s |"
-                % (
-                    fmt_bytes(b),
-                    _fmt_s(r["save"]["seconds"]),
-                    b / r["save"]["seconds"] / 1e6,
-                    fmt_bytes(r["save"]["rss_extra"]),
-                    _fmt_s(r["load"]["seconds"]),
-                    b / r["load"]["seconds"] / 1e6,
-                    fmt_bytes(r["load"]["rss_extra"]),
-                )
-            )
+            cells = [
+                fmt_bytes(b),
+                _fmt_s(r["save"]["seconds"]),
+                "%.0f" % (b / r["save"]["seconds"] / 1e6),
+                fmt_bytes(r["save"]["rss_extra"]),
+                _fmt_s(r["load"]["seconds"]),
+                "%.0f" % (b / r["load"]["seconds"] / 1e6),
+                fmt_bytes(r["load"]["rss_extra"]),
+            ]
+            if raw_cp:
+                cells += [_fmt_s(r["cp_save"]), _fmt_s(r["cp_load"])]
+            print("| " + " | ".join(cells) + " |")
         xs = [r["bytes"] for r in rows]
         print()
+        if raw_cp:
+            for side in ("save", "load"):
+                print(
+                    "- raw `cp -r` (%s side) time growth: %s"
+                    % (
+                        side,
+                        rate(
+                            "size-" + backend,
+                            "cp -r %s-side time" % side,
+                            xs,
+                            [r["cp_" + side] for r in rows],
+                        ),
+                    )
+                )
         for op in ("save", "load"):
             print(
                 "- %s time growth: %s"
@@ -807,6 +863,10 @@ def plot(raw: dict, png_dir: Path) -> list:
                     style,
                     label="%s %s" % (backend, op),
                 )
+            if all("cp_save" in r for r in rows):  # the raw baselines, cold as the operations
+                for side, style in (("save", "o:"), ("load", "s:")):
+                    cps = [r["cp_" + side] for r in rows]
+                    a.plot(xs, cps, style, label="cp -r, %s side" % side)
         a.set(xscale="log", yscale="log", xlabel="checkpoint GiB", ylabel="seconds", title="time")
         b.set(xscale="log", xlabel="checkpoint GiB", ylabel="MiB above baseline", title="peak RSS")
         b.set_ylim(bottom=0)
