@@ -175,6 +175,34 @@ def _bench_fs(results: dict) -> str:
     return "on the VM's root ext4, which has no journal"
 
 
+def _baseline_slope(rate: dict, rates: list):
+    """The slope of the raw baseline measured beside ``rate``'s series (``cp -r`` on the same
+    side of a size curve, the bare listing of a list curve), or None."""
+    series = rate["series"]
+    if series.startswith(("cp -r", "raw_list")):
+        return None
+    if rate["curve"].startswith("size"):
+        side = series.split()[0]  # "save" / "load"
+        name = "cp -r %s-side time" % side
+    elif rate["curve"].startswith("list") and "requests" not in series:
+        name = "raw_list"
+    else:
+        return None
+    for other in rates:
+        if other["curve"] == rate["curve"] and other["series"] == name:
+            return other["slope"]
+    return None
+
+
+def _growth(rate: dict, rates: list) -> str:
+    """The verdict, saying so when the raw baseline beside it grows as fast or faster: the
+    machine's growth (its disk, its memory; moto's listing), not the code's."""
+    base = _baseline_slope(rate, rates)
+    if base is None or rate["verdict"] != "WORSE THAN LINEAR" or rate["slope"] > base + 0.05:
+        return rate["verdict"]
+    return "%s, as the raw baseline beside it (%.2f)" % (rate["verdict"], base)
+
+
 def section(results: dict, args, when: str) -> str:
     quick = " — quick run (smoke sizes, not the final figures)" if args.quick else ""
     command = "make bench-report" if not args.quick else "python benchmarks/report.py --quick"
@@ -204,7 +232,14 @@ def section(results: dict, args, when: str) -> str:
         parts += [
             "Same flows, same bytes, each package in its own venv; medians of %d runs. "
             "theirs/ours above 1: ours is faster. ¹ their load leaves links into their store, "
-            "so their time includes reading every byte." % raw["args"]["repeat"],
+            "so their time includes reading every byte.%s"
+            % (
+                raw["args"]["repeat"],
+                " Local raw baselines are timed in the same task just before each operation "
+                "(median over our runs)."
+                if any("cp_seconds" in r["save"]["dir"] for r in raw["ours"].get("local", []))
+                else "",
+            ),
             "",
             vs_table(raw),
         ]
@@ -255,7 +290,10 @@ def section(results: dict, args, when: str) -> str:
             "| curve | series | slope | growth |",
             "|---|---|---:|---|",
         ]
-        parts += ["| %(curve)s | %(series)s | %(slope).2f | %(verdict)s |" % r for r in rates]
+        parts += [
+            "| %s | %s | %.2f | %s |" % (r["curve"], r["series"], r["slope"], _growth(r, rates))
+            for r in rates
+        ]
     else:
         parts.append("Not measured: bench_curves.py %s." % cv.get("status", "not run"))
     parts.append(END)
