@@ -22,7 +22,6 @@ from typing import Callable, Optional
 
 from ..errors import StorageError
 from ..storage.base import Storage
-from .bulk import relaxed_gc
 from .layout import blob_key, writer_token
 from .lease_writer import Ticket
 from .manifest import Manifest, now_ms
@@ -179,40 +178,38 @@ def save(
     writer_token(position, sharded)  # a sharded checkpoint with a writer: refused before any I/O
     own_writer = writer is None
     writer = writer or BlobWriter(storage)
-    # Rarer GC passes: a save of many files builds objects that are not garbage (core/bulk.py).
-    with relaxed_gc():
-        stats = SaveStats()
-        with timed(stats, "scan"):
-            files, dirs, kind = scan(src)
-        ticket = writer.lease.begin_save()  # after the scan: bad input touches no store
-        try:
-            return _upload_and_commit(
-                storage,
-                files,
-                dirs,
-                kind,
-                src,
-                scope,
-                writer,
-                ticket,
-                stats,
-                name=name,
-                metadata=metadata,
-                latest=latest,
-                opts=opts,
-                reuse=reuse,
-                progress=progress,
-                created_ms=created_ms,
-                seq=seq,
-                publish=publish,
-                source=source,
-                position=position,
-                sharded=sharded,
-            )
-        finally:
-            writer.lease.end_save(ticket)
-            if own_writer:
-                writer.lease.close()
+    stats = SaveStats()
+    with timed(stats, "scan"):
+        files, dirs, kind = scan(src)
+    ticket = writer.lease.begin_save()  # after the scan: bad input touches no store
+    try:
+        return _upload_and_commit(
+            storage,
+            files,
+            dirs,
+            kind,
+            src,
+            scope,
+            writer,
+            ticket,
+            stats,
+            name=name,
+            metadata=metadata,
+            latest=latest,
+            opts=opts,
+            reuse=reuse,
+            progress=progress,
+            created_ms=created_ms,
+            seq=seq,
+            publish=publish,
+            source=source,
+            position=position,
+            sharded=sharded,
+        )
+    finally:
+        writer.lease.end_save(ticket)
+        if own_writer:
+            writer.lease.close()
 
 
 def _upload_and_commit(
