@@ -43,8 +43,10 @@ class Lock:
         if self.fd >= 0:
             if not keep:
                 unlink_quietly(self.path)
-            os.close(self.fd)  # after the unlink: the lock covers the removal
-            self.fd = -1
+            # After the unlink (the lock covers the removal); forgotten first, as a failed
+            # close has released it anyway (storage/local.py's ingest_filled says why).
+            closing, self.fd = self.fd, -1
+            os.close(closing)
 
 
 def take_dead_lock(path: str) -> Optional[int]:

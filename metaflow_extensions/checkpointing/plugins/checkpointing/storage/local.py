@@ -239,8 +239,11 @@ class LocalStorage(Storage):
             if self.fsync:
                 os.fsync(fd)
             os.fchmod(fd, 0o644)
-            os.close(fd)
-            fd = -1
+            # Forgotten before the close: a close that fails (EIO of a delayed write on NFS)
+            # has released it all the same, and closing it again in ``finally`` could close
+            # a descriptor another thread has since been given.
+            closing, fd = fd, -1
+            os.close(closing)
             path = self._path(key_for(h))
             if _is_object(path):
                 return h, False
