@@ -138,12 +138,7 @@ class LocalStorage(Storage):
     def _atomic(self, key: str, write) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
-        self._makedirs(directory)
-        try:
-            fd, tmp = temp_file(directory)
-        except FileNotFoundError:  # removed since we made it (e.g. by a cleanup): make again
-            self._makedirs(directory, force=True)
-            fd, tmp = temp_file(directory)
+        fd, tmp = self._temp_in(directory)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -165,6 +160,16 @@ class LocalStorage(Storage):
     def _put_file(self, key: str, local_path: str) -> None:
         with open(local_path, "rb") as src:
             self._atomic(key, lambda f: shutil.copyfileobj(src, f, 8 << 20))
+
+    def _temp_in(self, directory: str) -> tuple[int, str]:
+        """:func:`temp_file` in ``directory``, made first (:meth:`_makedirs`) and again if it
+        was removed since (e.g. by a cleanup)."""
+        self._makedirs(directory)
+        try:
+            return temp_file(directory)
+        except FileNotFoundError:
+            self._makedirs(directory, force=True)
+            return temp_file(directory)
 
     def _makedirs(self, directory: str, force: bool = False) -> None:
         # One makedirs per directory per process: it was ~8% of a local save done per blob.
@@ -216,12 +221,7 @@ class LocalStorage(Storage):
     ) -> Optional[tuple[str, bool]]:
         if length <= 0 or not can_copy_range():
             return None
-        self._makedirs(self.root)  # once per process, not a mkdir per blob
-        try:
-            fd, tmp = temp_file(self.root)
-        except FileNotFoundError:  # the root was removed since we made it: make it again
-            self._makedirs(self.root, force=True)
-            fd, tmp = temp_file(self.root)
+        fd, tmp = self._temp_in(self.root)
         try:
             try:
                 h = fill(fd)  # the digest, when fill hashed what it wrote
