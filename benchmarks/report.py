@@ -236,7 +236,12 @@ def section(results: dict, args, when: str) -> str:
             % (
                 raw["args"]["repeat"],
                 " Local raw baselines are timed in the same task just before each operation "
-                "(median over our runs)."
+                "(median over our runs)%s."
+                % (
+                    ", beside the same memory sampler"
+                    if all(r["save"]["dir"].get("raw_sampled") for r in raw["ours"]["local"])
+                    else ""
+                )
                 if any("cp_seconds" in r["save"]["dir"] for r in raw["ours"].get("local", []))
                 else "",
             ),
