@@ -10,12 +10,12 @@ import itertools
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 from ..errors import CheckpointConfigError
 from .codec import check_setting
+from .idle_threads import IdleThreads
 
 #: Called with a number of bytes each time that many are done (from worker threads).
 Progress = Callable[[int], None]
@@ -122,12 +122,20 @@ class SaveStats:
 
 
 # ------------------------------------------------------------------------------ bounded runner
-def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int) -> None:
-    """Run callables on a thread pool with at most ``inflight`` submitted and unfinished.
+#: The threads transfers run their jobs in, kept between transfers (:mod:`.idle_threads`).
+_threads = IdleThreads("mfckpt", "mfckpt-idle")
 
-    Jobs are pulled lazily from ``jobs``; after the first failure nothing new is started, the
-    running ones finish, and the first error is raised.  A single job runs in the calling
-    thread: starting a pool thread and handing the job over was a fifth of a small save.
+
+def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int) -> None:
+    """Run callables on up to ``min(workers, inflight)`` threads at once; return when all ran.
+
+    Jobs are pulled lazily from ``jobs``, one at a time by each thread as it becomes free (so
+    no more than that many are started and unfinished: ``inflight`` bounds the buffers alive).
+    After the first failure nothing new is started, the running ones finish, and the first
+    error is raised.  If the caller is interrupted while it waits (``KeyboardInterrupt``),
+    nothing new is started either.  A single job runs in the calling thread: starting a pool
+    thread and handing the job over was a fifth of a small save.  The threads are kept for the
+    next call: a new pool per call cost a load of 4 blobs ~0.45 ms, of 64 blobs ~3 ms.
     """
     pending = iter(jobs)
     first = next(pending, None)
@@ -137,27 +145,61 @@ def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int
     if second is None:
         first()
         return
-    jobs = itertools.chain((first, second), pending)
-    slots = threading.Semaphore(inflight)
-    failed = threading.Event()
-    futures: list[Future] = []
+    queue = itertools.chain((first, second), pending)
+    limit = max(1, min(workers, inflight))
+    lock = threading.Lock()
+    finished = threading.Event()
+    errors: list[BaseException] = []
+    # Runners are started as jobs turn up (each one that pulls a job starts the next, up to
+    # ``limit``): a transfer of 2 blobs wakes 3 threads, not 8.
+    state = {"live": 1, "started": 1, "stop": False}
 
-    def done(fut: Future) -> None:
-        if fut.exception() is not None:
-            failed.set()
-        slots.release()
+    def runner() -> None:
+        try:
+            while True:
+                with lock:
+                    job = None if state["stop"] else next(queue, None)
+                    more = job is not None and state["started"] < limit
+                    if more:
+                        state["started"] += 1
+                        state["live"] += 1
+                if job is None:
+                    return
+                if more:
+                    try:
+                        _threads.start(runner)
+                    except RuntimeError:  # no thread to be had (a limit): this one goes on
+                        with lock:
+                            state["live"] -= 1
+                try:
+                    job()
+                except BaseException as exc:  # raised in the caller
+                    with lock:
+                        errors.append(exc)
+                        state["stop"] = True
+                    return
+                finally:
+                    job = None  # its buffers are freed now, not when the next one is pulled
+        except BaseException as exc:  # the job generator itself failed
+            with lock:
+                errors.append(exc)
+                state["stop"] = True
+        finally:
+            with lock:
+                state["live"] -= 1
+                last = state["live"] == 0
+            if last:
+                finished.set()
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mfckpt") as pool:
-        for job in jobs:
-            slots.acquire()
-            if failed.is_set():
-                break
-            fut = pool.submit(job)
-            futures.append(fut)
-            fut.add_done_callback(done)
-    for fut in futures:
-        if fut.exception() is not None:
-            raise fut.exception()
+    _threads.start(runner)
+    try:
+        finished.wait()
+    except BaseException:
+        with lock:
+            state["stop"] = True
+        raise
+    if errors:
+        raise errors[0]
 
 
 class _Timed:
