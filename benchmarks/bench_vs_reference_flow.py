@@ -260,15 +260,22 @@ class VsReferenceFlow(FlowSpec):
 
         tiny = os.path.join(spec["workdir"], "tiny-%d" % os.getpid())
         os.makedirs(tiny)
-        times = []
-        for _ in range(spec["tiny_saves"]):
+        times, raw = [], []
+        for i in range(spec["tiny_saves"]):
             with open(os.path.join(tiny, "state.bin"), "wb") as f:
                 f.write(os.urandom(4096))
+            if spec.get("paired"):  # cp -r of the same 4 KiB beside each save (the raw copy)
+                dst = os.path.join(spec["workdir"], "raw-tiny-%d" % i)
+                t0 = time.perf_counter()
+                subprocess.run(["cp", "-r", tiny, dst], check=True)
+                raw.append(time.perf_counter() - t0)
+                shutil.rmtree(dst)
             t0 = time.perf_counter()
             cp.save(path=tiny, name="tiny")
             times.append(time.perf_counter() - t0)
         shutil.rmtree(tiny)
-        _emit({"tiny": times, "median": statistics.median(times)})
+        extra = {"cp_times": raw, "cp_median": statistics.median(raw)} if raw else {}
+        _emit({"tiny": times, "median": statistics.median(times), **extra})
         self.next(self.load)
 
     @checkpoint(load_policy="none")

@@ -147,17 +147,18 @@ def vs_table(raw: dict) -> str:
     head += ("result",)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     from bench import fmt_bytes
+    from bench_vs_reference import fmt_s
 
     for r in raw["rows"]:
-        base = "—" if r.get("base_s") is None else "%.3f s (%s)" % (r["base_s"], r["base_name"])
+        base = "—" if r.get("base_s") is None else "%s (%s)" % (fmt_s(r["base_s"]), r["base_name"])
         rss = "—"
         if "ours_rss" in r:
             rss = "%s / %s" % (fmt_bytes(r["ours_rss"]), fmt_bytes(r["theirs_rss"]))
         ratio = "—" if r.get("ratio") is None else "%.1f×" % r["ratio"]
         cells = (
             r["row"],
-            "%.3f s" % r["ours_s"],
-            "%.3f s%s" % (r["theirs_s"], " ¹" if r.get("theirs_links") else ""),
+            fmt_s(r["ours_s"]),
+            fmt_s(r["theirs_s"]) + (" ¹" if r.get("theirs_links") else ""),
             ratio,
             base,
             rss,
