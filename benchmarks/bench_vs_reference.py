@@ -463,8 +463,8 @@ def notes(raw: dict, args) -> list:
         "`torch.save` then `cp -r` of its directory (save) and `cp -r` then `torch.load` of "
         "the loaded one (load); the 4 KiB row's is `cp -r` of the same 4 KiB directory before "
         "each save (mostly cp's own start), timed as the saves are.  The others ran beside the "
-        "same memory sampler as the operation.  On S3: boto3 TransferManager upload / download of the same "
-        "files with our worker count, against the same moto server.",
+        "same memory sampler as the operation.  On S3: boto3 TransferManager upload / download "
+        "of the same files with our worker count, against the same moto server.",
         "Overhead rows: `run` wall time of a start -> end flow with a bare @checkpoint on start "
         "(and one save) minus the same flow without it, in the same venv; medians of %d runs."
         % args.overhead_runs,

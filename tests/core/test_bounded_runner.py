@@ -141,9 +141,10 @@ def test_a_failing_job_list_is_raised_and_nothing_after_it_runs():
     assert sorted(ran) == [0, 1, 2]
 
 
-def test_an_interrupted_wait_starts_no_new_job():
-    """Ctrl-C (or a signal handler raising) while the caller waits: the jobs running finish,
-    none is started after it."""
+def test_an_interrupted_wait_starts_no_new_job_and_raises_once_the_running_ones_end():
+    """Ctrl-C (or a signal handler raising) while the caller waits: the jobs running finish
+    before the interrupt reaches the caller (its cleanup must not race them), none is started
+    after it."""
     import signal
 
     class Interrupted(Exception):
@@ -152,17 +153,21 @@ def test_an_interrupted_wait_starts_no_new_job():
     def handler(signum, frame):
         raise Interrupted()
 
-    release, started = threading.Event(), []
+    release, started, ended = threading.Event(), [], []
 
     def job(i: int) -> None:
         started.append(i)
         release.wait(20)
+        time.sleep(0.05)
+        ended.append(i)
 
     old = signal.signal(signal.SIGUSR1, handler)
     try:
         threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        threading.Timer(0.5, release.set).start()
         with pytest.raises(Interrupted):
             _run_bounded((lambda i=i: job(i) for i in range(10)), 2, 2)
+        assert sorted(ended) == [0, 1]  # before the interrupt was raised
     finally:
         signal.signal(signal.SIGUSR1, old)
         release.set()
