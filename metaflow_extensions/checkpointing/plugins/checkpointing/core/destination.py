@@ -27,6 +27,7 @@ from ..errors import CheckpointConfigError, ManifestError, StorageError
 from .load_locks import unlink_quietly
 from .manifest import FileEntry, Manifest, safe_relpath
 from .tempnames import PART, PART_PREFIX
+from .uninterrupted import deferred_signals
 
 #: All-zero blocks of this size are left as holes (sparse files stay sparse).
 _HOLE_BLOCK = 64 << 10
@@ -305,6 +306,13 @@ def commit_renames(job: Job) -> None:
     """Rename every temp file into place; on a failure, put back what was replaced.  A
     ``fresh`` job's files are already in place with their modes (:meth:`Job.open_file`):
     only those whose mode lacks the owner's read or write are changed."""
+    # Whole or not at all, also when a signal arrives meanwhile (Ctrl-C, a task's SIGTERM):
+    # its handler runs once the renames, or their undoing, are done.
+    with deferred_signals():
+        _commit_renames(job)
+
+
+def _commit_renames(job: Job) -> None:
     i: Optional[int] = None
     backups: dict[int, str] = {}
     modes = job.modes

@@ -41,6 +41,7 @@ from .layout import blob_key
 from .load_locks import Lock, remove_dead_staging, remove_leftovers, unlink_quietly
 from .manifest import Manifest
 from .transfer import Progress, TransferOptions, _no_progress, _run_bounded, digest
+from .uninterrupted import deferred_signals
 
 
 # ---------------------------------------------------------------------------------------- load
@@ -208,16 +209,17 @@ def download_tree(
         done = True
         return written[0]
     finally:
-        if not done:
-            job.stuck |= not all([unlink_quietly(tmp) for tmp in created])
-        if lock is not None:
-            lock.release(keep=job.stuck)
-        if not done:
-            for d in reversed(made):  # only directories this load created, if still empty
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
+        with deferred_signals():  # a signal here would leave temp files and no lock for them
+            if not done:
+                job.stuck |= not all([unlink_quietly(tmp) for tmp in created])
+            if lock is not None:
+                lock.release(keep=job.stuck)
+            if not done:
+                for d in reversed(made):  # only directories this load created, if still empty
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
 
 
 __all__ = ["download_tree", "remove_dead_staging", "target_path"]

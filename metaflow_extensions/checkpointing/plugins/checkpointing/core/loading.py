@@ -33,6 +33,7 @@ from .scan import holds_data
 from .store import CheckpointStore
 from .tempnames import STAGING_PREFIX
 from .transfer import Progress
+from .uninterrupted import deferred_signals
 
 REFUSE, MERGE, REPLACE = "refuse", "merge", "replace"
 
@@ -208,9 +209,12 @@ def _replace(
     staging = _staging(target)
     try:
         store.load(manifest, staging, progress, fresh=True)
-        _empty_directory(target)
-        for entry in os.listdir(staging):
-            os.replace(os.path.join(staging, entry), os.path.join(target, entry))
+        # The swap is whole even when a signal arrives meanwhile: a task's SIGTERM handler
+        # saves this directory on the way out, and must not find it half filled.
+        with deferred_signals():
+            _empty_directory(target)
+            for entry in os.listdir(staging):
+                os.replace(os.path.join(staging, entry), os.path.join(target, entry))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

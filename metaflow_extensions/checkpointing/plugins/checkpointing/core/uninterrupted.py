@@ -1,0 +1,65 @@
+"""Short steps that a signal must not split: run them whole, handle the signal right after.
+
+A load puts its files into place with a series of renames (:func:`.destination.commit_renames`,
+:func:`.loading._replace`); an exception raised between two of them (``KeyboardInterrupt`` from
+Ctrl-C, or a task's SIGTERM handler stopping the step) left a directory of old and new files,
+or a half-filled one that the task's final save then committed.  Python runs signal handlers
+in the main thread only, between two bytecodes: :func:`deferred_signals` replaces the Python
+handlers of the usual stop signals for the duration of the block with one that records the
+signal, then restores them and raises each recorded signal again, so the original handler runs
+once the block is whole.  Elsewhere than in the main thread no handler can interrupt the block,
+and it does nothing.  SIGKILL cannot be deferred: a load killed mid-commit is recovered by the
+next one (its lock file and temp names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+#: The signals that stop a program and that a Python handler may turn into an exception.
+_STOPS = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    if hasattr(signal, name)
+)
+
+
+class _Depth:
+    """How many blocks the main thread is in (only the main thread changes it)."""
+
+    n = 0
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Defer the Python handlers of SIGINT, SIGTERM, SIGHUP and SIGQUIT (those that have one)
+    until the block ends; then each signal that arrived is raised again, once, in the order
+    it came.  A block inside another defers to the outer one; outside the main thread (where
+    no handler runs) it does nothing."""
+    if threading.current_thread() is not threading.main_thread() or _Depth.n:
+        yield
+        return
+    arrived: list[int] = []
+
+    def record(signum, frame) -> None:
+        if signum not in arrived:
+            arrived.append(signum)
+
+    saved = {}
+    _Depth.n = 1
+    try:
+        for sig in _STOPS:
+            handler = signal.getsignal(sig)
+            if callable(handler):  # SIG_DFL / SIG_IGN / None: no Python code runs for it
+                saved[sig] = handler
+                signal.signal(sig, record)
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        _Depth.n = 0
+        for sig in arrived:
+            signal.raise_signal(sig)  # the original handler runs now, the block being whole

@@ -1,0 +1,171 @@
+"""A signal that arrives while a load puts its files into place (Ctrl-C's KeyboardInterrupt, a
+task's SIGTERM handler) is handled once they are all in place (``core/uninterrupted.py``): the
+directory holds the old version or the new one, never a mix, no temp or backup name is left,
+and the handler still runs.  Found by the adversarial review of 2026-12-07: an interrupt
+between two renames left 855 old and 645 new files, or 1,437 backups the next load never
+removed; one during the managed directory's swap let a task's final save commit it half
+filled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import loading
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.uninterrupted import (
+    deferred_signals,
+)
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+
+from .helpers import make_scope, options, write_tree
+
+FILES = 40
+
+
+def _versions(tmp_path):
+    store = CheckpointStore(LocalStorage(str(tmp_path / "store")), options())
+    out = []
+    for tag in "AB":
+        tree = {"f%03d" % i: (tag * 64).encode() for i in range(FILES)}
+        tree["sub/g"] = tag.encode()
+        src = write_tree(tmp_path / ("src" + tag), tree)
+        out.append(store.save(str(src), make_scope()))
+    return store, out
+
+
+def _state(target) -> tuple[set, list, int]:
+    """(versions found, temp names, how many files): a whole version is one tag, no temp
+    name, every file."""
+    tags, temps, count = set(), [], 0
+    for dirpath, _dirs, files in os.walk(target):
+        for name in files:
+            if name.startswith(".mfckpt"):
+                temps.append(name)
+            else:
+                count += 1
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    tags.add(f.read(1))
+    return tags, temps, count
+
+
+class _SignalAtRename:
+    """Send ``signum`` to this process at the ``n``-th ``os.replace`` of the load (the fault:
+    the signal's handler then runs at the next bytecode, inside the renames)."""
+
+    def __init__(self, monkeypatch, n: int, signum: int = signal.SIGINT):
+        self.n, self.calls, self.signum = n, 0, signum
+        real = os.replace
+
+        def replace(src, dst, *a, **k):
+            self.calls += 1
+            if self.calls == self.n:
+                os.kill(os.getpid(), self.signum)
+            return real(src, dst, *a, **k)
+
+        monkeypatch.setattr(os, "replace", replace)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, FILES + 1), mode=st.sampled_from([loading.MERGE, loading.REPLACE]))
+def test_ctrl_c_while_files_are_put_in_place_leaves_old_or_new_never_a_mix(
+    tmp_path_factory, n, mode
+):
+    tmp_path = tmp_path_factory.mktemp("sig")
+    store, (a, b) = _versions(tmp_path)
+    target = tmp_path / "dest"
+    loading.load(store, a, str(target))
+    with pytest.MonkeyPatch.context() as mp:
+        fault = _SignalAtRename(mp, n)
+        with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, deferred
+            loading.load(store, b, str(target), existing=mode)
+        assert fault.calls >= n
+    assert _state(target) == ({b"B"}, [], FILES + 1)
+    loading.load(store, a, str(target), existing=loading.MERGE)  # and loads go on as before
+    assert _state(target) == ({b"A"}, [], FILES + 1)
+
+
+def test_a_task_handler_sees_the_managed_directory_whole(tmp_path, monkeypatch):
+    """A SIGTERM handler that saves the directory on the way out (``save_on_interrupt``) runs
+    after the swap: what it finds is the whole new version."""
+    store, (a, b) = _versions(tmp_path)
+    target = tmp_path / "managed"
+    loading.load(store, a, str(target))
+    seen = []
+
+    def on_term(signum, frame):
+        seen.append(_state(target))
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        _SignalAtRename(monkeypatch, 3, signal.SIGTERM)
+        loading.load(store, b, str(target), existing=loading.REPLACE)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert seen == [({b"B"}, [], FILES + 1)]
+
+
+def test_deferred_signals_run_the_handler_once_after_the_block_and_restore_it():
+    got = []
+
+    def handler(signum, frame):
+        got.append(signum)
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    prev_term = signal.signal(signal.SIGTERM, handler)
+    try:
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR1)  # not a stop signal: not deferred
+            assert got == [signal.SIGUSR1]
+            with deferred_signals():  # nested: the outer block defers
+                os.kill(os.getpid(), signal.SIGTERM)
+            assert got == [signal.SIGUSR1]
+        assert got == [signal.SIGUSR1, signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        signal.signal(signal.SIGTERM, prev_term)
+
+
+def test_deferred_signals_outside_the_main_thread_change_nothing():
+    handlers = []
+
+    def run() -> None:
+        with deferred_signals():
+            handlers.append(signal.getsignal(signal.SIGINT))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(10)
+    assert handlers == [signal.getsignal(signal.SIGINT)]
+
+
+def test_ctrl_c_while_a_failed_load_cleans_up_still_removes_its_temp_files(tmp_path, monkeypatch):
+    """A load failing (a blob gone) removes the temp files it wrote; Ctrl-C meanwhile waits."""
+    store, (a, b) = _versions(tmp_path)
+    target = tmp_path / "dest"
+    loading.load(store, a, str(target))
+    blobs = sorted({c.blob for f in b.files for c in f.chunks})
+    store.storage.delete(blob_key(blobs[-1]))
+    real, calls = os.unlink, []
+
+    def unlink(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        loading.load(store, b, str(target), existing=loading.MERGE)
+    monkeypatch.undo()
+    assert calls and raised.value.__context__ is not None  # after the load's own error
+    assert _state(target) == ({b"A"}, [], FILES + 1)
