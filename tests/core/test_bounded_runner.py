@@ -230,3 +230,38 @@ def test_idle_threads_beyond_keep_end():
             break
         time.sleep(0.01)
     assert len(idle) == 1
+
+
+def test_no_thread_at_all_runs_every_job_in_the_caller(monkeypatch):
+    """No idle thread and none to be had: the caller runs the jobs itself, one by one."""
+
+    def start(job) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(transfer._threads, "start", start)
+    ran = []
+    _within(
+        lambda: _run_bounded(
+            (lambda i=i: ran.append(threading.get_ident()) for i in range(5)), 4, 4
+        )
+    )
+    assert len(ran) == 5
+
+
+def test_an_interrupt_while_a_thread_starts_still_runs_the_job(monkeypatch):
+    """``Thread.start`` waits for the new thread: interrupted there, the thread exists and
+    must find its job (it waited on an empty queue for good: 2,729 such threads after as many
+    interrupts in the review)."""
+    pool = IdleThreads("t2-busy", "t2-idle", keep=0)
+    real = threading.Thread.start
+
+    def start(self) -> None:
+        real(self)
+        raise KeyboardInterrupt  # as if Ctrl-C arrived while it waited for the thread
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    done = threading.Event()
+    with pytest.raises(KeyboardInterrupt):
+        pool.start(done.set)
+    monkeypatch.undo()
+    assert done.wait(10)

@@ -43,13 +43,23 @@ class IdleThreads:
 
         ``job`` must not raise (its caller's wrapper records the outcome): an exception would
         end the thread, which is then replaced by the next :meth:`start`.
+
+        Raises
+        ------
+        RuntimeError
+            No idle thread and no new one to be had (a limit on threads or memory); ``job``
+            will not run.
         """
         with self._lock:
             jobs = self._idle.pop() if self._idle else None
-        if jobs is None:
-            jobs = queue.SimpleQueue()
-            threading.Thread(target=self._work, args=(jobs,), name=self.idle, daemon=True).start()
+        if jobs is not None:
+            jobs.put(job)
+            return
+        jobs = queue.SimpleQueue()
+        # The job is queued before the thread starts: an interrupt in ``Thread.start`` (which
+        # waits for the thread) must not leave a started thread waiting on an empty queue.
         jobs.put(job)
+        threading.Thread(target=self._work, args=(jobs,), name=self.idle, daemon=True).start()
 
     def _work(self, jobs: queue.SimpleQueue) -> None:
         me = threading.current_thread()

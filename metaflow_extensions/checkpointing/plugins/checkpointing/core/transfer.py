@@ -154,8 +154,10 @@ def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int
     # Runners are started as jobs turn up (each one that pulls a job starts the next, up to
     # ``limit``): a transfer of 2 blobs wakes 3 threads, not 8.
     state = {"live": 1, "started": 1, "stop": False}
+    began = threading.Event()  # the first runner is running (it may not: see below)
 
     def runner() -> None:
+        began.set()
         try:
             while True:
                 with lock:
@@ -192,15 +194,21 @@ def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int
             if last:
                 finished.set()
 
-    _threads.start(runner)
     try:
+        try:
+            _threads.start(runner)
+        except RuntimeError:  # no thread to be had at all: the caller runs every job
+            runner()
         finished.wait()
     except BaseException:  # Ctrl-C, or a signal handler raising, while the caller waits
         with lock:
             state["stop"] = True
         # The jobs running end before the caller's cleanup runs (which removes what they
-        # write); a second interrupt stops this wait too.
-        finished.wait()
+        # write); a second interrupt stops this wait too.  Interrupted while the first runner
+        # was being started, it may never run: once told to stop, a runner starting late runs
+        # no job, so only one that began needs waiting for.
+        if began.wait(1.0):
+            finished.wait()
         raise
     if errors:
         raise errors[0]
