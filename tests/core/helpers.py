@@ -116,3 +116,25 @@ def tiny(tmp_path: Path, content: Optional[bytes] = None, name: str = "state.txt
     d.mkdir()
     (d / name).write_bytes(content if content is not None else b"state %d" % tiny.counter)
     return d
+
+
+def in_forked_child(start) -> bool:
+    """Whether ``start(done)``, called in a forked child, sets ``done`` (a
+    ``threading.Event``) within 10 s: a child must not rely on its parent's threads."""
+    import threading
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            done = threading.Event()
+            start(done)
+            os.write(w, b"ok" if done.wait(10) else b"no")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return os.read(r, 2) == b"ok"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)

@@ -18,6 +18,8 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core import transfe
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.idle_threads import IdleThreads
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import _run_bounded
 
+from .helpers import in_forked_child
+
 
 class JobFailed(Exception):
     pass
@@ -194,21 +196,11 @@ def test_no_new_thread_to_be_had_still_runs_every_job(monkeypatch):
 
 def test_a_forked_child_runs_transfers_in_its_own_threads():
     _threads_of(4)  # idle threads exist in the parent, not in its child
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            done = threading.Event()
-            threading.Thread(target=lambda: (_threads_of(4), done.set()), daemon=True).start()
-            os.write(w, b"ok" if done.wait(10) else b"no")
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        assert os.read(r, 2) == b"ok"
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
+
+    def start(done: threading.Event) -> None:
+        threading.Thread(target=lambda: (_threads_of(4), done.set()), daemon=True).start()
+
+    assert in_forked_child(start)
 
 
 def test_idle_threads_beyond_keep_end():

@@ -4,10 +4,11 @@ child as well."""
 
 from __future__ import annotations
 
-import os
 import threading
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.task import save_threads
+
+from .helpers import in_forked_child
 
 
 def _run(job) -> threading.Thread:
@@ -51,19 +52,5 @@ def test_a_save_still_running_does_not_delay_the_next():
 
 
 def test_a_forked_child_runs_saves_in_its_own_workers():
-    _run(lambda: None)  # an idle worker exists in the parent
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the parent's worker does not exist here
-        try:
-            done = threading.Event()
-            save_threads.start(done.set)
-            os.write(w, b"ok" if done.wait(10) else b"no")
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        assert os.read(r, 2) == b"ok"
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
+    _run(lambda: None)  # an idle worker exists in the parent, not in its child
+    assert in_forked_child(lambda done: save_threads.start(done.set))
