@@ -169,3 +169,49 @@ def test_ctrl_c_while_a_failed_load_cleans_up_still_removes_its_temp_files(tmp_p
     monkeypatch.undo()
     assert calls and raised.value.__context__ is not None  # after the load's own error
     assert _state(target) == ({b"A"}, [], FILES + 1)
+
+
+def test_every_deferred_signal_runs_its_handler_even_when_an_earlier_one_raises():
+    ran = []
+
+    def on_term(signum, frame):
+        ran.append("TERM")
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)  # Python's handler: KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert ran == ["TERM"]
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def test_a_restore_cut_short_by_a_handler_never_swallows_a_signal(monkeypatch):
+    """``signal.signal`` runs pending handlers before it changes one: a KeyboardInterrupt
+    raised there stops the restore, and the stand-in left for SIGTERM must act as the
+    handler it stands for."""
+    ran = []
+
+    def on_term(signum, frame):
+        ran.append("TERM")
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    real, restoring = signal.signal, []
+    try:
+
+        def set_handler(sig, handler):
+            out = real(sig, handler)
+            if restoring and sig == signal.SIGINT:  # the fault: Ctrl-C right after
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        with pytest.raises(KeyboardInterrupt), deferred_signals():
+            monkeypatch.setattr(signal, "signal", set_handler)
+            restoring.append(True)
+        monkeypatch.undo()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert ran == ["TERM"]
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGTERM, old_term)

@@ -37,18 +37,25 @@ class _Depth:
 def deferred_signals() -> Iterator[None]:
     """Defer the Python handlers of SIGINT, SIGTERM, SIGHUP and SIGQUIT (those that have one)
     until the block ends; then each signal that arrived is raised again, once, in the order
-    it came.  A block inside another defers to the outer one; outside the main thread (where
-    no handler runs) it does nothing."""
+    it came, each handler running even if an earlier one raised.  A block inside another
+    defers to the outer one; outside the main thread (where no handler runs) it does nothing.
+    """
     if threading.current_thread() is not threading.main_thread() or _Depth.n:
         yield
         return
     arrived: list[int] = []
+    saved: dict = {}
+    over = [False]
 
-    def record(signum, frame) -> None:
+    def record(signum, frame):
+        if over[0]:
+            # The block is over but this stand-in is still installed: the restore was cut
+            # short (``signal.signal`` runs pending handlers first, and one raised).  Act as
+            # the handler it stands for, so no signal is ever swallowed.
+            return saved[signum](signum, frame)
         if signum not in arrived:
             arrived.append(signum)
 
-    saved = {}
     _Depth.n = 1
     try:
         for sig in _STOPS:
@@ -58,8 +65,19 @@ def deferred_signals() -> Iterator[None]:
                 signal.signal(sig, record)
         yield
     finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+        over[0] = True
         _Depth.n = 0
-        for sig in arrived:
-            signal.raise_signal(sig)  # the original handler runs now, the block being whole
+        try:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+        finally:
+            _raise_again(arrived)
+
+
+def _raise_again(signals: list[int]) -> None:
+    """Raise each of ``signals`` again, in order; a handler raising does not stop the next."""
+    if signals:
+        try:
+            signal.raise_signal(signals[0])  # its handler runs now, the block being whole
+        finally:
+            _raise_again(signals[1:])
