@@ -215,3 +215,93 @@ def test_a_restore_cut_short_by_a_handler_never_swallows_a_signal(monkeypatch):
     finally:
         monkeypatch.undo()
         signal.signal(signal.SIGTERM, old_term)
+
+
+def test_a_timeout_alarm_while_files_are_put_in_place_leaves_old_or_new(tmp_path, monkeypatch):
+    """Metaflow's ``@timeout`` raises from a SIGALRM handler: deferred like the stop signals."""
+
+    class Timeout(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise Timeout()
+
+    store, (a, b) = _versions(tmp_path)
+    target = tmp_path / "dest"
+    loading.load(store, a, str(target))
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        for mode in (loading.MERGE, loading.REPLACE):
+            with pytest.MonkeyPatch.context() as mp:
+                _SignalAtRename(mp, FILES // 2, signal.SIGALRM)
+                with pytest.raises(Timeout):
+                    loading.load(
+                        store, b if mode == loading.MERGE else a, str(target), existing=mode
+                    )
+            want = b"B" if mode == loading.MERGE else b"A"
+            assert _state(target) == ({want}, [], FILES + 1)
+    finally:
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_the_managed_directory_swap_only_renames_and_the_signal_waits_for_no_deletion(
+    tmp_path, monkeypatch
+):
+    """The old contents are moved aside during the swap and deleted after the handler ran:
+    deleting 100,000 old files inside the swap held SIGTERM back for 12 s."""
+    store, (a, b) = _versions(tmp_path)
+    target = tmp_path / "managed"
+    loading.load(store, a, str(target))
+    deleted, seen = [], []
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if not os.path.basename(path).startswith(".mfckpt"):  # a checkpoint file, not a lock
+            deleted.append(path)
+        return real_unlink(path, *args, **kwargs)
+
+    def on_term(signum, frame):
+        seen.append((len(deleted), _state(target)))
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        monkeypatch.setattr(os, "unlink", unlink)
+        _SignalAtRename(monkeypatch, 2, signal.SIGTERM)
+        loading.load(store, b, str(target), existing=loading.REPLACE)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert seen == [(0, ({b"B"}, [], FILES + 1))]
+    assert len(deleted) >= FILES  # the old files, once the handler had run
+
+
+def test_a_swap_that_fails_midway_puts_the_old_contents_back(tmp_path, monkeypatch):
+    store, (a, b) = _versions(tmp_path)
+    target = tmp_path / "managed"
+    loading.load(store, a, str(target))
+    real, calls = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        calls.append(src)
+        if len(calls) == FILES + 5:  # among the new entries, after every old one moved
+            raise OSError(28, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError):
+        loading.load(store, b, str(target), existing=loading.REPLACE)
+    monkeypatch.undo()
+    assert _state(target) == ({b"A"}, [], FILES + 1)
+
+
+def test_a_handler_set_during_the_block_is_kept():
+    def mine(signum, frame):
+        pass
+
+    old = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda s, f: None)
+    try:
+        with deferred_signals():
+            signal.signal(signal.SIGTERM, mine)
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -1,15 +1,16 @@
 """Short steps that a signal must not split: run them whole, handle the signal right after.
 
 A load puts its files into place with a series of renames (:func:`.destination.commit_renames`,
-:func:`.loading._replace`); an exception raised between two of them (``KeyboardInterrupt`` from
-Ctrl-C, or a task's SIGTERM handler stopping the step) left a directory of old and new files,
-or a half-filled one that the task's final save then committed.  Python runs signal handlers
-in the main thread only, between two bytecodes: :func:`deferred_signals` replaces the Python
-handlers of the usual stop signals for the duration of the block with one that records the
-signal, then restores them and raises each recorded signal again, so the original handler runs
-once the block is whole.  Elsewhere than in the main thread no handler can interrupt the block,
-and it does nothing.  SIGKILL cannot be deferred: a load killed mid-commit is recovered by the
-next one (its lock file and temp names).
+:func:`.loading._replace`).  An exception raised between two of them (``KeyboardInterrupt``
+from Ctrl-C, a task's SIGTERM handler stopping the step, Metaflow's ``@timeout``) left a
+directory of old and new files, or a half-filled one that the task's final save then
+committed.  Python runs signal handlers in the main thread only, between two bytecodes:
+:func:`deferred_signals` replaces the Python handlers of the usual stop signals for the
+duration of the block with one that records the signal, then restores them and raises each
+recorded signal again, so the original handler runs once the block is whole.  Elsewhere than
+in the main thread no handler can interrupt the block, and it does nothing.  SIGKILL cannot
+be deferred: a load killed mid-commit is recovered by the next one (its lock file and temp
+names).  Blocks must stay short (renames, unlinks): a signal waits for them.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import signal
 import threading
 from collections.abc import Iterator
 
-#: The signals that stop a program and that a Python handler may turn into an exception.
+#: The signals that stop a program and that a Python handler may turn into an exception
+#: (SIGALRM: Metaflow's ``@timeout`` raises from its handler).
 _STOPS = tuple(
     getattr(signal, name)
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM")
     if hasattr(signal, name)
 )
 
@@ -35,10 +37,11 @@ class _Depth:
 
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Defer the Python handlers of SIGINT, SIGTERM, SIGHUP and SIGQUIT (those that have one)
-    until the block ends; then each signal that arrived is raised again, once, in the order
-    it came, each handler running even if an earlier one raised.  A block inside another
-    defers to the outer one; outside the main thread (where no handler runs) it does nothing.
+    """Defer the Python handlers of SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGALRM (those that
+    have one) until the block ends; then each signal that arrived is raised again, once, in
+    the order it came, each handler running even if an earlier one raised.  A handler set
+    during the block is kept.  A block inside another defers to the outer one; outside the
+    main thread (where no handler runs) it does nothing.
     """
     if threading.current_thread() is not threading.main_thread() or _Depth.n:
         yield
@@ -69,7 +72,8 @@ def deferred_signals() -> Iterator[None]:
         _Depth.n = 0
         try:
             for sig, handler in saved.items():
-                signal.signal(sig, handler)
+                if signal.getsignal(sig) is record:  # not one a handler set meanwhile
+                    signal.signal(sig, handler)
         finally:
             _raise_again(arrived)
 
