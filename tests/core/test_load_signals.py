@@ -305,3 +305,24 @@ def test_a_handler_set_during_the_block_is_kept():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_ctrl_c_as_the_load_takes_its_lock_leaves_no_lock_file(tmp_path, monkeypatch):
+    """An empty lock file left by an interrupt right after its creation was never removed by
+    later loads (a dead load's lock holds one byte)."""
+    store, (a, b) = _versions(tmp_path)
+    target = tmp_path / "dest"
+    loading.load(store, a, str(target))
+    real = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        fd = real(path, flags, *args, **kwargs)
+        if os.path.basename(str(path)).startswith(".mfckpt-part-") and flags & os.O_CREAT:
+            os.kill(os.getpid(), signal.SIGINT)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_)
+    with pytest.raises(KeyboardInterrupt):
+        loading.load(store, b, str(target), existing=loading.MERGE)
+    monkeypatch.undo()
+    assert _state(target)[1] == []

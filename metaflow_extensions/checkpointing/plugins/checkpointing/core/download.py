@@ -148,7 +148,8 @@ def download_tree(
                 os.makedirs(current, exist_ok=True)
                 made.append(current)
             current = dest
-            lock = Lock(dest, job.token)
+            with deferred_signals():  # a signal between its creation and here left it for good
+                lock = Lock(dest, job.token)
         except OSError as exc:
             raise job.write_error(exc, path=current) from exc
         remove_leftovers(dest, job.token, job.leftovers)
