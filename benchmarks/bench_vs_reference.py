@@ -268,6 +268,15 @@ def fmt_s(seconds: float) -> str:
     return "%.2f ms" % (seconds * 1e3) if seconds < 0.01 else "%.3f s" % seconds
 
 
+def time_cells(r: dict) -> tuple:
+    """A row's ours, theirs (¹: their load left links) and raw baseline cells, for this
+    script's table and report.py's."""
+    base = "—"
+    if r.get("base_s") is not None:
+        base = "%s (%s)" % (fmt_s(r["base_s"]), r["base_name"])
+    return fmt_s(r["ours_s"]), fmt_s(r["theirs_s"]) + (" ¹" if r.get("theirs_links") else ""), base
+
+
 def verdict(ours: float, theirs: float, base: float = None) -> tuple:
     """(target, PASS/MISS) for one row of times (lower is better)."""
     if ours * 2 <= theirs:
@@ -422,13 +431,11 @@ def markdown(rows: list) -> str:
             if "ours_disk" in r
             else "—"
         )
-        base = "—"
-        if r.get("base_s") is not None:
-            base = "%s (%s)" % (fmt_s(r["base_s"]), r["base_name"])
+        ours, theirs, base = time_cells(r)
         cells = (
             r["row"],
-            fmt_s(r["ours_s"]),
-            fmt_s(r["theirs_s"]) + (" ¹" if r.get("theirs_links") else ""),
+            ours,
+            theirs,
             "%.0f" % r["ours_mbps"] if "ours_mbps" in r else "—",
             "%.0f" % r["theirs_mbps"] if "theirs_mbps" in r else "—",
             "%.1f×" % r["ratio"] if r.get("ratio") is not None else "— (ours ≤ 0)",

@@ -147,18 +147,18 @@ def vs_table(raw: dict) -> str:
     head += ("result",)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     from bench import fmt_bytes
-    from bench_vs_reference import fmt_s
+    from bench_vs_reference import time_cells
 
     for r in raw["rows"]:
-        base = "—" if r.get("base_s") is None else "%s (%s)" % (fmt_s(r["base_s"]), r["base_name"])
+        ours, theirs, base = time_cells(r)
         rss = "—"
         if "ours_rss" in r:
             rss = "%s / %s" % (fmt_bytes(r["ours_rss"]), fmt_bytes(r["theirs_rss"]))
         ratio = "—" if r.get("ratio") is None else "%.1f×" % r["ratio"]
         cells = (
             r["row"],
-            fmt_s(r["ours_s"]),
-            fmt_s(r["theirs_s"]) + (" ¹" if r.get("theirs_links") else ""),
+            ours,
+            theirs,
             ratio,
             base,
             rss,
@@ -230,22 +230,18 @@ def section(results: dict, args, when: str) -> str:
     parts.append("")
     if vs.get("status", "").startswith("ok"):
         raw = vs["json"]
+        local = raw["ours"].get("local", [])
+        baselines = ""
+        if any("cp_seconds" in r["save"]["dir"] for r in local):
+            baselines = " Local raw baselines are timed in the same task just before each "
+            baselines += "operation (median over our runs)"
+            if all(r["save"]["dir"].get("raw_sampled") for r in local):
+                baselines += ", beside the same memory sampler"
+            baselines += "."
         parts += [
             "Same flows, same bytes, each package in its own venv; medians of %d runs. "
             "theirs/ours above 1: ours is faster. ¹ their load leaves links into their store, "
-            "so their time includes reading every byte.%s"
-            % (
-                raw["args"]["repeat"],
-                " Local raw baselines are timed in the same task just before each operation "
-                "(median over our runs)%s."
-                % (
-                    ", beside the same memory sampler"
-                    if all(r["save"]["dir"].get("raw_sampled") for r in raw["ours"]["local"])
-                    else ""
-                )
-                if any("cp_seconds" in r["save"]["dir"] for r in raw["ours"].get("local", []))
-                else "",
-            ),
+            "so their time includes reading every byte.%s" % (raw["args"]["repeat"], baselines),
             "",
             vs_table(raw),
         ]

@@ -174,16 +174,10 @@ def _run_bounded(jobs: Iterable[Callable[[], None]], workers: int, inflight: int
                     except RuntimeError:  # no thread to be had (a limit): this one goes on
                         with lock:
                             state["live"] -= 1
-                try:
-                    job()
-                except BaseException as exc:  # raised in the caller
-                    with lock:
-                        errors.append(exc)
-                        state["stop"] = True
-                    return
-                finally:
-                    job = None  # its buffers are freed now, not when the next one is pulled
-        except BaseException as exc:  # the job generator itself failed
+                job()
+                job = None  # its buffers are freed now, not when the next one is pulled
+        except BaseException as exc:  # a job, or the job list, failed: raised in the caller
+            job = None
             with lock:
                 errors.append(exc)
                 state["stop"] = True
