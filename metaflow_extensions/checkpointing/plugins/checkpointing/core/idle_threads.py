@@ -68,10 +68,10 @@ class IdleThreads:
             me.name = self.busy
             job()
             job = None  # not kept alive while idle (a job may hold buffers)
-            me.name = self.idle
             with self._lock:
                 if len(self._idle) >= self.keep:
                     return
+                me.name = self.idle  # named idle once it can be given a job, not before
                 self._idle.append(jobs)
 
     def _reset_in_child(self) -> None:
