@@ -8,8 +8,10 @@ fixtures start moto's threaded HTTP server on 127.0.0.1 and point everything at 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -34,6 +36,36 @@ S3_ENV = {
     "AWS_SESSION_TOKEN": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+#: Signals whose handlers a test may change, and the handlers the session started with.
+_SESSION_HANDLERS = {
+    getattr(signal, name): signal.getsignal(getattr(signal, name))
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+}
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Give each test's successor the session's signal handlers back.
+
+    Metaflow's ``Runner`` replaces the process's SIGINT handler for good (its
+    ``SubprocessManager`` kills its children and swallows the Ctrl-C), also from module-scoped
+    fixtures that run a flow, and a restore cut short by a raising handler leaves
+    ``deferred_signals``' stand-in installed by design: a test run after either in the same
+    xdist worker no longer saw ``KeyboardInterrupt`` or its own handler (with ``--dist
+    worksteal``, five of ``test_load_signals.py`` failed).  SIGALRM is pytest-timeout's while a
+    test runs: it is put back to what it was when this test started.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    alarm = signal.getsignal(signal.SIGALRM)
+    yield
+    for s, handler in [*_SESSION_HANDLERS.items(), (signal.SIGALRM, alarm)]:
+        if handler is not None and signal.getsignal(s) is not handler:
+            signal.signal(s, handler)
 
 
 def _free_port() -> int:
