@@ -63,6 +63,7 @@ from integration.flowrun import run_flow, run_subprocess
 SKIPS = {
     "docs/configuration.md": 1,
     "docs/distributed.md": 4,
+    "docs/faq.md": 1,
     "docs/huggingface.md": 1,
     "docs/platforms.md": 1,
     "docs/pytorch.md": 1,
