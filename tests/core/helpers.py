@@ -11,6 +11,7 @@ from typing import Optional
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.transfer import TransferOptions
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.base import Storage
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import MemoryStorage
 
 KIB = 1024
 CHUNK = 64 * KIB
@@ -138,3 +139,18 @@ def in_forked_child(start) -> bool:
     finally:
         os.close(r)
         os.waitpid(pid, 0)
+
+
+class CountingStorage(MemoryStorage):
+    """An in-memory backend that records each read: its key, in order, and the bytes returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes_read = 0
+        self.gets: list[str] = []
+
+    def _get_bytes(self, key, start, length):
+        data = super()._get_bytes(key, start, length)
+        self.bytes_read += len(data)
+        self.gets.append(key)
+        return data

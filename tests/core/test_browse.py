@@ -17,24 +17,8 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
     CheckpointIntegrityError,
     CheckpointNotFound,
 )
-from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import MemoryStorage
 
-from .helpers import CHUNK, KIB, make_scope, options, rand, write_tree
-
-
-class CountingStorage(MemoryStorage):
-    """An in-memory backend that records how many bytes each read returned."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes_read = 0
-        self.gets: list[str] = []
-
-    def _get_bytes(self, key, start, length):
-        data = super()._get_bytes(key, start, length)
-        self.bytes_read += len(data)
-        self.gets.append(key)
-        return data
+from .helpers import CHUNK, KIB, CountingStorage, make_scope, options, rand, write_tree
 
 
 @pytest.fixture

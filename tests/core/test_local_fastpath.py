@@ -13,7 +13,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
 )
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 
-from .helpers import make_scope, options, rand, snapshot
+from .helpers import CountingStorage, make_scope, options, rand, snapshot
 
 
 @pytest.fixture
@@ -404,30 +404,18 @@ def test_a_load_of_several_large_files_starts_on_different_files(tmp_path):
     """The blobs of a load are fetched first chunk of every file, then second chunk...: workers
     that start together write different files, not the chunks of one (whose writes serialise
     on the file's inode lock, the waiters spinning on the CPU a hash would use)."""
-    from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import (
-        MemoryStorage,
-    )
-
-    class Recording(MemoryStorage):
-        def __init__(self):
-            super().__init__()
-            self.got = []
-
-        def _get_bytes(self, key, start, length):
-            self.got.append(key.rsplit("/", 1)[-1])
-            return super()._get_bytes(key, start, length)
-
     src = tmp_path / "src"
     src.mkdir()
     for n in range(3):
         (src / ("f%d.bin" % n)).write_bytes(rand(3 * 64 * 1024, 10 + n))  # 3 chunks each
-    storage = Recording()
+    storage = CountingStorage()
     store = CheckpointStore(storage, options(workers=1))
     m = store.save(str(src), make_scope())
-    storage.got.clear()
+    storage.gets.clear()
     store.load(m, str(tmp_path / "out"))
     assert snapshot(tmp_path / "out") == snapshot(src)
     files = sorted(m.files, key=lambda f: f.path)
     assert [len(f.chunks) for f in files] == [3, 3, 3]
-    blobs = [b for b in storage.got if b in {c.blob for f in files for c in f.chunks}]
+    got = [key.rsplit("/", 1)[-1] for key in storage.gets]
+    blobs = [b for b in got if b in {c.blob for f in files for c in f.chunks}]
     assert blobs == [f.chunks[k].blob for k in range(3) for f in files]
