@@ -7,26 +7,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-FLOW = textwrap.dedent(
-    """
-    from metaflow import FlowSpec, step
-
-
-    class SigintFlow(FlowSpec):
-        @step
-        def start(self):
-            self.next(self.end)
-
-        @step
-        def end(self):
-            pass
-
-
-    if __name__ == "__main__":
-        SigintFlow()
-    """
-)
+#: Any flow file: the Runner is only created, never run.
+FLOW = Path(__file__).resolve().parent / "flows" / "plain_flow.py"
 
 PROBE = textwrap.dedent(
     """
@@ -57,10 +41,8 @@ PROBE = textwrap.dedent(
 
 
 def _probe(tmp_path, mode: str) -> str:
-    flow = tmp_path / "sigint_flow.py"
-    flow.write_text(FLOW)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(flow), mode],
+        [sys.executable, "-c", PROBE, str(FLOW), mode],
         capture_output=True,
         text=True,
         timeout=120,
