@@ -232,9 +232,9 @@ def test_a_store_filling_up_during_a_packed_save_is_a_storage_error_naming_the_s
     nor a bare ``OSError``: members over 64 KiB are copied with copy_file_range, whose errno
     does not say which side failed (source and store on one tmpfs, so the kernel copies);
     tiny ones are staged and written with pwrite.  No temp is left in the store."""
-    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
+    from tiny_fs import tiny_filesystem
 
-    from .test_trees import tiny_filesystem
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
 
     with tiny_filesystem(tmp_path / "fs", "6m" if members == "copied" else "1m") as fs:
         src = (fs if members == "copied" else tmp_path) / "src"

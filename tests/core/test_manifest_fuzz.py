@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,6 +33,7 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.manifest impor
     loads,
     parse_key,
 )
+from metaflow_extensions.checkpointing.plugins.checkpointing.core.position import RANK0, Position
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scope import Scope
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
@@ -41,6 +43,9 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.errors import (
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
 
 from .helpers import make_scope
+
+#: The fields of a manifest its key is made of.
+KEY_FIELDS = ("scope", "created_ms", "seq", "latest", "id", "name", "position", "sharded")
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HEX = "0123456789abcdef"
@@ -228,6 +233,22 @@ def _parses_or_manifest_error(data, key: str):
 def test_generated_manifests_round_trip(m):
     """A valid manifest survives dumps/loads exactly (nothing valid is refused)."""
     assert loads(m.dumps(), m.key) == m
+
+
+@FUZZ
+@given(manifests(), manifests(), st.permutations(list(KEY_FIELDS)))
+def test_a_manifest_s_key_follows_every_change_of_its_fields(a, b, order):
+    """The key a manifest keeps (ADR 009) is never stale: after each field the key is made of
+    changes, it is the key a new manifest of the same fields has."""
+    assert a.key == replace(a).key
+    for field in order:
+        setattr(a, field, getattr(b, field))
+        assert a.key == replace(a).key
+    assert a.key == b.key
+    for field, value in (("position", Position(1, 2)), ("position", RANK0), ("sharded", True)):
+        setattr(a, field, value)
+        assert a.key == replace(a).key
+    assert a.key != b.key  # sharded: spelled in the key
 
 
 @FUZZ

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tiny_fs import tiny_filesystem
 from unprivileged import run_unprivileged, world_tmpdir
 
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.scan import scan
@@ -535,25 +536,6 @@ def test_a_directory_holding_only_leftovers_is_not_saved(store, tmp_path):
 
 
 # ------------------------------------------------------------------------------ disk full
-@contextmanager
-def tiny_filesystem(path: Path, size: str):
-    """A tmpfs of ``size`` mounted at ``path`` (needs root, as CI runs)."""
-    path.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the EFBIG test covers non-root runs)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % mounted.stderr.strip())
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.mark.parametrize("backend", ["memory", "local"])
 def test_disk_full_during_load_is_a_storage_error_naming_the_path(tmp_path, backend):
     """ENOSPC from a real full filesystem (a 2 MiB tmpfs, 5 MiB with the local store on it):

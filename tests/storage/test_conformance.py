@@ -198,6 +198,21 @@ def test_exists(store):
     assert not store.exists("e/x/y")
 
 
+def test_put_new_stores_an_object_as_put_bytes_does(store):
+    """``put_new`` (the metrics log's put, ADR 009) of a key no object has: it reads back,
+    lists and deletes like any object, from any buffer type."""
+    for i, data in enumerate((b"entry", bytearray(os.urandom(70000)), memoryview(b"abc"))):
+        store.put_new("m/e%d" % i, data)
+        assert store.get_bytes("m/e%d" % i) == bytes(data)
+    assert {(i.key, i.size) for i in store.list("m/")} == {
+        ("m/e0", 5),
+        ("m/e1", 70000),
+        ("m/e2", 3),
+    }
+    store.delete("m/e1")
+    assert keys_of(store, "m/") == {"m/e0", "m/e2"}
+
+
 def test_overwrite_replaces(store):
     store.put_bytes("k", b"a much longer first version")
     store.put_bytes("k", b"short")
@@ -335,13 +350,14 @@ def test_invalid_keys_rejected_before_io(store, key, tmp_path, monkeypatch):
     def no_io(*args, **kwargs):
         raise AssertionError("storage I/O for an invalid key")
 
-    for primitive in ("_put_bytes", "_put_file", "_get_bytes", "_get_file", "_exists"):
+    for primitive in ("_put_bytes", "_put_new", "_put_file", "_get_bytes", "_get_file", "_exists"):
         monkeypatch.setattr(store, primitive, no_io)
     monkeypatch.setattr(store, "_delete", no_io)
     src = tmp_path / "src"
     src.write_bytes(b"x")
     calls = [
         lambda: store.put_bytes(key, b"x"),
+        lambda: store.put_new(key, b"x"),
         lambda: store.put_file(key, str(src)),
         lambda: store.get_bytes(key),
         lambda: store.get_file(key, str(tmp_path / "dst")),

@@ -166,16 +166,14 @@ class Manifest:
 
     @property
     def key(self) -> str:
-        return manifest_key(
-            self.scope,
-            self.created_ms,
-            self.seq,
-            self.latest,
-            self.id,
-            self.name,
-            self.position,
-            self.sharded,
-        )
+        # Kept with the fields it was made from (a save asks for it five times, 3 us each),
+        # and made again once any of them changed.
+        parts = (self.scope, self.created_ms, self.seq, self.latest, self.id, self.name)
+        parts += (self.position, self.sharded)
+        made = self.__dict__.get("_key")
+        if made is None or made[0] != parts:
+            made = self.__dict__["_key"] = (parts, manifest_key(*parts))
+        return made[1]
 
     @property
     def size(self) -> int:

@@ -5,7 +5,8 @@ few checkpoints kept, not the curve that led to them.  Each save of a task's ran
 also writes one entry, ``metrics/<task path>/<manifest file>`` (:func:`.layout.metrics_key`:
 the manifest key with ``metrics`` for ``manifests``), holding the save's numeric metadata:
 
-* one ``put`` of a few hundred bytes per save, no read and no rewrite (a per-attempt object
+* one ``put`` of a few hundred bytes per save, written in place on a local store
+  (:meth:`.Storage.put_new`, ADR 009), no read and no rewrite (a per-attempt object
   rewritten at each save would cost O(saves) bytes per save and a lost update between two
   processes of one task); every writer names its own keys, so concurrent writers never meet;
 * outside ``manifests/``: listings, load policies, retention and deletes never see it; GC
@@ -99,7 +100,9 @@ def record(
         return None
     try:
         body = json.dumps(entry_of(manifest, best)).encode("utf-8")
-        storage.put_bytes(metrics_key(manifest.key), body)
+        # In place on a local store (half the cost of an atomic put): a crash mid-write
+        # leaves an entry that does not parse, which read() skips, as a lost one.
+        storage.put_new(metrics_key(manifest.key), body)
     except (CheckpointException, OSError, ValueError, TypeError) as exc:
         detail = exc.message if isinstance(exc, CheckpointException) else str(exc)
         return "could not add checkpoint %s to the task's metrics log: %s" % (manifest.key, detail)

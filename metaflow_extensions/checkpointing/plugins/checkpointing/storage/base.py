@@ -138,6 +138,9 @@ class Storage(abc.ABC):
         return PERMANENT
 
     # ------------------------------------------------------------------ derived, overridable
+    def _put_new(self, key: str, data: Buffer) -> None:
+        self._put_bytes(key, data)  # object stores: a put is atomic anyway
+
     def _put_file(self, key: str, local_path: str) -> None:
         with open(local_path, "rb") as f:
             self._put_bytes(key, f.read())
@@ -201,6 +204,22 @@ class Storage(abc.ABC):
         """Store ``data`` under ``key`` atomically (replacing any previous object)."""
         validate_key(key)
         self._call("put", key, lambda: self._put_bytes(key, data))
+
+    def put_new(self, key: str, data: Buffer) -> None:
+        """Store ``data`` under ``key``, a key no object has, possibly not atomically.
+
+        A crash during the write may leave ``key`` holding part of ``data`` (a local store
+        writes it in place, without the temp name and rename of :meth:`put_bytes`, which cost
+        half of a small put).  Only for objects whose readers skip a body that does not parse
+        (the task's metrics log).
+
+        Raises
+        ------
+        StorageError
+            ``key`` exists, or the write failed (a local store removes what it wrote).
+        """
+        validate_key(key)
+        self._call("put", key, lambda: self._put_new(key, data))
 
     def put_file(self, key: str, local_path: str) -> None:
         """Upload the local file ``local_path`` to ``key`` atomically."""
@@ -280,8 +299,7 @@ class Storage(abc.ABC):
     # ------------------------------------------------------------------ retries + translation
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         # Every error leaving here names the object: ``key`` (as the backend addresses it; a
-        # listing's prefix, or "<root>") and ``url`` (as a user would type it).
-        url = self.full_url(key)
+        # listing's prefix, or "<root>") and ``url`` (as a user would type it), made only then.
         tries = [0]
 
         def attempt() -> T:
@@ -290,9 +308,10 @@ class Storage(abc.ABC):
                 return fn()
             except StorageError as exc:  # raised by the backend itself: add what it left out
                 exc.key = key if exc.key is None else exc.key
-                exc.url = url if exc.url is None else exc.url
+                exc.url = self.full_url(key) if exc.url is None else exc.url
                 raise
             except Exception as exc:  # translated right here, in one place
+                url = self.full_url(key)
                 kind = self._classify(exc)
                 cause = "%s: %s" % (type(exc).__name__, exc)
                 if kind == NOT_FOUND:
@@ -325,6 +344,7 @@ class Storage(abc.ABC):
         try:
             return self._retry_after(first, attempt, started)
         except _Transient as exc:
+            url = self.full_url(key)
             cause = "%s: %s" % (type(exc.original).__name__, exc.original)
             # What happened (tries made, time spent) and the limits, said apart: a call that
             # gave up at the attempt limit after 0.6 s must not read as "10 s".

@@ -12,7 +12,14 @@ from typing import Optional
 
 from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, Storage, validate_key
 from .clone import clone_range
-from .oscopy import UNSUPPORTED_COPY, can_copy_range, copy_hashing, copy_range, map_readonly
+from .oscopy import (
+    UNSUPPORTED_COPY,
+    can_copy_range,
+    copy_hashing,
+    copy_range,
+    map_readonly,
+    write_all,
+)
 
 # Temp files of in-flight writes start with this; listings never show them.
 _TMP_PREFIX = ".mfckpt-tmp-"
@@ -35,13 +42,16 @@ def temp_file(directory: str) -> tuple[int, str]:
     """
     for _ in range(100):
         name = base64.b32encode(os.urandom(5)).decode("ascii").lower()  # 8 of [a-z2-7]
-        path = os.path.join(directory, _TMP_PREFIX + name)
+        path = directory + os.sep + _TMP_PREFIX + name
         try:
             return os.open(path, _CREATE_FLAGS, 0o600), path
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
 
+
+#: put_new: created here or failing (never through a link someone put at the key).
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
@@ -121,12 +131,15 @@ class LocalStorage(Storage):
         self.root = self.url
         self.fsync = fsync
         self._made: set[str] = set()
+        # Keys are relative '/' paths without empty, '.' or '..' parts (validate_key): one
+        # concatenation makes the path (os.path.join of their parts cost a 4 KiB save 10 us).
+        self._prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
 
     def full_url(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        return self._path(key)
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        return self._prefix + key
 
     def _classify(self, exc: BaseException) -> str:
         if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
@@ -156,6 +169,29 @@ class LocalStorage(Storage):
 
     def _put_bytes(self, key: str, data: Buffer) -> None:
         self._atomic(key, lambda f: f.write(data))
+
+    def _put_new(self, key: str, data: Buffer) -> None:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        self._makedirs(directory)
+        try:
+            fd = os.open(path, _NEW_FLAGS, 0o644)
+        except FileNotFoundError:  # directory removed since we made it: make again
+            self._makedirs(directory, force=True)
+            fd = os.open(path, _NEW_FLAGS, 0o644)
+        try:
+            write_all(fd, memoryview(data).cast("B"), 0)
+            if self.fsync:
+                os.fsync(fd)
+            os.fchmod(fd, 0o644)  # as put_bytes leaves objects, whatever the umask
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(path)  # not left half written where it can be helped
+            except OSError:
+                pass
+            raise
+        os.close(fd)
 
     def _put_file(self, key: str, local_path: str) -> None:
         with open(local_path, "rb") as src:
