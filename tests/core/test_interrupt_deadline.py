@@ -26,9 +26,11 @@ from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import C
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.tempnames import SNAPSHOT_PREFIX
 from metaflow_extensions.checkpointing.plugins.checkpointing.errors import CheckpointInterrupted
 from metaflow_extensions.checkpointing.plugins.checkpointing.storage.local import LocalStorage
+from metaflow_extensions.checkpointing.plugins.checkpointing.storage.memory import MemoryStorage
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.builder import TaskSettings, build
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.fence import Fence, SaveAbandoned
 from metaflow_extensions.checkpointing.plugins.checkpointing.task.interrupts import Interrupts
+from metaflow_extensions.checkpointing.plugins.checkpointing.task.saves import INLINE_BYTES
 
 from .helpers import make_scope, options
 
@@ -38,6 +40,9 @@ SETTINGS = TaskSettings(
 )
 #: How long a held write waits for the gate: the code before this change committed after it.
 HOLD = 10
+#: Bytes of a save that runs in a worker thread, which a signal's deadline can abandon
+#: (a smaller one into a local store runs in the task's thread: ADR 009).
+BIG = INLINE_BYTES + (44 << 10)
 
 
 class GatedStorage(LocalStorage):
@@ -136,7 +141,7 @@ def _join_threads(name: str) -> None:
 def test_a_blocking_save_held_past_the_deadline_is_abandoned_and_never_commits(tmp_path):
     parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=False)
     first = parts.runtime.save(metadata={"epoch": 1})
-    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    (directory / "model.bin").write_bytes(os.urandom(BIG))
     storage.hold, storage.signum = True, signal.SIGTERM
     assert parts.interrupts.install(parts.saves)
     try:
@@ -164,11 +169,93 @@ def test_a_blocking_save_held_past_the_deadline_is_abandoned_and_never_commits(t
     assert _manifests(storage) == [first.key]
 
 
+class ThreadsOfMemory(MemoryStorage):
+    """An in-memory store (not local: its requests could hang) naming the thread of each
+    manifest write."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: list[str] = []
+
+    def _put_bytes(self, key, data):
+        if key.startswith("manifests/"):
+            self.threads.append(threading.current_thread().name)
+        super()._put_bytes(key, data)
+
+
+def _save_threads(storage, calls_before: int) -> set:
+    return {t for t, op, key in storage.calls[calls_before:] if op == "put" and "manifests/" in key}
+
+
+def test_a_small_save_into_a_local_store_runs_in_the_task_s_thread(tmp_path):
+    """With the signal handlers installed (as in a task), a save of at most INLINE_BYTES into
+    a local store runs in the task's thread (ADR 009: it ends within milliseconds, and the
+    hand-off to a worker cost 80 us of its 600); a larger one runs in a worker thread, which a
+    signal's deadline can abandon."""
+    parts, storage, directory, logs = _task(tmp_path)
+    assert parts.interrupts.install(parts.saves)
+    try:
+        n = len(storage.calls)
+        parts.runtime.save(metadata={"epoch": 1})
+        small = _save_threads(storage, n)
+        (directory / "model.bin").write_bytes(os.urandom(BIG))
+        n = len(storage.calls)
+        parts.runtime.save(metadata={"epoch": 2})
+        large = _save_threads(storage, n)
+    finally:
+        parts.interrupts.restore()
+    assert small == {"MainThread"}
+    assert large == {"checkpoint-save"}
+    assert len(_manifests(storage)) == 2
+
+
+def test_a_small_save_into_a_store_that_is_not_local_runs_in_a_worker(tmp_path):
+    """Only local disks: a request to any other store could hang past the deadline."""
+    storage = ThreadsOfMemory()
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "state.txt").write_text("epoch 1")
+    parts = build(
+        CheckpointStore(storage, options()),
+        make_scope(),
+        str(directory),
+        settings=SETTINGS,
+        log=lambda m: None,
+    )
+    assert parts.interrupts.install(parts.saves)
+    try:
+        parts.runtime.save(metadata={"epoch": 1})
+    finally:
+        parts.interrupts.restore()
+    assert storage.threads == ["checkpoint-save"]
+
+
+def test_a_signal_during_a_small_save_is_handled_once_it_has_committed(tmp_path):
+    """SIGTERM sent while the blob of a small save (in the task's thread) is written: the
+    save commits, then the signal stops the task, naming it the checkpoint to resume from."""
+    parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=False)
+    first = parts.runtime.save(metadata={"epoch": 1})
+    (directory / "state.txt").write_text("epoch 2")
+    storage.hold, storage.signum = True, signal.SIGTERM
+    storage.gate.set()  # sends the signal, does not wait
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted, match="pending saves were committed first"):
+            parts.runtime.save(metadata={"epoch": 2})
+    finally:
+        parts.interrupts.restore()
+    assert storage.held.is_set()
+    second = parts.saves.latest(None)
+    assert second != first.key and _manifests(storage) == sorted([first.key, second])
+    assert {t for t, op, key in storage.calls if op == "ingest"} == {"MainThread"}
+    assert any(line.startswith("[@checkpoint] Received SIGTERM") for line in logs), logs
+
+
 def test_pending_background_saves_are_abandoned_with_their_snapshots(tmp_path):
     parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=False)
     first = parts.runtime.save(metadata={"epoch": 1})
     storage.hold = True
-    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    (directory / "model.bin").write_bytes(os.urandom(BIG))
     running = parts.runtime.save(metadata={"epoch": 2}, blocking=False)
     storage.held.wait(HOLD)  # the first background save is uploading, held at the gate
     queued = parts.runtime.save(metadata={"epoch": 3}, blocking=False)
@@ -377,7 +464,7 @@ def test_a_signal_during_the_wait_for_background_saves_abandons_them(tmp_path):
     parts, storage, directory, logs = _task(tmp_path, save_on_interrupt=False)
     first = parts.runtime.save(metadata={"epoch": 1})
     storage.hold = True
-    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    (directory / "model.bin").write_bytes(os.urandom(BIG))
     handle = parts.runtime.save(metadata={"epoch": 2}, blocking=False)
     assert parts.interrupts.install(parts.saves)
     try:
@@ -416,12 +503,12 @@ def test_a_failure_collected_before_a_signal_during_the_wait_is_still_reported(t
         return real(*args, **kwargs)
 
     storage.ingest_range = first_fails
-    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    (directory / "model.bin").write_bytes(os.urandom(BIG))
     failing = parts.runtime.save(metadata={"epoch": 1}, blocking=False)
     with pytest.raises(Exception, match="injected"):
         failing.wait(30)  # it failed before the wait below starts
     storage.hold = True
-    (directory / "model.bin").write_bytes(os.urandom(300 << 10))
+    (directory / "model.bin").write_bytes(os.urandom(BIG))
     parts.runtime.save(metadata={"epoch": 2}, blocking=False)
     assert parts.interrupts.install(parts.saves)
     try:
@@ -453,7 +540,11 @@ class PruneStorage(GatedStorage):
         self.signal_after: threading.Event | None = None
 
     def list(self, prefix, *args, **kwargs):
-        if self.signal_on_list and threading.current_thread().name == "checkpoint-save":
+        # In the save's thread: the task's own for a small save into a local store (ADR 009).
+        if self.signal_on_list and threading.current_thread().name in (
+            "checkpoint-save",
+            "MainThread",
+        ):
             self.signal_on_list = False
             os.kill(os.getpid(), signal.SIGTERM)
             while not self.handled():  # Python runs the handler at the main thread's next tick
@@ -511,7 +602,7 @@ def test_a_delete_in_flight_at_the_deadline_is_not_waited_for(tmp_path):
     commit was unbounded, the task stayed until the delete returned)."""
     parts, storage, directory, logs = _pruning_task(tmp_path)
     parts.runtime.save(metadata={"epoch": 1})
-    (directory / "state.txt").write_text("epoch 2")
+    (directory / "state.bin").write_bytes(os.urandom(BIG))
     storage.hold_deletes = True
     assert parts.interrupts.install(parts.saves)
     try:

@@ -55,6 +55,30 @@ def holds_data(directory: str) -> bool:
     return False
 
 
+def is_small(src: str, max_bytes: int, max_entries: int = 16) -> bool:
+    """Whether ``src`` is a regular file of at most ``max_bytes``, or a directory of at most
+    ``max_entries`` regular files (no subdirectory) holding that much in all.
+
+    One ``stat`` per entry, no recursion: a cheap bound on what a save of ``src`` reads.
+    Anything else (a subdirectory, more entries, an error) is not small."""
+    try:
+        top = os.stat(src)
+        if stat.S_ISREG(top.st_mode):
+            return top.st_size <= max_bytes
+        if not stat.S_ISDIR(top.st_mode):
+            return False
+        total = 0
+        with os.scandir(src) as it:
+            for n, e in enumerate(it):
+                st = e.stat()  # follows symlinks, as a save does
+                total += st.st_size
+                if n >= max_entries or total > max_bytes or not stat.S_ISREG(st.st_mode):
+                    return False
+    except OSError:
+        return False
+    return True
+
+
 @dataclass
 class _File:
     rel: str

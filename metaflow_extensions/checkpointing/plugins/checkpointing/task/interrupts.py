@@ -221,14 +221,20 @@ class Interrupts:
 
     # ------------------------------------------------------------------ blocking saves
     def run(
-        self, work: Callable[[Fence], T], deliver: bool = True, what: str = "the save in progress"
+        self,
+        work: Callable[[Fence], T],
+        deliver: bool = True,
+        what: str = "the save in progress",
+        inline: bool = False,
     ) -> T:
         """Run the blocking save ``work(fence)`` (the fence goes to ``store.save`` through
         :meth:`Fence.commit`) inside :meth:`blocking`; ``what`` names it in messages.
 
         With the signal handlers installed the save runs in a worker thread while this thread
         waits, so that once a signal's time runs out the save is abandoned (raising
-        :class:`SaveAbandoned`) instead of holding the task until it completes.
+        :class:`SaveAbandoned`) instead of holding the task until it completes.  With
+        ``inline`` (a small save into local stores, ADR 009) it runs in this thread: it ends
+        within milliseconds, and the hand-off to a worker cost it 80 us of 600.
 
         Raises
         ------
@@ -239,7 +245,7 @@ class Interrupts:
             fence = Fence()
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 raise self.abandoned_error(what)  # no time left: not even started
-            if not self._installed:  # no signal can set a deadline: run it here
+            if inline or not self._installed:  # no deadline to keep it to: run it here
                 return work(fence)
             return self._wait(work, fence, what)
 

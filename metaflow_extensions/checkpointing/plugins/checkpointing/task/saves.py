@@ -27,6 +27,7 @@ from ..core.gang import gang_id
 from ..core.manifest import Manifest, ManifestHeader, parse_key
 from ..core.policies import sort_key
 from ..core.retention import Retention
+from ..core.scan import is_small
 from ..core.scope import DEFAULT_NAME, Scope
 from ..core.store import CheckpointStore
 from ..errors import CheckpointConfigError, CheckpointException, CheckpointNotFound, StorageError
@@ -35,6 +36,10 @@ from .background import BackgroundSaver, SaveHandle, failure, snapshot, source_b
 from .fence import Fence, SaveAbandoned
 from .interrupts import Interrupts
 from .ranks import Ranks, mark_exit, sharded_number
+
+#: A blocking save of at most this many bytes (in at most 16 files, no subdirectory) into
+#: local stores runs in the task's thread (:meth:`.Interrupts.run`, ``inline``).
+INLINE_BYTES = 256 << 10
 
 if TYPE_CHECKING:  # loaded when a task has an upload policy, not in every task
     from .tiered_store import TieredStore
@@ -127,6 +132,8 @@ class TaskSaves:
         self._guard = guard
         self._reader: Optional[TieredStore] = None
         self._listeners: list[Callable[..., None]] = []  # add_listener (the live card)
+        # Saves commit, and log their metrics, on local disks only (no request can hang).
+        self._local = store.storage.TYPE == self.store.storage.TYPE == "local"
 
     @property
     def reader(self) -> Union[CheckpointStore, TieredStore]:
@@ -172,9 +179,11 @@ class TaskSaves:
             # Validate now: a bad argument must fail here, not later in the background.
             validate_name(name)
             return self._save_in_background(src, validate_metadata(metadata), name, latest, prepare)
-        # In a worker thread: after a signal the wait ends with the time allowed (interrupts.py).
+        # In a worker thread: after a signal the wait ends with the time allowed (interrupts.py);
+        # a small save into local stores ends within milliseconds, so here (ADR 009).
         return self._interrupts.run(
-            lambda fence: self._commit(src, metadata, name, latest, *self._date(), fence=fence)
+            lambda fence: self._commit(src, metadata, name, latest, *self._date(), fence=fence),
+            inline=self._local and is_small(src, INLINE_BYTES),
         )
 
     def _commit(
