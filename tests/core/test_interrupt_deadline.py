@@ -187,6 +187,20 @@ def _save_threads(storage, calls_before: int) -> set:
     return {t for t, op, key in storage.calls[calls_before:] if op == "put" and "manifests/" in key}
 
 
+def _commits_then_stops(parts, storage, first) -> str:
+    """Save again, the signal handlers installed, while a signal arrives: the save commits,
+    then the signal stops the task.  Returns the new checkpoint's key."""
+    assert parts.interrupts.install(parts.saves)
+    try:
+        with pytest.raises(CheckpointInterrupted, match="pending saves were committed first"):
+            parts.runtime.save(metadata={"epoch": 2})
+    finally:
+        parts.interrupts.restore()
+    second = parts.saves.latest(None)
+    assert second != first.key and _manifests(storage) == sorted([first.key, second])
+    return second
+
+
 def test_a_small_save_into_a_local_store_runs_in_the_task_s_thread(tmp_path):
     """With the signal handlers installed (as in a task), a save of at most INLINE_BYTES into
     a local store runs in the task's thread (ADR 009: it ends within milliseconds, and the
@@ -238,15 +252,8 @@ def test_a_signal_during_a_small_save_is_handled_once_it_has_committed(tmp_path)
     (directory / "state.txt").write_text("epoch 2")
     storage.hold, storage.signum = True, signal.SIGTERM
     storage.gate.set()  # sends the signal, does not wait
-    assert parts.interrupts.install(parts.saves)
-    try:
-        with pytest.raises(CheckpointInterrupted, match="pending saves were committed first"):
-            parts.runtime.save(metadata={"epoch": 2})
-    finally:
-        parts.interrupts.restore()
+    _commits_then_stops(parts, storage, first)
     assert storage.held.is_set()
-    second = parts.saves.latest(None)
-    assert second != first.key and _manifests(storage) == sorted([first.key, second])
     assert {t for t, op, key in storage.calls if op == "ingest"} == {"MainThread"}
     assert any(line.startswith("[@checkpoint] Received SIGTERM") for line in logs), logs
 
@@ -580,14 +587,7 @@ def test_a_signal_during_the_prune_s_listing_skips_its_deletes(tmp_path):
     (directory / "state.txt").write_text("epoch 2")
     storage.signal_on_list = True
     storage.handled = lambda: parts.interrupts.received is not None
-    assert parts.interrupts.install(parts.saves)
-    try:
-        with pytest.raises(CheckpointInterrupted, match="pending saves were committed first"):
-            parts.runtime.save(metadata={"epoch": 2})
-    finally:
-        parts.interrupts.restore()
-    second = parts.saves.latest(None)
-    assert second != first.key and _manifests(storage) == sorted([first.key, second])
+    second = _commits_then_stops(parts, storage, first)
     assert not [c for c in storage.calls if c[1] == "delete"]
     assert (
         "[@checkpoint] Committed %s; pruning older checkpoints skipped after SIGTERM (the next "
