@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar, Union
 
-from ..errors import StorageError, StorageNotFound
+from ..errors import MetaflowException, StorageError, StorageNotFound
 
 T = TypeVar("T")
 Buffer = Union[bytes, bytearray, memoryview]
@@ -309,6 +309,11 @@ class Storage(abc.ABC):
             except StorageError as exc:  # raised by the backend itself: add what it left out
                 exc.key = key if exc.key is None else exc.key
                 exc.url = self.full_url(key) if exc.url is None else exc.url
+                raise
+            except MetaflowException:
+                # Not the store's: raised by a signal handler in the middle of the call
+                # (Metaflow's @timeout, ours on SIGTERM).  A StorageError in its place would be
+                # caught by best-effort callers, and the timeout or stop lost.
                 raise
             except Exception as exc:  # translated right here, in one place
                 url = self.full_url(key)

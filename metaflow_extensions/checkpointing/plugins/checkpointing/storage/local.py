@@ -8,7 +8,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator
-from typing import Optional
+from typing import Optional, TypeVar
 
 from .base import NOT_FOUND, PERMANENT, TRANSIENT, Buffer, ObjectInfo, Storage, validate_key
 from .clone import clone_range
@@ -20,6 +20,8 @@ from .oscopy import (
     map_readonly,
     write_all,
 )
+
+T = TypeVar("T")
 
 # Temp files of in-flight writes start with this; listings never show them.
 _TMP_PREFIX = ".mfckpt-tmp-"
@@ -173,12 +175,7 @@ class LocalStorage(Storage):
     def _put_new(self, key: str, data: Buffer) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
-        self._makedirs(directory)
-        try:
-            fd = os.open(path, _NEW_FLAGS, 0o644)
-        except FileNotFoundError:  # directory removed since we made it: make again
-            self._makedirs(directory, force=True)
-            fd = os.open(path, _NEW_FLAGS, 0o644)
+        fd = self._into(directory, lambda: os.open(path, _NEW_FLAGS, 0o644))
         try:
             write_all(fd, memoryview(data).cast("B"), 0)
             if self.fsync:
@@ -198,20 +195,31 @@ class LocalStorage(Storage):
             self._atomic(key, lambda f: shutil.copyfileobj(src, f, 8 << 20))
 
     def _temp_in(self, directory: str) -> tuple[int, str]:
-        """:func:`temp_file` in ``directory``, made first (:meth:`_makedirs`) and again if it
-        was removed since (e.g. by a cleanup)."""
-        self._makedirs(directory)
-        try:
-            return temp_file(directory)
-        except FileNotFoundError:
-            self._makedirs(directory, force=True)
-            return temp_file(directory)
+        """:func:`temp_file` in ``directory`` (:meth:`_into`)."""
+        return self._into(directory, lambda: temp_file(directory))
 
-    def _makedirs(self, directory: str, force: bool = False) -> None:
-        # One makedirs per directory per process: it was ~8% of a local save done per blob.
-        if force or directory not in self._made:
-            os.makedirs(directory, exist_ok=True)
-            self._made.add(directory)
+    #: Tries of an entry whose directory keeps vanishing before it is in (see :meth:`_into`).
+    DIRECTORY_TRIES = 20
+
+    def _into(self, directory: str, make: Callable[[], T]) -> T:
+        """``make()``, which puts an entry into ``directory``: the directory made first (once
+        per process: a makedirs was ~8% of a local save done per blob), and made again each
+        time it vanished before the entry was in.  Cleanups remove the empty directories of
+        a tier, of GC's deletes and of closed leases (only empty ones: once the entry is in,
+        the directory stays), and may do so between any two steps of this one, including
+        between two ``mkdir`` of ``os.makedirs`` (was: the save failed with
+        FileNotFoundError, seen with 20 ``upload="end"`` tasks on one machine)."""
+        for attempt in range(self.DIRECTORY_TRIES):
+            last = attempt == self.DIRECTORY_TRIES - 1
+            try:
+                if attempt or directory not in self._made:
+                    os.makedirs(directory, exist_ok=True)
+                    self._made.add(directory)
+                return make()
+            except FileNotFoundError:
+                if last:
+                    raise
+        raise AssertionError("unreachable")
 
     def local_path(self, key: str) -> Optional[str]:
         validate_key(key)  # callers open this path directly, without the checks of get_bytes
@@ -283,12 +291,7 @@ class LocalStorage(Storage):
             path = self._path(key_for(h))
             if _is_object(path):
                 return h, False
-            self._makedirs(os.path.dirname(path))
-            try:
-                os.replace(tmp, path)
-            except FileNotFoundError:  # directory removed since we made it: make again
-                self._makedirs(os.path.dirname(path), force=True)
-                os.replace(tmp, path)
+            self._into(os.path.dirname(path), lambda: os.replace(tmp, path))
             tmp = ""
             return h, True
         finally:
