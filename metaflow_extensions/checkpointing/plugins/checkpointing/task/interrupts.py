@@ -102,8 +102,9 @@ class _Done:
     """Set once by a save's thread, waited for by the task's thread: a bare lock, acquired
     with a timeout.  The task's thread runs signal handlers, and one raising in the middle of
     ``Event.wait`` (Metaflow's ``@timeout``) can leave the event's condition half released,
-    so that ``RuntimeError: release unlocked lock`` replaces the handler's exception (1 in
-    1,200 alarms of ``test_a_timeout_firing_during_small_saves_always_reaches_the_step``)."""
+    so that ``RuntimeError: release unlocked lock`` replaces the handler's exception (the
+    likely source of one such error among 1,200 alarms of
+    ``test_a_timeout_firing_during_small_saves_always_reaches_the_step``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
