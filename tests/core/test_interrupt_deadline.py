@@ -173,9 +173,9 @@ def test_a_blocking_save_held_past_the_deadline_is_abandoned_and_never_commits(t
 
 class ThreadsOfMemory(MemoryStorage):
     """An in-memory store (not local: its requests could hang) naming the thread of each
-    manifest write."""
+    manifest write; ``root`` (what :func:`_task` gives a store) is not used."""
 
-    def __init__(self):
+    def __init__(self, root: str):
         super().__init__()
         self.threads: list[str] = []
 
@@ -185,8 +185,11 @@ class ThreadsOfMemory(MemoryStorage):
         super()._put_bytes(key, data)
 
 
-def _save_threads(storage, calls_before: int) -> set:
-    return {t for t, op, key in storage.calls[calls_before:] if op == "put" and "manifests/" in key}
+def _threads_of_save(parts, storage, epoch: int) -> set:
+    """Save, and return the names of the threads that wrote its manifest."""
+    n = len(storage.calls)
+    parts.runtime.save(metadata={"epoch": epoch})
+    return {t for t, op, key in storage.calls[n:] if op == "put" and "manifests/" in key}
 
 
 def _commits_then_stops(parts, storage, first) -> str:
@@ -219,13 +222,9 @@ def test_a_small_save_into_a_local_store_runs_in_the_task_s_thread(tmp_path, no_
     parts, storage, directory, logs = _task(tmp_path)
     assert parts.interrupts.install(parts.saves)
     try:
-        n = len(storage.calls)
-        parts.runtime.save(metadata={"epoch": 1})
-        small = _save_threads(storage, n)
+        small = _threads_of_save(parts, storage, 1)
         (directory / "model.bin").write_bytes(os.urandom(BIG))
-        n = len(storage.calls)
-        parts.runtime.save(metadata={"epoch": 2})
-        large = _save_threads(storage, n)
+        large = _threads_of_save(parts, storage, 2)
     finally:
         parts.interrupts.restore()
     assert small == {"MainThread"}
@@ -235,17 +234,7 @@ def test_a_small_save_into_a_local_store_runs_in_the_task_s_thread(tmp_path, no_
 
 def test_a_small_save_into_a_store_that_is_not_local_runs_in_a_worker(tmp_path):
     """Only local disks: a request to any other store could hang past the deadline."""
-    storage = ThreadsOfMemory()
-    directory = tmp_path / "ckpt"
-    directory.mkdir()
-    (directory / "state.txt").write_text("epoch 1")
-    parts = build(
-        CheckpointStore(storage, options()),
-        make_scope(),
-        str(directory),
-        settings=SETTINGS,
-        log=lambda m: None,
-    )
+    parts, storage, directory, logs = _task(tmp_path, storage_class=ThreadsOfMemory)
     assert parts.interrupts.install(parts.saves)
     try:
         parts.runtime.save(metadata={"epoch": 1})
@@ -283,9 +272,7 @@ def test_a_small_save_runs_in_a_worker_while_another_python_handler_is_set(
     assert parts.interrupts.install(parts.saves)
     try:
         signal.signal(sig, handler(parts))
-        n = len(storage.calls)
-        parts.runtime.save(metadata={"epoch": 1})
-        threads = _save_threads(storage, n)
+        threads = _threads_of_save(parts, storage, 1)
     finally:
         parts.interrupts.restore()
     assert threads == {"checkpoint-save"}

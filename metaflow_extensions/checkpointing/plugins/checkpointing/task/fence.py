@@ -23,6 +23,39 @@ COMMIT_GRACE = 0.5
 T = TypeVar("T")
 
 
+class Done:
+    """A one-time event that the task's thread waits for (a save's end, its published
+    result, the listing started at a signal): a bare lock, acquired with a timeout.  The task's
+    thread runs signal handlers, and one raising in the middle of ``threading.Event.wait``
+    (Metaflow's ``@timeout``) can leave the event's condition half released, so that
+    ``RuntimeError: release unlocked lock`` replaces the handler's exception (the likely
+    source of one such error among 1,200 alarms of
+    ``test_a_timeout_firing_during_small_saves_always_reaches_the_step``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        """Mark it done (again: nothing more)."""
+        with _SETTING:
+            if not self._set:
+                self._set = True
+                self._lock.release()
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Whether it is done, waiting ``timeout`` s at most (None: until it is)."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        self._lock.release()  # done it stays, for a later wait
+        return True
+
+
+#: Serialises :meth:`Done.set` calls (a second one must not release the lock a waiter holds).
+_SETTING = threading.Lock()
+
+
 class SaveAbandoned(CheckpointException):
     """A save that had not committed when the time allowed after a signal ran out.
 
@@ -49,7 +82,7 @@ class Fence:
         self._lock = threading.Lock()
         self.state = self.OPEN
         self._error: Optional[SaveAbandoned] = None
-        self._published = threading.Event()
+        self._published = Done()
         self._value: Any = None
 
     def publish(self, value: Any) -> None:

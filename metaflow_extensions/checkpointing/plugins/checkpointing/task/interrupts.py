@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 from ..errors import CheckpointException, CheckpointInterrupted
 from ..fmt import describe_error
 from . import save_threads
-from .fence import COMMIT_GRACE, Fence, SaveAbandoned
+from .fence import COMMIT_GRACE, Done, Fence, SaveAbandoned
 
 if TYPE_CHECKING:
     from ..common.reference import CheckpointReference
@@ -66,7 +66,7 @@ OTHER_SIGNALS = tuple(
         "SIGCONT",
         "SIGTSTP",
         "SIGWINCH",
-    )  # fmt: skip
+    )
     if hasattr(signal, name)
 )
 #: The setting naming the time allowed after a signal (in messages).
@@ -98,28 +98,6 @@ class InterruptTarget(Protocol):
     ) -> Optional[str]: ...
 
 
-class _Done:
-    """Set once by a save's thread, waited for by the task's thread: a bare lock, acquired
-    with a timeout.  The task's thread runs signal handlers, and one raising in the middle of
-    ``Event.wait`` (Metaflow's ``@timeout``) can leave the event's condition half released,
-    so that ``RuntimeError: release unlocked lock`` replaces the handler's exception (the
-    likely source of one such error among 1,200 alarms of
-    ``test_a_timeout_firing_during_small_saves_always_reaches_the_step``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def set(self) -> None:
-        self._lock.release()
-
-    def wait(self, timeout: float) -> bool:
-        if not self._lock.acquire(timeout=timeout):
-            return False
-        self._lock.release()  # set it stays, for a later wait
-        return True
-
-
 class _Lookup:
     """The task's checkpoints listed in a daemon thread when the signal arrives, so that the
     final save starts at once and the log can still name the checkpoint that stays latest."""
@@ -127,7 +105,7 @@ class _Lookup:
     def __init__(self, list_headers: Callable[[], list]):
         self.headers: Optional[list] = None
         self.error: Optional[BaseException] = None
-        self._done = threading.Event()
+        self._done = Done()
         self._list = list_headers
         threading.Thread(target=self._run, name="checkpoint-latest", daemon=True).start()
 
@@ -308,7 +286,7 @@ class Interrupts:
 
     def _wait(self, work: Callable[[Fence], T], fence: Fence, what: str) -> T:
         outcome: dict = {}
-        done = _Done()
+        done = Done()
 
         def save() -> None:
             try:
