@@ -107,6 +107,7 @@ def ext4_image(gib: int, parent: str):
     ``RuntimeError`` naming what is missing."""
     if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
         raise RuntimeError("--ext4-image needs root and mkfs.ext4 (e2fsprogs)")
+    os.makedirs(parent, exist_ok=True)  # a fresh clone has no .bench yet
     base = tempfile.mkdtemp(prefix="bench-ext4-", dir=parent)
     image, mnt = os.path.join(base, "fs.img"), os.path.join(base, "mnt")
     os.mkdir(mnt)

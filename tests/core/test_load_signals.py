@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metaflow_extensions.checkpointing.plugins.checkpointing.core import loading
+from metaflow_extensions.checkpointing.plugins.checkpointing.core import loading, uninterrupted
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.layout import blob_key
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.store import CheckpointStore
 from metaflow_extensions.checkpointing.plugins.checkpointing.core.uninterrupted import (
@@ -197,7 +197,7 @@ def test_a_restore_cut_short_by_a_handler_never_swallows_a_signal(monkeypatch):
         ran.append("TERM")
 
     old_term = signal.signal(signal.SIGTERM, on_term)
-    real, restoring = signal.signal, []
+    real, restoring = uninterrupted._setsignal, []
     try:
 
         def set_handler(sig, handler):
@@ -207,7 +207,7 @@ def test_a_restore_cut_short_by_a_handler_never_swallows_a_signal(monkeypatch):
             return out
 
         with pytest.raises(KeyboardInterrupt), deferred_signals():
-            monkeypatch.setattr(signal, "signal", set_handler)
+            monkeypatch.setattr(uninterrupted, "_setsignal", set_handler)
             restoring.append(True)
         monkeypatch.undo()
         os.kill(os.getpid(), signal.SIGTERM)
