@@ -217,6 +217,46 @@ def test_a_restore_cut_short_by_a_handler_never_swallows_a_signal(monkeypatch):
         signal.signal(signal.SIGTERM, old_term)
 
 
+def test_restores_cut_short_again_and_again_never_chain_stand_ins(monkeypatch):
+    """Each restore cut short leaves a stand-in installed; the next block must stand in for the
+    handler behind it, not for it: stand-ins of stand-ins grew by one per cut-short restore
+    until a signal met RecursionError instead of its handler (about 1,000 of them)."""
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def on_term(signum, frame):
+        calls.append(signum)
+        raise Stop()
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    real = uninterrupted._setsignal
+
+    def cut_short(sig, handler):
+        if uninterrupted._Depth.n == 0:  # restoring: a SIGTERM pending when it runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(sig, handler)
+
+    try:
+        for _ in range(1500):
+            monkeypatch.setattr(uninterrupted, "_setsignal", cut_short)
+            with pytest.raises(Stop), deferred_signals():
+                pass
+            monkeypatch.undo()
+        assert len(calls) == 1500  # every signal reached its handler, once
+        with deferred_signals():  # a block whose restore is whole puts the handler back
+            pass
+        assert signal.getsignal(signal.SIGTERM) is on_term
+        with pytest.raises(Stop):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert len(calls) == 1501
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGTERM, old_term)
+
+
 def test_a_timeout_alarm_while_files_are_put_in_place_leaves_old_or_new(tmp_path, monkeypatch):
     """Metaflow's ``@timeout`` raises from a SIGALRM handler: deferred like the stop signals."""
 

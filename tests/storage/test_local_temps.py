@@ -107,3 +107,23 @@ def test_published_objects_are_readable_by_all_whatever_the_umask(tmp_path):
     assert files and not [f for f in files if is_temp_name(os.path.basename(f))]
     for f in files:
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o644, f
+
+
+def test_a_source_that_vanishes_after_put_file_s_check_makes_nothing_in_the_store(
+    tmp_path, monkeypatch
+):
+    """The source is opened before anything is made in the store: a source that is gone by
+    then (deleted right after ``put_file`` looked at it) leaves no temp file, no object and no
+    directory."""
+    from metaflow_extensions.checkpointing.plugins.checkpointing.errors import StorageError
+    from metaflow_extensions.checkpointing.plugins.checkpointing.storage import base
+
+    gone = str(tmp_path / "gone.bin")
+    real = base.os.path.isfile
+    monkeypatch.setattr(base.os.path, "isfile", lambda p: p == gone or real(p))
+    root = tmp_path / "store"
+    root.mkdir()
+    with pytest.raises(StorageError) as info:
+        LocalStorage(str(root)).put_file("models/a/weights.bin", gone)
+    assert "gone.bin" in str(info.value)
+    assert os.listdir(root) == []

@@ -28,9 +28,10 @@ _STOPS = tuple(
     if hasattr(signal, name)
 )
 
-# The functions the signal module wraps: the same answers without its conversions to and from
-# enums (a block cost 26 us with them, 6 us without; a load enters four).
-_getsignal = getattr(signal, "_signal", signal).getsignal
+#: ``signal.getsignal`` without its conversion of the answer to an enum (SIG_DFL and SIG_IGN
+#: come back as ints): the function the signal module wraps.  With ``_setsignal``, a block
+#: costs 6 us instead of 26 us (a load enters four); :meth:`.Interrupts._alone` asks it too.
+handler_of = getattr(signal, "_signal", signal).getsignal
 _setsignal = getattr(signal, "_signal", signal).signal
 
 
@@ -64,10 +65,16 @@ def deferred_signals() -> Iterator[None]:
         if signum not in arrived:
             arrived.append(signum)
 
+    record._mfckpt_stands_for = saved  # type: ignore[attr-defined]
     _Depth.n = 1
     try:
         for sig in _STOPS:
-            handler = _getsignal(sig)
+            handler = handler_of(sig)
+            # A stand-in an earlier block left installed is saved as the handler it stands
+            # for: stand-ins of stand-ins would chain, one per restore cut short, until a
+            # signal met RecursionError instead of its handler (~1,000 of them).
+            while sig in getattr(handler, "_mfckpt_stands_for", ()):
+                handler = handler._mfckpt_stands_for[sig]
             if callable(handler):  # SIG_DFL / SIG_IGN / None: no Python code runs for it
                 saved[sig] = handler
                 _setsignal(sig, record)
@@ -77,7 +84,7 @@ def deferred_signals() -> Iterator[None]:
         _Depth.n = 0
         try:
             for sig, handler in saved.items():
-                if _getsignal(sig) is record:  # not one a handler set meanwhile
+                if handler_of(sig) is record:  # not one a handler set meanwhile
                     _setsignal(sig, handler)
         finally:
             _raise_again(arrived)

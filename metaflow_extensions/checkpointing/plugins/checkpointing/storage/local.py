@@ -194,11 +194,13 @@ class LocalStorage(Storage):
         os.close(fd)
 
     def _put_file(self, key: str, local_path: str) -> None:
-        def copy(fd: int) -> None:
-            with open(local_path, "rb") as src, open(fd, "wb", closefd=False) as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
+        with open(local_path, "rb") as src:  # first: a missing source makes nothing
 
-        self._atomic(key, copy)
+            def copy(fd: int) -> None:
+                with open(fd, "wb", closefd=False) as dst:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+
+            self._atomic(key, copy)
 
     def _temp_in(self, directory: str) -> tuple[int, str]:
         """:func:`temp_file` in ``directory`` (:meth:`_into`)."""

@@ -36,14 +36,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 
+from ..core.uninterrupted import handler_of
 from ..errors import CheckpointException, CheckpointInterrupted
 from ..fmt import describe_error
 from . import save_threads
 from .fence import COMMIT_GRACE, Done, Fence, SaveAbandoned
-
-# signal.getsignal without its conversion of the answer to an enum (what _alone asks is
-# whether a handler is callable or ours): the function the signal module wraps.
-_getsignal = getattr(signal, "_signal", signal).getsignal
 
 if TYPE_CHECKING:
     from ..common.reference import CheckpointReference
@@ -285,9 +282,9 @@ class Interrupts:
         if threading.current_thread() is not threading.main_thread():
             return True
         ours = self._on_signal
-        if any(_getsignal(sig) != ours for sig in SIGNALS):
+        if any(handler_of(sig) != ours for sig in SIGNALS):
             return False
-        return not any(callable(_getsignal(sig)) for sig in OTHER_SIGNALS)
+        return not any(callable(handler_of(sig)) for sig in OTHER_SIGNALS)
 
     def _wait(self, work: Callable[[Fence], T], fence: Fence, what: str) -> T:
         outcome: dict = {}
