@@ -58,6 +58,11 @@ _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
+def _writing(data: Buffer) -> Callable[[int], None]:
+    """What writes all of ``data`` into a file descriptor (at its start)."""
+    return lambda fd: write_all(fd, memoryview(data).cast("B"), 0)
+
+
 def open_object(path: str) -> int:
     """Open a stored object for reading; return the file descriptor.
 
@@ -157,13 +162,7 @@ class LocalStorage(Storage):
         directory = os.path.dirname(path)
         fd, tmp = self._temp_in(directory)
         try:
-            try:
-                write(fd)  # on the fd: a file object costs three syscalls more (a manifest)
-                if self.fsync:
-                    os.fsync(fd)
-                os.fchmod(fd, 0o644)
-            finally:
-                os.close(fd)
+            self._finish(fd, write)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -172,26 +171,32 @@ class LocalStorage(Storage):
                 pass
             raise
 
+    def _finish(self, fd: int, write: Callable[[int], None]) -> None:
+        """``write(fd)`` (on the fd: a file object costs a manifest three syscalls more), then
+        ``fsync`` if set and mode 0644 whatever the umask; ``fd`` is closed either way."""
+        try:
+            write(fd)
+            if self.fsync:
+                os.fsync(fd)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+
     def _put_bytes(self, key: str, data: Buffer) -> None:
-        self._atomic(key, lambda fd: write_all(fd, memoryview(data).cast("B"), 0))
+        self._atomic(key, _writing(data))
 
     def _put_new(self, key: str, data: Buffer) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
         fd = self._into(directory, lambda: os.open(path, _NEW_FLAGS, 0o644))
         try:
-            write_all(fd, memoryview(data).cast("B"), 0)
-            if self.fsync:
-                os.fsync(fd)
-            os.fchmod(fd, 0o644)  # as put_bytes leaves objects, whatever the umask
+            self._finish(fd, _writing(data))
         except BaseException:
-            os.close(fd)
             try:
                 os.unlink(path)  # not left half written where it can be helped
             except OSError:
                 pass
             raise
-        os.close(fd)
 
     def _put_file(self, key: str, local_path: str) -> None:
         with open(local_path, "rb") as src:  # first: a missing source makes nothing
